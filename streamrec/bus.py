@@ -1,0 +1,125 @@
+"""Kafka plumbing shared by every service: topics, producers, consumers, lag.
+
+Consumers are always created with auto-commit off: each service commits only after its effects
+are durable (see the guarantee stated in each consumer's module docstring).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from streamrec.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def topic_specs(s: Settings) -> list[NewTopic]:
+    """Every topic streamrec uses. Vectors are compacted: the latest vector per item is the state."""
+    p = s.topic_partitions
+    return [
+        NewTopic(s.topic_events, p, 1),
+        NewTopic(s.topic_catalog, p, 1),
+        NewTopic(s.topic_dlq, 1, 1),
+        NewTopic(s.topic_quarantine, 1, 1),
+        NewTopic(s.topic_vectors, p, 1, topic_configs={"cleanup.policy": "compact"}),
+        NewTopic(s.topic_drift, 1, 1),
+    ]
+
+
+def wait_for_broker(bootstrap: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000).close()
+            return
+        except (KafkaError, OSError) as e:
+            last = e
+            time.sleep(0.2)
+    raise TimeoutError(f"no Kafka broker answered at {bootstrap} within {timeout_s}s: {last!r}")
+
+
+def ensure_topics(s: Settings) -> list[str]:
+    """Create missing topics; returns the names created (existing ones are left alone)."""
+    admin = KafkaAdminClient(bootstrap_servers=s.require_kafka(), request_timeout_ms=10_000)
+    try:
+        existing = set(admin.list_topics())
+        missing = [t for t in topic_specs(s) if t.name not in existing]
+        for spec in missing:
+            try:
+                admin.create_topics([spec])
+            except TopicAlreadyExistsError:
+                pass
+        return [t.name for t in missing]
+    finally:
+        admin.close()
+
+
+def make_producer(s: Settings, **overrides) -> KafkaProducer:
+    """acks=all + retries: a send that returns is on the broker; keys are str, values bytes."""
+    cfg = dict(
+        bootstrap_servers=s.require_kafka(),
+        acks="all",
+        linger_ms=2,
+        retries=10,
+        max_in_flight_requests_per_connection=1,  # keeps per-partition order under retries
+        key_serializer=lambda k: k.encode() if isinstance(k, str) else k,
+    )
+    cfg.update(overrides)
+    return KafkaProducer(**cfg)
+
+
+def make_consumer(s: Settings, group_id: str | None, topics: Iterable[str] = (), **overrides) -> KafkaConsumer:
+    """A manual-commit consumer; ``group_id=None`` for replicas that assign partitions themselves."""
+    cfg = dict(
+        bootstrap_servers=s.require_kafka(),
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=s.consumer_session_timeout_ms,
+        heartbeat_interval_ms=s.consumer_heartbeat_ms,
+        max_poll_interval_ms=s.consumer_max_poll_interval_ms,
+        max_poll_records=s.consumer_max_poll_records,
+    )
+    cfg.update(overrides)
+    consumer = KafkaConsumer(**cfg)
+    topics = list(topics)
+    if topics:
+        consumer.subscribe(topics)
+    return consumer
+
+
+def all_partitions(consumer: KafkaConsumer, topic: str, timeout_s: float = 10.0) -> list[TopicPartition]:
+    """Partitions of ``topic``, waiting for metadata (a fresh client knows none yet)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        parts = consumer.partitions_for_topic(topic)
+        if parts:
+            return [TopicPartition(topic, p) for p in sorted(parts)]
+        time.sleep(0.1)
+    raise TimeoutError(f"topic {topic} has no partitions in broker metadata")
+
+
+def group_lag(s: Settings, group_id: str, topic: str) -> dict[int, int]:
+    """Per-partition lag of a consumer group.
+
+    Clamped at 0: the embedded Tansu broker reports the base offset of the last batch as its high
+    watermark, so committed offsets can run ahead of it there.
+    """
+    c = make_consumer(s, group_id=group_id)
+    try:
+        tps = all_partitions(c, topic)
+        ends = c.end_offsets(tps)
+        lag = {}
+        for tp in tps:
+            committed = c.committed(tp) or 0
+            lag[tp.partition] = max(0, ends.get(tp, 0) - committed)
+        return lag
+    finally:
+        c.close()

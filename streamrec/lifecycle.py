@@ -1,0 +1,34 @@
+"""Process lifecycle shared by the services: logging and graceful stop on SIGTERM/SIGINT.
+
+A service loop checks ``stop.is_set()`` between batches, finishes the batch in hand, commits,
+and returns: SIGTERM drains, it never abandons work half-done.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+
+
+def setup_logging(service: str) -> None:
+    level = os.environ.get("STREAMREC_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(
+        level=level,
+        format=f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("kafka", "urllib3", "httpx", "transformers"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def stop_on_signals(stop: threading.Event | None = None) -> threading.Event:
+    """Set (and return) ``stop`` on SIGTERM/SIGINT; only possible from the main thread."""
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        def _handler(signum, _frame):
+            logging.getLogger(__name__).info("received %s, draining", signal.Signals(signum).name)
+            stop.set()
+        signal.signal(signal.SIGTERM, _handler)
+        signal.signal(signal.SIGINT, _handler)
+    return stop

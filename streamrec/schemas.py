@@ -1,0 +1,267 @@
+"""The wire contract: events, catalog operations, dead letters and API responses.
+
+Every boundary (Kafka consumers, the HTTP API, file adapters) validates with these models and
+nothing else, so a payload is accepted or rejected the same way wherever it enters.
+``decode_event`` / ``decode_catalog`` turn raw bytes into a model or raise :class:`Rejected`
+with a machine-readable reason code; callers dead-letter the rejection, never drop it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
+
+EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "impression")
+EventType = Literal["view", "click", "add_to_cart", "purchase", "impression"]
+INTERACTION_TYPES = ("view", "click", "add_to_cart", "purchase")
+
+# Epoch milliseconds below this are almost certainly epoch *seconds* (≈ 1973 in ms).
+_MIN_EPOCH_MS = 100_000_000_000
+_MAX_EPOCH_MS = 32_503_680_000_000  # year 3000
+
+
+def _id_from_int(v: Any) -> Any:
+    """Many public datasets use integer ids; accept them as their decimal string."""
+    if isinstance(v, bool):
+        raise ValueError("an id must be a string or integer, not a boolean")
+    if isinstance(v, int):
+        return str(v)
+    return v
+
+
+Id = Annotated[
+    str,
+    BeforeValidator(_id_from_int),
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=128),
+]
+
+
+def _to_epoch_ms(v: Any) -> int:
+    """Accept epoch milliseconds or ISO 8601; reject what is ambiguous instead of guessing."""
+    if isinstance(v, bool):
+        raise ValueError("ts must be epoch milliseconds or an ISO 8601 string")
+    if isinstance(v, (int, float)):
+        if v != v or v in (float("inf"), float("-inf")):
+            raise ValueError("ts must be a finite number")
+        ms = int(v)
+    elif isinstance(v, str):
+        text = v.strip()
+        if text.lstrip("-").isdigit():
+            ms = int(text)
+        else:
+            try:
+                dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            except ValueError:
+                raise ValueError(f"ts {v!r} is neither epoch milliseconds nor ISO 8601") from None
+            if dt.tzinfo is None:
+                dt = dt.replace(tzinfo=timezone.utc)
+            ms = int(dt.timestamp() * 1000)
+    else:
+        raise ValueError("ts must be epoch milliseconds or an ISO 8601 string")
+    if ms < _MIN_EPOCH_MS:
+        raise ValueError(f"ts {v!r} is before 1973 in epoch ms: epoch seconds? multiply by 1000")
+    if ms > _MAX_EPOCH_MS:
+        raise ValueError(f"ts {v!r} is after the year 3000")
+    return ms
+
+
+EpochMs = Annotated[int, BeforeValidator(_to_epoch_ms)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Event(_Strict):
+    """A shopper action. ``event_id`` is the idempotency key for every downstream effect."""
+
+    event_id: Id
+    type: EventType
+    user_id: Id
+    ts: EpochMs
+    item_id: Id | None = None
+    request_id: Id | None = None
+    session_id: Id | None = None
+    query: Annotated[str, StringConstraints(max_length=512)] | None = None
+    position: Annotated[int, Field(ge=0, le=10_000)] | None = None
+    item_ids: Annotated[list[Id], Field(min_length=1, max_length=200)] | None = None
+
+    @model_validator(mode="after")
+    def _shape_matches_type(self) -> Event:
+        if self.type == "impression":
+            if self.item_ids is None or self.request_id is None:
+                raise ValueError("an impression needs request_id and item_ids (in shown order)")
+            if self.item_id is not None:
+                raise ValueError("an impression carries item_ids, not item_id")
+            if len(set(self.item_ids)) != len(self.item_ids):
+                raise ValueError("impression item_ids must not repeat")
+        else:
+            if self.item_id is None:
+                raise ValueError(f"a {self.type} event needs item_id")
+            if self.item_ids is not None:
+                raise ValueError("only impressions carry item_ids")
+        return self
+
+
+class CatalogOp(_Strict):
+    """An upsert or delete of one catalog item."""
+
+    op: Literal["upsert", "delete"]
+    item_id: Id
+    ts: EpochMs
+    title: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000)] | None = None
+    description: Annotated[str, StringConstraints(max_length=20_000)] | None = None
+    category: Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)] | None = None
+    price: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+
+    @model_validator(mode="after")
+    def _upsert_has_title(self) -> CatalogOp:
+        if self.op == "upsert" and self.title is None:
+            raise ValueError("an upsert needs a title")
+        if self.op == "delete" and any(
+            v is not None for v in (self.title, self.description, self.category, self.price)
+        ):
+            raise ValueError("a delete carries only op, item_id and ts")
+        return self
+
+
+# --- decoding with reasons -------------------------------------------------------------------
+
+RejectReason = Literal["oversize", "not_utf8", "not_json", "not_object", "invalid", "unknown_type"]
+
+
+class Rejected(Exception):
+    """A payload that must go to the dead-letter topic, with why."""
+
+    def __init__(self, reason: RejectReason, error: str):
+        super().__init__(f"{reason}: {error}")
+        self.reason: RejectReason = reason
+        self.error = error
+
+
+def _load_object(raw: bytes, max_bytes: int) -> dict:
+    if len(raw) > max_bytes:
+        raise Rejected("oversize", f"payload is {len(raw)} bytes, limit {max_bytes}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise Rejected("not_utf8", str(e)) from None
+    try:
+        obj = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise Rejected("not_json", str(e)[:500]) from None
+    if not isinstance(obj, dict):
+        raise Rejected("not_object", f"expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def validation_message(e: ValidationError) -> str:
+    """One readable line per problem: 'field: message'."""
+    parts = []
+    for err in e.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"]) or "(event)"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)[:2000]
+
+
+def validate_event(obj: Any) -> Event:
+    """Validate an already-parsed object (the HTTP path); raises :class:`Rejected`."""
+    if not isinstance(obj, dict):
+        raise Rejected("not_object", f"expected a JSON object, got {type(obj).__name__}")
+    if obj.get("type") not in EVENT_TYPES and "type" in obj:
+        raise Rejected("unknown_type", f"type {obj.get('type')!r} is not one of {', '.join(EVENT_TYPES)}")
+    try:
+        return Event.model_validate(obj)
+    except ValidationError as e:
+        raise Rejected("invalid", validation_message(e)) from None
+
+
+def validate_catalog(obj: Any) -> CatalogOp:
+    if not isinstance(obj, dict):
+        raise Rejected("not_object", f"expected a JSON object, got {type(obj).__name__}")
+    try:
+        return CatalogOp.model_validate(obj)
+    except ValidationError as e:
+        raise Rejected("invalid", validation_message(e)) from None
+
+
+def decode_event(raw: bytes, max_bytes: int = 64 * 1024) -> Event:
+    return validate_event(_load_object(raw, max_bytes))
+
+
+def decode_catalog(raw: bytes, max_bytes: int = 64 * 1024) -> CatalogOp:
+    return validate_catalog(_load_object(raw, max_bytes))
+
+
+def encode(model: BaseModel) -> bytes:
+    """Canonical wire bytes: JSON without nulls, so re-encoding is stable."""
+    return model.model_dump_json(exclude_none=True).encode()
+
+
+class DeadLetter(_Strict):
+    """What lands on ``streamrec.dlq``: enough to understand, fix and re-publish the input."""
+
+    reason: RejectReason
+    error: str
+    source_topic: str
+    source_partition: int | None = None
+    source_offset: int | None = None
+    source_key: str | None = None
+    received_ms: int
+    payload_b64: str = Field(description="the original bytes, base64, always")
+    payload_text: str | None = Field(None, description="the original bytes as text, when UTF-8")
+
+    @classmethod
+    def of(cls, rejected: Rejected, raw: bytes, *, topic: str, partition: int | None = None,
+           offset: int | None = None, key: bytes | None = None, now_ms: int) -> DeadLetter:
+        try:
+            text: str | None = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        return cls(
+            reason=rejected.reason, error=rejected.error, source_topic=topic,
+            source_partition=partition, source_offset=offset,
+            source_key=key.decode("utf-8", "replace") if key is not None else None,
+            received_ms=now_ms, payload_b64=base64.b64encode(raw).decode(), payload_text=text,
+        )
+
+    def original_bytes(self) -> bytes:
+        return base64.b64decode(self.payload_b64)
+
+
+# --- HTTP responses ----------------------------------------------------------------------------
+
+class ResultItem(BaseModel):
+    item_id: str
+    score: float
+    title: str
+    reasons: list[str]
+
+
+class ResultList(BaseModel):
+    request_id: str
+    items: list[ResultItem]
+    model_version: int
+    index_version: int
+
+
+class PublishRejection(BaseModel):
+    index: int
+    error: str
+
+
+class PublishResult(BaseModel):
+    accepted: int
+    rejected: list[PublishRejection]

