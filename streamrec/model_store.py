@@ -1,0 +1,147 @@
+"""Versioned ranking-model snapshots on disk: publish, latest, load, list, rollback.
+
+Layout under ``root`` (``settings.models_dir``)::
+
+    v000001/model.pt     weights + head config (torch, loadable with weights_only=True)
+    v000001/meta.json    feature schema, metrics, reason, created time
+    CURRENT              the served version number, as text
+
+Atomicity: a version is written to a temporary directory and renamed into place, and ``CURRENT``
+is replaced with ``os.replace`` only afterwards, so a reader that follows ``CURRENT`` never sees
+a half-written snapshot. Readers poll ``latest_version()`` (one tiny file read) and ``load()``
+only when it changes. Rollback moves ``CURRENT`` back; the next publish gets a new, higher number.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from streamrec.ranking import SCHEMA_ID, RankingHead, head_from_state
+
+_POINTER = "CURRENT"
+
+
+class ModelNotFound(LookupError):
+    """The requested model version does not exist (or no model was published yet)."""
+
+
+def _vdir(version: int) -> str:
+    return f"v{version:06d}"
+
+
+class ModelStore:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def from_settings(cls, s: Any) -> ModelStore:
+        return cls(s.models_dir)
+
+    # --- reading --------------------------------------------------------------------------------
+
+    def latest_version(self) -> int:
+        """The served version; 0 when nothing was published. Cheap enough to poll every 0.2 s."""
+        try:
+            text = (self.root / _POINTER).read_text().strip()
+        except FileNotFoundError:
+            return 0
+        return int(text) if text.isdigit() else 0
+
+    def versions(self) -> list[int]:
+        out = []
+        for p in self.root.glob("v*"):
+            if p.is_dir() and p.name[1:].isdigit() and (p / "meta.json").exists():
+                out.append(int(p.name[1:]))
+        return sorted(out)
+
+    def meta(self, version: int) -> dict:
+        path = self.root / _vdir(version) / "meta.json"
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ModelNotFound(f"model version {version} does not exist in {self.root}") from None
+
+    def load(self, version: int | None = None) -> tuple[int, RankingHead, dict]:
+        """``(version, head, meta)``; ``version=None`` loads the served one."""
+        v = self.latest_version() if version is None else int(version)
+        if v <= 0:
+            raise ModelNotFound(f"no model has been published in {self.root} yet")
+        meta = self.meta(v)
+        try:
+            blob = torch.load(self.root / _vdir(v) / "model.pt", map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise ModelNotFound(f"model version {v} has no weights in {self.root}") from None
+        head = head_from_state(blob["config"], blob["state"])
+        head.eval()
+        return v, head, meta
+
+    def list(self) -> list[dict]:
+        """One dict per version, oldest first: version, current, created_ms, reason, metrics."""
+        cur = self.latest_version()
+        rows = []
+        for v in self.versions():
+            m = self.meta(v)
+            rows.append({"version": v, "current": v == cur, "created_ms": m.get("created_ms"),
+                         "reason": m.get("reason"), "parent": m.get("parent"),
+                         "updates": m.get("updates"), "metrics": m.get("metrics", {})})
+        return rows
+
+    # --- writing --------------------------------------------------------------------------------
+
+    def publish(self, head: RankingHead, meta: dict | None = None) -> int:
+        """Write a new version and make it current; returns its number."""
+        meta = dict(meta or {})
+        meta.setdefault("created_ms", int(time.time() * 1000))
+        meta["feature_schema"] = {"id": SCHEMA_ID, "names": list(head.feature_names)}
+        meta["head"] = head.config()
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
+        try:
+            state = {k: v.detach().clone() for k, v in head.state_dict().items()}
+            torch.save({"config": head.config(), "state": state}, tmp / "model.pt")
+            for attempt in range(100):
+                v = (max(self.versions(), default=0) if attempt == 0 else v) + 1
+                meta["version"] = v
+                (tmp / "meta.json").write_text(json.dumps(meta, sort_keys=True, default=float))
+                _fsync_dir_files(tmp)
+                try:
+                    os.rename(tmp, self.root / _vdir(v))   # fails if another publisher took v
+                    break
+                except OSError:
+                    continue
+            else:  # pragma: no cover - 100 concurrent publishers
+                raise RuntimeError(f"could not allocate a model version in {self.root}")
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self._point(v)
+        return v
+
+    def rollback(self, version: int) -> None:
+        """Serve ``version`` again (it must exist); the learner adopts it as its champion."""
+        self.meta(version)   # raises ModelNotFound
+        if not (self.root / _vdir(version) / "model.pt").exists():
+            raise ModelNotFound(f"model version {version} has no weights in {self.root}")
+        self._point(version)
+
+    def _point(self, version: int) -> None:
+        fd, tmp = tempfile.mkstemp(prefix=".ptr-", dir=self.root)
+        with os.fdopen(fd, "w") as f:
+            f.write(str(version))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.root / _POINTER)
+
+
+def _fsync_dir_files(d: Path) -> None:
+    for p in d.iterdir():
+        with open(p, "rb") as f:
+            os.fsync(f.fileno())

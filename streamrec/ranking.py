@@ -1,0 +1,371 @@
+"""Ranking features and the ranking head — one module, imported by the learner *and* serving.
+
+Why one module: the learner trains on exactly the rows serving scored (``log_served`` /
+``load_served``), and when a replayed log has no served rows the learner recomputes them with the
+same :class:`FeatureAssembler`, so there is no train/serve skew by construction.
+
+Every feature degrades to a neutral value (0, with a ``has_*`` flag) when its input is missing:
+an item without a vector, a user without history, a search without a query vector.
+
+Redis layout written here: ``{prefix}served:{request_id}`` — a hash ``{schema, items, X}`` with a
+TTL; ``items`` is the JSON list of item ids, ``X`` the base64 float32 rows in that order.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import math
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+if TYPE_CHECKING:  # pragma: no cover - types only
+    import redis
+
+FEATURE_NAMES: list[str] = [
+    "retrieval_score",       # first-stage score from serving (0 for a replayed log)
+    "query_item_cos",        # cosine(query vector, item vector)
+    "has_query_vec",
+    "user_item_cos",         # cosine(mean vector of the user's recent items, item vector)
+    "has_user_vec",
+    "has_item_vec",
+    "user_history_log",      # log1p(number of recent items)
+    "user_seen_item",        # the item is among the user's recent items
+    "item_impressions_log",  # popularity / CTR counters
+    "item_clicks_log",
+    "item_ctr_smoothed",
+    "item_views_log",
+    "item_carts_log",
+    "item_purchases_log",
+    "item_purchase_rate",
+    "covisit_sum_log",       # co-visitation of the item with the user's recent items
+    "covisit_max_log",
+    "trending_log",
+    "category_affinity",     # share of the user's category affinity on the item's category
+    "category_is_top",
+    "price_log",
+    "price_match",           # exp(-|log price - mean log price of the user's recent items|)
+    "has_price",
+]
+N_FEATURES = len(FEATURE_NAMES)
+SCHEMA_ID = hashlib.sha1(json.dumps(FEATURE_NAMES).encode()).hexdigest()[:12]
+
+# Beta prior for the CTR of an item seen only a few times (prior CTR, pseudo-impressions).
+CTR_PRIOR = 0.02
+CTR_PRIOR_STRENGTH = 20.0
+RECENT_FOR_PROFILE = 20   # recent items that make up the user's vector and price profile
+RECENT_FOR_COVISIT = 5    # recent items whose co-visitation lists are read (one Redis call each)
+TRENDING_N = 200
+
+
+class FeatureSource(Protocol):
+    """The read side of ``streamrec.features.FeatureStore`` (or an offline store with the same API)."""
+
+    def recent_items(self, user_id: str, n: int = 20) -> list[Any]: ...
+    def item_stats(self, item_ids: list[str], now_ms: int | None = None) -> list[Any]: ...
+    def covisited(self, item_id: str, n: int = 20) -> list[tuple[str, float]]: ...
+    def trending(self, n: int = 20) -> list[tuple[str, float]]: ...
+    def category_affinity(self, user_id: str) -> dict[str, float]: ...
+    def item_attributes(self, item_ids: list[str]) -> list[dict | None]: ...
+
+
+def _unit(v: np.ndarray | None) -> np.ndarray | None:
+    if v is None:
+        return None
+    v = np.asarray(v, dtype=np.float32).ravel()
+    n = float(np.linalg.norm(v))
+    if not math.isfinite(n) or n == 0.0:
+        return None
+    return v / n
+
+
+def _price(attrs: dict | None, meta: Any) -> float | None:
+    p = attrs.get("price") if attrs else None
+    if p is None and meta is not None:
+        p = getattr(meta, "price", None)
+    try:
+        p = float(p) if p is not None else None
+    except (TypeError, ValueError):
+        return None
+    return p if p is not None and math.isfinite(p) and p >= 0 else None
+
+
+def _category(attrs: dict | None, meta: Any) -> str | None:
+    c = attrs.get("category") if attrs else None
+    if not c and meta is not None:
+        c = getattr(meta, "category", None)
+    return str(c) if c else None
+
+
+class FeatureAssembler:
+    """Turns (user, query, candidates) into the ranking feature matrix, for serving and learner alike.
+
+    Parameters
+    ----------
+    features: the Redis feature reader (``FeatureStore``) or any object with its read API.
+    vectors: item id → item embedding, or None when the item has no vector.
+    item_meta: item id → metadata (category, price) used when Redis has no attributes.
+    """
+
+    def __init__(self, features: FeatureSource, vectors: Callable[[str], np.ndarray | None],
+                 item_meta: Callable[[str], Any | None] | None = None):
+        self.features = features
+        self.vectors = vectors
+        self.item_meta = item_meta
+
+    def assemble(self, *, user_id: str | None, query_vec: np.ndarray | None, item_ids: list[str],
+                 retrieval_scores: np.ndarray | Sequence[float] | None, now_ms: int | None = None) -> np.ndarray:
+        """The ``(len(item_ids), N_FEATURES)`` float32 matrix, rows in ``item_ids`` order."""
+        item_ids = [str(i) for i in item_ids]
+        n = len(item_ids)
+        X = np.zeros((n, N_FEATURES), dtype=np.float32)
+        if n == 0:
+            return X
+        if retrieval_scores is None:
+            scores = np.zeros(n, dtype=np.float32)
+        else:
+            scores = np.asarray(retrieval_scores, dtype=np.float32).ravel()
+            if scores.shape[0] != n:
+                raise ValueError(f"retrieval_scores has {scores.shape[0]} values for {n} items")
+        col = {name: i for i, name in enumerate(FEATURE_NAMES)}
+        X[:, col["retrieval_score"]] = np.nan_to_num(scores, nan=0.0, posinf=0.0, neginf=0.0)
+
+        # --- user profile ---------------------------------------------------------------------
+        recent = self.features.recent_items(user_id, n=RECENT_FOR_PROFILE) if user_id else []
+        recent_ids = [r.item_id for r in recent]
+        X[:, col["user_history_log"]] = math.log1p(len(recent_ids))
+        seen = set(recent_ids)
+        X[:, col["user_seen_item"]] = [1.0 if i in seen else 0.0 for i in item_ids]
+
+        # --- vectors --------------------------------------------------------------------------
+        q = _unit(query_vec)
+        item_vecs = [_unit(self.vectors(i)) for i in item_ids]
+        recent_vecs = [v for v in (_unit(self.vectors(i)) for i in recent_ids) if v is not None]
+        user_vec = _unit(np.mean(np.stack(recent_vecs), axis=0)) if recent_vecs else None
+        for row, v in enumerate(item_vecs):
+            if v is None:
+                continue
+            X[row, col["has_item_vec"]] = 1.0
+            if q is not None and q.shape == v.shape:
+                X[row, col["query_item_cos"]] = float(q @ v)
+                X[row, col["has_query_vec"]] = 1.0
+            if user_vec is not None and user_vec.shape == v.shape:
+                X[row, col["user_item_cos"]] = float(user_vec @ v)
+                X[row, col["has_user_vec"]] = 1.0
+
+        # --- popularity / CTR counters ----------------------------------------------------------
+        for row, st in enumerate(self.features.item_stats(item_ids, now_ms=now_ms)):
+            if st is None:
+                continue
+            imps, clicks = max(0.0, float(st.impressions)), max(0.0, float(st.clicks))
+            counts = st.counts or {}
+            views = max(0.0, float(counts.get("view", 0.0)))
+            carts = max(0.0, float(counts.get("add_to_cart", 0.0)))
+            buys = max(0.0, float(counts.get("purchase", 0.0)))
+            X[row, col["item_impressions_log"]] = math.log1p(imps)
+            X[row, col["item_clicks_log"]] = math.log1p(clicks)
+            X[row, col["item_ctr_smoothed"]] = (clicks + CTR_PRIOR * CTR_PRIOR_STRENGTH) / (imps + CTR_PRIOR_STRENGTH)
+            X[row, col["item_views_log"]] = math.log1p(views)
+            X[row, col["item_carts_log"]] = math.log1p(carts)
+            X[row, col["item_purchases_log"]] = math.log1p(buys)
+            X[row, col["item_purchase_rate"]] = (buys + 0.1) / (views + clicks + 10.0)
+
+        # --- co-visitation with the user's most recent items --------------------------------------
+        if recent_ids:
+            cov_sum = np.zeros(n, dtype=np.float64)
+            cov_max = np.zeros(n, dtype=np.float64)
+            index = {iid: k for k, iid in enumerate(item_ids)}
+            for rid in recent_ids[:RECENT_FOR_COVISIT]:
+                for other, score in self.features.covisited(rid, n=100):
+                    k = index.get(other)
+                    if k is not None and score > 0:
+                        cov_sum[k] += score
+                        cov_max[k] = max(cov_max[k], score)
+            X[:, col["covisit_sum_log"]] = np.log1p(cov_sum)
+            X[:, col["covisit_max_log"]] = np.log1p(cov_max)
+
+        trending = dict(self.features.trending(n=TRENDING_N))
+        X[:, col["trending_log"]] = [math.log1p(max(0.0, float(trending.get(i, 0.0)))) for i in item_ids]
+
+        # --- category and price match ---------------------------------------------------------------
+        attrs = self.features.item_attributes(item_ids + recent_ids)
+        meta = (lambda i: self.item_meta(i)) if self.item_meta else (lambda i: None)
+        cand_attrs, recent_attrs = attrs[:n], attrs[n:]
+        affinity = self.features.category_affinity(user_id) if user_id else {}
+        total_aff = sum(v for v in affinity.values() if v > 0)
+        top_cat = max(affinity, key=affinity.get) if affinity else None
+        recent_prices = [p for p in (_price(a, meta(i)) for a, i in zip(recent_attrs, recent_ids)) if p is not None]
+        user_log_price = float(np.mean(np.log1p(recent_prices))) if recent_prices else None
+        for row, (a, iid) in enumerate(zip(cand_attrs, item_ids)):
+            m = meta(iid) if (a is None or not a.get("category") or a.get("price") is None) else None
+            cat = _category(a, m)
+            if cat is not None and total_aff > 0:
+                X[row, col["category_affinity"]] = max(0.0, affinity.get(cat, 0.0)) / total_aff
+                X[row, col["category_is_top"]] = 1.0 if cat == top_cat else 0.0
+            price = _price(a, m)
+            if price is not None:
+                X[row, col["has_price"]] = 1.0
+                X[row, col["price_log"]] = math.log1p(price)
+                if user_log_price is not None:
+                    X[row, col["price_match"]] = math.exp(-abs(math.log1p(price) - user_log_price))
+        return X
+
+
+# --- the ranking head -----------------------------------------------------------------------------
+
+class RankingHead(nn.Module):
+    """Multi-task ranking head: shared layers, a click (CTR) and a purchase (CTCVR) head.
+
+    Inputs are standardised by running statistics kept as buffers, so a snapshot carries its own
+    normalisation and serving needs nothing else. Position de-biasing is a shallow tower: a
+    learned per-position logit added to the click logit *in training only*; serving scores
+    position-free (``position=None``), i.e. as if every item were shown at the top.
+    """
+
+    def __init__(self, n_features: int = N_FEATURES, hidden: int = 32, max_positions: int = 50,
+                 feature_names: list[str] | None = None):
+        super().__init__()
+        if n_features < 1 or hidden < 1 or max_positions < 1:
+            raise ValueError("n_features, hidden and max_positions must be positive")
+        self.feature_names = list(feature_names or (FEATURE_NAMES if n_features == N_FEATURES else
+                                                    [f"f{i}" for i in range(n_features)]))
+        if len(self.feature_names) != n_features:
+            raise ValueError(f"{len(self.feature_names)} feature names for {n_features} features")
+        self.n_features, self.hidden, self.max_positions = n_features, hidden, max_positions
+        self.shared = nn.Sequential(nn.Linear(n_features, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
+        self.click_deep = nn.Linear(hidden, 1)
+        self.click_wide = nn.Linear(n_features, 1)
+        self.buy_deep = nn.Linear(hidden, 1)
+        self.buy_wide = nn.Linear(n_features, 1)
+        self.position_bias = nn.Embedding(max_positions, 1)
+        nn.init.zeros_(self.position_bias.weight)
+        for lin in (self.click_deep, self.click_wide, self.buy_deep, self.buy_wide):
+            nn.init.zeros_(lin.weight)
+        nn.init.constant_(self.click_wide.bias, -3.0)   # start near a low base rate, not at 50 %
+        nn.init.constant_(self.buy_wide.bias, -5.0)
+        nn.init.zeros_(self.click_deep.bias)
+        nn.init.zeros_(self.buy_deep.bias)
+        self.register_buffer("x_mean", torch.zeros(n_features))
+        self.register_buffer("x_var", torch.ones(n_features))
+        self.register_buffer("x_count", torch.zeros(()))
+
+    def config(self) -> dict:
+        """What it takes to rebuild the module before loading its state dict."""
+        return {"n_features": self.n_features, "hidden": self.hidden, "max_positions": self.max_positions,
+                "feature_names": list(self.feature_names)}
+
+    @torch.no_grad()
+    def update_normalizer(self, X: torch.Tensor, momentum: float = 0.01) -> None:
+        """Track feature mean/variance: exact average while young, exponential afterwards."""
+        if X.shape[0] == 0:
+            return
+        mean, var = X.mean(0), X.var(0, unbiased=False)
+        n = float(X.shape[0])
+        c = float(self.x_count)
+        w = max(n / (c + n), momentum)
+        delta = mean - self.x_mean
+        self.x_mean += w * delta
+        self.x_var.mul_(1 - w).add_(w * var + w * (1 - w) * delta * delta)
+        self.x_count += n
+
+    def _standardize(self, X: torch.Tensor) -> torch.Tensor:
+        return ((X - self.x_mean) / torch.sqrt(self.x_var + 1e-6)).clamp(-6.0, 6.0)
+
+    def forward(self, X: torch.Tensor, position: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Click and purchase *logits*; ``position`` (0-based) only during training."""
+        z = self._standardize(X)
+        h = self.shared(z)
+        click = (self.click_deep(h) + self.click_wide(z)).squeeze(-1)
+        buy = (self.buy_deep(h) + self.buy_wide(z)).squeeze(-1)
+        if position is not None:
+            click = click + self.position_bias(position.clamp(0, self.max_positions - 1)).squeeze(-1)
+        return click, buy
+
+    def _check(self, X: np.ndarray) -> torch.Tensor:
+        X = np.asarray(X, dtype=np.float32)
+        if X.ndim != 2 or X.shape[1] != self.n_features:
+            raise ValueError(f"expected an (n, {self.n_features}) feature matrix, got shape {X.shape}")
+        return torch.from_numpy(np.nan_to_num(X, nan=0.0, posinf=0.0, neginf=0.0))
+
+    @torch.no_grad()
+    def predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(p_click, p_purchase)`` for each row, position-free."""
+        was = self.training
+        self.eval()
+        try:
+            click, buy = self.forward(self._check(X))
+        finally:
+            self.train(was)
+        return torch.sigmoid(click).numpy(), torch.sigmoid(buy).numpy()
+
+    def explain(self, X: np.ndarray, top: int = 3) -> list[list[str]]:
+        """Per row, the features pushing the click score up most (gradient × standardised input)."""
+        x = self._check(X)
+        if x.shape[0] == 0:
+            return []
+        was = self.training
+        self.eval()
+        try:
+            z = self._standardize(x).detach().requires_grad_(True)
+            h = self.shared(z)
+            click = (self.click_deep(h) + self.click_wide(z)).sum()
+            (grad,) = torch.autograd.grad(click, z)
+        finally:
+            self.train(was)
+        contrib = (grad * z).detach().numpy()
+        out = []
+        for row in contrib:
+            order = np.argsort(-row)[:top]
+            out.append([self.feature_names[k] for k in order if row[k] > 1e-4])
+        return out
+
+
+def head_from_state(config: dict, state: dict) -> RankingHead:
+    """Rebuild a head from :meth:`RankingHead.config` and its state dict."""
+    head = RankingHead(n_features=int(config["n_features"]), hidden=int(config["hidden"]),
+                       max_positions=int(config["max_positions"]), feature_names=list(config["feature_names"]))
+    head.load_state_dict(state)
+    return head
+
+
+# --- what serving scored ---------------------------------------------------------------------------
+
+def served_key(prefix: str, request_id: str) -> str:
+    return f"{prefix}served:{request_id}"
+
+
+def log_served(r: redis.Redis, prefix: str, request_id: str, item_ids: list[str], X: np.ndarray, ttl_s: float) -> None:
+    """Store the rows serving scored for ``request_id`` so the learner trains on exactly them."""
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    if X.ndim != 2 or X.shape != (len(item_ids), N_FEATURES):
+        raise ValueError(f"X must be ({len(item_ids)}, {N_FEATURES}), got {X.shape}")
+    if ttl_s <= 0:
+        raise ValueError("ttl_s must be positive")
+    key = served_key(prefix, request_id)
+    pipe = r.pipeline(transaction=True)
+    pipe.hset(key, mapping={"schema": SCHEMA_ID, "items": json.dumps([str(i) for i in item_ids]),
+                            "X": base64.b64encode(X.tobytes()).decode()})
+    pipe.pexpire(key, max(1, int(ttl_s * 1000)))
+    pipe.execute()
+
+
+def load_served(r: redis.Redis, prefix: str, request_id: str) -> dict[str, np.ndarray] | None:
+    """item id → served feature row; None when absent, expired or from another feature schema."""
+    raw = r.hgetall(served_key(prefix, request_id))
+    if not raw:
+        return None
+    raw = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+           for k, v in raw.items()}
+    if raw.get("schema") != SCHEMA_ID or "items" not in raw or "X" not in raw:
+        return None
+    items = json.loads(raw["items"])
+    X = np.frombuffer(base64.b64decode(raw["X"]), dtype=np.float32)
+    if X.size != len(items) * N_FEATURES:
+        return None
+    X = X.reshape(len(items), N_FEATURES)
+    return {iid: X[k].copy() for k, iid in enumerate(items)}
