@@ -56,11 +56,25 @@ class Settings(BaseSettings):
     index_factory: str = Field("Flat", description="FAISS factory string for the item index")
     index_metric: Literal["ip", "l2"] = "ip"
     index_use_gpu: Literal["auto", "never", "always"] = "auto"
+    encoder_query_cache: int = Field(4096, ge=0, description="LRU size of query embeddings")
+    index_nprobe: int = Field(16, ge=1, description="IVF lists probed per query")
+    index_ef_search: int = Field(64, ge=1, description="HNSW efSearch (raised to k when k is larger)")
+    index_compact_ratio: float = Field(0.2, gt=0, description="rebuild when tombstones exceed this share")
+    index_snapshot_every_s: float = Field(30.0, gt=0, description="index_updater snapshot period")
+    index_snapshots_kept: int = Field(2, ge=1)
+    index_batch_max_wait_ms: int = Field(100, ge=0, description="how long index_updater fills a batch")
 
     # --- learner / model --------------------------------------------------------------------
     label_window_s: float = Field(30.0, gt=0, description="how long an impression waits for its click")
     publish_every_updates: int = Field(50, ge=1)
     publish_every_s: float = Field(2.0, gt=0)
+
+    # --- serving ----------------------------------------------------------------------------
+    serving_candidates: int = Field(100, ge=10, le=2000, description="candidates per retriever before ranking")
+    serving_model_weight: float = Field(0.5, ge=0, le=1, description="share of the ranking head in the final score")
+    serving_diversity_lambda: float = Field(0.8, ge=0, le=1, description="MMR: 1 = pure relevance")
+    serving_exclude_seen: bool = Field(True, description="/recommend skips items the user recently interacted with")
+    model_poll_s: float = Field(0.2, gt=0, description="how often serving checks for a new model version")
 
     # --- demo -------------------------------------------------------------------------------
     demo_catalog: str = Field("amazon18_office", description="dataset adapter used by `streamrec up`")

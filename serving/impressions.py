@@ -1,0 +1,53 @@
+"""What was shown, for the learner: served feature rows in Redis, then an impression event.
+
+The rows go to Redis first (synchronously, with a TTL) so that by the time the learner reads the
+impression from Kafka, the exact features it must train on are already there. The Kafka send is
+asynchronous: a response never waits for the broker; failures are counted and logged.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import redis
+from kafka import KafkaProducer
+
+from serving import metrics
+from streamrec.ranking import log_served
+from streamrec.schemas import Event, encode
+from streamrec.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ANONYMOUS_USER = "anonymous"
+
+
+class ImpressionLog:
+    def __init__(self, s: Settings, producer: KafkaProducer, r: redis.Redis):
+        self.s = s
+        self.producer = producer
+        self.redis = r
+        self.ttl_s = s.label_window_s * 4 + 60
+
+    def record(self, *, request_id: str, user_id: str | None, query: str | None,
+               item_ids: list[str], rows: np.ndarray, ts_ms: int) -> None:
+        if not item_ids:
+            return
+        try:
+            log_served(self.redis, self.s.redis_prefix, request_id, item_ids, rows, self.ttl_s)
+        except redis.RedisError:
+            # The learner can still recompute features; the impression itself must not be lost.
+            log.exception("could not store served features for %s", request_id)
+        event = Event(
+            event_id=f"imp-{request_id}", type="impression", user_id=user_id or ANONYMOUS_USER,
+            ts=ts_ms, request_id=request_id, item_ids=item_ids, query=query[:512] if query else None,
+        )
+        future = self.producer.send(self.s.topic_events, key=event.user_id, value=encode(event))
+        future.add_callback(lambda _md: metrics.IMPRESSIONS.labels("published").inc())
+        future.add_errback(self._failed, request_id)
+
+    @staticmethod
+    def _failed(exc: Exception, request_id: str) -> None:
+        metrics.IMPRESSIONS.labels("failed").inc()
+        log.error("impression %s could not be published: %r", request_id, exc)

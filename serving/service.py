@@ -1,0 +1,76 @@
+"""The serving process: builds the engine from published state and runs the HTTP API.
+
+It reads only what other services publish (vectors topic, Redis features, model snapshots) and
+writes impressions to the events topic, so any number of replicas can run side by side.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import uvicorn
+
+from serving.app import create_app
+from serving.engine import Engine
+from serving.impressions import ImpressionLog
+from serving.lexical import LexicalIndex
+from serving.models import ModelWatcher
+from streamrec import bus
+from streamrec.encoder import Encoder
+from streamrec.features import FeatureStore
+from streamrec.model_store import ModelStore
+from streamrec.settings import Settings
+from streamrec.store import connect
+from streamrec.vector_index import IndexReplica
+
+log = logging.getLogger(__name__)
+
+
+def build_engine(s: Settings) -> tuple[Engine, object]:
+    """The engine plus its producer; starts the replica, model watcher and lexical rebuilder."""
+    encoder = Encoder.from_settings(s)
+    replica = IndexReplica(s, encoder.dim)
+    replica.start()
+    r = connect(s)
+    models = ModelWatcher(ModelStore.from_settings(s), s.model_poll_s)
+    models.start()
+
+    def lexical_docs():
+        index = replica.index
+        version = index.version
+        docs = {}
+        for item_id in index.item_ids():
+            meta = index.meta(item_id)
+            if meta:
+                docs[item_id] = f"{meta.title} {meta.category or ''}"
+        return version, docs
+
+    lexical = LexicalIndex(lexical_docs)
+    lexical.start()
+    producer = bus.make_producer(s)
+    engine = Engine(s, encoder, replica, FeatureStore(r, s.redis_prefix), models, lexical,
+                    ImpressionLog(s, producer, r))
+    return engine, producer
+
+
+def run(s: Settings, stop: threading.Event) -> None:
+    engine, producer = build_engine(s)
+    app = create_app(s, engine, producer)
+    config = uvicorn.Config(app, host=s.http_host, port=s.http_port, log_level="warning",
+                            timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    # In the main thread uvicorn captures SIGTERM itself and re-raises it after shutdown (which
+    # sets `stop`); in a test thread it installs nothing and `stop` drives the exit.
+    watcher = threading.Thread(target=lambda: (stop.wait(), setattr(server, "should_exit", True)),
+                               daemon=True)
+    watcher.start()
+    log.info("serving on http://%s:%d", s.http_host, s.http_port)
+    try:
+        server.run()
+    finally:
+        producer.flush(timeout=10)  # impressions already handed to the producer are delivered
+        producer.close(timeout=10)
+        engine.models.stop()
+        engine.lexical.stop()
+        engine.replica.stop()
