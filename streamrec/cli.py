@@ -1,0 +1,349 @@
+"""The `streamrec` command: the whole stack (`up`), one service each, replay, status, models."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Annotated
+
+import httpx
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from streamrec import bus
+from streamrec.lifecycle import setup_logging, stop_on_signals
+from streamrec.metrics import serve_metrics
+from streamrec.settings import Settings
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="streamrec: streaming search and recommendations that learn from every click.")
+model_app = typer.Typer(no_args_is_help=True, help="Published ranking-head versions.")
+app.add_typer(model_app, name="model")
+console = Console(stderr=True)
+log = logging.getLogger("streamrec.cli")
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except Exception as e:  # pydantic's message names the bad variable
+        console.print(f"[red]invalid configuration:[/red] {e}")
+        raise typer.Exit(2) from None
+
+
+# --- one service each (as docker-compose runs them) ---------------------------------------------
+
+def _run_service(name: str, module: str, own_metrics: bool = True) -> None:
+    setup_logging(name)
+    s = _settings()
+    stop = stop_on_signals()
+    if own_metrics:
+        serve_metrics(s.metrics_port)
+    try:
+        bus.wait_for_broker(s.require_kafka())
+        bus.ensure_topics(s)  # idempotent: whichever service starts first creates them
+        importlib.import_module(module).run(s, stop)
+    except (RuntimeError, TimeoutError) as e:  # configuration problems read best as one line
+        console.print(f"[red]{name}:[/red] {e}")
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def consume() -> None:
+    """Ingest events and catalog changes into Redis features (consumers/)."""
+    _run_service("consumers", "consumers.service")
+
+
+@app.command()
+def learn() -> None:
+    """Train the ranking head online and publish versions (learner/)."""
+    _run_service("learner", "learner.service")
+
+
+@app.command()
+def index() -> None:
+    """Embed catalog changes and publish vectors + index snapshots (index_updater/)."""
+    _run_service("index-updater", "index_updater.service")
+
+
+@app.command()
+def serve() -> None:
+    """Answer /search, /recommend, /similar over HTTP (serving/)."""
+    _run_service("serving", "serving.service", own_metrics=False)
+
+
+# --- the main job ---------------------------------------------------------------------------------
+
+@app.command()
+def up(
+    rate: Annotated[float, typer.Option(help="demo shopper actions per second (0 = no demo traffic)")] = 20.0,
+    demo: Annotated[bool, typer.Option(help="index the demo catalog and replay demo shoppers")] = True,
+    wait_s: Annotated[float, typer.Option(help="give up if the demo catalog is not indexed by then")] = 600.0,
+) -> None:
+    """Run everything: embedded broker + Redis (unless configured), all four services, demo data."""
+    from streamrec.embedded import EmbeddedKafka, EmbeddedRedis, child_env
+    from streamrec.supervisor import ChildSpec, Supervisor
+
+    setup_logging("up")
+    s = _settings()
+    stop = stop_on_signals()
+    embedded = []
+    overrides: dict[str, str] = {}
+    run_dir = s.state_dir
+    if not s.kafka_bootstrap:
+        # Tansu forgets everything on exit, so state derived from an earlier run (snapshots,
+        # checkpoints with offsets) would point past the new, empty topics: start clean.
+        run_dir = s.state_dir / "embedded-run"
+        shutil.rmtree(run_dir, ignore_errors=True)
+        kafka = EmbeddedKafka(run_dir / "tansu").start()
+        embedded.append(kafka)
+        overrides["kafka_bootstrap"] = kafka.bootstrap
+        console.print(f"embedded Kafka-compatible broker (Tansu, [bold]memory only[/bold]) at {kafka.bootstrap}")
+    if not s.redis_url:
+        redis_server = EmbeddedRedis(run_dir / "redis").start()
+        embedded.append(redis_server)
+        overrides["redis_url"] = redis_server.url
+        console.print(f"embedded Redis (no persistence) at {redis_server.url}")
+    overrides["state_dir"] = str(run_dir)
+    s = s.model_copy(update={k: (Path(v) if k == "state_dir" else v) for k, v in overrides.items()})
+    supervisor = None
+    try:
+        bus.wait_for_broker(s.require_kafka())
+        created = bus.ensure_topics(s)
+        if created:
+            console.print(f"created topics: {', '.join(created)}")
+        exe = [sys.executable, "-m", "streamrec.cli"]
+        specs = []
+        for i, (name, cmd) in enumerate([("consumers", "consume"), ("index-updater", "index"),
+                                         ("learner", "learn"), ("serving", "serve")]):
+            env = child_env(**overrides, metrics_port=str(9101 + i) if cmd != "serve" else "0")
+            specs.append(ChildSpec(name, exe + [cmd], env, run_dir / "logs" / f"{name}.log"))
+        supervisor = Supervisor(specs)
+        supervisor.start()
+        base = f"http://{s.http_host}:{s.http_port}"
+        if demo:
+            _index_demo_catalog(s, base, stop, wait_s)
+        console.print(
+            f"\n[bold green]streamrec is up[/bold green]\n"
+            f"  search     {base}/search?q=ink+cartridge&k=5\n"
+            f"  recommend  {base}/recommend?user_id=A994\n"
+            f"  similar    {base}/similar/0\n"
+            f"  dashboard  {base}/dashboard   API docs {base}/docs   metrics {base}/metrics\n"
+            f"  service metrics :9101 consumers, :9102 index-updater, :9103 learner\n"
+            f"  logs       {run_dir / 'logs'}\n"
+            f"Ctrl-C stops everything."
+        )
+        if demo and rate > 0:
+            from streamrec.demo import DemoShopper
+
+            shopper = DemoShopper(base, s.require_data_dir(), rate, stop)
+            threading.Thread(target=shopper.run, name="demo", daemon=True).start()
+            console.print(f"replaying demo shoppers at {rate:g} actions/s")
+        while not stop.wait(1.0):
+            pass
+    finally:
+        console.print("shutting down: draining services…")
+        if supervisor:
+            supervisor.stop()
+        for server in reversed(embedded):
+            server.stop()
+        console.print("stopped.")
+
+
+def _index_demo_catalog(s: Settings, base: str, stop: threading.Event, wait_s: float) -> None:
+    """Publish the demo catalog, then show progress until serving can search all of it."""
+    from streamrec.datasets import sources
+
+    ops = list(sources.load(f"{s.demo_catalog}:catalog", s.require_data_dir()))
+    producer = bus.make_producer(s)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task(f"publishing {s.demo_catalog} catalog", total=len(ops))
+        for op in ops:
+            producer.send(s.topic_catalog, key=op.item_id, value=_encode(op))
+            progress.advance(task)
+        producer.flush()
+        producer.close()
+        task = progress.add_task("embedding + indexing (serving replica)", total=len(ops))
+        deadline = time.monotonic() + wait_s
+        with httpx.Client(timeout=2) as http:
+            while not stop.is_set():
+                try:
+                    health = http.get(f"{base}/healthz").json()
+                    progress.update(task, completed=min(len(ops), health.get("index_items", 0)))
+                    if health.get("index_items", 0) >= len(ops) and http.get(f"{base}/readyz").status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass  # serving is still loading the encoder
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"demo catalog not indexed within {wait_s:.0f}s; see the logs")
+                stop.wait(0.5)
+
+
+def _encode(model) -> bytes:
+    from streamrec.schemas import encode
+
+    return encode(model)
+
+
+# --- replay ---------------------------------------------------------------------------------------
+
+@app.command()
+def replay(
+    source: Annotated[str, typer.Argument(help="a JSONL file of events and/or catalog ops, or dataset:NAME:KIND "
+                                               "(see `streamrec replay --list`)")] = "",
+    rate: Annotated[float, typer.Option(help="messages per second; 0 = as fast as possible")] = 0.0,
+    raw: Annotated[bool, typer.Option(help="send lines untouched (invalid ones are dead-lettered by the consumers)")] = False,
+    list_sources: Annotated[bool, typer.Option("--list", help="list dataset sources")] = False,
+) -> None:
+    """Produce events / catalog ops from a file or a public dataset, at a fixed rate."""
+    from streamrec.datasets import sources
+    from streamrec.schemas import Rejected, decode_catalog, decode_event, encode
+
+    setup_logging("replay")
+    s = _settings()
+    if list_sources or not source:
+        for name, doc in sources.describe().items():
+            console.print(f"  dataset:{name:32s} {doc}")
+        raise typer.Exit(0 if list_sources else 2)
+    stop = stop_on_signals()
+    producer = bus.make_producer(s)
+    sent = rejected = 0
+    interval = 1.0 / rate if rate > 0 else 0.0
+    next_at = time.monotonic()
+
+    def send(topic: str, key: str | None, value: bytes) -> None:
+        nonlocal sent, next_at
+        producer.send(topic, key=key, value=value)
+        sent += 1
+        if interval:
+            next_at += interval
+            delay = next_at - time.monotonic()
+            if delay > 0:
+                stop.wait(delay)
+
+    with Progress(TextColumn("{task.description}"), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as progress:
+        task = progress.add_task(f"replaying {source}", total=None)
+        if source.startswith("dataset:"):
+            for model in sources.load(source.removeprefix("dataset:"), s.require_data_dir()):
+                if stop.is_set():
+                    break
+                is_catalog = hasattr(model, "op")
+                send(s.topic_catalog if is_catalog else s.topic_events,
+                     model.item_id if is_catalog else model.user_id, encode(model))
+                progress.advance(task)
+        else:
+            path = Path(source)
+            if not path.is_file():
+                console.print(f"[red]no such file:[/red] {path}")
+                raise typer.Exit(2)
+            with open(path, "rb") as f:
+                for lineno, line in enumerate(f, 1):
+                    if stop.is_set():
+                        break
+                    line = line.rstrip(b"\r\n")
+                    if not line.strip():
+                        continue
+                    is_catalog = b'"op"' in line
+                    topic = s.topic_catalog if is_catalog else s.topic_events
+                    if raw:
+                        send(topic, None, line)
+                    else:
+                        try:
+                            model = (decode_catalog if is_catalog else decode_event)(line, s.max_event_bytes)
+                        except Rejected as e:
+                            rejected += 1
+                            console.print(f"[yellow]{path}:{lineno}[/yellow] {e.reason}: {e.error}")
+                            continue
+                        send(topic, model.item_id if is_catalog else model.user_id, encode(model))
+                    progress.advance(task)
+    producer.flush()
+    producer.close()
+    console.print(f"sent {sent}, rejected {rejected}")
+    if rejected:
+        raise typer.Exit(1)
+
+
+# --- status and models -------------------------------------------------------------------------
+
+GROUPS = {"consumers": "streamrec-consumers", "index-updater": "streamrec-index-updater",
+          "learner": "streamrec-learner"}
+
+
+@app.command()
+def status(as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False) -> None:
+    """Versions, consumer lag, counts and filter decisions of a running deployment."""
+    s = _settings()
+    report: dict = {"settings": {"kafka": s.kafka_bootstrap or "(embedded, via streamrec up)",
+                                 "redis": s.redis_url or "(embedded, via streamrec up)",
+                                 "index_factory": s.index_factory, "encoder_precision": s.encoder_precision}}
+    try:
+        report["serving"] = httpx.get(f"http://{s.http_host}:{s.http_port}/healthz", timeout=2).json()
+    except httpx.HTTPError as e:
+        report["serving"] = {"error": f"not reachable: {e!r}"}
+    if s.kafka_bootstrap:
+        lag = {}
+        for name, group in GROUPS.items():
+            topic = s.topic_catalog if name == "index-updater" else s.topic_events
+            try:
+                lag[name] = {topic: bus.group_lag(s, group, topic)}
+            except Exception as e:
+                lag[name] = {"error": repr(e)}
+        report["lag"] = lag
+    try:
+        from streamrec.model_store import ModelStore
+
+        store = ModelStore.from_settings(s)
+        report["models"] = {"serving_version": store.latest_version(), "recent": store.list()[-5:]}
+    except Exception as e:
+        report["models"] = {"error": repr(e)}
+    for section, module in (("consumers", "consumers.status"), ("index", "index_updater.status")):
+        try:
+            report[section] = importlib.import_module(module).summary(s)
+        except Exception as e:  # one unreachable part must not hide the others
+            report[section] = {"error": repr(e)}
+    if as_json:
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        from rich.pretty import pprint
+
+        pprint(report, console=Console(), expand_all=True)
+
+
+@model_app.command("list")
+def model_list() -> None:
+    """Every published version with its online metrics; * marks the one being served."""
+    from streamrec.model_store import ModelStore
+
+    store = ModelStore.from_settings(_settings())
+    current = store.latest_version()
+    for entry in store.list():
+        mark = "*" if entry.get("version") == current else " "
+        print(mark, json.dumps(entry, default=str))
+
+
+@model_app.command("rollback")
+def model_rollback(version: int) -> None:
+    """Serve VERSION again (serving hot-swaps within model_poll_s)."""
+    from streamrec.model_store import ModelStore
+
+    store = ModelStore.from_settings(_settings())
+    try:
+        store.rollback(version)
+    except (KeyError, FileNotFoundError, ValueError) as e:
+        console.print(f"[red]cannot roll back to {version}:[/red] {e}")
+        raise typer.Exit(1) from None
+    console.print(f"now serving version {store.latest_version()}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    app()
