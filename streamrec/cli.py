@@ -6,7 +6,6 @@ import importlib
 import json
 import logging
 import os
-import shutil
 import sys
 import threading
 import time
@@ -89,46 +88,19 @@ def up(
     wait_s: Annotated[float, typer.Option(help="give up if the demo catalog is not indexed by then")] = 600.0,
 ) -> None:
     """Run everything: embedded broker + Redis (unless configured), all four services, demo data."""
-    from streamrec.embedded import EmbeddedKafka, EmbeddedRedis, child_env
-    from streamrec.supervisor import ChildSpec, Supervisor
+    from streamrec.stack import LocalStack
 
     setup_logging("up")
-    s = _settings()
+    stack = LocalStack(_settings())
     stop = stop_on_signals()
-    embedded = []
-    overrides: dict[str, str] = {}
-    run_dir = s.state_dir
-    if not s.kafka_bootstrap:
-        # Tansu forgets everything on exit, so state derived from an earlier run (snapshots,
-        # checkpoints with offsets) would point past the new, empty topics: start clean.
-        run_dir = s.state_dir / "embedded-run"
-        shutil.rmtree(run_dir, ignore_errors=True)
-        kafka = EmbeddedKafka(run_dir / "tansu").start()
-        embedded.append(kafka)
-        overrides["kafka_bootstrap"] = kafka.bootstrap
-        console.print(f"embedded Kafka-compatible broker (Tansu, [bold]memory only[/bold]) at {kafka.bootstrap}")
-    if not s.redis_url:
-        redis_server = EmbeddedRedis(run_dir / "redis").start()
-        embedded.append(redis_server)
-        overrides["redis_url"] = redis_server.url
-        console.print(f"embedded Redis (no persistence) at {redis_server.url}")
-    overrides["state_dir"] = str(run_dir)
-    s = s.model_copy(update={k: (Path(v) if k == "state_dir" else v) for k, v in overrides.items()})
-    supervisor = None
     try:
-        bus.wait_for_broker(s.require_kafka())
-        created = bus.ensure_topics(s)
-        if created:
-            console.print(f"created topics: {', '.join(created)}")
-        exe = [sys.executable, "-m", "streamrec.cli"]
-        specs = []
-        for i, (name, cmd) in enumerate([("consumers", "consume"), ("index-updater", "index"),
-                                         ("learner", "learn"), ("serving", "serve")]):
-            env = child_env(**overrides, metrics_port=str(9101 + i) if cmd != "serve" else "0")
-            specs.append(ChildSpec(name, exe + [cmd], env, run_dir / "logs" / f"{name}.log"))
-        supervisor = Supervisor(specs)
-        supervisor.start()
-        base = f"http://{s.http_host}:{s.http_port}"
+        stack.start()
+        s = stack.settings
+        if not stack.requested.kafka_bootstrap:
+            console.print(f"embedded Kafka-compatible broker (Tansu, [bold]memory only[/bold]) at {s.kafka_bootstrap}")
+        if not stack.requested.redis_url:
+            console.print(f"embedded Redis (no persistence) at {s.redis_url}")
+        base = stack.base_url
         if demo:
             _index_demo_catalog(s, base, stop, wait_s)
         console.print(
@@ -138,7 +110,7 @@ def up(
             f"  similar    {base}/similar/0\n"
             f"  dashboard  {base}/dashboard   API docs {base}/docs   metrics {base}/metrics\n"
             f"  service metrics :9101 consumers, :9102 index-updater, :9103 learner\n"
-            f"  logs       {run_dir / 'logs'}\n"
+            f"  logs       {stack.log_dir}\n"
             f"Ctrl-C stops everything."
         )
         if demo and rate > 0:
@@ -151,10 +123,7 @@ def up(
             pass
     finally:
         console.print("shutting down: draining services…")
-        if supervisor:
-            supervisor.stop()
-        for server in reversed(embedded):
-            server.stop()
+        stack.stop()
         console.print("stopped.")
 
 
