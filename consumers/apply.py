@@ -1,0 +1,73 @@
+"""Apply one partition batch to Redis atomically: features, bot decisions, outbox and offset."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import redis
+
+from consumers.botfilter import BotConfig
+from streamrec.features import APPLY_LUA, FeatureConfig, Keys, script_config
+from streamrec.schemas import CatalogOp, DeadLetter, Event, encode
+
+Record = tuple[int, Event | CatalogOp | DeadLetter, bytes, bytes | None]  # offset, model, raw, key
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    status: str  # "ok" or "gap" (the batch starts after the stored offset: seek back to it)
+    stored_before: int  # next offset to apply before this call (-1: never applied)
+    applied: int = 0
+    skipped: int = 0  # already applied by an earlier attempt
+    outbox_len: int = 0
+    quarantined: list[str] = field(default_factory=list)
+
+
+def _fields(offset: int, m: Event | CatalogOp | DeadLetter, raw: bytes, key: bytes | None) -> list:
+    if isinstance(m, Event):
+        if m.type == "impression":
+            return [offset, "i", m.event_id, m.type, m.user_id, "", m.ts, m.session_id or "",
+                    json.dumps(m.item_ids), raw]
+        return [offset, "e", m.event_id, m.type, m.user_id, m.item_id, m.ts, m.session_id or "", "", raw]
+    if isinstance(m, CatalogOp):
+        if m.op == "upsert":
+            price = repr(m.price) if m.price is not None else ""
+            return [offset, "u", "", m.category or "", price, m.item_id, m.ts, m.title, "", ""]
+        return [offset, "x", "", "", "", m.item_id, m.ts, "", "", ""]
+    return [offset, "r", "", "", key or b"", "", "", "", "", encode(m)]
+
+
+class Writer:
+    """Calls the writer script (``streamrec.features.APPLY_LUA``) for one partition batch."""
+
+    def __init__(self, r: redis.Redis, prefix: str, group: str,
+                 features: FeatureConfig | None = None, bot: BotConfig | None = None):
+        self.r = r
+        self.keys = Keys(prefix)
+        self.group = group
+        self.prefix = prefix
+        self.config_json = script_config(features or FeatureConfig(), (bot or BotConfig()).script_fields())
+        self.script = r.register_script(APPLY_LUA)
+
+    def offset_key(self, topic: str, partition: int) -> str:
+        return self.keys.offset(self.group, topic, partition)
+
+    def outbox_key(self, topic: str, partition: int) -> str:
+        return self.keys.outbox(self.group, topic, partition)
+
+    def stored_offset(self, topic: str, partition: int) -> int | None:
+        v = self.r.get(self.offset_key(topic, partition))
+        return int(v) if v is not None else None
+
+    def apply(self, topic: str, partition: int, records: list[Record], next_offset: int) -> BatchResult:
+        args: list = [self.prefix, self.config_json, next_offset]
+        for rec in records:
+            args.extend(_fields(*rec))
+        reply = self.script(keys=[self.offset_key(topic, partition), self.outbox_key(topic, partition)],
+                            args=args)
+        status = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
+        if status == "gap":
+            return BatchResult("gap", int(reply[1]))
+        reasons = [x.decode() if isinstance(x, bytes) else x for x in reply[5:]]
+        return BatchResult("ok", int(reply[1]), int(reply[2]), int(reply[3]), int(reply[4]), reasons)

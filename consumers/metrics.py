@@ -1,0 +1,34 @@
+"""Prometheus metrics of the ingestion service (names follow Prometheus conventions)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+EVENTS = Counter(
+    "streamrec_consumer_events_total", "Records applied to the online features, by event type",
+    ["type"],
+)
+DEAD_LETTERS = Counter(
+    "streamrec_consumer_dead_letters_total", "Records sent to the dead-letter topic, by reason code",
+    ["reason"],
+)
+QUARANTINED = Counter(
+    "streamrec_consumer_quarantined_total", "Events quarantined by the bot filter, by reason",
+    ["reason"],
+)
+REPLAYED = Counter(
+    "streamrec_consumer_replayed_records_total",
+    "Records delivered again after a crash or rebalance and skipped because already applied",
+)
+REDIS_ERRORS = Counter(
+    "streamrec_consumer_redis_errors_total", "Redis calls that failed (the batch is retried)",
+)
+LAG = Gauge(
+    "streamrec_consumer_lag_records", "Records between the partition end and our position",
+    ["topic", "partition"],
+)
+BATCH_SECONDS = Histogram(
+    "streamrec_consumer_batch_processing_seconds",
+    "Time from a poll returning to its effects being durable and committed",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)

@@ -1,0 +1,489 @@
+"""Online features in Redis: one layout, written by ``consumers/`` and read by learner and serving.
+
+Every key starts with ``Settings.redis_prefix`` (``P`` below). Writes happen only inside
+:data:`APPLY_LUA`, one atomic script call per Kafka partition batch that also advances that
+partition's offset key, so a feature is never applied twice nor lost (see ``consumers/service.py``).
+
+Time is *event time* (``Event.ts``, epoch ms), never the wall clock, so a replay of old data builds
+the same features as the live stream did. Decayed values use a lazy exponential decay: each value
+``v`` is stored with its reference time ``t``; an event at ``ts`` adds ``exp(-(t - ts)/tau)`` when
+``ts <= t`` and otherwise rescales ``v`` to ``ts`` first, so the result equals
+``sum(exp(-(t_max - ts_i)/tau))`` whatever the order events arrive in. Readers decay to ``now_ms``
+(default: the stream clock ``P:clock``, the newest event time seen).
+
+Keys (defaults in :class:`FeatureConfig`, env ``STREAMREC_FEATURE_*``):
+
+=================================  ===========================================================
+``P:u:{user}:recent``  LIST        newest first, ``event_id \\x1f item \\x1f type \\x1f ts \\x1f
+                                   session``; capped at ``recent_cap`` entries; TTL ``user_ttl_s``.
+``P:u:{user}``          HASH       ``n:{type}`` exact event count per interaction type (no decay);
+                                   TTL ``user_ttl_s``.
+``P:u:{user}:cat``      HASH       category affinity: ``{category}`` decayed, weighted
+                                   (``type_weights``) interaction count with items of that
+                                   category, ``@{category}`` its reference ts; half-life
+                                   ``affinity_half_life_s``; at most ``category_cap`` categories
+                                   (the weakest is evicted); TTL ``user_ttl_s``.
+``P:i:{item}``          HASH       ``n:{type}`` exact count per type incl. ``impression`` (one per
+                                   impression list the item was shown in); ``d:{type}`` decayed
+                                   count, ``t:{type}`` its reference ts (half-life
+                                   ``item_half_life_s``); CTR = (d:click + a)/(d:impression + b);
+                                   TTL ``item_ttl_s``.
+``P:cv:{item}``         ZSET       co-visitation: other item -> number of times both were
+                                   interacted with by one user in one session within
+                                   ``covis_window_s`` (looking back ``covis_lookback`` recent items);
+                                   trimmed to the top ``covis_top_n``; TTL ``item_ttl_s``.
+``P:trending``          ZSET       item -> weighted decayed popularity ``w * exp((ts - t0)/tau)``
+                                   (forward decay, half-life ``trending_half_life_s``), ``P:trending:t0``
+                                   the landmark ``t0`` (scores are rescaled when it moves);
+                                   trimmed to ``trending_cap`` items.
+``P:attr:{item}``       HASH       catalog attributes ``title``, ``category``, ``price``, ``ts`` of
+                                   the op; an older op never overwrites a newer one; a delete
+                                   leaves ``deleted=1`` and ``ts``. No TTL (catalog state).
+``P:clock``             STRING     newest event ts applied (the stream clock).
+``P:rl:{u|i}:{id}:{bucket}`` STRING  bot filter: events per user / item per event-time window
+                                   ``bucket = ts // window``; TTL a few windows (wall clock).
+``P:q:{event_id}``      STRING     the quarantine reason of a quarantined event; TTL
+                                   ``quarantine_ttl_s`` (see :meth:`FeatureStore.is_quarantined`).
+``P:q:counts``          HASH       reason -> number of quarantined events.
+``P:off:{group}:{topic}:{partition}`` STRING  next offset to apply (the source of truth for
+                                   where a consumer resumes; Kafka's committed offset trails it).
+``P:outbox:{group}:{topic}:{partition}`` LIST  dead letters / quarantine records produced with
+                                   the batch, waiting to be published (see consumers/outbox.py).
+=================================  ===========================================================
+
+Memory bound: a user holds at most ``recent_cap`` list entries (≈ 60 B each), ``2 *
+category_cap`` affinity fields and 4 counters: ≈ 5 KB with the defaults. An item holds ≤ 15
+hash fields (≈ 0.5 KB) plus ``covis_top_n`` co-visitation members (≈ 3 KB). Global keys:
+``trending_cap`` members. Idle users/items expire after their TTL.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import redis
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from streamrec.settings import Settings
+from streamrec.store import connect
+
+INTERACTIONS = ("view", "click", "add_to_cart", "purchase")
+SEP = "\x1f"
+
+
+class FeatureConfig(BaseSettings):
+    """Decay, caps and TTLs of the online features (env ``STREAMREC_FEATURE_*``)."""
+
+    model_config = SettingsConfigDict(env_prefix="STREAMREC_FEATURE_", extra="ignore", frozen=True)
+
+    recent_cap: int = Field(50, ge=1, le=1000)
+    dedup_lookback: int = Field(20, ge=0, le=1000, description="recent events searched for a repeated event_id")
+    item_half_life_s: float = Field(86_400.0, gt=0)
+    affinity_half_life_s: float = Field(7 * 86_400.0, gt=0)
+    trending_half_life_s: float = Field(3_600.0, gt=0)
+    covis_window_s: float = Field(1_800.0, gt=0)
+    covis_lookback: int = Field(10, ge=0, le=100)
+    covis_top_n: int = Field(50, ge=1)
+    category_cap: int = Field(30, ge=1)
+    trending_cap: int = Field(1_000, ge=1)
+    user_ttl_s: int = Field(30 * 86_400, ge=60)
+    item_ttl_s: int = Field(90 * 86_400, ge=60)
+    quarantine_ttl_s: int = Field(7 * 86_400, ge=60)
+    ctr_prior_clicks: float = Field(0.5, ge=0, description="CTR = (clicks + a) / (impressions + b): a")
+    ctr_prior_impressions: float = Field(25.0, gt=0, description="b; a/b = 2% prior CTR")
+    weight_view: float = 1.0
+    weight_click: float = 2.0
+    weight_add_to_cart: float = 4.0
+    weight_purchase: float = 8.0
+
+    def tau_ms(self, half_life_s: float) -> float:
+        return half_life_s * 1000.0 / math.log(2)
+
+    def weight(self, event_type: str) -> float:
+        return float(getattr(self, f"weight_{event_type}"))
+
+
+@dataclass(frozen=True)
+class RecentItem:
+    item_id: str
+    type: str
+    ts: int
+
+
+@dataclass(frozen=True)
+class ItemStats:
+    counts: dict[str, float]
+    impressions: float
+    clicks: float
+    ctr: float
+
+
+def decay(value: float, ref_ts: float, now_ms: float, tau_ms: float) -> float:
+    """A value stored at ``ref_ts`` seen from ``now_ms`` (never grows when ``now_ms`` is older)."""
+    return value * math.exp(-max(0.0, now_ms - ref_ts) / tau_ms)
+
+
+class Keys:
+    """Key names in one place, so writers (the Lua script receives the prefix) and readers agree."""
+
+    def __init__(self, prefix: str):
+        self.p = prefix
+
+    def recent(self, user: str) -> str: return f"{self.p}u:{user}:recent"
+    def user(self, user: str) -> str: return f"{self.p}u:{user}"
+    def affinity(self, user: str) -> str: return f"{self.p}u:{user}:cat"
+    def item(self, item: str) -> str: return f"{self.p}i:{item}"
+    def covis(self, item: str) -> str: return f"{self.p}cv:{item}"
+    def attr(self, item: str) -> str: return f"{self.p}attr:{item}"
+    def quarantined(self, event_id: str) -> str: return f"{self.p}q:{event_id}"
+    def offset(self, group: str, topic: str, partition: int) -> str:
+        return f"{self.p}off:{group}:{topic}:{partition}"
+    def outbox(self, group: str, topic: str, partition: int) -> str:
+        return f"{self.p}outbox:{group}:{topic}:{partition}"
+
+    @property
+    def trending(self) -> str: return f"{self.p}trending"
+    @property
+    def trending_t0(self) -> str: return f"{self.p}trending:t0"
+    @property
+    def clock(self) -> str: return f"{self.p}clock"
+    @property
+    def quarantine_counts(self) -> str: return f"{self.p}q:counts"
+
+
+class FeatureStore:
+    """Readers of the online features (learner, serving) — the layout is in the module docstring."""
+
+    def __init__(self, r: redis.Redis, prefix: str, config: FeatureConfig | None = None):
+        self.r = r
+        self.keys = Keys(prefix)
+        self.config = config or FeatureConfig()
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> FeatureStore:
+        return cls(connect(s), s.redis_prefix)
+
+    def clock_ms(self) -> int | None:
+        """The newest event time applied, or None before the first event."""
+        v = self.r.get(self.keys.clock)
+        return int(float(v)) if v is not None else None
+
+    def _now(self, now_ms: int | None) -> float:
+        if now_ms is not None:
+            return float(now_ms)
+        clock = self.clock_ms()
+        return float(clock) if clock is not None else time.time() * 1000.0
+
+    def recent_items(self, user_id: str, n: int = 20) -> list[RecentItem]:
+        out = []
+        for entry in self.r.lrange(self.keys.recent(user_id), 0, max(0, n - 1)) if n > 0 else []:
+            _eid, item, typ, ts, _session = entry.split(SEP)
+            out.append(RecentItem(item_id=item, type=typ, ts=int(ts)))
+        return out
+
+    def user_counts(self, user_id: str) -> dict[str, int]:
+        """Exact (undecayed) interaction counts of a user per type."""
+        raw = self.r.hgetall(self.keys.user(user_id))
+        return {k[2:]: int(v) for k, v in raw.items() if k.startswith("n:")}
+
+    def item_counts(self, item_id: str) -> dict[str, int]:
+        """Exact (undecayed) counts of an item per event type, ``impression`` included."""
+        raw = self.r.hgetall(self.keys.item(item_id))
+        return {k[2:]: int(v) for k, v in raw.items() if k.startswith("n:")}
+
+    def item_stats(self, item_ids: Sequence[str], now_ms: int | None = None) -> list[ItemStats]:
+        pipe = self.r.pipeline(transaction=False)
+        if now_ms is None:
+            pipe.get(self.keys.clock)
+        for item in item_ids:
+            pipe.hgetall(self.keys.item(item))
+        replies = pipe.execute()
+        if now_ms is None:
+            clock, replies = replies[0], replies[1:]
+            now = float(clock) if clock is not None else time.time() * 1000.0
+        else:
+            now = float(now_ms)
+        cfg = self.config
+        tau = cfg.tau_ms(cfg.item_half_life_s)
+        stats = []
+        for h in replies:
+            def decayed(t: str) -> float:
+                v = h.get(f"d:{t}")
+                return decay(float(v), float(h[f"t:{t}"]), now, tau) if v is not None else 0.0
+            counts = {t: decayed(t) for t in INTERACTIONS}
+            impressions, clicks = decayed("impression"), counts["click"]
+            ctr = (clicks + cfg.ctr_prior_clicks) / (impressions + cfg.ctr_prior_impressions)
+            stats.append(ItemStats(counts=counts, impressions=impressions, clicks=clicks, ctr=ctr))
+        return stats
+
+    def covisited(self, item_id: str, n: int = 20) -> list[tuple[str, float]]:
+        if n <= 0:
+            return []
+        return [(m, float(s)) for m, s in self.r.zrevrange(self.keys.covis(item_id), 0, n - 1, withscores=True)]
+
+    def trending(self, n: int = 20) -> list[tuple[str, float]]:
+        """Top items by decayed popularity; scores are relative (comparable within one call)."""
+        if n <= 0:
+            return []
+        return [(m, float(s)) for m, s in self.r.zrevrange(self.keys.trending, 0, n - 1, withscores=True)]
+
+    def category_affinity(self, user_id: str, now_ms: int | None = None) -> dict[str, float]:
+        """Category -> decayed weighted interaction count, decayed to ``now_ms`` (stream clock)."""
+        raw = self.r.hgetall(self.keys.affinity(user_id))
+        if not raw:
+            return {}
+        now = self._now(now_ms)
+        tau = self.config.tau_ms(self.config.affinity_half_life_s)
+        return {c: decay(float(v), float(raw[f"@{c}"]), now, tau)
+                for c, v in raw.items() if not c.startswith("@") and f"@{c}" in raw}
+
+    def item_attributes(self, item_ids: Sequence[str]) -> list[dict | None]:
+        pipe = self.r.pipeline(transaction=False)
+        for item in item_ids:
+            pipe.hgetall(self.keys.attr(item))
+        out: list[dict | None] = []
+        for h in pipe.execute():
+            if not h or h.get("deleted") == "1":
+                out.append(None)
+                continue
+            attrs: dict = {"title": h.get("title"), "category": h.get("category") or None}
+            attrs["price"] = float(h["price"]) if h.get("price") else None
+            out.append(attrs)
+        return out
+
+    def is_quarantined(self, event_id: str) -> str | None:
+        """The bot-filter reason if this event was quarantined (kept ``quarantine_ttl_s``), else None."""
+        return self.r.get(self.keys.quarantined(event_id))
+
+    def quarantine_counts(self) -> dict[str, int]:
+        return {k: int(v) for k, v in self.r.hgetall(self.keys.quarantine_counts).items()}
+
+
+# --- the writer ------------------------------------------------------------------------------
+#
+# One call applies one batch of one Kafka partition, atomically (a Lua script runs alone in Redis):
+# KEYS[1] = the partition's offset key, KEYS[2] = its outbox.
+# ARGV[1] = prefix, ARGV[2] = config JSON (FeatureConfig + bot thresholds), ARGV[3] = next offset
+# after the batch, then 10 fields per record: offset, kind, a..h (see consumers/apply.py):
+#   'e' interaction  a=event_id b=type c=user d=item e=ts f=session h=canonical JSON
+#   'i' impression   a=event_id c=user e=ts g=JSON list of item ids h=canonical JSON
+#   'u' catalog upsert  b=category c=price ("" = none) d=item e=ts f=title
+#   'x' catalog delete  d=item e=ts
+#   'r' dead letter  c=key h=DeadLetter JSON (pushed to the outbox as is)
+# Records with offset < stored offset were applied by an earlier call (a crash before the Kafka
+# commit, or another consumer that owned the partition) and are skipped: that is the
+# effectively-once guarantee. Returns {status, stored_before, applied, skipped, outbox_len,
+# quarantined reasons...}; status 'gap' (nothing applied) if the batch starts after the stored offset.
+APPLY_LUA = r"""
+local P = ARGV[1]
+local cfg = cjson.decode(ARGV[2])
+local new_off = tonumber(ARGV[3])
+local stored = tonumber(redis.call('GET', KEYS[1]) or '-1')
+local nrec = (#ARGV - 3) / 10
+if nrec > 0 and stored >= 0 and tonumber(ARGV[4]) > stored then
+  return {'gap', stored}
+end
+local SEP = '\031'
+local exp = math.exp
+local function fmt(v) return string.format('%.17g', v) end
+
+local function split(s)
+  local out = {}
+  local start = 1
+  while true do
+    local i = string.find(s, SEP, start, true)
+    if not i then out[#out + 1] = string.sub(s, start); return out end
+    out[#out + 1] = string.sub(s, start, i - 1)
+    start = i + 1
+  end
+end
+
+-- lazily decayed value in hash fields vf/tf; order-independent sum of w*exp(-(t_ref - ts)/tau)
+local function dadd(key, vf, tf, ts, w, tau)
+  local r = redis.call('HMGET', key, vf, tf)
+  local v, t = tonumber(r[1]), tonumber(r[2])
+  if not v or not t then v = w; t = ts
+  elseif ts >= t then v = v * exp(-(ts - t) / tau) + w; t = ts
+  else v = v + w * exp(-(t - ts) / tau) end
+  redis.call('HSET', key, vf, fmt(v), tf, string.format('%d', t))
+  return v
+end
+
+local clock = tonumber(redis.call('GET', P .. 'clock') or '-1')
+local t0 = tonumber(redis.call('GET', P .. 'trending:t0') or '')
+
+local function trending(item, ts, w)
+  local tau = cfg.trending_tau_ms
+  if not t0 then t0 = ts; redis.call('SET', P .. 'trending:t0', string.format('%d', t0)) end
+  if (ts - t0) / tau > 30 then
+    local f = exp(-(ts - t0) / tau)
+    redis.call('ZUNIONSTORE', P .. 'trending', 1, P .. 'trending', 'WEIGHTS', fmt(f))
+    t0 = ts
+    redis.call('SET', P .. 'trending:t0', string.format('%d', t0))
+  end
+  redis.call('ZINCRBY', P .. 'trending', fmt(w * exp((ts - t0) / tau)), item)
+  local extra = redis.call('ZCARD', P .. 'trending') - cfg.trending_cap
+  if extra > 0 then redis.call('ZREMRANGEBYRANK', P .. 'trending', 0, extra - 1) end
+end
+
+local function affinity(user, item, ts, w)
+  local cat = redis.call('HMGET', P .. 'attr:' .. item, 'category', 'deleted')
+  if not cat[1] or cat[1] == '' or cat[2] == '1' then return end
+  local key = P .. 'u:' .. user .. ':cat'
+  local c = cat[1]
+  local fresh = redis.call('HEXISTS', key, c) == 0
+  dadd(key, c, '@' .. c, ts, w, cfg.affinity_tau_ms)
+  if fresh and redis.call('HLEN', key) > 2 * cfg.category_cap then
+    local all = redis.call('HGETALL', key)
+    local h = {}
+    for i = 1, #all, 2 do h[all[i]] = all[i + 1] end
+    local worst, worst_v = nil, nil
+    for f, v in pairs(h) do
+      if string.sub(f, 1, 1) ~= '@' and f ~= c then
+        local dv = tonumber(v) * exp(-math.max(0, ts - tonumber(h['@' .. f])) / cfg.affinity_tau_ms)
+        if not worst_v or dv < worst_v then worst, worst_v = f, dv end
+      end
+    end
+    if worst then redis.call('HDEL', key, worst, '@' .. worst) end
+  end
+  redis.call('EXPIRE', key, cfg.user_ttl_s)
+end
+
+local function covisit(a, b)
+  local key = P .. 'cv:' .. a
+  redis.call('ZINCRBY', key, 1, b)
+  local extra = redis.call('ZCARD', key) - cfg.covis_top_n
+  if extra > 0 then redis.call('ZREMRANGEBYRANK', key, 0, extra - 1) end
+  redis.call('EXPIRE', key, cfg.item_ttl_s)
+end
+
+-- bot filter: returns a reason or nil; counters are event-time windows, so replays decide alike
+local function rate(kind, id, ts, limit)
+  if limit <= 0 then return false end
+  local key = P .. 'rl:' .. kind .. ':' .. id .. ':' .. string.format('%d', math.floor(ts / cfg.bot_window_ms))
+  local n = redis.call('INCR', key)
+  if n == 1 then redis.call('EXPIRE', key, cfg.bot_key_ttl_s) end
+  return n > limit
+end
+
+local function quarantine(reason, eid, user, raw)
+  redis.call('RPUSH', KEYS[2], 'q' .. SEP .. reason .. SEP .. user .. SEP .. raw)
+  redis.call('SET', P .. 'q:' .. eid, reason, 'EX', cfg.quarantine_ttl_s)
+  redis.call('HINCRBY', P .. 'q:counts', reason, 1)
+end
+
+local applied, skipped = 0, 0
+local reasons = {}
+for r = 0, nrec - 1 do
+  local b = 4 + r * 10
+  local off = tonumber(ARGV[b])
+  local kind = ARGV[b + 1]
+  if off < stored then
+    skipped = skipped + 1
+  elseif kind == 'r' then
+    redis.call('RPUSH', KEYS[2], 'd' .. SEP .. ARGV[b + 4] .. SEP .. ARGV[b + 9])
+    applied = applied + 1
+  elseif kind == 'u' or kind == 'x' then
+    local item, ts = ARGV[b + 5], tonumber(ARGV[b + 6])
+    local key = P .. 'attr:' .. item
+    local cur = tonumber(redis.call('HGET', key, 'ts') or '-1')
+    if ts >= cur then
+      redis.call('DEL', key)
+      if kind == 'u' then
+        redis.call('HSET', key, 'title', ARGV[b + 7], 'category', ARGV[b + 3], 'price', ARGV[b + 4],
+                   'ts', string.format('%d', ts))
+      else
+        redis.call('HSET', key, 'deleted', '1', 'ts', string.format('%d', ts))
+      end
+    end
+    applied = applied + 1
+  else
+    local eid, typ, user, item = ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5]
+    local ts, session, raw = tonumber(ARGV[b + 6]), ARGV[b + 7], ARGV[b + 9]
+    local reason = nil
+    local recent_key = P .. 'u:' .. user .. ':recent'
+    local recent = {}
+    if kind == 'e' then
+      local look = math.max(cfg.dedup_lookback, cfg.covis_lookback, 1)
+      local rows = redis.call('LRANGE', recent_key, 0, look - 1)
+      for i = 1, #rows do recent[i] = split(rows[i]) end
+      for i = 1, math.min(#recent, cfg.dedup_lookback) do
+        if recent[i][1] == eid then reason = 'duplicate_event'; break end
+      end
+      if not reason and recent[1] and recent[1][2] == item and recent[1][3] == typ
+         and math.abs(ts - tonumber(recent[1][4])) < cfg.bot_repeat_gap_ms then
+        reason = 'rapid_repeat'
+      end
+    end
+    if not reason and rate('u', user, ts, cfg.bot_user_limit) then reason = 'user_burst' end
+    if not reason and kind == 'e' and rate('i', item, ts, cfg.bot_item_limit) then reason = 'item_burst' end
+    if reason then
+      quarantine(reason, eid, user, raw)
+      reasons[#reasons + 1] = reason
+    elseif kind == 'i' then
+      for _, it in ipairs(cjson.decode(ARGV[b + 8])) do
+        local key = P .. 'i:' .. it
+        redis.call('HINCRBY', key, 'n:impression', 1)
+        dadd(key, 'd:impression', 't:impression', ts, 1, cfg.item_tau_ms)
+        redis.call('EXPIRE', key, cfg.item_ttl_s)
+      end
+      applied = applied + 1
+    else
+      local w = cfg.weights[typ]
+      -- co-visitation with this user's earlier items of the same session, within the window
+      local seen = {}
+      seen[item] = true
+      for i = 1, math.min(#recent, cfg.covis_lookback) do
+        local other = recent[i]
+        if not seen[other[2]] and other[5] == session
+           and math.abs(ts - tonumber(other[4])) <= cfg.covis_window_ms then
+          seen[other[2]] = true
+          covisit(item, other[2])
+          covisit(other[2], item)
+        end
+      end
+      redis.call('LPUSH', recent_key, eid .. SEP .. item .. SEP .. typ .. SEP .. string.format('%d', ts) .. SEP .. session)
+      redis.call('LTRIM', recent_key, 0, cfg.recent_cap - 1)
+      redis.call('EXPIRE', recent_key, cfg.user_ttl_s)
+      local ukey = P .. 'u:' .. user
+      redis.call('HINCRBY', ukey, 'n:' .. typ, 1)
+      redis.call('EXPIRE', ukey, cfg.user_ttl_s)
+      local ikey = P .. 'i:' .. item
+      redis.call('HINCRBY', ikey, 'n:' .. typ, 1)
+      dadd(ikey, 'd:' .. typ, 't:' .. typ, ts, 1, cfg.item_tau_ms)
+      redis.call('EXPIRE', ikey, cfg.item_ttl_s)
+      affinity(user, item, ts, w)
+      trending(item, ts, w)
+      applied = applied + 1
+    end
+    if ts > clock then clock = ts end
+  end
+end
+if clock >= 0 then redis.call('SET', P .. 'clock', string.format('%d', clock)) end
+if new_off > stored then redis.call('SET', KEYS[1], string.format('%d', new_off)) end
+local out = {'ok', stored, applied, skipped, redis.call('LLEN', KEYS[2])}
+for i = 1, #reasons do out[#out + 1] = reasons[i] end
+return out
+"""
+
+
+def script_config(cfg: FeatureConfig, bot: dict) -> str:
+    """The JSON the writer script reads: feature decay/caps plus the bot-filter thresholds."""
+    import json
+
+    return json.dumps({
+        "recent_cap": cfg.recent_cap, "dedup_lookback": cfg.dedup_lookback,
+        "item_tau_ms": cfg.tau_ms(cfg.item_half_life_s),
+        "affinity_tau_ms": cfg.tau_ms(cfg.affinity_half_life_s),
+        "trending_tau_ms": cfg.tau_ms(cfg.trending_half_life_s),
+        "covis_window_ms": cfg.covis_window_s * 1000.0, "covis_lookback": cfg.covis_lookback,
+        "covis_top_n": cfg.covis_top_n, "category_cap": cfg.category_cap,
+        "trending_cap": cfg.trending_cap, "user_ttl_s": cfg.user_ttl_s, "item_ttl_s": cfg.item_ttl_s,
+        "quarantine_ttl_s": cfg.quarantine_ttl_s,
+        "weights": {t: cfg.weight(t) for t in INTERACTIONS},
+        **bot,
+    })

@@ -1,0 +1,122 @@
+"""The ingestion service against the real embedded broker and Redis."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+from kafka import TopicPartition
+
+from consumers.service import GROUP, run
+from streamrec import bus
+from streamrec.features import FeatureStore
+from streamrec.schemas import CatalogOp, DeadLetter, Event, encode
+
+T0 = 1_700_000_000_000
+
+
+def wait_for(cond, timeout_s=30.0, what="condition"):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def read_topic(settings, topic, n, timeout_s=30.0) -> list:
+    c = bus.make_consumer(settings, group_id=None)
+    try:
+        tps = bus.all_partitions(c, topic)
+        c.assign(tps)
+        c.seek_to_beginning(*tps)
+        out = []
+        deadline = time.monotonic() + timeout_s
+        while len(out) < n and time.monotonic() < deadline:
+            for recs in c.poll(timeout_ms=200).values():
+                out.extend(recs)
+        return out
+    finally:
+        c.close()
+
+
+@pytest.fixture
+def service(settings):
+    stop = threading.Event()
+    t = threading.Thread(target=run, args=(settings, stop), daemon=True)
+    t.start()
+    yield stop, t
+    stop.set()
+    t.join(30)
+
+
+def ev(i, user="u1", item="a", typ="view", **kw) -> Event:
+    return Event(event_id=f"e{i}", type=typ, user_id=user, item_id=item, ts=T0 + i * 1000, session_id="s1", **kw)
+
+
+def test_events_become_features_and_bad_input_is_dead_lettered(settings, service):
+    p = bus.make_producer(settings)
+    p.send(settings.topic_catalog, key="a", value=encode(CatalogOp(op="upsert", item_id="a", ts=T0, title="Pen",
+                                                                    category="office", price=2.5)))
+    p.flush()
+    fs = FeatureStore.from_settings(settings)
+    wait_for(lambda: fs.item_attributes(["a"])[0], what="catalog upsert")
+    for i, (item, typ) in enumerate([("a", "view"), ("b", "view"), ("a", "click"), ("b", "purchase")]):
+        p.send(settings.topic_events, key="u1", value=encode(ev(i, item=item, typ=typ)))
+    bad = [b"\xff\xfe not utf8", b"{not json", b"[1, 2]", json.dumps({"event_id": "x", "type": "teleport",
+           "user_id": "u", "ts": T0, "item_id": "a"}).encode(),
+           json.dumps({"event_id": "x", "type": "view", "user_id": "u", "ts": T0}).encode(),
+           b'{"pad": "' + b"x" * settings.max_event_bytes + b'"}']
+    for raw in bad:
+        p.send(settings.topic_events, key="bad", value=raw)
+    p.flush()
+
+    recent = wait_for(lambda: (r := fs.recent_items("u1")) and len(r) == 4 and r, what="recent items")
+    assert [(r.item_id, r.type) for r in recent] == [("b", "purchase"), ("a", "click"), ("b", "view"), ("a", "view")]
+    assert recent[0].ts == T0 + 3000
+    stats_a, stats_b = fs.item_stats(["a", "b"], now_ms=T0 + 3000)
+    assert stats_a.counts["view"] == pytest.approx(0.5 ** (3 / 86_400))  # one view 3 s ago, 1-day half-life
+    assert stats_a.clicks == pytest.approx(0.5 ** (1 / 86_400))
+    assert stats_b.counts["purchase"] == pytest.approx(1.0)
+    assert fs.item_counts("a") == {"view": 1, "click": 1}
+    # each event pairs with the distinct other items before it in the session: 1 + 1 + 1
+    assert dict(fs.covisited("a")) == {"b": 3.0} and dict(fs.covisited("b")) == {"a": 3.0}
+    assert set(dict(fs.trending(5))) == {"a", "b"}
+    # only item "a" has a category; view (1) and click (2) decayed with a 7-day half-life
+    assert fs.category_affinity("u1", now_ms=T0 + 2000) == {"office": pytest.approx(0.5 ** (2 / 604_800) + 2)}
+    assert fs.item_attributes(["a", "zz"]) == [{"title": "Pen", "category": "office", "price": 2.5}, None]
+
+    letters = [DeadLetter.model_validate_json(m.value) for m in read_topic(settings, settings.topic_dlq, len(bad))]
+    assert sorted(d.reason for d in letters) == sorted(
+        ["not_utf8", "not_json", "not_object", "unknown_type", "invalid", "oversize"])
+    assert sorted(d.original_bytes() for d in letters) == sorted(bad)
+    assert all(d.source_topic == settings.topic_events and d.error for d in letters)
+
+
+def test_stop_drains_and_commits(settings):
+    stop = threading.Event()
+    t = threading.Thread(target=run, args=(settings, stop), daemon=True)
+    t.start()
+    p = bus.make_producer(settings)
+    n = 300
+    for i in range(n):
+        p.send(settings.topic_events, key=f"u{i % 7}", value=encode(ev(i, user=f"u{i % 7}", item=f"i{i % 13}")))
+    p.flush()
+    fs = FeatureStore.from_settings(settings)
+    wait_for(lambda: sum(sum(fs.user_counts(f"u{k}").values()) for k in range(7)) == n, what="all events applied")
+    stop.set()
+    t.join(30)
+    assert not t.is_alive(), "run() did not return after stop"
+    # Kafka's committed offsets caught up with the offsets stored atomically in Redis
+    c = bus.make_consumer(settings, group_id=GROUP)
+    try:
+        tps = bus.all_partitions(c, settings.topic_events)
+        committed = {tp.partition: c.committed(tp) for tp in tps}
+    finally:
+        c.close()
+    stored = {tp.partition: fs.r.get(fs.keys.offset(GROUP, settings.topic_events, tp.partition)) for tp in tps}
+    assert sum(committed.values()) == n
+    assert committed == {k: int(v) for k, v in stored.items()}
