@@ -71,7 +71,8 @@ class LocalStack:
         specs = []
         for i, (name, command) in enumerate(SERVICES.items()):
             env = dict(base_env)
-            env["STREAMREC_METRICS_PORT"] = "0" if command == "serve" else str(self.metrics_base_port + i)
+            headless = command != "serve" and self.metrics_base_port  # 0 = no metrics ports
+            env["STREAMREC_METRICS_PORT"] = str(self.metrics_base_port + i) if headless else "0"
             specs.append(ChildSpec(name, [sys.executable, "-m", "streamrec.cli", command], env,
                                    self.log_dir / f"{name}.log"))
         self.supervisor = Supervisor(specs)

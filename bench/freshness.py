@@ -1,0 +1,174 @@
+"""How fresh is streamrec? p50/p99 of
+  (a) catalog upsert (POST /catalog)  → the item is in /search top-10 for its title, and
+  (b) click (POST /events)           → visible in that user's /recommend,
+on the running embedded stack (Tansu + Redis + the four services as processes).
+
+Baselines measured in the same run, on the same broker and API, so the figures read as ratios:
+a bare Kafka produce→consume round trip, and one /search request.
+
+    python bench/freshness.py --trials 200 --catalog 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from streamrec import bus
+from streamrec.datasets import amazon18
+from streamrec.embedded import free_port
+from streamrec.settings import Settings
+from streamrec.stack import LocalStack
+
+
+def pct(xs: list[float], q: float) -> float:
+    return float(np.percentile(np.array(xs), q)) if xs else float("nan")
+
+
+def line(name: str, xs: list[float], baseline: float | None = None) -> str:
+    text = f"{name:44s} n={len(xs):4d}  p50={pct(xs, 50) * 1000:8.1f} ms  p99={pct(xs, 99) * 1000:8.1f} ms"
+    if baseline:
+        text += f"  p50/baseline={pct(xs, 50) / baseline:6.1f}x"
+    return text
+
+
+def wait_until(check, timeout_s: float, every_s: float = 0.01) -> float | None:
+    start = time.perf_counter()
+    while time.perf_counter() - start < timeout_s:
+        if check():
+            return time.perf_counter() - start
+        time.sleep(every_s)
+    return None
+
+
+def new_titles(data_dir: Path, n: int) -> list[str]:
+    """Real product titles the demo catalog does not hold (Home Depot), as 'new arrivals'."""
+    import csv
+
+    with open(data_dir / "homedepot" / "products.csv", newline="", encoding="utf-8", errors="replace") as f:
+        rows = csv.DictReader(f)
+        titles = [r["product_title"].strip() for r in itertools.islice(rows, n * 3)]
+    return list(dict.fromkeys(t for t in titles if len(t.split()) >= 3))[:n]
+
+
+def kafka_round_trip(s: Settings, n: int) -> list[float]:
+    producer = bus.make_producer(s, linger_ms=0)
+    consumer = bus.make_consumer(s, group_id=None)
+    tps = bus.all_partitions(consumer, s.topic_drift)
+    consumer.assign(tps)
+    consumer.seek_to_end(*tps)
+    consumer.poll(100)
+    out = []
+    for _ in range(n):
+        marker = uuid.uuid4().hex.encode()
+        start = time.perf_counter()
+        producer.send(s.topic_drift, key="bench", value=b'{"bench":"' + marker + b'"}')
+        producer.flush()
+        seen = False
+        while not seen and time.perf_counter() - start < 10:
+            for records in consumer.poll(5).values():
+                seen = seen or any(marker in r.value for r in records)
+        out.append(time.perf_counter() - start)
+    producer.close()
+    consumer.close()
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--trials", type=int, default=200)
+    ap.add_argument("--catalog", type=int, default=1000, help="demo catalog items indexed first")
+    ap.add_argument("--timeout", type=float, default=20.0, help="a trial slower than this counts as a miss")
+    args = ap.parse_args()
+
+    base = Settings()
+    data_dir = base.require_data_dir()
+    state = Path(tempfile.mkdtemp(prefix="streamrec-bench-"))
+    s = base.model_copy(update=dict(kafka_bootstrap="", redis_url="", state_dir=state, http_port=free_port()))
+    print(f"freshness bench: {args.trials} trials, catalog {args.catalog} items, index factory "
+          f"{s.index_factory!r}, encoder precision {s.encoder_precision}", flush=True)
+    with LocalStack(s, metrics_base_port=0) as stack, httpx.Client(base_url=stack.base_url, timeout=10) as http:
+        catalog = [op.model_dump(exclude_none=True) for op in itertools.islice(amazon18.catalog(data_dir), args.catalog)]
+        wait_until(lambda: _try_post(http, "/catalog", catalog), timeout_s=180, every_s=0.5)
+        stack.wait_ready(timeout_s=600, min_items=len(catalog))
+        print(f"stack ready: {http.get('/healthz').json()}", flush=True)
+
+        kafka_rt = kafka_round_trip(stack.settings, 50)
+        search_rt = []
+        for i in range(50):
+            t = time.perf_counter()
+            http.get("/search", params={"q": catalog[i]["title"][:40], "k": 10}).raise_for_status()
+            search_rt.append(time.perf_counter() - t)
+
+        upsert, upsert_miss = [], 0
+        titles = new_titles(data_dir, args.trials)
+        for i, title in enumerate(titles):
+            item_id = f"fresh-{uuid.uuid4().hex[:10]}"
+            start = time.perf_counter()
+            http.post("/catalog", json={"op": "upsert", "item_id": item_id, "ts": int(time.time() * 1000),
+                                        "title": title}).raise_for_status()
+            took = wait_until(lambda: item_id in _ids(http.get("/search", params={"q": title, "k": 10})),
+                              args.timeout)
+            if took is None:
+                upsert_miss += 1
+            else:
+                upsert.append(time.perf_counter() - start)
+            if (i + 1) % 50 == 0:
+                print(f"  upsert trials {i + 1}/{len(titles)}: p50 so far {pct(upsert, 50) * 1000:.0f} ms", flush=True)
+
+        click, click_miss = [], 0
+        for i in range(args.trials):
+            user = f"fresh-user-{uuid.uuid4().hex[:10]}"
+            item = catalog[(i * 7) % len(catalog)]
+            title = item["title"]
+            start = time.perf_counter()
+            http.post("/events", json={"event_id": uuid.uuid4().hex, "type": "click", "user_id": user,
+                                       "item_id": item["item_id"], "ts": int(time.time() * 1000)}).raise_for_status()
+            took = wait_until(lambda: _mentions(http.get("/recommend", params={"user_id": user, "k": 10}), title),
+                              args.timeout)
+            if took is None:
+                click_miss += 1
+            else:
+                click.append(time.perf_counter() - start)
+            if (i + 1) % 50 == 0:
+                print(f"  click trials {i + 1}/{args.trials}: p50 so far {pct(click, 50) * 1000:.0f} ms", flush=True)
+
+    kafka_p50 = statistics.median(kafka_rt)
+    print()
+    print(f"index factory {s.index_factory!r} · encoder {s.encoder_precision} · catalog {len(catalog)} items")
+    print(line("baseline: Kafka produce→consume round trip", kafka_rt))
+    print(line("baseline: GET /search", search_rt))
+    print(line("(a) catalog upsert → found by /search", upsert, kafka_p50) + f"  misses={upsert_miss}")
+    print(line("(b) click → visible in /recommend", click, kafka_p50) + f"  misses={click_miss}")
+    return 0 if not (upsert_miss or click_miss) else 1
+
+
+def _try_post(http: httpx.Client, path: str, body) -> bool:
+    try:
+        return http.post(path, json=body).status_code == 202
+    except httpx.HTTPError:
+        return False
+
+
+def _ids(r: httpx.Response) -> list[str]:
+    return [it["item_id"] for it in r.json().get("items", [])] if r.status_code == 200 else []
+
+
+def _mentions(r: httpx.Response, title: str) -> bool:
+    """The recommendations are explained by the clicked item: the click reached the profile."""
+    if r.status_code != 200:
+        return False
+    return any(title in reason for it in r.json()["items"] for reason in it["reasons"])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""The whole loop, end to end, on real parts: embedded Tansu broker, a real Redis, the bundled
+MiniLM encoder, and the four services as separate processes talking only through Kafka, Redis and
+published snapshots. Requests go over HTTP, as the storefront's would."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import time
+import uuid
+
+import httpx
+import pytest
+from kafka import KafkaProducer
+
+from streamrec import bus
+from streamrec.datasets import amazon18
+from streamrec.embedded import free_port
+from streamrec.schemas import DeadLetter
+from streamrec.stack import LocalStack
+from tests.conftest import isolated_settings
+
+CATALOG_SIZE = 300
+pytestmark = pytest.mark.slow
+
+
+def _now() -> int:
+    return int(time.time() * 1000)
+
+
+def eventually(check, timeout_s: float = 30.0, every_s: float = 0.25):
+    """Poll ``check`` until it returns something truthy; fail with its last value."""
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(every_s)
+    raise AssertionError(f"condition not met within {timeout_s}s; last value: {last!r}")
+
+
+@pytest.fixture(scope="module")
+def stack(kafka_broker, redis_server, tmp_path_factory, data_dir):
+    s = isolated_settings(kafka_broker, redis_server, tmp_path_factory.mktemp("e2e"),
+                          http_port=free_port(), publish_every_updates=5, publish_every_s=0.5,
+                          label_window_s=2.0)
+    with LocalStack(s, metrics_base_port=0) as running:
+        catalog = list(itertools.islice(amazon18.catalog(data_dir), CATALOG_SIZE))
+        with httpx.Client(base_url=running.base_url, timeout=10) as http:
+            eventually(lambda: _posted(http, catalog), timeout_s=120)
+        running.wait_ready(timeout_s=240, min_items=CATALOG_SIZE)
+        yield running
+
+
+def _posted(http: httpx.Client, catalog) -> bool:
+    try:
+        body = [json.loads(op.model_dump_json(exclude_none=True)) for op in catalog]
+        return http.post("/catalog", json=body).status_code == 202
+    except httpx.HTTPError:
+        return False  # serving still starting
+
+
+@pytest.fixture
+def http(stack):
+    with httpx.Client(base_url=stack.base_url, timeout=10) as client:
+        yield client
+
+
+def _ids(response: httpx.Response) -> list[str]:
+    assert response.status_code == 200, response.text
+    return [it["item_id"] for it in response.json()["items"]]
+
+
+def test_new_catalog_item_becomes_searchable_and_deletes_remove_it(http):
+    item = {"op": "upsert", "item_id": "e2e-telescope", "ts": _now(),
+            "title": "Refracting brass telescope for amateur astronomy", "category": "Optics"}
+    assert http.post("/catalog", json=item).json() == {"accepted": 1, "rejected": []}
+    found = eventually(lambda: "e2e-telescope" in _ids(http.get("/search", params={"q": "telescope astronomy", "k": 5})))
+    assert found
+    top = http.get("/search", params={"q": "telescope astronomy", "k": 5}).json()
+    hit = next(it for it in top["items"] if it["item_id"] == "e2e-telescope")
+    assert hit["title"].startswith("Refracting brass telescope") and hit["reasons"]
+    assert http.get("/similar/e2e-telescope").status_code == 200
+
+    http.post("/catalog", json={"op": "delete", "item_id": "e2e-telescope", "ts": _now()})
+    eventually(lambda: http.get("/similar/e2e-telescope").status_code == 404)
+    assert "e2e-telescope" not in _ids(http.get("/search", params={"q": "telescope astronomy", "k": 20}))
+
+
+def test_clicks_change_that_users_recommendations(http):
+    user = f"shopper-{uuid.uuid4().hex[:6]}"
+    before = _ids(http.get("/recommend", params={"user_id": user, "k": 10}))
+    ink = _ids(http.get("/search", params={"q": "ink cartridge", "k": 3}))
+    events = [{"event_id": uuid.uuid4().hex, "type": "click", "user_id": user, "item_id": i, "ts": _now()}
+              for i in ink]
+    assert http.post("/events", json=events).json()["accepted"] == 3
+
+    def personalised():
+        r = http.get("/recommend", params={"user_id": user, "k": 10})
+        ids = _ids(r)
+        return r.json() if ids and ids != before else None
+
+    after = eventually(personalised)
+    assert not set(ink) & {it["item_id"] for it in after["items"]}  # already-seen items are not re-offered
+    reasons = " ".join(r for it in after["items"] for r in it["reasons"])
+    assert "you viewed" in reasons or "together with" in reasons
+
+
+def test_malformed_events_land_in_the_dlq_with_reason_and_original_bytes(stack, http):
+    s = stack.settings
+    # Through the API: rejected synchronously with the reason, valid siblings still accepted.
+    answer = http.post("/events", json=[
+        {"event_id": "ok-1", "type": "view", "user_id": "u", "item_id": "1", "ts": _now()},
+        {"event_id": "bad-1", "type": "click", "user_id": "u", "ts": _now()},
+    ]).json()
+    assert answer["accepted"] == 1 and answer["rejected"][0]["index"] == 1
+    assert "item_id" in answer["rejected"][0]["error"]
+    # Straight onto the topic, as a buggy producer would: dead-lettered by the consumers.
+    bad = [b"\xff\xfenot utf8", b'{"event_id": "x", "type": "teleport"}', b"{truncated"]
+    producer = KafkaProducer(bootstrap_servers=s.kafka_bootstrap)
+    for raw in bad:
+        producer.send(s.topic_events, raw)
+    producer.flush()
+    consumer = bus.make_consumer(s, group_id=None)
+    consumer.assign(bus.all_partitions(consumer, s.topic_dlq))
+    letters: dict[bytes, DeadLetter] = {}
+
+    def collect():
+        for records in consumer.poll(500).values():
+            for rec in records:
+                dl = DeadLetter.model_validate_json(rec.value)
+                letters[dl.original_bytes()] = dl
+        return all(raw in letters for raw in bad)
+
+    eventually(collect)
+    consumer.close()
+    assert letters[bad[0]].reason == "not_utf8"
+    assert letters[bad[1]].reason == "unknown_type"
+    assert letters[bad[2]].reason == "not_json"
+    assert base64.b64decode(letters[bad[2]].payload_b64) == bad[2]
+
+
+def test_labelled_impressions_raise_the_served_model_version(http):
+    start = http.get("/healthz").json()["model_version"]
+    user = f"learner-{uuid.uuid4().hex[:6]}"
+    for query in ("pen", "paper", "binder", "tape", "stapler", "labels", "ink", "envelope"):
+        result = http.get("/search", params={"q": query, "user_id": user, "k": 10}).json()
+        shown = [it["item_id"] for it in result["items"]]
+        if not shown:
+            continue
+        http.post("/events", json={"event_id": uuid.uuid4().hex, "type": "click", "user_id": user,
+                                   "item_id": shown[0], "request_id": result["request_id"],
+                                   "position": 0, "ts": _now()})
+    newer = eventually(lambda: (v := http.get("/healthz").json()["model_version"]) > start and v, timeout_s=60)
+    assert newer > start
+    assert http.get("/search", params={"q": "pen", "k": 3}).json()["model_version"] >= newer
+
+
+def test_api_rejects_bad_parameters_clearly(http):
+    assert http.get("/search", params={"q": "pen", "k": 0}).status_code == 422
+    assert http.get("/search", params={"q": "pen", "k": 101}).status_code == 422
+    assert http.get("/search").status_code == 422
+    assert http.get("/recommend").status_code == 422
+    assert http.get("/similar/no-such-item").status_code == 404
+    r = http.post("/events", content=b"{not json")
+    assert r.status_code == 400 and "not JSON" in r.text
+    assert "streamrec_serving_requests_total" in http.get("/metrics").text
