@@ -68,6 +68,26 @@ class Settings(BaseSettings):
     label_window_s: float = Field(30.0, gt=0, description="how long an impression waits for its click")
     publish_every_updates: int = Field(50, ge=1)
     publish_every_s: float = Field(2.0, gt=0)
+    learner_lr: float = Field(0.01, gt=0, description="Adam step size of the online ranking head")
+    learner_batch_size: int = Field(64, ge=1, le=65_536, description="examples per micro-batch update")
+    learner_max_batch_delay_s: float = Field(0.2, gt=0, description="a partial micro-batch trains after this wait")
+    learner_checkpoint_every_s: float = Field(5.0, gt=0, description="learner state + offsets checkpoint period")
+    learner_follow_vectors: bool = Field(True, description="start an IndexReplica for item vectors")
+    learner_vector_dim: int = Field(384, ge=1, description="item vector dimension (the encoder's)")
+    learner_negative_sampling: Literal["off", "popularity"] = Field(
+        "off", description="streams without impressions: sample unseen items as negatives for each positive")
+    learner_negatives_per_positive: int = Field(4, ge=1, le=100)
+    drift_loss_delta: float = Field(0.002, gt=0, lt=1, description="ADWIN delta on the prequential click loss")
+    drift_ctr_threshold: float = Field(30.0, gt=0, description="Page-Hinkley threshold on the click rate")
+    drift_features: list[str] = Field(
+        ["retrieval_score", "query_item_cos", "user_item_cos", "price_log"],
+        description="ranking features whose means are watched by ADWIN (JSON list in the env)")
+    drift_feature_delta: float = Field(1e-5, gt=0, lt=1)
+    drift_warmup: int = Field(1000, ge=0, description="labelled examples before drift is reported")
+    challenger_min_examples: int = Field(300, ge=10, description="paired examples before a challenger can win")
+    challenger_max_examples: int = Field(20_000, ge=100, description="a challenger that has not won by then is dropped")
+    rollback_threshold: float = Field(0.2, gt=0, description="relative online-loss excess that rolls a version back")
+    rollback_min_examples: int = Field(500, ge=10)
 
     # --- serving ----------------------------------------------------------------------------
     serving_candidates: int = Field(100, ge=10, le=2000, description="candidates per retriever before ranking")

@@ -1,0 +1,39 @@
+"""Prometheus metrics of the learner (names ``streamrec_learner_*``)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+AUC = Gauge("streamrec_learner_auc", "rolling prequential ROC AUC", ["task", "model"])
+LOGLOSS = Gauge("streamrec_learner_logloss", "rolling prequential log-loss", ["task", "model"])
+EXAMPLES = Counter("streamrec_learner_examples_total", "training examples learned from", ["label"])
+UPDATES = Counter("streamrec_learner_updates_total", "micro-batch updates of the champion")
+EVENTS = Counter("streamrec_learner_events_total", "events read from the events topic", ["type"])
+UNJOINABLE = Gauge("streamrec_learner_unjoinable_outcomes", "outcomes that matched no impression")
+PENDING = Gauge("streamrec_learner_pending_impressions", "impressions waiting for their label window")
+FEATURE_ROWS = Gauge("streamrec_learner_feature_rows", "impression rows since start, by origin (served / recomputed)", ["source"])
+MODEL_VERSION = Gauge("streamrec_learner_model_version", "version the learner last published or adopted")
+PUBLISHES = Counter("streamrec_learner_publishes_total", "model versions published", ["reason"])
+DRIFT = Counter("streamrec_learner_drift_detections_total", "drift detections", ["detector", "what"])
+CHALLENGER = Gauge("streamrec_learner_challenger_running", "1 while a challenger trains beside the champion")
+PROMOTIONS = Counter("streamrec_learner_promotions_total", "challengers promoted to champion")
+ROLLBACKS = Counter("streamrec_learner_rollbacks_total", "versions rolled back", ["by"])
+LABEL_TO_PUBLISH = Histogram(
+    "streamrec_learner_label_to_publish_seconds", "labelled event read → a model that learned from it published",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+)
+CHECKPOINT_SECONDS = Histogram("streamrec_learner_checkpoint_seconds", "time to write a checkpoint",
+                               buckets=(0.005, 0.01, 0.05, 0.1, 0.5, 1, 5))
+
+
+def export(core_metrics: dict) -> None:
+    """Copy the core's rolling metrics into the gauges (NaN-free values only)."""
+    for model, prefix in (("champion", ""), ("challenger", "challenger_")):
+        for task in ("click", "purchase"):
+            a = core_metrics.get(f"{prefix}{task}_auc")
+            ll = core_metrics.get(f"{prefix}{task}_logloss")
+            if a is not None:
+                AUC.labels(task, model).set(a)
+            if ll is not None:
+                LOGLOSS.labels(task, model).set(ll)
+    CHALLENGER.set(1 if core_metrics.get("challenger_running") else 0)

@@ -1,0 +1,233 @@
+"""The online-learning core: prequential scoring, drift detection, champion/challenger, learning.
+
+Independent of Kafka and Redis on purpose: the service feeds it micro-batches of
+:class:`Example` s from the stream, tests and benchmarks feed it replayed datasets directly.
+
+Per micro-batch (``step``):
+1. the champion (and a running challenger) score the batch *before* learning — prequential;
+2. the scores feed the rolling metrics and the drift detectors;
+3. the champion and the challenger learn from the batch;
+4. a harmful drift (loss rising, CTR moving) starts a challenger: a fresh head trained on the
+   buffered examples since the drift point (ADWIN's current window), then on the live stream;
+5. the challenger replaces the champion when its loss on the same recent examples is lower.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from learner.drift import Detection, DriftMonitor
+from learner.estimator import OnlineRanker
+from learner.evaluation import Prequential, logloss
+from learner.examples import Batch, Example
+from streamrec.ranking import N_FEATURES
+
+HARMFUL = ("adwin_loss", "page_hinkley_ctr")   # detections that start a challenger
+
+
+@dataclass
+class LearnerConfig:
+    """Knobs of the core; :meth:`from_settings` maps the ``STREAMREC_LEARNER_*`` settings."""
+
+    lr: float = 0.01
+    batch_size: int = 64
+    metrics_window: int = 5000
+    buffer_size: int = 5000
+    loss_delta: float = 0.002
+    ctr_threshold: float = 30.0
+    feature_names: tuple[str, ...] = ("retrieval_score", "query_item_cos", "user_item_cos", "price_log")
+    feature_delta: float = 1e-5
+    warmup: int = 1000
+    challenger_min_examples: int = 300
+    challenger_max_examples: int = 20_000
+    challenger_window: int = 2000
+    challenger_margin: float = 0.0
+    challenger_replay_epochs: int = 2
+
+    @classmethod
+    def from_settings(cls, s: Any) -> LearnerConfig:
+        return cls(lr=s.learner_lr, batch_size=s.learner_batch_size, loss_delta=s.drift_loss_delta,
+                   ctr_threshold=s.drift_ctr_threshold, feature_names=tuple(s.drift_features),
+                   feature_delta=s.drift_feature_delta, warmup=s.drift_warmup,
+                   challenger_min_examples=s.challenger_min_examples,
+                   challenger_max_examples=s.challenger_max_examples)
+
+
+@dataclass
+class StepReport:
+    """What one step did: the champion's pre-learning scores and any drift / promotion."""
+
+    p_click: np.ndarray
+    p_purchase: np.ndarray
+    detections: list[Detection] = field(default_factory=list)
+    challenger_started: bool = False
+    promoted: bool = False
+    dropped_challenger: bool = False
+    loss: float = 0.0
+
+
+class OnlineLearner:
+    """Champion (+ optional challenger) learning prequentially from micro-batches.
+
+    >>> import numpy as np
+    >>> from learner.examples import Example
+    >>> rng = np.random.default_rng(1)
+    >>> core = OnlineLearner(OnlineRanker(lr=0.05, seed=0), LearnerConfig(warmup=10**9))
+    >>> for step in range(40):
+    ...     X = rng.normal(size=(64, N_FEATURES)).astype(np.float32)
+    ...     y = (rng.random(64) < 1 / (1 + np.exp(-3 * X[:, 0]))).astype(float)
+    ...     _ = core.step([Example("r", str(i), "u", step, X[i], 0, y[i], 0.0) for i in range(64)])
+    >>> core.metrics()["click_auc"] > 0.75
+    True
+    """
+
+    def __init__(self, champion: OnlineRanker, config: LearnerConfig | None = None):
+        self.config = config or LearnerConfig()
+        c = self.config
+        self.champion = champion
+        self.challenger: OnlineRanker | None = None
+        self.challenger_since = 0          # labelled-example index the challenger started at
+        self.pairs: deque[tuple[float, float]] = deque(maxlen=c.challenger_window)
+        self.prequential = Prequential(c.metrics_window)
+        self.challenger_eval = Prequential(c.metrics_window)
+        self.monitor = DriftMonitor(loss_delta=c.loss_delta, ctr_threshold=c.ctr_threshold,
+                                    feature_names=c.feature_names, feature_delta=c.feature_delta, warmup=c.warmup)
+        self.buffer: deque[Example] = deque(maxlen=c.buffer_size)
+        self.examples = 0
+        self.detections_total: dict[str, int] = {}
+        self.promotions = 0
+        self.challengers_started = 0
+        self.challengers_dropped = 0
+
+    # --- the verbs ----------------------------------------------------------------------------
+
+    def predict(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+        return self.champion.predict(batch)
+
+    def step(self, examples: list[Example]) -> StepReport:
+        batch = Batch.of(examples, N_FEATURES)
+        if len(batch) == 0:
+            return StepReport(np.zeros(0), np.zeros(0))
+        pc, pb = self.champion.predict(batch)
+        losses = self.prequential.update(pc, pb, batch)
+        report = StepReport(pc, pb)
+        report.detections = self.monitor.update(losses, batch.click, batch.click_mask, batch.X, batch.ts)
+        for d in report.detections:
+            self.detections_total[d.detector] = self.detections_total.get(d.detector, 0) + 1
+
+        if self.challenger is not None:
+            qc, qb = self.challenger.predict(batch)
+            self.challenger_eval.update(qc, qb, batch)
+            m = batch.click_mask
+            if m.any():
+                self.pairs.extend(zip(logloss(pc[m], batch.click[m]).tolist(), logloss(qc[m], batch.click[m]).tolist()))
+
+        report.loss = self.champion.learn(batch)
+        if self.challenger is not None:
+            self.challenger.learn(batch)
+        self.buffer.extend(examples)
+        self.examples += len(examples)
+
+        if self.challenger is None and any(d.detector in HARMFUL for d in report.detections):
+            window = max((d.evidence.get("window", 0) for d in report.detections if d.detector == "adwin_loss"),
+                         default=0)
+            self._start_challenger(window or self.config.challenger_min_examples)
+            report.challenger_started = True
+        elif self.challenger is not None:
+            verdict = self._judge()
+            report.promoted = verdict == "promote"
+            report.dropped_challenger = verdict == "drop"
+        return report
+
+    # --- champion / challenger ----------------------------------------------------------------
+
+    def _start_challenger(self, since_drift: int) -> None:
+        """A fresh head trained on the examples since the drift point, then on the live stream."""
+        c = self.config
+        self.challenger = self.champion.fresh()
+        recent = list(self.buffer)[-max(since_drift, c.batch_size):]
+        for _ in range(c.challenger_replay_epochs):
+            for k in range(0, len(recent), c.batch_size):
+                self.challenger.learn(Batch.of(recent[k:k + c.batch_size], N_FEATURES))
+        self.challenger_since = self.examples
+        self.challenger_eval = Prequential(c.metrics_window)
+        self.pairs.clear()
+        self.challengers_started += 1
+
+    def _judge(self) -> str | None:
+        c = self.config
+        if len(self.pairs) >= c.challenger_min_examples:
+            champ, chall = np.mean(self.pairs, axis=0)
+            if chall < champ * (1 - c.challenger_margin):
+                self.promote()
+                return "promote"
+        if self.examples - self.challenger_since >= c.challenger_max_examples:
+            self.challenger = None
+            self.pairs.clear()
+            self.challengers_dropped += 1
+            return "drop"
+        return None
+
+    def promote(self) -> None:
+        """The challenger becomes the champion; the loss detector restarts on the new model."""
+        if self.challenger is None:
+            raise RuntimeError("no challenger to promote")
+        self.champion = self.challenger
+        self.challenger = None
+        self.pairs.clear()
+        self.prequential = self.challenger_eval
+        self.challenger_eval = Prequential(self.config.metrics_window)
+        self.monitor.reset()
+        self.monitor.warmup = min(self.monitor.warmup, self.config.challenger_min_examples)
+        self.promotions += 1
+
+    def replace_champion(self, model: OnlineRanker) -> None:
+        """Adopt a model from outside (rollback, operator's choice); any challenger is dropped."""
+        self.champion = model
+        self.challenger = None
+        self.pairs.clear()
+        self.monitor.reset()
+
+    def metrics(self) -> dict[str, Any]:
+        out = dict(self.prequential.summary())
+        if self.challenger is not None:
+            out.update({f"challenger_{k}": v for k, v in self.challenger_eval.summary().items()})
+        out.update(examples=self.examples, updates=self.champion.updates, promotions=self.promotions,
+                   challenger_running=self.challenger is not None)
+        return out
+
+    # --- checkpointing --------------------------------------------------------------------------
+
+    def state(self) -> dict:
+        """Everything needed to continue exactly here (River detectors pickle as plain objects)."""
+        return {
+            "champion": self.champion.state_dict(),
+            "challenger": self.challenger.state_dict() if self.challenger is not None else None,
+            "challenger_since": self.challenger_since, "pairs": list(self.pairs),
+            "prequential": self.prequential.state(), "challenger_eval": self.challenger_eval.state(),
+            "monitor": self.monitor, "buffer": list(self.buffer), "examples": self.examples,
+            "detections_total": self.detections_total, "promotions": self.promotions,
+            "challengers_started": self.challengers_started, "challengers_dropped": self.challengers_dropped,
+        }
+
+    @classmethod
+    def from_state(cls, st: dict, config: LearnerConfig | None = None) -> OnlineLearner:
+        core = cls(OnlineRanker.from_state(st["champion"]), config)
+        if st["challenger"] is not None:
+            core.challenger = OnlineRanker.from_state(st["challenger"])
+        core.challenger_since = st["challenger_since"]
+        core.pairs.extend(st["pairs"])
+        core.prequential.load_state(st["prequential"])
+        core.challenger_eval.load_state(st["challenger_eval"])
+        core.monitor = st["monitor"]
+        core.buffer.extend(st["buffer"])
+        core.examples = st["examples"]
+        core.detections_total = dict(st["detections_total"])
+        core.promotions = st["promotions"]
+        core.challengers_started = st["challengers_started"]
+        core.challengers_dropped = st["challengers_dropped"]
+        return core

@@ -1,0 +1,286 @@
+"""The learner service: events topic → joined examples → online ranking head → model snapshots.
+
+Guarantee: the checkpoint (model, optimiser, pending joins, detectors, metrics) stores the event
+offsets it was built from and is replaced atomically; a restart — even after ``kill -9`` — loads
+it and seeks to those offsets, so no event is skipped and none is learned from twice relative to
+the restored state. Kafka's committed offsets (group ``streamrec-learner``) are advanced only
+after a checkpoint, for lag monitoring and as the fallback position when no checkpoint exists.
+
+The loop is thin on purpose: joining lives in :mod:`learner.pipeline`, learning, drift and
+champion/challenger in :mod:`learner.online`, rollback in :mod:`learner.guard`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import torch
+from kafka import ConsumerRebalanceListener, TopicPartition
+
+from learner import metrics as M
+from learner.checkpoint import Checkpointer
+from learner.estimator import OnlineRanker
+from learner.examples import Batch, Example
+from learner.guard import RollbackGuard
+from learner.joiner import LabelJoiner
+from learner.negatives import NegativeSampler
+from learner.online import LearnerConfig, OnlineLearner
+from learner.pipeline import ExampleBuilder
+from streamrec import bus
+from streamrec.model_store import ModelStore
+from streamrec.ranking import FeatureAssembler, load_served
+from streamrec.schemas import Rejected, decode_event
+from streamrec.settings import Settings
+from streamrec.store import connect
+
+log = logging.getLogger(__name__)
+GROUP = "streamrec-learner"
+
+
+class _SeekToCheckpoint(ConsumerRebalanceListener):
+    """On assignment, continue from the checkpoint's offsets (else the group's committed ones)."""
+
+    def __init__(self, consumer, offsets: dict[int, int]):
+        self.consumer = consumer
+        self.offsets = offsets
+
+    def on_partitions_revoked(self, revoked) -> None:
+        pass
+
+    def on_partitions_assigned(self, assigned) -> None:
+        for tp in assigned:
+            if tp.partition in self.offsets:
+                self.consumer.seek(tp, self.offsets[tp.partition])
+
+
+@dataclass
+class _Loop:
+    """Mutable state of one run of the service."""
+
+    s: Settings
+    core: OnlineLearner
+    builder: ExampleBuilder
+    store: ModelStore
+    guard: RollbackGuard
+    ckpt: Checkpointer
+    producer: object
+    offsets: dict[int, int]
+    version: int
+    ready: list[Example] = field(default_factory=list)
+    ready_since: float = 0.0
+    read_times: list[float] = field(default_factory=list)   # wall times of labels learned, unpublished
+    updates_since_publish: int = 0
+    last_publish: float = field(default_factory=time.monotonic)
+    last_ckpt: float = field(default_factory=time.monotonic)
+    dirty: bool = False
+
+    # --- learning -------------------------------------------------------------------------------
+
+    def add(self, examples: list[Example]) -> None:
+        if examples and not self.ready:
+            self.ready_since = time.monotonic()
+        self.ready.extend(examples)
+
+    def train_ready(self, force: bool = False) -> None:
+        bs = self.s.learner_batch_size
+        due = force or len(self.ready) >= bs or (
+            self.ready and time.monotonic() - self.ready_since >= self.s.learner_max_batch_delay_s)
+        if not due:
+            return
+        now = time.monotonic()
+        while self.ready:
+            chunk, self.ready = self.ready[:bs], self.ready[bs:]
+            self._step(chunk)
+            self.read_times.append(now)
+        self.ready_since = time.monotonic()
+
+    def _step(self, chunk: list[Example]) -> None:
+        batch = Batch.of(chunk)
+        rollback = self.guard.observe(batch)
+        if rollback is not None:
+            self._rollback(*rollback, by="guard")
+        report = self.core.step(chunk)
+        self.dirty = True
+        self.updates_since_publish += 1
+        M.UPDATES.inc()
+        for e in chunk:
+            M.EXAMPLES.labels("positive" if e.click == 1.0 else "negative" if e.click == 0.0 else "purchase_only").inc()
+        for d in report.detections:
+            M.DRIFT.labels(d.detector, d.what).inc()
+            body = d.to_json() | {"model_version": self.version, "challenger_started": report.challenger_started}
+            self.producer.send(self.s.topic_drift, key=d.detector, value=json.dumps(body).encode())
+            log.warning("drift: %s on %s at example %d: %s", d.detector, d.what, d.at_example, d.evidence)
+        if report.challenger_started:
+            log.warning("challenger started from the drift point")
+        if report.promoted:
+            M.PROMOTIONS.inc()
+            log.warning("challenger promoted to champion")
+            self.publish("promotion")
+        M.export(self.core.metrics())
+
+    def _rollback(self, version: int, model: OnlineRanker, by: str) -> None:
+        log.warning("rolling back to version %d (%s): %s", version, by, self.guard.verdict())
+        self.core.replace_champion(model)
+        self.store.rollback(version)
+        self.version = version
+        self.updates_since_publish = 0
+        self.last_publish = time.monotonic()
+        M.ROLLBACKS.labels(by).inc()
+        M.MODEL_VERSION.set(version)
+        self.dirty = True
+
+    # --- publishing and checkpoints ---------------------------------------------------------
+
+    def publish(self, reason: str) -> int:
+        meta = {"reason": reason, "parent": self.version, "updates": self.core.champion.updates,
+                "examples": self.core.examples, "metrics": self.core.metrics()}
+        v = self.store.publish(self.core.champion.head, meta)
+        now = time.monotonic()
+        for t in self.read_times:
+            M.LABEL_TO_PUBLISH.observe(now - t)
+        self.read_times.clear()
+        self.guard.on_publish(v, self.core.champion)
+        self.version = v
+        self.updates_since_publish = 0
+        self.last_publish = now
+        self.dirty = True
+        M.PUBLISHES.labels(reason).inc()
+        M.MODEL_VERSION.set(v)
+        return v
+
+    def maybe_publish(self) -> None:
+        if self.updates_since_publish == 0:
+            return
+        if (self.updates_since_publish >= self.s.publish_every_updates
+                or time.monotonic() - self.last_publish >= self.s.publish_every_s):
+            self.publish("periodic")
+
+    def adopt_operator_rollback(self) -> None:
+        """Someone ran ``streamrec model rollback``: continue learning from that version."""
+        current = self.store.latest_version()
+        if current and current != self.version:
+            v, head, _meta = self.store.load(current)
+            model = OnlineRanker(head, lr=self.s.learner_lr, seed=None)
+            self.core.replace_champion(model)
+            self.guard.reset(v, model)
+            self.version = v
+            self.updates_since_publish = 0
+            M.ROLLBACKS.labels("operator").inc()
+            M.MODEL_VERSION.set(v)
+            self.dirty = True
+            log.warning("adopted version %d set by an operator", v)
+
+    def checkpoint(self, consumer, force: bool = False) -> None:
+        if not self.dirty and not force:
+            return
+        if not force and time.monotonic() - self.last_ckpt < self.s.learner_checkpoint_every_s:
+            return
+        t0 = time.perf_counter()
+        self.ckpt.save({"core": self.core.state(), "joiner": self.builder.joiner.state(),
+                        "offsets": dict(self.offsets), "version": self.version,
+                        "guard_good": self.guard.good[0] if self.guard.good else None})
+        M.CHECKPOINT_SECONDS.observe(time.perf_counter() - t0)
+        self.last_ckpt = time.monotonic()
+        self.dirty = False
+        if self.offsets:
+            from kafka.structs import OffsetAndMetadata
+            try:
+                consumer.commit({TopicPartition(self.s.topic_events, p): OffsetAndMetadata(o, "", -1)
+                                 for p, o in self.offsets.items()})
+            except Exception as e:  # the checkpoint is the source of truth; a failed commit only delays lag
+                log.warning("offset commit failed (checkpoint kept): %r", e)
+
+
+def _vectors(s: Settings):
+    """Item vectors and metadata from an IndexReplica following the vectors topic (or none)."""
+    if not s.learner_follow_vectors:
+        return None, (lambda _i: None), None
+    from streamrec.vector_index import IndexReplica
+    replica = IndexReplica(s, s.learner_vector_dim, from_snapshot=True)
+    replica.start()
+    return replica, replica.index.vector, replica.index.meta
+
+
+def run(settings: Settings, stop: threading.Event) -> None:
+    """Consume, learn, publish until ``stop`` is set; then train what is ready, publish, checkpoint."""
+    s = settings
+    torch.set_num_threads(1)
+    bus.ensure_topics(s)
+    from streamrec.features import FeatureStore
+
+    store = ModelStore.from_settings(s)
+    r = connect(s)
+    features = FeatureStore.from_settings(s)
+    replica, vector_of, meta_of = _vectors(s)
+    assembler = FeatureAssembler(features, vector_of, meta_of)
+    joiner = LabelJoiner(s.label_window_s)
+    sampler = NegativeSampler(s.learner_negatives_per_positive) if s.learner_negative_sampling != "off" else None
+    builder = ExampleBuilder(joiner, assembler, lambda rid: load_served(r, s.redis_prefix, rid), sampler)
+    cfg = LearnerConfig.from_settings(s)
+    ckpt = Checkpointer(s.state_dir / "learner")
+
+    state = ckpt.load()
+    if state is not None:
+        core = OnlineLearner.from_state(state["core"], cfg)
+        joiner.load_state(state["joiner"])
+        offsets = {int(p): int(o) for p, o in state["offsets"].items()}
+        version = int(state["version"])
+        log.info("resumed from checkpoint: version %d, %d examples, offsets %s", version, core.examples, offsets)
+    elif store.latest_version() > 0:   # models but no checkpoint: warm-start from what is served
+        version, head, _ = store.load()
+        core = OnlineLearner(OnlineRanker(head, lr=s.learner_lr, seed=None), cfg)
+        offsets = {}
+        log.info("no checkpoint; warm-starting from published version %d", version)
+    else:
+        core = OnlineLearner(OnlineRanker(lr=s.learner_lr, seed=0), cfg)
+        offsets = {}
+        version = 0
+
+    producer = bus.make_producer(s)
+    consumer = bus.make_consumer(s, GROUP)
+    consumer.subscribe([s.topic_events], listener=_SeekToCheckpoint(consumer, offsets))
+    guard = RollbackGuard(s.rollback_threshold, s.rollback_min_examples)
+    loop = _Loop(s, core, builder, store, guard, ckpt, producer, offsets, version)
+    if version == 0:
+        loop.version = loop.publish("initial")   # serving can become ready before any label
+        log.info("published initial version %d", loop.version)
+    guard.reset(loop.version, core.champion)
+    M.MODEL_VERSION.set(loop.version)
+    loop.checkpoint(consumer, force=True)
+    try:
+        while not stop.is_set():
+            polled = consumer.poll(timeout_ms=100, max_records=s.consumer_max_poll_records)
+            for tp, msgs in polled.items():
+                for m in msgs:
+                    loop.offsets[tp.partition] = m.offset + 1
+                    loop.dirty = True
+                    try:
+                        ev = decode_event(m.value, s.max_event_bytes)
+                    except Rejected:
+                        M.EVENTS.labels("rejected").inc()   # consumers/ dead-letters it; we only skip
+                        continue
+                    M.EVENTS.labels(ev.type).inc()
+                    loop.add(builder.feed(ev))
+            loop.add(builder.expire())
+            M.PENDING.set(len(joiner))
+            M.UNJOINABLE.set(joiner.unjoinable)
+            M.FEATURE_ROWS.labels("served").set(builder.rows_served)
+            M.FEATURE_ROWS.labels("recomputed").set(builder.rows_recomputed)
+            loop.train_ready()
+            loop.adopt_operator_rollback()
+            loop.maybe_publish()
+            loop.checkpoint(consumer)
+        loop.train_ready(force=True)
+        if loop.updates_since_publish:
+            loop.publish("shutdown")
+        loop.checkpoint(consumer, force=True)
+    finally:
+        consumer.close()
+        producer.flush(10)
+        producer.close(10)
+        if replica is not None:
+            replica.stop()
