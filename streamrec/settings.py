@@ -62,7 +62,6 @@ class Settings(BaseSettings):
     index_compact_ratio: float = Field(0.2, gt=0, description="rebuild when tombstones exceed this share")
     index_snapshot_every_s: float = Field(30.0, gt=0, description="index_updater snapshot period")
     index_snapshots_kept: int = Field(2, ge=1)
-    index_batch_max_wait_ms: int = Field(100, ge=0, description="how long index_updater fills a batch")
 
     # --- learner / model --------------------------------------------------------------------
     label_window_s: float = Field(30.0, gt=0, description="how long an impression waits for its click")

