@@ -5,6 +5,7 @@ all run this same stack, so what they exercise is what a user runs.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import sys
@@ -26,8 +27,9 @@ SERVICES = {"consumers": "consume", "index-updater": "index", "learner": "learn"
 
 def settings_env(s: Settings) -> dict[str, str]:
     """``STREAMREC_*`` variables that reproduce ``s`` in a child process."""
-    values = {k: v for k, v in s.model_dump().items() if v is not None}
-    return child_env(**{k: str(v) for k, v in values.items()})
+    values = {k: v for k, v in s.model_dump(mode="json").items() if v is not None}
+    # pydantic-settings reads complex fields (lists, dicts) as JSON
+    return child_env(**{k: v if isinstance(v, str) else json.dumps(v) for k, v in values.items()})
 
 
 class LocalStack:
