@@ -109,7 +109,7 @@ def up(
             f"  recommend  {base}/recommend?user_id=A994\n"
             f"  similar    {base}/similar/0\n"
             f"  dashboard  {base}/dashboard   API docs {base}/docs   metrics {base}/metrics\n"
-            f"  service metrics :9101 consumers, :9102 index-updater, :9103 learner\n"
+            f"  service metrics " + ", ".join(f":{p} {n}" for n, p in stack.metrics_ports.items()) + "\n"
             f"  logs       {stack.log_dir}\n"
             f"Ctrl-C stops everything."
         )

@@ -5,14 +5,25 @@
 from __future__ import annotations
 
 import logging
+import threading
 
 from prometheus_client import start_http_server
 
 log = logging.getLogger(__name__)
+_started: set[int] = set()
+_lock = threading.Lock()
 
 
 def serve_metrics(port: int) -> None:
-    """Expose /metrics for a headless service (consume/learn/index); 0 disables it."""
-    if port:
+    """Expose /metrics for a headless service (consume/learn/index); 0 disables it.
+
+    Idempotent within a process, so the CLI and a service's own ``run`` may both ask for it.
+    """
+    if not port:
+        return
+    with _lock:
+        if port in _started:
+            return
         start_http_server(port, addr="0.0.0.0")
-        log.info("metrics on :%d/metrics", port)
+        _started.add(port)
+    log.info("metrics on :%d/metrics", port)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import socket
 import sys
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 import httpx
 
 from streamrec import bus
-from streamrec.embedded import EmbeddedKafka, EmbeddedRedis, child_env
+from streamrec.embedded import EmbeddedKafka, EmbeddedRedis, child_env, free_port
 from streamrec.settings import Settings
 from streamrec.supervisor import ChildSpec, Supervisor
 
@@ -32,6 +33,16 @@ def settings_env(s: Settings) -> dict[str, str]:
     return child_env(**{k: v if isinstance(v, str) else json.dumps(v) for k, v in values.items()})
 
 
+def _port_or_free(port: int) -> int:
+    """``port`` if nothing listens there, else any free port (a demo must not crash-loop on it)."""
+    with socket.socket() as sock:
+        try:
+            sock.bind(("0.0.0.0", port))
+            return port
+        except OSError:
+            return free_port()
+
+
 class LocalStack:
     def __init__(self, s: Settings, metrics_base_port: int = 9101, fresh_state: bool = True):
         self.requested = s
@@ -39,6 +50,7 @@ class LocalStack:
         self.metrics_base_port = metrics_base_port
         self.fresh_state = fresh_state
         self._embedded: list = []
+        self.metrics_ports: dict[str, int] = {}
         self.supervisor: Supervisor | None = None
 
     @property
@@ -73,8 +85,9 @@ class LocalStack:
         specs = []
         for i, (name, command) in enumerate(SERVICES.items()):
             env = dict(base_env)
-            headless = command != "serve" and self.metrics_base_port  # 0 = no metrics ports
-            env["STREAMREC_METRICS_PORT"] = str(self.metrics_base_port + i) if headless else "0"
+            if command != "serve" and self.metrics_base_port:  # 0 = no metrics ports
+                self.metrics_ports[name] = _port_or_free(self.metrics_base_port + i)
+            env["STREAMREC_METRICS_PORT"] = str(self.metrics_ports.get(name, 0))
             specs.append(ChildSpec(name, [sys.executable, "-m", "streamrec.cli", command], env,
                                    self.log_dir / f"{name}.log"))
         self.supervisor = Supervisor(specs)
