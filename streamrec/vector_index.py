@@ -143,11 +143,12 @@ def _has_native_ids(index: faiss.Index) -> bool:
 
 
 def min_train_points(index: faiss.Index) -> int:
-    """FAISS warns below 39 points per IVF list; PQ/SQ codebooks want a few hundred."""
+    """FAISS warns below 39 points per IVF list; PQ codebooks (256 centroids) and PCA need a few hundred."""
+    floor = max(256, int(index.d))
     try:
-        return max(39 * faiss.extract_index_ivf(index).nlist, 256)
+        return max(39 * faiss.extract_index_ivf(index).nlist, floor)
     except RuntimeError:
-        return 1000
+        return floor
 
 
 @dataclass
@@ -160,10 +161,22 @@ class _State:
     next_id: int = 0
     exact: bool = False          # an untrained factory, standing in with exact search
     removable: bool = True       # False: FAISS cannot remove, tombstones instead
+    on_gpu: bool = False
+    dead: set[int] = field(default_factory=set)  # tombstoned FAISS ids still in the index
+    # CPU only: a selector excluding ``dead`` so filtered search need not over-fetch.
+    selector: tuple | None = None
+    selector_ok: bool = True
 
     @property
     def tombstones(self) -> int:
-        return int(self.index.ntotal) - len(self.items)
+        return len(self.dead)
+
+    def refresh_selector(self) -> None:
+        if not self.dead or self.on_gpu or not self.selector_ok:
+            self.selector = None
+            return
+        batch = faiss.IDSelectorBatch(np.fromiter(self.dead, dtype=np.int64, count=len(self.dead)))
+        self.selector = (batch, faiss.IDSelectorNot(batch))  # keep both alive
 
 
 @dataclass
@@ -180,6 +193,7 @@ class IndexDump:
     metas: list[ItemMeta]
     index_bytes: np.ndarray | None   # faiss.serialize_index of the CPU index, None when exact stand-in
     next_id: int
+    dead_ids: np.ndarray         # int64 tombstones inside index_bytes
 
 
 class LiveIndex:
@@ -256,7 +270,7 @@ class LiveIndex:
             cpu = faiss.IndexIDMap2(faiss.IndexFlat(self.dim, self._metric))
         index, removable = self._to_device(cpu)
         self._tune(index)
-        return _State(index=index, exact=exact, removable=removable)
+        return _State(index=index, exact=exact, removable=removable, on_gpu=not removable)
 
     def _build_state(self, items: list[str], vectors: np.ndarray) -> _State:
         """A fresh index over ``items`` (trained when the factory needs it and there is enough data)."""
@@ -274,7 +288,7 @@ class LiveIndex:
         self._tune(index)
         return _State(index=index, ids={it: i for it, i in zip(items, ids.tolist())},
                       items=dict(zip(ids.tolist(), items)), next_id=len(items), exact=exact,
-                      removable=removable)
+                      removable=removable, on_gpu=not removable)
 
     # --- reads ------------------------------------------------------------------------------
 
@@ -308,13 +322,26 @@ class LiveIndex:
         q = np.ascontiguousarray(np.asarray(queries, dtype=np.float32).reshape(-1, self.dim))
         if k <= 0:
             return [[] for _ in range(len(q))]
+        if not isinstance(exclude, (set, frozenset, dict)):
+            exclude = set(exclude)
         with self._lock.read():
             st = self._state
             excluded = sum(1 for e in exclude if e in st.ids) if exclude else 0
-            fetch = min(int(st.index.ntotal), k + st.tombstones + excluded)
-            if fetch == 0:
-                return [[] for _ in range(len(q))]
-            dist, ids = st.index.search(q, fetch)
+            dist = ids = None
+            if st.selector is not None:  # tombstones skipped inside FAISS (CPU HNSW etc.)
+                fetch = min(len(st.items), k + excluded)
+                if fetch == 0:
+                    return [[] for _ in range(len(q))]
+                try:
+                    dist, ids = st.index.search(q, fetch, params=faiss.SearchParameters(sel=st.selector[1]))
+                except RuntimeError:
+                    log.info("factory %r cannot filter by selector: over-fetching past tombstones", self.factory)
+                    st.selector_ok, st.selector = False, None
+            if ids is None:  # over-fetch past the tombstones; the id filter below drops them
+                fetch = min(int(st.index.ntotal), k + st.tombstones + excluded)
+                if fetch == 0:
+                    return [[] for _ in range(len(q))]
+                dist, ids = st.index.search(q, fetch)
             items = st.items
         sign = -1.0 if self._metric == faiss.METRIC_L2 else 1.0
         out = []
@@ -375,6 +402,9 @@ class LiveIndex:
             except RuntimeError:
                 log.info("factory %r cannot remove ids: tombstones + compaction instead", self.factory)
                 st.removable = False
+        if stale and not st.removable:
+            st.dead.update(stale)
+            st.refresh_selector()
         new = [(item_id, entry[0]) for item_id, entry in latest.items() if entry is not None]
         if new:
             fids = np.arange(st.next_id, st.next_id + len(new), dtype=np.int64)
@@ -440,6 +470,7 @@ class LiveIndex:
                 item_ids=items, faiss_ids=np.fromiter((st.ids[i] for i in items), np.int64, len(items)),
                 vectors=self._stack(items), metas=[self._metas[i] for i in items],
                 index_bytes=raw, next_id=st.next_id,
+                dead_ids=np.fromiter(st.dead, np.int64, len(st.dead)) if raw is not None else np.zeros(0, np.int64),
             )
 
     def load(self, d: IndexDump) -> None:
@@ -452,7 +483,15 @@ class LiveIndex:
             self._tune(index)
             fids = d.faiss_ids.tolist()
             st = _State(index=index, ids=dict(zip(d.item_ids, fids)), items=dict(zip(fids, d.item_ids)),
-                        next_id=d.next_id, removable=removable)
+                        next_id=d.next_id, removable=removable, on_gpu=not removable,
+                        dead=set(d.dead_ids.tolist()))
+            if st.dead and st.removable:
+                try:
+                    st.index.remove_ids(d.dead_ids)
+                    st.dead = set()
+                except RuntimeError:
+                    st.removable = False
+            st.refresh_selector()
         else:
             st = self._build_state(d.item_ids, d.vectors)
         vectors = {}
@@ -540,6 +579,7 @@ def to_batch(records: Iterable[VectorRecord]) -> tuple[list[tuple[str, np.ndarra
 #                   offsets {partition: next offset to read}, model_id, sha256 of every file
 #   items.jsonl     one line per live item: item_id, faiss_id, content_hash, meta
 #   vectors.npy     float32 (n, dim), rows in items.jsonl order
+#   dead.npy        int64 tombstoned FAISS ids still inside index.faiss
 #   index.faiss     the CPU FAISS index (absent while an untrained factory searches exactly)
 # A snapshot directory is written under a temporary name and renamed into place, so a reader
 # sees a whole snapshot or none; checksums catch a file damaged afterwards.
@@ -588,7 +628,8 @@ def write_snapshot(directory: Path, dump: IndexDump, *, topic: str, offsets: dic
                 f.write(json.dumps({"item_id": item_id, "faiss_id": fid, "content_hash": hashes.get(item_id),
                                     "meta": asdict(meta)}, separators=(",", ":")) + "\n")
         np.save(tmp / "vectors.npy", dump.vectors, allow_pickle=False)
-        files = ["items.jsonl", "vectors.npy"]
+        np.save(tmp / "dead.npy", dump.dead_ids, allow_pickle=False)
+        files = ["items.jsonl", "vectors.npy", "dead.npy"]
         if dump.index_bytes is not None:
             dump.index_bytes.tofile(tmp / "index.faiss")
             files.append("index.faiss")
@@ -646,6 +687,7 @@ def read_snapshot(path: Path) -> Snapshot:
                 if row.get("content_hash"):
                     hashes[row["item_id"]] = row["content_hash"]
         vectors = np.load(path / "vectors.npy", allow_pickle=False)
+        dead = np.load(path / "dead.npy", allow_pickle=False).astype(np.int64)
         raw = np.fromfile(path / "index.faiss", dtype=np.uint8) if (path / "index.faiss").is_file() else None
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise SnapshotError(f"snapshot {path}: {e}") from None
@@ -654,7 +696,7 @@ def read_snapshot(path: Path) -> Snapshot:
     dump = IndexDump(dim=manifest["dim"], factory=manifest["factory"], metric=manifest["metric"],
                      version=manifest["version"], item_ids=ids, faiss_ids=np.asarray(fids, dtype=np.int64),
                      vectors=vectors.astype(np.float32, copy=False), metas=metas, index_bytes=raw,
-                     next_id=manifest["next_id"])
+                     next_id=manifest["next_id"], dead_ids=dead)
     return Snapshot(path=path, manifest=manifest, dump=dump, hashes=hashes)
 
 

@@ -84,8 +84,10 @@ class Updater:
 
 
 @pytest.fixture
-def fast_settings(settings) -> Settings:
-    return settings.model_copy(update={"index_snapshot_every_s": 0.3})
+def fast_settings(settings, request) -> Settings:
+    """Snapshots every 0.3 s; tests may pick the FAISS factory (indirect parametrisation)."""
+    factory = getattr(request, "param", "Flat")
+    return settings.model_copy(update={"index_snapshot_every_s": 0.3, "index_factory": factory})
 
 
 @pytest.fixture
@@ -114,6 +116,7 @@ def top_ids(replica: IndexReplica, encoder: Encoder, query: str, k: int = 10) ->
     return [i for i, _ in replica.index.search(encoder.encode_query(query), k)[0]]
 
 
+@pytest.mark.parametrize("fast_settings", ["Flat", "HNSW16"], indirect=True)
 def test_upsert_is_found_and_delete_removes_it(fast_settings, updater, replicas, encoder, products):
     replica = replicas(from_snapshot=False)
     publish(fast_settings, products)
@@ -132,6 +135,7 @@ def test_upsert_is_found_and_delete_removes_it(fast_settings, updater, replicas,
     assert replica.index.vector("new-1") is None
 
 
+@pytest.mark.parametrize("fast_settings", ["Flat", "HNSW16"], indirect=True)
 def test_replacing_the_title_moves_the_item(fast_settings, updater, replicas, encoder, products):
     replica = replicas(from_snapshot=False)
     publish(fast_settings, products + [upsert("x", "Garden hose 50 ft heavy duty")])
@@ -180,6 +184,7 @@ def test_invalid_catalog_records_are_dead_lettered(fast_settings, updater, repli
     assert all(d.source_topic == fast_settings.topic_catalog for d in letters)
 
 
+@pytest.mark.parametrize("fast_settings", ["Flat", "HNSW16"], indirect=True)
 def test_snapshot_plus_tail_equals_scratch_and_replicas_converge(fast_settings, updater, replicas,
                                                                  encoder, products):
     first, rest = products[:30], products[30:]
