@@ -134,6 +134,7 @@ def _index_demo_catalog(s: Settings, base: str, stop: threading.Event, wait_s: f
     ops = list(sources.load(f"{s.demo_catalog}:catalog", s.require_data_dir()))
     producer = bus.make_producer(s)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    # Without a terminal rich shows no live bar, so progress also goes to the log every few seconds.
     with Progress(*columns, console=console) as progress:
         task = progress.add_task(f"publishing {s.demo_catalog} catalog", total=len(ops))
         for op in ops:
@@ -141,18 +142,28 @@ def _index_demo_catalog(s: Settings, base: str, stop: threading.Event, wait_s: f
             progress.advance(task)
         producer.flush()
         producer.close()
+        log.info("published %d catalog items; embedding and indexing them", len(ops))
         task = progress.add_task("embedding + indexing (serving replica)", total=len(ops))
-        deadline = time.monotonic() + wait_s
+        started = time.monotonic()
+        deadline = started + wait_s
+        next_log = started + 5
+        indexed = 0
         with httpx.Client(timeout=2) as http:
             while not stop.is_set():
                 try:
-                    health = http.get(f"{base}/healthz").json()
-                    progress.update(task, completed=min(len(ops), health.get("index_items", 0)))
-                    if health.get("index_items", 0) >= len(ops) and http.get(f"{base}/readyz").status_code == 200:
+                    indexed = http.get(f"{base}/healthz").json().get("index_items", 0)
+                    progress.update(task, completed=min(len(ops), indexed))
+                    if indexed >= len(ops) and http.get(f"{base}/readyz").status_code == 200:
+                        log.info("demo catalog indexed: %d items in %.0fs", indexed, time.monotonic() - started)
                         return
                 except httpx.HTTPError:
                     pass  # serving is still loading the encoder
-                if time.monotonic() > deadline:
+                now = time.monotonic()
+                if now >= next_log:
+                    rate = indexed / (now - started)
+                    log.info("indexed %d/%d items (%.0f items/s)", indexed, len(ops), rate)
+                    next_log = now + 5
+                if now > deadline:
                     raise RuntimeError(f"demo catalog not indexed within {wait_s:.0f}s; see the logs")
                 stop.wait(0.5)
 
