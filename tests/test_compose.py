@@ -52,3 +52,20 @@ def test_prometheus_scrapes_each_service_where_it_serves_metrics():
 def test_dockerfile_installs_the_pinned_cpu_torch():
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "torch==2.13.0" in dockerfile and "whl/cpu" in dockerfile
+
+
+def test_grafana_dashboard_is_current_and_queries_only_metrics_the_code_defines():
+    import json
+    import re
+    import runpy
+
+    built = runpy.run_path(str(ROOT / "deploy" / "grafana" / "build_dashboard.py"))["build"]()
+    committed = json.loads((ROOT / "deploy" / "grafana" / "dashboards" / "streamrec.json").read_text())
+    assert committed == built, "re-run deploy/grafana/build_dashboard.py"
+    source = "".join(p.read_text() for d in ("serving", "consumers", "learner", "index_updater", "streamrec")
+                     for p in (ROOT / d).rglob("*.py"))
+    for panel in committed["panels"]:
+        for target in panel["targets"]:
+            for metric in re.findall(r"streamrec_[a-z_]+", target["expr"]):
+                base = re.sub(r"_(bucket|sum|count)$", "", metric)
+                assert f'"{base}"' in source, f"{panel['title']}: {base} is not defined anywhere"
