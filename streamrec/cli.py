@@ -38,6 +38,13 @@ def _settings() -> Settings:
         raise typer.Exit(2) from None
 
 
+def _inspect_settings() -> Settings:
+    """Settings for read-only commands: those of a running `streamrec up` when none are given."""
+    from streamrec.stack import running_settings
+
+    return running_settings(_settings())
+
+
 # --- one service each (as docker-compose runs them) ---------------------------------------------
 
 def _run_service(name: str, module: str, own_metrics: bool = True) -> None:
@@ -85,7 +92,8 @@ def serve() -> None:
 def up(
     rate: Annotated[float, typer.Option(help="demo shopper actions per second (0 = no demo traffic)")] = 20.0,
     demo: Annotated[bool, typer.Option(help="index the demo catalog and replay demo shoppers")] = True,
-    wait_s: Annotated[float, typer.Option(help="give up if the demo catalog is not indexed by then")] = 600.0,
+    wait_s: Annotated[float, typer.Option(help="give up if the demo catalog is not indexed by then")] = 900.0,
+    catalog_limit: Annotated[int, typer.Option(help="index only the first N demo items (0 = all)")] = 0,
 ) -> None:
     """Run everything: embedded broker + Redis (unless configured), all four services, demo data."""
     from streamrec.stack import LocalStack
@@ -102,7 +110,7 @@ def up(
             console.print(f"embedded Redis (no persistence) at {s.redis_url}")
         base = stack.base_url
         if demo:
-            _index_demo_catalog(s, base, stop, wait_s)
+            _index_demo_catalog(s, base, stop, wait_s, catalog_limit)
         console.print(
             f"\n[bold green]streamrec is up[/bold green]\n"
             f"  search     {base}/search?q=ink+cartridge&k=5\n"
@@ -127,11 +135,13 @@ def up(
         console.print("stopped.")
 
 
-def _index_demo_catalog(s: Settings, base: str, stop: threading.Event, wait_s: float) -> None:
+def _index_demo_catalog(s: Settings, base: str, stop: threading.Event, wait_s: float, limit: int) -> None:
     """Publish the demo catalog, then show progress until serving can search all of it."""
+    from itertools import islice
+
     from streamrec.datasets import sources
 
-    ops = list(sources.load(f"{s.demo_catalog}:catalog", s.require_data_dir()))
+    ops = list(islice(sources.load(f"{s.demo_catalog}:catalog", s.require_data_dir()), limit or None))
     producer = bus.make_producer(s)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     # Without a terminal rich shows no live bar, so progress also goes to the log every few seconds.
@@ -261,7 +271,7 @@ GROUPS = {"consumers": "streamrec-consumers", "index-updater": "streamrec-index-
 @app.command()
 def status(as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False) -> None:
     """Versions, consumer lag, counts and filter decisions of a running deployment."""
-    s = _settings()
+    s = _inspect_settings()
     report: dict = {"settings": {"kafka": s.kafka_bootstrap or "(embedded, via streamrec up)",
                                  "redis": s.redis_url or "(embedded, via streamrec up)",
                                  "index_factory": s.index_factory, "encoder_precision": s.encoder_precision}}
@@ -303,7 +313,7 @@ def model_list() -> None:
     """Every published version with its online metrics; * marks the one being served."""
     from streamrec.model_store import ModelStore
 
-    store = ModelStore.from_settings(_settings())
+    store = ModelStore.from_settings(_inspect_settings())
     current = store.latest_version()
     for entry in store.list():
         mark = "*" if entry.get("version") == current else " "
@@ -315,7 +325,7 @@ def model_rollback(version: int) -> None:
     """Serve VERSION again (serving hot-swaps within model_poll_s)."""
     from streamrec.model_store import ModelStore
 
-    store = ModelStore.from_settings(_settings())
+    store = ModelStore.from_settings(_inspect_settings())
     try:
         store.rollback(version)
     except (KeyError, FileNotFoundError, ValueError) as e:

@@ -33,6 +33,19 @@ def settings_env(s: Settings) -> dict[str, str]:
     return child_env(**{k: v if isinstance(v, str) else json.dumps(v) for k, v in values.items()})
 
 
+def endpoints_file(s: Settings) -> Path:
+    return s.state_dir / "embedded-run" / "endpoints.json"
+
+
+def running_settings(s: Settings) -> Settings:
+    """``s``, pointed at the embedded stack of a running `streamrec up` when ``s`` names none."""
+    path = endpoints_file(s)
+    if s.kafka_bootstrap or not path.is_file():
+        return s
+    found = json.loads(path.read_text())
+    return s.model_copy(update={**found, "state_dir": Path(found["state_dir"])})
+
+
 def _port_or_free(port: int) -> int:
     """``port`` if nothing listens there, else any free port (a demo must not crash-loop on it)."""
     with socket.socket() as sock:
@@ -92,7 +105,18 @@ class LocalStack:
                                    self.log_dir / f"{name}.log"))
         self.supervisor = Supervisor(specs)
         self.supervisor.start()
+        if self._embedded:
+            self._write_endpoints()
         return self
+
+    def _write_endpoints(self) -> None:
+        """Where the embedded parts listen, for `streamrec status` / `model` in another shell."""
+        s = self.settings
+        endpoints = {"kafka_bootstrap": s.kafka_bootstrap, "redis_url": s.redis_url,
+                     "state_dir": str(s.state_dir), "http_port": s.http_port}
+        path = endpoints_file(self.requested)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(endpoints))
 
     def wait_ready(self, timeout_s: float = 180.0, min_items: int = 1) -> dict:
         """Block until serving answers /readyz with at least ``min_items`` indexed."""
@@ -116,6 +140,8 @@ class LocalStack:
             self.supervisor = None
         for server in reversed(self._embedded):
             server.stop()
+        if self._embedded:
+            endpoints_file(self.requested).unlink(missing_ok=True)
         self._embedded.clear()
 
     def __enter__(self) -> LocalStack:
