@@ -51,7 +51,8 @@ FEATURE_NAMES: list[str] = [
     "price_log",
     "price_match",           # exp(-|log price - mean log price of the user's recent items|)
     "has_price",
-]
+] + [f"item_vec_{k}" for k in range(8)]  # a fixed random projection of the item vector (content → CTR)
+N_ITEM_PROJ = 8
 N_FEATURES = len(FEATURE_NAMES)
 SCHEMA_ID = hashlib.sha1(json.dumps(FEATURE_NAMES).encode()).hexdigest()[:12]
 
@@ -72,6 +73,20 @@ class FeatureSource(Protocol):
     def trending(self, n: int = 20) -> list[tuple[str, float]]: ...
     def category_affinity(self, user_id: str) -> dict[str, float]: ...
     def item_attributes(self, item_ids: list[str]) -> list[dict | None]: ...
+
+
+_PROJ_CACHE: dict[int, np.ndarray] = {}
+
+
+def item_projection(dim: int) -> np.ndarray:
+    """The (dim, 8) Gaussian projection for item vectors of ``dim``; fixed by a seed, so the learner
+    and every serving replica project identically."""
+    P = _PROJ_CACHE.get(dim)
+    if P is None:
+        rng = np.random.default_rng(20_240_601 + dim)
+        P = (rng.standard_normal((dim, N_ITEM_PROJ)) / math.sqrt(N_ITEM_PROJ)).astype(np.float32)
+        _PROJ_CACHE[dim] = P
+    return P
 
 
 def _unit(v: np.ndarray | None) -> np.ndarray | None:
@@ -147,10 +162,12 @@ class FeatureAssembler:
         item_vecs = [_unit(self.vectors(i)) for i in item_ids]
         recent_vecs = [v for v in (_unit(self.vectors(i)) for i in recent_ids) if v is not None]
         user_vec = _unit(np.mean(np.stack(recent_vecs), axis=0)) if recent_vecs else None
+        proj0 = col["item_vec_0"]
         for row, v in enumerate(item_vecs):
             if v is None:
                 continue
             X[row, col["has_item_vec"]] = 1.0
+            X[row, proj0:proj0 + N_ITEM_PROJ] = v @ item_projection(v.shape[0])
             if q is not None and q.shape == v.shape:
                 X[row, col["query_item_cos"]] = float(q @ v)
                 X[row, col["has_query_vec"]] = 1.0
