@@ -6,7 +6,9 @@ says the inputs moved (new catalogue, broken upstream feature) before labels arr
 
 Only *harmful* changes count: ADWIN also fires when the loss falls (the model is learning), so a
 loss detection is reported only when the newer window's mean loss is higher than the older one.
-Nothing fires during ``warmup`` examples, when a young model's loss is still settling.
+Nothing fires during ``warmup`` examples, when a young model's loss is still settling. Watched
+features should be stationary when the world is: inputs like the query/item match or the shown
+items' content — not counters that grow with the stream (popularity, user history length).
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ class DriftMonitor:
     """
 
     def __init__(self, *, loss_delta: float = 0.002, ctr_threshold: float = 30.0, ctr_delta: float = 0.005,
-                 feature_names: Sequence[str] = ("retrieval_score", "query_item_cos", "user_item_cos", "price_log"),
+                 feature_names: Sequence[str] = ("retrieval_score", "query_item_cos", "price_log", "item_vec_0", "item_vec_1"),
                  feature_delta: float = 1e-5, warmup: int = 1000, where: str = "champion"):
         unknown = [f for f in feature_names if f not in FEATURE_NAMES]
         if unknown:

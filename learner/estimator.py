@@ -96,6 +96,13 @@ class OnlineRanker:
         self.examples += len(batch)
         return float(loss.detach())
 
+    def set_lr(self, lr: float) -> None:
+        if lr <= 0:
+            raise ValueError("lr must be positive")
+        self.lr = lr
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+
     def fresh(self, seed: int | None = None) -> OnlineRanker:
         """A new, untrained ranker with this one's settings and input normalisation (for a challenger)."""
         if seed is not None:

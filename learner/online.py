@@ -33,13 +33,13 @@ HARMFUL = ("adwin_loss", "page_hinkley_ctr")   # detections that start a challen
 class LearnerConfig:
     """Knobs of the core; :meth:`from_settings` maps the ``STREAMREC_LEARNER_*`` settings."""
 
-    lr: float = 0.01
+    lr: float = 0.003
     batch_size: int = 64
     metrics_window: int = 5000
     buffer_size: int = 5000
     loss_delta: float = 0.002
     ctr_threshold: float = 30.0
-    feature_names: tuple[str, ...] = ("retrieval_score", "query_item_cos", "user_item_cos", "price_log")
+    feature_names: tuple[str, ...] = ("retrieval_score", "query_item_cos", "price_log", "item_vec_0", "item_vec_1")
     feature_delta: float = 1e-5
     warmup: int = 1000
     challenger_min_examples: int = 300
@@ -47,6 +47,7 @@ class LearnerConfig:
     challenger_window: int = 2000
     challenger_margin: float = 0.0
     challenger_replay_epochs: int = 2
+    challenger_lr_scale: float = 3.0   # the challenger adapts faster; promoted, it returns to ``lr``
 
     @classmethod
     def from_settings(cls, s: Any) -> LearnerConfig:
@@ -149,6 +150,7 @@ class OnlineLearner:
         """A fresh head trained on the examples since the drift point, then on the live stream."""
         c = self.config
         self.challenger = self.champion.fresh()
+        self.challenger.set_lr(self.champion.lr * c.challenger_lr_scale)
         recent = list(self.buffer)[-max(since_drift, c.batch_size):]
         for _ in range(c.challenger_replay_epochs):
             for k in range(0, len(recent), c.batch_size):
@@ -177,6 +179,7 @@ class OnlineLearner:
         if self.challenger is None:
             raise RuntimeError("no challenger to promote")
         self.champion = self.challenger
+        self.champion.set_lr(self.config.lr)
         self.challenger = None
         self.pairs.clear()
         self.prequential = self.challenger_eval

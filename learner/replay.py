@@ -19,7 +19,7 @@ import numpy as np
 
 from learner.examples import Example
 from learner.joiner import LabelJoiner
-from learner.online import OnlineLearner
+from learner.online import OnlineLearner, StepReport
 from learner.pipeline import ExampleBuilder
 from streamrec.features import INTERACTIONS, FeatureConfig, ItemStats, RecentItem
 from streamrec.ranking import FeatureAssembler
@@ -135,7 +135,8 @@ class ReplayLog:
 
 def replay(events: Iterable[Event], core: OnlineLearner, features: ReplayFeatures,
            vectors: Callable[[str], np.ndarray | None], *, window_s: float = 60.0, batch_size: int = 64,
-           on_event: Callable[[int, Event], None] | None = None) -> ReplayLog:
+           on_event: Callable[[int, Event], None] | None = None,
+           on_step: Callable[[list[Example], StepReport], None] | None = None) -> ReplayLog:
     """Feed ``events`` through join → features → prequential step; returns what was predicted."""
     joiner = LabelJoiner(window_s, clock=lambda: 0.0)   # event time only: replay speed does not matter
     builder = ExampleBuilder(joiner, FeatureAssembler(features, vectors))
@@ -144,7 +145,10 @@ def replay(events: Iterable[Event], core: OnlineLearner, features: ReplayFeature
     shown_at: dict[str, int] = {}   # request_id → stream index of its impression
 
     def step(chunk: list[tuple[int, Example]]) -> None:
-        report = core.step([e for _, e in chunk])
+        examples = [e for _, e in chunk]
+        report = core.step(examples)
+        if on_step is not None:
+            on_step(examples, report)
         last = chunk[-1][0]
         for (idx, ex), p in zip(chunk, report.p_click):
             if ex.click is not None:

@@ -67,7 +67,7 @@ class Settings(BaseSettings):
     label_window_s: float = Field(30.0, gt=0, description="how long an impression waits for its click")
     publish_every_updates: int = Field(50, ge=1)
     publish_every_s: float = Field(2.0, gt=0)
-    learner_lr: float = Field(0.01, gt=0, description="Adam step size of the online ranking head")
+    learner_lr: float = Field(0.003, gt=0, description="Adam step size of the champion (a challenger uses 3x)")
     learner_batch_size: int = Field(64, ge=1, le=65_536, description="examples per micro-batch update")
     learner_max_batch_delay_s: float = Field(0.2, gt=0, description="a partial micro-batch trains after this wait")
     learner_checkpoint_every_s: float = Field(5.0, gt=0, description="learner state + offsets checkpoint period")
@@ -79,7 +79,7 @@ class Settings(BaseSettings):
     drift_loss_delta: float = Field(0.002, gt=0, lt=1, description="ADWIN delta on the prequential click loss")
     drift_ctr_threshold: float = Field(30.0, gt=0, description="Page-Hinkley threshold on the click rate")
     drift_features: list[str] = Field(
-        ["retrieval_score", "query_item_cos", "user_item_cos", "price_log"],
+        ["retrieval_score", "query_item_cos", "price_log", "item_vec_0", "item_vec_1"],
         description="ranking features whose means are watched by ADWIN (JSON list in the env)")
     drift_feature_delta: float = Field(1e-5, gt=0, lt=1)
     drift_warmup: int = Field(1000, ge=0, description="labelled examples before drift is reported")

@@ -1,0 +1,142 @@
+"""Open Bandit experiments shared by the tests and ``bench/learner.py``.
+
+A run replays real Open Bandit impressions (all policies and campaigns, merged in time order)
+through the learner core and reports prequential AUCs of the online champion, of a popularity
+baseline and — when a shift is injected — of the champion frozen at the shift.
+
+Stream: every click and 5 % of the non-clicked impressions (negative down-sampling, as CTR
+training usually does): at the sample's 0.5 % CTR a drift detector would see ~2 clicks per 500
+events, too little evidence for any detector; down-sampled, it sees ~45.
+
+Injected shift (``shift=True``), from the middle of the stream on:
+* clicks move to other items: a click on the i-th most clicked item (before the shift) moves to
+  the next impression of the i-th least clicked one of the same campaign (``remap_clicks``);
+* the click-through rate rises: only 30 % of the remaining non-clicked impressions are kept.
+A same-rate remap alone leaves the mean loss of a weak ranker flat (OBD's items differ little in
+CTR), so the loss detector needs the rate change to fire early; the remap is what makes the old
+model's *ranking* wrong, which the AUC comparison measures.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from learner.baselines import popularity_scores
+from learner.estimator import OnlineRanker
+from learner.evaluation import auc
+from learner.examples import Batch, Example
+from learner.online import LearnerConfig, OnlineLearner, StepReport
+from learner.replay import ReplayFeatures, ReplayLog, replay
+from streamrec.datasets import open_bandit as ob
+from streamrec.schemas import Event
+
+KEEP_NON_CLICKS = 0.05
+POST_SHIFT_KEEP = 0.3
+
+
+def open_bandit_stream(data_dir: Path, *, shift: bool = False, shuffle_seed: int | None = None,
+                       keep_non_clicks: float = KEEP_NON_CLICKS, seed: int = 0) -> tuple[list[ob.Impression], int]:
+    """The rows to replay and the index of the first post-shift row (``len(rows) // 2`` unshifted)."""
+    rows = ob.keep_all_clicks(ob.merged(data_dir), keep_non_clicks, seed=seed)
+    if shuffle_seed is not None:   # stationary: same rows, random order, original timestamps in order
+        rng = np.random.default_rng(shuffle_seed)
+        ts = sorted(r.ts for r in rows)
+        rows = [ob.Impression(**{**rows[k].__dict__, "ts": t}) for k, t in zip(rng.permutation(len(rows)), ts)]
+    half = len(rows) // 2
+    if not shift:
+        return rows, half
+    clicks = collections.Counter(r.item_id for r in rows[:half] if r.click)
+    shown = collections.Counter(r.item_id for r in rows[:half])
+    mapping: dict[str, str] = {}
+    for c in ob.CAMPAIGNS:
+        items = sorted((i for i in shown if i.startswith(f"{c}:")), key=lambda i: (clicks[i], shown[i]))
+        mapping.update(zip(items, reversed(items)))
+    rows = ob.remap_clicks(rows, half, mapping)
+    rng = np.random.default_rng(seed + 1)
+    rows = rows[:half] + [r for r in rows[half:] if r.click or rng.random() < POST_SHIFT_KEEP]
+    return rows, half
+
+
+@dataclass
+class RunResult:
+    log: ReplayLog
+    events: int
+    shift_event: int                       # index of the first post-shift event
+    seconds: float
+    frozen_p: list[float] = field(default_factory=list)   # frozen champion, post-shift click examples
+    frozen_y: list[float] = field(default_factory=list)
+    core: OnlineLearner | None = None
+
+    @property
+    def examples_per_s(self) -> float:
+        return len(self.log.p_click) / self.seconds if self.seconds else float("nan")
+
+    def aucs(self) -> dict[str, float]:
+        p, y, idx = self.log.arrays()
+        pop = popularity_scores(self.log.item_ids, y)
+        post = idx >= self.shift_event
+        later = np.arange(len(y)) >= len(y) // 2
+        out = {"online": auc(p, y), "popularity": auc(pop, y),
+               "online_post": auc(p[post], y[post]), "popularity_post": auc(pop[post], y[post]),
+               "online_later_half": auc(p[later], y[later]), "popularity_later_half": auc(pop[later], y[later])}
+        if self.frozen_p:
+            fp, fy = np.array(self.frozen_p), np.array(self.frozen_y)
+            n = len(fp)   # the frozen model scored exactly the last n click-labelled examples
+            out["frozen_post"] = auc(fp, fy)
+            out["online_same_rows"] = auc(p[-n:], y[-n:])
+        return out
+
+    def first_detection_after_shift(self, detectors: tuple[str, ...] = ("adwin_loss",)) -> int | None:
+        """Events between the shift and the first such detection at or after it."""
+        lags = [i - self.shift_event for i, d in self.log.detections if d.detector in detectors and i >= self.shift_event]
+        return min(lags) if lags else None
+
+
+def default_config() -> LearnerConfig:
+    """The learner defaults, with micro-batches of 32 and a 300-example warm-up for a short stream."""
+    return LearnerConfig(batch_size=32, warmup=300)
+
+
+def item_tables(data_dir: Path) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
+    vectors = ob.item_vectors(data_dir)
+    attrs = {iid: {"title": iid, "category": ctx.category, "price": None}
+             for c in ob.CAMPAIGNS for iid, ctx in ob.item_context(data_dir, c).items()}
+    return vectors, attrs
+
+
+def run(data_dir: Path, rows: list[ob.Impression], shift_row: int, *, config: LearnerConfig | None = None,
+        freeze_at_shift: bool = False) -> RunResult:
+    """Replay ``rows`` prequentially; optionally freeze a copy of the champion at ``shift_row``."""
+    vectors, attrs = item_tables(data_dir)
+    cfg = config or default_config()
+    core = OnlineLearner(OnlineRanker(lr=cfg.lr, seed=0), cfg)
+    events: list[Event] = list(ob.to_events(rows))
+    first = rows[shift_row] if shift_row < len(rows) else None
+    shift_rid = f"obd-{first.policy}-{first.campaign}-{first.row}" if first else None
+    shift_event = next((k for k, e in enumerate(events) if e.request_id == shift_rid and e.type == "impression"),
+                       len(events))
+    result = RunResult(ReplayLog(), len(events), shift_event, 0.0, core=core)
+    frozen: list[OnlineRanker] = []
+
+    def on_event(k: int, _e: Event) -> None:
+        if freeze_at_shift and k == shift_event:
+            frozen.append(core.champion.frozen_copy())
+
+    def on_step(examples: list[Example], _report: StepReport) -> None:
+        if frozen:
+            p, _ = frozen[0].predict(Batch.of(examples))
+            for e, v in zip(examples, p):
+                if e.click is not None:
+                    result.frozen_p.append(float(v))
+                    result.frozen_y.append(e.click)
+
+    t0 = time.perf_counter()
+    result.log = replay(events, core, ReplayFeatures(attrs), vectors.get, batch_size=cfg.batch_size,
+                        on_event=on_event, on_step=on_step)
+    result.seconds = time.perf_counter() - t0
+    return result
