@@ -56,6 +56,9 @@ class Writer:
     def outbox_key(self, topic: str, partition: int) -> str:
         return self.keys.outbox(self.group, topic, partition)
 
+    def relayed_key(self, topic: str, partition: int) -> str:
+        return self.keys.relayed(self.group, topic, partition)
+
     def stored_offset(self, topic: str, partition: int) -> int | None:
         v = self.r.get(self.offset_key(topic, partition))
         return int(v) if v is not None else None

@@ -10,6 +10,10 @@ so a replay after a crash decides exactly as the first attempt did. An event is 
 * ``user_burst``: the user sends more than ``user_limit`` events in one ``window_s`` window;
 * ``item_burst``: an item receives more than ``item_limit`` interactions in one window.
 
+Windows are tumbling on event time (``ts // window``), one slot per user / item kept in its feature
+hash (``rl:b``, ``rl:n``); they only move forward, so an event older than the current window is not
+rate-limited. Events caught as duplicates or repeats do not count towards the rates.
+
 Quarantined events go to ``settings.topic_quarantine`` and feed no feature; the learner can ask
 ``FeatureStore.is_quarantined(event_id)``.
 """
@@ -37,5 +41,4 @@ class BotConfig(BaseSettings):
             "bot_user_limit": self.user_limit,
             "bot_item_limit": self.item_limit,
             "bot_repeat_gap_ms": self.repeat_gap_ms,
-            "bot_key_ttl_s": max(300, int(self.window_s * 3)),
         }

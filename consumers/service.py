@@ -60,7 +60,8 @@ class Ingestor:
         self.r = connect_binary(settings)
         self.writer = Writer(self.r, settings.redis_prefix, group, FeatureConfig(), BotConfig())
         self.producer = bus.make_producer(settings)
-        self.outbox = Outbox(settings, self.r, self.producer)
+        self.outbox = Outbox(settings, self.r, self.producer,
+                             lambda t, p: (self.writer.outbox_key(t, p), self.writer.relayed_key(t, p)))
         self.consumer = bus.make_consumer(settings, group)
         self.consumer.subscribe([settings.topic_events, settings.topic_catalog], listener=_Resume(self))
 
@@ -68,7 +69,7 @@ class Ingestor:
         stored = self._retry(lambda: self.writer.stored_offset(tp.topic, tp.partition))
         if stored is not None:
             self.consumer.seek(tp, stored)
-        self._retry(lambda: self.outbox.relay(self.writer.outbox_key(tp.topic, tp.partition)))
+        self._retry(lambda: self.outbox.relay(tp.topic, tp.partition, recover=True))
 
     def _retry(self, fn, stop: threading.Event | None = None):
         """Redis/Kafka hiccups stall the batch instead of losing it."""
@@ -103,7 +104,7 @@ class Ingestor:
             return None
         self._count(batch, res)
         if res.outbox_len:
-            self._retry(lambda: self.outbox.relay(self.writer.outbox_key(tp.topic, tp.partition)), stop)
+            self._retry(lambda: self.outbox.relay(tp.topic, tp.partition), stop)
         return next_offset
 
     @staticmethod

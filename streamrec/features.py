@@ -17,7 +17,8 @@ Keys (defaults in :class:`FeatureConfig`, env ``STREAMREC_FEATURE_*``):
 ``P:u:{user}:recent``  LIST        newest first, ``event_id \\x1f item \\x1f type \\x1f ts \\x1f
                                    session``; capped at ``recent_cap`` entries; TTL ``user_ttl_s``.
 ``P:u:{user}``          HASH       ``n:{type}`` exact event count per interaction type (no decay);
-                                   TTL ``user_ttl_s``.
+                                   ``rl:b``/``rl:n`` bot-filter window and its event count
+                                   (consumers/botfilter.py); TTL ``user_ttl_s``.
 ``P:u:{user}:cat``      HASH       category affinity: ``{category}`` decayed, weighted
                                    (``type_weights``) interaction count with items of that
                                    category, ``@{category}`` its reference ts; half-life
@@ -27,11 +28,12 @@ Keys (defaults in :class:`FeatureConfig`, env ``STREAMREC_FEATURE_*``):
                                    impression list the item was shown in); ``d:{type}`` decayed
                                    count, ``t:{type}`` its reference ts (half-life
                                    ``item_half_life_s``); CTR = (d:click + a)/(d:impression + b);
-                                   TTL ``item_ttl_s``.
+                                   ``rl:b``/``rl:n`` bot-filter window; TTL ``item_ttl_s``.
 ``P:cv:{item}``         ZSET       co-visitation: other item -> number of times both were
                                    interacted with by one user in one session within
                                    ``covis_window_s`` (looking back ``covis_lookback`` recent items);
-                                   trimmed to the top ``covis_top_n``; TTL ``item_ttl_s``.
+                                   trimmed to the top ``covis_top_n`` after each batch; TTL
+                                   ``item_ttl_s``.
 ``P:trending``          ZSET       item -> weighted decayed popularity ``w * exp((ts - t0)/tau)``
                                    (forward decay, half-life ``trending_half_life_s``), ``P:trending:t0``
                                    the landmark ``t0`` (scores are rescaled when it moves);
@@ -40,15 +42,16 @@ Keys (defaults in :class:`FeatureConfig`, env ``STREAMREC_FEATURE_*``):
                                    the op; an older op never overwrites a newer one; a delete
                                    leaves ``deleted=1`` and ``ts``. No TTL (catalog state).
 ``P:clock``             STRING     newest event ts applied (the stream clock).
-``P:rl:{u|i}:{id}:{bucket}`` STRING  bot filter: events per user / item per event-time window
-                                   ``bucket = ts // window``; TTL a few windows (wall clock).
-``P:q:{event_id}``      STRING     the quarantine reason of a quarantined event; TTL
+``P:q:{event_id}``      STRING     the quarantine reason of a quarantined event (not set for
+                                   ``duplicate_event``: that id names a legitimate first copy); TTL
                                    ``quarantine_ttl_s`` (see :meth:`FeatureStore.is_quarantined`).
 ``P:q:counts``          HASH       reason -> number of quarantined events.
 ``P:off:{group}:{topic}:{partition}`` STRING  next offset to apply (the source of truth for
                                    where a consumer resumes; Kafka's committed offset trails it).
 ``P:outbox:{group}:{topic}:{partition}`` LIST  dead letters / quarantine records produced with
                                    the batch, waiting to be published (see consumers/outbox.py).
+``P:relayed:{group}:{topic}:{partition}`` HASH  output ``topic:partition`` -> offset after the
+                                   last record published from that outbox (recovery scans from it).
 =================================  ===========================================================
 
 Memory bound: a user holds at most ``recent_cap`` list entries (≈ 60 B each), ``2 *
@@ -144,6 +147,8 @@ class Keys:
         return f"{self.p}off:{group}:{topic}:{partition}"
     def outbox(self, group: str, topic: str, partition: int) -> str:
         return f"{self.p}outbox:{group}:{topic}:{partition}"
+    def relayed(self, group: str, topic: str, partition: int) -> str:
+        return f"{self.p}relayed:{group}:{topic}:{partition}"
 
     @property
     def trending(self) -> str: return f"{self.p}trending"
@@ -288,12 +293,12 @@ if nrec > 0 and stored >= 0 and tonumber(ARGV[4]) > stored then
   return {'gap', stored}
 end
 local SEP = '\031'
-local exp = math.exp
+local exp, floor, abs, fmtd = math.exp, math.floor, math.abs, '%d'
 local function fmt(v) return string.format('%.17g', v) end
+local function int(v) return string.format(fmtd, v) end
 
 local function split(s)
-  local out = {}
-  local start = 1
+  local out, start = {}, 1
   while true do
     local i = string.find(s, SEP, start, true)
     if not i then out[#out + 1] = string.sub(s, start); return out end
@@ -302,77 +307,68 @@ local function split(s)
   end
 end
 
--- lazily decayed value in hash fields vf/tf; order-independent sum of w*exp(-(t_ref - ts)/tau)
-local function dadd(key, vf, tf, ts, w, tau)
-  local r = redis.call('HMGET', key, vf, tf)
-  local v, t = tonumber(r[1]), tonumber(r[2])
-  if not v or not t then v = w; t = ts
-  elseif ts >= t then v = v * exp(-(ts - t) / tau) + w; t = ts
-  else v = v + w * exp(-(t - ts) / tau) end
-  redis.call('HSET', key, vf, fmt(v), tf, string.format('%d', t))
-  return v
+-- lazy decay: (v, t) plus weight w at ts -> sum of w_i * exp(-(t_ref - ts_i)/tau), order-free
+local function merge(v, t, ts, w, tau)
+  if not v or not t then return w, ts end
+  if ts >= t then return v * exp(-(ts - t) / tau) + w, ts end
+  return v + w * exp(-(t - ts) / tau), t
+end
+
+-- one-slot tumbling window in hash fields rl:b / rl:n: returns the new (bucket, count), and
+-- whether this event is over the limit; windows only move forward (older events are not limited)
+local function rate(b, n, ts, limit)
+  if limit <= 0 then return b, n, false end
+  local bucket = floor(ts / cfg.bot_window_ms)
+  b, n = tonumber(b), tonumber(n)
+  if not b or bucket > b then return bucket, 1, 1 > limit end
+  if bucket < b then return b, n, false end
+  return b, n + 1, n + 1 > limit
 end
 
 local clock = tonumber(redis.call('GET', P .. 'clock') or '-1')
 local t0 = tonumber(redis.call('GET', P .. 'trending:t0') or '')
+local touched_ttl, touched_covis, touched_recent = {}, {}, {}
+local trending_touched = false
 
 local function trending(item, ts, w)
   local tau = cfg.trending_tau_ms
-  if not t0 then t0 = ts; redis.call('SET', P .. 'trending:t0', string.format('%d', t0)) end
+  if not t0 then t0 = ts; redis.call('SET', P .. 'trending:t0', int(t0)) end
   if (ts - t0) / tau > 30 then
-    local f = exp(-(ts - t0) / tau)
-    redis.call('ZUNIONSTORE', P .. 'trending', 1, P .. 'trending', 'WEIGHTS', fmt(f))
+    redis.call('ZUNIONSTORE', P .. 'trending', 1, P .. 'trending', 'WEIGHTS', fmt(exp(-(ts - t0) / tau)))
     t0 = ts
-    redis.call('SET', P .. 'trending:t0', string.format('%d', t0))
+    redis.call('SET', P .. 'trending:t0', int(t0))
   end
   redis.call('ZINCRBY', P .. 'trending', fmt(w * exp((ts - t0) / tau)), item)
-  local extra = redis.call('ZCARD', P .. 'trending') - cfg.trending_cap
-  if extra > 0 then redis.call('ZREMRANGEBYRANK', P .. 'trending', 0, extra - 1) end
+  trending_touched = true
 end
 
 local function affinity(user, item, ts, w)
   local cat = redis.call('HMGET', P .. 'attr:' .. item, 'category', 'deleted')
   if not cat[1] or cat[1] == '' or cat[2] == '1' then return end
-  local key = P .. 'u:' .. user .. ':cat'
-  local c = cat[1]
-  local fresh = redis.call('HEXISTS', key, c) == 0
-  dadd(key, c, '@' .. c, ts, w, cfg.affinity_tau_ms)
-  if fresh and redis.call('HLEN', key) > 2 * cfg.category_cap then
+  local key, c = P .. 'u:' .. user .. ':cat', cat[1]
+  local cur = redis.call('HMGET', key, c, '@' .. c)
+  local v, t = merge(tonumber(cur[1]), tonumber(cur[2]), ts, w, cfg.affinity_tau_ms)
+  redis.call('HSET', key, c, fmt(v), '@' .. c, int(t))
+  touched_ttl[key] = cfg.user_ttl_s
+  if not cur[1] and redis.call('HLEN', key) > 2 * cfg.category_cap then
     local all = redis.call('HGETALL', key)
     local h = {}
     for i = 1, #all, 2 do h[all[i]] = all[i + 1] end
     local worst, worst_v = nil, nil
-    for f, v in pairs(h) do
+    for f, fv in pairs(h) do
       if string.sub(f, 1, 1) ~= '@' and f ~= c then
-        local dv = tonumber(v) * exp(-math.max(0, ts - tonumber(h['@' .. f])) / cfg.affinity_tau_ms)
-        if not worst_v or dv < worst_v then worst, worst_v = f, dv end
+        local dv = tonumber(fv) * exp(-math.max(0, ts - tonumber(h['@' .. f])) / cfg.affinity_tau_ms)
+        if not worst_v or dv < worst_v or (dv == worst_v and f < worst) then worst, worst_v = f, dv end
       end
     end
     if worst then redis.call('HDEL', key, worst, '@' .. worst) end
   end
-  redis.call('EXPIRE', key, cfg.user_ttl_s)
 end
 
-local function covisit(a, b)
-  local key = P .. 'cv:' .. a
-  redis.call('ZINCRBY', key, 1, b)
-  local extra = redis.call('ZCARD', key) - cfg.covis_top_n
-  if extra > 0 then redis.call('ZREMRANGEBYRANK', key, 0, extra - 1) end
-  redis.call('EXPIRE', key, cfg.item_ttl_s)
-end
-
--- bot filter: returns a reason or nil; counters are event-time windows, so replays decide alike
-local function rate(kind, id, ts, limit)
-  if limit <= 0 then return false end
-  local key = P .. 'rl:' .. kind .. ':' .. id .. ':' .. string.format('%d', math.floor(ts / cfg.bot_window_ms))
-  local n = redis.call('INCR', key)
-  if n == 1 then redis.call('EXPIRE', key, cfg.bot_key_ttl_s) end
-  return n > limit
-end
-
-local function quarantine(reason, eid, user, raw)
-  redis.call('RPUSH', KEYS[2], 'q' .. SEP .. reason .. SEP .. user .. SEP .. raw)
-  redis.call('SET', P .. 'q:' .. eid, reason, 'EX', cfg.quarantine_ttl_s)
+-- a duplicate's event_id also names the legitimate first copy, so only other verdicts are marked
+local function quarantine(off, reason, eid, user, raw)
+  redis.call('RPUSH', KEYS[2], 'q' .. SEP .. int(off) .. SEP .. reason .. SEP .. user .. SEP .. raw)
+  if reason ~= 'duplicate_event' then redis.call('SET', P .. 'q:' .. eid, reason, 'EX', cfg.quarantine_ttl_s) end
   redis.call('HINCRBY', P .. 'q:counts', reason, 1)
 end
 
@@ -380,8 +376,7 @@ local applied, skipped = 0, 0
 local reasons = {}
 for r = 0, nrec - 1 do
   local b = 4 + r * 10
-  local off = tonumber(ARGV[b])
-  local kind = ARGV[b + 1]
+  local off, kind = tonumber(ARGV[b]), ARGV[b + 1]
   if off < stored then
     skipped = skipped + 1
   elseif kind == 'r' then
@@ -390,14 +385,12 @@ for r = 0, nrec - 1 do
   elseif kind == 'u' or kind == 'x' then
     local item, ts = ARGV[b + 5], tonumber(ARGV[b + 6])
     local key = P .. 'attr:' .. item
-    local cur = tonumber(redis.call('HGET', key, 'ts') or '-1')
-    if ts >= cur then
+    if ts >= tonumber(redis.call('HGET', key, 'ts') or '-1') then
       redis.call('DEL', key)
       if kind == 'u' then
-        redis.call('HSET', key, 'title', ARGV[b + 7], 'category', ARGV[b + 3], 'price', ARGV[b + 4],
-                   'ts', string.format('%d', ts))
+        redis.call('HSET', key, 'title', ARGV[b + 7], 'category', ARGV[b + 3], 'price', ARGV[b + 4], 'ts', int(ts))
       else
-        redis.call('HSET', key, 'deleted', '1', 'ts', string.format('%d', ts))
+        redis.call('HSET', key, 'deleted', '1', 'ts', int(ts))
       end
     end
     applied = applied + 1
@@ -405,57 +398,71 @@ for r = 0, nrec - 1 do
     local eid, typ, user, item = ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5]
     local ts, session, raw = tonumber(ARGV[b + 6]), ARGV[b + 7], ARGV[b + 9]
     local reason = nil
-    local recent_key = P .. 'u:' .. user .. ':recent'
+    local recent_key, ukey = P .. 'u:' .. user .. ':recent', P .. 'u:' .. user
     local recent = {}
     if kind == 'e' then
-      local look = math.max(cfg.dedup_lookback, cfg.covis_lookback, 1)
-      local rows = redis.call('LRANGE', recent_key, 0, look - 1)
-      for i = 1, #rows do recent[i] = split(rows[i]) end
-      for i = 1, math.min(#recent, cfg.dedup_lookback) do
-        if recent[i][1] == eid then reason = 'duplicate_event'; break end
+      local rows = redis.call('LRANGE', recent_key, 0, math.max(cfg.dedup_lookback, cfg.covis_lookback, 1) - 1)
+      local head = eid .. SEP
+      for i = 1, math.min(#rows, cfg.dedup_lookback) do
+        if string.sub(rows[i], 1, #head) == head then reason = 'duplicate_event'; break end
       end
+      for i = 1, math.min(#rows, math.max(cfg.covis_lookback, 1)) do recent[i] = split(rows[i]) end
       if not reason and recent[1] and recent[1][2] == item and recent[1][3] == typ
-         and math.abs(ts - tonumber(recent[1][4])) < cfg.bot_repeat_gap_ms then
+         and abs(ts - tonumber(recent[1][4])) < cfg.bot_repeat_gap_ms then
         reason = 'rapid_repeat'
       end
     end
-    if not reason and rate('u', user, ts, cfg.bot_user_limit) then reason = 'user_burst' end
-    if not reason and kind == 'e' and rate('i', item, ts, cfg.bot_item_limit) then reason = 'item_burst' end
+    local u = redis.call('HMGET', ukey, 'rl:b', 'rl:n', 'n:' .. typ)
+    local ub, un, over
+    if not reason then
+      ub, un, over = rate(u[1], u[2], ts, cfg.bot_user_limit)
+      if ub then redis.call('HSET', ukey, 'rl:b', int(ub), 'rl:n', int(un)) end
+      if over then reason = 'user_burst' end
+    end
+    local ikey = P .. 'i:' .. item
+    local iv
+    if kind == 'e' then
+      iv = redis.call('HMGET', ikey, 'rl:b', 'rl:n', 'n:' .. typ, 'd:' .. typ, 't:' .. typ)
+      if not reason then
+        local ib, inn, iover = rate(iv[1], iv[2], ts, cfg.bot_item_limit)
+        if ib then redis.call('HSET', ikey, 'rl:b', int(ib), 'rl:n', int(inn)) end
+        if iover then reason = 'item_burst' end
+      end
+    end
     if reason then
-      quarantine(reason, eid, user, raw)
+      quarantine(off, reason, eid, user, raw)
       reasons[#reasons + 1] = reason
     elseif kind == 'i' then
       for _, it in ipairs(cjson.decode(ARGV[b + 8])) do
         local key = P .. 'i:' .. it
-        redis.call('HINCRBY', key, 'n:impression', 1)
-        dadd(key, 'd:impression', 't:impression', ts, 1, cfg.item_tau_ms)
-        redis.call('EXPIRE', key, cfg.item_ttl_s)
+        local cur = redis.call('HMGET', key, 'n:impression', 'd:impression', 't:impression')
+        local v, t = merge(tonumber(cur[2]), tonumber(cur[3]), ts, 1, cfg.item_tau_ms)
+        redis.call('HSET', key, 'n:impression', int((tonumber(cur[1]) or 0) + 1), 'd:impression', fmt(v),
+                   't:impression', int(t))
+        touched_ttl[key] = cfg.item_ttl_s
       end
       applied = applied + 1
     else
       local w = cfg.weights[typ]
-      -- co-visitation with this user's earlier items of the same session, within the window
-      local seen = {}
-      seen[item] = true
+      -- co-visitation with this user's earlier distinct items of the same session, within the window
+      local seen = {[item] = true}
       for i = 1, math.min(#recent, cfg.covis_lookback) do
         local other = recent[i]
-        if not seen[other[2]] and other[5] == session
-           and math.abs(ts - tonumber(other[4])) <= cfg.covis_window_ms then
+        if not seen[other[2]] and other[5] == session and abs(ts - tonumber(other[4])) <= cfg.covis_window_ms then
           seen[other[2]] = true
-          covisit(item, other[2])
-          covisit(other[2], item)
+          redis.call('ZINCRBY', P .. 'cv:' .. item, 1, other[2])
+          redis.call('ZINCRBY', P .. 'cv:' .. other[2], 1, item)
+          touched_covis[P .. 'cv:' .. item] = true
+          touched_covis[P .. 'cv:' .. other[2]] = true
         end
       end
-      redis.call('LPUSH', recent_key, eid .. SEP .. item .. SEP .. typ .. SEP .. string.format('%d', ts) .. SEP .. session)
-      redis.call('LTRIM', recent_key, 0, cfg.recent_cap - 1)
-      redis.call('EXPIRE', recent_key, cfg.user_ttl_s)
-      local ukey = P .. 'u:' .. user
-      redis.call('HINCRBY', ukey, 'n:' .. typ, 1)
-      redis.call('EXPIRE', ukey, cfg.user_ttl_s)
-      local ikey = P .. 'i:' .. item
-      redis.call('HINCRBY', ikey, 'n:' .. typ, 1)
-      dadd(ikey, 'd:' .. typ, 't:' .. typ, ts, 1, cfg.item_tau_ms)
-      redis.call('EXPIRE', ikey, cfg.item_ttl_s)
+      redis.call('LPUSH', recent_key, eid .. SEP .. item .. SEP .. typ .. SEP .. int(ts) .. SEP .. session)
+      touched_recent[recent_key] = true
+      redis.call('HSET', ukey, 'n:' .. typ, int((tonumber(u[3]) or 0) + 1))
+      touched_ttl[ukey] = cfg.user_ttl_s
+      local v, t = merge(tonumber(iv[4]), tonumber(iv[5]), ts, 1, cfg.item_tau_ms)
+      redis.call('HSET', ikey, 'n:' .. typ, int((tonumber(iv[3]) or 0) + 1), 'd:' .. typ, fmt(v), 't:' .. typ, int(t))
+      touched_ttl[ikey] = cfg.item_ttl_s
       affinity(user, item, ts, w)
       trending(item, ts, w)
       applied = applied + 1
@@ -463,8 +470,22 @@ for r = 0, nrec - 1 do
     if ts > clock then clock = ts end
   end
 end
-if clock >= 0 then redis.call('SET', P .. 'clock', string.format('%d', clock)) end
-if new_off > stored then redis.call('SET', KEYS[1], string.format('%d', new_off)) end
+for key in pairs(touched_recent) do
+  redis.call('LTRIM', key, 0, cfg.recent_cap - 1)
+  redis.call('EXPIRE', key, cfg.user_ttl_s)
+end
+for key in pairs(touched_covis) do
+  local extra = redis.call('ZCARD', key) - cfg.covis_top_n
+  if extra > 0 then redis.call('ZREMRANGEBYRANK', key, 0, extra - 1) end
+  redis.call('EXPIRE', key, cfg.item_ttl_s)
+end
+for key, ttl in pairs(touched_ttl) do redis.call('EXPIRE', key, ttl) end
+if trending_touched then
+  local extra = redis.call('ZCARD', P .. 'trending') - cfg.trending_cap
+  if extra > 0 then redis.call('ZREMRANGEBYRANK', P .. 'trending', 0, extra - 1) end
+end
+if clock >= 0 then redis.call('SET', P .. 'clock', int(clock)) end
+if new_off > stored then redis.call('SET', KEYS[1], int(new_off)) end
 local out = {'ok', stored, applied, skipped, redis.call('LLEN', KEYS[2])}
 for i = 1, #reasons do out[#out + 1] = reasons[i] end
 return out

@@ -120,3 +120,26 @@ def test_stop_drains_and_commits(settings):
     stored = {tp.partition: fs.r.get(fs.keys.offset(GROUP, settings.topic_events, tp.partition)) for tp in tps}
     assert sum(committed.values()) == n
     assert committed == {k: int(v) for k, v in stored.items()}
+
+
+def test_bots_and_repeats_are_quarantined_not_counted(settings, service, monkeypatch):
+    from consumers.outbox import Quarantined
+
+    p = bus.make_producer(settings)
+    normal = [ev(i, user="human", item=f"i{i}") for i in range(3)]
+    # a bot: 80 events in 8 s from one user (limit 50 per 10 s window)
+    bot = [Event(event_id=f"b{i}", type="click", user_id="bot", item_id=f"i{i % 5}", ts=T0 + i * 100)
+           for i in range(80)]
+    repeat = [ev(10, user="human", item="x"), ev(10, user="human", item="x")]  # same event_id twice
+    for e in normal + bot + repeat:
+        p.send(settings.topic_events, key=e.user_id, value=encode(e))
+    p.flush()
+    fs = FeatureStore.from_settings(settings)
+    wait_for(lambda: sum(fs.quarantine_counts().values()) == 31, what="quarantine decisions")
+    assert fs.quarantine_counts() == {"user_burst": 30, "duplicate_event": 1}
+    assert fs.user_counts("bot") == {"click": 50}
+    assert fs.user_counts("human") == {"view": 4}
+    assert fs.is_quarantined("b79") == "user_burst" and fs.is_quarantined("b0") is None
+    held = [Quarantined.model_validate_json(m.value) for m in read_topic(settings, settings.topic_quarantine, 31)]
+    assert sorted(q.event.event_id for q in held if q.reason == "user_burst") == sorted(f"b{i}" for i in range(50, 80))
+    assert [q.event.event_id for q in held if q.reason == "duplicate_event"] == ["e10"]
