@@ -188,7 +188,7 @@ def item_text(op: CatalogOp, template: str) -> str:
     values = {"title": op.title, "category": op.category, "description": op.description,
               "price": op.price, "item_id": op.item_id}
     parts: list[str] = []
-    for literal, field, spec, conv in string.Formatter().parse(template):
+    for literal, field, spec, _conv in string.Formatter().parse(template):
         if field is None:
             parts.append(literal)
             continue

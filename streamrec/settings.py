@@ -62,6 +62,7 @@ class Settings(BaseSettings):
     index_compact_ratio: float = Field(0.2, gt=0, description="rebuild when tombstones exceed this share")
     index_snapshot_every_s: float = Field(30.0, gt=0, description="index_updater snapshot period")
     index_snapshots_kept: int = Field(2, ge=1)
+    index_search_threads: int = Field(1, ge=0, description="OpenMP threads per search; 0 = faiss default")
 
     # --- learner / model --------------------------------------------------------------------
     label_window_s: float = Field(30.0, gt=0, description="how long an impression waits for its click")

@@ -34,6 +34,7 @@ import numpy as np
 from prometheus_client import Counter, Gauge, Histogram
 
 from streamrec.bus import all_partitions, make_consumer
+from streamrec.encoder import model_id_for
 from streamrec.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -205,12 +206,13 @@ class LiveIndex:
 
     def __init__(self, dim: int, factory: str = "Flat", metric: str = "ip", use_gpu: str = "auto", *,
                  nprobe: int = 16, ef_search: int = 64, compact_ratio: float = 0.2,
-                 compact_min: int = 1000):
+                 compact_min: int = 1000, search_threads: int = 1):
         self.dim, self.factory, self.metric = int(dim), factory, metric
         self._metric = _metric(metric)
         self.nprobe, self.ef_search = nprobe, ef_search
         self.compact_ratio, self.compact_min = compact_ratio, compact_min
-        self.on_gpu = want_gpu(use_gpu)
+        self.search_threads = search_threads
+        self.use_gpu = want_gpu(use_gpu)
         self._gpu_res = None
         self._probe = self._new_cpu_index()  # fails early on a bad factory string
         self._lock = RWLock()
@@ -236,41 +238,37 @@ class LiveIndex:
         # (Flat, PQ, SQ) or cannot remove at all (HNSW) — never over IVF, which keeps its own ids.
         return faiss.IndexIDMap2(index)
 
-    def _tune(self, index: faiss.Index) -> None:
-        space = faiss.GpuParameterSpace() if self._is_gpu(index) else faiss.ParameterSpace()
+    def _tune(self, index: faiss.Index, on_gpu: bool) -> None:
+        space = faiss.GpuParameterSpace() if on_gpu else faiss.ParameterSpace()
         for name, value in (("nprobe", self.nprobe), ("efSearch", self.ef_search)):
             try:
                 space.set_index_parameter(index, name, value)
             except RuntimeError:
                 pass  # this index type has no such knob
 
-    @staticmethod
-    def _is_gpu(index: faiss.Index) -> bool:
-        return "Gpu" in type(faiss.downcast_index(getattr(index, "index", index))).__name__
+    def _placed(self, cpu_index: faiss.Index, **fields) -> _State:
+        """A state whose index lives on the GPU when wanted and possible (same answers as on CPU).
 
-    def _to_device(self, cpu_index: faiss.Index) -> tuple[faiss.Index, bool]:
-        """(index, removable). The GPU copy answers the same queries; it cannot remove ids."""
-        if not self.on_gpu:
-            return cpu_index, True
-        try:
-            if self._gpu_res is None:
-                self._gpu_res = faiss.StandardGpuResources()
-            return faiss.index_cpu_to_gpu(self._gpu_res, 0, cpu_index), False
-        except (RuntimeError, AttributeError) as e:
-            log.warning("factory %r cannot live on the GPU (%s); serving it from CPU", self.factory, e)
-            return cpu_index, True
-
-    def _to_cpu(self, index: faiss.Index) -> faiss.Index:
-        return faiss.index_gpu_to_cpu(index) if self._is_gpu(index) else index
+        GPU indexes cannot remove ids, so they take the tombstone path; a factory faiss cannot
+        clone to the GPU (HNSW) stays on the CPU with a warning.
+        """
+        index, on_gpu = cpu_index, False
+        if self.use_gpu:
+            try:
+                if self._gpu_res is None:
+                    self._gpu_res = faiss.StandardGpuResources()
+                index, on_gpu = faiss.index_cpu_to_gpu(self._gpu_res, 0, cpu_index), True
+            except (RuntimeError, AttributeError) as e:
+                log.warning("factory %r cannot live on the GPU (%s); serving it from CPU", self.factory, e)
+        self._tune(index, on_gpu)
+        return _State(index=index, on_gpu=on_gpu, removable=not on_gpu, **fields)
 
     def _empty_state(self) -> _State:
         cpu = self._new_cpu_index()
         exact = not cpu.is_trained
         if exact:
             cpu = faiss.IndexIDMap2(faiss.IndexFlat(self.dim, self._metric))
-        index, removable = self._to_device(cpu)
-        self._tune(index)
-        return _State(index=index, exact=exact, removable=removable, on_gpu=not removable)
+        return self._placed(cpu, exact=exact)
 
     def _build_state(self, items: list[str], vectors: np.ndarray) -> _State:
         """A fresh index over ``items`` (trained when the factory needs it and there is enough data)."""
@@ -284,11 +282,8 @@ class LiveIndex:
         ids = np.arange(len(items), dtype=np.int64)
         if len(items):
             cpu.add_with_ids(vectors, ids)
-        index, removable = self._to_device(cpu)
-        self._tune(index)
-        return _State(index=index, ids={it: i for it, i in zip(items, ids.tolist())},
-                      items=dict(zip(ids.tolist(), items)), next_id=len(items), exact=exact,
-                      removable=removable, on_gpu=not removable)
+        return self._placed(cpu, ids={it: i for it, i in zip(items, ids.tolist())},
+                            items=dict(zip(ids.tolist(), items)), next_id=len(items), exact=exact)
 
     # --- reads ------------------------------------------------------------------------------
 
@@ -313,6 +308,10 @@ class LiveIndex:
         return self._state.tombstones
 
     @property
+    def device(self) -> str:
+        return "gpu" if self._state.on_gpu else "cpu"
+
+    @property
     def trained(self) -> bool:
         """False while an IVF/PQ factory still waits for enough vectors (exact search meanwhile)."""
         return not self._state.exact
@@ -333,7 +332,7 @@ class LiveIndex:
                 if fetch == 0:
                     return [[] for _ in range(len(q))]
                 try:
-                    dist, ids = st.index.search(q, fetch, params=faiss.SearchParameters(sel=st.selector[1]))
+                    dist, ids = self._faiss_search(st.index, q, fetch, faiss.SearchParameters(sel=st.selector[1]))
                 except RuntimeError:
                     log.info("factory %r cannot filter by selector: over-fetching past tombstones", self.factory)
                     st.selector_ok, st.selector = False, None
@@ -341,7 +340,7 @@ class LiveIndex:
                 fetch = min(int(st.index.ntotal), k + st.tombstones + excluded)
                 if fetch == 0:
                     return [[] for _ in range(len(q))]
-                dist, ids = st.index.search(q, fetch)
+                dist, ids = self._faiss_search(st.index, q, fetch)
             items = st.items
         sign = -1.0 if self._metric == faiss.METRIC_L2 else 1.0
         out = []
@@ -356,6 +355,19 @@ class LiveIndex:
                     break
             out.append(hits)
         return out
+
+    def _faiss_search(self, index: faiss.Index, q: np.ndarray, k: int, params=None):
+        """Search with ``search_threads`` OpenMP threads in this thread only (the setting is
+        per-thread): a one-query search split over busy cores waits at OpenMP barriers — 10× slower
+        on a loaded 2-core host — while concurrent requests already use the cores."""
+        if not self.search_threads:
+            return index.search(q, k, params=params)
+        before = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(self.search_threads)
+        try:
+            return index.search(q, k, params=params)
+        finally:
+            faiss.omp_set_num_threads(before)
 
     # --- writes -----------------------------------------------------------------------------
 
@@ -464,7 +476,8 @@ class LiveIndex:
         with self._lock.read():
             st = self._state
             items = list(st.ids)
-            raw = None if st.exact else faiss.serialize_index(self._to_cpu(st.index))
+            raw = None if st.exact else faiss.serialize_index(
+                faiss.index_gpu_to_cpu(st.index) if st.on_gpu else st.index)
             return IndexDump(
                 dim=self.dim, factory=self.factory, metric=self.metric, version=self.version,
                 item_ids=items, faiss_ids=np.fromiter((st.ids[i] for i in items), np.int64, len(items)),
@@ -479,12 +492,9 @@ class LiveIndex:
             raise ValueError(f"snapshot has dim {d.dim}, index dim {self.dim}")
         if (d.factory, d.metric) == (self.factory, self.metric) and d.index_bytes is not None:
             cpu = faiss.deserialize_index(d.index_bytes)
-            index, removable = self._to_device(cpu)
-            self._tune(index)
             fids = d.faiss_ids.tolist()
-            st = _State(index=index, ids=dict(zip(d.item_ids, fids)), items=dict(zip(fids, d.item_ids)),
-                        next_id=d.next_id, removable=removable, on_gpu=not removable,
-                        dead=set(d.dead_ids.tolist()))
+            st = self._placed(cpu, ids=dict(zip(d.item_ids, fids)), items=dict(zip(fids, d.item_ids)),
+                              next_id=d.next_id, dead=set(d.dead_ids.tolist()))
             if st.dead and st.removable:
                 try:
                     st.index.remove_ids(d.dead_ids)
@@ -714,9 +724,11 @@ class IndexReplica:
         self.s = s
         self.index = LiveIndex(dim, s.index_factory, s.index_metric, s.index_use_gpu,
                                nprobe=s.index_nprobe, ef_search=s.index_ef_search,
-                               compact_ratio=s.index_compact_ratio)
+                               compact_ratio=s.index_compact_ratio, search_threads=s.index_search_threads)
         self.from_snapshot = from_snapshot
         self.hashes: dict[str, str] = {}
+        self.expected_model = model_id_for(s)
+        self._foreign_models: set[str] = set()
         self.loaded_snapshot: Path | None = None
         self.caught_up = threading.Event()
         self._offsets: dict[int, int] = {}
@@ -771,7 +783,8 @@ class IndexReplica:
                 self._offsets = snap.offsets
                 self.hashes = dict(snap.hashes)
             self.loaded_snapshot = path
-            log.info("index replica loaded %s (%d items, offsets %s)", path, len(self.index), snap.offsets)
+            log.info("index replica loaded %s (%d items, offsets %s, %s)", path, len(self.index),
+                     snap.offsets, self.index.device)
             return
         log.info("no usable index snapshot in %s: replaying %s from the start",
                  index_snapshot_dir(self.s), self.s.topic_vectors)
@@ -817,6 +830,11 @@ class IndexReplica:
                     REPLICA_BAD.inc()
                     log.error("skipping vector record %s[%d]@%d: %s", tp.topic, tp.partition, m.offset, e)
                     continue
+                if r.model_id and r.model_id != self.expected_model and r.model_id not in self._foreign_models:
+                    self._foreign_models.add(r.model_id)  # once per model: a migration is in progress
+                    log.warning("vectors from %s while this replica encodes queries with %s; they "
+                                "compare only once index_updater re-embeds with the same model",
+                                r.model_id, self.expected_model)
                 records.append(r)
         upserts, deletes = to_batch(records)
         with self._apply_lock:

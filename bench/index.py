@@ -1,0 +1,336 @@
+"""Index benchmark on the real catalogues (Home Depot, Instacart) in STREAMREC_DATA_DIR.
+
+Three parts, each against a baseline measured in the same run, medians quoted:
+  1. encoder throughput fp32 vs int8 (CPU) and what int8 costs: recall@10 of int8 neighbours
+     against fp32 neighbours (Home Depot: real search terms; Instacart: item → similar items);
+  2. catalog change → searchable latency through the real path (embedded Tansu broker,
+     index_updater service, a serving-side IndexReplica), idle vs. a steady stream of updates
+     and queries (target p99 ≤ 2 s on CPU);
+  3. ANN recall@10 and single-query QPS of Flat / IVF / HNSW factories vs exact search,
+     plus HNSW with 10 % of the items deleted (tombstones) to show none comes back.
+Every line names its FAISS factory string (or encoder model id). Subsets keep it to a few minutes
+on 2 cores:  python bench/index.py [--items 600] [--ann-items 4000] [--load-seconds 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+
+from index_updater import service  # noqa: E402
+from streamrec import bus  # noqa: E402
+from streamrec.datasets import homedepot, instacart  # noqa: E402
+from streamrec.embedded import EmbeddedKafka  # noqa: E402
+from streamrec.encoder import Encoder, item_text  # noqa: E402
+from streamrec.schemas import CatalogOp, encode  # noqa: E402
+from streamrec.settings import Settings  # noqa: E402
+from streamrec.vector_index import IndexReplica, ItemMeta, LiveIndex, VectorRecord, encode_record  # noqa: E402
+
+
+def say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+def exact_topk(items: np.ndarray, queries: np.ndarray, k: int, skip_self: bool = False) -> np.ndarray:
+    scores = queries @ items.T
+    if skip_self:
+        np.fill_diagonal(scores[:, : len(queries)], -np.inf)
+    return np.argsort(-scores, axis=1)[:, :k]
+
+
+def overlap_at_k(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.mean([len(set(x) & set(y)) / len(x) for x, y in zip(a, b)]))
+
+
+# --- 1. encoder ---------------------------------------------------------------------------------
+
+def encoder_part(s: Settings, n_items: int, rounds: int) -> tuple[Encoder, dict]:
+    fp32, int8 = Encoder(s.model_dir, precision="fp32"), Encoder(s.model_dir, precision="int8")
+    template = s.item_text_template
+    catalogs = {
+        "homedepot": [item_text(op, template) for op in homedepot.catalog(s.data_dir, limit=n_items)],
+        "instacart": [item_text(op, template) for op in instacart.catalog(s.data_dir, limit=n_items)],
+    }
+    terms = list(homedepot.relevance_labels(s.data_dir))[:300]
+    say(f"[1/3] encoder: {n_items} items per catalogue, {rounds} interleaved rounds, torch threads "
+        f"{__import__('torch').get_num_threads()}")
+    rates: dict[str, list[float]] = {fp32.model_id: [], int8.model_id: []}
+    vectors: dict[tuple[str, str], np.ndarray] = {}
+    sample = catalogs["homedepot"][:64] + catalogs["instacart"][:64]
+    for r in range(rounds):
+        for enc in (fp32, int8):
+            t0 = time.perf_counter()
+            enc.encode(sample)
+            rates[enc.model_id].append(len(sample) / (time.perf_counter() - t0))
+        say(f"      round {r + 1}: " + ", ".join(f"{m} {v[-1]:.0f} items/s" for m, v in rates.items()))
+    for enc in (fp32, int8):
+        for name, texts in catalogs.items():
+            vectors[(enc.model_id, name)] = enc.encode(texts)
+        vectors[(enc.model_id, "queries")] = enc.encode(terms)
+    base = rates[fp32.model_id]
+    for m, v in rates.items():
+        say(f"encoder {m:<24} items/s median {statistics.median(v):7.1f}  "
+            f"(×{statistics.median(v) / statistics.median(base):.2f} vs fp32 baseline)")
+    for name in catalogs:
+        f_items, q_items = vectors[(fp32.model_id, name)], vectors[(int8.model_id, name)]
+        if name == "homedepot":
+            f_q, q_q, what = vectors[(fp32.model_id, "queries")], vectors[(int8.model_id, "queries")], \
+                f"{len(terms)} search terms"
+            skip = False
+        else:
+            f_q, q_q, what, skip = f_items[:300], q_items[:300], "300 items → similar items", True
+        recall = overlap_at_k(exact_topk(f_items, f_q, 10, skip), exact_topk(q_items, q_q, 10, skip))
+        cos = float(np.mean(np.sum(f_items * q_items, axis=1)))
+        say(f"encoder {int8.model_id:<24} factory=Flat {name:<9} recall@10 of int8 vs fp32 neighbours "
+            f"{recall:.3f} ({what}); mean cos(int8, fp32) {cos:.3f}")
+    return fp32, {"hd_items": catalogs["homedepot"], "hd_vectors": vectors[(fp32.model_id, "homedepot")],
+                  "hd_int8": vectors[(int8.model_id, "homedepot")], "int8": int8, "terms": terms}
+
+
+# --- 2. freshness -----------------------------------------------------------------------------
+
+class Watcher:
+    """Polls the serving replica for pending changes; latency = first time the change is visible."""
+
+    def __init__(self, replica: IndexReplica):
+        self.replica = replica
+        self.pending: dict[str, tuple[float, str | None]] = {}  # item → (sent at, new title | None = deleted)
+        self.latencies: list[float] = []
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def expect(self, item_id: str, title: str | None, sent: float) -> None:
+        with self.lock:
+            self.pending[item_id] = (sent, title)
+
+    def _visible(self, item_id: str, title: str | None) -> bool:
+        if title is None:
+            return item_id not in self.replica.index
+        meta = self.replica.index.meta(item_id)
+        return meta is not None and meta.title == title
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            now = time.time()
+            with self.lock:
+                done = [i for i, (_, t) in self.pending.items() if self._visible(i, t)]
+                for i in done:
+                    self.latencies.append(now - self.pending.pop(i)[0])
+            time.sleep(0.005)
+
+    def drain(self, timeout_s: float) -> int:
+        deadline = time.monotonic() + timeout_s
+        while self.pending and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return len(self.pending)
+
+
+def freshness_part(s0: Settings, fp32: Encoder, data: dict, load_s: float, update_rate: float,
+                   query_rate: float, factory: str) -> None:
+    say(f"[2/3] freshness: factory={factory}, embedded Tansu + index_updater + serving replica")
+    items, vecs, terms = data["hd_items"], data["hd_vectors"], data["terms"]
+    n_base = len(items) // 2
+    pool = items[n_base:]  # unused titles: each update changes an item's text, so it is re-embedded
+    rng = random.Random(7)
+    with tempfile.TemporaryDirectory() as tmp, EmbeddedKafka(Path(tmp) / "tansu") as broker:
+        bus.wait_for_broker(broker.bootstrap)
+        tag = uuid.uuid4().hex[:6]
+        s = s0.model_copy(update=dict(
+            kafka_bootstrap=broker.bootstrap, state_dir=Path(tmp) / "state", index_factory=factory,
+            topic_catalog=f"b{tag}.catalog", topic_vectors=f"b{tag}.vectors", topic_dlq=f"b{tag}.dlq",
+            encoder_precision="fp32", index_snapshot_every_s=10.0))
+        bus.ensure_topics(s)
+        producer = bus.make_producer(s)
+        for n in range(n_base):  # an existing index: its vectors are already on the topic
+            producer.send(s.topic_vectors, key=f"hd{n}", value=encode_record(VectorRecord(
+                f"hd{n}", vector=vecs[n], meta=ItemMeta(title=items[n]), model_id=fp32.model_id)))
+        producer.flush()
+        stop = threading.Event()
+        updater = threading.Thread(target=service.run, args=(s, stop), kwargs={"encoder": fp32}, daemon=True)
+        updater.start()
+        replica = IndexReplica(s, fp32.dim, from_snapshot=False)
+        replica.start()
+        while len(replica.index) < n_base:
+            time.sleep(0.1)
+        watcher = Watcher(replica)
+        queries = Encoder(s.model_dir, precision="fp32")  # serving's own encoder, as in production
+        ids = [f"hd{n}" for n in range(n_base)]
+
+        def change(n: int) -> None:
+            item_id = rng.choice(ids)
+            sent = time.time()
+            if n % 10 == 9 and item_id in replica.index:
+                op = CatalogOp(op="delete", item_id=item_id, ts=int(sent * 1000))
+                title = None
+            else:
+                title = f"{pool[n % len(pool)]} #{n}"
+                op = CatalogOp(op="upsert", item_id=item_id, ts=int(sent * 1000), title=title)
+            watcher.expect(item_id, title, sent)
+            producer.send(s.topic_catalog, key=item_id, value=encode(op))
+            producer.flush()
+
+        # warm-up (updater joins its group, loads its replica) and the idle baseline: one change at a time
+        change(0)
+        watcher.drain(60)
+        watcher.latencies.clear()
+        for n in range(1, 21):
+            change(n)
+            watcher.drain(30)
+        idle = list(watcher.latencies)
+        say(f"fresh  factory={factory:<14} idle baseline  changes {len(idle):4d}  catalog→searchable "
+            f"p50 {pct(idle, 50) * 1000:6.0f} ms  p99 {pct(idle, 99) * 1000:6.0f} ms")
+
+        watcher.latencies.clear()
+        query_ms: list[float] = []
+        search_ms: list[float] = []
+        done = threading.Event()
+
+        def query_loop() -> None:
+            while not done.is_set():
+                t0 = time.perf_counter()
+                vec = queries.encode_query(rng.choice(terms))
+                t1 = time.perf_counter()
+                replica.index.search(vec, 10)
+                search_ms.append((time.perf_counter() - t1) * 1000)
+                query_ms.append((time.perf_counter() - t0) * 1000)
+                time.sleep(max(0.0, 1 / query_rate - (time.perf_counter() - t0)))
+
+        qt = threading.Thread(target=query_loop, daemon=True)
+        qt.start()
+        t_end, n = time.monotonic() + load_s, 100
+        last_report = time.monotonic()
+        while time.monotonic() < t_end:
+            t0 = time.monotonic()
+            change(n)
+            n += 1
+            if time.monotonic() - last_report > 10:
+                say(f"      … {n - 100} changes sent, {len(watcher.latencies)} searchable, "
+                    f"{len(query_ms)} queries")
+                last_report = time.monotonic()
+            time.sleep(max(0.0, 1 / update_rate - (time.monotonic() - t0)))
+        left = watcher.drain(30)
+        done.set()
+        qt.join()
+        loaded = watcher.latencies
+        say(f"fresh  factory={factory:<14} under load      changes {len(loaded):4d} ({update_rate:.0f}/s, "
+            f"{query_rate:.0f} queries/s)  catalog→searchable p50 {pct(loaded, 50) * 1000:6.0f} ms  "
+            f"p99 {pct(loaded, 99) * 1000:6.0f} ms  (never visible: {left})")
+        say(f"fresh  factory={factory:<14} queries under writes: {len(query_ms)}; index search alone "
+            f"p50 {pct(search_ms, 50):.2f} ms  p99 {pct(search_ms, 99):.2f} ms; with query encoding "
+            f"p50 {pct(query_ms, 50):.1f} ms  p99 {pct(query_ms, 99):.1f} ms")
+        watcher.stop.set()
+        replica.stop()
+        stop.set()
+        updater.join(30)
+        producer.close()
+
+
+# --- 3. ANN ------------------------------------------------------------------------------------
+
+def ann_part(s: Settings, data: dict, n_items: int, n_queries: int, rounds: int, factories: list[str]) -> None:
+    enc: Encoder = data["int8"]  # the fastest way to get many real vectors on CPU
+    texts = [item_text(op, s.item_text_template) for op in homedepot.catalog(s.data_dir, limit=n_items)]
+    have = data["hd_int8"][: len(texts)]
+    say(f"[3/3] ANN: {len(texts)} Home Depot titles with {enc.model_id}; embedding {len(texts) - len(have)} more …")
+    t0 = time.perf_counter()
+    x = np.concatenate([have, enc.encode(texts[len(have):])])
+    say(f"      embedded in {time.perf_counter() - t0:.0f}s")
+    q = enc.encode(list(homedepot.relevance_labels(s.data_dir))[:n_queries])
+    truth = exact_topk(x, q, 10)
+    ids = [f"hd{n}" for n in range(len(x))]
+    baseline_qps = None
+    for factory in factories:
+        index = LiveIndex(enc.dim, factory, nprobe=s.index_nprobe, ef_search=s.index_ef_search,
+                          search_threads=s.index_search_threads)
+        t0 = time.perf_counter()
+        for start in range(0, len(x), 1000):
+            index.apply([(ids[n], x[n], ItemMeta(texts[n])) for n in range(start, min(start + 1000, len(x)))], [])
+        index.rebuild()  # trains IVF now that all vectors are in; a no-op result for Flat/HNSW
+        build_s = time.perf_counter() - t0
+        qps = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            results = [index.search(row, 10)[0] for row in q]
+            qps.append(len(q) / (time.perf_counter() - t0))
+        got = np.array([[int(i[2:]) for i, _ in hits] + [-1] * (10 - len(hits)) for hits in results])
+        recall = overlap_at_k(truth, got)
+        med = statistics.median(qps)
+        baseline_qps = baseline_qps or med
+        params = f"nprobe={s.index_nprobe}" if "IVF" in factory else (
+            f"efSearch={s.index_ef_search}" if "HNSW" in factory else "exact")
+        if not index.trained:
+            params = "UNTRAINED→exact"  # too few vectors to train this factory: said, not hidden
+        say(f"ann    factory={factory:<14} {params:<12} n={len(x)}  recall@10 {recall:.3f}  QPS median "
+            f"{med:7.0f} (×{med / baseline_qps:.1f} vs Flat baseline)  build {build_s:.1f}s")
+        if factory == factories[0] and s.index_search_threads:
+            index.search_threads = 0  # what a search costs with faiss' default OpenMP threads
+            qps0 = []
+            for _ in range(rounds):
+                t0 = time.perf_counter()
+                for row in q:
+                    index.search(row, 10)
+                qps0.append(len(q) / (time.perf_counter() - t0))
+            say(f"ann    factory={factory:<14} {params:<12} n={len(x)}  same, faiss default OpenMP threads "
+                f"instead of index_search_threads={s.index_search_threads}: QPS median {statistics.median(qps0):7.0f}")
+        if "HNSW" in factory:
+            gone = set(ids[::10])
+            index.apply([], sorted(gone))
+            alive = np.array([n for n in range(len(x)) if ids[n] not in gone])
+            truth2 = alive[exact_topk(x[alive], q, 10)]
+            results = [index.search(row, 10)[0] for row in q]
+            leaked = sum(1 for hits in results for i, _ in hits if i in gone)
+            got = np.array([[int(i[2:]) for i, _ in hits] for hits in results])
+            say(f"ann    factory={factory:<14} {params:<12} after deleting 10%: tombstones {index.tombstones}, "
+                f"recall@10 {overlap_at_k(truth2, got):.3f}, deleted items returned {leaked}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--items", type=int, default=600, help="items per catalogue for the encoder part")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--load-seconds", type=float, default=30.0)
+    ap.add_argument("--update-rate", type=float, default=10.0, help="catalog changes per second under load")
+    ap.add_argument("--query-rate", type=float, default=20.0, help="queries per second under load")
+    ap.add_argument("--fresh-factory", default="HNSW32")
+    ap.add_argument("--ann-items", type=int, default=4000, help="Home Depot items in the ANN part")
+    ap.add_argument("--ann-queries", type=int, default=500)
+    ap.add_argument("--factories", default="Flat;IVF64,Flat;IVF64,SQ8;HNSW32",
+                    help="';'-separated FAISS factory strings; the first is the baseline")
+    ap.add_argument("--skip", default="", help="parts to skip: fresh,ann")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    s = Settings()
+    s.require_data_dir()
+    factories = [f.strip() for f in args.factories.split(";") if f.strip()]
+    started = time.perf_counter()
+    fp32, data = encoder_part(s, args.items, args.rounds)
+    if "fresh" not in args.skip:
+        freshness_part(s, fp32, data, args.load_seconds, args.update_rate, args.query_rate, args.fresh_factory)
+    if "ann" not in args.skip:
+        ann_part(s, data, args.ann_items, args.ann_queries, args.rounds, factories)
+    say(f"done in {time.perf_counter() - started:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
