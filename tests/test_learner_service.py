@@ -28,22 +28,22 @@ def wait_for(cond, timeout_s: float, what: str):
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
-def labelled_traffic(n_requests: int, t0: int, served_every: int = 2, r=None, prefix: str = ""):
+def labelled_traffic(n_requests: int, t0: int, served_every: int = 2, r=None, prefix: str = "", tag: str = ""):
     """Impressions of 4 items; item 'a{k}' is clicked in every third request (purchased in every sixth)."""
     events: list[Event] = []
     rng = np.random.default_rng(0)
     for k in range(n_requests):
-        rid, user = f"req{k}", f"u{k % 7}"
+        rid, user = f"{tag}req{k}", f"u{k % 7}"
         items = [f"a{k % 5}", f"b{k % 3}", f"c{k % 4}", f"d{k % 6}"]
         ts = t0 + k * 100
         if r is not None and k % served_every == 0:
             log_served(r, prefix, rid, items, rng.normal(size=(4, N_FEATURES)).astype(np.float32), ttl_s=300)
-        events.append(Event(event_id=f"i{k}", type="impression", user_id=user, ts=ts, request_id=rid, item_ids=items))
+        events.append(Event(event_id=f"{tag}i{k}", type="impression", user_id=user, ts=ts, request_id=rid, item_ids=items))
         if k % 3 == 0:
-            events.append(Event(event_id=f"c{k}", type="click", user_id=user, ts=ts + 20, request_id=rid,
+            events.append(Event(event_id=f"{tag}c{k}", type="click", user_id=user, ts=ts + 20, request_id=rid,
                                 item_id=items[0], position=0))
         if k % 6 == 0:
-            events.append(Event(event_id=f"p{k}", type="purchase", user_id=user, ts=ts + 50, request_id=rid,
+            events.append(Event(event_id=f"{tag}p{k}", type="purchase", user_id=user, ts=ts + 50, request_id=rid,
                                 item_id=items[0]))
     return events
 

@@ -1,0 +1,175 @@
+"""Learner building blocks: the join, AUC, the rollback guard, checkpoints, negative sampling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from learner import experiments as E
+from learner.checkpoint import Checkpointer
+from learner.estimator import OnlineRanker
+from learner.evaluation import auc
+from learner.examples import Batch, Example
+from learner.guard import RollbackGuard
+from learner.joiner import LabelJoiner
+from learner.negatives import NegativeSampler
+from learner.online import OnlineLearner
+from learner.pipeline import ExampleBuilder
+from learner.replay import ReplayFeatures, replay
+from streamrec.model_store import ModelStore
+from streamrec.ranking import N_FEATURES, FeatureAssembler
+from streamrec.schemas import Event
+
+T0 = 1_700_000_000_000
+
+
+def imp(rid: str, items: list[str], ts: int = T0, position: int | None = None) -> Event:
+    return Event(event_id=f"i-{rid}", type="impression", user_id="u", ts=ts, request_id=rid, item_ids=items,
+                 position=position)
+
+
+def out(kind: str, rid: str | None, item: str, ts: int, user: str = "u") -> Event:
+    return Event(event_id=f"{kind}-{rid}-{item}-{ts}", type=kind, user_id=user, ts=ts, request_id=rid, item_id=item)
+
+
+def rows(n: int) -> np.ndarray:
+    return np.arange(n * N_FEATURES, dtype=np.float32).reshape(n, N_FEATURES)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_click_is_an_example_at_once_negatives_when_the_window_closes():
+    j = LabelJoiner(window_s=10, clock=FakeClock())
+    assert j.add_impression(imp("r1", ["a", "b", "c"], position=20), rows(3)) == []
+    [pos] = j.add_outcome(out("click", "r1", "b", T0 + 500))
+    assert (pos.item_id, pos.click, pos.purchase, pos.position) == ("b", 1.0, None, 21)
+    np.testing.assert_array_equal(pos.x, rows(3)[1])
+    assert j.add_outcome(out("add_to_cart", "r1", "b", T0 + 600)) == []   # one click label per item
+    assert j.add_outcome(out("purchase", "r1", "b", T0 + 700)) == []
+    assert j.expire() == []                                                # window still open
+    j.add_outcome(out("view", None, "zz", T0 + 10_001))                    # event time moves on
+    closed = {e.item_id: e for e in j.expire()}
+    assert closed["a"].click == 0.0 and closed["c"].click == 0.0 and closed["a"].purchase == 0.0
+    assert closed["b"].click is None and closed["b"].purchase == 1.0       # purchase label, click already learned
+    assert len(j) == 0
+
+
+def test_outcome_before_its_impression_and_unjoinable_ones():
+    clock = FakeClock()
+    j = LabelJoiner(window_s=5, clock=clock)
+    assert j.add_outcome(out("click", "r2", "a", T0)) == []                # impression not seen yet
+    [pos] = j.add_impression(imp("r2", ["a", "b"], ts=T0), rows(2))
+    assert pos.item_id == "a" and pos.click == 1.0
+    j.add_outcome(out("click", None, "a", T0))                              # no request_id
+    j.add_outcome(out("click", "r2", "not-shown", T0))                      # not in the list
+    assert j.unjoinable == 2
+    clock.t = 6.0                                                           # a quiet stream closes on wall time
+    assert {e.item_id for e in j.expire()} == {"a", "b"}
+    with pytest.raises(ValueError):
+        j.add_impression(imp("r3", ["a", "b"]), rows(3))
+
+
+def test_joiner_state_round_trips():
+    j = LabelJoiner(window_s=5, clock=FakeClock())
+    j.add_impression(imp("r1", ["a", "b"]), rows(2))
+    j.add_outcome(out("click", "r1", "a", T0))
+    k = LabelJoiner(window_s=5, clock=FakeClock())
+    k.load_state(j.state())
+    assert [(e.item_id, e.click) for e in k.expire(flush_all=True)] == [("a", None), ("b", 0.0)]
+
+
+def test_auc_matches_pairwise_definition():
+    rng = np.random.default_rng(0)
+    s, y = rng.integers(0, 5, 200).astype(float), rng.integers(0, 2, 200)
+    pairs = [(1.0 if a > b else 0.5 if a == b else 0.0) for a, ya in zip(s, y) if ya for b, yb in zip(s, y) if not yb]
+    assert auc(s, y) == pytest.approx(np.mean(pairs))
+    assert np.isnan(auc(s, np.ones(200)))
+
+
+def test_negative_sampling_mode_builds_positive_and_sampled_negatives():
+    feats = ReplayFeatures()
+    b = ExampleBuilder(LabelJoiner(5, clock=FakeClock()), FeatureAssembler(feats, lambda _i: None),
+                       sampler=NegativeSampler(k=3, seed=0))
+    for k, item in enumerate(["p", "q", "r", "s", "t"] * 3):   # other shoppers make the popularity ring
+        feats.observe(out("view", None, item, T0 + k, user="other"))
+        b.feed(out("view", None, item, T0 + k, user="other"))
+    feats.observe(out("view", None, "q", T0 + 50))                  # u saw q: never a negative for u
+    examples = b.feed(out("purchase", None, "p", T0 + 100))
+    assert examples[0].item_id == "p" and examples[0].click == 1.0 and examples[0].purchase == 1.0
+    negs = examples[1:]
+    assert len(negs) == 3 and all(e.click == 0.0 and e.position is None for e in negs)
+    assert {e.item_id for e in negs} == {"r", "s", "t"}
+
+
+@pytest.fixture(scope="module")
+def trained(data_dir) -> tuple[OnlineLearner, list[Example]]:
+    """A core trained on the first half of the Open Bandit stream, and the examples of the rest."""
+    torch.set_num_threads(1)
+    stream, half = E.open_bandit_stream(data_dir)
+    vectors, attrs = E.item_tables(data_dir)
+    from streamrec.datasets import open_bandit as ob
+    core = OnlineLearner(OnlineRanker(lr=0.003, seed=0), E.default_config())
+    feats = ReplayFeatures(attrs)
+    replay(ob.to_events(stream[:half]), core, feats, vectors.get, batch_size=32)
+    builder = ExampleBuilder(LabelJoiner(60, clock=lambda: 0.0), FeatureAssembler(feats, vectors.get))
+    rest: list[Example] = []
+    for ev in ob.to_events(stream[half:]):
+        rest += builder.feed(ev)
+        feats.observe(ev)
+        rest += builder.expire()
+    rest += builder.expire(flush_all=True)
+    return core, rest
+
+
+def test_guard_rolls_back_a_poisoned_version_and_keeps_a_good_one(trained, tmp_path):
+    core, rest = trained
+    store = ModelStore(tmp_path)
+    guard = RollbackGuard(threshold=0.2, min_examples=300)
+    v1 = store.publish(core.champion.head, {"reason": "good"})
+    guard.reset(v1, core.champion)
+    batches = [Batch.of(rest[k:k + 64]) for k in range(0, len(rest), 64)]
+    assert len(batches) >= 25
+
+    honest = core.champion.frozen_copy()
+    for b in batches[:5]:
+        honest.learn(b)
+    v2 = store.publish(honest.head, {"reason": "honest"})
+    guard.on_publish(v2, honest)
+    verdicts = [guard.observe(b) for b in batches[5:15]]
+    assert all(v is None for v in verdicts) and guard.good[0] == v2       # proved itself: new fallback
+
+    poisoned = honest.frozen_copy()
+    poisoned.set_lr(0.05)
+    for b in batches[15:20]:   # labels flipped: a broken upstream join
+        flipped = Batch(b.X, b.position, 1 - b.click, b.click_mask, b.purchase, b.purchase_mask, b.ts, b.item_ids)
+        poisoned.learn(flipped)
+    v3 = store.publish(poisoned.head, {"reason": "poisoned"})
+    guard.on_publish(v3, poisoned)
+    decision = next((d for d in (guard.observe(b) for b in batches[20:]) if d is not None), None)
+    assert decision is not None and decision[0] == v2
+    store.rollback(decision[0])
+    assert store.latest_version() == v2 and guard.rollbacks == 1
+
+
+def test_checkpoint_restores_the_core_exactly(trained, tmp_path):
+    core, rest = trained
+    ck = Checkpointer(tmp_path)
+    ck.save({"core": core.state()})
+    restored = OnlineLearner.from_state(ck.load()["core"], core.config)
+    b = Batch.of(rest[:256])
+    np.testing.assert_allclose(restored.predict(b)[0], core.predict(b)[0])
+    assert restored.metrics() == core.metrics()
+    a, c = core.champion.frozen_copy(), restored.champion   # and it keeps learning identically
+    a.learn(b)
+    c.learn(b)
+    np.testing.assert_allclose(a.predict(b)[0], c.predict(b)[0], rtol=1e-5)
+    (tmp_path / "checkpoint.pkl").write_bytes(b"garbage")
+    with pytest.raises(RuntimeError, match="unreadable"):
+        ck.load()

@@ -1,0 +1,83 @@
+"""``kill -9`` of the learner process: it resumes from its checkpoint, losing neither model nor events."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from learner.checkpoint import Checkpointer
+from streamrec import bus
+from streamrec.embedded import child_env
+from streamrec.model_store import ModelStore
+from streamrec.schemas import encode
+from tests.conftest import isolated_settings
+from tests.test_learner_service import labelled_traffic, wait_for
+
+REPO = Path(__file__).resolve().parent.parent
+PER_BATCH = 120 * 4 + 40   # 4 shown items per request close, plus 40 click positives at once
+
+
+def _env(s) -> dict[str, str]:
+    values = {}
+    for k, v in s.model_dump().items():
+        if v is None:
+            continue
+        values[k] = json.dumps(v) if isinstance(v, list) else str(v)
+    return child_env(**values)
+
+
+def _start(s, log: Path) -> subprocess.Popen:
+    with open(log, "ab") as f:
+        return subprocess.Popen([sys.executable, "-m", "learner"], cwd=REPO, env=_env(s), stdout=f,
+                                stderr=subprocess.STDOUT)
+
+
+def test_kill_9_resumes_from_checkpoint(kafka_broker, redis_server, tmp_path):
+    s = isolated_settings(kafka_broker, redis_server, tmp_path / "state", label_window_s=0.5,
+                          publish_every_updates=5, publish_every_s=0.3, learner_batch_size=16,
+                          learner_max_batch_delay_s=0.05, learner_checkpoint_every_s=0.2,
+                          learner_follow_vectors=False, drift_warmup=100_000)
+    store, ckpt = ModelStore.from_settings(s), Checkpointer(s.state_dir / "learner")
+    log = tmp_path / "learner.log"
+    producer = bus.make_producer(s)
+
+    def send(tag: str) -> None:
+        for ev in labelled_traffic(120, t0=int(time.time() * 1000), tag=tag):
+            producer.send(s.topic_events, key=ev.user_id, value=encode(ev))
+        producer.flush(10)
+
+    def examples() -> int:
+        st = ckpt.load()
+        return st["core"]["examples"] if st else -1
+
+    proc = _start(s, log)
+    try:
+        wait_for(lambda: store.latest_version() >= 1, 60, f"the initial version (log: {log})")
+        send("a")
+        wait_for(lambda: examples() == PER_BATCH, 60, "batch a in a checkpoint")
+        before = ckpt.load()
+        send("b")
+        time.sleep(0.3)                        # somewhere in the middle of batch b
+        os.kill(proc.pid, 9)
+        proc.wait(10)
+        killed_at = examples()
+        assert PER_BATCH <= killed_at <= 2 * PER_BATCH
+
+        proc = _start(s, log)
+        wait_for(lambda: examples() == 2 * PER_BATCH, 90, f"batch b learned after the restart (log: {log})")
+        time.sleep(1.0)                        # nothing is learned twice after the restart either
+        assert examples() == 2 * PER_BATCH
+        v = wait_for(lambda: (lambda m: store.latest_version() if m["examples"] == 2 * PER_BATCH else None)(
+            store.meta(store.latest_version())), 30, "a version trained on both batches")
+        reasons = [m["reason"] for m in store.list()]
+        assert reasons.count("initial") == 1, reasons   # the model was resumed, not started over
+        assert store.meta(v)["updates"] > before["core"]["champion"]["updates"]
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        producer.close(5)
+    assert proc.returncode == 0, f"learner did not drain on SIGTERM (log: {log})"
