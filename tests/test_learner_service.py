@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -102,3 +103,44 @@ def test_labelled_impressions_publish_new_versions(learner_settings):
     state = Checkpointer(s.state_dir / "learner").load()
     assert state is not None and state["version"] == store.latest_version()
     assert sum(state["offsets"].values()) >= 120 + 40 + 20   # every event's offset is covered
+
+
+def test_drift_in_the_stream_is_published_on_the_drift_topic(kafka_broker, redis_server, tmp_path, data_dir):
+    """The shifted Open Bandit replay through the broker: the detection lands on topic_drift."""
+    from learner import experiments as E
+    from learner import metrics as M
+    from streamrec.datasets import open_bandit as ob
+
+    s = isolated_settings(kafka_broker, redis_server, tmp_path / "state", label_window_s=60.0,
+                          publish_every_updates=50, publish_every_s=1.0, learner_batch_size=32,
+                          learner_follow_vectors=False, drift_warmup=300)
+    rows, _half = E.open_bandit_stream(data_dir, shift=True)
+    producer = bus.make_producer(s, linger_ms=20)
+    for ev in ob.to_events(rows):
+        producer.send(s.topic_events, key=ev.user_id, value=encode(ev))
+    producer.flush(30)
+    before = M.DRIFT.labels("adwin_loss", "prequential_click_loss")._value.get()
+
+    stop = threading.Event()
+    th = threading.Thread(target=run, args=(s, stop), daemon=True)
+    th.start()
+    drift = bus.make_consumer(s, group_id=None)
+    drift.assign(bus.all_partitions(drift, s.topic_drift))
+    try:
+        found = []
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not any(d["detector"] == "adwin_loss" for d in found):
+            for msgs in drift.poll(timeout_ms=500).values():
+                found.extend(json.loads(m.value) for m in msgs)
+        loss = [d for d in found if d["detector"] == "adwin_loss"]
+        assert loss, f"no loss drift on {s.topic_drift}; got {found}"
+        d = loss[0]
+        assert d["what"] == "prequential_click_loss" and d["where"] == "champion"
+        assert d["evidence"]["mean_after"] > d["evidence"]["mean_before"] and d["when_ms"] >= rows[0].ts
+        assert d["challenger_started"] is True
+        assert M.DRIFT.labels("adwin_loss", "prequential_click_loss")._value.get() > before
+    finally:
+        stop.set()
+        th.join(30)
+        drift.close()
+        producer.close(5)
