@@ -32,21 +32,34 @@ GROUP = "streamrec-index-updater"
 CATCH_UP_TIMEOUT_S = 120.0
 
 
-class _Snapshots:
-    """Writes a replica snapshot every ``period_s`` when the index changed since the last one."""
+class Snapshotter:
+    """Writes a replica snapshot every ``period_s`` when the index changed, in its own thread so
+    the catalog loop (and so freshness) never waits on disk."""
 
     def __init__(self, replica: IndexReplica, model_id: str, period_s: float):
         self.replica, self.model_id, self.period_s = replica, model_id, period_s
         self._written_version = replica.index.version  # nothing new yet: no snapshot
         self._written_at = time.time()
-        self._due = time.monotonic() + period_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="index-snapshots", daemon=True)
         metrics.SNAPSHOT_AGE.set_function(lambda: time.time() - self._written_at)
 
-    def maybe(self, force: bool = False) -> None:
-        if not force and time.monotonic() < self._due:
-            return
-        self._due = time.monotonic() + self.period_s
-        if self.replica.index.version == self._written_version:
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the timer and write a last snapshot of what was applied."""
+        self._stop.set()
+        self._thread.join()
+        self.write()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.period_s):
+            self.write()
+
+    def write(self) -> None:
+        version = self.replica.index.version
+        if version == self._written_version:
             return
         started = time.monotonic()
         try:
@@ -54,7 +67,7 @@ class _Snapshots:
         except OSError:
             log.exception("index snapshot failed; the next one is due in %.0fs", self.period_s)
             return
-        self._written_version, self._written_at = self.replica.index.version, time.time()
+        self._written_version, self._written_at = version, time.time()
         metrics.SNAPSHOT_SECONDS.observe(time.monotonic() - started)
         log.info("index snapshot %s (%d items)", path, len(self.replica.index))
 
@@ -73,7 +86,8 @@ def run(s: Settings, stop: threading.Event, encoder: Encoder | None = None) -> N
     consumer = bus.make_consumer(s, GROUP, fetch_max_wait_ms=50)
     pipeline = CatalogPipeline(s, encoder, replica, producer)
     consumer.subscribe([s.topic_catalog], listener=_Rebalance(pipeline))
-    snapshots = _Snapshots(replica, encoder.model_id, s.index_snapshot_every_s)
+    snapshots = Snapshotter(replica, encoder.model_id, s.index_snapshot_every_s)
+    snapshots.start()
     log.info("index updater: %s → %s with %s, index %r", s.topic_catalog, s.topic_vectors,
              encoder.model_id, s.index_factory)
     try:
@@ -83,12 +97,11 @@ def run(s: Settings, stop: threading.Event, encoder: Encoder | None = None) -> N
             if msgs:
                 _handle(consumer, pipeline, polled, msgs)
             metrics.INDEX_ITEMS.set(len(replica.index))
-            snapshots.maybe()
-        snapshots.maybe(force=True)
     finally:
         consumer.close()
         producer.close()
         replica.stop()
+        snapshots.stop()
 
 
 def _handle(consumer, pipeline: CatalogPipeline, polled: dict, msgs: list) -> None:

@@ -737,6 +737,8 @@ class IndexReplica:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        """Load the newest usable snapshot now (so a replica never serves an empty index when one
+        exists), then follow the topic's tail in a background thread."""
         if self._thread is not None:
             raise RuntimeError("replica already started")
         if self.from_snapshot:
@@ -790,6 +792,14 @@ class IndexReplica:
                  index_snapshot_dir(self.s), self.s.topic_vectors)
 
     def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._follow()
+            except Exception:  # keep serving the index we have; resume from the applied offsets
+                log.exception("index replica lost %s; reconnecting in 2s", self.s.topic_vectors)
+                self._stop.wait(2.0)
+
+    def _follow(self) -> None:
         consumer = make_consumer(self.s, None, fetch_max_wait_ms=50)
         try:
             tps = all_partitions(consumer, self.s.topic_vectors, timeout_s=30)
@@ -801,18 +811,14 @@ class IndexReplica:
                 else:
                     consumer.seek(tp, offset)
             while not self._stop.is_set():
-                try:
-                    polled = consumer.poll(timeout_ms=200, max_records=5000)
-                    if polled:
-                        self._apply(polled)
-                    elif not self.caught_up.is_set():
-                        ends = consumer.end_offsets(tps)
-                        # Tansu reports the last batch's base offset as the end: ≥ is right for both.
-                        if all(consumer.position(tp) >= ends.get(tp, 0) for tp in tps):
-                            self.caught_up.set()
-                except Exception:  # keep serving the index we have; the consumer reconnects
-                    log.exception("index replica poll failed; retrying")
-                    self._stop.wait(1.0)
+                polled = consumer.poll(timeout_ms=200, max_records=5000)
+                if polled:
+                    self._apply(polled)
+                elif not self.caught_up.is_set():
+                    ends = consumer.end_offsets(tps)
+                    # Tansu reports the last batch's base offset as the end: ≥ is right for both.
+                    if all(consumer.position(tp) >= ends.get(tp, 0) for tp in tps):
+                        self.caught_up.set()
         finally:
             consumer.close()
 

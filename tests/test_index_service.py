@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 
 from index_updater import metrics as updater_metrics
 from index_updater import service, status
@@ -119,8 +120,11 @@ def top_ids(replica: IndexReplica, encoder: Encoder, query: str, k: int = 10) ->
 @pytest.mark.parametrize("fast_settings", ["Flat", "HNSW16"], indirect=True)
 def test_upsert_is_found_and_delete_removes_it(fast_settings, updater, replicas, encoder, products):
     replica = replicas(from_snapshot=False)
+    observed = REGISTRY.get_sample_value("streamrec_index_event_to_searchable_seconds_count") or 0
     publish(fast_settings, products)
     wait_for(lambda: len(replica.index) == len(products), "the catalog in the replica")
+    # both replicas (the updater's and this one) timed every record: catalog append → searchable
+    assert REGISTRY.get_sample_value("streamrec_index_event_to_searchable_seconds_count") >= observed + len(products)
     for op in products[:5]:
         assert top_ids(replica, encoder, op.title, 1) == [op.item_id]
 
