@@ -35,7 +35,7 @@ def _fields(offset: int, m: Event | CatalogOp | DeadLetter, raw: bytes, key: byt
             price = repr(m.price) if m.price is not None else ""
             return [offset, "u", "", m.category or "", price, m.item_id, m.ts, m.title, "", ""]
         return [offset, "x", "", "", "", m.item_id, m.ts, "", "", ""]
-    return [offset, "r", "", "", key or b"", "", "", "", "", encode(m)]
+    return [offset, "r", "", m.reason, key or b"", "", "", "", "", encode(m)]
 
 
 class Writer:

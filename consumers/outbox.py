@@ -75,6 +75,7 @@ class Outbox:
         self.producer = producer
         self.keys = prefix_keys  # callable (topic, partition) -> (outbox key, relayed key)
         self.targets = {"dlq": settings.topic_dlq, "quarantine": settings.topic_quarantine}
+        self._unconfirmed = False  # a publish whose bookkeeping failed: the retry must check Kafka
 
     def relay(self, topic: str, partition: int, recover: bool = False) -> int:
         """Publish every entry of one source partition's outbox; returns how many were sent.
@@ -90,7 +91,9 @@ class Outbox:
         if not marks:  # first publish for this partition: remember where the outputs ended before it
             marks = self._ends()
             self.r.hset(relayed_key, mapping=marks)
+        recover = recover or self._unconfirmed
         already = self._published_since(marks, topic, partition) if recover else set()
+        self._unconfirmed = True
         futures = []
         for entry in entries:
             target, key, value, off = _parse(entry, topic, partition)
@@ -107,6 +110,7 @@ class Outbox:
         pipe.ltrim(outbox_key, len(entries), -1)
         pipe.hset(relayed_key, mapping=marks)
         pipe.execute()
+        self._unconfirmed = False
         return len(futures)
 
     def _ends(self) -> dict[str, int]:

@@ -46,6 +46,9 @@ Keys (defaults in :class:`FeatureConfig`, env ``STREAMREC_FEATURE_*``):
                                    ``duplicate_event``: that id names a legitimate first copy); TTL
                                    ``quarantine_ttl_s`` (see :meth:`FeatureStore.is_quarantined`).
 ``P:q:counts``          HASH       reason -> number of quarantined events.
+``P:q:recent``          LIST       the last 20 quarantine decisions (JSON: event_id, user_id,
+                                   reason, offset), for ``streamrec status``.
+``P:dlq:counts``        HASH       reject reason -> number of dead-lettered records.
 ``P:off:{group}:{topic}:{partition}`` STRING  next offset to apply (the source of truth for
                                    where a consumer resumes; Kafka's committed offset trails it).
 ``P:outbox:{group}:{topic}:{partition}`` LIST  dead letters / quarantine records produced with
@@ -62,6 +65,7 @@ hash fields (≈ 0.5 KB) plus ``covis_top_n`` co-visitation members (≈ 3 KB). 
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Sequence
@@ -267,6 +271,13 @@ class FeatureStore:
     def quarantine_counts(self) -> dict[str, int]:
         return {k: int(v) for k, v in self.r.hgetall(self.keys.quarantine_counts).items()}
 
+    def recent_quarantine(self, n: int = 20) -> list[dict]:
+        """The newest quarantine decisions (event_id, user_id, reason, offset), newest first."""
+        return [json.loads(x) for x in self.r.lrange(f"{self.keys.p}q:recent", 0, max(0, n - 1))]
+
+    def dead_letter_counts(self) -> dict[str, int]:
+        return {k: int(v) for k, v in self.r.hgetall(f"{self.keys.p}dlq:counts").items()}
+
 
 # --- the writer ------------------------------------------------------------------------------
 #
@@ -278,7 +289,7 @@ class FeatureStore:
 #   'i' impression   a=event_id c=user e=ts g=JSON list of item ids h=canonical JSON
 #   'u' catalog upsert  b=category c=price ("" = none) d=item e=ts f=title
 #   'x' catalog delete  d=item e=ts
-#   'r' dead letter  c=key h=DeadLetter JSON (pushed to the outbox as is)
+#   'r' dead letter  b=reason c=key h=DeadLetter JSON (pushed to the outbox as is)
 # Records with offset < stored offset were applied by an earlier call (a crash before the Kafka
 # commit, or another consumer that owned the partition) and are skipped: that is the
 # effectively-once guarantee. Returns {status, stored_before, applied, skipped, outbox_len,
@@ -370,6 +381,8 @@ local function quarantine(off, reason, eid, user, raw)
   redis.call('RPUSH', KEYS[2], 'q' .. SEP .. int(off) .. SEP .. reason .. SEP .. user .. SEP .. raw)
   if reason ~= 'duplicate_event' then redis.call('SET', P .. 'q:' .. eid, reason, 'EX', cfg.quarantine_ttl_s) end
   redis.call('HINCRBY', P .. 'q:counts', reason, 1)
+  redis.call('LPUSH', P .. 'q:recent', cjson.encode({event_id = eid, user_id = user, reason = reason, offset = off}))
+  redis.call('LTRIM', P .. 'q:recent', 0, 19)
 end
 
 local applied, skipped = 0, 0
@@ -381,6 +394,7 @@ for r = 0, nrec - 1 do
     skipped = skipped + 1
   elseif kind == 'r' then
     redis.call('RPUSH', KEYS[2], 'd' .. SEP .. ARGV[b + 4] .. SEP .. ARGV[b + 9])
+    redis.call('HINCRBY', P .. 'dlq:counts', ARGV[b + 3], 1)
     applied = applied + 1
   elseif kind == 'u' or kind == 'x' then
     local item, ts = ARGV[b + 5], tonumber(ARGV[b + 6])
@@ -494,8 +508,6 @@ return out
 
 def script_config(cfg: FeatureConfig, bot: dict) -> str:
     """The JSON the writer script reads: feature decay/caps plus the bot-filter thresholds."""
-    import json
-
     return json.dumps({
         "recent_cap": cfg.recent_cap, "dedup_lookback": cfg.dedup_lookback,
         "item_tau_ms": cfg.tau_ms(cfg.item_half_life_s),

@@ -1,0 +1,40 @@
+"""What ``streamrec status`` prints for the ingestion service: thresholds, decisions, lag."""
+
+from __future__ import annotations
+
+from consumers.botfilter import BotConfig
+from consumers.service import GROUP
+from streamrec import bus
+from streamrec.features import FeatureConfig, FeatureStore
+from streamrec.settings import Settings
+
+
+def summary(settings: Settings) -> dict:
+    """A JSON-able dict: bot thresholds and decisions, dead letters, per-partition progress."""
+    fs = FeatureStore.from_settings(settings)
+    try:
+        partitions = {}
+        for topic in (settings.topic_events, settings.topic_catalog):
+            lag = bus.group_lag(settings, GROUP, topic)
+            for p, records in sorted(lag.items()):
+                applied = fs.r.get(fs.keys.offset(GROUP, topic, p))
+                partitions[f"{topic}[{p}]"] = {
+                    "lag": records,
+                    "applied_offset": int(applied) if applied is not None else None,
+                    "outbox_pending": fs.r.llen(fs.keys.outbox(GROUP, topic, p)),
+                }
+        return {
+            "group": GROUP,
+            "bot_filter": {
+                "thresholds": BotConfig().model_dump(),
+                "quarantined": fs.quarantine_counts(),
+                "recent_decisions": fs.recent_quarantine(10),
+                "topic": settings.topic_quarantine,
+            },
+            "dead_letters": {"counts": fs.dead_letter_counts(), "topic": settings.topic_dlq},
+            "partitions": partitions,
+            "stream_clock_ms": fs.clock_ms(),
+            "features": FeatureConfig().model_dump(),
+        }
+    finally:
+        fs.r.close()

@@ -1,0 +1,110 @@
+"""The Redis feature layout: the atomic writer and the readers, on the real Redis."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from consumers.apply import Writer
+from consumers.botfilter import BotConfig
+from streamrec.features import FeatureConfig, FeatureStore
+from streamrec.schemas import CatalogOp, Event, encode
+from streamrec.store import connect_binary
+
+T0 = 1_700_000_000_000
+HOUR = 3_600_000
+
+
+def ev(i, user="u", item="a", typ="view", ts=None, session="s", **kw) -> Event:
+    return Event(event_id=f"e{i}", type=typ, user_id=user, item_id=item, ts=T0 + i * 1000 if ts is None else ts,
+                 session_id=session, **kw)
+
+
+class Feed:
+    """Feeds models to the writer as consecutive offsets of one partition."""
+
+    def __init__(self, settings, features=None, bot=None, partition=0):
+        self.w = Writer(connect_binary(settings), settings.redis_prefix, "g", features, bot or BotConfig(user_limit=0))
+        self.fs = FeatureStore.from_settings(settings)
+        if features:
+            self.fs.config = features
+        self.partition = partition
+        self.next = 0
+
+    def __call__(self, *models):
+        recs = [(self.next + i, m, encode(m), b"k") for i, m in enumerate(models)]
+        res = self.w.apply("t", self.partition, recs, self.next + len(models))
+        self.next += len(models)
+        return res
+
+
+def test_decayed_counts_do_not_depend_on_arrival_order(settings):
+    stamps = [T0, T0 + 5 * HOUR, T0 + 2 * HOUR, T0 + 30 * HOUR, T0 + HOUR]
+    a = Feed(settings, partition=0)
+    a(*[ev(i, item="x", ts=ts, user=f"u{i}") for i, ts in enumerate(stamps)])
+    b = Feed(settings, partition=1)
+    b(*[ev(i, item="y", ts=ts, user=f"v{i}") for i, ts in enumerate(sorted(stamps))])
+    now = T0 + 40 * HOUR
+    x, y = a.fs.item_stats(["x", "y"], now_ms=now)
+    tau = FeatureConfig().tau_ms(FeatureConfig().item_half_life_s)
+    want = sum(math.exp(-(now - ts) / tau) for ts in stamps)
+    assert x.counts["view"] == pytest.approx(want, rel=1e-12) and y.counts["view"] == pytest.approx(want, rel=1e-12)
+    assert a.fs.item_counts("x") == {"view": 5}
+
+
+def test_ctr_is_smoothed_clicks_over_impressions(settings):
+    f = Feed(settings)
+    imps = [Event(event_id=f"imp{i}", type="impression", user_id=f"u{i}", request_id=f"r{i}", item_ids=["a", "b"],
+                  ts=T0) for i in range(100)]
+    f(*imps, *[ev(200 + i, user=f"c{i}", item="a", typ="click", ts=T0) for i in range(10)])
+    cfg = FeatureConfig()
+    a, b, never = f.fs.item_stats(["a", "b", "zz"], now_ms=T0)
+    assert (a.impressions, a.clicks) == (pytest.approx(100), pytest.approx(10))
+    assert a.ctr == pytest.approx((10 + cfg.ctr_prior_clicks) / (100 + cfg.ctr_prior_impressions))
+    assert b.ctr == pytest.approx(cfg.ctr_prior_clicks / (100 + cfg.ctr_prior_impressions))
+    assert never.ctr == pytest.approx(cfg.ctr_prior_clicks / cfg.ctr_prior_impressions) and never.impressions == 0
+    assert f.fs.item_counts("a") == {"impression": 100, "click": 10}
+
+
+def test_caps_bound_memory(settings):
+    cfg = FeatureConfig(recent_cap=5, covis_top_n=3, trending_cap=4, category_cap=2, covis_lookback=10)
+    f = Feed(settings, features=cfg)
+    f(*[CatalogOp(op="upsert", item_id=f"i{k}", ts=T0, title=f"t{k}", category=f"c{k}") for k in range(8)])
+    # one session touching i0..i7: i0 co-visited with 7 others, trimmed to the 3 strongest
+    f(ev(0, item="i1"), ev(1, item="i0"), ev(2, item="i1", typ="click"), ev(3, item="i2"), ev(4, item="i0", typ="click"))
+    f(*[ev(10 + k, item=f"i{k}") for k in range(3, 8)])
+    assert len(f.fs.recent_items("u", 100)) == 5
+    cv = f.fs.covisited("i0", 100)
+    assert len(cv) == 3 and cv[0] == ("i1", 3.0)
+    assert len(f.fs.trending(100)) == 4
+    aff = f.fs.category_affinity("u")
+    assert len(aff) == 2 and "c7" in aff  # the weakest categories were evicted, the newest kept
+
+
+def test_catalog_ops_apply_in_event_time_order(settings):
+    f = Feed(settings)
+    f(CatalogOp(op="upsert", item_id="a", ts=T0 + 10, title="new", category="x", price=3.0))
+    f(CatalogOp(op="upsert", item_id="a", ts=T0, title="old", category="y"))  # late and older: ignored
+    assert f.fs.item_attributes(["a"]) == [{"title": "new", "category": "x", "price": 3.0}]
+    f(CatalogOp(op="delete", item_id="a", ts=T0 + 20))
+    assert f.fs.item_attributes(["a"]) == [None]
+
+
+def test_a_replayed_batch_changes_nothing(settings):
+    f = Feed(settings)
+    batch = [ev(i, item=f"i{i % 3}") for i in range(6)]
+    f(*batch)
+    before = f.fs.item_counts("i0")
+    recs = [(i, m, encode(m), b"k") for i, m in enumerate(batch)]
+    res = f.w.apply("t", 0, recs, 6)  # delivered again after a crash before the Kafka commit
+    assert (res.applied, res.skipped) == (0, 6) and f.fs.item_counts("i0") == before == {"view": 2}
+    res = f.w.apply("t", 0, [(9, batch[0], b"{}", b"k")], 10)  # a batch that skips offsets 6..8
+    assert res.status == "gap" and res.stored_before == 6
+
+
+def test_readers_on_an_empty_store(settings):
+    fs = FeatureStore.from_settings(settings)
+    assert fs.recent_items("nobody") == [] and fs.covisited("x") == [] and fs.trending() == []
+    assert fs.category_affinity("nobody") == {} and fs.item_attributes(["x"]) == [None]
+    assert fs.item_stats(["x"])[0].counts == {"view": 0.0, "click": 0.0, "add_to_cart": 0.0, "purchase": 0.0}
