@@ -1,4 +1,4 @@
-"""Prometheus metrics of the index updater (replica-side ones live in streamrec/vector_index.py,
+"""Prometheus metrics of the index updater (replica-side ones live in streamrec/vector_index/metrics.py,
 including ``streamrec_index_event_to_searchable_seconds``, observed by every replica)."""
 
 from __future__ import annotations
