@@ -64,7 +64,14 @@ def overlap_at_k(a: np.ndarray, b: np.ndarray) -> float:
 # --- 1. encoder ---------------------------------------------------------------------------------
 
 def encoder_part(s: Settings, n_items: int, rounds: int) -> tuple[Encoder, dict]:
-    fp32, int8 = Encoder(s.model_dir, precision="fp32"), Encoder(s.model_dir, precision="int8")
+    """fp32 on CPU is the baseline; int8 on CPU always; fp32/fp16/bf16 on CUDA when torch sees it."""
+    import torch
+
+    encoders = [Encoder(s.model_dir, device="cpu", precision="fp32"),
+                Encoder(s.model_dir, device="cpu", precision="int8")]
+    if torch.cuda.is_available():
+        encoders += [Encoder(s.model_dir, device="cuda", precision=p) for p in ("fp32", "fp16", "bf16")]
+    names = [f"{e.model_id}@{e.device}" for e in encoders]
     template = s.item_text_template
     catalogs = {
         "homedepot": [item_text(op, template) for op in homedepot.catalog(s.data_dir, limit=n_items)],
@@ -72,38 +79,34 @@ def encoder_part(s: Settings, n_items: int, rounds: int) -> tuple[Encoder, dict]
     }
     terms = list(homedepot.relevance_labels(s.data_dir))[:300]
     say(f"[1/3] encoder: {n_items} items per catalogue, {rounds} interleaved rounds, torch threads "
-        f"{__import__('torch').get_num_threads()}")
-    rates: dict[str, list[float]] = {fp32.model_id: [], int8.model_id: []}
-    vectors: dict[tuple[str, str], np.ndarray] = {}
+        f"{torch.get_num_threads()}")
+    rates: dict[str, list[float]] = {n: [] for n in names}
     sample = catalogs["homedepot"][:64] + catalogs["instacart"][:64]
     for r in range(rounds):
-        for enc in (fp32, int8):
+        for name, enc in zip(names, encoders):
             t0 = time.perf_counter()
             enc.encode(sample)
-            rates[enc.model_id].append(len(sample) / (time.perf_counter() - t0))
+            rates[name].append(len(sample) / (time.perf_counter() - t0))
         say(f"      round {r + 1}: " + ", ".join(f"{m} {v[-1]:.0f} items/s" for m, v in rates.items()))
-    for enc in (fp32, int8):
-        for name, texts in catalogs.items():
-            vectors[(enc.model_id, name)] = enc.encode(texts)
-        vectors[(enc.model_id, "queries")] = enc.encode(terms)
-    base = rates[fp32.model_id]
+    base = statistics.median(rates[names[0]])
     for m, v in rates.items():
-        say(f"encoder {m:<24} items/s median {statistics.median(v):7.1f}  "
-            f"(×{statistics.median(v) / statistics.median(base):.2f} vs fp32 baseline)")
-    for name in catalogs:
-        f_items, q_items = vectors[(fp32.model_id, name)], vectors[(int8.model_id, name)]
-        if name == "homedepot":
-            f_q, q_q, what = vectors[(fp32.model_id, "queries")], vectors[(int8.model_id, "queries")], \
-                f"{len(terms)} search terms"
-            skip = False
-        else:
-            f_q, q_q, what, skip = f_items[:300], q_items[:300], "300 items → similar items", True
-        recall = overlap_at_k(exact_topk(f_items, f_q, 10, skip), exact_topk(q_items, q_q, 10, skip))
-        cos = float(np.mean(np.sum(f_items * q_items, axis=1)))
-        say(f"encoder {int8.model_id:<24} factory=Flat {name:<9} recall@10 of int8 vs fp32 neighbours "
-            f"{recall:.3f} ({what}); mean cos(int8, fp32) {cos:.3f}")
-    return fp32, {"hd_items": catalogs["homedepot"], "hd_vectors": vectors[(fp32.model_id, "homedepot")],
-                  "hd_int8": vectors[(int8.model_id, "homedepot")], "int8": int8, "terms": terms}
+        say(f"encoder {m:<28} items/s median {statistics.median(v):7.1f}  "
+            f"(×{statistics.median(v) / base:.2f} vs {names[0]} baseline)")
+    vectors = {(name, c): enc.encode(texts) for name, enc in zip(names, encoders) for c, texts in catalogs.items()}
+    queries = {name: enc.encode(terms) for name, enc in zip(names, encoders)}
+    for name in names[1:]:
+        for c in catalogs:
+            f_items, o_items = vectors[(names[0], c)], vectors[(name, c)]
+            if c == "homedepot":
+                f_q, o_q, what, skip = queries[names[0]], queries[name], f"{len(terms)} search terms", False
+            else:
+                f_q, o_q, what, skip = f_items[:300], o_items[:300], "300 items → similar items", True
+            recall = overlap_at_k(exact_topk(f_items, f_q, 10, skip), exact_topk(o_items, o_q, 10, skip))
+            cos = float(np.mean(np.sum(f_items * o_items, axis=1)))
+            say(f"encoder {name:<28} factory=Flat {c:<9} recall@10 of its neighbours vs {names[0]} "
+                f"{recall:.3f} ({what}); mean cos to baseline {cos:.3f}")
+    return encoders[0], {"hd_items": catalogs["homedepot"], "hd_vectors": vectors[(names[0], "homedepot")],
+                         "hd_int8": vectors[(names[1], "homedepot")], "int8": encoders[1], "terms": terms}
 
 
 # --- 2. freshness -----------------------------------------------------------------------------
