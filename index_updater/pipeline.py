@@ -97,7 +97,7 @@ class CatalogPipeline:
                 if current[1] == fp:
                     unchanged += 1
                     continue
-                vec = self.replica.index.vector(op.item_id)
+                vec = self.replica.vector_if(op.item_id, h)  # embedded from this very text
                 if vec is not None:
                     records.append((VectorRecord(op.item_id, vector=vec, meta=meta, content_hash=h,
                                                  model_id=self.encoder.model_id, source_ms=source_ms), (h, fp)))

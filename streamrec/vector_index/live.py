@@ -392,7 +392,11 @@ class LiveIndex:
     # --- snapshots --------------------------------------------------------------------------
 
     def dump(self) -> IndexDump:
-        """A consistent copy (taken under the read lock, so never half a batch)."""
+        """A consistent copy (taken under the read lock, so never half a batch).
+
+        Callers that also apply batches (``IndexReplica``) dump while holding their apply lock, so
+        no writer queues behind the dump and searches keep running meanwhile.
+        """
         with self._lock.read():
             st = self._state
             items = list(st.ids)

@@ -69,6 +69,12 @@ class IndexReplica:
         """True once the replica has read to the end of the topic as it was when checked."""
         return self.caught_up.wait(timeout_s)
 
+    def vector_if(self, item_id: str, content_hash: str) -> np.ndarray | None:
+        """The item's vector if it was embedded from the text with ``content_hash`` (read together,
+        under the apply lock, so a vector is never paired with another text's hash)."""
+        with self._apply_lock:
+            return self.index.vector(item_id) if self.hashes.get(item_id) == content_hash else None
+
     @property
     def offsets(self) -> dict[int, int]:
         with self._apply_lock:
