@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.serializer import Serializer
 
 from streamrec.settings import Settings
 
@@ -61,6 +62,13 @@ def ensure_topics(s: Settings) -> list[str]:
         admin.close()
 
 
+class KeySerializer(Serializer):
+    """Keys are text (user_id, item_id); bytes pass through; None stays None (no key)."""
+
+    def serialize(self, topic, headers, data):
+        return data.encode() if isinstance(data, str) else data
+
+
 def make_producer(s: Settings, **overrides) -> KafkaProducer:
     """acks=all + retries: a send that returns is on the broker; keys are str, values bytes."""
     cfg = dict(
@@ -69,7 +77,7 @@ def make_producer(s: Settings, **overrides) -> KafkaProducer:
         linger_ms=2,
         retries=10,
         max_in_flight_requests_per_connection=1,  # keeps per-partition order under retries
-        key_serializer=lambda k: k.encode() if isinstance(k, str) else k,
+        key_serializer=KeySerializer(),
     )
     cfg.update(overrides)
     return KafkaProducer(**cfg)
