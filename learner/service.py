@@ -195,13 +195,28 @@ class _Loop:
                 log.warning("offset commit failed (checkpoint kept): %r", e)
 
 
+def _vector_dim(s: Settings) -> int:
+    """The item vector size: configured, else the encoder's, read from its config (no model load)."""
+    if s.learner_vector_dim:
+        return s.learner_vector_dim
+    from streamrec.encoder import bundled_model_dir
+    config = (s.model_dir or bundled_model_dir()) / "config.json"
+    try:
+        return int(json.loads(config.read_text())["hidden_size"])
+    except (OSError, KeyError, ValueError) as e:
+        raise RuntimeError(f"cannot read the encoder's vector size from {config} ({e}); "
+                           "set STREAMREC_LEARNER_VECTOR_DIM") from None
+
+
 def _vectors(s: Settings):
     """Item vectors and metadata from an IndexReplica following the vectors topic (or none)."""
     if not s.learner_follow_vectors:
         return None, (lambda _i: None), None
     from streamrec.vector_index import IndexReplica
-    replica = IndexReplica(s, s.learner_vector_dim, from_snapshot=True)
+    replica = IndexReplica(s, _vector_dim(s), from_snapshot=True)
     replica.start()
+    if not replica.wait_caught_up(60):   # featurising before the vectors load would train on holes
+        log.warning("item vectors not caught up after 60 s; starting anyway (rows without vectors degrade)")
     return replica, replica.index.vector, replica.index.meta
 
 

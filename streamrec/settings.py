@@ -73,7 +73,8 @@ class Settings(BaseSettings):
     learner_max_batch_delay_s: float = Field(0.2, gt=0, description="a partial micro-batch trains after this wait")
     learner_checkpoint_every_s: float = Field(5.0, gt=0, description="learner state + offsets checkpoint period")
     learner_follow_vectors: bool = Field(True, description="start an IndexReplica for item vectors")
-    learner_vector_dim: int = Field(384, ge=1, description="item vector dimension (the encoder's)")
+    learner_vector_dim: int | None = Field(
+        None, ge=1, description="item vector dimension; None = the encoder's (hidden_size of its config.json)")
     learner_negative_sampling: Literal["off", "popularity"] = Field(
         "off", description="streams without impressions: sample unseen items as negatives for each positive")
     learner_negatives_per_positive: int = Field(4, ge=1, le=100)

@@ -13,9 +13,10 @@ from learner.checkpoint import Checkpointer
 from learner.service import run
 from streamrec import bus
 from streamrec.model_store import ModelStore
-from streamrec.ranking import N_FEATURES, log_served
+from streamrec.ranking import FEATURE_NAMES, N_FEATURES, log_served
 from streamrec.schemas import Event, encode
 from streamrec.store import connect
+from streamrec.vector_index import ItemMeta, VectorRecord, encode_record
 from tests.conftest import isolated_settings
 
 
@@ -54,12 +55,18 @@ def learner_settings(kafka_broker, redis_server, tmp_path):
     return isolated_settings(kafka_broker, redis_server, tmp_path / "state", label_window_s=1.0,
                              publish_every_updates=5, publish_every_s=0.5, learner_batch_size=16,
                              learner_max_batch_delay_s=0.1, learner_checkpoint_every_s=0.5,
-                             learner_follow_vectors=False, drift_warmup=10_000)
+                             learner_follow_vectors=True, learner_vector_dim=8, drift_warmup=10_000)
 
 
 def test_labelled_impressions_publish_new_versions(learner_settings):
     s = learner_settings
     store = ModelStore.from_settings(s)
+    producer = bus.make_producer(s)
+    rng = np.random.default_rng(1)
+    for item in ("a0", "a1", "a2", "a3", "a4"):   # the a-items have vectors on the vectors topic
+        rec = VectorRecord(item, vector=rng.normal(size=8).astype(np.float32), meta=ItemMeta(title=item, price=9.5))
+        producer.send(s.topic_vectors, key=item, value=encode_record(rec))
+    producer.flush(10)
     stop = threading.Event()
     errors: list[BaseException] = []
 
@@ -78,7 +85,6 @@ def test_labelled_impressions_publish_new_versions(learner_settings):
         assert meta1["reason"] == "initial"
 
         r = connect(s)
-        producer = bus.make_producer(s)
         for ev in labelled_traffic(120, t0=int(time.time() * 1000), r=r, prefix=s.redis_prefix):
             producer.send(s.topic_events, key=ev.user_id, value=encode(ev))
         producer.flush(10)
@@ -103,6 +109,12 @@ def test_labelled_impressions_publish_new_versions(learner_settings):
     state = Checkpointer(s.state_dir / "learner").load()
     assert state is not None and state["version"] == store.latest_version()
     assert sum(state["offsets"].values()) >= 120 + 40 + 20   # every event's offset is covered
+    # rows recomputed by the learner (odd requests: nothing served) carry the replica's vectors
+    recomputed = [e for e in state["core"]["buffer"] if int(e.request_id[3:]) % 2 == 1]
+    has_vec, price = FEATURE_NAMES.index("has_item_vec"), FEATURE_NAMES.index("has_price")
+    assert {e.x[has_vec] for e in recomputed if e.item_id.startswith("a")} == {1.0}
+    assert {e.x[price] for e in recomputed if e.item_id.startswith("a")} == {1.0}   # price from the replica's meta
+    assert {e.x[has_vec] for e in recomputed if not e.item_id.startswith("a")} == {0.0}
 
 
 def test_drift_in_the_stream_is_published_on_the_drift_topic(kafka_broker, redis_server, tmp_path, data_dir):

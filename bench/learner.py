@@ -1,0 +1,222 @@
+"""How fast and how well does the learner learn? Prints
+
+  (1) training examples/s: the full path (join → features → prequential predict → drift →
+      learn) and the micro-batch step alone, on the 60,000 real Open Bandit impressions;
+  (2) freshness, p50/p99: (a) ModelStore.publish → a poller in *another process* polling
+      latest_version() every --poll-ms (serving's default 200 ms) has load()ed it; (b) a click
+      sent to Kafka → that poller has loaded a version trained on it (learner service running
+      on embedded Tansu + Redis, publish_every_s=--publish-s);
+  (3) quality: prequential click AUC on the later half of the stream, online vs the champion
+      frozen at the half vs popularity — on the stationary stream and with the injected shift
+      of learner/experiments.py.
+
+    python bench/learner.py --trials 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+# this file is bench/learner.py: keep its folder off sys.path so `learner` is the service package
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
+import tempfile
+import threading
+import time
+import uuid
+
+import numpy as np
+import torch
+
+from learner import experiments as E  # noqa: E402
+from learner.estimator import OnlineRanker
+from learner.examples import Batch, Example
+from learner.online import OnlineLearner
+from learner.replay import ReplayFeatures, replay
+from streamrec.datasets import open_bandit as ob
+from streamrec.model_store import ModelStore
+from streamrec.ranking import N_FEATURES, RankingHead
+from streamrec.settings import Settings
+
+POLLER = """
+import json, sys, time
+from streamrec.model_store import ModelStore
+store, every, until = ModelStore(sys.argv[1]), float(sys.argv[2]), time.time() + float(sys.argv[3])
+last = None
+while time.time() < until:
+    v = store.latest_version()
+    if v and v != last:
+        version, head, meta = store.load(v)
+        print(json.dumps({"t": time.time(), "v": version, "examples": meta.get("examples")}), flush=True)
+        last = v
+    time.sleep(every)
+"""
+
+
+def pct(xs: list[float], q: float) -> float:
+    return float(np.percentile(np.array(xs), q)) if xs else float("nan")
+
+
+def latency_line(name: str, xs: list[float]) -> str:
+    return f"{name:52s} n={len(xs):4d}  p50={pct(xs, 50) * 1000:7.1f} ms  p99={pct(xs, 99) * 1000:7.1f} ms"
+
+
+def poller(root: Path, every_s: float, duration_s: float) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", POLLER, str(root), str(every_s), str(duration_s)],
+                            stdout=subprocess.PIPE, text=True)
+
+
+def seen_times(proc: subprocess.Popen) -> list[dict]:
+    out, _ = proc.communicate(timeout=120)
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def throughput(data_dir: Path) -> None:
+    vectors, attrs = E.item_tables(data_dir)
+    events = list(ob.events(data_dir))
+    core = OnlineLearner(OnlineRanker(seed=0), E.default_config())
+    t0 = time.perf_counter()
+    log = replay(events, core, ReplayFeatures(attrs), vectors.get, batch_size=64)
+    dt = time.perf_counter() - t0
+    n = len(log.p_click)
+    print(f"full path (join+features+step), batch 64     {n / dt:10.0f} examples/s  ({n} examples, {dt:.1f} s)")
+    rng = np.random.default_rng(0)
+    ex = [Example("r", str(i), "u", 0, rng.normal(size=N_FEATURES).astype(np.float32), i % 3, float(rng.random() < 0.05),
+                  0.0) for i in range(64 * 200)]
+    chunks = [ex[k:k + 64] for k in range(0, len(ex), 64)]
+    t0 = time.perf_counter()
+    for c in chunks:
+        core.step(c)
+    dt = time.perf_counter() - t0
+    print(f"micro-batch step alone (predict+drift+learn), 64 {len(ex) / dt:10.0f} examples/s")
+    t0 = time.perf_counter()
+    for c in chunks:
+        core.champion.learn(Batch.of(c))
+    dt = time.perf_counter() - t0
+    print(f"torch update alone, batch 64                  {len(ex) / dt:10.0f} examples/s")
+
+
+def publish_to_visible(trials: int, every_s: float) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        store = ModelStore(Path(tmp))
+        store.publish(RankingHead(), {"reason": "warm"})
+        proc = poller(Path(tmp), every_s, trials * 0.35 + 5)
+        time.sleep(2.0)   # the poller is up and has seen the warm version
+        published: dict[int, float] = {}
+        for _ in range(trials):
+            t = time.time()
+            v = store.publish(RankingHead(), {"reason": "bench"})
+            published[v] = t
+            time.sleep(0.3 + np.random.default_rng(v).random() * 0.05)
+        seen = {s["v"]: s["t"] for s in seen_times(proc)}
+    lat = [seen[v] - t for v, t in published.items() if v in seen]
+    print(latency_line(f"publish -> loaded by poller (poll {every_s * 1000:.0f} ms)", lat))
+    if len(lat) < len(published):
+        print(f"  ({len(published) - len(lat)} versions superseded before the poller saw them)")
+
+
+def event_to_visible(trials: int, every_s: float, publish_s: float) -> None:
+    from learner.service import run
+    from streamrec import bus
+    from streamrec.embedded import EmbeddedKafka, EmbeddedRedis
+    from streamrec.schemas import Event, encode
+
+    with tempfile.TemporaryDirectory() as tmp, EmbeddedKafka(Path(tmp) / "k") as kafka, \
+            EmbeddedRedis(Path(tmp) / "r") as redis_srv:
+        bus.wait_for_broker(kafka.bootstrap)
+        tag = uuid.uuid4().hex[:6]
+        s = Settings(kafka_bootstrap=kafka.bootstrap, redis_url=redis_srv.url, redis_prefix=f"b{tag}:",
+                     state_dir=Path(tmp) / "state", label_window_s=600, publish_every_s=publish_s,
+                     publish_every_updates=1_000_000, learner_max_batch_delay_s=0.02, learner_follow_vectors=False)
+        bus.ensure_topics(s)
+        stop = threading.Event()
+        th = threading.Thread(target=run, args=(s, stop), daemon=True)
+        th.start()
+        store = ModelStore.from_settings(s)
+        while store.latest_version() < 1:
+            time.sleep(0.05)
+        proc = poller(s.models_dir, every_s, trials * 0.8 + 10)
+        producer = bus.make_producer(s, linger_ms=0)
+        sent: list[float] = []
+        now = int(time.time() * 1000)
+
+        def click(k: int) -> None:
+            producer.send(s.topic_events, key="u", value=encode(Event(
+                event_id=f"c{k}", type="click", user_id="u", ts=now + 1, request_id=f"r{k}", item_id="a")))
+            producer.flush()
+
+        for k in range(trials + 1):   # impressions first: each click then becomes one example at once
+            producer.send(s.topic_events, key="u", value=encode(Event(
+                event_id=f"i{k}", type="impression", user_id="u", ts=now, request_id=f"r{k}", item_ids=["a", "b"])))
+        producer.flush()
+        click(0)   # warm-up: the consumer group has joined once this one is in a published version
+        while (store.meta(store.latest_version()).get("examples") or 0) < 1:
+            time.sleep(0.05)
+        for k in range(1, trials + 1):
+            sent.append(time.time())
+            click(k)
+            time.sleep(0.6 + np.random.default_rng(k).random() * 0.2)
+        seen = seen_times(proc)
+        stop.set()
+        th.join(30)
+        producer.close()
+    lat = []
+    for k, t in enumerate(sent, start=2):   # the k-th example is the (k-1)-th timed click
+        first = next((x["t"] for x in seen if (x["examples"] or 0) >= k), None)
+        if first is not None:
+            lat.append(first - t)
+    print(latency_line(f"click -> model visible (publish {publish_s * 1000:.0f} ms, poll {every_s * 1000:.0f} ms)", lat))
+
+
+def quality(data_dir: Path) -> None:
+    for name, shift in (("stationary", False), ("injected shift", True)):
+        rows, half = E.open_bandit_stream(data_dir, shift=shift)
+        r = E.run(data_dir, rows, half, freeze_at_shift=True)
+        a = r.aucs()
+        lag = r.first_detection_after_shift(("adwin_loss",)) if shift else None
+        print(f"{name:15s} later half: online {a['online_same_rows']:.3f}  frozen-at-half {a['frozen_post']:.3f}  "
+              f"popularity {a['popularity_post']:.3f}   whole stream: online {a['online']:.3f}  "
+              f"popularity {a['popularity']:.3f}   rows={len(rows)}")
+        if shift:
+            print(f"{'':15s} ADWIN(loss) fired {lag} events after the shift; challengers started at "
+                  f"{[i - r.shift_event for i in r.log.challenger_starts]}, promoted at "
+                  f"{[i - r.shift_event for i in r.log.promotions]} (events from the shift)")
+        else:
+            print(f"{'':15s} drift detections: {len(r.log.detections)}")
+    rows = ob.merged(data_dir)   # the raw stream, no down-sampling
+    half = len(rows) // 2
+    r = E.run(data_dir, rows, half, freeze_at_shift=True)
+    a = r.aucs()
+    print(f"{'raw 0.5% CTR':15s} later half: online {a['online_same_rows']:.3f}  frozen-at-half {a['frozen_post']:.3f}  "
+          f"popularity {a['popularity_post']:.3f}   whole stream: online {a['online']:.3f}  "
+          f"popularity {a['popularity']:.3f}   rows={len(rows)}  detections={len(r.log.detections)}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--trials", type=int, default=40)
+    ap.add_argument("--poll-ms", type=float, default=200.0)
+    ap.add_argument("--publish-s", type=float, default=0.25)
+    ap.add_argument("--skip", nargs="*", default=[], choices=["throughput", "publish", "event", "quality"])
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    data_dir = Settings().require_data_dir()
+    print(f"streamrec learner bench — torch {torch.__version__}, 1 thread, batch 64/32, Adam lr "
+          f"{E.default_config().lr} (challenger x{E.default_config().challenger_lr_scale})")
+    if "throughput" not in args.skip:
+        throughput(data_dir)
+    if "publish" not in args.skip:
+        publish_to_visible(args.trials, args.poll_ms / 1000)
+    if "event" not in args.skip:
+        event_to_visible(args.trials, args.poll_ms / 1000, args.publish_s)
+    if "quality" not in args.skip:
+        quality(data_dir)
+
+
+if __name__ == "__main__":
+    main()
