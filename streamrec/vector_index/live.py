@@ -276,7 +276,8 @@ class LiveIndex:
             out.append(hits)
         return out
 
-    def _faiss_search(self, index: faiss.Index, q: np.ndarray, k: int, params=None):
+    def _faiss_search(self, index: faiss.Index, q: np.ndarray, k: int,
+                      params: faiss.SearchParameters | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Search with ``search_threads`` OpenMP threads in this thread only (the setting is
         per-thread): a one-query search split over busy cores waits at OpenMP barriers — 10× slower
         on a loaded 2-core host — while concurrent requests already use the cores."""
