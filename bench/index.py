@@ -78,7 +78,7 @@ def encoder_part(s: Settings, n_items: int, rounds: int) -> tuple[Encoder, dict]
         "instacart": [item_text(op, template) for op in instacart.catalog(s.data_dir, limit=n_items)],
     }
     terms = list(homedepot.relevance_labels(s.data_dir))[:300]
-    say(f"[1/3] encoder: {n_items} items per catalogue, {rounds} interleaved rounds, torch threads "
+    say(f"[1/4] encoder: {n_items} items per catalogue, {rounds} interleaved rounds, torch threads "
         f"{torch.get_num_threads()}")
     rates: dict[str, list[float]] = {n: [] for n in names}
     sample = catalogs["homedepot"][:64] + catalogs["instacart"][:64]
@@ -151,7 +151,7 @@ class Watcher:
 
 def freshness_part(s0: Settings, fp32: Encoder, data: dict, load_s: float, update_rate: float,
                    query_rate: float, factory: str) -> None:
-    say(f"[2/3] freshness: factory={factory}, embedded Tansu + index_updater + serving replica")
+    say(f"[2/4] freshness: factory={factory}, embedded Tansu + index_updater + serving replica")
     items, vecs, terms = data["hd_items"], data["hd_vectors"], data["terms"]
     n_base = len(items) // 2
     pool = items[n_base:]  # unused titles: each update changes an item's text, so it is re-embedded
@@ -251,11 +251,12 @@ def freshness_part(s0: Settings, fp32: Encoder, data: dict, load_s: float, updat
 
 # --- 3. ANN ------------------------------------------------------------------------------------
 
-def ann_part(s: Settings, data: dict, n_items: int, n_queries: int, rounds: int, factories: list[str]) -> None:
+def ann_part(s: Settings, data: dict, n_items: int, n_queries: int, rounds: int,
+             factories: list[str]) -> tuple[np.ndarray, list[str], np.ndarray]:
     enc: Encoder = data["int8"]  # the fastest way to get many real vectors on CPU
     texts = [item_text(op, s.item_text_template) for op in homedepot.catalog(s.data_dir, limit=n_items)]
     have = data["hd_int8"][: len(texts)]
-    say(f"[3/3] ANN: {len(texts)} Home Depot titles with {enc.model_id}; embedding {len(texts) - len(have)} more …")
+    say(f"[3/4] ANN: {len(texts)} Home Depot titles with {enc.model_id}; embedding {len(texts) - len(have)} more …")
     t0 = time.perf_counter()
     x = np.concatenate([have, enc.encode(texts[len(have):])])
     say(f"      embedded in {time.perf_counter() - t0:.0f}s")
@@ -306,6 +307,57 @@ def ann_part(s: Settings, data: dict, n_items: int, n_queries: int, rounds: int,
             got = np.array([[int(i[2:]) for i, _ in hits] for hits in results])
             say(f"ann    factory={factory:<14} {params:<12} after deleting 10%: tombstones {index.tombstones}, "
                 f"recall@10 {overlap_at_k(truth2, got):.3f}, deleted items returned {leaked}")
+    return x, texts, q
+
+
+# --- 4. restart -------------------------------------------------------------------------------
+
+def restart_part(s0: Settings, x: np.ndarray, texts: list[str], q: np.ndarray, rounds: int, factory: str) -> None:
+    """A replica from the newest snapshot + the tail vs. one replaying the whole vectors topic."""
+    n, tail = len(x), max(1, len(x) // 20)
+    say(f"[4/4] restart: factory={factory}, {n} vectors on the topic, snapshot, then {tail} more changes")
+    with tempfile.TemporaryDirectory() as tmp, EmbeddedKafka(Path(tmp) / "tansu") as broker:
+        bus.wait_for_broker(broker.bootstrap)
+        tag = uuid.uuid4().hex[:6]
+        s = s0.model_copy(update=dict(kafka_bootstrap=broker.bootstrap, state_dir=Path(tmp) / "state",
+                                      index_factory=factory, topic_vectors=f"r{tag}.vectors"))
+        bus.ensure_topics(s)
+        producer = bus.make_producer(s)
+
+        def send(item: int, vector: np.ndarray, title: str) -> None:
+            producer.send(s.topic_vectors, key=f"hd{item}", value=encode_record(VectorRecord(
+                f"hd{item}", vector=vector, meta=ItemMeta(title=title))))
+
+        for i in range(n):
+            send(i, x[i], texts[i])
+        producer.flush()
+        writer = IndexReplica(s, x.shape[1], from_snapshot=False)
+        writer.start()
+        while len(writer.index) < n:
+            time.sleep(0.05)
+        writer.snapshot()
+        writer.stop()
+        for j in range(tail):  # the tail: items move (to the opposite of another item's vector: no ties)
+            send(j, -x[n - 1 - j], f"moved {j}")
+        producer.flush()
+        producer.close()
+        last = f"moved {tail - 1}"
+        times: dict[bool, list[float]] = {True: [], False: []}
+        answers: dict[bool, list] = {}
+        for _ in range(rounds):
+            for from_snapshot in (True, False):
+                t0 = time.perf_counter()
+                r = IndexReplica(s, x.shape[1], from_snapshot=from_snapshot)
+                r.start()
+                while not (r.caught_up.is_set() and r.index.meta(f"hd{tail - 1}").title == last):
+                    time.sleep(0.01)
+                times[from_snapshot].append(time.perf_counter() - t0)
+                answers[from_snapshot] = [[i for i, _ in hits] for hits in r.index.search(q[:100], 10)]
+                r.stop()
+        snap, scratch = statistics.median(times[True]), statistics.median(times[False])
+        same = overlap_at_k(np.array(answers[True]), np.array(answers[False]))
+        say(f"restart factory={factory:<14} n={n}  ready from snapshot + tail {snap:.2f}s  vs full replay "
+            f"baseline {scratch:.2f}s (×{scratch / snap:.1f})  top-10 overlap of the two on 100 queries {same:.3f}")
 
 
 def main() -> None:
@@ -320,7 +372,7 @@ def main() -> None:
     ap.add_argument("--ann-queries", type=int, default=500)
     ap.add_argument("--factories", default="Flat;IVF64,Flat;IVF64,SQ8;HNSW32",
                     help="';'-separated FAISS factory strings; the first is the baseline")
-    ap.add_argument("--skip", default="", help="parts to skip: fresh,ann")
+    ap.add_argument("--skip", default="", help="parts to skip: fresh,ann,restart (restart needs ann)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     s = Settings()
@@ -331,7 +383,10 @@ def main() -> None:
     if "fresh" not in args.skip:
         freshness_part(s, fp32, data, args.load_seconds, args.update_rate, args.query_rate, args.fresh_factory)
     if "ann" not in args.skip:
-        ann_part(s, data, args.ann_items, args.ann_queries, args.rounds, factories)
+        x, texts, q = ann_part(s, data, args.ann_items, args.ann_queries, args.rounds, factories)
+        if "restart" not in args.skip:
+            for factory in dict.fromkeys(["Flat", args.fresh_factory]):
+                restart_part(s, x, texts, q, args.rounds, factory)
     say(f"done in {time.perf_counter() - started:.0f}s")
 
 
