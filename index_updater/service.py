@@ -22,7 +22,6 @@ from index_updater import metrics
 from index_updater.pipeline import CatalogPipeline
 from streamrec import bus
 from streamrec.encoder import Encoder
-from streamrec.metrics import serve_metrics
 from streamrec.settings import Settings
 from streamrec.vector_index import IndexReplica
 
@@ -73,8 +72,8 @@ class Snapshotter:
 
 
 def run(s: Settings, stop: threading.Event, encoder: Encoder | None = None) -> None:
-    """Until ``stop``; ``encoder`` lets tests share one loaded model."""
-    serve_metrics(s.metrics_port)
+    """Until ``stop``; ``encoder`` lets tests share one loaded model. Metrics are exposed by the
+    caller (``streamrec index`` or ``python -m index_updater``)."""
     bus.ensure_topics(s)
     encoder = encoder or Encoder.from_settings(s)
     replica = IndexReplica(s, encoder.dim)
