@@ -69,7 +69,7 @@ class DriftMonitor:
     warmup: labelled examples before any detection is reported.
     """
 
-    def __init__(self, *, loss_delta: float = 0.002, ctr_threshold: float = 30.0, ctr_delta: float = 0.005,
+    def __init__(self, *, loss_delta: float = 0.0005, ctr_threshold: float = 30.0, ctr_delta: float = 0.005,
                  feature_names: Sequence[str] = ("retrieval_score", "query_item_cos", "price_log", "item_vec_0", "item_vec_1"),
                  feature_delta: float = 1e-5, warmup: int = 1000, where: str = "champion"):
         unknown = [f for f in feature_names if f not in FEATURE_NAMES]

@@ -20,6 +20,7 @@ model's *ranking* wrong, which the AUC comparison measures.
 from __future__ import annotations
 
 import collections
+import functools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,10 +40,16 @@ KEEP_NON_CLICKS = 0.05
 POST_SHIFT_KEEP = 0.3
 
 
+@functools.lru_cache(maxsize=2)
+def _merged(data_dir: Path) -> tuple[ob.Impression, ...]:
+    """All six files merged (rows are frozen, so one parse serves every experiment in a process)."""
+    return tuple(ob.merged(data_dir))
+
+
 def open_bandit_stream(data_dir: Path, *, shift: bool = False, shuffle_seed: int | None = None,
                        keep_non_clicks: float = KEEP_NON_CLICKS, seed: int = 0) -> tuple[list[ob.Impression], int]:
     """The rows to replay and the index of the first post-shift row (``len(rows) // 2`` unshifted)."""
-    rows = ob.keep_all_clicks(ob.merged(data_dir), keep_non_clicks, seed=seed)
+    rows = ob.keep_all_clicks(list(_merged(Path(data_dir))), keep_non_clicks, seed=seed)
     if shuffle_seed is not None:   # stationary: same rows, random order, original timestamps in order
         rng = np.random.default_rng(shuffle_seed)
         ts = sorted(r.ts for r in rows)
@@ -102,6 +109,7 @@ def default_config() -> LearnerConfig:
     return LearnerConfig(batch_size=32, warmup=300)
 
 
+@functools.lru_cache(maxsize=2)
 def item_tables(data_dir: Path) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
     vectors = ob.item_vectors(data_dir)
     attrs = {iid: {"title": iid, "category": ctx.category, "price": None}

@@ -37,7 +37,7 @@ class LearnerConfig:
     batch_size: int = 64
     metrics_window: int = 5000
     buffer_size: int = 5000
-    loss_delta: float = 0.002
+    loss_delta: float = 0.0005
     ctr_threshold: float = 30.0
     feature_names: tuple[str, ...] = ("retrieval_score", "query_item_cos", "price_log", "item_vec_0", "item_vec_1")
     feature_delta: float = 1e-5
@@ -46,7 +46,7 @@ class LearnerConfig:
     challenger_max_examples: int = 20_000
     challenger_window: int = 2000
     challenger_margin: float = 0.0
-    challenger_replay_epochs: int = 2
+    challenger_replay_epochs: int = 4
     challenger_lr_scale: float = 3.0   # the challenger adapts faster; promoted, it returns to ``lr``
 
     @classmethod

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 from kafka import ConsumerRebalanceListener, TopicPartition
+from kafka.structs import OffsetAndMetadata
 
 from learner import metrics as M
 from learner.checkpoint import Checkpointer
@@ -187,7 +188,6 @@ class _Loop:
         self.last_ckpt = time.monotonic()
         self.dirty = False
         if self.offsets:
-            from kafka.structs import OffsetAndMetadata
             try:
                 consumer.commit({TopicPartition(self.s.topic_events, p): OffsetAndMetadata(o, "", -1)
                                  for p, o in self.offsets.items()})

@@ -29,8 +29,11 @@ from streamrec.ranking import SCHEMA_ID, RankingHead, head_from_state
 _POINTER = "CURRENT"
 
 
-class ModelNotFound(LookupError):
+class ModelNotFound(KeyError):
     """The requested model version does not exist (or no model was published yet)."""
+
+    def __str__(self) -> str:   # KeyError would print the message in quotes
+        return str(self.args[0]) if self.args else "model not found"
 
 
 def _vdir(version: int) -> str:
@@ -107,8 +110,9 @@ class ModelStore:
         try:
             state = {k: v.detach().clone() for k, v in head.state_dict().items()}
             torch.save({"config": head.config(), "state": state}, tmp / "model.pt")
-            for attempt in range(100):
-                v = (max(self.versions(), default=0) if attempt == 0 else v) + 1
+            v = max(self.versions(), default=0)
+            for _attempt in range(100):
+                v += 1
                 meta["version"] = v
                 (tmp / "meta.json").write_text(json.dumps(meta, sort_keys=True, default=float))
                 _fsync_dir_files(tmp)

@@ -78,7 +78,7 @@ class Settings(BaseSettings):
     learner_negative_sampling: Literal["off", "popularity"] = Field(
         "off", description="streams without impressions: sample unseen items as negatives for each positive")
     learner_negatives_per_positive: int = Field(4, ge=1, le=100)
-    drift_loss_delta: float = Field(0.002, gt=0, lt=1, description="ADWIN delta on the prequential click loss")
+    drift_loss_delta: float = Field(0.0005, gt=0, lt=1, description="ADWIN delta on the prequential click loss")
     drift_ctr_threshold: float = Field(30.0, gt=0, description="Page-Hinkley threshold on the click rate")
     drift_features: list[str] = Field(
         ["retrieval_score", "query_item_cos", "price_log", "item_vec_0", "item_vec_1"],

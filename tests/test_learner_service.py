@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 
 from learner.checkpoint import Checkpointer
 from learner.service import run
@@ -101,6 +102,10 @@ def test_labelled_impressions_publish_new_versions(learner_settings):
         assert meta["feature_schema"]["names"] == head.feature_names
         p_click, p_buy = head.predict(np.zeros((3, N_FEATURES), np.float32))
         assert p_click.shape == (3,) and np.all((p_click > 0) & (p_click < 1))
+        gauge = REGISTRY.get_sample_value
+        assert 0 < gauge("streamrec_learner_auc", {"task": "click", "model": "champion"}) <= 1
+        assert gauge("streamrec_learner_logloss", {"task": "purchase", "model": "champion"}) > 0
+        assert gauge("streamrec_learner_model_version") == v
     finally:
         stop.set()
         th.join(30)
