@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from streamrec import bus
-from streamrec.lifecycle import setup_logging, stop_on_signals
+from streamrec.lifecycle import limit_cpu_threads, setup_logging, stop_on_signals
 from streamrec.metrics import serve_metrics
 from streamrec.settings import Settings
 
@@ -51,6 +51,7 @@ def _run_service(name: str, module: str, own_metrics: bool = True) -> None:
     setup_logging(name)
     s = _settings()
     stop = stop_on_signals()
+    limit_cpu_threads(s.cpu_threads)
     if own_metrics:
         serve_metrics(s.metrics_port)
     try:

@@ -32,3 +32,21 @@ def stop_on_signals(stop: threading.Event | None = None) -> threading.Event:
         signal.signal(signal.SIGTERM, _handler)
         signal.signal(signal.SIGINT, _handler)
     return stop
+
+
+def limit_cpu_threads(n: int) -> None:
+    """Cap intra-op threads of every pool in the process; 0 keeps the libraries' defaults.
+
+    torch, FAISS and numpy each bring their own OpenMP / OpenBLAS runtime, so one call must reach
+    all of them: on a busy small host, a parallel region waiting for an unscheduled thread turned a
+    5 ms matrix product into 50 ms. The pools are loaded first so the limit reaches them.
+    """
+    if n <= 0:
+        return
+    import faiss  # noqa: F401  (loads FAISS's OpenMP and OpenBLAS)
+    import numpy  # noqa: F401
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(n)
+    threadpool_limits(limits=n)

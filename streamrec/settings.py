@@ -26,6 +26,12 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = Field(8080, ge=1, le=65535)
     metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus port of a headless service; 0 = off")
+    cpu_threads: int = Field(
+        1, ge=0, le=256,
+        description="torch/OpenMP intra-op threads per service process; 0 = library default. The services "
+                    "are separate processes, so 1 keeps a small host from oversubscribing (a 2-thread "
+                    "OpenMP region on a busy 2-core box made one query encoding 40x slower)",
+    )
 
     # --- topics (the contract; see README) -------------------------------------------------
     topic_events: str = "streamrec.events"
