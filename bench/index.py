@@ -81,7 +81,7 @@ def encoder_part(s: Settings, n_items: int, rounds: int) -> tuple[Encoder, dict]
     say(f"[1/4] encoder: {n_items} items per catalogue, {rounds} interleaved rounds, torch threads "
         f"{torch.get_num_threads()}")
     rates: dict[str, list[float]] = {n: [] for n in names}
-    sample = catalogs["homedepot"][:64] + catalogs["instacart"][:64]
+    sample = catalogs["homedepot"][:96] + catalogs["instacart"][:96]
     for r in range(rounds):
         for name, enc in zip(names, encoders):
             t0 = time.perf_counter()
@@ -363,7 +363,7 @@ def restart_part(s0: Settings, x: np.ndarray, texts: list[str], q: np.ndarray, r
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--items", type=int, default=600, help="items per catalogue for the encoder part")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5, help="timing rounds; medians are quoted")
     ap.add_argument("--load-seconds", type=float, default=30.0)
     ap.add_argument("--update-rate", type=float, default=10.0, help="catalog changes per second under load")
     ap.add_argument("--query-rate", type=float, default=20.0, help="queries per second under load")
