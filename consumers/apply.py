@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import redis
 
 from consumers.botfilter import BotConfig
-from streamrec.features import APPLY_LUA, FeatureConfig, Keys, script_config
+from streamrec.features import APPLY_LUA, SEP, FeatureConfig, Keys, script_config
 from streamrec.schemas import CatalogOp, DeadLetter, Event, encode
 
 Record = tuple[int, Event | CatalogOp | DeadLetter, bytes, bytes | None]  # offset, model, raw, key
@@ -24,18 +24,23 @@ class BatchResult:
     quarantined: list[str] = field(default_factory=list)
 
 
-def _fields(offset: int, m: Event | CatalogOp | DeadLetter, raw: bytes, key: bytes | None) -> list:
+_S = SEP.encode()
+
+
+def _record(offset: int, m: Event | CatalogOp | DeadLetter, raw: bytes, key: bytes | None) -> bytes:
+    """One record as the writer script reads it (fields joined by U+001F, layout in features.py)."""
     if isinstance(m, Event):
         if m.type == "impression":
-            return [offset, "i", m.event_id, m.type, m.user_id, "", m.ts, m.session_id or "",
-                    json.dumps(m.item_ids), raw]
-        return [offset, "e", m.event_id, m.type, m.user_id, m.item_id, m.ts, m.session_id or "", "", raw]
+            f = [str(offset), "i", m.event_id, m.user_id, str(m.ts), json.dumps(m.item_ids)]
+        else:
+            f = [str(offset), "e", m.event_id, m.type, m.user_id, m.item_id, str(m.ts), m.session_id or ""]
+        return SEP.join(f).encode() + _S + raw
     if isinstance(m, CatalogOp):
         if m.op == "upsert":
             price = repr(m.price) if m.price is not None else ""
-            return [offset, "u", "", m.category or "", price, m.item_id, m.ts, m.title, "", ""]
-        return [offset, "x", "", "", "", m.item_id, m.ts, "", "", ""]
-    return [offset, "r", "", m.reason, key or b"", "", "", "", "", encode(m)]
+            return SEP.join([str(offset), "u", m.item_id, str(m.ts), m.category or "", price, m.title]).encode()
+        return SEP.join([str(offset), "x", m.item_id, str(m.ts)]).encode()
+    return SEP.join([str(offset), "r", m.reason]).encode() + _S + encode(m) + _S + (key or b"")
 
 
 class Writer:
@@ -65,8 +70,7 @@ class Writer:
 
     def apply(self, topic: str, partition: int, records: list[Record], next_offset: int) -> BatchResult:
         args: list = [self.prefix, self.config_json, next_offset]
-        for rec in records:
-            args.extend(_fields(*rec))
+        args.extend(_record(*rec) for rec in records)
         reply = self.script(keys=[self.offset_key(topic, partition), self.outbox_key(topic, partition)],
                             args=args)
         status = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]

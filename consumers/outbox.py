@@ -47,7 +47,7 @@ def _parse(entry: bytes, topic: str, partition: int) -> tuple[str, bytes | None,
     """An outbox entry → (output kind, key, value, source offset)."""
     kind, rest = entry[:1], entry[2:]
     if kind == b"d":
-        key, value = rest.split(_SEP, 1)
+        value, key = rest.split(_SEP, 1)  # the DeadLetter JSON holds no raw U+001F; the key may
         return "dlq", key or None, value, DeadLetter.model_validate_json(value).source_offset
     off, reason, user, raw = rest.split(_SEP, 3)
     q = Quarantined(reason=reason.decode(), source_topic=topic, source_partition=partition,

@@ -13,8 +13,10 @@ records are written to a Redis outbox in the same atomic step and published afte
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
+from dataclasses import dataclass
 
 import redis
 from kafka import ConsumerRebalanceListener, TopicPartition
@@ -37,6 +39,67 @@ log = logging.getLogger(__name__)
 GROUP = "streamrec-consumers"
 
 
+@dataclass(frozen=True)
+class _Task:
+    tp: TopicPartition
+    batch: list[Record]
+    next_offset: int
+    polled_at: float
+
+
+class _Pipeline:
+    """Writes batches on one background thread, in order, so that fetching and validating the
+    next poll overlaps the Redis round trip of this one (the two run on different cores)."""
+
+    def __init__(self, ingest: Ingestor, stop: threading.Event, depth: int = 8):
+        self.ingest, self.stop = ingest, stop
+        self.tasks: queue.Queue[_Task | None] = queue.Queue(maxsize=depth)
+        self.results: queue.Queue[tuple[_Task, BatchResult] | BaseException] = queue.Queue()
+        self.pending = 0
+        self.thread = threading.Thread(target=self._work, name="redis-writer", daemon=True)
+        self.thread.start()
+
+    def _work(self) -> None:
+        while (task := self.tasks.get()) is not None:
+            try:
+                self.results.put((task, self.ingest.write(task, self.stop)))
+            except BaseException as e:  # noqa: BLE001 - handed to the consumer thread, which raises
+                self.results.put(e)
+
+    def submit(self, task: _Task) -> None:
+        self.pending += 1
+        self.tasks.put(task)
+
+    def _take(self, block: bool) -> tuple[_Task, BatchResult] | None:
+        try:
+            item = self.results.get(block=block)
+        except queue.Empty:
+            return None
+        self.pending -= 1
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def completed(self) -> list[tuple[_Task, BatchResult]]:
+        out = []
+        while (item := self._take(block=False)) is not None:
+            out.append(item)
+        return out
+
+    def drain(self) -> list[tuple[_Task, BatchResult]]:
+        out = []
+        while self.pending:
+            out.append(self._take(block=True))
+        return out
+
+    def close(self) -> None:
+        try:
+            self.tasks.put(None, timeout=30)
+        except queue.Full:  # the writer is stuck retrying: it is a daemon thread, the process exits
+            return
+        self.thread.join(30)
+
+
 class _Resume(ConsumerRebalanceListener):
     """On assignment, resume each partition where Redis says, and flush a predecessor's outbox."""
 
@@ -45,6 +108,12 @@ class _Resume(ConsumerRebalanceListener):
 
     def on_partitions_revoked(self, revoked):
         log.info("partitions revoked: %s", sorted((tp.topic, tp.partition) for tp in revoked))
+        pipeline = getattr(self.ingest, "pipeline", None)
+        if pipeline is not None:
+            # Finish the batches in flight before giving the partitions up. No Kafka commit here:
+            # kafka-python runs this on its IO thread, where blocking calls are refused, and the
+            # next owner resumes from the offsets in Redis anyway.
+            self.ingest.finish(pipeline.drain(), commit=False)
 
     def on_partitions_assigned(self, assigned):
         log.info("partitions assigned: %s", sorted((tp.topic, tp.partition) for tp in assigned))
@@ -53,7 +122,11 @@ class _Resume(ConsumerRebalanceListener):
 
 
 class Ingestor:
-    """One consumer process: poll → validate → apply atomically → publish outbox → commit."""
+    """One consumer process: poll → validate → apply atomically → publish outbox → commit.
+
+    The atomic apply and the outbox run on the pipeline thread; polling, validation, seeks and
+    Kafka commits stay on the consumer thread (KafkaConsumer is not thread-safe).
+    """
 
     def __init__(self, settings: Settings, group: str = GROUP):
         self.s = settings
@@ -62,14 +135,23 @@ class Ingestor:
         self.producer = bus.make_producer(settings)
         self.outbox = Outbox(settings, self.r, self.producer,
                              lambda t, p: (self.writer.outbox_key(t, p), self.writer.relayed_key(t, p)))
+        self.to_recover: set[TopicPartition] = set()
         self.consumer = bus.make_consumer(settings, group)
         self.consumer.subscribe([settings.topic_events, settings.topic_catalog], listener=_Resume(self))
 
     def resume(self, tp: TopicPartition) -> None:
+        """Seek to the Redis offset (runs on kafka-python's IO thread: nothing blocking on Kafka)."""
         stored = self._retry(lambda: self.writer.stored_offset(tp.topic, tp.partition))
         if stored is not None:
             self.consumer.seek(tp, stored)
-        self._retry(lambda: self.outbox.relay(tp.topic, tp.partition, recover=True))
+        self.to_recover.add(tp)
+
+    def recover_outboxes(self, stop: threading.Event) -> None:
+        """Publish what a previous owner of newly assigned partitions left in their outboxes,
+        before any new batch of theirs (the pipeline is idle for them: drained on revoke)."""
+        while self.to_recover:
+            tp = self.to_recover.pop()
+            self._retry(lambda: self.outbox.relay(tp.topic, tp.partition, recover=True), stop)
 
     def _retry(self, fn, stop: threading.Event | None = None):
         """Redis/Kafka hiccups stall the batch instead of losing it."""
@@ -86,26 +168,42 @@ class Ingestor:
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    def process(self, tp: TopicPartition, records, stop: threading.Event) -> int | None:
-        """Apply one partition's records; returns the offset to commit, or None after a re-seek."""
+    def validate(self, tp: TopicPartition, records) -> list[Record]:
+        """Every record becomes a model or a dead letter (never an exception)."""
         is_catalog = tp.topic == self.s.topic_catalog
         now_ms = int(time.time() * 1000)
-        batch: list[Record] = []
-        for rec in records:
-            m = classify(rec.value, topic=tp.topic, is_catalog=is_catalog, max_bytes=self.s.max_event_bytes,
-                         partition=tp.partition, offset=rec.offset, key=rec.key, now_ms=now_ms)
-            batch.append((rec.offset, m, rec.value if rec.value is not None else b"", rec.key))
-        next_offset = records[-1].offset + 1
-        res: BatchResult = self._retry(lambda: self.writer.apply(tp.topic, tp.partition, batch, next_offset), stop)
-        if res.status == "gap":
-            log.warning("%s[%d] batch starts at %d after the stored offset %d: seeking back",
-                        tp.topic, tp.partition, records[0].offset, res.stored_before)
-            self.consumer.seek(tp, res.stored_before)
-            return None
-        self._count(batch, res)
-        if res.outbox_len:
+        return [(rec.offset,
+                 classify(rec.value, topic=tp.topic, is_catalog=is_catalog, max_bytes=self.s.max_event_bytes,
+                          partition=tp.partition, offset=rec.offset, key=rec.key, now_ms=now_ms),
+                 rec.value if rec.value is not None else b"", rec.key) for rec in records]
+
+    def write(self, task: _Task, stop: threading.Event) -> BatchResult:
+        """The atomic Redis step, then the outbox; runs on the pipeline thread."""
+        tp = task.tp
+        res: BatchResult = self._retry(
+            lambda: self.writer.apply(tp.topic, tp.partition, task.batch, task.next_offset), stop)
+        if res.status == "ok" and res.outbox_len:
             self._retry(lambda: self.outbox.relay(tp.topic, tp.partition), stop)
-        return next_offset
+        return res
+
+    def finish(self, done: list[tuple[_Task, BatchResult]], commit: bool = True) -> None:
+        """Back on the consumer thread: commit what is durable, re-seek after a gap, count."""
+        offsets = {}
+        for task, res in done:
+            if res.status == "gap":
+                log.warning("%s[%d] batch starts at %d after the stored offset %d: seeking back", task.tp.topic,
+                            task.tp.partition, task.batch[0][0], res.stored_before)
+                self.consumer.seek(task.tp, res.stored_before)
+                offsets.pop(task.tp, None)
+                continue
+            offsets[task.tp] = OffsetAndMetadata(task.next_offset, "", -1)
+            self._count(task.batch, res)
+            metrics.BATCH_SECONDS.observe(time.perf_counter() - task.polled_at)
+        if offsets and commit:
+            try:
+                self.consumer.commit(offsets)
+            except KafkaError as e:  # Redis holds the truth; the next commit catches up
+                log.warning("Kafka commit failed (%r); Redis offsets stay authoritative", e)
 
     @staticmethod
     def _count(batch: list[Record], res: BatchResult) -> None:
@@ -131,25 +229,19 @@ class Ingestor:
                 metrics.LAG.labels(tp.topic, str(tp.partition)).set(max(0, high - pos))
 
     def run(self, stop: threading.Event) -> None:
+        self.pipeline = _Pipeline(self, stop)
         try:
             while not stop.is_set():
                 polled = self.consumer.poll(timeout_ms=200)
-                if not polled:
-                    continue
-                started = time.perf_counter()
-                commit = {}
+                polled_at = time.perf_counter()
+                self.recover_outboxes(stop)
                 for tp, records in polled.items():
-                    nxt = self.process(tp, records, stop)
-                    if nxt is not None:
-                        commit[tp] = OffsetAndMetadata(nxt, "", -1)
-                if commit:
-                    try:
-                        self.consumer.commit(commit)
-                    except KafkaError as e:  # Redis holds the truth; the next commit catches up
-                        log.warning("Kafka commit failed (%r); Redis offsets stay authoritative", e)
-                metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+                    self.pipeline.submit(_Task(tp, self.validate(tp, records), records[-1].offset + 1, polled_at))
+                self.finish(self.pipeline.completed())
                 self._lag()
+            self.finish(self.pipeline.drain())
         finally:
+            self.pipeline.close()
             self.close()
 
     def close(self) -> None:

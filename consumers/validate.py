@@ -2,7 +2,8 @@
 
 Beyond the wire contract (``streamrec.schemas``), a record must be storable in the online
 features: no text may hold a lone UTF-16 surrogate (not encodable as UTF-8) and no id may hold
-U+001F, the field separator of the recent-items list. Such records are dead-lettered as
+U+001F, the field separator of the writer script and the recent-items list (nor may a
+category). Such records are dead-lettered as
 ``invalid`` with the field named, instead of failing the batch forever.
 """
 
@@ -22,8 +23,8 @@ def _check_storable(m: Event | CatalogOp) -> None:
         ids.update({f"item_ids.{i}": v for i, v in enumerate(m.item_ids or ())})
         texts = {**ids, "query": m.query} if m.query is not None else ids
     else:
-        ids = {"item_id": m.item_id}
-        texts = {**ids, **{f: getattr(m, f) for f in ("title", "category", "description") if getattr(m, f)}}
+        ids = {"item_id": m.item_id, **({"category": m.category} if m.category else {})}
+        texts = {**ids, **{f: getattr(m, f) for f in ("title", "description") if getattr(m, f)}}
     for name, value in ids.items():
         if SEP in value:
             raise Rejected("invalid", f"{name}: must not contain U+001F (reserved as a field separator)")

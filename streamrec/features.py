@@ -72,7 +72,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streamrec.settings import Settings
@@ -87,7 +87,7 @@ class FeatureConfig(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="STREAMREC_FEATURE_", extra="ignore", frozen=True)
 
-    recent_cap: int = Field(50, ge=1, le=1000)
+    recent_cap: int = Field(50, ge=1, le=1000, description="also bounds dedup_lookback and covis_lookback")
     dedup_lookback: int = Field(20, ge=0, le=1000, description="recent events searched for a repeated event_id")
     item_half_life_s: float = Field(86_400.0, gt=0)
     affinity_half_life_s: float = Field(7 * 86_400.0, gt=0)
@@ -106,6 +106,12 @@ class FeatureConfig(BaseSettings):
     weight_click: float = 2.0
     weight_add_to_cart: float = 4.0
     weight_purchase: float = 8.0
+
+    @model_validator(mode="after")
+    def _lookbacks_fit(self) -> FeatureConfig:
+        if max(self.dedup_lookback, self.covis_lookback) > self.recent_cap:
+            raise ValueError("dedup_lookback and covis_lookback search the recent list: keep them <= recent_cap")
+        return self
 
     def tau_ms(self, half_life_s: float) -> float:
         return half_life_s * 1000.0 / math.log(2)
@@ -284,29 +290,32 @@ class FeatureStore:
 # One call applies one batch of one Kafka partition, atomically (a Lua script runs alone in Redis):
 # KEYS[1] = the partition's offset key, KEYS[2] = its outbox.
 # ARGV[1] = prefix, ARGV[2] = config JSON (FeatureConfig + bot thresholds), ARGV[3] = next offset
-# after the batch, then 10 fields per record: offset, kind, a..h (see consumers/apply.py):
-#   'e' interaction  a=event_id b=type c=user d=item e=ts f=session h=canonical JSON
-#   'i' impression   a=event_id c=user e=ts g=JSON list of item ids h=canonical JSON
-#   'u' catalog upsert  b=category c=price ("" = none) d=item e=ts f=title
-#   'x' catalog delete  d=item e=ts
-#   'r' dead letter  b=reason c=key h=DeadLetter JSON (pushed to the outbox as is)
+# after the batch, then one string per record, fields joined by U+001F (see consumers/apply.py):
+#   offset, kind, then for kind
+#   'e' interaction     event_id, type, user, item, ts, session, canonical JSON
+#   'i' impression      event_id, user, ts, JSON list of item ids, canonical JSON
+#   'u' catalog upsert  item, ts, category, price ("" = none), title
+#   'x' catalog delete  item, ts
+#   'r' dead letter     reason, DeadLetter JSON, source key (last: it may hold any byte)
+# JSON text never holds a raw U+001F (JSON escapes control characters) and ids are checked
+# for it by consumers/validate.py, so the split is unambiguous.
 # Records with offset < stored offset were applied by an earlier call (a crash before the Kafka
 # commit, or another consumer that owned the partition) and are skipped: that is the
-# effectively-once guarantee. Returns {status, stored_before, applied, skipped, outbox_len,
+# effectively-once guarantee. User and item hashes are read once per batch, updated in Lua tables
+# and written back once at the end. Returns {status, stored_before, applied, skipped, outbox_len,
 # quarantined reasons...}; status 'gap' (nothing applied) if the batch starts after the stored offset.
 APPLY_LUA = r"""
 local P = ARGV[1]
 local cfg = cjson.decode(ARGV[2])
 local new_off = tonumber(ARGV[3])
 local stored = tonumber(redis.call('GET', KEYS[1]) or '-1')
-local nrec = (#ARGV - 3) / 10
-if nrec > 0 and stored >= 0 and tonumber(ARGV[4]) > stored then
+if #ARGV > 3 and stored >= 0 and tonumber(string.match(ARGV[4], '^%d+')) > stored then
   return {'gap', stored}
 end
 local SEP = '\031'
-local exp, floor, abs, fmtd = math.exp, math.floor, math.abs, '%d'
+local exp, floor, abs = math.exp, math.floor, math.abs
 local function fmt(v) return string.format('%.17g', v) end
-local function int(v) return string.format(fmtd, v) end
+local function int(v) return string.format('%d', v) end
 
 local function split(s)
   local out, start = {}, 1
@@ -318,6 +327,11 @@ local function split(s)
   end
 end
 
+-- a recent-list entry: event_id, item, type, ts, session
+local function entry_fields(s)
+  return string.match(s, '^[^\031]*\031([^\031]*)\031([^\031]*)\031([^\031]*)\031(.*)$')
+end
+
 -- lazy decay: (v, t) plus weight w at ts -> sum of w_i * exp(-(t_ref - ts_i)/tau), order-free
 local function merge(v, t, ts, w, tau)
   if not v or not t then return w, ts end
@@ -325,42 +339,92 @@ local function merge(v, t, ts, w, tau)
   return v + w * exp(-(t - ts) / tau), t
 end
 
--- one-slot tumbling window in hash fields rl:b / rl:n: returns the new (bucket, count), and
--- whether this event is over the limit; windows only move forward (older events are not limited)
-local function rate(b, n, ts, limit)
-  if limit <= 0 then return b, n, false end
+-- one-slot tumbling window in hash fields rl:b / rl:n; windows only move forward (older events
+-- are not limited); returns true when this event is over the limit
+local function over_rate(h, ts, limit)
+  if limit <= 0 then return false end
   local bucket = floor(ts / cfg.bot_window_ms)
-  b, n = tonumber(b), tonumber(n)
-  if not b or bucket > b then return bucket, 1, 1 > limit end
-  if bucket < b then return b, n, false end
-  return b, n + 1, n + 1 > limit
+  local b, n = tonumber(h.get('rl:b')), tonumber(h.get('rl:n'))
+  if not b or bucket > b then b, n = bucket, 0 elseif bucket < b then return false end
+  h.set('rl:b', int(b)); h.set('rl:n', int(n + 1))
+  return n + 1 > limit
+end
+
+-- batch-local view of a hash: read once (HGETALL), written back once (HSET of changed fields)
+local hashes = {}
+local function hash(key, ttl)
+  local h = hashes[key]
+  if h then return h end
+  local f, dirty = {}, {}
+  local all = redis.call('HGETALL', key)
+  for i = 1, #all, 2 do f[all[i]] = all[i + 1] end
+  h = {get = function(k) return f[k] end, set = function(k, v) f[k] = v; dirty[k] = true end,
+       flush = function()
+         local args = {}
+         for k in pairs(dirty) do args[#args + 1] = k; args[#args + 1] = f[k] end
+         if #args > 0 then redis.call('HSET', key, unpack(args)); redis.call('EXPIRE', key, ttl) end
+       end}
+  hashes[key] = h
+  return h
+end
+
+local function bump_decayed(h, typ, ts, w)
+  h.set('n:' .. typ, int((tonumber(h.get('n:' .. typ)) or 0) + 1))
+  local v, t = merge(tonumber(h.get('d:' .. typ)), tonumber(h.get('t:' .. typ)), ts, w, cfg.item_tau_ms)
+  h.set('d:' .. typ, fmt(v)); h.set('t:' .. typ, int(t))
+end
+
+-- recent lists: read once per batch (LRANGE), new entries pushed and trimmed at the end
+local recents = {}
+local function recent(user)
+  local r = recents[user]
+  if r then return r end
+  r = {rows = redis.call('LRANGE', P .. 'u:' .. user .. ':recent', 0, cfg.recent_cap - 1), new = {}}
+  recents[user] = r
+  return r
 end
 
 local clock = tonumber(redis.call('GET', P .. 'clock') or '-1')
 local t0 = tonumber(redis.call('GET', P .. 'trending:t0') or '')
-local touched_ttl, touched_covis, touched_recent = {}, {}, {}
-local trending_touched = false
+-- increments summed per batch and written once at the end (or before a trending rescale)
+local covis_acc, trend_acc, categories = {}, {}, {}
+
+local function flush_trending()
+  for item, inc in pairs(trend_acc) do redis.call('ZINCRBY', P .. 'trending', fmt(inc), item) end
+  trend_acc = {}
+end
 
 local function trending(item, ts, w)
   local tau = cfg.trending_tau_ms
   if not t0 then t0 = ts; redis.call('SET', P .. 'trending:t0', int(t0)) end
   if (ts - t0) / tau > 30 then
+    flush_trending()
     redis.call('ZUNIONSTORE', P .. 'trending', 1, P .. 'trending', 'WEIGHTS', fmt(exp(-(ts - t0) / tau)))
     t0 = ts
     redis.call('SET', P .. 'trending:t0', int(t0))
   end
-  redis.call('ZINCRBY', P .. 'trending', fmt(w * exp((ts - t0) / tau)), item)
-  trending_touched = true
+  trend_acc[item] = (trend_acc[item] or 0) + w * exp((ts - t0) / tau)
+end
+
+local function covisit(a, b)
+  local row = covis_acc[a]
+  if not row then row = {}; covis_acc[a] = row end
+  row[b] = (row[b] or 0) + 1
 end
 
 local function affinity(user, item, ts, w)
-  local cat = redis.call('HMGET', P .. 'attr:' .. item, 'category', 'deleted')
-  if not cat[1] or cat[1] == '' or cat[2] == '1' then return end
-  local key, c = P .. 'u:' .. user .. ':cat', cat[1]
+  local c = categories[item]
+  if c == nil then
+    local attr = redis.call('HMGET', P .. 'attr:' .. item, 'category', 'deleted')
+    c = (attr[1] and attr[1] ~= '' and attr[2] ~= '1') and attr[1] or false
+    categories[item] = c
+  end
+  if not c then return end
+  local key = P .. 'u:' .. user .. ':cat'
   local cur = redis.call('HMGET', key, c, '@' .. c)
   local v, t = merge(tonumber(cur[1]), tonumber(cur[2]), ts, w, cfg.affinity_tau_ms)
   redis.call('HSET', key, c, fmt(v), '@' .. c, int(t))
-  touched_ttl[key] = cfg.user_ttl_s
+  redis.call('EXPIRE', key, cfg.user_ttl_s)
   if not cur[1] and redis.call('HLEN', key) > 2 * cfg.category_cap then
     local all = redis.call('HGETALL', key)
     local h = {}
@@ -387,96 +451,89 @@ end
 
 local applied, skipped = 0, 0
 local reasons = {}
-for r = 0, nrec - 1 do
-  local b = 4 + r * 10
-  local off, kind = tonumber(ARGV[b]), ARGV[b + 1]
+for r = 4, #ARGV do
+  local rec = ARGV[r]
+  local offs, kind = string.match(rec, '^(%d+)\031(.)')
+  local off = tonumber(offs)
+  local f = split(string.sub(rec, #offs + 4))
   if off < stored then
     skipped = skipped + 1
   elseif kind == 'r' then
-    redis.call('RPUSH', KEYS[2], 'd' .. SEP .. ARGV[b + 4] .. SEP .. ARGV[b + 9])
-    redis.call('HINCRBY', P .. 'dlq:counts', ARGV[b + 3], 1)
+    -- f = reason, DeadLetter JSON, key (the key may contain SEP: rejoin the tail)
+    local key = table.concat(f, SEP, 3)
+    redis.call('RPUSH', KEYS[2], 'd' .. SEP .. f[2] .. SEP .. key)
+    redis.call('HINCRBY', P .. 'dlq:counts', f[1], 1)
     applied = applied + 1
   elseif kind == 'u' or kind == 'x' then
-    local item, ts = ARGV[b + 5], tonumber(ARGV[b + 6])
+    local item, ts = f[1], tonumber(f[2])
     local key = P .. 'attr:' .. item
     if ts >= tonumber(redis.call('HGET', key, 'ts') or '-1') then
+      categories[item] = nil
       redis.call('DEL', key)
       if kind == 'u' then
-        redis.call('HSET', key, 'title', ARGV[b + 7], 'category', ARGV[b + 3], 'price', ARGV[b + 4], 'ts', int(ts))
+        redis.call('HSET', key, 'title', table.concat(f, SEP, 5), 'category', f[3], 'price', f[4], 'ts', int(ts))
       else
         redis.call('HSET', key, 'deleted', '1', 'ts', int(ts))
       end
     end
     applied = applied + 1
   else
-    local eid, typ, user, item = ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5]
-    local ts, session, raw = tonumber(ARGV[b + 6]), ARGV[b + 7], ARGV[b + 9]
-    local reason = nil
-    local recent_key, ukey = P .. 'u:' .. user .. ':recent', P .. 'u:' .. user
-    local recent = {}
+    local eid, typ, user, item, ts, session, raw
     if kind == 'e' then
-      local rows = redis.call('LRANGE', recent_key, 0, math.max(cfg.dedup_lookback, cfg.covis_lookback, 1) - 1)
+      eid, typ, user, item, ts, session, raw = f[1], f[2], f[3], f[4], tonumber(f[5]), f[6], f[7]
+    else
+      eid, typ, user, ts, raw = f[1], 'impression', f[2], tonumber(f[3]), f[5]
+    end
+    local reason = nil
+    local u = hash(P .. 'u:' .. user, cfg.user_ttl_s)
+    local rl
+    if kind == 'e' then
+      rl = recent(user)
+      local rows = rl.rows
       local head = eid .. SEP
       for i = 1, math.min(#rows, cfg.dedup_lookback) do
         if string.sub(rows[i], 1, #head) == head then reason = 'duplicate_event'; break end
       end
-      for i = 1, math.min(#rows, math.max(cfg.covis_lookback, 1)) do recent[i] = split(rows[i]) end
-      if not reason and recent[1] and recent[1][2] == item and recent[1][3] == typ
-         and abs(ts - tonumber(recent[1][4])) < cfg.bot_repeat_gap_ms then
-        reason = 'rapid_repeat'
+      if not reason and rows[1] then
+        local pitem, ptyp, pts = entry_fields(rows[1])
+        if pitem == item and ptyp == typ and abs(ts - tonumber(pts)) < cfg.bot_repeat_gap_ms then
+          reason = 'rapid_repeat'
+        end
       end
     end
-    local u = redis.call('HMGET', ukey, 'rl:b', 'rl:n', 'n:' .. typ)
-    local ub, un, over
-    if not reason then
-      ub, un, over = rate(u[1], u[2], ts, cfg.bot_user_limit)
-      if ub then redis.call('HSET', ukey, 'rl:b', int(ub), 'rl:n', int(un)) end
-      if over then reason = 'user_burst' end
-    end
-    local ikey = P .. 'i:' .. item
-    local iv
+    if not reason and over_rate(u, ts, cfg.bot_user_limit) then reason = 'user_burst' end
+    local it
     if kind == 'e' then
-      iv = redis.call('HMGET', ikey, 'rl:b', 'rl:n', 'n:' .. typ, 'd:' .. typ, 't:' .. typ)
-      if not reason then
-        local ib, inn, iover = rate(iv[1], iv[2], ts, cfg.bot_item_limit)
-        if ib then redis.call('HSET', ikey, 'rl:b', int(ib), 'rl:n', int(inn)) end
-        if iover then reason = 'item_burst' end
-      end
+      it = hash(P .. 'i:' .. item, cfg.item_ttl_s)
+      if not reason and over_rate(it, ts, cfg.bot_item_limit) then reason = 'item_burst' end
     end
     if reason then
       quarantine(off, reason, eid, user, raw)
       reasons[#reasons + 1] = reason
     elseif kind == 'i' then
-      for _, it in ipairs(cjson.decode(ARGV[b + 8])) do
-        local key = P .. 'i:' .. it
-        local cur = redis.call('HMGET', key, 'n:impression', 'd:impression', 't:impression')
-        local v, t = merge(tonumber(cur[2]), tonumber(cur[3]), ts, 1, cfg.item_tau_ms)
-        redis.call('HSET', key, 'n:impression', int((tonumber(cur[1]) or 0) + 1), 'd:impression', fmt(v),
-                   't:impression', int(t))
-        touched_ttl[key] = cfg.item_ttl_s
+      for _, id in ipairs(cjson.decode(f[4])) do
+        bump_decayed(hash(P .. 'i:' .. id, cfg.item_ttl_s), 'impression', ts, 1)
       end
       applied = applied + 1
     else
       local w = cfg.weights[typ]
       -- co-visitation with this user's earlier distinct items of the same session, within the window
+      local rows = rl.rows
       local seen = {[item] = true}
-      for i = 1, math.min(#recent, cfg.covis_lookback) do
-        local other = recent[i]
-        if not seen[other[2]] and other[5] == session and abs(ts - tonumber(other[4])) <= cfg.covis_window_ms then
-          seen[other[2]] = true
-          redis.call('ZINCRBY', P .. 'cv:' .. item, 1, other[2])
-          redis.call('ZINCRBY', P .. 'cv:' .. other[2], 1, item)
-          touched_covis[P .. 'cv:' .. item] = true
-          touched_covis[P .. 'cv:' .. other[2]] = true
+      for i = 1, math.min(#rows, cfg.covis_lookback) do
+        local other, _, ots, osess = entry_fields(rows[i])
+        if not seen[other] and osess == session and abs(ts - tonumber(ots)) <= cfg.covis_window_ms then
+          seen[other] = true
+          covisit(item, other)
+          covisit(other, item)
         end
       end
-      redis.call('LPUSH', recent_key, eid .. SEP .. item .. SEP .. typ .. SEP .. int(ts) .. SEP .. session)
-      touched_recent[recent_key] = true
-      redis.call('HSET', ukey, 'n:' .. typ, int((tonumber(u[3]) or 0) + 1))
-      touched_ttl[ukey] = cfg.user_ttl_s
-      local v, t = merge(tonumber(iv[4]), tonumber(iv[5]), ts, 1, cfg.item_tau_ms)
-      redis.call('HSET', ikey, 'n:' .. typ, int((tonumber(iv[3]) or 0) + 1), 'd:' .. typ, fmt(v), 't:' .. typ, int(t))
-      touched_ttl[ikey] = cfg.item_ttl_s
+      local row = eid .. SEP .. item .. SEP .. typ .. SEP .. int(ts) .. SEP .. session
+      table.insert(rows, 1, row)
+      rows[cfg.recent_cap + 1] = nil
+      rl.new[#rl.new + 1] = row
+      u.set('n:' .. typ, int((tonumber(u.get('n:' .. typ)) or 0) + 1))
+      bump_decayed(it, typ, ts, 1)
       affinity(user, item, ts, w)
       trending(item, ts, w)
       applied = applied + 1
@@ -484,17 +541,24 @@ for r = 0, nrec - 1 do
     if ts > clock then clock = ts end
   end
 end
-for key in pairs(touched_recent) do
-  redis.call('LTRIM', key, 0, cfg.recent_cap - 1)
-  redis.call('EXPIRE', key, cfg.user_ttl_s)
+for _, h in pairs(hashes) do h.flush() end
+for user, rl in pairs(recents) do
+  if #rl.new > 0 then
+    local key = P .. 'u:' .. user .. ':recent'
+    redis.call('LPUSH', key, unpack(rl.new))
+    redis.call('LTRIM', key, 0, cfg.recent_cap - 1)
+    redis.call('EXPIRE', key, cfg.user_ttl_s)
+  end
 end
-for key in pairs(touched_covis) do
+for a, row in pairs(covis_acc) do
+  local key = P .. 'cv:' .. a
+  for other, inc in pairs(row) do redis.call('ZINCRBY', key, inc, other) end
   local extra = redis.call('ZCARD', key) - cfg.covis_top_n
   if extra > 0 then redis.call('ZREMRANGEBYRANK', key, 0, extra - 1) end
   redis.call('EXPIRE', key, cfg.item_ttl_s)
 end
-for key, ttl in pairs(touched_ttl) do redis.call('EXPIRE', key, ttl) end
-if trending_touched then
+if next(trend_acc) then
+  flush_trending()
   local extra = redis.call('ZCARD', P .. 'trending') - cfg.trending_cap
   if extra > 0 then redis.call('ZREMRANGEBYRANK', P .. 'trending', 0, extra - 1) end
 end

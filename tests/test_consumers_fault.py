@@ -192,6 +192,10 @@ class Fleet:
         self.live.append(p)
         return p
 
+    def check_alive(self) -> None:
+        crashed = [p for p in self.live if p.poll() is not None]
+        assert not crashed, f"a consumer exited on its own (code {crashed[0].returncode}); see {self.log_dir}"
+
     def kill9(self, p: subprocess.Popen) -> None:
         p.send_signal(signal.SIGKILL)
         p.wait()
@@ -281,6 +285,7 @@ def test_kill9_and_rebalances_lose_nothing_and_count_nothing_twice(kafka_broker,
             want = 2 if 1 <= k <= 3 else 1
             while len(fleet.live) < want:
                 fleet.start()
+            fleet.check_alive()
             victim = rng.choice(fleet.live)
             if k == 2:  # the newest consumer is joining: kill the other one mid-rebalance
                 time.sleep(rng.uniform(1.0, 2.0))
@@ -305,8 +310,7 @@ def test_kill9_and_rebalances_lose_nothing_and_count_nothing_twice(kafka_broker,
         deadline = time.monotonic() + 180
         while not offset_done():
             assert time.monotonic() < deadline, "consumers did not finish"
-            if not fleet.live:
-                fleet.start()
+            fleet.check_alive()
             time.sleep(0.5)
         codes = fleet.stop_all()
         assert codes == [0] * len(codes), "SIGTERM must drain and exit cleanly"

@@ -68,7 +68,7 @@ def test_ctr_is_smoothed_clicks_over_impressions(settings):
 
 
 def test_caps_bound_memory(settings):
-    cfg = FeatureConfig(recent_cap=5, covis_top_n=3, trending_cap=4, category_cap=2, covis_lookback=10)
+    cfg = FeatureConfig(recent_cap=5, covis_top_n=3, trending_cap=4, category_cap=2, covis_lookback=5, dedup_lookback=5)
     f = Feed(settings, features=cfg)
     f(*[CatalogOp(op="upsert", item_id=f"i{k}", ts=T0, title=f"t{k}", category=f"c{k}") for k in range(8)])
     # one session touching i0..i7: i0 co-visited with 7 others, trimmed to the 3 strongest
