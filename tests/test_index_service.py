@@ -221,7 +221,7 @@ def test_snapshot_plus_tail_equals_scratch_and_replicas_converge(fast_settings, 
     summary = status.summary(fast_settings)
     assert summary["index_factory"] == fast_settings.index_factory
     assert summary["model_id"] == encoder.model_id
-    assert len(first) <= summary["size"] <= len(products)  # the newest snapshot, whichever it is
+    assert len(first) - 1 <= summary["size"] <= len(products)  # the newest snapshot, whichever it is
     assert summary["snapshot_age_s"] >= 0
 
 
