@@ -92,11 +92,11 @@ class _Loop:
             self.ready and time.monotonic() - self.ready_since >= self.s.learner_max_batch_delay_s)
         if not due:
             return
-        now = time.monotonic()
+        first_ready = self.ready_since   # when the oldest of these examples became ready
         while self.ready:
             chunk, self.ready = self.ready[:bs], self.ready[bs:]
             self._step(chunk)
-            self.read_times.append(now)
+            self.read_times.append(first_ready)
         self.ready_since = time.monotonic()
 
     def _step(self, chunk: list[Example]) -> None:
