@@ -145,6 +145,7 @@ class _Loop:
             M.LABEL_TO_PUBLISH.observe(now - t)
         self.read_times.clear()
         self.guard.on_publish(v, self.core.champion)
+        self.store.prune(self.s.model_keep_versions, protect={self.guard.good[0]} if self.guard.good else set())
         self.version = v
         self.updates_since_publish = 0
         self.last_publish = now

@@ -129,6 +129,24 @@ class ModelStore:
         self._point(v)
         return v
 
+    def prune(self, keep: int, protect: set[int] | frozenset[int] = frozenset()) -> list[int]:
+        """Delete all but the newest ``keep`` versions; never the served one nor ``protect``.
+
+        A learner publishing every few seconds writes thousands of versions a day; old ones only
+        matter as rollback targets, and the rollback guard names the one it may need.
+        """
+        if keep < 1:
+            raise ValueError("keep must be at least 1")
+        versions = self.versions()
+        spare = {self.latest_version(), *protect}
+        doomed = [v for v in versions[:-keep] if v not in spare]
+        for v in doomed:
+            path = self.root / _vdir(v)
+            tomb = self.root / f".del-{_vdir(v)}-{os.getpid()}"
+            os.rename(path, tomb)   # out of sight atomically, then removed
+            shutil.rmtree(tomb, ignore_errors=True)
+        return doomed
+
     def rollback(self, version: int) -> None:
         """Serve ``version`` again (it must exist); the learner adopts it as its champion."""
         self.meta(version)   # raises ModelNotFound

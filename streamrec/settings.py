@@ -95,6 +95,7 @@ class Settings(BaseSettings):
     challenger_max_examples: int = Field(20_000, ge=100, description="a challenger that has not won by then is dropped")
     rollback_threshold: float = Field(0.2, gt=0, description="relative online-loss excess that rolls a version back")
     rollback_min_examples: int = Field(500, ge=10)
+    model_keep_versions: int = Field(500, ge=2, description="published versions kept on disk (older are pruned)")
 
     # --- serving ----------------------------------------------------------------------------
     serving_candidates: int = Field(100, ge=10, le=2000, description="candidates per retriever before ranking")

@@ -41,6 +41,18 @@ def test_publish_load_list_rollback(tmp_path):
         store.rollback(42)
 
 
+def test_prune_keeps_the_newest_the_served_and_the_protected(tmp_path):
+    store = ModelStore(tmp_path)
+    for k in range(8):
+        store.publish(_head(float(k)), {"reason": f"v{k + 1}"})
+    store.rollback(2)
+    assert store.prune(keep=3, protect={4}) == [1, 3, 5]
+    assert store.versions() == [2, 4, 6, 7, 8] and store.latest_version() == 2
+    assert store.load()[0] == 2 and store.publish(_head(0.0), {}) == 9
+    with pytest.raises(ValueError):
+        store.prune(keep=0)
+
+
 READER = textwrap.dedent("""
     import json, sys, time
     from streamrec.model_store import ModelStore
