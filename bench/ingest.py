@@ -41,7 +41,6 @@ from streamrec.schemas import encode
 from streamrec.settings import REPO_ROOT, Settings
 from streamrec.store import connect
 
-GROUP = "streamrec-consumers"
 
 
 def cpu_s(pid: int) -> float:
@@ -72,10 +71,15 @@ def produce(s: Settings, topic: str, events: list[tuple[str, bytes]]) -> dict[in
     return ends
 
 
+def group(s: Settings) -> str:
+    """A consumer group per trial: a fresh group forms at once, whatever earlier trials left."""
+    return f"streamrec-consumers-{s.redis_prefix.rstrip(':')}"
+
+
 def applied(s: Settings, r, partitions: int) -> dict[int, int]:
     out = {}
     for p in range(partitions):
-        v = r.get(f"{s.redis_prefix}off:{GROUP}:{s.topic_events}:{p}")
+        v = r.get(f"{s.redis_prefix}off:{group(s)}:{s.topic_events}:{p}")
         out[p] = int(v) if v is not None else 0
     return out
 
@@ -102,7 +106,11 @@ def raw_ceiling(s: Settings, events: list[tuple[str, bytes]]) -> float:
 def start_consumers(s: Settings, n: int, log_dir: Path) -> tuple[list[subprocess.Popen], list[Path]]:
     env = child_env(kafka_bootstrap=s.kafka_bootstrap, redis_url=s.redis_url, redis_prefix=s.redis_prefix,
                     topic_events=s.topic_events, topic_catalog=s.topic_catalog, topic_dlq=s.topic_dlq,
-                    topic_quarantine=s.topic_quarantine, log_level="INFO")
+                    topic_quarantine=s.topic_quarantine, log_level="INFO",
+                    # short group timeouts, as in the tests: a trial's group forms in seconds
+                    consumer_session_timeout_ms=6000, consumer_heartbeat_ms=500,
+                    consumer_max_poll_interval_ms=10_000)
+    env["STREAMREC_CONSUMERS_GROUP"] = group(s)
     procs, logs = [], []
     for i in range(n):
         logs.append(log_dir / f"{s.redis_prefix.rstrip(':')}-{i}.log")
@@ -112,7 +120,7 @@ def start_consumers(s: Settings, n: int, log_dir: Path) -> tuple[list[subprocess
     return procs, logs
 
 
-def wait_joined(procs: list[subprocess.Popen], logs: list[Path], timeout_s: float = 90.0, settle_s: float = 0.5) -> None:
+def wait_joined(procs: list[subprocess.Popen], logs: list[Path], timeout_s: float = 120.0, settle_s: float = 0.5) -> None:
     """Wait until every consumer process logged a non-empty partition assignment (all joined)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -175,7 +183,7 @@ def profile_in_process(base: Settings, events) -> str:
     ends = produce(s, s.topic_events, events)
     r = connect(s)
     stop = threading.Event()
-    ingestor = Ingestor(s)
+    ingestor = Ingestor(s, group=group(s))
 
     def watch():
         wait_applied(s, r, ends)

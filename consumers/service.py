@@ -13,6 +13,7 @@ records are written to a Redis outbox in the same atomic step and published afte
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -36,7 +37,8 @@ from streamrec.store import connect_binary
 
 log = logging.getLogger(__name__)
 
-GROUP = "streamrec-consumers"
+# one group per deployment; the override lets benchmarks and side-by-side stacks share a broker
+GROUP = os.environ.get("STREAMREC_CONSUMERS_GROUP", "streamrec-consumers")
 
 
 @dataclass(frozen=True)

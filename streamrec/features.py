@@ -11,16 +11,22 @@ the same features as the live stream did. Decayed values use a lazy exponential 
 ``sum(exp(-(t_max - ts_i)/tau))`` whatever the order events arrive in. Readers decay to ``now_ms``
 (default: the stream clock ``P:clock``, the newest event time seen).
 
+TTLs are wall-clock and refreshed at most once a day per user / item (hash field ``x`` holds the
+day of the last refresh, and the user's recent list / the item's co-visitation set are refreshed
+with it), so an idle user or item disappears between its TTL and TTL + 1 day after its last event.
+
 Keys (defaults in :class:`FeatureConfig`, env ``STREAMREC_FEATURE_*``):
 
 =================================  ===========================================================
 ``P:u:{user}:recent``  LIST        newest first, ``event_id \\x1f item \\x1f type \\x1f ts \\x1f
-                                   session``; capped at ``recent_cap`` entries; TTL ``user_ttl_s``.
+                                   session``; trimmed to ``recent_cap`` entries after each batch;
+                                   TTL ``user_ttl_s``.
 ``P:u:{user}``          HASH       ``n:{type}`` exact event count per interaction type (no decay);
                                    ``rl:b``/``rl:n`` bot-filter window and its event count
-                                   (consumers/botfilter.py); TTL ``user_ttl_s``.
+                                   (consumers/botfilter.py); ``x`` TTL refresh day; TTL
+                                   ``user_ttl_s``.
 ``P:u:{user}:cat``      HASH       category affinity: ``{category}`` decayed, weighted
-                                   (``type_weights``) interaction count with items of that
+                                   (``weight_{type}``) interaction count with items of that
                                    category, ``@{category}`` its reference ts; half-life
                                    ``affinity_half_life_s``; at most ``category_cap`` categories
                                    (the weakest is evicted); TTL ``user_ttl_s``.
@@ -28,7 +34,8 @@ Keys (defaults in :class:`FeatureConfig`, env ``STREAMREC_FEATURE_*``):
                                    impression list the item was shown in); ``d:{type}`` decayed
                                    count, ``t:{type}`` its reference ts (half-life
                                    ``item_half_life_s``); CTR = (d:click + a)/(d:impression + b);
-                                   ``rl:b``/``rl:n`` bot-filter window; TTL ``item_ttl_s``.
+                                   ``rl:b``/``rl:n`` bot-filter window; ``x`` TTL refresh day;
+                                   TTL ``item_ttl_s``.
 ``P:cv:{item}``         ZSET       co-visitation: other item -> number of times both were
                                    interacted with by one user in one session within
                                    ``covis_window_s`` (looking back ``covis_lookback`` recent items);
@@ -37,7 +44,8 @@ Keys (defaults in :class:`FeatureConfig`, env ``STREAMREC_FEATURE_*``):
 ``P:trending``          ZSET       item -> weighted decayed popularity ``w * exp((ts - t0)/tau)``
                                    (forward decay, half-life ``trending_half_life_s``), ``P:trending:t0``
                                    the landmark ``t0`` (scores are rescaled when it moves);
-                                   trimmed to ``trending_cap`` items.
+                                   trimmed to ``trending_cap`` items after each batch. Scores
+                                   compare within one read; no TTL (one key).
 ``P:attr:{item}``       HASH       catalog attributes ``title``, ``category``, ``price``, ``ts`` of
                                    the op; an older op never overwrites a newer one; a delete
                                    leaves ``deleted=1`` and ``ts``. No TTL (catalog state).
@@ -314,6 +322,9 @@ if #ARGV > 3 and stored >= 0 and tonumber(string.match(ARGV[4], '^%d+')) > store
 end
 local SEP = '\031'
 local exp, floor, abs = math.exp, math.floor, math.abs
+-- TTLs are refreshed at most once per wall-clock day per key (hash field x = that day), so an
+-- idle key expires between ttl and ttl + 1 day after its last update; new keys get it at once
+local today = tostring(floor(tonumber(redis.call('TIME')[1]) / 86400))
 local function fmt(v) return string.format('%.17g', v) end
 local function int(v) return string.format('%d', v) end
 
@@ -351,8 +362,9 @@ local function over_rate(h, ts, limit)
 end
 
 -- batch-local view of a hash: read once (HGETALL), written back once (HSET of changed fields)
+-- ``also`` lists keys (recent list, co-visitation) whose TTL is refreshed together with the hash
 local hashes = {}
-local function hash(key, ttl)
+local function hash(key, ttl, also)
   local h = hashes[key]
   if h then return h end
   local f, dirty = {}, {}
@@ -361,8 +373,14 @@ local function hash(key, ttl)
   h = {get = function(k) return f[k] end, set = function(k, v) f[k] = v; dirty[k] = true end,
        flush = function()
          local args = {}
+         local refresh = f.x ~= today
+         if refresh then f.x = today; dirty.x = true end
          for k in pairs(dirty) do args[#args + 1] = k; args[#args + 1] = f[k] end
-         if #args > 0 then redis.call('HSET', key, unpack(args)); redis.call('EXPIRE', key, ttl) end
+         if #args > 0 then redis.call('HSET', key, unpack(args)) end
+         if refresh then
+           redis.call('EXPIRE', key, ttl)
+           for _, k in ipairs(also) do redis.call('EXPIRE', k, ttl) end
+         end
        end}
   hashes[key] = h
   return h
@@ -485,7 +503,7 @@ for r = 4, #ARGV do
       eid, typ, user, ts, raw = f[1], 'impression', f[2], tonumber(f[3]), f[5]
     end
     local reason = nil
-    local u = hash(P .. 'u:' .. user, cfg.user_ttl_s)
+    local u = hash(P .. 'u:' .. user, cfg.user_ttl_s, {P .. 'u:' .. user .. ':recent'})
     local rl
     if kind == 'e' then
       rl = recent(user)
@@ -504,7 +522,7 @@ for r = 4, #ARGV do
     if not reason and over_rate(u, ts, cfg.bot_user_limit) then reason = 'user_burst' end
     local it
     if kind == 'e' then
-      it = hash(P .. 'i:' .. item, cfg.item_ttl_s)
+      it = hash(P .. 'i:' .. item, cfg.item_ttl_s, {P .. 'cv:' .. item})
       if not reason and over_rate(it, ts, cfg.bot_item_limit) then reason = 'item_burst' end
     end
     if reason then
@@ -512,7 +530,7 @@ for r = 4, #ARGV do
       reasons[#reasons + 1] = reason
     elseif kind == 'i' then
       for _, id in ipairs(cjson.decode(f[4])) do
-        bump_decayed(hash(P .. 'i:' .. id, cfg.item_ttl_s), 'impression', ts, 1)
+        bump_decayed(hash(P .. 'i:' .. id, cfg.item_ttl_s, {P .. 'cv:' .. id}), 'impression', ts, 1)
       end
       applied = applied + 1
     else
@@ -545,17 +563,18 @@ for _, h in pairs(hashes) do h.flush() end
 for user, rl in pairs(recents) do
   if #rl.new > 0 then
     local key = P .. 'u:' .. user .. ':recent'
-    redis.call('LPUSH', key, unpack(rl.new))
-    redis.call('LTRIM', key, 0, cfg.recent_cap - 1)
-    redis.call('EXPIRE', key, cfg.user_ttl_s)
+    local len = redis.call('LPUSH', key, unpack(rl.new))
+    if len > cfg.recent_cap then redis.call('LTRIM', key, 0, cfg.recent_cap - 1) end
+    if len == #rl.new then redis.call('EXPIRE', key, cfg.user_ttl_s) end
   end
 end
 for a, row in pairs(covis_acc) do
   local key = P .. 'cv:' .. a
-  for other, inc in pairs(row) do redis.call('ZINCRBY', key, inc, other) end
-  local extra = redis.call('ZCARD', key) - cfg.covis_top_n
-  if extra > 0 then redis.call('ZREMRANGEBYRANK', key, 0, extra - 1) end
-  redis.call('EXPIRE', key, cfg.item_ttl_s)
+  local added = 0
+  for other, inc in pairs(row) do redis.call('ZINCRBY', key, inc, other); added = added + 1 end
+  local card = redis.call('ZCARD', key)
+  if card > cfg.covis_top_n then redis.call('ZREMRANGEBYRANK', key, 0, card - cfg.covis_top_n - 1) end
+  if card <= added then redis.call('EXPIRE', key, cfg.item_ttl_s) end  -- possibly new: TTL now
 end
 if next(trend_acc) then
   flush_trending()

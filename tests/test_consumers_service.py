@@ -143,3 +143,27 @@ def test_bots_and_repeats_are_quarantined_not_counted(settings, service, monkeyp
     held = [Quarantined.model_validate_json(m.value) for m in read_topic(settings, settings.topic_quarantine, 31)]
     assert sorted(q.event.event_id for q in held if q.reason == "user_burst") == sorted(f"b{i}" for i in range(50, 80))
     assert [q.event.event_id for q in held if q.reason == "duplicate_event"] == ["e10"]
+
+
+def test_status_shows_thresholds_decisions_and_lag(settings, service):
+    from consumers.status import summary
+
+    p = bus.make_producer(settings)
+    for i in range(60):  # one user over the 50-per-window limit
+        e = Event(event_id=f"s{i}", type="view", user_id="fast", item_id=f"i{i}", ts=T0 + i)
+        p.send(settings.topic_events, key="fast", value=encode(e))
+    p.send(settings.topic_events, key="x", value=b"not json")
+    p.flush()
+    fs = FeatureStore.from_settings(settings)
+    wait_for(lambda: fs.quarantine_counts().get("user_burst") == 10 and fs.dead_letter_counts(), what="decisions")
+    wait_for(lambda: sum(int(fs.r.get(fs.keys.offset(GROUP, settings.topic_events, p)) or 0) for p in range(3)) == 61,
+             what="offsets")
+    s = summary(settings)
+    assert s["bot_filter"]["thresholds"]["user_limit"] == 50
+    assert s["bot_filter"]["quarantined"] == {"user_burst": 10}
+    assert s["bot_filter"]["recent_decisions"][0] == {"event_id": "s59", "user_id": "fast", "reason": "user_burst",
+                                                     "offset": s["bot_filter"]["recent_decisions"][0]["offset"]}
+    assert s["dead_letters"]["counts"] == {"not_json": 1}
+    events = {k: v for k, v in s["partitions"].items() if k.startswith(settings.topic_events)}
+    assert sum(v["applied_offset"] or 0 for v in events.values()) == 61
+    assert all(v["outbox_pending"] == 0 and v["lag"] >= 0 for v in events.values())

@@ -108,3 +108,13 @@ def test_readers_on_an_empty_store(settings):
     assert fs.recent_items("nobody") == [] and fs.covisited("x") == [] and fs.trending() == []
     assert fs.category_affinity("nobody") == {} and fs.item_attributes(["x"]) == [None]
     assert fs.item_stats(["x"])[0].counts == {"view": 0.0, "click": 0.0, "add_to_cart": 0.0, "purchase": 0.0}
+
+
+def test_user_and_item_keys_expire(settings):
+    f = Feed(settings)
+    f(ev(0, item="a"), ev(1, item="b"))
+    k, r = f.fs.keys, f.fs.r
+    cfg = FeatureConfig()
+    for key, ttl in [(k.user("u"), cfg.user_ttl_s), (k.recent("u"), cfg.user_ttl_s), (k.item("a"), cfg.item_ttl_s),
+                     (k.covis("a"), cfg.item_ttl_s), (k.covis("b"), cfg.item_ttl_s)]:
+        assert 0 < r.ttl(key) <= ttl, key
