@@ -68,8 +68,12 @@ class Writer:
         v = self.r.get(self.offset_key(topic, partition))
         return int(v) if v is not None else None
 
-    def apply(self, topic: str, partition: int, records: list[Record], next_offset: int) -> BatchResult:
-        args: list = [self.prefix, self.config_json, next_offset]
+    def apply(self, topic: str, partition: int, records: list[Record], next_offset: int,
+              first_offset: int | None = None) -> BatchResult:
+        """Apply ``records`` (offsets ``first_offset`` … ``next_offset - 1``, some may be left out)."""
+        if first_offset is None:
+            first_offset = records[0][0] if records else next_offset
+        args: list = [self.prefix, self.config_json, next_offset, first_offset]
         args.extend(_record(*rec) for rec in records)
         reply = self.script(keys=[self.offset_key(topic, partition), self.outbox_key(topic, partition)],
                             args=args)

@@ -12,6 +12,11 @@ DEAD_LETTERS = Counter(
     "streamrec_consumer_dead_letters_total", "Records sent to the dead-letter topic, by reason code",
     ["reason"],
 )
+CATALOG_REJECTS = Counter(
+    "streamrec_consumer_catalog_rejects_total",
+    "Invalid catalog records skipped here; index_updater owns their dead letters (one owner per topic)",
+    ["reason"],
+)
 QUARANTINED = Counter(
     "streamrec_consumer_quarantined_total", "Events quarantined by the bot filter, by reason",
     ["reason"],

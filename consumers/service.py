@@ -45,6 +45,7 @@ GROUP = os.environ.get("STREAMREC_CONSUMERS_GROUP", "streamrec-consumers")
 class _Task:
     tp: TopicPartition
     batch: list[Record]
+    first_offset: int
     next_offset: int
     polled_at: float
 
@@ -171,19 +172,28 @@ class Ingestor:
                 delay = min(delay * 2, 5.0)
 
     def validate(self, tp: TopicPartition, records) -> list[Record]:
-        """Every record becomes a model or a dead letter (never an exception)."""
+        """Every record becomes a model or a dead letter (never an exception).
+
+        Invalid catalog records are left out: index_updater dead-letters the catalog topic (one
+        DLQ owner per topic, docs/CONTRACTS.md), so they are only counted here.
+        """
         is_catalog = tp.topic == self.s.topic_catalog
         now_ms = int(time.time() * 1000)
-        return [(rec.offset,
-                 classify(rec.value, topic=tp.topic, is_catalog=is_catalog, max_bytes=self.s.max_event_bytes,
-                          partition=tp.partition, offset=rec.offset, key=rec.key, now_ms=now_ms),
-                 rec.value if rec.value is not None else b"", rec.key) for rec in records]
+        out: list[Record] = []
+        for rec in records:
+            m = classify(rec.value, topic=tp.topic, is_catalog=is_catalog, max_bytes=self.s.max_event_bytes,
+                         partition=tp.partition, offset=rec.offset, key=rec.key, now_ms=now_ms)
+            if is_catalog and isinstance(m, DeadLetter):
+                metrics.CATALOG_REJECTS.labels(m.reason).inc()
+                continue
+            out.append((rec.offset, m, rec.value if rec.value is not None else b"", rec.key))
+        return out
 
     def write(self, task: _Task, stop: threading.Event) -> BatchResult:
         """The atomic Redis step, then the outbox; runs on the pipeline thread."""
         tp = task.tp
         res: BatchResult = self._retry(
-            lambda: self.writer.apply(tp.topic, tp.partition, task.batch, task.next_offset), stop)
+            lambda: self.writer.apply(tp.topic, tp.partition, task.batch, task.next_offset, task.first_offset), stop)
         if res.status == "ok" and res.outbox_len:
             self._retry(lambda: self.outbox.relay(tp.topic, tp.partition), stop)
         return res
@@ -193,8 +203,8 @@ class Ingestor:
         offsets = {}
         for task, res in done:
             if res.status == "gap":
-                log.warning("%s[%d] batch starts at %d after the stored offset %d: seeking back", task.tp.topic,
-                            task.tp.partition, task.batch[0][0], res.stored_before)
+                log.warning("%s[%d] batch ending before %d starts after the stored offset %d: seeking back",
+                            task.tp.topic, task.tp.partition, task.next_offset, res.stored_before)
                 self.consumer.seek(task.tp, res.stored_before)
                 offsets.pop(task.tp, None)
                 continue
@@ -238,7 +248,8 @@ class Ingestor:
                 polled_at = time.perf_counter()
                 self.recover_outboxes(stop)
                 for tp, records in polled.items():
-                    self.pipeline.submit(_Task(tp, self.validate(tp, records), records[-1].offset + 1, polled_at))
+                    self.pipeline.submit(_Task(tp, self.validate(tp, records), records[0].offset,
+                                               records[-1].offset + 1, polled_at))
                 self.finish(self.pipeline.completed())
                 self._lag()
             self.finish(self.pipeline.drain())

@@ -298,7 +298,8 @@ class FeatureStore:
 # One call applies one batch of one Kafka partition, atomically (a Lua script runs alone in Redis):
 # KEYS[1] = the partition's offset key, KEYS[2] = its outbox.
 # ARGV[1] = prefix, ARGV[2] = config JSON (FeatureConfig + bot thresholds), ARGV[3] = next offset
-# after the batch, then one string per record, fields joined by U+001F (see consumers/apply.py):
+# after the batch, ARGV[4] = its first offset (records may have been left out, e.g. invalid catalog
+# ops), then one string per record, fields joined by U+001F (see consumers/apply.py):
 #   offset, kind, then for kind
 #   'e' interaction     event_id, type, user, item, ts, session, canonical JSON
 #   'i' impression      event_id, user, ts, JSON list of item ids, canonical JSON
@@ -317,7 +318,7 @@ local P = ARGV[1]
 local cfg = cjson.decode(ARGV[2])
 local new_off = tonumber(ARGV[3])
 local stored = tonumber(redis.call('GET', KEYS[1]) or '-1')
-if #ARGV > 3 and stored >= 0 and tonumber(string.match(ARGV[4], '^%d+')) > stored then
+if stored >= 0 and tonumber(ARGV[4]) > stored then
   return {'gap', stored}
 end
 local SEP = '\031'
@@ -469,7 +470,7 @@ end
 
 local applied, skipped = 0, 0
 local reasons = {}
-for r = 4, #ARGV do
+for r = 5, #ARGV do
   local rec = ARGV[r]
   local offs, kind = string.match(rec, '^(%d+)\031(.)')
   local off = tonumber(offs)

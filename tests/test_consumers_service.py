@@ -167,3 +167,15 @@ def test_status_shows_thresholds_decisions_and_lag(settings, service):
     events = {k: v for k, v in s["partitions"].items() if k.startswith(settings.topic_events)}
     assert sum(v["applied_offset"] or 0 for v in events.values()) == 61
     assert all(v["outbox_pending"] == 0 and v["lag"] >= 0 for v in events.values())
+
+
+def test_invalid_catalog_ops_are_left_to_the_index_updater(settings, service):
+    """One DLQ owner per topic: index_updater dead-letters the catalog, consumers only skip."""
+    p = bus.make_producer(settings)
+    for value in (b"{broken", encode(CatalogOp(op="upsert", item_id="ok", ts=T0, title="Lamp", category="home"))):
+        p.send(settings.topic_catalog, key="same-partition", value=value)
+    p.flush()
+    fs = FeatureStore.from_settings(settings)
+    wait_for(lambda: fs.item_attributes(["ok"])[0], what="the valid op after the invalid one")
+    assert fs.dead_letter_counts() == {}
+    assert read_topic(settings, settings.topic_dlq, 1, timeout_s=2) == []
