@@ -178,16 +178,23 @@ def quality(data_dir: Path) -> None:
         rows, half = E.open_bandit_stream(data_dir, shift=shift)
         r = E.run(data_dir, rows, half, freeze_at_shift=True)
         a = r.aucs()
-        lag = r.first_detection_after_shift(("adwin_loss",)) if shift else None
+        lag = r.first_detection_after_shift(("adwin_clicked_item",)) if shift else None
+        loss_lag = r.first_detection_after_shift(("adwin_loss",)) if shift else None
         print(f"{name:15s} later half: online {a['online_same_rows']:.3f}  frozen-at-half {a['frozen_post']:.3f}  "
               f"popularity {a['popularity_post']:.3f}   whole stream: online {a['online']:.3f}  "
               f"popularity {a['popularity']:.3f}   rows={len(rows)}")
         if shift:
-            print(f"{'':15s} ADWIN(loss) fired {lag} events after the shift; challengers started at "
+            print(f"{'':15s} ADWIN(clicked item) fired {lag}, ADWIN(loss) {loss_lag} events after the shift; "
+                  f"challengers started at "
                   f"{[i - r.shift_event for i in r.log.challenger_starts]}, promoted at "
                   f"{[i - r.shift_event for i in r.log.promotions]} (events from the shift)")
         else:
             print(f"{'':15s} drift detections: {len(r.log.detections)}")
+    fa = 0
+    for seed in range(1, 6):   # stationary: shuffled replays must raise nothing
+        rows, half = E.open_bandit_stream(data_dir, shuffle_seed=seed, seed=seed)
+        fa += len(E.run(data_dir, rows, half).log.detections)
+    print(f"{'shuffled x5':15s} false alarms (all detectors) over 5 stationary shuffled replays: {fa}")
     rows = ob.merged(data_dir)   # the raw stream, no down-sampling
     half = len(rows) // 2
     r = E.run(data_dir, rows, half, freeze_at_shift=True)

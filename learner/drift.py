@@ -1,4 +1,5 @@
-"""Drift detection with River: ADWIN on the prequential loss, Page-Hinkley on CTR, ADWIN on features.
+"""Drift detection with River: ADWIN on the prequential loss, Page-Hinkley on CTR, ADWIN on features,
+and ADWIN on *which* items get clicked (label-conditional, model-independent).
 
 Why these three: a rising loss says the model is wrong now (the signal that matters); a CTR
 change says user behaviour moved even when the loss has not caught up; a feature-mean change
@@ -9,6 +10,14 @@ loss detection is reported only when the newer window's mean loss is higher than
 Nothing fires during ``warmup`` examples, when a young model's loss is still settling. Watched
 features should be stationary when the world is: inputs like the query/item match or the shown
 items' content — not counters that grow with the stream (popularity, user history length).
+
+The clicked-item detector (``adwin_clicked_item``) sees a concept shift that leaves the click rate
+and a weak model's loss flat — clicks moving to other items. Per labelled example it keeps the
+item's own smoothed CTR (clicks + prior) / (shown + strength) from the labelled stream; for each
+*click* it feeds ADWIN the percentile of the clicked item's CTR among the CTRs of the last
+``item_reference`` labelled examples. Stationary, clicked items sit a little above the median
+(as much as popularity predicts clicks); when clicks move to items that were rarely clicked the
+mean percentile falls, and a fall is what is reported.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from collections import deque
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -28,7 +38,7 @@ from streamrec.ranking import FEATURE_NAMES
 class Detection:
     """One drift detection: what moved, where (which detector/feature), when, and the evidence."""
 
-    detector: str            # "adwin_loss" | "page_hinkley_ctr" | "adwin_feature"
+    detector: str            # "adwin_loss" | "page_hinkley_ctr" | "adwin_feature" | "adwin_clicked_item"
     what: str                # "prequential_click_loss" | "ctr" | feature name
     where: str               # the learner / model it was seen in
     when_ms: int             # event time of the example that triggered it
@@ -44,8 +54,8 @@ class Detection:
 class _Adwin:
     """ADWIN that remembers its mean before a detection, to tell rises from falls."""
 
-    def __init__(self, delta: float):
-        self.d = drift.ADWIN(delta=delta)
+    def __init__(self, delta: float, clock: int = 32):
+        self.d = drift.ADWIN(delta=delta, clock=clock)
 
     def update(self, x: float) -> tuple[bool, float, float, int]:
         before = self.d.estimation
@@ -67,16 +77,22 @@ class DriftMonitor:
     feature_names: features whose means are watched by their own ADWIN.
     feature_delta: ADWIN confidence for the feature detectors.
     warmup: labelled examples before any detection is reported.
+    item_delta: ADWIN confidence for the clicked-item detector (0 turns it off).
+    item_reference: labelled examples whose item CTRs form the reference distribution.
     """
+
+    ITEM_PRIOR_STRENGTH = 10.0   # pseudo-impressions at the stream's running CTR
 
     def __init__(self, *, loss_delta: float = 0.0005, ctr_threshold: float = 30.0, ctr_delta: float = 0.005,
                  feature_names: Sequence[str] = ("retrieval_score", "query_item_cos", "price_log", "item_vec_0", "item_vec_1"),
-                 feature_delta: float = 1e-5, warmup: int = 1000, where: str = "champion"):
+                 feature_delta: float = 1e-5, warmup: int = 1000, where: str = "champion",
+                 item_delta: float = 0.05, item_reference: int = 1000):
         unknown = [f for f in feature_names if f not in FEATURE_NAMES]
         if unknown:
             raise ValueError(f"unknown feature(s) to watch for drift: {unknown}; choose from {FEATURE_NAMES}")
         self.loss_delta, self.ctr_threshold, self.ctr_delta = loss_delta, ctr_threshold, ctr_delta
         self.feature_delta, self.warmup, self.where = feature_delta, warmup, where
+        self.item_delta, self.item_reference = item_delta, item_reference
         self.feature_names = list(feature_names)
         self._cols = [FEATURE_NAMES.index(f) for f in self.feature_names]
         self.reset()
@@ -89,11 +105,25 @@ class DriftMonitor:
         self.seen = 0
         self.ctr_seen = 0
         self.ctr_sum = 0.0
+        self._reset_items()
+
+    def _reset_items(self) -> None:
+        # clock=1: the clicked-item stream is sparse (one value per click), check after every one
+        self.item = _Adwin(self.item_delta, clock=1) if self.item_delta > 0 else None
+        self.item_clicks: dict[str, float] = {}
+        self.item_shown: dict[str, float] = {}
+        self.item_ref: deque[float] = deque(maxlen=self.item_reference)
+        self.item_at: deque[int] = deque()   # labelled-example index of each value in ADWIN's window
 
     def update(self, losses: np.ndarray, clicks: np.ndarray, click_mask: np.ndarray, X: np.ndarray,
-               ts: np.ndarray) -> list[Detection]:
-        """One prequential batch: per-example click losses, click labels (with mask), rows and times."""
+               ts: np.ndarray, item_ids: Sequence[str] | None = None) -> list[Detection]:
+        """One prequential batch: per-example click losses, click labels (with mask), rows, times
+        and (optionally) item ids, which the clicked-item detector needs."""
         out: list[Detection] = []
+        if not hasattr(self, "item_ref"):   # a monitor pickled before the clicked-item detector
+            self.item_delta, self.item_reference = 0.0, 1000
+            self._reset_items()
+        ref = np.sort(np.fromiter(self.item_ref, float)) if self.item is not None else None
         for i in range(len(losses)):
             self.seen += 1
             when = int(ts[i])
@@ -112,12 +142,39 @@ class DriftMonitor:
                     out.append(Detection("page_hinkley_ctr", "ctr", self.where, when, self.seen,
                                          {"ctr_running": self.ctr_sum / self.ctr_seen,
                                           "threshold": self.ctr_threshold, "delta": self.ctr_delta}))
+                if self.item is not None and item_ids is not None:
+                    d = self._clicked_item(str(item_ids[i]), y, ref, when, armed)
+                    if d is not None:
+                        out.append(d)
             for name, col in zip(self.feature_names, self._cols):
                 hit, before, after, cut = self.features[name].update(float(X[i, col]))
                 if hit and armed:
                     out.append(Detection("adwin_feature", name, self.where, when, self.seen,
                                          {"mean_before": before, "mean_after": after, "examples_cut": cut,
                                           "delta": self.feature_delta}))
+        return out
+
+    def _clicked_item(self, iid: str, y: float, ref: np.ndarray, when: int, armed: bool) -> Detection | None:
+        """Update the per-item counts with one labelled example; on a click, feed ADWIN the
+        percentile of the item's CTR (as known *before* this example) in the reference."""
+        base = (self.ctr_sum - y + 1.0) / (self.ctr_seen - 1 + 10.0)   # running CTR before this example
+        k = self.ITEM_PRIOR_STRENGTH
+        ctr = (self.item_clicks.get(iid, 0.0) + base * k) / (self.item_shown.get(iid, 0.0) + k)
+        out = None
+        if y > 0.5 and ref.size >= 100:
+            pct = (np.searchsorted(ref, ctr, "left") + np.searchsorted(ref, ctr, "right")) / (2.0 * ref.size)
+            hit, before, after, cut = self.item.update(float(pct))
+            self.item_at.append(self.seen)
+            while len(self.item_at) > self.item.d.width:
+                self.item_at.popleft()
+            if hit and armed and after < before:
+                since = self.seen - self.item_at[0] + 1 if self.item_at else 0
+                out = Detection("adwin_clicked_item", "clicked_item_ctr_percentile", self.where, when, self.seen,
+                                {"mean_before": before, "mean_after": after, "clicks_cut": cut,
+                                 "window": int(since), "delta": self.item_delta})
+        self.item_ref.append(ctr)
+        self.item_clicks[iid] = self.item_clicks.get(iid, 0.0) + y
+        self.item_shown[iid] = self.item_shown.get(iid, 0.0) + 1.0
         return out
 
     def loss_window(self) -> int:

@@ -20,6 +20,12 @@ from streamrec.ranking import N_FEATURES, RankingHead
 class OnlineRanker:
     """Micro-batch SGD (Adam) on masked multi-task log-loss.
 
+    Two step sizes: the wide part (linear on the standardised features — popularity, CTR,
+    content — and the position bias) learns at ``lr``; the deep part at ``lr * deep_lr_scale``.
+    With a few hundred clicks the deep part at full speed fits noise and drags the ranking below
+    what the popularity features alone give (measured on Open Bandit: prequential AUC 0.52 with
+    one step size vs 0.54 with the deep part at 0.1×, popularity baseline 0.54).
+
     ``predict`` includes the learned position bias when positions are known, because the
     prequential evaluation scores what actually happened at that position; serving calls
     ``RankingHead.predict`` which is position-free.
@@ -38,13 +44,21 @@ class OnlineRanker:
     True
     """
 
+    DEEP_LR_SCALE = 0.1
+
     def __init__(self, head: RankingHead | None = None, lr: float = 0.01, weight_decay: float = 1e-5,
                  purchase_weight: float = 1.0, seed: int | None = 0):
         if seed is not None and head is None:
             torch.manual_seed(seed)
         self.head = head if head is not None else RankingHead()
         self.lr, self.weight_decay, self.purchase_weight = lr, weight_decay, purchase_weight
-        self.opt = torch.optim.Adam(self.head.parameters(), lr=lr, weight_decay=weight_decay)
+        h = self.head
+        deep = [*h.shared.parameters(), *h.click_deep.parameters(), *h.buy_deep.parameters()]
+        deep_ids = {id(p) for p in deep}
+        wide = [p for p in h.parameters() if id(p) not in deep_ids]
+        self.opt = torch.optim.Adam([{"params": wide, "lr": lr, "lr_scale": 1.0},
+                                     {"params": deep, "lr": lr * self.DEEP_LR_SCALE, "lr_scale": self.DEEP_LR_SCALE}],
+                                    weight_decay=weight_decay)
         self.updates = 0
         self.examples = 0
 
@@ -101,7 +115,7 @@ class OnlineRanker:
             raise ValueError("lr must be positive")
         self.lr = lr
         for g in self.opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g.get("lr_scale", 1.0)
 
     def fresh(self, seed: int | None = None) -> OnlineRanker:
         """A new, untrained ranker with this one's settings and input normalisation (for a challenger)."""
@@ -134,7 +148,9 @@ class OnlineRanker:
         from streamrec.ranking import head_from_state
         head = head_from_state(st["config"], st["head"])
         m = cls(head, lr=st["lr"], weight_decay=st["weight_decay"], purchase_weight=st["purchase_weight"], seed=None)
-        m.opt.load_state_dict(st["opt"])
+        if len(st["opt"]["param_groups"]) == len(m.opt.param_groups):
+            m.opt.load_state_dict(st["opt"])
+        # else: a checkpoint from the one-step-size optimiser; the weights carry over, Adam restarts
         m.updates, m.examples = int(st["updates"]), int(st["examples"])
         return m
 

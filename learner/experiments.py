@@ -8,13 +8,13 @@ Stream: every click and 5 % of the non-clicked impressions (negative down-sampli
 training usually does): at the sample's 0.5 % CTR a drift detector would see ~2 clicks per 500
 events, too little evidence for any detector; down-sampled, it sees ~45.
 
-Injected shift (``shift=True``), from the middle of the stream on:
-* clicks move to other items: a click on the i-th most clicked item (before the shift) moves to
-  the next impression of the i-th least clicked one of the same campaign (``remap_clicks``);
-* the click-through rate rises: only 30 % of the remaining non-clicked impressions are kept.
-A same-rate remap alone leaves the mean loss of a weak ranker flat (OBD's items differ little in
-CTR), so the loss detector needs the rate change to fire early; the remap is what makes the old
-model's *ranking* wrong, which the AUC comparison measures.
+Injected shift (``shift=True``), from the middle of the stream on — a remap only: the same rows
+are shown and the same number of clicks happen (the click rate does not change), but clicks move
+to other items. Per campaign, items are ranked by their clicks in the first half; the click on
+the i-th most clicked item moves to the next impression of the i-th least clicked one, cycling
+within the less clicked half (``remap_clicks``): users now click what they used to ignore. A weak
+ranker's mean loss stays flat under such a shift, so the loss detector does not see it; the
+clicked-item detector (``learner/drift.py``) does, and it starts the challenger.
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ from streamrec.datasets import open_bandit as ob
 from streamrec.schemas import Event
 
 KEEP_NON_CLICKS = 0.05
-POST_SHIFT_KEEP = 0.3
 
 
 @functools.lru_cache(maxsize=2)
@@ -62,11 +61,11 @@ def open_bandit_stream(data_dir: Path, *, shift: bool = False, shuffle_seed: int
     mapping: dict[str, str] = {}
     for c in ob.CAMPAIGNS:
         items = sorted((i for i in shown if i.startswith(f"{c}:")), key=lambda i: (clicks[i], shown[i]))
-        mapping.update(zip(items, reversed(items)))
-    rows = ob.remap_clicks(rows, half, mapping)
-    rng = np.random.default_rng(seed + 1)
-    rows = rows[:half] + [r for r in rows[half:] if r.click or rng.random() < POST_SHIFT_KEEP]
-    return rows, half
+        if not items:
+            continue
+        rare = items[:max(1, len(items) // 2)]            # least clicked first
+        mapping.update((src, rare[k % len(rare)]) for k, src in enumerate(reversed(items)))
+    return ob.remap_clicks(rows, half, mapping), half
 
 
 @dataclass

@@ -26,7 +26,7 @@ from learner.evaluation import Prequential, logloss
 from learner.examples import Batch, Example
 from streamrec.ranking import N_FEATURES
 
-HARMFUL = ("adwin_loss", "page_hinkley_ctr")   # detections that start a challenger
+HARMFUL = ("adwin_loss", "page_hinkley_ctr", "adwin_clicked_item")   # detections that start a challenger
 
 
 @dataclass
@@ -41,6 +41,7 @@ class LearnerConfig:
     ctr_threshold: float = 30.0
     feature_names: tuple[str, ...] = ("retrieval_score", "query_item_cos", "price_log", "item_vec_0", "item_vec_1")
     feature_delta: float = 1e-5
+    item_delta: float = 0.05
     warmup: int = 1000
     challenger_min_examples: int = 300
     challenger_max_examples: int = 20_000
@@ -53,7 +54,7 @@ class LearnerConfig:
     def from_settings(cls, s: Any) -> LearnerConfig:
         return cls(lr=s.learner_lr, batch_size=s.learner_batch_size, loss_delta=s.drift_loss_delta,
                    ctr_threshold=s.drift_ctr_threshold, feature_names=tuple(s.drift_features),
-                   feature_delta=s.drift_feature_delta, warmup=s.drift_warmup,
+                   feature_delta=s.drift_feature_delta, item_delta=s.drift_item_delta, warmup=s.drift_warmup,
                    challenger_min_examples=s.challenger_min_examples,
                    challenger_max_examples=s.challenger_max_examples)
 
@@ -78,7 +79,7 @@ class OnlineLearner:
     >>> from learner.examples import Example
     >>> rng = np.random.default_rng(1)
     >>> core = OnlineLearner(OnlineRanker(lr=0.05, seed=0), LearnerConfig(warmup=10**9))
-    >>> for step in range(40):
+    >>> for step in range(80):
     ...     X = rng.normal(size=(64, N_FEATURES)).astype(np.float32)
     ...     y = (rng.random(64) < 1 / (1 + np.exp(-3 * X[:, 0]))).astype(float)
     ...     _ = core.step([Example("r", str(i), "u", step, X[i], 0, y[i], 0.0) for i in range(64)])
@@ -96,7 +97,8 @@ class OnlineLearner:
         self.prequential = Prequential(c.metrics_window)
         self.challenger_eval = Prequential(c.metrics_window)
         self.monitor = DriftMonitor(loss_delta=c.loss_delta, ctr_threshold=c.ctr_threshold,
-                                    feature_names=c.feature_names, feature_delta=c.feature_delta, warmup=c.warmup)
+                                    feature_names=c.feature_names, feature_delta=c.feature_delta, warmup=c.warmup,
+                                    item_delta=c.item_delta)
         self.buffer: deque[Example] = deque(maxlen=c.buffer_size)
         self.examples = 0
         self.detections_total: dict[str, int] = {}
@@ -116,7 +118,8 @@ class OnlineLearner:
         pc, pb = self.champion.predict(batch)
         losses = self.prequential.update(pc, pb, batch)
         report = StepReport(pc, pb)
-        report.detections = self.monitor.update(losses, batch.click, batch.click_mask, batch.X, batch.ts)
+        report.detections = self.monitor.update(losses, batch.click, batch.click_mask, batch.X, batch.ts,
+                                                batch.item_ids)
         for d in report.detections:
             self.detections_total[d.detector] = self.detections_total.get(d.detector, 0) + 1
 
@@ -134,8 +137,8 @@ class OnlineLearner:
         self.examples += len(examples)
 
         if self.challenger is None and any(d.detector in HARMFUL for d in report.detections):
-            window = max((d.evidence.get("window", 0) for d in report.detections if d.detector == "adwin_loss"),
-                         default=0)
+            window = max((d.evidence.get("window", 0) for d in report.detections
+                          if d.detector in ("adwin_loss", "adwin_clicked_item")), default=0)
             self._start_challenger(window or self.config.challenger_min_examples)
             report.challenger_started = True
         elif self.challenger is not None:
