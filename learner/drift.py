@@ -82,6 +82,7 @@ class DriftMonitor:
     """
 
     ITEM_PRIOR_STRENGTH = 10.0   # pseudo-impressions at the stream's running CTR
+    MAX_ITEMS = 100_000          # per-item counts kept; beyond, the least shown half is forgotten
 
     def __init__(self, *, loss_delta: float = 0.0005, ctr_threshold: float = 30.0, ctr_delta: float = 0.005,
                  feature_names: Sequence[str] = ("retrieval_score", "query_item_cos", "price_log", "item_vec_0", "item_vec_1"),
@@ -175,6 +176,10 @@ class DriftMonitor:
         self.item_ref.append(ctr)
         self.item_clicks[iid] = self.item_clicks.get(iid, 0.0) + y
         self.item_shown[iid] = self.item_shown.get(iid, 0.0) + 1.0
+        if len(self.item_shown) > self.MAX_ITEMS:
+            keep = sorted(self.item_shown, key=self.item_shown.__getitem__)[len(self.item_shown) // 2:]
+            self.item_shown = {i: self.item_shown[i] for i in keep}
+            self.item_clicks = {i: self.item_clicks[i] for i in keep if i in self.item_clicks}
         return out
 
     def loss_window(self) -> int:

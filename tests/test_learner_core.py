@@ -173,3 +173,31 @@ def test_checkpoint_restores_the_core_exactly(trained, tmp_path):
     (tmp_path / "checkpoint.pkl").write_bytes(b"garbage")
     with pytest.raises(RuntimeError, match="unreadable"):
         ck.load()
+
+
+def _item_stream(rng, n, weights, items):
+    """Labelled examples over ``items`` shown uniformly, clicked with per-item probabilities."""
+    shown = rng.integers(0, len(items), size=n)
+    clicks = (rng.random(n) < np.asarray(weights)[shown]).astype(float)
+    return [items[k] for k in shown], clicks
+
+
+def test_clicked_item_detector_fires_when_clicks_move_to_other_items_not_when_stationary():
+    from learner.drift import DriftMonitor
+    items = [f"i{k}" for k in range(20)]
+    ctr = np.linspace(0.02, 0.3, 20)                  # popular items get clicked more
+    runs = {}
+    for name, after in (("stationary", ctr), ("remap", ctr[::-1])):   # same mean CTR after the remap
+        rng = np.random.default_rng(7)
+        mon = DriftMonitor(feature_names=(), warmup=500, item_delta=0.05)
+        fired = []
+        for part, w in ((0, ctr), (1, after)):
+            ids, y = _item_stream(rng, 3000, w, items)
+            for k in range(0, 3000, 50):
+                b = slice(k, k + 50)
+                n = len(y[b])
+                ds = mon.update(np.full(n, 0.3), y[b], np.ones(n, bool), np.zeros((n, 0)), np.zeros(n), ids[b])
+                fired += [(part, d.evidence["window"]) for d in ds if d.detector == "adwin_clicked_item"]
+        runs[name] = fired
+    assert runs["stationary"] == []
+    assert runs["remap"] and runs["remap"][0][0] == 1   # after the remap, and only then
