@@ -9,7 +9,8 @@ What is real and what is derived — read before trusting a number built on it:
   ``view`` (k=1, 84 % of rows), ``click`` (k=2), ``add_to_cart`` (k=3), ``purchase`` (k≥4) —
   repeated attention as a stand-in for the funnel; timestamps put session ``s`` (0-based line)
   at 2016-01-01 + ``s`` minutes (the file is in time order; 186,670 sessions span Jan–May 2016 as
-  the real data does) and its events ``STEP_MS`` apart. The user is the session (``dgs{s}``).
+  the real data does) and its events ``STEP_MS`` apart, so longer sessions overlap the next ones.
+  The user is the session (``dgs{s}``).
 * ``purchase_events`` / ``view_events``: raw ``train-purchases.csv`` and
   ``sample_train-item-views.csv`` — **real** types, users (``NA`` → ``anon-{session}``), raw item
   ids and times (``eventdate`` midnight UTC + ``timeframe`` ms since the session's first query).
@@ -91,7 +92,11 @@ def view_events(path: Path | str) -> list[Event]:
 
 
 def events(path: Path | str, limit: int | None = None) -> Iterator[Event]:
-    """Everything above merged by time: derived session events plus the real typed rows."""
+    """Everything above merged by time: derived session events plus the real typed rows.
+
+    Sessions start a minute apart but last up to 70 × ``STEP_MS``, so consecutive sessions
+    overlap (as real ones do): the stream is in time order up to the length of a session.
+    """
     merged = heapq.merge(session_events(path), purchase_events(path), view_events(path), key=lambda e: e.ts)
     for n, e in enumerate(merged):
         if limit is not None and n >= limit:
