@@ -1,8 +1,8 @@
 """The ingestion service: events and catalog ops from Kafka into the Redis online features.
 
-Guarantee: every valid record's effects are applied to Redis exactly once, every rejected one is
-dead-lettered, every bot-like one quarantined — across crashes (kill -9 at any instant) and
-rebalances. Kafka delivers at least once; the writer script applies a partition batch and advances
+Guarantee: every valid record's effects are applied to Redis exactly once, every rejected event
+is dead-lettered (invalid catalog ops are index_updater's to dead-letter), every bot-like one
+quarantined — across crashes (kill -9 at any instant) and rebalances. Kafka delivers at least once; the writer script applies a partition batch and advances
 that partition's offset *in Redis* in one atomic step, skipping records below the stored offset,
 and a (re)assigned partition resumes from the Redis offset. Kafka's committed offset is written
 after that, for lag monitoring and as the start point of a fresh Redis. Dead letters and quarantine
