@@ -40,6 +40,7 @@ from streamrec.store import connect
 
 log = logging.getLogger(__name__)
 GROUP = "streamrec-learner"
+LEARNER_REASONS = ("initial", "periodic", "promotion", "shutdown")   # what this service publishes with
 
 
 class _SeekToCheckpoint(ConsumerRebalanceListener):
@@ -165,6 +166,11 @@ class _Loop:
         """Someone ran ``streamrec model rollback``: continue learning from that version."""
         current = self.store.latest_version()
         if current and current != self.version:
+            if current > self.version and self.store.meta(current).get("reason") in LEARNER_REASONS:
+                # our own publish that the checkpoint missed (killed between publish and checkpoint):
+                # the checkpointed core re-learns the events after its offsets; keep it, not the copy
+                self.version = current
+                return
             v, head, _meta = self.store.load(current)
             model = OnlineRanker(head, lr=self.s.learner_lr, seed=None)
             self.core.replace_champion(model)
