@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
