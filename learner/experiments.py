@@ -15,6 +15,16 @@ the i-th most clicked item moves to the next impression of the i-th least clicke
 within the less clicked half (``remap_clicks``): users now click what they used to ignore. A weak
 ranker's mean loss stays flat under such a shift, so the loss detector does not see it; the
 clicked-item detector (``learner/drift.py``) does, and it starts the challenger.
+
+Measured (1 thread, this sample, 5 % negatives, ~3,250 rows, ~287 clicks; tests/test_learner_open_bandit.py):
+* stationary, whole stream, seeds 0/1/2: online 0.538/0.541/0.533, popularity 0.545/0.549/0.548
+  (later half 0.544/0.549/0.542 vs 0.536/0.545/0.548) — parity, not a clear margin;
+* remap-only shift, seeds 0/1/2/3: clicked-item ADWIN fires 508 events after the shift on seed 0
+  (challenger promoted 861 events after; later-half AUC online 0.603, frozen 0.448, popularity
+  0.399) and not on seeds 1-3 (there the learning champion still beats the frozen one: 0.532 vs
+  0.479, 0.519 vs 0.482, 0.517 vs 0.457); the loss ADWIN never fires;
+* stationary shuffled replays: no detection by any detector on 16 seeds (and none on the
+  time-ordered first halves).
 """
 
 from __future__ import annotations
