@@ -50,6 +50,22 @@ def wait_until(check, timeout_s: float, every_s: float = 0.01) -> float | None:
     return None
 
 
+def run_trials(name: str, n: int, start_trial, timeout_s: float) -> tuple[list[float], int]:
+    """Seconds from each trial's action (``start_trial(i)``, which returns its visibility check)
+    until that check passes; a trial slower than ``timeout_s`` counts as a miss."""
+    took, misses = [], 0
+    for i in range(n):
+        started = time.perf_counter()
+        visible = start_trial(i)
+        if wait_until(visible, timeout_s) is None:
+            misses += 1
+        else:
+            took.append(time.perf_counter() - started)
+        if (i + 1) % 50 == 0:
+            print(f"  {name} trials {i + 1}/{n}: p50 so far {pct(took, 50) * 1000:.0f} ms", flush=True)
+    return took, misses
+
+
 def new_titles(data_dir: Path, n: int) -> list[str]:
     """Real product titles the demo catalog does not hold (Home Depot), as 'new arrivals'."""
     import csv
@@ -109,38 +125,22 @@ def main() -> int:
             http.get("/search", params={"q": catalog[i]["title"][:40], "k": 10}).raise_for_status()
             search_rt.append(time.perf_counter() - t)
 
-        upsert, upsert_miss = [], 0
         titles = new_titles(data_dir, args.trials)
-        for i, title in enumerate(titles):
-            item_id = f"fresh-{uuid.uuid4().hex[:10]}"
-            start = time.perf_counter()
+
+        def upsert_trial(i: int):
+            item_id, title = f"fresh-{uuid.uuid4().hex[:10]}", titles[i]
             http.post("/catalog", json={"op": "upsert", "item_id": item_id, "ts": int(time.time() * 1000),
                                         "title": title}).raise_for_status()
-            took = wait_until(lambda: item_id in _ids(http.get("/search", params={"q": title, "k": 10})),
-                              args.timeout)
-            if took is None:
-                upsert_miss += 1
-            else:
-                upsert.append(time.perf_counter() - start)
-            if (i + 1) % 50 == 0:
-                print(f"  upsert trials {i + 1}/{len(titles)}: p50 so far {pct(upsert, 50) * 1000:.0f} ms", flush=True)
+            return lambda: item_id in _ids(http.get("/search", params={"q": title, "k": 10}))
 
-        click, click_miss = [], 0
-        for i in range(args.trials):
-            user = f"fresh-user-{uuid.uuid4().hex[:10]}"
-            item = catalog[(i * 7) % len(catalog)]
-            title = item["title"]
-            start = time.perf_counter()
+        def click_trial(i: int):
+            user, item = f"fresh-user-{uuid.uuid4().hex[:10]}", catalog[(i * 7) % len(catalog)]
             http.post("/events", json={"event_id": uuid.uuid4().hex, "type": "click", "user_id": user,
                                        "item_id": item["item_id"], "ts": int(time.time() * 1000)}).raise_for_status()
-            took = wait_until(lambda: _mentions(http.get("/recommend", params={"user_id": user, "k": 10}), title),
-                              args.timeout)
-            if took is None:
-                click_miss += 1
-            else:
-                click.append(time.perf_counter() - start)
-            if (i + 1) % 50 == 0:
-                print(f"  click trials {i + 1}/{args.trials}: p50 so far {pct(click, 50) * 1000:.0f} ms", flush=True)
+            return lambda: _mentions(http.get("/recommend", params={"user_id": user, "k": 10}), item["title"])
+
+        upsert, upsert_miss = run_trials("upsert", len(titles), upsert_trial, args.timeout)
+        click, click_miss = run_trials("click", args.trials, click_trial, args.timeout)
 
     kafka_p50 = statistics.median(kafka_rt)
     print()

@@ -7,24 +7,16 @@ import threading
 import time
 
 import pytest
-from kafka import TopicPartition
 
 from consumers.service import GROUP, run
 from streamrec import bus
 from streamrec.features import FeatureStore
 from streamrec.schemas import CatalogOp, DeadLetter, Event, encode
+from tests.polling import wait_for
 
 T0 = 1_700_000_000_000
 
 
-def wait_for(cond, timeout_s=30.0, what="condition"):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def read_topic(settings, topic, n, timeout_s=30.0) -> list:

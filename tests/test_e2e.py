@@ -20,6 +20,7 @@ from streamrec.embedded import free_port
 from streamrec.schemas import DeadLetter
 from streamrec.stack import LocalStack
 from tests.conftest import isolated_settings
+from tests.polling import wait_for
 
 CATALOG_SIZE = 300
 pytestmark = pytest.mark.slow
@@ -29,16 +30,6 @@ def _now() -> int:
     return int(time.time() * 1000)
 
 
-def eventually(check, timeout_s: float = 30.0, every_s: float = 0.25):
-    """Poll ``check`` until it returns something truthy; fail with its last value."""
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(every_s)
-    raise AssertionError(f"condition not met within {timeout_s}s; last value: {last!r}")
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +40,7 @@ def stack(kafka_broker, redis_server, tmp_path_factory, data_dir):
     with LocalStack(s, metrics_base_port=0) as running:
         catalog = list(itertools.islice(amazon18.catalog(data_dir), CATALOG_SIZE))
         with httpx.Client(base_url=running.base_url, timeout=10) as http:
-            eventually(lambda: _posted(http, catalog), timeout_s=120)
+            wait_for(lambda: _posted(http, catalog), timeout_s=120)
         running.wait_ready(timeout_s=240, min_items=CATALOG_SIZE)
         yield running
 
@@ -77,7 +68,7 @@ def test_new_catalog_item_becomes_searchable_and_deletes_remove_it(http):
     item = {"op": "upsert", "item_id": "e2e-telescope", "ts": _now(),
             "title": "Refracting brass telescope for amateur astronomy", "category": "Optics"}
     assert http.post("/catalog", json=item).json() == {"accepted": 1, "rejected": []}
-    found = eventually(lambda: "e2e-telescope" in _ids(http.get("/search", params={"q": "telescope astronomy", "k": 5})))
+    found = wait_for(lambda: "e2e-telescope" in _ids(http.get("/search", params={"q": "telescope astronomy", "k": 5})))
     assert found
     top = http.get("/search", params={"q": "telescope astronomy", "k": 5}).json()
     hit = next(it for it in top["items"] if it["item_id"] == "e2e-telescope")
@@ -85,7 +76,7 @@ def test_new_catalog_item_becomes_searchable_and_deletes_remove_it(http):
     assert http.get("/similar/e2e-telescope").status_code == 200
 
     http.post("/catalog", json={"op": "delete", "item_id": "e2e-telescope", "ts": _now()})
-    eventually(lambda: http.get("/similar/e2e-telescope").status_code == 404)
+    wait_for(lambda: http.get("/similar/e2e-telescope").status_code == 404)
     assert "e2e-telescope" not in _ids(http.get("/search", params={"q": "telescope astronomy", "k": 20}))
 
 
@@ -102,7 +93,7 @@ def test_clicks_change_that_users_recommendations(http):
         ids = _ids(r)
         return r.json() if ids and ids != before else None
 
-    after = eventually(personalised)
+    after = wait_for(personalised)
     assert not set(ink) & {it["item_id"] for it in after["items"]}  # already-seen items are not re-offered
     reasons = " ".join(r for it in after["items"] for r in it["reasons"])
     assert "you viewed" in reasons or "together with" in reasons
@@ -134,7 +125,7 @@ def test_malformed_events_land_in_the_dlq_with_reason_and_original_bytes(stack, 
                 letters[dl.original_bytes()] = dl
         return all(raw in letters for raw in bad)
 
-    eventually(collect)
+    wait_for(collect)
     consumer.close()
     assert letters[bad[0]].reason == "not_utf8"
     assert letters[bad[1]].reason == "unknown_type"
@@ -153,7 +144,7 @@ def test_labelled_impressions_raise_the_served_model_version(http):
         http.post("/events", json={"event_id": uuid.uuid4().hex, "type": "click", "user_id": user,
                                    "item_id": shown[0], "request_id": result["request_id"],
                                    "position": 0, "ts": _now()})
-    newer = eventually(lambda: (v := http.get("/healthz").json()["model_version"]) > start and v, timeout_s=60)
+    newer = wait_for(lambda: (v := http.get("/healthz").json()["model_version"]) > start and v, timeout_s=60)
     assert newer > start
     assert http.get("/search", params={"q": "pen", "k": 3}).json()["model_version"] >= newer
 

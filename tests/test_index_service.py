@@ -19,6 +19,7 @@ from streamrec.encoder import Encoder, item_text
 from streamrec.schemas import CatalogOp, DeadLetter, encode
 from streamrec.settings import Settings
 from streamrec.vector_index import IndexReplica, index_snapshot_dir, list_snapshots
+from tests.polling import wait_for
 
 CATALOG_SIZE = 40
 
@@ -33,13 +34,6 @@ def products(data_dir) -> list[CatalogOp]:
     return list(homedepot.catalog(data_dir, limit=CATALOG_SIZE))
 
 
-def wait_for(cond: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 def publish(s: Settings, ops: list[CatalogOp | bytes], key: str = "bad") -> None:

@@ -19,16 +19,9 @@ from streamrec.schemas import Event, encode
 from streamrec.store import connect
 from streamrec.vector_index import ItemMeta, VectorRecord, encode_record
 from tests.conftest import isolated_settings
+from tests.polling import wait_for
 
 
-def wait_for(cond, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 def labelled_traffic(n_requests: int, t0: int, served_every: int = 2, r=None, prefix: str = "", tag: str = ""):
@@ -80,7 +73,7 @@ def test_labelled_impressions_publish_new_versions(learner_settings):
     th = threading.Thread(target=target, daemon=True)
     th.start()
     try:
-        wait_for(lambda: store.latest_version() >= 1 or errors, 60, "the initial version")
+        wait_for(lambda: store.latest_version() >= 1 or errors, "the initial version", timeout_s=60)
         assert not errors, errors
         v1, _head, meta1 = store.load()
         assert meta1["reason"] == "initial"
@@ -94,7 +87,7 @@ def test_labelled_impressions_publish_new_versions(learner_settings):
         def learned_enough():
             v = store.latest_version()
             return v > v1 and (store.meta(v).get("examples") or 0) >= 120 * 4
-        wait_for(lambda: learned_enough() or errors, 60, "a version trained on every shown item")
+        wait_for(lambda: learned_enough() or errors, "a version trained on every shown item", timeout_s=60)
         assert not errors, errors
         v, head, meta = store.load()
         assert meta["metrics"]["click_examples"] >= 120 * 4 - 40   # clicked rows carry a click label once
