@@ -15,7 +15,8 @@ from streamrec.embedded import child_env
 from streamrec.model_store import ModelStore
 from streamrec.schemas import encode
 from tests.conftest import isolated_settings
-from tests.test_learner_service import labelled_traffic, wait_for
+from tests.polling import wait_for
+from tests.test_learner_service import labelled_traffic
 
 REPO = Path(__file__).resolve().parent.parent
 PER_BATCH = 120 * 4 + 40   # 4 shown items per request close, plus 40 click positives at once
@@ -56,9 +57,9 @@ def test_kill_9_resumes_from_checkpoint(kafka_broker, redis_server, tmp_path):
 
     proc = _start(s, log)
     try:
-        wait_for(lambda: store.latest_version() >= 1, 60, f"the initial version (log: {log})")
+        wait_for(lambda: store.latest_version() >= 1, f"the initial version (log: {log})", timeout_s=60)
         send("a")
-        wait_for(lambda: examples() == PER_BATCH, 60, "batch a in a checkpoint")
+        wait_for(lambda: examples() == PER_BATCH, "batch a in a checkpoint", timeout_s=60)
         before = ckpt.load()
         send("b")
         time.sleep(0.3)                        # somewhere in the middle of batch b
@@ -68,11 +69,11 @@ def test_kill_9_resumes_from_checkpoint(kafka_broker, redis_server, tmp_path):
         assert PER_BATCH <= killed_at <= 2 * PER_BATCH
 
         proc = _start(s, log)
-        wait_for(lambda: examples() == 2 * PER_BATCH, 90, f"batch b learned after the restart (log: {log})")
+        wait_for(lambda: examples() == 2 * PER_BATCH, f"batch b learned after the restart (log: {log})", timeout_s=90)
         time.sleep(1.0)                        # nothing is learned twice after the restart either
         assert examples() == 2 * PER_BATCH
         v = wait_for(lambda: (lambda m: store.latest_version() if m["examples"] == 2 * PER_BATCH else None)(
-            store.meta(store.latest_version())), 30, "a version trained on both batches")
+            store.meta(store.latest_version())), "a version trained on both batches", timeout_s=30)
         reasons = [m["reason"] for m in store.list()]
         assert reasons.count("initial") == 1, reasons   # the model was resumed, not started over
         assert store.meta(v)["updates"] > before["core"]["champion"]["updates"]
