@@ -208,7 +208,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trials", type=int, default=40)
     ap.add_argument("--poll-ms", type=float, default=200.0)
-    ap.add_argument("--publish-s", type=float, default=0.25)
+    ap.add_argument("--publish-s", type=float, default=Settings().publish_every_s,
+                    help="the learner's publish_every_s (default: the shipped setting)")
     ap.add_argument("--skip", nargs="*", default=[], choices=["throughput", "publish", "event", "quality"])
     args = ap.parse_args()
     torch.set_num_threads(1)

@@ -73,7 +73,9 @@ class Settings(BaseSettings):
     # --- learner / model --------------------------------------------------------------------
     label_window_s: float = Field(30.0, gt=0, description="how long an impression waits for its click")
     publish_every_updates: int = Field(50, ge=1)
-    publish_every_s: float = Field(2.0, gt=0)
+    publish_every_s: float = Field(
+        0.5, gt=0, description="publish at most this long after an update: event → new model in serving p99 "
+                               "is about this plus serving's model_poll_s")
     learner_lr: float = Field(0.003, gt=0, description="Adam step size of the champion (a challenger uses 3x)")
     learner_batch_size: int = Field(64, ge=1, le=65_536, description="examples per micro-batch update")
     learner_max_batch_delay_s: float = Field(0.2, gt=0, description="a partial micro-batch trains after this wait")
