@@ -21,14 +21,20 @@ ServedLookup = Callable[[str], dict[str, np.ndarray] | None]
 
 
 class ExampleBuilder:
+    """``quarantined(event_id)`` is the consumers' bot-filter verdict: a quarantined click or
+    purchase is no label. The learner reads the topic in its own group, so a verdict written a
+    moment after the learner saw the event is missed (residual race, typically milliseconds)."""
+
     def __init__(self, joiner: LabelJoiner, assembler: FeatureAssembler, served: ServedLookup | None = None,
-                 sampler: NegativeSampler | None = None):
+                 sampler: NegativeSampler | None = None, quarantined: Callable[[str], object] | None = None):
         self.joiner = joiner
         self.assembler = assembler
         self.served = served
         self.sampler = sampler
+        self.quarantined = quarantined
         self.rows_served = 0
         self.rows_recomputed = 0
+        self.skipped_quarantined = 0
 
     def rows_for(self, event: Event) -> np.ndarray:
         """The impression's feature rows: served ones when complete, else recomputed."""
@@ -48,6 +54,9 @@ class ExampleBuilder:
         """Examples that became ready with this event (click positives, sampled ones)."""
         if event.type == "impression":
             return self.joiner.add_impression(event, self.rows_for(event))
+        if self.quarantined is not None and self.quarantined(event.event_id):
+            self.skipped_quarantined += 1
+            return []
         if self.sampler is not None and event.item_id is not None:
             out: list[Example] = []
             if event.request_id is None and event.type in POSITIVE_TYPES:

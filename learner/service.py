@@ -241,7 +241,8 @@ def run(settings: Settings, stop: threading.Event) -> None:
     assembler = FeatureAssembler(features, vector_of, meta_of)
     joiner = LabelJoiner(s.label_window_s)
     sampler = NegativeSampler(s.learner_negatives_per_positive) if s.learner_negative_sampling != "off" else None
-    builder = ExampleBuilder(joiner, assembler, lambda rid: load_served(r, s.redis_prefix, rid), sampler)
+    builder = ExampleBuilder(joiner, assembler, lambda rid: load_served(r, s.redis_prefix, rid), sampler,
+                             quarantined=features.is_quarantined)
     cfg = LearnerConfig.from_settings(s)
     ckpt = Checkpointer(s.state_dir / "learner")
 

@@ -201,3 +201,20 @@ def test_clicked_item_detector_fires_when_clicks_move_to_other_items_not_when_st
         runs[name] = fired
     assert runs["stationary"] == []
     assert runs["remap"] and runs["remap"][0][0] == 1   # after the remap, and only then
+
+
+def test_clicks_the_bot_filter_quarantined_are_not_labels(redis_server):
+    """The consumers' verdict (a real Redis key written by their script) keeps bot clicks out."""
+    import redis as redis_lib
+
+    from streamrec.features import FeatureStore
+
+    fs = FeatureStore(redis_lib.Redis.from_url(redis_server.url, decode_responses=True), "tq-learner:")
+    bot_click, real_click = out("click", "r1", "a", T0 + 10), out("click", "r1", "b", T0 + 20)
+    fs.r.set(fs.keys.quarantined(bot_click.event_id), "user_burst", ex=60)
+    b = ExampleBuilder(LabelJoiner(5, clock=FakeClock()), FeatureAssembler(ReplayFeatures(), lambda _i: None),
+                       served=lambda _rid: {"a": rows(2)[0], "b": rows(2)[1]}, quarantined=fs.is_quarantined)
+    assert b.feed(imp("r1", ["a", "b"])) == []
+    assert b.feed(bot_click) == [] and b.skipped_quarantined == 1
+    [positive] = b.feed(real_click)
+    assert positive.item_id == "b" and positive.click == 1.0
