@@ -27,7 +27,6 @@ from streamrec.vector_index import IndexReplica
 
 log = logging.getLogger(__name__)
 
-GROUP = "streamrec-index-updater"
 CATCH_UP_TIMEOUT_S = 120.0
 
 
@@ -82,7 +81,7 @@ def run(s: Settings, stop: threading.Event, encoder: Encoder | None = None) -> N
         log.warning("replica not caught up with %s after %.0fs; unchanged items may be re-embedded",
                     s.topic_vectors, CATCH_UP_TIMEOUT_S)
     producer = bus.make_producer(s)
-    consumer = bus.make_consumer(s, GROUP, fetch_max_wait_ms=50)
+    consumer = bus.make_consumer(s, s.index_updater_group, fetch_max_wait_ms=50)
     pipeline = CatalogPipeline(s, encoder, replica, producer)
     consumer.subscribe([s.topic_catalog], listener=_Rebalance(pipeline))
     snapshots = Snapshotter(replica, encoder.model_id, s.index_snapshot_every_s)

@@ -39,7 +39,6 @@ from streamrec.settings import Settings
 from streamrec.store import connect
 
 log = logging.getLogger(__name__)
-GROUP = "streamrec-learner"
 LEARNER_REASONS = ("initial", "periodic", "promotion", "shutdown")   # what this service publishes with
 
 
@@ -264,7 +263,7 @@ def run(settings: Settings, stop: threading.Event) -> None:
         version = 0
 
     producer = bus.make_producer(s)
-    consumer = bus.make_consumer(s, GROUP)
+    consumer = bus.make_consumer(s, s.learner_group)
     consumer.subscribe([s.topic_events], listener=_SeekToCheckpoint(consumer, offsets))
     guard = RollbackGuard(s.rollback_threshold, s.rollback_min_examples)
     loop = _Loop(s, core, builder, store, guard, ckpt, producer, offsets, version)

@@ -265,8 +265,7 @@ def replay(
 
 # --- status and models -------------------------------------------------------------------------
 
-GROUPS = {"consumers": "streamrec-consumers", "index-updater": "streamrec-index-updater",
-          "learner": "streamrec-learner"}
+
 
 
 @app.command()
@@ -282,7 +281,10 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="machine-readabl
         report["serving"] = {"error": f"not reachable: {e!r}"}
     if s.kafka_bootstrap:
         lag = {}
-        for name, group in GROUPS.items():
+        from consumers.service import GROUP as consumers_group
+
+        groups = {"consumers": consumers_group, "index-updater": s.index_updater_group, "learner": s.learner_group}
+        for name, group in groups.items():
             topic = s.topic_catalog if name == "index-updater" else s.topic_events
             try:
                 lag[name] = {topic: bus.group_lag(s, group, topic)}
