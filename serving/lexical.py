@@ -30,9 +30,15 @@ def _tokens(texts: list[str]) -> list[list[str]]:
 
 
 class LexicalIndex:
-    """BM25 over ``docs()`` → {item_id: text}; ``search`` never blocks on a rebuild."""
+    """BM25 over ``docs()`` → {item_id: text}; ``search`` never blocks on a rebuild.
 
-    def __init__(self, docs: Callable[[], tuple[int, dict[str, str]]], min_interval_s: float = 1.0):
+    ``version()`` is cheap and checked every ``min_interval_s``; ``docs()`` copies the catalog and
+    is called only when the version moved.
+    """
+
+    def __init__(self, version: Callable[[], int], docs: Callable[[], dict[str, str]],
+                 min_interval_s: float = 1.0):
+        self._version = version
         self._docs = docs
         self._min_interval_s = min_interval_s
         self._build = _Build(version=-1, item_ids=[], retriever=None)
@@ -50,9 +56,10 @@ class LexicalIndex:
         return self._build.version
 
     def rebuild(self) -> None:
-        version, docs = self._docs()
+        version = self._version()
         if version == self._build.version:
             return
+        docs = self._docs()
         item_ids = list(docs)
         retriever = None
         if item_ids:

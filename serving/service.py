@@ -36,17 +36,16 @@ def build_engine(s: Settings) -> tuple[Engine, object]:
     models = ModelWatcher(ModelStore.from_settings(s), s.model_poll_s)
     models.start()
 
-    def lexical_docs():
+    def lexical_docs() -> dict[str, str]:
         index = replica.index
-        version = index.version
         docs = {}
         for item_id in index.item_ids():
             meta = index.meta(item_id)
             if meta:
                 docs[item_id] = f"{meta.title} {meta.category or ''}"
-        return version, docs
+        return docs
 
-    lexical = LexicalIndex(lexical_docs)
+    lexical = LexicalIndex(lambda: replica.index.version, lexical_docs)
     lexical.start()
     producer = bus.make_producer(s)
     engine = Engine(s, encoder, replica, FeatureStore(r, s.redis_prefix), models, lexical,

@@ -27,7 +27,7 @@ def test_mmr_handles_empty_and_k_larger_than_n():
 
 def test_lexical_index_rebuilds_when_the_catalog_version_moves():
     catalog = {"version": 1, "docs": {"a": "blue ballpoint pen", "b": "white binder"}}
-    index = LexicalIndex(lambda: (catalog["version"], dict(catalog["docs"])))
+    index = LexicalIndex(lambda: catalog["version"], lambda: dict(catalog["docs"]))
     assert index.search("pen", 5) == []  # nothing built yet: no error, no results
     index.rebuild()
     assert [hit[0] for hit in index.search("blue pen", 5)] == ["a"]
