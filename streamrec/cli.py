@@ -6,7 +6,6 @@ import importlib
 import json
 import logging
 import os
-import sys
 import threading
 import time
 from pathlib import Path
@@ -141,6 +140,7 @@ def _index_demo_catalog(s: Settings, base: str, stop: threading.Event, wait_s: f
     from itertools import islice
 
     from streamrec.datasets import sources
+    from streamrec.schemas import encode
 
     ops = list(islice(sources.load(f"{s.demo_catalog}:catalog", s.require_data_dir()), limit or None))
     producer = bus.make_producer(s)
@@ -149,7 +149,7 @@ def _index_demo_catalog(s: Settings, base: str, stop: threading.Event, wait_s: f
     with Progress(*columns, console=console) as progress:
         task = progress.add_task(f"publishing {s.demo_catalog} catalog", total=len(ops))
         for op in ops:
-            producer.send(s.topic_catalog, key=op.item_id, value=_encode(op))
+            producer.send(s.topic_catalog, key=op.item_id, value=encode(op))
             progress.advance(task)
         producer.flush()
         producer.close()
@@ -177,12 +177,6 @@ def _index_demo_catalog(s: Settings, base: str, stop: threading.Event, wait_s: f
                 if now > deadline:
                     raise RuntimeError(f"demo catalog not indexed within {wait_s:.0f}s; see the logs")
                 stop.wait(0.5)
-
-
-def _encode(model) -> bytes:
-    from streamrec.schemas import encode
-
-    return encode(model)
 
 
 # --- replay ---------------------------------------------------------------------------------------
