@@ -13,7 +13,6 @@ records are written to a Redis outbox in the same atomic step and published afte
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
@@ -37,8 +36,6 @@ from streamrec.store import connect_binary
 
 log = logging.getLogger(__name__)
 
-# one group per deployment; the override lets benchmarks and side-by-side stacks share a broker
-GROUP = os.environ.get("STREAMREC_CONSUMERS_GROUP", "streamrec-consumers")
 
 
 @dataclass(frozen=True)
@@ -131,7 +128,8 @@ class Ingestor:
     Kafka commits stay on the consumer thread (KafkaConsumer is not thread-safe).
     """
 
-    def __init__(self, settings: Settings, group: str = GROUP):
+    def __init__(self, settings: Settings, group: str | None = None):
+        group = group or settings.consumers_group
         self.s = settings
         self.r = connect_binary(settings)
         self.writer = Writer(self.r, settings.redis_prefix, group, FeatureConfig(), BotConfig())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from consumers.botfilter import BotConfig
-from consumers.service import GROUP
 from streamrec import bus
 from streamrec.features import FeatureConfig, FeatureStore
 from streamrec.settings import Settings
@@ -15,16 +14,16 @@ def summary(settings: Settings) -> dict:
     try:
         partitions = {}
         for topic in (settings.topic_events, settings.topic_catalog):
-            lag = bus.group_lag(settings, GROUP, topic)
+            lag = bus.group_lag(settings, settings.consumers_group, topic)
             for p, records in sorted(lag.items()):
-                applied = fs.r.get(fs.keys.offset(GROUP, topic, p))
+                applied = fs.r.get(fs.keys.offset(settings.consumers_group, topic, p))
                 partitions[f"{topic}[{p}]"] = {
                     "lag": records,
                     "applied_offset": int(applied) if applied is not None else None,
-                    "outbox_pending": fs.r.llen(fs.keys.outbox(GROUP, topic, p)),
+                    "outbox_pending": fs.r.llen(fs.keys.outbox(settings.consumers_group, topic, p)),
                 }
         return {
-            "group": GROUP,
+            "group": settings.consumers_group,
             "bot_filter": {
                 "thresholds": BotConfig().model_dump(),
                 "quarantined": fs.quarantine_counts(),

@@ -275,9 +275,7 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="machine-readabl
         report["serving"] = {"error": f"not reachable: {e!r}"}
     if s.kafka_bootstrap:
         lag = {}
-        from consumers.service import GROUP as consumers_group
-
-        groups = {"consumers": consumers_group, "index-updater": s.index_updater_group, "learner": s.learner_group}
+        groups = {"consumers": s.consumers_group, "index-updater": s.index_updater_group, "learner": s.learner_group}
         for name, group in groups.items():
             topic = s.topic_catalog if name == "index-updater" else s.topic_events
             try:

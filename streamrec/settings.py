@@ -47,6 +47,7 @@ class Settings(BaseSettings):
     consumer_heartbeat_ms: int = Field(1_000, ge=100)
     consumer_max_poll_interval_ms: int = Field(60_000, ge=1_000)
     consumer_max_poll_records: int = Field(2_000, ge=1)
+    consumers_group: str = Field("streamrec-consumers", description="consumer group of the ingestion service")
     learner_group: str = Field("streamrec-learner", description="consumer group of the learner")
     index_updater_group: str = Field("streamrec-index-updater", description="consumer group of the index updater")
     max_event_bytes: int = Field(64 * 1024, ge=256, description="larger payloads are dead-lettered")

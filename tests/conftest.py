@@ -47,6 +47,7 @@ def isolated_settings(kafka_broker, redis_server, state_dir, **overrides) -> Set
         topic_vectors=f"t{tag}.vectors",
         topic_drift=f"t{tag}.drift",
         # own groups: a member killed by an earlier test must not hold up this test's rebalance
+        consumers_group=f"t{tag}-consumers",
         learner_group=f"t{tag}-learner",
         index_updater_group=f"t{tag}-index-updater",
         consumer_session_timeout_ms=6_000,

@@ -22,7 +22,6 @@ import pytest
 
 from consumers.botfilter import BotConfig
 from consumers.outbox import Quarantined
-from consumers.service import GROUP
 from streamrec import bus
 from streamrec.datasets import diginetica
 from streamrec.features import FeatureConfig, FeatureStore
@@ -175,7 +174,8 @@ class Fleet:
             kafka_bootstrap=settings.kafka_bootstrap, redis_url=settings.redis_url,
             redis_prefix=settings.redis_prefix, topic_events=settings.topic_events,
             topic_catalog=settings.topic_catalog, topic_dlq=settings.topic_dlq,
-            topic_quarantine=settings.topic_quarantine, consumer_session_timeout_ms=4000,
+            topic_quarantine=settings.topic_quarantine, consumers_group=settings.consumers_group,
+            consumer_session_timeout_ms=4000,
             consumer_heartbeat_ms=400, consumer_max_poll_interval_ms=20_000, log_level="WARNING",
         ) | FEATURE_ENV
         self.log_dir = log_dir
@@ -290,7 +290,7 @@ def test_kill9_and_rebalances_lose_nothing_and_count_nothing_twice(kafka_broker,
             if k == 2:  # the newest consumer is joining: kill the other one mid-rebalance
                 time.sleep(rng.uniform(1.0, 2.0))
                 victim = fleet.live[0]
-            applied = sum(int(fs.r.get(fs.keys.offset(GROUP, settings.topic_events, p)) or 0)
+            applied = sum(int(fs.r.get(fs.keys.offset(settings.consumers_group, settings.topic_events, p)) or 0)
                           for p in range(settings.topic_partitions))
             fleet.kill9(victim)
             mid_stream_kills += applied < total
@@ -302,10 +302,10 @@ def test_kill9_and_rebalances_lose_nothing_and_count_nothing_twice(kafka_broker,
         def offset_done() -> bool:
             r = fs.r
             for p, last in last_offset.items():
-                v = r.get(fs.keys.offset(GROUP, settings.topic_events, p))
+                v = r.get(fs.keys.offset(settings.consumers_group, settings.topic_events, p))
                 if v is None or int(v) < last + 1:
                     return False
-            return not any(r.llen(fs.keys.outbox(GROUP, settings.topic_events, p)) for p in last_offset)
+            return not any(r.llen(fs.keys.outbox(settings.consumers_group, settings.topic_events, p)) for p in last_offset)
 
         deadline = time.monotonic() + 180
         while not offset_done():

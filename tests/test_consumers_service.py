@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from consumers.service import GROUP, run
+from consumers.service import run
 from streamrec import bus
 from streamrec.features import FeatureStore
 from streamrec.schemas import CatalogOp, DeadLetter, Event, encode
@@ -103,13 +103,13 @@ def test_stop_drains_and_commits(settings):
     t.join(30)
     assert not t.is_alive(), "run() did not return after stop"
     # Kafka's committed offsets caught up with the offsets stored atomically in Redis
-    c = bus.make_consumer(settings, group_id=GROUP)
+    c = bus.make_consumer(settings, group_id=settings.consumers_group)
     try:
         tps = bus.all_partitions(c, settings.topic_events)
         committed = {tp.partition: c.committed(tp) for tp in tps}
     finally:
         c.close()
-    stored = {tp.partition: fs.r.get(fs.keys.offset(GROUP, settings.topic_events, tp.partition)) for tp in tps}
+    stored = {tp.partition: fs.r.get(fs.keys.offset(settings.consumers_group, settings.topic_events, tp.partition)) for tp in tps}
     assert sum(committed.values()) == n
     assert committed == {k: int(v) for k, v in stored.items()}
 
@@ -148,7 +148,7 @@ def test_status_shows_thresholds_decisions_and_lag(settings, service):
     p.flush()
     fs = FeatureStore.from_settings(settings)
     wait_for(lambda: fs.quarantine_counts().get("user_burst") == 10 and fs.dead_letter_counts(), what="decisions")
-    wait_for(lambda: sum(int(fs.r.get(fs.keys.offset(GROUP, settings.topic_events, p)) or 0) for p in range(3)) == 61,
+    wait_for(lambda: sum(int(fs.r.get(fs.keys.offset(settings.consumers_group, settings.topic_events, p)) or 0) for p in range(3)) == 61,
              what="offsets")
     s = summary(settings)
     assert s["bot_filter"]["thresholds"]["user_limit"] == 50
