@@ -33,3 +33,38 @@ def test_amazon_catalog_has_titles_and_joined_descriptions(data_dir):
     assert ops["0"].category == "HP" and "[" not in (ops["0"].description or "")[:1]
     history = next(amazon18.histories(data_dir))
     assert history.user_id == "A994" and history.item_ids[-1] == "2280"
+
+
+def test_open_bandit_user_history_becomes_organic_clicks_before_the_impression(data_dir):
+    from streamrec.datasets import open_bandit as ob
+
+    rows = list(ob.impressions(data_dir, "bts", "men"))
+    assert len(rows) == 10_000
+    with_history = [r for r in rows if r.history]
+    assert with_history and all(h.startswith("men:") for r in with_history for h in r.history)
+    # the affinity precedes the impression: only a few clicked rows had clicked that item before
+    clicked = [r for r in rows if r.click]
+    assert 0 < sum(r.item_id in r.history for r in clicked) < len(clicked) // 10
+    # anonymous visits are not pooled; a user with a history keeps one id for that history
+    assert len({r.user_id for r in rows if not r.history}) == len(rows) - len(with_history)
+    history_of = {}
+    for r in with_history:
+        assert history_of.setdefault(r.user_id, r.history) == r.history
+    assert len(history_of) < len(with_history)   # returning users: the same id on several rows
+
+    events = list(ob.to_events(rows))
+    assert len({e.event_id for e in events}) == len(events)   # idempotent ids, each history click once
+    organic = [e for e in events if e.event_id.startswith("obd-hist-")]
+    assert organic and all(e.type == "click" and e.request_id is None for e in organic)
+    assert len(organic) == len({(r.user_id, h) for r in with_history for h in r.history})
+    first_imp = {}
+    for k, e in enumerate(events):
+        if e.type == "impression":
+            first_imp.setdefault(e.user_id, (k, e.ts))
+    for e in organic:
+        k, ts = first_imp[e.user_id]
+        assert e.ts == ts - 1
+    order = {e.event_id: k for k, e in enumerate(events)}
+    assert all(order[e.event_id] < first_imp[e.user_id][0] for e in organic)
+    assert sum(e.type == "impression" for e in events) == len(rows)
+    assert sum(e.type == "click" and e.request_id is not None for e in events) == len(clicked)

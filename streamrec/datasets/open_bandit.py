@@ -8,8 +8,21 @@ features. Mapping to the streamrec contract:
   ``position`` = the slot of that item — an impression's ``position`` is the slot of its first
   item) and, when ``click == 1``, one ``click`` event with the same ``request_id``, item and
   position at the impression's timestamp (the files carry no separate click time);
-* ``user_id`` = a hash of the four user features: OBD has no user ids, so users sharing all
-  features form one "user" (a segment) — enough for the user profile features to mean something;
+* ``user_id``: OBD has no user ids. A row carries four hashed user features and the user's
+  *affinity* to every item of the campaign ("induced by the number of past clicks observed
+  between each user-item pair", i.e. the user's click history from before the impression). A
+  user with a history gets the id ``obd-{hash of the four features and the history items}``,
+  stable until they click something new; a row without history is an anonymous visit with its
+  own id. Pooling those visits by the four features made one "user" of hundreds of visitors,
+  whose "already seen" and co-visitation features then said little about anyone (prequential
+  AUC of the online head, 5 % negatives, seed 0: 0.54 without the history, 0.57 with it and
+  pooled visitors, 0.60 with it and one id per visit);
+* the affinity is the user's click history, which streamrec keeps as the user's recent items:
+  before a row whose user has history items not yet emitted for that user, :func:`to_events`
+  emits one organic ``click`` per such item (no ``request_id``, 1 ms before the impression,
+  ``event_id`` ``obd-hist-{user}-{item}``, so a replay is idempotent). They join nothing; they
+  fill the profile features (``user_seen_item``, co-visitation, ``user_item_cos``) and the item
+  counters exactly as the user's earlier clicks would have;
 * item ids are namespaced by campaign (``all:12``, ``men:3``): campaigns are separate catalogues.
   The logging policies (``random``, ``bts``) share item ids within a campaign.
 
@@ -38,6 +51,7 @@ from streamrec.schemas import Event
 NAME = "open_bandit"
 POLICIES = ("random", "bts")
 CAMPAIGNS = ("all", "men", "women")
+AFFINITY_PREFIX = "user-item_affinity_"
 
 
 @dataclass(frozen=True)
@@ -53,6 +67,7 @@ class Impression:
     click: int
     propensity: float
     user_id: str
+    history: tuple[str, ...] = ()   # namespaced items the user clicked before the logged period
 
 
 def _check(policy: str, campaign: str) -> None:
@@ -73,11 +88,16 @@ def impressions(data_dir: Path, policy: str = "random", campaign: str = "all") -
     if not path.exists():
         raise FileNotFoundError(f"{path} missing: the Open Bandit sample has {policy}/{campaign}/{campaign}.csv")
     with open(path, newline="") as f:
-        for k, r in enumerate(csv.DictReader(f)):
-            user = hashlib.sha1("|".join(r[f"user_feature_{i}"] for i in range(4)).encode()).hexdigest()[:12]
+        reader = csv.DictReader(f)
+        affinity = [c for c in reader.fieldnames or () if c.startswith(AFFINITY_PREFIX)]
+        for k, r in enumerate(reader):
+            history = tuple(f"{campaign}:{c[len(AFFINITY_PREFIX):]}" for c in affinity if float(r[c] or 0) > 0)
+            key = "|".join([*(r[f"user_feature_{i}"] for i in range(4)), *history])
+            user = hashlib.sha1(key.encode()).hexdigest()[:12] if history else f"{policy}-{campaign}-{k}"   # see module doc
             yield Impression(ts=_ts_ms(r["timestamp"]), policy=policy, campaign=campaign, row=k,
                              item_id=f"{campaign}:{r['item_id']}", position=int(r["position"]) - 1,
-                             click=int(r["click"]), propensity=float(r["propensity_score"]), user_id=f"obd-{user}")
+                             click=int(r["click"]), propensity=float(r["propensity_score"]), user_id=f"obd-{user}",
+                             history=history)
 
 
 def merged(data_dir: Path, policies: Iterable[str] = POLICIES, campaigns: Iterable[str] = CAMPAIGNS) -> list[Impression]:
@@ -87,8 +107,14 @@ def merged(data_dir: Path, policies: Iterable[str] = POLICIES, campaigns: Iterab
 
 
 def to_events(rows: Iterable[Impression]) -> Iterator[Event]:
-    """Impression (and click) events for ``rows``, in order."""
+    """Impression (and click) events for ``rows``, in order, each user's history clicks first."""
+    emitted: set[tuple[str, str]] = set()
     for i in rows:
+        for item in i.history:
+            if (i.user_id, item) not in emitted:
+                emitted.add((i.user_id, item))
+                yield Event(event_id=f"obd-hist-{i.user_id}-{item}", type="click", user_id=i.user_id,
+                            ts=i.ts - 1, item_id=item)
         rid = f"obd-{i.policy}-{i.campaign}-{i.row}"
         yield Event(event_id=f"{rid}-imp", type="impression", user_id=i.user_id, ts=i.ts, request_id=rid,
                     item_ids=[i.item_id], position=i.position)
