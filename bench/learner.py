@@ -6,9 +6,11 @@
       latest_version() every --poll-ms (serving's default 200 ms) has load()ed it; (b) a click
       sent to Kafka → that poller has loaded a version trained on it (learner service running
       on embedded Tansu + Redis, publish_every_s=--publish-s);
-  (3) quality: prequential click AUC on the later half of the stream, online vs the champion
-      frozen at the half vs popularity — on the stationary stream and with the injected shift
-      of learner/experiments.py.
+  (3) quality: prequential click AUC, online vs popularity on the whole stream (paired bootstrap
+      interval of the difference) and online vs the champion frozen at the half vs popularity on
+      the later half — on the stationary stream and with the injected shift of
+      learner/experiments.py, with how many clicks the stream holds after the shift against how
+      many a detector would need.
 
     python bench/learner.py --trials 40
 """
@@ -173,35 +175,47 @@ def event_to_visible(trials: int, every_s: float, publish_s: float) -> None:
     print(latency_line(f"click -> model visible (publish {publish_s * 1000:.0f} ms, poll {every_s * 1000:.0f} ms)", lat))
 
 
-def quality(data_dir: Path) -> None:
-    for name, shift in (("stationary", False), ("injected shift", True)):
-        rows, half = E.open_bandit_stream(data_dir, shift=shift)
+def quality(data_dir: Path, seeds: int = 3) -> None:
+    print("stationary stream (every click + 5 % of non-clicks); popularity counts every earlier click:")
+    for seed in range(seeds):
+        rows, half = E.open_bandit_stream(data_dir, seed=seed)
         r = E.run(data_dir, rows, half, freeze_at_shift=True)
         a = r.aucs()
-        lag = r.first_detection_after_shift(("adwin_clicked_item",)) if shift else None
-        loss_lag = r.first_detection_after_shift(("adwin_loss",)) if shift else None
-        print(f"{name:15s} later half: online {a['online_same_rows']:.3f}  frozen-at-half {a['frozen_post']:.3f}  "
-              f"popularity {a['popularity_post']:.3f}   whole stream: online {a['online']:.3f}  "
-              f"popularity {a['popularity']:.3f}   rows={len(rows)}")
-        if shift:
-            print(f"{'':15s} ADWIN(clicked item) fired {lag}, ADWIN(loss) {loss_lag} events after the shift; "
-                  f"challengers started at "
-                  f"{[i - r.shift_event for i in r.log.challenger_starts]}, promoted at "
-                  f"{[i - r.shift_event for i in r.log.promotions]} (events from the shift)")
-        else:
-            print(f"{'':15s} drift detections: {len(r.log.detections)}")
+        d, lo, hi = r.versus_popularity("whole")
+        dl, lol, hil = r.versus_popularity("later_half")
+        print(f"  seed {seed}  whole stream: online {a['online']:.3f}  popularity {a['popularity']:.3f}  "
+              f"difference {d:+.3f} [95% {lo:+.3f}, {hi:+.3f}]   later half: online {a['online_same_rows']:.3f}  "
+              f"frozen-at-half {a['frozen_post']:.3f}  popularity {a['popularity_post']:.3f}  "
+              f"difference {dl:+.3f} [{lol:+.3f}, {hil:+.3f}]   rows={len(rows)} detections={len(r.log.detections)}")
+    print("injected remap-only shift at the half (learner/experiments.py):")
+    for seed in range(seeds + 1):
+        rows, half = E.open_bandit_stream(data_dir, shift=True, seed=seed)
+        r = E.run(data_dir, rows, half, freeze_at_shift=True)
+        a = r.aucs()
+        lag = r.first_detection_after_shift(("adwin_clicked_item",))
+        loss_lag = r.first_detection_after_shift(("adwin_loss",))
+        ev = r.shift_detectability()
+        print(f"  seed {seed}  later half: online {a['online_same_rows']:.3f}  frozen-at-half {a['frozen_post']:.3f}  "
+              f"popularity {a['popularity_post']:.3f}   ADWIN(clicked item) fired {lag}, ADWIN(loss) {loss_lag} events "
+              f"after the shift; challengers started {[i - r.shift_event for i in r.log.challenger_starts]}, "
+              f"promoted {[i - r.shift_event for i in r.log.promotions]}")
+        print(f"          detectability: {ev['clicks_after']} clicks in the 500 events after the shift; clicked-item "
+              f"popularity percentile {ev['percentile_before']:.2f} -> {ev['percentile_after']:.2f} (sd {ev['sd']:.2f}); "
+              f"a 3-sigma test with the old mean known needs {ev['clicks_needed']:.0f} clicks")
     fa = 0
     for seed in range(1, 6):   # stationary: shuffled replays must raise nothing
         rows, half = E.open_bandit_stream(data_dir, shuffle_seed=seed, seed=seed)
         fa += len(E.run(data_dir, rows, half).log.detections)
-    print(f"{'shuffled x5':15s} false alarms (all detectors) over 5 stationary shuffled replays: {fa}")
+    print(f"shuffled x5: false alarms (all detectors) over 5 stationary shuffled replays: {fa}")
     rows = ob.merged(data_dir)   # the raw stream, no down-sampling
     half = len(rows) // 2
     r = E.run(data_dir, rows, half, freeze_at_shift=True)
     a = r.aucs()
-    print(f"{'raw 0.5% CTR':15s} later half: online {a['online_same_rows']:.3f}  frozen-at-half {a['frozen_post']:.3f}  "
-          f"popularity {a['popularity_post']:.3f}   whole stream: online {a['online']:.3f}  "
-          f"popularity {a['popularity']:.3f}   rows={len(rows)}  detections={len(r.log.detections)}")
+    d, lo, hi = r.versus_popularity("whole", n_boot=200)
+    print(f"raw 0.5% CTR: whole stream: online {a['online']:.3f}  popularity {a['popularity']:.3f}  difference "
+          f"{d:+.3f} [95% {lo:+.3f}, {hi:+.3f}]   later half: online {a['online_same_rows']:.3f}  frozen-at-half "
+          f"{a['frozen_post']:.3f}  popularity {a['popularity_post']:.3f}   rows={len(rows)}  "
+          f"detections={len(r.log.detections)}")
 
 
 def main() -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
+
+from streamrec.schemas import Event
 
 
 def popularity_scores(item_ids: Sequence[str], labels: Sequence[float]) -> np.ndarray:
@@ -20,6 +22,31 @@ def popularity_scores(item_ids: Sequence[str], labels: Sequence[float]) -> np.nd
     for k, (iid, y) in enumerate(zip(item_ids, labels)):
         out[k] = clicks[iid]
         clicks[iid] += float(y)
+    return out
+
+
+def stream_popularity_scores(events: Iterable[Event], stream_index: Sequence[int], item_ids: Sequence[str]) -> np.ndarray:
+    """Prequential popularity over the whole event stream: each example (its impression's index in
+    ``events``, its item) is scored by its item's click events *before* that impression — joined
+    clicks and organic ones (e.g. a user's imported history) alike, so the baseline knows every
+    click the head's features know."""
+    if len(stream_index) != len(item_ids):
+        raise ValueError("stream_index and item_ids must have the same length")
+    order = np.argsort(np.asarray(stream_index), kind="stable")
+    out = np.empty(len(item_ids), dtype=np.float64)
+    clicks: dict[str, float] = defaultdict(float)
+    k = 0
+    for idx, e in enumerate(events):
+        while k < len(order) and stream_index[order[k]] <= idx:
+            j = order[k]
+            out[j] = clicks[item_ids[j]]
+            k += 1
+        if e.type == "click" and e.item_id is not None:
+            clicks[e.item_id] += 1.0
+    while k < len(order):
+        j = order[k]
+        out[j] = clicks[item_ids[j]]
+        k += 1
     return out
 
 

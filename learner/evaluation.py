@@ -27,6 +27,33 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((r[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
+def auc_difference(a: np.ndarray, b: np.ndarray, labels: np.ndarray, *, n_boot: int = 1000,
+                   level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """AUC(a) - AUC(b) on the same examples, with a paired, class-stratified bootstrap interval.
+
+    Why paired: two scorers of the same stream share most of their errors, so the difference is
+    far better determined than either AUC alone — with a few hundred clicks each AUC is only
+    known to about ±0.03, but a consistent difference of 0.02 can still be clear. Returns
+    ``(difference, low, high)``; "clearly better" means ``low > 0``.
+    """
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    y = np.asarray(labels).astype(bool)
+    if not (a.shape == b.shape == y.shape):
+        raise ValueError("a, b and labels must have the same length")
+    if not 0 < level < 1:
+        raise ValueError("level must be in (0, 1)")
+    pos, neg = np.flatnonzero(y), np.flatnonzero(~y)
+    if pos.size == 0 or neg.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(n_boot)
+    for k in range(n_boot):
+        idx = np.concatenate([rng.choice(pos, pos.size), rng.choice(neg, neg.size)])
+        diffs[k] = auc(a[idx], y[idx]) - auc(b[idx], y[idx])
+    lo, hi = np.quantile(diffs, [(1 - level) / 2, (1 + level) / 2])
+    return auc(a, y) - auc(b, y), float(lo), float(hi)
+
+
 def logloss(p: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Per-example binary log-loss, clipped so a confident miss costs at most ~16 nats."""
     p = np.clip(np.asarray(p, dtype=np.float64), EPS, 1 - EPS)

@@ -37,9 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
-from learner.baselines import popularity_scores
+from learner.baselines import stream_popularity_scores
 from learner.estimator import OnlineRanker
-from learner.evaluation import auc
+from learner.evaluation import auc, auc_difference
 from learner.examples import Batch, Example
 from learner.online import LearnerConfig, OnlineLearner, StepReport
 from learner.replay import ReplayFeatures, ReplayLog, replay
@@ -87,6 +87,7 @@ class RunResult:
     frozen_p: list[float] = field(default_factory=list)   # frozen champion, post-shift click examples
     frozen_y: list[float] = field(default_factory=list)
     core: OnlineLearner | None = None
+    popularity: np.ndarray = field(default_factory=lambda: np.zeros(0))   # per click-labelled example
 
     @property
     def examples_per_s(self) -> float:
@@ -94,7 +95,7 @@ class RunResult:
 
     def aucs(self) -> dict[str, float]:
         p, y, idx = self.log.arrays()
-        pop = popularity_scores(self.log.item_ids, y)
+        pop = self.popularity
         post = idx >= self.shift_event
         later = np.arange(len(y)) >= len(y) // 2
         out = {"online": auc(p, y), "popularity": auc(pop, y),
@@ -106,6 +107,37 @@ class RunResult:
             out["frozen_post"] = auc(fp, fy)
             out["online_same_rows"] = auc(p[-n:], y[-n:])
         return out
+
+    def versus_popularity(self, part: str = "whole", n_boot: int = 1000) -> tuple[float, float, float]:
+        """Online AUC minus popularity AUC on the ``"whole"`` stream or its ``"later_half"``, with
+        the paired bootstrap 95 % interval (``learner.evaluation.auc_difference``)."""
+        p, y, _ = self.log.arrays()
+        keep = np.arange(len(y)) >= (len(y) // 2 if part == "later_half" else 0)
+        if part not in ("whole", "later_half"):
+            raise ValueError("part is 'whole' or 'later_half'")
+        return auc_difference(p[keep], self.popularity[keep], y[keep], n_boot=n_boot)
+
+    def shift_detectability(self, within: int = 500, before: int = 1000) -> dict[str, float]:
+        """How much evidence the stream holds about the shift ``within`` events after it: the clicks
+        there, and how far the clicked items' popularity percentile (among the previous 1,000
+        labelled examples) moved against the ``before`` events before it. ``clicks_needed`` is
+        what a one-off z-test at 3 sigma with the old mean *known* would need: a lower bound for
+        any sequential detector, which must also estimate the old mean and guard every step."""
+        p, y, idx = self.log.arrays()
+        pct = np.full(len(y), np.nan)
+        for k in np.flatnonzero(y > 0.5):
+            ref = self.popularity[max(0, k - 1000):k]
+            if ref.size >= 100:
+                v = self.popularity[k]
+                pct[k] = ((ref < v).sum() + 0.5 * (ref == v).sum()) / ref.size
+        s = self.shift_event
+        pre = pct[(idx >= s - before) & (idx < s) & ~np.isnan(pct)]
+        post = pct[(idx >= s) & (idx < s + within) & ~np.isnan(pct)]
+        move = float(pre.mean() - post.mean()) if pre.size and post.size else float("nan")
+        sd = float(np.concatenate([pre, post]).std()) if pre.size + post.size else float("nan")
+        need = (3 * sd / move) ** 2 if move > 0 else float("inf")
+        return {"clicks_after": int(post.size), "clicks_before": int(pre.size), "percentile_before": float(pre.mean()),
+                "percentile_after": float(post.mean()), "sd": sd, "clicks_needed": float(need)}
 
     def first_detection_after_shift(self, detectors: tuple[str, ...] = ("adwin_loss",)) -> int | None:
         """Events between the shift and the first such detection at or after it."""
@@ -156,4 +188,5 @@ def run(data_dir: Path, rows: list[ob.Impression], shift_row: int, *, config: Le
     result.log = replay(events, core, ReplayFeatures(attrs), vectors.get, batch_size=cfg.batch_size,
                         on_event=on_event, on_step=on_step)
     result.seconds = time.perf_counter() - t0
+    result.popularity = stream_popularity_scores(events, result.log.stream_index, result.log.item_ids)
     return result

@@ -9,7 +9,8 @@ import torch
 from learner import experiments as E
 from learner.checkpoint import Checkpointer
 from learner.estimator import OnlineRanker
-from learner.evaluation import auc
+from learner.baselines import stream_popularity_scores
+from learner.evaluation import auc, auc_difference
 from learner.examples import Batch, Example
 from learner.guard import RollbackGuard
 from learner.joiner import LabelJoiner
@@ -93,6 +94,29 @@ def test_auc_matches_pairwise_definition():
     assert np.isnan(auc(s, np.ones(200)))
 
 
+def test_paired_auc_difference_interval_separates_a_better_scorer_not_a_copy():
+    rng = np.random.default_rng(0)
+    y = (rng.random(4000) < 0.1).astype(float)
+    weak = y * 0.3 + rng.normal(size=y.size)
+    strong = y * 1.0 + rng.normal(size=y.size)
+    diff, low, high = auc_difference(strong, weak, y, n_boot=300)
+    assert low > 0 and low < diff < high and diff == pytest.approx(auc(strong, y) - auc(weak, y))
+    same, low, high = auc_difference(weak, weak, y, n_boot=50)
+    assert same == low == high == 0.0
+    with pytest.raises(ValueError):
+        auc_difference(weak, weak[:-1], y)
+
+
+def test_stream_popularity_counts_every_earlier_click_organic_ones_too():
+    T = 1_700_000_000_000
+    ev = [Event(event_id="h", type="click", user_id="u", ts=T + 1, item_id="a"),                     # organic
+          Event(event_id="i1", type="impression", user_id="u", ts=T + 2, request_id="r1", item_ids=["a", "b"]),
+          Event(event_id="c1", type="click", user_id="u", ts=T + 3, request_id="r1", item_id="b"),
+          Event(event_id="i2", type="impression", user_id="v", ts=T + 4, request_id="r2", item_ids=["b", "a"])]
+    # examples in learning order, each with its impression's stream index
+    assert stream_popularity_scores(ev, [3, 1, 1, 3], ["a", "a", "b", "b"]).tolist() == [1.0, 1.0, 0.0, 1.0]
+
+
 def test_negative_sampling_mode_builds_positive_and_sampled_negatives():
     feats = ReplayFeatures()
     b = ExampleBuilder(LabelJoiner(5, clock=FakeClock()), FeatureAssembler(feats, lambda _i: None),
@@ -146,7 +170,7 @@ def test_guard_rolls_back_a_poisoned_version_and_keeps_a_good_one(trained, tmp_p
     assert all(v is None for v in verdicts) and guard.good[0] == v2       # proved itself: new fallback
 
     poisoned = honest.frozen_copy()
-    poisoned.set_lr(0.05)
+    poisoned.set_lr(0.1)   # strong enough to matter: the served loss ends ~2x the good one's (at 0.05, +3 %)
     for b in batches[15:20]:   # labels flipped: a broken upstream join
         flipped = Batch(b.X, b.position, 1 - b.click, b.click_mask, b.purchase, b.purchase_mask, b.ts, b.item_ids)
         poisoned.learn(flipped)

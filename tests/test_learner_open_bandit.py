@@ -2,18 +2,22 @@
 
 Stream and injected shift are described in ``learner/experiments.py``: the shift is a remap only
 (clicks move to the less clicked half of each campaign's items; same rows, same click rate).
-Each replay takes 2-7 s.
+Each replay takes 1-3 s.
 
-Two acceptance criteria are NOT met on this sample (~287 clicks in 60k rows) and are kept here as
-``xfail`` tests with the measured figures, so they turn into passes (``XPASS``) when they hold:
-* "clearly beats popularity": the online head is at parity with the popularity baseline (whole
-  stream, seeds 0/1/2: online 0.538/0.541/0.533 vs popularity 0.545/0.549/0.548; later half
-  0.544/0.549/0.542 vs 0.536/0.545/0.548). The best single feature (item_clicks_log) reaches 0.550
-  and an offline logistic regression 0.556: the sample does not carry a clear margin.
-* "the detector fires within 500 events of a remap-only shift": the clicked-item ADWIN (delta
-  0.05) fires 508 events after the shift on seed 0 and not at all on seeds 1-3 (~40 clicks per
-  500 events). Delta 0.1 fires earlier (offline: 398/202/770/none) but raised 2 false alarms on
-  13 stationary replays; 2 % negatives instead of 5 % gave 70/343/553/593 but worse challengers.
+"Clearly beats popularity" is judged on the whole prequential stream with a paired bootstrap
+interval of the AUC difference (``learner.evaluation.auc_difference``): the popularity baseline
+counts every click the head's features count, including the users' imported click histories
+(the Open Bandit affinity columns, see ``streamrec/datasets/open_bandit.py``). Measured, seeds
+0/1/2: online 0.602/0.600/0.595 vs popularity 0.551/0.553/0.554, difference 95 % intervals
+[0.025, 0.078] / [0.022, 0.074] / [0.014, 0.069]. On the later half alone the two are at parity
+(0.562 vs 0.555 on seed 0, interval [-0.029, 0.042]): the head's edge is the history, and most
+of what history says is said early.
+
+One acceptance criterion is NOT met on this sample and is kept as an ``xfail`` test with the
+measured figures, so it turns into a pass (``XPASS``) when it holds: "the detector fires within
+500 events of a remap-only shift". The 500 events after the shift carry about 24 clicks, too few
+for any detector to see the clicked items move (see ``bench/learner.py``'s detectability line);
+the clicked-item ADWIN fires 528 events after the shift on seed 0 and not on seeds 1-3.
 """
 
 from __future__ import annotations
@@ -67,8 +71,8 @@ def test_clicked_item_detector_sees_the_remap_and_nothing_before(shifted):
     assert shifted.log.challenger_starts and shifted.log.challenger_starts[0] - shifted.shift_event == lag
 
 
-@pytest.mark.xfail(strict=False, reason="measured: first clicked-item detection 508 events after the shift "
-                                        "(seed 0), none on seeds 1-2; ~40 clicks per 500 events")
+@pytest.mark.xfail(strict=False, reason="measured: first clicked-item detection 528 events after the shift "
+                                        "(seed 0), none on seeds 1-3; ~24 clicks in the 500 events after it")
 def test_shift_is_detected_within_500_events(shifted):
     lag = shifted.first_detection_after_shift(("adwin_clicked_item", "adwin_loss", "page_hinkley_ctr"))
     assert lag is not None and lag <= 500, lag
@@ -85,19 +89,18 @@ def test_challenger_takes_over_and_beats_the_frozen_champion(shifted):
     assert a["online_post"] > 0.55, a
 
 
-def test_online_head_keeps_up_with_popularity(stationary):
+def test_online_head_keeps_up_with_popularity_on_the_later_half(stationary):
     for r in stationary:
         a = r.aucs()
-        assert a["online"] > 0.52 and a["online"] > a["popularity"] - 0.02, a
         assert a["online_later_half"] > a["popularity_later_half"] - 0.02, a
 
 
-@pytest.mark.xfail(strict=False, reason="measured: online at parity with popularity (AUC ~0.54 vs ~0.55 on "
-                                        "the whole stream); the sample has ~287 clicks")
-def test_online_head_clearly_beats_popularity(stationary):
+def test_online_head_clearly_beats_chance_and_popularity(stationary):
     for r in stationary:
         a = r.aucs()
-        assert a["online"] > a["popularity"] + 0.02, a
+        assert a["online"] > 0.55, a
+        diff, low, _high = r.versus_popularity("whole")
+        assert diff >= 0.02 and low > 0, (a, diff, low)
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
