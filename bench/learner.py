@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 import subprocess
 import sys
 from pathlib import Path
@@ -208,14 +209,17 @@ def quality(data_dir: Path, seeds: int = 3) -> None:
         fa += len(E.run(data_dir, rows, half).log.detections)
     print(f"shuffled x5: false alarms (all detectors) over 5 stationary shuffled replays: {fa}")
     rows = ob.merged(data_dir)   # the raw stream, no down-sampling
-    half = len(rows) // 2
-    r = E.run(data_dir, rows, half, freeze_at_shift=True)
-    a = r.aucs()
-    d, lo, hi = r.versus_popularity("whole", n_boot=200)
-    print(f"raw 0.5% CTR: whole stream: online {a['online']:.3f}  popularity {a['popularity']:.3f}  difference "
-          f"{d:+.3f} [95% {lo:+.3f}, {hi:+.3f}]   later half: online {a['online_same_rows']:.3f}  frozen-at-half "
-          f"{a['frozen_post']:.3f}  popularity {a['popularity_post']:.3f}   rows={len(rows)}  "
-          f"detections={len(r.log.detections)}")
+    for rate in (1.0, 0.05):
+        cfg = replace(E.default_config(), train_negative_rate=rate)
+        r = E.run(data_dir, rows, len(rows) // 2, config=cfg, freeze_at_shift=True)
+        a = r.aucs()
+        d, lo, hi = r.versus_popularity("whole", n_boot=200)
+        p, y, _ = r.log.arrays()
+        print(f"raw 0.5% CTR, learning from {rate:.0%} of non-clicks: whole stream: online {a['online']:.3f}  "
+              f"popularity {a['popularity']:.3f}  difference {d:+.3f} [95% {lo:+.3f}, {hi:+.3f}]   later half: "
+              f"online {a['online_same_rows']:.3f}  frozen-at-half {a['frozen_post']:.3f}  popularity "
+              f"{a['popularity_post']:.3f}   mean p {p.mean():.4f} vs CTR {y.mean():.4f}   rows={len(rows)}  "
+              f"detections={len(r.log.detections)}")
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ weights so a restarted learner continues exactly where it stopped.
 from __future__ import annotations
 
 import copy
+import math
 
 import numpy as np
 import torch
@@ -84,7 +85,8 @@ class OnlineRanker:
         self.head.eval()
         X, pos = self._tensors(batch)
         click, buy = self._logits(X, pos)
-        return torch.sigmoid(click).numpy(), torch.sigmoid(buy).numpy()
+        off = self.head.logit_offset   # trained on sampled negatives: back to the stream's odds
+        return torch.sigmoid(click + off).numpy(), torch.sigmoid(buy + off).numpy()
 
     def learn(self, batch: Batch) -> float:
         """One optimiser step on the batch; returns the mean training loss (0 if nothing to learn)."""
@@ -110,6 +112,13 @@ class OnlineRanker:
         self.examples += len(batch)
         return float(loss.detach())
 
+    def set_negative_rate(self, rate: float) -> None:
+        """Declare the share of negatives :meth:`learn` will see, so predictions stay calibrated."""
+        if not 0 < rate <= 1:
+            raise ValueError("the negative rate must be in (0, 1]")
+        with torch.no_grad():
+            self.head.logit_offset.fill_(math.log(rate))
+
     def set_lr(self, lr: float) -> None:
         if lr <= 0:
             raise ValueError("lr must be positive")
@@ -127,6 +136,7 @@ class OnlineRanker:
             head.x_mean.copy_(self.head.x_mean)
             head.x_var.copy_(self.head.x_var)
             head.x_count.copy_(self.head.x_count)
+            head.logit_offset.copy_(self.head.logit_offset)
         return OnlineRanker(head, lr=self.lr, weight_decay=self.weight_decay,
                             purchase_weight=self.purchase_weight, seed=None)
 

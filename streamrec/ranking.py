@@ -270,6 +270,9 @@ class RankingHead(nn.Module):
         self.register_buffer("x_mean", torch.zeros(n_features))
         self.register_buffer("x_var", torch.ones(n_features))
         self.register_buffer("x_count", torch.zeros(()))
+        # log of the share of negatives the head was trained on (0 = all): trained on a sample, its
+        # logits are too high by exactly -log(rate), so predictions add it back (He et al. 2014)
+        self.register_buffer("logit_offset", torch.zeros(()))
 
     def config(self) -> dict:
         """What it takes to rebuild the module before loading its state dict."""
@@ -303,6 +306,11 @@ class RankingHead(nn.Module):
             click = click + self.position_bias(position.clamp(0, self.max_positions - 1)).squeeze(-1)
         return click, buy
 
+    def calibrated(self, X: torch.Tensor, position: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits for the unsampled stream: :meth:`forward` plus the negative-sampling offset."""
+        click, buy = self.forward(X, position)
+        return click + self.logit_offset, buy + self.logit_offset
+
     def _check(self, X: np.ndarray) -> torch.Tensor:
         X = np.asarray(X, dtype=np.float32)
         if X.ndim != 2 or X.shape[1] != self.n_features:
@@ -315,7 +323,7 @@ class RankingHead(nn.Module):
         was = self.training
         self.eval()
         try:
-            click, buy = self.forward(self._check(X))
+            click, buy = self.calibrated(self._check(X))
         finally:
             self.train(was)
         return torch.sigmoid(click).numpy(), torch.sigmoid(buy).numpy()
@@ -346,6 +354,8 @@ def head_from_state(config: dict, state: dict) -> RankingHead:
     """Rebuild a head from :meth:`RankingHead.config` and its state dict."""
     head = RankingHead(n_features=int(config["n_features"]), hidden=int(config["hidden"]),
                        max_positions=int(config["max_positions"]), feature_names=list(config["feature_names"]))
+    state = dict(state)
+    state.setdefault("logit_offset", torch.zeros(()))   # snapshots from before negative sampling
     head.load_state_dict(state)
     return head
 

@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     learner_negative_sampling: Literal["off", "popularity"] = Field(
         "off", description="streams without impressions: sample unseen items as negatives for each positive")
     learner_negatives_per_positive: int = Field(4, ge=1, le=100)
+    learner_train_negative_rate: float = Field(
+        1.0, gt=0, le=1, description="share of shown-but-not-clicked examples the head trains on (every click "
+        "always); predictions are shifted by log(rate) so they stay calibrated. Below 1 for low-CTR streams")
     drift_loss_delta: float = Field(0.0005, gt=0, lt=1, description="ADWIN delta on the prequential click loss")
     drift_ctr_threshold: float = Field(30.0, gt=0, description="Page-Hinkley threshold on the click rate")
     drift_features: list[str] = Field(

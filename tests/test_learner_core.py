@@ -15,7 +15,7 @@ from learner.examples import Batch, Example
 from learner.guard import RollbackGuard
 from learner.joiner import LabelJoiner
 from learner.negatives import NegativeSampler
-from learner.online import OnlineLearner
+from learner.online import LearnerConfig, OnlineLearner
 from learner.pipeline import ExampleBuilder
 from learner.replay import ReplayFeatures, replay
 from streamrec.model_store import ModelStore
@@ -105,6 +105,32 @@ def test_paired_auc_difference_interval_separates_a_better_scorer_not_a_copy():
     assert same == low == high == 0.0
     with pytest.raises(ValueError):
         auc_difference(weak, weak[:-1], y)
+
+
+def test_training_on_sampled_negatives_keeps_every_click_and_stays_calibrated():
+    rng = np.random.default_rng(3)
+    core = OnlineLearner(OnlineRanker(lr=0.02, seed=0),
+                         LearnerConfig(warmup=10**9, train_negative_rate=0.1, batch_size=256))
+    ctr = []
+    for step in range(150):
+        X = rng.normal(size=(256, N_FEATURES)).astype(np.float32)
+        y = (rng.random(256) < 1 / (1 + np.exp(-(X[:, 0] * 1.5 - 4.5)))).astype(float)   # ~2.5 % CTR
+        ex = [Example("r", str(i), "u", step, X[i], 0, y[i], 0.0) for i in range(256)]
+        train = core._training_batch(Batch.of(ex))
+        assert train.click.sum() == y.sum()                                  # every click is learned
+        ctr.append(y.mean())
+        core.step(ex)
+    kept = [len(core._training_batch(Batch.of([Example("r", "i", "u", 0, X[0], 0, 0.0, 0.0)] * 1000)))
+            for _ in range(3)]
+    assert all(60 <= k <= 140 for k in kept), kept                         # ~10 % of the negatives
+    assert core.champion.head.logit_offset.item() == pytest.approx(np.log(0.1))
+    p, _ = core.predict(Batch.of(ex))
+    assert 0.5 * np.mean(ctr) < p.mean() < 2 * np.mean(ctr), (p.mean(), np.mean(ctr))   # the stream's odds, not 10x
+    served, _ = core.champion.head.predict(Batch.of(ex).X)                  # serving applies the same offset
+    assert 0.5 * np.mean(ctr) < served.mean() < 2 * np.mean(ctr)
+    assert core.metrics()["click_auc"] > 0.75
+    with pytest.raises(ValueError):
+        OnlineLearner(OnlineRanker(seed=0), LearnerConfig(train_negative_rate=0.0))
 
 
 def test_stream_popularity_counts_every_earlier_click_organic_ones_too():

@@ -103,6 +103,26 @@ def test_online_head_clearly_beats_chance_and_popularity(stationary):
         assert diff >= 0.02 and low > 0, (a, diff, low)
 
 
+def test_on_the_raw_stream_training_on_sampled_negatives_beats_popularity(data_dir):
+    """All 60,000 impressions at their 0.5 % click rate: the head learns from every click and 5 %
+    of the non-clicks (``train_negative_rate``) but is scored on every impression. Measured:
+    online 0.602 vs popularity 0.534, interval [0.030, 0.103]; learning from every non-click
+    instead, 0.513 (the clicks drown); later half 0.501 vs popularity 0.562 — the head's edge is
+    again the users' histories, and after it the item counters it learns from are noisier than
+    the cumulative count popularity keeps."""
+    from dataclasses import replace
+
+    from streamrec.datasets import open_bandit as ob
+
+    rows = ob.merged(data_dir)
+    r = E.run(data_dir, rows, len(rows) // 2, config=replace(E.default_config(), train_negative_rate=0.05))
+    p, y, _ = r.log.arrays()
+    assert len(y) == 60_000
+    assert 0.5 * y.mean() < p.mean() < 2 * y.mean()   # calibrated to the stream, not to the sample
+    diff, low, _high = r.versus_popularity("whole", n_boot=200)
+    assert diff >= 0.02 and low > 0, (r.aucs(), diff, low)
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_stationary_shuffled_replay_raises_no_drift(data_dir, seed):
     rows, half = E.open_bandit_stream(data_dir, shuffle_seed=seed)
