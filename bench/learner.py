@@ -193,16 +193,16 @@ def quality(data_dir: Path, seeds: int = 3) -> None:
         rows, half = E.open_bandit_stream(data_dir, shift=True, seed=seed)
         r = E.run(data_dir, rows, half, freeze_at_shift=True)
         a = r.aucs()
-        lag = r.first_detection_after_shift(("adwin_clicked_item",))
-        loss_lag = r.first_detection_after_shift(("adwin_loss",))
-        ev = r.shift_detectability()
+        lags = {name: r.first_detection_after_shift((det,)) for name, det in
+                (("click rank", "adwin_click_rank"), ("clicked item", "adwin_clicked_item"), ("loss", "adwin_loss"),
+                 ("PH ctr", "page_hinkley_ctr"))}
+        early = sum(i < r.shift_event for i, _ in r.log.detections)
         print(f"  seed {seed}  later half: online {a['online_same_rows']:.3f}  frozen-at-half {a['frozen_post']:.3f}  "
-              f"popularity {a['popularity_post']:.3f}   ADWIN(clicked item) fired {lag}, ADWIN(loss) {loss_lag} events "
-              f"after the shift; challengers started {[i - r.shift_event for i in r.log.challenger_starts]}, "
-              f"promoted {[i - r.shift_event for i in r.log.promotions]}")
-        print(f"          detectability: {ev['clicks_after']} clicks in the 500 events after the shift; clicked-item "
-              f"popularity percentile {ev['percentile_before']:.2f} -> {ev['percentile_after']:.2f} (sd {ev['sd']:.2f}); "
-              f"a 3-sigma test with the old mean known needs {ev['clicks_needed']:.0f} clicks")
+              f"popularity {a['popularity_post']:.3f}   first detection after the shift (events): "
+              f"{', '.join(f'{k} {v}' for k, v in lags.items())}; before it: {early}; challengers started "
+              f"{[i - r.shift_event for i in r.log.challenger_starts]}, promoted "
+              f"{[i - r.shift_event for i in r.log.promotions]}; clicks in the 500 events after the shift: "
+              f"{r.clicks_after_shift(500)}")
     fa = 0
     for seed in range(1, 6):   # stationary: shuffled replays must raise nothing
         rows, half = E.open_bandit_stream(data_dir, shuffle_seed=seed, seed=seed)

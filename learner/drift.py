@@ -1,5 +1,5 @@
 """Drift detection with River: ADWIN on the prequential loss, Page-Hinkley on CTR, ADWIN on features,
-and ADWIN on *which* items get clicked (label-conditional, model-independent).
+ADWIN on how the model *ranks* what gets clicked, and ADWIN on *which* items get clicked.
 
 Why these three: a rising loss says the model is wrong now (the signal that matters); a CTR
 change says user behaviour moved even when the loss has not caught up; a feature-mean change
@@ -18,6 +18,15 @@ item's own smoothed CTR (clicks + prior) / (shown + strength) from the labelled 
 ``item_reference`` labelled examples. Stationary, clicked items sit a little above the median
 (as much as popularity predicts clicks); when clicks move to items that were rarely clicked the
 mean percentile falls, and a fall is what is reported.
+
+The click-rank detector (``adwin_click_rank``) asks the same of the model: for each click it
+feeds ADWIN the percentile of the model's score for the clicked item among its scores of the last
+``item_reference`` labelled examples — the click's contribution to AUC, so ADWIN's mean is a
+rolling AUC. Unlike the log-loss it ignores calibration and the click rate and sees only the
+ranking going wrong, which is what a concept shift does to a ranker; on the Open Bandit remap it
+fires within ~120-640 events where the clicked-item detector needs ~530 or never fires. The
+reference holds the *champion's* scores, so it restarts with :meth:`DriftMonitor.reset` when a
+new model takes over.
 """
 
 from __future__ import annotations
@@ -38,7 +47,7 @@ from streamrec.ranking import FEATURE_NAMES
 class Detection:
     """One drift detection: what moved, where (which detector/feature), when, and the evidence."""
 
-    detector: str            # "adwin_loss" | "page_hinkley_ctr" | "adwin_feature" | "adwin_clicked_item"
+    detector: str            # "adwin_loss" | "page_hinkley_ctr" | "adwin_feature" | "adwin_clicked_item" | "adwin_click_rank"
     what: str                # "prequential_click_loss" | "ctr" | feature name
     where: str               # the learner / model it was seen in
     when_ms: int             # event time of the example that triggered it
@@ -67,6 +76,32 @@ class _Adwin:
         return False, before, self.d.estimation, 0
 
 
+class _ClickAdwin:
+    """ADWIN over one value per click, that also knows how many labelled examples its window spans
+    (the challenger trains on that many)."""
+
+    def __init__(self, delta: float):
+        self.adwin = _Adwin(delta, clock=1)   # sparse stream (one value per click): check every one
+        self.at: deque[int] = deque()          # labelled-example index of each value in the window
+
+    def update(self, x: float, seen: int) -> tuple[bool, dict]:
+        """True (and the evidence) when the mean fell."""
+        hit, before, after, cut = self.adwin.update(x)
+        self.at.append(seen)
+        while len(self.at) > self.adwin.d.width:
+            self.at.popleft()
+        if not (hit and after < before):
+            return False, {}
+        since = seen - self.at[0] + 1 if self.at else 0
+        return True, {"mean_before": before, "mean_after": after, "clicks_cut": cut, "window": int(since),
+                      "delta": self.adwin.d.delta}
+
+
+def _percentile(ref: np.ndarray, v: float) -> float:
+    """Mid-rank percentile of ``v`` in the sorted ``ref`` (ties count half)."""
+    return float((np.searchsorted(ref, v, "left") + np.searchsorted(ref, v, "right")) / (2.0 * ref.size))
+
+
 class DriftMonitor:
     """Feeds per-example signals to the detectors and returns :class:`Detection` s.
 
@@ -78,7 +113,8 @@ class DriftMonitor:
     feature_delta: ADWIN confidence for the feature detectors.
     warmup: labelled examples before any detection is reported.
     item_delta: ADWIN confidence for the clicked-item detector (0 turns it off).
-    item_reference: labelled examples whose item CTRs form the reference distribution.
+    item_reference: labelled examples whose item CTRs (and model scores) form the reference.
+    rank_delta: ADWIN confidence for the click-rank detector (0 turns it off).
     """
 
     ITEM_PRIOR_STRENGTH = 10.0   # pseudo-impressions at the stream's running CTR
@@ -87,13 +123,14 @@ class DriftMonitor:
     def __init__(self, *, loss_delta: float = 0.0005, ctr_threshold: float = 30.0, ctr_delta: float = 0.005,
                  feature_names: Sequence[str] = ("retrieval_score", "query_item_cos", "price_log", "item_vec_0", "item_vec_1"),
                  feature_delta: float = 1e-5, warmup: int = 1000, where: str = "champion",
-                 item_delta: float = 0.05, item_reference: int = 1000):
+                 item_delta: float = 0.05, item_reference: int = 1000, rank_delta: float = 0.05):
         unknown = [f for f in feature_names if f not in FEATURE_NAMES]
         if unknown:
             raise ValueError(f"unknown feature(s) to watch for drift: {unknown}; choose from {FEATURE_NAMES}")
         self.loss_delta, self.ctr_threshold, self.ctr_delta = loss_delta, ctr_threshold, ctr_delta
         self.feature_delta, self.warmup, self.where = feature_delta, warmup, where
         self.item_delta, self.item_reference = item_delta, item_reference
+        self.rank_delta = rank_delta
         self.feature_names = list(feature_names)
         self._cols = [FEATURE_NAMES.index(f) for f in self.feature_names]
         self.reset()
@@ -107,24 +144,33 @@ class DriftMonitor:
         self.ctr_seen = 0
         self.ctr_sum = 0.0
         self._reset_items()
+        self._reset_rank()
 
     def _reset_items(self) -> None:
-        # clock=1: the clicked-item stream is sparse (one value per click), check after every one
-        self.item = _Adwin(self.item_delta, clock=1) if self.item_delta > 0 else None
+        self.item = _ClickAdwin(self.item_delta) if self.item_delta > 0 else None
         self.item_clicks: dict[str, float] = {}
         self.item_shown: dict[str, float] = {}
         self.item_ref: deque[float] = deque(maxlen=self.item_reference)
-        self.item_at: deque[int] = deque()   # labelled-example index of each value in ADWIN's window
+
+    def _reset_rank(self) -> None:
+        self.rank = _ClickAdwin(self.rank_delta) if self.rank_delta > 0 else None
+        self.rank_ref: deque[float] = deque(maxlen=self.item_reference)
 
     def update(self, losses: np.ndarray, clicks: np.ndarray, click_mask: np.ndarray, X: np.ndarray,
-               ts: np.ndarray, item_ids: Sequence[str] | None = None) -> list[Detection]:
+               ts: np.ndarray, item_ids: Sequence[str] | None = None,
+               scores: np.ndarray | None = None) -> list[Detection]:
         """One prequential batch: per-example click losses, click labels (with mask), rows, times
-        and (optionally) item ids, which the clicked-item detector needs."""
+        and (optionally) item ids and the model's click scores, which the clicked-item and the
+        click-rank detectors need."""
         out: list[Detection] = []
-        if not hasattr(self, "item_ref"):   # a monitor pickled before the clicked-item detector
-            self.item_delta, self.item_reference = 0.0, 1000
+        if not hasattr(self, "rank_ref"):   # pickled by an older version: fresh click detectors
+            self.item_delta = getattr(self, "item_delta", 0.0)
+            self.item_reference = getattr(self, "item_reference", 1000)
+            self.rank_delta = 0.05
             self._reset_items()
+            self._reset_rank()
         ref = np.sort(np.fromiter(self.item_ref, float)) if self.item is not None else None
+        rank_ref = np.sort(np.fromiter(self.rank_ref, float)) if self.rank is not None else None
         for i in range(len(losses)):
             self.seen += 1
             when = int(ts[i])
@@ -147,6 +193,13 @@ class DriftMonitor:
                     d = self._clicked_item(str(item_ids[i]), y, ref, when, armed)
                     if d is not None:
                         out.append(d)
+                if self.rank is not None and scores is not None:
+                    if y > 0.5 and rank_ref.size >= 100:
+                        hit, ev = self.rank.update(_percentile(rank_ref, float(scores[i])), self.seen)
+                        if hit and armed:
+                            out.append(Detection("adwin_click_rank", "clicked_item_score_percentile", self.where,
+                                                 when, self.seen, ev))
+                    self.rank_ref.append(float(scores[i]))
             for name, col in zip(self.feature_names, self._cols):
                 hit, before, after, cut = self.features[name].update(float(X[i, col]))
                 if hit and armed:
@@ -163,16 +216,9 @@ class DriftMonitor:
         ctr = (self.item_clicks.get(iid, 0.0) + base * k) / (self.item_shown.get(iid, 0.0) + k)
         out = None
         if y > 0.5 and ref.size >= 100:
-            pct = (np.searchsorted(ref, ctr, "left") + np.searchsorted(ref, ctr, "right")) / (2.0 * ref.size)
-            hit, before, after, cut = self.item.update(float(pct))
-            self.item_at.append(self.seen)
-            while len(self.item_at) > self.item.d.width:
-                self.item_at.popleft()
-            if hit and armed and after < before:
-                since = self.seen - self.item_at[0] + 1 if self.item_at else 0
-                out = Detection("adwin_clicked_item", "clicked_item_ctr_percentile", self.where, when, self.seen,
-                                {"mean_before": before, "mean_after": after, "clicks_cut": cut,
-                                 "window": int(since), "delta": self.item_delta})
+            hit, ev = self.item.update(_percentile(ref, ctr), self.seen)
+            if hit and armed:
+                out = Detection("adwin_clicked_item", "clicked_item_ctr_percentile", self.where, when, self.seen, ev)
         self.item_ref.append(ctr)
         self.item_clicks[iid] = self.item_clicks.get(iid, 0.0) + y
         self.item_shown[iid] = self.item_shown.get(iid, 0.0) + 1.0

@@ -26,7 +26,7 @@ from learner.evaluation import Prequential, logloss
 from learner.examples import Batch, Example
 from streamrec.ranking import N_FEATURES
 
-HARMFUL = ("adwin_loss", "page_hinkley_ctr", "adwin_clicked_item")   # detections that start a challenger
+HARMFUL = ("adwin_loss", "page_hinkley_ctr", "adwin_clicked_item", "adwin_click_rank")   # detections that start a challenger
 
 
 @dataclass
@@ -42,6 +42,7 @@ class LearnerConfig:
     feature_names: tuple[str, ...] = ("retrieval_score", "query_item_cos", "price_log", "item_vec_0", "item_vec_1")
     feature_delta: float = 1e-5
     item_delta: float = 0.05
+    rank_delta: float = 0.05
     warmup: int = 1000
     challenger_min_examples: int = 300
     challenger_max_examples: int = 20_000
@@ -56,7 +57,8 @@ class LearnerConfig:
     def from_settings(cls, s: Any) -> LearnerConfig:
         return cls(lr=s.learner_lr, batch_size=s.learner_batch_size, loss_delta=s.drift_loss_delta,
                    ctr_threshold=s.drift_ctr_threshold, feature_names=tuple(s.drift_features),
-                   feature_delta=s.drift_feature_delta, item_delta=s.drift_item_delta, warmup=s.drift_warmup,
+                   feature_delta=s.drift_feature_delta, item_delta=s.drift_item_delta, rank_delta=s.drift_rank_delta,
+                   warmup=s.drift_warmup,
                    challenger_min_examples=s.challenger_min_examples,
                    challenger_max_examples=s.challenger_max_examples,
                    train_negative_rate=s.learner_train_negative_rate)
@@ -105,7 +107,7 @@ class OnlineLearner:
         self.challenger_eval = Prequential(c.metrics_window)
         self.monitor = DriftMonitor(loss_delta=c.loss_delta, ctr_threshold=c.ctr_threshold,
                                     feature_names=c.feature_names, feature_delta=c.feature_delta, warmup=c.warmup,
-                                    item_delta=c.item_delta)
+                                    item_delta=c.item_delta, rank_delta=c.rank_delta)
         self.buffer: deque[Example] = deque(maxlen=c.buffer_size)
         self.examples = 0
         self.detections_total: dict[str, int] = {}
@@ -126,7 +128,7 @@ class OnlineLearner:
         losses = self.prequential.update(pc, pb, batch)
         report = StepReport(pc, pb)
         report.detections = self.monitor.update(losses, batch.click, batch.click_mask, batch.X, batch.ts,
-                                                batch.item_ids)
+                                                batch.item_ids, pc)
         for d in report.detections:
             self.detections_total[d.detector] = self.detections_total.get(d.detector, 0) + 1
 
@@ -146,7 +148,7 @@ class OnlineLearner:
 
         if self.challenger is None and any(d.detector in HARMFUL for d in report.detections):
             window = max((d.evidence.get("window", 0) for d in report.detections
-                          if d.detector in ("adwin_loss", "adwin_clicked_item")), default=0)
+                          if d.detector in ("adwin_loss", "adwin_clicked_item", "adwin_click_rank")), default=0)
             self._start_challenger(window or self.config.challenger_min_examples)
             report.challenger_started = True
         elif self.challenger is not None:

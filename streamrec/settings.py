@@ -100,6 +100,8 @@ class Settings(BaseSettings):
     drift_feature_delta: float = Field(1e-5, gt=0, lt=1)
     drift_item_delta: float = Field(0.05, ge=0, lt=1, description="ADWIN delta on the clicked items' CTR "
                                     "percentile (label-conditional; sees clicks moving to other items); 0 = off")
+    drift_rank_delta: float = Field(0.05, ge=0, lt=1, description="ADWIN delta on the model's rank of each clicked "
+                                    "item among recent examples (a rolling AUC; sees the ranking go wrong); 0 = off")
     drift_warmup: int = Field(1000, ge=0, description="labelled examples before drift is reported")
     challenger_min_examples: int = Field(300, ge=10, description="paired examples before a challenger can win")
     challenger_max_examples: int = Field(20_000, ge=100, description="a challenger that has not won by then is dropped")

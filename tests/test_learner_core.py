@@ -253,6 +253,31 @@ def test_clicked_item_detector_fires_when_clicks_move_to_other_items_not_when_st
     assert runs["remap"] and runs["remap"][0][0] == 1   # after the remap, and only then
 
 
+def test_click_rank_detector_fires_when_the_model_ranks_clicks_low_not_when_stationary():
+    """The model's scores stay the same; what users click turns against them halfway."""
+    from learner.drift import DriftMonitor
+    runs = {}
+    for name, flip in (("stationary", False), ("shifted", True)):
+        rng = np.random.default_rng(11)
+        mon = DriftMonitor(feature_names=(), warmup=500, item_delta=0.0, rank_delta=0.05)
+        fired = []
+        for part in (0, 1):
+            score = rng.random(3000)
+            good = 1 - score if (flip and part == 1) else score
+            y = (rng.random(3000) < 0.02 + 0.15 * good).astype(float)      # same click rate either way
+            for k in range(0, 3000, 50):
+                b = slice(k, k + 50)
+                n = len(y[b])
+                ds = mon.update(np.full(n, 0.3), y[b], np.ones(n, bool), np.zeros((n, 0)), np.zeros(n), None,
+                                score[b])
+                fired += [(part, d.evidence) for d in ds if d.detector == "adwin_click_rank"]
+        runs[name] = fired
+    assert runs["stationary"] == []
+    assert runs["shifted"] and runs["shifted"][0][0] == 1
+    ev = runs["shifted"][0][1]
+    assert ev["mean_after"] < ev["mean_before"] and ev["window"] > 0
+
+
 def test_clicks_the_bot_filter_quarantined_are_not_labels(redis_server):
     """The consumers' verdict (a real Redis key written by their script) keeps bot clicks out."""
     import redis as redis_lib
