@@ -34,8 +34,9 @@ tests/test_learner_open_bandit.py):
   the shift (the 500 events after it hold ~22 clicks) and nothing fires before it; the
   challenger is promoted on every seed (791 / 731 / 923 / 768 events after the shift); later-half
   AUC online 0.597 / 0.592 / 0.546 / 0.596 vs frozen 0.437 / 0.483 / 0.441 / 0.423 vs popularity
-  0.452 / 0.449 / 0.422 / 0.449. The model-free clicked-item ADWIN fires on seed 0 only (528);
-  the loss ADWIN never does — a weak ranker's mean log-loss barely moves under a remap;
+  0.452 / 0.449 / 0.422 / 0.449. Neither the model-free clicked-item ADWIN (~22 clicks per 500
+  events are too few for it) nor the loss ADWIN fires — a weak ranker's mean log-loss barely
+  moves under a remap;
 * stationary shuffled replays: no detection by any detector.
 """
 

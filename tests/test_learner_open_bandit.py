@@ -74,9 +74,6 @@ def test_shift_is_detected_within_500_events_and_nothing_before(shifted):
     assert first.detector == "adwin_click_rank"                     # the model's ranking of clicks fell
     assert first.evidence["mean_after"] < first.evidence["mean_before"]   # the rolling AUC fell
     assert shifted.log.challenger_starts[0] - shifted.shift_event == lag
-    # the model-free clicked-item detector sees the remap too, a little later
-    item_lag = shifted.first_detection_after_shift(("adwin_clicked_item",))
-    assert item_lag is not None and item_lag <= 600, item_lag
 
 
 def test_every_seed_detects_the_shift_and_promotes_a_better_challenger(data_dir):
