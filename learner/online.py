@@ -53,7 +53,7 @@ class LearnerConfig:
     challenger_min_examples: int = 300
     challenger_max_examples: int = 20_000
     challenger_window: int = 2000
-    challenger_margin: float = 0.0
+    challenger_margin: float = 0.02   # relative: the challenger's loss must be 2 % lower (a tie is noise)
     challenger_replay_epochs: int = 4
     challenger_lr_scale: float = 3.0   # the challenger adapts faster; promoted, it returns to ``lr``
     train_negative_rate: float = 1.0   # share of non-clicks learned from (every click is); see ``_training_batch``
@@ -66,7 +66,7 @@ class LearnerConfig:
                    feature_delta=s.drift_feature_delta, item_delta=s.drift_item_delta, rank_delta=s.drift_rank_delta,
                    warmup=s.drift_warmup,
                    challenger_min_examples=s.challenger_min_examples,
-                   challenger_max_examples=s.challenger_max_examples,
+                   challenger_max_examples=s.challenger_max_examples, challenger_margin=s.challenger_margin,
                    train_negative_rate=s.learner_train_negative_rate)
 
 

@@ -105,6 +105,8 @@ class Settings(BaseSettings):
     drift_warmup: int = Field(1000, ge=0, description="labelled examples before drift is reported")
     challenger_min_examples: int = Field(300, ge=10, description="paired examples before a challenger can win")
     challenger_max_examples: int = Field(20_000, ge=100, description="a challenger that has not won by then is dropped")
+    challenger_margin: float = Field(0.02, ge=0, lt=1, description="a challenger is promoted when its loss on the "
+                                     "same recent examples is this much (relative) below the champion's")
     rollback_threshold: float = Field(0.2, gt=0, description="relative online-loss excess that rolls a version back")
     rollback_min_examples: int = Field(500, ge=10)
     model_keep_versions: int = Field(500, ge=2, description="published versions kept on disk (older are pruned)")
