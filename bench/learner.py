@@ -87,7 +87,8 @@ def throughput(data_dir: Path) -> None:
     log = replay(events, core, ReplayFeatures(attrs), vectors.get, batch_size=64)
     dt = time.perf_counter() - t0
     n = len(log.p_click)
-    print(f"full path (join+features+step), batch 64     {n / dt:10.0f} examples/s  ({n} examples, {dt:.1f} s)")
+    full = n / dt
+    print(f"full path (join+features+step), batch 64     {full:10.0f} examples/s  ({n} examples, {dt:.1f} s)")
     rng = np.random.default_rng(0)
     ex = [Example("r", str(i), "u", 0, rng.normal(size=N_FEATURES).astype(np.float32), i % 3, float(rng.random() < 0.05),
                   0.0) for i in range(64 * 200)]
@@ -102,6 +103,7 @@ def throughput(data_dir: Path) -> None:
         core.champion.learn(Batch.of(c))
     dt = time.perf_counter() - t0
     print(f"torch update alone, batch 64                  {len(ex) / dt:10.0f} examples/s")
+    print(f"full path / torch update alone (same run)      {full / (len(ex) / dt):10.2f}")
 
 
 def publish_to_visible(trials: int, every_s: float) -> None:
