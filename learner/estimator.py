@@ -85,7 +85,7 @@ class OnlineRanker:
         self.head.eval()
         X, pos = self._tensors(batch)
         click, buy = self._logits(X, pos)
-        off = self.head.logit_offset   # trained on sampled negatives: back to the stream's odds
+        off = self.head.logit_offset   # back to the stream's odds (see RankingHead.logit_offset)
         return torch.sigmoid(click + off).numpy(), torch.sigmoid(buy + off).numpy()
 
     def learn(self, batch: Batch) -> float:

@@ -51,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
-from learner.baselines import stream_popularity_scores
+from learner.baselines import popularity_scores
 from learner.estimator import OnlineRanker
 from learner.evaluation import auc, auc_difference
 from learner.examples import Batch, Example
@@ -125,10 +125,10 @@ class RunResult:
     def versus_popularity(self, part: str = "whole", n_boot: int = 1000) -> tuple[float, float, float]:
         """Online AUC minus popularity AUC on the ``"whole"`` stream or its ``"later_half"``, with
         the paired bootstrap 95 % interval (``learner.evaluation.auc_difference``)."""
-        p, y, _ = self.log.arrays()
-        keep = np.arange(len(y)) >= (len(y) // 2 if part == "later_half" else 0)
         if part not in ("whole", "later_half"):
             raise ValueError("part is 'whole' or 'later_half'")
+        p, y, _ = self.log.arrays()
+        keep = np.arange(len(y)) >= (len(y) // 2 if part == "later_half" else 0)
         return auc_difference(p[keep], self.popularity[keep], y[keep], n_boot=n_boot)
 
     def clicks_after_shift(self, within: int = 500) -> int:
@@ -185,5 +185,5 @@ def run(data_dir: Path, rows: list[ob.Impression], shift_row: int, *, config: Le
     result.log = replay(events, core, ReplayFeatures(attrs), vectors.get, batch_size=cfg.batch_size,
                         on_event=on_event, on_step=on_step)
     result.seconds = time.perf_counter() - t0
-    result.popularity = stream_popularity_scores(events, result.log.stream_index, result.log.item_ids)
+    result.popularity = popularity_scores(events, result.log.stream_index, result.log.item_ids)
     return result

@@ -10,7 +10,8 @@ Per micro-batch (``step``):
 4. a drift that says the *ranking* is wrong (loss rising, the model ranking clicks lower, clicks
    moving to other items) starts a challenger: a fresh head trained on the buffered examples
    since the drift point (ADWIN's current window), then on the live stream;
-5. the challenger replaces the champion when its loss on the same recent examples is lower.
+5. the challenger replaces the champion when its loss on the same recent examples is lower by
+   ``challenger_margin``.
 """
 
 from __future__ import annotations
@@ -153,8 +154,8 @@ class OnlineLearner:
         self.examples += len(examples)
 
         if self.challenger is None and any(d.detector in HARMFUL for d in report.detections):
-            window = max((d.evidence.get("window", 0) for d in report.detections
-                          if d.detector in ("adwin_loss", "adwin_clicked_item", "adwin_click_rank")), default=0)
+            window = max((d.evidence.get("window", 0) for d in report.detections if d.detector in HARMFUL),
+                         default=0)
             self._start_challenger(window or self.config.challenger_min_examples)
             report.challenger_started = True
         elif self.challenger is not None:

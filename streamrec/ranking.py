@@ -306,11 +306,6 @@ class RankingHead(nn.Module):
             click = click + self.position_bias(position.clamp(0, self.max_positions - 1)).squeeze(-1)
         return click, buy
 
-    def calibrated(self, X: torch.Tensor, position: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits for the unsampled stream: :meth:`forward` plus the negative-sampling offset."""
-        click, buy = self.forward(X, position)
-        return click + self.logit_offset, buy + self.logit_offset
-
     def _check(self, X: np.ndarray) -> torch.Tensor:
         X = np.asarray(X, dtype=np.float32)
         if X.ndim != 2 or X.shape[1] != self.n_features:
@@ -323,10 +318,11 @@ class RankingHead(nn.Module):
         was = self.training
         self.eval()
         try:
-            click, buy = self.calibrated(self._check(X))
+            click, buy = self.forward(self._check(X))
         finally:
             self.train(was)
-        return torch.sigmoid(click).numpy(), torch.sigmoid(buy).numpy()
+        off = self.logit_offset   # back to the stream's odds (see the buffer)
+        return torch.sigmoid(click + off).numpy(), torch.sigmoid(buy + off).numpy()
 
     def explain(self, X: np.ndarray, top: int = 3) -> list[list[str]]:
         """Per row, the features pushing the click score up most (gradient × standardised input)."""

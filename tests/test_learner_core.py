@@ -9,7 +9,7 @@ import torch
 from learner import experiments as E
 from learner.checkpoint import Checkpointer
 from learner.estimator import OnlineRanker
-from learner.baselines import stream_popularity_scores
+from learner.baselines import popularity_scores
 from learner.evaluation import auc, auc_difference
 from learner.examples import Batch, Example
 from learner.guard import RollbackGuard
@@ -140,7 +140,7 @@ def test_stream_popularity_counts_every_earlier_click_organic_ones_too():
           Event(event_id="c1", type="click", user_id="u", ts=T + 3, request_id="r1", item_id="b"),
           Event(event_id="i2", type="impression", user_id="v", ts=T + 4, request_id="r2", item_ids=["b", "a"])]
     # examples in learning order, each with its impression's stream index
-    assert stream_popularity_scores(ev, [3, 1, 1, 3], ["a", "a", "b", "b"]).tolist() == [1.0, 1.0, 0.0, 1.0]
+    assert popularity_scores(ev, [3, 1, 1, 3], ["a", "a", "b", "b"]).tolist() == [1.0, 1.0, 0.0, 1.0]
 
 
 def test_negative_sampling_mode_builds_positive_and_sampled_negatives():
