@@ -9,8 +9,8 @@
   (3) quality: prequential click AUC, online vs popularity on the whole stream (paired bootstrap
       interval of the difference) and online vs the champion frozen at the half vs popularity on
       the later half — on the stationary stream and with the injected shift of
-      learner/experiments.py, with how many clicks the stream holds after the shift against how
-      many a detector would need.
+      learner/experiments.py (each detector's first firing after the shift, and how many clicks
+      the 500 events after it hold), and on the raw stream with and without sampled negatives.
 
     python bench/learner.py --trials 40
 """
