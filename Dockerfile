@@ -10,6 +10,7 @@ COPY consumers ./consumers
 COPY learner ./learner
 COPY index_updater ./index_updater
 COPY serving ./serving
+COPY launcher ./launcher
 RUN pip install .
 ENV STREAMREC_STATE_DIR=/state STREAMREC_DATA_DIR=/data
 VOLUME ["/state"]

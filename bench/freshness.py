@@ -23,11 +23,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from launcher.embedded import free_port
+from launcher.stack import LocalStack
 from streamrec import bus
 from streamrec.datasets import amazon18
-from streamrec.embedded import free_port
 from streamrec.settings import Settings
-from streamrec.stack import LocalStack
 
 
 def pct(xs: list[float], q: float) -> float:

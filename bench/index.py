@@ -33,9 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 from index_updater import service  # noqa: E402
+from launcher.embedded import EmbeddedKafka  # noqa: E402
 from streamrec import bus  # noqa: E402
 from streamrec.datasets import homedepot, instacart  # noqa: E402
-from streamrec.embedded import EmbeddedKafka  # noqa: E402
 from streamrec.encoder import Encoder, item_text  # noqa: E402
 from streamrec.schemas import CatalogOp, encode  # noqa: E402
 from streamrec.settings import Settings  # noqa: E402

@@ -34,9 +34,9 @@ import time
 import uuid
 from pathlib import Path
 
+from launcher.embedded import EmbeddedKafka, EmbeddedRedis, child_env
 from streamrec import bus
 from streamrec.datasets import diginetica
-from streamrec.embedded import EmbeddedKafka, EmbeddedRedis, child_env
 from streamrec.schemas import encode
 from streamrec.settings import REPO_ROOT, Settings
 from streamrec.store import connect

@@ -127,8 +127,8 @@ def publish_to_visible(trials: int, every_s: float) -> None:
 
 def event_to_visible(trials: int, every_s: float, publish_s: float) -> None:
     from learner.service import run
+    from launcher.embedded import EmbeddedKafka, EmbeddedRedis
     from streamrec import bus
-    from streamrec.embedded import EmbeddedKafka, EmbeddedRedis
     from streamrec.schemas import Event, encode
 
     with tempfile.TemporaryDirectory() as tmp, EmbeddedKafka(Path(tmp) / "k") as kafka, \

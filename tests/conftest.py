@@ -14,8 +14,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from launcher.embedded import EmbeddedKafka, EmbeddedRedis  # noqa: E402
 from streamrec import bus  # noqa: E402
-from streamrec.embedded import EmbeddedKafka, EmbeddedRedis  # noqa: E402
 from streamrec.settings import Settings  # noqa: E402
 
 

@@ -168,7 +168,7 @@ class Fleet:
     """Real ``python -m consumers`` processes sharing one group."""
 
     def __init__(self, settings, log_dir):
-        from streamrec.embedded import child_env
+        from launcher.embedded import child_env
 
         self.env = child_env(
             kafka_bootstrap=settings.kafka_bootstrap, redis_url=settings.redis_url,

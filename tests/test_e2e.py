@@ -14,11 +14,11 @@ import httpx
 import pytest
 from kafka import KafkaProducer
 
+from launcher.embedded import free_port
+from launcher.stack import LocalStack
 from streamrec import bus
 from streamrec.datasets import amazon18
-from streamrec.embedded import free_port
 from streamrec.schemas import DeadLetter
-from streamrec.stack import LocalStack
 from tests.conftest import isolated_settings
 from tests.polling import wait_for
 

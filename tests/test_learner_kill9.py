@@ -9,9 +9,9 @@ import sys
 import time
 from pathlib import Path
 
+from launcher.embedded import child_env
 from learner.checkpoint import Checkpointer
 from streamrec import bus
-from streamrec.embedded import child_env
 from streamrec.model_store import ModelStore
 from streamrec.schemas import encode
 from tests.conftest import isolated_settings

@@ -14,7 +14,7 @@ import time
 import httpx
 import pytest
 
-from streamrec.embedded import free_port
+from launcher.embedded import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +34,7 @@ def test_up_serves_demo_traffic_and_drains_on_sigterm(tmp_path):
                STREAMREC_PUBLISH_EVERY_S="1", PYTHONUNBUFFERED="1")
     log_path = tmp_path / "up.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "streamrec.cli", "up", "--rate", "30",
+        proc = subprocess.Popen([sys.executable, "-m", "launcher.cli", "up", "--rate", "30",
                                  "--catalog-limit", "150"], env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 300
@@ -58,14 +58,14 @@ def test_up_serves_demo_traffic_and_drains_on_sigterm(tmp_path):
             assert accepted() > first, "demo shoppers are not sending events"
             assert "Drift events" in http.get("/dashboard").text
         # read-only commands in another shell find the running embedded stack by themselves
-        status = subprocess.run([sys.executable, "-m", "streamrec.cli", "status", "--json"], env=env,
+        status = subprocess.run([sys.executable, "-m", "launcher.cli", "status", "--json"], env=env,
                                 capture_output=True, text=True, timeout=120)
         assert status.returncode == 0, status.stderr
         report = json.loads(status.stdout)
         assert report["serving"]["index_items"] >= 150
         assert report["models"]["serving_version"] >= 1
         assert set(report["lag"]) == {"consumers", "index-updater", "learner"}
-        models = subprocess.run([sys.executable, "-m", "streamrec.cli", "model", "list"], env=env,
+        models = subprocess.run([sys.executable, "-m", "launcher.cli", "model", "list"], env=env,
                                 capture_output=True, text=True, timeout=60)
         assert models.returncode == 0 and "*" in models.stdout, models.stderr
     finally:

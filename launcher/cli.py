@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -26,7 +26,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 model_app = typer.Typer(no_args_is_help=True, help="Published ranking-head versions.")
 app.add_typer(model_app, name="model")
 console = Console(stderr=True)
-log = logging.getLogger("streamrec.cli")
+log = logging.getLogger("launcher.cli")  # not __name__: run as `-m launcher.cli` that is "__main__"
 
 
 def _settings() -> Settings:
@@ -39,14 +39,18 @@ def _settings() -> Settings:
 
 def _inspect_settings() -> Settings:
     """Settings for read-only commands: those of a running `streamrec up` when none are given."""
-    from streamrec.stack import running_settings
+    from launcher.stack import running_settings
 
     return running_settings(_settings())
 
 
 # --- one service each (as docker-compose runs them) ---------------------------------------------
 
-def _run_service(name: str, module: str, own_metrics: bool = True) -> None:
+# A service's entry point (docs/CONTRACTS.md): returns once `stop` is set and the batch in hand is committed.
+ServiceRun = Callable[[Settings, threading.Event], None]
+
+
+def _run_service(name: str, run: ServiceRun, own_metrics: bool = True) -> None:
     setup_logging(name)
     s = _settings()
     stop = stop_on_signals()
@@ -56,34 +60,45 @@ def _run_service(name: str, module: str, own_metrics: bool = True) -> None:
     try:
         bus.wait_for_broker(s.require_kafka())
         bus.ensure_topics(s)  # idempotent: whichever service starts first creates them
-        importlib.import_module(module).run(s, stop)
+        run(s, stop)
     except (RuntimeError, TimeoutError) as e:  # configuration problems read best as one line
         console.print(f"[red]{name}:[/red] {e}")
         raise typer.Exit(1) from None
 
 
+# Each command imports its own service when it runs, not at the top of this module: every child of
+# `up` runs one service, and importing all four would cost each of them seconds (torch, transformers).
+
 @app.command()
 def consume() -> None:
     """Ingest events and catalog changes into Redis features (consumers/)."""
-    _run_service("consumers", "consumers.service")
+    from consumers.service import run
+
+    _run_service("consumers", run)
 
 
 @app.command()
 def learn() -> None:
     """Train the ranking head online and publish versions (learner/)."""
-    _run_service("learner", "learner.service")
+    from learner.service import run
+
+    _run_service("learner", run)
 
 
 @app.command()
 def index() -> None:
     """Embed catalog changes and publish vectors + index snapshots (index_updater/)."""
-    _run_service("index-updater", "index_updater.service")
+    from index_updater.service import run
+
+    _run_service("index-updater", run)
 
 
 @app.command()
 def serve() -> None:
     """Answer /search, /recommend, /similar over HTTP (serving/)."""
-    _run_service("serving", "serving.service", own_metrics=False)
+    from serving.service import run
+
+    _run_service("serving", run, own_metrics=False)
 
 
 # --- the main job ---------------------------------------------------------------------------------
@@ -96,7 +111,7 @@ def up(
     catalog_limit: Annotated[int, typer.Option(help="index only the first N demo items (0 = all)")] = 0,
 ) -> None:
     """Run everything: embedded broker + Redis (unless configured), all four services, demo data."""
-    from streamrec.stack import LocalStack
+    from launcher.stack import LocalStack
 
     setup_logging("up")
     stack = LocalStack(_settings())
@@ -122,7 +137,7 @@ def up(
             f"Ctrl-C stops everything."
         )
         if demo and rate > 0:
-            from streamrec.demo import DemoShopper
+            from launcher.demo import DemoShopper
 
             shopper = DemoShopper(base, s.require_data_dir(), rate, stop)
             threading.Thread(target=shopper.run, name="demo", daemon=True).start()
@@ -259,9 +274,6 @@ def replay(
 
 # --- status and models -------------------------------------------------------------------------
 
-
-
-
 @app.command()
 def status(as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False) -> None:
     """Versions, consumer lag, counts and filter decisions of a running deployment."""
@@ -290,9 +302,13 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="machine-readabl
         report["models"] = {"serving_version": store.latest_version(), "recent": store.list()[-5:]}
     except Exception as e:
         report["models"] = {"error": repr(e)}
-    for section, module in (("consumers", "consumers.status"), ("index", "index_updater.status")):
+    from consumers.status import summary as consumers_summary
+    from index_updater.status import summary as index_summary
+
+    summaries: dict[str, Callable[[Settings], dict]] = {"consumers": consumers_summary, "index": index_summary}
+    for section, summary in summaries.items():
         try:
-            report[section] = importlib.import_module(module).summary(s)
+            report[section] = summary(s)
         except Exception as e:  # one unreachable part must not hide the others
             report[section] = {"error": repr(e)}
     if as_json:

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import httpx
 
+from launcher.embedded import EmbeddedKafka, EmbeddedRedis, child_env, free_port
+from launcher.supervisor import ChildSpec, Supervisor
 from streamrec import bus
-from streamrec.embedded import EmbeddedKafka, EmbeddedRedis, child_env, free_port
 from streamrec.settings import Settings
-from streamrec.supervisor import ChildSpec, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ class LocalStack:
             if command != "serve" and self.metrics_base_port:  # 0 = no metrics ports
                 self.metrics_ports[name] = _port_or_free(self.metrics_base_port + i)
             env["STREAMREC_METRICS_PORT"] = str(self.metrics_ports.get(name, 0))
-            specs.append(ChildSpec(name, [sys.executable, "-m", "streamrec.cli", command], env,
+            specs.append(ChildSpec(name, [sys.executable, "-m", "launcher.cli", command], env,
                                    self.log_dir / f"{name}.log"))
         self.supervisor = Supervisor(specs)
         self.supervisor.start()
