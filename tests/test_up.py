@@ -27,6 +27,35 @@ def _counter(metrics_text: str, name: str, **labels) -> float:
     return total
 
 
+CATALOG_LIMIT = 150
+# The banner as `up` prints it: a line of its own. A crash traceback may quote the source line that
+# prints it, so a substring match would take a crash for success.
+BANNER = re.compile(r"^streamrec is up$", re.MULTILINE)
+
+
+def _wait_until_up(proc: subprocess.Popen, log_path, base: str, timeout_s: float) -> None:
+    """Return once serving is ready with the demo catalog indexed and `up` printed its banner; fail
+    at once, with the log tail, if `up` exits first (instead of a misleading connection error later)."""
+    deadline = time.monotonic() + timeout_s
+    last: object = None
+    with httpx.Client(base_url=base, timeout=2) as http:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                pytest.fail(f"`streamrec up` exited with {proc.returncode} before it was up:\n"
+                            + log_path.read_text()[-3000:])
+            try:
+                r = http.get("/readyz")
+                last = (r.status_code, r.text[:200])
+                ready = r.status_code == 200 and r.json().get("index_items", 0) >= CATALOG_LIMIT
+            except httpx.HTTPError as e:  # serving not listening yet
+                last, ready = e, False
+            if ready and BANNER.search(log_path.read_text()):
+                return
+            time.sleep(1)
+    pytest.fail(f"`streamrec up` not up within {timeout_s:.0f}s (last /readyz: {last!r}):\n"
+                + log_path.read_text()[-3000:])
+
+
 def test_up_serves_demo_traffic_and_drains_on_sigterm(tmp_path):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
@@ -35,16 +64,11 @@ def test_up_serves_demo_traffic_and_drains_on_sigterm(tmp_path):
     log_path = tmp_path / "up.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "launcher.cli", "up", "--rate", "30",
-                                 "--catalog-limit", "150"], env=env, stdout=log, stderr=subprocess.STDOUT)
+                                 "--catalog-limit", str(CATALOG_LIMIT)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300
-        while "streamrec is up" not in log_path.read_text() and time.monotonic() < deadline:
-            assert proc.poll() is None, log_path.read_text()[-3000:]
-            time.sleep(1)
-        output = log_path.read_text()
-        assert "streamrec is up" in output, output[-3000:]
-        assert "memory only" in output  # the user is told the embedded broker keeps nothing
-        base = f"http://127.0.0.1:{port}"
+        _wait_until_up(proc, log_path, base, timeout_s=300)
+        assert "memory only" in log_path.read_text()  # the user is told the embedded broker keeps nothing
         with httpx.Client(base_url=base, timeout=10) as http:
             assert http.get("/readyz").status_code == 200
             assert http.get("/search", params={"q": "ink cartridge"}).json()["items"]
@@ -62,7 +86,7 @@ def test_up_serves_demo_traffic_and_drains_on_sigterm(tmp_path):
                                 capture_output=True, text=True, timeout=120)
         assert status.returncode == 0, status.stderr
         report = json.loads(status.stdout)
-        assert report["serving"]["index_items"] >= 150
+        assert report["serving"]["index_items"] >= CATALOG_LIMIT
         assert report["models"]["serving_version"] >= 1
         assert set(report["lag"]) == {"consumers", "index-updater", "learner"}
         models = subprocess.run([sys.executable, "-m", "launcher.cli", "model", "list"], env=env,
