@@ -94,16 +94,14 @@ class Outbox:
         recover = recover or self._unconfirmed
         already = self._published_since(marks, topic, partition) if recover else set()
         self._unconfirmed = True
-        futures = []
+        outgoing: list[bus.Outgoing] = []
         for entry in entries:
             target, key, value, off = _parse(entry, topic, partition)
             if source_id(topic, partition, off) in already:
                 log.info("outbox %s[%d]@%d was already published; skipping", topic, partition, off)
                 continue
-            futures.append(self.producer.send(self.targets[target], key=key, value=value))
-        self.producer.flush()
-        for f in futures:
-            md = f.get(timeout=30)
+            outgoing.append((self.targets[target], key, value))
+        for md in bus.publish_confirmed(self.producer, outgoing, timeout_s=30):
             mark = f"{md.topic}:{md.partition}"
             marks[mark] = max(marks.get(mark, 0), md.offset + 1)
         pipe = self.r.pipeline(transaction=True)
@@ -111,7 +109,7 @@ class Outbox:
         pipe.hset(relayed_key, mapping=marks)
         pipe.execute()
         self._unconfirmed = False
-        return len(futures)
+        return len(outgoing)
 
     def _ends(self) -> dict[str, int]:
         c = bus.make_consumer(self.s, group_id=None)

@@ -17,6 +17,7 @@ from kafka import KafkaProducer
 from kafka.consumer.fetcher import ConsumerRecord
 
 from index_updater import metrics
+from streamrec import bus
 from streamrec.encoder import Encoder, check_template, content_hash, item_text
 from streamrec.schemas import CatalogOp, DeadLetter, Rejected, decode_catalog, encode
 from streamrec.settings import Settings
@@ -65,7 +66,7 @@ class CatalogPipeline:
         """Raises (KafkaError, …) if any send is not acknowledged: the caller must not commit."""
         started = time.monotonic()
         now_ms = int(time.time() * 1000)
-        futures = []
+        dead_letters: list[bus.Outgoing] = []
         latest: dict[str, tuple[CatalogOp, int]] = {}
         for m in msgs:
             raw = m.value if m.value is not None else b""
@@ -74,7 +75,7 @@ class CatalogPipeline:
             except Rejected as r:
                 letter = DeadLetter.of(r, raw, topic=m.topic, partition=m.partition, offset=m.offset,
                                        key=m.key, now_ms=now_ms)
-                futures.append(self.producer.send(self.s.topic_dlq, key=m.key, value=encode(letter)))
+                dead_letters.append((self.s.topic_dlq, m.key, encode(letter)))
                 metrics.CATALOG_RECORDS.labels("dead_lettered").inc()
                 log.warning("catalog record %s[%d]@%d dead-lettered: %s", m.topic, m.partition, m.offset, r)
                 continue
@@ -115,11 +116,8 @@ class CatalogPipeline:
                                              model_id=self.encoder.model_id, source_ms=source_ms),
                                 (h, meta_fingerprint(meta))))
 
-        for rec, _ in records:
-            futures.append(self.producer.send(self.s.topic_vectors, key=rec.item_id, value=encode_record(rec)))
-        self.producer.flush()
-        for f in futures:
-            f.get(timeout=30)  # raises if the broker did not take it
+        vectors_out = [(self.s.topic_vectors, rec.item_id, encode_record(rec)) for rec, _ in records]
+        bus.publish_confirmed(self.producer, dead_letters + vectors_out, timeout_s=30)
         for rec, state in records:
             self._published[rec.item_id] = state
         deleted = sum(1 for rec, _ in records if rec.deleted)
@@ -128,4 +126,4 @@ class CatalogPipeline:
         metrics.CATALOG_RECORDS.labels("unchanged").inc(unchanged)
         metrics.BATCH_SECONDS.observe(time.monotonic() - started)
         return BatchResult(sent=len(records), embedded=len(to_embed), unchanged=unchanged,
-                           dead_lettered=len(futures) - len(records))
+                           dead_lettered=len(dead_letters))

@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from serving import metrics
 from serving.dashboard import render_dashboard
 from serving.engine import Engine
+from streamrec import bus
 from streamrec.schemas import (
     PublishRejection,
     PublishResult,
@@ -95,24 +96,22 @@ def create_app(s: Settings, engine: Engine, producer: KafkaProducer) -> FastAPI:
         if len(objects) > MAX_BATCH:
             raise HTTPException(413, detail=f"{len(objects)} objects; at most {MAX_BATCH} per request")
         rejected: list[PublishRejection] = []
-        futures = []
+        accepted: list[bus.Outgoing] = []
         for i, obj in enumerate(objects):
             try:
                 model = validate(obj)
             except Rejected as e:
                 rejected.append(PublishRejection(index=i, error=f"{e.reason}: {e.error}"))
                 continue
-            futures.append(producer.send(topic, key=key_of(model), value=encode(model)))
-        producer.flush()
-        for f in futures:  # 202 means every accepted object is on the broker
-            try:
-                f.get(timeout=10)
-            except Exception as e:
-                metrics.PUBLISHED.labels(topic, "failed").inc()
-                raise HTTPException(503, detail=f"broker did not acknowledge: {e!r}") from None
-        metrics.PUBLISHED.labels(topic, "accepted").inc(len(futures))
+            accepted.append((topic, key_of(model), encode(model)))
+        try:  # 202 means every accepted object is on the broker
+            bus.publish_confirmed(producer, accepted, timeout_s=10)
+        except bus.PublishError as e:
+            metrics.PUBLISHED.labels(topic, "failed").inc()
+            raise HTTPException(503, detail=f"broker did not acknowledge: {e.__cause__!r}") from None
+        metrics.PUBLISHED.labels(topic, "accepted").inc(len(accepted))
         metrics.PUBLISHED.labels(topic, "rejected").inc(len(rejected))
-        result = PublishResult(accepted=len(futures), rejected=rejected)
+        result = PublishResult(accepted=len(accepted), rejected=rejected)
         return JSONResponse(result.model_dump(), status_code=202)
 
     @app.post("/events", status_code=202, response_model=PublishResult)

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.producer.future import RecordMetadata
 from kafka.serializer import Serializer
 
 from streamrec.settings import Settings
@@ -81,6 +82,36 @@ def make_producer(s: Settings, **overrides) -> KafkaProducer:
     )
     cfg.update(overrides)
     return KafkaProducer(**cfg)
+
+
+# (topic, key, value): one record to publish; the key is text or bytes (see KeySerializer), None for none
+Outgoing = tuple[str, str | bytes | None, bytes]
+
+
+class PublishError(KafkaError):
+    """The broker did not acknowledge a record. A KafkaError, so callers that retry on Kafka trouble
+    (without committing their input) treat it like the error it wraps."""
+
+
+def publish_confirmed(producer: KafkaProducer, records: Iterable[Outgoing], timeout_s: float) -> list[RecordMetadata]:
+    """Send ``records``, flush, and wait until the broker has acknowledged every one of them.
+
+    Written once because "it returned, so it is on the broker" is what every caller commits on:
+    the serving API before answering 202, the index updater and the consumers' outbox before they
+    record their progress. Returns each record's metadata (topic, partition, offset), in order.
+    Raises PublishError naming the first record not acknowledged within ``timeout_s``; an error
+    from ``send`` itself (a record too large, say) propagates as raised.
+    """
+    pending = [(topic, key, producer.send(topic, key=key, value=value)) for topic, key, value in records]
+    producer.flush()
+    acknowledged = []
+    for i, (topic, key, future) in enumerate(pending):
+        try:
+            acknowledged.append(future.get(timeout=timeout_s))
+        except KafkaError as e:
+            raise PublishError(f"broker did not acknowledge record {i + 1} of {len(pending)} "
+                               f"to {topic} (key {key!r}) within {timeout_s:g}s: {e!r}") from e
+    return acknowledged
 
 
 def make_consumer(s: Settings, group_id: str | None, topics: Iterable[str] = (), **overrides) -> KafkaConsumer:
