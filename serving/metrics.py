@@ -1,4 +1,5 @@
-"""Prometheus metrics of the serving API (exposed on its own /metrics)."""
+"""Prometheus metrics of the serving API (exposed on its own /metrics). REQUESTS and LATENCY are
+recorded for every routed request by `serving.app.RequestMetrics`, labelled by route name."""
 
 from prometheus_client import Counter, Gauge, Histogram
 

@@ -1,0 +1,123 @@
+"""The HTTP layer alone (fake engine, fake producer): readiness as a dependency, request metrics as
+a middleware, publishing confirmed by the broker and run off the event loop."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from fastapi.testclient import TestClient
+from kafka.errors import KafkaTimeoutError
+from kafka.producer.future import RecordMetadata
+
+from serving import metrics
+from serving.app import create_app
+from streamrec.schemas import ResultList
+from streamrec.settings import Settings
+
+
+class FakeEngine:
+    def __init__(self, ready: bool = True):
+        self.is_ready = ready
+
+    def ready(self) -> bool:
+        return self.is_ready
+
+    def status(self) -> dict:
+        return {"index_items": 3 if self.is_ready else 0, "index_version": 1}
+
+    def _result(self) -> ResultList:
+        return ResultList(request_id="r", items=[], model_version=1, index_version=1)
+
+    def search(self, q, user_id, k):
+        return self._result()
+
+    def recommend(self, user_id, k):
+        return self._result()
+
+    def similar(self, item_id, k):
+        return None if item_id == "missing" else self._result()
+
+
+class Future:
+    def __init__(self, md=None, error=None):
+        self.md, self.error = md, error
+
+    def get(self, timeout=None):
+        if self.error:
+            raise self.error
+        return self.md
+
+
+class FakeProducer:
+    def __init__(self, fail: bool = False):
+        self.fail = fail
+        self.sent: list[tuple] = []
+        self.threads: set[str] = set()
+
+    def send(self, topic, key=None, value=None):
+        self.sent.append((topic, key, value))
+        self.threads.add(threading.current_thread().name)
+        if self.fail:
+            return Future(error=KafkaTimeoutError("no ack"))
+        return Future(RecordMetadata(topic, 0, None, len(self.sent) - 1, 0, None, 0, 0, 0))
+
+    def flush(self, timeout=None):
+        pass
+
+
+def _client(engine=None, producer=None) -> tuple[TestClient, FakeProducer]:
+    producer = producer or FakeProducer()
+    return TestClient(create_app(Settings(), engine or FakeEngine(), producer)), producer
+
+
+def _count(endpoint: str, status: str) -> float:
+    return metrics.REQUESTS.labels(endpoint, status)._value.get()
+
+
+def test_query_routes_answer_503_until_ready_and_are_counted_by_route_and_status():
+    client, _ = _client(FakeEngine(ready=False))
+    before = _count("search", "503")
+    r = client.get("/search", params={"q": "ink"})
+    assert r.status_code == 503 and r.json()["detail"]["error"] == "not ready"
+    assert _count("search", "503") == before + 1
+    assert client.get("/readyz").status_code == 503 and client.get("/healthz").status_code == 200
+
+
+def test_query_routes_when_ready():
+    client, _ = _client()
+    ok, missing = _count("similar", "200"), _count("similar", "404")
+    assert client.get("/search", params={"q": "ink"}).status_code == 200
+    assert client.get("/search", params={"q": "  "}).status_code == 422
+    assert client.get("/recommend", params={"user_id": "u"}).status_code == 200
+    assert client.get("/similar/a").status_code == 200
+    assert client.get("/similar/missing").status_code == 404
+    assert (_count("similar", "200"), _count("similar", "404")) == (ok + 1, missing + 1)
+
+
+def test_post_events_publishes_valid_objects_off_the_event_loop():
+    client, producer = _client()
+    good = {"event_id": "e1", "user_id": "u1", "item_id": "i1", "type": "click", "ts": 1_700_000_000_000}
+    r = client.post("/events", json=[good, {"user_id": "u2"}])
+    assert r.status_code == 202, r.text
+    body = r.json()
+    assert body["accepted"] == 1 and [x["index"] for x in body["rejected"]] == [1]
+    assert [(t, k) for t, k, _ in producer.sent] == [(Settings().topic_events, "u1")]
+    assert producer.threads and all("worker" in name.lower() for name in producer.threads), producer.threads
+    assert client.post("/events", content=b"{not json").status_code == 400
+
+
+def test_unacknowledged_publish_is_503_and_counted_failed():
+    client, _ = _client(producer=FakeProducer(fail=True))
+    topic = Settings().topic_events
+    before = metrics.PUBLISHED.labels(topic, "failed")._value.get()
+    good = {"event_id": "e1", "user_id": "u1", "item_id": "i1", "type": "click", "ts": 1_700_000_000_000}
+    r = client.post("/events", json=good)
+    assert r.status_code == 503 and r.json()["detail"].startswith("broker did not acknowledge: KafkaTimeoutError")
+    assert metrics.PUBLISHED.labels(topic, "failed")._value.get() == before + 1
+
+
+@pytest.mark.parametrize("path", ["/events", "/catalog"])
+def test_oversized_batches_are_413(path):
+    client, _ = _client()
+    assert client.post(path, json=[{}] * 1001).status_code == 413
