@@ -11,8 +11,9 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
+import numpy as np
 from kafka import KafkaProducer
 from kafka.consumer.fetcher import ConsumerRecord
 
@@ -42,6 +43,49 @@ class BatchResult:
     dead_lettered: int
 
 
+@dataclass(frozen=True)
+class Latest:
+    """An item's last op in the batch and when it happened (the record's timestamp)."""
+
+    op: CatalogOp
+    source_ms: int
+
+
+@dataclass(frozen=True)
+class Change:
+    """An upsert whose vector must be (re)published: what the item's text and metadata now are."""
+
+    op: CatalogOp
+    source_ms: int
+    content_hash: str
+    meta: ItemMeta
+    fingerprint: str  # of meta
+    text: str
+
+    def outgoing(self, vector: np.ndarray, model_id: str) -> ToPublish:
+        record = VectorRecord(self.op.item_id, vector=vector, meta=self.meta, content_hash=self.content_hash,
+                              model_id=model_id, source_ms=self.source_ms)
+        return ToPublish(record, (self.content_hash, self.fingerprint))
+
+
+@dataclass(frozen=True)
+class ToPublish:
+    """A vector record to publish and what to remember about the item once the broker has it:
+    (content hash, meta fingerprint), or None for a delete."""
+
+    record: VectorRecord
+    state: tuple[str, str] | None
+
+
+@dataclass
+class Plan:
+    """A batch's ops sorted: records ready to send, changes to embed first, how many were unchanged."""
+
+    ready: list[ToPublish] = field(default_factory=list)
+    to_embed: list[Change] = field(default_factory=list)
+    unchanged: int = 0
+
+
 class CatalogPipeline:
     """Turns catalog records into acknowledged vector records; no offsets are touched here."""
 
@@ -65,9 +109,24 @@ class CatalogPipeline:
     def process(self, msgs: list[ConsumerRecord]) -> BatchResult:
         """Raises (KafkaError, …) if any send is not acknowledged: the caller must not commit."""
         started = time.monotonic()
-        now_ms = int(time.time() * 1000)
+        latest, dead_letters = self._decode(msgs, now_ms=int(time.time() * 1000))
+        plan = self._plan(latest)
+        outgoing = plan.ready + self._embed(plan.to_embed)
+        vectors = [(self.s.topic_vectors, o.record.item_id, encode_record(o.record)) for o in outgoing]
+        bus.publish_confirmed(self.producer, dead_letters + vectors, timeout_s=30)
+        for o in outgoing:  # only now: an unacknowledged batch is redone in full
+            self._published[o.record.item_id] = o.state
+        metrics.CATALOG_RECORDS.labels("embedded").inc(len(plan.to_embed))
+        metrics.CATALOG_RECORDS.labels("deleted").inc(sum(1 for o in outgoing if o.record.deleted))
+        metrics.CATALOG_RECORDS.labels("unchanged").inc(plan.unchanged)
+        metrics.BATCH_SECONDS.observe(time.monotonic() - started)
+        return BatchResult(sent=len(outgoing), embedded=len(plan.to_embed), unchanged=plan.unchanged,
+                           dead_lettered=len(dead_letters))
+
+    def _decode(self, msgs: list[ConsumerRecord], now_ms: int) -> tuple[dict[str, Latest], list[bus.Outgoing]]:
+        """The last op per item (in order of each item's last op) and dead letters for the invalid."""
         dead_letters: list[bus.Outgoing] = []
-        latest: dict[str, tuple[CatalogOp, int]] = {}
+        latest: dict[str, Latest] = {}
         for m in msgs:
             raw = m.value if m.value is not None else b""
             try:
@@ -79,51 +138,42 @@ class CatalogPipeline:
                 metrics.CATALOG_RECORDS.labels("dead_lettered").inc()
                 log.warning("catalog record %s[%d]@%d dead-lettered: %s", m.topic, m.partition, m.offset, r)
                 continue
-            source_ms = m.timestamp if m.timestamp and m.timestamp > 0 else now_ms
-            latest.pop(op.item_id, None)
-            latest[op.item_id] = (op, source_ms)
+            latest.pop(op.item_id, None)  # re-inserted at the end: a later op of an item goes out later
+            latest[op.item_id] = Latest(op, m.timestamp if m.timestamp and m.timestamp > 0 else now_ms)
+        return latest, dead_letters
 
-        records: list[tuple[VectorRecord, tuple[str, str] | None]] = []
-        to_embed: list[tuple[CatalogOp, int, str, ItemMeta, str]] = []
-        unchanged = 0
-        for op, source_ms in latest.values():
+    def _plan(self, latest: dict[str, Latest]) -> Plan:
+        """Sort each item's op: a delete, unchanged (nothing to send), same text with new metadata
+        (the current vector republished), or new text (to embed)."""
+        plan = Plan()
+        for item in latest.values():
+            op, source_ms = item.op, item.source_ms
             if op.op == "delete":
-                records.append((VectorRecord(op.item_id, deleted=True, source_ms=source_ms), None))
+                plan.ready.append(ToPublish(VectorRecord(op.item_id, deleted=True, source_ms=source_ms), None))
                 continue
             text = item_text(op, self.s.item_text_template)
-            h, meta = content_hash(text, self.encoder.model_id), meta_of(op)
-            fp = meta_fingerprint(meta)
+            meta = meta_of(op)
+            h = content_hash(text, self.encoder.model_id)
+            change = Change(op, source_ms, h, meta, meta_fingerprint(meta), text)
             current = self._current(op.item_id)
-            if current is not None and current[0] == h:
-                if current[1] == fp:
-                    unchanged += 1
+            if current is not None and current[0] == change.content_hash:
+                if current[1] == change.fingerprint:
+                    plan.unchanged += 1
                     continue
-                vec = self.replica.vector_if(op.item_id, h)  # embedded from this very text
+                vec = self.replica.vector_if(op.item_id, change.content_hash)  # embedded from this very text
                 if vec is not None:
-                    records.append((VectorRecord(op.item_id, vector=vec, meta=meta, content_hash=h,
-                                                 model_id=self.encoder.model_id, source_ms=source_ms), (h, fp)))
+                    plan.ready.append(change.outgoing(vec, self.encoder.model_id))
                     metrics.CATALOG_RECORDS.labels("reused_vector").inc()
                     continue
-            to_embed.append((op, source_ms, h, meta, text))
+            plan.to_embed.append(change)
+        return plan
 
-        if to_embed:
-            t0 = time.monotonic()
-            vectors = self.encoder.encode([t for *_, t in to_embed])
-            metrics.EMBED_RATE.set(len(to_embed) / max(time.monotonic() - t0, 1e-9))
-            metrics.ITEMS_EMBEDDED.inc(len(to_embed))
-            for (op, source_ms, h, meta, _), vec in zip(to_embed, vectors):
-                records.append((VectorRecord(op.item_id, vector=vec, meta=meta, content_hash=h,
-                                             model_id=self.encoder.model_id, source_ms=source_ms),
-                                (h, meta_fingerprint(meta))))
-
-        vectors_out = [(self.s.topic_vectors, rec.item_id, encode_record(rec)) for rec, _ in records]
-        bus.publish_confirmed(self.producer, dead_letters + vectors_out, timeout_s=30)
-        for rec, state in records:
-            self._published[rec.item_id] = state
-        deleted = sum(1 for rec, _ in records if rec.deleted)
-        metrics.CATALOG_RECORDS.labels("embedded").inc(len(to_embed))
-        metrics.CATALOG_RECORDS.labels("deleted").inc(deleted)
-        metrics.CATALOG_RECORDS.labels("unchanged").inc(unchanged)
-        metrics.BATCH_SECONDS.observe(time.monotonic() - started)
-        return BatchResult(sent=len(records), embedded=len(to_embed), unchanged=unchanged,
-                           dead_lettered=len(dead_letters))
+    def _embed(self, changes: list[Change]) -> list[ToPublish]:
+        """One encoder call for the batch's new texts."""
+        if not changes:
+            return []
+        t0 = time.monotonic()
+        vectors = self.encoder.encode([c.text for c in changes])
+        metrics.EMBED_RATE.set(len(changes) / max(time.monotonic() - t0, 1e-9))
+        metrics.ITEMS_EMBEDDED.inc(len(changes))
+        return [c.outgoing(vec, self.encoder.model_id) for c, vec in zip(changes, vectors)]
