@@ -44,8 +44,8 @@ Keys (defaults in :class:`FeatureConfig`, env ``STREAMREC_FEATURE_*``):
 ``P:trending``          ZSET       item -> weighted decayed popularity ``w * exp((ts - t0)/tau)``
                                    (forward decay, half-life ``trending_half_life_s``), ``P:trending:t0``
                                    the landmark ``t0`` (scores are rescaled when it moves);
-                                   trimmed to ``trending_cap`` items after each batch. Scores
-                                   compare within one read; no TTL (one key).
+                                   trimmed to ``trending_cap`` items after each batch. The reader
+                                   scales scores to the stream clock; no TTL (one key).
 ``P:attr:{item}``       HASH       catalog attributes ``title``, ``category``, ``price``, ``ts`` of
                                    the op; an older op never overwrites a newer one; a delete
                                    leaves ``deleted=1`` and ``ts``. No TTL (catalog state).
@@ -112,8 +112,8 @@ class FeatureConfig(BaseSettings):
     user_ttl_s: int = Field(30 * 86_400, ge=60)
     item_ttl_s: int = Field(90 * 86_400, ge=60)
     quarantine_ttl_s: int = Field(7 * 86_400, ge=60)
-    ctr_prior_clicks: float = Field(0.5, ge=0, description="CTR = (clicks + a) / (impressions + b): a")
-    ctr_prior_impressions: float = Field(25.0, gt=0, description="b; a/b = 2% prior CTR")
+    ctr_prior_clicks: float = Field(0.4, ge=0, description="CTR = (clicks + a) / (impressions + b): a")
+    ctr_prior_impressions: float = Field(20.0, gt=0, description="b; a/b = 2% prior CTR, worth 20 impressions")
     weight_view: float = 1.0
     weight_click: float = 2.0
     weight_add_to_cart: float = 4.0
@@ -124,6 +124,10 @@ class FeatureConfig(BaseSettings):
         if max(self.dedup_lookback, self.covis_lookback) > self.recent_cap:
             raise ValueError("dedup_lookback and covis_lookback search the recent list: keep them <= recent_cap")
         return self
+
+    def smoothed_ctr(self, clicks: float, impressions: float) -> float:
+        """CTR = (clicks + a) / (impressions + b): the one smoothing rule (features and ranking)."""
+        return (clicks + self.ctr_prior_clicks) / (impressions + self.ctr_prior_impressions)
 
     def tau_ms(self, half_life_s: float) -> float:
         return half_life_s * 1000.0 / math.log(2)
@@ -150,6 +154,17 @@ class ItemStats:
 def decay(value: float, ref_ts: float, now_ms: float, tau_ms: float) -> float:
     """A value stored at ``ref_ts`` seen from ``now_ms`` (never grows when ``now_ms`` is older)."""
     return value * math.exp(-max(0.0, now_ms - ref_ts) / tau_ms)
+
+
+def merge_decayed(v: float | None, t: float | None, ts: float, w: float, tau_ms: float) -> tuple[float, float]:
+    """Lazy decay: the stored ``(v, t)`` plus weight ``w`` at ``ts`` -> the new ``(v, t)``, so that
+    ``v = sum(w_i * exp(-(t - ts_i) / tau))`` whatever the arrival order. The Python form of
+    ``merge`` in ``features_apply.lua`` (the parity test holds the two together)."""
+    if v is None or t is None:
+        return w, ts
+    if ts >= t:
+        return v * math.exp(-(ts - t) / tau_ms) + w, ts
+    return v + w * math.exp(-(t - ts) / tau_ms), t
 
 
 class Keys:
@@ -265,7 +280,7 @@ class FeatureStore:
                 return decay(float(v), float(h[f"t:{t}"]), now, tau) if v is not None else 0.0
             counts = {t: decayed(t) for t in INTERACTIONS}
             impressions, clicks = decayed("impression"), counts["click"]
-            ctr = (clicks + cfg.ctr_prior_clicks) / (impressions + cfg.ctr_prior_impressions)
+            ctr = cfg.smoothed_ctr(clicks, impressions)
             stats.append(ItemStats(counts=counts, impressions=impressions, clicks=clicks, ctr=ctr))
         return stats
 
@@ -275,10 +290,22 @@ class FeatureStore:
         return [(m, float(s)) for m, s in self.r.zrevrange(self.keys.covis(item_id), 0, n - 1, withscores=True)]
 
     def trending(self, n: int = 20) -> list[tuple[str, float]]:
-        """Top items by decayed popularity; scores are relative (comparable within one call)."""
+        """Top items by weighted popularity decayed to the stream clock: ``sum(w * exp(-(clock - ts)/tau))``.
+
+        The stored scores are relative to the landmark ``t0``; they are scaled to the clock here so
+        the values mean the same as ``ReplayFeatures.trending`` (and as a ranking feature)."""
         if n <= 0:
             return []
-        return [(m, float(s)) for m, s in self.r.zrevrange(self.keys.trending, 0, n - 1, withscores=True)]
+        pipe = self.r.pipeline(transaction=False)
+        pipe.zrevrange(self.keys.trending, 0, n - 1, withscores=True)
+        pipe.get(self.keys.trending_t0)
+        pipe.get(self.keys.clock)
+        top, t0, clock = pipe.execute()
+        if not top or t0 is None:
+            return []
+        tau = self.config.tau_ms(self.config.trending_half_life_s)
+        scale = math.exp((float(t0) - float(clock if clock is not None else t0)) / tau)
+        return [(m, float(s) * scale) for m, s in top]
 
     def category_affinity(self, user_id: str, now_ms: int | None = None) -> dict[str, float]:
         """Category -> decayed weighted interaction count, decayed to ``now_ms`` (stream clock)."""

@@ -56,9 +56,6 @@ N_ITEM_PROJ = 8
 N_FEATURES = len(FEATURE_NAMES)
 SCHEMA_ID = hashlib.sha1(json.dumps(FEATURE_NAMES).encode()).hexdigest()[:12]
 
-# Beta prior for the CTR of an item seen only a few times (prior CTR, pseudo-impressions).
-CTR_PRIOR = 0.02
-CTR_PRIOR_STRENGTH = 20.0
 RECENT_FOR_PROFILE = 20   # recent items that make up the user's vector and price profile
 RECENT_FOR_COVISIT = 5    # recent items whose co-visitation lists are read (one Redis call each)
 TRENDING_N = 200
@@ -186,7 +183,7 @@ class FeatureAssembler:
             buys = max(0.0, float(counts.get("purchase", 0.0)))
             X[row, col["item_impressions_log"]] = math.log1p(imps)
             X[row, col["item_clicks_log"]] = math.log1p(clicks)
-            X[row, col["item_ctr_smoothed"]] = (clicks + CTR_PRIOR * CTR_PRIOR_STRENGTH) / (imps + CTR_PRIOR_STRENGTH)
+            X[row, col["item_ctr_smoothed"]] = float(st.ctr)   # smoothed by the feature config's prior
             X[row, col["item_views_log"]] = math.log1p(views)
             X[row, col["item_carts_log"]] = math.log1p(carts)
             X[row, col["item_purchases_log"]] = math.log1p(buys)
