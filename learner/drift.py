@@ -41,6 +41,7 @@ import numpy as np
 from river import drift
 
 from streamrec.ranking import FEATURE_NAMES
+from streamrec.settings import default
 
 
 @dataclass(frozen=True)
@@ -115,16 +116,20 @@ class DriftMonitor:
     item_delta: ADWIN confidence for the clicked-item detector (0 turns it off).
     item_reference: labelled examples whose item CTRs (and model scores) form the reference.
     rank_delta: ADWIN confidence for the click-rank detector (0 turns it off).
+
+    Defaults are the settings tree's (``STREAMREC_DRIFT_*``); the learner passes its ``LearnerConfig``.
     """
 
     ITEM_PRIOR_STRENGTH = 10.0   # pseudo-impressions at the stream's running CTR
     ITEM_MIN_SHOWN = 1           # labelled examples of an item before its CTR counts
     MAX_ITEMS = 100_000          # per-item counts kept; beyond, the least shown half is forgotten
 
-    def __init__(self, *, loss_delta: float = 0.0005, ctr_threshold: float = 30.0, ctr_delta: float = 0.005,
-                 feature_names: Sequence[str] = ("retrieval_score", "query_item_cos", "price_log", "item_vec_0", "item_vec_1"),
-                 feature_delta: float = 1e-5, warmup: int = 1000, where: str = "champion",
-                 item_delta: float = 0.05, item_reference: int = 1000, rank_delta: float = 0.05):
+    def __init__(self, *, loss_delta: float = default("drift_loss_delta"),
+                 ctr_threshold: float = default("drift_ctr_threshold"), ctr_delta: float = 0.005,
+                 feature_names: Sequence[str] = tuple(default("drift_features")),
+                 feature_delta: float = default("drift_feature_delta"), warmup: int = default("drift_warmup"),
+                 where: str = "champion", item_delta: float = default("drift_item_delta"), item_reference: int = 1000,
+                 rank_delta: float = default("drift_rank_delta")):
         unknown = [f for f in feature_names if f not in FEATURE_NAMES]
         if unknown:
             raise ValueError(f"unknown feature(s) to watch for drift: {unknown}; choose from {FEATURE_NAMES}")
@@ -233,7 +238,3 @@ class DriftMonitor:
             self.item_shown = {i: self.item_shown[i] for i in keep}
             self.item_clicks = {i: self.item_clicks[i] for i in keep if i in self.item_clicks}
         return out
-
-    def loss_window(self) -> int:
-        """How many recent labelled examples ADWIN believes belong to the current concept."""
-        return int(self.loss.d.width)

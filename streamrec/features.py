@@ -15,7 +15,7 @@ TTLs are wall-clock and refreshed at most once a day per user / item (hash field
 day of the last refresh, and the user's recent list / the item's co-visitation set are refreshed
 with it), so an idle user or item disappears between its TTL and TTL + 1 day after its last event.
 
-Keys (defaults in :class:`FeatureConfig`, env ``STREAMREC_FEATURE_*``):
+Keys (knobs in ``Settings.features`` = :class:`FeatureConfig`, env ``STREAMREC_FEATURE_*``):
 
 =================================  ===========================================================
 ``P:u:{user}:recent``  LIST        newest first, ``event_id \\x1f item \\x1f type \\x1f ts \\x1f
@@ -76,15 +76,13 @@ from __future__ import annotations
 import json
 import math
 import time
-from importlib import resources
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import resources
 
 import redis
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from streamrec.settings import Settings
+from streamrec.settings import FeatureSettings, Settings
 from streamrec.store import connect
 
 INTERACTIONS = ("view", "click", "add_to_cart", "purchase")
@@ -94,46 +92,9 @@ TRENDING_RESCALE = 30.0    # trending scores are rescaled when (ts - t0) / tau e
 QUARANTINE_RECENT_N = 20   # quarantine decisions kept in P:q:recent
 
 
-class FeatureConfig(BaseSettings):
-    """Decay, caps and TTLs of the online features (env ``STREAMREC_FEATURE_*``)."""
-
-    model_config = SettingsConfigDict(env_prefix="STREAMREC_FEATURE_", extra="ignore", frozen=True)
-
-    recent_cap: int = Field(50, ge=1, le=1000, description="also bounds dedup_lookback and covis_lookback")
-    dedup_lookback: int = Field(20, ge=0, le=1000, description="recent events searched for a repeated event_id")
-    item_half_life_s: float = Field(86_400.0, gt=0)
-    affinity_half_life_s: float = Field(7 * 86_400.0, gt=0)
-    trending_half_life_s: float = Field(3_600.0, gt=0)
-    covis_window_s: float = Field(1_800.0, gt=0)
-    covis_lookback: int = Field(10, ge=0, le=100)
-    covis_top_n: int = Field(50, ge=1)
-    category_cap: int = Field(30, ge=1)
-    trending_cap: int = Field(1_000, ge=1)
-    user_ttl_s: int = Field(30 * 86_400, ge=60)
-    item_ttl_s: int = Field(90 * 86_400, ge=60)
-    quarantine_ttl_s: int = Field(7 * 86_400, ge=60)
-    ctr_prior_clicks: float = Field(0.4, ge=0, description="CTR = (clicks + a) / (impressions + b): a")
-    ctr_prior_impressions: float = Field(20.0, gt=0, description="b; a/b = 2% prior CTR, worth 20 impressions")
-    weight_view: float = 1.0
-    weight_click: float = 2.0
-    weight_add_to_cart: float = 4.0
-    weight_purchase: float = 8.0
-
-    @model_validator(mode="after")
-    def _lookbacks_fit(self) -> FeatureConfig:
-        if max(self.dedup_lookback, self.covis_lookback) > self.recent_cap:
-            raise ValueError("dedup_lookback and covis_lookback search the recent list: keep them <= recent_cap")
-        return self
-
-    def smoothed_ctr(self, clicks: float, impressions: float) -> float:
-        """CTR = (clicks + a) / (impressions + b): the one smoothing rule (features and ranking)."""
-        return (clicks + self.ctr_prior_clicks) / (impressions + self.ctr_prior_impressions)
-
-    def tau_ms(self, half_life_s: float) -> float:
-        return half_life_s * 1000.0 / math.log(2)
-
-    def weight(self, event_type: str) -> float:
-        return float(getattr(self, f"weight_{event_type}"))
+# The feature knobs are a node of the one settings tree (``Settings.features``, env ``STREAMREC_FEATURE_*``);
+# the name stays for the writer's and readers' signatures.
+FeatureConfig = FeatureSettings
 
 
 @dataclass(frozen=True)
@@ -229,7 +190,7 @@ class FeatureStore:
 
     @classmethod
     def from_settings(cls, s: Settings) -> FeatureStore:
-        return cls(connect(s), s.redis_prefix)
+        return cls(connect(s), s.redis_prefix, s.features)
 
     def clock_ms(self) -> int | None:
         """The newest event time applied, or None before the first event."""
