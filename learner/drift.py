@@ -168,13 +168,9 @@ class DriftMonitor:
         """One prequential batch: per-example click losses, click labels (with mask), rows, times
         and (optionally) item ids and the model's click scores, which the clicked-item and the
         click-rank detectors need."""
+        self._upgrade_old_pickle()
         out: list[Detection] = []
-        if not hasattr(self, "rank_ref"):   # pickled by an older version: fresh click detectors
-            self.item_delta = getattr(self, "item_delta", 0.0)
-            self.item_reference = getattr(self, "item_reference", 1000)
-            self.rank_delta = 0.05
-            self._reset_items()
-            self._reset_rank()
+        # the references are sorted once per batch: a batch is scored against what came before it
         ref = np.sort(np.fromiter(self.item_ref, float)) if self.item is not None else None
         rank_ref = np.sort(np.fromiter(self.rank_ref, float)) if self.rank is not None else None
         for i in range(len(losses)):
@@ -182,36 +178,65 @@ class DriftMonitor:
             when = int(ts[i])
             armed = self.seen > self.warmup
             if click_mask[i] and math.isfinite(losses[i]):
-                hit, before, after, cut = self.loss.update(float(losses[i]))
-                if hit and armed and after > before:
-                    out.append(Detection("adwin_loss", "prequential_click_loss", self.where, when, self.seen,
-                                         {"mean_before": before, "mean_after": after, "examples_cut": cut,
-                                          "window": int(self.loss.d.width), "delta": self.loss_delta}))
                 y = float(clicks[i])
-                self.ctr_seen += 1
-                self.ctr_sum += y
-                self.ctr.update(y)
-                if self.ctr.drift_detected and armed:
-                    out.append(Detection("page_hinkley_ctr", "ctr", self.where, when, self.seen,
-                                         {"ctr_running": self.ctr_sum / self.ctr_seen,
-                                          "threshold": self.ctr_threshold, "delta": self.ctr_delta}))
+                found = [self._loss(float(losses[i]), when, armed), self._ctr(y, when, armed)]
                 if self.item is not None and item_ids is not None:
-                    d = self._clicked_item(str(item_ids[i]), y, ref, when, armed)
-                    if d is not None:
-                        out.append(d)
+                    found.append(self._clicked_item(str(item_ids[i]), y, ref, when, armed))
                 if self.rank is not None and scores is not None:
-                    if y > 0.5 and rank_ref.size >= 100:
-                        hit, ev = self.rank.update(_percentile(rank_ref, float(scores[i])), self.seen)
-                        if hit and armed:
-                            out.append(Detection("adwin_click_rank", "clicked_item_score_percentile", self.where,
-                                                 when, self.seen, ev))
-                    self.rank_ref.append(float(scores[i]))
-            for name, col in zip(self.feature_names, self._cols):
-                hit, before, after, cut = self.features[name].update(float(X[i, col]))
-                if hit and armed:
-                    out.append(Detection("adwin_feature", name, self.where, when, self.seen,
-                                         {"mean_before": before, "mean_after": after, "examples_cut": cut,
-                                          "delta": self.feature_delta}))
+                    found.append(self._click_rank(y, float(scores[i]), rank_ref, when, armed))
+                out.extend(d for d in found if d is not None)
+            out.extend(self._features(X[i], when, armed))
+        return out
+
+    def _upgrade_old_pickle(self) -> None:
+        """A monitor pickled by an older version has no click detectors: give it fresh ones."""
+        if hasattr(self, "rank_ref"):
+            return
+        self.item_delta = getattr(self, "item_delta", 0.0)
+        self.item_reference = getattr(self, "item_reference", 1000)
+        self.rank_delta = 0.05
+        self._reset_items()
+        self._reset_rank()
+
+    def _loss(self, loss: float, when: int, armed: bool) -> Detection | None:
+        """ADWIN on the click log-loss; only a rise is reported."""
+        hit, before, after, cut = self.loss.update(loss)
+        if not (hit and armed and after > before):
+            return None
+        return Detection("adwin_loss", "prequential_click_loss", self.where, when, self.seen,
+                         {"mean_before": before, "mean_after": after, "examples_cut": cut,
+                          "window": int(self.loss.d.width), "delta": self.loss_delta})
+
+    def _ctr(self, y: float, when: int, armed: bool) -> Detection | None:
+        """Page-Hinkley on the click indicator (also keeps the running CTR the item detector uses)."""
+        self.ctr_seen += 1
+        self.ctr_sum += y
+        self.ctr.update(y)
+        if not (self.ctr.drift_detected and armed):
+            return None
+        return Detection("page_hinkley_ctr", "ctr", self.where, when, self.seen,
+                         {"ctr_running": self.ctr_sum / self.ctr_seen,
+                          "threshold": self.ctr_threshold, "delta": self.ctr_delta})
+
+    def _click_rank(self, y: float, score: float, rank_ref: np.ndarray, when: int, armed: bool) -> Detection | None:
+        """On a click, ADWIN on the percentile of the model's score among the reference scores."""
+        out = None
+        if y > 0.5 and rank_ref.size >= 100:
+            hit, ev = self.rank.update(_percentile(rank_ref, score), self.seen)
+            if hit and armed:
+                out = Detection("adwin_click_rank", "clicked_item_score_percentile", self.where, when, self.seen, ev)
+        self.rank_ref.append(score)
+        return out
+
+    def _features(self, row: np.ndarray, when: int, armed: bool) -> list[Detection]:
+        """ADWIN on each watched feature's value."""
+        out = []
+        for name, col in zip(self.feature_names, self._cols):
+            hit, before, after, cut = self.features[name].update(float(row[col]))
+            if hit and armed:
+                out.append(Detection("adwin_feature", name, self.where, when, self.seen,
+                                     {"mean_before": before, "mean_after": after, "examples_cut": cut,
+                                      "delta": self.feature_delta}))
         return out
 
     def _clicked_item(self, iid: str, y: float, ref: np.ndarray, when: int, armed: bool) -> Detection | None:
