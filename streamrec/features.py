@@ -1,8 +1,9 @@
 """Online features in Redis: one layout, written by ``consumers/`` and read by learner and serving.
 
 Every key starts with ``Settings.redis_prefix`` (``P`` below). Writes happen only inside
-:data:`APPLY_LUA` (``features_apply.lua``), one atomic script call per Kafka partition batch that also advances that
-partition's offset key, so a feature is never applied twice nor lost (see ``consumers/service.py``).
+:data:`APPLY_LUA` (``features_apply.lua``), one atomic script call per Kafka partition batch that
+also advances that partition's offset key, so a feature is never applied twice nor lost (see
+``consumers/service.py``).
 
 Time is *event time* (``Event.ts``, epoch ms), never the wall clock, so a replay of old data builds
 the same features as the live stream did. Decayed values use a lazy exponential decay: each value
@@ -311,8 +312,8 @@ class FeatureStore:
 #
 # One call applies one batch of one Kafka partition, atomically (a Lua script runs alone in Redis):
 # KEYS[1] = the partition's offset key, KEYS[2] = its outbox.
-# ARGV[1] = prefix (informational: key names come in the config), ARGV[2] = config JSON (script_config), ARGV[3] = next offset
-# after the batch, ARGV[4] = its first offset (records may have been left out, e.g. invalid catalog
+# ARGV[1] = prefix (informational: key names come in the config), ARGV[2] = config JSON
+# (script_config), ARGV[3] = next offset after the batch, ARGV[4] = its first offset (records may have been left out, e.g. invalid catalog
 # ops), then one string per record, fields joined by U+001F (see consumers/apply.py):
 #   offset, kind, then for kind
 #   'e' interaction     event_id, type, user, item, ts, session, canonical JSON
