@@ -10,6 +10,7 @@ each event's examples were built — so a row never sees its own label.
 
 from __future__ import annotations
 
+import heapq
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable
 from itertools import islice
@@ -49,7 +50,7 @@ def _trim(scores: dict[str, float], cap: int) -> None:
     """``ZREMRANGEBYRANK`` of the lowest ranks (score ascending, ties by member ascending) down to ``cap``."""
     extra = len(scores) - cap
     if extra > 0:
-        for m, _ in sorted(scores.items(), key=lambda kv: (kv[1], kv[0]))[:extra]:
+        for m, _ in heapq.nsmallest(extra, scores.items(), key=lambda kv: (kv[1], kv[0])):
             del scores[m]
 
 
