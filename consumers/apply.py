@@ -52,7 +52,7 @@ class Writer:
         self.keys = Keys(prefix)
         self.group = group
         self.prefix = prefix
-        self.config_json = script_config(features or FeatureConfig(), (bot or BotConfig()).script_fields())
+        self.config_json = script_config(features or FeatureConfig(), (bot or BotConfig()).script_fields(), self.keys)
         self.script = r.register_script(APPLY_LUA)
 
     def offset_key(self, topic: str, partition: int) -> str:

@@ -1,6 +1,6 @@
 """Fake-click / bot filter thresholds (env ``STREAMREC_BOT_*``).
 
-The decision runs inside the atomic feature write (``streamrec.features.APPLY_LUA``) on event time,
+The decision runs inside the atomic feature write (``streamrec/features_apply.lua``) on event time,
 so a replay after a crash decides exactly as the first attempt did. An event is quarantined when:
 
 * ``duplicate_event``: its ``event_id`` is among the user's last ``dedup_lookback`` events
@@ -20,25 +20,9 @@ Quarantined events go to ``settings.topic_quarantine`` and feed no feature; the 
 
 from __future__ import annotations
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from streamrec.settings import BotSettings
 
 REASONS = ("duplicate_event", "rapid_repeat", "user_burst", "item_burst")
 
-
-class BotConfig(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="STREAMREC_BOT_", extra="ignore", frozen=True)
-
-    window_s: float = Field(10.0, gt=0, description="event-time window of the rate limits")
-    user_limit: int = Field(50, ge=0, description="max events per user per window; 0 = off")
-    item_limit: int = Field(5_000, ge=0, description="max interactions per item per window; 0 = off")
-    repeat_gap_ms: int = Field(300, ge=0, description="same user+item+type closer than this = repeat")
-
-    def script_fields(self) -> dict:
-        """What the writer script needs, in its units."""
-        return {
-            "bot_window_ms": self.window_s * 1000.0,
-            "bot_user_limit": self.user_limit,
-            "bot_item_limit": self.item_limit,
-            "bot_repeat_gap_ms": self.repeat_gap_ms,
-        }
+# The thresholds are a node of the one settings tree (``Settings.bot``, env ``STREAMREC_BOT_*``).
+BotConfig = BotSettings

@@ -25,11 +25,9 @@ from kafka.structs import OffsetAndMetadata
 
 from consumers import metrics
 from consumers.apply import BatchResult, Record, Writer
-from consumers.botfilter import BotConfig
 from consumers.outbox import Outbox
 from consumers.validate import classify
 from streamrec import bus
-from streamrec.features import FeatureConfig
 from streamrec.schemas import CatalogOp, DeadLetter, Event
 from streamrec.settings import Settings
 from streamrec.store import connect_binary
@@ -132,7 +130,7 @@ class Ingestor:
         group = group or settings.consumers_group
         self.s = settings
         self.r = connect_binary(settings)
-        self.writer = Writer(self.r, settings.redis_prefix, group, FeatureConfig(), BotConfig())
+        self.writer = Writer(self.r, settings.redis_prefix, group, settings.features, settings.bot)
         self.producer = bus.make_producer(settings)
         self.outbox = Outbox(settings, self.r, self.producer,
                              lambda t, p: (self.writer.outbox_key(t, p), self.writer.relayed_key(t, p)))

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from consumers.botfilter import BotConfig
 from streamrec import bus
-from streamrec.features import FeatureConfig, FeatureStore
+from streamrec.features import FeatureStore
 from streamrec.settings import Settings
 
 
@@ -25,7 +24,7 @@ def summary(settings: Settings) -> dict:
         return {
             "group": settings.consumers_group,
             "bot_filter": {
-                "thresholds": BotConfig().model_dump(),
+                "thresholds": settings.bot.model_dump(),
                 "quarantined": fs.quarantine_counts(),
                 "recent_decisions": fs.recent_quarantine(10),
                 "topic": settings.topic_quarantine,
@@ -33,7 +32,7 @@ def summary(settings: Settings) -> dict:
             "dead_letters": {"counts": fs.dead_letter_counts(), "topic": settings.topic_dlq},
             "partitions": partitions,
             "stream_clock_ms": fs.clock_ms(),
-            "features": FeatureConfig().model_dump(),
+            "features": settings.features.model_dump(),
         }
     finally:
         fs.r.close()

@@ -41,6 +41,7 @@ import numpy as np
 from river import drift
 
 from streamrec.ranking import FEATURE_NAMES
+from streamrec.settings import default
 
 
 @dataclass(frozen=True)
@@ -115,16 +116,20 @@ class DriftMonitor:
     item_delta: ADWIN confidence for the clicked-item detector (0 turns it off).
     item_reference: labelled examples whose item CTRs (and model scores) form the reference.
     rank_delta: ADWIN confidence for the click-rank detector (0 turns it off).
+
+    Defaults are the settings tree's (``STREAMREC_DRIFT_*``); the learner passes its ``LearnerConfig``.
     """
 
     ITEM_PRIOR_STRENGTH = 10.0   # pseudo-impressions at the stream's running CTR
     ITEM_MIN_SHOWN = 1           # labelled examples of an item before its CTR counts
     MAX_ITEMS = 100_000          # per-item counts kept; beyond, the least shown half is forgotten
 
-    def __init__(self, *, loss_delta: float = 0.0005, ctr_threshold: float = 30.0, ctr_delta: float = 0.005,
-                 feature_names: Sequence[str] = ("retrieval_score", "query_item_cos", "price_log", "item_vec_0", "item_vec_1"),
-                 feature_delta: float = 1e-5, warmup: int = 1000, where: str = "champion",
-                 item_delta: float = 0.05, item_reference: int = 1000, rank_delta: float = 0.05):
+    def __init__(self, *, loss_delta: float = default("drift_loss_delta"),
+                 ctr_threshold: float = default("drift_ctr_threshold"), ctr_delta: float = 0.005,
+                 feature_names: Sequence[str] = tuple(default("drift_features")),
+                 feature_delta: float = default("drift_feature_delta"), warmup: int = default("drift_warmup"),
+                 where: str = "champion", item_delta: float = default("drift_item_delta"), item_reference: int = 1000,
+                 rank_delta: float = default("drift_rank_delta")):
         unknown = [f for f in feature_names if f not in FEATURE_NAMES]
         if unknown:
             raise ValueError(f"unknown feature(s) to watch for drift: {unknown}; choose from {FEATURE_NAMES}")
@@ -163,13 +168,9 @@ class DriftMonitor:
         """One prequential batch: per-example click losses, click labels (with mask), rows, times
         and (optionally) item ids and the model's click scores, which the clicked-item and the
         click-rank detectors need."""
+        self._upgrade_old_pickle()
         out: list[Detection] = []
-        if not hasattr(self, "rank_ref"):   # pickled by an older version: fresh click detectors
-            self.item_delta = getattr(self, "item_delta", 0.0)
-            self.item_reference = getattr(self, "item_reference", 1000)
-            self.rank_delta = 0.05
-            self._reset_items()
-            self._reset_rank()
+        # the references are sorted once per batch: a batch is scored against what came before it
         ref = np.sort(np.fromiter(self.item_ref, float)) if self.item is not None else None
         rank_ref = np.sort(np.fromiter(self.rank_ref, float)) if self.rank is not None else None
         for i in range(len(losses)):
@@ -177,36 +178,65 @@ class DriftMonitor:
             when = int(ts[i])
             armed = self.seen > self.warmup
             if click_mask[i] and math.isfinite(losses[i]):
-                hit, before, after, cut = self.loss.update(float(losses[i]))
-                if hit and armed and after > before:
-                    out.append(Detection("adwin_loss", "prequential_click_loss", self.where, when, self.seen,
-                                         {"mean_before": before, "mean_after": after, "examples_cut": cut,
-                                          "window": int(self.loss.d.width), "delta": self.loss_delta}))
                 y = float(clicks[i])
-                self.ctr_seen += 1
-                self.ctr_sum += y
-                self.ctr.update(y)
-                if self.ctr.drift_detected and armed:
-                    out.append(Detection("page_hinkley_ctr", "ctr", self.where, when, self.seen,
-                                         {"ctr_running": self.ctr_sum / self.ctr_seen,
-                                          "threshold": self.ctr_threshold, "delta": self.ctr_delta}))
+                found = [self._loss(float(losses[i]), when, armed), self._ctr(y, when, armed)]
                 if self.item is not None and item_ids is not None:
-                    d = self._clicked_item(str(item_ids[i]), y, ref, when, armed)
-                    if d is not None:
-                        out.append(d)
+                    found.append(self._clicked_item(str(item_ids[i]), y, ref, when, armed))
                 if self.rank is not None and scores is not None:
-                    if y > 0.5 and rank_ref.size >= 100:
-                        hit, ev = self.rank.update(_percentile(rank_ref, float(scores[i])), self.seen)
-                        if hit and armed:
-                            out.append(Detection("adwin_click_rank", "clicked_item_score_percentile", self.where,
-                                                 when, self.seen, ev))
-                    self.rank_ref.append(float(scores[i]))
-            for name, col in zip(self.feature_names, self._cols):
-                hit, before, after, cut = self.features[name].update(float(X[i, col]))
-                if hit and armed:
-                    out.append(Detection("adwin_feature", name, self.where, when, self.seen,
-                                         {"mean_before": before, "mean_after": after, "examples_cut": cut,
-                                          "delta": self.feature_delta}))
+                    found.append(self._click_rank(y, float(scores[i]), rank_ref, when, armed))
+                out.extend(d for d in found if d is not None)
+            out.extend(self._features(X[i], when, armed))
+        return out
+
+    def _upgrade_old_pickle(self) -> None:
+        """A monitor pickled by an older version has no click detectors: give it fresh ones."""
+        if hasattr(self, "rank_ref"):
+            return
+        self.item_delta = getattr(self, "item_delta", 0.0)
+        self.item_reference = getattr(self, "item_reference", 1000)
+        self.rank_delta = 0.05
+        self._reset_items()
+        self._reset_rank()
+
+    def _loss(self, loss: float, when: int, armed: bool) -> Detection | None:
+        """ADWIN on the click log-loss; only a rise is reported."""
+        hit, before, after, cut = self.loss.update(loss)
+        if not (hit and armed and after > before):
+            return None
+        return Detection("adwin_loss", "prequential_click_loss", self.where, when, self.seen,
+                         {"mean_before": before, "mean_after": after, "examples_cut": cut,
+                          "window": int(self.loss.d.width), "delta": self.loss_delta})
+
+    def _ctr(self, y: float, when: int, armed: bool) -> Detection | None:
+        """Page-Hinkley on the click indicator (also keeps the running CTR the item detector uses)."""
+        self.ctr_seen += 1
+        self.ctr_sum += y
+        self.ctr.update(y)
+        if not (self.ctr.drift_detected and armed):
+            return None
+        return Detection("page_hinkley_ctr", "ctr", self.where, when, self.seen,
+                         {"ctr_running": self.ctr_sum / self.ctr_seen,
+                          "threshold": self.ctr_threshold, "delta": self.ctr_delta})
+
+    def _click_rank(self, y: float, score: float, rank_ref: np.ndarray, when: int, armed: bool) -> Detection | None:
+        """On a click, ADWIN on the percentile of the model's score among the reference scores."""
+        out = None
+        if y > 0.5 and rank_ref.size >= 100:
+            hit, ev = self.rank.update(_percentile(rank_ref, score), self.seen)
+            if hit and armed:
+                out = Detection("adwin_click_rank", "clicked_item_score_percentile", self.where, when, self.seen, ev)
+        self.rank_ref.append(score)
+        return out
+
+    def _features(self, row: np.ndarray, when: int, armed: bool) -> list[Detection]:
+        """ADWIN on each watched feature's value."""
+        out = []
+        for name, col in zip(self.feature_names, self._cols):
+            hit, before, after, cut = self.features[name].update(float(row[col]))
+            if hit and armed:
+                out.append(Detection("adwin_feature", name, self.where, when, self.seen,
+                                     {"mean_before": before, "mean_after": after, "examples_cut": cut,
+                                      "delta": self.feature_delta}))
         return out
 
     def _clicked_item(self, iid: str, y: float, ref: np.ndarray, when: int, armed: bool) -> Detection | None:
@@ -233,7 +263,3 @@ class DriftMonitor:
             self.item_shown = {i: self.item_shown[i] for i in keep}
             self.item_clicks = {i: self.item_clicks[i] for i in keep if i in self.item_clicks}
         return out
-
-    def loss_window(self) -> int:
-        """How many recent labelled examples ADWIN believes belong to the current concept."""
-        return int(self.loss.d.width)

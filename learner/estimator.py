@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from learner.examples import Batch
-from streamrec.ranking import N_FEATURES, RankingHead
+from streamrec.ranking import RankingHead
 
 
 class OnlineRanker:
@@ -164,6 +164,3 @@ class OnlineRanker:
         m.updates, m.examples = int(st["updates"]), int(st["examples"])
         return m
 
-
-def default_ranker(lr: float = 0.01, seed: int | None = 0) -> OnlineRanker:
-    return OnlineRanker(RankingHead(n_features=N_FEATURES), lr=lr, seed=seed)

@@ -27,6 +27,7 @@ from learner.estimator import OnlineRanker
 from learner.evaluation import Prequential, logloss
 from learner.examples import Batch, Example
 from streamrec.ranking import N_FEATURES
+from streamrec.settings import Settings, default
 
 # Detections that start a challenger. Page-Hinkley on the click rate and the feature detectors only
 # report (drift topic, metrics, dashboard): a CTR or input change alone (a campaign, the season, the
@@ -38,30 +39,36 @@ HARMFUL = ("adwin_loss", "adwin_click_rank", "adwin_clicked_item")
 
 @dataclass
 class LearnerConfig:
-    """Knobs of the core; :meth:`from_settings` maps the ``STREAMREC_LEARNER_*`` settings."""
+    """Knobs of the core, built from the settings tree by :meth:`from_settings`.
 
-    lr: float = 0.003
-    batch_size: int = 64
-    metrics_window: int = 5000
-    buffer_size: int = 5000
-    loss_delta: float = 0.0005
-    ctr_threshold: float = 30.0
-    feature_names: tuple[str, ...] = ("retrieval_score", "query_item_cos", "price_log", "item_vec_0", "item_vec_1")
-    feature_delta: float = 1e-5
-    item_delta: float = 0.05
-    rank_delta: float = 0.05
-    warmup: int = 1000
-    challenger_min_examples: int = 300
-    challenger_max_examples: int = 20_000
-    challenger_window: int = 2000
-    challenger_margin: float = 0.02   # relative: the challenger's loss must be 2 % lower (a tie is noise)
+    The fields that are settings take their defaults from ``Settings`` (:func:`streamrec.settings.default`),
+    so a default is written once; tests and experiments override single fields. The rest are internal
+    constants of the core, documented here.
+    """
+
+    lr: float = default("learner_lr")
+    batch_size: int = default("learner_batch_size")
+    loss_delta: float = default("drift_loss_delta")
+    ctr_threshold: float = default("drift_ctr_threshold")
+    feature_names: tuple[str, ...] = tuple(default("drift_features"))
+    feature_delta: float = default("drift_feature_delta")
+    item_delta: float = default("drift_item_delta")
+    rank_delta: float = default("drift_rank_delta")
+    warmup: int = default("drift_warmup")
+    challenger_min_examples: int = default("challenger_min_examples")
+    challenger_max_examples: int = default("challenger_max_examples")
+    challenger_margin: float = default("challenger_margin")   # relative: a tie is noise
+    train_negative_rate: float = default("learner_train_negative_rate")   # see ``_training_batch``
+    # --- internal constants (not settings) ---
+    metrics_window: int = 5000          # examples in the rolling metrics
+    buffer_size: int = 5000             # recent examples kept for a challenger's replay
+    challenger_window: int = 2000       # recent paired examples the challenger is judged on
     challenger_replay_epochs: int = 4
     challenger_lr_scale: float = 3.0   # the challenger adapts faster; promoted, it returns to ``lr``
-    train_negative_rate: float = 1.0   # share of non-clicks learned from (every click is); see ``_training_batch``
     seed: int = 0                      # of the negative sampling
 
     @classmethod
-    def from_settings(cls, s: Any) -> LearnerConfig:
+    def from_settings(cls, s: Settings) -> LearnerConfig:
         return cls(lr=s.learner_lr, batch_size=s.learner_batch_size, loss_delta=s.drift_loss_delta,
                    ctr_threshold=s.drift_ctr_threshold, feature_names=tuple(s.drift_features),
                    feature_delta=s.drift_feature_delta, item_delta=s.drift_item_delta, rank_delta=s.drift_rank_delta,

@@ -10,9 +10,10 @@ each event's examples were built — so a row never sees its own label.
 
 from __future__ import annotations
 
-import math
+import heapq
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable
+from itertools import islice
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,71 +22,135 @@ from learner.examples import Example
 from learner.joiner import LabelJoiner
 from learner.online import OnlineLearner, StepReport
 from learner.pipeline import ExampleBuilder
-from streamrec.features import INTERACTIONS, FeatureConfig, ItemStats, RecentItem
+from streamrec.features import INTERACTIONS, FeatureConfig, ItemStats, RecentItem, decay, merge_decayed
 from streamrec.ranking import FeatureAssembler
-from streamrec.schemas import Event
+from streamrec.schemas import CatalogOp, Event
 
 
-class _Decayed:
-    """sum(exp(-(t - ts_i) / tau)) kept as (value, reference time), like the Redis layout."""
+_Decayed = tuple[float, float]   # (value, reference ts): the lazy-decay pair of the Redis layout
 
-    __slots__ = ("v", "t")
 
-    def __init__(self) -> None:
-        self.v, self.t = 0.0, 0.0
+@dataclass(frozen=True)
+class _Entry:
+    """One recent-list entry, as the Redis list holds it."""
 
-    def add(self, ts: float, w: float, tau: float) -> None:
-        if ts >= self.t:
-            self.v = self.v * math.exp(-(ts - self.t) / tau) + w
-            self.t = ts
-        else:
-            self.v += w * math.exp(-(self.t - ts) / tau)
+    event_id: str
+    item_id: str
+    type: str
+    ts: int
+    session: str
 
-    def at(self, now: float, tau: float) -> float:
-        return self.v * math.exp(-max(0.0, now - self.t) / tau)
+
+def _top(scores: dict[str, float], n: int) -> list[tuple[str, float]]:
+    """``ZREVRANGE`` order: score descending, ties by member descending."""
+    return sorted(scores.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)[:n]
+
+
+def _trim(scores: dict[str, float], cap: int) -> None:
+    """``ZREMRANGEBYRANK`` of the lowest ranks (score ascending, ties by member ascending) down to ``cap``."""
+    extra = len(scores) - cap
+    if extra > 0:
+        for m, _ in heapq.nsmallest(extra, scores.items(), key=lambda kv: (kv[1], kv[0])):
+            del scores[m]
 
 
 class ReplayFeatures:
-    """In-memory features with ``FeatureStore``'s read API, for replays of public logs."""
+    """In-memory features with ``FeatureStore``'s read API, for replays of public logs.
+
+    :meth:`observe` follows the rules of the Redis writer (``streamrec/features_apply.lua``) with the
+    bot filter off: a repeated ``event_id`` among the user's last ``dedup_lookback`` events is dropped;
+    co-visitation counts the user's distinct earlier items of the same session within
+    ``covis_window_s`` among the last ``covis_lookback``; ``recent_cap``, ``covis_top_n``,
+    ``category_cap`` and ``trending_cap`` bound what is kept. It behaves like the writer fed one
+    event per batch (the writer trims its caps at the end of each batch);
+    ``tests/test_feature_parity.py`` checks that both give the same reads.
+    """
 
     def __init__(self, attributes: dict[str, dict] | None = None, config: FeatureConfig | None = None):
         self.cfg = config or FeatureConfig()
-        self.attrs = dict(attributes or {})
-        self.recent: dict[str, deque[RecentItem]] = defaultdict(lambda: deque(maxlen=self.cfg.recent_cap))
-        self.items: dict[str, dict[str, _Decayed]] = defaultdict(lambda: defaultdict(_Decayed))
-        self.covis: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
-        self.trend: dict[str, _Decayed] = defaultdict(_Decayed)
-        self.affinity: dict[str, dict[str, _Decayed]] = defaultdict(lambda: defaultdict(_Decayed))
+        self.attrs: dict[str, dict | None] = dict(attributes or {})
+        self.attr_ts: dict[str, int] = {}
+        self.recent: dict[str, deque[_Entry]] = defaultdict(lambda: deque(maxlen=self.cfg.recent_cap))
+        self.items: dict[str, dict[str, _Decayed]] = defaultdict(dict)
+        self.covis: dict[str, dict[str, float]] = defaultdict(dict)
+        self.trend: dict[str, _Decayed] = {}
+        self.affinity: dict[str, dict[str, _Decayed]] = defaultdict(dict)
         self.clock = 0
 
-    def observe(self, e: Event) -> None:
-        cfg = self.cfg
-        self.clock = max(self.clock, e.ts)
-        tau_item = cfg.tau_ms(cfg.item_half_life_s)
-        if e.type == "impression":
+    def observe(self, e: Event | CatalogOp) -> None:
+        if isinstance(e, CatalogOp):
+            self._catalog(e)
+        elif e.type == "impression":
+            self.clock = max(self.clock, e.ts)
             for iid in e.item_ids or []:
-                self.items[iid]["impression"].add(e.ts, 1.0, tau_item)
+                self._bump(self.items[iid], "impression", e.ts, 1.0, self.cfg.item_half_life_s)
+        else:
+            self.clock = max(self.clock, e.ts)   # a dropped duplicate still moves the clock, as in Redis
+            if not self._duplicate(e):
+                self._interaction(e)
+
+    def _catalog(self, op: CatalogOp) -> None:
+        """An older op never overwrites a newer one; a delete hides the item's attributes."""
+        if op.ts < self.attr_ts.get(op.item_id, -1):
             return
-        iid = e.item_id
-        self.items[iid][e.type].add(e.ts, 1.0, tau_item)
-        self.trend[iid].add(e.ts, cfg.weight(e.type), cfg.tau_ms(cfg.trending_half_life_s))
-        cat = (self.attrs.get(iid) or {}).get("category")
-        if cat:
-            self.affinity[e.user_id][cat].add(e.ts, cfg.weight(e.type), cfg.tau_ms(cfg.affinity_half_life_s))
+        self.attr_ts[op.item_id] = op.ts
+        self.attrs[op.item_id] = None if op.op == "delete" else {
+            "title": op.title, "category": op.category or None, "price": op.price}
+
+    def _duplicate(self, e: Event) -> bool:
         recent = self.recent[e.user_id]
-        window = cfg.covis_window_s * 1000
-        for k, r in enumerate(recent):
-            if k >= cfg.covis_lookback or e.ts - r.ts > window:
-                break
-            if r.item_id != iid:
-                self.covis[iid][r.item_id] += 1.0
-                self.covis[r.item_id][iid] += 1.0
-        recent.appendleft(RecentItem(iid, e.type, e.ts))
+        return any(r.event_id == e.event_id for r in islice(recent, self.cfg.dedup_lookback))
+
+    def _bump(self, h: dict[str, _Decayed], key: str, ts: int, w: float, half_life_s: float) -> None:
+        v, t = h.get(key, (None, None))
+        h[key] = merge_decayed(v, t, ts, w, self.cfg.tau_ms(half_life_s))
+
+    def _interaction(self, e: Event) -> None:
+        cfg, iid = self.cfg, e.item_id
+        w = cfg.weight(e.type)
+        self._covisit(e)
+        session = e.session_id or ""
+        self.recent[e.user_id].appendleft(_Entry(e.event_id, iid, e.type, e.ts, session))
+        self._bump(self.items[iid], e.type, e.ts, 1.0, cfg.item_half_life_s)
+        self._affinity(e.user_id, iid, e.ts, w)
+        self._bump(self.trend, iid, e.ts, w, cfg.trending_half_life_s)
+        if len(self.trend) > cfg.trending_cap:
+            tau = cfg.tau_ms(cfg.trending_half_life_s)
+            scores = {i: decay(v, t, self.clock, tau) for i, (v, t) in self.trend.items()}
+            _trim(scores, cfg.trending_cap)
+            self.trend = {i: d for i, d in self.trend.items() if i in scores}
+
+    def _covisit(self, e: Event) -> None:
+        """The user's distinct earlier items of the same session within the window, both directions."""
+        cfg, iid, session = self.cfg, e.item_id, e.session_id or ""
+        seen = {iid}
+        window = cfg.covis_window_s * 1000.0
+        touched = []
+        for r in islice(self.recent[e.user_id], cfg.covis_lookback):
+            if r.item_id not in seen and r.session == session and abs(e.ts - r.ts) <= window:
+                seen.add(r.item_id)
+                for a, b in ((iid, r.item_id), (r.item_id, iid)):
+                    self.covis[a][b] = self.covis[a].get(b, 0.0) + 1.0
+                touched.append(r.item_id)
+        for a in ([iid] + touched) if touched else []:
+            _trim(self.covis[a], cfg.covis_top_n)
+
+    def _affinity(self, user: str, item: str, ts: int, w: float) -> None:
+        cat = (self.attrs.get(item) or {}).get("category")
+        if not cat:
+            return
+        aff = self.affinity[user]
+        new = cat not in aff
+        self._bump(aff, cat, ts, w, self.cfg.affinity_half_life_s)
+        if new and len(aff) > self.cfg.category_cap:   # evict the weakest other category, decayed to ts
+            tau = self.cfg.tau_ms(self.cfg.affinity_half_life_s)
+            worst = min((c for c in aff if c != cat), key=lambda c: (decay(*aff[c], ts, tau), c))
+            del aff[worst]
 
     # --- FeatureStore's read API -----------------------------------------------------------------
 
     def recent_items(self, user_id: str, n: int = 20) -> list[RecentItem]:
-        return list(self.recent.get(user_id, ()))[:n]
+        return [RecentItem(r.item_id, r.type, r.ts) for r in list(self.recent.get(user_id, ()))[:max(0, n)]]
 
     def item_stats(self, item_ids: list[str], now_ms: int | None = None) -> list[ItemStats]:
         cfg = self.cfg
@@ -94,24 +159,23 @@ class ReplayFeatures:
         out = []
         for iid in item_ids:
             h = self.items.get(iid, {})
-            counts = {t: (h[t].at(now, tau) if t in h else 0.0) for t in INTERACTIONS}
-            imps = h["impression"].at(now, tau) if "impression" in h else 0.0
-            ctr = (counts["click"] + cfg.ctr_prior_clicks) / (imps + cfg.ctr_prior_impressions)
-            out.append(ItemStats(counts=counts, impressions=imps, clicks=counts["click"], ctr=ctr))
+            counts = {t: (decay(*h[t], now, tau) if t in h else 0.0) for t in INTERACTIONS}
+            imps = decay(*h["impression"], now, tau) if "impression" in h else 0.0
+            out.append(ItemStats(counts=counts, impressions=imps, clicks=counts["click"],
+                                 ctr=cfg.smoothed_ctr(counts["click"], imps)))
         return out
 
     def covisited(self, item_id: str, n: int = 20) -> list[tuple[str, float]]:
-        return sorted(self.covis.get(item_id, {}).items(), key=lambda kv: -kv[1])[:n]
+        return _top(self.covis.get(item_id, {}), max(0, n))
 
     def trending(self, n: int = 20) -> list[tuple[str, float]]:
         tau = self.cfg.tau_ms(self.cfg.trending_half_life_s)
-        scores = [(i, d.at(self.clock, tau)) for i, d in self.trend.items()]
-        return sorted(scores, key=lambda kv: -kv[1])[:n]
+        return _top({i: decay(v, t, self.clock, tau) for i, (v, t) in self.trend.items()}, max(0, n))
 
     def category_affinity(self, user_id: str, now_ms: int | None = None) -> dict[str, float]:
         tau = self.cfg.tau_ms(self.cfg.affinity_half_life_s)
         now = float(now_ms if now_ms is not None else self.clock)
-        return {c: d.at(now, tau) for c, d in self.affinity.get(user_id, {}).items()}
+        return {c: decay(v, t, now, tau) for c, (v, t) in self.affinity.get(user_id, {}).items()}
 
     def item_attributes(self, item_ids: list[str]) -> list[dict | None]:
         return [self.attrs.get(i) for i in item_ids]

@@ -20,7 +20,7 @@ from serving.lexical import LexicalIndex
 from serving.models import ModelWatcher
 from serving.rerank import mmr
 from streamrec.encoder import Encoder
-from streamrec.features import FeatureStore
+from streamrec.features import INTERACTIONS, FeatureConfig, FeatureStore
 from streamrec.ranking import FeatureAssembler
 from streamrec.schemas import ResultItem, ResultList
 from streamrec.settings import Settings
@@ -29,7 +29,7 @@ from streamrec.vector_index import IndexReplica, LiveIndex
 log = logging.getLogger(__name__)
 
 # How much each interaction type says about a user's taste, for the profile vector.
-INTERACTION_WEIGHT = {"purchase": 3.0, "add_to_cart": 2.0, "click": 1.5, "view": 1.0}
+INTERACTION_WEIGHT = {t: FeatureConfig().weight(t) for t in INTERACTIONS}   # the feature config's weights
 RECENCY_DECAY = 0.85  # weight of the i-th most recent interaction is RECENCY_DECAY ** i
 RRF_K = 60  # reciprocal-rank fusion constant (Cormack et al.)
 

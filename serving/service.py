@@ -48,7 +48,7 @@ def build_engine(s: Settings) -> tuple[Engine, object]:
     lexical = LexicalIndex(lambda: replica.index.version, lexical_docs)
     lexical.start()
     producer = bus.make_producer(s)
-    engine = Engine(s, encoder, replica, FeatureStore(r, s.redis_prefix), models, lexical,
+    engine = Engine(s, encoder, replica, FeatureStore(r, s.redis_prefix, s.features), models, lexical,
                     ImpressionLog(s, producer, r))
     return engine, producer
 

@@ -1,8 +1,9 @@
 """Online features in Redis: one layout, written by ``consumers/`` and read by learner and serving.
 
 Every key starts with ``Settings.redis_prefix`` (``P`` below). Writes happen only inside
-:data:`APPLY_LUA`, one atomic script call per Kafka partition batch that also advances that
-partition's offset key, so a feature is never applied twice nor lost (see ``consumers/service.py``).
+:data:`APPLY_LUA` (``features_apply.lua``), one atomic script call per Kafka partition batch that
+also advances that partition's offset key, so a feature is never applied twice nor lost (see
+``consumers/service.py``).
 
 Time is *event time* (``Event.ts``, epoch ms), never the wall clock, so a replay of old data builds
 the same features as the live stream did. Decayed values use a lazy exponential decay: each value
@@ -15,7 +16,7 @@ TTLs are wall-clock and refreshed at most once a day per user / item (hash field
 day of the last refresh, and the user's recent list / the item's co-visitation set are refreshed
 with it), so an idle user or item disappears between its TTL and TTL + 1 day after its last event.
 
-Keys (defaults in :class:`FeatureConfig`, env ``STREAMREC_FEATURE_*``):
+Keys (knobs in ``Settings.features`` = :class:`FeatureConfig`, env ``STREAMREC_FEATURE_*``):
 
 =================================  ===========================================================
 ``P:u:{user}:recent``  LIST        newest first, ``event_id \\x1f item \\x1f type \\x1f ts \\x1f
@@ -44,8 +45,8 @@ Keys (defaults in :class:`FeatureConfig`, env ``STREAMREC_FEATURE_*``):
 ``P:trending``          ZSET       item -> weighted decayed popularity ``w * exp((ts - t0)/tau)``
                                    (forward decay, half-life ``trending_half_life_s``), ``P:trending:t0``
                                    the landmark ``t0`` (scores are rescaled when it moves);
-                                   trimmed to ``trending_cap`` items after each batch. Scores
-                                   compare within one read; no TTL (one key).
+                                   trimmed to ``trending_cap`` items after each batch. The reader
+                                   scales scores to the stream clock; no TTL (one key).
 ``P:attr:{item}``       HASH       catalog attributes ``title``, ``category``, ``price``, ``ts`` of
                                    the op; an older op never overwrites a newer one; a delete
                                    leaves ``deleted=1`` and ``ts``. No TTL (catalog state).
@@ -78,54 +79,23 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import resources
 
 import redis
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from streamrec.settings import Settings
+from streamrec.settings import FeatureSettings, Settings
 from streamrec.store import connect
 
 INTERACTIONS = ("view", "click", "add_to_cart", "purchase")
-SEP = "\x1f"
+SEP = "\x1f"   # one byte: the script splits records on it
+TTL_REFRESH_S = 86_400     # a key's TTL is refreshed at most once per this many wall-clock seconds
+TRENDING_RESCALE = 30.0    # trending scores are rescaled when (ts - t0) / tau exceeds this (exp(30) ~ 1e13)
+QUARANTINE_RECENT_N = 20   # quarantine decisions kept in P:q:recent
 
 
-class FeatureConfig(BaseSettings):
-    """Decay, caps and TTLs of the online features (env ``STREAMREC_FEATURE_*``)."""
-
-    model_config = SettingsConfigDict(env_prefix="STREAMREC_FEATURE_", extra="ignore", frozen=True)
-
-    recent_cap: int = Field(50, ge=1, le=1000, description="also bounds dedup_lookback and covis_lookback")
-    dedup_lookback: int = Field(20, ge=0, le=1000, description="recent events searched for a repeated event_id")
-    item_half_life_s: float = Field(86_400.0, gt=0)
-    affinity_half_life_s: float = Field(7 * 86_400.0, gt=0)
-    trending_half_life_s: float = Field(3_600.0, gt=0)
-    covis_window_s: float = Field(1_800.0, gt=0)
-    covis_lookback: int = Field(10, ge=0, le=100)
-    covis_top_n: int = Field(50, ge=1)
-    category_cap: int = Field(30, ge=1)
-    trending_cap: int = Field(1_000, ge=1)
-    user_ttl_s: int = Field(30 * 86_400, ge=60)
-    item_ttl_s: int = Field(90 * 86_400, ge=60)
-    quarantine_ttl_s: int = Field(7 * 86_400, ge=60)
-    ctr_prior_clicks: float = Field(0.5, ge=0, description="CTR = (clicks + a) / (impressions + b): a")
-    ctr_prior_impressions: float = Field(25.0, gt=0, description="b; a/b = 2% prior CTR")
-    weight_view: float = 1.0
-    weight_click: float = 2.0
-    weight_add_to_cart: float = 4.0
-    weight_purchase: float = 8.0
-
-    @model_validator(mode="after")
-    def _lookbacks_fit(self) -> FeatureConfig:
-        if max(self.dedup_lookback, self.covis_lookback) > self.recent_cap:
-            raise ValueError("dedup_lookback and covis_lookback search the recent list: keep them <= recent_cap")
-        return self
-
-    def tau_ms(self, half_life_s: float) -> float:
-        return half_life_s * 1000.0 / math.log(2)
-
-    def weight(self, event_type: str) -> float:
-        return float(getattr(self, f"weight_{event_type}"))
+# The feature knobs are a node of the one settings tree (``Settings.features``, env ``STREAMREC_FEATURE_*``);
+# the name stays for the writer's and readers' signatures.
+FeatureConfig = FeatureSettings
 
 
 @dataclass(frozen=True)
@@ -148,19 +118,39 @@ def decay(value: float, ref_ts: float, now_ms: float, tau_ms: float) -> float:
     return value * math.exp(-max(0.0, now_ms - ref_ts) / tau_ms)
 
 
+def merge_decayed(v: float | None, t: float | None, ts: float, w: float, tau_ms: float) -> tuple[float, float]:
+    """Lazy decay: the stored ``(v, t)`` plus weight ``w`` at ``ts`` -> the new ``(v, t)``, so that
+    ``v = sum(w_i * exp(-(t - ts_i) / tau))`` whatever the arrival order. The Python form of
+    ``merge`` in ``features_apply.lua`` (the parity test holds the two together)."""
+    if v is None or t is None:
+        return w, ts
+    if ts >= t:
+        return v * math.exp(-(ts - t) / tau_ms) + w, ts
+    return v + w * math.exp(-(t - ts) / tau_ms), t
+
+
 class Keys:
-    """Key names in one place, so writers (the Lua script receives the prefix) and readers agree."""
+    """Key names in one place: readers call the methods, the writer script receives the same templates
+    (:meth:`script_templates`), so no key name is spelled twice."""
+
+    PER_ID = {"recent": "u:{}:recent", "user": "u:{}", "affinity": "u:{}:cat", "item": "i:{}", "covis": "cv:{}",
+              "attr": "attr:{}", "quarantined": "q:{}"}
+    GLOBAL = {"trending": "trending", "trending_t0": "trending:t0", "clock": "clock", "quarantine_counts": "q:counts",
+              "quarantine_recent": "q:recent", "dlq_counts": "dlq:counts"}
 
     def __init__(self, prefix: str):
         self.p = prefix
 
-    def recent(self, user: str) -> str: return f"{self.p}u:{user}:recent"
-    def user(self, user: str) -> str: return f"{self.p}u:{user}"
-    def affinity(self, user: str) -> str: return f"{self.p}u:{user}:cat"
-    def item(self, item: str) -> str: return f"{self.p}i:{item}"
-    def covis(self, item: str) -> str: return f"{self.p}cv:{item}"
-    def attr(self, item: str) -> str: return f"{self.p}attr:{item}"
-    def quarantined(self, event_id: str) -> str: return f"{self.p}q:{event_id}"
+    def _id(self, name: str, id_: str) -> str:
+        return self.p + self.PER_ID[name].format(id_)
+
+    def recent(self, user: str) -> str: return self._id("recent", user)
+    def user(self, user: str) -> str: return self._id("user", user)
+    def affinity(self, user: str) -> str: return self._id("affinity", user)
+    def item(self, item: str) -> str: return self._id("item", item)
+    def covis(self, item: str) -> str: return self._id("covis", item)
+    def attr(self, item: str) -> str: return self._id("attr", item)
+    def quarantined(self, event_id: str) -> str: return self._id("quarantined", event_id)
     def offset(self, group: str, topic: str, partition: int) -> str:
         return f"{self.p}off:{group}:{topic}:{partition}"
     def outbox(self, group: str, topic: str, partition: int) -> str:
@@ -169,13 +159,26 @@ class Keys:
         return f"{self.p}relayed:{group}:{topic}:{partition}"
 
     @property
-    def trending(self) -> str: return f"{self.p}trending"
+    def trending(self) -> str: return self.p + self.GLOBAL["trending"]
     @property
-    def trending_t0(self) -> str: return f"{self.p}trending:t0"
+    def trending_t0(self) -> str: return self.p + self.GLOBAL["trending_t0"]
     @property
-    def clock(self) -> str: return f"{self.p}clock"
+    def clock(self) -> str: return self.p + self.GLOBAL["clock"]
     @property
-    def quarantine_counts(self) -> str: return f"{self.p}q:counts"
+    def quarantine_counts(self) -> str: return self.p + self.GLOBAL["quarantine_counts"]
+    @property
+    def quarantine_recent(self) -> str: return self.p + self.GLOBAL["quarantine_recent"]
+    @property
+    def dlq_counts(self) -> str: return self.p + self.GLOBAL["dlq_counts"]
+
+    def script_templates(self) -> dict[str, str | list[str]]:
+        """For the writer script: per-id keys as ``[head, tail]`` around the id, global keys as names."""
+        out: dict[str, str | list[str]] = {}
+        for name, template in self.PER_ID.items():
+            head, tail = template.split("{}")
+            out[name] = [self.p + head, tail]
+        out.update({name: self.p + k for name, k in self.GLOBAL.items()})
+        return out
 
 
 class FeatureStore:
@@ -188,7 +191,7 @@ class FeatureStore:
 
     @classmethod
     def from_settings(cls, s: Settings) -> FeatureStore:
-        return cls(connect(s), s.redis_prefix)
+        return cls(connect(s), s.redis_prefix, s.features)
 
     def clock_ms(self) -> int | None:
         """The newest event time applied, or None before the first event."""
@@ -239,7 +242,7 @@ class FeatureStore:
                 return decay(float(v), float(h[f"t:{t}"]), now, tau) if v is not None else 0.0
             counts = {t: decayed(t) for t in INTERACTIONS}
             impressions, clicks = decayed("impression"), counts["click"]
-            ctr = (clicks + cfg.ctr_prior_clicks) / (impressions + cfg.ctr_prior_impressions)
+            ctr = cfg.smoothed_ctr(clicks, impressions)
             stats.append(ItemStats(counts=counts, impressions=impressions, clicks=clicks, ctr=ctr))
         return stats
 
@@ -249,10 +252,22 @@ class FeatureStore:
         return [(m, float(s)) for m, s in self.r.zrevrange(self.keys.covis(item_id), 0, n - 1, withscores=True)]
 
     def trending(self, n: int = 20) -> list[tuple[str, float]]:
-        """Top items by decayed popularity; scores are relative (comparable within one call)."""
+        """Top items by weighted popularity decayed to the stream clock: ``sum(w * exp(-(clock - ts)/tau))``.
+
+        The stored scores are relative to the landmark ``t0``; they are scaled to the clock here so
+        the values mean the same as ``ReplayFeatures.trending`` (and as a ranking feature)."""
         if n <= 0:
             return []
-        return [(m, float(s)) for m, s in self.r.zrevrange(self.keys.trending, 0, n - 1, withscores=True)]
+        pipe = self.r.pipeline(transaction=False)
+        pipe.zrevrange(self.keys.trending, 0, n - 1, withscores=True)
+        pipe.get(self.keys.trending_t0)
+        pipe.get(self.keys.clock)
+        top, t0, clock = pipe.execute()
+        if not top or t0 is None:
+            return []
+        tau = self.config.tau_ms(self.config.trending_half_life_s)
+        scale = math.exp((float(t0) - float(clock if clock is not None else t0)) / tau)
+        return [(m, float(s) * scale) for m, s in top]
 
     def category_affinity(self, user_id: str, now_ms: int | None = None) -> dict[str, float]:
         """Category -> decayed weighted interaction count, decayed to ``now_ms`` (stream clock)."""
@@ -285,20 +300,20 @@ class FeatureStore:
     def quarantine_counts(self) -> dict[str, int]:
         return {k: int(v) for k, v in self.r.hgetall(self.keys.quarantine_counts).items()}
 
-    def recent_quarantine(self, n: int = 20) -> list[dict]:
+    def recent_quarantine(self, n: int = QUARANTINE_RECENT_N) -> list[dict]:
         """The newest quarantine decisions (event_id, user_id, reason, offset), newest first."""
-        return [json.loads(x) for x in self.r.lrange(f"{self.keys.p}q:recent", 0, max(0, n - 1))]
+        return [json.loads(x) for x in self.r.lrange(self.keys.quarantine_recent, 0, max(0, n - 1))]
 
     def dead_letter_counts(self) -> dict[str, int]:
-        return {k: int(v) for k, v in self.r.hgetall(f"{self.keys.p}dlq:counts").items()}
+        return {k: int(v) for k, v in self.r.hgetall(self.keys.dlq_counts).items()}
 
 
 # --- the writer ------------------------------------------------------------------------------
 #
 # One call applies one batch of one Kafka partition, atomically (a Lua script runs alone in Redis):
 # KEYS[1] = the partition's offset key, KEYS[2] = its outbox.
-# ARGV[1] = prefix, ARGV[2] = config JSON (FeatureConfig + bot thresholds), ARGV[3] = next offset
-# after the batch, ARGV[4] = its first offset (records may have been left out, e.g. invalid catalog
+# ARGV[1] = prefix (informational: key names come in the config), ARGV[2] = config JSON
+# (script_config), ARGV[3] = next offset after the batch, ARGV[4] = its first offset (records may have been left out, e.g. invalid catalog
 # ops), then one string per record, fields joined by U+001F (see consumers/apply.py):
 #   offset, kind, then for kind
 #   'e' interaction     event_id, type, user, item, ts, session, canonical JSON
@@ -313,294 +328,24 @@ class FeatureStore:
 # effectively-once guarantee. User and item hashes are read once per batch, updated in Lua tables
 # and written back once at the end. Returns {status, stored_before, applied, skipped, outbox_len,
 # quarantined reasons...}; status 'gap' (nothing applied) if the batch starts after the stored offset.
-APPLY_LUA = r"""
-local P = ARGV[1]
-local cfg = cjson.decode(ARGV[2])
-local new_off = tonumber(ARGV[3])
-local stored = tonumber(redis.call('GET', KEYS[1]) or '-1')
-if stored >= 0 and tonumber(ARGV[4]) > stored then
-  return {'gap', stored}
-end
-local SEP = '\031'
-local exp, floor, abs = math.exp, math.floor, math.abs
--- TTLs are refreshed at most once per wall-clock day per key (hash field x = that day), so an
--- idle key expires between ttl and ttl + 1 day after its last update; new keys get it at once
-local today = tostring(floor(tonumber(redis.call('TIME')[1]) / 86400))
-local function fmt(v) return string.format('%.17g', v) end
-local function int(v) return string.format('%d', v) end
-
-local function split(s)
-  local out, start = {}, 1
-  while true do
-    local i = string.find(s, SEP, start, true)
-    if not i then out[#out + 1] = string.sub(s, start); return out end
-    out[#out + 1] = string.sub(s, start, i - 1)
-    start = i + 1
-  end
-end
-
--- a recent-list entry: event_id, item, type, ts, session
-local function entry_fields(s)
-  return string.match(s, '^[^\031]*\031([^\031]*)\031([^\031]*)\031([^\031]*)\031(.*)$')
-end
-
--- lazy decay: (v, t) plus weight w at ts -> sum of w_i * exp(-(t_ref - ts_i)/tau), order-free
-local function merge(v, t, ts, w, tau)
-  if not v or not t then return w, ts end
-  if ts >= t then return v * exp(-(ts - t) / tau) + w, ts end
-  return v + w * exp(-(t - ts) / tau), t
-end
-
--- one-slot tumbling window in hash fields rl:b / rl:n; windows only move forward (older events
--- are not limited); returns true when this event is over the limit
-local function over_rate(h, ts, limit)
-  if limit <= 0 then return false end
-  local bucket = floor(ts / cfg.bot_window_ms)
-  local b, n = tonumber(h.get('rl:b')), tonumber(h.get('rl:n'))
-  if not b or bucket > b then b, n = bucket, 0 elseif bucket < b then return false end
-  h.set('rl:b', int(b)); h.set('rl:n', int(n + 1))
-  return n + 1 > limit
-end
-
--- batch-local view of a hash: read once (HGETALL), written back once (HSET of changed fields)
--- ``also`` lists keys (recent list, co-visitation) whose TTL is refreshed together with the hash
-local hashes = {}
-local function hash(key, ttl, also)
-  local h = hashes[key]
-  if h then return h end
-  local f, dirty = {}, {}
-  local all = redis.call('HGETALL', key)
-  for i = 1, #all, 2 do f[all[i]] = all[i + 1] end
-  h = {get = function(k) return f[k] end, set = function(k, v) f[k] = v; dirty[k] = true end,
-       flush = function()
-         local args = {}
-         local refresh = f.x ~= today
-         if refresh then f.x = today; dirty.x = true end
-         for k in pairs(dirty) do args[#args + 1] = k; args[#args + 1] = f[k] end
-         if #args > 0 then redis.call('HSET', key, unpack(args)) end
-         if refresh then
-           redis.call('EXPIRE', key, ttl)
-           for _, k in ipairs(also) do redis.call('EXPIRE', k, ttl) end
-         end
-       end}
-  hashes[key] = h
-  return h
-end
-
-local function bump_decayed(h, typ, ts, w)
-  h.set('n:' .. typ, int((tonumber(h.get('n:' .. typ)) or 0) + 1))
-  local v, t = merge(tonumber(h.get('d:' .. typ)), tonumber(h.get('t:' .. typ)), ts, w, cfg.item_tau_ms)
-  h.set('d:' .. typ, fmt(v)); h.set('t:' .. typ, int(t))
-end
-
--- recent lists: read once per batch (LRANGE), new entries pushed and trimmed at the end
-local recents = {}
-local function recent(user)
-  local r = recents[user]
-  if r then return r end
-  r = {rows = redis.call('LRANGE', P .. 'u:' .. user .. ':recent', 0, cfg.recent_cap - 1), new = {}}
-  recents[user] = r
-  return r
-end
-
-local clock = tonumber(redis.call('GET', P .. 'clock') or '-1')
-local t0 = tonumber(redis.call('GET', P .. 'trending:t0') or '')
--- increments summed per batch and written once at the end (or before a trending rescale)
-local covis_acc, trend_acc, categories = {}, {}, {}
-
-local function flush_trending()
-  for item, inc in pairs(trend_acc) do redis.call('ZINCRBY', P .. 'trending', fmt(inc), item) end
-  trend_acc = {}
-end
-
-local function trending(item, ts, w)
-  local tau = cfg.trending_tau_ms
-  if not t0 then t0 = ts; redis.call('SET', P .. 'trending:t0', int(t0)) end
-  if (ts - t0) / tau > 30 then
-    flush_trending()
-    redis.call('ZUNIONSTORE', P .. 'trending', 1, P .. 'trending', 'WEIGHTS', fmt(exp(-(ts - t0) / tau)))
-    t0 = ts
-    redis.call('SET', P .. 'trending:t0', int(t0))
-  end
-  trend_acc[item] = (trend_acc[item] or 0) + w * exp((ts - t0) / tau)
-end
-
-local function covisit(a, b)
-  local row = covis_acc[a]
-  if not row then row = {}; covis_acc[a] = row end
-  row[b] = (row[b] or 0) + 1
-end
-
-local function affinity(user, item, ts, w)
-  local c = categories[item]
-  if c == nil then
-    local attr = redis.call('HMGET', P .. 'attr:' .. item, 'category', 'deleted')
-    c = (attr[1] and attr[1] ~= '' and attr[2] ~= '1') and attr[1] or false
-    categories[item] = c
-  end
-  if not c then return end
-  local key = P .. 'u:' .. user .. ':cat'
-  local cur = redis.call('HMGET', key, c, '@' .. c)
-  local v, t = merge(tonumber(cur[1]), tonumber(cur[2]), ts, w, cfg.affinity_tau_ms)
-  redis.call('HSET', key, c, fmt(v), '@' .. c, int(t))
-  redis.call('EXPIRE', key, cfg.user_ttl_s)
-  if not cur[1] and redis.call('HLEN', key) > 2 * cfg.category_cap then
-    local all = redis.call('HGETALL', key)
-    local h = {}
-    for i = 1, #all, 2 do h[all[i]] = all[i + 1] end
-    local worst, worst_v = nil, nil
-    for f, fv in pairs(h) do
-      if string.sub(f, 1, 1) ~= '@' and f ~= c then
-        local dv = tonumber(fv) * exp(-math.max(0, ts - tonumber(h['@' .. f])) / cfg.affinity_tau_ms)
-        if not worst_v or dv < worst_v or (dv == worst_v and f < worst) then worst, worst_v = f, dv end
-      end
-    end
-    if worst then redis.call('HDEL', key, worst, '@' .. worst) end
-  end
-end
-
--- a duplicate's event_id also names the legitimate first copy, so only other verdicts are marked
-local function quarantine(off, reason, eid, user, raw)
-  redis.call('RPUSH', KEYS[2], 'q' .. SEP .. int(off) .. SEP .. reason .. SEP .. user .. SEP .. raw)
-  if reason ~= 'duplicate_event' then redis.call('SET', P .. 'q:' .. eid, reason, 'EX', cfg.quarantine_ttl_s) end
-  redis.call('HINCRBY', P .. 'q:counts', reason, 1)
-  redis.call('LPUSH', P .. 'q:recent', cjson.encode({event_id = eid, user_id = user, reason = reason, offset = off}))
-  redis.call('LTRIM', P .. 'q:recent', 0, 19)
-end
-
-local applied, skipped = 0, 0
-local reasons = {}
-for r = 5, #ARGV do
-  local rec = ARGV[r]
-  local offs, kind = string.match(rec, '^(%d+)\031(.)')
-  local off = tonumber(offs)
-  local f = split(string.sub(rec, #offs + 4))
-  if off < stored then
-    skipped = skipped + 1
-  elseif kind == 'r' then
-    -- f = reason, DeadLetter JSON, key (the key may contain SEP: rejoin the tail)
-    local key = table.concat(f, SEP, 3)
-    redis.call('RPUSH', KEYS[2], 'd' .. SEP .. f[2] .. SEP .. key)
-    redis.call('HINCRBY', P .. 'dlq:counts', f[1], 1)
-    applied = applied + 1
-  elseif kind == 'u' or kind == 'x' then
-    local item, ts = f[1], tonumber(f[2])
-    local key = P .. 'attr:' .. item
-    if ts >= tonumber(redis.call('HGET', key, 'ts') or '-1') then
-      categories[item] = nil
-      redis.call('DEL', key)
-      if kind == 'u' then
-        redis.call('HSET', key, 'title', table.concat(f, SEP, 5), 'category', f[3], 'price', f[4], 'ts', int(ts))
-      else
-        redis.call('HSET', key, 'deleted', '1', 'ts', int(ts))
-      end
-    end
-    applied = applied + 1
-  else
-    local eid, typ, user, item, ts, session, raw
-    if kind == 'e' then
-      eid, typ, user, item, ts, session, raw = f[1], f[2], f[3], f[4], tonumber(f[5]), f[6], f[7]
-    else
-      eid, typ, user, ts, raw = f[1], 'impression', f[2], tonumber(f[3]), f[5]
-    end
-    local reason = nil
-    local u = hash(P .. 'u:' .. user, cfg.user_ttl_s, {P .. 'u:' .. user .. ':recent'})
-    local rl
-    if kind == 'e' then
-      rl = recent(user)
-      local rows = rl.rows
-      local head = eid .. SEP
-      for i = 1, math.min(#rows, cfg.dedup_lookback) do
-        if string.sub(rows[i], 1, #head) == head then reason = 'duplicate_event'; break end
-      end
-      if not reason and rows[1] then
-        local pitem, ptyp, pts = entry_fields(rows[1])
-        if pitem == item and ptyp == typ and abs(ts - tonumber(pts)) < cfg.bot_repeat_gap_ms then
-          reason = 'rapid_repeat'
-        end
-      end
-    end
-    if not reason and over_rate(u, ts, cfg.bot_user_limit) then reason = 'user_burst' end
-    local it
-    if kind == 'e' then
-      it = hash(P .. 'i:' .. item, cfg.item_ttl_s, {P .. 'cv:' .. item})
-      if not reason and over_rate(it, ts, cfg.bot_item_limit) then reason = 'item_burst' end
-    end
-    if reason then
-      quarantine(off, reason, eid, user, raw)
-      reasons[#reasons + 1] = reason
-    elseif kind == 'i' then
-      for _, id in ipairs(cjson.decode(f[4])) do
-        bump_decayed(hash(P .. 'i:' .. id, cfg.item_ttl_s, {P .. 'cv:' .. id}), 'impression', ts, 1)
-      end
-      applied = applied + 1
-    else
-      local w = cfg.weights[typ]
-      -- co-visitation with this user's earlier distinct items of the same session, within the window
-      local rows = rl.rows
-      local seen = {[item] = true}
-      for i = 1, math.min(#rows, cfg.covis_lookback) do
-        local other, _, ots, osess = entry_fields(rows[i])
-        if not seen[other] and osess == session and abs(ts - tonumber(ots)) <= cfg.covis_window_ms then
-          seen[other] = true
-          covisit(item, other)
-          covisit(other, item)
-        end
-      end
-      local row = eid .. SEP .. item .. SEP .. typ .. SEP .. int(ts) .. SEP .. session
-      table.insert(rows, 1, row)
-      rows[cfg.recent_cap + 1] = nil
-      rl.new[#rl.new + 1] = row
-      u.set('n:' .. typ, int((tonumber(u.get('n:' .. typ)) or 0) + 1))
-      bump_decayed(it, typ, ts, 1)
-      affinity(user, item, ts, w)
-      trending(item, ts, w)
-      applied = applied + 1
-    end
-    if ts > clock then clock = ts end
-  end
-end
-for _, h in pairs(hashes) do h.flush() end
-for user, rl in pairs(recents) do
-  if #rl.new > 0 then
-    local key = P .. 'u:' .. user .. ':recent'
-    local len = redis.call('LPUSH', key, unpack(rl.new))
-    if len > cfg.recent_cap then redis.call('LTRIM', key, 0, cfg.recent_cap - 1) end
-    if len == #rl.new then redis.call('EXPIRE', key, cfg.user_ttl_s) end
-  end
-end
-for a, row in pairs(covis_acc) do
-  local key = P .. 'cv:' .. a
-  local added = 0
-  for other, inc in pairs(row) do redis.call('ZINCRBY', key, inc, other); added = added + 1 end
-  local card = redis.call('ZCARD', key)
-  if card > cfg.covis_top_n then redis.call('ZREMRANGEBYRANK', key, 0, card - cfg.covis_top_n - 1) end
-  if card <= added then redis.call('EXPIRE', key, cfg.item_ttl_s) end  -- possibly new: TTL now
-end
-if next(trend_acc) then
-  flush_trending()
-  local extra = redis.call('ZCARD', P .. 'trending') - cfg.trending_cap
-  if extra > 0 then redis.call('ZREMRANGEBYRANK', P .. 'trending', 0, extra - 1) end
-end
-if clock >= 0 then redis.call('SET', P .. 'clock', int(clock)) end
-if new_off > stored then redis.call('SET', KEYS[1], int(new_off)) end
-local out = {'ok', stored, applied, skipped, redis.call('LLEN', KEYS[2])}
-for i = 1, #reasons do out[#out + 1] = reasons[i] end
-return out
-"""
+APPLY_LUA = (resources.files("streamrec") / "features_apply.lua").read_text(encoding="utf-8")
 
 
-def script_config(cfg: FeatureConfig, bot: dict) -> str:
-    """The JSON the writer script reads: feature decay/caps plus the bot-filter thresholds."""
+def script_config(cfg: FeatureConfig, bot: dict, keys: Keys) -> str:
+    """The JSON the writer script reads: every constant it uses (feature decay/caps/weights, the
+    bot-filter thresholds, key names, the field separator)."""
     return json.dumps({
         "recent_cap": cfg.recent_cap, "dedup_lookback": cfg.dedup_lookback,
         "item_tau_ms": cfg.tau_ms(cfg.item_half_life_s),
         "affinity_tau_ms": cfg.tau_ms(cfg.affinity_half_life_s),
         "trending_tau_ms": cfg.tau_ms(cfg.trending_half_life_s),
+        "trending_rescale": TRENDING_RESCALE,
         "covis_window_ms": cfg.covis_window_s * 1000.0, "covis_lookback": cfg.covis_lookback,
         "covis_top_n": cfg.covis_top_n, "category_cap": cfg.category_cap,
         "trending_cap": cfg.trending_cap, "user_ttl_s": cfg.user_ttl_s, "item_ttl_s": cfg.item_ttl_s,
-        "quarantine_ttl_s": cfg.quarantine_ttl_s,
+        "quarantine_ttl_s": cfg.quarantine_ttl_s, "ttl_refresh_s": TTL_REFRESH_S,
+        "quarantine_recent_n": QUARANTINE_RECENT_N,
         "weights": {t: cfg.weight(t) for t in INTERACTIONS},
+        "keys": keys.script_templates(), "sep": SEP,
         **bot,
     })

@@ -54,11 +54,9 @@ FEATURE_NAMES: list[str] = [
 ] + [f"item_vec_{k}" for k in range(8)]  # a fixed random projection of the item vector (content → CTR)
 N_ITEM_PROJ = 8
 N_FEATURES = len(FEATURE_NAMES)
+_COL = {name: i for i, name in enumerate(FEATURE_NAMES)}
 SCHEMA_ID = hashlib.sha1(json.dumps(FEATURE_NAMES).encode()).hexdigest()[:12]
 
-# Beta prior for the CTR of an item seen only a few times (prior CTR, pseudo-impressions).
-CTR_PRIOR = 0.02
-CTR_PRIOR_STRENGTH = 20.0
 RECENT_FOR_PROFILE = 20   # recent items that make up the user's vector and price profile
 RECENT_FOR_COVISIT = 5    # recent items whose co-visitation lists are read (one Redis call each)
 TRENDING_N = 200
@@ -141,23 +139,39 @@ class FeatureAssembler:
         X = np.zeros((n, N_FEATURES), dtype=np.float32)
         if n == 0:
             return X
+        self._retrieval(X, retrieval_scores)
+        recent_ids = self._user_history(X, user_id, item_ids)
+        self._vectors(X, query_vec, item_ids, recent_ids)
+        self._counters(X, item_ids, now_ms)
+        self._covisitation(X, item_ids, recent_ids)
+        self._trending(X, item_ids)
+        self._category_and_price(X, user_id, item_ids, recent_ids)
+        return X
+
+    @staticmethod
+    def _retrieval(X: np.ndarray, retrieval_scores: np.ndarray | Sequence[float] | None) -> None:
+        n = X.shape[0]
         if retrieval_scores is None:
             scores = np.zeros(n, dtype=np.float32)
         else:
             scores = np.asarray(retrieval_scores, dtype=np.float32).ravel()
             if scores.shape[0] != n:
                 raise ValueError(f"retrieval_scores has {scores.shape[0]} values for {n} items")
-        col = {name: i for i, name in enumerate(FEATURE_NAMES)}
-        X[:, col["retrieval_score"]] = np.nan_to_num(scores, nan=0.0, posinf=0.0, neginf=0.0)
+        X[:, _COL["retrieval_score"]] = np.nan_to_num(scores, nan=0.0, posinf=0.0, neginf=0.0)
 
-        # --- user profile ---------------------------------------------------------------------
+    def _user_history(self, X: np.ndarray, user_id: str | None, item_ids: list[str]) -> list[str]:
+        """History length and seen-item flags; returns the user's recent item ids (newest first)."""
         recent = self.features.recent_items(user_id, n=RECENT_FOR_PROFILE) if user_id else []
         recent_ids = [r.item_id for r in recent]
-        X[:, col["user_history_log"]] = math.log1p(len(recent_ids))
+        X[:, _COL["user_history_log"]] = math.log1p(len(recent_ids))
         seen = set(recent_ids)
-        X[:, col["user_seen_item"]] = [1.0 if i in seen else 0.0 for i in item_ids]
+        X[:, _COL["user_seen_item"]] = [1.0 if i in seen else 0.0 for i in item_ids]
+        return recent_ids
 
-        # --- vectors --------------------------------------------------------------------------
+    def _vectors(self, X: np.ndarray, query_vec: np.ndarray | None, item_ids: list[str],
+                 recent_ids: list[str]) -> None:
+        """Item projection and the query / user-profile cosines."""
+        col = _COL
         q = _unit(query_vec)
         item_vecs = [_unit(self.vectors(i)) for i in item_ids]
         recent_vecs = [v for v in (_unit(self.vectors(i)) for i in recent_ids) if v is not None]
@@ -175,7 +189,9 @@ class FeatureAssembler:
                 X[row, col["user_item_cos"]] = float(user_vec @ v)
                 X[row, col["has_user_vec"]] = 1.0
 
-        # --- popularity / CTR counters ----------------------------------------------------------
+    def _counters(self, X: np.ndarray, item_ids: list[str], now_ms: int | None) -> None:
+        """Popularity and CTR counters (the CTR smoothed by the feature config's prior)."""
+        col = _COL
         for row, st in enumerate(self.features.item_stats(item_ids, now_ms=now_ms)):
             if st is None:
                 continue
@@ -186,30 +202,37 @@ class FeatureAssembler:
             buys = max(0.0, float(counts.get("purchase", 0.0)))
             X[row, col["item_impressions_log"]] = math.log1p(imps)
             X[row, col["item_clicks_log"]] = math.log1p(clicks)
-            X[row, col["item_ctr_smoothed"]] = (clicks + CTR_PRIOR * CTR_PRIOR_STRENGTH) / (imps + CTR_PRIOR_STRENGTH)
+            X[row, col["item_ctr_smoothed"]] = float(st.ctr)
             X[row, col["item_views_log"]] = math.log1p(views)
             X[row, col["item_carts_log"]] = math.log1p(carts)
             X[row, col["item_purchases_log"]] = math.log1p(buys)
             X[row, col["item_purchase_rate"]] = (buys + 0.1) / (views + clicks + 10.0)
 
-        # --- co-visitation with the user's most recent items --------------------------------------
-        if recent_ids:
-            cov_sum = np.zeros(n, dtype=np.float64)
-            cov_max = np.zeros(n, dtype=np.float64)
-            index = {iid: k for k, iid in enumerate(item_ids)}
-            for rid in recent_ids[:RECENT_FOR_COVISIT]:
-                for other, score in self.features.covisited(rid, n=100):
-                    k = index.get(other)
-                    if k is not None and score > 0:
-                        cov_sum[k] += score
-                        cov_max[k] = max(cov_max[k], score)
-            X[:, col["covisit_sum_log"]] = np.log1p(cov_sum)
-            X[:, col["covisit_max_log"]] = np.log1p(cov_max)
+    def _covisitation(self, X: np.ndarray, item_ids: list[str], recent_ids: list[str]) -> None:
+        """Co-visitation of each candidate with the user's most recent items (sum and max)."""
+        if not recent_ids:
+            return
+        n = len(item_ids)
+        cov_sum = np.zeros(n, dtype=np.float64)
+        cov_max = np.zeros(n, dtype=np.float64)
+        index = {iid: k for k, iid in enumerate(item_ids)}
+        for rid in recent_ids[:RECENT_FOR_COVISIT]:
+            for other, score in self.features.covisited(rid, n=100):
+                k = index.get(other)
+                if k is not None and score > 0:
+                    cov_sum[k] += score
+                    cov_max[k] = max(cov_max[k], score)
+        X[:, _COL["covisit_sum_log"]] = np.log1p(cov_sum)
+        X[:, _COL["covisit_max_log"]] = np.log1p(cov_max)
 
+    def _trending(self, X: np.ndarray, item_ids: list[str]) -> None:
         trending = dict(self.features.trending(n=TRENDING_N))
-        X[:, col["trending_log"]] = [math.log1p(max(0.0, float(trending.get(i, 0.0)))) for i in item_ids]
+        X[:, _COL["trending_log"]] = [math.log1p(max(0.0, float(trending.get(i, 0.0)))) for i in item_ids]
 
-        # --- category and price match ---------------------------------------------------------------
+    def _category_and_price(self, X: np.ndarray, user_id: str | None, item_ids: list[str],
+                            recent_ids: list[str]) -> None:
+        """Category affinity of the user for each candidate's category, and the price match."""
+        col, n = _COL, len(item_ids)
         attrs = self.features.item_attributes(item_ids + recent_ids)
         meta = (lambda i: self.item_meta(i)) if self.item_meta else (lambda i: None)
         cand_attrs, recent_attrs = attrs[:n], attrs[n:]
@@ -230,7 +253,6 @@ class FeatureAssembler:
                 X[row, col["price_log"]] = math.log1p(price)
                 if user_log_price is not None:
                     X[row, col["price_match"]] = math.exp(-abs(math.log1p(price) - user_log_price))
-        return X
 
 
 # --- the ranking head -----------------------------------------------------------------------------

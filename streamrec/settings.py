@@ -1,19 +1,89 @@
 """Every knob of streamrec, read once from the environment (prefix ``STREAMREC_``).
 
-One settings object is shared by every service so that compose files, the CLI and the tests
+One settings tree is shared by every service so that compose files, the CLI and the tests
 agree on names; ``tests/test_compose.py`` checks docker-compose.yml against these fields.
+Nested groups keep their own env prefixes: ``settings.features`` (``STREAMREC_FEATURE_*``) and
+``settings.bot`` (``STREAMREC_BOT_*``). The services' configs are these models
+(``FeatureConfig``, ``BotConfig``) or are built from them (``LearnerConfig.from_settings``); where
+a class needs a default it takes it from here (:func:`default`), so each default is written once.
 """
 
 from __future__ import annotations
 
+import math
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class FeatureSettings(BaseSettings):
+    """Decay, caps, TTLs, CTR prior and type weights of the online features (env ``STREAMREC_FEATURE_*``).
+
+    Used as is by the Redis writer and readers (``streamrec.features.FeatureConfig`` is this class) and
+    by the replay (``learner.replay.ReplayFeatures``)."""
+
+    model_config = SettingsConfigDict(env_prefix="STREAMREC_FEATURE_", extra="ignore", frozen=True)
+
+    recent_cap: int = Field(50, ge=1, le=1000, description="also bounds dedup_lookback and covis_lookback")
+    dedup_lookback: int = Field(20, ge=0, le=1000, description="recent events searched for a repeated event_id")
+    item_half_life_s: float = Field(86_400.0, gt=0)
+    affinity_half_life_s: float = Field(7 * 86_400.0, gt=0)
+    trending_half_life_s: float = Field(3_600.0, gt=0)
+    covis_window_s: float = Field(1_800.0, gt=0)
+    covis_lookback: int = Field(10, ge=0, le=100)
+    covis_top_n: int = Field(50, ge=1)
+    category_cap: int = Field(30, ge=1)
+    trending_cap: int = Field(1_000, ge=1)
+    user_ttl_s: int = Field(30 * 86_400, ge=60)
+    item_ttl_s: int = Field(90 * 86_400, ge=60)
+    quarantine_ttl_s: int = Field(7 * 86_400, ge=60)
+    ctr_prior_clicks: float = Field(0.4, ge=0, description="CTR = (clicks + a) / (impressions + b): a")
+    ctr_prior_impressions: float = Field(20.0, gt=0, description="b; a/b = 2% prior CTR, worth 20 impressions")
+    weight_view: float = 1.0
+    weight_click: float = 2.0
+    weight_add_to_cart: float = 4.0
+    weight_purchase: float = 8.0
+
+    @model_validator(mode="after")
+    def _lookbacks_fit(self) -> FeatureSettings:
+        if max(self.dedup_lookback, self.covis_lookback) > self.recent_cap:
+            raise ValueError("dedup_lookback and covis_lookback search the recent list: keep them <= recent_cap")
+        return self
+
+    def smoothed_ctr(self, clicks: float, impressions: float) -> float:
+        """CTR = (clicks + a) / (impressions + b): the one smoothing rule (features and ranking)."""
+        return (clicks + self.ctr_prior_clicks) / (impressions + self.ctr_prior_impressions)
+
+    def tau_ms(self, half_life_s: float) -> float:
+        return half_life_s * 1000.0 / math.log(2)
+
+    def weight(self, event_type: str) -> float:
+        return float(getattr(self, f"weight_{event_type}"))
+
+
+class BotSettings(BaseSettings):
+    """Fake-click / bot filter thresholds (env ``STREAMREC_BOT_*``; the rules: consumers/botfilter.py)."""
+
+    model_config = SettingsConfigDict(env_prefix="STREAMREC_BOT_", extra="ignore", frozen=True)
+
+    window_s: float = Field(10.0, gt=0, description="event-time window of the rate limits")
+    user_limit: int = Field(50, ge=0, description="max events per user per window; 0 = off")
+    item_limit: int = Field(5_000, ge=0, description="max interactions per item per window; 0 = off")
+    repeat_gap_ms: int = Field(300, ge=0, description="same user+item+type closer than this = repeat")
+
+    def script_fields(self) -> dict:
+        """What the writer script needs, in its units."""
+        return {
+            "bot_window_ms": self.window_s * 1000.0,
+            "bot_user_limit": self.user_limit,
+            "bot_item_limit": self.item_limit,
+            "bot_repeat_gap_ms": self.repeat_gap_ms,
+        }
 
 
 class Settings(BaseSettings):
@@ -121,6 +191,10 @@ class Settings(BaseSettings):
     # --- demo -------------------------------------------------------------------------------
     demo_catalog: str = Field("amazon18_office", description="dataset adapter used by `streamrec up`")
 
+    # --- nested groups (each reads its own env prefix) ------------------------------------------
+    features: FeatureSettings = Field(default_factory=FeatureSettings, description="env STREAMREC_FEATURE_*")
+    bot: BotSettings = Field(default_factory=BotSettings, description="env STREAMREC_BOT_*")
+
     @field_validator("kafka_bootstrap", "redis_url")
     @classmethod
     def _strip(cls, v: str) -> str:
@@ -160,6 +234,7 @@ class Settings(BaseSettings):
         return self.redis_url
 
 
-def load_settings(**overrides) -> Settings:
-    """Settings from env, with explicit overrides (used by tests and the CLI)."""
-    return Settings(**overrides)
+
+def default(name: str) -> Any:
+    """The tree's default of a top-level setting, for classes that take one (e.g. ``LearnerConfig``)."""
+    return Settings.model_fields[name].get_default(call_default_factory=True)

@@ -1,0 +1,285 @@
+-- The feature writer: applies one batch of one Kafka partition atomically (layout and argument
+-- format: streamrec/features.py). Every constant (caps, decay taus, weights, key names, the field
+-- separator) comes from Python in the config JSON (ARGV[2], built by features.script_config), so
+-- the rules are defined once; ReplayFeatures (learner/replay.py) follows the same rules and
+-- tests/test_feature_parity.py checks that both give identical reads.
+local cfg = cjson.decode(ARGV[2])
+local K = cfg.keys
+-- a key name: K[name] is {head, tail} around the id (Keys.script_templates), or a plain string
+local function key(name, id)
+  local t = K[name]
+  if id == nil then return t end
+  return t[1] .. id .. t[2]
+end
+local new_off = tonumber(ARGV[3])
+local stored = tonumber(redis.call('GET', KEYS[1]) or '-1')
+if stored >= 0 and tonumber(ARGV[4]) > stored then
+  return {'gap', stored}
+end
+local SEP = cfg.sep
+local FIELD = '([^' .. SEP .. ']*)'
+local exp, floor, abs = math.exp, math.floor, math.abs
+-- TTLs are refreshed at most once per wall-clock day per key (hash field x = that day), so an
+-- idle key expires between ttl and ttl + 1 day after its last update; new keys get it at once
+local today = tostring(floor(tonumber(redis.call('TIME')[1]) / cfg.ttl_refresh_s))
+local function fmt(v) return string.format('%.17g', v) end
+local function int(v) return string.format('%d', v) end
+
+local function split(s)
+  local out, start = {}, 1
+  while true do
+    local i = string.find(s, SEP, start, true)
+    if not i then out[#out + 1] = string.sub(s, start); return out end
+    out[#out + 1] = string.sub(s, start, i - 1)
+    start = i + 1
+  end
+end
+
+-- a recent-list entry: event_id, item, type, ts, session
+local function entry_fields(s)
+  return string.match(s, '^[^' .. SEP .. ']*' .. SEP .. FIELD .. SEP .. FIELD .. SEP .. FIELD .. SEP .. '(.*)$')
+end
+
+-- lazy decay: (v, t) plus weight w at ts -> sum of w_i * exp(-(t_ref - ts_i)/tau), order-free
+local function merge(v, t, ts, w, tau)
+  if not v or not t then return w, ts end
+  if ts >= t then return v * exp(-(ts - t) / tau) + w, ts end
+  return v + w * exp(-(t - ts) / tau), t
+end
+
+-- one-slot tumbling window in hash fields rl:b / rl:n; windows only move forward (older events
+-- are not limited); returns true when this event is over the limit
+local function over_rate(h, ts, limit)
+  if limit <= 0 then return false end
+  local bucket = floor(ts / cfg.bot_window_ms)
+  local b, n = tonumber(h.get('rl:b')), tonumber(h.get('rl:n'))
+  if not b or bucket > b then b, n = bucket, 0 elseif bucket < b then return false end
+  h.set('rl:b', int(b)); h.set('rl:n', int(n + 1))
+  return n + 1 > limit
+end
+
+-- batch-local view of a hash: read once (HGETALL), written back once (HSET of changed fields)
+-- ``also`` lists keys (recent list, co-visitation) whose TTL is refreshed together with the hash
+local hashes = {}
+local function hash(key, ttl, also)
+  local h = hashes[key]
+  if h then return h end
+  local f, dirty = {}, {}
+  local all = redis.call('HGETALL', key)
+  for i = 1, #all, 2 do f[all[i]] = all[i + 1] end
+  h = {get = function(k) return f[k] end, set = function(k, v) f[k] = v; dirty[k] = true end,
+       flush = function()
+         local args = {}
+         local refresh = f.x ~= today
+         if refresh then f.x = today; dirty.x = true end
+         for k in pairs(dirty) do args[#args + 1] = k; args[#args + 1] = f[k] end
+         if #args > 0 then redis.call('HSET', key, unpack(args)) end
+         if refresh then
+           redis.call('EXPIRE', key, ttl)
+           for _, k in ipairs(also) do redis.call('EXPIRE', k, ttl) end
+         end
+       end}
+  hashes[key] = h
+  return h
+end
+
+local function bump_decayed(h, typ, ts, w)
+  h.set('n:' .. typ, int((tonumber(h.get('n:' .. typ)) or 0) + 1))
+  local v, t = merge(tonumber(h.get('d:' .. typ)), tonumber(h.get('t:' .. typ)), ts, w, cfg.item_tau_ms)
+  h.set('d:' .. typ, fmt(v)); h.set('t:' .. typ, int(t))
+end
+
+-- recent lists: read once per batch (LRANGE), new entries pushed and trimmed at the end
+local recents = {}
+local function recent(user)
+  local r = recents[user]
+  if r then return r end
+  r = {rows = redis.call('LRANGE', key('recent', user), 0, cfg.recent_cap - 1), new = {}}
+  recents[user] = r
+  return r
+end
+
+local clock = tonumber(redis.call('GET', key('clock')) or '-1')
+local t0 = tonumber(redis.call('GET', key('trending_t0')) or '')
+-- increments summed per batch and written once at the end (or before a trending rescale)
+local covis_acc, trend_acc, categories = {}, {}, {}
+
+local function flush_trending()
+  for item, inc in pairs(trend_acc) do redis.call('ZINCRBY', key('trending'), fmt(inc), item) end
+  trend_acc = {}
+end
+
+local function trending(item, ts, w)
+  local tau = cfg.trending_tau_ms
+  if not t0 then t0 = ts; redis.call('SET', key('trending_t0'), int(t0)) end
+  if (ts - t0) / tau > cfg.trending_rescale then
+    flush_trending()
+    redis.call('ZUNIONSTORE', key('trending'), 1, key('trending'), 'WEIGHTS', fmt(exp(-(ts - t0) / tau)))
+    t0 = ts
+    redis.call('SET', key('trending_t0'), int(t0))
+  end
+  trend_acc[item] = (trend_acc[item] or 0) + w * exp((ts - t0) / tau)
+end
+
+local function covisit(a, b)
+  local row = covis_acc[a]
+  if not row then row = {}; covis_acc[a] = row end
+  row[b] = (row[b] or 0) + 1
+end
+
+local function affinity(user, item, ts, w)
+  local c = categories[item]
+  if c == nil then
+    local attr = redis.call('HMGET', key('attr', item), 'category', 'deleted')
+    c = (attr[1] and attr[1] ~= '' and attr[2] ~= '1') and attr[1] or false
+    categories[item] = c
+  end
+  if not c then return end
+  local akey = key('affinity', user)
+  local cur = redis.call('HMGET', akey, c, '@' .. c)
+  local v, t = merge(tonumber(cur[1]), tonumber(cur[2]), ts, w, cfg.affinity_tau_ms)
+  redis.call('HSET', akey, c, fmt(v), '@' .. c, int(t))
+  redis.call('EXPIRE', akey, cfg.user_ttl_s)
+  if not cur[1] and redis.call('HLEN', akey) > 2 * cfg.category_cap then
+    local all = redis.call('HGETALL', akey)
+    local h = {}
+    for i = 1, #all, 2 do h[all[i]] = all[i + 1] end
+    local worst, worst_v = nil, nil
+    for f, fv in pairs(h) do
+      if string.sub(f, 1, 1) ~= '@' and f ~= c then
+        local dv = tonumber(fv) * exp(-math.max(0, ts - tonumber(h['@' .. f])) / cfg.affinity_tau_ms)
+        if not worst_v or dv < worst_v or (dv == worst_v and f < worst) then worst, worst_v = f, dv end
+      end
+    end
+    if worst then redis.call('HDEL', akey, worst, '@' .. worst) end
+  end
+end
+
+-- a duplicate's event_id also names the legitimate first copy, so only other verdicts are marked
+local function quarantine(off, reason, eid, user, raw)
+  redis.call('RPUSH', KEYS[2], 'q' .. SEP .. int(off) .. SEP .. reason .. SEP .. user .. SEP .. raw)
+  if reason ~= 'duplicate_event' then redis.call('SET', key('quarantined', eid), reason, 'EX', cfg.quarantine_ttl_s) end
+  redis.call('HINCRBY', key('quarantine_counts'), reason, 1)
+  redis.call('LPUSH', key('quarantine_recent'), cjson.encode({event_id = eid, user_id = user, reason = reason, offset = off}))
+  redis.call('LTRIM', key('quarantine_recent'), 0, cfg.quarantine_recent_n - 1)
+end
+
+local applied, skipped = 0, 0
+local reasons = {}
+for r = 5, #ARGV do
+  local rec = ARGV[r]
+  local offs, kind = string.match(rec, '^(%d+)' .. SEP .. '(.)')
+  local off = tonumber(offs)
+  local f = split(string.sub(rec, #offs + 4))
+  if off < stored then
+    skipped = skipped + 1
+  elseif kind == 'r' then
+    -- f = reason, DeadLetter JSON, key (the key may contain SEP: rejoin the tail)
+    local source_key = table.concat(f, SEP, 3)
+    redis.call('RPUSH', KEYS[2], 'd' .. SEP .. f[2] .. SEP .. source_key)
+    redis.call('HINCRBY', key('dlq_counts'), f[1], 1)
+    applied = applied + 1
+  elseif kind == 'u' or kind == 'x' then
+    local item, ts = f[1], tonumber(f[2])
+    local akey = key('attr', item)
+    if ts >= tonumber(redis.call('HGET', akey, 'ts') or '-1') then
+      categories[item] = nil
+      redis.call('DEL', akey)
+      if kind == 'u' then
+        redis.call('HSET', akey, 'title', table.concat(f, SEP, 5), 'category', f[3], 'price', f[4], 'ts', int(ts))
+      else
+        redis.call('HSET', akey, 'deleted', '1', 'ts', int(ts))
+      end
+    end
+    applied = applied + 1
+  else
+    local eid, typ, user, item, ts, session, raw
+    if kind == 'e' then
+      eid, typ, user, item, ts, session, raw = f[1], f[2], f[3], f[4], tonumber(f[5]), f[6], f[7]
+    else
+      eid, typ, user, ts, raw = f[1], 'impression', f[2], tonumber(f[3]), f[5]
+    end
+    local reason = nil
+    local u = hash(key('user', user), cfg.user_ttl_s, {key('recent', user)})
+    local rl
+    if kind == 'e' then
+      rl = recent(user)
+      local rows = rl.rows
+      local head = eid .. SEP
+      for i = 1, math.min(#rows, cfg.dedup_lookback) do
+        if string.sub(rows[i], 1, #head) == head then reason = 'duplicate_event'; break end
+      end
+      if not reason and rows[1] then
+        local pitem, ptyp, pts = entry_fields(rows[1])
+        if pitem == item and ptyp == typ and abs(ts - tonumber(pts)) < cfg.bot_repeat_gap_ms then
+          reason = 'rapid_repeat'
+        end
+      end
+    end
+    if not reason and over_rate(u, ts, cfg.bot_user_limit) then reason = 'user_burst' end
+    local it
+    if kind == 'e' then
+      it = hash(key('item', item), cfg.item_ttl_s, {key('covis', item)})
+      if not reason and over_rate(it, ts, cfg.bot_item_limit) then reason = 'item_burst' end
+    end
+    if reason then
+      quarantine(off, reason, eid, user, raw)
+      reasons[#reasons + 1] = reason
+    elseif kind == 'i' then
+      for _, id in ipairs(cjson.decode(f[4])) do
+        bump_decayed(hash(key('item', id), cfg.item_ttl_s, {key('covis', id)}), 'impression', ts, 1)
+      end
+      applied = applied + 1
+    else
+      local w = cfg.weights[typ]
+      -- co-visitation with this user's earlier distinct items of the same session, within the window
+      local rows = rl.rows
+      local seen = {[item] = true}
+      for i = 1, math.min(#rows, cfg.covis_lookback) do
+        local other, _, ots, osess = entry_fields(rows[i])
+        if not seen[other] and osess == session and abs(ts - tonumber(ots)) <= cfg.covis_window_ms then
+          seen[other] = true
+          covisit(item, other)
+          covisit(other, item)
+        end
+      end
+      local row = eid .. SEP .. item .. SEP .. typ .. SEP .. int(ts) .. SEP .. session
+      table.insert(rows, 1, row)
+      rows[cfg.recent_cap + 1] = nil
+      rl.new[#rl.new + 1] = row
+      u.set('n:' .. typ, int((tonumber(u.get('n:' .. typ)) or 0) + 1))
+      bump_decayed(it, typ, ts, 1)
+      affinity(user, item, ts, w)
+      trending(item, ts, w)
+      applied = applied + 1
+    end
+    if ts > clock then clock = ts end
+  end
+end
+for _, h in pairs(hashes) do h.flush() end
+for user, rl in pairs(recents) do
+  if #rl.new > 0 then
+    local rkey = key('recent', user)
+    local len = redis.call('LPUSH', rkey, unpack(rl.new))
+    if len > cfg.recent_cap then redis.call('LTRIM', rkey, 0, cfg.recent_cap - 1) end
+    if len == #rl.new then redis.call('EXPIRE', rkey, cfg.user_ttl_s) end
+  end
+end
+for a, row in pairs(covis_acc) do
+  local ckey = key('covis', a)
+  local added = 0
+  for other, inc in pairs(row) do redis.call('ZINCRBY', ckey, inc, other); added = added + 1 end
+  local card = redis.call('ZCARD', ckey)
+  if card > cfg.covis_top_n then redis.call('ZREMRANGEBYRANK', ckey, 0, card - cfg.covis_top_n - 1) end
+  if card <= added then redis.call('EXPIRE', ckey, cfg.item_ttl_s) end  -- possibly new: TTL now
+end
+if next(trend_acc) then
+  flush_trending()
+  local extra = redis.call('ZCARD', key('trending')) - cfg.trending_cap
+  if extra > 0 then redis.call('ZREMRANGEBYRANK', key('trending'), 0, extra - 1) end
+end
+if clock >= 0 then redis.call('SET', key('clock'), int(clock)) end
+if new_off > stored then redis.call('SET', KEYS[1], int(new_off)) end
+local out = {'ok', stored, applied, skipped, redis.call('LLEN', KEYS[2])}
+for i = 1, #reasons do out[#out + 1] = reasons[i] end
+return out

@@ -1,0 +1,138 @@
+"""One suite, both feature writers: the Redis script (``streamrec/features_apply.lua``, driven as
+``consumers/apply.py`` drives it) and the replay's in-memory twin (``learner.replay.ReplayFeatures``)
+must give the same answer to every read, the way Feast runs one suite over every online store.
+
+The bot filter's rate and repeat rules are switched off (they are the consumer's, not a feature
+rule); the ``event_id`` dedup stays on, since both writers apply it.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from consumers.apply import Writer
+from consumers.botfilter import BotConfig
+from learner.replay import ReplayFeatures
+from streamrec.features import FeatureConfig, FeatureStore
+from streamrec.schemas import CatalogOp, Event, encode
+from streamrec.store import connect, connect_binary
+
+T0 = 1_700_000_000_000
+MIN = 60_000
+BOT_OFF = BotConfig(user_limit=0, item_limit=0, repeat_gap_ms=0)
+TIGHT = FeatureConfig(recent_cap=6, dedup_lookback=5, covis_lookback=4, covis_top_n=3, category_cap=2,
+                      trending_cap=4, covis_window_s=600.0)
+ITEMS = [f"i{k}" for k in range(9)]
+USERS = ["u1", "u2", "u3"]
+TYPES = ["view", "click", "add_to_cart", "purchase"]
+
+
+def event_list(seed: int = 7, n: int = 160) -> list[Event | CatalogOp]:
+    """Sessions, repeated items, repeated event_ids, every type, impressions, catalog upserts (with and
+    without a category, an older one arriving late, a delete), timestamps out of order."""
+    rng = random.Random(seed)
+    out: list[Event | CatalogOp] = [
+        CatalogOp(op="upsert", item_id=i, ts=T0, title=f"t{i}", category=f"c{k % 4}" if k != 8 else None,
+                  price=float(k) if k % 3 else None)
+        for k, i in enumerate(ITEMS)]
+    sent: list[Event] = []
+    for k in range(n):
+        user = rng.choice(USERS)
+        ts = T0 + k * 2 * MIN + rng.choice([0, 0, 0, -5 * MIN, -40 * MIN, 3 * MIN])   # out of order
+        roll = rng.random()
+        if roll < 0.08 and sent:
+            out.append(rng.choice(sent[-6:]))   # a producer retry: the same event_id again
+            continue
+        if roll < 0.22:
+            out.append(Event(event_id=f"imp{k}", type="impression", user_id=user, request_id=f"r{k}", ts=ts,
+                             item_ids=rng.sample(ITEMS, 4)))
+            continue
+        if roll < 0.26:
+            item = rng.choice(ITEMS)
+            if rng.random() < 0.5:
+                out.append(CatalogOp(op="upsert", item_id=item, ts=ts, title="x", category=rng.choice(["c5", "c6"])))
+            else:
+                out.append(CatalogOp(op="upsert", item_id=item, ts=T0 - 1, title="old", category="stale"))
+            continue
+        if k == n // 2:
+            out.append(CatalogOp(op="delete", item_id="i3", ts=ts))
+            continue
+        session = rng.choice([f"{user}-s{k // 40}", f"{user}-s{k // 40}", None])
+        e = Event(event_id=f"e{k}", type=rng.choice(TYPES), user_id=user, item_id=rng.choice(ITEMS[:6]), ts=ts,
+                  session_id=session)
+        out.append(e)
+        sent.append(e)
+    return out
+
+
+def apply_to_redis(settings, models, config: FeatureConfig, batch: int) -> FeatureStore:
+    writer = Writer(connect_binary(settings), settings.redis_prefix, "parity", config, BOT_OFF)
+    offset = 0
+    for start in range(0, len(models), batch):
+        chunk = models[start:start + batch]
+        recs = [(offset + i, m, encode(m), b"k") for i, m in enumerate(chunk)]
+        assert writer.apply("events", 0, recs, offset + len(chunk)).status == "ok"
+        offset += len(chunk)
+    return FeatureStore(connect(settings), settings.redis_prefix, config)
+
+
+def replay(models, config: FeatureConfig) -> ReplayFeatures:
+    f = ReplayFeatures(config=config)
+    for m in models:
+        f.observe(m)
+    return f
+
+
+def approx_pairs(pairs):
+    return [(m, pytest.approx(s, rel=1e-9, abs=1e-12)) for m, s in pairs]
+
+
+def assert_same_reads(redis_fs, rep: ReplayFeatures) -> None:
+    assert redis_fs.clock_ms() == rep.clock
+    for now in (None, rep.clock + 3 * 3_600_000):
+        for user in USERS + ["nobody"]:
+            assert redis_fs.recent_items(user, 100) == rep.recent_items(user, 100), user
+            assert redis_fs.recent_items(user, 2) == rep.recent_items(user, 2), user
+            want = rep.category_affinity(user, now_ms=now)
+            got = redis_fs.category_affinity(user, now_ms=now)
+            assert got == {c: pytest.approx(v, rel=1e-9) for c, v in want.items()}, user
+        got_stats = redis_fs.item_stats(ITEMS + ["never"], now_ms=now)
+        for item, g, w in zip(ITEMS + ["never"], got_stats, rep.item_stats(ITEMS + ["never"], now_ms=now)):
+            assert g.counts == {t: pytest.approx(v, rel=1e-9, abs=1e-12) for t, v in w.counts.items()}, item
+            assert (g.impressions, g.clicks, g.ctr) == (pytest.approx(w.impressions, rel=1e-9, abs=1e-12),
+                                                        pytest.approx(w.clicks, rel=1e-9, abs=1e-12),
+                                                        pytest.approx(w.ctr, rel=1e-9)), item
+    for item in ITEMS + ["never"]:
+        assert redis_fs.covisited(item, 100) == approx_pairs(rep.covisited(item, 100)), item
+        assert redis_fs.covisited(item, 2) == approx_pairs(rep.covisited(item, 2)), item
+    assert redis_fs.trending(100) == approx_pairs(rep.trending(100))
+    assert redis_fs.trending(3) == approx_pairs(rep.trending(3))
+    assert redis_fs.item_attributes(ITEMS + ["never"]) == rep.item_attributes(ITEMS + ["never"])
+
+
+def test_the_list_exercises_every_rule():
+    models = event_list()
+    events = [m for m in models if isinstance(m, Event)]
+    assert {e.type for e in events} == {"impression", *TYPES}
+    assert len({e.event_id for e in events}) < len(events)                    # repeated event_ids
+    assert any(a.ts > b.ts for a, b in zip(events, events[1:]))               # out of order
+    assert any(e.session_id is None for e in events) and any(e.session_id for e in events)
+    assert any(isinstance(m, CatalogOp) and m.op == "delete" for m in models)
+    rep = replay(models, TIGHT)
+    assert any(len(rep.covisited(i, 100)) == TIGHT.covis_top_n for i in ITEMS)  # the caps bite
+    assert len(rep.trending(100)) == TIGHT.trending_cap
+    assert any(len(rep.category_affinity(u)) == TIGHT.category_cap for u in USERS)
+
+
+def test_one_event_per_batch_with_tight_caps(settings):
+    """Caps are trimmed per batch in Redis and per event in the replay: one event per batch is exact."""
+    models = event_list()
+    assert_same_reads(apply_to_redis(settings, models, TIGHT, batch=1), replay(models, TIGHT))
+
+
+def test_partition_batches_with_the_default_caps(settings):
+    models = event_list(seed=11)
+    cfg = FeatureConfig()
+    assert_same_reads(apply_to_redis(settings, models, cfg, batch=17), replay(models, cfg))
