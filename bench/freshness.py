@@ -110,10 +110,15 @@ def main() -> int:
     data_dir = base.require_data_dir()
     state = Path(tempfile.mkdtemp(prefix="streamrec-bench-"))
     s = base.model_copy(update=dict(kafka_bootstrap="", redis_url="", state_dir=state, http_port=free_port()))
-    print(f"freshness bench: {args.trials} trials, catalog {args.catalog} items, index factory "
-          f"{s.index_factory!r}, encoder precision {s.encoder_precision}", flush=True)
+    print(
+        f"freshness bench: {args.trials} trials, catalog {args.catalog} items, index factory "
+        f"{s.index_factory!r}, encoder precision {s.encoder_precision}",
+        flush=True,
+    )
     with LocalStack(s, metrics_base_port=0) as stack, httpx.Client(base_url=stack.base_url, timeout=10) as http:
-        catalog = [op.model_dump(exclude_none=True) for op in itertools.islice(amazon18.catalog(data_dir), args.catalog)]
+        catalog = [
+            op.model_dump(exclude_none=True) for op in itertools.islice(amazon18.catalog(data_dir), args.catalog)
+        ]
         wait_until(lambda: _try_post(http, "/catalog", catalog), timeout_s=180, every_s=0.5)
         stack.wait_ready(timeout_s=600, min_items=len(catalog))
         print(f"stack ready: {http.get('/healthz').json()}", flush=True)
@@ -129,14 +134,23 @@ def main() -> int:
 
         def upsert_trial(i: int):
             item_id, title = f"fresh-{uuid.uuid4().hex[:10]}", titles[i]
-            http.post("/catalog", json={"op": "upsert", "item_id": item_id, "ts": int(time.time() * 1000),
-                                        "title": title}).raise_for_status()
+            http.post(
+                "/catalog", json={"op": "upsert", "item_id": item_id, "ts": int(time.time() * 1000), "title": title}
+            ).raise_for_status()
             return lambda: item_id in _ids(http.get("/search", params={"q": title, "k": 10}))
 
         def click_trial(i: int):
             user, item = f"fresh-user-{uuid.uuid4().hex[:10]}", catalog[(i * 7) % len(catalog)]
-            http.post("/events", json={"event_id": uuid.uuid4().hex, "type": "click", "user_id": user,
-                                       "item_id": item["item_id"], "ts": int(time.time() * 1000)}).raise_for_status()
+            http.post(
+                "/events",
+                json={
+                    "event_id": uuid.uuid4().hex,
+                    "type": "click",
+                    "user_id": user,
+                    "item_id": item["item_id"],
+                    "ts": int(time.time() * 1000),
+                },
+            ).raise_for_status()
             return lambda: _mentions(http.get("/recommend", params={"user_id": user, "k": 10}), item["title"])
 
         upsert, upsert_miss = run_trials("upsert", len(titles), upsert_trial, args.timeout)

@@ -63,12 +63,15 @@ def overlap_at_k(a: np.ndarray, b: np.ndarray) -> float:
 
 # --- 1. encoder ---------------------------------------------------------------------------------
 
+
 def encoder_part(s: Settings, n_items: int, rounds: int) -> tuple[Encoder, dict]:
     """fp32 on CPU is the baseline; int8 on CPU always; fp32/fp16/bf16 on CUDA when torch sees it."""
     import torch
 
-    encoders = [Encoder(s.model_dir, device="cpu", precision="fp32"),
-                Encoder(s.model_dir, device="cpu", precision="int8")]
+    encoders = [
+        Encoder(s.model_dir, device="cpu", precision="fp32"),
+        Encoder(s.model_dir, device="cpu", precision="int8"),
+    ]
     if torch.cuda.is_available():
         encoders += [Encoder(s.model_dir, device="cuda", precision=p) for p in ("fp32", "fp16", "bf16")]
     names = [f"{e.model_id}@{e.device}" for e in encoders]
@@ -78,8 +81,10 @@ def encoder_part(s: Settings, n_items: int, rounds: int) -> tuple[Encoder, dict]
         "instacart": [item_text(op, template) for op in instacart.catalog(s.data_dir, limit=n_items)],
     }
     terms = list(homedepot.relevance_labels(s.data_dir))[:300]
-    say(f"[1/4] encoder: {n_items} items per catalogue, {rounds} interleaved rounds, torch threads "
-        f"{torch.get_num_threads()}")
+    say(
+        f"[1/4] encoder: {n_items} items per catalogue, {rounds} interleaved rounds, torch threads "
+        f"{torch.get_num_threads()}"
+    )
     rates: dict[str, list[float]] = {n: [] for n in names}
     sample = catalogs["homedepot"][:96] + catalogs["instacart"][:96]
     for r in range(rounds):
@@ -90,8 +95,10 @@ def encoder_part(s: Settings, n_items: int, rounds: int) -> tuple[Encoder, dict]
         say(f"      round {r + 1}: " + ", ".join(f"{m} {v[-1]:.0f} items/s" for m, v in rates.items()))
     base = statistics.median(rates[names[0]])
     for m, v in rates.items():
-        say(f"encoder {m:<28} items/s median {statistics.median(v):7.1f}  "
-            f"(×{statistics.median(v) / base:.2f} vs {names[0]} baseline)")
+        say(
+            f"encoder {m:<28} items/s median {statistics.median(v):7.1f}  "
+            f"(×{statistics.median(v) / base:.2f} vs {names[0]} baseline)"
+        )
     vectors = {(name, c): enc.encode(texts) for name, enc in zip(names, encoders) for c, texts in catalogs.items()}
     queries = {name: enc.encode(terms) for name, enc in zip(names, encoders)}
     for name in names[1:]:
@@ -103,13 +110,21 @@ def encoder_part(s: Settings, n_items: int, rounds: int) -> tuple[Encoder, dict]
                 f_q, o_q, what, skip = f_items[:300], o_items[:300], "300 items → similar items", True
             recall = overlap_at_k(exact_topk(f_items, f_q, 10, skip), exact_topk(o_items, o_q, 10, skip))
             cos = float(np.mean(np.sum(f_items * o_items, axis=1)))
-            say(f"encoder {name:<28} factory=Flat {c:<9} recall@10 of its neighbours vs {names[0]} "
-                f"{recall:.3f} ({what}); mean cos to baseline {cos:.3f}")
-    return encoders[0], {"hd_items": catalogs["homedepot"], "hd_vectors": vectors[(names[0], "homedepot")],
-                         "hd_int8": vectors[(names[1], "homedepot")], "int8": encoders[1], "terms": terms}
+            say(
+                f"encoder {name:<28} factory=Flat {c:<9} recall@10 of its neighbours vs {names[0]} "
+                f"{recall:.3f} ({what}); mean cos to baseline {cos:.3f}"
+            )
+    return encoders[0], {
+        "hd_items": catalogs["homedepot"],
+        "hd_vectors": vectors[(names[0], "homedepot")],
+        "hd_int8": vectors[(names[1], "homedepot")],
+        "int8": encoders[1],
+        "terms": terms,
+    }
 
 
 # --- 2. freshness -----------------------------------------------------------------------------
+
 
 class Watcher:
     """Polls the serving replica for pending changes; latency = first time the change is visible."""
@@ -149,8 +164,9 @@ class Watcher:
         return len(self.pending)
 
 
-def freshness_part(s0: Settings, fp32: Encoder, data: dict, load_s: float, update_rate: float,
-                   query_rate: float, factory: str) -> None:
+def freshness_part(
+    s0: Settings, fp32: Encoder, data: dict, load_s: float, update_rate: float, query_rate: float, factory: str
+) -> None:
     say(f"[2/4] freshness: factory={factory}, embedded Tansu + index_updater + serving replica")
     items, vecs, terms = data["hd_items"], data["hd_vectors"], data["terms"]
     n_base = len(items) // 2
@@ -159,15 +175,28 @@ def freshness_part(s0: Settings, fp32: Encoder, data: dict, load_s: float, updat
     with tempfile.TemporaryDirectory() as tmp, EmbeddedKafka(Path(tmp) / "tansu") as broker:
         bus.wait_for_broker(broker.bootstrap)
         tag = uuid.uuid4().hex[:6]
-        s = s0.model_copy(update=dict(
-            kafka_bootstrap=broker.bootstrap, state_dir=Path(tmp) / "state", index_factory=factory,
-            topic_catalog=f"b{tag}.catalog", topic_vectors=f"b{tag}.vectors", topic_dlq=f"b{tag}.dlq",
-            encoder_precision="fp32", index_snapshot_every_s=10.0))
+        s = s0.model_copy(
+            update=dict(
+                kafka_bootstrap=broker.bootstrap,
+                state_dir=Path(tmp) / "state",
+                index_factory=factory,
+                topic_catalog=f"b{tag}.catalog",
+                topic_vectors=f"b{tag}.vectors",
+                topic_dlq=f"b{tag}.dlq",
+                encoder_precision="fp32",
+                index_snapshot_every_s=10.0,
+            )
+        )
         bus.ensure_topics(s)
         producer = bus.make_producer(s)
         for n in range(n_base):  # an existing index: its vectors are already on the topic
-            producer.send(s.topic_vectors, key=f"hd{n}", value=encode_record(VectorRecord(
-                f"hd{n}", vector=vecs[n], meta=ItemMeta(title=items[n]), model_id=fp32.model_id)))
+            producer.send(
+                s.topic_vectors,
+                key=f"hd{n}",
+                value=encode_record(
+                    VectorRecord(f"hd{n}", vector=vecs[n], meta=ItemMeta(title=items[n]), model_id=fp32.model_id)
+                ),
+            )
         producer.flush()
         stop = threading.Event()
         updater = threading.Thread(target=service.run, args=(s, stop), kwargs={"encoder": fp32}, daemon=True)
@@ -201,8 +230,10 @@ def freshness_part(s0: Settings, fp32: Encoder, data: dict, load_s: float, updat
             change(n)
             watcher.drain(30)
         idle = list(watcher.latencies)
-        say(f"fresh  factory={factory:<14} idle baseline  changes {len(idle):4d}  catalog→searchable "
-            f"p50 {pct(idle, 50) * 1000:6.0f} ms  p99 {pct(idle, 99) * 1000:6.0f} ms")
+        say(
+            f"fresh  factory={factory:<14} idle baseline  changes {len(idle):4d}  catalog→searchable "
+            f"p50 {pct(idle, 50) * 1000:6.0f} ms  p99 {pct(idle, 99) * 1000:6.0f} ms"
+        )
 
         watcher.latencies.clear()
         query_ms: list[float] = []
@@ -228,20 +259,23 @@ def freshness_part(s0: Settings, fp32: Encoder, data: dict, load_s: float, updat
             change(n)
             n += 1
             if time.monotonic() - last_report > 10:
-                say(f"      … {n - 100} changes sent, {len(watcher.latencies)} searchable, "
-                    f"{len(query_ms)} queries")
+                say(f"      … {n - 100} changes sent, {len(watcher.latencies)} searchable, {len(query_ms)} queries")
                 last_report = time.monotonic()
             time.sleep(max(0.0, 1 / update_rate - (time.monotonic() - t0)))
         left = watcher.drain(30)
         done.set()
         qt.join()
         loaded = watcher.latencies
-        say(f"fresh  factory={factory:<14} under load      changes {len(loaded):4d} ({update_rate:.0f}/s, "
+        say(
+            f"fresh  factory={factory:<14} under load      changes {len(loaded):4d} ({update_rate:.0f}/s, "
             f"{query_rate:.0f} queries/s)  catalog→searchable p50 {pct(loaded, 50) * 1000:6.0f} ms  "
-            f"p99 {pct(loaded, 99) * 1000:6.0f} ms  (never visible: {left})")
-        say(f"fresh  factory={factory:<14} queries under writes: {len(query_ms)}; index search alone "
+            f"p99 {pct(loaded, 99) * 1000:6.0f} ms  (never visible: {left})"
+        )
+        say(
+            f"fresh  factory={factory:<14} queries under writes: {len(query_ms)}; index search alone "
             f"p50 {pct(search_ms, 50):.2f} ms  p99 {pct(search_ms, 99):.2f} ms; with query encoding "
-            f"p50 {pct(query_ms, 50):.1f} ms  p99 {pct(query_ms, 99):.1f} ms")
+            f"p50 {pct(query_ms, 50):.1f} ms  p99 {pct(query_ms, 99):.1f} ms"
+        )
         watcher.stop.set()
         replica.stop()
         stop.set()
@@ -251,22 +285,25 @@ def freshness_part(s0: Settings, fp32: Encoder, data: dict, load_s: float, updat
 
 # --- 3. ANN ------------------------------------------------------------------------------------
 
-def ann_part(s: Settings, data: dict, n_items: int, n_queries: int, rounds: int,
-             factories: list[str]) -> tuple[np.ndarray, list[str], np.ndarray]:
+
+def ann_part(
+    s: Settings, data: dict, n_items: int, n_queries: int, rounds: int, factories: list[str]
+) -> tuple[np.ndarray, list[str], np.ndarray]:
     enc: Encoder = data["int8"]  # the fastest way to get many real vectors on CPU
     texts = [item_text(op, s.item_text_template) for op in homedepot.catalog(s.data_dir, limit=n_items)]
     have = data["hd_int8"][: len(texts)]
     say(f"[3/4] ANN: {len(texts)} Home Depot titles with {enc.model_id}; embedding {len(texts) - len(have)} more …")
     t0 = time.perf_counter()
-    x = np.concatenate([have, enc.encode(texts[len(have):])])
+    x = np.concatenate([have, enc.encode(texts[len(have) :])])
     say(f"      embedded in {time.perf_counter() - t0:.0f}s")
     q = enc.encode(list(homedepot.relevance_labels(s.data_dir))[:n_queries])
     truth = exact_topk(x, q, 10)
     ids = [f"hd{n}" for n in range(len(x))]
     baseline_qps = None
     for factory in factories:
-        index = LiveIndex(enc.dim, factory, nprobe=s.index_nprobe, ef_search=s.index_ef_search,
-                          search_threads=s.index_search_threads)
+        index = LiveIndex(
+            enc.dim, factory, nprobe=s.index_nprobe, ef_search=s.index_ef_search, search_threads=s.index_search_threads
+        )
         t0 = time.perf_counter()
         for start in range(0, len(x), 1000):
             index.apply([(ids[n], x[n], ItemMeta(texts[n])) for n in range(start, min(start + 1000, len(x)))], [])
@@ -281,12 +318,17 @@ def ann_part(s: Settings, data: dict, n_items: int, n_queries: int, rounds: int,
         recall = overlap_at_k(truth, got)
         med = statistics.median(qps)
         baseline_qps = baseline_qps or med
-        params = f"nprobe={s.index_nprobe}" if "IVF" in factory else (
-            f"efSearch={s.index_ef_search}" if "HNSW" in factory else "exact")
+        params = (
+            f"nprobe={s.index_nprobe}"
+            if "IVF" in factory
+            else (f"efSearch={s.index_ef_search}" if "HNSW" in factory else "exact")
+        )
         if not index.trained:
             params = "UNTRAINED→exact"  # too few vectors to train this factory: said, not hidden
-        say(f"ann    factory={factory:<14} {params:<12} n={len(x)}  recall@10 {recall:.3f}  QPS median "
-            f"{med:7.0f} (×{med / baseline_qps:.1f} vs Flat baseline)  build {build_s:.1f}s")
+        say(
+            f"ann    factory={factory:<14} {params:<12} n={len(x)}  recall@10 {recall:.3f}  QPS median "
+            f"{med:7.0f} (×{med / baseline_qps:.1f} vs Flat baseline)  build {build_s:.1f}s"
+        )
         if factory == factories[0] and s.index_search_threads:
             index.search_threads = 0  # what a search costs with faiss' default OpenMP threads
             qps0 = []
@@ -295,8 +337,10 @@ def ann_part(s: Settings, data: dict, n_items: int, n_queries: int, rounds: int,
                 for row in q:
                     index.search(row, 10)
                 qps0.append(len(q) / (time.perf_counter() - t0))
-            say(f"ann    factory={factory:<14} {params:<12} n={len(x)}  same, faiss default OpenMP threads "
-                f"instead of index_search_threads={s.index_search_threads}: QPS median {statistics.median(qps0):7.0f}")
+            say(
+                f"ann    factory={factory:<14} {params:<12} n={len(x)}  same, faiss default OpenMP threads "
+                f"instead of index_search_threads={s.index_search_threads}: QPS median {statistics.median(qps0):7.0f}"
+            )
         if "HNSW" in factory:
             gone = set(ids[::10])
             index.apply([], sorted(gone))
@@ -305,12 +349,15 @@ def ann_part(s: Settings, data: dict, n_items: int, n_queries: int, rounds: int,
             results = [index.search(row, 10)[0] for row in q]
             leaked = sum(1 for hits in results for i, _ in hits if i in gone)
             got = np.array([[int(i[2:]) for i, _ in hits] for hits in results])
-            say(f"ann    factory={factory:<14} {params:<12} after deleting 10%: tombstones {index.tombstones}, "
-                f"recall@10 {overlap_at_k(truth2, got):.3f}, deleted items returned {leaked}")
+            say(
+                f"ann    factory={factory:<14} {params:<12} after deleting 10%: tombstones {index.tombstones}, "
+                f"recall@10 {overlap_at_k(truth2, got):.3f}, deleted items returned {leaked}"
+            )
     return x, texts, q
 
 
 # --- 4. restart -------------------------------------------------------------------------------
+
 
 def restart_part(s0: Settings, x: np.ndarray, texts: list[str], q: np.ndarray, rounds: int, factory: str) -> None:
     """A replica from the newest snapshot + the tail vs. one replaying the whole vectors topic."""
@@ -319,14 +366,23 @@ def restart_part(s0: Settings, x: np.ndarray, texts: list[str], q: np.ndarray, r
     with tempfile.TemporaryDirectory() as tmp, EmbeddedKafka(Path(tmp) / "tansu") as broker:
         bus.wait_for_broker(broker.bootstrap)
         tag = uuid.uuid4().hex[:6]
-        s = s0.model_copy(update=dict(kafka_bootstrap=broker.bootstrap, state_dir=Path(tmp) / "state",
-                                      index_factory=factory, topic_vectors=f"r{tag}.vectors"))
+        s = s0.model_copy(
+            update=dict(
+                kafka_bootstrap=broker.bootstrap,
+                state_dir=Path(tmp) / "state",
+                index_factory=factory,
+                topic_vectors=f"r{tag}.vectors",
+            )
+        )
         bus.ensure_topics(s)
         producer = bus.make_producer(s)
 
         def send(item: int, vector: np.ndarray, title: str) -> None:
-            producer.send(s.topic_vectors, key=f"hd{item}", value=encode_record(VectorRecord(
-                f"hd{item}", vector=vector, meta=ItemMeta(title=title))))
+            producer.send(
+                s.topic_vectors,
+                key=f"hd{item}",
+                value=encode_record(VectorRecord(f"hd{item}", vector=vector, meta=ItemMeta(title=title))),
+            )
 
         for i in range(n):
             send(i, x[i], texts[i])
@@ -356,8 +412,10 @@ def restart_part(s0: Settings, x: np.ndarray, texts: list[str], q: np.ndarray, r
                 r.stop()
         snap, scratch = statistics.median(times[True]), statistics.median(times[False])
         same = overlap_at_k(np.array(answers[True]), np.array(answers[False]))
-        say(f"restart factory={factory:<14} n={n}  ready from snapshot + tail {snap:.2f}s  vs full replay "
-            f"baseline {scratch:.2f}s (×{scratch / snap:.1f})  top-10 overlap of the two on 100 queries {same:.3f}")
+        say(
+            f"restart factory={factory:<14} n={n}  ready from snapshot + tail {snap:.2f}s  vs full replay "
+            f"baseline {scratch:.2f}s (×{scratch / snap:.1f})  top-10 overlap of the two on 100 queries {same:.3f}"
+        )
 
 
 def main() -> None:
@@ -370,8 +428,11 @@ def main() -> None:
     ap.add_argument("--fresh-factory", default="HNSW32")
     ap.add_argument("--ann-items", type=int, default=4000, help="Home Depot items in the ANN part")
     ap.add_argument("--ann-queries", type=int, default=500)
-    ap.add_argument("--factories", default="Flat;IVF64,Flat;IVF64,SQ8;HNSW32",
-                    help="';'-separated FAISS factory strings; the first is the baseline")
+    ap.add_argument(
+        "--factories",
+        default="Flat;IVF64,Flat;IVF64,SQ8;HNSW32",
+        help="';'-separated FAISS factory strings; the first is the baseline",
+    )
     ap.add_argument("--skip", default="", help="parts to skip: fresh,ann,restart (restart needs ann)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

@@ -42,7 +42,6 @@ from streamrec.settings import REPO_ROOT, Settings
 from streamrec.store import connect
 
 
-
 def cpu_s(pid: int) -> float:
     """utime + stime of a process (Linux /proc), to say which process spends the time."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -51,9 +50,15 @@ def cpu_s(pid: int) -> float:
 
 def fresh(base: Settings) -> Settings:
     tag = uuid.uuid4().hex[:8]
-    s = base.model_copy(update=dict(redis_prefix=f"b{tag}:", topic_events=f"b{tag}.events",
-                                    topic_catalog=f"b{tag}.catalog", topic_dlq=f"b{tag}.dlq",
-                                    topic_quarantine=f"b{tag}.quarantine"))
+    s = base.model_copy(
+        update=dict(
+            redis_prefix=f"b{tag}:",
+            topic_events=f"b{tag}.events",
+            topic_catalog=f"b{tag}.catalog",
+            topic_dlq=f"b{tag}.dlq",
+            topic_quarantine=f"b{tag}.quarantine",
+        )
+    )
     bus.ensure_topics(s)
     return s
 
@@ -104,23 +109,36 @@ def raw_ceiling(s: Settings, events: list[tuple[str, bytes]]) -> float:
 
 
 def start_consumers(s: Settings, n: int, log_dir: Path) -> tuple[list[subprocess.Popen], list[Path]]:
-    env = child_env(kafka_bootstrap=s.kafka_bootstrap, redis_url=s.redis_url, redis_prefix=s.redis_prefix,
-                    topic_events=s.topic_events, topic_catalog=s.topic_catalog, topic_dlq=s.topic_dlq,
-                    topic_quarantine=s.topic_quarantine, log_level="INFO",
-                    # short group timeouts, as in the tests: a trial's group forms in seconds
-                    consumer_session_timeout_ms=6000, consumer_heartbeat_ms=500,
-                    consumer_max_poll_interval_ms=10_000)
+    env = child_env(
+        kafka_bootstrap=s.kafka_bootstrap,
+        redis_url=s.redis_url,
+        redis_prefix=s.redis_prefix,
+        topic_events=s.topic_events,
+        topic_catalog=s.topic_catalog,
+        topic_dlq=s.topic_dlq,
+        topic_quarantine=s.topic_quarantine,
+        log_level="INFO",
+        # short group timeouts, as in the tests: a trial's group forms in seconds
+        consumer_session_timeout_ms=6000,
+        consumer_heartbeat_ms=500,
+        consumer_max_poll_interval_ms=10_000,
+    )
     env["STREAMREC_CONSUMERS_GROUP"] = group(s)
     procs, logs = [], []
     for i in range(n):
         logs.append(log_dir / f"{s.redis_prefix.rstrip(':')}-{i}.log")
         with open(logs[-1], "wb") as log:
-            procs.append(subprocess.Popen([sys.executable, "-m", "consumers"], env=env, cwd=REPO_ROOT,
-                                          stdout=log, stderr=subprocess.STDOUT))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "consumers"], env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT
+                )
+            )
     return procs, logs
 
 
-def wait_joined(procs: list[subprocess.Popen], logs: list[Path], timeout_s: float = 120.0, settle_s: float = 0.5) -> None:
+def wait_joined(
+    procs: list[subprocess.Popen], logs: list[Path], timeout_s: float = 120.0, settle_s: float = 0.5
+) -> None:
     """Wait until every consumer process logged a non-empty partition assignment (all joined)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -153,7 +171,9 @@ def e2e(base: Settings, events, consumers: int, mode: str, log_dir: Path, server
         if mode == "pipelined":
             procs, logs = start_consumers(s, consumers, log_dir)
             wait_joined(procs, logs)
-            cpu0 = {k: cpu_s(pid) for k, pid in servers.items()} | {f"consumer{i}": cpu_s(p.pid) for i, p in enumerate(procs)}
+            cpu0 = {k: cpu_s(pid) for k, pid in servers.items()} | {
+                f"consumer{i}": cpu_s(p.pid) for i, p in enumerate(procs)
+            }
             started = time.perf_counter()
             ends = produce(s, s.topic_events, events)
             finished = wait_applied(s, r, ends)
@@ -162,9 +182,13 @@ def e2e(base: Settings, events, consumers: int, mode: str, log_dir: Path, server
             procs, logs = start_consumers(s, consumers, log_dir)
             wait_joined(procs, logs[:1], settle_s=0.0)  # the clock starts when the first one owns partitions
             started = time.perf_counter()
-            cpu0 = {k: cpu_s(pid) for k, pid in servers.items()} | {f"consumer{i}": cpu_s(p.pid) for i, p in enumerate(procs)}
+            cpu0 = {k: cpu_s(pid) for k, pid in servers.items()} | {
+                f"consumer{i}": cpu_s(p.pid) for i, p in enumerate(procs)
+            }
             finished = wait_applied(s, r, ends)
-        cpu1 = {k: cpu_s(pid) for k, pid in servers.items()} | {f"consumer{i}": cpu_s(p.pid) for i, p in enumerate(procs)}
+        cpu1 = {k: cpu_s(pid) for k, pid in servers.items()} | {
+            f"consumer{i}": cpu_s(p.pid) for i, p in enumerate(procs)
+        }
         n = sum(ends.values())
         return {"rate": n / (finished - started), "cpu_us_per_event": {k: (cpu1[k] - cpu0[k]) / n * 1e6 for k in cpu1}}
     finally:
@@ -225,18 +249,25 @@ def main() -> None:
             servers["redis"] = redis_server.proc.pid
         try:
             bus.wait_for_broker(base.kafka_bootstrap)
-            print(f"# {len(events)} DIGINETICA events, {base.topic_partitions} partitions, "
-                  f"{os.cpu_count()} CPUs, repeats={args.repeats} (medians)")
+            print(
+                f"# {len(events)} DIGINETICA events, {base.topic_partitions} partitions, "
+                f"{os.cpu_count()} CPUs, repeats={args.repeats} (medians)"
+            )
             ceiling = statistics.median(raw_ceiling(fresh(base), events) for _ in range(args.repeats))
             print(f"raw kafka-python consume+json.loads ceiling: {ceiling:10,.0f} events/s")
             for mode in ("drain", "pipelined"):
                 for consumers in (1, 2):
                     runs = [e2e(base, events, consumers, mode, tmp_path, servers) for _ in range(args.repeats)]
                     rate = statistics.median(run["rate"] for run in runs)
-                    cpu = {k: statistics.median(run["cpu_us_per_event"][k] for run in runs) for k in runs[0]["cpu_us_per_event"]}
+                    cpu = {
+                        k: statistics.median(run["cpu_us_per_event"][k] for run in runs)
+                        for k in runs[0]["cpu_us_per_event"]
+                    }
                     where = ", ".join(f"{k} {v:.0f}" for k, v in cpu.items())
-                    print(f"{mode:9s} {consumers} consumer process(es): {rate:10,.0f} events/s   "
-                          f"ratio to ceiling {rate / ceiling:5.2f}   CPU µs/event: {where}")
+                    print(
+                        f"{mode:9s} {consumers} consumer process(es): {rate:10,.0f} events/s   "
+                        f"ratio to ceiling {rate / ceiling:5.2f}   CPU µs/event: {where}"
+                    )
             if args.profile:
                 print("\n# one in-process consumer draining the backlog, top functions by own time")
                 print(profile_in_process(base, events))

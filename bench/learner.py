@@ -1,27 +1,27 @@
 """How fast and how well does the learner learn? Prints
 
-  (1) training examples/s: the full path (join → features → prequential predict → drift →
-      learn) and the micro-batch step alone, on the 60,000 real Open Bandit impressions;
-  (2) freshness, p50/p99: (a) ModelStore.publish → a poller in *another process* polling
-      latest_version() every --poll-ms (serving's default 200 ms) has load()ed it; (b) a click
-      sent to Kafka → that poller has loaded a version trained on it (learner service running
-      on embedded Tansu + Redis, publish_every_s=--publish-s);
-  (3) quality: prequential click AUC, online vs popularity on the whole stream (paired bootstrap
-      interval of the difference) and online vs the champion frozen at the half vs popularity on
-      the later half — on the stationary stream and with the injected shift of
-      learner/experiments.py (each detector's first firing after the shift, and how many clicks
-      the 500 events after it hold), and on the raw stream with and without sampled negatives.
+(1) training examples/s: the full path (join → features → prequential predict → drift →
+    learn) and the micro-batch step alone, on the 60,000 real Open Bandit impressions;
+(2) freshness, p50/p99: (a) ModelStore.publish → a poller in *another process* polling
+    latest_version() every --poll-ms (serving's default 200 ms) has load()ed it; (b) a click
+    sent to Kafka → that poller has loaded a version trained on it (learner service running
+    on embedded Tansu + Redis, publish_every_s=--publish-s);
+(3) quality: prequential click AUC, online vs popularity on the whole stream (paired bootstrap
+    interval of the difference) and online vs the champion frozen at the half vs popularity on
+    the later half — on the stationary stream and with the injected shift of
+    learner/experiments.py (each detector's first firing after the shift, and how many clicks
+    the 500 events after it hold), and on the raw stream with and without sampled negatives.
 
-    python bench/learner.py --trials 40
+  python bench/learner.py --trials 40
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import replace
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 # this file is bench/learner.py: keep its folder off sys.path so `learner` is the service package
@@ -70,8 +70,9 @@ def latency_line(name: str, xs: list[float]) -> str:
 
 
 def poller(root: Path, every_s: float, duration_s: float) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", POLLER, str(root), str(every_s), str(duration_s)],
-                            stdout=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", POLLER, str(root), str(every_s), str(duration_s)], stdout=subprocess.PIPE, text=True
+    )
 
 
 def seen_times(proc: subprocess.Popen) -> list[dict]:
@@ -90,9 +91,13 @@ def throughput(data_dir: Path) -> None:
     full = n / dt
     print(f"full path (join+features+step), batch 64     {full:10.0f} examples/s  ({n} examples, {dt:.1f} s)")
     rng = np.random.default_rng(0)
-    ex = [Example("r", str(i), "u", 0, rng.normal(size=N_FEATURES).astype(np.float32), i % 3, float(rng.random() < 0.05),
-                  0.0) for i in range(64 * 200)]
-    chunks = [ex[k:k + 64] for k in range(0, len(ex), 64)]
+    ex = [
+        Example(
+            "r", str(i), "u", 0, rng.normal(size=N_FEATURES).astype(np.float32), i % 3, float(rng.random() < 0.05), 0.0
+        )
+        for i in range(64 * 200)
+    ]
+    chunks = [ex[k : k + 64] for k in range(0, len(ex), 64)]
     t0 = time.perf_counter()
     for c in chunks:
         core.step(c)
@@ -111,7 +116,7 @@ def publish_to_visible(trials: int, every_s: float) -> None:
         store = ModelStore(Path(tmp))
         store.publish(RankingHead(), {"reason": "warm"})
         proc = poller(Path(tmp), every_s, trials * 0.35 + 5)
-        time.sleep(2.0)   # the poller is up and has seen the warm version
+        time.sleep(2.0)  # the poller is up and has seen the warm version
         published: dict[int, float] = {}
         for _ in range(trials):
             t = time.time()
@@ -126,18 +131,29 @@ def publish_to_visible(trials: int, every_s: float) -> None:
 
 
 def event_to_visible(trials: int, every_s: float, publish_s: float) -> None:
-    from learner.service import run
     from launcher.embedded import EmbeddedKafka, EmbeddedRedis
+    from learner.service import run
     from streamrec import bus
     from streamrec.schemas import Event, encode
 
-    with tempfile.TemporaryDirectory() as tmp, EmbeddedKafka(Path(tmp) / "k") as kafka, \
-            EmbeddedRedis(Path(tmp) / "r") as redis_srv:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        EmbeddedKafka(Path(tmp) / "k") as kafka,
+        EmbeddedRedis(Path(tmp) / "r") as redis_srv,
+    ):
         bus.wait_for_broker(kafka.bootstrap)
         tag = uuid.uuid4().hex[:6]
-        s = Settings(kafka_bootstrap=kafka.bootstrap, redis_url=redis_srv.url, redis_prefix=f"b{tag}:",
-                     state_dir=Path(tmp) / "state", label_window_s=600, publish_every_s=publish_s,
-                     publish_every_updates=1_000_000, learner_max_batch_delay_s=0.02, learner_follow_vectors=False)
+        s = Settings(
+            kafka_bootstrap=kafka.bootstrap,
+            redis_url=redis_srv.url,
+            redis_prefix=f"b{tag}:",
+            state_dir=Path(tmp) / "state",
+            label_window_s=600,
+            publish_every_s=publish_s,
+            publish_every_updates=1_000_000,
+            learner_max_batch_delay_s=0.02,
+            learner_follow_vectors=False,
+        )
         bus.ensure_topics(s)
         stop = threading.Event()
         th = threading.Thread(target=run, args=(s, stop), daemon=True)
@@ -151,15 +167,32 @@ def event_to_visible(trials: int, every_s: float, publish_s: float) -> None:
         now = int(time.time() * 1000)
 
         def click(k: int) -> None:
-            producer.send(s.topic_events, key="u", value=encode(Event(
-                event_id=f"c{k}", type="click", user_id="u", ts=now + 1, request_id=f"r{k}", item_id="a")))
+            producer.send(
+                s.topic_events,
+                key="u",
+                value=encode(
+                    Event(event_id=f"c{k}", type="click", user_id="u", ts=now + 1, request_id=f"r{k}", item_id="a")
+                ),
+            )
             producer.flush()
 
-        for k in range(trials + 1):   # impressions first: each click then becomes one example at once
-            producer.send(s.topic_events, key="u", value=encode(Event(
-                event_id=f"i{k}", type="impression", user_id="u", ts=now, request_id=f"r{k}", item_ids=["a", "b"])))
+        for k in range(trials + 1):  # impressions first: each click then becomes one example at once
+            producer.send(
+                s.topic_events,
+                key="u",
+                value=encode(
+                    Event(
+                        event_id=f"i{k}",
+                        type="impression",
+                        user_id="u",
+                        ts=now,
+                        request_id=f"r{k}",
+                        item_ids=["a", "b"],
+                    )
+                ),
+            )
         producer.flush()
-        click(0)   # warm-up: the consumer group has joined once this one is in a published version
+        click(0)  # warm-up: the consumer group has joined once this one is in a published version
         while (store.meta(store.latest_version()).get("examples") or 0) < 1:
             time.sleep(0.05)
         for k in range(1, trials + 1):
@@ -171,11 +204,13 @@ def event_to_visible(trials: int, every_s: float, publish_s: float) -> None:
         th.join(30)
         producer.close()
     lat = []
-    for k, t in enumerate(sent, start=2):   # the k-th example is the (k-1)-th timed click
+    for k, t in enumerate(sent, start=2):  # the k-th example is the (k-1)-th timed click
         first = next((x["t"] for x in seen if (x["examples"] or 0) >= k), None)
         if first is not None:
             lat.append(first - t)
-    print(latency_line(f"click -> model visible (publish {publish_s * 1000:.0f} ms, poll {every_s * 1000:.0f} ms)", lat))
+    print(
+        latency_line(f"click -> model visible (publish {publish_s * 1000:.0f} ms, poll {every_s * 1000:.0f} ms)", lat)
+    )
 
 
 def quality(data_dir: Path, seeds: int = 3) -> None:
@@ -186,56 +221,74 @@ def quality(data_dir: Path, seeds: int = 3) -> None:
         a = r.aucs()
         d, lo, hi = r.versus_popularity("whole")
         dl, lol, hil = r.versus_popularity("later_half")
-        print(f"  seed {seed}  whole stream: online {a['online']:.3f}  popularity {a['popularity']:.3f}  "
-              f"difference {d:+.3f} [95% {lo:+.3f}, {hi:+.3f}]   later half: online {a['online_same_rows']:.3f}  "
-              f"frozen-at-half {a['frozen_post']:.3f}  popularity {a['popularity_post']:.3f}  "
-              f"difference {dl:+.3f} [{lol:+.3f}, {hil:+.3f}]   rows={len(rows)} detections={len(r.log.detections)}")
+        print(
+            f"  seed {seed}  whole stream: online {a['online']:.3f}  popularity {a['popularity']:.3f}  "
+            f"difference {d:+.3f} [95% {lo:+.3f}, {hi:+.3f}]   later half: online {a['online_same_rows']:.3f}  "
+            f"frozen-at-half {a['frozen_post']:.3f}  popularity {a['popularity_post']:.3f}  "
+            f"difference {dl:+.3f} [{lol:+.3f}, {hil:+.3f}]   rows={len(rows)} detections={len(r.log.detections)}"
+        )
     print("injected remap-only shift at the half (learner/experiments.py):")
     for seed in range(seeds + 1):
         rows, half = E.open_bandit_stream(data_dir, shift=True, seed=seed)
         r = E.run(data_dir, rows, half, freeze_at_shift=True)
         a = r.aucs()
-        lags = {name: r.first_detection_after_shift((det,)) for name, det in
-                (("click rank", "adwin_click_rank"), ("clicked item", "adwin_clicked_item"), ("loss", "adwin_loss"),
-                 ("PH ctr", "page_hinkley_ctr"))}
+        lags = {
+            name: r.first_detection_after_shift((det,))
+            for name, det in (
+                ("click rank", "adwin_click_rank"),
+                ("clicked item", "adwin_clicked_item"),
+                ("loss", "adwin_loss"),
+                ("PH ctr", "page_hinkley_ctr"),
+            )
+        }
         early = sum(i < r.shift_event for i, _ in r.log.detections)
-        print(f"  seed {seed}  later half: online {a['online_same_rows']:.3f}  frozen-at-half {a['frozen_post']:.3f}  "
-              f"popularity {a['popularity_post']:.3f}   first detection after the shift (events): "
-              f"{', '.join(f'{k} {v}' for k, v in lags.items())}; before it: {early}; challengers started "
-              f"{[i - r.shift_event for i in r.log.challenger_starts]}, promoted "
-              f"{[i - r.shift_event for i in r.log.promotions]}; clicks in the 500 events after the shift: "
-              f"{r.clicks_after_shift(500)}")
+        print(
+            f"  seed {seed}  later half: online {a['online_same_rows']:.3f}  frozen-at-half {a['frozen_post']:.3f}  "
+            f"popularity {a['popularity_post']:.3f}   first detection after the shift (events): "
+            f"{', '.join(f'{k} {v}' for k, v in lags.items())}; before it: {early}; challengers started "
+            f"{[i - r.shift_event for i in r.log.challenger_starts]}, promoted "
+            f"{[i - r.shift_event for i in r.log.promotions]}; clicks in the 500 events after the shift: "
+            f"{r.clicks_after_shift(500)}"
+        )
     fa = 0
-    for seed in range(1, 6):   # stationary: shuffled replays must raise nothing
+    for seed in range(1, 6):  # stationary: shuffled replays must raise nothing
         rows, half = E.open_bandit_stream(data_dir, shuffle_seed=seed, seed=seed)
         fa += len(E.run(data_dir, rows, half).log.detections)
     print(f"shuffled x5: false alarms (all detectors) over 5 stationary shuffled replays: {fa}")
-    rows = ob.merged(data_dir)   # the raw stream, no down-sampling
+    rows = ob.merged(data_dir)  # the raw stream, no down-sampling
     for rate in (1.0, 0.05):
         cfg = replace(E.default_config(), train_negative_rate=rate)
         r = E.run(data_dir, rows, len(rows) // 2, config=cfg, freeze_at_shift=True)
         a = r.aucs()
         d, lo, hi = r.versus_popularity("whole", n_boot=200)
         p, y, _ = r.log.arrays()
-        print(f"raw 0.5% CTR, learning from {rate:.0%} of non-clicks: whole stream: online {a['online']:.3f}  "
-              f"popularity {a['popularity']:.3f}  difference {d:+.3f} [95% {lo:+.3f}, {hi:+.3f}]   later half: "
-              f"online {a['online_same_rows']:.3f}  frozen-at-half {a['frozen_post']:.3f}  popularity "
-              f"{a['popularity_post']:.3f}   mean p {p.mean():.4f} vs CTR {y.mean():.4f}   rows={len(rows)}  "
-              f"detections={len(r.log.detections)}")
+        print(
+            f"raw 0.5% CTR, learning from {rate:.0%} of non-clicks: whole stream: online {a['online']:.3f}  "
+            f"popularity {a['popularity']:.3f}  difference {d:+.3f} [95% {lo:+.3f}, {hi:+.3f}]   later half: "
+            f"online {a['online_same_rows']:.3f}  frozen-at-half {a['frozen_post']:.3f}  popularity "
+            f"{a['popularity_post']:.3f}   mean p {p.mean():.4f} vs CTR {y.mean():.4f}   rows={len(rows)}  "
+            f"detections={len(r.log.detections)}"
+        )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trials", type=int, default=40)
     ap.add_argument("--poll-ms", type=float, default=200.0)
-    ap.add_argument("--publish-s", type=float, default=Settings().publish_every_s,
-                    help="the learner's publish_every_s (default: the shipped setting)")
+    ap.add_argument(
+        "--publish-s",
+        type=float,
+        default=Settings().publish_every_s,
+        help="the learner's publish_every_s (default: the shipped setting)",
+    )
     ap.add_argument("--skip", nargs="*", default=[], choices=["throughput", "publish", "event", "quality"])
     args = ap.parse_args()
     torch.set_num_threads(1)
     data_dir = Settings().require_data_dir()
-    print(f"streamrec learner bench — torch {torch.__version__}, 1 thread, batch 64/32, Adam lr "
-          f"{E.default_config().lr} (challenger x{E.default_config().challenger_lr_scale})")
+    print(
+        f"streamrec learner bench — torch {torch.__version__}, 1 thread, batch 64/32, Adam lr "
+        f"{E.default_config().lr} (challenger x{E.default_config().challenger_lr_scale})"
+    )
     if "throughput" not in args.skip:
         throughput(data_dir)
     if "publish" not in args.skip:

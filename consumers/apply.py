@@ -46,8 +46,14 @@ def _record(offset: int, m: Event | CatalogOp | DeadLetter, raw: bytes, key: byt
 class Writer:
     """Calls the writer script (``streamrec.features.APPLY_LUA``) for one partition batch."""
 
-    def __init__(self, r: redis.Redis, prefix: str, group: str,
-                 features: FeatureConfig | None = None, bot: BotConfig | None = None):
+    def __init__(
+        self,
+        r: redis.Redis,
+        prefix: str,
+        group: str,
+        features: FeatureConfig | None = None,
+        bot: BotConfig | None = None,
+    ):
         self.r = r
         self.keys = Keys(prefix)
         self.group = group
@@ -68,15 +74,15 @@ class Writer:
         v = self.r.get(self.offset_key(topic, partition))
         return int(v) if v is not None else None
 
-    def apply(self, topic: str, partition: int, records: list[Record], next_offset: int,
-              first_offset: int | None = None) -> BatchResult:
+    def apply(
+        self, topic: str, partition: int, records: list[Record], next_offset: int, first_offset: int | None = None
+    ) -> BatchResult:
         """Apply ``records`` (offsets ``first_offset`` … ``next_offset - 1``, some may be left out)."""
         if first_offset is None:
             first_offset = records[0][0] if records else next_offset
         args: list = [self.prefix, self.config_json, next_offset, first_offset]
         args.extend(_record(*rec) for rec in records)
-        reply = self.script(keys=[self.offset_key(topic, partition), self.outbox_key(topic, partition)],
-                            args=args)
+        reply = self.script(keys=[self.offset_key(topic, partition), self.outbox_key(topic, partition)], args=args)
         status = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
         if status == "gap":
             return BatchResult("gap", int(reply[1]))

@@ -5,11 +5,13 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS = Counter(
-    "streamrec_consumer_events_total", "Records applied to the online features, by event type",
+    "streamrec_consumer_events_total",
+    "Records applied to the online features, by event type",
     ["type"],
 )
 DEAD_LETTERS = Counter(
-    "streamrec_consumer_dead_letters_total", "Records sent to the dead-letter topic, by reason code",
+    "streamrec_consumer_dead_letters_total",
+    "Records sent to the dead-letter topic, by reason code",
     ["reason"],
 )
 CATALOG_REJECTS = Counter(
@@ -18,7 +20,8 @@ CATALOG_REJECTS = Counter(
     ["reason"],
 )
 QUARANTINED = Counter(
-    "streamrec_consumer_quarantined_total", "Events quarantined by the bot filter, by reason",
+    "streamrec_consumer_quarantined_total",
+    "Events quarantined by the bot filter, by reason",
     ["reason"],
 )
 REPLAYED = Counter(
@@ -26,10 +29,12 @@ REPLAYED = Counter(
     "Records delivered again after a crash or rebalance and skipped because already applied",
 )
 REDIS_ERRORS = Counter(
-    "streamrec_consumer_redis_errors_total", "Redis calls that failed (the batch is retried)",
+    "streamrec_consumer_redis_errors_total",
+    "Redis calls that failed (the batch is retried)",
 )
 LAG = Gauge(
-    "streamrec_consumer_lag_records", "Records between the partition end and our position",
+    "streamrec_consumer_lag_records",
+    "Records between the partition end and our position",
     ["topic", "partition"],
 )
 BATCH_SECONDS = Histogram(

@@ -50,8 +50,13 @@ def _parse(entry: bytes, topic: str, partition: int) -> tuple[str, bytes | None,
         value, key = rest.split(_SEP, 1)  # the DeadLetter JSON holds no raw U+001F; the key may
         return "dlq", key or None, value, DeadLetter.model_validate_json(value).source_offset
     off, reason, user, raw = rest.split(_SEP, 3)
-    q = Quarantined(reason=reason.decode(), source_topic=topic, source_partition=partition,
-                    source_offset=int(off), event=Event.model_validate_json(raw))
+    q = Quarantined(
+        reason=reason.decode(),
+        source_topic=topic,
+        source_partition=partition,
+        source_offset=int(off),
+        event=Event.model_validate_json(raw),
+    )
     return "quarantine", user, q.model_dump_json(exclude_none=True).encode(), int(off)
 
 
@@ -119,8 +124,9 @@ class Outbox:
         finally:
             c.close()
 
-    def _published_since(self, marks: dict[str, int], topic: str, partition: int,
-                         timeout_s: float = 30.0) -> set[tuple[str, int, int]]:
+    def _published_since(
+        self, marks: dict[str, int], topic: str, partition: int, timeout_s: float = 30.0
+    ) -> set[tuple[str, int, int]]:
         """Source ids of this partition found on the outputs at or after ``marks``."""
         c = bus.make_consumer(self.s, group_id=None)
         found: set[tuple[str, int, int]] = set()
@@ -145,4 +151,3 @@ class Outbox:
             raise TimeoutError(f"could not read {sorted(self.targets.values())} to the end in {timeout_s}s")
         finally:
             c.close()
-

@@ -35,7 +35,6 @@ from streamrec.store import connect_binary
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class _Task:
     tp: TopicPartition
@@ -132,8 +131,9 @@ class Ingestor:
         self.r = connect_binary(settings)
         self.writer = Writer(self.r, settings.redis_prefix, group, settings.features, settings.bot)
         self.producer = bus.make_producer(settings)
-        self.outbox = Outbox(settings, self.r, self.producer,
-                             lambda t, p: (self.writer.outbox_key(t, p), self.writer.relayed_key(t, p)))
+        self.outbox = Outbox(
+            settings, self.r, self.producer, lambda t, p: (self.writer.outbox_key(t, p), self.writer.relayed_key(t, p))
+        )
         self.to_recover: set[TopicPartition] = set()
         self.consumer = bus.make_consumer(settings, group)
         self.consumer.subscribe([settings.topic_events, settings.topic_catalog], listener=_Resume(self))
@@ -177,8 +177,16 @@ class Ingestor:
         now_ms = int(time.time() * 1000)
         out: list[Record] = []
         for rec in records:
-            m = classify(rec.value, topic=tp.topic, is_catalog=is_catalog, max_bytes=self.s.max_event_bytes,
-                         partition=tp.partition, offset=rec.offset, key=rec.key, now_ms=now_ms)
+            m = classify(
+                rec.value,
+                topic=tp.topic,
+                is_catalog=is_catalog,
+                max_bytes=self.s.max_event_bytes,
+                partition=tp.partition,
+                offset=rec.offset,
+                key=rec.key,
+                now_ms=now_ms,
+            )
             if is_catalog and isinstance(m, DeadLetter):
                 metrics.CATALOG_REJECTS.labels(m.reason).inc()
                 continue
@@ -189,7 +197,8 @@ class Ingestor:
         """The atomic Redis step, then the outbox; runs on the pipeline thread."""
         tp = task.tp
         res: BatchResult = self._retry(
-            lambda: self.writer.apply(tp.topic, tp.partition, task.batch, task.next_offset, task.first_offset), stop)
+            lambda: self.writer.apply(tp.topic, tp.partition, task.batch, task.next_offset, task.first_offset), stop
+        )
         if res.status == "ok" and res.outbox_len:
             self._retry(lambda: self.outbox.relay(tp.topic, tp.partition), stop)
         return res
@@ -199,8 +208,13 @@ class Ingestor:
         offsets = {}
         for task, res in done:
             if res.status == "gap":
-                log.warning("%s[%d] batch ending before %d starts after the stored offset %d: seeking back",
-                            task.tp.topic, task.tp.partition, task.next_offset, res.stored_before)
+                log.warning(
+                    "%s[%d] batch ending before %d starts after the stored offset %d: seeking back",
+                    task.tp.topic,
+                    task.tp.partition,
+                    task.next_offset,
+                    res.stored_before,
+                )
                 self.consumer.seek(task.tp, res.stored_before)
                 offsets.pop(task.tp, None)
                 continue
@@ -244,8 +258,9 @@ class Ingestor:
                 polled_at = time.perf_counter()
                 self.recover_outboxes(stop)
                 for tp, records in polled.items():
-                    self.pipeline.submit(_Task(tp, self.validate(tp, records), records[0].offset,
-                                               records[-1].offset + 1, polled_at))
+                    self.pipeline.submit(
+                        _Task(tp, self.validate(tp, records), records[0].offset, records[-1].offset + 1, polled_at)
+                    )
                 self.finish(self.pipeline.completed())
                 self._lag()
             self.finish(self.pipeline.drain())

@@ -35,9 +35,17 @@ def _check_storable(m: Event | CatalogOp) -> None:
             raise Rejected("invalid", f"{name}: contains a lone surrogate, not encodable as UTF-8") from None
 
 
-def classify(raw: bytes | None, *, topic: str, is_catalog: bool, max_bytes: int, partition: int | None = None,
-             offset: int | None = None, key: bytes | None = None,
-             now_ms: int = 0) -> Event | CatalogOp | DeadLetter:
+def classify(
+    raw: bytes | None,
+    *,
+    topic: str,
+    is_catalog: bool,
+    max_bytes: int,
+    partition: int | None = None,
+    offset: int | None = None,
+    key: bytes | None = None,
+    now_ms: int = 0,
+) -> Event | CatalogOp | DeadLetter:
     """Accept or dead-letter ``raw``; a bug in validation itself is dead-lettered too (``invalid``)."""
     raw = raw if raw is not None else b""  # a null value (tombstone) is not an event
     try:

@@ -13,10 +13,14 @@ CATALOG_RECORDS = Counter(
 ITEMS_EMBEDDED = Counter("streamrec_index_items_embedded_total", "items run through the encoder")
 EMBED_RATE = Gauge("streamrec_index_embed_items_per_second", "encoder throughput of the last batch")
 BATCH_SECONDS = Histogram(
-    "streamrec_index_batch_seconds", "one catalog batch: validate, embed, publish, acknowledged",
+    "streamrec_index_batch_seconds",
+    "one catalog batch: validate, embed, publish, acknowledged",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
 )
 INDEX_ITEMS = Gauge("streamrec_index_items", "live items in the index the updater snapshots")
 SNAPSHOT_AGE = Gauge("streamrec_index_snapshot_age_seconds", "age of the newest index snapshot written")
-SNAPSHOT_SECONDS = Histogram("streamrec_index_snapshot_write_seconds", "time to write one snapshot",
-                             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30))
+SNAPSHOT_SECONDS = Histogram(
+    "streamrec_index_snapshot_write_seconds",
+    "time to write one snapshot",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+)

@@ -63,8 +63,14 @@ class Change:
     text: str
 
     def outgoing(self, vector: np.ndarray, model_id: str) -> ToPublish:
-        record = VectorRecord(self.op.item_id, vector=vector, meta=self.meta, content_hash=self.content_hash,
-                              model_id=model_id, source_ms=self.source_ms)
+        record = VectorRecord(
+            self.op.item_id,
+            vector=vector,
+            meta=self.meta,
+            content_hash=self.content_hash,
+            model_id=model_id,
+            source_ms=self.source_ms,
+        )
         return ToPublish(record, (self.content_hash, self.fingerprint))
 
 
@@ -120,8 +126,9 @@ class CatalogPipeline:
         metrics.CATALOG_RECORDS.labels("deleted").inc(sum(1 for o in outgoing if o.record.deleted))
         metrics.CATALOG_RECORDS.labels("unchanged").inc(plan.unchanged)
         metrics.BATCH_SECONDS.observe(time.monotonic() - started)
-        return BatchResult(sent=len(outgoing), embedded=len(plan.to_embed), unchanged=plan.unchanged,
-                           dead_lettered=len(dead_letters))
+        return BatchResult(
+            sent=len(outgoing), embedded=len(plan.to_embed), unchanged=plan.unchanged, dead_lettered=len(dead_letters)
+        )
 
     def _decode(self, msgs: list[ConsumerRecord], now_ms: int) -> tuple[dict[str, Latest], list[bus.Outgoing]]:
         """The last op per item (in order of each item's last op) and dead letters for the invalid."""
@@ -132,8 +139,9 @@ class CatalogPipeline:
             try:
                 op = decode_catalog(raw, self.s.max_event_bytes)
             except Rejected as r:
-                letter = DeadLetter.of(r, raw, topic=m.topic, partition=m.partition, offset=m.offset,
-                                       key=m.key, now_ms=now_ms)
+                letter = DeadLetter.of(
+                    r, raw, topic=m.topic, partition=m.partition, offset=m.offset, key=m.key, now_ms=now_ms
+                )
                 dead_letters.append((self.s.topic_dlq, m.key, encode(letter)))
                 metrics.CATALOG_RECORDS.labels("dead_lettered").inc()
                 log.warning("catalog record %s[%d]@%d dead-lettered: %s", m.topic, m.partition, m.offset, r)

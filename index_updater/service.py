@@ -78,16 +78,20 @@ def run(s: Settings, stop: threading.Event, encoder: Encoder | None = None) -> N
     replica = IndexReplica(s, encoder.dim)
     replica.start()
     if not replica.wait_caught_up(CATCH_UP_TIMEOUT_S):
-        log.warning("replica not caught up with %s after %.0fs; unchanged items may be re-embedded",
-                    s.topic_vectors, CATCH_UP_TIMEOUT_S)
+        log.warning(
+            "replica not caught up with %s after %.0fs; unchanged items may be re-embedded",
+            s.topic_vectors,
+            CATCH_UP_TIMEOUT_S,
+        )
     producer = bus.make_producer(s)
     consumer = bus.make_consumer(s, s.index_updater_group, fetch_max_wait_ms=50)
     pipeline = CatalogPipeline(s, encoder, replica, producer)
     consumer.subscribe([s.topic_catalog], listener=_Rebalance(pipeline))
     snapshots = Snapshotter(replica, encoder.model_id, s.index_snapshot_every_s)
     snapshots.start()
-    log.info("index updater: %s → %s with %s, index %r", s.topic_catalog, s.topic_vectors,
-             encoder.model_id, s.index_factory)
+    log.info(
+        "index updater: %s → %s with %s, index %r", s.topic_catalog, s.topic_vectors, encoder.model_id, s.index_factory
+    )
     try:
         while not stop.is_set():
             polled = consumer.poll(timeout_ms=200, max_records=max(s.encoder_batch_size * 4, 64))

@@ -12,8 +12,13 @@ from streamrec.vector_index import SnapshotError, index_snapshot_dir, list_snaps
 
 def summary(s: Settings) -> dict:
     out: dict = {
-        "index_factory": s.index_factory, "metric": s.index_metric, "model_id": model_id_for(s),
-        "size": None, "snapshot": None, "snapshot_age_s": None, "snapshot_version": None,
+        "index_factory": s.index_factory,
+        "metric": s.index_metric,
+        "model_id": model_id_for(s),
+        "size": None,
+        "snapshot": None,
+        "snapshot_age_s": None,
+        "snapshot_version": None,
     }
     snaps = list_snapshots(index_snapshot_dir(s))
     if not snaps:
@@ -25,8 +30,12 @@ def summary(s: Settings) -> dict:
         out["snapshot_error"] = str(e)
         return out
     out.update(
-        size=m["items"], snapshot=str(snaps[0]), snapshot_age_s=round(time.time() - m["created_ms"] / 1000, 1),
-        snapshot_version=m["version"], snapshot_offsets=m["offsets"], snapshot_factory=m["factory"],
+        size=m["items"],
+        snapshot=str(snaps[0]),
+        snapshot_age_s=round(time.time() - m["created_ms"] / 1000, 1),
+        snapshot_version=m["version"],
+        snapshot_offsets=m["offsets"],
+        snapshot_factory=m["factory"],
         snapshot_model_id=m.get("model_id"),
     )
     return out

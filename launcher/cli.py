@@ -21,8 +21,11 @@ from streamrec.lifecycle import limit_cpu_threads, setup_logging, stop_on_signal
 from streamrec.metrics import serve_metrics
 from streamrec.settings import Settings
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="streamrec: streaming search and recommendations that learn from every click.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="streamrec: streaming search and recommendations that learn from every click.",
+)
 model_app = typer.Typer(no_args_is_help=True, help="Published ranking-head versions.")
 app.add_typer(model_app, name="model")
 console = Console(stderr=True)
@@ -69,6 +72,7 @@ def _run_service(name: str, run: ServiceRun, own_metrics: bool = True) -> None:
 # Each command imports its own service when it runs, not at the top of this module: every child of
 # `up` runs one service, and importing all four would cost each of them seconds (torch, transformers).
 
+
 @app.command()
 def consume() -> None:
     """Ingest events and catalog changes into Redis features (consumers/)."""
@@ -102,6 +106,7 @@ def serve() -> None:
 
 
 # --- the main job ---------------------------------------------------------------------------------
+
 
 @app.command()
 def up(
@@ -196,12 +201,19 @@ def _index_demo_catalog(s: Settings, base: str, stop: threading.Event, wait_s: f
 
 # --- replay ---------------------------------------------------------------------------------------
 
+
 @app.command()
 def replay(
-    source: Annotated[str, typer.Argument(help="a JSONL file of events and/or catalog ops, or dataset:NAME:KIND "
-                                               "(see `streamrec replay --list`)")] = "",
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="a JSONL file of events and/or catalog ops, or dataset:NAME:KIND (see `streamrec replay --list`)"
+        ),
+    ] = "",
     rate: Annotated[float, typer.Option(help="messages per second; 0 = as fast as possible")] = 0.0,
-    raw: Annotated[bool, typer.Option(help="send lines untouched (invalid ones are dead-lettered by the consumers)")] = False,
+    raw: Annotated[
+        bool, typer.Option(help="send lines untouched (invalid ones are dead-lettered by the consumers)")
+    ] = False,
     list_sources: Annotated[bool, typer.Option("--list", help="list dataset sources")] = False,
 ) -> None:
     """Produce events / catalog ops from a file or a public dataset, at a fixed rate."""
@@ -230,15 +242,20 @@ def replay(
             if delay > 0:
                 stop.wait(delay)
 
-    with Progress(TextColumn("{task.description}"), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as progress:
+    with Progress(
+        TextColumn("{task.description}"), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    ) as progress:
         task = progress.add_task(f"replaying {source}", total=None)
         if source.startswith("dataset:"):
             for model in sources.load(source.removeprefix("dataset:"), s.require_data_dir()):
                 if stop.is_set():
                     break
                 is_catalog = hasattr(model, "op")
-                send(s.topic_catalog if is_catalog else s.topic_events,
-                     model.item_id if is_catalog else model.user_id, encode(model))
+                send(
+                    s.topic_catalog if is_catalog else s.topic_events,
+                    model.item_id if is_catalog else model.user_id,
+                    encode(model),
+                )
                 progress.advance(task)
         else:
             path = Path(source)
@@ -274,13 +291,19 @@ def replay(
 
 # --- status and models -------------------------------------------------------------------------
 
+
 @app.command()
 def status(as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False) -> None:
     """Versions, consumer lag, counts and filter decisions of a running deployment."""
     s = _inspect_settings()
-    report: dict = {"settings": {"kafka": s.kafka_bootstrap or "(embedded, via streamrec up)",
-                                 "redis": s.redis_url or "(embedded, via streamrec up)",
-                                 "index_factory": s.index_factory, "encoder_precision": s.encoder_precision}}
+    report: dict = {
+        "settings": {
+            "kafka": s.kafka_bootstrap or "(embedded, via streamrec up)",
+            "redis": s.redis_url or "(embedded, via streamrec up)",
+            "index_factory": s.index_factory,
+            "encoder_precision": s.encoder_precision,
+        }
+    }
     try:
         report["serving"] = httpx.get(f"http://{s.http_host}:{s.http_port}/healthz", timeout=2).json()
     except httpx.HTTPError as e:

@@ -32,8 +32,15 @@ def query_from_title(title: str, words: int = 3) -> str:
 
 
 class DemoShopper:
-    def __init__(self, base_url: str, data_dir: Path, rate: float, stop: threading.Event,
-                 concurrent_users: int = 16, titles: dict[str, str] | None = None):
+    def __init__(
+        self,
+        base_url: str,
+        data_dir: Path,
+        rate: float,
+        stop: threading.Event,
+        concurrent_users: int = 16,
+        titles: dict[str, str] | None = None,
+    ):
         self.http = httpx.Client(base_url=base_url, timeout=10)
         self.data_dir = data_dir
         self.interval = 1.0 / rate if rate > 0 else 0.0
@@ -83,8 +90,9 @@ class DemoShopper:
     def _step(self, user_id: str, item_id: str, is_last: bool, use_search: bool) -> None:
         self.steps += 1
         if use_search and item_id in self.titles:
-            shown = self.http.get("/search", params={"q": query_from_title(self.titles[item_id]),
-                                                     "user_id": user_id, "k": 10})
+            shown = self.http.get(
+                "/search", params={"q": query_from_title(self.titles[item_id]), "user_id": user_id, "k": 10}
+            )
         else:
             shown = self.http.get("/recommend", params={"user_id": user_id, "k": 10})
         self._pace()
@@ -92,12 +100,21 @@ class DemoShopper:
         ids = [it["item_id"] for it in result.get("items", [])]
         if item_id in ids:
             self.clicks_on_shown += 1
-            self._post(type="click", user_id=user_id, item_id=item_id,
-                       request_id=result["request_id"], position=ids.index(item_id))
+            self._post(
+                type="click",
+                user_id=user_id,
+                item_id=item_id,
+                request_id=result["request_id"],
+                position=ids.index(item_id),
+            )
         else:
             self._post(type="view", user_id=user_id, item_id=item_id)
             self._post(type="click", user_id=user_id, item_id=item_id)
         if is_last:
-            self._post(type="add_to_cart", user_id=user_id, item_id=item_id,
-                       request_id=result.get("request_id") if item_id in ids else None)
+            self._post(
+                type="add_to_cart",
+                user_id=user_id,
+                item_id=item_id,
+                request_id=result.get("request_id") if item_id in ids else None,
+            )
             self._post(type="purchase", user_id=user_id, item_id=item_id)

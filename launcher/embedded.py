@@ -54,8 +54,9 @@ class _Server:
         self.workdir.mkdir(parents=True, exist_ok=True)
         logf = open(self.log_path, "ab")
         # own process group: a Ctrl-C to the parent terminal does not kill it before we drain
-        self.proc = subprocess.Popen(self.command(), stdout=logf, stderr=subprocess.STDOUT,
-                                     cwd=self.workdir, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.command(), stdout=logf, stderr=subprocess.STDOUT, cwd=self.workdir, start_new_session=True
+        )
         logf.close()
         _wait_port(self.port, self.proc, self.name, self.log_path)
         log.info("%s listening on 127.0.0.1:%d (log %s)", self.name, self.port, self.log_path)
@@ -115,8 +116,19 @@ class EmbeddedRedis(_Server):
         return f"redis://127.0.0.1:{self.port}/0"
 
     def command(self) -> list[str]:
-        return [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-                "--save", "", "--appendonly", "no", "--dir", str(self.workdir)]
+        return [
+            redis_server_binary(),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.workdir),
+        ]
 
 
 def child_env(**settings_values: str) -> dict[str, str]:

@@ -101,8 +101,9 @@ class LocalStack:
             if command != "serve" and self.metrics_base_port:  # 0 = no metrics ports
                 self.metrics_ports[name] = _port_or_free(self.metrics_base_port + i)
             env["STREAMREC_METRICS_PORT"] = str(self.metrics_ports.get(name, 0))
-            specs.append(ChildSpec(name, [sys.executable, "-m", "launcher.cli", command], env,
-                                   self.log_dir / f"{name}.log"))
+            specs.append(
+                ChildSpec(name, [sys.executable, "-m", "launcher.cli", command], env, self.log_dir / f"{name}.log")
+            )
         self.supervisor = Supervisor(specs)
         self.supervisor.start()
         if self._embedded:
@@ -112,8 +113,12 @@ class LocalStack:
     def _write_endpoints(self) -> None:
         """Where the embedded parts listen, for `streamrec status` / `model` in another shell."""
         s = self.settings
-        endpoints = {"kafka_bootstrap": s.kafka_bootstrap, "redis_url": s.redis_url,
-                     "state_dir": str(s.state_dir), "http_port": s.http_port}
+        endpoints = {
+            "kafka_bootstrap": s.kafka_bootstrap,
+            "redis_url": s.redis_url,
+            "state_dir": str(s.state_dir),
+            "http_port": s.http_port,
+        }
         path = endpoints_file(self.requested)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(endpoints))

@@ -51,8 +51,9 @@ class Supervisor:
         spec.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(spec.log_path, "ab") as logf:
             # own session: Ctrl-C in the terminal reaches only us; we then drain children in order
-            child.proc = subprocess.Popen(spec.argv, env=spec.env, stdout=logf, stderr=subprocess.STDOUT,
-                                          start_new_session=True)
+            child.proc = subprocess.Popen(
+                spec.argv, env=spec.env, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True
+            )
         child.started_at = time.monotonic()
         log.info("started %s (pid %d, log %s)", spec.name, child.proc.pid, spec.log_path)
 
@@ -65,8 +66,14 @@ class Supervisor:
                     if uptime > 60:
                         child.restarts = 0  # it ran fine for a while: start back-off afresh
                     delay = min(self._max_backoff_s, 0.5 * 2**child.restarts)
-                    log.warning("%s exited with %s after %.0fs; restarting in %.1fs (see %s)",
-                                child.spec.name, proc.returncode, uptime, delay, child.spec.log_path)
+                    log.warning(
+                        "%s exited with %s after %.0fs; restarting in %.1fs (see %s)",
+                        child.spec.name,
+                        proc.returncode,
+                        uptime,
+                        delay,
+                        child.spec.log_path,
+                    )
                     child.proc = None
                     child.restarts += 1
                     child.next_start = time.monotonic() + delay
@@ -75,8 +82,12 @@ class Supervisor:
 
     def status(self) -> list[dict]:
         return [
-            {"name": c.spec.name, "pid": c.proc.pid if c.proc else None,
-             "alive": bool(c.proc and c.proc.poll() is None), "restarts": c.restarts}
+            {
+                "name": c.spec.name,
+                "pid": c.proc.pid if c.proc else None,
+                "alive": bool(c.proc and c.proc.poll() is None),
+                "restarts": c.restarts,
+            }
             for c in self._children
         ]
 

@@ -22,7 +22,7 @@ def popularity_scores(events: Iterable[Event], stream_index: Sequence[int], item
     clicks: dict[str, float] = defaultdict(float)
     pending = next(order, None)
 
-    def score_through(idx: float) -> None:   # every example whose impression is at or before idx
+    def score_through(idx: float) -> None:  # every example whose impression is at or before idx
         nonlocal pending
         while pending is not None and stream_index[pending] <= idx:
             out[pending] = clicks[item_ids[pending]]

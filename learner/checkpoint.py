@@ -47,7 +47,9 @@ class Checkpointer:
         except FileNotFoundError:
             return None
         except (pickle.UnpicklingError, EOFError) as e:
-            raise RuntimeError(f"learner checkpoint {self.path} is unreadable ({e}); move it away to start fresh") from None
+            raise RuntimeError(
+                f"learner checkpoint {self.path} is unreadable ({e}); move it away to start fresh"
+            ) from None
         if blob.get("format") != FORMAT:
             raise RuntimeError(f"learner checkpoint {self.path} has format {blob.get('format')}, expected {FORMAT}")
         return blob["state"]

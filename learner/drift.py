@@ -48,11 +48,11 @@ from streamrec.settings import default
 class Detection:
     """One drift detection: what moved, where (which detector/feature), when, and the evidence."""
 
-    detector: str            # "adwin_loss" | "page_hinkley_ctr" | "adwin_feature" | "adwin_clicked_item" | "adwin_click_rank"
-    what: str                # "prequential_click_loss" | "ctr" | feature name
-    where: str               # the learner / model it was seen in
-    when_ms: int             # event time of the example that triggered it
-    at_example: int          # labelled-example index in the stream
+    detector: str  # "adwin_loss" | "page_hinkley_ctr" | "adwin_feature" | "adwin_clicked_item" | "adwin_click_rank"
+    what: str  # "prequential_click_loss" | "ctr" | feature name
+    where: str  # the learner / model it was seen in
+    when_ms: int  # event time of the example that triggered it
+    at_example: int  # labelled-example index in the stream
     evidence: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
@@ -82,8 +82,8 @@ class _ClickAdwin:
     (the challenger trains on that many)."""
 
     def __init__(self, delta: float):
-        self.adwin = _Adwin(delta, clock=1)   # sparse stream (one value per click): check every one
-        self.at: deque[int] = deque()          # labelled-example index of each value in the window
+        self.adwin = _Adwin(delta, clock=1)  # sparse stream (one value per click): check every one
+        self.at: deque[int] = deque()  # labelled-example index of each value in the window
 
     def update(self, x: float, seen: int) -> tuple[bool, dict]:
         """True (and the evidence) when the mean fell."""
@@ -94,8 +94,13 @@ class _ClickAdwin:
         if not (hit and after < before):
             return False, {}
         since = seen - self.at[0] + 1 if self.at else 0
-        return True, {"mean_before": before, "mean_after": after, "clicks_cut": cut, "window": int(since),
-                      "delta": self.adwin.d.delta}
+        return True, {
+            "mean_before": before,
+            "mean_after": after,
+            "clicks_cut": cut,
+            "window": int(since),
+            "delta": self.adwin.d.delta,
+        }
 
 
 def _percentile(ref: np.ndarray, v: float) -> float:
@@ -120,16 +125,24 @@ class DriftMonitor:
     Defaults are the settings tree's (``STREAMREC_DRIFT_*``); the learner passes its ``LearnerConfig``.
     """
 
-    ITEM_PRIOR_STRENGTH = 10.0   # pseudo-impressions at the stream's running CTR
-    ITEM_MIN_SHOWN = 1           # labelled examples of an item before its CTR counts
-    MAX_ITEMS = 100_000          # per-item counts kept; beyond, the least shown half is forgotten
+    ITEM_PRIOR_STRENGTH = 10.0  # pseudo-impressions at the stream's running CTR
+    ITEM_MIN_SHOWN = 1  # labelled examples of an item before its CTR counts
+    MAX_ITEMS = 100_000  # per-item counts kept; beyond, the least shown half is forgotten
 
-    def __init__(self, *, loss_delta: float = default("drift_loss_delta"),
-                 ctr_threshold: float = default("drift_ctr_threshold"), ctr_delta: float = 0.005,
-                 feature_names: Sequence[str] = tuple(default("drift_features")),
-                 feature_delta: float = default("drift_feature_delta"), warmup: int = default("drift_warmup"),
-                 where: str = "champion", item_delta: float = default("drift_item_delta"), item_reference: int = 1000,
-                 rank_delta: float = default("drift_rank_delta")):
+    def __init__(
+        self,
+        *,
+        loss_delta: float = default("drift_loss_delta"),
+        ctr_threshold: float = default("drift_ctr_threshold"),
+        ctr_delta: float = 0.005,
+        feature_names: Sequence[str] = tuple(default("drift_features")),
+        feature_delta: float = default("drift_feature_delta"),
+        warmup: int = default("drift_warmup"),
+        where: str = "champion",
+        item_delta: float = default("drift_item_delta"),
+        item_reference: int = 1000,
+        rank_delta: float = default("drift_rank_delta"),
+    ):
         unknown = [f for f in feature_names if f not in FEATURE_NAMES]
         if unknown:
             raise ValueError(f"unknown feature(s) to watch for drift: {unknown}; choose from {FEATURE_NAMES}")
@@ -143,8 +156,7 @@ class DriftMonitor:
 
     def reset(self) -> None:
         self.loss = _Adwin(self.loss_delta)
-        self.ctr = drift.PageHinkley(min_instances=100, delta=self.ctr_delta, threshold=self.ctr_threshold,
-                                     mode="both")
+        self.ctr = drift.PageHinkley(min_instances=100, delta=self.ctr_delta, threshold=self.ctr_threshold, mode="both")
         self.features = {f: _Adwin(self.feature_delta) for f in self.feature_names}
         self.seen = 0
         self.ctr_seen = 0
@@ -162,9 +174,16 @@ class DriftMonitor:
         self.rank = _ClickAdwin(self.rank_delta) if self.rank_delta > 0 else None
         self.rank_ref: deque[float] = deque(maxlen=self.item_reference)
 
-    def update(self, losses: np.ndarray, clicks: np.ndarray, click_mask: np.ndarray, X: np.ndarray,
-               ts: np.ndarray, item_ids: Sequence[str] | None = None,
-               scores: np.ndarray | None = None) -> list[Detection]:
+    def update(
+        self,
+        losses: np.ndarray,
+        clicks: np.ndarray,
+        click_mask: np.ndarray,
+        X: np.ndarray,
+        ts: np.ndarray,
+        item_ids: Sequence[str] | None = None,
+        scores: np.ndarray | None = None,
+    ) -> list[Detection]:
         """One prequential batch: per-example click losses, click labels (with mask), rows, times
         and (optionally) item ids and the model's click scores, which the clicked-item and the
         click-rank detectors need."""
@@ -203,9 +222,20 @@ class DriftMonitor:
         hit, before, after, cut = self.loss.update(loss)
         if not (hit and armed and after > before):
             return None
-        return Detection("adwin_loss", "prequential_click_loss", self.where, when, self.seen,
-                         {"mean_before": before, "mean_after": after, "examples_cut": cut,
-                          "window": int(self.loss.d.width), "delta": self.loss_delta})
+        return Detection(
+            "adwin_loss",
+            "prequential_click_loss",
+            self.where,
+            when,
+            self.seen,
+            {
+                "mean_before": before,
+                "mean_after": after,
+                "examples_cut": cut,
+                "window": int(self.loss.d.width),
+                "delta": self.loss_delta,
+            },
+        )
 
     def _ctr(self, y: float, when: int, armed: bool) -> Detection | None:
         """Page-Hinkley on the click indicator (also keeps the running CTR the item detector uses)."""
@@ -214,9 +244,14 @@ class DriftMonitor:
         self.ctr.update(y)
         if not (self.ctr.drift_detected and armed):
             return None
-        return Detection("page_hinkley_ctr", "ctr", self.where, when, self.seen,
-                         {"ctr_running": self.ctr_sum / self.ctr_seen,
-                          "threshold": self.ctr_threshold, "delta": self.ctr_delta})
+        return Detection(
+            "page_hinkley_ctr",
+            "ctr",
+            self.where,
+            when,
+            self.seen,
+            {"ctr_running": self.ctr_sum / self.ctr_seen, "threshold": self.ctr_threshold, "delta": self.ctr_delta},
+        )
 
     def _click_rank(self, y: float, score: float, rank_ref: np.ndarray, when: int, armed: bool) -> Detection | None:
         """On a click, ADWIN on the percentile of the model's score among the reference scores."""
@@ -234,15 +269,22 @@ class DriftMonitor:
         for name, col in zip(self.feature_names, self._cols):
             hit, before, after, cut = self.features[name].update(float(row[col]))
             if hit and armed:
-                out.append(Detection("adwin_feature", name, self.where, when, self.seen,
-                                     {"mean_before": before, "mean_after": after, "examples_cut": cut,
-                                      "delta": self.feature_delta}))
+                out.append(
+                    Detection(
+                        "adwin_feature",
+                        name,
+                        self.where,
+                        when,
+                        self.seen,
+                        {"mean_before": before, "mean_after": after, "examples_cut": cut, "delta": self.feature_delta},
+                    )
+                )
         return out
 
     def _clicked_item(self, iid: str, y: float, ref: np.ndarray, when: int, armed: bool) -> Detection | None:
         """Update the per-item counts with one labelled example; on a click, feed ADWIN the
         percentile of the item's CTR (as known *before* this example) in the reference."""
-        base = (self.ctr_sum - y + 1.0) / (self.ctr_seen - 1 + 10.0)   # running CTR before this example
+        base = (self.ctr_sum - y + 1.0) / (self.ctr_seen - 1 + 10.0)  # running CTR before this example
         k = self.ITEM_PRIOR_STRENGTH
         shown = self.item_shown.get(iid, 0.0)
         ctr = (self.item_clicks.get(iid, 0.0) + base * k) / (shown + k)
@@ -259,7 +301,7 @@ class DriftMonitor:
         self.item_clicks[iid] = self.item_clicks.get(iid, 0.0) + y
         self.item_shown[iid] = self.item_shown.get(iid, 0.0) + 1.0
         if len(self.item_shown) > self.MAX_ITEMS:
-            keep = sorted(self.item_shown, key=self.item_shown.__getitem__)[len(self.item_shown) // 2:]
+            keep = sorted(self.item_shown, key=self.item_shown.__getitem__)[len(self.item_shown) // 2 :]
             self.item_shown = {i: self.item_shown[i] for i in keep}
             self.item_clicks = {i: self.item_clicks[i] for i in keep if i in self.item_clicks}
         return out

@@ -47,8 +47,14 @@ class OnlineRanker:
 
     DEEP_LR_SCALE = 0.1
 
-    def __init__(self, head: RankingHead | None = None, lr: float = 0.01, weight_decay: float = 1e-5,
-                 purchase_weight: float = 1.0, seed: int | None = 0):
+    def __init__(
+        self,
+        head: RankingHead | None = None,
+        lr: float = 0.01,
+        weight_decay: float = 1e-5,
+        purchase_weight: float = 1.0,
+        seed: int | None = 0,
+    ):
         if seed is not None and head is None:
             torch.manual_seed(seed)
         self.head = head if head is not None else RankingHead()
@@ -57,9 +63,13 @@ class OnlineRanker:
         deep = [*h.shared.parameters(), *h.click_deep.parameters(), *h.buy_deep.parameters()]
         deep_ids = {id(p) for p in deep}
         wide = [p for p in h.parameters() if id(p) not in deep_ids]
-        self.opt = torch.optim.Adam([{"params": wide, "lr": lr, "lr_scale": 1.0},
-                                     {"params": deep, "lr": lr * self.DEEP_LR_SCALE, "lr_scale": self.DEEP_LR_SCALE}],
-                                    weight_decay=weight_decay)
+        self.opt = torch.optim.Adam(
+            [
+                {"params": wide, "lr": lr, "lr_scale": 1.0},
+                {"params": deep, "lr": lr * self.DEEP_LR_SCALE, "lr_scale": self.DEEP_LR_SCALE},
+            ],
+            weight_decay=weight_decay,
+        )
         self.updates = 0
         self.examples = 0
 
@@ -73,7 +83,7 @@ class OnlineRanker:
     def _logits(self, X: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         known = pos >= 0
         click, buy = self.head(X, pos.clamp(min=0))
-        if not bool(known.all()):   # unknown position: no position term
+        if not bool(known.all()):  # unknown position: no position term
             base, _ = self.head(X, None)
             click = torch.where(known, click, base)
         return click, buy
@@ -85,7 +95,7 @@ class OnlineRanker:
         self.head.eval()
         X, pos = self._tensors(batch)
         click, buy = self._logits(X, pos)
-        off = self.head.logit_offset   # back to the stream's odds (see RankingHead.logit_offset)
+        off = self.head.logit_offset  # back to the stream's odds (see RankingHead.logit_offset)
         return torch.sigmoid(click + off).numpy(), torch.sigmoid(buy + off).numpy()
 
     def learn(self, batch: Batch) -> float:
@@ -103,7 +113,8 @@ class OnlineRanker:
             loss = loss + F.binary_cross_entropy_with_logits(click[cm], torch.from_numpy(batch.click)[cm])
         if bool(pm.any()):
             loss = loss + self.purchase_weight * F.binary_cross_entropy_with_logits(
-                buy[pm], torch.from_numpy(batch.purchase)[pm])
+                buy[pm], torch.from_numpy(batch.purchase)[pm]
+            )
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.head.parameters(), 5.0)
@@ -130,32 +141,50 @@ class OnlineRanker:
         """A new, untrained ranker with this one's settings and input normalisation (for a challenger)."""
         if seed is not None:
             torch.manual_seed(seed)
-        head = RankingHead(n_features=self.head.n_features, hidden=self.head.hidden,
-                           max_positions=self.head.max_positions, feature_names=self.head.feature_names)
+        head = RankingHead(
+            n_features=self.head.n_features,
+            hidden=self.head.hidden,
+            max_positions=self.head.max_positions,
+            feature_names=self.head.feature_names,
+        )
         with torch.no_grad():
             head.x_mean.copy_(self.head.x_mean)
             head.x_var.copy_(self.head.x_var)
             head.x_count.copy_(self.head.x_count)
             head.logit_offset.copy_(self.head.logit_offset)
-        return OnlineRanker(head, lr=self.lr, weight_decay=self.weight_decay,
-                            purchase_weight=self.purchase_weight, seed=None)
+        return OnlineRanker(
+            head, lr=self.lr, weight_decay=self.weight_decay, purchase_weight=self.purchase_weight, seed=None
+        )
 
     def frozen_copy(self) -> OnlineRanker:
         """A deep copy (weights and optimiser); callers that never ``learn`` on it get a frozen model."""
-        other = OnlineRanker(copy.deepcopy(self.head), lr=self.lr, weight_decay=self.weight_decay,
-                             purchase_weight=self.purchase_weight, seed=None)
+        other = OnlineRanker(
+            copy.deepcopy(self.head),
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            purchase_weight=self.purchase_weight,
+            seed=None,
+        )
         other.opt.load_state_dict(copy.deepcopy(self.opt.state_dict()))
         other.updates, other.examples = self.updates, self.examples
         return other
 
     def state_dict(self) -> dict:
-        return {"config": self.head.config(), "head": self.head.state_dict(), "opt": self.opt.state_dict(),
-                "lr": self.lr, "weight_decay": self.weight_decay, "purchase_weight": self.purchase_weight,
-                "updates": self.updates, "examples": self.examples}
+        return {
+            "config": self.head.config(),
+            "head": self.head.state_dict(),
+            "opt": self.opt.state_dict(),
+            "lr": self.lr,
+            "weight_decay": self.weight_decay,
+            "purchase_weight": self.purchase_weight,
+            "updates": self.updates,
+            "examples": self.examples,
+        }
 
     @classmethod
     def from_state(cls, st: dict) -> OnlineRanker:
         from streamrec.ranking import head_from_state
+
         head = head_from_state(st["config"], st["head"])
         m = cls(head, lr=st["lr"], weight_decay=st["weight_decay"], purchase_weight=st["purchase_weight"], seed=None)
         if len(st["opt"]["param_groups"]) == len(m.opt.param_groups):
@@ -163,4 +192,3 @@ class OnlineRanker:
         # else: a checkpoint from the one-step-size optimiser; the weights carry over, Adam restarts
         m.updates, m.examples = int(st["updates"]), int(st["examples"])
         return m
-

@@ -23,12 +23,13 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
     if n_pos == 0 or n_neg == 0:
         return float("nan")
     _, inv, counts = np.unique(scores, return_inverse=True, return_counts=True)
-    r = (np.cumsum(counts) - (counts - 1) / 2.0)[inv]   # average rank of each tie group, 1-based
+    r = (np.cumsum(counts) - (counts - 1) / 2.0)[inv]  # average rank of each tie group, 1-based
     return float((r[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
-def auc_difference(a: np.ndarray, b: np.ndarray, labels: np.ndarray, *, n_boot: int = 1000,
-                   level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+def auc_difference(
+    a: np.ndarray, b: np.ndarray, labels: np.ndarray, *, n_boot: int = 1000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float, float]:
     """AUC(a) - AUC(b) on the same examples, with a paired, class-stratified bootstrap interval.
 
     Why paired: two scorers of the same stream share most of their errors, so the difference is
@@ -94,8 +95,14 @@ class RollingBinary:
         return float(np.mean(self.labels)) if self.labels else float("nan")
 
     def state(self) -> dict:
-        return {"window": self.scores.maxlen, "scores": list(self.scores), "labels": list(self.labels),
-                "n": self.n, "positives": self.positives, "loss_sum": self.loss_sum}
+        return {
+            "window": self.scores.maxlen,
+            "scores": list(self.scores),
+            "labels": list(self.labels),
+            "n": self.n,
+            "positives": self.positives,
+            "loss_sum": self.loss_sum,
+        }
 
     @classmethod
     def from_state(cls, st: dict) -> RollingBinary:

@@ -20,24 +20,24 @@ class Example:
     request_id: str
     item_id: str
     user_id: str
-    ts: int                       # event time of the impression (ms)
-    x: np.ndarray                 # (N_FEATURES,) float32, the row serving scored (or recomputed)
-    position: int | None          # 0-based slot it was shown at; None = unknown (sampled negative)
-    click: float | None           # 1 clicked / carted / bought, 0 shown and ignored, None unknown
-    purchase: float | None        # 1 bought within the window, 0 not, None unknown
+    ts: int  # event time of the impression (ms)
+    x: np.ndarray  # (N_FEATURES,) float32, the row serving scored (or recomputed)
+    position: int | None  # 0-based slot it was shown at; None = unknown (sampled negative)
+    click: float | None  # 1 clicked / carted / bought, 0 shown and ignored, None unknown
+    purchase: float | None  # 1 bought within the window, 0 not, None unknown
 
 
 @dataclass
 class Batch:
     """Column view of examples, ready for torch."""
 
-    X: np.ndarray                 # (n, F) float32
-    position: np.ndarray          # (n,) int64, -1 = unknown
-    click: np.ndarray             # (n,) float32 (0 where masked)
-    click_mask: np.ndarray        # (n,) bool
+    X: np.ndarray  # (n, F) float32
+    position: np.ndarray  # (n,) int64, -1 = unknown
+    click: np.ndarray  # (n,) float32 (0 where masked)
+    click_mask: np.ndarray  # (n,) bool
     purchase: np.ndarray
     purchase_mask: np.ndarray
-    ts: np.ndarray                # (n,) int64
+    ts: np.ndarray  # (n,) int64
     item_ids: list[str]
 
     def __len__(self) -> int:
@@ -47,8 +47,16 @@ class Batch:
     def of(cls, examples: Sequence[Example], n_features: int | None = None) -> Batch:
         if not examples:
             f = n_features or 0
-            return cls(np.zeros((0, f), np.float32), np.zeros(0, np.int64), np.zeros(0, np.float32),
-                       np.zeros(0, bool), np.zeros(0, np.float32), np.zeros(0, bool), np.zeros(0, np.int64), [])
+            return cls(
+                np.zeros((0, f), np.float32),
+                np.zeros(0, np.int64),
+                np.zeros(0, np.float32),
+                np.zeros(0, bool),
+                np.zeros(0, np.float32),
+                np.zeros(0, bool),
+                np.zeros(0, np.int64),
+                [],
+            )
         X = np.stack([np.asarray(e.x, dtype=np.float32) for e in examples])
         if n_features is not None and X.shape[1] != n_features:
             raise ValueError(f"examples have {X.shape[1]} features, expected {n_features}")
@@ -61,7 +69,15 @@ class Batch:
         return cls(X, pos, click, cm, buy, pm, ts, [e.item_id for e in examples])
 
     def subset(self, idx: np.ndarray) -> Batch:
-        return Batch(self.X[idx], self.position[idx], self.click[idx], self.click_mask[idx],
-                     self.purchase[idx], self.purchase_mask[idx], self.ts[idx],
-                     [self.item_ids[i] for i in np.asarray(idx).nonzero()[0]] if np.asarray(idx).dtype == bool
-                     else [self.item_ids[i] for i in idx])
+        return Batch(
+            self.X[idx],
+            self.position[idx],
+            self.click[idx],
+            self.click_mask[idx],
+            self.purchase[idx],
+            self.purchase_mask[idx],
+            self.ts[idx],
+            [self.item_ids[i] for i in np.asarray(idx).nonzero()[0]]
+            if np.asarray(idx).dtype == bool
+            else [self.item_ids[i] for i in idx],
+        )

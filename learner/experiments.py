@@ -69,11 +69,17 @@ def _merged(data_dir: Path) -> tuple[ob.Impression, ...]:
     return tuple(ob.merged(data_dir))
 
 
-def open_bandit_stream(data_dir: Path, *, shift: bool = False, shuffle_seed: int | None = None,
-                       keep_non_clicks: float = KEEP_NON_CLICKS, seed: int = 0) -> tuple[list[ob.Impression], int]:
+def open_bandit_stream(
+    data_dir: Path,
+    *,
+    shift: bool = False,
+    shuffle_seed: int | None = None,
+    keep_non_clicks: float = KEEP_NON_CLICKS,
+    seed: int = 0,
+) -> tuple[list[ob.Impression], int]:
     """The rows to replay and the index of the first post-shift row (``len(rows) // 2`` unshifted)."""
     rows = ob.keep_all_clicks(list(_merged(Path(data_dir))), keep_non_clicks, seed=seed)
-    if shuffle_seed is not None:   # stationary: same rows, random order, original timestamps in order
+    if shuffle_seed is not None:  # stationary: same rows, random order, original timestamps in order
         rng = np.random.default_rng(shuffle_seed)
         ts = sorted(r.ts for r in rows)
         rows = [ob.Impression(**{**rows[k].__dict__, "ts": t}) for k, t in zip(rng.permutation(len(rows)), ts)]
@@ -87,7 +93,7 @@ def open_bandit_stream(data_dir: Path, *, shift: bool = False, shuffle_seed: int
         items = sorted((i for i in shown if i.startswith(f"{c}:")), key=lambda i: (clicks[i], shown[i]))
         if not items:
             continue
-        rare = items[:max(1, len(items) // 2)]            # least clicked first
+        rare = items[: max(1, len(items) // 2)]  # least clicked first
         mapping.update((src, rare[k % len(rare)]) for k, src in enumerate(reversed(items)))
     return ob.remap_clicks(rows, half, mapping), half
 
@@ -96,12 +102,12 @@ def open_bandit_stream(data_dir: Path, *, shift: bool = False, shuffle_seed: int
 class RunResult:
     log: ReplayLog
     events: int
-    shift_event: int                       # index of the first post-shift event
+    shift_event: int  # index of the first post-shift event
     seconds: float
-    frozen_p: list[float] = field(default_factory=list)   # frozen champion, post-shift click examples
+    frozen_p: list[float] = field(default_factory=list)  # frozen champion, post-shift click examples
     frozen_y: list[float] = field(default_factory=list)
     core: OnlineLearner | None = None
-    popularity: np.ndarray = field(default_factory=lambda: np.zeros(0))   # per click-labelled example
+    popularity: np.ndarray = field(default_factory=lambda: np.zeros(0))  # per click-labelled example
 
     @property
     def examples_per_s(self) -> float:
@@ -112,12 +118,17 @@ class RunResult:
         pop = self.popularity
         post = idx >= self.shift_event
         later = np.arange(len(y)) >= len(y) // 2
-        out = {"online": auc(p, y), "popularity": auc(pop, y),
-               "online_post": auc(p[post], y[post]), "popularity_post": auc(pop[post], y[post]),
-               "online_later_half": auc(p[later], y[later]), "popularity_later_half": auc(pop[later], y[later])}
+        out = {
+            "online": auc(p, y),
+            "popularity": auc(pop, y),
+            "online_post": auc(p[post], y[post]),
+            "popularity_post": auc(pop[post], y[post]),
+            "online_later_half": auc(p[later], y[later]),
+            "popularity_later_half": auc(pop[later], y[later]),
+        }
         if self.frozen_p:
             fp, fy = np.array(self.frozen_p), np.array(self.frozen_y)
-            n = len(fp)   # the frozen model scored exactly the last n click-labelled examples
+            n = len(fp)  # the frozen model scored exactly the last n click-labelled examples
             out["frozen_post"] = auc(fp, fy)
             out["online_same_rows"] = auc(p[-n:], y[-n:])
         return out
@@ -138,7 +149,9 @@ class RunResult:
 
     def first_detection_after_shift(self, detectors: tuple[str, ...] = ("adwin_loss",)) -> int | None:
         """Events between the shift and the first such detection at or after it."""
-        lags = [i - self.shift_event for i, d in self.log.detections if d.detector in detectors and i >= self.shift_event]
+        lags = [
+            i - self.shift_event for i, d in self.log.detections if d.detector in detectors and i >= self.shift_event
+        ]
         return min(lags) if lags else None
 
 
@@ -150,13 +163,22 @@ def default_config() -> LearnerConfig:
 @functools.lru_cache(maxsize=2)
 def item_tables(data_dir: Path) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
     vectors = ob.item_vectors(data_dir)
-    attrs = {iid: {"title": iid, "category": ctx.category, "price": None}
-             for c in ob.CAMPAIGNS for iid, ctx in ob.item_context(data_dir, c).items()}
+    attrs = {
+        iid: {"title": iid, "category": ctx.category, "price": None}
+        for c in ob.CAMPAIGNS
+        for iid, ctx in ob.item_context(data_dir, c).items()
+    }
     return vectors, attrs
 
 
-def run(data_dir: Path, rows: list[ob.Impression], shift_row: int, *, config: LearnerConfig | None = None,
-        freeze_at_shift: bool = False) -> RunResult:
+def run(
+    data_dir: Path,
+    rows: list[ob.Impression],
+    shift_row: int,
+    *,
+    config: LearnerConfig | None = None,
+    freeze_at_shift: bool = False,
+) -> RunResult:
     """Replay ``rows`` prequentially; optionally freeze a copy of the champion at ``shift_row``."""
     vectors, attrs = item_tables(data_dir)
     cfg = config or default_config()
@@ -164,8 +186,9 @@ def run(data_dir: Path, rows: list[ob.Impression], shift_row: int, *, config: Le
     events: list[Event] = list(ob.to_events(rows))
     first = rows[shift_row] if shift_row < len(rows) else None
     shift_rid = f"obd-{first.policy}-{first.campaign}-{first.row}" if first else None
-    shift_event = next((k for k, e in enumerate(events) if e.request_id == shift_rid and e.type == "impression"),
-                       len(events))
+    shift_event = next(
+        (k for k, e in enumerate(events) if e.request_id == shift_rid and e.type == "impression"), len(events)
+    )
     result = RunResult(ReplayLog(), len(events), shift_event, 0.0, core=core)
     frozen: list[OnlineRanker] = []
 
@@ -182,8 +205,9 @@ def run(data_dir: Path, rows: list[ob.Impression], shift_row: int, *, config: Le
                     result.frozen_y.append(e.click)
 
     t0 = time.perf_counter()
-    result.log = replay(events, core, ReplayFeatures(attrs), vectors.get, batch_size=cfg.batch_size,
-                        on_event=on_event, on_step=on_step)
+    result.log = replay(
+        events, core, ReplayFeatures(attrs), vectors.get, batch_size=cfg.batch_size, on_event=on_event, on_step=on_step
+    )
     result.seconds = time.perf_counter() - t0
     result.popularity = popularity_scores(events, result.log.stream_index, result.log.item_ids)
     return result

@@ -70,7 +70,7 @@ class RollbackGuard:
             self.served = target
             self.pairs.clear()
             return target[0], target[1].frozen_copy()
-        self.good = self.served   # proved at least as good: it becomes the fallback
+        self.good = self.served  # proved at least as good: it becomes the fallback
         self.pairs.clear()
         return None
 
@@ -78,5 +78,10 @@ class RollbackGuard:
         if not self.pairs:
             return {"served": self.served and self.served[0], "good": self.good and self.good[0], "compared": 0}
         s, g = np.mean(self.pairs, axis=0)
-        return {"served": self.served[0], "good": self.good[0], "compared": len(self.pairs),
-                "served_loss": float(s), "good_loss": float(g)}
+        return {
+            "served": self.served[0],
+            "good": self.good[0],
+            "compared": len(self.pairs),
+            "served_loss": float(s),
+            "good_loss": float(g),
+        }

@@ -27,8 +27,8 @@ POSITIVE_TYPES = ("click", "add_to_cart", "purchase")
 @dataclass
 class _Pending:
     event: Event
-    rows: np.ndarray               # (len(item_ids), F)
-    arrived: float                 # wall clock (monotonic s)
+    rows: np.ndarray  # (len(item_ids), F)
+    arrived: float  # wall clock (monotonic s)
     clicked: set[str] = field(default_factory=set)
     bought: set[str] = field(default_factory=set)
     positions: dict[str, int] = field(default_factory=dict)
@@ -67,14 +67,13 @@ class LabelJoiner:
         if event.request_id in self.pending:
             self.duplicates += 1
             return []
-        offset = event.position or 0   # an impression's position = slot of its first item
-        p = _Pending(event, rows, self.clock(),
-                     positions={iid: offset + k for k, iid in enumerate(event.item_ids)})
+        offset = event.position or 0  # an impression's position = slot of its first item
+        p = _Pending(event, rows, self.clock(), positions={iid: offset + k for k, iid in enumerate(event.item_ids)})
         self.pending[event.request_id] = p
         out: list[Example] = []
         for early in self.orphans.pop(event.request_id, []):
             out.extend(self._apply(p, early))
-        while len(self.pending) > self.max_pending:   # memory bound: close the oldest early
+        while len(self.pending) > self.max_pending:  # memory bound: close the oldest early
             _rid, old = self.pending.popitem(last=False)
             out.extend(self._close(old))
         return out
@@ -108,8 +107,16 @@ class LabelJoiner:
 
     def _example(self, p: _Pending, k: int, click: float | None, purchase: float | None) -> Example:
         iid = p.event.item_ids[k]
-        return Example(request_id=p.event.request_id, item_id=iid, user_id=p.event.user_id, ts=p.event.ts,
-                       x=p.rows[k], position=p.positions[iid], click=click, purchase=purchase)
+        return Example(
+            request_id=p.event.request_id,
+            item_id=iid,
+            user_id=p.event.user_id,
+            ts=p.event.ts,
+            x=p.rows[k],
+            position=p.positions[iid],
+            click=click,
+            purchase=purchase,
+        )
 
     def _close(self, p: _Pending) -> list[Example]:
         out = []
@@ -130,7 +137,7 @@ class LabelJoiner:
         while self.pending:
             rid, p = next(iter(self.pending.items()))
             if not (flush_all or self._expired(p, now)):
-                break   # arrival order ≈ event-time order; a late straggler closes a bit later
+                break  # arrival order ≈ event-time order; a late straggler closes a bit later
             del self.pending[rid]
             out.extend(self._close(p))
         while self.orphans:
@@ -146,10 +153,14 @@ class LabelJoiner:
     def state(self) -> dict:
         now = self.clock()
         return {
-            "pending": [(p.event.model_dump(mode="json"), p.rows, now - p.arrived, sorted(p.clicked), sorted(p.bought))
-                        for p in self.pending.values()],
+            "pending": [
+                (p.event.model_dump(mode="json"), p.rows, now - p.arrived, sorted(p.clicked), sorted(p.bought))
+                for p in self.pending.values()
+            ],
             "orphans": {rid: [e.model_dump(mode="json") for e in evs] for rid, evs in self.orphans.items()},
-            "watermark_ms": self.watermark_ms, "unjoinable": self.unjoinable, "duplicates": self.duplicates,
+            "watermark_ms": self.watermark_ms,
+            "unjoinable": self.unjoinable,
+            "duplicates": self.duplicates,
         }
 
     def load_state(self, st: dict) -> None:
@@ -159,8 +170,13 @@ class LabelJoiner:
             e = Event.model_validate(ev)
             offset = e.position or 0
             self.pending[e.request_id] = _Pending(
-                e, np.asarray(rows, np.float32), now - age, set(clicked), set(bought),
-                {iid: offset + k for k, iid in enumerate(e.item_ids)})
+                e,
+                np.asarray(rows, np.float32),
+                now - age,
+                set(clicked),
+                set(bought),
+                {iid: offset + k for k, iid in enumerate(e.item_ids)},
+            )
         self.orphans = OrderedDict((rid, [Event.model_validate(e) for e in evs]) for rid, evs in st["orphans"].items())
         self.watermark_ms = int(st["watermark_ms"])
         self.unjoinable = int(st["unjoinable"])

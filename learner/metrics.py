@@ -11,7 +11,9 @@ UPDATES = Counter("streamrec_learner_updates_total", "micro-batch updates of the
 EVENTS = Counter("streamrec_learner_events_total", "events read from the events topic", ["type"])
 UNJOINABLE = Gauge("streamrec_learner_unjoinable_outcomes", "outcomes that matched no impression")
 PENDING = Gauge("streamrec_learner_pending_impressions", "impressions waiting for their label window")
-FEATURE_ROWS = Gauge("streamrec_learner_feature_rows", "impression rows since start, by origin (served / recomputed)", ["source"])
+FEATURE_ROWS = Gauge(
+    "streamrec_learner_feature_rows", "impression rows since start, by origin (served / recomputed)", ["source"]
+)
 MODEL_VERSION = Gauge("streamrec_learner_model_version", "version the learner last published or adopted")
 PUBLISHES = Counter("streamrec_learner_publishes_total", "model versions published", ["reason"])
 DRIFT = Counter("streamrec_learner_drift_detections_total", "drift detections", ["detector", "what"])
@@ -19,11 +21,13 @@ CHALLENGER = Gauge("streamrec_learner_challenger_running", "1 while a challenger
 PROMOTIONS = Counter("streamrec_learner_promotions_total", "challengers promoted to champion")
 ROLLBACKS = Counter("streamrec_learner_rollbacks_total", "versions rolled back", ["by"])
 LABEL_TO_PUBLISH = Histogram(
-    "streamrec_learner_label_to_publish_seconds", "labelled event read → a model that learned from it published",
+    "streamrec_learner_label_to_publish_seconds",
+    "labelled event read → a model that learned from it published",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
 )
-CHECKPOINT_SECONDS = Histogram("streamrec_learner_checkpoint_seconds", "time to write a checkpoint",
-                               buckets=(0.005, 0.01, 0.05, 0.1, 0.5, 1, 5))
+CHECKPOINT_SECONDS = Histogram(
+    "streamrec_learner_checkpoint_seconds", "time to write a checkpoint", buckets=(0.005, 0.01, 0.05, 0.1, 0.5, 1, 5)
+)
 
 
 def export(core_metrics: dict) -> None:

@@ -57,25 +57,33 @@ class LearnerConfig:
     warmup: int = default("drift_warmup")
     challenger_min_examples: int = default("challenger_min_examples")
     challenger_max_examples: int = default("challenger_max_examples")
-    challenger_margin: float = default("challenger_margin")   # relative: a tie is noise
-    train_negative_rate: float = default("learner_train_negative_rate")   # see ``_training_batch``
+    challenger_margin: float = default("challenger_margin")  # relative: a tie is noise
+    train_negative_rate: float = default("learner_train_negative_rate")  # see ``_training_batch``
     # --- internal constants (not settings) ---
-    metrics_window: int = 5000          # examples in the rolling metrics
-    buffer_size: int = 5000             # recent examples kept for a challenger's replay
-    challenger_window: int = 2000       # recent paired examples the challenger is judged on
+    metrics_window: int = 5000  # examples in the rolling metrics
+    buffer_size: int = 5000  # recent examples kept for a challenger's replay
+    challenger_window: int = 2000  # recent paired examples the challenger is judged on
     challenger_replay_epochs: int = 4
-    challenger_lr_scale: float = 3.0   # the challenger adapts faster; promoted, it returns to ``lr``
-    seed: int = 0                      # of the negative sampling
+    challenger_lr_scale: float = 3.0  # the challenger adapts faster; promoted, it returns to ``lr``
+    seed: int = 0  # of the negative sampling
 
     @classmethod
     def from_settings(cls, s: Settings) -> LearnerConfig:
-        return cls(lr=s.learner_lr, batch_size=s.learner_batch_size, loss_delta=s.drift_loss_delta,
-                   ctr_threshold=s.drift_ctr_threshold, feature_names=tuple(s.drift_features),
-                   feature_delta=s.drift_feature_delta, item_delta=s.drift_item_delta, rank_delta=s.drift_rank_delta,
-                   warmup=s.drift_warmup,
-                   challenger_min_examples=s.challenger_min_examples,
-                   challenger_max_examples=s.challenger_max_examples, challenger_margin=s.challenger_margin,
-                   train_negative_rate=s.learner_train_negative_rate)
+        return cls(
+            lr=s.learner_lr,
+            batch_size=s.learner_batch_size,
+            loss_delta=s.drift_loss_delta,
+            ctr_threshold=s.drift_ctr_threshold,
+            feature_names=tuple(s.drift_features),
+            feature_delta=s.drift_feature_delta,
+            item_delta=s.drift_item_delta,
+            rank_delta=s.drift_rank_delta,
+            warmup=s.drift_warmup,
+            challenger_min_examples=s.challenger_min_examples,
+            challenger_max_examples=s.challenger_max_examples,
+            challenger_margin=s.challenger_margin,
+            train_negative_rate=s.learner_train_negative_rate,
+        )
 
 
 @dataclass
@@ -115,13 +123,19 @@ class OnlineLearner:
         self.champion.set_negative_rate(c.train_negative_rate)
         self.rng = np.random.default_rng(c.seed)
         self.challenger: OnlineRanker | None = None
-        self.challenger_since = 0          # labelled-example index the challenger started at
+        self.challenger_since = 0  # labelled-example index the challenger started at
         self.pairs: deque[tuple[float, float]] = deque(maxlen=c.challenger_window)
         self.prequential = Prequential(c.metrics_window)
         self.challenger_eval = Prequential(c.metrics_window)
-        self.monitor = DriftMonitor(loss_delta=c.loss_delta, ctr_threshold=c.ctr_threshold,
-                                    feature_names=c.feature_names, feature_delta=c.feature_delta, warmup=c.warmup,
-                                    item_delta=c.item_delta, rank_delta=c.rank_delta)
+        self.monitor = DriftMonitor(
+            loss_delta=c.loss_delta,
+            ctr_threshold=c.ctr_threshold,
+            feature_names=c.feature_names,
+            feature_delta=c.feature_delta,
+            warmup=c.warmup,
+            item_delta=c.item_delta,
+            rank_delta=c.rank_delta,
+        )
         self.buffer: deque[Example] = deque(maxlen=c.buffer_size)
         self.examples = 0
         self.detections_total: dict[str, int] = {}
@@ -141,8 +155,9 @@ class OnlineLearner:
         pc, pb = self.champion.predict(batch)
         losses = self.prequential.update(pc, pb, batch)
         report = StepReport(pc, pb)
-        report.detections = self.monitor.update(losses, batch.click, batch.click_mask, batch.X, batch.ts,
-                                                batch.item_ids, pc)
+        report.detections = self.monitor.update(
+            losses, batch.click, batch.click_mask, batch.X, batch.ts, batch.item_ids, pc
+        )
         for d in report.detections:
             self.detections_total[d.detector] = self.detections_total.get(d.detector, 0) + 1
 
@@ -161,8 +176,7 @@ class OnlineLearner:
         self.examples += len(examples)
 
         if self.challenger is None and any(d.detector in HARMFUL for d in report.detections):
-            window = max((d.evidence.get("window", 0) for d in report.detections if d.detector in HARMFUL),
-                         default=0)
+            window = max((d.evidence.get("window", 0) for d in report.detections if d.detector in HARMFUL), default=0)
             self._start_challenger(window or self.config.challenger_min_examples)
             report.challenger_started = True
         elif self.challenger is not None:
@@ -195,10 +209,10 @@ class OnlineLearner:
         self.challenger = self.champion.fresh()
         self.challenger.set_negative_rate(c.train_negative_rate)
         self.challenger.set_lr(self.champion.lr * c.challenger_lr_scale)
-        recent = list(self.buffer)[-max(since_drift, c.batch_size):]
+        recent = list(self.buffer)[-max(since_drift, c.batch_size) :]
         for _ in range(c.challenger_replay_epochs):
             for k in range(0, len(recent), c.batch_size):
-                self.challenger.learn(self._training_batch(Batch.of(recent[k:k + c.batch_size], N_FEATURES)))
+                self.challenger.learn(self._training_batch(Batch.of(recent[k : k + c.batch_size], N_FEATURES)))
         self.challenger_since = self.examples
         self.challenger_eval = Prequential(c.metrics_window)
         self.pairs.clear()
@@ -244,8 +258,12 @@ class OnlineLearner:
         out = dict(self.prequential.summary())
         if self.challenger is not None:
             out.update({f"challenger_{k}": v for k, v in self.challenger_eval.summary().items()})
-        out.update(examples=self.examples, updates=self.champion.updates, promotions=self.promotions,
-                   challenger_running=self.challenger is not None)
+        out.update(
+            examples=self.examples,
+            updates=self.champion.updates,
+            promotions=self.promotions,
+            challenger_running=self.challenger is not None,
+        )
         return out
 
     # --- checkpointing --------------------------------------------------------------------------
@@ -255,11 +273,17 @@ class OnlineLearner:
         return {
             "champion": self.champion.state_dict(),
             "challenger": self.challenger.state_dict() if self.challenger is not None else None,
-            "challenger_since": self.challenger_since, "pairs": list(self.pairs),
-            "prequential": self.prequential.state(), "challenger_eval": self.challenger_eval.state(),
-            "monitor": self.monitor, "buffer": list(self.buffer), "examples": self.examples,
-            "detections_total": self.detections_total, "promotions": self.promotions,
-            "challengers_started": self.challengers_started, "challengers_dropped": self.challengers_dropped,
+            "challenger_since": self.challenger_since,
+            "pairs": list(self.pairs),
+            "prequential": self.prequential.state(),
+            "challenger_eval": self.challenger_eval.state(),
+            "monitor": self.monitor,
+            "buffer": list(self.buffer),
+            "examples": self.examples,
+            "detections_total": self.detections_total,
+            "promotions": self.promotions,
+            "challengers_started": self.challengers_started,
+            "challengers_dropped": self.challengers_dropped,
             "rng": self.rng.bit_generator.state,
         }
 

@@ -25,8 +25,14 @@ class ExampleBuilder:
     purchase is no label. The learner reads the topic in its own group, so a verdict written a
     moment after the learner saw the event is missed (residual race, typically milliseconds)."""
 
-    def __init__(self, joiner: LabelJoiner, assembler: FeatureAssembler, served: ServedLookup | None = None,
-                 sampler: NegativeSampler | None = None, quarantined: Callable[[str], object] | None = None):
+    def __init__(
+        self,
+        joiner: LabelJoiner,
+        assembler: FeatureAssembler,
+        served: ServedLookup | None = None,
+        sampler: NegativeSampler | None = None,
+        quarantined: Callable[[str], object] | None = None,
+    ):
         self.joiner = joiner
         self.assembler = assembler
         self.served = served
@@ -47,8 +53,9 @@ class ExampleBuilder:
         self.rows_recomputed += len(items)
         # Replayed logs carry query text but no query vector (the learner runs no encoder) and no
         # first-stage score: those two features are 0 here, flagged by has_query_vec = 0.
-        return self.assembler.assemble(user_id=event.user_id, query_vec=None, item_ids=items,
-                                       retrieval_scores=None, now_ms=event.ts)
+        return self.assembler.assemble(
+            user_id=event.user_id, query_vec=None, item_ids=items, retrieval_scores=None, now_ms=event.ts
+        )
 
     def feed(self, event: Event) -> list[Example]:
         """Examples that became ready with this event (click positives, sampled ones)."""
@@ -70,14 +77,16 @@ class ExampleBuilder:
         recent = {r.item_id for r in self.assembler.features.recent_items(event.user_id, n=50)}
         negatives = self.sampler.sample(event.item_id, exclude=recent)
         items = [event.item_id, *negatives]
-        X = self.assembler.assemble(user_id=event.user_id, query_vec=None, item_ids=items,
-                                    retrieval_scores=None, now_ms=event.ts)
+        X = self.assembler.assemble(
+            user_id=event.user_id, query_vec=None, item_ids=items, retrieval_scores=None, now_ms=event.ts
+        )
         self.rows_recomputed += len(items)
         rid = f"sampled:{event.event_id}"
         buy = 1.0 if event.type == "purchase" else None
         out = [Example(rid, event.item_id, event.user_id, event.ts, X[0], event.position, 1.0, buy)]
-        out += [Example(rid, iid, event.user_id, event.ts, X[k], None, 0.0, 0.0)
-                for k, iid in enumerate(negatives, start=1)]
+        out += [
+            Example(rid, iid, event.user_id, event.ts, X[k], None, 0.0, 0.0) for k, iid in enumerate(negatives, start=1)
+        ]
         return out
 
     def expire(self, flush_all: bool = False) -> list[Example]:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import heapq
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable
-from itertools import islice
 from dataclasses import dataclass, field
+from itertools import islice
 
 import numpy as np
 
@@ -26,8 +26,7 @@ from streamrec.features import INTERACTIONS, FeatureConfig, ItemStats, RecentIte
 from streamrec.ranking import FeatureAssembler
 from streamrec.schemas import CatalogOp, Event
 
-
-_Decayed = tuple[float, float]   # (value, reference ts): the lazy-decay pair of the Redis layout
+_Decayed = tuple[float, float]  # (value, reference ts): the lazy-decay pair of the Redis layout
 
 
 @dataclass(frozen=True)
@@ -85,7 +84,7 @@ class ReplayFeatures:
             for iid in e.item_ids or []:
                 self._bump(self.items[iid], "impression", e.ts, 1.0, self.cfg.item_half_life_s)
         else:
-            self.clock = max(self.clock, e.ts)   # a dropped duplicate still moves the clock, as in Redis
+            self.clock = max(self.clock, e.ts)  # a dropped duplicate still moves the clock, as in Redis
             if not self._duplicate(e):
                 self._interaction(e)
 
@@ -94,8 +93,9 @@ class ReplayFeatures:
         if op.ts < self.attr_ts.get(op.item_id, -1):
             return
         self.attr_ts[op.item_id] = op.ts
-        self.attrs[op.item_id] = None if op.op == "delete" else {
-            "title": op.title, "category": op.category or None, "price": op.price}
+        self.attrs[op.item_id] = (
+            None if op.op == "delete" else {"title": op.title, "category": op.category or None, "price": op.price}
+        )
 
     def _duplicate(self, e: Event) -> bool:
         recent = self.recent[e.user_id]
@@ -142,7 +142,7 @@ class ReplayFeatures:
         aff = self.affinity[user]
         new = cat not in aff
         self._bump(aff, cat, ts, w, self.cfg.affinity_half_life_s)
-        if new and len(aff) > self.cfg.category_cap:   # evict the weakest other category, decayed to ts
+        if new and len(aff) > self.cfg.category_cap:  # evict the weakest other category, decayed to ts
             tau = self.cfg.tau_ms(self.cfg.affinity_half_life_s)
             worst = min((c for c in aff if c != cat), key=lambda c: (decay(*aff[c], ts, tau), c))
             del aff[worst]
@@ -150,7 +150,7 @@ class ReplayFeatures:
     # --- FeatureStore's read API -----------------------------------------------------------------
 
     def recent_items(self, user_id: str, n: int = 20) -> list[RecentItem]:
-        return [RecentItem(r.item_id, r.type, r.ts) for r in list(self.recent.get(user_id, ()))[:max(0, n)]]
+        return [RecentItem(r.item_id, r.type, r.ts) for r in list(self.recent.get(user_id, ()))[: max(0, n)]]
 
     def item_stats(self, item_ids: list[str], now_ms: int | None = None) -> list[ItemStats]:
         cfg = self.cfg
@@ -161,8 +161,11 @@ class ReplayFeatures:
             h = self.items.get(iid, {})
             counts = {t: (decay(*h[t], now, tau) if t in h else 0.0) for t in INTERACTIONS}
             imps = decay(*h["impression"], now, tau) if "impression" in h else 0.0
-            out.append(ItemStats(counts=counts, impressions=imps, clicks=counts["click"],
-                                 ctr=cfg.smoothed_ctr(counts["click"], imps)))
+            out.append(
+                ItemStats(
+                    counts=counts, impressions=imps, clicks=counts["click"], ctr=cfg.smoothed_ctr(counts["click"], imps)
+                )
+            )
         return out
 
     def covisited(self, item_id: str, n: int = 20) -> list[tuple[str, float]]:
@@ -187,26 +190,33 @@ class ReplayLog:
 
     p_click: list[float] = field(default_factory=list)
     click: list[float] = field(default_factory=list)
-    stream_index: list[int] = field(default_factory=list)   # stream index of the example's impression
+    stream_index: list[int] = field(default_factory=list)  # stream index of the example's impression
     item_ids: list[str] = field(default_factory=list)
-    detections: list = field(default_factory=list)          # (stream_index, Detection)
-    promotions: list[int] = field(default_factory=list)     # stream indices
+    detections: list = field(default_factory=list)  # (stream_index, Detection)
+    promotions: list[int] = field(default_factory=list)  # stream indices
     challenger_starts: list[int] = field(default_factory=list)
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return np.array(self.p_click), np.array(self.click), np.array(self.stream_index)
 
 
-def replay(events: Iterable[Event], core: OnlineLearner, features: ReplayFeatures,
-           vectors: Callable[[str], np.ndarray | None], *, window_s: float = 60.0, batch_size: int = 64,
-           on_event: Callable[[int, Event], None] | None = None,
-           on_step: Callable[[list[Example], StepReport], None] | None = None) -> ReplayLog:
+def replay(
+    events: Iterable[Event],
+    core: OnlineLearner,
+    features: ReplayFeatures,
+    vectors: Callable[[str], np.ndarray | None],
+    *,
+    window_s: float = 60.0,
+    batch_size: int = 64,
+    on_event: Callable[[int, Event], None] | None = None,
+    on_step: Callable[[list[Example], StepReport], None] | None = None,
+) -> ReplayLog:
     """Feed ``events`` through join → features → prequential step; returns what was predicted."""
-    joiner = LabelJoiner(window_s, clock=lambda: 0.0)   # event time only: replay speed does not matter
+    joiner = LabelJoiner(window_s, clock=lambda: 0.0)  # event time only: replay speed does not matter
     builder = ExampleBuilder(joiner, FeatureAssembler(features, vectors))
     log = ReplayLog()
     ready: list[tuple[int, Example]] = []
-    shown_at: dict[str, int] = {}   # request_id → stream index of its impression
+    shown_at: dict[str, int] = {}  # request_id → stream index of its impression
 
     def step(chunk: list[tuple[int, Example]]) -> None:
         examples = [e for _, e in chunk]
@@ -240,5 +250,5 @@ def replay(events: Iterable[Event], core: OnlineLearner, features: ReplayFeature
             ready = ready[batch_size:]
     ready.extend((idx, ex) for ex in builder.expire(flush_all=True))
     for k in range(0, len(ready), batch_size):
-        step(ready[k:k + batch_size])
+        step(ready[k : k + batch_size])
     return log

@@ -39,7 +39,7 @@ from streamrec.settings import Settings
 from streamrec.store import connect
 
 log = logging.getLogger(__name__)
-LEARNER_REASONS = ("initial", "periodic", "promotion", "shutdown")   # what this service publishes with
+LEARNER_REASONS = ("initial", "periodic", "promotion", "shutdown")  # what this service publishes with
 
 
 class _SeekToCheckpoint(ConsumerRebalanceListener):
@@ -73,7 +73,7 @@ class _Loop:
     version: int
     ready: list[Example] = field(default_factory=list)
     ready_since: float = 0.0
-    read_times: list[float] = field(default_factory=list)   # wall times of labels learned, unpublished
+    read_times: list[float] = field(default_factory=list)  # wall times of labels learned, unpublished
     updates_since_publish: int = 0
     last_publish: float = field(default_factory=time.monotonic)
     last_ckpt: float = field(default_factory=time.monotonic)
@@ -88,11 +88,14 @@ class _Loop:
 
     def train_ready(self, force: bool = False) -> None:
         bs = self.s.learner_batch_size
-        due = force or len(self.ready) >= bs or (
-            self.ready and time.monotonic() - self.ready_since >= self.s.learner_max_batch_delay_s)
+        due = (
+            force
+            or len(self.ready) >= bs
+            or (self.ready and time.monotonic() - self.ready_since >= self.s.learner_max_batch_delay_s)
+        )
         if not due:
             return
-        first_ready = self.ready_since   # when the oldest of these examples became ready
+        first_ready = self.ready_since  # when the oldest of these examples became ready
         while self.ready:
             chunk, self.ready = self.ready[:bs], self.ready[bs:]
             self._step(chunk)
@@ -137,8 +140,13 @@ class _Loop:
     # --- publishing and checkpoints ---------------------------------------------------------
 
     def publish(self, reason: str) -> int:
-        meta = {"reason": reason, "parent": self.version, "updates": self.core.champion.updates,
-                "examples": self.core.examples, "metrics": self.core.metrics()}
+        meta = {
+            "reason": reason,
+            "parent": self.version,
+            "updates": self.core.champion.updates,
+            "examples": self.core.examples,
+            "metrics": self.core.metrics(),
+        }
         v = self.store.publish(self.core.champion.head, meta)
         now = time.monotonic()
         for t in self.read_times:
@@ -157,8 +165,10 @@ class _Loop:
     def maybe_publish(self) -> None:
         if self.updates_since_publish == 0:
             return
-        if (self.updates_since_publish >= self.s.publish_every_updates
-                or time.monotonic() - self.last_publish >= self.s.publish_every_s):
+        if (
+            self.updates_since_publish >= self.s.publish_every_updates
+            or time.monotonic() - self.last_publish >= self.s.publish_every_s
+        ):
             self.publish("periodic")
 
     def adopt_operator_rollback(self) -> None:
@@ -187,16 +197,26 @@ class _Loop:
         if not force and time.monotonic() - self.last_ckpt < self.s.learner_checkpoint_every_s:
             return
         t0 = time.perf_counter()
-        self.ckpt.save({"core": self.core.state(), "joiner": self.builder.joiner.state(),
-                        "offsets": dict(self.offsets), "version": self.version,
-                        "guard_good": self.guard.good[0] if self.guard.good else None})
+        self.ckpt.save(
+            {
+                "core": self.core.state(),
+                "joiner": self.builder.joiner.state(),
+                "offsets": dict(self.offsets),
+                "version": self.version,
+                "guard_good": self.guard.good[0] if self.guard.good else None,
+            }
+        )
         M.CHECKPOINT_SECONDS.observe(time.perf_counter() - t0)
         self.last_ckpt = time.monotonic()
         self.dirty = False
         if self.offsets:
             try:
-                consumer.commit({TopicPartition(self.s.topic_events, p): OffsetAndMetadata(o, "", -1)
-                                 for p, o in self.offsets.items()})
+                consumer.commit(
+                    {
+                        TopicPartition(self.s.topic_events, p): OffsetAndMetadata(o, "", -1)
+                        for p, o in self.offsets.items()
+                    }
+                )
             except Exception as e:  # the checkpoint is the source of truth; a failed commit only delays lag
                 log.warning("offset commit failed (checkpoint kept): %r", e)
 
@@ -206,12 +226,14 @@ def _vector_dim(s: Settings) -> int:
     if s.learner_vector_dim:
         return s.learner_vector_dim
     from streamrec.encoder import bundled_model_dir
+
     config = (s.model_dir or bundled_model_dir()) / "config.json"
     try:
         return int(json.loads(config.read_text())["hidden_size"])
     except (OSError, KeyError, ValueError) as e:
-        raise RuntimeError(f"cannot read the encoder's vector size from {config} ({e}); "
-                           "set STREAMREC_LEARNER_VECTOR_DIM") from None
+        raise RuntimeError(
+            f"cannot read the encoder's vector size from {config} ({e}); set STREAMREC_LEARNER_VECTOR_DIM"
+        ) from None
 
 
 def _vectors(s: Settings):
@@ -219,9 +241,10 @@ def _vectors(s: Settings):
     if not s.learner_follow_vectors:
         return None, (lambda _i: None), None
     from streamrec.vector_index import IndexReplica
+
     replica = IndexReplica(s, _vector_dim(s), from_snapshot=True)
     replica.start()
-    if not replica.wait_caught_up(60):   # featurising before the vectors load would train on holes
+    if not replica.wait_caught_up(60):  # featurising before the vectors load would train on holes
         log.warning("item vectors not caught up after 60 s; starting anyway (rows without vectors degrade)")
     return replica, replica.index.vector, replica.index.meta
 
@@ -229,7 +252,7 @@ def _vectors(s: Settings):
 def run(settings: Settings, stop: threading.Event) -> None:
     """Consume, learn, publish until ``stop`` is set; then train what is ready, publish, checkpoint."""
     s = settings
-    torch.set_num_threads(1)   # micro-batches of ~64 × 31 floats: more threads only add contention
+    torch.set_num_threads(1)  # micro-batches of ~64 × 31 floats: more threads only add contention
     bus.ensure_topics(s)
     from streamrec.features import FeatureStore
 
@@ -240,8 +263,9 @@ def run(settings: Settings, stop: threading.Event) -> None:
     assembler = FeatureAssembler(features, vector_of, meta_of)
     joiner = LabelJoiner(s.label_window_s)
     sampler = NegativeSampler(s.learner_negatives_per_positive) if s.learner_negative_sampling != "off" else None
-    builder = ExampleBuilder(joiner, assembler, lambda rid: load_served(r, s.redis_prefix, rid), sampler,
-                             quarantined=features.is_quarantined)
+    builder = ExampleBuilder(
+        joiner, assembler, lambda rid: load_served(r, s.redis_prefix, rid), sampler, quarantined=features.is_quarantined
+    )
     cfg = LearnerConfig.from_settings(s)
     ckpt = Checkpointer(s.state_dir / "learner")
 
@@ -252,7 +276,7 @@ def run(settings: Settings, stop: threading.Event) -> None:
         offsets = {int(p): int(o) for p, o in state["offsets"].items()}
         version = int(state["version"])
         log.info("resumed from checkpoint: version %d, %d examples, offsets %s", version, core.examples, offsets)
-    elif store.latest_version() > 0:   # models but no checkpoint: warm-start from what is served
+    elif store.latest_version() > 0:  # models but no checkpoint: warm-start from what is served
         version, head, _ = store.load()
         core = OnlineLearner(OnlineRanker(head, lr=s.learner_lr, seed=None), cfg)
         offsets = {}
@@ -268,7 +292,7 @@ def run(settings: Settings, stop: threading.Event) -> None:
     guard = RollbackGuard(s.rollback_threshold, s.rollback_min_examples)
     loop = _Loop(s, core, builder, store, guard, ckpt, producer, offsets, version)
     if version == 0:
-        loop.version = loop.publish("initial")   # serving can become ready before any label
+        loop.version = loop.publish("initial")  # serving can become ready before any label
         log.info("published initial version %d", loop.version)
     guard.reset(loop.version, core.champion)
     M.MODEL_VERSION.set(loop.version)
@@ -283,7 +307,7 @@ def run(settings: Settings, stop: threading.Event) -> None:
                     try:
                         ev = decode_event(m.value, s.max_event_bytes)
                     except Rejected:
-                        M.EVENTS.labels("rejected").inc()   # consumers/ dead-letters it; we only skip
+                        M.EVENTS.labels("rejected").inc()  # consumers/ dead-letters it; we only skip
                         continue
                     M.EVENTS.labels(ev.type).inc()
                     loop.add(builder.feed(ev))

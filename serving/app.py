@@ -38,8 +38,7 @@ UserId = Annotated[str, Query(min_length=1, max_length=128)]
 
 
 def create_app(s: Settings, engine: Engine, producer: KafkaProducer) -> FastAPI:
-    app = FastAPI(title="streamrec", version="0.1.0",
-                  description="Streaming search and recommendations; see README.")
+    app = FastAPI(title="streamrec", version="0.1.0", description="Streaming search and recommendations; see README.")
     app.add_middleware(RequestMetrics)
     app.include_router(query_routes(engine))
     app.include_router(publish_routes(s, producer))
@@ -98,8 +97,11 @@ def query_routes(engine: Engine) -> APIRouter:
     router = APIRouter(dependencies=[Depends(readiness(engine))])
 
     @router.get("/search", response_model=ResultList)
-    def search(q: Annotated[str, Query(min_length=1, max_length=512)], k: K = 10,
-               user_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None) -> ResultList:
+    def search(
+        q: Annotated[str, Query(min_length=1, max_length=512)],
+        k: K = 10,
+        user_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
+    ) -> ResultList:
         if not q.strip():
             raise HTTPException(422, detail="q must contain a non-space character")
         return engine.search(q.strip(), user_id, k)
@@ -124,8 +126,9 @@ def publish_routes(s: Settings, producer: KafkaProducer) -> APIRouter:
     the broker's acknowledgements) run in the threadpool, so a slow broker never stalls the loop."""
     router = APIRouter()
 
-    async def publish(request: Request, validate: Callable[[Any], Any], topic: str,
-                      key_of: Callable[[Any], str]) -> JSONResponse:
+    async def publish(
+        request: Request, validate: Callable[[Any], Any], topic: str, key_of: Callable[[Any], str]
+    ) -> JSONResponse:
         objects = parse_batch(await request.body())
         result = await run_in_threadpool(publish_batch, producer, objects, validate, topic, key_of)
         return JSONResponse(result.model_dump(), status_code=202)
@@ -155,8 +158,9 @@ def parse_batch(body: bytes) -> list:
     return objects
 
 
-def publish_batch(producer: KafkaProducer, objects: list, validate: Callable[[Any], Any], topic: str,
-                  key_of: Callable[[Any], str]) -> PublishResult:
+def publish_batch(
+    producer: KafkaProducer, objects: list, validate: Callable[[Any], Any], topic: str, key_of: Callable[[Any], str]
+) -> PublishResult:
     """Publish the valid objects and report the invalid ones by index; 503 if the broker does not
     acknowledge them all (202 means every accepted object is on the broker). Blocks: call it off
     the event loop."""

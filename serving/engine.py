@@ -29,7 +29,7 @@ from streamrec.vector_index import IndexReplica, LiveIndex
 log = logging.getLogger(__name__)
 
 # How much each interaction type says about a user's taste, for the profile vector.
-INTERACTION_WEIGHT = {t: FeatureConfig().weight(t) for t in INTERACTIONS}   # the feature config's weights
+INTERACTION_WEIGHT = {t: FeatureConfig().weight(t) for t in INTERACTIONS}  # the feature config's weights
 RECENCY_DECAY = 0.85  # weight of the i-th most recent interaction is RECENCY_DECAY ** i
 RRF_K = 60  # reciprocal-rank fusion constant (Cormack et al.)
 
@@ -52,8 +52,16 @@ class Context:
 
 
 class Engine:
-    def __init__(self, s: Settings, encoder: Encoder, replica: IndexReplica, features: FeatureStore,
-                 models: ModelWatcher, lexical: LexicalIndex, impressions: ImpressionLog):
+    def __init__(
+        self,
+        s: Settings,
+        encoder: Encoder,
+        replica: IndexReplica,
+        features: FeatureStore,
+        models: ModelWatcher,
+        lexical: LexicalIndex,
+        impressions: ImpressionLog,
+    ):
         self.s = s
         self.encoder = encoder
         self.replica = replica
@@ -160,12 +168,18 @@ class Engine:
         model = self.models.current
         index_version = self.index.version
         if not cands:
-            return ResultList(request_id=request_id, items=[], model_version=model.version if model else 0,
-                              index_version=index_version)
+            return ResultList(
+                request_id=request_id,
+                items=[],
+                model_version=model.version if model else 0,
+                index_version=index_version,
+            )
         ids = [c.item_id for c in cands]
         relevance = np.array([c.relevance for c in cands], dtype=np.float32)
         X = self.assembler.assemble(
-            user_id=ctx.user_id, query_vec=ctx.vector, item_ids=ids,
+            user_id=ctx.user_id,
+            query_vec=ctx.vector,
+            item_ids=ids,
             retrieval_scores=np.array([c.similarity for c in cands], dtype=np.float32),
         )
         final = relevance
@@ -186,15 +200,24 @@ class Engine:
         vectors = np.stack([self._vector_or_zero(i) for i in ids])
         order = mmr(final, vectors, k, self.s.serving_diversity_lambda)
         items = [
-            ResultItem(item_id=ids[i], score=round(float(final[i]), 6), title=self._title(ids[i]),
-                       reasons=cands[i].reasons + explanations[i])
+            ResultItem(
+                item_id=ids[i],
+                score=round(float(final[i]), 6),
+                title=self._title(ids[i]),
+                reasons=cands[i].reasons + explanations[i],
+            )
             for i in order
         ]
-        result = ResultList(request_id=request_id, items=items,
-                            model_version=model.version if model else 0, index_version=index_version)
+        result = ResultList(
+            request_id=request_id, items=items, model_version=model.version if model else 0, index_version=index_version
+        )
         self.impressions.record(
-            request_id=request_id, user_id=ctx.user_id, query=ctx.query,
-            item_ids=[ids[i] for i in order], rows=X[order], ts_ms=int(time.time() * 1000),
+            request_id=request_id,
+            user_id=ctx.user_id,
+            query=ctx.query,
+            item_ids=[ids[i] for i in order],
+            rows=X[order],
+            ts_ms=int(time.time() * 1000),
         )
         return result
 

@@ -30,8 +30,16 @@ class ImpressionLog:
         self.redis = r
         self.ttl_s = s.label_window_s * 4 + 60
 
-    def record(self, *, request_id: str, user_id: str | None, query: str | None,
-               item_ids: list[str], rows: np.ndarray, ts_ms: int) -> None:
+    def record(
+        self,
+        *,
+        request_id: str,
+        user_id: str | None,
+        query: str | None,
+        item_ids: list[str],
+        rows: np.ndarray,
+        ts_ms: int,
+    ) -> None:
         if not item_ids:
             return
         try:
@@ -40,8 +48,13 @@ class ImpressionLog:
             # The learner can still recompute features; the impression itself must not be lost.
             log.exception("could not store served features for %s", request_id)
         event = Event(
-            event_id=f"imp-{request_id}", type="impression", user_id=user_id or ANONYMOUS_USER,
-            ts=ts_ms, request_id=request_id, item_ids=item_ids, query=query[:512] if query else None,
+            event_id=f"imp-{request_id}",
+            type="impression",
+            user_id=user_id or ANONYMOUS_USER,
+            ts=ts_ms,
+            request_id=request_id,
+            item_ids=item_ids,
+            query=query[:512] if query else None,
         )
         future = self.producer.send(self.s.topic_events, key=event.user_id, value=encode(event))
         future.add_callback(lambda _md: metrics.IMPRESSIONS.labels("published").inc())

@@ -36,8 +36,7 @@ class LexicalIndex:
     is called only when the version moved.
     """
 
-    def __init__(self, version: Callable[[], int], docs: Callable[[], dict[str, str]],
-                 min_interval_s: float = 1.0):
+    def __init__(self, version: Callable[[], int], docs: Callable[[], dict[str, str]], min_interval_s: float = 1.0):
         self._version = version
         self._docs = docs
         self._min_interval_s = min_interval_s

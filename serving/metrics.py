@@ -5,7 +5,9 @@ from prometheus_client import Counter, Gauge, Histogram
 
 REQUESTS = Counter("streamrec_serving_requests_total", "API requests", ["endpoint", "status"])
 LATENCY = Histogram(
-    "streamrec_serving_request_duration_seconds", "API latency", ["endpoint"],
+    "streamrec_serving_request_duration_seconds",
+    "API latency",
+    ["endpoint"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
 MODEL_VERSION = Gauge("streamrec_serving_model_version", "ranking head version being served")

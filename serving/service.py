@@ -48,21 +48,20 @@ def build_engine(s: Settings) -> tuple[Engine, object]:
     lexical = LexicalIndex(lambda: replica.index.version, lexical_docs)
     lexical.start()
     producer = bus.make_producer(s)
-    engine = Engine(s, encoder, replica, FeatureStore(r, s.redis_prefix, s.features), models, lexical,
-                    ImpressionLog(s, producer, r))
+    engine = Engine(
+        s, encoder, replica, FeatureStore(r, s.redis_prefix, s.features), models, lexical, ImpressionLog(s, producer, r)
+    )
     return engine, producer
 
 
 def run(s: Settings, stop: threading.Event) -> None:
     engine, producer = build_engine(s)
     app = create_app(s, engine, producer)
-    config = uvicorn.Config(app, host=s.http_host, port=s.http_port, log_level="warning",
-                            timeout_graceful_shutdown=5)
+    config = uvicorn.Config(app, host=s.http_host, port=s.http_port, log_level="warning", timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
     # In the main thread uvicorn captures SIGTERM itself and re-raises it after shutdown (which
     # sets `stop`); in a test thread it installs nothing and `stop` drives the exit.
-    watcher = threading.Thread(target=lambda: (stop.wait(), setattr(server, "should_exit", True)),
-                               daemon=True)
+    watcher = threading.Thread(target=lambda: (stop.wait(), setattr(server, "should_exit", True)), daemon=True)
     watcher.start()
     log.info("serving on http://%s:%d", s.http_host, s.http_port)
     try:

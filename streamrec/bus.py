@@ -109,8 +109,10 @@ def publish_confirmed(producer: KafkaProducer, records: Iterable[Outgoing], time
         try:
             acknowledged.append(future.get(timeout=timeout_s))
         except KafkaError as e:
-            raise PublishError(f"broker did not acknowledge record {i + 1} of {len(pending)} "
-                               f"to {topic} (key {key!r}) within {timeout_s:g}s: {e!r}") from e
+            raise PublishError(
+                f"broker did not acknowledge record {i + 1} of {len(pending)} "
+                f"to {topic} (key {key!r}) within {timeout_s:g}s: {e!r}"
+            ) from e
     return acknowledged
 
 

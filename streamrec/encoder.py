@@ -89,8 +89,16 @@ def _quantize_int8(model):
 class Encoder:
     """Batched, thread-safe sentence encoder; ``encode_query`` keeps an LRU of recent queries."""
 
-    def __init__(self, model_dir: Path | None = None, *, device: str = "auto", precision: str = "fp32",
-                 batch_size: int = 64, query_cache_size: int = 4096, max_length: int | None = None):
+    def __init__(
+        self,
+        model_dir: Path | None = None,
+        *,
+        device: str = "auto",
+        precision: str = "fp32",
+        batch_size: int = 64,
+        query_cache_size: int = 4096,
+        max_length: int | None = None,
+    ):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         import torch
@@ -125,13 +133,17 @@ class Encoder:
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_size = query_cache_size
         self._cache_lock = threading.Lock()
-        log.info("encoder %s on %s (dim %d, max_length %d)", self.model_id, self.device, self.dim,
-                 self.max_length)
+        log.info("encoder %s on %s (dim %d, max_length %d)", self.model_id, self.device, self.dim, self.max_length)
 
     @classmethod
     def from_settings(cls, s: Settings) -> Encoder:
-        return cls(s.model_dir, device=s.encoder_device, precision=s.encoder_precision,
-                   batch_size=s.encoder_batch_size, query_cache_size=s.encoder_query_cache)
+        return cls(
+            s.model_dir,
+            device=s.encoder_device,
+            precision=s.encoder_precision,
+            batch_size=s.encoder_batch_size,
+            query_cache_size=s.encoder_query_cache,
+        )
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """(n, dim) float32 unit rows. Sorted by length per batch so padding stays short."""
@@ -144,9 +156,14 @@ class Encoder:
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         with self._lock, torch.inference_mode():
             for start in range(0, len(order), self.batch_size):
-                idx = order[start:start + self.batch_size]
-                batch = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
-                                       max_length=self.max_length, return_tensors="pt").to(self.device)
+                idx = order[start : start + self.batch_size]
+                batch = self.tokenizer(
+                    [texts[i] for i in idx],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_tensors="pt",
+                ).to(self.device)
                 hidden = self.model(**batch).last_hidden_state.float()
                 mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
@@ -185,8 +202,13 @@ def item_text(op: CatalogOp, template: str) -> str:
     """The text embedded for an item. An empty field is dropped with the separator before it, so
     "{title}. {category}. {description}" never yields "Drill. . ." for an item without category."""
     check_template(template)
-    values = {"title": op.title, "category": op.category, "description": op.description,
-              "price": op.price, "item_id": op.item_id}
+    values = {
+        "title": op.title,
+        "category": op.category,
+        "description": op.description,
+        "price": op.price,
+        "item_id": op.item_id,
+    }
     parts: list[str] = []
     for literal, field, spec, _conv in string.Formatter().parse(template):
         if field is None:

@@ -87,10 +87,10 @@ from streamrec.settings import FeatureSettings, Settings
 from streamrec.store import connect
 
 INTERACTIONS = ("view", "click", "add_to_cart", "purchase")
-SEP = "\x1f"   # one byte: the script splits records on it
-TTL_REFRESH_S = 86_400     # a key's TTL is refreshed at most once per this many wall-clock seconds
-TRENDING_RESCALE = 30.0    # trending scores are rescaled when (ts - t0) / tau exceeds this (exp(30) ~ 1e13)
-QUARANTINE_RECENT_N = 20   # quarantine decisions kept in P:q:recent
+SEP = "\x1f"  # one byte: the script splits records on it
+TTL_REFRESH_S = 86_400  # a key's TTL is refreshed at most once per this many wall-clock seconds
+TRENDING_RESCALE = 30.0  # trending scores are rescaled when (ts - t0) / tau exceeds this (exp(30) ~ 1e13)
+QUARANTINE_RECENT_N = 20  # quarantine decisions kept in P:q:recent
 
 
 # The feature knobs are a node of the one settings tree (``Settings.features``, env ``STREAMREC_FEATURE_*``);
@@ -133,10 +133,23 @@ class Keys:
     """Key names in one place: readers call the methods, the writer script receives the same templates
     (:meth:`script_templates`), so no key name is spelled twice."""
 
-    PER_ID = {"recent": "u:{}:recent", "user": "u:{}", "affinity": "u:{}:cat", "item": "i:{}", "covis": "cv:{}",
-              "attr": "attr:{}", "quarantined": "q:{}"}
-    GLOBAL = {"trending": "trending", "trending_t0": "trending:t0", "clock": "clock", "quarantine_counts": "q:counts",
-              "quarantine_recent": "q:recent", "dlq_counts": "dlq:counts"}
+    PER_ID = {
+        "recent": "u:{}:recent",
+        "user": "u:{}",
+        "affinity": "u:{}:cat",
+        "item": "i:{}",
+        "covis": "cv:{}",
+        "attr": "attr:{}",
+        "quarantined": "q:{}",
+    }
+    GLOBAL = {
+        "trending": "trending",
+        "trending_t0": "trending:t0",
+        "clock": "clock",
+        "quarantine_counts": "q:counts",
+        "quarantine_recent": "q:recent",
+        "dlq_counts": "dlq:counts",
+    }
 
     def __init__(self, prefix: str):
         self.p = prefix
@@ -144,32 +157,59 @@ class Keys:
     def _id(self, name: str, id_: str) -> str:
         return self.p + self.PER_ID[name].format(id_)
 
-    def recent(self, user: str) -> str: return self._id("recent", user)
-    def user(self, user: str) -> str: return self._id("user", user)
-    def affinity(self, user: str) -> str: return self._id("affinity", user)
-    def item(self, item: str) -> str: return self._id("item", item)
-    def covis(self, item: str) -> str: return self._id("covis", item)
-    def attr(self, item: str) -> str: return self._id("attr", item)
-    def quarantined(self, event_id: str) -> str: return self._id("quarantined", event_id)
+    def recent(self, user: str) -> str:
+        return self._id("recent", user)
+
+    def user(self, user: str) -> str:
+        return self._id("user", user)
+
+    def affinity(self, user: str) -> str:
+        return self._id("affinity", user)
+
+    def item(self, item: str) -> str:
+        return self._id("item", item)
+
+    def covis(self, item: str) -> str:
+        return self._id("covis", item)
+
+    def attr(self, item: str) -> str:
+        return self._id("attr", item)
+
+    def quarantined(self, event_id: str) -> str:
+        return self._id("quarantined", event_id)
+
     def offset(self, group: str, topic: str, partition: int) -> str:
         return f"{self.p}off:{group}:{topic}:{partition}"
+
     def outbox(self, group: str, topic: str, partition: int) -> str:
         return f"{self.p}outbox:{group}:{topic}:{partition}"
+
     def relayed(self, group: str, topic: str, partition: int) -> str:
         return f"{self.p}relayed:{group}:{topic}:{partition}"
 
     @property
-    def trending(self) -> str: return self.p + self.GLOBAL["trending"]
+    def trending(self) -> str:
+        return self.p + self.GLOBAL["trending"]
+
     @property
-    def trending_t0(self) -> str: return self.p + self.GLOBAL["trending_t0"]
+    def trending_t0(self) -> str:
+        return self.p + self.GLOBAL["trending_t0"]
+
     @property
-    def clock(self) -> str: return self.p + self.GLOBAL["clock"]
+    def clock(self) -> str:
+        return self.p + self.GLOBAL["clock"]
+
     @property
-    def quarantine_counts(self) -> str: return self.p + self.GLOBAL["quarantine_counts"]
+    def quarantine_counts(self) -> str:
+        return self.p + self.GLOBAL["quarantine_counts"]
+
     @property
-    def quarantine_recent(self) -> str: return self.p + self.GLOBAL["quarantine_recent"]
+    def quarantine_recent(self) -> str:
+        return self.p + self.GLOBAL["quarantine_recent"]
+
     @property
-    def dlq_counts(self) -> str: return self.p + self.GLOBAL["dlq_counts"]
+    def dlq_counts(self) -> str:
+        return self.p + self.GLOBAL["dlq_counts"]
 
     def script_templates(self) -> dict[str, str | list[str]]:
         """For the writer script: per-id keys as ``[head, tail]`` around the id, global keys as names."""
@@ -237,9 +277,11 @@ class FeatureStore:
         tau = cfg.tau_ms(cfg.item_half_life_s)
         stats = []
         for h in replies:
+
             def decayed(t: str) -> float:
                 v = h.get(f"d:{t}")
                 return decay(float(v), float(h[f"t:{t}"]), now, tau) if v is not None else 0.0
+
             counts = {t: decayed(t) for t in INTERACTIONS}
             impressions, clicks = decayed("impression"), counts["click"]
             ctr = cfg.smoothed_ctr(clicks, impressions)
@@ -276,8 +318,11 @@ class FeatureStore:
             return {}
         now = self._now(now_ms)
         tau = self.config.tau_ms(self.config.affinity_half_life_s)
-        return {c: decay(float(v), float(raw[f"@{c}"]), now, tau)
-                for c, v in raw.items() if not c.startswith("@") and f"@{c}" in raw}
+        return {
+            c: decay(float(v), float(raw[f"@{c}"]), now, tau)
+            for c, v in raw.items()
+            if not c.startswith("@") and f"@{c}" in raw
+        }
 
     def item_attributes(self, item_ids: Sequence[str]) -> list[dict | None]:
         pipe = self.r.pipeline(transaction=False)
@@ -334,18 +379,27 @@ APPLY_LUA = (resources.files("streamrec") / "features_apply.lua").read_text(enco
 def script_config(cfg: FeatureConfig, bot: dict, keys: Keys) -> str:
     """The JSON the writer script reads: every constant it uses (feature decay/caps/weights, the
     bot-filter thresholds, key names, the field separator)."""
-    return json.dumps({
-        "recent_cap": cfg.recent_cap, "dedup_lookback": cfg.dedup_lookback,
-        "item_tau_ms": cfg.tau_ms(cfg.item_half_life_s),
-        "affinity_tau_ms": cfg.tau_ms(cfg.affinity_half_life_s),
-        "trending_tau_ms": cfg.tau_ms(cfg.trending_half_life_s),
-        "trending_rescale": TRENDING_RESCALE,
-        "covis_window_ms": cfg.covis_window_s * 1000.0, "covis_lookback": cfg.covis_lookback,
-        "covis_top_n": cfg.covis_top_n, "category_cap": cfg.category_cap,
-        "trending_cap": cfg.trending_cap, "user_ttl_s": cfg.user_ttl_s, "item_ttl_s": cfg.item_ttl_s,
-        "quarantine_ttl_s": cfg.quarantine_ttl_s, "ttl_refresh_s": TTL_REFRESH_S,
-        "quarantine_recent_n": QUARANTINE_RECENT_N,
-        "weights": {t: cfg.weight(t) for t in INTERACTIONS},
-        "keys": keys.script_templates(), "sep": SEP,
-        **bot,
-    })
+    return json.dumps(
+        {
+            "recent_cap": cfg.recent_cap,
+            "dedup_lookback": cfg.dedup_lookback,
+            "item_tau_ms": cfg.tau_ms(cfg.item_half_life_s),
+            "affinity_tau_ms": cfg.tau_ms(cfg.affinity_half_life_s),
+            "trending_tau_ms": cfg.tau_ms(cfg.trending_half_life_s),
+            "trending_rescale": TRENDING_RESCALE,
+            "covis_window_ms": cfg.covis_window_s * 1000.0,
+            "covis_lookback": cfg.covis_lookback,
+            "covis_top_n": cfg.covis_top_n,
+            "category_cap": cfg.category_cap,
+            "trending_cap": cfg.trending_cap,
+            "user_ttl_s": cfg.user_ttl_s,
+            "item_ttl_s": cfg.item_ttl_s,
+            "quarantine_ttl_s": cfg.quarantine_ttl_s,
+            "ttl_refresh_s": TTL_REFRESH_S,
+            "quarantine_recent_n": QUARANTINE_RECENT_N,
+            "weights": {t: cfg.weight(t) for t in INTERACTIONS},
+            "keys": keys.script_templates(),
+            "sep": SEP,
+            **bot,
+        }
+    )

@@ -26,9 +26,11 @@ def stop_on_signals(stop: threading.Event | None = None) -> threading.Event:
     """Set (and return) ``stop`` on SIGTERM/SIGINT; only possible from the main thread."""
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
+
         def _handler(signum, _frame):
             logging.getLogger(__name__).info("received %s, draining", signal.Signals(signum).name)
             stop.set()
+
         signal.signal(signal.SIGTERM, _handler)
         signal.signal(signal.SIGINT, _handler)
     return stop

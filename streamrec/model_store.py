@@ -32,7 +32,7 @@ _POINTER = "CURRENT"
 class ModelNotFound(KeyError):
     """The requested model version does not exist (or no model was published yet)."""
 
-    def __str__(self) -> str:   # KeyError would print the message in quotes
+    def __str__(self) -> str:  # KeyError would print the message in quotes
         return str(self.args[0]) if self.args else "model not found"
 
 
@@ -93,9 +93,17 @@ class ModelStore:
         rows = []
         for v in self.versions():
             m = self.meta(v)
-            rows.append({"version": v, "current": v == cur, "created_ms": m.get("created_ms"),
-                         "reason": m.get("reason"), "parent": m.get("parent"),
-                         "updates": m.get("updates"), "metrics": m.get("metrics", {})})
+            rows.append(
+                {
+                    "version": v,
+                    "current": v == cur,
+                    "created_ms": m.get("created_ms"),
+                    "reason": m.get("reason"),
+                    "parent": m.get("parent"),
+                    "updates": m.get("updates"),
+                    "metrics": m.get("metrics", {}),
+                }
+            )
         return rows
 
     # --- writing --------------------------------------------------------------------------------
@@ -117,7 +125,7 @@ class ModelStore:
                 (tmp / "meta.json").write_text(json.dumps(meta, sort_keys=True, default=float))
                 _fsync_dir_files(tmp)
                 try:
-                    os.rename(tmp, self.root / _vdir(v))   # fails if another publisher took v
+                    os.rename(tmp, self.root / _vdir(v))  # fails if another publisher took v
                     break
                 except OSError:
                     continue
@@ -143,13 +151,13 @@ class ModelStore:
         for v in doomed:
             path = self.root / _vdir(v)
             tomb = self.root / f".del-{_vdir(v)}-{os.getpid()}"
-            os.rename(path, tomb)   # out of sight atomically, then removed
+            os.rename(path, tomb)  # out of sight atomically, then removed
             shutil.rmtree(tomb, ignore_errors=True)
         return doomed
 
     def rollback(self, version: int) -> None:
         """Serve ``version`` again (it must exist); the learner adopts it as its champion."""
-        self.meta(version)   # raises ModelNotFound
+        self.meta(version)  # raises ModelNotFound
         if not (self.root / _vdir(version) / "model.pt").exists():
             raise ModelNotFound(f"model version {version} has no weights in {self.root}")
         self._point(version)

@@ -28,14 +28,14 @@ if TYPE_CHECKING:  # pragma: no cover - types only
     import redis
 
 FEATURE_NAMES: list[str] = [
-    "retrieval_score",       # first-stage score from serving (0 for a replayed log)
-    "query_item_cos",        # cosine(query vector, item vector)
+    "retrieval_score",  # first-stage score from serving (0 for a replayed log)
+    "query_item_cos",  # cosine(query vector, item vector)
     "has_query_vec",
-    "user_item_cos",         # cosine(mean vector of the user's recent items, item vector)
+    "user_item_cos",  # cosine(mean vector of the user's recent items, item vector)
     "has_user_vec",
     "has_item_vec",
-    "user_history_log",      # log1p(number of recent items)
-    "user_seen_item",        # the item is among the user's recent items
+    "user_history_log",  # log1p(number of recent items)
+    "user_seen_item",  # the item is among the user's recent items
     "item_impressions_log",  # popularity / CTR counters
     "item_clicks_log",
     "item_ctr_smoothed",
@@ -43,13 +43,13 @@ FEATURE_NAMES: list[str] = [
     "item_carts_log",
     "item_purchases_log",
     "item_purchase_rate",
-    "covisit_sum_log",       # co-visitation of the item with the user's recent items
+    "covisit_sum_log",  # co-visitation of the item with the user's recent items
     "covisit_max_log",
     "trending_log",
-    "category_affinity",     # share of the user's category affinity on the item's category
+    "category_affinity",  # share of the user's category affinity on the item's category
     "category_is_top",
     "price_log",
-    "price_match",           # exp(-|log price - mean log price of the user's recent items|)
+    "price_match",  # exp(-|log price - mean log price of the user's recent items|)
     "has_price",
 ] + [f"item_vec_{k}" for k in range(8)]  # a fixed random projection of the item vector (content → CTR)
 N_ITEM_PROJ = 8
@@ -57,8 +57,8 @@ N_FEATURES = len(FEATURE_NAMES)
 _COL = {name: i for i, name in enumerate(FEATURE_NAMES)}
 SCHEMA_ID = hashlib.sha1(json.dumps(FEATURE_NAMES).encode()).hexdigest()[:12]
 
-RECENT_FOR_PROFILE = 20   # recent items that make up the user's vector and price profile
-RECENT_FOR_COVISIT = 5    # recent items whose co-visitation lists are read (one Redis call each)
+RECENT_FOR_PROFILE = 20  # recent items that make up the user's vector and price profile
+RECENT_FOR_COVISIT = 5  # recent items whose co-visitation lists are read (one Redis call each)
 TRENDING_N = 200
 
 
@@ -125,14 +125,25 @@ class FeatureAssembler:
     item_meta: item id → metadata (category, price) used when Redis has no attributes.
     """
 
-    def __init__(self, features: FeatureSource, vectors: Callable[[str], np.ndarray | None],
-                 item_meta: Callable[[str], Any | None] | None = None):
+    def __init__(
+        self,
+        features: FeatureSource,
+        vectors: Callable[[str], np.ndarray | None],
+        item_meta: Callable[[str], Any | None] | None = None,
+    ):
         self.features = features
         self.vectors = vectors
         self.item_meta = item_meta
 
-    def assemble(self, *, user_id: str | None, query_vec: np.ndarray | None, item_ids: list[str],
-                 retrieval_scores: np.ndarray | Sequence[float] | None, now_ms: int | None = None) -> np.ndarray:
+    def assemble(
+        self,
+        *,
+        user_id: str | None,
+        query_vec: np.ndarray | None,
+        item_ids: list[str],
+        retrieval_scores: np.ndarray | Sequence[float] | None,
+        now_ms: int | None = None,
+    ) -> np.ndarray:
         """The ``(len(item_ids), N_FEATURES)`` float32 matrix, rows in ``item_ids`` order."""
         item_ids = [str(i) for i in item_ids]
         n = len(item_ids)
@@ -168,8 +179,7 @@ class FeatureAssembler:
         X[:, _COL["user_seen_item"]] = [1.0 if i in seen else 0.0 for i in item_ids]
         return recent_ids
 
-    def _vectors(self, X: np.ndarray, query_vec: np.ndarray | None, item_ids: list[str],
-                 recent_ids: list[str]) -> None:
+    def _vectors(self, X: np.ndarray, query_vec: np.ndarray | None, item_ids: list[str], recent_ids: list[str]) -> None:
         """Item projection and the query / user-profile cosines."""
         col = _COL
         q = _unit(query_vec)
@@ -181,7 +191,7 @@ class FeatureAssembler:
             if v is None:
                 continue
             X[row, col["has_item_vec"]] = 1.0
-            X[row, proj0:proj0 + N_ITEM_PROJ] = v @ item_projection(v.shape[0])
+            X[row, proj0 : proj0 + N_ITEM_PROJ] = v @ item_projection(v.shape[0])
             if q is not None and q.shape == v.shape:
                 X[row, col["query_item_cos"]] = float(q @ v)
                 X[row, col["has_query_vec"]] = 1.0
@@ -229,8 +239,9 @@ class FeatureAssembler:
         trending = dict(self.features.trending(n=TRENDING_N))
         X[:, _COL["trending_log"]] = [math.log1p(max(0.0, float(trending.get(i, 0.0)))) for i in item_ids]
 
-    def _category_and_price(self, X: np.ndarray, user_id: str | None, item_ids: list[str],
-                            recent_ids: list[str]) -> None:
+    def _category_and_price(
+        self, X: np.ndarray, user_id: str | None, item_ids: list[str], recent_ids: list[str]
+    ) -> None:
         """Category affinity of the user for each candidate's category, and the price match."""
         col, n = _COL, len(item_ids)
         attrs = self.features.item_attributes(item_ids + recent_ids)
@@ -257,6 +268,7 @@ class FeatureAssembler:
 
 # --- the ranking head -----------------------------------------------------------------------------
 
+
 class RankingHead(nn.Module):
     """Multi-task ranking head: shared layers, a click (CTR) and a purchase (CTCVR) head.
 
@@ -266,13 +278,19 @@ class RankingHead(nn.Module):
     position-free (``position=None``), i.e. as if every item were shown at the top.
     """
 
-    def __init__(self, n_features: int = N_FEATURES, hidden: int = 32, max_positions: int = 50,
-                 feature_names: list[str] | None = None):
+    def __init__(
+        self,
+        n_features: int = N_FEATURES,
+        hidden: int = 32,
+        max_positions: int = 50,
+        feature_names: list[str] | None = None,
+    ):
         super().__init__()
         if n_features < 1 or hidden < 1 or max_positions < 1:
             raise ValueError("n_features, hidden and max_positions must be positive")
-        self.feature_names = list(feature_names or (FEATURE_NAMES if n_features == N_FEATURES else
-                                                    [f"f{i}" for i in range(n_features)]))
+        self.feature_names = list(
+            feature_names or (FEATURE_NAMES if n_features == N_FEATURES else [f"f{i}" for i in range(n_features)])
+        )
         if len(self.feature_names) != n_features:
             raise ValueError(f"{len(self.feature_names)} feature names for {n_features} features")
         self.n_features, self.hidden, self.max_positions = n_features, hidden, max_positions
@@ -285,7 +303,7 @@ class RankingHead(nn.Module):
         nn.init.zeros_(self.position_bias.weight)
         for lin in (self.click_deep, self.click_wide, self.buy_deep, self.buy_wide):
             nn.init.zeros_(lin.weight)
-        nn.init.constant_(self.click_wide.bias, -3.0)   # start near a low base rate, not at 50 %
+        nn.init.constant_(self.click_wide.bias, -3.0)  # start near a low base rate, not at 50 %
         nn.init.constant_(self.buy_wide.bias, -5.0)
         nn.init.zeros_(self.click_deep.bias)
         nn.init.zeros_(self.buy_deep.bias)
@@ -298,8 +316,12 @@ class RankingHead(nn.Module):
 
     def config(self) -> dict:
         """What it takes to rebuild the module before loading its state dict."""
-        return {"n_features": self.n_features, "hidden": self.hidden, "max_positions": self.max_positions,
-                "feature_names": list(self.feature_names)}
+        return {
+            "n_features": self.n_features,
+            "hidden": self.hidden,
+            "max_positions": self.max_positions,
+            "feature_names": list(self.feature_names),
+        }
 
     @torch.no_grad()
     def update_normalizer(self, X: torch.Tensor, momentum: float = 0.01) -> None:
@@ -343,7 +365,7 @@ class RankingHead(nn.Module):
             click, buy = self.forward(self._check(X))
         finally:
             self.train(was)
-        off = self.logit_offset   # back to the stream's odds (see the buffer)
+        off = self.logit_offset  # back to the stream's odds (see the buffer)
         return torch.sigmoid(click + off).numpy(), torch.sigmoid(buy + off).numpy()
 
     def explain(self, X: np.ndarray, top: int = 3) -> list[list[str]]:
@@ -370,15 +392,20 @@ class RankingHead(nn.Module):
 
 def head_from_state(config: dict, state: dict) -> RankingHead:
     """Rebuild a head from :meth:`RankingHead.config` and its state dict."""
-    head = RankingHead(n_features=int(config["n_features"]), hidden=int(config["hidden"]),
-                       max_positions=int(config["max_positions"]), feature_names=list(config["feature_names"]))
+    head = RankingHead(
+        n_features=int(config["n_features"]),
+        hidden=int(config["hidden"]),
+        max_positions=int(config["max_positions"]),
+        feature_names=list(config["feature_names"]),
+    )
     state = dict(state)
-    state.setdefault("logit_offset", torch.zeros(()))   # snapshots from before negative sampling
+    state.setdefault("logit_offset", torch.zeros(()))  # snapshots from before negative sampling
     head.load_state_dict(state)
     return head
 
 
 # --- what serving scored ---------------------------------------------------------------------------
+
 
 def served_key(prefix: str, request_id: str) -> str:
     return f"{prefix}served:{request_id}"
@@ -393,8 +420,14 @@ def log_served(r: redis.Redis, prefix: str, request_id: str, item_ids: list[str]
         raise ValueError("ttl_s must be positive")
     key = served_key(prefix, request_id)
     pipe = r.pipeline(transaction=True)
-    pipe.hset(key, mapping={"schema": SCHEMA_ID, "items": json.dumps([str(i) for i in item_ids]),
-                            "X": base64.b64encode(X.tobytes()).decode()})
+    pipe.hset(
+        key,
+        mapping={
+            "schema": SCHEMA_ID,
+            "items": json.dumps([str(i) for i in item_ids]),
+            "X": base64.b64encode(X.tobytes()).decode(),
+        },
+    )
     pipe.pexpire(key, max(1, int(ttl_s * 1000)))
     pipe.execute()
 
@@ -404,8 +437,9 @@ def load_served(r: redis.Redis, prefix: str, request_id: str) -> dict[str, np.nd
     raw = r.hgetall(served_key(prefix, request_id))
     if not raw:
         return None
-    raw = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-           for k, v in raw.items()}
+    raw = {
+        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v) for k, v in raw.items()
+    }
     if raw.get("schema") != SCHEMA_ID or "items" not in raw or "X" not in raw:
         return None
     items = json.loads(raw["items"])

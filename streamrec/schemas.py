@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -66,7 +66,7 @@ def _to_epoch_ms(v: Any) -> int:
             except ValueError:
                 raise ValueError(f"ts {v!r} is neither epoch milliseconds nor ISO 8601") from None
             if dt.tzinfo is None:
-                dt = dt.replace(tzinfo=timezone.utc)
+                dt = dt.replace(tzinfo=UTC)
             ms = int(dt.timestamp() * 1000)
     else:
         raise ValueError("ts must be epoch milliseconds or an ISO 8601 string")
@@ -224,17 +224,31 @@ class DeadLetter(_Strict):
     payload_text: str | None = Field(None, description="the original bytes as text, when UTF-8")
 
     @classmethod
-    def of(cls, rejected: Rejected, raw: bytes, *, topic: str, partition: int | None = None,
-           offset: int | None = None, key: bytes | None = None, now_ms: int) -> DeadLetter:
+    def of(
+        cls,
+        rejected: Rejected,
+        raw: bytes,
+        *,
+        topic: str,
+        partition: int | None = None,
+        offset: int | None = None,
+        key: bytes | None = None,
+        now_ms: int,
+    ) -> DeadLetter:
         try:
             text: str | None = raw.decode("utf-8")
         except UnicodeDecodeError:
             text = None
         return cls(
-            reason=rejected.reason, error=rejected.error, source_topic=topic,
-            source_partition=partition, source_offset=offset,
+            reason=rejected.reason,
+            error=rejected.error,
+            source_topic=topic,
+            source_partition=partition,
+            source_offset=offset,
             source_key=key.decode("utf-8", "replace") if key is not None else None,
-            received_ms=now_ms, payload_b64=base64.b64encode(raw).decode(), payload_text=text,
+            received_ms=now_ms,
+            payload_b64=base64.b64encode(raw).decode(),
+            payload_text=text,
         )
 
     def original_bytes(self) -> bytes:
@@ -242,6 +256,7 @@ class DeadLetter(_Strict):
 
 
 # --- HTTP responses ----------------------------------------------------------------------------
+
 
 class ResultItem(BaseModel):
     item_id: str

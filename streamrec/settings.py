@@ -97,10 +97,12 @@ class Settings(BaseSettings):
     http_port: int = Field(8080, ge=1, le=65535)
     metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus port of a headless service; 0 = off")
     cpu_threads: int = Field(
-        1, ge=0, le=256,
+        1,
+        ge=0,
+        le=256,
         description="torch/OpenMP intra-op threads per service process; 0 = library default. The services "
-                    "are separate processes, so 1 keeps a small host from oversubscribing (a 2-thread "
-                    "OpenMP region on a busy 2-core box made one query encoding 40x slower)",
+        "are separate processes, so 1 keeps a small host from oversubscribing (a 2-thread "
+        "OpenMP region on a busy 2-core box made one query encoding 40x slower)",
     )
 
     # --- topics (the contract; see README) -------------------------------------------------
@@ -147,36 +149,61 @@ class Settings(BaseSettings):
     label_window_s: float = Field(30.0, gt=0, description="how long an impression waits for its click")
     publish_every_updates: int = Field(50, ge=1)
     publish_every_s: float = Field(
-        0.5, gt=0, description="publish at most this long after an update: event → new model in serving p99 "
-                               "is about this plus serving's model_poll_s")
+        0.5,
+        gt=0,
+        description="publish at most this long after an update: event → new model in serving p99 "
+        "is about this plus serving's model_poll_s",
+    )
     learner_lr: float = Field(0.003, gt=0, description="Adam step size of the champion (a challenger uses 3x)")
     learner_batch_size: int = Field(64, ge=1, le=65_536, description="examples per micro-batch update")
     learner_max_batch_delay_s: float = Field(0.2, gt=0, description="a partial micro-batch trains after this wait")
     learner_checkpoint_every_s: float = Field(5.0, gt=0, description="learner state + offsets checkpoint period")
     learner_follow_vectors: bool = Field(True, description="start an IndexReplica for item vectors")
     learner_vector_dim: int | None = Field(
-        None, ge=1, description="item vector dimension; None = the encoder's (hidden_size of its config.json)")
+        None, ge=1, description="item vector dimension; None = the encoder's (hidden_size of its config.json)"
+    )
     learner_negative_sampling: Literal["off", "popularity"] = Field(
-        "off", description="streams without impressions: sample unseen items as negatives for each positive")
+        "off", description="streams without impressions: sample unseen items as negatives for each positive"
+    )
     learner_negatives_per_positive: int = Field(4, ge=1, le=100)
     learner_train_negative_rate: float = Field(
-        1.0, gt=0, le=1, description="share of shown-but-not-clicked examples the head trains on (every click "
-        "always); predictions are shifted by log(rate) so they stay calibrated. Below 1 for low-CTR streams")
+        1.0,
+        gt=0,
+        le=1,
+        description="share of shown-but-not-clicked examples the head trains on (every click "
+        "always); predictions are shifted by log(rate) so they stay calibrated. Below 1 for low-CTR streams",
+    )
     drift_loss_delta: float = Field(0.0005, gt=0, lt=1, description="ADWIN delta on the prequential click loss")
     drift_ctr_threshold: float = Field(30.0, gt=0, description="Page-Hinkley threshold on the click rate")
     drift_features: list[str] = Field(
         ["retrieval_score", "query_item_cos", "price_log", "item_vec_0", "item_vec_1"],
-        description="ranking features whose means are watched by ADWIN (JSON list in the env)")
+        description="ranking features whose means are watched by ADWIN (JSON list in the env)",
+    )
     drift_feature_delta: float = Field(1e-5, gt=0, lt=1)
-    drift_item_delta: float = Field(0.05, ge=0, lt=1, description="ADWIN delta on the clicked items' CTR "
-                                    "percentile (label-conditional; sees clicks moving to other items); 0 = off")
-    drift_rank_delta: float = Field(0.05, ge=0, lt=1, description="ADWIN delta on the model's rank of each clicked "
-                                    "item among recent examples (a rolling AUC; sees the ranking go wrong); 0 = off")
+    drift_item_delta: float = Field(
+        0.05,
+        ge=0,
+        lt=1,
+        description="ADWIN delta on the clicked items' CTR "
+        "percentile (label-conditional; sees clicks moving to other items); 0 = off",
+    )
+    drift_rank_delta: float = Field(
+        0.05,
+        ge=0,
+        lt=1,
+        description="ADWIN delta on the model's rank of each clicked "
+        "item among recent examples (a rolling AUC; sees the ranking go wrong); 0 = off",
+    )
     drift_warmup: int = Field(1000, ge=0, description="labelled examples before drift is reported")
     challenger_min_examples: int = Field(300, ge=10, description="paired examples before a challenger can win")
     challenger_max_examples: int = Field(20_000, ge=100, description="a challenger that has not won by then is dropped")
-    challenger_margin: float = Field(0.02, ge=0, lt=1, description="a challenger is promoted when its loss on the "
-                                     "same recent examples is this much (relative) below the champion's")
+    challenger_margin: float = Field(
+        0.02,
+        ge=0,
+        lt=1,
+        description="a challenger is promoted when its loss on the "
+        "same recent examples is this much (relative) below the champion's",
+    )
     rollback_threshold: float = Field(0.2, gt=0, description="relative online-loss excess that rolls a version back")
     rollback_min_examples: int = Field(500, ge=10)
     model_keep_versions: int = Field(500, ge=2, description="published versions kept on disk (older are pruned)")
@@ -232,7 +259,6 @@ class Settings(BaseSettings):
                 "or point it at your Redis, e.g. STREAMREC_REDIS_URL=redis://localhost:6379/0"
             )
         return self.redis_url
-
 
 
 def default(name: str) -> Any:

@@ -10,7 +10,10 @@ from streamrec.settings import Settings
 def connect(s: Settings) -> redis.Redis:
     """A pooled client returning ``str`` (every value we store is text or a number)."""
     return redis.Redis.from_url(
-        s.require_redis(), decode_responses=True, socket_timeout=10, socket_connect_timeout=5,
+        s.require_redis(),
+        decode_responses=True,
+        socket_timeout=10,
+        socket_connect_timeout=5,
         health_check_interval=30,
     )
 

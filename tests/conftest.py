@@ -66,7 +66,7 @@ def settings(kafka_broker, redis_server, tmp_path) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def data_dir() -> "os.PathLike":
+def data_dir() -> os.PathLike:
     s = Settings()
     if not s.data_dir.is_dir():
         pytest.fail(f"dataset folder {s.data_dir} missing: set STREAMREC_DATA_DIR")

@@ -13,8 +13,7 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def wait_for(cond: Callable[[], T], what: str = "condition", timeout_s: float = 30.0,
-             every_s: float = 0.05) -> T:
+def wait_for(cond: Callable[[], T], what: str = "condition", timeout_s: float = 30.0, every_s: float = 0.05) -> T:
     """Poll ``cond`` until it returns something truthy, and return that."""
     deadline = time.monotonic() + timeout_s
     last: T | None = None

@@ -62,8 +62,11 @@ def test_grafana_dashboard_is_current_and_queries_only_metrics_the_code_defines(
     built = runpy.run_path(str(ROOT / "deploy" / "grafana" / "build_dashboard.py"))["build"]()
     committed = json.loads((ROOT / "deploy" / "grafana" / "dashboards" / "streamrec.json").read_text())
     assert committed == built, "re-run deploy/grafana/build_dashboard.py"
-    source = "".join(p.read_text() for d in ("serving", "consumers", "learner", "index_updater", "streamrec")
-                     for p in (ROOT / d).rglob("*.py"))
+    source = "".join(
+        p.read_text()
+        for d in ("serving", "consumers", "learner", "index_updater", "streamrec")
+        for p in (ROOT / d).rglob("*.py")
+    )
     for panel in committed["panels"]:
         for target in panel["targets"]:
             for metric in re.findall(r"streamrec_[a-z_]+", target["expr"]):

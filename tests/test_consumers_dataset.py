@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import itertools
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from streamrec.datasets import diginetica
 
 
 def ms(y, m, d) -> int:
-    return int(datetime(y, m, d, tzinfo=timezone.utc).timestamp() * 1000)
+    return int(datetime(y, m, d, tzinfo=UTC).timestamp() * 1000)
 
 
 def test_session_events_derive_types_from_repeats_and_times_from_position(data_dir):

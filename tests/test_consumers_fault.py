@@ -19,6 +19,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 import pytest
+from conftest import isolated_settings  # noqa: E402
 
 from consumers.botfilter import BotConfig
 from consumers.outbox import Quarantined
@@ -27,8 +28,6 @@ from streamrec.datasets import diginetica
 from streamrec.features import FeatureConfig, FeatureStore
 from streamrec.schemas import DeadLetter, Event, encode
 from streamrec.settings import REPO_ROOT
-
-from conftest import isolated_settings  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -42,6 +41,7 @@ BOT = BotConfig()
 
 
 # --- the input ---------------------------------------------------------------------------------
+
 
 def malformed(i: int) -> tuple[bytes, str]:
     """One bad record per kind the validator must dead-letter, unique so the DLQ can be matched."""
@@ -64,9 +64,14 @@ def malformed(i: int) -> tuple[bytes, str]:
 
 def build_stream(data_dir, rng: random.Random) -> list[tuple[str, bytes, Event | None]]:
     """(key, value, event or None when malformed) in produce order."""
-    real = list(heapq.merge(diginetica.session_events(data_dir, limit=N_SESSION_EVENTS),
-                            diginetica.purchase_events(data_dir), diginetica.view_events(data_dir),
-                            key=lambda e: e.ts))
+    real = list(
+        heapq.merge(
+            diginetica.session_events(data_dir, limit=N_SESSION_EVENTS),
+            diginetica.purchase_events(data_dir),
+            diginetica.view_events(data_dir),
+            key=lambda e: e.ts,
+        )
+    )
     out: list[tuple[str, bytes, Event | None]] = []
     bad_at = set(rng.sample(range(len(real)), 280))
     dup_at = set(rng.sample(range(len(real)), 150))
@@ -89,6 +94,7 @@ def build_stream(data_dir, rng: random.Random) -> list[tuple[str, bytes, Event |
 
 
 # --- the reference: the documented rules, applied sequentially in produce order -----------------
+
 
 @dataclass
 class Reference:
@@ -119,9 +125,14 @@ class Reference:
         self.clock = max(self.clock, e.ts)
         recent = self.recent[e.user_id]
         reason = None
-        if any(r[0] == e.event_id for r in recent[:CFG.dedup_lookback]):
+        if any(r[0] == e.event_id for r in recent[: CFG.dedup_lookback]):
             reason = "duplicate_event"
-        elif recent and recent[0][1] == e.item_id and recent[0][2] == e.type and abs(e.ts - recent[0][3]) < BOT.repeat_gap_ms:
+        elif (
+            recent
+            and recent[0][1] == e.item_id
+            and recent[0][2] == e.type
+            and abs(e.ts - recent[0][3]) < BOT.repeat_gap_ms
+        ):
             reason = "rapid_repeat"
         elif self.rate_over(e.user_id, e.ts):
             reason = "user_burst"
@@ -132,13 +143,13 @@ class Reference:
             return
         session = e.session_id or ""
         seen = {e.item_id}
-        for _eid, other, _t, ts, sess in recent[:CFG.covis_lookback]:
+        for _eid, other, _t, ts, sess in recent[: CFG.covis_lookback]:
             if other not in seen and sess == session and abs(e.ts - ts) <= CFG.covis_window_s * 1000:
                 seen.add(other)
                 self.covis[e.item_id][other] += 1
                 self.covis[other][e.item_id] += 1
         recent.insert(0, (e.event_id, e.item_id, e.type, e.ts, session))
-        del recent[max(CFG.recent_cap, CFG.dedup_lookback, CFG.covis_lookback):]
+        del recent[max(CFG.recent_cap, CFG.dedup_lookback, CFG.covis_lookback) :]
         self.user_n[e.user_id][e.type] += 1
         self.item_n[e.item_id][e.type] += 1
         self.item_ts[(e.item_id, e.type)].append(e.ts)
@@ -164,20 +175,30 @@ class Reference:
 
 # --- consumer processes ------------------------------------------------------------------------
 
+
 class Fleet:
     """Real ``python -m consumers`` processes sharing one group."""
 
     def __init__(self, settings, log_dir):
         from launcher.embedded import child_env
 
-        self.env = child_env(
-            kafka_bootstrap=settings.kafka_bootstrap, redis_url=settings.redis_url,
-            redis_prefix=settings.redis_prefix, topic_events=settings.topic_events,
-            topic_catalog=settings.topic_catalog, topic_dlq=settings.topic_dlq,
-            topic_quarantine=settings.topic_quarantine, consumers_group=settings.consumers_group,
-            consumer_session_timeout_ms=4000,
-            consumer_heartbeat_ms=400, consumer_max_poll_interval_ms=20_000, log_level="WARNING",
-        ) | FEATURE_ENV
+        self.env = (
+            child_env(
+                kafka_bootstrap=settings.kafka_bootstrap,
+                redis_url=settings.redis_url,
+                redis_prefix=settings.redis_prefix,
+                topic_events=settings.topic_events,
+                topic_catalog=settings.topic_catalog,
+                topic_dlq=settings.topic_dlq,
+                topic_quarantine=settings.topic_quarantine,
+                consumers_group=settings.consumers_group,
+                consumer_session_timeout_ms=4000,
+                consumer_heartbeat_ms=400,
+                consumer_max_poll_interval_ms=20_000,
+                log_level="WARNING",
+            )
+            | FEATURE_ENV
+        )
         self.log_dir = log_dir
         self.live: list[subprocess.Popen] = []
         self.started = 0
@@ -185,8 +206,13 @@ class Fleet:
 
     def start(self) -> subprocess.Popen:
         log = open(self.log_dir / f"consumer{self.started}.log", "wb")
-        p = subprocess.Popen([sys.executable, "-m", "consumers"], env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                             cwd=os.fspath(REPO_ROOT))
+        p = subprocess.Popen(
+            [sys.executable, "-m", "consumers"],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=os.fspath(REPO_ROOT),
+        )
         log.close()
         self.started += 1
         self.live.append(p)
@@ -235,8 +261,9 @@ def read_all(settings, topic: str, quiet_s: float = 2.0) -> list:
 
 
 def test_kill9_and_rebalances_lose_nothing_and_count_nothing_twice(kafka_broker, redis_server, tmp_path, data_dir):
-    settings = isolated_settings(kafka_broker, redis_server, tmp_path / "state",
-                                 consumer_session_timeout_ms=4000, consumer_heartbeat_ms=400)
+    settings = isolated_settings(
+        kafka_broker, redis_server, tmp_path / "state", consumer_session_timeout_ms=4000, consumer_heartbeat_ms=400
+    )
     rng = random.Random(20160101)
     stream = build_stream(data_dir, rng)
     raw_items = {e.item_id for _k, _v, e in stream if e is not None and not e.item_id.startswith("sg")}
@@ -290,8 +317,10 @@ def test_kill9_and_rebalances_lose_nothing_and_count_nothing_twice(kafka_broker,
             if k == 2:  # the newest consumer is joining: kill the other one mid-rebalance
                 time.sleep(rng.uniform(1.0, 2.0))
                 victim = fleet.live[0]
-            applied = sum(int(fs.r.get(fs.keys.offset(settings.consumers_group, settings.topic_events, p)) or 0)
-                          for p in range(settings.topic_partitions))
+            applied = sum(
+                int(fs.r.get(fs.keys.offset(settings.consumers_group, settings.topic_events, p)) or 0)
+                for p in range(settings.topic_partitions)
+            )
             fleet.kill9(victim)
             mid_stream_kills += applied < total
             if not fleet.live:
@@ -305,7 +334,9 @@ def test_kill9_and_rebalances_lose_nothing_and_count_nothing_twice(kafka_broker,
                 v = r.get(fs.keys.offset(settings.consumers_group, settings.topic_events, p))
                 if v is None or int(v) < last + 1:
                     return False
-            return not any(r.llen(fs.keys.outbox(settings.consumers_group, settings.topic_events, p)) for p in last_offset)
+            return not any(
+                r.llen(fs.keys.outbox(settings.consumers_group, settings.topic_events, p)) for p in last_offset
+            )
 
         deadline = time.monotonic() + 180
         while not offset_done():
@@ -328,7 +359,7 @@ def test_kill9_and_rebalances_lose_nothing_and_count_nothing_twice(kafka_broker,
         counts = {k[2:]: int(v) for k, v in replies[2 * i].items() if k.startswith("n:")}
         assert counts == dict(ref.user_n[u]), u
         got = [tuple(x.split("\x1f")) for x in replies[2 * i + 1]]
-        want = [(eid, item, t, str(ts), s) for eid, item, t, ts, s in ref.recent[u][:CFG.recent_cap]]
+        want = [(eid, item, t, str(ts), s) for eid, item, t, ts, s in ref.recent[u][: CFG.recent_cap]]
         assert got == want, u
 
     items = sorted(ref.item_n)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import redis
+from test_consumers_service import read_topic
 
 from consumers.apply import Writer
 from consumers.outbox import Outbox, _parse
@@ -12,20 +13,24 @@ from consumers.validate import classify
 from streamrec import bus
 from streamrec.schemas import DeadLetter
 from streamrec.store import connect_binary
-from test_consumers_service import read_topic
 
 
 def outbox_for(settings, writer):
-    return Outbox(settings, connect_binary(settings), bus.make_producer(settings),
-                  lambda t, p: (writer.outbox_key(t, p), writer.relayed_key(t, p)))
+    return Outbox(
+        settings,
+        connect_binary(settings),
+        bus.make_producer(settings),
+        lambda t, p: (writer.outbox_key(t, p), writer.relayed_key(t, p)),
+    )
 
 
 def dead_letters(settings, writer, n, start=0):
     recs = []
     for off in range(start, start + n):
         raw = f"broken {off}".encode()
-        recs.append((off, classify(raw, topic="src", is_catalog=False, max_bytes=1024, partition=0, offset=off),
-                     raw, b"k"))
+        recs.append(
+            (off, classify(raw, topic="src", is_catalog=False, max_bytes=1024, partition=0, offset=off), raw, b"k")
+        )
     res = writer.apply("src", 0, recs, start + n)
     assert res.outbox_len == n
 

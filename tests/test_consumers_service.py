@@ -17,8 +17,6 @@ from tests.polling import wait_for
 T0 = 1_700_000_000_000
 
 
-
-
 def read_topic(settings, topic, n, timeout_s=30.0) -> list:
     c = bus.make_consumer(settings, group_id=None)
     try:
@@ -51,17 +49,24 @@ def ev(i, user="u1", item="a", typ="view", **kw) -> Event:
 
 def test_events_become_features_and_bad_input_is_dead_lettered(settings, service):
     p = bus.make_producer(settings)
-    p.send(settings.topic_catalog, key="a", value=encode(CatalogOp(op="upsert", item_id="a", ts=T0, title="Pen",
-                                                                    category="office", price=2.5)))
+    p.send(
+        settings.topic_catalog,
+        key="a",
+        value=encode(CatalogOp(op="upsert", item_id="a", ts=T0, title="Pen", category="office", price=2.5)),
+    )
     p.flush()
     fs = FeatureStore.from_settings(settings)
     wait_for(lambda: fs.item_attributes(["a"])[0], what="catalog upsert")
     for i, (item, typ) in enumerate([("a", "view"), ("b", "view"), ("a", "click"), ("b", "purchase")]):
         p.send(settings.topic_events, key="u1", value=encode(ev(i, item=item, typ=typ)))
-    bad = [b"\xff\xfe not utf8", b"{not json", b"[1, 2]", json.dumps({"event_id": "x", "type": "teleport",
-           "user_id": "u", "ts": T0, "item_id": "a"}).encode(),
-           json.dumps({"event_id": "x", "type": "view", "user_id": "u", "ts": T0}).encode(),
-           b'{"pad": "' + b"x" * settings.max_event_bytes + b'"}']
+    bad = [
+        b"\xff\xfe not utf8",
+        b"{not json",
+        b"[1, 2]",
+        json.dumps({"event_id": "x", "type": "teleport", "user_id": "u", "ts": T0, "item_id": "a"}).encode(),
+        json.dumps({"event_id": "x", "type": "view", "user_id": "u", "ts": T0}).encode(),
+        b'{"pad": "' + b"x" * settings.max_event_bytes + b'"}',
+    ]
     for raw in bad:
         p.send(settings.topic_events, key="bad", value=raw)
     p.flush()
@@ -83,7 +88,8 @@ def test_events_become_features_and_bad_input_is_dead_lettered(settings, service
 
     letters = [DeadLetter.model_validate_json(m.value) for m in read_topic(settings, settings.topic_dlq, len(bad))]
     assert sorted(d.reason for d in letters) == sorted(
-        ["not_utf8", "not_json", "not_object", "unknown_type", "invalid", "oversize"])
+        ["not_utf8", "not_json", "not_object", "unknown_type", "invalid", "oversize"]
+    )
     assert sorted(d.original_bytes() for d in letters) == sorted(bad)
     assert all(d.source_topic == settings.topic_events and d.error for d in letters)
 
@@ -109,7 +115,10 @@ def test_stop_drains_and_commits(settings):
         committed = {tp.partition: c.committed(tp) for tp in tps}
     finally:
         c.close()
-    stored = {tp.partition: fs.r.get(fs.keys.offset(settings.consumers_group, settings.topic_events, tp.partition)) for tp in tps}
+    stored = {
+        tp.partition: fs.r.get(fs.keys.offset(settings.consumers_group, settings.topic_events, tp.partition))
+        for tp in tps
+    }
     assert sum(committed.values()) == n
     assert committed == {k: int(v) for k, v in stored.items()}
 
@@ -120,8 +129,9 @@ def test_bots_and_repeats_are_quarantined_not_counted(settings, service, monkeyp
     p = bus.make_producer(settings)
     normal = [ev(i, user="human", item=f"i{i}") for i in range(3)]
     # a bot: 80 events in 8 s from one user (limit 50 per 10 s window)
-    bot = [Event(event_id=f"b{i}", type="click", user_id="bot", item_id=f"i{i % 5}", ts=T0 + i * 100)
-           for i in range(80)]
+    bot = [
+        Event(event_id=f"b{i}", type="click", user_id="bot", item_id=f"i{i % 5}", ts=T0 + i * 100) for i in range(80)
+    ]
     repeat = [ev(10, user="human", item="x"), ev(10, user="human", item="x")]  # same event_id twice
     for e in normal + bot + repeat:
         p.send(settings.topic_events, key=e.user_id, value=encode(e))
@@ -148,13 +158,24 @@ def test_status_shows_thresholds_decisions_and_lag(settings, service):
     p.flush()
     fs = FeatureStore.from_settings(settings)
     wait_for(lambda: fs.quarantine_counts().get("user_burst") == 10 and fs.dead_letter_counts(), what="decisions")
-    wait_for(lambda: sum(int(fs.r.get(fs.keys.offset(settings.consumers_group, settings.topic_events, p)) or 0) for p in range(3)) == 61,
-             what="offsets")
+    wait_for(
+        lambda: (
+            sum(
+                int(fs.r.get(fs.keys.offset(settings.consumers_group, settings.topic_events, p)) or 0) for p in range(3)
+            )
+            == 61
+        ),
+        what="offsets",
+    )
     s = summary(settings)
     assert s["bot_filter"]["thresholds"]["user_limit"] == 50
     assert s["bot_filter"]["quarantined"] == {"user_burst": 10}
-    assert s["bot_filter"]["recent_decisions"][0] == {"event_id": "s59", "user_id": "fast", "reason": "user_burst",
-                                                     "offset": s["bot_filter"]["recent_decisions"][0]["offset"]}
+    assert s["bot_filter"]["recent_decisions"][0] == {
+        "event_id": "s59",
+        "user_id": "fast",
+        "reason": "user_burst",
+        "offset": s["bot_filter"]["recent_decisions"][0]["offset"],
+    }
     assert s["dead_letters"]["counts"] == {"not_json": 1}
     events = {k: v for k, v in s["partitions"].items() if k.startswith(settings.topic_events)}
     assert sum(v["applied_offset"] or 0 for v in events.values()) == 61

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from consumers.apply import Writer
 from consumers.validate import classify
@@ -22,17 +24,36 @@ json_values = st.recursive(
 )
 ids = st.one_of(st.text(min_size=0, max_size=12), st.integers(-5, 10**20), st.booleans(), st.none())
 event_like = st.fixed_dictionaries(
-    {"event_id": ids, "type": st.sampled_from(["view", "click", "add_to_cart", "purchase", "impression", "x"]),
-     "user_id": ids, "ts": st.one_of(st.integers(10**11, 3 * 10**13), st.integers(), st.text(max_size=30),
-                                   st.floats(), st.booleans())},
-    optional={"item_id": ids, "item_ids": st.lists(ids, max_size=4), "request_id": ids, "session_id": ids,
-              "query": st.text(max_size=20), "position": st.integers(-3, 20_000), "extra": json_values},
+    {
+        "event_id": ids,
+        "type": st.sampled_from(["view", "click", "add_to_cart", "purchase", "impression", "x"]),
+        "user_id": ids,
+        "ts": st.one_of(
+            st.integers(10**11, 3 * 10**13), st.integers(), st.text(max_size=30), st.floats(), st.booleans()
+        ),
+    },
+    optional={
+        "item_id": ids,
+        "item_ids": st.lists(ids, max_size=4),
+        "request_id": ids,
+        "session_id": ids,
+        "query": st.text(max_size=20),
+        "position": st.integers(-3, 20_000),
+        "extra": json_values,
+    },
 )
 catalog_like = st.fixed_dictionaries(
-    {"op": st.sampled_from(["upsert", "delete", "merge"]), "item_id": ids,
-     "ts": st.one_of(st.integers(10**11, 3 * 10**13), st.integers(), st.text(max_size=30))},
-    optional={"title": st.text(max_size=20), "category": st.text(max_size=10), "price": st.floats(),
-              "description": st.text(max_size=20)},
+    {
+        "op": st.sampled_from(["upsert", "delete", "merge"]),
+        "item_id": ids,
+        "ts": st.one_of(st.integers(10**11, 3 * 10**13), st.integers(), st.text(max_size=30)),
+    },
+    optional={
+        "title": st.text(max_size=20),
+        "category": st.text(max_size=10),
+        "price": st.floats(),
+        "description": st.text(max_size=20),
+    },
 )
 valid_ids = st.one_of(st.text(min_size=1, max_size=12).filter(str.strip), st.integers(0, 10**9))
 
@@ -41,7 +62,12 @@ valid_ids = st.one_of(st.text(min_size=1, max_size=12).filter(str.strip), st.int
 def nearly_valid_events(draw) -> dict:
     """Mostly valid events (any text in ids, impressions included), sometimes with one field broken."""
     typ = draw(st.sampled_from(["view", "click", "add_to_cart", "purchase", "impression"]))
-    e = {"event_id": draw(valid_ids), "type": typ, "user_id": draw(valid_ids), "ts": draw(st.integers(10**11, 4 * 10**12))}
+    e = {
+        "event_id": draw(valid_ids),
+        "type": typ,
+        "user_id": draw(valid_ids),
+        "ts": draw(st.integers(10**11, 4 * 10**12)),
+    }
     if typ == "impression":
         e["item_ids"] = draw(st.lists(valid_ids, min_size=1, max_size=5, unique_by=lambda v: str(v).strip()))
         e["request_id"] = draw(valid_ids)
@@ -84,7 +110,11 @@ def test_every_input_is_accepted_or_dead_lettered(raw, is_catalog):
 
 def test_known_bad_inputs_get_their_reason():
     cases = {
-        None: "not_json", b"": "not_json", b"\xc3\x28": "not_utf8", b"[]": "not_object", b"x" * (MAX + 1): "oversize",
+        None: "not_json",
+        b"": "not_json",
+        b"\xc3\x28": "not_utf8",
+        b"[]": "not_object",
+        b"x" * (MAX + 1): "oversize",
         b'{"event_id":"a","type":"teleport","user_id":"u","ts":1700000000000,"item_id":"i"}': "unknown_type",
         b'{"event_id":"a","type":"view","user_id":"u","ts":1700000000000,"item_id":"i\\u001fj"}': "invalid",
         b'{"event_id":"a","type":"view","user_id":"\\ud800","ts":1700000000000,"item_id":"i"}': "invalid",
@@ -101,8 +131,9 @@ def test_accepted_records_are_always_storable(settings, batch):
     writer = Writer(connect_binary(settings), settings.redis_prefix, "prop")
     stored = writer.stored_offset("t", 0) or 0
     for is_catalog in (False, True):
-        records = [(stored + i, m, raw, b"k") for i, raw in enumerate(batch)
-                   if (m := check(raw, is_catalog)) is not None]
+        records = [
+            (stored + i, m, raw, b"k") for i, raw in enumerate(batch) if (m := check(raw, is_catalog)) is not None
+        ]
         res = writer.apply("t", 0, records, stored + len(batch))
         assert res.status == "ok" and res.applied + len(res.quarantined) == len(records)
         stored += len(batch)

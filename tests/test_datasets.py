@@ -50,10 +50,10 @@ def test_open_bandit_user_history_becomes_organic_clicks_before_the_impression(d
     history_of = {}
     for r in with_history:
         assert history_of.setdefault(r.user_id, r.history) == r.history
-    assert len(history_of) < len(with_history)   # returning users: the same id on several rows
+    assert len(history_of) < len(with_history)  # returning users: the same id on several rows
 
     events = list(ob.to_events(rows))
-    assert len({e.event_id for e in events}) == len(events)   # idempotent ids, each history click once
+    assert len({e.event_id for e in events}) == len(events)  # idempotent ids, each history click once
     organic = [e for e in events if e.event_id.startswith("obd-hist-")]
     assert organic and all(e.type == "click" and e.request_id is None for e in organic)
     assert len(organic) == len({(r.user_id, h) for r in with_history for h in r.history})

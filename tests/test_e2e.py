@@ -30,13 +30,17 @@ def _now() -> int:
     return int(time.time() * 1000)
 
 
-
-
 @pytest.fixture(scope="module")
 def stack(kafka_broker, redis_server, tmp_path_factory, data_dir):
-    s = isolated_settings(kafka_broker, redis_server, tmp_path_factory.mktemp("e2e"),
-                          http_port=free_port(), publish_every_updates=5, publish_every_s=0.5,
-                          label_window_s=2.0)
+    s = isolated_settings(
+        kafka_broker,
+        redis_server,
+        tmp_path_factory.mktemp("e2e"),
+        http_port=free_port(),
+        publish_every_updates=5,
+        publish_every_s=0.5,
+        label_window_s=2.0,
+    )
     with LocalStack(s, metrics_base_port=0) as running:
         catalog = list(itertools.islice(amazon18.catalog(data_dir), CATALOG_SIZE))
         with httpx.Client(base_url=running.base_url, timeout=10) as http:
@@ -65,8 +69,13 @@ def _ids(response: httpx.Response) -> list[str]:
 
 
 def test_new_catalog_item_becomes_searchable_and_deletes_remove_it(http):
-    item = {"op": "upsert", "item_id": "e2e-telescope", "ts": _now(),
-            "title": "Refracting brass telescope for amateur astronomy", "category": "Optics"}
+    item = {
+        "op": "upsert",
+        "item_id": "e2e-telescope",
+        "ts": _now(),
+        "title": "Refracting brass telescope for amateur astronomy",
+        "category": "Optics",
+    }
     assert http.post("/catalog", json=item).json() == {"accepted": 1, "rejected": []}
     found = wait_for(lambda: "e2e-telescope" in _ids(http.get("/search", params={"q": "telescope astronomy", "k": 5})))
     assert found
@@ -84,8 +93,7 @@ def test_clicks_change_that_users_recommendations(http):
     user = f"shopper-{uuid.uuid4().hex[:6]}"
     before = _ids(http.get("/recommend", params={"user_id": user, "k": 10}))
     ink = _ids(http.get("/search", params={"q": "ink cartridge", "k": 3}))
-    events = [{"event_id": uuid.uuid4().hex, "type": "click", "user_id": user, "item_id": i, "ts": _now()}
-              for i in ink]
+    events = [{"event_id": uuid.uuid4().hex, "type": "click", "user_id": user, "item_id": i, "ts": _now()} for i in ink]
     assert http.post("/events", json=events).json()["accepted"] == 3
 
     def personalised():
@@ -102,10 +110,13 @@ def test_clicks_change_that_users_recommendations(http):
 def test_malformed_events_land_in_the_dlq_with_reason_and_original_bytes(stack, http):
     s = stack.settings
     # Through the API: rejected synchronously with the reason, valid siblings still accepted.
-    answer = http.post("/events", json=[
-        {"event_id": "ok-1", "type": "view", "user_id": "u", "item_id": "1", "ts": _now()},
-        {"event_id": "bad-1", "type": "click", "user_id": "u", "ts": _now()},
-    ]).json()
+    answer = http.post(
+        "/events",
+        json=[
+            {"event_id": "ok-1", "type": "view", "user_id": "u", "item_id": "1", "ts": _now()},
+            {"event_id": "bad-1", "type": "click", "user_id": "u", "ts": _now()},
+        ],
+    ).json()
     assert answer["accepted"] == 1 and answer["rejected"][0]["index"] == 1
     assert "item_id" in answer["rejected"][0]["error"]
     # Straight onto the topic, as a buggy producer would: dead-lettered by the consumers.
@@ -141,9 +152,18 @@ def test_labelled_impressions_raise_the_served_model_version(http):
         shown = [it["item_id"] for it in result["items"]]
         if not shown:
             continue
-        http.post("/events", json={"event_id": uuid.uuid4().hex, "type": "click", "user_id": user,
-                                   "item_id": shown[0], "request_id": result["request_id"],
-                                   "position": 0, "ts": _now()})
+        http.post(
+            "/events",
+            json={
+                "event_id": uuid.uuid4().hex,
+                "type": "click",
+                "user_id": user,
+                "item_id": shown[0],
+                "request_id": result["request_id"],
+                "position": 0,
+                "ts": _now(),
+            },
+        )
     newer = wait_for(lambda: (v := http.get("/healthz").json()["model_version"]) > start and v, timeout_s=60)
     assert newer > start
     assert http.get("/search", params={"q": "pen", "k": 3}).json()["model_version"] >= newer

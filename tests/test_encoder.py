@@ -45,7 +45,7 @@ def test_relevant_products_score_above_irrelevant_ones(encoder, data_dir):
             continue
         q = encoder.encode_query(query)
         scores = encoder.encode(good + bad) @ q
-        wins += float(scores[: len(good)].mean() > scores[len(good):].mean())
+        wins += float(scores[: len(good)].mean() > scores[len(good) :].mean())
         trials += 1
     assert trials >= 10
     assert wins / trials > 0.7, f"exact matches beat misses in only {wins}/{trials} queries"
@@ -80,8 +80,9 @@ def test_any_model_directory_works_and_bad_ones_say_why(tmp_path, titles, encode
 
 def test_item_text_drops_empty_fields_with_their_separator():
     template = "{title}. {category}. {description}"
-    full = CatalogOp(op="upsert", item_id="1", ts=1_700_000_000_000, title="Drill",
-                     category="Tools", description="  20V\n cordless ")
+    full = CatalogOp(
+        op="upsert", item_id="1", ts=1_700_000_000_000, title="Drill", category="Tools", description="  20V\n cordless "
+    )
     assert item_text(full, template) == "Drill. Tools. 20V cordless"
     bare = CatalogOp(op="upsert", item_id="1", ts=1_700_000_000_000, title="Drill", description="20V")
     assert item_text(bare, template) == "Drill. 20V"

@@ -22,8 +22,15 @@ from streamrec.store import connect, connect_binary
 T0 = 1_700_000_000_000
 MIN = 60_000
 BOT_OFF = BotConfig(user_limit=0, item_limit=0, repeat_gap_ms=0)
-TIGHT = FeatureConfig(recent_cap=6, dedup_lookback=5, covis_lookback=4, covis_top_n=3, category_cap=2,
-                      trending_cap=4, covis_window_s=600.0)
+TIGHT = FeatureConfig(
+    recent_cap=6,
+    dedup_lookback=5,
+    covis_lookback=4,
+    covis_top_n=3,
+    category_cap=2,
+    trending_cap=4,
+    covis_window_s=600.0,
+)
 ITEMS = [f"i{k}" for k in range(9)]
 USERS = ["u1", "u2", "u3"]
 TYPES = ["view", "click", "add_to_cart", "purchase"]
@@ -34,20 +41,35 @@ def event_list(seed: int = 7, n: int = 160) -> list[Event | CatalogOp]:
     without a category, an older one arriving late, a delete), timestamps out of order."""
     rng = random.Random(seed)
     out: list[Event | CatalogOp] = [
-        CatalogOp(op="upsert", item_id=i, ts=T0, title=f"t{i}", category=f"c{k % 4}" if k != 8 else None,
-                  price=float(k) if k % 3 else None)
-        for k, i in enumerate(ITEMS)]
+        CatalogOp(
+            op="upsert",
+            item_id=i,
+            ts=T0,
+            title=f"t{i}",
+            category=f"c{k % 4}" if k != 8 else None,
+            price=float(k) if k % 3 else None,
+        )
+        for k, i in enumerate(ITEMS)
+    ]
     sent: list[Event] = []
     for k in range(n):
         user = rng.choice(USERS)
-        ts = T0 + k * 2 * MIN + rng.choice([0, 0, 0, -5 * MIN, -40 * MIN, 3 * MIN])   # out of order
+        ts = T0 + k * 2 * MIN + rng.choice([0, 0, 0, -5 * MIN, -40 * MIN, 3 * MIN])  # out of order
         roll = rng.random()
         if roll < 0.08 and sent:
-            out.append(rng.choice(sent[-6:]))   # a producer retry: the same event_id again
+            out.append(rng.choice(sent[-6:]))  # a producer retry: the same event_id again
             continue
         if roll < 0.22:
-            out.append(Event(event_id=f"imp{k}", type="impression", user_id=user, request_id=f"r{k}", ts=ts,
-                             item_ids=rng.sample(ITEMS, 4)))
+            out.append(
+                Event(
+                    event_id=f"imp{k}",
+                    type="impression",
+                    user_id=user,
+                    request_id=f"r{k}",
+                    ts=ts,
+                    item_ids=rng.sample(ITEMS, 4),
+                )
+            )
             continue
         if roll < 0.26:
             item = rng.choice(ITEMS)
@@ -60,8 +82,14 @@ def event_list(seed: int = 7, n: int = 160) -> list[Event | CatalogOp]:
             out.append(CatalogOp(op="delete", item_id="i3", ts=ts))
             continue
         session = rng.choice([f"{user}-s{k // 40}", f"{user}-s{k // 40}", None])
-        e = Event(event_id=f"e{k}", type=rng.choice(TYPES), user_id=user, item_id=rng.choice(ITEMS[:6]), ts=ts,
-                  session_id=session)
+        e = Event(
+            event_id=f"e{k}",
+            type=rng.choice(TYPES),
+            user_id=user,
+            item_id=rng.choice(ITEMS[:6]),
+            ts=ts,
+            session_id=session,
+        )
         out.append(e)
         sent.append(e)
     return out
@@ -71,7 +99,7 @@ def apply_to_redis(settings, models, config: FeatureConfig, batch: int) -> Featu
     writer = Writer(connect_binary(settings), settings.redis_prefix, "parity", config, BOT_OFF)
     offset = 0
     for start in range(0, len(models), batch):
-        chunk = models[start:start + batch]
+        chunk = models[start : start + batch]
         recs = [(offset + i, m, encode(m), b"k") for i, m in enumerate(chunk)]
         assert writer.apply("events", 0, recs, offset + len(chunk)).status == "ok"
         offset += len(chunk)
@@ -101,9 +129,11 @@ def assert_same_reads(redis_fs, rep: ReplayFeatures) -> None:
         got_stats = redis_fs.item_stats(ITEMS + ["never"], now_ms=now)
         for item, g, w in zip(ITEMS + ["never"], got_stats, rep.item_stats(ITEMS + ["never"], now_ms=now)):
             assert g.counts == {t: pytest.approx(v, rel=1e-9, abs=1e-12) for t, v in w.counts.items()}, item
-            assert (g.impressions, g.clicks, g.ctr) == (pytest.approx(w.impressions, rel=1e-9, abs=1e-12),
-                                                        pytest.approx(w.clicks, rel=1e-9, abs=1e-12),
-                                                        pytest.approx(w.ctr, rel=1e-9)), item
+            assert (g.impressions, g.clicks, g.ctr) == (
+                pytest.approx(w.impressions, rel=1e-9, abs=1e-12),
+                pytest.approx(w.clicks, rel=1e-9, abs=1e-12),
+                pytest.approx(w.ctr, rel=1e-9),
+            ), item
     for item in ITEMS + ["never"]:
         assert redis_fs.covisited(item, 100) == approx_pairs(rep.covisited(item, 100)), item
         assert redis_fs.covisited(item, 2) == approx_pairs(rep.covisited(item, 2)), item
@@ -116,8 +146,8 @@ def test_the_list_exercises_every_rule():
     models = event_list()
     events = [m for m in models if isinstance(m, Event)]
     assert {e.type for e in events} == {"impression", *TYPES}
-    assert len({e.event_id for e in events}) < len(events)                    # repeated event_ids
-    assert any(a.ts > b.ts for a, b in zip(events, events[1:]))               # out of order
+    assert len({e.event_id for e in events}) < len(events)  # repeated event_ids
+    assert any(a.ts > b.ts for a, b in zip(events, events[1:]))  # out of order
     assert any(e.session_id is None for e in events) and any(e.session_id for e in events)
     assert any(isinstance(m, CatalogOp) and m.op == "delete" for m in models)
     rep = replay(models, TIGHT)

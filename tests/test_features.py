@@ -17,8 +17,15 @@ HOUR = 3_600_000
 
 
 def ev(i, user="u", item="a", typ="view", ts=None, session="s", **kw) -> Event:
-    return Event(event_id=f"e{i}", type=typ, user_id=user, item_id=item, ts=T0 + i * 1000 if ts is None else ts,
-                 session_id=session, **kw)
+    return Event(
+        event_id=f"e{i}",
+        type=typ,
+        user_id=user,
+        item_id=item,
+        ts=T0 + i * 1000 if ts is None else ts,
+        session_id=session,
+        **kw,
+    )
 
 
 class Feed:
@@ -55,8 +62,10 @@ def test_decayed_counts_do_not_depend_on_arrival_order(settings):
 
 def test_ctr_is_smoothed_clicks_over_impressions(settings):
     f = Feed(settings)
-    imps = [Event(event_id=f"imp{i}", type="impression", user_id=f"u{i}", request_id=f"r{i}", item_ids=["a", "b"],
-                  ts=T0) for i in range(100)]
+    imps = [
+        Event(event_id=f"imp{i}", type="impression", user_id=f"u{i}", request_id=f"r{i}", item_ids=["a", "b"], ts=T0)
+        for i in range(100)
+    ]
     f(*imps, *[ev(200 + i, user=f"c{i}", item="a", typ="click", ts=T0) for i in range(10)])
     cfg = FeatureConfig()
     a, b, never = f.fs.item_stats(["a", "b", "zz"], now_ms=T0)
@@ -72,7 +81,13 @@ def test_caps_bound_memory(settings):
     f = Feed(settings, features=cfg)
     f(*[CatalogOp(op="upsert", item_id=f"i{k}", ts=T0, title=f"t{k}", category=f"c{k}") for k in range(8)])
     # one session touching i0..i7: i0 co-visited with 7 others, trimmed to the 3 strongest
-    f(ev(0, item="i1"), ev(1, item="i0"), ev(2, item="i1", typ="click"), ev(3, item="i2"), ev(4, item="i0", typ="click"))
+    f(
+        ev(0, item="i1"),
+        ev(1, item="i0"),
+        ev(2, item="i1", typ="click"),
+        ev(3, item="i2"),
+        ev(4, item="i0", typ="click"),
+    )
     f(*[ev(10 + k, item=f"i{k}") for k in range(3, 8)])
     assert len(f.fs.recent_items("u", 100)) == 5
     cv = f.fs.covisited("i0", 100)
@@ -115,6 +130,11 @@ def test_user_and_item_keys_expire(settings):
     f(ev(0, item="a"), ev(1, item="b"))
     k, r = f.fs.keys, f.fs.r
     cfg = FeatureConfig()
-    for key, ttl in [(k.user("u"), cfg.user_ttl_s), (k.recent("u"), cfg.user_ttl_s), (k.item("a"), cfg.item_ttl_s),
-                     (k.covis("a"), cfg.item_ttl_s), (k.covis("b"), cfg.item_ttl_s)]:
+    for key, ttl in [
+        (k.user("u"), cfg.user_ttl_s),
+        (k.recent("u"), cfg.user_ttl_s),
+        (k.item("a"), cfg.item_ttl_s),
+        (k.covis("a"), cfg.item_ttl_s),
+        (k.covis("b"), cfg.item_ttl_s),
+    ]:
         assert 0 < r.ttl(key) <= ttl, key

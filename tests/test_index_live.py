@@ -57,8 +57,9 @@ def test_upsert_replace_delete_for_every_factory(factory):
         assert not set(found) & set(deleted), "a deleted item came back"
         if ids[n] in replaced:
             assert ids[n] not in found[:3], "a replaced item was found by its old vector"
-    recall = np.mean([ids[n] in [i for i, _ in results[n]] for n in range(600) if ids[n] not in deleted
-                      and ids[n] not in replaced])
+    recall = np.mean(
+        [ids[n] in [i for i, _ in results[n]] for n in range(600) if ids[n] not in deleted and ids[n] not in replaced]
+    )
     assert recall > 0.5, f"{factory}: an item is rarely found by its own vector ({recall:.2f})"
     assert index.meta("i1") == ItemMeta(title="title i1")
     np.testing.assert_array_equal(index.vector("i1"), -x[1])
@@ -165,8 +166,15 @@ def test_snapshot_roundtrip_and_damage_is_reported(tmp_path):
     x = unit(rng, 50)
     index = LiveIndex(DIM, "Flat")
     index.apply(batch([f"i{n}" for n in range(50)], x), ["i3"])
-    path = write_snapshot(tmp_path, index.dump(), topic="t.vectors", offsets={0: 12, 1: 7},
-                          hashes={"i1": "abc"}, model_id="m/fp32", keep=2)
+    path = write_snapshot(
+        tmp_path,
+        index.dump(),
+        topic="t.vectors",
+        offsets={0: 12, 1: 7},
+        hashes={"i1": "abc"},
+        model_id="m/fp32",
+        keep=2,
+    )
     snap = read_snapshot(path)
     assert snap.offsets == {0: 12, 1: 7} and snap.hashes == {"i1": "abc"}
     copy = LiveIndex(DIM, "Flat")
@@ -216,8 +224,9 @@ def test_gpu_choice_is_guarded():
 
 def test_vector_records_roundtrip_and_reject_garbage():
     vec = np.linspace(-1, 1, DIM, dtype=np.float32)
-    rec = VectorRecord("a", vector=vec, meta=ItemMeta("A", "cat", 9.5, "d"), content_hash="h",
-                       model_id="m/fp32", source_ms=123)
+    rec = VectorRecord(
+        "a", vector=vec, meta=ItemMeta("A", "cat", 9.5, "d"), content_hash="h", model_id="m/fp32", source_ms=123
+    )
     back = decode_record(encode_record(rec))
     np.testing.assert_array_equal(back.vector, vec)
     assert (back.meta, back.content_hash, back.model_id, back.source_ms) == (rec.meta, "h", "m/fp32", 123)

@@ -34,8 +34,6 @@ def products(data_dir) -> list[CatalogOp]:
     return list(homedepot.catalog(data_dir, limit=CATALOG_SIZE))
 
 
-
-
 def publish(s: Settings, ops: list[CatalogOp | bytes], key: str = "bad") -> None:
     producer = bus.make_producer(s)
     try:
@@ -157,8 +155,13 @@ def test_unchanged_item_is_not_embedded_again(fast_settings, updater, replicas, 
     wait_for(lambda: "p" in replica.index, "the item")
     before = embedded._value.get()
     vec = replica.index.vector("p").copy()
-    publish(fast_settings, [upsert("p", "Stainless steel kitchen sink", price=199.0),
-                            upsert("p", "Stainless steel kitchen sink", price=149.0)])
+    publish(
+        fast_settings,
+        [
+            upsert("p", "Stainless steel kitchen sink", price=199.0),
+            upsert("p", "Stainless steel kitchen sink", price=149.0),
+        ],
+    )
     wait_for(lambda: replica.index.meta("p").price == 149.0, "the price change")
     assert embedded._value.get() == before
     np.testing.assert_array_equal(replica.index.vector("p"), vec)
@@ -183,8 +186,7 @@ def test_invalid_catalog_records_are_dead_lettered(fast_settings, updater, repli
 
 
 @pytest.mark.parametrize("fast_settings", ["Flat", "HNSW16"], indirect=True)
-def test_snapshot_plus_tail_equals_scratch_and_replicas_converge(fast_settings, updater, replicas,
-                                                                 encoder, products):
+def test_snapshot_plus_tail_equals_scratch_and_replicas_converge(fast_settings, updater, replicas, encoder, products):
     first, rest = products[:30], products[30:]
     publish(fast_settings, first)
     snap_dir = index_snapshot_dir(fast_settings)
@@ -202,8 +204,10 @@ def test_snapshot_plus_tail_equals_scratch_and_replicas_converge(fast_settings, 
     assert sum(from_snap.offsets.values()) > 0, "the snapshot replica must start past the head"
     final = {op.item_id for op in products} - {first[0].item_id}
     for r in (early, from_snap, scratch):
-        wait_for(lambda r=r: set(r.index.item_ids()) == final
-                 and r.index.meta(first[1].item_id).title.startswith("Outdoor"), "the final catalog")
+        wait_for(
+            lambda r=r: set(r.index.item_ids()) == final and r.index.meta(first[1].item_id).title.startswith("Outdoor"),
+            "the final catalog",
+        )
     queries = ["angle bracket", "deck coating", "solar light", "drill", "paint", "door lock"]
     for q in queries:
         expected = top_ids(scratch, encoder, q)
@@ -219,14 +223,15 @@ def test_snapshot_plus_tail_equals_scratch_and_replicas_converge(fast_settings, 
     assert summary["snapshot_age_s"] >= 0
 
 
-def test_damaged_snapshot_is_reported_and_rebuilt_from_the_topic(fast_settings, encoder, replicas,
-                                                                   products, caplog):
+def test_damaged_snapshot_is_reported_and_rebuilt_from_the_topic(fast_settings, encoder, replicas, products, caplog):
     updater = Updater(fast_settings, encoder)
     try:
         publish(fast_settings, products[:10])
         snap_dir = index_snapshot_dir(fast_settings)
-        wait_for(lambda: any(json.loads((p / "manifest.json").read_text())["items"] == 10
-                             for p in list_snapshots(snap_dir)), "a snapshot of 10 items")
+        wait_for(
+            lambda: any(json.loads((p / "manifest.json").read_text())["items"] == 10 for p in list_snapshots(snap_dir)),
+            "a snapshot of 10 items",
+        )
     finally:
         updater.close()  # no newer snapshot may replace the ones we damage
     for path in list_snapshots(snap_dir):

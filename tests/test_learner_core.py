@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from learner import experiments as E
+from learner.baselines import popularity_scores
 from learner.checkpoint import Checkpointer
 from learner.estimator import OnlineRanker
-from learner.baselines import popularity_scores
 from learner.evaluation import auc, auc_difference
 from learner.examples import Batch, Example
 from learner.guard import RollbackGuard
@@ -26,8 +26,9 @@ T0 = 1_700_000_000_000
 
 
 def imp(rid: str, items: list[str], ts: int = T0, position: int | None = None) -> Event:
-    return Event(event_id=f"i-{rid}", type="impression", user_id="u", ts=ts, request_id=rid, item_ids=items,
-                 position=position)
+    return Event(
+        event_id=f"i-{rid}", type="impression", user_id="u", ts=ts, request_id=rid, item_ids=items, position=position
+    )
 
 
 def out(kind: str, rid: str | None, item: str, ts: int, user: str = "u") -> Event:
@@ -52,26 +53,26 @@ def test_click_is_an_example_at_once_negatives_when_the_window_closes():
     [pos] = j.add_outcome(out("click", "r1", "b", T0 + 500))
     assert (pos.item_id, pos.click, pos.purchase, pos.position) == ("b", 1.0, None, 21)
     np.testing.assert_array_equal(pos.x, rows(3)[1])
-    assert j.add_outcome(out("add_to_cart", "r1", "b", T0 + 600)) == []   # one click label per item
+    assert j.add_outcome(out("add_to_cart", "r1", "b", T0 + 600)) == []  # one click label per item
     assert j.add_outcome(out("purchase", "r1", "b", T0 + 700)) == []
-    assert j.expire() == []                                                # window still open
-    j.add_outcome(out("view", None, "zz", T0 + 10_001))                    # event time moves on
+    assert j.expire() == []  # window still open
+    j.add_outcome(out("view", None, "zz", T0 + 10_001))  # event time moves on
     closed = {e.item_id: e for e in j.expire()}
     assert closed["a"].click == 0.0 and closed["c"].click == 0.0 and closed["a"].purchase == 0.0
-    assert closed["b"].click is None and closed["b"].purchase == 1.0       # purchase label, click already learned
+    assert closed["b"].click is None and closed["b"].purchase == 1.0  # purchase label, click already learned
     assert len(j) == 0
 
 
 def test_outcome_before_its_impression_and_unjoinable_ones():
     clock = FakeClock()
     j = LabelJoiner(window_s=5, clock=clock)
-    assert j.add_outcome(out("click", "r2", "a", T0)) == []                # impression not seen yet
+    assert j.add_outcome(out("click", "r2", "a", T0)) == []  # impression not seen yet
     [pos] = j.add_impression(imp("r2", ["a", "b"], ts=T0), rows(2))
     assert pos.item_id == "a" and pos.click == 1.0
-    j.add_outcome(out("click", None, "a", T0))                              # no request_id
-    j.add_outcome(out("click", "r2", "not-shown", T0))                      # not in the list
+    j.add_outcome(out("click", None, "a", T0))  # no request_id
+    j.add_outcome(out("click", "r2", "not-shown", T0))  # not in the list
     assert j.unjoinable == 2
-    clock.t = 6.0                                                           # a quiet stream closes on wall time
+    clock.t = 6.0  # a quiet stream closes on wall time
     assert {e.item_id for e in j.expire()} == {"a", "b"}
     with pytest.raises(ValueError):
         j.add_impression(imp("r3", ["a", "b"]), rows(3))
@@ -109,24 +110,26 @@ def test_paired_auc_difference_interval_separates_a_better_scorer_not_a_copy():
 
 def test_training_on_sampled_negatives_keeps_every_click_and_stays_calibrated():
     rng = np.random.default_rng(3)
-    core = OnlineLearner(OnlineRanker(lr=0.02, seed=0),
-                         LearnerConfig(warmup=10**9, train_negative_rate=0.1, batch_size=256))
+    core = OnlineLearner(
+        OnlineRanker(lr=0.02, seed=0), LearnerConfig(warmup=10**9, train_negative_rate=0.1, batch_size=256)
+    )
     ctr = []
     for step in range(150):
         X = rng.normal(size=(256, N_FEATURES)).astype(np.float32)
-        y = (rng.random(256) < 1 / (1 + np.exp(-(X[:, 0] * 1.5 - 4.5)))).astype(float)   # ~2.5 % CTR
+        y = (rng.random(256) < 1 / (1 + np.exp(-(X[:, 0] * 1.5 - 4.5)))).astype(float)  # ~2.5 % CTR
         ex = [Example("r", str(i), "u", step, X[i], 0, y[i], 0.0) for i in range(256)]
         train = core._training_batch(Batch.of(ex))
-        assert train.click.sum() == y.sum()                                  # every click is learned
+        assert train.click.sum() == y.sum()  # every click is learned
         ctr.append(y.mean())
         core.step(ex)
-    kept = [len(core._training_batch(Batch.of([Example("r", "i", "u", 0, X[0], 0, 0.0, 0.0)] * 1000)))
-            for _ in range(3)]
-    assert all(60 <= k <= 140 for k in kept), kept                         # ~10 % of the negatives
+    kept = [
+        len(core._training_batch(Batch.of([Example("r", "i", "u", 0, X[0], 0, 0.0, 0.0)] * 1000))) for _ in range(3)
+    ]
+    assert all(60 <= k <= 140 for k in kept), kept  # ~10 % of the negatives
     assert core.champion.head.logit_offset.item() == pytest.approx(np.log(0.1))
     p, _ = core.predict(Batch.of(ex))
-    assert 0.5 * np.mean(ctr) < p.mean() < 2 * np.mean(ctr), (p.mean(), np.mean(ctr))   # the stream's odds, not 10x
-    served, _ = core.champion.head.predict(Batch.of(ex).X)                  # serving applies the same offset
+    assert 0.5 * np.mean(ctr) < p.mean() < 2 * np.mean(ctr), (p.mean(), np.mean(ctr))  # the stream's odds, not 10x
+    served, _ = core.champion.head.predict(Batch.of(ex).X)  # serving applies the same offset
     assert 0.5 * np.mean(ctr) < served.mean() < 2 * np.mean(ctr)
     assert core.metrics()["click_auc"] > 0.75
     with pytest.raises(ValueError):
@@ -135,22 +138,27 @@ def test_training_on_sampled_negatives_keeps_every_click_and_stays_calibrated():
 
 def test_stream_popularity_counts_every_earlier_click_organic_ones_too():
     T = 1_700_000_000_000
-    ev = [Event(event_id="h", type="click", user_id="u", ts=T + 1, item_id="a"),                     # organic
-          Event(event_id="i1", type="impression", user_id="u", ts=T + 2, request_id="r1", item_ids=["a", "b"]),
-          Event(event_id="c1", type="click", user_id="u", ts=T + 3, request_id="r1", item_id="b"),
-          Event(event_id="i2", type="impression", user_id="v", ts=T + 4, request_id="r2", item_ids=["b", "a"])]
+    ev = [
+        Event(event_id="h", type="click", user_id="u", ts=T + 1, item_id="a"),  # organic
+        Event(event_id="i1", type="impression", user_id="u", ts=T + 2, request_id="r1", item_ids=["a", "b"]),
+        Event(event_id="c1", type="click", user_id="u", ts=T + 3, request_id="r1", item_id="b"),
+        Event(event_id="i2", type="impression", user_id="v", ts=T + 4, request_id="r2", item_ids=["b", "a"]),
+    ]
     # examples in learning order, each with its impression's stream index
     assert popularity_scores(ev, [3, 1, 1, 3], ["a", "a", "b", "b"]).tolist() == [1.0, 1.0, 0.0, 1.0]
 
 
 def test_negative_sampling_mode_builds_positive_and_sampled_negatives():
     feats = ReplayFeatures()
-    b = ExampleBuilder(LabelJoiner(5, clock=FakeClock()), FeatureAssembler(feats, lambda _i: None),
-                       sampler=NegativeSampler(k=3, seed=0))
-    for k, item in enumerate(["p", "q", "r", "s", "t"] * 3):   # other shoppers make the popularity ring
+    b = ExampleBuilder(
+        LabelJoiner(5, clock=FakeClock()),
+        FeatureAssembler(feats, lambda _i: None),
+        sampler=NegativeSampler(k=3, seed=0),
+    )
+    for k, item in enumerate(["p", "q", "r", "s", "t"] * 3):  # other shoppers make the popularity ring
         feats.observe(out("view", None, item, T0 + k, user="other"))
         b.feed(out("view", None, item, T0 + k, user="other"))
-    feats.observe(out("view", None, "q", T0 + 50))                  # u saw q: never a negative for u
+    feats.observe(out("view", None, "q", T0 + 50))  # u saw q: never a negative for u
     examples = b.feed(out("purchase", None, "p", T0 + 100))
     assert examples[0].item_id == "p" and examples[0].click == 1.0 and examples[0].purchase == 1.0
     negs = examples[1:]
@@ -165,6 +173,7 @@ def trained(data_dir) -> tuple[OnlineLearner, list[Example]]:
     stream, half = E.open_bandit_stream(data_dir)
     vectors, attrs = E.item_tables(data_dir)
     from streamrec.datasets import open_bandit as ob
+
     core = OnlineLearner(OnlineRanker(lr=0.003, seed=0), E.default_config())
     feats = ReplayFeatures(attrs)
     replay(ob.to_events(stream[:half]), core, feats, vectors.get, batch_size=32)
@@ -184,7 +193,7 @@ def test_guard_rolls_back_a_poisoned_version_and_keeps_a_good_one(trained, tmp_p
     guard = RollbackGuard(threshold=0.2, min_examples=300)
     v1 = store.publish(core.champion.head, {"reason": "good"})
     guard.reset(v1, core.champion)
-    batches = [Batch.of(rest[k:k + 64]) for k in range(0, len(rest), 64)]
+    batches = [Batch.of(rest[k : k + 64]) for k in range(0, len(rest), 64)]
     assert len(batches) >= 25
 
     honest = core.champion.frozen_copy()
@@ -193,11 +202,11 @@ def test_guard_rolls_back_a_poisoned_version_and_keeps_a_good_one(trained, tmp_p
     v2 = store.publish(honest.head, {"reason": "honest"})
     guard.on_publish(v2, honest)
     verdicts = [guard.observe(b) for b in batches[5:15]]
-    assert all(v is None for v in verdicts) and guard.good[0] == v2       # proved itself: new fallback
+    assert all(v is None for v in verdicts) and guard.good[0] == v2  # proved itself: new fallback
 
     poisoned = honest.frozen_copy()
-    poisoned.set_lr(0.1)   # strong enough to matter: the served loss ends ~2x the good one's (at 0.05, +3 %)
-    for b in batches[15:20]:   # labels flipped: a broken upstream join
+    poisoned.set_lr(0.1)  # strong enough to matter: the served loss ends ~2x the good one's (at 0.05, +3 %)
+    for b in batches[15:20]:  # labels flipped: a broken upstream join
         flipped = Batch(b.X, b.position, 1 - b.click, b.click_mask, b.purchase, b.purchase_mask, b.ts, b.item_ids)
         poisoned.learn(flipped)
     v3 = store.publish(poisoned.head, {"reason": "poisoned"})
@@ -216,7 +225,7 @@ def test_checkpoint_restores_the_core_exactly(trained, tmp_path):
     b = Batch.of(rest[:256])
     np.testing.assert_allclose(restored.predict(b)[0], core.predict(b)[0])
     assert restored.metrics() == core.metrics()
-    a, c = core.champion.frozen_copy(), restored.champion   # and it keeps learning identically
+    a, c = core.champion.frozen_copy(), restored.champion  # and it keeps learning identically
     a.learn(b)
     c.learn(b)
     np.testing.assert_allclose(a.predict(b)[0], c.predict(b)[0], rtol=1e-5)
@@ -234,10 +243,11 @@ def _item_stream(rng, n, weights, items):
 
 def test_clicked_item_detector_fires_when_clicks_move_to_other_items_not_when_stationary():
     from learner.drift import DriftMonitor
+
     items = [f"i{k}" for k in range(20)]
-    ctr = np.linspace(0.02, 0.3, 20)                  # popular items get clicked more
+    ctr = np.linspace(0.02, 0.3, 20)  # popular items get clicked more
     runs = {}
-    for name, after in (("stationary", ctr), ("remap", ctr[::-1])):   # same mean CTR after the remap
+    for name, after in (("stationary", ctr), ("remap", ctr[::-1])):  # same mean CTR after the remap
         rng = np.random.default_rng(7)
         mon = DriftMonitor(feature_names=(), warmup=500, item_delta=0.05)
         fired = []
@@ -250,12 +260,13 @@ def test_clicked_item_detector_fires_when_clicks_move_to_other_items_not_when_st
                 fired += [(part, d.evidence["window"]) for d in ds if d.detector == "adwin_clicked_item"]
         runs[name] = fired
     assert runs["stationary"] == []
-    assert runs["remap"] and runs["remap"][0][0] == 1   # after the remap, and only then
+    assert runs["remap"] and runs["remap"][0][0] == 1  # after the remap, and only then
 
 
 def test_click_rank_detector_fires_when_the_model_ranks_clicks_low_not_when_stationary():
     """The model's scores stay the same; what users click turns against them halfway."""
     from learner.drift import DriftMonitor
+
     runs = {}
     for name, flip in (("stationary", False), ("shifted", True)):
         rng = np.random.default_rng(11)
@@ -264,12 +275,11 @@ def test_click_rank_detector_fires_when_the_model_ranks_clicks_low_not_when_stat
         for part in (0, 1):
             score = rng.random(3000)
             good = 1 - score if (flip and part == 1) else score
-            y = (rng.random(3000) < 0.02 + 0.15 * good).astype(float)      # same click rate either way
+            y = (rng.random(3000) < 0.02 + 0.15 * good).astype(float)  # same click rate either way
             for k in range(0, 3000, 50):
                 b = slice(k, k + 50)
                 n = len(y[b])
-                ds = mon.update(np.full(n, 0.3), y[b], np.ones(n, bool), np.zeros((n, 0)), np.zeros(n), None,
-                                score[b])
+                ds = mon.update(np.full(n, 0.3), y[b], np.ones(n, bool), np.zeros((n, 0)), np.zeros(n), None, score[b])
                 fired += [(part, d.evidence) for d in ds if d.detector == "adwin_click_rank"]
         runs[name] = fired
     assert runs["stationary"] == []
@@ -287,8 +297,12 @@ def test_clicks_the_bot_filter_quarantined_are_not_labels(redis_server):
     fs = FeatureStore(redis_lib.Redis.from_url(redis_server.url, decode_responses=True), "tq-learner:")
     bot_click, real_click = out("click", "r1", "a", T0 + 10), out("click", "r1", "b", T0 + 20)
     fs.r.set(fs.keys.quarantined(bot_click.event_id), "user_burst", ex=60)
-    b = ExampleBuilder(LabelJoiner(5, clock=FakeClock()), FeatureAssembler(ReplayFeatures(), lambda _i: None),
-                       served=lambda _rid: {"a": rows(2)[0], "b": rows(2)[1]}, quarantined=fs.is_quarantined)
+    b = ExampleBuilder(
+        LabelJoiner(5, clock=FakeClock()),
+        FeatureAssembler(ReplayFeatures(), lambda _i: None),
+        served=lambda _rid: {"a": rows(2)[0], "b": rows(2)[1]},
+        quarantined=fs.is_quarantined,
+    )
     assert b.feed(imp("r1", ["a", "b"])) == []
     assert b.feed(bot_click) == [] and b.skipped_quarantined == 1
     [positive] = b.feed(real_click)

@@ -19,7 +19,7 @@ from tests.polling import wait_for
 from tests.test_learner_service import labelled_traffic
 
 REPO = Path(__file__).resolve().parent.parent
-PER_BATCH = 120 * 4 + 40   # 4 shown items per request close, plus 40 click positives at once
+PER_BATCH = 120 * 4 + 40  # 4 shown items per request close, plus 40 click positives at once
 
 
 def _env(s) -> dict[str, str]:
@@ -33,15 +33,25 @@ def _env(s) -> dict[str, str]:
 
 def _start(s, log: Path) -> subprocess.Popen:
     with open(log, "ab") as f:
-        return subprocess.Popen([sys.executable, "-m", "learner"], cwd=REPO, env=_env(s), stdout=f,
-                                stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [sys.executable, "-m", "learner"], cwd=REPO, env=_env(s), stdout=f, stderr=subprocess.STDOUT
+        )
 
 
 def test_kill_9_resumes_from_checkpoint(kafka_broker, redis_server, tmp_path):
-    s = isolated_settings(kafka_broker, redis_server, tmp_path / "state", label_window_s=0.5,
-                          publish_every_updates=5, publish_every_s=0.3, learner_batch_size=16,
-                          learner_max_batch_delay_s=0.05, learner_checkpoint_every_s=0.2,
-                          learner_follow_vectors=False, drift_warmup=100_000)
+    s = isolated_settings(
+        kafka_broker,
+        redis_server,
+        tmp_path / "state",
+        label_window_s=0.5,
+        publish_every_updates=5,
+        publish_every_s=0.3,
+        learner_batch_size=16,
+        learner_max_batch_delay_s=0.05,
+        learner_checkpoint_every_s=0.2,
+        learner_follow_vectors=False,
+        drift_warmup=100_000,
+    )
     store, ckpt = ModelStore.from_settings(s), Checkpointer(s.state_dir / "learner")
     log = tmp_path / "learner.log"
     producer = bus.make_producer(s)
@@ -62,7 +72,7 @@ def test_kill_9_resumes_from_checkpoint(kafka_broker, redis_server, tmp_path):
         wait_for(lambda: examples() == PER_BATCH, "batch a in a checkpoint", timeout_s=60)
         before = ckpt.load()
         send("b")
-        time.sleep(0.3)                        # somewhere in the middle of batch b
+        time.sleep(0.3)  # somewhere in the middle of batch b
         os.kill(proc.pid, 9)
         proc.wait(10)
         killed_at = examples()
@@ -70,12 +80,17 @@ def test_kill_9_resumes_from_checkpoint(kafka_broker, redis_server, tmp_path):
 
         proc = _start(s, log)
         wait_for(lambda: examples() == 2 * PER_BATCH, f"batch b learned after the restart (log: {log})", timeout_s=90)
-        time.sleep(1.0)                        # nothing is learned twice after the restart either
+        time.sleep(1.0)  # nothing is learned twice after the restart either
         assert examples() == 2 * PER_BATCH
-        v = wait_for(lambda: (lambda m: store.latest_version() if m["examples"] == 2 * PER_BATCH else None)(
-            store.meta(store.latest_version())), "a version trained on both batches", timeout_s=30)
+        v = wait_for(
+            lambda: (lambda m: store.latest_version() if m["examples"] == 2 * PER_BATCH else None)(
+                store.meta(store.latest_version())
+            ),
+            "a version trained on both batches",
+            timeout_s=30,
+        )
         reasons = [m["reason"] for m in store.list()]
-        assert reasons.count("initial") == 1, reasons   # the model was resumed, not started over
+        assert reasons.count("initial") == 1, reasons  # the model was resumed, not started over
         assert store.meta(v)["updates"] > before["core"]["champion"]["updates"]
     finally:
         proc.terminate()

@@ -54,12 +54,12 @@ def test_remap_only_shift_keeps_the_click_rate(data_dir):
     plain, half = E.open_bandit_stream(data_dir, seed=0)
     rows, half2 = E.open_bandit_stream(data_dir, shift=True, seed=0)
     assert half == half2 and len(rows) == len(plain)
-    assert [r.item_id for r in rows] == [r.item_id for r in plain]   # the same impressions
+    assert [r.item_id for r in rows] == [r.item_id for r in plain]  # the same impressions
     before = np.mean([r.click for r in plain[half:]])
     after = np.mean([r.click for r in rows[half:]])
     assert abs(after - before) <= 0.1 * before, (before, after)
     moved = sum(a.click != b.click for a, b in zip(rows[half:], plain[half:]))
-    assert moved > 100   # most post-shift clicks landed on other rows
+    assert moved > 100  # most post-shift clicks landed on other rows
 
 
 HARMFUL = ("adwin_click_rank", "adwin_clicked_item", "adwin_loss", "page_hinkley_ctr")
@@ -71,8 +71,8 @@ def test_shift_is_detected_within_500_events_and_nothing_before(shifted):
     lag = shifted.first_detection_after_shift(HARMFUL)
     assert lag is not None and lag <= 500, f"first detection {lag} events after the shift"
     first = next(d for i, d in shifted.log.detections if i - shifted.shift_event == lag)
-    assert first.detector == "adwin_click_rank"                     # the model's ranking of clicks fell
-    assert first.evidence["mean_after"] < first.evidence["mean_before"]   # the rolling AUC fell
+    assert first.detector == "adwin_click_rank"  # the model's ranking of clicks fell
+    assert first.evidence["mean_after"] < first.evidence["mean_before"]  # the rolling AUC fell
     assert shifted.log.challenger_starts[0] - shifted.shift_event == lag
 
 
@@ -130,7 +130,7 @@ def test_on_the_raw_stream_training_on_sampled_negatives_beats_popularity(data_d
     r = E.run(data_dir, rows, len(rows) // 2, config=replace(E.default_config(), train_negative_rate=0.05))
     p, y, _ = r.log.arrays()
     assert len(y) == 60_000
-    assert 0.5 * y.mean() < p.mean() < 2 * y.mean()   # calibrated to the stream, not to the sample
+    assert 0.5 * y.mean() < p.mean() < 2 * y.mean()  # calibrated to the stream, not to the sample
     diff, low, _high = r.versus_popularity("whole", n_boot=200)
     assert diff >= 0.02 and low > 0, (r.aucs(), diff, low)
 
@@ -141,4 +141,4 @@ def test_stationary_shuffled_replay_raises_no_drift(data_dir, seed):
     r = E.run(data_dir, rows, half)
     assert r.log.detections == [], [(i, d.detector, d.what) for i, d in r.log.detections]
     assert r.log.challenger_starts == [] and r.log.promotions == []
-    assert len(r.log.p_click) == len(rows)   # every impression was scored before it was learned
+    assert len(r.log.p_click) == len(rows)  # every impression was scored before it was learned

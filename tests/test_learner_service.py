@@ -22,8 +22,6 @@ from tests.conftest import isolated_settings
 from tests.polling import wait_for
 
 
-
-
 def labelled_traffic(n_requests: int, t0: int, served_every: int = 2, r=None, prefix: str = "", tag: str = ""):
     """Impressions of 4 items; item 'a{k}' is clicked in every third request (purchased in every sixth)."""
     events: list[Event] = []
@@ -34,22 +32,46 @@ def labelled_traffic(n_requests: int, t0: int, served_every: int = 2, r=None, pr
         ts = t0 + k * 100
         if r is not None and k % served_every == 0:
             log_served(r, prefix, rid, items, rng.normal(size=(4, N_FEATURES)).astype(np.float32), ttl_s=300)
-        events.append(Event(event_id=f"{tag}i{k}", type="impression", user_id=user, ts=ts, request_id=rid, item_ids=items))
+        events.append(
+            Event(event_id=f"{tag}i{k}", type="impression", user_id=user, ts=ts, request_id=rid, item_ids=items)
+        )
         if k % 3 == 0:
-            events.append(Event(event_id=f"{tag}c{k}", type="click", user_id=user, ts=ts + 20, request_id=rid,
-                                item_id=items[0], position=0))
+            events.append(
+                Event(
+                    event_id=f"{tag}c{k}",
+                    type="click",
+                    user_id=user,
+                    ts=ts + 20,
+                    request_id=rid,
+                    item_id=items[0],
+                    position=0,
+                )
+            )
         if k % 6 == 0:
-            events.append(Event(event_id=f"{tag}p{k}", type="purchase", user_id=user, ts=ts + 50, request_id=rid,
-                                item_id=items[0]))
+            events.append(
+                Event(
+                    event_id=f"{tag}p{k}", type="purchase", user_id=user, ts=ts + 50, request_id=rid, item_id=items[0]
+                )
+            )
     return events
 
 
 @pytest.fixture
 def learner_settings(kafka_broker, redis_server, tmp_path):
-    return isolated_settings(kafka_broker, redis_server, tmp_path / "state", label_window_s=1.0,
-                             publish_every_updates=5, publish_every_s=0.5, learner_batch_size=16,
-                             learner_max_batch_delay_s=0.1, learner_checkpoint_every_s=0.5,
-                             learner_follow_vectors=True, learner_vector_dim=8, drift_warmup=10_000)
+    return isolated_settings(
+        kafka_broker,
+        redis_server,
+        tmp_path / "state",
+        label_window_s=1.0,
+        publish_every_updates=5,
+        publish_every_s=0.5,
+        learner_batch_size=16,
+        learner_max_batch_delay_s=0.1,
+        learner_checkpoint_every_s=0.5,
+        learner_follow_vectors=True,
+        learner_vector_dim=8,
+        drift_warmup=10_000,
+    )
 
 
 def test_labelled_impressions_publish_new_versions(learner_settings):
@@ -57,7 +79,7 @@ def test_labelled_impressions_publish_new_versions(learner_settings):
     store = ModelStore.from_settings(s)
     producer = bus.make_producer(s)
     rng = np.random.default_rng(1)
-    for item in ("a0", "a1", "a2", "a3", "a4"):   # the a-items have vectors on the vectors topic
+    for item in ("a0", "a1", "a2", "a3", "a4"):  # the a-items have vectors on the vectors topic
         rec = VectorRecord(item, vector=rng.normal(size=8).astype(np.float32), meta=ItemMeta(title=item, price=9.5))
         producer.send(s.topic_vectors, key=item, value=encode_record(rec))
     producer.flush(10)
@@ -87,10 +109,11 @@ def test_labelled_impressions_publish_new_versions(learner_settings):
         def learned_enough():
             v = store.latest_version()
             return v > v1 and (store.meta(v).get("examples") or 0) >= 120 * 4
+
         wait_for(lambda: learned_enough() or errors, "a version trained on every shown item", timeout_s=60)
         assert not errors, errors
         v, head, meta = store.load()
-        assert meta["metrics"]["click_examples"] >= 120 * 4 - 40   # clicked rows carry a click label once
+        assert meta["metrics"]["click_examples"] >= 120 * 4 - 40  # clicked rows carry a click label once
         assert meta["metrics"]["purchase_examples"] >= 100
         assert meta["feature_schema"]["names"] == head.feature_names
         p_click, p_buy = head.predict(np.zeros((3, N_FEATURES), np.float32))
@@ -106,12 +129,12 @@ def test_labelled_impressions_publish_new_versions(learner_settings):
     assert not errors, errors
     state = Checkpointer(s.state_dir / "learner").load()
     assert state is not None and state["version"] == store.latest_version()
-    assert sum(state["offsets"].values()) >= 120 + 40 + 20   # every event's offset is covered
+    assert sum(state["offsets"].values()) >= 120 + 40 + 20  # every event's offset is covered
     # rows recomputed by the learner (odd requests: nothing served) carry the replica's vectors
     recomputed = [e for e in state["core"]["buffer"] if int(e.request_id[3:]) % 2 == 1]
     has_vec, price = FEATURE_NAMES.index("has_item_vec"), FEATURE_NAMES.index("has_price")
     assert {e.x[has_vec] for e in recomputed if e.item_id.startswith("a")} == {1.0}
-    assert {e.x[price] for e in recomputed if e.item_id.startswith("a")} == {1.0}   # price from the replica's meta
+    assert {e.x[price] for e in recomputed if e.item_id.startswith("a")} == {1.0}  # price from the replica's meta
     assert {e.x[has_vec] for e in recomputed if not e.item_id.startswith("a")} == {0.0}
 
 
@@ -121,9 +144,17 @@ def test_drift_in_the_stream_is_published_on_the_drift_topic(kafka_broker, redis
     from learner import metrics as M
     from streamrec.datasets import open_bandit as ob
 
-    s = isolated_settings(kafka_broker, redis_server, tmp_path / "state", label_window_s=60.0,
-                          publish_every_updates=50, publish_every_s=1.0, learner_batch_size=32,
-                          learner_follow_vectors=False, drift_warmup=300)
+    s = isolated_settings(
+        kafka_broker,
+        redis_server,
+        tmp_path / "state",
+        label_window_s=60.0,
+        publish_every_updates=50,
+        publish_every_s=1.0,
+        learner_batch_size=32,
+        learner_follow_vectors=False,
+        drift_warmup=300,
+    )
     rows, _half = E.open_bandit_stream(data_dir, shift=True)
     producer = bus.make_producer(s, linger_ms=20)
     for ev in ob.to_events(rows):

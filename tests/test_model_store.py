@@ -36,7 +36,7 @@ def test_publish_load_list_rollback(tmp_path):
     store.rollback(1)
     assert store.latest_version() == 1 and store.load()[2]["reason"] == "initial"
     assert [(m["version"], m["current"]) for m in store.list()] == [(1, True), (2, False)]
-    assert store.publish(_head(0.0), {"reason": "periodic"}) == 3   # numbers never reused
+    assert store.publish(_head(0.0), {"reason": "periodic"}) == 3  # numbers never reused
     with pytest.raises(ModelNotFound):
         store.rollback(42)
 
@@ -79,4 +79,4 @@ def test_a_reader_process_only_sees_complete_versions(tmp_path):
     out, _ = reader.communicate(timeout=90)
     seen = json.loads(out)
     assert reader.returncode == 0 and seen[-1] == [25, "v25"]
-    assert all(reason == f"v{v}" for v, reason in seen)   # the weights and meta of one version, together
+    assert all(reason == f"v{v}" for v, reason in seen)  # the weights and meta of one version, together

@@ -34,12 +34,15 @@ def test_iso_timestamps_are_normalised_to_epoch_ms():
     assert decode_event(_event(ts="2023-11-14T22:13:20")).ts == TS  # naive = UTC
 
 
-@pytest.mark.parametrize("ts, fragment", [
-    (1_700_000_000, "epoch seconds"),
-    (True, "epoch milliseconds"),
-    ("yesterday", "neither epoch"),
-    (10**17, "year 3000"),
-])
+@pytest.mark.parametrize(
+    "ts, fragment",
+    [
+        (1_700_000_000, "epoch seconds"),
+        (True, "epoch milliseconds"),
+        ("yesterday", "neither epoch"),
+        (10**17, "year 3000"),
+    ],
+)
 def test_ambiguous_or_impossible_timestamps_are_rejected_with_a_hint(ts, fragment):
     with pytest.raises(Rejected) as err:
         decode_event(_event(ts=ts))
@@ -49,8 +52,11 @@ def test_ambiguous_or_impossible_timestamps_are_rejected_with_a_hint(ts, fragmen
 def test_impression_needs_request_id_and_unique_item_ids():
     ok = decode_event(_event(type="impression", item_id=..., request_id="r1", item_ids=["a", "b"]))
     assert ok.item_ids == ["a", "b"]
-    for bad in (dict(request_id=None, item_ids=["a"]), dict(request_id="r", item_ids=["a", "a"]),
-                dict(request_id="r", item_ids=[])):
+    for bad in (
+        dict(request_id=None, item_ids=["a"]),
+        dict(request_id="r", item_ids=["a", "a"]),
+        dict(request_id="r", item_ids=[]),
+    ):
         with pytest.raises(Rejected) as err:
             decode_event(_event(type="impression", item_id=..., **bad))
         assert err.value.reason == "invalid"
@@ -63,14 +69,17 @@ def test_interaction_without_item_is_rejected_naming_the_field():
         decode_event(_event(item_id=...))
 
 
-@pytest.mark.parametrize("raw, reason", [
-    (b"\xff\xfe not utf8", "not_utf8"),
-    (b"{not json", "not_json"),
-    (b"[1, 2]", "not_object"),
-    (_event(type="teleport"), "unknown_type"),
-    (_event(colour="red"), "invalid"),  # unknown fields are refused, not silently dropped
-    (b" " * 70_000, "oversize"),
-])
+@pytest.mark.parametrize(
+    "raw, reason",
+    [
+        (b"\xff\xfe not utf8", "not_utf8"),
+        (b"{not json", "not_json"),
+        (b"[1, 2]", "not_object"),
+        (_event(type="teleport"), "unknown_type"),
+        (_event(colour="red"), "invalid"),  # unknown fields are refused, not silently dropped
+        (b" " * 70_000, "oversize"),
+    ],
+)
 def test_each_rejection_has_a_machine_readable_reason(raw, reason):
     with pytest.raises(Rejected) as err:
         decode_event(raw)

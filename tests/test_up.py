@@ -41,8 +41,9 @@ def _wait_until_up(proc: subprocess.Popen, log_path, base: str, timeout_s: float
     with httpx.Client(base_url=base, timeout=2) as http:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                pytest.fail(f"`streamrec up` exited with {proc.returncode} before it was up:\n"
-                            + log_path.read_text()[-3000:])
+                pytest.fail(
+                    f"`streamrec up` exited with {proc.returncode} before it was up:\n" + log_path.read_text()[-3000:]
+                )
             try:
                 r = http.get("/readyz")
                 last = (r.status_code, r.text[:200])
@@ -52,19 +53,28 @@ def _wait_until_up(proc: subprocess.Popen, log_path, base: str, timeout_s: float
             if ready and BANNER.search(log_path.read_text()):
                 return
             time.sleep(1)
-    pytest.fail(f"`streamrec up` not up within {timeout_s:.0f}s (last /readyz: {last!r}):\n"
-                + log_path.read_text()[-3000:])
+    pytest.fail(
+        f"`streamrec up` not up within {timeout_s:.0f}s (last /readyz: {last!r}):\n" + log_path.read_text()[-3000:]
+    )
 
 
 def test_up_serves_demo_traffic_and_drains_on_sigterm(tmp_path):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
-    env.update(STREAMREC_HTTP_PORT=str(port), STREAMREC_STATE_DIR=str(tmp_path / "state"),
-               STREAMREC_PUBLISH_EVERY_S="1", PYTHONUNBUFFERED="1")
+    env.update(
+        STREAMREC_HTTP_PORT=str(port),
+        STREAMREC_STATE_DIR=str(tmp_path / "state"),
+        STREAMREC_PUBLISH_EVERY_S="1",
+        PYTHONUNBUFFERED="1",
+    )
     log_path = tmp_path / "up.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "launcher.cli", "up", "--rate", "30",
-                                 "--catalog-limit", str(CATALOG_LIMIT)], env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "launcher.cli", "up", "--rate", "30", "--catalog-limit", str(CATALOG_LIMIT)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         _wait_until_up(proc, log_path, base, timeout_s=300)
@@ -74,23 +84,28 @@ def test_up_serves_demo_traffic_and_drains_on_sigterm(tmp_path):
             assert http.get("/search", params={"q": "ink cartridge"}).json()["items"]
 
             def accepted() -> float:
-                return _counter(http.get("/metrics").text, "streamrec_serving_published_total",
-                                outcome="accepted")
+                return _counter(http.get("/metrics").text, "streamrec_serving_published_total", outcome="accepted")
 
             first = accepted()
             time.sleep(5)
             assert accepted() > first, "demo shoppers are not sending events"
             assert "Drift events" in http.get("/dashboard").text
         # read-only commands in another shell find the running embedded stack by themselves
-        status = subprocess.run([sys.executable, "-m", "launcher.cli", "status", "--json"], env=env,
-                                capture_output=True, text=True, timeout=120)
+        status = subprocess.run(
+            [sys.executable, "-m", "launcher.cli", "status", "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert status.returncode == 0, status.stderr
         report = json.loads(status.stdout)
         assert report["serving"]["index_items"] >= CATALOG_LIMIT
         assert report["models"]["serving_version"] >= 1
         assert set(report["lag"]) == {"consumers", "index-updater", "learner"}
-        models = subprocess.run([sys.executable, "-m", "launcher.cli", "model", "list"], env=env,
-                                capture_output=True, text=True, timeout=60)
+        models = subprocess.run(
+            [sys.executable, "-m", "launcher.cli", "model", "list"], env=env, capture_output=True, text=True, timeout=60
+        )
         assert models.returncode == 0 and "*" in models.stdout, models.stderr
     finally:
         proc.send_signal(signal.SIGTERM)

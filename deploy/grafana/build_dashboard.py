@@ -7,76 +7,155 @@ import json
 from pathlib import Path
 
 PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
-    ("Serving", "reqps", [
-        ("requests/s by endpoint", 'sum by (endpoint) (rate(streamrec_serving_requests_total[1m]))'),
-        ("errors/s", 'sum(rate(streamrec_serving_requests_total{status=~"5.."}[1m]))'),
-    ]),
-    ("Serving latency p50 / p99", "s", [
-        ("p50 {{endpoint}}", 'histogram_quantile(0.5, sum by (le, endpoint) (rate(streamrec_serving_request_duration_seconds_bucket[5m])))'),
-        ("p99 {{endpoint}}", 'histogram_quantile(0.99, sum by (le, endpoint) (rate(streamrec_serving_request_duration_seconds_bucket[5m])))'),
-    ]),
-    ("Model and index versions served", "none", [
-        ("model version", "max(streamrec_serving_model_version)"),
-        ("learner version", "max(streamrec_learner_model_version)"),
-        ("index items", "max(streamrec_serving_index_items)"),
-    ]),
-    ("Events ingested/s by type", "ops", [
-        ("{{type}}", "sum by (type) (rate(streamrec_consumer_events_total[1m]))"),
-    ]),
-    ("Consumer lag (records)", "none", [
-        ("{{topic}}/{{partition}}", "sum by (topic, partition) (streamrec_consumer_lag_records)"),
-    ]),
-    ("Dead letters and quarantine/s by reason", "ops", [
-        ("dlq {{reason}}", "sum by (reason) (rate(streamrec_consumer_dead_letters_total[5m]))"),
-        ("quarantine {{reason}}", "sum by (reason) (rate(streamrec_consumer_quarantined_total[5m]))"),
-        ("redis errors", "sum(rate(streamrec_consumer_redis_errors_total[5m]))"),
-    ]),
-    ("Consumer batch latency p99", "s", [
-        ("p99", "histogram_quantile(0.99, sum by (le) (rate(streamrec_consumer_batch_processing_seconds_bucket[5m])))"),
-    ]),
-    ("Drift: prequential AUC", "percentunit", [
-        ("{{task}} {{model}}", "streamrec_learner_auc"),
-    ]),
-    ("Drift: prequential log-loss", "none", [
-        ("{{task}} {{model}}", "streamrec_learner_logloss"),
-    ]),
-    ("Drift detections, promotions, rollbacks", "none", [
-        ("{{detector}} on {{what}}", "sum by (detector, what) (increase(streamrec_learner_drift_detections_total[10m]))"),
-        ("promotions", "sum(increase(streamrec_learner_promotions_total[10m]))"),
-        ("rollbacks", "sum(increase(streamrec_learner_rollbacks_total[10m]))"),
-        ("challenger running", "max(streamrec_learner_challenger_running)"),
-    ]),
-    ("Learner throughput", "ops", [
-        ("examples/s {{label}}", "sum by (label) (rate(streamrec_learner_examples_total[1m]))"),
-        ("updates/s", "sum(rate(streamrec_learner_updates_total[1m]))"),
-    ]),
-    ("Index: items embedded/s and snapshot age", "none", [
-        ("embedded/s", "sum(rate(streamrec_index_items_embedded_total[1m]))"),
-        ("snapshot age (s)", "max(streamrec_index_snapshot_age_seconds)"),
-        ("index items", "max(streamrec_index_items)"),
-    ]),
-    ("Index batch latency p99", "s", [
-        ("p99", "histogram_quantile(0.99, sum by (le) (rate(streamrec_index_batch_seconds_bucket[5m])))"),
-    ]),
+    (
+        "Serving",
+        "reqps",
+        [
+            ("requests/s by endpoint", "sum by (endpoint) (rate(streamrec_serving_requests_total[1m]))"),
+            ("errors/s", 'sum(rate(streamrec_serving_requests_total{status=~"5.."}[1m]))'),
+        ],
+    ),
+    (
+        "Serving latency p50 / p99",
+        "s",
+        [
+            (
+                "p50 {{endpoint}}",
+                "histogram_quantile(0.5, sum by (le, endpoint) (rate(streamrec_serving_request_duration_seconds_bucket[5m])))",
+            ),
+            (
+                "p99 {{endpoint}}",
+                "histogram_quantile(0.99, sum by (le, endpoint) (rate(streamrec_serving_request_duration_seconds_bucket[5m])))",
+            ),
+        ],
+    ),
+    (
+        "Model and index versions served",
+        "none",
+        [
+            ("model version", "max(streamrec_serving_model_version)"),
+            ("learner version", "max(streamrec_learner_model_version)"),
+            ("index items", "max(streamrec_serving_index_items)"),
+        ],
+    ),
+    (
+        "Events ingested/s by type",
+        "ops",
+        [
+            ("{{type}}", "sum by (type) (rate(streamrec_consumer_events_total[1m]))"),
+        ],
+    ),
+    (
+        "Consumer lag (records)",
+        "none",
+        [
+            ("{{topic}}/{{partition}}", "sum by (topic, partition) (streamrec_consumer_lag_records)"),
+        ],
+    ),
+    (
+        "Dead letters and quarantine/s by reason",
+        "ops",
+        [
+            ("dlq {{reason}}", "sum by (reason) (rate(streamrec_consumer_dead_letters_total[5m]))"),
+            ("quarantine {{reason}}", "sum by (reason) (rate(streamrec_consumer_quarantined_total[5m]))"),
+            ("redis errors", "sum(rate(streamrec_consumer_redis_errors_total[5m]))"),
+        ],
+    ),
+    (
+        "Consumer batch latency p99",
+        "s",
+        [
+            (
+                "p99",
+                "histogram_quantile(0.99, sum by (le) (rate(streamrec_consumer_batch_processing_seconds_bucket[5m])))",
+            ),
+        ],
+    ),
+    (
+        "Drift: prequential AUC",
+        "percentunit",
+        [
+            ("{{task}} {{model}}", "streamrec_learner_auc"),
+        ],
+    ),
+    (
+        "Drift: prequential log-loss",
+        "none",
+        [
+            ("{{task}} {{model}}", "streamrec_learner_logloss"),
+        ],
+    ),
+    (
+        "Drift detections, promotions, rollbacks",
+        "none",
+        [
+            (
+                "{{detector}} on {{what}}",
+                "sum by (detector, what) (increase(streamrec_learner_drift_detections_total[10m]))",
+            ),
+            ("promotions", "sum(increase(streamrec_learner_promotions_total[10m]))"),
+            ("rollbacks", "sum(increase(streamrec_learner_rollbacks_total[10m]))"),
+            ("challenger running", "max(streamrec_learner_challenger_running)"),
+        ],
+    ),
+    (
+        "Learner throughput",
+        "ops",
+        [
+            ("examples/s {{label}}", "sum by (label) (rate(streamrec_learner_examples_total[1m]))"),
+            ("updates/s", "sum(rate(streamrec_learner_updates_total[1m]))"),
+        ],
+    ),
+    (
+        "Index: items embedded/s and snapshot age",
+        "none",
+        [
+            ("embedded/s", "sum(rate(streamrec_index_items_embedded_total[1m]))"),
+            ("snapshot age (s)", "max(streamrec_index_snapshot_age_seconds)"),
+            ("index items", "max(streamrec_index_items)"),
+        ],
+    ),
+    (
+        "Index batch latency p99",
+        "s",
+        [
+            ("p99", "histogram_quantile(0.99, sum by (le) (rate(streamrec_index_batch_seconds_bucket[5m])))"),
+        ],
+    ),
 ]
 
 
 def build() -> dict:
     panels = []
     for i, (title, unit, targets) in enumerate(PANELS):
-        panels.append({
-            "id": i + 1, "type": "timeseries", "title": title,
-            "datasource": {"type": "prometheus", "uid": "prometheus"},
-            "gridPos": {"h": 8, "w": 12, "x": (i % 2) * 12, "y": (i // 2) * 8},
-            "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
-            "targets": [
-                {"refId": chr(65 + j), "expr": expr, "legendFormat": legend,
-                 "datasource": {"type": "prometheus", "uid": "prometheus"}}
-                for j, (legend, expr) in enumerate(targets)
-            ],
-        })
-    return {"uid": "streamrec", "title": "streamrec", "schemaVersion": 39, "refresh": "10s",
-            "time": {"from": "now-1h", "to": "now"}, "panels": panels, "tags": ["streamrec"]}
+        panels.append(
+            {
+                "id": i + 1,
+                "type": "timeseries",
+                "title": title,
+                "datasource": {"type": "prometheus", "uid": "prometheus"},
+                "gridPos": {"h": 8, "w": 12, "x": (i % 2) * 12, "y": (i // 2) * 8},
+                "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+                "targets": [
+                    {
+                        "refId": chr(65 + j),
+                        "expr": expr,
+                        "legendFormat": legend,
+                        "datasource": {"type": "prometheus", "uid": "prometheus"},
+                    }
+                    for j, (legend, expr) in enumerate(targets)
+                ],
+            }
+        )
+    return {
+        "uid": "streamrec",
+        "title": "streamrec",
+        "schemaVersion": 39,
+        "refresh": "10s",
+        "time": {"from": "now-1h", "to": "now"},
+        "panels": panels,
+        "tags": ["streamrec"],
+    }
 
 
 if __name__ == "__main__":

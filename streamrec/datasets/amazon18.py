@@ -42,7 +42,10 @@ def catalog(data_dir: Path, now_ms: int | None = None) -> Iterator[CatalogOp]:
         if not title:
             continue
         yield CatalogOp(
-            op="upsert", item_id=item_id, ts=ts, title=title[:1000],
+            op="upsert",
+            item_id=item_id,
+            ts=ts,
+            title=title[:1000],
             description=_description(item.get("description") or ""),
             category=(item.get("brand") or "").strip()[:200] or None,
         )

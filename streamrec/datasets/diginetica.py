@@ -25,12 +25,12 @@ import heapq
 import json
 from collections import Counter
 from collections.abc import Iterator
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 from streamrec.schemas import CatalogOp, Event
 
-START_MS = int(datetime(2016, 1, 1, tzinfo=timezone.utc).timestamp() * 1000)
+START_MS = int(datetime(2016, 1, 1, tzinfo=UTC).timestamp() * 1000)
 SESSION_GAP_MS = 60_000
 STEP_MS = 15_000
 FUNNEL = ("view", "click", "add_to_cart", "purchase")
@@ -58,15 +58,20 @@ def session_events(path: Path | str, limit: int | None = None) -> Iterator[Event
             if limit is not None and produced >= limit:
                 return
             seen[item] += 1
-            yield Event(event_id=f"dgs{s}-{pos}", type=FUNNEL[min(seen[item], 4) - 1], user_id=f"dgs{s}",
-                        item_id=f"sg{item}", session_id=f"dgs{s}",
-                        ts=START_MS + s * SESSION_GAP_MS + pos * STEP_MS)
+            yield Event(
+                event_id=f"dgs{s}-{pos}",
+                type=FUNNEL[min(seen[item], 4) - 1],
+                user_id=f"dgs{s}",
+                item_id=f"sg{item}",
+                session_id=f"dgs{s}",
+                ts=START_MS + s * SESSION_GAP_MS + pos * STEP_MS,
+            )
             produced += 1
 
 
 def _raw_ts(eventdate: str, timeframe: str) -> int:
     day = date.fromisoformat(eventdate)
-    return int(datetime(day.year, day.month, day.day, tzinfo=timezone.utc).timestamp() * 1000) + int(timeframe)
+    return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() * 1000) + int(timeframe)
 
 
 def _raw_rows(path: Path, kind: str) -> Iterator[Event]:
@@ -76,9 +81,14 @@ def _raw_rows(path: Path, kind: str) -> Iterator[Event]:
                 session, user, item = row["sessionId"], row["userId"], row["itemId"]
             else:
                 session, user, item = row["session_id"], row["user_id"], row["item_id"]
-            yield Event(event_id=f"dg{kind[0]}{row_no}", type=kind,
-                        user_id=user if user != "NA" else f"anon-{session}", item_id=item,
-                        session_id=f"dg{session}", ts=_raw_ts(row["eventdate"], row["timeframe"]))
+            yield Event(
+                event_id=f"dg{kind[0]}{row_no}",
+                type=kind,
+                user_id=user if user != "NA" else f"anon-{session}",
+                item_id=item,
+                session_id=f"dg{session}",
+                ts=_raw_ts(row["eventdate"], row["timeframe"]),
+            )
 
 
 def purchase_events(path: Path | str) -> list[Event]:
@@ -109,5 +119,10 @@ def catalog(path: Path | str, item_ids: set[str] | None = None) -> Iterator[Cata
     with open(_folder(path) / "product-categories.csv", newline="") as f:
         for row in csv.DictReader(f, delimiter=";"):
             if item_ids is None or row["itemId"] in item_ids:
-                yield CatalogOp(op="upsert", item_id=row["itemId"], ts=START_MS,
-                                title=f"DIGINETICA product {row['itemId']}", category=row["categoryId"])
+                yield CatalogOp(
+                    op="upsert",
+                    item_id=row["itemId"],
+                    ts=START_MS,
+                    title=f"DIGINETICA product {row['itemId']}",
+                    category=row["categoryId"],
+                )

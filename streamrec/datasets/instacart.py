@@ -35,8 +35,13 @@ def catalog(data_dir: Path, now_ms: int | None = None, limit: int | None = None)
                 continue
             parts = [departments.get(row["department_id"], ""), aisles.get(row["aisle_id"], "")]
             category = " > ".join(p for p in parts if p and p != "missing") or None
-            yield CatalogOp(op="upsert", item_id=row["product_id"], ts=ts, title=title[:1000],
-                            category=category[:200] if category else None)
+            yield CatalogOp(
+                op="upsert",
+                item_id=row["product_id"],
+                ts=ts,
+                title=title[:1000],
+                category=category[:200] if category else None,
+            )
             n += 1
             if limit is not None and n >= limit:
                 return

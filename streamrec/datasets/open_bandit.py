@@ -58,16 +58,16 @@ AFFINITY_PREFIX = "user-item_affinity_"
 class Impression:
     """One logged row, typed."""
 
-    ts: int            # epoch ms
+    ts: int  # epoch ms
     policy: str
     campaign: str
     row: int
-    item_id: str       # namespaced: "{campaign}:{id}"
-    position: int      # 0-based slot
+    item_id: str  # namespaced: "{campaign}:{id}"
+    position: int  # 0-based slot
     click: int
     propensity: float
     user_id: str
-    history: tuple[str, ...] = ()   # namespaced items the user clicked before the logged period
+    history: tuple[str, ...] = ()  # namespaced items the user clicked before the logged period
 
 
 def _check(policy: str, campaign: str) -> None:
@@ -91,16 +91,28 @@ def impressions(data_dir: Path, policy: str = "random", campaign: str = "all") -
         reader = csv.DictReader(f)
         affinity = [c for c in reader.fieldnames or () if c.startswith(AFFINITY_PREFIX)]
         for k, r in enumerate(reader):
-            history = tuple(f"{campaign}:{c[len(AFFINITY_PREFIX):]}" for c in affinity if float(r[c] or 0) > 0)
+            history = tuple(f"{campaign}:{c[len(AFFINITY_PREFIX) :]}" for c in affinity if float(r[c] or 0) > 0)
             key = "|".join([*(r[f"user_feature_{i}"] for i in range(4)), *history])
-            user = hashlib.sha1(key.encode()).hexdigest()[:12] if history else f"{policy}-{campaign}-{k}"   # see module doc
-            yield Impression(ts=_ts_ms(r["timestamp"]), policy=policy, campaign=campaign, row=k,
-                             item_id=f"{campaign}:{r['item_id']}", position=int(r["position"]) - 1,
-                             click=int(r["click"]), propensity=float(r["propensity_score"]), user_id=f"obd-{user}",
-                             history=history)
+            user = (
+                hashlib.sha1(key.encode()).hexdigest()[:12] if history else f"{policy}-{campaign}-{k}"
+            )  # see module doc
+            yield Impression(
+                ts=_ts_ms(r["timestamp"]),
+                policy=policy,
+                campaign=campaign,
+                row=k,
+                item_id=f"{campaign}:{r['item_id']}",
+                position=int(r["position"]) - 1,
+                click=int(r["click"]),
+                propensity=float(r["propensity_score"]),
+                user_id=f"obd-{user}",
+                history=history,
+            )
 
 
-def merged(data_dir: Path, policies: Iterable[str] = POLICIES, campaigns: Iterable[str] = CAMPAIGNS) -> list[Impression]:
+def merged(
+    data_dir: Path, policies: Iterable[str] = POLICIES, campaigns: Iterable[str] = CAMPAIGNS
+) -> list[Impression]:
     """Several files merged into one stream in timestamp order (ties keep file order)."""
     streams = [impressions(data_dir, p, c) for p in policies for c in campaigns]
     return list(heapq.merge(*streams, key=lambda i: i.ts))
@@ -113,14 +125,29 @@ def to_events(rows: Iterable[Impression]) -> Iterator[Event]:
         for item in i.history:
             if (i.user_id, item) not in emitted:
                 emitted.add((i.user_id, item))
-                yield Event(event_id=f"obd-hist-{i.user_id}-{item}", type="click", user_id=i.user_id,
-                            ts=i.ts - 1, item_id=item)
+                yield Event(
+                    event_id=f"obd-hist-{i.user_id}-{item}", type="click", user_id=i.user_id, ts=i.ts - 1, item_id=item
+                )
         rid = f"obd-{i.policy}-{i.campaign}-{i.row}"
-        yield Event(event_id=f"{rid}-imp", type="impression", user_id=i.user_id, ts=i.ts, request_id=rid,
-                    item_ids=[i.item_id], position=i.position)
+        yield Event(
+            event_id=f"{rid}-imp",
+            type="impression",
+            user_id=i.user_id,
+            ts=i.ts,
+            request_id=rid,
+            item_ids=[i.item_id],
+            position=i.position,
+        )
         if i.click:
-            yield Event(event_id=f"{rid}-click", type="click", user_id=i.user_id, ts=i.ts, request_id=rid,
-                        item_id=i.item_id, position=i.position)
+            yield Event(
+                event_id=f"{rid}-click",
+                type="click",
+                user_id=i.user_id,
+                ts=i.ts,
+                request_id=rid,
+                item_id=i.item_id,
+                position=i.position,
+            )
 
 
 def events(data_dir: Path, policies: Iterable[str] = POLICIES, campaigns: Iterable[str] = CAMPAIGNS) -> Iterator[Event]:
@@ -146,7 +173,8 @@ def item_context(data_dir: Path, campaign: str) -> dict[str, ItemContext]:
     with open(path, newline="") as f:
         for r in csv.DictReader(f):
             out[f"{campaign}:{r['item_id']}"] = ItemContext(
-                float(r["item_feature_0"]), (r["item_feature_1"], r["item_feature_2"], r["item_feature_3"]))
+                float(r["item_feature_0"]), (r["item_feature_1"], r["item_feature_2"], r["item_feature_3"])
+            )
     return out
 
 
@@ -166,6 +194,7 @@ def item_vectors(data_dir: Path, campaigns: Iterable[str] = CAMPAIGNS, dim: int 
 
 
 # --- experiment helpers (tests, bench): real rows, documented transformations ------------------
+
 
 def keep_all_clicks(rows: list[Impression], keep_non_clicks: float, seed: int = 0) -> list[Impression]:
     """Negative down-sampling: every clicked row, and each non-clicked row with probability
@@ -197,7 +226,7 @@ def remap_clicks(rows: list[Impression], start: int, mapping: dict[str, str]) ->
             j += 1
         cursor[target] = j
         if j == len(cands):
-            continue   # the target is never shown again: the click is lost with its row
+            continue  # the target is never shown again: the click is lost with its row
         out[k] = Impression(**{**r.__dict__, "click": 0})
         t = out[cands[j]]
         out[cands[j]] = Impression(**{**t.__dict__, "click": 1})

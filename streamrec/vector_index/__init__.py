@@ -22,8 +22,23 @@ from streamrec.vector_index.snapshots import (
 )
 
 __all__ = [
-    "EVENT_TO_SEARCHABLE", "REBUILDS", "IndexDump", "IndexReplica", "ItemMeta", "LiveIndex", "Snapshot",
-    "SnapshotError", "VectorRecord", "decode_record", "encode_record", "index_snapshot_dir",
-    "list_snapshots", "min_train_points", "read_manifest", "read_snapshot", "to_batch", "want_gpu",
+    "EVENT_TO_SEARCHABLE",
+    "REBUILDS",
+    "IndexDump",
+    "IndexReplica",
+    "ItemMeta",
+    "LiveIndex",
+    "Snapshot",
+    "SnapshotError",
+    "VectorRecord",
+    "decode_record",
+    "encode_record",
+    "index_snapshot_dir",
+    "list_snapshots",
+    "min_train_points",
+    "read_manifest",
+    "read_snapshot",
+    "to_batch",
+    "want_gpu",
     "write_snapshot",
 ]

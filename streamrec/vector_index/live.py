@@ -77,11 +77,11 @@ class _State:
     """Everything that must switch together when a rebuild swaps in a new FAISS index."""
 
     index: faiss.Index
-    ids: dict[str, int] = field(default_factory=dict)     # live item → FAISS id
-    items: dict[int, str] = field(default_factory=dict)   # FAISS id → live item
+    ids: dict[str, int] = field(default_factory=dict)  # live item → FAISS id
+    items: dict[int, str] = field(default_factory=dict)  # FAISS id → live item
     next_id: int = 0
-    exact: bool = False          # an untrained factory, standing in with exact search
-    removable: bool = True       # False: FAISS cannot remove, tombstones instead
+    exact: bool = False  # an untrained factory, standing in with exact search
+    removable: bool = True  # False: FAISS cannot remove, tombstones instead
     on_gpu: bool = False
     dead: set[int] = field(default_factory=set)  # tombstoned FAISS ids still in the index
     # CPU only: a selector excluding ``dead`` so filtered search need not over-fetch.
@@ -109,12 +109,12 @@ class IndexDump:
     metric: str
     version: int
     item_ids: list[str]
-    faiss_ids: np.ndarray        # int64 (n,)
-    vectors: np.ndarray          # float32 (n, dim)
+    faiss_ids: np.ndarray  # int64 (n,)
+    vectors: np.ndarray  # float32 (n, dim)
     metas: list[ItemMeta]
-    index_bytes: np.ndarray | None   # faiss.serialize_index of the CPU index, None when exact stand-in
+    index_bytes: np.ndarray | None  # faiss.serialize_index of the CPU index, None when exact stand-in
     next_id: int
-    dead_ids: np.ndarray         # int64 tombstones inside index_bytes
+    dead_ids: np.ndarray  # int64 tombstones inside index_bytes
 
 
 class LiveIndex:
@@ -124,9 +124,19 @@ class LiveIndex:
     vectors), the negated squared distance for ``'l2'``.
     """
 
-    def __init__(self, dim: int, factory: str = "Flat", metric: str = "ip", use_gpu: str = "auto", *,
-                 nprobe: int = 16, ef_search: int = 64, compact_ratio: float = 0.2,
-                 compact_min: int = 1000, search_threads: int = 1):
+    def __init__(
+        self,
+        dim: int,
+        factory: str = "Flat",
+        metric: str = "ip",
+        use_gpu: str = "auto",
+        *,
+        nprobe: int = 16,
+        ef_search: int = 64,
+        compact_ratio: float = 0.2,
+        compact_min: int = 1000,
+        search_threads: int = 1,
+    ):
         self.dim, self.factory, self.metric = int(dim), factory, metric
         self._metric = _metric(metric)
         self.nprobe, self.ef_search = nprobe, ef_search
@@ -150,8 +160,9 @@ class LiveIndex:
         try:
             index = faiss.index_factory(self.dim, self.factory, self._metric)
         except RuntimeError as e:
-            raise ValueError(f"bad FAISS factory string {self.factory!r} for dim {self.dim}: "
-                             f"{str(e).splitlines()[-1]}") from None
+            raise ValueError(
+                f"bad FAISS factory string {self.factory!r} for dim {self.dim}: {str(e).splitlines()[-1]}"
+            ) from None
         if isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)) or _has_native_ids(index):
             return index
         # IDMap translates positions; only safe over indexes that shift positions on removal
@@ -202,8 +213,13 @@ class LiveIndex:
         ids = np.arange(len(items), dtype=np.int64)
         if len(items):
             cpu.add_with_ids(vectors, ids)
-        return self._placed(cpu, ids={it: i for it, i in zip(items, ids.tolist())},
-                            items=dict(zip(ids.tolist(), items)), next_id=len(items), exact=exact)
+        return self._placed(
+            cpu,
+            ids={it: i for it, i in zip(items, ids.tolist())},
+            items=dict(zip(ids.tolist(), items)),
+            next_id=len(items),
+            exact=exact,
+        )
 
     # --- reads ------------------------------------------------------------------------------
 
@@ -276,8 +292,9 @@ class LiveIndex:
             out.append(hits)
         return out
 
-    def _faiss_search(self, index: faiss.Index, q: np.ndarray, k: int,
-                      params: faiss.SearchParameters | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def _faiss_search(
+        self, index: faiss.Index, q: np.ndarray, k: int, params: faiss.SearchParameters | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Search with ``search_threads`` OpenMP threads in this thread only (the setting is
         per-thread): a one-query search split over busy cores waits at OpenMP barriers — 10× slower
         on a loaded 2-core host — while concurrent requests already use the cores."""
@@ -319,8 +336,9 @@ class LiveIndex:
                 self._rebuild_log.append(latest)
             self.version += 1
             st = self._state
-            needs = (st.tombstones > max(self.compact_min, self.compact_ratio * len(st.ids))
-                     or (st.exact and len(st.ids) >= min_train_points(self._probe)))
+            needs = st.tombstones > max(self.compact_min, self.compact_ratio * len(st.ids)) or (
+                st.exact and len(st.ids) >= min_train_points(self._probe)
+            )
         REPLICA_SIZE.set(len(self))
         if needs:
             self.rebuild(wait=False, why="train" if st.exact else "compact")
@@ -355,8 +373,9 @@ class LiveIndex:
         with self._rebuild_mutex:
             running = self._rebuild_thread is not None and self._rebuild_thread.is_alive()
             if not running:
-                self._rebuild_thread = threading.Thread(target=self._rebuild, args=(why,),
-                                                        name="index-rebuild", daemon=True)
+                self._rebuild_thread = threading.Thread(
+                    target=self._rebuild, args=(why,), name="index-rebuild", daemon=True
+                )
                 self._rebuild_thread.start()
             thread = self._rebuild_thread
         if wait:
@@ -382,8 +401,7 @@ class LiveIndex:
             self._state = new
             self.version += 1
         REBUILDS.labels(why).inc()
-        log.info("index %r rebuilt (%s): %d items in %.2fs", self.factory, why, len(items),
-                 time.monotonic() - started)
+        log.info("index %r rebuilt (%s): %d items in %.2fs", self.factory, why, len(items), time.monotonic() - started)
 
     def _stack(self, items: list[str]) -> np.ndarray:
         if not items:
@@ -401,13 +419,20 @@ class LiveIndex:
         with self._lock.read():
             st = self._state
             items = list(st.ids)
-            raw = None if st.exact else faiss.serialize_index(
-                faiss.index_gpu_to_cpu(st.index) if st.on_gpu else st.index)
+            raw = (
+                None if st.exact else faiss.serialize_index(faiss.index_gpu_to_cpu(st.index) if st.on_gpu else st.index)
+            )
             return IndexDump(
-                dim=self.dim, factory=self.factory, metric=self.metric, version=self.version,
-                item_ids=items, faiss_ids=np.fromiter((st.ids[i] for i in items), np.int64, len(items)),
-                vectors=self._stack(items), metas=[self._metas[i] for i in items],
-                index_bytes=raw, next_id=st.next_id,
+                dim=self.dim,
+                factory=self.factory,
+                metric=self.metric,
+                version=self.version,
+                item_ids=items,
+                faiss_ids=np.fromiter((st.ids[i] for i in items), np.int64, len(items)),
+                vectors=self._stack(items),
+                metas=[self._metas[i] for i in items],
+                index_bytes=raw,
+                next_id=st.next_id,
                 dead_ids=np.fromiter(st.dead, np.int64, len(st.dead)) if raw is not None else np.zeros(0, np.int64),
             )
 
@@ -418,8 +443,13 @@ class LiveIndex:
         if (d.factory, d.metric) == (self.factory, self.metric) and d.index_bytes is not None:
             cpu = faiss.deserialize_index(d.index_bytes)
             fids = d.faiss_ids.tolist()
-            st = self._placed(cpu, ids=dict(zip(d.item_ids, fids)), items=dict(zip(fids, d.item_ids)),
-                              next_id=d.next_id, dead=set(d.dead_ids.tolist()))
+            st = self._placed(
+                cpu,
+                ids=dict(zip(d.item_ids, fids)),
+                items=dict(zip(fids, d.item_ids)),
+                next_id=d.next_id,
+                dead=set(d.dead_ids.tolist()),
+            )
             if st.dead and st.removable:
                 try:
                     st.index.remove_ids(d.dead_ids)

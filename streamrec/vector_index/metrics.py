@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-REPLICA_APPLIED = Counter("streamrec_index_replica_records_total",
-                          "vector records applied by replicas", ["kind"])
-REPLICA_BAD = Counter("streamrec_index_replica_bad_records_total",
-                      "vector records a replica could not decode (logged and skipped)")
+REPLICA_APPLIED = Counter("streamrec_index_replica_records_total", "vector records applied by replicas", ["kind"])
+REPLICA_BAD = Counter(
+    "streamrec_index_replica_bad_records_total", "vector records a replica could not decode (logged and skipped)"
+)
 EVENT_TO_SEARCHABLE = Histogram(
     "streamrec_index_event_to_searchable_seconds",
     "catalog event appended → its vector searchable in a replica",

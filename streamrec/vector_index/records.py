@@ -22,7 +22,7 @@ class VectorRecord:
     meta: ItemMeta | None = None
     content_hash: str | None = None
     model_id: str | None = None
-    source_ms: int | None = None   # when the catalog event was appended (freshness metric)
+    source_ms: int | None = None  # when the catalog event was appended (freshness metric)
 
 
 def encode_record(r: VectorRecord) -> bytes:
@@ -37,8 +37,10 @@ def encode_record(r: VectorRecord) -> bytes:
             raise ValueError("an upsert vector record needs vector and meta")
         body.update(
             vector=base64.b64encode(np.asarray(r.vector, dtype="<f4").tobytes()).decode(),
-            dim=int(np.asarray(r.vector).shape[-1]), meta=asdict(r.meta),
-            content_hash=r.content_hash, model_id=r.model_id,
+            dim=int(np.asarray(r.vector).shape[-1]),
+            meta=asdict(r.meta),
+            content_hash=r.content_hash,
+            model_id=r.model_id,
         )
     return json.dumps(body, separators=(",", ":")).encode()
 
@@ -57,9 +59,14 @@ def decode_record(raw: bytes | None, key: bytes | None = None) -> VectorRecord:
         vec = np.frombuffer(base64.b64decode(body["vector"]), dtype="<f4").astype(np.float32)
         if vec.shape[0] != int(body["dim"]):
             raise ValueError(f"vector has {vec.shape[0]} floats, record says dim {body['dim']}")
-        return VectorRecord(item_id=item_id, vector=vec, meta=ItemMeta(**body["meta"]),
-                            content_hash=body.get("content_hash"), model_id=body.get("model_id"),
-                            source_ms=body.get("source_ms"))
+        return VectorRecord(
+            item_id=item_id,
+            vector=vec,
+            meta=ItemMeta(**body["meta"]),
+            content_hash=body.get("content_hash"),
+            model_id=body.get("model_id"),
+            source_ms=body.get("source_ms"),
+        )
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"bad vector record: {e}") from None
 

@@ -36,9 +36,16 @@ class IndexReplica:
 
     def __init__(self, s: Settings, dim: int, from_snapshot: bool = True):
         self.s = s
-        self.index = LiveIndex(dim, s.index_factory, s.index_metric, s.index_use_gpu,
-                               nprobe=s.index_nprobe, ef_search=s.index_ef_search,
-                               compact_ratio=s.index_compact_ratio, search_threads=s.index_search_threads)
+        self.index = LiveIndex(
+            dim,
+            s.index_factory,
+            s.index_metric,
+            s.index_use_gpu,
+            nprobe=s.index_nprobe,
+            ef_search=s.index_ef_search,
+            compact_ratio=s.index_compact_ratio,
+            search_threads=s.index_search_threads,
+        )
         self.from_snapshot = from_snapshot
         self.hashes: dict[str, str] = {}
         self.expected_model = model_id_for(s)
@@ -86,17 +93,24 @@ class IndexReplica:
             dump = self.index.dump()
             offsets = dict(self._offsets)
             hashes = {i: self.hashes[i] for i in dump.item_ids if i in self.hashes}
-        return write_snapshot(index_snapshot_dir(self.s), dump, topic=self.s.topic_vectors,
-                              offsets=offsets, hashes=hashes, model_id=model_id,
-                              keep=self.s.index_snapshots_kept)
+        return write_snapshot(
+            index_snapshot_dir(self.s),
+            dump,
+            topic=self.s.topic_vectors,
+            offsets=offsets,
+            hashes=hashes,
+            model_id=model_id,
+            keep=self.s.index_snapshots_kept,
+        )
 
     def _load_snapshot(self) -> None:
         for path in list_snapshots(index_snapshot_dir(self.s)):
             try:
                 snap = read_snapshot(path)
                 if snap.manifest["topic"] != self.s.topic_vectors:
-                    raise SnapshotError(f"snapshot {path} covers topic {snap.manifest['topic']}, "
-                                        f"not {self.s.topic_vectors}")
+                    raise SnapshotError(
+                        f"snapshot {path} covers topic {snap.manifest['topic']}, not {self.s.topic_vectors}"
+                    )
                 self.index.load(snap.dump)
             except (SnapshotError, ValueError, RuntimeError) as e:
                 log.error("%s; trying an older snapshot, else rebuilding from the topic", e)
@@ -105,11 +119,19 @@ class IndexReplica:
                 self._offsets = snap.offsets
                 self.hashes = dict(snap.hashes)
             self.loaded_snapshot = path
-            log.info("index replica loaded %s (%d items, offsets %s, %s)", path, len(self.index),
-                     snap.offsets, self.index.device)
+            log.info(
+                "index replica loaded %s (%d items, offsets %s, %s)",
+                path,
+                len(self.index),
+                snap.offsets,
+                self.index.device,
+            )
             return
-        log.info("no usable index snapshot in %s: replaying %s from the start",
-                 index_snapshot_dir(self.s), self.s.topic_vectors)
+        log.info(
+            "no usable index snapshot in %s: replaying %s from the start",
+            index_snapshot_dir(self.s),
+            self.s.topic_vectors,
+        )
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -158,9 +180,12 @@ class IndexReplica:
                     continue
                 if r.model_id and r.model_id != self.expected_model and r.model_id not in self._foreign_models:
                     self._foreign_models.add(r.model_id)  # once per model: a migration is in progress
-                    log.warning("vectors from %s while this replica encodes queries with %s; they "
-                                "compare only once index_updater re-embeds with the same model",
-                                r.model_id, self.expected_model)
+                    log.warning(
+                        "vectors from %s while this replica encodes queries with %s; they "
+                        "compare only once index_updater re-embeds with the same model",
+                        r.model_id,
+                        self.expected_model,
+                    )
                 records.append(r)
         upserts, deletes = to_batch(records)
         with self._apply_lock:

@@ -58,8 +58,16 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_snapshot(directory: Path, dump: IndexDump, *, topic: str, offsets: dict[int, int],
-                   hashes: dict[str, str], model_id: str | None = None, keep: int = 2) -> Path:
+def write_snapshot(
+    directory: Path,
+    dump: IndexDump,
+    *,
+    topic: str,
+    offsets: dict[int, int],
+    hashes: dict[str, str],
+    model_id: str | None = None,
+    keep: int = 2,
+) -> Path:
     """Write atomically (temp dir + rename) and prune all but the newest ``keep``."""
     directory.mkdir(parents=True, exist_ok=True)
     created_ms = int(time.time() * 1000)
@@ -68,8 +76,18 @@ def write_snapshot(directory: Path, dump: IndexDump, *, topic: str, offsets: dic
     try:
         with open(tmp / "items.jsonl", "w", encoding="utf-8") as f:
             for item_id, fid, meta in zip(dump.item_ids, dump.faiss_ids.tolist(), dump.metas):
-                f.write(json.dumps({"item_id": item_id, "faiss_id": fid, "content_hash": hashes.get(item_id),
-                                    "meta": asdict(meta)}, separators=(",", ":")) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "item_id": item_id,
+                            "faiss_id": fid,
+                            "content_hash": hashes.get(item_id),
+                            "meta": asdict(meta),
+                        },
+                        separators=(",", ":"),
+                    )
+                    + "\n"
+                )
         np.save(tmp / "vectors.npy", dump.vectors, allow_pickle=False)
         np.save(tmp / "dead.npy", dump.dead_ids, allow_pickle=False)
         files = ["items.jsonl", "vectors.npy", "dead.npy"]
@@ -77,9 +95,16 @@ def write_snapshot(directory: Path, dump: IndexDump, *, topic: str, offsets: dic
             dump.index_bytes.tofile(tmp / "index.faiss")
             files.append("index.faiss")
         manifest = {
-            "format": SNAPSHOT_FORMAT, "topic": topic, "dim": dump.dim, "factory": dump.factory,
-            "metric": dump.metric, "version": dump.version, "next_id": dump.next_id,
-            "items": len(dump.item_ids), "created_ms": created_ms, "model_id": model_id,
+            "format": SNAPSHOT_FORMAT,
+            "topic": topic,
+            "dim": dump.dim,
+            "factory": dump.factory,
+            "metric": dump.metric,
+            "version": dump.version,
+            "next_id": dump.next_id,
+            "items": len(dump.item_ids),
+            "created_ms": created_ms,
+            "model_id": model_id,
             "offsets": {str(p): int(o) for p, o in sorted(offsets.items())},
             "sha256": {name: _sha256(tmp / name) for name in files},
         }
@@ -97,8 +122,11 @@ def list_snapshots(directory: Path) -> list[Path]:
     """Snapshot directories, newest first (temporary ones excluded)."""
     if not directory.is_dir():
         return []
-    return sorted((p for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".")),
-                  key=lambda p: p.name, reverse=True)
+    return sorted(
+        (p for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".")),
+        key=lambda p: p.name,
+        reverse=True,
+    )
 
 
 def read_manifest(path: Path) -> dict:
@@ -136,8 +164,17 @@ def read_snapshot(path: Path) -> Snapshot:
         raise SnapshotError(f"snapshot {path}: {e}") from None
     if vectors.shape != (len(ids), manifest["dim"]):
         raise SnapshotError(f"snapshot {path}: vectors {vectors.shape} vs {len(ids)} items × dim {manifest['dim']}")
-    dump = IndexDump(dim=manifest["dim"], factory=manifest["factory"], metric=manifest["metric"],
-                     version=manifest["version"], item_ids=ids, faiss_ids=np.asarray(fids, dtype=np.int64),
-                     vectors=vectors.astype(np.float32, copy=False), metas=metas, index_bytes=raw,
-                     next_id=manifest["next_id"], dead_ids=dead)
+    dump = IndexDump(
+        dim=manifest["dim"],
+        factory=manifest["factory"],
+        metric=manifest["metric"],
+        version=manifest["version"],
+        item_ids=ids,
+        faiss_ids=np.asarray(fids, dtype=np.int64),
+        vectors=vectors.astype(np.float32, copy=False),
+        metas=metas,
+        index_bytes=raw,
+        next_id=manifest["next_id"],
+        dead_ids=dead,
+    )
     return Snapshot(path=path, manifest=manifest, dump=dump, hashes=hashes)
