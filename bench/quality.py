@@ -1,0 +1,351 @@
+"""End-to-end quality on real held-out data, through the running embedded stack and the public API.
+
+    python bench/quality.py --search      # Home Depot: nDCG@10 before/after click feedback, ablation
+    python bench/quality.py --recommend   # DIGINETICA: HR@20 / MRR@20, SR-GNN protocol, ablation
+
+Nothing reaches the engine except through ``POST /catalog``, ``POST /events`` and the ``GET``
+routes a storefront calls; evaluation requests pass ``impression=false`` so that the engine does
+not learn from the evaluation traffic itself (a storefront's QA traffic does the same). Every
+stage's contribution is shown by the route's ``variant`` parameter, and the simplest strong
+baseline (BM25 computed offline on the same catalogue; popularity / co-visitation through the
+API) is printed from the same run.
+
+The pytest versions (``tests/test_quality_*.py``) run the same functions on a slice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import html
+import math
+import statistics
+import sys
+import tempfile
+import time
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from launcher.embedded import free_port
+from launcher.stack import LocalStack
+from streamrec.settings import Settings
+
+SEARCH_VARIANTS = ("bm25", "dense", "rrf", "fused", "full")
+
+
+# --- metrics ----------------------------------------------------------------------------------
+
+
+def ndcg_at(ranked: Sequence[str], labels: dict[str, float], k: int = 10) -> float:
+    """nDCG@k with gain = relevance − 1 and unlabelled items at 0 (the Home Depot protocol)."""
+    gains = sorted((g - 1.0 for g in labels.values()), reverse=True)[:k]
+    ideal = sum(g / math.log2(i + 2) for i, g in enumerate(gains))
+    if ideal <= 0:
+        return 0.0
+    dcg = sum((labels.get(item, 1.0) - 1.0) / math.log2(i + 2) for i, item in enumerate(ranked[:k]))
+    return dcg / ideal
+
+
+def reciprocal_rank(ranked: Sequence[str], relevant: Iterable[str], k: int) -> float:
+    wanted = set(relevant)
+    for i, item in enumerate(ranked[:k]):
+        if item in wanted:
+            return 1.0 / (i + 1)
+    return 0.0
+
+
+def percentile_ms(xs: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.array(xs), q) * 1000.0) if xs else float("nan")
+
+
+# --- the running stack --------------------------------------------------------------------------
+
+
+def start_stack(base: Settings | None = None, **overrides) -> LocalStack:
+    """A fresh embedded stack (own broker, Redis and state) — what `streamrec up` runs."""
+    base = base or Settings()
+    state = Path(tempfile.mkdtemp(prefix="streamrec-quality-"))
+    s = base.model_copy(
+        update=dict(kafka_bootstrap="", redis_url="", state_dir=state, http_port=free_port(), **overrides)
+    )
+    return LocalStack(s, metrics_base_port=0).start()
+
+
+def post_all(http: httpx.Client, path: str, objects: Sequence[dict], batch: int = 1000, label: str = "") -> None:
+    """POST in batches of at most ``batch``; every object must be accepted."""
+    started = time.monotonic()
+    for i in range(0, len(objects), batch):
+        chunk = objects[i : i + batch]
+        for attempt in range(60):
+            try:
+                r = http.post(path, json=chunk)
+            except httpx.HTTPError:
+                r = None
+            if r is not None and r.status_code == 202:
+                break
+            time.sleep(min(5.0, 0.2 * (attempt + 1)))
+        else:
+            raise RuntimeError(f"POST {path} kept failing: {r.status_code if r else 'no answer'}")
+        body = r.json()
+        if body["rejected"]:
+            raise RuntimeError(f"POST {path} rejected {body['rejected'][:3]}")
+        done = i + len(chunk)
+        if label and (done // batch) % 50 == 0 or done == len(objects):
+            print(f"  {label}: posted {done:,}/{len(objects):,} ({time.monotonic() - started:.0f} s)", flush=True)
+
+
+def wait_for(check: Callable[[], bool], timeout_s: float, what: str, every_s: float = 0.5) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        if check():
+            return time.monotonic() - started
+        time.sleep(every_s)
+    raise TimeoutError(f"{what}: not within {timeout_s:.0f} s")
+
+
+def wait_indexed(http: httpx.Client, n: int, timeout_s: float) -> None:
+    """Until serving holds ``n`` items; prints the rate while the catalogue is embedded."""
+    started, last_print = time.monotonic(), 0.0
+
+    def check() -> bool:
+        nonlocal last_print
+        try:
+            items = int(http.get("/healthz").json().get("index_items", 0))
+        except (httpx.HTTPError, ValueError):
+            return False
+        now = time.monotonic()
+        if now - last_print > 15:
+            rate = items / max(1e-9, now - started)
+            print(f"  indexed {items:,}/{n:,} items ({rate:.0f} items/s)", flush=True)
+            last_print = now
+        return items >= n
+
+    wait_for(check, timeout_s, f"{n} items indexed")
+
+
+def search_ids(http: httpx.Client, q: str, k: int, variant: str, **params) -> tuple[list[str], float, dict]:
+    started = time.perf_counter()
+    r = http.get("/search", params={"q": q, "k": k, "variant": variant, **params})
+    took = time.perf_counter() - started
+    r.raise_for_status()
+    body = r.json()
+    return [it["item_id"] for it in body["items"]], took, body
+
+
+def model_version(http: httpx.Client) -> int:
+    return int(http.get("/healthz").json().get("model_version", 0))
+
+
+def wait_model_settled(http: httpx.Client, after_s: float, quiet_s: float = 6.0, timeout_s: float = 600) -> int:
+    """Wait ``after_s`` (the label window must close), then until the served model stops changing."""
+    time.sleep(after_s)
+    last, since = model_version(http), time.monotonic()
+
+    def settled() -> bool:
+        nonlocal last, since
+        v = model_version(http)
+        if v != last:
+            last, since = v, time.monotonic()
+        return time.monotonic() - since >= quiet_s
+
+    wait_for(settled, timeout_s, "model version settled", every_s=1.0)
+    return last
+
+
+# --- search: Home Depot ------------------------------------------------------------------------
+
+
+@dataclass
+class SearchData:
+    products: dict[str, str]  # product_uid → title
+    feedback: dict[str, dict[str, float]]  # query → {product_uid: relevance}
+    evaluation: dict[str, dict[str, float]]
+
+
+def is_feedback_query(q: str) -> bool:
+    """The stable split: crc32 of the lower-cased query, even = feedback half, odd = evaluation half."""
+    return zlib.crc32(q.lower().encode()) % 2 == 0
+
+
+def load_search_data(data_dir: Path, max_queries: int | None = None, max_products: int | None = None) -> SearchData:
+    """Home Depot products and dev labels, split by query; optionally a slice (labelled products
+    of the chosen queries first, then other products in file order up to ``max_products``)."""
+    folder = data_dir / "homedepot"
+    with open(folder / "products.csv", newline="", encoding="utf-8") as f:
+        all_products = {
+            r["product_uid"]: html.unescape(r["product_title"]).strip() for r in csv.DictReader(f) if r["product_title"]
+        }
+    labels: dict[str, dict[str, float]] = {}
+    with open(folder / "labels_dev.csv", newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            q = " ".join(row["search_term"].split())
+            if q and row["product_uid"] in all_products:
+                labels.setdefault(q, {})[row["product_uid"]] = float(row["relevance"])
+    feedback = {q: v for q, v in sorted(labels.items()) if is_feedback_query(q)}
+    evaluation = {q: v for q, v in sorted(labels.items()) if not is_feedback_query(q)}
+    if max_queries is not None:
+        feedback = dict(list(feedback.items())[:max_queries])
+        evaluation = dict(list(evaluation.items())[:max_queries])
+    if max_products is None:
+        return SearchData(all_products, feedback, evaluation)
+    chosen: dict[str, str] = {}
+    for lab in (*feedback.values(), *evaluation.values()):
+        for pid in lab:
+            chosen[pid] = all_products[pid]
+    for pid, title in all_products.items():
+        if len(chosen) >= max_products:
+            break
+        chosen.setdefault(pid, title)
+    return SearchData(chosen, feedback, evaluation)
+
+
+def offline_bm25_ndcg(data: SearchData) -> float:
+    """The plain baseline of REFERENCES.md: bm25s with English stopwords on raw titles."""
+    import bm25s
+
+    ids = list(data.products)
+    retriever = bm25s.BM25()
+    retriever.index(bm25s.tokenize([data.products[i] for i in ids], stopwords="en", show_progress=False),
+                    show_progress=False)
+    queries = list(data.evaluation)
+    tokens = bm25s.tokenize(queries, stopwords="en", show_progress=False)
+    docs, _scores = retriever.retrieve(tokens, k=10, show_progress=False, n_threads=1)
+    return float(np.mean([ndcg_at([ids[int(d)] for d in docs[i]], data.evaluation[q]) for i, q in enumerate(queries)]))
+
+
+@dataclass
+class SearchScore:
+    ndcg: float
+    mrr: float
+    recall100: float | None
+    latency_s: list[float] = field(default_factory=list)
+
+
+def score_search(http: httpx.Client, queries: dict[str, dict[str, float]], variant: str,
+                 with_recall: bool = False) -> SearchScore:
+    ndcgs, rrs, recalls, took = [], [], [], []
+    for q, lab in queries.items():
+        ids, t, _ = search_ids(http, q, 100 if with_recall else 10, variant, impression="false")
+        took.append(t)
+        ndcgs.append(ndcg_at(ids, lab))
+        good = [p for p, rel in lab.items() if rel >= 2.5]
+        rrs.append(reciprocal_rank(ids, good, 10))
+        if with_recall and good:
+            recalls.append(len(set(ids[:100]) & set(good)) / len(good))
+    return SearchScore(float(np.mean(ndcgs)), float(np.mean(rrs)),
+                       float(np.mean(recalls)) if recalls else None, took)
+
+
+def replay_search_feedback(http: httpx.Client, queries: dict[str, dict[str, float]], k: int = 10) -> dict[str, int]:
+    """What a storefront produces: a logged search per feedback query, then impression-linked clicks
+    on shown products with relevance ≥ 2.5 and a purchase for 3.0 — no label reaches the engine
+    any other way."""
+    counts = {"searches": 0, "clicks": 0, "purchases": 0}
+    events: list[dict] = []
+    for n, (q, lab) in enumerate(queries.items()):
+        user = f"hd-shopper-{n}"
+        ids, _t, body = search_ids(http, q, k, "full", user_id=user)
+        counts["searches"] += 1
+        now = int(time.time() * 1000)
+        for pos, pid in enumerate(ids):
+            rel = lab.get(pid, 0.0)
+            if rel < 2.5:
+                continue
+            common = dict(user_id=user, item_id=pid, request_id=body["request_id"], position=pos, query=q)
+            events.append(dict(event_id=f"{body['request_id']}-c{pos}", type="click", ts=now + 1, **common))
+            counts["clicks"] += 1
+            if rel >= 3.0:
+                events.append(dict(event_id=f"{body['request_id']}-p{pos}", type="purchase", ts=now + 2, **common))
+                counts["purchases"] += 1
+        if len(events) >= 500:
+            post_all(http, "/events", events)
+            events = []
+    if events:
+        post_all(http, "/events", events)
+    return counts
+
+
+def run_search(args: argparse.Namespace) -> int:
+    base = Settings()
+    data = load_search_data(base.require_data_dir(), args.queries, args.products)
+    print(f"search quality: {len(data.products):,} Home Depot products, {len(data.feedback):,} feedback / "
+          f"{len(data.evaluation):,} evaluation queries (crc32 split)", flush=True)
+    t0 = time.monotonic()
+    bm25_offline = offline_bm25_ndcg(data)
+    print(f"  offline baseline bm25s (raw titles, stopwords): nDCG@10 {bm25_offline:.4f} "
+          f"({time.monotonic() - t0:.0f} s)", flush=True)
+    stack = start_stack(base)
+    try:
+        with httpx.Client(base_url=stack.base_url, timeout=30) as http:
+            wait_for(lambda: _up(http), 300, "API up")
+            now = int(time.time() * 1000)
+            catalog = [dict(op="upsert", item_id=pid, ts=now, title=title) for pid, title in data.products.items()]
+            started = time.monotonic()
+            post_all(http, "/catalog", catalog, label="catalog")
+            wait_indexed(http, len(catalog), timeout_s=args.index_timeout)
+            index_s = time.monotonic() - started
+            last_title = catalog[-1]["title"]
+            wait_for(lambda: catalog[-1]["item_id"] in search_ids(http, last_title, 10, "bm25", impression="false")[0],
+                     120, "lexical index caught up")
+            stack.wait_ready(timeout_s=120, min_items=len(catalog))
+            print(f"  catalogue searchable after {index_s:.0f} s ({len(catalog) / index_s:.0f} items/s)", flush=True)
+
+            before = {v: score_search(http, data.evaluation, v, with_recall=v in ("fused", "full"))
+                      for v in SEARCH_VARIANTS}
+            version_before = model_version(http)
+            counts = replay_search_feedback(http, data.feedback)
+            print(f"  feedback replayed: {counts}", flush=True)
+            version_after = wait_model_settled(http, after_s=stack.settings.label_window_s + 5)
+            after = {v: score_search(http, data.evaluation, v) for v in SEARCH_VARIANTS}
+    finally:
+        stack.stop()
+
+    print()
+    print(f"Home Depot search, {len(data.evaluation):,} unseen evaluation queries, nDCG@10 over "
+          f"{len(data.products):,} products (gain = relevance − 1), MRR@10 of relevance ≥ 2.5")
+    print(f"model version {version_before} → {version_after} after feedback")
+    print(f"{'variant':34s} {'nDCG@10':>8s} {'MRR@10':>7s} {'R@100':>6s} {'after fb':>9s} {'lift':>7s}")
+    print(f"{'baseline: bm25s raw (offline)':34s} {bm25_offline:8.4f}")
+    names = {"bm25": "lexical alone (normalised BM25)", "dense": "dense alone (MiniLM)",
+             "rrf": "RRF of lexical + dense", "fused": "learned/weighted fusion, no head",
+             "full": "full path (fusion + head + diversity)"}
+    for v in SEARCH_VARIANTS:
+        b, a = before[v], after[v]
+        rec = f"{b.recall100:6.3f}" if b.recall100 is not None else "     -"
+        print(f"{names[v]:34s} {b.ndcg:8.4f} {b.mrr:7.4f} {rec} {a.ndcg:9.4f} {a.ndcg - b.ndcg:+7.4f}")
+    best_baseline = max(before["bm25"].ndcg, before["rrf"].ndcg)
+    lat = before["full"].latency_s
+    print(f"full path before feedback vs best of lexical / RRF in this run: {before['full'].ndcg - best_baseline:+.4f}")
+    print(f"GET /search (full, k=10, single client): p50 {percentile_ms(lat, 50):.1f} ms, "
+          f"p99 {percentile_ms(lat, 99):.1f} ms over {len(lat)} requests")
+    return 0
+
+
+def _up(http: httpx.Client) -> bool:
+    try:
+        return http.get("/healthz").status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = ap.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--search", action="store_true", help="Home Depot search quality")
+    mode.add_argument("--recommend", action="store_true", help="DIGINETICA session recommendations")
+    ap.add_argument("--queries", type=int, default=None, help="search: at most this many queries per half")
+    ap.add_argument("--products", type=int, default=None, help="search: catalogue slice (labelled products first)")
+    ap.add_argument("--index-timeout", type=float, default=3600.0)
+    args = ap.parse_args()
+    if args.search:
+        return run_search(args)
+    raise SystemExit("--recommend: see run_recommend")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
