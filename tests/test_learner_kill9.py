@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from launcher.embedded import child_env
+from launcher.stack import settings_env
 from learner.checkpoint import Checkpointer
 from streamrec import bus
 from streamrec.model_store import ModelStore
@@ -22,19 +21,10 @@ REPO = Path(__file__).resolve().parent.parent
 PER_BATCH = 120 * 4 + 40  # 4 shown items per request close, plus 40 click positives at once
 
 
-def _env(s) -> dict[str, str]:
-    values = {}
-    for k, v in s.model_dump().items():
-        if v is None:
-            continue
-        values[k] = json.dumps(v) if isinstance(v, list) else str(v)
-    return child_env(**values)
-
-
 def _start(s, log: Path) -> subprocess.Popen:
     with open(log, "ab") as f:
         return subprocess.Popen(
-            [sys.executable, "-m", "learner"], cwd=REPO, env=_env(s), stdout=f, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "learner"], cwd=REPO, env=settings_env(s), stdout=f, stderr=subprocess.STDOUT
         )
 
 
