@@ -19,7 +19,6 @@ import argparse
 import csv
 import html
 import math
-import statistics
 import sys
 import tempfile
 import time
@@ -210,8 +209,9 @@ def offline_bm25_ndcg(data: SearchData) -> float:
 
     ids = list(data.products)
     retriever = bm25s.BM25()
-    retriever.index(bm25s.tokenize([data.products[i] for i in ids], stopwords="en", show_progress=False),
-                    show_progress=False)
+    retriever.index(
+        bm25s.tokenize([data.products[i] for i in ids], stopwords="en", show_progress=False), show_progress=False
+    )
     queries = list(data.evaluation)
     tokens = bm25s.tokenize(queries, stopwords="en", show_progress=False)
     docs, _scores = retriever.retrieve(tokens, k=10, show_progress=False, n_threads=1)
@@ -226,8 +226,9 @@ class SearchScore:
     latency_s: list[float] = field(default_factory=list)
 
 
-def score_search(http: httpx.Client, queries: dict[str, dict[str, float]], variant: str,
-                 with_recall: bool = False) -> SearchScore:
+def score_search(
+    http: httpx.Client, queries: dict[str, dict[str, float]], variant: str, with_recall: bool = False
+) -> SearchScore:
     ndcgs, rrs, recalls, took = [], [], [], []
     for q, lab in queries.items():
         ids, t, _ = search_ids(http, q, 100 if with_recall else 10, variant, impression="false")
@@ -237,8 +238,7 @@ def score_search(http: httpx.Client, queries: dict[str, dict[str, float]], varia
         rrs.append(reciprocal_rank(ids, good, 10))
         if with_recall and good:
             recalls.append(len(set(ids[:100]) & set(good)) / len(good))
-    return SearchScore(float(np.mean(ndcgs)), float(np.mean(rrs)),
-                       float(np.mean(recalls)) if recalls else None, took)
+    return SearchScore(float(np.mean(ndcgs)), float(np.mean(rrs)), float(np.mean(recalls)) if recalls else None, took)
 
 
 def replay_search_feedback(http: httpx.Client, queries: dict[str, dict[str, float]], k: int = 10) -> dict[str, int]:
@@ -273,12 +273,17 @@ def replay_search_feedback(http: httpx.Client, queries: dict[str, dict[str, floa
 def run_search(args: argparse.Namespace) -> int:
     base = Settings()
     data = load_search_data(base.require_data_dir(), args.queries, args.products)
-    print(f"search quality: {len(data.products):,} Home Depot products, {len(data.feedback):,} feedback / "
-          f"{len(data.evaluation):,} evaluation queries (crc32 split)", flush=True)
+    print(
+        f"search quality: {len(data.products):,} Home Depot products, {len(data.feedback):,} feedback / "
+        f"{len(data.evaluation):,} evaluation queries (crc32 split)",
+        flush=True,
+    )
     t0 = time.monotonic()
     bm25_offline = offline_bm25_ndcg(data)
-    print(f"  offline baseline bm25s (raw titles, stopwords): nDCG@10 {bm25_offline:.4f} "
-          f"({time.monotonic() - t0:.0f} s)", flush=True)
+    print(
+        f"  offline baseline bm25s (raw titles, stopwords): nDCG@10 {bm25_offline:.4f} ({time.monotonic() - t0:.0f} s)",
+        flush=True,
+    )
     stack = start_stack(base)
     try:
         with httpx.Client(base_url=stack.base_url, timeout=30) as http:
@@ -290,13 +295,17 @@ def run_search(args: argparse.Namespace) -> int:
             wait_indexed(http, len(catalog), timeout_s=args.index_timeout)
             index_s = time.monotonic() - started
             last_title = catalog[-1]["title"]
-            wait_for(lambda: catalog[-1]["item_id"] in search_ids(http, last_title, 10, "bm25", impression="false")[0],
-                     120, "lexical index caught up")
+            wait_for(
+                lambda: catalog[-1]["item_id"] in search_ids(http, last_title, 10, "bm25", impression="false")[0],
+                120,
+                "lexical index caught up",
+            )
             stack.wait_ready(timeout_s=120, min_items=len(catalog))
             print(f"  catalogue searchable after {index_s:.0f} s ({len(catalog) / index_s:.0f} items/s)", flush=True)
 
-            before = {v: score_search(http, data.evaluation, v, with_recall=v in ("fused", "full"))
-                      for v in SEARCH_VARIANTS}
+            before = {
+                v: score_search(http, data.evaluation, v, with_recall=v in ("fused", "full")) for v in SEARCH_VARIANTS
+            }
             version_before = model_version(http)
             counts = replay_search_feedback(http, data.feedback)
             print(f"  feedback replayed: {counts}", flush=True)
@@ -306,14 +315,20 @@ def run_search(args: argparse.Namespace) -> int:
         stack.stop()
 
     print()
-    print(f"Home Depot search, {len(data.evaluation):,} unseen evaluation queries, nDCG@10 over "
-          f"{len(data.products):,} products (gain = relevance − 1), MRR@10 of relevance ≥ 2.5")
+    print(
+        f"Home Depot search, {len(data.evaluation):,} unseen evaluation queries, nDCG@10 over "
+        f"{len(data.products):,} products (gain = relevance − 1), MRR@10 of relevance ≥ 2.5"
+    )
     print(f"model version {version_before} → {version_after} after feedback")
     print(f"{'variant':34s} {'nDCG@10':>8s} {'MRR@10':>7s} {'R@100':>6s} {'after fb':>9s} {'lift':>7s}")
     print(f"{'baseline: bm25s raw (offline)':34s} {bm25_offline:8.4f}")
-    names = {"bm25": "lexical alone (normalised BM25)", "dense": "dense alone (MiniLM)",
-             "rrf": "RRF of lexical + dense", "fused": "learned/weighted fusion, no head",
-             "full": "full path (fusion + head + diversity)"}
+    names = {
+        "bm25": "lexical alone (normalised BM25)",
+        "dense": "dense alone (MiniLM)",
+        "rrf": "RRF of lexical + dense",
+        "fused": "learned/weighted fusion, no head",
+        "full": "full path (fusion + head + diversity)",
+    }
     for v in SEARCH_VARIANTS:
         b, a = before[v], after[v]
         rec = f"{b.recall100:6.3f}" if b.recall100 is not None else "     -"
@@ -321,9 +336,194 @@ def run_search(args: argparse.Namespace) -> int:
     best_baseline = max(before["bm25"].ndcg, before["rrf"].ndcg)
     lat = before["full"].latency_s
     print(f"full path before feedback vs best of lexical / RRF in this run: {before['full'].ndcg - best_baseline:+.4f}")
-    print(f"GET /search (full, k=10, single client): p50 {percentile_ms(lat, 50):.1f} ms, "
-          f"p99 {percentile_ms(lat, 99):.1f} ms over {len(lat)} requests")
+    print(
+        f"GET /search (full, k=10, single client): p50 {percentile_ms(lat, 50):.1f} ms, "
+        f"p99 {percentile_ms(lat, 99):.1f} ms over {len(lat)} requests"
+    )
     return 0
+
+
+# --- recommend: DIGINETICA, SR-GNN protocol ---------------------------------------------------
+
+RECOMMEND_VARIANTS = ("full", "fused", "stan", "vsknn", "covis", "repeat", "popular")
+
+
+def diginetica_split(data_dir: Path) -> tuple[list[list[int]], list[list[int]], int]:
+    """All sessions in file (time) order: the first 90 % replayed as history, the last 10 % held out."""
+    from streamrec.datasets import diginetica
+
+    sessions = list(diginetica.sessions(data_dir))
+    cut = int(len(sessions) * 0.9)
+    return sessions[:cut], sessions[cut:], cut
+
+
+def session_event(s: int, pos: int, item: int, seen: dict[int, int]) -> dict:
+    """The DIGINETICA adapter's event for item ``pos`` of session ``s`` (same ids, types, times)."""
+    from streamrec.datasets import diginetica
+
+    seen[item] = seen.get(item, 0) + 1
+    return dict(
+        event_id=f"dgs{s}-{pos}",
+        type=diginetica.FUNNEL[min(seen[item], 4) - 1],
+        user_id=f"dgs{s}",
+        item_id=f"sg{item}",
+        session_id=f"dgs{s}",
+        ts=diginetica.START_MS + s * diginetica.SESSION_GAP_MS + pos * diginetica.STEP_MS,
+    )
+
+
+def recommend_ids(http: httpx.Client, user: str, k: int, variant: str) -> tuple[list[str], float]:
+    started = time.perf_counter()
+    r = http.get("/recommend", params={"user_id": user, "k": k, "variant": variant, "impression": "false"})
+    took = time.perf_counter() - started
+    r.raise_for_status()
+    return [it["item_id"] for it in r.json()["items"]], took
+
+
+@dataclass
+class RankTally:
+    hits: int = 0
+    rr: float = 0.0
+    n: int = 0
+
+    def add(self, ranked: Sequence[str], target: str, k: int = 20) -> None:
+        self.n += 1
+        if target in ranked[:k]:
+            self.hits += 1
+            self.rr += 1.0 / (ranked.index(target) + 1)
+
+    def line(self) -> str:
+        n = max(1, self.n)
+        return f"HR@20 {100 * self.hits / n:6.2f}  MRR@20 {100 * self.rr / n:6.2f}  (pairs {self.n:,})"
+
+
+def run_recommend(args: argparse.Namespace) -> int:
+    base = Settings()
+    data_dir = base.require_data_dir()
+    train, held_out, offset = diginetica_split(data_dir)
+    if args.train_sessions is not None:
+        train = train[-args.train_sessions :]
+    first_train = offset - len(train)
+    evaluate = held_out[: args.eval_sessions] if args.eval_sessions else held_out
+    items = sorted({i for sess in (*train, *evaluate) for i in sess})
+    print(
+        f"recommend quality: {len(train):,} DIGINETICA sessions replayed ({sum(map(len, train)):,} events), "
+        f"{len(evaluate):,} held-out sessions ({sum(len(x) - 1 for x in evaluate):,} prefix → next pairs), "
+        f"{len(items):,} items",
+        flush=True,
+    )
+    stack = start_stack(base)
+    try:
+        with httpx.Client(base_url=stack.base_url, timeout=30) as http:
+            wait_for(lambda: _up(http), 300, "API up")
+            now = int(time.time() * 1000)
+            catalog = [dict(op="upsert", item_id=f"sg{i}", ts=now, title=f"product sg{i}") for i in items]
+            post_all(http, "/catalog", catalog, label="catalog")
+            history: list[dict] = []
+            for n, sess in enumerate(train):
+                seen: dict[int, int] = {}
+                history.extend(session_event(first_train + n, pos, item, seen) for pos, item in enumerate(sess))
+            started = time.monotonic()
+            post_all(http, "/events", history, label="history events")
+            post_s = time.monotonic() - started
+            wait_indexed(http, len(catalog), timeout_s=args.index_timeout)
+            stack.wait_ready(timeout_s=300, min_items=len(catalog))
+            # the history is applied when the last sessions of every partition show their last item
+            tail = [(first_train + len(train) - 1 - j, train[-1 - j]) for j in range(min(30, len(train)))]
+            wait_for(
+                lambda: all(
+                    recommend_ids(http, f"dgs{s}", 1, "repeat")[0][:1] == [f"sg{sess[-1]}"] for s, sess in tail
+                ),
+                args.index_timeout,
+                "history applied",
+                every_s=2.0,
+            )
+            applied_s = time.monotonic() - started
+            print(
+                f"  history posted in {post_s:.0f} s ({len(history) / max(post_s, 1e-9):,.0f} events/s), "
+                f"applied after {applied_s:.0f} s",
+                flush=True,
+            )
+
+            tallies = {v: RankTally() for v in RECOMMEND_VARIANTS}
+            latency: list[float] = []
+            visible: list[float] = []
+            longest = max(len(x) for x in evaluate)
+            seen_by_session: dict[int, dict[int, int]] = {}
+            for t in range(longest - 1):
+                round_sessions = [(offset + j, sess) for j, sess in enumerate(evaluate) if len(sess) > t + 1]
+                events = [session_event(s, t, sess[t], seen_by_session.setdefault(s, {})) for s, sess in round_sessions]
+                posted_at = time.perf_counter()
+                post_all(http, "/events", events)
+                pending = list(round_sessions)
+                while pending:  # each session's click must be visible before it is scored
+                    waiting = []
+                    for s, sess in pending:
+                        top, _ = recommend_ids(http, f"dgs{s}", 1, "repeat")
+                        if top[:1] == [f"sg{sess[t]}"]:
+                            visible.append(time.perf_counter() - posted_at)
+                        else:
+                            waiting.append((s, sess))
+                    pending = waiting
+                    if pending:
+                        time.sleep(0.05)
+                for s, sess in round_sessions:
+                    target = f"sg{sess[t + 1]}"
+                    for v in RECOMMEND_VARIANTS:
+                        if v != "full" and (s % args.ablation_every):
+                            continue
+                        ranked, took = recommend_ids(http, f"dgs{s}", 20, v)
+                        if v == "full":
+                            latency.append(took)
+                        tallies[v].add(ranked, target)
+                print(
+                    f"  step {t + 1}/{longest - 1}: {len(round_sessions):,} sessions; full path "
+                    f"{tallies['full'].line()}",
+                    flush=True,
+                )
+            redis_memory = _redis_used_memory(stack.settings.redis_url)
+    finally:
+        stack.stop()
+
+    print()
+    print(
+        f"DIGINETICA, SR-GNN protocol on the last 10 % of sessions ({len(evaluate):,} sessions), items already "
+        "in the session allowed (about one target in five is a repeat)"
+    )
+    names = {
+        "popular": "baseline: popularity",
+        "covis": "baseline: co-visitation alone",
+        "repeat": "repeat (session)",
+        "stan": "STAN session-kNN",
+        "vsknn": "V-SKNN session-kNN",
+        "fused": "fused candidates, no head",
+        "full": "full path",
+    }
+    for v in ("popular", "covis", "repeat", "vsknn", "stan", "fused", "full"):
+        print(f"{names[v]:32s} {tallies[v].line()}")
+    print("published (test week): SR-GNN 50.73 / 17.59, MSGIFSR 55.4 / 19.0, co-visitation ≈ 40 / 12")
+    print(
+        f"GET /recommend (full, k=20, single client): p50 {percentile_ms(latency, 50):.1f} ms, "
+        f"p99 {percentile_ms(latency, 99):.1f} ms over {len(latency):,} requests"
+    )
+    print(
+        f"click → visible in that session's /recommend: p50 {percentile_ms(visible, 50):.0f} ms, "
+        f"p99 {percentile_ms(visible, 99):.0f} ms (a round's batch posted, then checked session by session)"
+    )
+    print(f"Redis used_memory after the run: {redis_memory / 2**20:,.0f} MiB")
+    if args.obd_seeds:
+        from bench.learner import quality
+
+        print()
+        quality(data_dir, seeds=args.obd_seeds)
+    return 0
+
+
+def _redis_used_memory(url: str) -> int:
+    """Operator-side reading (not an input to the engine): how much memory the features take."""
+    import redis
+
+    return int(redis.Redis.from_url(url).info("memory")["used_memory"])
 
 
 def _up(http: httpx.Client) -> bool:
@@ -341,10 +541,16 @@ def main() -> int:
     ap.add_argument("--queries", type=int, default=None, help="search: at most this many queries per half")
     ap.add_argument("--products", type=int, default=None, help="search: catalogue slice (labelled products first)")
     ap.add_argument("--index-timeout", type=float, default=3600.0)
+    ap.add_argument(
+        "--train-sessions", type=int, default=None, help="recommend: replay only the last N history sessions"
+    )
+    ap.add_argument("--eval-sessions", type=int, default=None, help="recommend: evaluate the first N held-out sessions")
+    ap.add_argument("--ablation-every", type=int, default=1, help="recommend: ablation variants on every n-th session")
+    ap.add_argument("--obd-seeds", type=int, default=3, help="recommend: Open Bandit later-half table seeds (0 = skip)")
     args = ap.parse_args()
     if args.search:
         return run_search(args)
-    raise SystemExit("--recommend: see run_recommend")
+    return run_recommend(args)
 
 
 if __name__ == "__main__":
