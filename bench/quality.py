@@ -270,21 +270,27 @@ def replay_search_feedback(http: httpx.Client, queries: dict[str, dict[str, floa
     return counts
 
 
-def run_search(args: argparse.Namespace) -> int:
-    base = Settings()
-    data = load_search_data(base.require_data_dir(), args.queries, args.products)
-    print(
-        f"search quality: {len(data.products):,} Home Depot products, {len(data.feedback):,} feedback / "
-        f"{len(data.evaluation):,} evaluation queries (crc32 split)",
-        flush=True,
-    )
+@dataclass
+class SearchReport:
+    products: int
+    queries: int
+    bm25_offline: float
+    before: dict[str, SearchScore]
+    after: dict[str, SearchScore]
+    version_before: int
+    version_after: int
+    feedback: dict[str, int]
+    index_s: float
+
+
+def measure_search(data: SearchData, base: Settings, index_timeout_s: float = 3600.0, **overrides) -> SearchReport:
+    """Catalogue in, evaluation half scored, feedback half replayed as events, evaluation re-scored."""
     t0 = time.monotonic()
     bm25_offline = offline_bm25_ndcg(data)
     print(
-        f"  offline baseline bm25s (raw titles, stopwords): nDCG@10 {bm25_offline:.4f} ({time.monotonic() - t0:.0f} s)",
-        flush=True,
+        f"  offline baseline bm25s (raw titles): nDCG@10 {bm25_offline:.4f} ({time.monotonic() - t0:.0f} s)", flush=True
     )
-    stack = start_stack(base)
+    stack = start_stack(base, **overrides)
     try:
         with httpx.Client(base_url=stack.base_url, timeout=30) as http:
             wait_for(lambda: _up(http), 300, "API up")
@@ -292,17 +298,16 @@ def run_search(args: argparse.Namespace) -> int:
             catalog = [dict(op="upsert", item_id=pid, ts=now, title=title) for pid, title in data.products.items()]
             started = time.monotonic()
             post_all(http, "/catalog", catalog, label="catalog")
-            wait_indexed(http, len(catalog), timeout_s=args.index_timeout)
-            index_s = time.monotonic() - started
-            last_title = catalog[-1]["title"]
+            wait_indexed(http, len(catalog), timeout_s=index_timeout_s)
+            last_id, last_title = catalog[-1]["item_id"], catalog[-1]["title"]
             wait_for(
-                lambda: catalog[-1]["item_id"] in search_ids(http, last_title, 10, "bm25", impression="false")[0],
+                lambda: last_id in search_ids(http, last_title, 10, "bm25", impression="false")[0],
                 120,
                 "lexical index caught up",
             )
             stack.wait_ready(timeout_s=120, min_items=len(catalog))
+            index_s = time.monotonic() - started
             print(f"  catalogue searchable after {index_s:.0f} s ({len(catalog) / index_s:.0f} items/s)", flush=True)
-
             before = {
                 v: score_search(http, data.evaluation, v, with_recall=v in ("fused", "full")) for v in SEARCH_VARIANTS
             }
@@ -313,33 +318,58 @@ def run_search(args: argparse.Namespace) -> int:
             after = {v: score_search(http, data.evaluation, v) for v in SEARCH_VARIANTS}
     finally:
         stack.stop()
+    return SearchReport(
+        len(data.products),
+        len(data.evaluation),
+        bm25_offline,
+        before,
+        after,
+        version_before,
+        version_after,
+        counts,
+        index_s,
+    )
 
+
+def print_search(r: SearchReport) -> None:
     print()
     print(
-        f"Home Depot search, {len(data.evaluation):,} unseen evaluation queries, nDCG@10 over "
-        f"{len(data.products):,} products (gain = relevance − 1), MRR@10 of relevance ≥ 2.5"
+        f"Home Depot search, {r.queries:,} unseen evaluation queries, nDCG@10 over {r.products:,} products "
+        "(gain = relevance − 1), MRR@10 of relevance ≥ 2.5, R@100 of the candidate stage"
     )
-    print(f"model version {version_before} → {version_after} after feedback")
-    print(f"{'variant':34s} {'nDCG@10':>8s} {'MRR@10':>7s} {'R@100':>6s} {'after fb':>9s} {'lift':>7s}")
-    print(f"{'baseline: bm25s raw (offline)':34s} {bm25_offline:8.4f}")
+    print(f"feedback: {r.feedback}; model version {r.version_before} → {r.version_after}")
+    print(f"{'variant':38s} {'nDCG@10':>8s} {'MRR@10':>7s} {'R@100':>6s} {'after fb':>9s} {'lift':>7s}")
+    print(f"{'baseline: bm25s, raw titles (offline)':38s} {r.bm25_offline:8.4f}")
     names = {
         "bm25": "lexical alone (normalised BM25)",
         "dense": "dense alone (MiniLM)",
         "rrf": "RRF of lexical + dense",
-        "fused": "learned/weighted fusion, no head",
+        "fused": "weighted fusion, no head",
         "full": "full path (fusion + head + diversity)",
     }
     for v in SEARCH_VARIANTS:
-        b, a = before[v], after[v]
+        b, a = r.before[v], r.after[v]
         rec = f"{b.recall100:6.3f}" if b.recall100 is not None else "     -"
-        print(f"{names[v]:34s} {b.ndcg:8.4f} {b.mrr:7.4f} {rec} {a.ndcg:9.4f} {a.ndcg - b.ndcg:+7.4f}")
-    best_baseline = max(before["bm25"].ndcg, before["rrf"].ndcg)
-    lat = before["full"].latency_s
-    print(f"full path before feedback vs best of lexical / RRF in this run: {before['full'].ndcg - best_baseline:+.4f}")
+        print(f"{names[v]:38s} {b.ndcg:8.4f} {b.mrr:7.4f} {rec} {a.ndcg:9.4f} {a.ndcg - b.ndcg:+7.4f}")
+    best = max(r.before["bm25"].ndcg, r.before["rrf"].ndcg)
+    print(f"full path before feedback vs the best of lexical / RRF in this run: {r.before['full'].ndcg - best:+.4f}")
+    lat = r.before["full"].latency_s
     print(
         f"GET /search (full, k=10, single client): p50 {percentile_ms(lat, 50):.1f} ms, "
-        f"p99 {percentile_ms(lat, 99):.1f} ms over {len(lat)} requests"
+        f"p99 {percentile_ms(lat, 99):.1f} ms over {len(lat):,} requests"
     )
+    print(f"catalogue of {r.products:,} titles searchable after {r.index_s:.0f} s")
+
+
+def run_search(args: argparse.Namespace) -> int:
+    base = Settings()
+    data = load_search_data(base.require_data_dir(), args.queries, args.products)
+    print(
+        f"search quality: {len(data.products):,} Home Depot products, {len(data.feedback):,} feedback / "
+        f"{len(data.evaluation):,} evaluation queries (crc32 split)",
+        flush=True,
+    )
+    print_search(measure_search(data, base, args.index_timeout))
     return 0
 
 
@@ -397,22 +427,30 @@ class RankTally:
         return f"HR@20 {100 * self.hits / n:6.2f}  MRR@20 {100 * self.rr / n:6.2f}  (pairs {self.n:,})"
 
 
-def run_recommend(args: argparse.Namespace) -> int:
-    base = Settings()
-    data_dir = base.require_data_dir()
-    train, held_out, offset = diginetica_split(data_dir)
-    if args.train_sessions is not None:
-        train = train[-args.train_sessions :]
-    first_train = offset - len(train)
-    evaluate = held_out[: args.eval_sessions] if args.eval_sessions else held_out
+@dataclass
+class RecommendReport:
+    train_sessions: int
+    eval_sessions: int
+    tallies: dict[str, RankTally]
+    latency_s: list[float]
+    visible_s: list[float]
+    redis_bytes: int
+
+
+def measure_recommend(
+    train: list[list[int]],
+    evaluate: list[list[int]],
+    first_eval: int,
+    base: Settings,
+    ablation_every: int = 1,
+    index_timeout_s: float = 3600.0,
+    **overrides,
+) -> RecommendReport:
+    """History replayed through POST /events, then each held-out session posted click by click, its
+    next item predicted by GET /recommend after each click (the SR-GNN protocol, live)."""
+    first_train = first_eval - len(train)
     items = sorted({i for sess in (*train, *evaluate) for i in sess})
-    print(
-        f"recommend quality: {len(train):,} DIGINETICA sessions replayed ({sum(map(len, train)):,} events), "
-        f"{len(evaluate):,} held-out sessions ({sum(len(x) - 1 for x in evaluate):,} prefix → next pairs), "
-        f"{len(items):,} items",
-        flush=True,
-    )
-    stack = start_stack(base)
+    stack = start_stack(base, **overrides)
     try:
         with httpx.Client(base_url=stack.base_url, timeout=30) as http:
             wait_for(lambda: _up(http), 300, "API up")
@@ -426,91 +464,116 @@ def run_recommend(args: argparse.Namespace) -> int:
             started = time.monotonic()
             post_all(http, "/events", history, label="history events")
             post_s = time.monotonic() - started
-            wait_indexed(http, len(catalog), timeout_s=args.index_timeout)
+            wait_indexed(http, len(catalog), timeout_s=index_timeout_s)
             stack.wait_ready(timeout_s=300, min_items=len(catalog))
-            # the history is applied when the last sessions of every partition show their last item
+            # the history is applied once the last sessions (spread over every partition) show their last item
             tail = [(first_train + len(train) - 1 - j, train[-1 - j]) for j in range(min(30, len(train)))]
             wait_for(
                 lambda: all(
                     recommend_ids(http, f"dgs{s}", 1, "repeat")[0][:1] == [f"sg{sess[-1]}"] for s, sess in tail
                 ),
-                args.index_timeout,
+                index_timeout_s,
                 "history applied",
                 every_s=2.0,
             )
-            applied_s = time.monotonic() - started
             print(
                 f"  history posted in {post_s:.0f} s ({len(history) / max(post_s, 1e-9):,.0f} events/s), "
-                f"applied after {applied_s:.0f} s",
+                f"applied after {time.monotonic() - started:.0f} s",
                 flush=True,
             )
-
-            tallies = {v: RankTally() for v in RECOMMEND_VARIANTS}
-            latency: list[float] = []
-            visible: list[float] = []
-            longest = max(len(x) for x in evaluate)
-            seen_by_session: dict[int, dict[int, int]] = {}
-            for t in range(longest - 1):
-                round_sessions = [(offset + j, sess) for j, sess in enumerate(evaluate) if len(sess) > t + 1]
-                events = [session_event(s, t, sess[t], seen_by_session.setdefault(s, {})) for s, sess in round_sessions]
-                posted_at = time.perf_counter()
-                post_all(http, "/events", events)
-                pending = list(round_sessions)
-                while pending:  # each session's click must be visible before it is scored
-                    waiting = []
-                    for s, sess in pending:
-                        top, _ = recommend_ids(http, f"dgs{s}", 1, "repeat")
-                        if top[:1] == [f"sg{sess[t]}"]:
-                            visible.append(time.perf_counter() - posted_at)
-                        else:
-                            waiting.append((s, sess))
-                    pending = waiting
-                    if pending:
-                        time.sleep(0.05)
-                for s, sess in round_sessions:
-                    target = f"sg{sess[t + 1]}"
-                    for v in RECOMMEND_VARIANTS:
-                        if v != "full" and (s % args.ablation_every):
-                            continue
-                        ranked, took = recommend_ids(http, f"dgs{s}", 20, v)
-                        if v == "full":
-                            latency.append(took)
-                        tallies[v].add(ranked, target)
-                print(
-                    f"  step {t + 1}/{longest - 1}: {len(round_sessions):,} sessions; full path "
-                    f"{tallies['full'].line()}",
-                    flush=True,
-                )
-            redis_memory = _redis_used_memory(stack.settings.redis_url)
+            tallies, latency, visible = _score_sessions(http, evaluate, first_eval, ablation_every)
+            redis_bytes = _redis_used_memory(stack.settings.redis_url)
     finally:
         stack.stop()
+    return RecommendReport(len(train), len(evaluate), tallies, latency, visible, redis_bytes)
 
+
+def _score_sessions(
+    http: httpx.Client, evaluate: list[list[int]], first_eval: int, ablation_every: int
+) -> tuple[dict[str, RankTally], list[float], list[float]]:
+    """Round t posts click t of every held-out session still running, waits until each one is visible,
+    then asks for the next item; ablation variants on every ``ablation_every``-th session."""
+    tallies = {v: RankTally() for v in RECOMMEND_VARIANTS}
+    latency: list[float] = []
+    visible: list[float] = []
+    seen_by_session: dict[int, dict[int, int]] = {}
+    longest = max(len(x) for x in evaluate)
+    for t in range(longest - 1):
+        running = [(first_eval + j, sess) for j, sess in enumerate(evaluate) if len(sess) > t + 1]
+        post_all(
+            http, "/events", [session_event(s, t, sess[t], seen_by_session.setdefault(s, {})) for s, sess in running]
+        )
+        posted_at = time.perf_counter()
+        pending = list(running)
+        while pending:
+            waiting = []
+            for s, sess in pending:
+                if recommend_ids(http, f"dgs{s}", 1, "repeat")[0][:1] == [f"sg{sess[t]}"]:
+                    visible.append(time.perf_counter() - posted_at)
+                else:
+                    waiting.append((s, sess))
+            pending = waiting
+            if pending:
+                time.sleep(0.05)
+        for s, sess in running:
+            target = f"sg{sess[t + 1]}"
+            for v in RECOMMEND_VARIANTS:
+                if v != "full" and s % ablation_every:
+                    continue
+                ranked, took = recommend_ids(http, f"dgs{s}", 20, v)
+                if v == "full":
+                    latency.append(took)
+                tallies[v].add(ranked, target)
+        if t % 5 == 0 or t == longest - 2:
+            print(
+                f"  click {t + 1}/{longest - 1}: {len(running):,} sessions running; full path {tallies['full'].line()}",
+                flush=True,
+            )
+    return tallies, latency, visible
+
+
+def print_recommend(r: RecommendReport) -> None:
     print()
     print(
-        f"DIGINETICA, SR-GNN protocol on the last 10 % of sessions ({len(evaluate):,} sessions), items already "
-        "in the session allowed (about one target in five is a repeat)"
+        f"DIGINETICA, SR-GNN protocol: {r.train_sessions:,} history sessions, the first {r.eval_sessions:,} "
+        "of the last 10 % held out; items already in the session allowed (about one target in five)"
     )
     names = {
         "popular": "baseline: popularity",
         "covis": "baseline: co-visitation alone",
-        "repeat": "repeat (session)",
-        "stan": "STAN session-kNN",
+        "repeat": "repeat (this session)",
         "vsknn": "V-SKNN session-kNN",
+        "stan": "STAN session-kNN",
         "fused": "fused candidates, no head",
         "full": "full path",
     }
     for v in ("popular", "covis", "repeat", "vsknn", "stan", "fused", "full"):
-        print(f"{names[v]:32s} {tallies[v].line()}")
-    print("published (test week): SR-GNN 50.73 / 17.59, MSGIFSR 55.4 / 19.0, co-visitation ≈ 40 / 12")
+        print(f"{names[v]:32s} {r.tallies[v].line()}")
+    print("published (their test week): SR-GNN 50.73 / 17.59, MSGIFSR 55.4 / 19.0; co-visitation ≈ 40 / 12")
     print(
-        f"GET /recommend (full, k=20, single client): p50 {percentile_ms(latency, 50):.1f} ms, "
-        f"p99 {percentile_ms(latency, 99):.1f} ms over {len(latency):,} requests"
+        f"GET /recommend (full, k=20, single client): p50 {percentile_ms(r.latency_s, 50):.1f} ms, "
+        f"p99 {percentile_ms(r.latency_s, 99):.1f} ms over {len(r.latency_s):,} requests"
     )
     print(
-        f"click → visible in that session's /recommend: p50 {percentile_ms(visible, 50):.0f} ms, "
-        f"p99 {percentile_ms(visible, 99):.0f} ms (a round's batch posted, then checked session by session)"
+        f"click → visible in that session's /recommend: p50 {percentile_ms(r.visible_s, 50):.0f} ms, "
+        f"p99 {percentile_ms(r.visible_s, 99):.0f} ms (a round's clicks posted as one batch, then checked in turn)"
     )
-    print(f"Redis used_memory after the run: {redis_memory / 2**20:,.0f} MiB")
+    print(f"Redis used_memory after the run: {r.redis_bytes / 2**20:,.1f} MiB")
+
+
+def run_recommend(args: argparse.Namespace) -> int:
+    base = Settings()
+    data_dir = base.require_data_dir()
+    train, held_out, first_eval = diginetica_split(data_dir)
+    if args.train_sessions is not None:
+        train = train[-args.train_sessions :]
+    evaluate = held_out[: args.eval_sessions] if args.eval_sessions else held_out
+    print(
+        f"recommend quality: {len(train):,} DIGINETICA history sessions ({sum(map(len, train)):,} events), "
+        f"{len(evaluate):,} held-out sessions ({sum(len(x) - 1 for x in evaluate):,} prefix → next pairs)",
+        flush=True,
+    )
+    print_recommend(measure_recommend(train, evaluate, first_eval, base, args.ablation_every, args.index_timeout))
     if args.obd_seeds:
         from bench.learner import quality
 
