@@ -184,4 +184,4 @@ class CatalogPipeline:
         vectors = self.encoder.encode([c.text for c in changes])
         metrics.EMBED_RATE.set(len(changes) / max(time.monotonic() - t0, 1e-9))
         metrics.ITEMS_EMBEDDED.inc(len(changes))
-        return [c.outgoing(vec, self.encoder.model_id) for c, vec in zip(changes, vectors)]
+        return [c.outgoing(vec, self.encoder.model_id) for c, vec in zip(changes, vectors, strict=True)]

@@ -266,7 +266,7 @@ class DriftMonitor:
     def _features(self, row: np.ndarray, when: int, armed: bool) -> list[Detection]:
         """ADWIN on each watched feature's value."""
         out = []
-        for name, col in zip(self.feature_names, self._cols):
+        for name, col in zip(self.feature_names, self._cols, strict=True):
             hit, before, after, cut = self.features[name].update(float(row[col]))
             if hit and armed:
                 out.append(

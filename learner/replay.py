@@ -224,7 +224,7 @@ def replay(
         if on_step is not None:
             on_step(examples, report)
         last = chunk[-1][0]
-        for (idx, ex), p in zip(chunk, report.p_click):
+        for (idx, ex), p in zip(chunk, report.p_click, strict=True):
             if ex.click is not None:
                 log.p_click.append(float(p))
                 log.click.append(ex.click)

@@ -276,14 +276,14 @@ class FeatureStore:
         cfg = self.config
         tau = cfg.tau_ms(cfg.item_half_life_s)
         stats = []
+
+        def decayed(h: dict, t: str) -> float:
+            v = h.get(f"d:{t}")
+            return decay(float(v), float(h[f"t:{t}"]), now, tau) if v is not None else 0.0
+
         for h in replies:
-
-            def decayed(t: str) -> float:
-                v = h.get(f"d:{t}")
-                return decay(float(v), float(h[f"t:{t}"]), now, tau) if v is not None else 0.0
-
-            counts = {t: decayed(t) for t in INTERACTIONS}
-            impressions, clicks = decayed("impression"), counts["click"]
+            counts = {t: decayed(h, t) for t in INTERACTIONS}
+            impressions, clicks = decayed(h, "impression"), counts["click"]
             ctr = cfg.smoothed_ctr(clicks, impressions)
             stats.append(ItemStats(counts=counts, impressions=impressions, clicks=clicks, ctr=ctr))
         return stats
@@ -358,8 +358,9 @@ class FeatureStore:
 # One call applies one batch of one Kafka partition, atomically (a Lua script runs alone in Redis):
 # KEYS[1] = the partition's offset key, KEYS[2] = its outbox.
 # ARGV[1] = prefix (informational: key names come in the config), ARGV[2] = config JSON
-# (script_config), ARGV[3] = next offset after the batch, ARGV[4] = its first offset (records may have been left out, e.g. invalid catalog
-# ops), then one string per record, fields joined by U+001F (see consumers/apply.py):
+# (script_config), ARGV[3] = next offset after the batch, ARGV[4] = its first offset (records may have
+# been left out, e.g. invalid catalog ops), then one string per record, fields joined by U+001F
+# (see consumers/apply.py):
 #   offset, kind, then for kind
 #   'e' interaction     event_id, type, user, item, ts, session, canonical JSON
 #   'i' impression      event_id, user, ts, JSON list of item ids, canonical JSON

@@ -250,9 +250,11 @@ class FeatureAssembler:
         affinity = self.features.category_affinity(user_id) if user_id else {}
         total_aff = sum(v for v in affinity.values() if v > 0)
         top_cat = max(affinity, key=affinity.get) if affinity else None
-        recent_prices = [p for p in (_price(a, meta(i)) for a, i in zip(recent_attrs, recent_ids)) if p is not None]
+        recent_prices = [
+            p for p in (_price(a, meta(i)) for a, i in zip(recent_attrs, recent_ids, strict=True)) if p is not None
+        ]
         user_log_price = float(np.mean(np.log1p(recent_prices))) if recent_prices else None
-        for row, (a, iid) in enumerate(zip(cand_attrs, item_ids)):
+        for row, (a, iid) in enumerate(zip(cand_attrs, item_ids, strict=True)):
             m = meta(iid) if (a is None or not a.get("category") or a.get("price") is None) else None
             cat = _category(a, m)
             if cat is not None and total_aff > 0:

@@ -215,8 +215,8 @@ class LiveIndex:
             cpu.add_with_ids(vectors, ids)
         return self._placed(
             cpu,
-            ids={it: i for it, i in zip(items, ids.tolist())},
-            items=dict(zip(ids.tolist(), items)),
+            ids={it: i for it, i in zip(items, ids.tolist(), strict=True)},
+            items=dict(zip(ids.tolist(), items, strict=True)),
             next_id=len(items),
             exact=exact,
         )
@@ -280,9 +280,9 @@ class LiveIndex:
             items = st.items
         sign = -1.0 if self._metric == faiss.METRIC_L2 else 1.0
         out = []
-        for drow, irow in zip(dist, ids):
+        for drow, irow in zip(dist, ids, strict=True):
             hits: list[tuple[str, float]] = []
-            for d, i in zip(drow.tolist(), irow.tolist()):
+            for d, i in zip(drow.tolist(), irow.tolist(), strict=True):
                 item = items.get(i)
                 if item is None or item in exclude:
                     continue
@@ -361,7 +361,7 @@ class LiveIndex:
             fids = np.arange(st.next_id, st.next_id + len(new), dtype=np.int64)
             st.next_id += len(new)
             st.index.add_with_ids(np.stack([v for _, v in new]), fids)
-            for (item_id, _), fid in zip(new, fids.tolist()):
+            for (item_id, _), fid in zip(new, fids.tolist(), strict=True):
                 st.ids[item_id] = fid
                 st.items[fid] = item_id
 
@@ -445,8 +445,8 @@ class LiveIndex:
             fids = d.faiss_ids.tolist()
             st = self._placed(
                 cpu,
-                ids=dict(zip(d.item_ids, fids)),
-                items=dict(zip(fids, d.item_ids)),
+                ids=dict(zip(d.item_ids, fids, strict=True)),
+                items=dict(zip(fids, d.item_ids, strict=True)),
                 next_id=d.next_id,
                 dead=set(d.dead_ids.tolist()),
             )
@@ -460,13 +460,13 @@ class LiveIndex:
         else:
             st = self._build_state(d.item_ids, d.vectors)
         vectors = {}
-        for item_id, row in zip(d.item_ids, d.vectors):
+        for item_id, row in zip(d.item_ids, d.vectors, strict=True):
             row = np.array(row, dtype=np.float32)
             row.flags.writeable = False
             vectors[item_id] = row
         with self._lock.write():
             self._state = st
             self._vectors = vectors
-            self._metas = dict(zip(d.item_ids, d.metas))
+            self._metas = dict(zip(d.item_ids, d.metas, strict=True))
             self.version = d.version
         REPLICA_SIZE.set(len(self))
