@@ -88,7 +88,9 @@ class _Pipeline:
     def drain(self) -> list[tuple[_Task, BatchResult]]:
         out = []
         while self.pending:
-            out.append(self._take(block=True))
+            item = self._take(block=True)
+            assert item is not None  # a blocking take never comes back empty
+            out.append(item)
         return out
 
     def close(self) -> None:
@@ -207,7 +209,7 @@ class Ingestor:
 
     def finish(self, done: list[tuple[_Task, BatchResult]], commit: bool = True) -> None:
         """Back on the consumer thread: commit what is durable, re-seek after a gap, count."""
-        offsets = {}
+        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
         for task, res in done:
             if res.status == "gap":
                 log.warning(

@@ -78,6 +78,7 @@ class RollbackGuard:
         if not self.pairs:
             return {"served": self.served and self.served[0], "good": self.good and self.good[0], "compared": 0}
         s, g = np.mean(self.pairs, axis=0)
+        assert self.served is not None and self.good is not None  # pairs are only observed with both
         return {
             "served": self.served[0],
             "good": self.good[0],

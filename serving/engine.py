@@ -182,7 +182,7 @@ class Engine:
             item_ids=ids,
             retrieval_scores=np.array([c.similarity for c in cands], dtype=np.float32),
         )
-        final = relevance
+        final: np.ndarray = relevance
         explanations: list[list[str]] = [[] for _ in cands]
         if model is not None:
             p_click, p_buy = model.head.predict(X)
