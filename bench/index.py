@@ -58,7 +58,7 @@ def exact_topk(items: np.ndarray, queries: np.ndarray, k: int, skip_self: bool =
 
 
 def overlap_at_k(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.mean([len(set(x) & set(y)) / len(x) for x, y in zip(a, b)]))
+    return float(np.mean([len(set(x) & set(y)) / len(x) for x, y in zip(a, b, strict=True)]))
 
 
 # --- 1. encoder ---------------------------------------------------------------------------------
@@ -88,7 +88,7 @@ def encoder_part(s: Settings, n_items: int, rounds: int) -> tuple[Encoder, dict]
     rates: dict[str, list[float]] = {n: [] for n in names}
     sample = catalogs["homedepot"][:96] + catalogs["instacart"][:96]
     for r in range(rounds):
-        for name, enc in zip(names, encoders):
+        for name, enc in zip(names, encoders, strict=True):
             t0 = time.perf_counter()
             enc.encode(sample)
             rates[name].append(len(sample) / (time.perf_counter() - t0))
@@ -99,8 +99,10 @@ def encoder_part(s: Settings, n_items: int, rounds: int) -> tuple[Encoder, dict]
             f"encoder {m:<28} items/s median {statistics.median(v):7.1f}  "
             f"(×{statistics.median(v) / base:.2f} vs {names[0]} baseline)"
         )
-    vectors = {(name, c): enc.encode(texts) for name, enc in zip(names, encoders) for c, texts in catalogs.items()}
-    queries = {name: enc.encode(terms) for name, enc in zip(names, encoders)}
+    vectors = {
+        (name, c): enc.encode(texts) for name, enc in zip(names, encoders, strict=True) for c, texts in catalogs.items()
+    }
+    queries = {name: enc.encode(terms) for name, enc in zip(names, encoders, strict=True)}
     for name in names[1:]:
         for c in catalogs:
             f_items, o_items = vectors[(names[0], c)], vectors[(name, c)]

@@ -33,10 +33,12 @@ def _record(offset: int, m: Event | CatalogOp | DeadLetter, raw: bytes, key: byt
         if m.type == "impression":
             f = [str(offset), "i", m.event_id, m.user_id, str(m.ts), json.dumps(m.item_ids)]
         else:
+            assert m.item_id is not None  # every other event names its item (Event's validator)
             f = [str(offset), "e", m.event_id, m.type, m.user_id, m.item_id, str(m.ts), m.session_id or ""]
         return SEP.join(f).encode() + _S + raw
     if isinstance(m, CatalogOp):
         if m.op == "upsert":
+            assert m.title is not None  # an upsert has one (CatalogOp's validator)
             price = repr(m.price) if m.price is not None else ""
             return SEP.join([str(offset), "u", m.item_id, str(m.ts), m.category or "", price, m.title]).encode()
         return SEP.join([str(offset), "x", m.item_id, str(m.ts)]).encode()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import cast
 
 import redis
 from kafka import KafkaProducer
@@ -43,7 +44,7 @@ def source_id(topic: str, partition: int | None, offset: int | None) -> tuple[st
     return (topic, -1 if partition is None else partition, -1 if offset is None else offset)
 
 
-def _parse(entry: bytes, topic: str, partition: int) -> tuple[str, bytes | None, bytes, int]:
+def _parse(entry: bytes, topic: str, partition: int) -> tuple[str, bytes | None, bytes, int | None]:
     """An outbox entry → (output kind, key, value, source offset)."""
     kind, rest = entry[:1], entry[2:]
     if kind == b"d":
@@ -89,13 +90,14 @@ class Outbox:
         predecessor published without recording it.
         """
         outbox_key, relayed_key = self.keys(topic, partition)
-        entries = self.r.lrange(outbox_key, 0, -1)
+        # casts: a binary client (no decode_responses) returns bytes; redis-py types `bytes | str`
+        entries = cast(list[bytes], self.r.lrange(outbox_key, 0, -1))
         if not entries:
             return 0
-        marks = {k.decode(): int(v) for k, v in self.r.hgetall(relayed_key).items()}
+        marks = {k.decode(): int(v) for k, v in cast(dict[bytes, bytes], self.r.hgetall(relayed_key)).items()}
         if not marks:  # first publish for this partition: remember where the outputs ended before it
             marks = self._ends()
-            self.r.hset(relayed_key, mapping=marks)
+            self.r.hset(relayed_key, mapping=marks)  # type: ignore[arg-type]  # redis-py: Mapping key invariant
         recover = recover or self._unconfirmed
         already = self._published_since(marks, topic, partition) if recover else set()
         self._unconfirmed = True
@@ -111,7 +113,7 @@ class Outbox:
             marks[mark] = max(marks.get(mark, 0), md.offset + 1)
         pipe = self.r.pipeline(transaction=True)
         pipe.ltrim(outbox_key, len(entries), -1)
-        pipe.hset(relayed_key, mapping=marks)
+        pipe.hset(relayed_key, mapping=marks)  # type: ignore[arg-type]  # redis-py: Mapping key invariant
         pipe.execute()
         self._unconfirmed = False
         return len(outgoing)

@@ -2,9 +2,10 @@
 
 Guarantee: every valid record's effects are applied to Redis exactly once, every rejected event
 is dead-lettered (invalid catalog ops are index_updater's to dead-letter), every bot-like one
-quarantined — across crashes (kill -9 at any instant) and rebalances. Kafka delivers at least once; the writer script applies a partition batch and advances
-that partition's offset *in Redis* in one atomic step, skipping records below the stored offset,
-and a (re)assigned partition resumes from the Redis offset. Kafka's committed offset is written
+quarantined — across crashes (kill -9 at any instant) and rebalances. Kafka delivers at least once;
+the writer script applies a partition batch and advances that partition's offset *in Redis* in one
+atomic step, skipping records below the stored offset, and a (re)assigned partition resumes from
+the Redis offset. Kafka's committed offset is written
 after that, for lag monitoring and as the start point of a fresh Redis. Dead letters and quarantine
 records are written to a Redis outbox in the same atomic step and published afterwards
 (see ``consumers/outbox.py`` for the publishing guarantee).
@@ -12,6 +13,7 @@ records are written to a Redis outbox in the same atomic step and published afte
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -86,7 +88,9 @@ class _Pipeline:
     def drain(self) -> list[tuple[_Task, BatchResult]]:
         out = []
         while self.pending:
-            out.append(self._take(block=True))
+            item = self._take(block=True)
+            assert item is not None  # a blocking take never comes back empty
+            out.append(item)
         return out
 
     def close(self) -> None:
@@ -150,7 +154,7 @@ class Ingestor:
         before any new batch of theirs (the pipeline is idle for them: drained on revoke)."""
         while self.to_recover:
             tp = self.to_recover.pop()
-            self._retry(lambda: self.outbox.relay(tp.topic, tp.partition, recover=True), stop)
+            self._retry(functools.partial(self.outbox.relay, tp.topic, tp.partition, recover=True), stop)
 
     def _retry(self, fn, stop: threading.Event | None = None):
         """Redis/Kafka hiccups stall the batch instead of losing it."""
@@ -205,7 +209,7 @@ class Ingestor:
 
     def finish(self, done: list[tuple[_Task, BatchResult]], commit: bool = True) -> None:
         """Back on the consumer thread: commit what is durable, re-seek after a gap, count."""
-        offsets = {}
+        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
         for task, res in done:
             if res.status == "gap":
                 log.warning(

@@ -118,7 +118,9 @@ class CatalogPipeline:
         latest, dead_letters = self._decode(msgs, now_ms=int(time.time() * 1000))
         plan = self._plan(latest)
         outgoing = plan.ready + self._embed(plan.to_embed)
-        vectors = [(self.s.topic_vectors, o.record.item_id, encode_record(o.record)) for o in outgoing]
+        vectors: list[bus.Outgoing] = [
+            (self.s.topic_vectors, o.record.item_id, encode_record(o.record)) for o in outgoing
+        ]
         bus.publish_confirmed(self.producer, dead_letters + vectors, timeout_s=30)
         for o in outgoing:  # only now: an unacknowledged batch is redone in full
             self._published[o.record.item_id] = o.state
@@ -184,4 +186,4 @@ class CatalogPipeline:
         vectors = self.encoder.encode([c.text for c in changes])
         metrics.EMBED_RATE.set(len(changes) / max(time.monotonic() - t0, 1e-9))
         metrics.ITEMS_EMBEDDED.inc(len(changes))
-        return [c.outgoing(vec, self.encoder.model_id) for c, vec in zip(changes, vectors)]
+        return [c.outgoing(vec, self.encoder.model_id) for c, vec in zip(changes, vectors, strict=True)]

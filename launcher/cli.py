@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import httpx
 import typer
@@ -218,7 +218,7 @@ def replay(
 ) -> None:
     """Produce events / catalog ops from a file or a public dataset, at a fixed rate."""
     from streamrec.datasets import sources
-    from streamrec.schemas import Rejected, decode_catalog, decode_event, encode
+    from streamrec.schemas import CatalogOp, Rejected, decode_catalog, decode_event, encode
 
     setup_logging("replay")
     s = _settings()
@@ -250,10 +250,10 @@ def replay(
             for model in sources.load(source.removeprefix("dataset:"), s.require_data_dir()):
                 if stop.is_set():
                     break
-                is_catalog = hasattr(model, "op")
+                is_catalog = isinstance(model, CatalogOp)
                 send(
                     s.topic_catalog if is_catalog else s.topic_events,
-                    model.item_id if is_catalog else model.user_id,
+                    model.item_id if isinstance(model, CatalogOp) else model.user_id,
                     encode(model),
                 )
                 progress.advance(task)
@@ -280,7 +280,7 @@ def replay(
                             rejected += 1
                             console.print(f"[yellow]{path}:{lineno}[/yellow] {e.reason}: {e.error}")
                             continue
-                        send(topic, model.item_id if is_catalog else model.user_id, encode(model))
+                        send(topic, model.item_id if isinstance(model, CatalogOp) else model.user_id, encode(model))
                     progress.advance(task)
     producer.flush()
     producer.close()
@@ -309,7 +309,7 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="machine-readabl
     except httpx.HTTPError as e:
         report["serving"] = {"error": f"not reachable: {e!r}"}
     if s.kafka_bootstrap:
-        lag = {}
+        lag: dict[str, dict[str, Any]] = {}
         groups = {"consumers": s.consumers_group, "index-updater": s.index_updater_group, "learner": s.learner_group}
         for name, group in groups.items():
             topic = s.topic_catalog if name == "index-updater" else s.topic_events

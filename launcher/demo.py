@@ -46,7 +46,7 @@ class DemoShopper:
         self.interval = 1.0 / rate if rate > 0 else 0.0
         self.stop = stop
         self.concurrent_users = concurrent_users
-        self.titles = titles or {op.item_id: op.title for op in amazon18.catalog(data_dir)}
+        self.titles = titles or {op.item_id: op.title for op in amazon18.catalog(data_dir) if op.title is not None}
         self.sent = 0
         self.clicks_on_shown = 0
         self.steps = 0

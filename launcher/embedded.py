@@ -15,6 +15,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Self
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class _Server:
     def command(self) -> list[str]:
         raise NotImplementedError
 
-    def start(self) -> _Server:
+    def start(self) -> Self:
         self.workdir.mkdir(parents=True, exist_ok=True)
         logf = open(self.log_path, "ab")
         # own process group: a Ctrl-C to the parent terminal does not kill it before we drain

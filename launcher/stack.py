@@ -12,6 +12,7 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -126,7 +127,7 @@ class LocalStack:
     def wait_ready(self, timeout_s: float = 180.0, min_items: int = 1) -> dict:
         """Block until serving answers /readyz with at least ``min_items`` indexed."""
         deadline = time.monotonic() + timeout_s
-        last: object = None
+        last: Any = None  # the last /readyz JSON
         with httpx.Client(timeout=2) as http:
             while time.monotonic() < deadline:
                 try:

@@ -199,9 +199,9 @@ class DriftMonitor:
             if click_mask[i] and math.isfinite(losses[i]):
                 y = float(clicks[i])
                 found = [self._loss(float(losses[i]), when, armed), self._ctr(y, when, armed)]
-                if self.item is not None and item_ids is not None:
+                if ref is not None and item_ids is not None:  # ref is set iff the item detector is on
                     found.append(self._clicked_item(str(item_ids[i]), y, ref, when, armed))
-                if self.rank is not None and scores is not None:
+                if rank_ref is not None and scores is not None:  # likewise the rank detector
                     found.append(self._click_rank(y, float(scores[i]), rank_ref, when, armed))
                 out.extend(d for d in found if d is not None)
             out.extend(self._features(X[i], when, armed))
@@ -256,6 +256,7 @@ class DriftMonitor:
     def _click_rank(self, y: float, score: float, rank_ref: np.ndarray, when: int, armed: bool) -> Detection | None:
         """On a click, ADWIN on the percentile of the model's score among the reference scores."""
         out = None
+        assert self.rank is not None  # called only with the rank detector on
         if y > 0.5 and rank_ref.size >= 100:
             hit, ev = self.rank.update(_percentile(rank_ref, score), self.seen)
             if hit and armed:
@@ -266,7 +267,7 @@ class DriftMonitor:
     def _features(self, row: np.ndarray, when: int, armed: bool) -> list[Detection]:
         """ADWIN on each watched feature's value."""
         out = []
-        for name, col in zip(self.feature_names, self._cols):
+        for name, col in zip(self.feature_names, self._cols, strict=True):
             hit, before, after, cut = self.features[name].update(float(row[col]))
             if hit and armed:
                 out.append(
@@ -284,6 +285,7 @@ class DriftMonitor:
     def _clicked_item(self, iid: str, y: float, ref: np.ndarray, when: int, armed: bool) -> Detection | None:
         """Update the per-item counts with one labelled example; on a click, feed ADWIN the
         percentile of the item's CTR (as known *before* this example) in the reference."""
+        assert self.item is not None  # called only with the item detector on
         base = (self.ctr_sum - y + 1.0) / (self.ctr_seen - 1 + 10.0)  # running CTR before this example
         k = self.ITEM_PRIOR_STRENGTH
         shown = self.item_shown.get(iid, 0.0)

@@ -73,7 +73,7 @@ class OnlineRanker:
         self.updates = 0
         self.examples = 0
 
-    def _tensors(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _tensors(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         if batch.X.ndim != 2 or batch.X.shape[1] != self.head.n_features:
             raise ValueError(f"batch has {batch.X.shape[1:]} features, head expects {self.head.n_features}")
         X = torch.from_numpy(np.nan_to_num(batch.X.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0))

@@ -132,7 +132,7 @@ class Prequential:
         losses[cm] = logloss(p_click[cm], batch.click[cm])
         return losses
 
-    def summary(self) -> dict[str, float]:
+    def summary(self) -> dict[str, float | None]:
         out: dict[str, float] = {}
         for t, r in self.tasks.items():
             out[f"{t}_auc"] = r.auc()

@@ -82,7 +82,9 @@ def open_bandit_stream(
     if shuffle_seed is not None:  # stationary: same rows, random order, original timestamps in order
         rng = np.random.default_rng(shuffle_seed)
         ts = sorted(r.ts for r in rows)
-        rows = [ob.Impression(**{**rows[k].__dict__, "ts": t}) for k, t in zip(rng.permutation(len(rows)), ts)]
+        rows = [
+            ob.Impression(**{**rows[k].__dict__, "ts": t}) for k, t in zip(rng.permutation(len(rows)), ts, strict=True)
+        ]
     half = len(rows) // 2
     if not shift:
         return rows, half
@@ -199,7 +201,7 @@ def run(
     def on_step(examples: list[Example], _report: StepReport) -> None:
         if frozen:
             p, _ = frozen[0].predict(Batch.of(examples))
-            for e, v in zip(examples, p):
+            for e, v in zip(examples, p, strict=True):
                 if e.click is not None:
                     result.frozen_p.append(float(v))
                     result.frozen_y.append(e.click)

@@ -60,7 +60,7 @@ class RollbackGuard:
         p_good, _ = self.good[1].predict(batch)
         ls = logloss(p_served[m], batch.click[m])
         lg = logloss(p_good[m], batch.click[m])
-        self.pairs.extend(zip(ls.tolist(), lg.tolist()))
+        self.pairs.extend(zip(ls.tolist(), lg.tolist(), strict=True))
         if len(self.pairs) < self.min_examples:
             return None
         served_loss, good_loss = np.mean(self.pairs, axis=0)
@@ -78,6 +78,7 @@ class RollbackGuard:
         if not self.pairs:
             return {"served": self.served and self.served[0], "good": self.good and self.good[0], "compared": 0}
         s, g = np.mean(self.pairs, axis=0)
+        assert self.served is not None and self.good is not None  # pairs are only observed with both
         return {
             "served": self.served[0],
             "good": self.good[0],

@@ -33,6 +33,17 @@ class _Pending:
     bought: set[str] = field(default_factory=set)
     positions: dict[str, int] = field(default_factory=dict)
 
+    # an impression always has both (Event's validator; add_impression checks too)
+    @property
+    def request_id(self) -> str:
+        assert self.event.request_id is not None
+        return self.event.request_id
+
+    @property
+    def item_ids(self) -> list[str]:
+        assert self.event.item_ids is not None
+        return self.event.item_ids
+
 
 class LabelJoiner:
     """Turns impression + outcome events into :class:`Example` s.
@@ -102,13 +113,13 @@ class LabelJoiner:
         if iid in p.clicked:
             return []
         p.clicked.add(iid)
-        k = p.event.item_ids.index(iid)
+        k = p.item_ids.index(iid)
         return [self._example(p, k, click=1.0, purchase=None)]
 
     def _example(self, p: _Pending, k: int, click: float | None, purchase: float | None) -> Example:
-        iid = p.event.item_ids[k]
+        iid = p.item_ids[k]
         return Example(
-            request_id=p.event.request_id,
+            request_id=p.request_id,
             item_id=iid,
             user_id=p.event.user_id,
             ts=p.event.ts,
@@ -120,7 +131,7 @@ class LabelJoiner:
 
     def _close(self, p: _Pending) -> list[Example]:
         out = []
-        for k, iid in enumerate(p.event.item_ids):
+        for k, iid in enumerate(p.item_ids):
             if iid in p.clicked:
                 out.append(self._example(p, k, click=None, purchase=1.0 if iid in p.bought else 0.0))
             else:
@@ -169,14 +180,9 @@ class LabelJoiner:
         for ev, rows, age, clicked, bought in st["pending"]:
             e = Event.model_validate(ev)
             offset = e.position or 0
-            self.pending[e.request_id] = _Pending(
-                e,
-                np.asarray(rows, np.float32),
-                now - age,
-                set(clicked),
-                set(bought),
-                {iid: offset + k for k, iid in enumerate(e.item_ids)},
-            )
+            p = _Pending(e, np.asarray(rows, np.float32), now - age, set(clicked), set(bought))
+            p.positions = {iid: offset + k for k, iid in enumerate(p.item_ids)}
+            self.pending[p.request_id] = p
         self.orphans = OrderedDict((rid, [Event.model_validate(e) for e in evs]) for rid, evs in st["orphans"].items())
         self.watermark_ms = int(st["watermark_ms"])
         self.unjoinable = int(st["unjoinable"])

@@ -166,7 +166,9 @@ class OnlineLearner:
             self.challenger_eval.update(qc, qb, batch)
             m = batch.click_mask
             if m.any():
-                self.pairs.extend(zip(logloss(pc[m], batch.click[m]).tolist(), logloss(qc[m], batch.click[m]).tolist()))
+                self.pairs.extend(
+                    zip(logloss(pc[m], batch.click[m]).tolist(), logloss(qc[m], batch.click[m]).tolist(), strict=True)
+                )
 
         train = self._training_batch(batch)
         report.loss = self.champion.learn(train)

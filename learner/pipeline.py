@@ -74,6 +74,7 @@ class ExampleBuilder:
         return self.joiner.add_outcome(event)
 
     def _sampled(self, event: Event) -> list[Example]:
+        assert self.sampler is not None and event.item_id is not None  # see feed()
         recent = {r.item_id for r in self.assembler.features.recent_items(event.user_id, n=50)}
         negatives = self.sampler.sample(event.item_id, exclude=recent)
         items = [event.item_id, *negatives]

@@ -107,6 +107,7 @@ class ReplayFeatures:
 
     def _interaction(self, e: Event) -> None:
         cfg, iid = self.cfg, e.item_id
+        assert iid is not None  # an interaction names its item (Event's validator)
         w = cfg.weight(e.type)
         self._covisit(e)
         session = e.session_id or ""
@@ -123,6 +124,7 @@ class ReplayFeatures:
     def _covisit(self, e: Event) -> None:
         """The user's distinct earlier items of the same session within the window, both directions."""
         cfg, iid, session = self.cfg, e.item_id, e.session_id or ""
+        assert iid is not None
         seen = {iid}
         window = cfg.covis_window_s * 1000.0
         touched = []
@@ -224,7 +226,7 @@ def replay(
         if on_step is not None:
             on_step(examples, report)
         last = chunk[-1][0]
-        for (idx, ex), p in zip(chunk, report.p_click):
+        for (idx, ex), p in zip(chunk, report.p_click, strict=True):
             if ex.click is not None:
                 log.p_click.append(float(p))
                 log.click.append(ex.click)
@@ -241,6 +243,7 @@ def replay(
         if on_event is not None:
             on_event(idx, ev)
         if ev.type == "impression":
+            assert ev.request_id is not None  # an impression has one (Event's validator)
             shown_at[ev.request_id] = idx
         ready.extend((idx, ex) for ex in builder.feed(ev))
         features.observe(ev)

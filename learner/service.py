@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-from kafka import ConsumerRebalanceListener, TopicPartition
+from kafka import ConsumerRebalanceListener, KafkaProducer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
 from learner import metrics as M
@@ -68,7 +68,7 @@ class _Loop:
     store: ModelStore
     guard: RollbackGuard
     ckpt: Checkpointer
-    producer: object
+    producer: KafkaProducer
     offsets: dict[int, int]
     version: int
     ready: list[Example] = field(default_factory=list)

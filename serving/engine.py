@@ -156,7 +156,7 @@ class Engine:
             Candidate(other, max(0.0, cos), cos, [f"similar to '{title}' (cosine {cos:.2f})"])
             for other, cos in self.index.search(seed[None, :], self.s.serving_candidates, exclude={item_id})[0]
         ]
-        for other, score in self.features.covisited(item_id, 20):
+        for other, _score in self.features.covisited(item_id, 20):
             match = next((c for c in cands if c.item_id == other), None)
             if match:
                 match.reasons.append("often viewed together")
@@ -182,7 +182,7 @@ class Engine:
             item_ids=ids,
             retrieval_scores=np.array([c.similarity for c in cands], dtype=np.float32),
         )
-        final = relevance
+        final: np.ndarray = relevance
         explanations: list[list[str]] = [[] for _ in cands]
         if model is not None:
             p_click, p_buy = model.head.predict(X)

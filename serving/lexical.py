@@ -86,7 +86,7 @@ class LexicalIndex:
         k = min(k, len(build.item_ids))
         docs, scores = build.retriever.retrieve([terms], k=k, show_progress=False, n_threads=1)
         out = []
-        for doc, score in zip(docs[0], scores[0]):
+        for doc, score in zip(docs[0], scores[0], strict=True):
             if score <= 0:
                 continue
             out.append((build.item_ids[int(doc)], float(score), terms))

@@ -10,6 +10,7 @@ import logging
 import threading
 
 import uvicorn
+from kafka import KafkaProducer
 
 from serving.app import create_app
 from serving.engine import Engine
@@ -27,7 +28,7 @@ from streamrec.vector_index import IndexReplica
 log = logging.getLogger(__name__)
 
 
-def build_engine(s: Settings) -> tuple[Engine, object]:
+def build_engine(s: Settings) -> tuple[Engine, KafkaProducer]:
     """The engine plus its producer; starts the replica, model watcher and lexical rebuilder."""
     encoder = Encoder.from_settings(s)
     replica = IndexReplica(s, encoder.dim)
@@ -59,9 +60,14 @@ def run(s: Settings, stop: threading.Event) -> None:
     app = create_app(s, engine, producer)
     config = uvicorn.Config(app, host=s.http_host, port=s.http_port, log_level="warning", timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
+
     # In the main thread uvicorn captures SIGTERM itself and re-raises it after shutdown (which
     # sets `stop`); in a test thread it installs nothing and `stop` drives the exit.
-    watcher = threading.Thread(target=lambda: (stop.wait(), setattr(server, "should_exit", True)), daemon=True)
+    def watch() -> None:
+        stop.wait()
+        server.should_exit = True
+
+    watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     log.info("serving on http://%s:%d", s.http_host, s.http_port)
     try:

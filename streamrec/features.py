@@ -80,6 +80,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
+from typing import cast
 
 import redis
 
@@ -246,19 +247,21 @@ class FeatureStore:
 
     def recent_items(self, user_id: str, n: int = 20) -> list[RecentItem]:
         out = []
-        for entry in self.r.lrange(self.keys.recent(user_id), 0, max(0, n - 1)) if n > 0 else []:
+        # casts here and below: the client decodes (decode_responses=True), redis-py types `bytes | str`
+        entries = cast(list[str], self.r.lrange(self.keys.recent(user_id), 0, max(0, n - 1))) if n > 0 else []
+        for entry in entries:
             _eid, item, typ, ts, _session = entry.split(SEP)
             out.append(RecentItem(item_id=item, type=typ, ts=int(ts)))
         return out
 
     def user_counts(self, user_id: str) -> dict[str, int]:
         """Exact (undecayed) interaction counts of a user per type."""
-        raw = self.r.hgetall(self.keys.user(user_id))
+        raw = cast(dict[str, str], self.r.hgetall(self.keys.user(user_id)))
         return {k[2:]: int(v) for k, v in raw.items() if k.startswith("n:")}
 
     def item_counts(self, item_id: str) -> dict[str, int]:
         """Exact (undecayed) counts of an item per event type, ``impression`` included."""
-        raw = self.r.hgetall(self.keys.item(item_id))
+        raw = cast(dict[str, str], self.r.hgetall(self.keys.item(item_id)))
         return {k[2:]: int(v) for k, v in raw.items() if k.startswith("n:")}
 
     def item_stats(self, item_ids: Sequence[str], now_ms: int | None = None) -> list[ItemStats]:
@@ -276,14 +279,14 @@ class FeatureStore:
         cfg = self.config
         tau = cfg.tau_ms(cfg.item_half_life_s)
         stats = []
+
+        def decayed(h: dict, t: str) -> float:
+            v = h.get(f"d:{t}")
+            return decay(float(v), float(h[f"t:{t}"]), now, tau) if v is not None else 0.0
+
         for h in replies:
-
-            def decayed(t: str) -> float:
-                v = h.get(f"d:{t}")
-                return decay(float(v), float(h[f"t:{t}"]), now, tau) if v is not None else 0.0
-
-            counts = {t: decayed(t) for t in INTERACTIONS}
-            impressions, clicks = decayed("impression"), counts["click"]
+            counts = {t: decayed(h, t) for t in INTERACTIONS}
+            impressions, clicks = decayed(h, "impression"), counts["click"]
             ctr = cfg.smoothed_ctr(clicks, impressions)
             stats.append(ItemStats(counts=counts, impressions=impressions, clicks=clicks, ctr=ctr))
         return stats
@@ -291,7 +294,8 @@ class FeatureStore:
     def covisited(self, item_id: str, n: int = 20) -> list[tuple[str, float]]:
         if n <= 0:
             return []
-        return [(m, float(s)) for m, s in self.r.zrevrange(self.keys.covis(item_id), 0, n - 1, withscores=True)]
+        top = cast(list[tuple[str, float]], self.r.zrevrange(self.keys.covis(item_id), 0, n - 1, withscores=True))
+        return [(m, float(s)) for m, s in top]
 
     def trending(self, n: int = 20) -> list[tuple[str, float]]:
         """Top items by weighted popularity decayed to the stream clock: ``sum(w * exp(-(clock - ts)/tau))``.
@@ -313,7 +317,7 @@ class FeatureStore:
 
     def category_affinity(self, user_id: str, now_ms: int | None = None) -> dict[str, float]:
         """Category -> decayed weighted interaction count, decayed to ``now_ms`` (stream clock)."""
-        raw = self.r.hgetall(self.keys.affinity(user_id))
+        raw = cast(dict[str, str], self.r.hgetall(self.keys.affinity(user_id)))
         if not raw:
             return {}
         now = self._now(now_ms)
@@ -340,17 +344,17 @@ class FeatureStore:
 
     def is_quarantined(self, event_id: str) -> str | None:
         """The bot-filter reason if this event was quarantined (kept ``quarantine_ttl_s``), else None."""
-        return self.r.get(self.keys.quarantined(event_id))
+        return cast(str | None, self.r.get(self.keys.quarantined(event_id)))
 
     def quarantine_counts(self) -> dict[str, int]:
-        return {k: int(v) for k, v in self.r.hgetall(self.keys.quarantine_counts).items()}
+        return {k: int(v) for k, v in cast(dict[str, str], self.r.hgetall(self.keys.quarantine_counts)).items()}
 
     def recent_quarantine(self, n: int = QUARANTINE_RECENT_N) -> list[dict]:
         """The newest quarantine decisions (event_id, user_id, reason, offset), newest first."""
         return [json.loads(x) for x in self.r.lrange(self.keys.quarantine_recent, 0, max(0, n - 1))]
 
     def dead_letter_counts(self) -> dict[str, int]:
-        return {k: int(v) for k, v in self.r.hgetall(self.keys.dlq_counts).items()}
+        return {k: int(v) for k, v in cast(dict[str, str], self.r.hgetall(self.keys.dlq_counts)).items()}
 
 
 # --- the writer ------------------------------------------------------------------------------
@@ -358,8 +362,9 @@ class FeatureStore:
 # One call applies one batch of one Kafka partition, atomically (a Lua script runs alone in Redis):
 # KEYS[1] = the partition's offset key, KEYS[2] = its outbox.
 # ARGV[1] = prefix (informational: key names come in the config), ARGV[2] = config JSON
-# (script_config), ARGV[3] = next offset after the batch, ARGV[4] = its first offset (records may have been left out, e.g. invalid catalog
-# ops), then one string per record, fields joined by U+001F (see consumers/apply.py):
+# (script_config), ARGV[3] = next offset after the batch, ARGV[4] = its first offset (records may have
+# been left out, e.g. invalid catalog ops), then one string per record, fields joined by U+001F
+# (see consumers/apply.py):
 #   offset, kind, then for kind
 #   'e' interaction     event_id, type, user, item, ts, session, canonical JSON
 #   'i' impression      event_id, user, ts, JSON list of item ids, canonical JSON

@@ -14,6 +14,7 @@ only when it changes. Rollback moves ``CURRENT`` back; the next publish gets a n
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import shutil
@@ -137,7 +138,7 @@ class ModelStore:
         self._point(v)
         return v
 
-    def prune(self, keep: int, protect: set[int] | frozenset[int] = frozenset()) -> list[int]:
+    def prune(self, keep: int, protect: set[int] | frozenset[int] = frozenset()) -> builtins.list[int]:
         """Delete all but the newest ``keep`` versions; never the served one nor ``protect``.
 
         A learner publishing every few seconds writes thousands of versions a day; old ones only

@@ -245,14 +245,17 @@ class FeatureAssembler:
         """Category affinity of the user for each candidate's category, and the price match."""
         col, n = _COL, len(item_ids)
         attrs = self.features.item_attributes(item_ids + recent_ids)
-        meta = (lambda i: self.item_meta(i)) if self.item_meta else (lambda i: None)
+        item_meta = self.item_meta
+        meta: Callable[[str], Any | None] = item_meta if item_meta is not None else (lambda i: None)
         cand_attrs, recent_attrs = attrs[:n], attrs[n:]
         affinity = self.features.category_affinity(user_id) if user_id else {}
         total_aff = sum(v for v in affinity.values() if v > 0)
-        top_cat = max(affinity, key=affinity.get) if affinity else None
-        recent_prices = [p for p in (_price(a, meta(i)) for a, i in zip(recent_attrs, recent_ids)) if p is not None]
+        top_cat = max(affinity, key=lambda c: affinity[c]) if affinity else None
+        recent_prices = [
+            p for p in (_price(a, meta(i)) for a, i in zip(recent_attrs, recent_ids, strict=True)) if p is not None
+        ]
         user_log_price = float(np.mean(np.log1p(recent_prices))) if recent_prices else None
-        for row, (a, iid) in enumerate(zip(cand_attrs, item_ids)):
+        for row, (a, iid) in enumerate(zip(cand_attrs, item_ids, strict=True)):
             m = meta(iid) if (a is None or not a.get("category") or a.get("price") is None) else None
             cat = _category(a, m)
             if cat is not None and total_aff > 0:
@@ -277,6 +280,12 @@ class RankingHead(nn.Module):
     learned per-position logit added to the click logit *in training only*; serving scores
     position-free (``position=None``), i.e. as if every item were shown at the top.
     """
+
+    # buffers (register_buffer below), declared so they type as tensors, not `Tensor | Module`
+    x_mean: torch.Tensor
+    x_var: torch.Tensor
+    x_count: torch.Tensor
+    logit_offset: torch.Tensor
 
     def __init__(
         self,

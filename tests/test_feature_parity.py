@@ -127,7 +127,7 @@ def assert_same_reads(redis_fs, rep: ReplayFeatures) -> None:
             got = redis_fs.category_affinity(user, now_ms=now)
             assert got == {c: pytest.approx(v, rel=1e-9) for c, v in want.items()}, user
         got_stats = redis_fs.item_stats(ITEMS + ["never"], now_ms=now)
-        for item, g, w in zip(ITEMS + ["never"], got_stats, rep.item_stats(ITEMS + ["never"], now_ms=now)):
+        for item, g, w in zip(ITEMS + ["never"], got_stats, rep.item_stats(ITEMS + ["never"], now_ms=now), strict=True):
             assert g.counts == {t: pytest.approx(v, rel=1e-9, abs=1e-12) for t, v in w.counts.items()}, item
             assert (g.impressions, g.clicks, g.ctr) == (
                 pytest.approx(w.impressions, rel=1e-9, abs=1e-12),
@@ -147,7 +147,7 @@ def test_the_list_exercises_every_rule():
     events = [m for m in models if isinstance(m, Event)]
     assert {e.type for e in events} == {"impression", *TYPES}
     assert len({e.event_id for e in events}) < len(events)  # repeated event_ids
-    assert any(a.ts > b.ts for a, b in zip(events, events[1:]))  # out of order
+    assert any(a.ts > b.ts for a, b in zip(events, events[1:], strict=False))  # out of order
     assert any(e.session_id is None for e in events) and any(e.session_id for e in events)
     assert any(isinstance(m, CatalogOp) and m.op == "delete" for m in models)
     rep = replay(models, TIGHT)

@@ -32,7 +32,7 @@ def unit(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 def batch(ids: list[str], vectors: np.ndarray) -> list[tuple[str, np.ndarray, ItemMeta]]:
-    return [(i, v, ItemMeta(title=f"title {i}")) for i, v in zip(ids, vectors)]
+    return [(i, v, ItemMeta(title=f"title {i}")) for i, v in zip(ids, vectors, strict=True)]
 
 
 @pytest.mark.parametrize("factory", FACTORIES)

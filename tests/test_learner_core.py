@@ -90,7 +90,13 @@ def test_joiner_state_round_trips():
 def test_auc_matches_pairwise_definition():
     rng = np.random.default_rng(0)
     s, y = rng.integers(0, 5, 200).astype(float), rng.integers(0, 2, 200)
-    pairs = [(1.0 if a > b else 0.5 if a == b else 0.0) for a, ya in zip(s, y) if ya for b, yb in zip(s, y) if not yb]
+    pairs = [
+        (1.0 if a > b else 0.5 if a == b else 0.0)
+        for a, ya in zip(s, y, strict=True)
+        if ya
+        for b, yb in zip(s, y, strict=True)
+        if not yb
+    ]
     assert auc(s, y) == pytest.approx(np.mean(pairs))
     assert np.isnan(auc(s, np.ones(200)))
 

@@ -58,7 +58,7 @@ def test_remap_only_shift_keeps_the_click_rate(data_dir):
     before = np.mean([r.click for r in plain[half:]])
     after = np.mean([r.click for r in rows[half:]])
     assert abs(after - before) <= 0.1 * before, (before, after)
-    moved = sum(a.click != b.click for a, b in zip(rows[half:], plain[half:]))
+    moved = sum(a.click != b.click for a, b in zip(rows[half:], plain[half:], strict=True))
     assert moved > 100  # most post-shift clicks landed on other rows
 
 

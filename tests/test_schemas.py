@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from pydantic import ValidationError
 
 from streamrec.schemas import (
     CatalogOp,
@@ -109,5 +110,5 @@ def test_dead_letter_keeps_the_exact_original_bytes():
 
 def test_models_are_immutable():
     e = Event(event_id="e", type="view", user_id="u", item_id="i", ts=TS)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         e.user_id = "other"

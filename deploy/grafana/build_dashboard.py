@@ -21,11 +21,13 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
         [
             (
                 "p50 {{endpoint}}",
-                "histogram_quantile(0.5, sum by (le, endpoint) (rate(streamrec_serving_request_duration_seconds_bucket[5m])))",
+                "histogram_quantile(0.5, sum by (le, endpoint) "
+                "(rate(streamrec_serving_request_duration_seconds_bucket[5m])))",
             ),
             (
                 "p99 {{endpoint}}",
-                "histogram_quantile(0.99, sum by (le, endpoint) (rate(streamrec_serving_request_duration_seconds_bucket[5m])))",
+                "histogram_quantile(0.99, sum by (le, endpoint) "
+                "(rate(streamrec_serving_request_duration_seconds_bucket[5m])))",
             ),
         ],
     ),

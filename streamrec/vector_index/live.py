@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
+from typing import Any
 
 import faiss
 import numpy as np
@@ -143,14 +144,15 @@ class LiveIndex:
         self.compact_ratio, self.compact_min = compact_ratio, compact_min
         self.search_threads = search_threads
         self.use_gpu = want_gpu(use_gpu)
-        self._gpu_res = None
+        self._gpu_res: Any = None  # a faiss.StandardGpuResources once the GPU is used
         self._probe = self._new_cpu_index()  # fails early on a bad factory string
         self._lock = RWLock()
         self._vectors: dict[str, np.ndarray] = {}
         self._metas: dict[str, ItemMeta] = {}
         self._state = self._empty_state()
         self.version = 0
-        self._rebuild_log: list[tuple[list, list[str]]] | None = None  # batches applied mid-rebuild
+        # batches applied mid-rebuild
+        self._rebuild_log: list[dict[str, tuple[np.ndarray, ItemMeta] | None]] | None = None
         self._rebuild_thread: threading.Thread | None = None
         self._rebuild_mutex = threading.Lock()
 
@@ -215,8 +217,8 @@ class LiveIndex:
             cpu.add_with_ids(vectors, ids)
         return self._placed(
             cpu,
-            ids={it: i for it, i in zip(items, ids.tolist())},
-            items=dict(zip(ids.tolist(), items)),
+            ids={it: i for it, i in zip(items, ids.tolist(), strict=True)},
+            items=dict(zip(ids.tolist(), items, strict=True)),
             next_id=len(items),
             exact=exact,
         )
@@ -268,7 +270,9 @@ class LiveIndex:
                 if fetch == 0:
                     return [[] for _ in range(len(q))]
                 try:
-                    dist, ids = self._faiss_search(st.index, q, fetch, faiss.SearchParameters(sel=st.selector[1]))
+                    # faiss's stubs omit SearchParameters' keyword fields
+                    params = faiss.SearchParameters(sel=st.selector[1])  # type: ignore[call-arg]
+                    dist, ids = self._faiss_search(st.index, q, fetch, params)
                 except RuntimeError:
                     log.info("factory %r cannot filter by selector: over-fetching past tombstones", self.factory)
                     st.selector_ok, st.selector = False, None
@@ -277,12 +281,13 @@ class LiveIndex:
                 if fetch == 0:
                     return [[] for _ in range(len(q))]
                 dist, ids = self._faiss_search(st.index, q, fetch)
+            assert dist is not None  # set with ids
             items = st.items
         sign = -1.0 if self._metric == faiss.METRIC_L2 else 1.0
         out = []
-        for drow, irow in zip(dist, ids):
+        for drow, irow in zip(dist, ids, strict=True):
             hits: list[tuple[str, float]] = []
-            for d, i in zip(drow.tolist(), irow.tolist()):
+            for d, i in zip(drow.tolist(), irow.tolist(), strict=True):
                 item = items.get(i)
                 if item is None or item in exclude:
                     continue
@@ -343,13 +348,13 @@ class LiveIndex:
         if needs:
             self.rebuild(wait=False, why="train" if st.exact else "compact")
 
-    def _apply_locked(self, st: _State, latest: dict) -> None:
+    def _apply_locked(self, st: _State, latest: dict[str, tuple[np.ndarray, ItemMeta] | None]) -> None:
         stale = [st.ids.pop(item_id) for item_id in latest if item_id in st.ids]
         for fid in stale:
             del st.items[fid]
         if stale and st.removable:
             try:
-                st.index.remove_ids(np.asarray(stale, dtype=np.int64))
+                st.index.remove_ids(np.asarray(stale, dtype=np.int64))  # type: ignore[arg-type]  # faiss wraps arrays
             except RuntimeError:
                 log.info("factory %r cannot remove ids: tombstones + compaction instead", self.factory)
                 st.removable = False
@@ -361,7 +366,7 @@ class LiveIndex:
             fids = np.arange(st.next_id, st.next_id + len(new), dtype=np.int64)
             st.next_id += len(new)
             st.index.add_with_ids(np.stack([v for _, v in new]), fids)
-            for (item_id, _), fid in zip(new, fids.tolist()):
+            for (item_id, _), fid in zip(new, fids.tolist(), strict=True):
                 st.ids[item_id] = fid
                 st.items[fid] = item_id
 
@@ -378,6 +383,7 @@ class LiveIndex:
                 )
                 self._rebuild_thread.start()
             thread = self._rebuild_thread
+        assert thread is not None  # started just above if none was running
         if wait:
             thread.join()
 
@@ -395,6 +401,7 @@ class LiveIndex:
                 self._rebuild_log = None
             return
         with self._lock.write():
+            assert self._rebuild_log is not None  # only this thread clears it
             for latest in self._rebuild_log:
                 self._apply_locked(new, latest)
             self._rebuild_log = None
@@ -445,14 +452,14 @@ class LiveIndex:
             fids = d.faiss_ids.tolist()
             st = self._placed(
                 cpu,
-                ids=dict(zip(d.item_ids, fids)),
-                items=dict(zip(fids, d.item_ids)),
+                ids=dict(zip(d.item_ids, fids, strict=True)),
+                items=dict(zip(fids, d.item_ids, strict=True)),
                 next_id=d.next_id,
                 dead=set(d.dead_ids.tolist()),
             )
             if st.dead and st.removable:
                 try:
-                    st.index.remove_ids(d.dead_ids)
+                    st.index.remove_ids(d.dead_ids)  # type: ignore[arg-type]  # faiss wraps id arrays
                     st.dead = set()
                 except RuntimeError:
                     st.removable = False
@@ -460,13 +467,13 @@ class LiveIndex:
         else:
             st = self._build_state(d.item_ids, d.vectors)
         vectors = {}
-        for item_id, row in zip(d.item_ids, d.vectors):
+        for item_id, row in zip(d.item_ids, d.vectors, strict=True):
             row = np.array(row, dtype=np.float32)
             row.flags.writeable = False
             vectors[item_id] = row
         with self._lock.write():
             self._state = st
             self._vectors = vectors
-            self._metas = dict(zip(d.item_ids, d.metas))
+            self._metas = dict(zip(d.item_ids, d.metas, strict=True))
             self.version = d.version
         REPLICA_SIZE.set(len(self))

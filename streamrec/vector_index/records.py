@@ -77,6 +77,10 @@ def to_batch(records: Iterable[VectorRecord]) -> tuple[list[tuple[str, np.ndarra
     for r in records:
         last.pop(r.item_id, None)
         last[r.item_id] = r
-    upserts = [(r.item_id, r.vector, r.meta) for r in last.values() if not r.deleted]
+    upserts: list[tuple[str, np.ndarray, ItemMeta]] = []
+    for r in last.values():
+        if not r.deleted:
+            assert r.vector is not None and r.meta is not None  # decode_record: a live item has both
+            upserts.append((r.item_id, r.vector, r.meta))
     deletes = [r.item_id for r in last.values() if r.deleted]
     return upserts, deletes

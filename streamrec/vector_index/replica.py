@@ -172,8 +172,10 @@ class IndexReplica:
                 last_offsets[tp.partition] = m.offset + 1
                 try:
                     r = decode_record(m.value, m.key)
-                    if not r.deleted and (r.vector.shape[0] != self.index.dim or not np.all(np.isfinite(r.vector))):
-                        raise ValueError(f"vector dim {r.vector.shape[0]} (index dim {self.index.dim}) or non-finite")
+                    v = r.vector
+                    if not r.deleted and (v is None or v.shape[0] != self.index.dim or not np.all(np.isfinite(v))):
+                        dim = None if v is None else v.shape[0]
+                        raise ValueError(f"vector dim {dim} (index dim {self.index.dim}) or non-finite")
                 except ValueError as e:
                     REPLICA_BAD.inc()
                     log.error("skipping vector record %s[%d]@%d: %s", tp.topic, tp.partition, m.offset, e)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 
 class RWLock:
@@ -47,11 +48,11 @@ class RWLock:
 
 
 class _Held:
-    def __init__(self, enter, leave):
+    def __init__(self, enter: Callable[[], None], leave: Callable[[], None]):
         self._enter, self._leave = enter, leave
 
-    def __enter__(self):
+    def __enter__(self) -> None:
         self._enter()
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self._leave()

@@ -75,7 +75,7 @@ def write_snapshot(
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=directory))
     try:
         with open(tmp / "items.jsonl", "w", encoding="utf-8") as f:
-            for item_id, fid, meta in zip(dump.item_ids, dump.faiss_ids.tolist(), dump.metas):
+            for item_id, fid, meta in zip(dump.item_ids, dump.faiss_ids.tolist(), dump.metas, strict=True):
                 f.write(
                     json.dumps(
                         {
