@@ -27,12 +27,18 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
-import numpy as np
+# run as `python bench/quality.py`: the repo root, not bench/, on sys.path (bench/learner.py would
+# shadow the learner package)
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
 
-from launcher.embedded import free_port
-from launcher.stack import LocalStack
-from streamrec.settings import Settings
+import httpx  # noqa: E402
+import numpy as np  # noqa: E402
+
+from launcher.embedded import free_port  # noqa: E402
+from launcher.stack import LocalStack  # noqa: E402
+from streamrec.settings import Settings  # noqa: E402
 
 SEARCH_VARIANTS = ("bm25", "dense", "rrf", "fused", "full")
 
