@@ -49,9 +49,10 @@ _UNITS: list[tuple[str, str]] = [
     (r"(?:yds?\.?|yards?)", "yd"),
 ]
 _NUMBER = r"(\d+(?:\.\d+)?(?:/\d+)?)"
-_UNIT_AFTER_NUMBER = [
-    (re.compile(_NUMBER + r"\s*-?\s*" + unit + r"(?![a-z0-9])"), rf" \1 {name} ") for unit, name in _UNITS
-]
+# One alternation (first listed unit wins), so a text is scanned once, not once per unit.
+_UNIT_AFTER_NUMBER = re.compile(
+    _NUMBER + r"\s*-?\s*(?:" + "|".join(f"(?P<u{i}>{unit})" for i, (unit, _) in enumerate(_UNITS)) + r")(?![a-z0-9])"
+)
 _THOUSANDS = re.compile(r"(\d),(\d{3})(?!\d)")
 _MIXED_FRACTION = re.compile(r"(\d)\s*-\s*(\d+/\d+)")
 _SPACED_FRACTION = re.compile(r"(\d+)\s*/\s*(\d+)")
@@ -60,18 +61,22 @@ _TOKEN = re.compile(r"\d+(?:\.\d+)?/\d+|\d+\.\d+|[a-z0-9]+")
 _SIBILANT_ES = re.compile(r"(?:ch|sh|x|ss|z)es$")
 
 
+def _canonical_unit(m: re.Match[str]) -> str:
+    return f" {m.group(1)} {_UNITS[int(m.lastgroup[1:])][1]} "  # type: ignore[index]
+
+
 def normalise(text: str) -> str:
     """Lower-cased text with numbers, fractions, units and dimensions in canonical form."""
     s = html.unescape(text).lower().replace("&", " and ")
+    if not any(c.isdigit() for c in s):
+        return s
     s = _THOUSANDS.sub(r"\1\2", s)  # 1,000 → 1000
     s = _MIXED_FRACTION.sub(r"\1 \2", s)  # 1-1/2 → 1 1/2
     s = _SPACED_FRACTION.sub(r"\1/\2", s)  # 1 / 2 → 1/2
-    for pattern, canonical in _UNIT_AFTER_NUMBER:  # before 'x', so 2"x4" keeps its units
-        s = pattern.sub(canonical, s)
+    s = _UNIT_AFTER_NUMBER.sub(_canonical_unit, s)  # before 'x', so 2"x4" keeps its units
     for _ in range(2):  # overlapping matches: 2x4x8
         s = _DIMENSION.sub(" x ", s)
-    for pattern, canonical in _UNIT_AFTER_NUMBER:  # units freed by the dimension split
-        s = pattern.sub(canonical, s)
+    s = _UNIT_AFTER_NUMBER.sub(_canonical_unit, s)  # units freed by the dimension split
     return s
 
 

@@ -99,14 +99,11 @@ class Engine:
         for rank, (item_id, cos) in enumerate(self.index.search(qvec[None, :], n)[0]):
             fused[item_id] = fused.get(item_id, 0.0) + 1.0 / (RRF_K + rank)
             reasons.setdefault(item_id, []).append(f"semantic match to '{query}' (cosine {cos:.2f})")
-        for rank, (item_id, _bm25, terms) in enumerate(self.lexical.search(query, n)):
-            if item_id not in self.index:  # deleted since the last lexical rebuild
+        for rank, hit in enumerate(self.lexical.search(query, n)):
+            if hit.item_id not in self.index:  # deleted since the last lexical commit
                 continue
-            fused[item_id] = fused.get(item_id, 0.0) + 1.0 / (RRF_K + rank)
-            meta = self.index.meta(item_id)
-            text = f"{meta.title} {meta.category or ''}".lower() if meta else ""
-            hit = [t for t in terms if t in text] or terms
-            reasons.setdefault(item_id, []).append("title matches " + ", ".join(f"'{t}'" for t in hit[:4]))
+            fused[hit.item_id] = fused.get(hit.item_id, 0.0) + 1.0 / (RRF_K + rank)
+            reasons.setdefault(hit.item_id, []).append("title matches " + ", ".join(f"'{t}'" for t in hit.matched[:4]))
         top = max(fused.values(), default=1.0)
         cands = [
             Candidate(item_id, score / top, self._cosine(qvec, item_id), reasons[item_id])
@@ -156,7 +153,7 @@ class Engine:
             Candidate(other, max(0.0, cos), cos, [f"similar to '{title}' (cosine {cos:.2f})"])
             for other, cos in self.index.search(seed[None, :], self.s.serving_candidates, exclude={item_id})[0]
         ]
-        for other, score in self.features.covisited(item_id, 20):
+        for other, _score in self.features.covisited(item_id, 20):
             match = next((c for c in cands if c.item_id == other), None)
             if match:
                 match.reasons.append("often viewed together")
