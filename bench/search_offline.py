@@ -48,11 +48,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--title-emb", type=Path, help=".npy of unit title vectors in products.csv row order")
     ap.add_argument("--query-emb", type=Path, help="cache of the query vectors (.npy): read if present, else written")
+    ap.add_argument("--embedded-only", action="store_true", help="keep only products with a vector in --title-emb")
     ap.add_argument("--queries", type=int, default=0, help="use only the first N queries (0 = all)")
     args = ap.parse_args()
     s = Settings()
     ops = list(homedepot.catalog(s.data_dir))
     labels = homedepot.relevance_labels(s.data_dir)
+    titles = np.load(args.title_emb) if args.title_emb else None
+    if titles is not None and args.embedded_only:  # a partial embedding run: the catalogue it covers
+        keep = np.flatnonzero(np.linalg.norm(titles, axis=1) > 0)
+        ops, titles = [ops[j] for j in keep], titles[keep]
+        kept = {op.item_id for op in ops}
+        labels = {q: {i: r for i, r in lab.items() if i in kept} for q, lab in labels.items()}
+        labels = {q: lab for q, lab in labels.items() if lab}
+        print(f"embedded-only: {len(ops)} products, {len(labels)} queries with a label among them")
     queries = sorted(labels)[: args.queries or None]
     ids = [op.item_id for op in ops]
 
@@ -63,14 +72,14 @@ def main() -> None:
     print(f"lexical index: {len(lexical)} items in {time.perf_counter() - t:.1f}s")
 
     encoder = Encoder.from_settings(s)
-    titles = np.load(args.title_emb) if args.title_emb else encoder.encode([op.title for op in ops])
+    if titles is None:
+        titles = encoder.encode([op.title for op in ops])
     t = time.perf_counter()
-    if args.query_emb and args.query_emb.exists():
-        qvecs = np.load(args.query_emb)[: len(queries)]
+    if args.query_emb and args.query_emb.exists():  # rows = every labelled query, sorted
+        row_of = {q: j for j, q in enumerate(sorted(homedepot.relevance_labels(s.data_dir)))}
+        qvecs = np.load(args.query_emb)[[row_of[q] for q in queries]]
     else:
         qvecs = encoder.encode(queries)
-        if args.query_emb:
-            np.save(args.query_emb, qvecs)
     print(f"{len(queries)} query vectors in {time.perf_counter() - t:.1f}s")
 
     t = time.perf_counter()
