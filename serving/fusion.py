@@ -3,7 +3,9 @@
 Why a weighted sum: reciprocal-rank fusion throws the scores away, so a product matching every
 query term ranks like one matching a single frequent word. Normalising each list's score (BM25 by
 the list's best, cosine clipped at 0) and weighting them keeps that information; the weights are
-settings chosen on the feedback half of the Home Depot queries (bench/search_offline.py).
+settings chosen on the feedback half of the Home Depot queries (bench/search_offline.py; on the
+28,864 shortest-titled products, FB/EV nDCG@10: bm25 0.448/0.457, dense 0.342/0.330, rrf
+0.426/0.421, 1·bm25/max + 0.8·cos 0.458/0.465).
 """
 
 from __future__ import annotations

@@ -216,7 +216,10 @@ class Settings(BaseSettings):
         1.0, ge=0, description="/search fusion: weight of BM25 / the list's best BM25 (tuned on feedback queries)"
     )
     serving_dense_weight: float = Field(
-        0.5, ge=0, description="/search fusion: weight of max(0, query–item cosine) (tuned on feedback queries)"
+        0.8,
+        ge=0,
+        description="/search fusion: weight of max(0, query–item cosine); chosen on the Home Depot feedback "
+        "queries (bench/search_offline.py: flat optimum 0.6-1.5 over bm25 weight 1)",
     )
     serving_search_head_weight: float = Field(
         0.0,
