@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -35,6 +35,22 @@ MAX_BODY_BYTES = 8 * 1024 * 1024
 
 K = Annotated[int, Query(ge=1, le=100, description="number of results")]
 UserId = Annotated[str, Query(min_length=1, max_length=128)]
+Impression = Annotated[
+    bool,
+    Query(
+        description="false: the list is not logged as an impression (no impression event, no served "
+        "features), so it never trains the ranker — for offline evaluation and QA traffic"
+    ),
+]
+SearchVariant = Annotated[
+    Literal["full", "bm25", "dense", "rrf", "fused"],
+    Query(
+        description="full: fused retrieval + ranking head + diversity; fused: the weighted lexical+dense "
+        "fusion alone; rrf: reciprocal-rank fusion; bm25: lexical only; dense: vector only"
+    ),
+]
+# /recommend ablations are to be added here (and in serving.engine.RECOMMEND_VARIANTS).
+RecommendVariant = Annotated[Literal["full"], Query(description="full: the production ranking")]
 
 
 def create_app(s: Settings, engine: Engine, producer: KafkaProducer) -> FastAPI:
@@ -101,18 +117,24 @@ def query_routes(engine: Engine) -> APIRouter:
         q: Annotated[str, Query(min_length=1, max_length=512)],
         k: K = 10,
         user_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
+        variant: SearchVariant = "full",
+        impression: Impression = True,
     ) -> ResultList:
         if not q.strip():
             raise HTTPException(422, detail="q must contain a non-space character")
-        return engine.search(q.strip(), user_id, k)
+        return engine.search(q.strip(), user_id, k, variant=variant, impression=impression)
 
     @router.get("/recommend", response_model=ResultList)
-    def recommend(user_id: UserId, k: K = 10) -> ResultList:
-        return engine.recommend(user_id, k)
+    def recommend(
+        user_id: UserId, k: K = 10, variant: RecommendVariant = "full", impression: Impression = True
+    ) -> ResultList:
+        return engine.recommend(user_id, k, variant=variant, impression=impression)
 
     @router.get("/similar/{item_id}", response_model=ResultList)
-    def similar(item_id: Annotated[str, Path(min_length=1, max_length=128)], k: K = 10) -> ResultList:
-        result = engine.similar(item_id, k)
+    def similar(
+        item_id: Annotated[str, Path(min_length=1, max_length=128)], k: K = 10, impression: Impression = True
+    ) -> ResultList:
+        result = engine.similar(item_id, k, impression=impression)
         if result is None:
             raise HTTPException(404, detail=f"unknown item_id {item_id!r}")
         return result

@@ -15,13 +15,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from serving import fusion
 from serving.impressions import ImpressionLog
 from serving.lexical import LexicalIndex
 from serving.models import ModelWatcher
+from serving.query_features import query_features
 from serving.rerank import mmr
 from streamrec.encoder import Encoder
 from streamrec.features import INTERACTIONS, FeatureConfig, FeatureStore
-from streamrec.ranking import FeatureAssembler
+from streamrec.ranking import N_FEATURES, FeatureAssembler
 from streamrec.schemas import ResultItem, ResultList
 from streamrec.settings import Settings
 from streamrec.vector_index import IndexReplica, LiveIndex
@@ -31,7 +33,7 @@ log = logging.getLogger(__name__)
 # How much each interaction type says about a user's taste, for the profile vector.
 INTERACTION_WEIGHT = {t: FeatureConfig().weight(t) for t in INTERACTIONS}  # the feature config's weights
 RECENCY_DECAY = 0.85  # weight of the i-th most recent interaction is RECENCY_DECAY ** i
-RRF_K = 60  # reciprocal-rank fusion constant (Cormack et al.)
+RECOMMEND_VARIANTS = ("full",)  # /recommend ablations go here (and in serving/app.py's Literal)
 
 
 @dataclass
@@ -91,30 +93,65 @@ class Engine:
         return self.models.current is not None and len(self.index) > 0
 
     # --- endpoints ------------------------------------------------------------------------
-    def search(self, query: str, user_id: str | None, k: int) -> ResultList:
-        qvec = self.encoder.encode_query(query)
+    def search(
+        self, query: str, user_id: str | None, k: int, variant: str = "full", impression: bool = True
+    ) -> ResultList:
+        """Lexical + dense candidates ordered by ``variant`` (see ``fusion.VARIANTS``): ``bm25``,
+        ``dense``, ``rrf`` and ``fused`` are first-stage orders only; ``full`` adds the ranking head
+        (weighted by ``serving_search_head_weight``) and diversity (``serving_search_diversity_lambda``)."""
+        if variant not in fusion.VARIANTS:
+            raise ValueError(f"unknown search variant {variant!r}; one of {fusion.VARIANTS}")
         n = self.s.serving_candidates
-        fused: dict[str, float] = {}
-        reasons: dict[str, list[str]] = {}
-        for rank, (item_id, cos) in enumerate(self.index.search(qvec[None, :], n)[0]):
-            fused[item_id] = fused.get(item_id, 0.0) + 1.0 / (RRF_K + rank)
-            reasons.setdefault(item_id, []).append(f"semantic match to '{query}' (cosine {cos:.2f})")
-        for rank, (item_id, _bm25, terms) in enumerate(self.lexical.search(query, n)):
-            if item_id not in self.index:  # deleted since the last lexical rebuild
-                continue
-            fused[item_id] = fused.get(item_id, 0.0) + 1.0 / (RRF_K + rank)
-            meta = self.index.meta(item_id)
-            text = f"{meta.title} {meta.category or ''}".lower() if meta else ""
-            hit = [t for t in terms if t in text] or terms
-            reasons.setdefault(item_id, []).append("title matches " + ", ".join(f"'{t}'" for t in hit[:4]))
-        top = max(fused.values(), default=1.0)
-        cands = [
-            Candidate(item_id, score / top, self._cosine(qvec, item_id), reasons[item_id])
-            for item_id, score in fused.items()
-        ]
-        return self._finish(Context(user_id, query, qvec), cands, k)
+        terms = self.lexical.query_terms(query)
+        lexical = [] if variant == "dense" else self.lexical.search(query, n, terms)
+        lexical = [h for h in lexical if h.item_id in self.index]  # deleted since the last lexical commit
+        qvec = None if variant == "bm25" else self.encoder.encode_query(query)
+        dense = self.index.search(qvec[None, :], n)[0] if qvec is not None else []
+        cands = fusion.gather(lexical, dense, lambda item_id: self._cosine(qvec, item_id))
+        ctx = Context(user_id, query, qvec)
+        if not cands.ids:
+            return self._empty(variant)
+        weights = (self.s.serving_lexical_weight, self.s.serving_dense_weight)
+        fused = fusion.weighted(cands, *weights).astype(np.float32)
+        first = (
+            fused
+            if variant in ("full", "fused")
+            else fusion.order_scores(variant, cands, len(lexical), len(dense), weights)
+        )
+        X = self.assembler.assemble(
+            user_id=user_id,
+            query_vec=qvec,
+            item_ids=cands.ids,
+            retrieval_scores=cands.cosine,
+            query_features=query_features(terms, cands, fused, self.lexical.title_tokens),
+        )
+        reasons = [self._search_reasons(query, cands, j, len(dense)) for j in range(len(cands.ids))]
+        final, order = first, _top(first, k)
+        if variant == "full":
+            final, head_reasons = self._with_head(first, X, self.s.serving_search_head_weight)
+            reasons = [r + h for r, h in zip(reasons, head_reasons, strict=True)]
+            order = self._diverse(cands.ids, final, k, self.s.serving_search_diversity_lambda)
+        return self._respond(ctx, cands.ids, final, order, reasons, X, variant, impression)
 
-    def recommend(self, user_id: str, k: int) -> ResultList:
+    def _search_reasons(self, query: str, cands: fusion.SearchCandidates, j: int, n_dense: int) -> list[str]:
+        """Why candidate ``j`` was found: the query terms it matches (title first) and/or its cosine."""
+        out = []
+        matched = cands.matched[j]
+        if matched:
+            title = set(self.lexical.title_tokens(cands.ids[j]) or ())
+            in_title = [t for t in matched if t in title]
+            elsewhere = [t for t in matched if t not in title]
+            if in_title:
+                out.append("title matches " + ", ".join(f"'{t}'" for t in in_title[:4]))
+            if elsewhere:
+                out.append("category/description matches " + ", ".join(f"'{t}'" for t in elsewhere[:4]))
+        if cands.dense_rank[j] < n_dense:
+            out.append(f"semantic match to '{query}' (cosine {cands.cosine[j]:.2f})")
+        return out
+
+    def recommend(self, user_id: str, k: int, variant: str = "full", impression: bool = True) -> ResultList:
+        if variant not in RECOMMEND_VARIANTS:
+            raise ValueError(f"unknown recommend variant {variant!r}; one of {RECOMMEND_VARIANTS}")
         recent = self.features.recent_items(user_id, 20)
         seen = {r.item_id for r in recent}
         exclude = seen if self.s.serving_exclude_seen else set()
@@ -145,9 +182,9 @@ class Engine:
             top = max((score for _, score in trending), default=1.0) or 1.0
             for item_id, score in trending:
                 cands[item_id] = Candidate(item_id, score / top, 0.0, ["trending now"])
-        return self._finish(Context(user_id, None, profile), list(cands.values()), k)
+        return self._finish(Context(user_id, None, profile), list(cands.values()), k, impression)
 
-    def similar(self, item_id: str, k: int) -> ResultList | None:
+    def similar(self, item_id: str, k: int, impression: bool = True) -> ResultList | None:
         seed = self.index.vector(item_id)
         if seed is None:
             return None
@@ -160,20 +197,13 @@ class Engine:
             match = next((c for c in cands if c.item_id == other), None)
             if match:
                 match.reasons.append("often viewed together")
-        return self._finish(Context(None, None, seed), cands, k)
+        return self._finish(Context(None, None, seed), cands, k, impression)
 
     # --- shared tail ----------------------------------------------------------------------
-    def _finish(self, ctx: Context, cands: list[Candidate], k: int) -> ResultList:
-        request_id = uuid.uuid4().hex
-        model = self.models.current
-        index_version = self.index.version
+    def _finish(self, ctx: Context, cands: list[Candidate], k: int, impression: bool = True) -> ResultList:
+        """Recommendations and similar items: relevance blended with the head, then MMR."""
         if not cands:
-            return ResultList(
-                request_id=request_id,
-                items=[],
-                model_version=model.version if model else 0,
-                index_version=index_version,
-            )
+            return self._empty("full")
         ids = [c.item_id for c in cands]
         relevance = np.array([c.relevance for c in cands], dtype=np.float32)
         X = self.assembler.assemble(
@@ -184,42 +214,94 @@ class Engine:
         )
         final: np.ndarray = relevance
         explanations: list[list[str]] = [[] for _ in cands]
-        if model is not None:
-            p_click, p_buy = model.head.predict(X)
+        head = self._head(X)
+        if head is not None:
+            p_click, p_buy, explanations = head
             value = p_click * (1.0 + p_buy)
             peak = float(value.max())
             if peak > 0:
                 w = self.s.serving_model_weight
                 final = (1 - w) * relevance + w * (value / peak)
-            explained = model.head.explain(X)
-            for i in range(len(cands)):
-                why = f"ranker v{model.version}: p(click) {p_click[i]:.3f}, p(purchase) {p_buy[i]:.3f}"
-                if explained[i]:
-                    why += " — driven by " + ", ".join(explained[i][:3])
-                explanations[i].append(why)
-        vectors = np.stack([self._vector_or_zero(i) for i in ids])
-        order = mmr(final, vectors, k, self.s.serving_diversity_lambda)
+        order = self._diverse(ids, final, k, self.s.serving_diversity_lambda)
+        reasons = [c.reasons + e for c, e in zip(cands, explanations, strict=True)]
+        return self._respond(ctx, ids, final, order, reasons, X, "full", impression)
+
+    def _head(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[list[str]]] | None:
+        """(p_click, p_purchase, per-row explanation) from the current model, if it reads these rows."""
+        model = self.models.current
+        if model is None or model.head.n_features != N_FEATURES:  # none yet, or another feature schema
+            return None
+        p_click, p_buy = model.head.predict(X)
+        explained = model.head.explain(X)
+        why = []
+        for i in range(X.shape[0]):
+            text = f"ranker v{model.version}: p(click) {p_click[i]:.3f}, p(purchase) {p_buy[i]:.3f}"
+            if explained[i]:
+                text += " — driven by " + ", ".join(explained[i][:3])
+            why.append([text])
+        return p_click, p_buy, why
+
+    def _with_head(self, first: np.ndarray, X: np.ndarray, weight: float) -> tuple[np.ndarray, list[list[str]]]:
+        """first + weight × (click logit − its mean over the list): the head only reorders what it
+        is sure about, and with weight 0 (until measured on search) it only explains."""
+        head = self._head(X)
+        if head is None:
+            return first, [[] for _ in range(len(first))]
+        p_click, _, why = head
+        p = np.clip(p_click.astype(np.float64), 1e-6, 1 - 1e-6)
+        logit = np.log(p / (1 - p))
+        return (first + weight * (logit - logit.mean())).astype(np.float32), why
+
+    def _diverse(self, ids: list[str], final: np.ndarray, k: int, lambda_: float) -> list[int]:
+        if lambda_ >= 1.0:
+            return _top(final, k)
+        return mmr(final, np.stack([self._vector_or_zero(i) for i in ids]), k, lambda_)
+
+    def _respond(
+        self,
+        ctx: Context,
+        ids: list[str],
+        final: np.ndarray,
+        order: list[int],
+        reasons: list[list[str]],
+        X: np.ndarray,
+        variant: str,
+        impression: bool,
+    ) -> ResultList:
+        """The explained result list; logged as an impression (with its feature rows) unless not asked."""
+        request_id = uuid.uuid4().hex
+        model = self.models.current
         items = [
-            ResultItem(
-                item_id=ids[i],
-                score=round(float(final[i]), 6),
-                title=self._title(ids[i]),
-                reasons=cands[i].reasons + explanations[i],
-            )
+            ResultItem(item_id=ids[i], score=round(float(final[i]), 6), title=self._title(ids[i]), reasons=reasons[i])
             for i in order
         ]
         result = ResultList(
-            request_id=request_id, items=items, model_version=model.version if model else 0, index_version=index_version
-        )
-        self.impressions.record(
             request_id=request_id,
-            user_id=ctx.user_id,
-            query=ctx.query,
-            item_ids=[ids[i] for i in order],
-            rows=X[order],
-            ts_ms=int(time.time() * 1000),
+            items=items,
+            model_version=model.version if model else 0,
+            index_version=self.index.version,
+            variant=variant,
         )
+        if impression:
+            self.impressions.record(
+                request_id=request_id,
+                user_id=ctx.user_id,
+                query=ctx.query,
+                item_ids=[ids[i] for i in order],
+                rows=X[order],
+                ts_ms=int(time.time() * 1000),
+            )
         return result
+
+    def _empty(self, variant: str) -> ResultList:
+        model = self.models.current
+        return ResultList(
+            request_id=uuid.uuid4().hex,
+            items=[],
+            model_version=model.version if model else 0,
+            index_version=self.index.version,
+            variant=variant,
+        )
 
     # --- helpers --------------------------------------------------------------------------
     def _profile(self, recent) -> tuple[np.ndarray | None, list[tuple[str, np.ndarray]]]:
@@ -252,3 +334,8 @@ class Engine:
     def _title(self, item_id: str) -> str:
         meta = self.index.meta(item_id)
         return meta.title if meta else item_id
+
+
+def _top(scores: np.ndarray, k: int) -> list[int]:
+    """Indices of the ``k`` best scores, best first; ties keep candidate order."""
+    return np.argsort(-scores, kind="stable")[:k].tolist()

@@ -1,8 +1,14 @@
-"""Lexical retrieval (BM25 via bm25s) over the titles and categories of the live catalog.
+"""Incremental lexical retrieval: BM25 over analysed title + category (+ description) in tantivy.
 
-bm25s indexes are immutable, so the index is rebuilt in the background whenever the vector index
-version moved, at most once per ``min_interval_s``; queries use the last complete build. New items
-are findable by vector search immediately and lexically after the next rebuild.
+Why tantivy: the catalogue changes all the time, and an immutable BM25 index had to be rebuilt from
+the whole catalogue on every change. Here a change costs O(change): ``apply`` only queues it; a
+background thread analyses the queued documents, adds/deletes them in the tantivy writer and
+commits + reloads the searcher at most every ``commit_interval_s``. Searches use the last reloaded
+searcher and never wait for a commit.
+
+Documents and queries go through the same :func:`serving.analysis.analyze`; the index stores the
+analysed tokens joined by spaces under tantivy's whitespace tokenizer, and queries are OR-ed term
+queries (no query parser), after spelling correction from the catalogue's own vocabulary.
 """
 
 from __future__ import annotations
@@ -10,84 +16,184 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
-import bm25s
+import tantivy
+
+from serving.analysis import analyze
+from serving.spelling import SpellCorrector
 
 log = logging.getLogger(__name__)
 
+DESCRIPTION_CHARS = 300  # the head of a description: enough to add terms, not enough to drown the title
+
+
+class ItemText(Protocol):
+    """What the lexical index reads of an item (``ItemMeta`` has it)."""
+
+    @property
+    def title(self) -> str: ...
+    @property
+    def category(self) -> str | None: ...
+    @property
+    def description(self) -> str | None: ...
+
 
 @dataclass(frozen=True)
-class _Build:
-    version: int
-    item_ids: list[str]
-    retriever: bm25s.BM25 | None
+class LexicalHit:
+    item_id: str
+    score: float  # tantivy BM25
+    matched: list[str]  # analysed query terms found in the item's document
 
 
-def _tokens(texts: list[str]) -> list[list[str]]:
-    return bm25s.tokenize(texts, stopwords="en", return_ids=False, show_progress=False)
+@dataclass(frozen=True)
+class _Doc:
+    tokens: frozenset[str]  # the whole document: what a query term can match
+    title: tuple[str, ...]  # the title alone, in order: for query–product features
+
+
+def document_tokens(item: ItemText) -> tuple[list[str], list[str]]:
+    """(all tokens of the item's lexical document, tokens of its title)."""
+    title = analyze(item.title or "")
+    tokens = title + analyze(item.category or "")
+    if item.description:
+        tokens += analyze(item.description[:DESCRIPTION_CHARS])
+    return tokens, title
+
+
+def _schema() -> tantivy.Schema:
+    sb = tantivy.SchemaBuilder()
+    sb.add_text_field("item_id", stored=True, tokenizer_name="raw")
+    sb.add_text_field("text", stored=False, tokenizer_name="whitespace")
+    return sb.build()
 
 
 class LexicalIndex:
-    """BM25 over ``docs()`` → {item_id: text}; ``search`` never blocks on a rebuild.
+    """BM25 over the live catalogue, updated incrementally from index change notifications."""
 
-    ``version()`` is cheap and checked every ``min_interval_s``; ``docs()`` copies the catalog and
-    is called only when the version moved.
-    """
-
-    def __init__(self, version: Callable[[], int], docs: Callable[[], dict[str, str]], min_interval_s: float = 1.0):
-        self._version = version
-        self._docs = docs
-        self._min_interval_s = min_interval_s
-        self._build = _Build(version=-1, item_ids=[], retriever=None)
+    def __init__(self, commit_interval_s: float = 0.5, heap_bytes: int = 50_000_000):
+        self.commit_interval_s = commit_interval_s
+        self._schema = _schema()
+        self._index = tantivy.Index(self._schema)  # in RAM: rebuilt from the vector replica at start
+        self._writer = self._index.writer(heap_size=heap_bytes, num_threads=1)
+        self._searcher = self._index.searcher()
+        self.speller = SpellCorrector()
+        self._docs: dict[str, _Doc] = {}
+        self._pending: list[tuple[dict[str, ItemText | None], bool]] = []
+        self._pending_lock = threading.Lock()
+        self._write_lock = threading.Lock()  # the writer, _docs and the speller change together
+        self._dirty = False
+        self._last_commit = 0.0
+        self.version = 0  # commits made visible
+        self._wake = threading.Event()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="lexical-rebuild", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name="lexical-writer", daemon=True)
+
+    # --- changes ---------------------------------------------------------------------------
+    def apply(self, changes: Mapping[str, ItemText | None], reset: bool = False) -> None:
+        """Queue item upserts (new text) and deletes (None); ``reset`` replaces everything.
+
+        Cheap, so it can be an index change listener called under the index's write lock."""
+        with self._pending_lock:
+            self._pending.append((dict(changes), reset))
+        self._wake.set()
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
 
-    @property
-    def version(self) -> int:
-        return self._build.version
-
-    def rebuild(self) -> None:
-        version = self._version()
-        if version == self._build.version:
-            return
-        docs = self._docs()
-        item_ids = list(docs)
-        retriever = None
-        if item_ids:
-            retriever = bm25s.BM25()
-            retriever.index(_tokens([docs[i] for i in item_ids]), show_progress=False)
-        self._build = _Build(version=version, item_ids=item_ids, retriever=retriever)
+    def refresh(self) -> None:
+        """Apply everything queued and make it searchable now (tests, and the writer thread)."""
+        self._drain()
+        self._commit()
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            started = time.monotonic()
+            self._wake.wait(self.commit_interval_s)
+            self._wake.clear()
             try:
-                self.rebuild()
-            except Exception:  # a failed build keeps serving the previous one
-                log.exception("lexical index rebuild failed")
-            self._stop.wait(max(0.05, self._min_interval_s - (time.monotonic() - started)))
+                self._drain()
+                wait = self.commit_interval_s - (time.monotonic() - self._last_commit)
+                if wait > 0 and self._stop.wait(wait):  # gather changes: one commit per interval
+                    return
+                self.refresh()
+            except Exception:  # keep serving the last committed state
+                log.exception("lexical index update failed")
+                self._stop.wait(1.0)
 
-    def search(self, query: str, k: int) -> list[tuple[str, float, list[str]]]:
-        """(item_id, bm25 score, matched query terms), best first; items with score 0 are dropped."""
-        build = self._build
-        if build.retriever is None or not query.strip():
+    def _drain(self) -> None:
+        with self._pending_lock:
+            batches, self._pending = self._pending, []
+        if not batches:
+            return
+        with self._write_lock:
+            for changes, reset in batches:
+                if reset:
+                    self._clear()
+                for item_id, item in changes.items():
+                    self._upsert(item_id, item)
+            self._dirty = True
+
+    def _clear(self) -> None:
+        for item_id, doc in self._docs.items():  # by id: delete_all_documents misses uncommitted adds
+            self._writer.delete_documents_by_term("item_id", item_id)
+            self.speller.remove_document(doc.tokens)
+        self._docs.clear()
+
+    def _upsert(self, item_id: str, item: ItemText | None) -> None:
+        old = self._docs.pop(item_id, None)
+        if old is not None:
+            self._writer.delete_documents_by_term("item_id", item_id)
+            self.speller.remove_document(old.tokens)
+        if item is None:
+            return
+        tokens, title = document_tokens(item)
+        self._writer.add_document(tantivy.Document(item_id=item_id, text=" ".join(tokens)))
+        doc = _Doc(frozenset(tokens), tuple(title))
+        self._docs[item_id] = doc
+        self.speller.add_document(doc.tokens)
+
+    def _commit(self) -> None:
+        with self._write_lock:
+            if not self._dirty:
+                return
+            self._writer.commit()
+            self._dirty = False
+        self._index.reload()
+        self._searcher = self._index.searcher()
+        self._last_commit = time.monotonic()
+        self.version += 1
+
+    # --- reads -----------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self._searcher.num_docs
+
+    def query_terms(self, query: str) -> list[str]:
+        """The query's analysed, spelling-corrected terms, each once."""
+        return list(dict.fromkeys(self.speller.correct(analyze(query))))
+
+    def title_tokens(self, item_id: str) -> tuple[str, ...] | None:
+        doc = self._docs.get(item_id)
+        return doc.title if doc else None
+
+    def search(self, query: str, k: int, terms: list[str] | None = None) -> list[LexicalHit]:
+        """Best first; ``terms`` (from :meth:`query_terms`) skips analysing the query again."""
+        terms = self.query_terms(query) if terms is None else terms
+        if not terms or k <= 0:
             return []
-        terms = _tokens([query])[0]
-        if not terms:
-            return []
-        k = min(k, len(build.item_ids))
-        docs, scores = build.retriever.retrieve([terms], k=k, show_progress=False, n_threads=1)
+        searcher = self._searcher
+        q = tantivy.Query.boolean_query(
+            [(tantivy.Occur.Should, tantivy.Query.term_query(self._schema, "text", t)) for t in terms]
+        )
         out = []
-        for doc, score in zip(docs[0], scores[0], strict=True):
-            if score <= 0:
-                continue
-            out.append((build.item_ids[int(doc)], float(score), terms))
+        for score, address in searcher.search(q, k).hits:
+            item_id = searcher.doc(address)["item_id"][0]
+            doc = self._docs.get(item_id)
+            matched = [t for t in terms if doc is not None and t in doc.tokens]
+            out.append(LexicalHit(item_id, float(score), matched))
         return out

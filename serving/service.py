@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 
 def build_engine(s: Settings) -> tuple[Engine, KafkaProducer]:
-    """The engine plus its producer; starts the replica, model watcher and lexical rebuilder."""
+    """The engine plus its producer; starts the replica, model watcher and lexical index writer."""
     encoder = Encoder.from_settings(s)
     replica = IndexReplica(s, encoder.dim)
     replica.start()
@@ -37,16 +37,8 @@ def build_engine(s: Settings) -> tuple[Engine, KafkaProducer]:
     models = ModelWatcher(ModelStore.from_settings(s), s.model_poll_s)
     models.start()
 
-    def lexical_docs() -> dict[str, str]:
-        index = replica.index
-        docs = {}
-        for item_id in index.item_ids():
-            meta = index.meta(item_id)
-            if meta:
-                docs[item_id] = f"{meta.title} {meta.category or ''}"
-        return docs
-
-    lexical = LexicalIndex(lambda: replica.index.version, lexical_docs)
+    lexical = LexicalIndex()
+    replica.index.subscribe(lexical.apply)  # every vector-topic change, O(change); seeded with the snapshot
     lexical.start()
     producer = bus.make_producer(s)
     engine = Engine(

@@ -52,6 +52,22 @@ FEATURE_NAMES: list[str] = [
     "price_match",  # exp(-|log price - mean log price of the user's recent items|)
     "has_price",
 ] + [f"item_vec_{k}" for k in range(8)]  # a fixed random projection of the item vector (content → CTR)
+# Query–product match, computed by serving's search from its analyzer (serving/query_features.py);
+# 0 with has_query_features 0 for recommendations, similar items and replayed logs.
+QUERY_FEATURE_NAMES: list[str] = [
+    "qp_lexical_norm",  # BM25 / the best BM25 of the list
+    "qp_lexical_rank_log",  # log1p(rank in the lexical list)
+    "qp_title_coverage",  # share of the query's terms found in the title
+    "qp_all_matched",  # every query term is in the item's document
+    "qp_numbers_matched",  # numeric query terms (sizes, fractions) found in the title
+    "qp_numbers_missing",  # numeric query terms not in the title: "1/2" asked, "1-1/2" shown
+    "qp_last_in_title",  # the query's last term (usually the product type) is in the title
+    "qp_first_title_in_query",  # the title's first term (often the brand) was asked for
+    "qp_title_len_log",
+    "qp_fused_score",  # the first-stage fused score
+    "qp_fused_rank_log",
+]
+FEATURE_NAMES += QUERY_FEATURE_NAMES + ["has_query_features"]
 N_ITEM_PROJ = 8
 N_FEATURES = len(FEATURE_NAMES)
 _COL = {name: i for i, name in enumerate(FEATURE_NAMES)}
@@ -143,14 +159,19 @@ class FeatureAssembler:
         item_ids: list[str],
         retrieval_scores: np.ndarray | Sequence[float] | None,
         now_ms: int | None = None,
+        query_features: np.ndarray | None = None,
     ) -> np.ndarray:
-        """The ``(len(item_ids), N_FEATURES)`` float32 matrix, rows in ``item_ids`` order."""
+        """The ``(len(item_ids), N_FEATURES)`` float32 matrix, rows in ``item_ids`` order.
+
+        ``query_features``: the search's ``(n, len(QUERY_FEATURE_NAMES))`` query–product match
+        columns, or None (then 0 and ``has_query_features`` 0)."""
         item_ids = [str(i) for i in item_ids]
         n = len(item_ids)
         X = np.zeros((n, N_FEATURES), dtype=np.float32)
         if n == 0:
             return X
         self._retrieval(X, retrieval_scores)
+        self._query_match(X, query_features)
         recent_ids = self._user_history(X, user_id, item_ids)
         self._vectors(X, query_vec, item_ids, recent_ids)
         self._counters(X, item_ids, now_ms)
@@ -169,6 +190,17 @@ class FeatureAssembler:
             if scores.shape[0] != n:
                 raise ValueError(f"retrieval_scores has {scores.shape[0]} values for {n} items")
         X[:, _COL["retrieval_score"]] = np.nan_to_num(scores, nan=0.0, posinf=0.0, neginf=0.0)
+
+    @staticmethod
+    def _query_match(X: np.ndarray, query_features: np.ndarray | None) -> None:
+        if query_features is None:
+            return
+        F = np.asarray(query_features, dtype=np.float32)
+        if F.shape != (X.shape[0], len(QUERY_FEATURE_NAMES)):
+            raise ValueError(f"query_features has shape {F.shape}, expected ({X.shape[0]}, {len(QUERY_FEATURE_NAMES)})")
+        first = _COL[QUERY_FEATURE_NAMES[0]]
+        X[:, first : first + len(QUERY_FEATURE_NAMES)] = np.nan_to_num(F, nan=0.0, posinf=0.0, neginf=0.0)
+        X[:, _COL["has_query_features"]] = 1.0
 
     def _user_history(self, X: np.ndarray, user_id: str | None, item_ids: list[str]) -> list[str]:
         """History length and seen-item flags; returns the user's recent item ids (newest first)."""

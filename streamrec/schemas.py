@@ -270,6 +270,7 @@ class ResultList(BaseModel):
     items: list[ResultItem]
     model_version: int
     index_version: int
+    variant: str = Field("full", description="which ranking produced the list (GET /search?variant=)")
 
 
 class PublishRejection(BaseModel):

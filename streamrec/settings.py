@@ -212,6 +212,24 @@ class Settings(BaseSettings):
     serving_candidates: int = Field(100, ge=10, le=2000, description="candidates per retriever before ranking")
     serving_model_weight: float = Field(0.5, ge=0, le=1, description="share of the ranking head in the final score")
     serving_diversity_lambda: float = Field(0.8, ge=0, le=1, description="MMR: 1 = pure relevance")
+    serving_lexical_weight: float = Field(
+        1.0, ge=0, description="/search fusion: weight of BM25 / the list's best BM25 (tuned on feedback queries)"
+    )
+    serving_dense_weight: float = Field(
+        0.8,
+        ge=0,
+        description="/search fusion: weight of max(0, query–item cosine); chosen on the Home Depot feedback "
+        "queries (bench/search_offline.py: flat optimum 0.6-1.5 over bm25 weight 1)",
+    )
+    serving_search_head_weight: float = Field(
+        0.0,
+        ge=0,
+        description="/search: final = fused + this × (head click logit − its mean over the list); "
+        "0 keeps the fused order until the head is measured to help on search",
+    )
+    serving_search_diversity_lambda: float = Field(
+        1.0, ge=0, le=1, description="MMR for /search: 1 = the fused order (diversity did not help search offline)"
+    )
     serving_exclude_seen: bool = Field(True, description="/recommend skips items the user recently interacted with")
     model_poll_s: float = Field(0.2, gt=0, description="how often serving checks for a new model version")
 

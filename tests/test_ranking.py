@@ -10,6 +10,7 @@ from learner.replay import ReplayFeatures
 from streamrec.ranking import (
     FEATURE_NAMES,
     N_FEATURES,
+    QUERY_FEATURE_NAMES,
     FeatureAssembler,
     RankingHead,
     head_from_state,
@@ -82,6 +83,17 @@ def test_assemble_degrades_without_user_query_or_vectors():
     assert FeatureAssembler(_features(), lambda _i: None).assemble(
         user_id="u", query_vec=None, item_ids=[], retrieval_scores=np.zeros(0)
     ).shape == (0, N_FEATURES)
+
+
+def test_query_features_fill_their_columns_and_flag_else_zero():
+    fa = FeatureAssembler(_features(), lambda _i: None)
+    F = np.arange(2 * len(QUERY_FEATURE_NAMES), dtype=np.float32).reshape(2, -1)
+    X = fa.assemble(user_id=None, query_vec=None, item_ids=["a", "b"], retrieval_scores=None, query_features=F)
+    assert (X[:, [COL[n] for n in QUERY_FEATURE_NAMES]] == F).all() and (X[:, COL["has_query_features"]] == 1).all()
+    X = fa.assemble(user_id=None, query_vec=None, item_ids=["a", "b"], retrieval_scores=None)
+    assert (X[:, [COL[n] for n in QUERY_FEATURE_NAMES + ["has_query_features"]]] == 0).all()
+    with pytest.raises(ValueError, match="query_features"):
+        fa.assemble(user_id=None, query_vec=None, item_ids=["a"], retrieval_scores=None, query_features=F)
 
 
 def test_assemble_rejects_mismatched_scores():

@@ -19,6 +19,7 @@ from streamrec.settings import Settings
 class FakeEngine:
     def __init__(self, ready: bool = True):
         self.is_ready = ready
+        self.calls: list[tuple] = []
 
     def ready(self) -> bool:
         return self.is_ready
@@ -26,16 +27,19 @@ class FakeEngine:
     def status(self) -> dict:
         return {"index_items": 3 if self.is_ready else 0, "index_version": 1}
 
-    def _result(self) -> ResultList:
-        return ResultList(request_id="r", items=[], model_version=1, index_version=1)
+    def _result(self, variant: str = "full") -> ResultList:
+        return ResultList(request_id="r", items=[], model_version=1, index_version=1, variant=variant)
 
-    def search(self, q, user_id, k):
-        return self._result()
+    def search(self, q, user_id, k, variant="full", impression=True):
+        self.calls.append(("search", variant, impression))
+        return self._result(variant)
 
-    def recommend(self, user_id, k):
-        return self._result()
+    def recommend(self, user_id, k, variant="full", impression=True):
+        self.calls.append(("recommend", variant, impression))
+        return self._result(variant)
 
-    def similar(self, item_id, k):
+    def similar(self, item_id, k, impression=True):
+        self.calls.append(("similar", impression))
         return None if item_id == "missing" else self._result()
 
 
@@ -93,6 +97,29 @@ def test_query_routes_when_ready():
     assert client.get("/similar/a").status_code == 200
     assert client.get("/similar/missing").status_code == 404
     assert (_count("similar", "200"), _count("similar", "404")) == (ok + 1, missing + 1)
+
+
+def test_search_variants_and_impression_flag_reach_the_engine():
+    engine = FakeEngine()
+    client, _ = _client(engine)
+    r = client.get("/search", params={"q": "ink"})
+    assert r.json()["variant"] == "full" and engine.calls[-1] == ("search", "full", True)
+    for variant in ("bm25", "dense", "rrf", "fused", "full"):
+        r = client.get("/search", params={"q": "ink", "variant": variant, "impression": "false"})
+        assert r.status_code == 200 and r.json()["variant"] == variant
+        assert engine.calls[-1] == ("search", variant, False)
+    assert client.get("/search", params={"q": "ink", "variant": "bogus"}).status_code == 422
+
+
+def test_recommend_and_similar_take_the_impression_flag():
+    engine = FakeEngine()
+    client, _ = _client(engine)
+    assert client.get("/recommend", params={"user_id": "u", "impression": "false"}).status_code == 200
+    assert engine.calls[-1] == ("recommend", "full", False)
+    assert client.get("/recommend", params={"user_id": "u", "variant": "full"}).json()["variant"] == "full"
+    assert client.get("/recommend", params={"user_id": "u", "variant": "bm25"}).status_code == 422
+    assert client.get("/similar/a", params={"impression": "false"}).status_code == 200
+    assert engine.calls[-1] == ("similar", False)
 
 
 def test_post_events_publishes_valid_objects_off_the_event_loop():

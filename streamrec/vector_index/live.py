@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,6 +118,9 @@ class IndexDump:
     dead_ids: np.ndarray  # int64 tombstones inside index_bytes
 
 
+ChangeListener = Callable[[dict[str, ItemMeta | None], bool], None]
+
+
 class LiveIndex:
     """Thread-safe FAISS index over string ids; a search never sees half a batch.
 
@@ -155,6 +158,7 @@ class LiveIndex:
         self._rebuild_log: list[dict[str, tuple[np.ndarray, ItemMeta] | None]] | None = None
         self._rebuild_thread: threading.Thread | None = None
         self._rebuild_mutex = threading.Lock()
+        self._listeners: list[ChangeListener] = []
 
     # --- construction ----------------------------------------------------------------------
 
@@ -224,6 +228,21 @@ class LiveIndex:
         )
 
     # --- reads ------------------------------------------------------------------------------
+
+    def subscribe(self, listener: ChangeListener) -> None:
+        """Call ``listener(changes, reset)`` after every batch, in order, under the write lock (so it
+        must only queue the work): ``changes`` maps item id → new metadata, or None when deleted;
+        ``reset`` means the whole contents were replaced. It is called once now with every item."""
+        with self._lock.write():
+            self._listeners.append(listener)
+            listener(dict(self._metas), True)
+
+    def _notify(self, changes: dict[str, ItemMeta | None], reset: bool) -> None:
+        for listener in self._listeners:
+            try:
+                listener(changes, reset)
+            except Exception:  # a listener's failure never fails the batch
+                log.exception("index change listener failed")
 
     def __len__(self) -> int:
         return len(self._state.ids)
@@ -340,6 +359,7 @@ class LiveIndex:
             if self._rebuild_log is not None:
                 self._rebuild_log.append(latest)
             self.version += 1
+            self._notify({item_id: entry[1] if entry else None for item_id, entry in latest.items()}, reset=False)
             st = self._state
             needs = st.tombstones > max(self.compact_min, self.compact_ratio * len(st.ids)) or (
                 st.exact and len(st.ids) >= min_train_points(self._probe)
@@ -476,4 +496,5 @@ class LiveIndex:
             self._vectors = vectors
             self._metas = dict(zip(d.item_ids, d.metas, strict=True))
             self.version = d.version
+            self._notify(dict(self._metas), reset=True)
         REPLICA_SIZE.set(len(self))

@@ -1,0 +1,113 @@
+"""The incremental tantivy lexical index: changes become searchable within a second, O(change)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import pytest
+
+from serving.lexical import LexicalIndex
+from streamrec.vector_index.live import ItemMeta, LiveIndex
+
+
+@pytest.fixture
+def lexical() -> Iterator[LexicalIndex]:
+    index = LexicalIndex(commit_interval_s=0.2)
+    index.start()
+    yield index
+    index.stop()
+
+
+def _within(seconds: float, check: Callable[[], bool]) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def _ids(index: LexicalIndex, query: str) -> list[str]:
+    return [h.item_id for h in index.search(query, 10)]
+
+
+def test_upsert_is_searchable_and_delete_disappears_within_a_second(lexical: LexicalIndex) -> None:
+    lexical.apply({"a": ItemMeta("Blue ballpoint pen"), "b": ItemMeta("White binder")})
+    assert _within(1.0, lambda: _ids(lexical, "pen") == ["a"])
+    lexical.apply({"a": None})
+    assert _within(1.0, lambda: _ids(lexical, "pen") == [])
+    assert _ids(lexical, "binder") == ["b"]
+
+
+def test_replacing_a_title_changes_what_it_matches() -> None:
+    index = LexicalIndex()
+    index.apply({"a": ItemMeta("Claw hammer")})
+    index.refresh()
+    assert _ids(index, "hammer") == ["a"]
+    index.apply({"a": ItemMeta("Cordless drill")})
+    index.refresh()
+    assert _ids(index, "hammer") == [] and _ids(index, "drill") == ["a"]
+    assert len(index) == 1
+
+
+def test_fraction_query_finds_the_fraction_title() -> None:
+    index = LexicalIndex()
+    index.apply(
+        {
+            "fitting": ItemMeta("1-1/2 in. x 1-1/4 in. Copper Fitting"),
+            "elbow": ItemMeta("2 in. Copper 90 Elbow"),
+            "pipe": ItemMeta("1/2 in. x 10 ft. Copper Type L Pipe"),
+        }
+    )
+    index.refresh()
+    hits = index.search("1/2 inch copper pipes", 3)
+    assert hits[0].item_id == "pipe"
+    assert set(hits[0].matched) == {"1/2", "inch", "copper", "pipe"}
+
+
+def test_category_and_description_are_searchable_and_query_is_spell_corrected() -> None:
+    index = LexicalIndex()
+    index.apply(
+        {
+            "f": ItemMeta("Water filter", category="Refrigerator parts", description="Fits most refrigerators"),
+            "g": ItemMeta("Garden hose", category="Outdoor", description="Kink-free"),
+            "h": ItemMeta("Refrigerator handle"),
+        }
+    )
+    index.refresh()
+    assert index.query_terms("refridgerator") == ["refrigerator"]
+    assert set(_ids(index, "refridgerator")) == {"f", "h"}
+    assert _ids(index, "kink") == ["g"]
+    assert index.search("   ", 5) == [] and index.search("zzzz", 5) == []
+
+
+def test_reset_replaces_everything() -> None:
+    index = LexicalIndex()
+    index.apply({"a": ItemMeta("red pen")})
+    index.apply({"b": ItemMeta("red pencil")}, reset=True)
+    index.refresh()
+    assert _ids(index, "red") == ["b"]
+    assert index.speller.df("pen") == 0
+
+
+def test_follows_a_live_index_through_its_change_listener() -> None:
+    live = LiveIndex(4)
+    live.apply([("old", np.ones(4, dtype=np.float32), ItemMeta("garden hose"))], [])
+    index = LexicalIndex()
+    live.subscribe(index.apply)  # seeded with what the index already holds
+    live.apply([("new", np.ones(4, dtype=np.float32), ItemMeta("hose reel"))], ["old"])
+    index.refresh()
+    assert _ids(index, "hose") == ["new"]
+    assert index.title_tokens("new") == ("hose", "reel")
+
+
+def test_searches_do_not_wait_for_commits() -> None:
+    index = LexicalIndex()
+    index.apply({str(i): ItemMeta(f"widget model {i}") for i in range(2000)})
+    index.refresh()
+    index.apply({str(i): ItemMeta(f"sprocket model {i}") for i in range(2000, 4000)})  # queued, not committed
+    started = time.perf_counter()
+    assert len(index.search("widget", 10)) == 10 and index.search("sprocket", 10) == []
+    assert time.perf_counter() - started < 0.5

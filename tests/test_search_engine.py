@@ -1,0 +1,124 @@
+"""Engine.search with in-memory parts: variants, fused order kept by an untrained head, impressions
+only when asked, query–product features in the rows the learner trains on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from learner.replay import ReplayFeatures
+from serving.engine import Engine
+from serving.lexical import LexicalIndex
+from streamrec.ranking import FEATURE_NAMES, RankingHead
+from streamrec.settings import Settings
+from streamrec.vector_index.live import ItemMeta, LiveIndex
+
+COL = {n: i for i, n in enumerate(FEATURE_NAMES)}
+TITLES = {
+    "pipe": "1/2 in. x 10 ft. Copper Type L Pipe",
+    "fitting": "1-1/2 in. x 1-1/4 in. Copper Fitting",
+    "elbow": "2 in. Copper 90 Elbow",
+    "hose": "Garden Hose 50 ft.",
+}
+VEC = {
+    "pipe": [1.0, 0.0, 0.0],
+    "fitting": [0.8, 0.6, 0.0],
+    "elbow": [0.6, 0.8, 0.0],
+    "hose": [0.0, 0.0, 1.0],
+}
+
+
+class FakeEncoder:
+    model_id = "fake"
+    dim = 3
+
+    def encode_query(self, text: str) -> np.ndarray:
+        return np.array([0.0, 0.0, 1.0] if "hose" in text else [0.6, 0.8, 0.0], dtype=np.float32)
+
+
+class FakeImpressions:
+    def __init__(self) -> None:
+        self.recorded: list[dict] = []
+
+    def record(self, **kw) -> None:
+        self.recorded.append(kw)
+
+
+@dataclass
+class FakeModels:
+    current: object | None = None
+
+
+def _engine(**settings) -> tuple[Engine, FakeImpressions, FakeModels]:
+    index = LiveIndex(3)
+    index.apply([(i, np.array(v, np.float32), ItemMeta(TITLES[i])) for i, v in VEC.items()], [])
+    lexical = LexicalIndex()
+    index.subscribe(lexical.apply)
+    lexical.refresh()
+    impressions, models = FakeImpressions(), FakeModels()
+    engine = Engine(
+        Settings(serving_candidates=10, **settings),
+        FakeEncoder(),
+        SimpleNamespace(index=index),
+        ReplayFeatures({i: {"title": t} for i, t in TITLES.items()}),
+        models,
+        lexical,
+        impressions,
+    )
+    return engine, impressions, models
+
+
+def _ids(result) -> list[str]:
+    return [it.item_id for it in result.items]
+
+
+def test_variants_order_by_their_own_scores() -> None:
+    engine, _, _ = _engine()
+    q = "1/2 inch copper pipes"
+    assert _ids(engine.search(q, None, 4, variant="bm25"))[0] == "pipe"
+    assert _ids(engine.search(q, None, 4, variant="dense"))[0] == "elbow"  # the fake query vector is elbow's
+    for variant in ("rrf", "fused", "full"):
+        result = engine.search(q, None, 4, variant=variant)
+        assert result.variant == variant and set(_ids(result)) <= set(TITLES)
+    with pytest.raises(ValueError):
+        engine.search(q, None, 4, variant="nope")
+
+
+def test_lexical_weight_only_is_bm25_order_and_reasons_say_why() -> None:
+    engine, _, _ = _engine(serving_dense_weight=0.0)
+    result = engine.search("1/2 inch copper pipes", None, 2)
+    assert _ids(result)[0] == "pipe"
+    assert "title matches '1/2', 'inch', 'copper', 'pipe'" in result.items[0].reasons
+
+
+def test_untrained_head_keeps_the_fused_order() -> None:
+    engine, _, models = _engine()
+    fused = _ids(engine.search("copper pipe", None, 4, variant="fused"))
+    head = RankingHead()
+    with np.errstate(all="ignore"):
+        for p in head.parameters():
+            p.data.normal_()  # an arbitrary head: weight 0 must not let it reorder
+    models.current = SimpleNamespace(version=3, head=head)
+    full = engine.search("copper pipe", None, 4, variant="full")
+    assert _ids(full) == fused
+    assert any(r.startswith("ranker v3") for r in full.items[0].reasons)
+    engine.s = engine.s.model_copy(update={"serving_search_head_weight": 100.0})
+    assert engine.search("copper pipe", None, 4, variant="full").items  # still answers when it reorders
+
+
+def test_impression_only_when_asked_with_query_features() -> None:
+    engine, impressions, _ = _engine()
+    engine.search("copper pipe", "u1", 3, impression=False)
+    assert impressions.recorded == []
+    result = engine.search("1/2 inch copper pipe", "u1", 3)
+    (rec,) = impressions.recorded
+    assert rec["item_ids"] == _ids(result) and rec["query"] == "1/2 inch copper pipe"
+    rows = dict(zip(rec["item_ids"], rec["rows"], strict=True))
+    pipe = rows["pipe"]
+    assert pipe[COL["has_query_features"]] == 1.0 and pipe[COL["qp_all_matched"]] == 1.0
+    assert pipe[COL["qp_title_coverage"]] == 1.0 and pipe[COL["qp_numbers_missing"]] == 0.0
+    if "elbow" in rows:
+        assert rows["elbow"][COL["qp_numbers_missing"]] == 1.0  # '1/2' asked, a 2 in. elbow
