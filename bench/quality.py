@@ -19,6 +19,7 @@ import argparse
 import csv
 import html
 import math
+import signal
 import sys
 import tempfile
 import time
@@ -617,6 +618,8 @@ def main() -> int:
     ap.add_argument("--ablation-every", type=int, default=1, help="recommend: ablation variants on every n-th session")
     ap.add_argument("--obd-seeds", type=int, default=3, help="recommend: Open Bandit later-half table seeds (0 = skip)")
     args = ap.parse_args()
+    # SIGTERM unwinds like Ctrl-C, so the embedded stack in a ``finally`` is stopped, not orphaned
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.search:
         return run_search(args)
     return run_recommend(args)
