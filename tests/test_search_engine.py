@@ -122,3 +122,15 @@ def test_impression_only_when_asked_with_query_features() -> None:
     assert pipe[COL["qp_title_coverage"]] == 1.0 and pipe[COL["qp_numbers_missing"]] == 0.0
     if "elbow" in rows:
         assert rows["elbow"][COL["qp_numbers_missing"]] == 1.0  # '1/2' asked, a 2 in. elbow
+
+
+def test_recommend_and_similar_still_rank_explain_and_log() -> None:
+    engine, impressions, _ = _engine()
+    similar = engine.similar("pipe", 3)
+    assert similar is not None and "pipe" not in _ids(similar) and similar.items[0].reasons
+    engine.similar("pipe", 3, impression=False)
+    rec = engine.recommend("nobody", 3)
+    assert rec.variant == "full"
+    assert len(impressions.recorded) == (1 if similar.items else 0) + (1 if rec.items else 0)
+    with pytest.raises(ValueError):
+        engine.recommend("nobody", 3, variant="bm25")
