@@ -2,6 +2,7 @@
 every STREAMREC_* variable is a real setting, every service reaches Kafka and Redis, and
 Prometheus scrapes each service on the port that service exposes."""
 
+import re
 from pathlib import Path
 
 import yaml
@@ -36,7 +37,24 @@ def test_every_streamrec_variable_is_a_setting_and_infrastructure_is_configured(
             assert key.removeprefix("STREAMREC_").lower() in fields, f"{name}: {key} is not a setting"
         assert env["STREAMREC_KAFKA_BOOTSTRAP"] == "kafka:9092"
         assert env["STREAMREC_REDIS_URL"].startswith("redis://redis:")
-        Settings(**{k.removeprefix("STREAMREC_").lower(): v for k, v in env.items()})  # values validate
+        Settings(**{k.removeprefix("STREAMREC_").lower(): _interpolate(v) for k, v in env.items()})  # values validate
+
+
+def _interpolate(value):
+    """Compose's ``${VAR:-default}`` → default, ``${VAR:?message}`` → a stand-in the operator must set."""
+    if not isinstance(value, str):
+        return value
+    value = re.sub(r"\$\{[A-Z0-9_]+:-([^}]*)\}", r"\1", value)
+    return re.sub(r"\$\{[A-Z0-9_]+:\?[^}]*\}", "set-by-operator", value)
+
+
+def test_compose_requires_api_keys_for_writes_and_admin():
+    env = _compose()["services"]["serving"]["environment"]
+    for name in ("STREAMREC_API_PRODUCER_KEYS", "STREAMREC_API_ADMIN_KEYS"):
+        assert re.fullmatch(rf"\$\{{{name}:\?[^}}]+\}}", env[name]), f"{name} must be required (${{{name}:?…}})"
+    s = Settings(**{k.removeprefix("STREAMREC_").lower(): _interpolate(v) for k, v in env.items()})
+    assert s.api_producer_keys == ["set-by-operator"] and s.api_admin_keys == ["set-by-operator"]
+    assert s.api_rate_limit_per_s > 0
 
 
 def test_prometheus_scrapes_each_service_where_it_serves_metrics():

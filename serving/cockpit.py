@@ -1,0 +1,280 @@
+"""The ops cockpit's data: a bounded, downsampled history kept in Redis, and ``GET /dashboard/data``.
+
+Works with the embedded default (no Prometheus): every ``cockpit_sample_s`` (10 s) one serving
+replica appends a snapshot to a capped Redis list, ``{prefix}cockpit:history`` (``RPUSH`` +
+``LTRIM`` to ``cockpit_history_points``, 2,880 = 8 h). A snapshot is about 0.6–1 KB of JSON
+(served model version and its prequential AUC / log-loss from the model store, events/s in and
+out, consumer lag, dead-letter and quarantine rates, index size, latency per route), so the list
+stays under 3 MB. With several replicas a per-slot ``SET NX`` lets one of them sample each slot;
+its latency figures are that replica's.
+
+Operator actions (promote / roll back through ``/admin``) go to ``{prefix}cockpit:actions``
+(the last 200) so the charts can mark them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import redis
+from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
+
+from serving import metrics
+from serving.dashboard import recent_drift_events
+from streamrec import bus
+from streamrec.model_store import ModelStore
+from streamrec.settings import Settings
+from streamrec.store import connect
+
+log = logging.getLogger(__name__)
+
+HISTORY = "cockpit:history"
+ACTIONS = "cockpit:actions"
+SLOT = "cockpit:slot:"
+ACTIONS_KEPT = 200
+
+
+def human_ms(ms: Any) -> str | None:
+    if not isinstance(ms, (int, float)):
+        return None
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def record_action(s: Settings, action: dict) -> None:
+    """Remember an operator action for the cockpit (best effort: Redis away loses only the marker)."""
+    try:
+        r = connect(s)
+        try:
+            r.rpush(s.redis_prefix + ACTIONS, json.dumps({"t": int(time.time() * 1000), **action}))
+            r.ltrim(s.redis_prefix + ACTIONS, -ACTIONS_KEPT, -1)
+        finally:
+            r.close()
+    except (redis.RedisError, RuntimeError) as e:
+        log.warning("cockpit: action not recorded: %r", e)
+
+
+def _histogram_buckets() -> dict[str, list[tuple[float, float]]]:
+    """Cumulative ``(le, count)`` per endpoint of the serving latency histogram (this process)."""
+    out: dict[str, list[tuple[float, float]]] = {}
+    for family in metrics.LATENCY.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_bucket"):
+                out.setdefault(sample.labels["endpoint"], []).append((float(sample.labels["le"]), sample.value))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
+    """The q-quantile from cumulative buckets (linear inside a bucket, as Prometheus does)."""
+    total = buckets[-1][1] if buckets else 0
+    if total <= 0:
+        return None
+    rank = q * total
+    lo_le, lo_n = 0.0, 0.0
+    for le, n in buckets:
+        if n >= rank:
+            if le == float("inf"):
+                return lo_le
+            return lo_le + (le - lo_le) * ((rank - lo_n) / (n - lo_n) if n > lo_n else 1.0)
+        lo_le, lo_n = le, n
+    return lo_le
+
+
+class Sampler:
+    """Appends one snapshot every ``cockpit_sample_s`` to the Redis history (a daemon thread)."""
+
+    def __init__(self, s: Settings, status: Any, r: redis.Redis | None = None, kafka: bool = True):
+        self.s, self.status = s, status  # status: () -> engine.status() dict
+        self.r = r if r is not None else connect(s)
+        self.store = ModelStore.from_settings(s)
+        self.kafka = kafka
+        self.consumer: Any = None
+        self.prev: dict[str, Any] | None = None
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="cockpit-sampler", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.thread.join(timeout=5)
+        if self.consumer is not None:
+            self.consumer.close()
+
+    def _loop(self) -> None:
+        period = self.s.cockpit_sample_s
+        while not self.stop_event.wait(period - (time.time() % period)):
+            slot = int(time.time() // period)
+            try:
+                if self.r.set(f"{self.s.redis_prefix}{SLOT}{slot}", "1", nx=True, ex=int(period * 3) + 1):
+                    self.append(self.sample())
+                else:
+                    self.sample()  # keep the counters' baseline current for when this replica samples
+            except Exception as e:  # the sampler must never take serving down
+                log.warning("cockpit sample failed: %r", e)
+
+    def append(self, point: dict | None) -> None:
+        if point is None:
+            return
+        key = self.s.redis_prefix + HISTORY
+        pipe = self.r.pipeline(transaction=False)
+        pipe.rpush(key, json.dumps(point, separators=(",", ":")))
+        pipe.ltrim(key, -self.s.cockpit_history_points, -1)
+        pipe.execute()
+
+    # --- one snapshot ------------------------------------------------------------------------
+
+    def _counters(self) -> dict[str, Any]:
+        """Cumulative counters now (rates are their deltas between two samples)."""
+        s, p = self.s, self.s.redis_prefix
+        pipe = self.r.pipeline(transaction=False)
+        for part in range(s.topic_partitions):
+            pipe.get(f"{p}off:{s.consumers_group}:{s.topic_events}:{part}")
+        pipe.hgetall(f"{p}dlq:counts")
+        pipe.hgetall(f"{p}q:counts")
+        res = pipe.execute()
+        applied = sum(int(x) for x in res[: s.topic_partitions] if x is not None)
+        dlq = {k: int(v) for k, v in cast(dict, res[-2]).items()}
+        quarantine = {k: int(v) for k, v in cast(dict, res[-1]).items()}
+        return {
+            "time": time.time(),
+            "applied": applied,
+            "end": self._end_offsets(),
+            "dlq": sum(dlq.values()),
+            "quarantine": sum(quarantine.values()),
+            "latency": _histogram_buckets(),
+        }
+
+    def _end_offsets(self) -> int | None:
+        if not self.kafka:
+            return None
+        try:
+            if self.consumer is None:
+                self.consumer = bus.make_consumer(self.s, group_id=None)
+            tps = bus.all_partitions(self.consumer, self.s.topic_events, timeout_s=2)
+            return int(sum(self.consumer.end_offsets(tps).values()))
+        except Exception as e:
+            log.debug("cockpit: no end offsets: %r", e)
+            return None
+
+    def sample(self) -> dict | None:
+        """A snapshot with rates over the time since the previous call (None on the first call)."""
+        now = self._counters()
+        prev, self.prev = self.prev, now
+        status = self.status()
+        version = self.store.latest_version()
+        try:
+            m = self.store.meta(version).get("metrics", {}) if version else {}
+        except KeyError:
+            m = {}
+        point: dict[str, Any] = {
+            "t": int(now["time"] * 1000),
+            "model_version": version,
+            "served_version": status.get("model_version"),
+            "auc": m.get("click_auc"),
+            "logloss": m.get("click_logloss"),
+            "challenger_logloss": m.get("challenger_click_logloss"),
+            "purchase_auc": m.get("purchase_auc"),
+            "examples": m.get("examples"),
+            "index_items": status.get("index_items"),
+            "lag": now["end"] - now["applied"] if now["end"] is not None else None,
+        }
+        if prev is None:
+            return None
+        dt = max(1e-6, now["time"] - prev["time"])
+
+        def rate(key: str) -> float | None:
+            if now[key] is None or prev[key] is None:
+                return None
+            return round(max(0, now[key] - prev[key]) / dt, 3)
+
+        point.update(in_per_s=rate("end"), out_per_s=rate("applied"), dlq_per_s=rate("dlq"))
+        point["quarantine_per_s"] = rate("quarantine")
+        latency: dict[str, dict[str, float | None]] = {}
+        for endpoint, buckets in now["latency"].items():
+            before = dict(prev["latency"].get(endpoint, []))
+            delta = [(le, n - before.get(le, 0.0)) for le, n in buckets]
+            count = delta[-1][1] if delta else 0
+            if count <= 0:
+                continue
+            p50, p99 = quantile(delta, 0.5), quantile(delta, 0.99)
+            latency[endpoint] = {
+                "rps": round(count / dt, 3),
+                "p50_ms": round(p50 * 1000, 2) if p50 is not None else None,
+                "p99_ms": round(p99 * 1000, 2) if p99 is not None else None,
+            }
+        point["latency"] = latency
+        return point
+
+
+def history(s: Settings, r: redis.Redis, limit: int | None = None) -> list[dict]:
+    raw = cast(list[str], r.lrange(s.redis_prefix + HISTORY, -(limit or s.cockpit_history_points), -1))
+    return [json.loads(x) for x in raw]
+
+
+def dashboard_data(s: Settings, status: dict, drift: list[dict]) -> dict:
+    """Everything the cockpit page draws, as one JSON document."""
+    r = connect(s)
+    try:
+        points = history(s, r)
+        actions = [json.loads(x) for x in cast(list[str], r.lrange(s.redis_prefix + ACTIONS, 0, -1))]
+        dlq = {k: int(v) for k, v in cast(dict, r.hgetall(f"{s.redis_prefix}dlq:counts")).items()}
+        quarantine = {k: int(v) for k, v in cast(dict, r.hgetall(f"{s.redis_prefix}q:counts")).items()}
+    finally:
+        r.close()
+    store = ModelStore.from_settings(s)
+    models = store.list()[-100:]
+    for m in models:
+        m["created"] = human_ms(m.get("created_ms"))
+    for a in actions:
+        a["time"] = human_ms(a.get("t"))
+    for d in drift:
+        d["time"] = human_ms(d.get("detected_ms"))
+    top = lambda counts: sorted(counts.items(), key=lambda kv: -kv[1])[:5]  # noqa: E731
+    return {
+        "now_ms": int(time.time() * 1000),
+        "sample_s": s.cockpit_sample_s,
+        "history_points_max": s.cockpit_history_points,
+        "serving": status,
+        "serving_version": store.latest_version(),
+        "history": points,
+        "models": models[::-1],
+        "actions": actions[::-1],
+        "drift": drift[::-1],
+        "dead_letters": {"total": sum(dlq.values()), "top": top(dlq)},
+        "quarantine": {"total": sum(quarantine.values()), "top": top(quarantine)},
+    }
+
+
+class _DriftCache:
+    """The drift topic read at most every ``ttl_s`` (each read opens a consumer)."""
+
+    def __init__(self, s: Settings, ttl_s: float = 5.0):
+        self.s, self.ttl_s = s, ttl_s
+        self.at, self.value = 0.0, cast(list[dict], [])
+        self.lock = threading.Lock()
+
+    def get(self) -> list[dict]:
+        with self.lock:
+            if time.monotonic() - self.at > self.ttl_s:
+                self.value = recent_drift_events(self.s, limit=50)
+                self.at = time.monotonic()
+            return [dict(d) for d in self.value]
+
+
+def cockpit_routes(s: Settings, engine: Any) -> APIRouter:
+    router = APIRouter()
+    drift = _DriftCache(s)
+
+    @router.get("/dashboard/data")
+    async def data() -> dict:
+        """History (bounded, in Redis), model versions, operator actions and drift events, as JSON."""
+        return await run_in_threadpool(lambda: dashboard_data(s, engine.status(), drift.get()))
+
+    return router
