@@ -69,6 +69,23 @@ def _histogram_buckets() -> dict[str, list[tuple[float, float]]]:
     return {k: sorted(v) for k, v in out.items()}
 
 
+def _api_published(topic: str) -> float:
+    """Events this replica put on ``topic``: accepted POST /events objects plus impressions. The
+    embedded broker (Tansu) reports a partition's end offset as its last batch's base offset, so the
+    topic rate understates there; this one is exact for what came through the API."""
+    total = 0.0
+    for family in (*metrics.PUBLISHED.collect(), *metrics.IMPRESSIONS.collect()):
+        for sample in family.samples:
+            if not sample.name.endswith("_total"):
+                continue
+            labels = sample.labels
+            if labels.get("topic") == topic and labels.get("outcome") == "accepted":
+                total += sample.value
+            elif "topic" not in labels and labels.get("outcome") in ("published", "ok", "accepted"):
+                total += sample.value
+    return total
+
+
 def quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
     """The q-quantile from cumulative buckets (linear inside a bucket, as Prometheus does)."""
     total = buckets[-1][1] if buckets else 0
@@ -103,7 +120,8 @@ class Sampler:
 
     def stop(self) -> None:
         self.stop_event.set()
-        self.thread.join(timeout=5)
+        if self.thread.is_alive():
+            self.thread.join(timeout=5)
         if self.consumer is not None:
             self.consumer.close()
 
@@ -139,26 +157,29 @@ class Sampler:
         pipe.hgetall(f"{p}dlq:counts")
         pipe.hgetall(f"{p}q:counts")
         res = pipe.execute()
-        applied = sum(int(x) for x in res[: s.topic_partitions] if x is not None)
+        applied_by_part = {part: int(x) for part, x in enumerate(res[: s.topic_partitions]) if x is not None}
+        ends = self._end_offsets()
         dlq = {k: int(v) for k, v in cast(dict, res[-2]).items()}
         quarantine = {k: int(v) for k, v in cast(dict, res[-1]).items()}
         return {
             "time": time.time(),
-            "applied": applied,
-            "end": self._end_offsets(),
+            "applied": sum(applied_by_part.values()),
+            "end": sum(ends.values()) if ends is not None else None,
+            "lag": sum(max(0, e - applied_by_part.get(p, 0)) for p, e in ends.items()) if ends is not None else None,
+            "api_in": _api_published(s.topic_events),
             "dlq": sum(dlq.values()),
             "quarantine": sum(quarantine.values()),
             "latency": _histogram_buckets(),
         }
 
-    def _end_offsets(self) -> int | None:
+    def _end_offsets(self) -> dict[int, int] | None:
         if not self.kafka:
             return None
         try:
             if self.consumer is None:
                 self.consumer = bus.make_consumer(self.s, group_id=None)
             tps = bus.all_partitions(self.consumer, self.s.topic_events, timeout_s=2)
-            return int(sum(self.consumer.end_offsets(tps).values()))
+            return {tp.partition: int(end) for tp, end in self.consumer.end_offsets(tps).items()}
         except Exception as e:
             log.debug("cockpit: no end offsets: %r", e)
             return None
@@ -183,7 +204,7 @@ class Sampler:
             "purchase_auc": m.get("purchase_auc"),
             "examples": m.get("examples"),
             "index_items": status.get("index_items"),
-            "lag": now["end"] - now["applied"] if now["end"] is not None else None,
+            "lag": now["lag"],
         }
         if prev is None:
             return None
@@ -194,7 +215,8 @@ class Sampler:
                 return None
             return round(max(0, now[key] - prev[key]) / dt, 3)
 
-        point.update(in_per_s=rate("end"), out_per_s=rate("applied"), dlq_per_s=rate("dlq"))
+        point.update(in_per_s=rate("end"), api_in_per_s=rate("api_in"), out_per_s=rate("applied"))
+        point["dlq_per_s"] = rate("dlq")
         point["quarantine_per_s"] = rate("quarantine")
         latency: dict[str, dict[str, float | None]] = {}
         for endpoint, buckets in now["latency"].items():
