@@ -357,9 +357,9 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="machine-readabl
     if as_json:
         print(json.dumps(report, indent=2, default=str))
     else:
-        from rich.pretty import pprint
+        from launcher.status_view import print_report
 
-        pprint(report, console=Console(), expand_all=True)
+        print_report(report, Console())
 
 
 @model_app.command("list")
