@@ -38,6 +38,8 @@ HISTORY = "cockpit:history"
 ACTIONS = "cockpit:actions"
 SLOT = "cockpit:slot:"
 ACTIONS_KEPT = 200
+# probes, scrapes and the cockpit itself: not the latency an operator watches
+OPS_ROUTES = frozenset({"healthz", "readyz", "prometheus", "dashboard", "dashboard_data_route"})
 
 
 def human_ms(ms: Any) -> str | None:
@@ -64,7 +66,7 @@ def _histogram_buckets() -> dict[str, list[tuple[float, float]]]:
     out: dict[str, list[tuple[float, float]]] = {}
     for family in metrics.LATENCY.collect():
         for sample in family.samples:
-            if sample.name.endswith("_bucket"):
+            if sample.name.endswith("_bucket") and sample.labels["endpoint"] not in OPS_ROUTES:
                 out.setdefault(sample.labels["endpoint"], []).append((float(sample.labels["le"]), sample.value))
     return {k: sorted(v) for k, v in out.items()}
 
@@ -295,7 +297,7 @@ def cockpit_routes(s: Settings, engine: Any) -> APIRouter:
     drift = _DriftCache(s)
 
     @router.get("/dashboard/data")
-    async def data() -> dict:
+    async def dashboard_data_route() -> dict:
         """History (bounded, in Redis), model versions, operator actions and drift events, as JSON."""
         return await run_in_threadpool(lambda: dashboard_data(s, engine.status(), drift.get()))
 
