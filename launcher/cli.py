@@ -130,7 +130,7 @@ def up(
             console.print(f"embedded Redis (no persistence) at {s.redis_url}")
         base = stack.base_url
         for line in _access_notes(s):
-            console.print(line)
+            console.print(line, soft_wrap=True)  # one line each: greppable in logs
         if demo:
             _index_demo_catalog(s, base, stop, wait_s, catalog_limit)
         console.print(
