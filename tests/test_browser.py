@@ -3,7 +3,7 @@ driven by Selenium) opens /dashboard of a running `streamrec up`, waits until th
 from demo traffic, saves a screenshot under the test's tmp dir, and rolls the served model back
 through the page's button.
 
-The README's screenshot is made by this test: ``STREAMREC_SCREENSHOT_OUT=docs/dashboard.png pytest
+The README's screenshot is made by this test: ``DASHBOARD_SCREENSHOT_OUT=docs/dashboard.png pytest
 tests/test_browser.py`` (or, with a stack running, ``python -m tests.test_browser BASE_URL OUT.png``).
 """
 
@@ -119,8 +119,8 @@ def test_dashboard_in_a_real_browser_shows_live_charts_and_rolls_back(tmp_path):
             shot = tmp_path / "dashboard.png"
             driver.save_screenshot(str(shot))
             assert shot.stat().st_size > 10_000
-            if os.environ.get("STREAMREC_SCREENSHOT_OUT"):  # how docs/dashboard.png is made
-                shutil.copyfile(shot, os.environ["STREAMREC_SCREENSHOT_OUT"])
+            if os.environ.get("DASHBOARD_SCREENSHOT_OUT"):  # how docs/dashboard.png is made
+                shutil.copyfile(shot, os.environ["DASHBOARD_SCREENSHOT_OUT"])
             with httpx.Client(base_url=base, timeout=10) as http:
                 wait_for(lambda: len(http.get("/dashboard/data").json()["models"]) >= 2, 120, "two model versions")
             rollback_through_the_page(driver)
