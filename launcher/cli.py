@@ -375,11 +375,19 @@ def model_list() -> None:
 
 
 @model_app.command("rollback")
-def model_rollback(version: int) -> None:
-    """Serve VERSION again (serving hot-swaps within model_poll_s)."""
+def model_rollback(
+    version: Annotated[int | None, typer.Argument(help="default: the served version's parent")] = None,
+) -> None:
+    """Serve VERSION again (serving hot-swaps within model_poll_s); the same as the cockpit's button
+    (POST /admin/models/rollback)."""
     from streamrec.model_store import ModelStore
 
     store = ModelStore.from_settings(_inspect_settings())
+    if version is None:
+        version = store.previous_version()
+        if version is None:
+            console.print("[red]no earlier model version to roll back to[/red]")
+            raise typer.Exit(1)
     try:
         store.rollback(version)
     except (KeyError, FileNotFoundError, ValueError) as e:

@@ -145,6 +145,9 @@ def rollback_through_the_page(driver) -> None:
     text = wait_for(lambda: driver.find_element(By.ID, "action").text, 20, "the rollback answer", poll_s=0.5)
     answer = json.loads(text)
     assert answer["action"] == "rollback" and answer["serving_version"] < answer["previous_version"], answer
+    # the action is drawn as a marker on the model-quality charts and listed under operator actions
+    wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#c_auc line.marker-rollback"), 20, "a rollback marker")
+    assert "rollback" in driver.find_element(By.ID, "actions").text
 
 
 def _alert(driver):
