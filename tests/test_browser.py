@@ -1,7 +1,8 @@
 """The cockpit as a person sees it: headless Chromium (Debian's ``chromium`` + ``chromium-driver``,
 driven by Selenium) opens /dashboard of a running `streamrec up`, waits until the charts hold data
-from demo traffic, saves a screenshot under the test's tmp dir, and rolls the served model back
-through the page's button.
+from demo traffic, saves a screenshot under the test's tmp dir, injects a shift through the public
+API (shoppers click the last recommended item) until the learner detects drift, sees the detection
+as a marker and a row on the page, and rolls the served model back through the page's button.
 
 The README's screenshot is made by this test: ``DASHBOARD_SCREENSHOT_OUT=docs/dashboard.png pytest
 tests/test_browser.py`` (or, with a stack running, ``python -m tests.test_browser BASE_URL OUT.png``).
@@ -16,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -90,6 +92,8 @@ def capture(base: str, out: Path) -> None:
 
 @pytest.mark.skipif(_missing() is not None, reason=_missing() or "")
 def test_dashboard_in_a_real_browser_shows_live_charts_and_rolls_back(tmp_path):
+    from selenium.webdriver.common.by import By
+
     from tests.test_up import _wait_until_up
 
     port = free_port()
@@ -99,6 +103,7 @@ def test_dashboard_in_a_real_browser_shows_live_charts_and_rolls_back(tmp_path):
         STREAMREC_STATE_DIR=str(tmp_path / "state"),
         STREAMREC_PUBLISH_EVERY_S="1",
         STREAMREC_COCKPIT_SAMPLE_S="2",  # history points every 2 s, so the charts fill quickly
+        STREAMREC_DRIFT_WARMUP="100",  # detectors armed after 100 labelled examples, not 1000
         PYTHONUNBUFFERED="1",
     )
     log_path = tmp_path / "up.log"
@@ -123,6 +128,11 @@ def test_dashboard_in_a_real_browser_shows_live_charts_and_rolls_back(tmp_path):
                 shutil.copyfile(shot, os.environ["DASHBOARD_SCREENSHOT_OUT"])
             with httpx.Client(base_url=base, timeout=10) as http:
                 wait_for(lambda: len(http.get("/dashboard/data").json()["models"]) >= 2, 120, "two model versions")
+                detected = inject_shift_until_detected(http, timeout_s=240)
+            # the detection appears on the page as a marker on the model-quality charts and as a row
+            wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#c_auc line.marker-drift"), 30, "a drift marker")
+            assert detected["detector"] in driver.find_element(By.ID, "drift").text
+            driver.save_screenshot(str(tmp_path / "dashboard-drift.png"))
             rollback_through_the_page(driver)
             driver.save_screenshot(str(tmp_path / "dashboard-after-rollback.png"))
         finally:
@@ -130,6 +140,38 @@ def test_dashboard_in_a_real_browser_shows_live_charts_and_rolls_back(tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(90)
+
+
+def inject_shift_until_detected(http: httpx.Client, timeout_s: float) -> dict:
+    """A shift through the public API: shoppers suddenly click the *last* item of every
+    recommendation list. Returns the first drift event detected after the shift began."""
+    started_ms = int(time.time() * 1000)
+    deadline = time.monotonic() + timeout_s
+    next_check = 0.0
+    i = 0
+    while time.monotonic() < deadline:
+        user = f"shifted-{i % 40}"
+        i += 1
+        result = http.get("/recommend", params={"user_id": user, "k": 10}).json()
+        if result["items"]:
+            last = len(result["items"]) - 1
+            click = {
+                "event_id": uuid.uuid4().hex,
+                "type": "click",
+                "user_id": user,
+                "item_id": result["items"][last]["item_id"],
+                "ts": int(time.time() * 1000),
+                "request_id": result["request_id"],
+                "position": last,
+            }
+            assert http.post("/events", json=click).status_code == 202
+        if time.monotonic() > next_check:
+            next_check = time.monotonic() + 5
+            drift = http.get("/dashboard/data").json()["drift"]
+            after = [e for e in drift if e.get("detector") and e.get("detected_ms", 0) >= started_ms]
+            if after:
+                return after[-1]
+    raise AssertionError(f"no drift detected within {timeout_s:.0f}s of the shift ({i} shifted clicks)")
 
 
 def rollback_through_the_page(driver) -> None:
