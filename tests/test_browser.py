@@ -27,6 +27,7 @@ from launcher.embedded import free_port
 
 pytestmark = pytest.mark.slow
 
+REFRESH_S = 5  # serving/dashboard.py REFRESH_MS
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 
@@ -124,8 +125,6 @@ def test_dashboard_in_a_real_browser_shows_live_charts_and_rolls_back(tmp_path):
             shot = tmp_path / "dashboard.png"
             driver.save_screenshot(str(shot))
             assert shot.stat().st_size > 10_000
-            if os.environ.get("DASHBOARD_SCREENSHOT_OUT"):  # how docs/dashboard.png is made
-                shutil.copyfile(shot, os.environ["DASHBOARD_SCREENSHOT_OUT"])
             with httpx.Client(base_url=base, timeout=10) as http:
                 wait_for(lambda: len(http.get("/dashboard/data").json()["models"]) >= 2, 120, "two model versions")
                 detected = inject_shift_until_detected(http, timeout_s=240)
@@ -134,7 +133,11 @@ def test_dashboard_in_a_real_browser_shows_live_charts_and_rolls_back(tmp_path):
             assert detected["detector"] in driver.find_element(By.ID, "drift").text
             driver.save_screenshot(str(tmp_path / "dashboard-drift.png"))
             rollback_through_the_page(driver)
-            driver.save_screenshot(str(tmp_path / "dashboard-after-rollback.png"))
+            after = tmp_path / "dashboard-after-rollback.png"
+            time.sleep(REFRESH_S)  # one more refresh, so the page shows the action
+            driver.save_screenshot(str(after))
+            if os.environ.get("DASHBOARD_SCREENSHOT_OUT"):  # how docs/dashboard.png is made
+                shutil.copyfile(after, os.environ["DASHBOARD_SCREENSHOT_OUT"])
         finally:
             driver.quit()
     finally:
