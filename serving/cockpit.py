@@ -31,6 +31,7 @@ from streamrec import bus
 from streamrec.model_store import ModelStore
 from streamrec.settings import Settings
 from streamrec.store import connect
+from streamrec.vector_index.metrics import EVENT_TO_SEARCHABLE
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,26 @@ def record_action(s: Settings, action: dict) -> None:
             r.close()
     except (redis.RedisError, RuntimeError) as e:
         log.warning("cockpit: action not recorded: %r", e)
+
+
+def _freshness_buckets() -> list[tuple[float, float]]:
+    """Cumulative ``(le, count)`` of catalog change → searchable in this process's replica."""
+    out = []
+    for family in EVENT_TO_SEARCHABLE.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_bucket"):
+                out.append((float(sample.labels["le"]), sample.value))
+    return sorted(out)
+
+
+def _delta_quantiles(now: list[tuple[float, float]], before: list[tuple[float, float]]) -> tuple:
+    """``(count, p50, p99)`` of the observations between two cumulative bucket snapshots."""
+    prev = dict(before)
+    delta = [(le, n - prev.get(le, 0.0)) for le, n in now]
+    count = delta[-1][1] if delta else 0
+    if count <= 0:
+        return 0, None, None
+    return count, quantile(delta, 0.5), quantile(delta, 0.99)
 
 
 def _histogram_buckets() -> dict[str, list[tuple[float, float]]]:
@@ -172,6 +193,7 @@ class Sampler:
             "dlq": sum(dlq.values()),
             "quarantine": sum(quarantine.values()),
             "latency": _histogram_buckets(),
+            "fresh": _freshness_buckets(),
         }
 
     def _end_offsets(self) -> dict[int, int] | None:
@@ -220,14 +242,14 @@ class Sampler:
         point.update(in_per_s=rate("end"), api_in_per_s=rate("api_in"), out_per_s=rate("applied"))
         point["dlq_per_s"] = rate("dlq")
         point["quarantine_per_s"] = rate("quarantine")
+        _n, fresh50, fresh99 = _delta_quantiles(now["fresh"], prev["fresh"])
+        point["searchable_p50_s"] = round(fresh50, 3) if fresh50 is not None else None
+        point["searchable_p99_s"] = round(fresh99, 3) if fresh99 is not None else None
         latency: dict[str, dict[str, float | None]] = {}
         for endpoint, buckets in now["latency"].items():
-            before = dict(prev["latency"].get(endpoint, []))
-            delta = [(le, n - before.get(le, 0.0)) for le, n in buckets]
-            count = delta[-1][1] if delta else 0
+            count, p50, p99 = _delta_quantiles(buckets, prev["latency"].get(endpoint, []))
             if count <= 0:
                 continue
-            p50, p99 = quantile(delta, 0.5), quantile(delta, 0.99)
             latency[endpoint] = {
                 "rps": round(count / dt, 3),
                 "p50_ms": round(p50 * 1000, 2) if p50 is not None else None,

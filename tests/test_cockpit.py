@@ -13,6 +13,7 @@ from streamrec import bus
 from streamrec.model_store import ModelStore
 from streamrec.ranking import RankingHead
 from streamrec.store import connect
+from streamrec.vector_index.metrics import EVENT_TO_SEARCHABLE
 from tests.conftest import isolated_settings
 from tests.test_serving_app import FakeEngine, FakeProducer
 
@@ -39,12 +40,14 @@ def test_sampler_appends_rates_to_a_capped_redis_list(kafka_broker, redis_server
         r.set(f"{s.redis_prefix}off:{s.consumers_group}:{s.topic_events}:{part}", 5)
     r.hset(f"{s.redis_prefix}dlq:counts", "bad_json", 3)
     metrics.LATENCY.labels("search").observe(0.02)
+    EVENT_TO_SEARCHABLE.observe(0.7)
     point = sampler.sample()
     assert point is not None
     assert point["model_version"] == 1 and point["auc"] == 0.71 and point["logloss"] == 0.3
     assert point["in_per_s"] > 0 and point["out_per_s"] > 0 and point["dlq_per_s"] > 0
     assert point["lag"] >= 0 and point["index_items"] == 3  # (Tansu's end offsets trail: lag clamped at 0)
     assert point["latency"]["search"]["p50_ms"] > 0
+    assert 0.5 <= point["searchable_p50_s"] <= 1 and 0.5 <= point["searchable_p99_s"] <= 1
     size = len(json.dumps(point, separators=(",", ":")))
     assert size < 1024, size  # the README's bound: 2,880 points under 3 MB
     for _ in range(5):
