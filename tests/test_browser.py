@@ -130,7 +130,8 @@ def test_dashboard_in_a_real_browser_shows_live_charts_and_rolls_back(tmp_path):
                 detected = inject_shift_until_detected(http, timeout_s=240)
             # the detection appears on the page as a marker on the model-quality charts and as a row
             wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#c_auc line.marker-drift"), 30, "a drift marker")
-            assert detected["detector"] in driver.find_element(By.ID, "drift").text
+            shown = lambda: detected["detector"] in driver.find_element(By.ID, "drift").text  # noqa: E731
+            wait_for(shown, 30, f"{detected['detector']} in the drift-event table")  # page refreshes every 5 s
             driver.save_screenshot(str(tmp_path / "dashboard-drift.png"))
             rollback_through_the_page(driver)
             after = tmp_path / "dashboard-after-rollback.png"
