@@ -129,6 +129,8 @@ def up(
         if not stack.requested.redis_url:
             console.print(f"embedded Redis (no persistence) at {s.redis_url}")
         base = stack.base_url
+        for line in _access_notes(s):
+            console.print(line, soft_wrap=True)  # one line each: greppable in logs
         if demo:
             _index_demo_catalog(s, base, stop, wait_s, catalog_limit)
         console.print(
@@ -153,6 +155,24 @@ def up(
         console.print("shutting down: draining services…")
         stack.stop()
         console.print("stopped.")
+
+
+def _access_notes(s: Settings) -> list[str]:
+    """What `up` says about access control at start-up (serving/auth.py applies it)."""
+    notes = []
+    if not s.api_producer_keys:
+        notes.append(
+            "[yellow]no producer API key configured:[/yellow] POST /events and /catalog are accepted from "
+            "loopback clients only (set STREAMREC_API_PRODUCER_KEYS to accept keyed writes from elsewhere)"
+        )
+    if not s.api_admin_keys:
+        notes.append(
+            "[yellow]no admin API key configured:[/yellow] model promote / roll back (/admin) from loopback only "
+            "(STREAMREC_API_ADMIN_KEYS)"
+        )
+    if s.api_require_read_key:
+        notes.append("reads require an API key (STREAMREC_API_REQUIRE_READ_KEY)")
+    return notes
 
 
 def _index_demo_catalog(s: Settings, base: str, stop: threading.Event, wait_s: float, limit: int) -> None:
@@ -337,9 +357,9 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="machine-readabl
     if as_json:
         print(json.dumps(report, indent=2, default=str))
     else:
-        from rich.pretty import pprint
+        from launcher.status_view import print_report
 
-        pprint(report, console=Console(), expand_all=True)
+        print_report(report, Console())
 
 
 @model_app.command("list")
@@ -355,11 +375,19 @@ def model_list() -> None:
 
 
 @model_app.command("rollback")
-def model_rollback(version: int) -> None:
-    """Serve VERSION again (serving hot-swaps within model_poll_s)."""
+def model_rollback(
+    version: Annotated[int | None, typer.Argument(help="default: the served version's parent")] = None,
+) -> None:
+    """Serve VERSION again (serving hot-swaps within model_poll_s); the same as the cockpit's button
+    (POST /admin/models/rollback)."""
     from streamrec.model_store import ModelStore
 
     store = ModelStore.from_settings(_inspect_settings())
+    if version is None:
+        version = store.previous_version()
+        if version is None:
+            console.print("[red]no earlier model version to roll back to[/red]")
+            raise typer.Exit(1)
     try:
         store.rollback(version)
     except (KeyError, FileNotFoundError, ValueError) as e:

@@ -16,6 +16,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving import metrics
+from serving.admin import admin_routes
+from serving.auth import install as install_access_control
+from serving.cockpit import cockpit_routes
 from serving.dashboard import render_dashboard
 from serving.engine import Engine
 from streamrec import bus
@@ -59,6 +62,9 @@ def create_app(s: Settings, engine: Engine, producer: KafkaProducer) -> FastAPI:
     app.include_router(query_routes(engine))
     app.include_router(publish_routes(s, producer))
     app.include_router(operations_routes(s, engine))
+    app.include_router(admin_routes(s))  # /admin/models/…: admin key (serving/auth.py)
+    app.include_router(cockpit_routes(s, engine))  # /dashboard/data
+    install_access_control(app, s)  # keys, loopback rule, rate limit, CORS (outermost)
     return app
 
 

@@ -13,6 +13,7 @@ import uvicorn
 from kafka import KafkaProducer
 
 from serving.app import create_app
+from serving.cockpit import Sampler
 from serving.engine import Engine
 from serving.impressions import ImpressionLog
 from serving.lexical import LexicalIndex
@@ -50,6 +51,8 @@ def build_engine(s: Settings) -> tuple[Engine, KafkaProducer]:
 def run(s: Settings, stop: threading.Event) -> None:
     engine, producer = build_engine(s)
     app = create_app(s, engine, producer)
+    sampler = Sampler(s, engine.status)  # the cockpit's bounded history (serving/cockpit.py)
+    sampler.start()
     config = uvicorn.Config(app, host=s.http_host, port=s.http_port, log_level="warning", timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
 
@@ -65,6 +68,7 @@ def run(s: Settings, stop: threading.Event) -> None:
     try:
         server.run()
     finally:
+        sampler.stop()
         producer.flush(timeout=10)  # impressions already handed to the producer are delivered
         producer.close(timeout=10)
         engine.models.stop()

@@ -163,6 +163,20 @@ class ModelStore:
             raise ModelNotFound(f"model version {version} has no weights in {self.root}")
         self._point(version)
 
+    def previous_version(self) -> int | None:
+        """The rollback target of the served version: its parent when still on disk, else the newest
+        older version; None when there is none."""
+        cur = self.latest_version()
+        versions = self.versions()
+        try:
+            parent = self.meta(cur).get("parent") if cur else None
+        except ModelNotFound:
+            parent = None
+        if isinstance(parent, int) and 0 < parent < cur and parent in versions:
+            return parent
+        older = [v for v in versions if v < cur]
+        return older[-1] if older else None
+
     def _point(self, version: int) -> None:
         fd, tmp = tempfile.mkstemp(prefix=".ptr-", dir=self.root)
         with os.fdopen(fd, "w") as f:

@@ -10,15 +10,19 @@ a class needs a default it takes it from here (:func:`default`), so each default
 
 from __future__ import annotations
 
+import json
 import math
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# A list setting read from the environment as "a,b" or a JSON list (see Settings._split_list).
+KeyList = Annotated[list[str], NoDecode]
 
 
 class FeatureSettings(BaseSettings):
@@ -233,12 +237,45 @@ class Settings(BaseSettings):
     serving_exclude_seen: bool = Field(True, description="/recommend skips items the user recently interacted with")
     model_poll_s: float = Field(0.2, gt=0, description="how often serving checks for a new model version")
 
+    # --- access control (serving/auth.py) ----------------------------------------------------
+    api_producer_keys: KeyList = Field(
+        [],
+        description="bearer tokens allowed to POST /events and /catalog (comma-separated or a JSON list); "
+        "none = writes from loopback clients only",
+    )
+    api_admin_keys: KeyList = Field(
+        [], description="bearer tokens allowed to promote / roll back models; none = loopback clients only"
+    )
+    api_read_keys: KeyList = Field([], description="bearer tokens for reads when api_require_read_key is set")
+    api_require_read_key: bool = Field(False, description="reads need a read, producer or admin key")
+    api_cors_origins: KeyList = Field([], description="origins allowed by CORS (browser frontends); none = no CORS")
+    api_rate_limit_per_s: float = Field(
+        0.0, ge=0, description="token-bucket refill per key (per client IP when keyless); 0 = no limit"
+    )
+    api_rate_limit_burst: int = Field(200, ge=1, description="token-bucket size: requests allowed at once")
+
+    # --- ops cockpit (serving/cockpit.py) ----------------------------------------------------------
+    cockpit_sample_s: float = Field(10.0, gt=0, description="period of the dashboard history sampler")
+    cockpit_history_points: int = Field(
+        2_880, ge=2, description="samples kept in Redis (2,880 x 10 s = 8 h; about 1 KB each)"
+    )
+
     # --- demo -------------------------------------------------------------------------------
     demo_catalog: str = Field("amazon18_office", description="dataset adapter used by `streamrec up`")
 
     # --- nested groups (each reads its own env prefix) ------------------------------------------
     features: FeatureSettings = Field(default_factory=FeatureSettings, description="env STREAMREC_FEATURE_*")
     bot: BotSettings = Field(default_factory=BotSettings, description="env STREAMREC_BOT_*")
+
+    @field_validator("api_producer_keys", "api_admin_keys", "api_read_keys", "api_cors_origins", mode="before")
+    @classmethod
+    def _split_list(cls, v: Any) -> Any:
+        """Env values may be ``a,b`` or a JSON list; blanks are dropped (an empty key must never match)."""
+        if isinstance(v, str):
+            v = json.loads(v) if v.strip().startswith("[") else v.split(",")
+        if isinstance(v, (list, tuple)):
+            return [str(x).strip() for x in v if str(x).strip()]
+        return v
 
     @field_validator("kafka_bootstrap", "redis_url")
     @classmethod

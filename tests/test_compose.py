@@ -2,6 +2,7 @@
 every STREAMREC_* variable is a real setting, every service reaches Kafka and Redis, and
 Prometheus scrapes each service on the port that service exposes."""
 
+import re
 from pathlib import Path
 
 import yaml
@@ -36,7 +37,24 @@ def test_every_streamrec_variable_is_a_setting_and_infrastructure_is_configured(
             assert key.removeprefix("STREAMREC_").lower() in fields, f"{name}: {key} is not a setting"
         assert env["STREAMREC_KAFKA_BOOTSTRAP"] == "kafka:9092"
         assert env["STREAMREC_REDIS_URL"].startswith("redis://redis:")
-        Settings(**{k.removeprefix("STREAMREC_").lower(): v for k, v in env.items()})  # values validate
+        Settings(**{k.removeprefix("STREAMREC_").lower(): _interpolate(v) for k, v in env.items()})  # values validate
+
+
+def _interpolate(value):
+    """Compose's ``${VAR:-default}`` → default, ``${VAR:?message}`` → a stand-in the operator must set."""
+    if not isinstance(value, str):
+        return value
+    value = re.sub(r"\$\{[A-Z0-9_]+:-([^}]*)\}", r"\1", value)
+    return re.sub(r"\$\{[A-Z0-9_]+:\?[^}]*\}", "set-by-operator", value)
+
+
+def test_compose_requires_api_keys_for_writes_and_admin():
+    env = _compose()["services"]["serving"]["environment"]
+    for name in ("STREAMREC_API_PRODUCER_KEYS", "STREAMREC_API_ADMIN_KEYS"):
+        assert re.fullmatch(rf"\$\{{{name}:\?[^}}]+\}}", env[name]), f"{name} must be required (${{{name}:?…}})"
+    s = Settings(**{k.removeprefix("STREAMREC_").lower(): _interpolate(v) for k, v in env.items()})
+    assert s.api_producer_keys == ["set-by-operator"] and s.api_admin_keys == ["set-by-operator"]
+    assert s.api_rate_limit_per_s > 0
 
 
 def test_prometheus_scrapes_each_service_where_it_serves_metrics():
@@ -56,19 +74,50 @@ def test_dockerfile_installs_the_pinned_cpu_torch():
 
 def test_grafana_dashboard_is_current_and_queries_only_metrics_the_code_defines():
     import json
-    import re
     import runpy
 
     built = runpy.run_path(str(ROOT / "deploy" / "grafana" / "build_dashboard.py"))["build"]()
     committed = json.loads((ROOT / "deploy" / "grafana" / "dashboards" / "streamrec.json").read_text())
     assert committed == built, "re-run deploy/grafana/build_dashboard.py"
-    source = "".join(
+    for panel in committed["panels"]:
+        for target in panel["targets"]:
+            _assert_exported(target["expr"], panel["title"])
+
+
+def _code_source() -> str:
+    return "".join(
         p.read_text()
         for d in ("serving", "consumers", "learner", "index_updater", "streamrec")
         for p in (ROOT / d).rglob("*.py")
     )
-    for panel in committed["panels"]:
-        for target in panel["targets"]:
-            for metric in re.findall(r"streamrec_[a-z_]+", target["expr"]):
-                base = re.sub(r"_(bucket|sum|count)$", "", metric)
-                assert f'"{base}"' in source, f"{panel['title']}: {base} is not defined anywhere"
+
+
+def _assert_exported(expr: str, where: str) -> None:
+    """Every streamrec_* metric in a PromQL expression is defined (quoted) in the services' code."""
+    source = _code_source()
+    metrics = re.findall(r"streamrec_[a-z0-9_]+", expr)
+    for metric in metrics:
+        base = re.sub(r"_(bucket|sum|count)$", "", metric)
+        assert f'"{base}"' in source, f"{where}: {base} is not defined anywhere"
+
+
+def test_alert_rules_use_only_metrics_the_code_exports_and_prometheus_loads_them():
+    prom = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    assert prom["rule_files"] == ["alerts.yml"]
+    mounts = _compose()["services"]["prometheus"]["volumes"]
+    assert "./deploy/alerts.yml:/etc/prometheus/alerts.yml:ro" in mounts
+    rules = yaml.safe_load((ROOT / "deploy" / "alerts.yml").read_text())
+    names = set()
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            names.add(rule["alert"])
+            assert "streamrec_" in rule["expr"], rule["alert"]
+            _assert_exported(rule["expr"], rule["alert"])
+    assert {
+        "StreamrecDriftDetected",
+        "StreamrecModelNotPublished",
+        "StreamrecConsumerLagHigh",
+        "StreamrecDeadLetterRateHigh",
+        "StreamrecFreshnessSLOBroken",
+        "StreamrecServingLatencyHigh",
+    } <= names

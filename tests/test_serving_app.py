@@ -72,7 +72,9 @@ class FakeProducer:
 
 def _client(engine=None, producer=None) -> tuple[TestClient, FakeProducer]:
     producer = producer or FakeProducer()
-    return TestClient(create_app(Settings(), engine or FakeEngine(), producer)), producer
+    # a loopback client: with no producer key configured, writes are accepted from loopback only
+    app = create_app(Settings(), engine or FakeEngine(), producer)
+    return TestClient(app, client=("127.0.0.1", 50000)), producer
 
 
 def _count(endpoint: str, status: str) -> float:

@@ -124,6 +124,36 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
             ("p99", "histogram_quantile(0.99, sum by (le) (rate(streamrec_index_batch_seconds_bucket[5m])))"),
         ],
     ),
+    (
+        "Freshness: catalog change → searchable, label → model published",
+        "s",
+        [
+            (
+                "searchable p50",
+                "histogram_quantile(0.5, sum by (le) (rate(streamrec_index_event_to_searchable_seconds_bucket[5m])))",
+            ),
+            (
+                "searchable p99",
+                "histogram_quantile(0.99, sum by (le) (rate(streamrec_index_event_to_searchable_seconds_bucket[5m])))",
+            ),
+            (
+                "model published p99",
+                "histogram_quantile(0.99, sum by (le) (rate(streamrec_learner_label_to_publish_seconds_bucket[5m])))",
+            ),
+        ],
+    ),
+    (
+        "Alerts: model publishes, dead-letter share",
+        "none",
+        [
+            ("model versions published / 15m", "sum(increase(streamrec_learner_publishes_total[15m]))"),
+            (
+                "dead-letter share",
+                "sum(rate(streamrec_consumer_dead_letters_total[5m])) / clamp_min(sum(rate("
+                "streamrec_consumer_events_total[5m])) + sum(rate(streamrec_consumer_dead_letters_total[5m])), 1e-9)",
+            ),
+        ],
+    ),
 ]
 
 

@@ -1,0 +1,56 @@
+"""Model controls for operators: promote a published version, roll back to the previous one.
+
+Both move the model store's ``CURRENT`` pointer with :meth:`ModelStore.rollback` (what
+``streamrec model rollback`` does): serving hot-swaps within ``model_poll_s`` and the learner adopts
+the version as its champion. The admin key is enforced by ``serving.auth`` (every ``/admin/…``
+path needs it); each action is recorded for the cockpit's markers (``serving.cockpit.record_action``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, HTTPException, Path
+from starlette.concurrency import run_in_threadpool
+
+from serving.cockpit import record_action
+from streamrec.model_store import ModelNotFound, ModelStore
+from streamrec.settings import Settings
+
+
+def admin_routes(s: Settings) -> APIRouter:
+    router = APIRouter(prefix="/admin", tags=["admin"])
+
+    def move(target: int, action: str, note: str | None) -> dict:
+        store = ModelStore.from_settings(s)
+        before = store.latest_version()
+        try:
+            store.rollback(target)
+        except ModelNotFound as e:
+            raise HTTPException(404, detail=str(e)) from None
+        record_action(s, {"action": action, "from": before, "to": target, "note": note})
+        return {"action": action, "previous_version": before, "serving_version": store.latest_version()}
+
+    @router.post("/models/{version}/promote")
+    async def promote(
+        version: Annotated[int, Path(ge=1)], note: Annotated[str | None, Body(embed=True, max_length=500)] = None
+    ) -> dict:
+        """Serve VERSION (any published version still on disk)."""
+        return await run_in_threadpool(move, version, "promote", note)
+
+    @router.post("/models/rollback")
+    async def rollback(
+        to: Annotated[int | None, Body(embed=True, ge=1, description="default: the served version's parent")] = None,
+        note: Annotated[str | None, Body(embed=True, max_length=500)] = None,
+    ) -> dict:
+        """Serve the version before the current one (its parent when still on disk), or ``to``."""
+
+        def target_then_move() -> dict:
+            target = to if to is not None else ModelStore.from_settings(s).previous_version()
+            if target is None:
+                raise HTTPException(409, detail="no earlier model version to roll back to")
+            return move(target, "rollback", note)
+
+        return await run_in_threadpool(target_then_move)
+
+    return router

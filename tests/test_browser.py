@@ -1,0 +1,212 @@
+"""The cockpit as a person sees it: headless Chromium (Debian's ``chromium`` + ``chromium-driver``,
+driven by Selenium) opens /dashboard of a running `streamrec up`, waits until the charts hold data
+from demo traffic, saves a screenshot under the test's tmp dir, injects a shift through the public
+API (shoppers click the last recommended item) until the learner detects drift, sees the detection
+as a marker and a row on the page, and rolls the served model back through the page's button.
+
+The README's screenshot is made by this test: ``DASHBOARD_SCREENSHOT_OUT=docs/dashboard.png pytest
+tests/test_browser.py`` (or, with a stack running, ``python -m tests.test_browser BASE_URL OUT.png``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from launcher.embedded import free_port
+
+pytestmark = pytest.mark.slow
+
+REFRESH_S = 5  # serving/dashboard.py REFRESH_MS
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+
+def _missing() -> str | None:
+    if CHROMIUM is None or CHROMEDRIVER is None:
+        return "chromium / chromedriver not installed (Debian: apt-get install -y chromium chromium-driver)"
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return "selenium not installed (pip install selenium)"
+    return None
+
+
+def browser(width: int = 1400, height: int = 1900):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM or ""
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        options.add_argument(arg)
+    options.add_argument(f"--window-size={width},{height}")
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+def wait_for(predicate, timeout_s: float, what: str, poll_s: float = 1.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+
+
+def open_dashboard_with_data(driver, base: str, min_points: int = 12, timeout_s: float = 240) -> None:
+    """Open /dashboard and return once its charts draw at least ``min_points`` history points."""
+    from selenium.webdriver.common.by import By
+
+    driver.get(f"{base}/dashboard")
+    assert "Drift events" in driver.page_source
+
+    def charted() -> bool:
+        points = int(driver.execute_script("return Number(document.body.dataset.points || 0)"))
+        auc = driver.find_elements(By.CSS_SELECTOR, "#c_auc path.series")  # labelled demo traffic learned from
+        rate = driver.find_elements(By.CSS_SELECTOR, "#c_rate path.series")
+        return points >= min_points and len(auc) >= 1 and len(rate) >= 1
+
+    wait_for(charted, timeout_s, f"{min_points} history points drawn on the charts")
+
+
+def capture(base: str, out: Path) -> None:
+    """The README screenshot: the cockpit of a running stack, once its charts hold data."""
+    driver = browser()
+    try:
+        open_dashboard_with_data(driver, base)
+        time.sleep(1)
+        driver.save_screenshot(str(out))
+    finally:
+        driver.quit()
+
+
+@pytest.mark.skipif(_missing() is not None, reason=_missing() or "")
+def test_dashboard_in_a_real_browser_shows_live_charts_and_rolls_back(tmp_path):
+    from selenium.webdriver.common.by import By
+
+    from tests.test_up import _wait_until_up
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
+    env.update(
+        STREAMREC_HTTP_PORT=str(port),
+        STREAMREC_STATE_DIR=str(tmp_path / "state"),
+        STREAMREC_PUBLISH_EVERY_S="1",
+        STREAMREC_COCKPIT_SAMPLE_S="2",  # history points every 2 s, so the charts fill quickly
+        STREAMREC_DRIFT_WARMUP="100",  # detectors armed after 100 labelled examples, not 1000
+        PYTHONUNBUFFERED="1",
+    )
+    log_path = tmp_path / "up.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "launcher.cli", "up", "--rate", "30", "--catalog-limit", "150"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_up(proc, log_path, base, timeout_s=300)
+        assert "accepted from loopback clients only" in " ".join(log_path.read_text().split())
+        driver = browser()
+        try:
+            open_dashboard_with_data(driver, base)
+            shot = tmp_path / "dashboard.png"
+            driver.save_screenshot(str(shot))
+            assert shot.stat().st_size > 10_000
+            with httpx.Client(base_url=base, timeout=10) as http:
+                wait_for(lambda: len(http.get("/dashboard/data").json()["models"]) >= 2, 120, "two model versions")
+                detected = inject_shift_until_detected(http, timeout_s=240)
+            # the detection appears on the page as a marker on the model-quality charts and as a row
+            wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#c_auc line.marker-drift"), 30, "a drift marker")
+            shown = lambda: detected["detector"] in driver.find_element(By.ID, "drift").text  # noqa: E731
+            wait_for(shown, 30, f"{detected['detector']} in the drift-event table")  # page refreshes every 5 s
+            driver.save_screenshot(str(tmp_path / "dashboard-drift.png"))
+            rollback_through_the_page(driver)
+            after = tmp_path / "dashboard-after-rollback.png"
+            time.sleep(REFRESH_S)  # one more refresh, so the page shows the action
+            driver.save_screenshot(str(after))
+            if os.environ.get("DASHBOARD_SCREENSHOT_OUT"):  # how docs/dashboard.png is made
+                shutil.copyfile(after, os.environ["DASHBOARD_SCREENSHOT_OUT"])
+        finally:
+            driver.quit()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(90)
+
+
+def inject_shift_until_detected(http: httpx.Client, timeout_s: float) -> dict:
+    """A shift through the public API: shoppers suddenly click the *last* item of every
+    recommendation list. Returns the first drift event detected after the shift began."""
+    started_ms = int(time.time() * 1000)
+    deadline = time.monotonic() + timeout_s
+    next_check = 0.0
+    i = 0
+    while time.monotonic() < deadline:
+        user = f"shifted-{i % 40}"
+        i += 1
+        result = http.get("/recommend", params={"user_id": user, "k": 10}).json()
+        if result["items"]:
+            last = len(result["items"]) - 1
+            click = {
+                "event_id": uuid.uuid4().hex,
+                "type": "click",
+                "user_id": user,
+                "item_id": result["items"][last]["item_id"],
+                "ts": int(time.time() * 1000),
+                "request_id": result["request_id"],
+                "position": last,
+            }
+            assert http.post("/events", json=click).status_code == 202
+        if time.monotonic() > next_check:
+            next_check = time.monotonic() + 5
+            drift = http.get("/dashboard/data").json()["drift"]
+            after = [e for e in drift if e.get("detector") and e.get("detected_ms", 0) >= started_ms]
+            if after:
+                return after[-1]
+    raise AssertionError(f"no drift detected within {timeout_s:.0f}s of the shift ({i} shifted clicks)")
+
+
+def rollback_through_the_page(driver) -> None:
+    """Click "Roll back", answer the confirm and the admin-key prompt (empty: keyless loopback), and
+    check the page reports the served version moved back."""
+    from selenium.webdriver.common.by import By
+
+    driver.find_element(By.ID, "rollback").click()
+    driver.switch_to.alert.accept()  # confirm
+    prompt = wait_for(lambda: _alert(driver), 10, "the admin-key prompt", poll_s=0.2)
+    prompt.send_keys("")
+    prompt.accept()
+    text = wait_for(lambda: driver.find_element(By.ID, "action").text, 20, "the rollback answer", poll_s=0.5)
+    answer = json.loads(text)
+    assert answer["action"] == "rollback" and answer["serving_version"] < answer["previous_version"], answer
+    # the action is drawn as a marker on the model-quality charts and listed under operator actions
+    wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#c_auc line.marker-rollback"), 20, "a rollback marker")
+    assert "rollback" in driver.find_element(By.ID, "actions").text
+
+
+def _alert(driver):
+    from selenium.common.exceptions import NoAlertPresentException
+
+    try:
+        alert = driver.switch_to.alert
+        _ = alert.text
+        return alert
+    except NoAlertPresentException:
+        return None
+
+
+if __name__ == "__main__":  # python -m tests.test_browser BASE_URL OUT.png
+    capture(sys.argv[1], Path(sys.argv[2]))
+    print(f"wrote {sys.argv[2]}")
