@@ -101,7 +101,7 @@ def post_all(http: httpx.Client, path: str, objects: Sequence[dict], batch: int 
         if body["rejected"]:
             raise RuntimeError(f"POST {path} rejected {body['rejected'][:3]}")
         done = i + len(chunk)
-        if label and (done // batch) % 50 == 0 or done == len(objects):
+        if label and ((done // batch) % 50 == 0 or done == len(objects)):
             print(f"  {label}: posted {done:,}/{len(objects):,} ({time.monotonic() - started:.0f} s)", flush=True)
 
 
