@@ -209,6 +209,9 @@ class ReplayFeatures:
     def covisited(self, item_id: str, n: int = 20) -> list[tuple[str, float]]:
         return _top(self.covis.get(item_id, {}), max(0, n))
 
+    def covisited_many(self, item_ids: list[str], n: int = 20) -> list[list[tuple[str, float]]]:
+        return [self.covisited(i, n) for i in item_ids]
+
     def trending(self, n: int = 20) -> list[tuple[str, float]]:
         tau = self.cfg.tau_ms(self.cfg.trending_half_life_s)
         return _top({i: decay(v, t, self.clock, tau) for i, (v, t) in self.trend.items()}, max(0, n))

@@ -370,6 +370,15 @@ class FeatureStore:
             return []
         return [(m, float(s)) for m, s in self.r.zrevrange(self.keys.covis(item_id), 0, n - 1, withscores=True)]
 
+    def covisited_many(self, item_ids: Sequence[str], n: int = 20) -> list[list[tuple[str, float]]]:
+        """:meth:`covisited` of many items in one round trip."""
+        if n <= 0:
+            return [[] for _ in item_ids]
+        pipe = self.r.pipeline(transaction=False)
+        for item in item_ids:
+            pipe.zrevrange(self.keys.covis(item), 0, n - 1, withscores=True)
+        return [[(m, float(s)) for m, s in rows] for rows in pipe.execute()]
+
     def trending(self, n: int = 20) -> list[tuple[str, float]]:
         """Top items by weighted popularity decayed to the stream clock: ``sum(w * exp(-(clock - ts)/tau))``.
 

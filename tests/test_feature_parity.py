@@ -139,6 +139,8 @@ def assert_same_reads(redis_fs, rep: ReplayFeatures) -> None:
     for item in ITEMS + ["never"]:
         assert redis_fs.covisited(item, 100) == approx_pairs(rep.covisited(item, 100)), item
         assert redis_fs.covisited(item, 2) == approx_pairs(rep.covisited(item, 2)), item
+    many = redis_fs.covisited_many(ITEMS + ["never"], 2)
+    assert many == [approx_pairs(rows) for rows in rep.covisited_many(ITEMS + ["never"], 2)]
     assert redis_fs.trending(100) == approx_pairs(rep.trending(100))
     assert redis_fs.trending(3) == approx_pairs(rep.trending(3))
     assert redis_fs.item_attributes(ITEMS + ["never"]) == rep.item_attributes(ITEMS + ["never"])
