@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from serving import metrics
 from serving.dashboard import render_dashboard
 from serving.engine import Engine
+from serving.recommend import RecommendVariant
 from streamrec import bus
 from streamrec.schemas import (
     PublishRejection,
@@ -107,8 +108,13 @@ def query_routes(engine: Engine) -> APIRouter:
         return engine.search(q.strip(), user_id, k)
 
     @router.get("/recommend", response_model=ResultList)
-    def recommend(user_id: UserId, k: K = 10) -> ResultList:
-        return engine.recommend(user_id, k)
+    def recommend(
+        user_id: UserId,
+        k: K = 10,
+        variant: Annotated[RecommendVariant, Query(description="families used (serving/recommend.py)")] = "full",
+        exclude_seen: Annotated[bool | None, Query(description="skip this session's items; unset = setting")] = None,
+    ) -> ResultList:
+        return engine.recommend(user_id, k, variant=variant, exclude_seen=exclude_seen)
 
     @router.get("/similar/{item_id}", response_model=ResultList)
     def similar(item_id: Annotated[str, Path(min_length=1, max_length=128)], k: K = 10) -> ResultList:

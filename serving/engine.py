@@ -15,10 +15,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from serving import recommend as session_rec
+from serving import session_candidates
 from serving.impressions import ImpressionLog
 from serving.lexical import LexicalIndex
 from serving.models import ModelWatcher
+from serving.recommend import RecommendVariant
 from serving.rerank import mmr
+from serving.sessions import SessionParams
 from streamrec.encoder import Encoder
 from streamrec.features import INTERACTIONS, FeatureConfig, FeatureStore
 from streamrec.ranking import FeatureAssembler
@@ -70,6 +74,7 @@ class Engine:
         self.lexical = lexical
         self.impressions = impressions
         self.assembler = FeatureAssembler(features, self.index.vector, self.index.meta)
+        self.session_params = SessionParams.from_settings(s)
 
     @property
     def index(self) -> LiveIndex:
@@ -114,10 +119,41 @@ class Engine:
         ]
         return self._finish(Context(user_id, query, qvec), cands, k)
 
-    def recommend(self, user_id: str, k: int) -> ResultList:
+    def recommend(
+        self, user_id: str, k: int, variant: RecommendVariant = "full", exclude_seen: bool | None = None
+    ) -> ResultList:
+        """Next items for the user's current session (serving/recommend.py); the older profile
+        path (content neighbours, co-visitation, else trending) for a user without history.
+        ``variant`` picks the families (``full`` = fusion, then the head and diversity at their
+        /recommend settings); ``exclude_seen`` None = the setting."""
+        if exclude_seen is None:
+            exclude_seen = self.s.serving_recommend_exclude_seen
+        sc = session_candidates.read(self.features, user_id, self.session_params)
+        exclude = set(sc.prefix) if exclude_seen else set()
+        ranked = session_rec.rank(sc, variant, self.session_params, self.index.__contains__, exclude)
+        ranked = ranked[: self.s.serving_candidates]
+        full = variant == "full"
+        finish = {
+            "model_weight": self.s.serving_recommend_model_weight if full else 0.0,
+            "diversity": self.s.serving_recommend_diversity_lambda if full else 1.0,
+        }
+        if sc.prefix or not full:
+            profile, _ = self._profile(list(reversed(sc.session)))
+            top = ranked[0].score if ranked else 1.0
+            cands = [
+                Candidate(
+                    c.item_id, c.score / top, self._cosine(profile, c.item_id), session_rec.reasons(c, sc, self._title)
+                )
+                for c in ranked
+            ]
+            return self._finish(Context(user_id, None, profile), cands, k, **finish)
+        return self._profile_recommend(user_id, k, exclude_seen, **finish)
+
+    def _profile_recommend(self, user_id: str, k: int, exclude_seen: bool, **finish: float) -> ResultList:
+        """Content neighbours of the user's recent items, co-visitation, else trending."""
         recent = self.features.recent_items(user_id, 20)
         seen = {r.item_id for r in recent}
-        exclude = seen if self.s.serving_exclude_seen else set()
+        exclude = seen if exclude_seen else set()
         profile, anchors = self._profile(recent)
         cands: dict[str, Candidate] = {}
         n = self.s.serving_candidates
@@ -145,7 +181,7 @@ class Engine:
             top = max((score for _, score in trending), default=1.0) or 1.0
             for item_id, score in trending:
                 cands[item_id] = Candidate(item_id, score / top, 0.0, ["trending now"])
-        return self._finish(Context(user_id, None, profile), list(cands.values()), k)
+        return self._finish(Context(user_id, None, profile), list(cands.values()), k, **finish)
 
     def similar(self, item_id: str, k: int) -> ResultList | None:
         seed = self.index.vector(item_id)
@@ -163,7 +199,16 @@ class Engine:
         return self._finish(Context(None, None, seed), cands, k)
 
     # --- shared tail ----------------------------------------------------------------------
-    def _finish(self, ctx: Context, cands: list[Candidate], k: int) -> ResultList:
+    def _finish(
+        self,
+        ctx: Context,
+        cands: list[Candidate],
+        k: int,
+        model_weight: float | None = None,
+        diversity: float | None = None,
+    ) -> ResultList:
+        """``model_weight`` / ``diversity`` default to the search settings (serving_model_weight, MMR lambda)."""
+        w = self.s.serving_model_weight if model_weight is None else model_weight
         request_id = uuid.uuid4().hex
         model = self.models.current
         index_version = self.index.version
@@ -184,12 +229,11 @@ class Engine:
         )
         final = relevance
         explanations: list[list[str]] = [[] for _ in cands]
-        if model is not None:
+        if model is not None and w > 0:  # the feature rows are logged below either way, for the learner
             p_click, p_buy = model.head.predict(X)
             value = p_click * (1.0 + p_buy)
             peak = float(value.max())
             if peak > 0:
-                w = self.s.serving_model_weight
                 final = (1 - w) * relevance + w * (value / peak)
             explained = model.head.explain(X)
             for i in range(len(cands)):
@@ -198,7 +242,7 @@ class Engine:
                     why += " — driven by " + ", ".join(explained[i][:3])
                 explanations[i].append(why)
         vectors = np.stack([self._vector_or_zero(i) for i in ids])
-        order = mmr(final, vectors, k, self.s.serving_diversity_lambda)
+        order = mmr(final, vectors, k, self.s.serving_diversity_lambda if diversity is None else diversity)
         items = [
             ResultItem(
                 item_id=ids[i],

@@ -17,7 +17,7 @@ from typing import Protocol
 
 from serving import sessions
 from serving.sessions import Neighbour, Scored, Scores, SessionParams
-from streamrec.features import CurrentSession
+from streamrec.features import CurrentSession, RecentItem
 
 
 class SessionFeatures(Protocol):
@@ -40,6 +40,7 @@ class SessionCandidates:
 
     prefix: list[str]
     families: dict[str, Scores]
+    session: list[RecentItem] = field(default_factory=list)  # the prefix's events, oldest first
     neighbours: list[Scored] = field(default_factory=list)  # STAN's, best first
     covis_rows: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
 
@@ -82,4 +83,4 @@ def read(features: SessionFeatures, user_id: str, p: SessionParams) -> SessionCa
         "covis": sessions.covis(prefix, rows, p.covis_decay),
         "popular": trending,
     }
-    return SessionCandidates(prefix, families, scored, rows)
+    return SessionCandidates(prefix, families, current.items, scored, rows)

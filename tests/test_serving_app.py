@@ -32,7 +32,8 @@ class FakeEngine:
     def search(self, q, user_id, k):
         return self._result()
 
-    def recommend(self, user_id, k):
+    def recommend(self, user_id, k, **options):
+        self.recommend_options = options
         return self._result()
 
     def similar(self, item_id, k):
@@ -93,6 +94,18 @@ def test_query_routes_when_ready():
     assert client.get("/similar/a").status_code == 200
     assert client.get("/similar/missing").status_code == 404
     assert (_count("similar", "200"), _count("similar", "404")) == (ok + 1, missing + 1)
+
+
+def test_recommend_passes_variant_and_repeat_policy():
+    engine = FakeEngine()
+    client, _ = _client(engine)
+    assert client.get("/recommend", params={"user_id": "u"}).status_code == 200
+    assert engine.recommend_options == {"variant": "full", "exclude_seen": None}
+    assert (
+        client.get("/recommend", params={"user_id": "u", "variant": "stan", "exclude_seen": "true"}).status_code == 200
+    )
+    assert engine.recommend_options == {"variant": "stan", "exclude_seen": True}
+    assert client.get("/recommend", params={"user_id": "u", "variant": "bogus"}).status_code == 422
 
 
 def test_post_events_publishes_valid_objects_off_the_event_loop():
