@@ -48,7 +48,7 @@ class Stream:
         s = Settings(redis_url=url, redis_prefix=prefix)
         bot_off = BotConfig(user_limit=0, item_limit=0, repeat_gap_ms=0)
         self.writer = Writer(connect_binary(s), prefix, "bench", cfg, bot_off)
-        self.offset = 0
+        self.offset = self.writer.stored_offset("events", 0) or 0
         self.pending: list[Event] = []
 
     def add(self, e: Event) -> None:
@@ -66,13 +66,13 @@ class Stream:
         self.pending = []
 
 
-def click(sid: int, pos: int, item: int) -> Event:
+def click(sid: int, pos: int, item: int, tag: str = "") -> Event:
     return Event(
-        event_id=f"d{sid}-{pos}",
+        event_id=f"d{tag}{sid}-{pos}",
         type="view",
-        user_id=f"du{sid}",
+        user_id=f"du{tag}{sid}",
         item_id=str(item),
-        session_id=f"ds{sid}",
+        session_id=f"ds{tag}{sid}",
         ts=T0 + sid * SESSION_GAP_MS + pos * CLICK_GAP_MS,
     )
 
@@ -90,6 +90,10 @@ def main() -> int:
     ap.add_argument("--stride", type=int, default=10, help="evaluate every n-th held-out session")
     ap.add_argument("--limit", type=int, default=0, help="held-out sessions to run (0 = all)")
     ap.add_argument("--redis-url", default="", help="default: a throw-away embedded Redis")
+    ap.add_argument("--prefix", default="", help="key prefix (default: a fresh one)")
+    ap.add_argument("--skip-history", action="store_true", help="the history is already under --prefix")
+    ap.add_argument("--tag", default="", help="held-out ids get this tag (rerun over a kept history)")
+    ap.add_argument("--history-only", action="store_true", help="write the history, then stop")
     args = ap.parse_args()
     sessions = [json.loads(line) for line in args.data.open()]
     n_hist = int(0.9 * len(sessions))
@@ -99,10 +103,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         server = None if args.redis_url else EmbeddedRedis(Path(tmp)).__enter__()
         url = args.redis_url or server.url
-        prefix = f"bench{int(time.time())}:"
+        prefix = args.prefix or f"bench{int(time.time())}:"
         stream = Stream(url, prefix, cfg)
         started = time.perf_counter()
-        for sid, items in enumerate(sessions[:n_hist]):
+        for sid, items in enumerate(sessions[:n_hist] if not args.skip_history else []):
             for pos, item in enumerate(items):
                 stream.add(click(sid, pos, item))
         stream.flush()
@@ -111,6 +115,8 @@ def main() -> int:
             f"history: {n_hist} sessions written in {time.perf_counter() - started:.0f} s; "
             f"Redis used_memory {r.info('memory')['used_memory'] / 2**20:.0f} MiB"
         )
+        if args.history_only:
+            return 0
         fs = FeatureStore(r, prefix, cfg)
         hits = {v: [0, 0.0] for v in VARIANTS}
         timings: list[float] = []
@@ -119,13 +125,13 @@ def main() -> int:
             sid = n_hist + k
             evaluate = k % args.stride == 0
             for pos, item in enumerate(items):
-                stream.add(click(sid, pos, item))
+                stream.add(click(sid, pos, item, args.tag))
                 if not evaluate or pos + 1 >= len(items):
                     continue
                 stream.flush()
                 target = str(items[pos + 1])
                 t = time.perf_counter()
-                sc = session_candidates.read(fs, f"du{sid}", p)
+                sc = session_candidates.read(fs, f"du{args.tag}{sid}", p)
                 fused = recommend.rank(sc, "fused", p, keep=lambda _: True)
                 timings.append(time.perf_counter() - t)
                 queries += 1

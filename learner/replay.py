@@ -28,9 +28,11 @@ from streamrec.features import (
     FeatureConfig,
     ItemStats,
     RecentItem,
+    SessionView,
     current_session,
     decay,
     merge_decayed,
+    sample_sessions,
     session_token,
 )
 from streamrec.ranking import FeatureAssembler
@@ -208,6 +210,15 @@ class ReplayFeatures:
 
     def covisited(self, item_id: str, n: int = 20) -> list[tuple[str, float]]:
         return _top(self.covis.get(item_id, {}), max(0, n))
+
+    def neighbour_sessions(self, item_ids: list[str], own: str | None, sample: int) -> list[SessionView]:
+        if not item_ids or sample <= 0:
+            return []
+        sampled = sample_sessions(self.item_sessions(list(dict.fromkeys(item_ids))), own, sample)
+        views = [
+            SessionView(t, ts, items) for (t, ts), items in zip(sampled, self.sessions_items([t for t, _ in sampled]))
+        ]
+        return [v for v in views if v.items]
 
     def covisited_many(self, item_ids: list[str], n: int = 20) -> list[list[tuple[str, float]]]:
         return [self.covisited(i, n) for i in item_ids]

@@ -4,8 +4,9 @@ Why a module of its own: ``serving/sessions.py`` stays pure (testable on hand-ma
 this reader works on anything with ``FeatureStore``'s read API — Redis in serving, or
 ``learner.replay.ReplayFeatures`` offline — so a replay scores exactly what the live path would.
 
-Round trips per request: the user's recent list (current session), the prefix items' session
-index and co-visitation rows, the sampled neighbours' session lists (one pipeline), trending.
+Round trips per request: the user's recent list (current session); the sampled neighbours with
+their items (one read-only script: the union of the prefix items' session index and the lists
+stay in Redis); the prefix items' co-visitation rows (one pipeline); trending.
 Work is capped: ``sample`` sessions are scored, ``neighbours`` of them used.
 """
 
@@ -17,7 +18,7 @@ from typing import Protocol
 
 from serving import sessions
 from serving.sessions import Neighbour, Scored, Scores, SessionParams
-from streamrec.features import CurrentSession, RecentItem
+from streamrec.features import CurrentSession, RecentItem, SessionView
 
 
 class SessionFeatures(Protocol):
@@ -25,9 +26,7 @@ class SessionFeatures(Protocol):
 
     def current_session(self, user_id: str) -> CurrentSession | None: ...
 
-    def item_sessions(self, item_ids: Sequence[str], n: int | None = None) -> list[list[tuple[str, float]]]: ...
-
-    def sessions_items(self, tokens: Sequence[str]) -> list[list[str]]: ...
+    def neighbour_sessions(self, item_ids: Sequence[str], own: str | None, sample: int) -> list[SessionView]: ...
 
     def covisited_many(self, item_ids: Sequence[str], n: int = 20) -> list[list[tuple[str, float]]]: ...
 
@@ -67,12 +66,8 @@ def read(features: SessionFeatures, user_id: str, p: SessionParams) -> SessionCa
     if not prefix:
         return SessionCandidates(prefix, {"popular": trending})
     distinct = list(dict.fromkeys(reversed(prefix)))  # newest first
-    sampled = sessions.sample_neighbours(features.item_sessions(distinct), current.token, p.sample)
-    tokens = [token for token, _ in sampled]
     neighbours = [
-        Neighbour(token, items, ts)
-        for (token, ts), items in zip(sampled, features.sessions_items(tokens), strict=True)
-        if items
+        Neighbour(v.token, v.items, v.ts) for v in features.neighbour_sessions(distinct, current.token, p.sample)
     ]
     rows = dict(zip(distinct, features.covisited_many(distinct, 100), strict=True))
     scored = sessions.stan_neighbours(prefix, neighbours, p)

@@ -87,19 +87,6 @@ def repeat(prefix: Sequence[str], decay: float) -> Scores:
     return out
 
 
-def sample_neighbours(
-    item_sessions: Iterable[Sequence[tuple[str, float]]], own: str | None, sample: int
-) -> list[tuple[str, float]]:
-    """The ``sample`` most recent sessions sharing an item with the prefix (token, newest ts),
-    from each prefix item's session index; the request's own session is left out."""
-    newest: dict[str, float] = {}
-    for rows in item_sessions:
-        for token, ts in rows:
-            if token != own and ts > newest.get(token, -math.inf):
-                newest[token] = ts
-    return heapq.nlargest(sample, newest.items(), key=lambda kv: (kv[1], kv[0]))
-
-
 def stan_neighbours(prefix: Sequence[str], neighbours: Sequence[Neighbour], p: SessionParams) -> list[Scored]:
     """STAN similarity (Garg et al., SIGIR 2019), top ``p.neighbours``:
     sim(n) = sum_{y in p & n} exp((pos(y) - t)/l1) / sqrt(|p| |n|) * exp(-(newest ts - ts_n)/tau),

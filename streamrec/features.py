@@ -88,10 +88,11 @@ default 30. Global keys: ``trending_cap`` members. Idle users/items/sessions exp
 
 from __future__ import annotations
 
+import heapq
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 
@@ -153,6 +154,29 @@ def current_session(user_id: str, entries: Sequence[tuple[RecentItem, str]], cap
             break
         run.append(item)
     return CurrentSession(session_token(user_id, session), run[::-1])
+
+
+@dataclass(frozen=True)
+class SessionView:
+    """A neighbour candidate: its session token, newest event ts with the items asked about, items
+    oldest first."""
+
+    token: str
+    ts: float
+    items: list[str]
+
+
+def sample_sessions(
+    item_sessions: Iterable[Sequence[tuple[str, float]]], own: str | None, sample: int
+) -> list[tuple[str, float]]:
+    """The ``sample`` most recent sessions in the items' session index (token, newest ts), ties by
+    the larger token, leaving out ``own``: the rule of ``features_neighbours.lua`` in Python."""
+    newest: dict[str, float] = {}
+    for rows in item_sessions:
+        for token, ts in rows:
+            if token != own and ts > newest.get(token, -math.inf):
+                newest[token] = ts
+    return heapq.nlargest(sample, newest.items(), key=lambda kv: (kv[1], kv[0]))
 
 
 def decay(value: float, ref_ts: float, now_ms: float, tau_ms: float) -> float:
@@ -278,6 +302,7 @@ class FeatureStore:
         self.r = r
         self.keys = Keys(prefix)
         self.config = config or FeatureConfig()
+        self._neighbours = r.register_script(NEIGHBOURS_LUA)
 
     @classmethod
     def from_settings(cls, s: Settings) -> FeatureStore:
@@ -370,6 +395,16 @@ class FeatureStore:
             return []
         return [(m, float(s)) for m, s in self.r.zrevrange(self.keys.covis(item_id), 0, n - 1, withscores=True)]
 
+    def neighbour_sessions(self, item_ids: Sequence[str], own: str | None, sample: int) -> list[SessionView]:
+        """The ``sample`` most recent sessions sharing an item with ``item_ids`` (not ``own``) with
+        their items, in one round trip (a read-only script: the union and the lists stay in Redis)."""
+        if not item_ids or sample <= 0:
+            return []
+        head, tail = self.keys.script_templates()["session"]
+        keys = [self.keys.item_sessions(i) for i in dict.fromkeys(item_ids)]
+        flat = self._neighbours(keys=keys, args=[own or "", sample, head, tail, SEP])
+        return [SessionView(flat[i], float(flat[i + 1]), flat[i + 2].split(SEP)[::-1]) for i in range(0, len(flat), 3)]
+
     def covisited_many(self, item_ids: Sequence[str], n: int = 20) -> list[list[tuple[str, float]]]:
         """:meth:`covisited` of many items in one round trip."""
         if n <= 0:
@@ -460,6 +495,8 @@ class FeatureStore:
 # and written back once at the end. Returns {status, stored_before, applied, skipped, outbox_len,
 # quarantined reasons...}; status 'gap' (nothing applied) if the batch starts after the stored offset.
 APPLY_LUA = (resources.files("streamrec") / "features_apply.lua").read_text(encoding="utf-8")
+# The session-kNN sample (FeatureStore.neighbour_sessions): read-only, one round trip.
+NEIGHBOURS_LUA = (resources.files("streamrec") / "features_neighbours.lua").read_text(encoding="utf-8")
 
 
 def script_config(cfg: FeatureConfig, bot: dict, keys: Keys) -> str:

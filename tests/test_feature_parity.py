@@ -157,6 +157,11 @@ def assert_same_session_reads(redis_fs, rep: ReplayFeatures) -> None:
         assert redis_fs.item_sessions(items, n) == rep.item_sessions(items, n), n
     for user in USERS + ["nobody"]:
         assert redis_fs.current_session(user) == rep.current_session(user), user
+    for own in (None, tokens[0]):
+        for sample in (1, 3, 100):
+            for asked in (ITEMS[:2], ITEMS, ["never"], []):
+                got, want = redis_fs.neighbour_sessions(asked, own, sample), rep.neighbour_sessions(asked, own, sample)
+                assert got == want, (own, sample, asked)
 
 
 def session_tokens_seen(rep: ReplayFeatures) -> list[str]:

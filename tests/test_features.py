@@ -161,3 +161,17 @@ def test_session_state_is_capped_and_keeps_the_newest(settings):
         and [r.item_id for r in cur.items] == ["i0", "i1", "i2", "i3", "i4", "i0"][-3:]
     )
     assert f.fs.current_session("w").token == "uw" and f.fs.current_session("nobody") is None
+
+
+def test_neighbour_sessions_are_the_most_recent_sharing_an_item(settings):
+    f = Feed(settings)
+    f(ev(0, user="v", item="a", session="s1"), ev(1, user="v", item="b", session="s1"))
+    f(ev(2, user="w", item="b", session="s2"), ev(3, user="w", item="c", session="s2"))
+    f(ev(4, user="x", item="a", session="s3"), ev(5, user="y", item="z", session="s4"))
+    got = f.fs.neighbour_sessions(["a", "b"], own="ss3", sample=2)
+    assert [(v.token, v.ts, v.items) for v in got] == [
+        ("ss2", T0 + 2000.0, ["b", "c"]),
+        ("ss1", T0 + 1000.0, ["a", "b"]),
+    ]
+    assert [v.token for v in f.fs.neighbour_sessions(["a"], own=None, sample=10)] == ["ss3", "ss1"]
+    assert f.fs.neighbour_sessions([], own=None, sample=10) == [] and f.fs.neighbour_sessions(["none"], None, 5) == []

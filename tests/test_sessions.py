@@ -66,11 +66,6 @@ def test_covis_sums_rows_of_the_prefix_newest_first():
     assert sessions.covis(["a", "b", "b"], rows, 0.5) == pytest.approx({"c": 2.0 + 0.25, "e": 1.0})
 
 
-def test_sample_keeps_the_most_recent_sessions_and_never_the_own_one():
-    per_item = [[("s1", 5.0), ("own", 9.0)], [("s2", 7.0), ("s1", 8.0), ("s3", 1.0)]]
-    assert sessions.sample_neighbours(per_item, "own", 2) == [("s1", 8.0), ("s2", 7.0)]
-
-
 def test_fuse_normalises_each_family_and_weights_it():
     families = {
         "repeat": {"a": 2.0, "b": 1.0},
