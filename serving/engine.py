@@ -131,12 +131,14 @@ class Engine:
         sc = session_candidates.read(self.features, user_id, self.session_params)
         exclude = set(sc.prefix) if exclude_seen else set()
         ranked = session_rec.rank(sc, variant, self.session_params, self.index.__contains__, exclude)
-        ranked = ranked[: self.s.serving_candidates]
         full = variant == "full"
         finish = {
             "model_weight": self.s.serving_recommend_model_weight if full else 0.0,
             "diversity": self.s.serving_recommend_diversity_lambda if full else 1.0,
         }
+        # without the head and MMR the order is final: only the shown k need feature rows (latency)
+        reorders = finish["model_weight"] > 0 or finish["diversity"] < 1
+        ranked = ranked[: self.s.serving_candidates if reorders else k]
         if sc.prefix or not full:
             profile, _ = self._profile(list(reversed(sc.session)))
             top = ranked[0].score if ranked else 1.0

@@ -69,7 +69,8 @@ def read(features: SessionFeatures, user_id: str, p: SessionParams) -> SessionCa
     neighbours = [
         Neighbour(v.token, v.items, v.ts) for v in features.neighbour_sessions(distinct, current.token, p.sample)
     ]
-    rows = dict(zip(distinct, features.covisited_many(distinct, 100), strict=True))
+    recent = list(dict.fromkeys(reversed(prefix[-sessions.covis_horizon(p.covis_decay) :])))
+    rows = dict(zip(recent, features.covisited_many(recent, p.family_top_n), strict=True))
     scored = sessions.stan_neighbours(prefix, neighbours, p)
     families = {
         "repeat": sessions.repeat(prefix, p.repeat_decay),

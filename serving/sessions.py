@@ -16,6 +16,7 @@ import heapq
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from streamrec.settings import Settings, default
 
@@ -62,6 +63,10 @@ class Neighbour:
     items: Sequence[str]
     ts: float
 
+    @cached_property
+    def distinct(self) -> frozenset[str]:
+        return frozenset(self.items)
+
 
 @dataclass(frozen=True)
 class Scored:
@@ -97,13 +102,14 @@ def stan_neighbours(prefix: Sequence[str], neighbours: Sequence[Neighbour], p: S
     if not neighbours or not pos:
         return []
     newest = max(n.ts for n in neighbours)
+    weight = [math.exp((j - t) / p.stan_position_decay) for j in range(t + 1)]  # by 1-based position
     out = []
     for n in neighbours:
-        distinct = set(n.items)
+        distinct = n.distinct
         shared = [(pos[y], y) for y in distinct if y in pos]
         if not shared:
             continue
-        w = sum(math.exp((j - t) / p.stan_position_decay) for j, _ in shared)
+        w = sum(weight[j] for j, _ in shared)
         sim = w / math.sqrt(n_prefix * len(distinct)) * math.exp(-(newest - n.ts) / p.recency_ms)
         j, anchor = max(shared)
         out.append(Scored(sim, n, anchor, j))
@@ -114,12 +120,14 @@ def stan(neighbours: Sequence[Scored], p: SessionParams) -> Scores:
     """STAN(x) = sum_n sim(n) * max_{q: n_q = x} exp(-|q - q0|/l3), q0 = the last position in n of
     the anchor (the most recent prefix item n contains): what came right after it scores most."""
     out: Scores = {}
+    longest = max((len(s.neighbour.items) for s in neighbours), default=0)
+    near = [math.exp(-d / p.stan_neighbour_decay) for d in range(longest + 1)]  # by distance to q0
     for s in neighbours:
         items = s.neighbour.items
         q0 = len(items) - 1 - list(reversed(items)).index(s.anchor)
         best: Scores = {}
         for q, x in enumerate(items):
-            w = math.exp(-abs(q - q0) / p.stan_neighbour_decay)
+            w = near[abs(q - q0)]
             if w > best.get(x, 0.0):
                 best[x] = w
         for x, w in best.items():
@@ -134,7 +142,7 @@ def vsknn(prefix: Sequence[str], neighbours: Sequence[Neighbour], k: int) -> Sco
     t = len(prefix)
     scored = []
     for n in neighbours:
-        distinct = set(n.items)
+        distinct = n.distinct
         shared = [pos[y] for y in distinct if y in pos]
         if shared:
             scored.append((sum(shared) / t, n.ts, n.token, max(shared), distinct))
@@ -144,6 +152,11 @@ def vsknn(prefix: Sequence[str], neighbours: Sequence[Neighbour], k: int) -> Sco
         for x in distinct:
             out[x] = out.get(x, 0.0) + w
     return out
+
+
+def covis_horizon(decay: float) -> int:
+    """How many of the newest prefix positions :func:`covis` can use (weight >= 1e-4): only their rows are read."""
+    return 1 if decay <= 0 else (1_000_000 if decay >= 1 else int(math.log(1e-4) / math.log(decay)) + 1)
 
 
 def covis(prefix: Sequence[str], rows: Mapping[str, Sequence[tuple[str, float]]], decay: float) -> Scores:
