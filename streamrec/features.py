@@ -84,6 +84,8 @@ hash fields (≈ 0.5 KB) plus ``covis_top_n`` co-visitation members (≈ 3 KB) p
 ≤ 55 KB at the cap of 500; DIGINETICA's median item has a handful of sessions (≈ 0.2 KB). A
 session holds ≤ ``session_cap`` item ids in a listpack: ≈ 80 B + 12 B per item, ≤ 0.5 KB with the
 default 30. Global keys: ``trending_cap`` members. Idle users/items/sessions expire after their TTL.
+Measured: DIGINETICA's first 90 % (168k sessions, 818k clicks, every feature) take 193 MiB of
+Redis ``used_memory`` (bench/sessions_offline.py).
 """
 
 from __future__ import annotations
