@@ -123,7 +123,8 @@ class Engine:
         self, user_id: str, k: int, variant: RecommendVariant = "full", exclude_seen: bool | None = None
     ) -> ResultList:
         """Next items for the user's current session (serving/recommend.py); the older profile
-        path (content neighbours, co-visitation, else trending) for a user without history.
+        path (content neighbours, co-visitation, else trending) when the session gives nothing
+        (a user without history, or all excluded).
         ``variant`` picks the families (``full`` = fusion, then the head and diversity at their
         /recommend settings); ``exclude_seen`` None = the setting."""
         if exclude_seen is None:
@@ -139,7 +140,7 @@ class Engine:
         # without the head and MMR the order is final: only the shown k need feature rows (latency)
         reorders = finish["model_weight"] > 0 or finish["diversity"] < 1
         ranked = ranked[: self.s.serving_candidates if reorders else k]
-        if sc.prefix or not full:
+        if ranked or not full:
             profile, _ = self._profile(list(reversed(sc.session)))
             top = ranked[0].score if ranked else 1.0
             cands = [
