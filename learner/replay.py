@@ -216,7 +216,8 @@ class ReplayFeatures:
             return []
         sampled = sample_sessions(self.item_sessions(list(dict.fromkeys(item_ids))), own, sample)
         views = [
-            SessionView(t, ts, items) for (t, ts), items in zip(sampled, self.sessions_items([t for t, _ in sampled]))
+            SessionView(t, ts, items)
+            for (t, ts), items in zip(sampled, self.sessions_items([t for t, _ in sampled]), strict=True)
         ]
         return [v for v in views if v.items]
 
