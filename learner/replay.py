@@ -22,7 +22,19 @@ from learner.examples import Example
 from learner.joiner import LabelJoiner
 from learner.online import OnlineLearner, StepReport
 from learner.pipeline import ExampleBuilder
-from streamrec.features import INTERACTIONS, FeatureConfig, ItemStats, RecentItem, decay, merge_decayed
+from streamrec.features import (
+    INTERACTIONS,
+    CurrentSession,
+    FeatureConfig,
+    ItemStats,
+    RecentItem,
+    SessionView,
+    current_session,
+    decay,
+    merge_decayed,
+    sample_sessions,
+    session_token,
+)
 from streamrec.ranking import FeatureAssembler
 from streamrec.schemas import CatalogOp, Event
 
@@ -59,9 +71,10 @@ class ReplayFeatures:
     :meth:`observe` follows the rules of the Redis writer (``streamrec/features_apply.lua``) with the
     bot filter off: a repeated ``event_id`` among the user's last ``dedup_lookback`` events is dropped;
     co-visitation counts the user's distinct earlier items of the same session within
-    ``covis_window_s`` among the last ``covis_lookback``; ``recent_cap``, ``covis_top_n``,
-    ``category_cap`` and ``trending_cap`` bound what is kept. It behaves like the writer fed one
-    event per batch (the writer trims its caps at the end of each batch);
+    ``covis_window_s`` among the last ``covis_lookback``; a session (``session_token``) keeps its
+    last ``session_cap`` items and an item its ``item_sessions_cap`` most recent sessions;
+    ``recent_cap``, ``covis_top_n``, ``category_cap`` and ``trending_cap`` bound what is kept. It
+    behaves like the writer fed one event per batch (the writer trims its caps at the end of each batch);
     ``tests/test_feature_parity.py`` checks that both give the same reads.
     """
 
@@ -74,6 +87,8 @@ class ReplayFeatures:
         self.covis: dict[str, dict[str, float]] = defaultdict(dict)
         self.trend: dict[str, _Decayed] = {}
         self.affinity: dict[str, dict[str, _Decayed]] = defaultdict(dict)
+        self.sessions: dict[str, deque[str]] = defaultdict(lambda: deque(maxlen=self.cfg.session_cap))
+        self.item_sess: dict[str, dict[str, float]] = defaultdict(dict)
         self.clock = 0
 
     def observe(self, e: Event | CatalogOp) -> None:
@@ -115,11 +130,21 @@ class ReplayFeatures:
         self._bump(self.items[iid], e.type, e.ts, 1.0, cfg.item_half_life_s)
         self._affinity(e.user_id, iid, e.ts, w)
         self._bump(self.trend, iid, e.ts, w, cfg.trending_half_life_s)
+        self._add_to_session(e)
         if len(self.trend) > cfg.trending_cap:
             tau = cfg.tau_ms(cfg.trending_half_life_s)
             scores = {i: decay(v, t, self.clock, tau) for i, (v, t) in self.trend.items()}
             _trim(scores, cfg.trending_cap)
             self.trend = {i: d for i, d in self.trend.items() if i in scores}
+
+    def _add_to_session(self, e: Event) -> None:
+        """Session list (newest first) and item -> sessions (newest ts kept, the oldest trimmed)."""
+        token = session_token(e.user_id, e.session_id)
+        assert e.item_id is not None  # interactions carry an item (the Event validator)
+        self.sessions[token].appendleft(e.item_id)
+        row = self.item_sess[e.item_id]
+        row[token] = max(row.get(token, float(e.ts)), float(e.ts))
+        _trim(row, self.cfg.item_sessions_cap)
 
     def _covisit(self, e: Event) -> None:
         """The user's distinct earlier items of the same session within the window, both directions."""
@@ -154,6 +179,22 @@ class ReplayFeatures:
     def recent_items(self, user_id: str, n: int = 20) -> list[RecentItem]:
         return [RecentItem(r.item_id, r.type, r.ts) for r in list(self.recent.get(user_id, ()))[: max(0, n)]]
 
+    def current_session(self, user_id: str) -> CurrentSession | None:
+        cap = self.cfg.session_cap
+        entries = [(RecentItem(r.item_id, r.type, r.ts), r.session) for r in islice(self.recent.get(user_id, ()), cap)]
+        return current_session(user_id, entries, cap)
+
+    def session_items(self, token: str) -> list[str]:
+        return self.sessions_items([token])[0]
+
+    def sessions_items(self, tokens: list[str]) -> list[list[str]]:
+        return [list(self.sessions.get(t, ()))[::-1] for t in tokens]
+
+    def item_sessions(self, item_ids: list[str], n: int | None = None) -> list[list[tuple[str, float]]]:
+        if n is not None and n <= 0:
+            return [[] for _ in item_ids]
+        return [_top(self.item_sess.get(i, {}), len(self.item_sess.get(i, {})) if n is None else n) for i in item_ids]
+
     def item_stats(self, item_ids: list[str], now_ms: int | None = None) -> list[ItemStats]:
         cfg = self.cfg
         now = float(now_ms if now_ms is not None else self.clock)
@@ -172,6 +213,19 @@ class ReplayFeatures:
 
     def covisited(self, item_id: str, n: int = 20) -> list[tuple[str, float]]:
         return _top(self.covis.get(item_id, {}), max(0, n))
+
+    def neighbour_sessions(self, item_ids: list[str], own: str | None, sample: int) -> list[SessionView]:
+        if not item_ids or sample <= 0:
+            return []
+        sampled = sample_sessions(self.item_sessions(list(dict.fromkeys(item_ids))), own, sample)
+        views = [
+            SessionView(t, ts, items)
+            for (t, ts), items in zip(sampled, self.sessions_items([t for t, _ in sampled]), strict=True)
+        ]
+        return [v for v in views if v.items]
+
+    def covisited_many(self, item_ids: list[str], n: int = 20) -> list[list[tuple[str, float]]]:
+        return [self.covisited(i, n) for i in item_ids]
 
     def trending(self, n: int = 20) -> list[tuple[str, float]]:
         tau = self.cfg.tau_ms(self.cfg.trending_half_life_s)

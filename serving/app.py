@@ -21,6 +21,7 @@ from serving.auth import install as install_access_control
 from serving.cockpit import cockpit_routes
 from serving.dashboard import render_dashboard
 from serving.engine import Engine
+from serving.recommend import RecommendVariant
 from streamrec import bus
 from streamrec.schemas import (
     PublishRejection,
@@ -52,8 +53,13 @@ SearchVariant = Annotated[
         "fusion alone; rrf: reciprocal-rank fusion; bm25: lexical only; dense: vector only"
     ),
 ]
-# /recommend ablations are to be added here (and in serving.engine.RECOMMEND_VARIANTS).
-RecommendVariant = Annotated[Literal["full"], Query(description="full: the production ranking")]
+RecommendVariantParam = Annotated[
+    RecommendVariant,
+    Query(
+        description="full: fused session candidates + ranking head + diversity at their /recommend settings; "
+        "fused: the fusion alone; stan, vsknn, covis, repeat, popular: one candidate family alone"
+    ),
+]
 
 
 def create_app(s: Settings, engine: Engine, producer: KafkaProducer) -> FastAPI:
@@ -132,9 +138,13 @@ def query_routes(engine: Engine) -> APIRouter:
 
     @router.get("/recommend", response_model=ResultList)
     def recommend(
-        user_id: UserId, k: K = 10, variant: RecommendVariant = "full", impression: Impression = True
+        user_id: UserId,
+        k: K = 10,
+        variant: RecommendVariantParam = "full",
+        exclude_seen: Annotated[bool | None, Query(description="skip this session's items; unset = setting")] = None,
+        impression: Impression = True,
     ) -> ResultList:
-        return engine.recommend(user_id, k, variant=variant, impression=impression)
+        return engine.recommend(user_id, k, variant=variant, exclude_seen=exclude_seen, impression=impression)
 
     @router.get("/similar/{item_id}", response_model=ResultList)
     def similar(

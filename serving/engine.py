@@ -15,12 +15,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from serving import fusion
+from serving import fusion, session_candidates
+from serving import recommend as session_rec
 from serving.impressions import ImpressionLog
 from serving.lexical import LexicalIndex
 from serving.models import ModelWatcher
 from serving.query_features import query_features
+from serving.recommend import RecommendVariant
 from serving.rerank import mmr
+from serving.sessions import SessionParams
 from streamrec.encoder import Encoder
 from streamrec.features import INTERACTIONS, FeatureConfig, FeatureStore
 from streamrec.ranking import N_FEATURES, FeatureAssembler
@@ -33,7 +36,6 @@ log = logging.getLogger(__name__)
 # How much each interaction type says about a user's taste, for the profile vector.
 INTERACTION_WEIGHT = {t: FeatureConfig().weight(t) for t in INTERACTIONS}  # the feature config's weights
 RECENCY_DECAY = 0.85  # weight of the i-th most recent interaction is RECENCY_DECAY ** i
-RECOMMEND_VARIANTS = ("full",)  # /recommend ablations go here (and in serving/app.py's Literal)
 
 
 @dataclass
@@ -72,6 +74,7 @@ class Engine:
         self.lexical = lexical
         self.impressions = impressions
         self.assembler = FeatureAssembler(features, self.index.vector, self.index.meta)
+        self.session_params = SessionParams.from_settings(s)
 
     @property
     def index(self) -> LiveIndex:
@@ -149,12 +152,52 @@ class Engine:
             out.append(f"semantic match to '{query}' (cosine {cands.cosine[j]:.2f})")
         return out
 
-    def recommend(self, user_id: str, k: int, variant: str = "full", impression: bool = True) -> ResultList:
-        if variant not in RECOMMEND_VARIANTS:
-            raise ValueError(f"unknown recommend variant {variant!r}; one of {RECOMMEND_VARIANTS}")
+    def recommend(
+        self,
+        user_id: str,
+        k: int,
+        variant: RecommendVariant = "full",
+        exclude_seen: bool | None = None,
+        impression: bool = True,
+    ) -> ResultList:
+        """Next items for the user's current session (serving/recommend.py); the older profile
+        path (content neighbours, co-visitation, else trending) when the session gives nothing
+        (a user without history, or all excluded).
+        ``variant`` picks the families (``full`` = fusion, then the head and diversity at their
+        /recommend settings); ``exclude_seen`` None = the setting."""
+        if variant not in session_rec.VARIANTS:
+            raise ValueError(f"unknown recommend variant {variant!r}; one of {session_rec.VARIANTS}")
+        if exclude_seen is None:
+            exclude_seen = self.s.serving_recommend_exclude_seen
+        sc = session_candidates.read(self.features, user_id, self.session_params)
+        exclude = set(sc.prefix) if exclude_seen else set()
+        ranked = session_rec.rank(sc, variant, self.session_params, self.index.__contains__, exclude)
+        full = variant == "full"
+        model_weight = self.s.serving_recommend_model_weight if full else 0.0
+        diversity = self.s.serving_recommend_diversity_lambda if full else 1.0
+        # without the head and MMR the order is final: only the shown k need feature rows (latency)
+        reorders = model_weight > 0 or diversity < 1
+        ranked = ranked[: self.s.serving_candidates if reorders else k]
+        if ranked or not full:
+            profile, _ = self._profile(list(reversed(sc.session)))
+            top = ranked[0].score if ranked else 1.0
+            cands = [
+                Candidate(
+                    c.item_id, c.score / top, self._cosine(profile, c.item_id), session_rec.reasons(c, sc, self._title)
+                )
+                for c in ranked
+            ]
+            ctx = Context(user_id, None, profile)
+            return self._finish(ctx, cands, k, impression, model_weight, diversity, variant)
+        return self._profile_recommend(user_id, k, exclude_seen, impression, model_weight, diversity)
+
+    def _profile_recommend(
+        self, user_id: str, k: int, exclude_seen: bool, impression: bool, model_weight: float, diversity: float
+    ) -> ResultList:
+        """Content neighbours of the user's recent items, co-visitation, else trending."""
         recent = self.features.recent_items(user_id, 20)
         seen = {r.item_id for r in recent}
-        exclude = seen if self.s.serving_exclude_seen else set()
+        exclude = seen if exclude_seen else set()
         profile, anchors = self._profile(recent)
         cands: dict[str, Candidate] = {}
         n = self.s.serving_candidates
@@ -182,7 +225,8 @@ class Engine:
             top = max((score for _, score in trending), default=1.0) or 1.0
             for item_id, score in trending:
                 cands[item_id] = Candidate(item_id, score / top, 0.0, ["trending now"])
-        return self._finish(Context(user_id, None, profile), list(cands.values()), k, impression)
+        ctx = Context(user_id, None, profile)
+        return self._finish(ctx, list(cands.values()), k, impression, model_weight, diversity)
 
     def similar(self, item_id: str, k: int, impression: bool = True) -> ResultList | None:
         seed = self.index.vector(item_id)
@@ -200,10 +244,21 @@ class Engine:
         return self._finish(Context(None, None, seed), cands, k, impression)
 
     # --- shared tail ----------------------------------------------------------------------
-    def _finish(self, ctx: Context, cands: list[Candidate], k: int, impression: bool = True) -> ResultList:
-        """Recommendations and similar items: relevance blended with the head, then MMR."""
+    def _finish(
+        self,
+        ctx: Context,
+        cands: list[Candidate],
+        k: int,
+        impression: bool = True,
+        model_weight: float | None = None,
+        diversity: float | None = None,
+        variant: str = "full",
+    ) -> ResultList:
+        """Recommendations and similar items: relevance blended with the head (``model_weight``,
+        default serving_model_weight), then MMR (``diversity``, default serving_diversity_lambda)."""
+        w = self.s.serving_model_weight if model_weight is None else model_weight
         if not cands:
-            return self._empty("full")
+            return self._empty(variant)
         ids = [c.item_id for c in cands]
         relevance = np.array([c.relevance for c in cands], dtype=np.float32)
         X = self.assembler.assemble(
@@ -214,17 +269,16 @@ class Engine:
         )
         final: np.ndarray = relevance
         explanations: list[list[str]] = [[] for _ in cands]
-        head = self._head(X)
+        head = self._head(X) if w > 0 else None  # the feature rows are logged below either way
         if head is not None:
             p_click, p_buy, explanations = head
             value = p_click * (1.0 + p_buy)
             peak = float(value.max())
             if peak > 0:
-                w = self.s.serving_model_weight
                 final = (1 - w) * relevance + w * (value / peak)
-        order = self._diverse(ids, final, k, self.s.serving_diversity_lambda)
+        order = self._diverse(ids, final, k, self.s.serving_diversity_lambda if diversity is None else diversity)
         reasons = [c.reasons + e for c, e in zip(cands, explanations, strict=True)]
-        return self._respond(ctx, ids, final, order, reasons, X, "full", impression)
+        return self._respond(ctx, ids, final, order, reasons, X, variant, impression)
 
     def _head(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[list[str]]] | None:
         """(p_click, p_purchase, per-row explanation) from the current model, if it reads these rows."""

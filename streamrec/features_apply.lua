@@ -103,6 +103,18 @@ local clock = tonumber(redis.call('GET', key('clock')) or '-1')
 local t0 = tonumber(redis.call('GET', key('trending_t0')) or '')
 -- increments summed per batch and written once at the end (or before a trending rescale)
 local covis_acc, trend_acc, categories = {}, {}, {}
+-- session state, written once at the end: token -> new items (oldest first), item -> token -> newest ts
+local session_new, item_sess = {}, {}
+
+local function add_to_session(user, session, item, ts)
+  local token = session ~= '' and (cfg.session_token.session .. session) or (cfg.session_token.user .. user)
+  local s = session_new[token]
+  if not s then s = {}; session_new[token] = s end
+  s[#s + 1] = item
+  local row = item_sess[item]
+  if not row then row = {}; item_sess[item] = row end
+  if not row[token] or ts > row[token] then row[token] = ts end
+end
 
 local function flush_trending()
   for item, inc in pairs(trend_acc) do redis.call('ZINCRBY', key('trending'), fmt(inc), item) end
@@ -219,7 +231,7 @@ for r = 5, #ARGV do
     if not reason and over_rate(u, ts, cfg.bot_user_limit) then reason = 'user_burst' end
     local it
     if kind == 'e' then
-      it = hash(key('item', item), cfg.item_ttl_s, {key('covis', item)})
+      it = hash(key('item', item), cfg.item_ttl_s, {key('covis', item), key('item_sessions', item)})
       if not reason and over_rate(it, ts, cfg.bot_item_limit) then reason = 'item_burst' end
     end
     if reason then
@@ -227,7 +239,7 @@ for r = 5, #ARGV do
       reasons[#reasons + 1] = reason
     elseif kind == 'i' then
       for _, id in ipairs(cjson.decode(f[4])) do
-        bump_decayed(hash(key('item', id), cfg.item_ttl_s, {key('covis', id)}), 'impression', ts, 1)
+        bump_decayed(hash(key('item', id), cfg.item_ttl_s, {key('covis', id), key('item_sessions', id)}), 'impression', ts, 1)
       end
       applied = applied + 1
     else
@@ -251,6 +263,7 @@ for r = 5, #ARGV do
       bump_decayed(it, typ, ts, 1)
       affinity(user, item, ts, w)
       trending(item, ts, w)
+      add_to_session(user, session, item, ts)
       applied = applied + 1
     end
     if ts > clock then clock = ts end
@@ -272,6 +285,21 @@ for a, row in pairs(covis_acc) do
   local card = redis.call('ZCARD', ckey)
   if card > cfg.covis_top_n then redis.call('ZREMRANGEBYRANK', ckey, 0, card - cfg.covis_top_n - 1) end
   if card <= added then redis.call('EXPIRE', ckey, cfg.item_ttl_s) end  -- possibly new: TTL now
+end
+for token, new in pairs(session_new) do
+  local skey = key('session', token)
+  local len = redis.call('LPUSH', skey, unpack(new))
+  if len > cfg.session_cap then redis.call('LTRIM', skey, 0, cfg.session_cap - 1) end
+  redis.call('EXPIRE', skey, cfg.session_ttl_s)
+end
+for item, row in pairs(item_sess) do
+  local zkey = key('item_sessions', item)
+  local args, added = {'GT'}, 0
+  for token, ts in pairs(row) do args[#args + 1] = int(ts); args[#args + 1] = token; added = added + 1 end
+  redis.call('ZADD', zkey, unpack(args))
+  local card = redis.call('ZCARD', zkey)
+  if card > cfg.item_sessions_cap then redis.call('ZREMRANGEBYRANK', zkey, 0, card - cfg.item_sessions_cap - 1) end
+  if card <= added then redis.call('EXPIRE', zkey, cfg.item_ttl_s) end  -- possibly new: TTL now
 end
 if next(trend_acc) then
   flush_trending()

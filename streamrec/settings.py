@@ -41,6 +41,9 @@ class FeatureSettings(BaseSettings):
     covis_window_s: float = Field(1_800.0, gt=0)
     covis_lookback: int = Field(10, ge=0, le=100)
     covis_top_n: int = Field(50, ge=1)
+    session_cap: int = Field(30, ge=1, le=1000, description="items kept per session (newest), the kNN neighbour view")
+    item_sessions_cap: int = Field(500, ge=1, description="sessions kept per item (most recent), the kNN index")
+    session_ttl_s: int = Field(90 * 86_400, ge=60, description="idle session lists expire after this")
     category_cap: int = Field(30, ge=1)
     trending_cap: int = Field(1_000, ge=1)
     user_ttl_s: int = Field(30 * 86_400, ge=60)
@@ -234,7 +237,32 @@ class Settings(BaseSettings):
     serving_search_diversity_lambda: float = Field(
         1.0, ge=0, le=1, description="MMR for /search: 1 = the fused order (diversity did not help search offline)"
     )
-    serving_exclude_seen: bool = Field(True, description="/recommend skips items the user recently interacted with")
+    serving_recommend_exclude_seen: bool = Field(
+        False,
+        description="/recommend skips items of the current session; off because a repeat is often "
+        "the next click (DIGINETICA: excluding costs ~16 HR@20 points); per request: ?exclude_seen=",
+    )
+    serving_recommend_model_weight: float = Field(
+        0.0, ge=0, le=1, description="share of the ranking head in /recommend; 0 until the head beats the fusion"
+    )
+    serving_recommend_diversity_lambda: float = Field(
+        1.0, ge=0, le=1, description="MMR for /recommend: 1 = off (diversity not yet measured to help)"
+    )
+    serving_rec_weight_repeat: float = Field(3.0, ge=0, description="fusion weight: items earlier in the session")
+    serving_rec_weight_covis: float = Field(0.1, ge=0, description="fusion weight: co-visitation rows")
+    serving_rec_weight_vsknn: float = Field(0.25, ge=0, description="fusion weight: V-SKNN")
+    serving_rec_weight_stan: float = Field(1.0, ge=0, description="fusion weight: STAN")
+    serving_rec_weight_popular: float = Field(0.001, ge=0, description="fusion weight: trending (a tie-break)")
+    serving_rec_sample: int = Field(
+        1000, ge=1, description="most recent sessions sharing an item, scored as neighbours"
+    )
+    serving_rec_neighbours: int = Field(200, ge=1, description="top neighbour sessions used by STAN / V-SKNN")
+    serving_rec_family_top_n: int = Field(50, ge=1, description="candidates taken from each family before fusion")
+    serving_rec_stan_position_decay: float = Field(2.0, gt=0, description="STAN lambda1: prefix position, in clicks")
+    serving_rec_stan_neighbour_decay: float = Field(2.0, gt=0, description="STAN lambda3: distance in the neighbour")
+    serving_rec_recency_days: float = Field(30.0, gt=0, description="neighbour recency tau, event time")
+    serving_rec_repeat_decay: float = Field(0.6, gt=0, le=1, description="repeat score per step back in the session")
+    serving_rec_covis_decay: float = Field(0.5, ge=0, le=1, description="co-visitation weight per step back")
     model_poll_s: float = Field(0.2, gt=0, description="how often serving checks for a new model version")
 
     # --- access control (serving/auth.py) ----------------------------------------------------

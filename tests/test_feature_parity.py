@@ -30,6 +30,8 @@ TIGHT = FeatureConfig(
     category_cap=2,
     trending_cap=4,
     covis_window_s=600.0,
+    session_cap=3,
+    item_sessions_cap=4,
 )
 ITEMS = [f"i{k}" for k in range(9)]
 USERS = ["u1", "u2", "u3"]
@@ -137,9 +139,33 @@ def assert_same_reads(redis_fs, rep: ReplayFeatures) -> None:
     for item in ITEMS + ["never"]:
         assert redis_fs.covisited(item, 100) == approx_pairs(rep.covisited(item, 100)), item
         assert redis_fs.covisited(item, 2) == approx_pairs(rep.covisited(item, 2)), item
+    many = redis_fs.covisited_many(ITEMS + ["never"], 2)
+    assert many == [approx_pairs(rows) for rows in rep.covisited_many(ITEMS + ["never"], 2)]
     assert redis_fs.trending(100) == approx_pairs(rep.trending(100))
     assert redis_fs.trending(3) == approx_pairs(rep.trending(3))
     assert redis_fs.item_attributes(ITEMS + ["never"]) == rep.item_attributes(ITEMS + ["never"])
+    assert_same_session_reads(redis_fs, rep)
+
+
+def assert_same_session_reads(redis_fs, rep: ReplayFeatures) -> None:
+    """The session-kNN state: sessions' items, items' sessions, each user's current session."""
+    tokens = session_tokens_seen(rep)
+    assert redis_fs.sessions_items(tokens) == rep.sessions_items(tokens)
+    assert redis_fs.session_items(tokens[0]) == rep.session_items(tokens[0])
+    items = ITEMS + ["never"]
+    for n in (None, 2, 0):
+        assert redis_fs.item_sessions(items, n) == rep.item_sessions(items, n), n
+    for user in USERS + ["nobody"]:
+        assert redis_fs.current_session(user) == rep.current_session(user), user
+    for own in (None, tokens[0]):
+        for sample in (1, 3, 100):
+            for asked in (ITEMS[:2], ITEMS, ["never"], []):
+                got, want = redis_fs.neighbour_sessions(asked, own, sample), rep.neighbour_sessions(asked, own, sample)
+                assert got == want, (own, sample, asked)
+
+
+def session_tokens_seen(rep: ReplayFeatures) -> list[str]:
+    return sorted(rep.sessions) + ["snever"]
 
 
 def test_the_list_exercises_every_rule():
@@ -154,6 +180,9 @@ def test_the_list_exercises_every_rule():
     assert any(len(rep.covisited(i, 100)) == TIGHT.covis_top_n for i in ITEMS)  # the caps bite
     assert len(rep.trending(100)) == TIGHT.trending_cap
     assert any(len(rep.category_affinity(u)) == TIGHT.category_cap for u in USERS)
+    assert any(len(rows) == TIGHT.item_sessions_cap for rows in rep.item_sessions(ITEMS))
+    assert any(len(items) == TIGHT.session_cap for items in rep.sessions_items(sorted(rep.sessions)))
+    assert any(t.startswith("u") for t in rep.sessions) and any(t.startswith("s") for t in rep.sessions)
 
 
 def test_one_event_per_batch_with_tight_caps(settings):

@@ -136,5 +136,42 @@ def test_user_and_item_keys_expire(settings):
         (k.item("a"), cfg.item_ttl_s),
         (k.covis("a"), cfg.item_ttl_s),
         (k.covis("b"), cfg.item_ttl_s),
+        (k.session("ss"), cfg.session_ttl_s),
+        (k.item_sessions("a"), cfg.item_ttl_s),
     ]:
         assert 0 < r.ttl(key) <= ttl, key
+
+
+def test_session_state_is_capped_and_keeps_the_newest(settings):
+    cfg = FeatureConfig(session_cap=3, item_sessions_cap=2)
+    f = Feed(settings, features=cfg)
+    f(*[ev(i, item=f"i{i}", session="s1") for i in range(5)])
+    f(ev(10, user="v", item="i0", session="s2"), ev(11, user="w", item="i0", session=None, ts=T0 - 1))
+    f(ev(12, item="i0", session="s1", ts=T0 + 50_000))
+    assert f.fs.session_items("ss1") == ["i3", "i4", "i0"]  # oldest first, the last session_cap
+    assert f.fs.item_sessions(["i0", "i4", "none"]) == [
+        [("ss1", T0 + 50_000.0), ("ss2", T0 + 10_000.0)],  # the user-as-session "uw" was the oldest: trimmed
+        [("ss1", T0 + 4_000.0)],
+        [],
+    ]
+    cur = f.fs.current_session("u")
+    assert (
+        cur is not None
+        and cur.token == "ss1"
+        and [r.item_id for r in cur.items] == ["i0", "i1", "i2", "i3", "i4", "i0"][-3:]
+    )
+    assert f.fs.current_session("w").token == "uw" and f.fs.current_session("nobody") is None
+
+
+def test_neighbour_sessions_are_the_most_recent_sharing_an_item(settings):
+    f = Feed(settings)
+    f(ev(0, user="v", item="a", session="s1"), ev(1, user="v", item="b", session="s1"))
+    f(ev(2, user="w", item="b", session="s2"), ev(3, user="w", item="c", session="s2"))
+    f(ev(4, user="x", item="a", session="s3"), ev(5, user="y", item="z", session="s4"))
+    got = f.fs.neighbour_sessions(["a", "b"], own="ss3", sample=2)
+    assert [(v.token, v.ts, v.items) for v in got] == [
+        ("ss2", T0 + 2000.0, ["b", "c"]),
+        ("ss1", T0 + 1000.0, ["a", "b"]),
+    ]
+    assert [v.token for v in f.fs.neighbour_sessions(["a"], own=None, sample=10)] == ["ss3", "ss1"]
+    assert f.fs.neighbour_sessions([], own=None, sample=10) == [] and f.fs.neighbour_sessions(["none"], None, 5) == []

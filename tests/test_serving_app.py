@@ -34,8 +34,9 @@ class FakeEngine:
         self.calls.append(("search", variant, impression))
         return self._result(variant)
 
-    def recommend(self, user_id, k, variant="full", impression=True):
+    def recommend(self, user_id, k, variant="full", impression=True, **options):
         self.calls.append(("recommend", variant, impression))
+        self.recommend_options = {"variant": variant, **options}
         return self._result(variant)
 
     def similar(self, item_id, k, impression=True):
@@ -122,6 +123,18 @@ def test_recommend_and_similar_take_the_impression_flag():
     assert client.get("/recommend", params={"user_id": "u", "variant": "bm25"}).status_code == 422
     assert client.get("/similar/a", params={"impression": "false"}).status_code == 200
     assert engine.calls[-1] == ("similar", False)
+
+
+def test_recommend_passes_variant_and_repeat_policy():
+    engine = FakeEngine()
+    client, _ = _client(engine)
+    assert client.get("/recommend", params={"user_id": "u"}).status_code == 200
+    assert engine.recommend_options == {"variant": "full", "exclude_seen": None}
+    assert (
+        client.get("/recommend", params={"user_id": "u", "variant": "stan", "exclude_seen": "true"}).status_code == 200
+    )
+    assert engine.recommend_options == {"variant": "stan", "exclude_seen": True}
+    assert client.get("/recommend", params={"user_id": "u", "variant": "bogus"}).status_code == 422
 
 
 def test_post_events_publishes_valid_objects_off_the_event_loop():
