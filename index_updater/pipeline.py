@@ -163,7 +163,7 @@ class CatalogPipeline:
                 continue
             text = item_text(op, self.s.item_text_template)
             meta = meta_of(op)
-            h = content_hash(text, self.encoder.model_id)
+            h = content_hash(text, self.encoder.model_id, self.s.encoder_item_max_tokens)
             change = Change(op, source_ms, h, meta, meta_fingerprint(meta), text)
             current = self._current(op.item_id)
             if current is not None and current[0] == change.content_hash:
@@ -183,7 +183,7 @@ class CatalogPipeline:
         if not changes:
             return []
         t0 = time.monotonic()
-        vectors = self.encoder.encode([c.text for c in changes])
+        vectors = self.encoder.encode([c.text for c in changes], max_length=self.s.encoder_item_max_tokens or None)
         metrics.EMBED_RATE.set(len(changes) / max(time.monotonic() - t0, 1e-9))
         metrics.ITEMS_EMBEDDED.inc(len(changes))
         return [c.outgoing(vec, self.encoder.model_id) for c, vec in zip(changes, vectors, strict=True)]

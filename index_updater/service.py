@@ -12,16 +12,18 @@ the vectors-topic offsets its index covers; serving replicas load it and replay 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 
-from kafka import ConsumerRebalanceListener
+from kafka import ConsumerRebalanceListener, OffsetAndMetadata
 from kafka.errors import CommitFailedError, KafkaError
 
 from index_updater import metrics
+from index_updater.backlog import Backlog
 from index_updater.pipeline import CatalogPipeline
 from streamrec import bus
-from streamrec.encoder import Encoder
+from streamrec.encoder import Encoder, set_torch_threads
 from streamrec.settings import Settings
 from streamrec.vector_index import IndexReplica
 
@@ -86,18 +88,23 @@ def run(s: Settings, stop: threading.Event, encoder: Encoder | None = None) -> N
     producer = bus.make_producer(s)
     consumer = bus.make_consumer(s, s.index_updater_group, fetch_max_wait_ms=50)
     pipeline = CatalogPipeline(s, encoder, replica, producer)
-    consumer.subscribe([s.topic_catalog], listener=_Rebalance(pipeline))
     snapshots = Snapshotter(replica, encoder.model_id, s.index_snapshot_every_s)
     snapshots.start()
     log.info(
         "index updater: %s → %s with %s, index %r", s.topic_catalog, s.topic_vectors, encoder.model_id, s.index_factory
     )
+    backlog = Backlog(s.index_live_max_batch, s.max_event_bytes)
+    consumer.subscribe([s.topic_catalog], listener=_Rebalance(pipeline, backlog))
     try:
         while not stop.is_set():
-            polled = consumer.poll(timeout_ms=200, max_records=max(s.encoder_batch_size * 4, 64))
-            msgs = [m for tp_msgs in polled.values() for m in tp_msgs]
-            if msgs:
-                _handle(consumer, pipeline, polled, msgs)
+            _read_ahead(consumer, backlog, s)
+            threads = _threads_for(s, len(backlog))
+            if threads != set_torch_threads(threads) and threads > 0:
+                log.info("index updater: %d torch threads (backlog %d records)", threads, len(backlog))
+            metrics.BACKLOG.set(len(backlog))
+            chunk = backlog.next_chunk(s.index_chunk_records)
+            if chunk:
+                _handle(consumer, pipeline, backlog, chunk)
             metrics.INDEX_ITEMS.set(len(replica.index))
     finally:
         consumer.close()
@@ -106,30 +113,57 @@ def run(s: Settings, stop: threading.Event, encoder: Encoder | None = None) -> N
         snapshots.stop()
 
 
-def _handle(consumer, pipeline: CatalogPipeline, polled: dict, msgs: list) -> None:
+def _threads_for(s: Settings, backlog: int) -> int:
+    """Every core for a bulk backlog; the service's cap (cpu_threads) once it is drained."""
+    if backlog >= s.index_bulk_backlog:
+        return s.index_bulk_threads or os.cpu_count() or 1
+    return s.cpu_threads
+
+
+def _read_ahead(consumer, backlog: Backlog, s: Settings) -> None:
+    """Read what the broker has (up to ``index_read_ahead`` records waiting); wait up to 200 ms only
+    when there is nothing to do."""
+    for _ in range(20):
+        room = s.index_read_ahead - len(backlog)
+        if room <= 0:
+            consumer.pause(*consumer.assignment())
+            consumer.poll(timeout_ms=0)  # keeps the group membership alive; returns nothing while paused
+            return
+        if consumer.paused():
+            consumer.resume(*consumer.paused())
+        polled = consumer.poll(timeout_ms=0 if len(backlog) else 200, max_records=min(room, 5000))
+        if not polled:
+            return
+        backlog.add(polled)
+
+
+def _handle(consumer, pipeline: CatalogPipeline, backlog: Backlog, chunk: list) -> None:
     try:
-        result = pipeline.process(msgs)
+        result = pipeline.process(chunk)
     except KafkaError as e:
-        # Nothing is committed: rewind to the batch start and try again after a pause.
+        # Nothing is committed and the chunk stays in the backlog: it is tried again after a pause.
         log.error("publishing vectors failed (%s); retrying the batch", e)
-        for tp, tp_msgs in polled.items():
-            consumer.seek(tp, tp_msgs[0].offset)
         time.sleep(1.0)
         return
-    try:
-        consumer.commit()
-    except CommitFailedError as e:  # rebalanced meanwhile: the new owner redoes it, idempotently
-        log.warning("catalog commit failed after a rebalance (%s)", e)
+    backlog.done(chunk)
+    offsets = backlog.committable()
+    if offsets:
+        try:
+            consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
+            backlog.committed(offsets)
+        except CommitFailedError as e:  # rebalanced meanwhile: the new owner redoes it, idempotently
+            log.warning("catalog commit failed after a rebalance (%s)", e)
     log.debug("batch: %s", result)
 
 
 class _Rebalance(ConsumerRebalanceListener):
     """kafka-python rebalance listener: drop our publish memory when partitions move."""
 
-    def __init__(self, pipeline: CatalogPipeline):
-        self.pipeline = pipeline
+    def __init__(self, pipeline: CatalogPipeline, backlog: Backlog):
+        self.pipeline, self.backlog = pipeline, backlog
 
     def on_partitions_revoked(self, revoked) -> None:
+        self.backlog.drop(revoked)
         self.pipeline.forget()
 
     def on_partitions_assigned(self, assigned) -> None:
