@@ -94,6 +94,7 @@ def run(s: Settings, stop: threading.Event, encoder: Encoder | None = None) -> N
         "index updater: %s → %s with %s, index %r", s.topic_catalog, s.topic_vectors, encoder.model_id, s.index_factory
     )
     backlog = Backlog(s.index_live_max_batch, s.max_event_bytes)
+    pace = ChunkPace(s.index_chunk_seconds, s.encoder_batch_size, s.index_chunk_records)
     consumer.subscribe([s.topic_catalog], listener=_Rebalance(pipeline, backlog))
     try:
         while not stop.is_set():
@@ -102,9 +103,11 @@ def run(s: Settings, stop: threading.Event, encoder: Encoder | None = None) -> N
             if threads != set_torch_threads(threads) and threads > 0:
                 log.info("index updater: %d torch threads (backlog %d records)", threads, len(backlog))
             metrics.BACKLOG.set(len(backlog))
-            chunk = backlog.next_chunk(s.index_chunk_records)
+            chunk = backlog.next_chunk(pace.records())
             if chunk:
-                _handle(consumer, pipeline, backlog, chunk)
+                t0 = time.monotonic()
+                if _handle(consumer, pipeline, backlog, chunk):
+                    pace.observe(len(chunk), time.monotonic() - t0)
             metrics.INDEX_ITEMS.set(len(replica.index))
     finally:
         consumer.close()
@@ -137,14 +140,34 @@ def _read_ahead(consumer, backlog: Backlog, s: Settings) -> None:
         backlog.add(polled)
 
 
-def _handle(consumer, pipeline: CatalogPipeline, backlog: Backlog, chunk: list) -> None:
+class ChunkPace:
+    """How many backlog records to embed before polling again: about ``seconds`` of work at the
+    recently measured rate, so a live change waits at most that long behind bulk work."""
+
+    def __init__(self, seconds: float, smallest: int, largest: int):
+        self.seconds, self.smallest, self.largest = seconds, min(smallest, largest), largest
+        self.rate: float | None = None  # records/s, moving average
+
+    def records(self) -> int:
+        if self.rate is None:
+            return self.smallest
+        return int(min(self.largest, max(self.smallest, self.rate * self.seconds)))
+
+    def observe(self, n: int, seconds: float) -> None:
+        if n < self.smallest:  # a live chunk says little about bulk throughput
+            return
+        rate = n / max(seconds, 1e-6)
+        self.rate = rate if self.rate is None else 0.7 * self.rate + 0.3 * rate
+
+
+def _handle(consumer, pipeline: CatalogPipeline, backlog: Backlog, chunk: list) -> bool:
     try:
         result = pipeline.process(chunk)
     except KafkaError as e:
         # Nothing is committed and the chunk stays in the backlog: it is tried again after a pause.
         log.error("publishing vectors failed (%s); retrying the batch", e)
         time.sleep(1.0)
-        return
+        return False
     backlog.done(chunk)
     offsets = backlog.committable()
     if offsets:
@@ -154,6 +177,7 @@ def _handle(consumer, pipeline: CatalogPipeline, backlog: Backlog, chunk: list) 
         except CommitFailedError as e:  # rebalanced meanwhile: the new owner redoes it, idempotently
             log.warning("catalog commit failed after a rebalance (%s)", e)
     log.debug("batch: %s", result)
+    return True
 
 
 class _Rebalance(ConsumerRebalanceListener):

@@ -149,10 +149,12 @@ class Settings(BaseSettings):
         "0 = every core (os.cpu_count()). Back to cpu_threads when the backlog drains",
     )
     index_bulk_backlog: int = Field(512, ge=1, description="backlog (records read ahead) that switches to bulk threads")
-    index_chunk_records: int = Field(
-        256,
-        ge=1,
-        description="catalog records embedded between two polls: bounds how long a live change waits behind bulk work",
+    index_chunk_records: int = Field(1024, ge=1, description="most catalog records embedded between two polls")
+    index_chunk_seconds: float = Field(
+        0.4,
+        gt=0,
+        description="backlog work between two polls, at the measured rate (at least encoder_batch_size records): "
+        "how long a live change waits behind bulk work",
     )
     index_live_max_batch: int = Field(
         16,
