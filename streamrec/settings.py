@@ -146,7 +146,8 @@ class Settings(BaseSettings):
         ge=0,
         le=256,
         description="index updater torch threads while its backlog is at least index_bulk_backlog records; "
-        "0 = every core (os.cpu_count()). Back to cpu_threads when the backlog drains",
+        "0 = the faster of cpu_threads and every core (os.cpu_count()), timed on the backlog and re-timed "
+        "every minute. Back to cpu_threads when the backlog drains",
     )
     index_bulk_backlog: int = Field(512, ge=1, description="backlog (records read ahead) that switches to bulk threads")
     index_chunk_records: int = Field(1024, ge=1, description="most catalog records embedded between two polls")
