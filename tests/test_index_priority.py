@@ -100,3 +100,23 @@ def test_records_without_header_are_live_when_they_come_in_a_small_poll(poll_siz
     b = Backlog(live_max_batch=16, max_event_bytes=65536)
     b.add({tp: [record(n, f"i{n}", op(f"i{n}", "t"), None) for n in range(poll_size)]})
     assert (len(b.live), len(b.bulk)) == ((poll_size, 0) if live else (0, poll_size))
+
+
+def test_bulk_threads_keep_the_faster_count_and_chunks_follow_the_rate():
+    from index_updater.service import BulkThreads, ChunkPace
+
+    t = BulkThreads([1, 2], smallest=64)
+    assert t.pick() == 1
+    t.observe(1, 128, 1.0)  # 128 items/s with one thread
+    assert t.pick() == 2
+    t.observe(2, 128, 4.0)  # 32 items/s with two (a saturated host)
+    assert t.pick() == 1
+    t.observe(2, 8, 0.001)  # a live chunk says nothing about bulk throughput
+    assert t.pick() == 1
+
+    pace = ChunkPace(0.5, smallest=64, largest=1024)
+    assert pace.records() == 64
+    pace.observe(256, 1.0)
+    assert pace.records() == 128  # half a second at 256 items/s
+    pace.observe(64, 0.01)
+    assert 64 <= pace.records() <= 1024
