@@ -30,6 +30,7 @@ from streamrec.vector_index import IndexReplica
 log = logging.getLogger(__name__)
 
 CATCH_UP_TIMEOUT_S = 120.0
+MIN_CHUNK = 16  # backlog records embedded between two polls at least (on a starved host: a few seconds)
 
 
 class Snapshotter:
@@ -94,10 +95,10 @@ def run(s: Settings, stop: threading.Event, encoder: Encoder | None = None) -> N
         "index updater: %s → %s with %s, index %r", s.topic_catalog, s.topic_vectors, encoder.model_id, s.index_factory
     )
     backlog = Backlog(s.index_live_max_batch, s.max_event_bytes)
-    pace = ChunkPace(s.index_chunk_seconds, s.encoder_batch_size, s.index_chunk_records)
+    pace = ChunkPace(s.index_chunk_seconds, MIN_CHUNK, s.index_chunk_records)
     cores = os.cpu_count() or 1
     bulk_threads = BulkThreads(
-        [s.index_bulk_threads] if s.index_bulk_threads else [max(s.cpu_threads, 1), cores], s.encoder_batch_size
+        [s.index_bulk_threads] if s.index_bulk_threads else [max(s.cpu_threads, 1), cores], MIN_CHUNK
     )
     consumer.subscribe([s.topic_catalog], listener=_Rebalance(pipeline, backlog))
     try:
@@ -108,10 +109,11 @@ def run(s: Settings, stop: threading.Event, encoder: Encoder | None = None) -> N
             if threads != set_torch_threads(threads) and threads > 0:
                 log.info("index updater: %d torch threads (backlog %d records)", threads, len(backlog))
             metrics.BACKLOG.set(len(backlog))
+            from_bulk_lane = not backlog.live
             chunk = backlog.next_chunk(pace.records())
             if chunk:
                 t0 = time.monotonic()
-                if _handle(consumer, pipeline, backlog, chunk):
+                if _handle(consumer, pipeline, backlog, chunk) and from_bulk_lane:
                     took = time.monotonic() - t0
                     pace.observe(len(chunk), took)
                     if bulk:

@@ -154,7 +154,7 @@ class Settings(BaseSettings):
     index_chunk_seconds: float = Field(
         0.4,
         gt=0,
-        description="backlog work between two polls, at the measured rate (at least encoder_batch_size records): "
+        description="backlog work between two polls, at the measured rate (at least 16 records): "
         "how long a live change waits behind bulk work",
     )
     index_live_max_batch: int = Field(

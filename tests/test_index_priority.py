@@ -105,13 +105,13 @@ def test_records_without_header_are_live_when_they_come_in_a_small_poll(poll_siz
 def test_bulk_threads_keep_the_faster_count_and_chunks_follow_the_rate():
     from index_updater.service import BulkThreads, ChunkPace
 
-    t = BulkThreads([1, 2], smallest=64)
+    t = BulkThreads([1, 2], smallest=16)
     assert t.pick() == 1
     t.observe(1, 128, 1.0)  # 128 items/s with one thread
     assert t.pick() == 2
     t.observe(2, 128, 4.0)  # 32 items/s with two (a saturated host)
     assert t.pick() == 1
-    t.observe(2, 8, 0.001)  # a live chunk says nothing about bulk throughput
+    t.observe(2, 8, 0.001)  # too small a chunk to say anything about bulk throughput
     assert t.pick() == 1
 
     pace = ChunkPace(0.5, smallest=64, largest=1024)
