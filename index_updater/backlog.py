@@ -107,13 +107,14 @@ class Backlog:
                         del lane[slot]
             self.waiting.get(tp, set()).discard(m.offset)
 
-    def committable(self) -> dict[TopicPartition, int]:
-        """Offsets to commit that moved since the last call: per partition, everything below is handled."""
+    def committable(self, everything: bool = False) -> dict[TopicPartition, int]:
+        """Offsets to commit (that moved since the last ``committed``, unless ``everything``): per
+        partition, every record below the offset is handled."""
         out = {}
         for tp, next_offset in self.read_to.items():
             waiting = self.waiting.get(tp)
             offset = min(waiting) if waiting else next_offset
-            if self._committed.get(tp) != offset:
+            if everything or self._committed.get(tp) != offset:
                 out[tp] = offset
         return out
 

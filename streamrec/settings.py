@@ -152,9 +152,9 @@ class Settings(BaseSettings):
     index_bulk_backlog: int = Field(512, ge=1, description="backlog (records read ahead) that switches to bulk threads")
     index_chunk_records: int = Field(1024, ge=1, description="most catalog records embedded between two polls")
     index_chunk_seconds: float = Field(
-        0.4,
+        0.8,
         gt=0,
-        description="backlog work between two polls, at the measured rate (at least 16 records): "
+        description="encoder work on the backlog between two polls, at its measured rate (at least 16 records): "
         "how long a live change waits behind bulk work",
     )
     index_live_max_batch: int = Field(
