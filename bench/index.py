@@ -1,11 +1,14 @@
 """Index benchmark on the real catalogues (Home Depot, Instacart) in STREAMREC_DATA_DIR.
 
-Three parts, each against a baseline measured in the same run, medians quoted:
+Parts, each against a baseline measured in the same run, medians quoted:
   1. encoder throughput fp32 vs int8 (CPU) and what int8 costs: recall@10 of int8 neighbours
      against fp32 neighbours (Home Depot: real search terms; Instacart: item → similar items);
   2. catalog change → searchable latency through the real path (embedded Tansu broker,
      index_updater service, a serving-side IndexReplica), idle vs. a steady stream of updates
      and queries (target p99 ≤ 2 s on CPU);
+  bulk: a Home Depot import through the index updater's bulk path (items/s vs the raw encoder on
+     every core in the same run), single upserts during it (→ searchable p50/p99), and what the
+     item-text cut (encoder_item_max_tokens) costs in neighbour recall on Amazon items;
   3. ANN recall@10 and single-query QPS of Flat / IVF / HNSW factories vs exact search,
      plus HNSW with 10 % of the items deleted (tombstones) to show none comes back.
 Every line names its FAISS factory string (or encoder model id). Subsets keep it to a few minutes
@@ -285,6 +288,127 @@ def freshness_part(
         producer.close()
 
 
+# --- bulk: an import at the compute limit, and live changes during it ----------------------------
+
+
+def truncation_part(s: Settings, fp32: Encoder, n_items: int) -> None:
+    """What cutting item text at encoder_item_max_tokens costs: recall@10 of each item's neighbours
+    vs the model's own limit, on Amazon office items (title + category + description)."""
+    from streamrec.datasets import amazon18
+
+    texts = [item_text(op, s.item_text_template) for op in amazon18.catalog(s.data_dir)][:n_items]
+    lengths = [len(ids) for ids in fp32.tokenizer(texts)["input_ids"]]
+    say(
+        f"[bulk] truncation: {len(texts)} Amazon office items, tokens p50 {statistics.median(lengths):.0f} "
+        f"max {max(lengths)} (model limit {fp32.max_length}); Home Depot titles are under 64 tokens: no cut"
+    )
+    t0 = time.perf_counter()
+    full = fp32.encode(texts)
+    full_rate = len(texts) / (time.perf_counter() - t0)
+    truth = exact_topk(full, full, 10, skip_self=True)
+    for cut in sorted({64, 128, s.encoder_item_max_tokens} - {0}):
+        t0 = time.perf_counter()
+        x = fp32.encode(texts, max_length=cut)
+        rate = len(texts) / (time.perf_counter() - t0)
+        say(
+            f"bulk   truncation max_tokens={cut:<4} recall@10 of item→similar neighbours vs uncut "
+            f"{overlap_at_k(truth, exact_topk(x, x, 10, skip_self=True)):.3f}  items/s {rate:6.1f} vs uncut "
+            f"{full_rate:6.1f} (×{rate / full_rate:.2f})" + ("  ← default" if cut == s.encoder_item_max_tokens else "")
+        )
+
+
+def bulk_part(s0: Settings, fp32: Encoder, n_items: int, live_every_s: float) -> None:
+    """Home Depot titles posted as POST /catalog does (lists of 1,000 through publish_confirmed) to the
+    real index updater; items/s until all are searchable in a replica vs the raw encoder on the same
+    texts (every core, token-length-sorted batches) measured in the same run. Meanwhile one single
+    upsert every ``live_every_s``: catalog → searchable while the bulk is running."""
+    from streamrec.encoder import set_torch_threads
+
+    ops = list(homedepot.catalog(s0.data_dir, limit=n_items))
+    texts = [item_text(op, s0.item_text_template) for op in ops]
+    cores = os.cpu_count() or 1
+    cut = s0.encoder_item_max_tokens or None
+    raw: dict[int, float] = {}
+    before = set_torch_threads(cores)
+    for threads in dict.fromkeys([1, cores]):
+        set_torch_threads(threads)
+        t0 = time.perf_counter()
+        fp32.encode(texts, max_length=cut)
+        raw[threads] = len(texts) / (time.perf_counter() - t0)
+    set_torch_threads(before)
+    say(
+        f"[bulk] {len(texts)} Home Depot titles: raw encoder {fp32.model_id} sorted batches of "
+        f"{fp32.batch_size}: {raw[cores]:.0f} items/s with {cores} threads, {raw[1]:.0f} with 1 "
+        f"(×{raw[cores] / raw[1]:.2f})"
+    )
+    extra = homedepot.catalog(s0.data_dir, limit=n_items + 400)
+    pool = [item_text(op, s0.item_text_template) for op in extra][n_items:]
+    with tempfile.TemporaryDirectory() as tmp, EmbeddedKafka(Path(tmp) / "tansu") as broker:
+        bus.wait_for_broker(broker.bootstrap)
+        tag = uuid.uuid4().hex[:6]
+        s = s0.model_copy(
+            update=dict(
+                kafka_bootstrap=broker.bootstrap,
+                state_dir=Path(tmp) / "state",
+                topic_catalog=f"k{tag}.catalog",
+                topic_vectors=f"k{tag}.vectors",
+                topic_dlq=f"k{tag}.dlq",
+                index_snapshot_every_s=60.0,
+            )
+        )
+        bus.ensure_topics(s)
+        stop = threading.Event()
+        updater = threading.Thread(target=service.run, args=(s, stop), kwargs={"encoder": fp32}, daemon=True)
+        updater.start()
+        replica = IndexReplica(s, fp32.dim, from_snapshot=False)
+        replica.start()
+        producer = bus.make_producer(s)
+        # warm-up: the updater joins its group before the clock starts
+        warm = CatalogOp(op="upsert", item_id="warm", ts=int(time.time() * 1000), title="warm up")
+        bus.publish_confirmed(producer, [(s.topic_catalog, "warm", encode(warm))], timeout_s=30)
+        while "warm" not in replica.index:
+            time.sleep(0.05)
+        watcher = Watcher(replica)
+        t_start = time.time()
+        for start in range(0, len(ops), 1000):
+            part = ops[start : start + 1000]
+            bus.publish_confirmed(producer, [(s.topic_catalog, op.item_id, encode(op)) for op in part], timeout_s=60)
+        posted = time.time() - t_start
+        rng = random.Random(11)
+        n = 0
+        while len(replica.index) < len(ops) + 1 and time.time() - t_start < 3600:
+            item_id = rng.choice(ops).item_id
+            title = f"{pool[n % len(pool)]} #{n}"
+            sent = time.time()
+            watcher.expect(item_id, title, sent)
+            op = CatalogOp(op="upsert", item_id=item_id, ts=int(sent * 1000), title=title)
+            bus.publish_confirmed(producer, [(s.topic_catalog, item_id, encode(op))], timeout_s=30)
+            n += 1
+            time.sleep(live_every_s)
+        elapsed = time.time() - t_start
+        left = watcher.drain(30)
+        live = watcher.latencies
+        rate = len(ops) / elapsed
+        best = max(raw.values())
+        say(
+            f"bulk   index updater bulk path: {len(ops)} items searchable in {elapsed:.1f}s (posted in {posted:.1f}s): "
+            f"{rate:.0f} items/s vs raw encoder {best:.0f} items/s (its faster thread count here, "
+            f"{max(raw, key=lambda k: raw[k])}) in the same run: ratio {rate / best:.2f} "
+            f"(target ≥ 0.8, ≥ 300 items/s)"
+        )
+        say(
+            f"bulk   single upserts during the bulk: {len(live)} (one per {live_every_s:g}s)  catalog→searchable "
+            f"p50 {pct(live, 50) * 1000:.0f} ms  p99 {pct(live, 99) * 1000:.0f} ms  "
+            f"max {max(live, default=float('nan')) * 1000:.0f} ms"
+            f"  (never visible: {left}; target p99 ≤ 2 s)"
+        )
+        watcher.stop.set()
+        replica.stop()
+        stop.set()
+        updater.join(30)
+        producer.close()
+
+
 # --- 3. ANN ------------------------------------------------------------------------------------
 
 
@@ -435,7 +559,10 @@ def main() -> None:
         default="Flat;IVF64,Flat;IVF64,SQ8;HNSW32",
         help="';'-separated FAISS factory strings; the first is the baseline",
     )
-    ap.add_argument("--skip", default="", help="parts to skip: fresh,ann,restart (restart needs ann)")
+    ap.add_argument("--bulk-items", type=int, default=3000, help="Home Depot titles in the bulk import part")
+    ap.add_argument("--live-every", type=float, default=1.0, help="seconds between single upserts during the bulk")
+    ap.add_argument("--trunc-items", type=int, default=300, help="Amazon items in the truncation part")
+    ap.add_argument("--skip", default="", help="parts to skip: trunc,bulk,fresh,ann,restart (restart needs ann)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     s = Settings()
@@ -443,6 +570,10 @@ def main() -> None:
     factories = [f.strip() for f in args.factories.split(";") if f.strip()]
     started = time.perf_counter()
     fp32, data = encoder_part(s, args.items, args.rounds)
+    if "trunc" not in args.skip:
+        truncation_part(s, fp32, args.trunc_items)
+    if "bulk" not in args.skip:
+        bulk_part(s, fp32, args.bulk_items, args.live_every)
     if "fresh" not in args.skip:
         freshness_part(s, fp32, data, args.load_seconds, args.update_rate, args.query_rate, args.fresh_factory)
     if "ann" not in args.skip:

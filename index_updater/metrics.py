@@ -17,6 +17,7 @@ BATCH_SECONDS = Histogram(
     "one catalog batch: validate, embed, publish, acknowledged",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
 )
+BACKLOG = Gauge("streamrec_index_backlog_records", "catalog records read ahead, waiting for the encoder")
 INDEX_ITEMS = Gauge("streamrec_index_items", "live items in the index the updater snapshots")
 SNAPSHOT_AGE = Gauge("streamrec_index_snapshot_age_seconds", "age of the newest index snapshot written")
 SNAPSHOT_SECONDS = Histogram(

@@ -101,6 +101,7 @@ class CatalogPipeline:
         # What this process last published per item: (content hash, meta fingerprint), None = deleted.
         # It overrides the replica, which may not have read our latest sends yet.
         self._published: dict[str, tuple[str, str] | None] = {}
+        self.last_embed: tuple[int, float] = (0, 0.0)  # (texts, seconds) of the last encoder call
 
     def forget(self) -> None:
         """After a rebalance another instance may have published: trust the replica again."""
@@ -163,7 +164,7 @@ class CatalogPipeline:
                 continue
             text = item_text(op, self.s.item_text_template)
             meta = meta_of(op)
-            h = content_hash(text, self.encoder.model_id)
+            h = content_hash(text, self.encoder.model_id, self.s.encoder_item_max_tokens)
             change = Change(op, source_ms, h, meta, meta_fingerprint(meta), text)
             current = self._current(op.item_id)
             if current is not None and current[0] == change.content_hash:
@@ -183,7 +184,8 @@ class CatalogPipeline:
         if not changes:
             return []
         t0 = time.monotonic()
-        vectors = self.encoder.encode([c.text for c in changes])
+        vectors = self.encoder.encode([c.text for c in changes], max_length=self.s.encoder_item_max_tokens or None)
+        self.last_embed = (len(changes), time.monotonic() - t0)
         metrics.EMBED_RATE.set(len(changes) / max(time.monotonic() - t0, 1e-9))
         metrics.ITEMS_EMBEDDED.inc(len(changes))
         return [c.outgoing(vec, self.encoder.model_id) for c, vec in zip(changes, vectors, strict=True)]

@@ -12,22 +12,25 @@ the vectors-topic offsets its index covers; serving replicas load it and replay 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 
-from kafka import ConsumerRebalanceListener
-from kafka.errors import CommitFailedError, KafkaError
+from kafka import ConsumerRebalanceListener, OffsetAndMetadata
+from kafka.errors import KafkaError
 
 from index_updater import metrics
+from index_updater.backlog import Backlog
 from index_updater.pipeline import CatalogPipeline
 from streamrec import bus
-from streamrec.encoder import Encoder
+from streamrec.encoder import Encoder, set_torch_threads
 from streamrec.settings import Settings
 from streamrec.vector_index import IndexReplica
 
 log = logging.getLogger(__name__)
 
 CATCH_UP_TIMEOUT_S = 120.0
+MIN_CHUNK = 16  # backlog records embedded between two polls at least (on a starved host: a few seconds)
 
 
 class Snapshotter:
@@ -86,50 +89,154 @@ def run(s: Settings, stop: threading.Event, encoder: Encoder | None = None) -> N
     producer = bus.make_producer(s)
     consumer = bus.make_consumer(s, s.index_updater_group, fetch_max_wait_ms=50)
     pipeline = CatalogPipeline(s, encoder, replica, producer)
-    consumer.subscribe([s.topic_catalog], listener=_Rebalance(pipeline))
     snapshots = Snapshotter(replica, encoder.model_id, s.index_snapshot_every_s)
     snapshots.start()
     log.info(
         "index updater: %s → %s with %s, index %r", s.topic_catalog, s.topic_vectors, encoder.model_id, s.index_factory
     )
+    backlog = Backlog(s.index_live_max_batch, s.max_event_bytes)
+    pace = ChunkPace(s.index_chunk_seconds, MIN_CHUNK, s.index_chunk_records)
+    cores = os.cpu_count() or 1
+    bulk_threads = BulkThreads(
+        [s.index_bulk_threads] if s.index_bulk_threads else [max(s.cpu_threads, 1), cores], MIN_CHUNK
+    )
+    consumer.subscribe([s.topic_catalog], listener=_Rebalance(pipeline, backlog))
     try:
         while not stop.is_set():
-            polled = consumer.poll(timeout_ms=200, max_records=max(s.encoder_batch_size * 4, 64))
-            msgs = [m for tp_msgs in polled.values() for m in tp_msgs]
-            if msgs:
-                _handle(consumer, pipeline, polled, msgs)
+            _read_ahead(consumer, backlog, s)
+            bulk = len(backlog) >= s.index_bulk_backlog
+            threads = bulk_threads.pick() if bulk else s.cpu_threads
+            if threads != set_torch_threads(threads) and threads > 0:
+                log.info("index updater: %d torch threads (backlog %d records)", threads, len(backlog))
+            metrics.BACKLOG.set(len(backlog))
+            from_bulk_lane = not backlog.live
+            chunk = backlog.next_chunk(pace.records())
+            if chunk:
+                pipeline.last_embed = (0, 0.0)
+                if _handle(consumer, pipeline, backlog, chunk) and from_bulk_lane:
+                    embedded, took = pipeline.last_embed  # the encoder alone: publish and commit are overhead
+                    pace.observe(embedded, took)
+                    if bulk:
+                        bulk_threads.observe(threads, embedded, took)
             metrics.INDEX_ITEMS.set(len(replica.index))
     finally:
+        _final_commit(consumer, backlog)
         consumer.close()
         producer.close()
         replica.stop()
         snapshots.stop()
 
 
-def _handle(consumer, pipeline: CatalogPipeline, polled: dict, msgs: list) -> None:
-    try:
-        result = pipeline.process(msgs)
-    except KafkaError as e:
-        # Nothing is committed: rewind to the batch start and try again after a pause.
-        log.error("publishing vectors failed (%s); retrying the batch", e)
-        for tp, tp_msgs in polled.items():
-            consumer.seek(tp, tp_msgs[0].offset)
-        time.sleep(1.0)
+def _final_commit(consumer, backlog: Backlog) -> None:
+    """On the way out, wait for a commit of everything handled (the others were asynchronous)."""
+    offsets = backlog.committable(everything=True)
+    if not offsets:
         return
     try:
-        consumer.commit()
-    except CommitFailedError as e:  # rebalanced meanwhile: the new owner redoes it, idempotently
-        log.warning("catalog commit failed after a rebalance (%s)", e)
+        consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
+    except KafkaError as e:  # a rebalance or a broker gone: those records are redone, idempotently
+        log.warning("final catalog commit failed (%s)", e)
+
+
+class BulkThreads:
+    """The torch thread count that embeds a bulk backlog fastest here and now. Every core wins on a
+    quiet host; on one whose cores are busy with other work, a parallel region waiting for threads
+    that are not scheduled is slower than one thread (2 threads at 0.41x of 1 on a 2-core box at
+    load 16). So each candidate is timed on a chunk, the fastest kept, and all re-timed every
+    ``reprobe_s`` (the host's load changes)."""
+
+    def __init__(self, candidates: list[int], smallest: int, reprobe_s: float = 60.0):
+        self.candidates = sorted(set(candidates))
+        self.smallest, self.reprobe_s = smallest, reprobe_s
+        self.rates: dict[int, float] = {}
+        self.probed_at = time.monotonic()
+
+    def pick(self) -> int:
+        if time.monotonic() - self.probed_at > self.reprobe_s:
+            self.rates.clear()
+            self.probed_at = time.monotonic()
+        for c in self.candidates:
+            if c not in self.rates:
+                return c
+        return max(self.rates, key=lambda c: self.rates[c])
+
+    def observe(self, threads: int, n: int, seconds: float) -> None:
+        if n < self.smallest or threads not in self.candidates:
+            return
+        rate = n / max(seconds, 1e-6)
+        old = self.rates.get(threads)
+        self.rates[threads] = rate if old is None else 0.7 * old + 0.3 * rate
+
+
+def _read_ahead(consumer, backlog: Backlog, s: Settings) -> None:
+    """Read what the broker has (up to ``index_read_ahead`` records waiting); wait up to 200 ms only
+    when there is nothing to do."""
+    for _ in range(20):
+        room = s.index_read_ahead - len(backlog)
+        if room <= 0:
+            consumer.pause(*consumer.assignment())
+            consumer.poll(timeout_ms=0)  # keeps the group membership alive; returns nothing while paused
+            return
+        if consumer.paused():
+            consumer.resume(*consumer.paused())
+        polled = consumer.poll(timeout_ms=0 if len(backlog) else 200, max_records=min(room, 5000))
+        if not polled:
+            return
+        backlog.add(polled)
+
+
+class ChunkPace:
+    """How many backlog records to embed before polling again: about ``seconds`` of work at the
+    recently measured rate, so a live change waits at most that long behind bulk work."""
+
+    def __init__(self, seconds: float, smallest: int, largest: int):
+        self.seconds, self.smallest, self.largest = seconds, min(smallest, largest), largest
+        self.rate: float | None = None  # records/s, moving average
+
+    def records(self) -> int:
+        if self.rate is None:
+            return self.smallest
+        return int(min(self.largest, max(self.smallest, self.rate * self.seconds)))
+
+    def observe(self, n: int, seconds: float) -> None:
+        if n < self.smallest:  # a live chunk says little about bulk throughput
+            return
+        rate = n / max(seconds, 1e-6)
+        self.rate = rate if self.rate is None else 0.7 * self.rate + 0.3 * rate
+
+
+def _handle(consumer, pipeline: CatalogPipeline, backlog: Backlog, chunk: list) -> bool:
+    try:
+        result = pipeline.process(chunk)
+    except KafkaError as e:
+        # Nothing is committed and the chunk stays in the backlog: it is tried again after a pause.
+        log.error("publishing vectors failed (%s); retrying the batch", e)
+        time.sleep(1.0)
+        return False
+    backlog.done(chunk)
+    offsets = backlog.committable()
+    if offsets:
+        # Asynchronous: the vectors are acknowledged already; a commit lost in a rebalance or a crash
+        # only means the new owner redoes those records, idempotently, and a later commit covers it.
+        consumer.commit_async({tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}, callback=_committed)
+        backlog.committed(offsets)
     log.debug("batch: %s", result)
+    return True
+
+
+def _committed(offsets, result) -> None:
+    if isinstance(result, Exception):
+        log.warning("catalog commit failed (%s); a later commit covers these records", result)
 
 
 class _Rebalance(ConsumerRebalanceListener):
     """kafka-python rebalance listener: drop our publish memory when partitions move."""
 
-    def __init__(self, pipeline: CatalogPipeline):
-        self.pipeline = pipeline
+    def __init__(self, pipeline: CatalogPipeline, backlog: Backlog):
+        self.pipeline, self.backlog = pipeline, backlog
 
     def on_partitions_revoked(self, revoked) -> None:
+        self.backlog.drop(revoked)
         self.pipeline.forget()
 
     def on_partitions_assigned(self, assigned) -> None:

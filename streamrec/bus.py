@@ -93,6 +93,9 @@ class PublishError(KafkaError):
     (without committing their input) treat it like the error it wraps."""
 
 
+BATCH_HEADER = "streamrec-batch-size"
+
+
 def publish_confirmed(producer: KafkaProducer, records: Iterable[Outgoing], timeout_s: float) -> list[RecordMetadata]:
     """Send ``records``, flush, and wait until the broker has acknowledged every one of them.
 
@@ -102,7 +105,13 @@ def publish_confirmed(producer: KafkaProducer, records: Iterable[Outgoing], time
     Raises PublishError naming the first record not acknowledged within ``timeout_s``; an error
     from ``send`` itself (a record too large, say) propagates as raised.
     """
-    pending = [(topic, key, producer.send(topic, key=key, value=value)) for topic, key, value in records]
+    records = list(records)
+    # How many records went out together: the index updater embeds small batches (a single POST
+    # /catalog) before a bulk backlog, so a live change never waits behind an import.
+    headers = [(BATCH_HEADER, str(len(records)).encode())]
+    pending = [
+        (topic, key, producer.send(topic, key=key, value=value, headers=headers)) for topic, key, value in records
+    ]
     producer.flush()
     acknowledged = []
     for i, (topic, key, future) in enumerate(pending):

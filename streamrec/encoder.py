@@ -145,24 +145,28 @@ class Encoder:
             query_cache_size=s.encoder_query_cache,
         )
 
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """(n, dim) float32 unit rows. Sorted by length per batch so padding stays short."""
+    def encode(
+        self, texts: Sequence[str], *, max_length: int | None = None, batch_size: int | None = None
+    ) -> np.ndarray:
+        """(n, dim) float32 unit rows. Texts are tokenized once, cut at ``max_length`` tokens (default:
+        the model's limit), sorted by token count and batched, so a batch pads only to its longest
+        row's length, which is close to its shortest's."""
         import torch
 
         texts = list(texts)
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        limit = min(max_length or self.max_length, self.max_length)
+        step = batch_size or self.batch_size
         with self._lock, torch.inference_mode():
-            for start in range(0, len(order), self.batch_size):
-                idx = order[start : start + self.batch_size]
-                batch = self.tokenizer(
-                    [texts[i] for i in idx],
-                    padding=True,
-                    truncation=True,
-                    max_length=self.max_length,
-                    return_tensors="pt",
+            tokens = self.tokenizer(texts, truncation=True, max_length=limit)
+            columns = list(tokens.keys())
+            order = sorted(range(len(texts)), key=lambda i: len(tokens["input_ids"][i]))
+            for start in range(0, len(order), step):
+                idx = order[start : start + step]
+                batch = self.tokenizer.pad(
+                    {c: [tokens[c][i] for i in idx] for c in columns}, padding=True, return_tensors="pt"
                 ).to(self.device)
                 hidden = self.model(**batch).last_hidden_state.float()
                 mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
@@ -224,6 +228,19 @@ def item_text(op: CatalogOp, template: str) -> str:
     return "".join(parts).strip()
 
 
-def content_hash(text: str, model_id: str) -> str:
-    """Same text under the same model ⇒ same vector, so it need not be embedded again."""
-    return hashlib.blake2b(f"{model_id}\x00{text}".encode(), digest_size=12).hexdigest()
+def content_hash(text: str, model_id: str, max_tokens: int = 0) -> str:
+    """Same text under the same model and cut ⇒ same vector, so it need not be embedded again.
+    ``max_tokens`` 0 (the model's own limit) hashes as before it existed."""
+    cut = f"\x00{max_tokens}" if max_tokens else ""
+    return hashlib.blake2b(f"{model_id}{cut}\x00{text}".encode(), digest_size=12).hexdigest()
+
+
+def set_torch_threads(n: int) -> int:
+    """Intra-op threads of torch in this process (0 = leave as is); returns the previous number.
+    Process-wide: the index updater raises it for a bulk backlog and lowers it when the backlog drains."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n > 0 and n != before:
+        torch.set_num_threads(n)
+    return before

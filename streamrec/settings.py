@@ -141,6 +141,38 @@ class Settings(BaseSettings):
     encoder_precision: Literal["fp32", "int8", "fp16", "bf16"] = "fp32"
     encoder_batch_size: int = Field(64, ge=1, le=4096)
     item_text_template: str = "{title}. {category}. {description}"
+    encoder_item_max_tokens: int = Field(
+        128,
+        ge=0,
+        le=4096,
+        description="tokens of item text embedded (title first, then category and description, cut at this "
+        "length); 0 = the model's own limit. Part of the content hash, so changing it re-embeds",
+    )
+    index_bulk_threads: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="index updater torch threads while its backlog is at least index_bulk_backlog records; "
+        "0 = the faster of cpu_threads and every core (os.cpu_count()), timed on the backlog and re-timed "
+        "every minute. Back to cpu_threads when the backlog drains",
+    )
+    index_bulk_backlog: int = Field(512, ge=1, description="backlog (records read ahead) that switches to bulk threads")
+    index_chunk_records: int = Field(1024, ge=1, description="most catalog records embedded between two polls")
+    index_chunk_seconds: float = Field(
+        0.8,
+        gt=0,
+        description="encoder work on the backlog between two polls, at its measured rate (at least 16 records): "
+        "how long a live change waits behind bulk work",
+    )
+    index_live_max_batch: int = Field(
+        16,
+        ge=0,
+        description="catalog records published together (one POST) up to this many are the live lane: embedded "
+        "before any backlog read ahead; 0 = no live lane (strict arrival order)",
+    )
+    index_read_ahead: int = Field(
+        200_000, ge=1, description="catalog records the index updater buffers ahead of its encoder at most"
+    )
     index_factory: str = Field("Flat", description="FAISS factory string for the item index")
     index_metric: Literal["ip", "l2"] = "ip"
     index_use_gpu: Literal["auto", "never", "always"] = "auto"

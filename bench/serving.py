@@ -1,0 +1,379 @@
+"""Serving under load: wrk against the running embedded stack with the Home Depot catalogue.
+
+The stack (Tansu + Redis + the four services as processes, launcher.stack.LocalStack) indexes
+Home Depot titles (``--products N`` for a slice), a set of shoppers gets a click history, then,
+while events arrive at ``--events-rate``/s and catalog changes at ``--catalog-rate``/s, wrk offers
+a mix of GET /search (real Home Depot search terms in random order), /recommend (users with
+history) and /similar (indexed items) at each step of ``--steps`` QPS. Printed per step and route:
+achieved QPS, p50/p90/p99, errors, CPU per process; first a single-client baseline (wrk, one
+connection, unpaced) in the same run, and at the end the step where p99 crosses ``--target-ms``.
+
+wrk paces requests with a per-thread schedule in its Lua script (``delay()``: no request starts
+before its slot; a connection that is still waiting for its answer delays the next one, so a
+saturated server shows as achieved QPS below the offered rate). Latency per route is measured in
+the script (LuaJIT ffi clock), one connection per wrk thread so request and response pair up.
+
+    python bench/serving.py --products 5000 --steps 25,50,100,200 --duration 20 [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import httpx  # noqa: E402
+import numpy as np  # noqa: E402
+import psutil  # noqa: E402
+
+from launcher.embedded import free_port  # noqa: E402
+from launcher.stack import LocalStack  # noqa: E402
+from streamrec.datasets import homedepot  # noqa: E402
+from streamrec.settings import Settings  # noqa: E402
+
+ROUTES = ("search", "recommend", "similar")
+
+LUA = r"""
+local ffi = require("ffi")
+ffi.cdef[[ typedef struct { long tv_sec; long tv_nsec; } sr_ts; int clock_gettime(int, sr_ts *); ]]
+local ts = ffi.new("sr_ts")
+local function now() ffi.C.clock_gettime(1, ts); return tonumber(ts.tv_sec) + tonumber(ts.tv_nsec) * 1e-9 end
+local paths = dofile("__PATHS__")
+local interval = __INTERVAL__   -- seconds between two requests of this thread; 0 = unpaced
+local threads = {}
+lat = {}            -- per thread: "route ms status" strings
+local route, started, next_slot
+math.randomseed(__SEED__)
+setup = function(thread) thread:set("id", #threads + 1); table.insert(threads, thread) end
+init = function(args) math.randomseed(__SEED__ + (id or 0)); next_slot = now() + math.random() * interval end
+delay = function()
+  if interval <= 0 then return 0 end
+  next_slot = next_slot + interval
+  local wait = next_slot - now()
+  if wait < 0 then next_slot = now(); return 0 end
+  return wait * 1000
+end
+request = function()
+  local p = paths[math.random(#paths)]
+  route = p[1]
+  started = now()
+  return wrk.format("GET", p[2])
+end
+response = function(status, headers, body)
+  lat[#lat + 1] = route .. " " .. string.format("%.3f", (now() - started) * 1000) .. " " .. status
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("WRKSUM %d %d %d %d %d %d %d\n", summary.requests, summary.duration,
+    e.connect, e.read, e.write, e.status, e.timeout))
+  for _, t in ipairs(threads) do
+    for _, line in ipairs(t:get("lat")) do io.write("LAT ", line, "\n") end
+  end
+end
+"""
+
+
+def pct(xs: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(xs), q)) if xs else float("nan")
+
+
+def request_paths(queries: list[str], users: list[str], items: list[str], mix: dict[str, float], n: int) -> list:
+    rng = random.Random(5)
+    out = []
+    for _ in range(n):
+        route = rng.choices(list(mix), weights=list(mix.values()))[0]
+        if route == "search":
+            path = "/search?" + urllib.parse.urlencode({"q": rng.choice(queries), "k": 10})
+        elif route == "recommend":
+            path = "/recommend?" + urllib.parse.urlencode({"user_id": rng.choice(users), "k": 10})
+        else:
+            path = f"/similar/{urllib.parse.quote(rng.choice(items))}?k=10"
+        out.append((route, path))
+    return out
+
+
+def write_paths(path: Path, paths: list) -> None:
+    def lua_str(v: str) -> str:
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    path.write_text("return {\n" + ",\n".join(f"{{{lua_str(r)}, {lua_str(p)}}}" for r, p in paths) + "\n}\n")
+
+
+def run_wrk(base_url: str, tmp: Path, paths_file: Path, qps: float, connections: int, duration_s: float) -> dict:
+    """Offered ``qps`` (0 = unpaced) over ``connections`` connections, one per wrk thread."""
+    interval = connections / qps if qps > 0 else 0.0
+    script = tmp / f"load_{int(qps)}_{connections}.lua"
+    script.write_text(
+        LUA.replace("__PATHS__", str(paths_file))
+        .replace("__INTERVAL__", repr(interval))
+        .replace("__SEED__", str(int(qps) + connections))
+    )
+    cmd = ["wrk", f"-t{connections}", f"-c{connections}", f"-d{max(1, int(duration_s))}s", "--timeout", "5s"]
+    out = subprocess.run([*cmd, "-s", str(script), base_url], capture_output=True, text=True, check=True).stdout
+    lat: dict[str, list[float]] = {r: [] for r in ROUTES}
+    bad: dict[str, int] = dict.fromkeys(ROUTES, 0)
+    summary = {}
+    for line in out.splitlines():
+        if line.startswith("LAT "):
+            _, route, ms, status = line.split()
+            lat[route].append(float(ms))
+            if not status.startswith("2"):
+                bad[route] += 1
+        elif line.startswith("WRKSUM "):
+            req, dur_us, *errs = (int(x) for x in line.split()[1:])
+            summary = {"requests": req, "seconds": dur_us / 1e6, "socket_errors": sum(errs)}
+    return {"lat": lat, "bad": bad, **summary}
+
+
+class Background:
+    """Events at ``events_rate``/s (POST /events, lists of 100) and single catalog upserts at
+    ``catalog_rate``/s (POST /catalog, one object each) while wrk runs."""
+
+    def __init__(self, base_url: str, users: list[str], items: list[str], titles: list[str], ev: float, cat: float):
+        self.base_url, self.users, self.items, self.titles = base_url, users, items, titles
+        self.ev, self.cat = ev, cat
+        self.stop = threading.Event()
+        self.sent = {"events": 0, "catalog": 0, "errors": 0}
+        self.threads = [threading.Thread(target=f, daemon=True) for f in (self._events, self._catalog)]
+        for t in self.threads:
+            t.start()
+
+    def _paced(self, rate: float, batch: int, send) -> None:
+        rng = random.Random()
+        with httpx.Client(base_url=self.base_url, timeout=10) as http:
+            next_t = time.monotonic()
+            while not self.stop.is_set() and rate > 0:
+                try:
+                    send(http, rng, batch)
+                except httpx.HTTPError:
+                    self.sent["errors"] += 1
+                next_t += batch / rate
+                time.sleep(max(0.0, next_t - time.monotonic()))
+
+    def _events(self) -> None:
+        def send(http, rng, n):
+            now = int(time.time() * 1000)
+            body = [
+                {
+                    "event_id": uuid.uuid4().hex,
+                    "type": rng.choices(["view", "click", "add_to_cart"], weights=[6, 3, 1])[0],
+                    "user_id": rng.choice(self.users),
+                    "item_id": rng.choice(self.items),
+                    "ts": now,
+                }
+                for _ in range(n)
+            ]
+            r = http.post("/events", json=body)
+            self.sent["events" if r.status_code == 202 else "errors"] += n
+
+        self._paced(self.ev, max(1, min(100, int(self.ev / 10) or 1)), send)
+
+    def _catalog(self) -> None:
+        def send(http, rng, n):
+            item = rng.choice(self.items)
+            op = {"op": "upsert", "item_id": item, "ts": int(time.time() * 1000), "title": rng.choice(self.titles)}
+            r = http.post("/catalog", json=op)
+            self.sent["catalog" if r.status_code == 202 else "errors"] += 1
+
+        self._paced(self.cat, 1, send)
+
+    def close(self) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(15)
+
+
+def processes(stack: LocalStack) -> dict[str, psutil.Process]:
+    procs = {}
+    for child in stack.supervisor._children if stack.supervisor else []:  # noqa: SLF001
+        if child.proc is not None:
+            procs[child.spec.name] = psutil.Process(child.proc.pid)
+    for p in psutil.Process().children(recursive=True):
+        name = p.name()
+        if "tansu" in name:
+            procs["tansu"] = p
+        elif "redis" in name:
+            procs["redis"] = p
+    return procs
+
+
+def cpu_seconds(procs: dict[str, psutil.Process]) -> dict[str, float]:
+    out = {}
+    for name, p in procs.items():
+        try:
+            t = p.cpu_times()
+            out[name] = t.user + t.system
+        except psutil.Error:
+            out[name] = float("nan")
+    return out
+
+
+def profile(pid: int, seconds: int, out: Path) -> list[tuple[str, float]]:
+    """py-spy record (collapsed stacks) of the serving process; top frames by inclusive share."""
+    spy = shutil.which("py-spy") or next((p for p in ("/tmp/pyspy/bin/py-spy",) if Path(p).exists()), None)
+    if spy is None:
+        return [("py-spy not installed", 0.0)]
+    subprocess.run(
+        [spy, "record", "-p", str(pid), "-d", str(seconds), "-r", "50", "-f", "raw", "-o", str(out), "--nonblocking"],
+        capture_output=True,
+        check=False,
+    )
+    if not out.exists():
+        return [("py-spy wrote nothing (ptrace not allowed?)", 0.0)]
+    total, inclusive, self_time = 0, {}, {}
+    for line in out.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        n = int(count)
+        total += n
+        frames = stack.split(";")
+        for f in set(frames):
+            inclusive[f] = inclusive.get(f, 0) + n
+        self_time[frames[-1]] = self_time.get(frames[-1], 0) + n
+    top = sorted(inclusive.items(), key=lambda kv: -kv[1])
+    interesting = [(f, n / total) for f, n in top if "(" in f and not f.startswith(("<module>", "run (", "_bootstrap"))]
+    selfs = sorted(self_time.items(), key=lambda kv: -kv[1])[:12]
+    return interesting[:25] + [("SELF " + f, n / total) for f, n in selfs]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--products", type=int, default=54_667, help="Home Depot titles indexed (a slice for speed)")
+    ap.add_argument("--steps", default="25,50,100,200", help="offered QPS per step")
+    ap.add_argument("--duration", type=float, default=20.0, help="seconds per step")
+    ap.add_argument("--connections", type=int, default=16, help="wrk connections (one thread each)")
+    ap.add_argument("--events-rate", type=float, default=1000.0)
+    ap.add_argument("--catalog-rate", type=float, default=10.0)
+    ap.add_argument("--users", type=int, default=300, help="shoppers given a click history first")
+    ap.add_argument("--mix", default="search=0.6,recommend=0.25,similar=0.15")
+    ap.add_argument("--target-ms", type=float, default=25.0)
+    ap.add_argument("--profile", action="store_true", help="py-spy the serving process during the 100 QPS step")
+    args = ap.parse_args()
+
+    base = Settings()
+    data_dir = base.require_data_dir()
+    tmp = Path(tempfile.mkdtemp(prefix="streamrec-serving-bench-"))
+    s = base.model_copy(update=dict(kafka_bootstrap="", redis_url="", state_dir=tmp / "state", http_port=free_port()))
+    mix = {k: float(v) for k, v in (kv.split("=") for kv in args.mix.split(","))}
+    steps = [float(x) for x in args.steps.split(",")]
+    ops = list(homedepot.catalog(data_dir, limit=args.products))
+    extra = [op.title for op in homedepot.catalog(data_dir, limit=args.products + 2000)][args.products :]
+    queries = list(homedepot.relevance_labels(data_dir))
+    items = [op.item_id for op in ops]
+    users = [f"shopper-{n}" for n in range(args.users)]
+    print(
+        f"serving bench: {len(ops)} Home Depot titles, {len(queries)} real queries, steps {steps} QPS × "
+        f"{args.duration:g}s, {args.connections} wrk connections, events {args.events_rate:g}/s, catalog "
+        f"{args.catalog_rate:g}/s, mix {mix}; load average before start {psutil.getloadavg()}",
+        flush=True,
+    )
+    with LocalStack(s, metrics_base_port=0) as stack, httpx.Client(base_url=stack.base_url, timeout=30) as http:
+        t0 = time.monotonic()
+        for start in range(0, len(ops), 1000):
+            body = [op.model_dump(exclude_none=True) for op in ops[start : start + 1000]]
+            while True:
+                try:
+                    if http.post("/catalog", json=body).status_code == 202:
+                        break
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.5)
+        stack.wait_ready(timeout_s=3600, min_items=len(ops))
+        print(f"catalogue indexed in {time.monotonic() - t0:.0f}s ({len(ops) / (time.monotonic() - t0):.0f} items/s)")
+        rng = random.Random(3)
+        history = [
+            {
+                "event_id": uuid.uuid4().hex,
+                "type": "click",
+                "user_id": u,
+                "item_id": rng.choice(items),
+                "ts": int(time.time() * 1000),
+            }
+            for u in users
+            for _ in range(5)
+        ]
+        for start in range(0, len(history), 1000):
+            http.post("/events", json=history[start : start + 1000]).raise_for_status()
+        time.sleep(3)
+        paths = request_paths(queries, users, items, mix, 20_000)
+        paths_file = tmp / "paths.lua"
+        write_paths(paths_file, paths)
+        procs = processes(stack)
+        serving_pid = procs["serving"].pid
+
+        def step(label: str, qps: float, conns: int, prof: bool = False) -> dict:
+            before, wall = cpu_seconds(procs), time.monotonic()
+            prof_thread = None
+            findings: list = []
+            if prof:
+
+                def _prof() -> None:
+                    findings.extend(profile(serving_pid, int(args.duration * 0.8), tmp / "serving.pyspy"))
+
+                prof_thread = threading.Thread(target=_prof, daemon=True)
+                prof_thread.start()
+            r = run_wrk(stack.base_url, tmp, paths_file, qps, conns, args.duration)
+            if prof_thread:
+                prof_thread.join()
+            used = cpu_seconds(procs)
+            wall = time.monotonic() - wall
+            cpu = {n: (used[n] - before[n]) / wall for n in procs}
+            secs = r.get("seconds") or args.duration
+            print(f"{label}: achieved {r.get('requests', 0) / secs:6.1f} QPS, socket errors {r.get('socket_errors')}")
+            for route in ROUTES:
+                xs = r["lat"][route]
+                print(
+                    f"  {route:<9} n={len(xs):5d} {len(xs) / secs:6.1f} QPS  p50 {pct(xs, 50):7.1f} ms  "
+                    f"p90 {pct(xs, 90):7.1f} ms  p99 {pct(xs, 99):7.1f} ms  non-2xx {r['bad'][route]}"
+                )
+            print(
+                "  CPU (cores): "
+                + ", ".join(f"{n} {c:.2f}" for n, c in cpu.items())
+                + f"; load {psutil.getloadavg()[0]:.1f}"
+            )
+            if findings:
+                print("  py-spy on serving (share of samples, inclusive; SELF = where the CPU is spent):")
+                for f, share in findings:
+                    print(f"    {share * 100:5.1f}%  {f[:150]}")
+            return r
+
+        print("baseline (idle stack: no events, no catalog changes): 1 client, unpaced", flush=True)
+        step("single client", 0, 1)
+        bg = Background(
+            stack.base_url, users, items, extra or [op.title for op in ops], args.events_rate, args.catalog_rate
+        )
+        time.sleep(2)
+        crossed: dict[str, float | None] = dict.fromkeys(ROUTES)
+        try:
+            print(f"with events {args.events_rate:g}/s and catalog changes {args.catalog_rate:g}/s:", flush=True)
+            step("single client under writes", 0, 1)
+            for qps in steps:
+                r = step(f"offered {qps:g} QPS", qps, args.connections, prof=args.profile and qps == 100)
+                for route in ROUTES:
+                    if crossed[route] is None and pct(r["lat"][route], 99) > args.target_ms:
+                        crossed[route] = qps
+        finally:
+            bg.close()
+        print(f"background sent: {bg.sent}")
+        for route in ROUTES:
+            c = crossed[route]
+            print(
+                f"{route:<9} p99 > {args.target_ms:g} ms first at "
+                + (f"{c:g} QPS offered" if c is not None else f"none of the steps (≤ {steps[-1]:g} QPS)")
+            )
+    print(json.dumps({"load_average_end": psutil.getloadavg()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

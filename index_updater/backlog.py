@@ -1,0 +1,133 @@
+"""Catalog records read ahead of the encoder, in two lanes, with the offsets that are safe to commit.
+
+A bulk import (tens of thousands of upserts) takes minutes to embed; a single change posted in the
+middle of it must not wait for all of them. So the index updater reads the catalog topic ahead of
+its encoder into this backlog and embeds it in chunks, polling between chunks:
+
+* **live lane**: records published in a small batch (``streamrec-batch-size`` header, set by
+  ``bus.publish_confirmed``, at most ``index_live_max_batch``), or, for producers that do not set
+  it, records that arrived in a small poll. Embedded before anything in the bulk lane.
+* **bulk lane**: everything else, in arrival order.
+
+Guarantees kept from the strict in-order loop:
+
+* **last write wins per item**: records are keyed by item, and an item's records are in one
+  partition, read in offset order; a newer record of an item replaces the older one still waiting
+  (in either lane), so an older op is never embedded after a newer one. An invalid record is
+  never replaced: it is still dead-lettered.
+* **at-least-once, commit after ack**: the committable offset of a partition is its lowest offset
+  still waiting (or the next one to read when none is); records above it that were already
+  handled are simply redone after a crash (vector records are idempotent).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable
+
+from kafka import TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
+
+from streamrec.bus import BATCH_HEADER
+from streamrec.schemas import Rejected, decode_catalog
+
+Slot = tuple[TopicPartition, object]  # (partition, item key or offset for a keyless record)
+
+
+def published_batch_size(record: ConsumerRecord) -> int | None:
+    for name, value in record.headers or ():
+        if name == BATCH_HEADER:
+            try:
+                return int(value)
+            except (TypeError, ValueError):
+                return None
+    return None
+
+
+class Backlog:
+    def __init__(self, live_max_batch: int, max_event_bytes: int):
+        self.live_max_batch, self.max_event_bytes = live_max_batch, max_event_bytes
+        self.live: OrderedDict[Slot, ConsumerRecord] = OrderedDict()
+        self.bulk: OrderedDict[Slot, ConsumerRecord] = OrderedDict()
+        self.waiting: dict[TopicPartition, set[int]] = {}  # offsets of records in either lane
+        self.read_to: dict[TopicPartition, int] = {}  # next offset to read, per partition
+        self._committed: dict[TopicPartition, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.live) + len(self.bulk)
+
+    def add(self, polled: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        """One poll's records; a small poll (at most ``live_max_batch``) counts as live traffic for
+        records without the batch-size header."""
+        small_poll = sum(len(v) for v in polled.values()) <= self.live_max_batch
+        for tp, records in polled.items():
+            waiting = self.waiting.setdefault(tp, set())
+            for m in records:
+                size = published_batch_size(m)
+                live = self.live_max_batch > 0 and (size <= self.live_max_batch if size is not None else small_poll)
+                slot: Slot = (tp, m.key if m.key is not None else ("offset", m.offset))
+                for lane in (self.live, self.bulk):
+                    old = lane.pop(slot, None)
+                    if old is None:
+                        continue
+                    live = live or lane is self.live
+                    if self._valid(old):  # superseded by this newer record of the same item
+                        waiting.discard(old.offset)
+                    else:  # still dead-lettered: it keeps its place under its offset
+                        lane[(tp, ("offset", old.offset))] = old
+                (self.live if live else self.bulk)[slot] = m
+                waiting.add(m.offset)
+                self.read_to[tp] = m.offset + 1
+
+    def _valid(self, m: ConsumerRecord) -> bool:
+        try:
+            decode_catalog(m.value if m.value is not None else b"", self.max_event_bytes)
+        except Rejected:
+            return False
+        return True
+
+    def next_chunk(self, n: int) -> list[ConsumerRecord]:
+        """Up to ``n`` records to handle next: the live lane alone when it has any, else the oldest
+        bulk records. They stay in the backlog until ``done``."""
+        lane = self.live if self.live else self.bulk
+        chunk = []
+        for m in lane.values():
+            chunk.append(m)
+            if len(chunk) >= n:
+                break
+        return chunk
+
+    def done(self, chunk: Iterable[ConsumerRecord]) -> None:
+        """The chunk's vectors are acknowledged by the broker."""
+        for m in chunk:
+            tp = TopicPartition(m.topic, m.partition)
+            for slot in ((tp, m.key if m.key is not None else ("offset", m.offset)), (tp, ("offset", m.offset))):
+                for lane in (self.live, self.bulk):
+                    if lane.get(slot) is m:
+                        del lane[slot]
+            self.waiting.get(tp, set()).discard(m.offset)
+
+    def committable(self, everything: bool = False) -> dict[TopicPartition, int]:
+        """Offsets to commit (that moved since the last ``committed``, unless ``everything``): per
+        partition, every record below the offset is handled."""
+        out = {}
+        for tp, next_offset in self.read_to.items():
+            waiting = self.waiting.get(tp)
+            offset = min(waiting) if waiting else next_offset
+            if everything or self._committed.get(tp) != offset:
+                out[tp] = offset
+        return out
+
+    def committed(self, offsets: dict[TopicPartition, int]) -> None:
+        self._committed.update(offsets)
+
+    def drop(self, partitions: Iterable[TopicPartition]) -> None:
+        """Partitions revoked in a rebalance: their new owner reads them from the committed offset."""
+        gone = set(partitions)
+        for lane in (self.live, self.bulk):
+            for slot in [s for s in lane if s[0] in gone]:
+                del lane[slot]
+        for tp in gone:
+            self.waiting.pop(tp, None)
+            self.read_to.pop(tp, None)
+            self._committed.pop(tp, None)
