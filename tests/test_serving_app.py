@@ -60,7 +60,7 @@ class FakeProducer:
         self.sent: list[tuple] = []
         self.threads: set[str] = set()
 
-    def send(self, topic, key=None, value=None):
+    def send(self, topic, key=None, value=None, headers=None):
         self.sent.append((topic, key, value))
         self.threads.add(threading.current_thread().name)
         if self.fail:
