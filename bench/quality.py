@@ -69,6 +69,10 @@ def percentile_ms(xs: Sequence[float], q: float) -> float:
     return float(np.percentile(np.array(xs), q) * 1000.0) if xs else float("nan")
 
 
+def latency_line(what: str, xs: Sequence[float]) -> str:
+    return f"{what}: p50 {percentile_ms(xs, 50):.1f} ms, p99 {percentile_ms(xs, 99):.1f} ms over {len(xs):,} requests"
+
+
 # --- the running stack --------------------------------------------------------------------------
 
 
@@ -360,11 +364,7 @@ def print_search(r: SearchReport) -> None:
         print(f"{names[v]:38s} {b.ndcg:8.4f} {b.mrr:7.4f} {rec} {a.ndcg:9.4f} {a.ndcg - b.ndcg:+7.4f}")
     best = max(r.before["bm25"].ndcg, r.before["rrf"].ndcg)
     print(f"full path before feedback vs the best of lexical / RRF in this run: {r.before['full'].ndcg - best:+.4f}")
-    lat = r.before["full"].latency_s
-    print(
-        f"GET /search (full, k=10, single client): p50 {percentile_ms(lat, 50):.1f} ms, "
-        f"p99 {percentile_ms(lat, 99):.1f} ms over {len(lat):,} requests"
-    )
+    print(latency_line("GET /search (full, k=10, single client)", r.before["full"].latency_s))
     print(f"catalogue of {r.products:,} titles searchable after {r.index_s:.0f} s")
 
 
@@ -557,10 +557,7 @@ def print_recommend(r: RecommendReport) -> None:
     for v in ("popular", "covis", "repeat", "vsknn", "stan", "fused", "full"):
         print(f"{names[v]:32s} {r.tallies[v].line()}")
     print("published (their test week): SR-GNN 50.73 / 17.59, MSGIFSR 55.4 / 19.0; co-visitation ≈ 40 / 12")
-    print(
-        f"GET /recommend (full, k=20, single client): p50 {percentile_ms(r.latency_s, 50):.1f} ms, "
-        f"p99 {percentile_ms(r.latency_s, 99):.1f} ms over {len(r.latency_s):,} requests"
-    )
+    print(latency_line("GET /recommend (full, k=20, single client)", r.latency_s))
     print(
         f"click → visible in that session's /recommend: p50 {percentile_ms(r.visible_s, 50):.0f} ms, "
         f"p99 {percentile_ms(r.visible_s, 99):.0f} ms (a round's clicks posted as one batch, then checked in turn)"
