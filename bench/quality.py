@@ -120,7 +120,7 @@ def wait_for(check: Callable[[], bool], timeout_s: float, what: str, every_s: fl
 
 def wait_indexed(http: httpx.Client, n: int, timeout_s: float) -> None:
     """Until serving holds ``n`` items; prints the rate while the catalogue is embedded."""
-    started, last_print = time.monotonic(), 0.0
+    started = last_print = time.monotonic()
 
     def check() -> bool:
         nonlocal last_print
