@@ -24,6 +24,7 @@ import httpx
 import pytest
 
 from launcher.embedded import free_port
+from tests.polling import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -54,16 +55,6 @@ def browser(width: int = 1400, height: int = 1900):
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
 
 
-def wait_for(predicate, timeout_s: float, what: str, poll_s: float = 1.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll_s)
-    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-
-
 def open_dashboard_with_data(driver, base: str, min_points: int = 12, timeout_s: float = 240) -> None:
     """Open /dashboard and return once its charts draw at least ``min_points`` history points."""
     from selenium.webdriver.common.by import By
@@ -77,7 +68,7 @@ def open_dashboard_with_data(driver, base: str, min_points: int = 12, timeout_s:
         rate = driver.find_elements(By.CSS_SELECTOR, "#c_rate path.series")
         return points >= min_points and len(auc) >= 1 and len(rate) >= 1
 
-    wait_for(charted, timeout_s, f"{min_points} history points drawn on the charts")
+    wait_for(charted, f"{min_points} history points drawn on the charts", timeout_s, every_s=1.0)
 
 
 def capture(base: str, out: Path) -> None:
@@ -95,17 +86,14 @@ def capture(base: str, out: Path) -> None:
 def test_dashboard_in_a_real_browser_shows_live_charts_and_rolls_back(tmp_path):
     from selenium.webdriver.common.by import By
 
-    from tests.test_up import _wait_until_up
+    from tests.test_up import _wait_until_up, up_env
 
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
-    env.update(
-        STREAMREC_HTTP_PORT=str(port),
-        STREAMREC_STATE_DIR=str(tmp_path / "state"),
-        STREAMREC_PUBLISH_EVERY_S="1",
+    env = up_env(
+        tmp_path,
+        port,
         STREAMREC_COCKPIT_SAMPLE_S="2",  # history points every 2 s, so the charts fill quickly
         STREAMREC_DRIFT_WARMUP="100",  # detectors armed after 100 labelled examples, not 1000
-        PYTHONUNBUFFERED="1",
     )
     log_path = tmp_path / "up.log"
     with open(log_path, "wb") as log:
@@ -126,12 +114,24 @@ def test_dashboard_in_a_real_browser_shows_live_charts_and_rolls_back(tmp_path):
             driver.save_screenshot(str(shot))
             assert shot.stat().st_size > 10_000
             with httpx.Client(base_url=base, timeout=10) as http:
-                wait_for(lambda: len(http.get("/dashboard/data").json()["models"]) >= 2, 120, "two model versions")
+                wait_for(
+                    lambda: len(http.get("/dashboard/data").json()["models"]) >= 2,
+                    "two model versions",
+                    120,
+                    every_s=1.0,
+                )
                 detected = inject_shift_until_detected(http, timeout_s=240)
             # the detection appears on the page as a marker on the model-quality charts and as a row
-            wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#c_auc line.marker-drift"), 30, "a drift marker")
+            wait_for(
+                lambda: driver.find_elements(By.CSS_SELECTOR, "#c_auc line.marker-drift"),
+                "a drift marker",
+                30,
+                every_s=1.0,
+            )
             shown = lambda: detected["detector"] in driver.find_element(By.ID, "drift").text  # noqa: E731
-            wait_for(shown, 30, f"{detected['detector']} in the drift-event table")  # page refreshes every 5 s
+            wait_for(
+                shown, f"{detected['detector']} in the drift-event table", 30, every_s=1.0
+            )  # page refreshes every 5 s
             driver.save_screenshot(str(tmp_path / "dashboard-drift.png"))
             rollback_through_the_page(driver)
             after = tmp_path / "dashboard-after-rollback.png"
@@ -185,14 +185,19 @@ def rollback_through_the_page(driver) -> None:
 
     driver.find_element(By.ID, "rollback").click()
     driver.switch_to.alert.accept()  # confirm
-    prompt = wait_for(lambda: _alert(driver), 10, "the admin-key prompt", poll_s=0.2)
+    prompt = wait_for(lambda: _alert(driver), "the admin-key prompt", 10, every_s=0.2)
     prompt.send_keys("")
     prompt.accept()
-    text = wait_for(lambda: driver.find_element(By.ID, "action").text, 20, "the rollback answer", poll_s=0.5)
+    text = wait_for(lambda: driver.find_element(By.ID, "action").text, "the rollback answer", 20, every_s=0.5)
     answer = json.loads(text)
     assert answer["action"] == "rollback" and answer["serving_version"] < answer["previous_version"], answer
     # the action is drawn as a marker on the model-quality charts and listed under operator actions
-    wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#c_auc line.marker-rollback"), 20, "a rollback marker")
+    wait_for(
+        lambda: driver.find_elements(By.CSS_SELECTOR, "#c_auc line.marker-rollback"),
+        "a rollback marker",
+        20,
+        every_s=1.0,
+    )
     assert "rollback" in driver.find_element(By.ID, "actions").text
 
 

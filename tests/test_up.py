@@ -58,15 +58,22 @@ def _wait_until_up(proc: subprocess.Popen, log_path, base: str, timeout_s: float
     )
 
 
-def test_up_serves_demo_traffic_and_drains_on_sigterm(tmp_path):
-    port = free_port()
+def up_env(tmp_path, port: int, **extra: str) -> dict[str, str]:
+    """The environment `streamrec up` runs with in these tests: no STREAMREC_* of the caller's."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
     env.update(
         STREAMREC_HTTP_PORT=str(port),
         STREAMREC_STATE_DIR=str(tmp_path / "state"),
         STREAMREC_PUBLISH_EVERY_S="1",
         PYTHONUNBUFFERED="1",
+        **extra,
     )
+    return env
+
+
+def test_up_serves_demo_traffic_and_drains_on_sigterm(tmp_path):
+    port = free_port()
+    env = up_env(tmp_path, port)
     log_path = tmp_path / "up.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
