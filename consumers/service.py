@@ -32,7 +32,7 @@ from consumers.validate import classify
 from streamrec import bus
 from streamrec.schemas import CatalogOp, DeadLetter, Event
 from streamrec.settings import Settings
-from streamrec.store import connect_binary
+from streamrec.store import connect_binary, retry_until_done
 
 log = logging.getLogger(__name__)
 
@@ -158,18 +158,12 @@ class Ingestor:
 
     def _retry(self, fn, stop: threading.Event | None = None):
         """Redis/Kafka hiccups stall the batch instead of losing it."""
-        delay = 0.1
-        while True:
-            try:
-                return fn()
-            except (redis.RedisError, KafkaError, OSError) as e:
-                if isinstance(e, redis.RedisError):
-                    metrics.REDIS_ERRORS.inc()
-                log.warning("retrying after %r", e)
-                if stop is not None and stop.is_set():
-                    raise
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+
+        def count(e: BaseException) -> None:
+            if isinstance(e, redis.RedisError):
+                metrics.REDIS_ERRORS.inc()
+
+        return retry_until_done(fn, stop, retry_on=(redis.RedisError, KafkaError, OSError), on_error=count)
 
     def validate(self, tp: TopicPartition, records) -> list[Record]:
         """Every record becomes a model or a dead letter (never an exception).

@@ -108,9 +108,15 @@ def redis_server_binary() -> str:
 
 
 class EmbeddedRedis(_Server):
-    """A throw-away Redis (no RDB/AOF). ``url`` is what clients use."""
+    """A throw-away Redis (no RDB/AOF) unless ``persistent``: then every write is in an
+    append-only file in ``workdir`` (fsync always), so a stop and start on the same port loses
+    nothing — what the outage tests restart. ``url`` is what clients use."""
 
     name = "redis"
+
+    def __init__(self, workdir: Path, port: int | None = None, persistent: bool = False):
+        super().__init__(workdir, port)
+        self.persistent = persistent
 
     @property
     def url(self) -> str:
@@ -126,7 +132,9 @@ class EmbeddedRedis(_Server):
             "--save",
             "",
             "--appendonly",
-            "no",
+            "yes" if self.persistent else "no",
+            "--appendfsync",
+            "always",
             "--dir",
             str(self.workdir),
         ]

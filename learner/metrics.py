@@ -41,3 +41,8 @@ def export(core_metrics: dict) -> None:
             if ll is not None:
                 LOGLOSS.labels(task, model).set(ll)
     CHALLENGER.set(1 if core_metrics.get("challenger_running") else 0)
+
+
+REDIS_ERRORS = Counter(
+    "streamrec_learner_redis_errors_total", "Redis calls that failed and were retried (the event waited, not lost)"
+)

@@ -50,12 +50,13 @@ class ExampleBuilder:
             if got is not None and all(i in got for i in items):
                 self.rows_served += len(items)
                 return np.stack([got[i] for i in items])
-        self.rows_recomputed += len(items)
         # Replayed logs carry query text but no query vector (the learner runs no encoder) and no
         # first-stage score: those two features are 0 here, flagged by has_query_vec = 0.
-        return self.assembler.assemble(
+        X = self.assembler.assemble(
             user_id=event.user_id, query_vec=None, item_ids=items, retrieval_scores=None, now_ms=event.ts
         )
+        self.rows_recomputed += len(items)  # after the Redis reads: a retried event counts once
+        return X
 
     def feed(self, event: Event) -> list[Example]:
         """Examples that became ready with this event (click positives, sampled ones)."""

@@ -12,6 +12,7 @@ champion/challenger in :mod:`learner.online`, rollback in :mod:`learner.guard`.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -36,7 +37,7 @@ from streamrec.model_store import ModelStore
 from streamrec.ranking import FeatureAssembler, load_served
 from streamrec.schemas import Rejected, decode_event
 from streamrec.settings import Settings
-from streamrec.store import connect
+from streamrec.store import connect, retry_until_done
 
 log = logging.getLogger(__name__)
 LEARNER_REASONS = ("initial", "periodic", "promotion", "shutdown")  # what this service publishes with
@@ -249,6 +250,10 @@ def _vectors(s: Settings):
     return replica, replica.index.vector, replica.index.meta
 
 
+def _redis_error(e: BaseException) -> None:
+    M.REDIS_ERRORS.inc()
+
+
 def run(settings: Settings, stop: threading.Event) -> None:
     """Consume, learn, publish until ``stop`` is set; then train what is ready, publish, checkpoint."""
     s = settings
@@ -302,15 +307,17 @@ def run(settings: Settings, stop: threading.Event) -> None:
             polled = consumer.poll(timeout_ms=100, max_records=s.consumer_max_poll_records)
             for tp, msgs in polled.items():
                 for m in msgs:
-                    loop.offsets[tp.partition] = m.offset + 1
-                    loop.dirty = True
                     try:
                         ev = decode_event(m.value, s.max_event_bytes)
                     except Rejected:
                         M.EVENTS.labels("rejected").inc()  # consumers/ dead-letters it; we only skip
-                        continue
-                    M.EVENTS.labels(ev.type).inc()
-                    loop.add(builder.feed(ev))
+                    else:
+                        M.EVENTS.labels(ev.type).inc()
+                        # Redis down: the event waits (feed reads before it changes anything), and
+                        # its offset only advances once it is in the learner's state.
+                        loop.add(retry_until_done(functools.partial(builder.feed, ev), stop, on_error=_redis_error))
+                    loop.offsets[tp.partition] = m.offset + 1
+                    loop.dirty = True
             loop.add(builder.expire())
             M.PENDING.set(len(joiner))
             M.UNJOINABLE.set(joiner.unjoinable)

@@ -4,10 +4,12 @@ timing is a middleware and readiness a dependency, so no route repeats either.""
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
+import redis
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 from kafka import KafkaProducer
@@ -33,6 +35,8 @@ from streamrec.schemas import (
     validate_event,
 )
 from streamrec.settings import Settings
+
+log = logging.getLogger(__name__)
 
 MAX_BATCH = 1000
 MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -70,6 +74,7 @@ def create_app(s: Settings, engine: Engine, producer: KafkaProducer) -> FastAPI:
     app.include_router(operations_routes(s, engine))
     app.include_router(admin_routes(s))  # /admin/models/…: admin key (serving/auth.py)
     app.include_router(cockpit_routes(s, engine))  # /dashboard/data
+    app.add_exception_handler(redis.RedisError, store_unavailable(s))
     install_access_control(app, s)  # keys, loopback rule, rate limit, CORS (outermost)
     return app
 
@@ -108,6 +113,22 @@ class RequestMetrics:
                 endpoint = getattr(route, "name", None) or getattr(route, "path", "?")
                 metrics.REQUESTS.labels(endpoint, str(status)).inc()
                 metrics.LATENCY.labels(endpoint).observe(time.perf_counter() - started)
+
+
+def store_unavailable(s: Settings) -> Callable[[Request, Exception], Response]:
+    """A route that cannot answer without Redis (/recommend's session, the cockpit's history)
+    answers a fast 503 with Retry-After while Redis is down, never a 500 with a traceback.
+    /search and /similar degrade instead (Engine._assemble)."""
+
+    def handler(request: Request, exc: Exception) -> Response:
+        log.warning("%s %s: feature store unreachable: %r", request.method, request.url.path, exc)
+        return JSONResponse(
+            {"detail": f"feature store unreachable ({type(exc).__name__}); retry later"},
+            status_code=503,
+            headers={"Retry-After": str(s.serving_retry_after_s)},
+        )
+
+    return handler
 
 
 def readiness(engine: Engine) -> Callable[[], None]:

@@ -14,6 +14,7 @@ import uuid
 from dataclasses import dataclass, field
 
 import numpy as np
+import redis
 
 from serving import fusion, session_candidates
 from serving import recommend as session_rec
@@ -36,6 +37,9 @@ log = logging.getLogger(__name__)
 # How much each interaction type says about a user's taste, for the profile vector.
 INTERACTION_WEIGHT = {t: FeatureConfig().weight(t) for t in INTERACTIONS}  # the feature config's weights
 RECENCY_DECAY = 0.85  # weight of the i-th most recent interaction is RECENCY_DECAY ** i
+# ResultList.degraded entry while Redis does not answer: retrieval still works (the index and the
+# lexical index live in this process), but there are no feature rows, so no head and no learning.
+FEATURES_UNAVAILABLE = "feature store unreachable: not personalised, ranking head skipped"
 
 
 @dataclass
@@ -121,7 +125,7 @@ class Engine:
             if variant in ("full", "fused")
             else fusion.order_scores(variant, cands, len(lexical), len(dense), weights)
         )
-        X = self.assembler.assemble(
+        X = self._assemble(
             user_id=user_id,
             query_vec=qvec,
             item_ids=cands.ids,
@@ -131,8 +135,9 @@ class Engine:
         reasons = [self._search_reasons(query, cands, j, len(dense)) for j in range(len(cands.ids))]
         final, order = first, _top(first, k)
         if variant == "full":
-            final, head_reasons = self._with_head(first, X, self.s.serving_search_head_weight)
-            reasons = [r + h for r, h in zip(reasons, head_reasons, strict=True)]
+            if X is not None:
+                final, head_reasons = self._with_head(first, X, self.s.serving_search_head_weight)
+                reasons = [r + h for r, h in zip(reasons, head_reasons, strict=True)]
             order = self._diverse(cands.ids, final, k, self.s.serving_search_diversity_lambda)
         return self._respond(ctx, cands.ids, final, order, reasons, X, variant, impression)
 
@@ -237,7 +242,11 @@ class Engine:
             Candidate(other, max(0.0, cos), cos, [f"similar to '{title}' (cosine {cos:.2f})"])
             for other, cos in self.index.search(seed[None, :], self.s.serving_candidates, exclude={item_id})[0]
         ]
-        for other, _score in self.features.covisited(item_id, 20):
+        try:
+            covisited = self.features.covisited(item_id, 20)
+        except redis.RedisError:
+            covisited = []  # the explanation only; _finish reports the outage
+        for other, _score in covisited:
             match = next((c for c in cands if c.item_id == other), None)
             if match:
                 match.reasons.append("often viewed together")
@@ -261,7 +270,7 @@ class Engine:
             return self._empty(variant)
         ids = [c.item_id for c in cands]
         relevance = np.array([c.relevance for c in cands], dtype=np.float32)
-        X = self.assembler.assemble(
+        X = self._assemble(
             user_id=ctx.user_id,
             query_vec=ctx.vector,
             item_ids=ids,
@@ -269,7 +278,7 @@ class Engine:
         )
         final: np.ndarray = relevance
         explanations: list[list[str]] = [[] for _ in cands]
-        head = self._head(X) if w > 0 else None  # the feature rows are logged below either way
+        head = self._head(X) if w > 0 and X is not None else None  # the rows are logged below either way
         if head is not None:
             p_click, p_buy, explanations = head
             value = p_click * (1.0 + p_buy)
@@ -279,6 +288,15 @@ class Engine:
         order = self._diverse(ids, final, k, self.s.serving_diversity_lambda if diversity is None else diversity)
         reasons = [c.reasons + e for c, e in zip(cands, explanations, strict=True)]
         return self._respond(ctx, ids, final, order, reasons, X, variant, impression)
+
+    def _assemble(self, **request) -> np.ndarray | None:
+        """The feature rows, or None when Redis does not answer within ``serving_redis_timeout_s``
+        (the caller then ranks on retrieval alone and the list says it is degraded)."""
+        try:
+            return self.assembler.assemble(**request)
+        except redis.RedisError as e:
+            log.warning("feature store unreachable, answering degraded: %r", e)
+            return None
 
     def _head(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[list[str]]] | None:
         """(p_click, p_purchase, per-row explanation) from the current model, if it reads these rows."""
@@ -318,11 +336,14 @@ class Engine:
         final: np.ndarray,
         order: list[int],
         reasons: list[list[str]],
-        X: np.ndarray,
+        X: np.ndarray | None,
         variant: str,
         impression: bool,
     ) -> ResultList:
-        """The explained result list; logged as an impression (with its feature rows) unless not asked."""
+        """The explained result list; logged as an impression (with its feature rows) unless not asked.
+
+        ``X`` None: the feature store was down; the impression is still logged (clicks on it are
+        real labels) without served rows, so the learner recomputes them instead of learning zeros."""
         request_id = uuid.uuid4().hex
         model = self.models.current
         items = [
@@ -335,6 +356,7 @@ class Engine:
             model_version=model.version if model else 0,
             index_version=self.index.version,
             variant=variant,
+            degraded=[FEATURES_UNAVAILABLE] if X is None else [],
         )
         if impression:
             self.impressions.record(
@@ -342,7 +364,7 @@ class Engine:
                 user_id=ctx.user_id,
                 query=ctx.query,
                 item_ids=[ids[i] for i in order],
-                rows=X[order],
+                rows=X[order] if X is not None else None,
                 ts_ms=int(time.time() * 1000),
             )
         return result

