@@ -41,3 +41,11 @@ def export(core_metrics: dict) -> None:
             if ll is not None:
                 LOGLOSS.labels(task, model).set(ll)
     CHALLENGER.set(1 if core_metrics.get("challenger_running") else 0)
+
+
+FEATURE_DRIFT = Gauge(
+    "streamrec_learner_feature_drift_ks",
+    "KS distance of a watched feature: reference window (champion's start) vs the latest window",
+    ["feature"],
+)
+ITEMS_SHOWN = Counter("streamrec_learner_items_shown_total", "items listed in impression events read")

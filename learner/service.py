@@ -24,6 +24,7 @@ from kafka.structs import OffsetAndMetadata
 
 from learner import metrics as M
 from learner.checkpoint import Checkpointer
+from learner.drift import FEATURE_WINDOW, ks_critical
 from learner.estimator import OnlineRanker
 from learner.examples import Batch, Example
 from learner.guard import RollbackGuard
@@ -33,6 +34,7 @@ from learner.online import LearnerConfig, OnlineLearner
 from learner.pipeline import ExampleBuilder
 from streamrec import bus
 from streamrec.model_store import ModelStore
+from streamrec.ops import add_learner_stats
 from streamrec.ranking import FeatureAssembler, load_served
 from streamrec.schemas import Rejected, decode_event
 from streamrec.settings import Settings
@@ -40,6 +42,7 @@ from streamrec.store import connect
 
 log = logging.getLogger(__name__)
 LEARNER_REASONS = ("initial", "periodic", "promotion", "shutdown")  # what this service publishes with
+STATS_EVERY_S = 1.0  # how often the cockpit's learner stats (streamrec/ops.py) are written to Redis
 
 
 class _SeekToCheckpoint(ConsumerRebalanceListener):
@@ -78,6 +81,8 @@ class _Loop:
     last_publish: float = field(default_factory=time.monotonic)
     last_ckpt: float = field(default_factory=time.monotonic)
     dirty: bool = False
+    counts: dict[str, int] = field(default_factory=dict)  # events read since the last stats write
+    last_stats: float = 0.0
 
     # --- learning -------------------------------------------------------------------------------
 
@@ -136,6 +141,32 @@ class _Loop:
         M.ROLLBACKS.labels(by).inc()
         M.MODEL_VERSION.set(version)
         self.dirty = True
+
+    # --- the cockpit's stats -----------------------------------------------------------------
+
+    def count(self, ev) -> None:
+        key = f"events:{ev.type}"
+        self.counts[key] = self.counts.get(key, 0) + 1
+        if ev.type == "impression" and ev.item_ids:
+            self.counts["items_shown"] = self.counts.get("items_shown", 0) + len(ev.item_ids)
+            M.ITEMS_SHOWN.inc(len(ev.item_ids))
+
+    def write_stats(self, r, force: bool = False) -> None:
+        """Event counts and per-feature drift distances for the cockpit (streamrec/ops.py), ~1/s."""
+        if not force and time.monotonic() - self.last_stats < STATS_EVERY_S:
+            return
+        self.last_stats = time.monotonic()
+        distances = self.core.monitor.feature_distances()
+        for name, d in distances.items():
+            if d is not None:
+                M.FEATURE_DRIFT.labels(name).set(d)
+        try:
+            add_learner_stats(
+                r, self.s.redis_prefix, self.counts, distances, ks_critical(FEATURE_WINDOW, FEATURE_WINDOW)
+            )
+            self.counts = {}
+        except Exception as e:  # the stats are for the dashboard only; keep the counts for the next try
+            log.warning("cockpit stats not written: %r", e)
 
     # --- publishing and checkpoints ---------------------------------------------------------
 
@@ -310,6 +341,7 @@ def run(settings: Settings, stop: threading.Event) -> None:
                         M.EVENTS.labels("rejected").inc()  # consumers/ dead-letters it; we only skip
                         continue
                     M.EVENTS.labels(ev.type).inc()
+                    loop.count(ev)
                     loop.add(builder.feed(ev))
             loop.add(builder.expire())
             M.PENDING.set(len(joiner))
@@ -320,10 +352,12 @@ def run(settings: Settings, stop: threading.Event) -> None:
             loop.adopt_operator_rollback()
             loop.maybe_publish()
             loop.checkpoint(consumer)
+            loop.write_stats(r)
         loop.train_ready(force=True)
         if loop.updates_since_publish:
             loop.publish("shutdown")
         loop.checkpoint(consumer, force=True)
+        loop.write_stats(r, force=True)
     finally:
         consumer.close()
         producer.flush(10)
