@@ -49,6 +49,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from river import drift
 
+from streamrec.ops import FEATURE_WINDOW, KS_ALPHA
 from streamrec.ranking import FEATURE_NAMES
 from streamrec.settings import default
 
@@ -110,10 +111,6 @@ class _ClickAdwin:
             "window": int(since),
             "delta": self.adwin.d.delta,
         }
-
-
-FEATURE_WINDOW = 500  # values per watched feature in the reference and in the recent window
-KS_ALPHA = 0.005  # the KS critical value drawn beside the distances (KSWIN's default alpha)
 
 
 def ks_distance(a: np.ndarray, b: np.ndarray) -> float:

@@ -36,7 +36,7 @@ from serving import metrics
 from serving.dashboard import recent_drift_events
 from streamrec import bus
 from streamrec.model_store import ModelStore
-from streamrec.ops import LEARNER_STATS, parse_learner_stats
+from streamrec.ops import FEATURE_WINDOW, KS_ALPHA, LEARNER_STATS, parse_learner_stats
 from streamrec.settings import Settings
 from streamrec.store import connect
 from streamrec.vector_index.metrics import EVENT_TO_SEARCHABLE
@@ -370,6 +370,8 @@ def dashboard_data(s: Settings, status: dict, drift: list[dict]) -> dict:
         "now_ms": int(time.time() * 1000),
         "sample_s": s.cockpit_sample_s,
         "history_points_max": s.cockpit_history_points,
+        "feature_window": FEATURE_WINDOW,
+        "ks_alpha": KS_ALPHA,
         "serving": status,
         "serving_version": store.latest_version(),
         "history": points,
