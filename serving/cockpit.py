@@ -2,10 +2,10 @@
 
 Works with the embedded default (no Prometheus): every ``cockpit_sample_s`` (10 s) one serving
 replica appends a snapshot to a capped Redis list, ``{prefix}cockpit:history`` (``RPUSH`` +
-``LTRIM`` to ``cockpit_history_points``, 2,880 = 8 h). A snapshot is about 0.6–1 KB of JSON
+``LTRIM`` to ``cockpit_history_points``, 2,880 = 8 h). A snapshot is about 0.8–1.2 KB of JSON
 (served model version and its prequential AUC / log-loss from the model store, events/s in and
 out, consumer lag per service, dead-letter and quarantine rates, click and purchase rates per item
-shown, per-feature drift distances, index size, latency per route), so the list stays under 3 MB.
+shown, per-feature drift distances, index size, latency per route), so the list stays under 3.5 MB.
 With several replicas a per-slot ``SET NX`` lets one of them sample each slot; its latency figures
 (and its vector follower's lag) are that replica's.
 
