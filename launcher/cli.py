@@ -330,13 +330,23 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="machine-readabl
         report["serving"] = {"error": f"not reachable: {e!r}"}
     if s.kafka_bootstrap:
         lag: dict[str, dict[str, Any]] = {}
-        groups = {"consumers": s.consumers_group, "index-updater": s.index_updater_group, "learner": s.learner_group}
-        for name, group in groups.items():
-            topic = s.topic_catalog if name == "index-updater" else s.topic_events
+        groups = {
+            "consumers": (s.consumers_group, [s.topic_events, s.topic_catalog]),
+            "index-updater": (s.index_updater_group, [s.topic_catalog]),
+            "learner": (s.learner_group, [s.topic_events]),
+        }
+        for name, (group, topics) in groups.items():
             try:
-                lag[name] = {topic: bus.group_lag(s, group, topic)}
+                lag[name] = {topic: bus.group_lag(s, group, topic) for topic in topics}
             except Exception as e:
                 lag[name] = {"error": repr(e)}
+        follower = report["serving"].get("vector_offsets")  # serving's replica of the vectors topic
+        if isinstance(follower, dict):
+            try:
+                positions = {int(p): int(o) for p, o in follower.items()}
+                lag["serving (vector follower)"] = {s.topic_vectors: bus.positions_lag(s, s.topic_vectors, positions)}
+            except Exception as e:
+                lag["serving (vector follower)"] = {"error": repr(e)}
         report["lag"] = lag
     try:
         from streamrec.model_store import ModelStore

@@ -51,7 +51,8 @@ def tables(report: dict) -> list[Table]:
     out: list[Table] = [_kv("Deployment", report.get("settings", {}))]
 
     serving = report.get("serving", {})
-    out.append(_error("Serving", serving) or _kv("Serving", serving))
+    shown = [k for k in serving if k != "vector_offsets"]  # its lag is a row of the lag table
+    out.append(_error("Serving", serving) or _kv("Serving", serving, shown))
 
     if "lag" in report:
         lag = Table(title="Consumer lag (records)", title_justify="left")

@@ -19,6 +19,15 @@ item's own smoothed CTR (clicks + prior) / (shown + strength) from the labelled 
 (as much as popularity predicts clicks); when clicks move to items that were rarely clicked the
 mean percentile falls, and a fall is what is reported.
 
+Per-feature drift *distance* (what the cockpit charts, beside ADWIN's detections): for each
+watched feature the two-sample Kolmogorov-Smirnov statistic between a reference window (the first
+``FEATURE_WINDOW`` values after the current champion took over, i.e. after :meth:`DriftMonitor.reset`)
+and the latest ``FEATURE_WINDOW`` values. River's ADWIN keeps only summary buckets and KSWIN is not
+used here, so the monitor keeps the two small windows itself; a distance is two sorts of 500
+floats, computed only when asked (:meth:`DriftMonitor.feature_distances`). The KS critical value
+at ``KS_ALPHA`` is shown as a reference line; it is *not* the rule that fires — ADWIN compares
+window means with confidence ``feature_delta`` and has no threshold on this distance.
+
 The click-rank detector (``adwin_click_rank``) asks the same of the model: for each click it
 feeds ADWIN the percentile of the model's score for the clicked item among its scores of the last
 ``item_reference`` labelled examples — the click's contribution to AUC, so ADWIN's mean is a
@@ -40,6 +49,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from river import drift
 
+from streamrec.ops import FEATURE_WINDOW, KS_ALPHA
 from streamrec.ranking import FEATURE_NAMES
 from streamrec.settings import default
 
@@ -103,6 +113,29 @@ class _ClickAdwin:
         }
 
 
+def ks_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sample Kolmogorov-Smirnov statistic: the largest gap between the empirical CDFs.
+
+    >>> ks_distance(np.arange(100.0), np.arange(100.0))
+    0.0
+    >>> ks_distance(np.zeros(10), np.ones(10))
+    1.0
+    """
+    a, b = np.sort(a), np.sort(b)
+    grid = np.concatenate([a, b])
+    gap = np.searchsorted(a, grid, "right") / a.size - np.searchsorted(b, grid, "right") / b.size
+    return float(np.max(np.abs(gap)))
+
+
+def ks_critical(n: int, m: int, alpha: float = KS_ALPHA) -> float:
+    """The asymptotic two-sample KS critical value at ``alpha`` for samples of ``n`` and ``m``.
+
+    >>> round(ks_critical(FEATURE_WINDOW, FEATURE_WINDOW), 3)
+    0.109
+    """
+    return math.sqrt(-math.log(alpha / 2) / 2) * math.sqrt((n + m) / (n * m))
+
+
 def _percentile(ref: np.ndarray, v: float) -> float:
     """Mid-rank percentile of ``v`` in the sorted ``ref`` (ties count half)."""
     return float((np.searchsorted(ref, v, "left") + np.searchsorted(ref, v, "right")) / (2.0 * ref.size))
@@ -163,6 +196,29 @@ class DriftMonitor:
         self.ctr_sum = 0.0
         self._reset_items()
         self._reset_rank()
+        self._reset_windows()
+
+    def _reset_windows(self) -> None:
+        self.feature_ref: dict[str, list[float]] = {f: [] for f in self.feature_names}
+        self.feature_recent: dict[str, deque[float]] = {f: deque(maxlen=FEATURE_WINDOW) for f in self.feature_names}
+
+    def feature_distances(self) -> dict[str, float | None]:
+        """KS distance of each watched feature, reference vs recent window (None until both are full)."""
+        self._upgrade_old_pickle()
+        out: dict[str, float | None] = {}
+        for f in self.feature_names:
+            ref, recent = self.feature_ref[f], self.feature_recent[f]
+            full = len(ref) >= FEATURE_WINDOW and len(recent) >= FEATURE_WINDOW
+            out[f] = round(ks_distance(np.asarray(ref), np.fromiter(recent, float)), 4) if full else None
+        return out
+
+    def _window(self, X: np.ndarray) -> None:
+        for name, col in zip(self.feature_names, self._cols, strict=True):
+            values = X[:, col].astype(float).tolist()
+            ref = self.feature_ref[name]
+            take = max(0, FEATURE_WINDOW - len(ref))
+            ref.extend(values[:take])
+            self.feature_recent[name].extend(values[take:])
 
     def _reset_items(self) -> None:
         self.item = _ClickAdwin(self.item_delta) if self.item_delta > 0 else None
@@ -205,10 +261,13 @@ class DriftMonitor:
                     found.append(self._click_rank(y, float(scores[i]), rank_ref, when, armed))
                 out.extend(d for d in found if d is not None)
             out.extend(self._features(X[i], when, armed))
+        self._window(X)
         return out
 
     def _upgrade_old_pickle(self) -> None:
-        """A monitor pickled by an older version has no click detectors: give it fresh ones."""
+        """A monitor pickled by an older version lacks newer parts: give it fresh ones."""
+        if not hasattr(self, "feature_recent"):
+            self._reset_windows()
         if hasattr(self, "rank_ref"):
             return
         self.item_delta = getattr(self, "item_delta", 0.0)

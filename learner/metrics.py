@@ -46,3 +46,9 @@ def export(core_metrics: dict) -> None:
 REDIS_ERRORS = Counter(
     "streamrec_learner_redis_errors_total", "Redis calls that failed and were retried (the event waited, not lost)"
 )
+FEATURE_DRIFT = Gauge(
+    "streamrec_learner_feature_drift_ks",
+    "KS distance of a watched feature: reference window (champion's start) vs the latest window",
+    ["feature"],
+)
+ITEMS_SHOWN = Counter("streamrec_learner_items_shown_total", "items listed in impression events read")

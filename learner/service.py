@@ -25,6 +25,7 @@ from kafka.structs import OffsetAndMetadata
 
 from learner import metrics as M
 from learner.checkpoint import Checkpointer
+from learner.drift import FEATURE_WINDOW, ks_critical
 from learner.estimator import OnlineRanker
 from learner.examples import Batch, Example
 from learner.guard import RollbackGuard
@@ -34,6 +35,7 @@ from learner.online import LearnerConfig, OnlineLearner
 from learner.pipeline import ExampleBuilder
 from streamrec import bus
 from streamrec.model_store import ModelStore
+from streamrec.ops import add_learner_stats
 from streamrec.ranking import FeatureAssembler, load_served
 from streamrec.schemas import Rejected, decode_event
 from streamrec.settings import Settings
@@ -41,6 +43,7 @@ from streamrec.store import connect, retry_until_done
 
 log = logging.getLogger(__name__)
 LEARNER_REASONS = ("initial", "periodic", "promotion", "shutdown")  # what this service publishes with
+STATS_EVERY_S = 1.0  # how often the cockpit's learner stats (streamrec/ops.py) are written to Redis
 
 
 class _SeekToCheckpoint(ConsumerRebalanceListener):
@@ -79,6 +82,8 @@ class _Loop:
     last_publish: float = field(default_factory=time.monotonic)
     last_ckpt: float = field(default_factory=time.monotonic)
     dirty: bool = False
+    counts: dict[str, int] = field(default_factory=dict)  # events read since the last stats write
+    last_stats: float = 0.0
 
     # --- learning -------------------------------------------------------------------------------
 
@@ -137,6 +142,32 @@ class _Loop:
         M.ROLLBACKS.labels(by).inc()
         M.MODEL_VERSION.set(version)
         self.dirty = True
+
+    # --- the cockpit's stats -----------------------------------------------------------------
+
+    def count(self, ev) -> None:
+        key = f"events:{ev.type}"
+        self.counts[key] = self.counts.get(key, 0) + 1
+        if ev.type == "impression" and ev.item_ids:
+            self.counts["items_shown"] = self.counts.get("items_shown", 0) + len(ev.item_ids)
+            M.ITEMS_SHOWN.inc(len(ev.item_ids))
+
+    def write_stats(self, r, force: bool = False) -> None:
+        """Event counts and per-feature drift distances for the cockpit (streamrec/ops.py), ~1/s."""
+        if not force and time.monotonic() - self.last_stats < STATS_EVERY_S:
+            return
+        self.last_stats = time.monotonic()
+        distances = self.core.monitor.feature_distances()
+        for name, d in distances.items():
+            if d is not None:
+                M.FEATURE_DRIFT.labels(name).set(d)
+        try:
+            add_learner_stats(
+                r, self.s.redis_prefix, self.counts, distances, ks_critical(FEATURE_WINDOW, FEATURE_WINDOW)
+            )
+            self.counts = {}
+        except Exception as e:  # the stats are for the dashboard only; keep the counts for the next try
+            log.warning("cockpit stats not written: %r", e)
 
     # --- publishing and checkpoints ---------------------------------------------------------
 
@@ -316,6 +347,7 @@ def run(settings: Settings, stop: threading.Event) -> None:
                         # Redis down: the event waits (feed reads before it changes anything), and
                         # its offset only advances once it is in the learner's state.
                         loop.add(retry_until_done(functools.partial(builder.feed, ev), stop, on_error=_redis_error))
+                        loop.count(ev)
                     loop.offsets[tp.partition] = m.offset + 1
                     loop.dirty = True
             loop.add(builder.expire())
@@ -327,10 +359,12 @@ def run(settings: Settings, stop: threading.Event) -> None:
             loop.adopt_operator_rollback()
             loop.maybe_publish()
             loop.checkpoint(consumer)
+            loop.write_stats(r)
         loop.train_ready(force=True)
         if loop.updates_since_publish:
             loop.publish("shutdown")
         loop.checkpoint(consumer, force=True)
+        loop.write_stats(r, force=True)
     finally:
         consumer.close()
         producer.flush(10)

@@ -2,11 +2,18 @@
 
 Works with the embedded default (no Prometheus): every ``cockpit_sample_s`` (10 s) one serving
 replica appends a snapshot to a capped Redis list, ``{prefix}cockpit:history`` (``RPUSH`` +
-``LTRIM`` to ``cockpit_history_points``, 2,880 = 8 h). A snapshot is about 0.6–1 KB of JSON
+``LTRIM`` to ``cockpit_history_points``, 2,880 = 8 h). A snapshot is about 0.8–1.2 KB of JSON
 (served model version and its prequential AUC / log-loss from the model store, events/s in and
-out, consumer lag, dead-letter and quarantine rates, index size, latency per route), so the list
-stays under 3 MB. With several replicas a per-slot ``SET NX`` lets one of them sample each slot;
-its latency figures are that replica's.
+out, consumer lag per service, dead-letter and quarantine rates, click and purchase rates per item
+shown, per-feature drift distances, index size, latency per route), so the list stays under 3.5 MB.
+With several replicas a per-slot ``SET NX`` lets one of them sample each slot; its latency figures
+(and its vector follower's lag) are that replica's.
+
+Consumer lag per service (records behind the partition end): ``consumers`` from the offsets it
+applied (in Redis) on the events and catalog topics, ``index-updater`` and ``learner`` from their
+groups' committed offsets (the learner commits after each checkpoint, so its lag includes up to
+``learner_checkpoint_every_s`` of records), ``serving-vectors`` from this replica's follower. Click
+and purchase rates and the feature distances come from the learner's stats hash (``streamrec/ops.py``).
 
 Operator actions (promote / roll back through ``/admin``) go to ``{prefix}cockpit:actions``
 (the last 200) so the charts can mark them.
@@ -29,6 +36,7 @@ from serving import metrics
 from serving.dashboard import recent_drift_events
 from streamrec import bus
 from streamrec.model_store import ModelStore
+from streamrec.ops import FEATURE_WINDOW, KS_ALPHA, LEARNER_STATS, parse_learner_stats
 from streamrec.settings import Settings
 from streamrec.store import connect
 from streamrec.vector_index.metrics import EVENT_TO_SEARCHABLE
@@ -128,12 +136,21 @@ def quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
 class Sampler:
     """Appends one snapshot every ``cockpit_sample_s`` to the Redis history (a daemon thread)."""
 
-    def __init__(self, s: Settings, status: Any, r: redis.Redis | None = None, kafka: bool = True):
+    def __init__(
+        self,
+        s: Settings,
+        status: Any,
+        r: redis.Redis | None = None,
+        kafka: bool = True,
+        follower: Any = None,
+    ):
         self.s, self.status = s, status  # status: () -> engine.status() dict
+        self.follower = follower  # () -> {partition: next offset} of this replica's vector follower
         self.r = r if r is not None else connect(s)
         self.store = ModelStore.from_settings(s)
         self.kafka = kafka
         self.consumer: Any = None
+        self.groups: dict[str, Any] = {}  # group id -> a consumer that only reads committed offsets
         self.prev: dict[str, Any] | None = None
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="cockpit-sampler", daemon=True)
@@ -145,8 +162,9 @@ class Sampler:
         self.stop_event.set()
         if self.thread.is_alive():
             self.thread.join(timeout=5)
-        if self.consumer is not None:
-            self.consumer.close()
+        for c in (self.consumer, *self.groups.values()):
+            if c is not None:
+                c.close()
 
     def _loop(self) -> None:
         period = self.s.cockpit_sample_s
@@ -174,38 +192,72 @@ class Sampler:
     def _counters(self) -> dict[str, Any]:
         """Cumulative counters now (rates are their deltas between two samples)."""
         s, p = self.s, self.s.redis_prefix
+        n = s.topic_partitions
         pipe = self.r.pipeline(transaction=False)
-        for part in range(s.topic_partitions):
-            pipe.get(f"{p}off:{s.consumers_group}:{s.topic_events}:{part}")
+        for topic in (s.topic_events, s.topic_catalog):
+            for part in range(n):
+                pipe.get(f"{p}off:{s.consumers_group}:{topic}:{part}")
         pipe.hgetall(f"{p}dlq:counts")
         pipe.hgetall(f"{p}q:counts")
+        pipe.hgetall(p + LEARNER_STATS)
         res = pipe.execute()
-        applied_by_part = {part: int(x) for part, x in enumerate(res[: s.topic_partitions]) if x is not None}
-        ends = self._end_offsets()
-        dlq = {k: int(v) for k, v in cast(dict, res[-2]).items()}
-        quarantine = {k: int(v) for k, v in cast(dict, res[-1]).items()}
+        applied_by_part = {part: int(x) for part, x in enumerate(res[:n]) if x is not None}
+        catalog_applied = {part: int(x) for part, x in enumerate(res[n : 2 * n]) if x is not None}
+        ends = self._end_offsets(s.topic_events)
+        dlq = {k: int(v) for k, v in cast(dict, res[-3]).items()}
+        quarantine = {k: int(v) for k, v in cast(dict, res[-2]).items()}
+        lag = _lag(ends, applied_by_part)
+        catalog_ends = self._end_offsets(s.topic_catalog)
+        consumers_catalog = _lag(catalog_ends, catalog_applied)
+        lags = {
+            "consumers": lag + consumers_catalog if lag is not None and consumers_catalog is not None else lag,
+            "index-updater": _lag(catalog_ends, self._committed(s.index_updater_group, s.topic_catalog)),
+            "learner": _lag(ends, self._committed(s.learner_group, s.topic_events)),
+            "serving-vectors": _lag(
+                self._end_offsets(s.topic_vectors) if self.follower is not None else None,
+                self.follower() if self.follower is not None else {},
+            ),
+        }
+        for service, records in lags.items():
+            if records is not None:
+                metrics.CONSUMER_LAG.labels(service).set(records)
         return {
             "time": time.time(),
             "applied": sum(applied_by_part.values()),
             "end": sum(ends.values()) if ends is not None else None,
-            "lag": sum(max(0, e - applied_by_part.get(p, 0)) for p, e in ends.items()) if ends is not None else None,
+            "lag": lag,
+            "lags": lags,
             "api_in": _api_published(s.topic_events),
             "dlq": sum(dlq.values()),
             "quarantine": sum(quarantine.values()),
+            "learner": parse_learner_stats(cast(dict, res[-1])),
             "latency": _histogram_buckets(),
             "fresh": _freshness_buckets(),
         }
 
-    def _end_offsets(self) -> dict[int, int] | None:
+    def _end_offsets(self, topic: str) -> dict[int, int] | None:
         if not self.kafka:
             return None
         try:
             if self.consumer is None:
                 self.consumer = bus.make_consumer(self.s, group_id=None)
-            tps = bus.all_partitions(self.consumer, self.s.topic_events, timeout_s=2)
+            tps = bus.all_partitions(self.consumer, topic, timeout_s=2)
             return {tp.partition: int(end) for tp, end in self.consumer.end_offsets(tps).items()}
         except Exception as e:
-            log.debug("cockpit: no end offsets: %r", e)
+            log.debug("cockpit: no end offsets of %s: %r", topic, e)
+            return None
+
+    def _committed(self, group: str, topic: str) -> dict[int, int] | None:
+        """A consumer group's committed offsets (read only: the consumer never joins the group)."""
+        if not self.kafka:
+            return None
+        try:
+            c = self.groups.get(group)
+            if c is None:
+                c = self.groups[group] = bus.make_consumer(self.s, group_id=group)
+            return {tp.partition: int(c.committed(tp) or 0) for tp in bus.all_partitions(c, topic, timeout_s=2)}
+        except Exception as e:
+            log.debug("cockpit: no committed offsets of %s: %r", group, e)
             return None
 
     def sample(self) -> dict | None:
@@ -222,13 +274,16 @@ class Sampler:
             "t": int(now["time"] * 1000),
             "model_version": version,
             "served_version": status.get("model_version"),
-            "auc": m.get("click_auc"),
-            "logloss": m.get("click_logloss"),
-            "challenger_logloss": m.get("challenger_click_logloss"),
-            "purchase_auc": m.get("purchase_auc"),
+            "auc": _round(m.get("click_auc")),
+            "logloss": _round(m.get("click_logloss")),
+            "challenger_logloss": _round(m.get("challenger_click_logloss")),
+            "purchase_auc": _round(m.get("purchase_auc")),
             "examples": m.get("examples"),
             "index_items": status.get("index_items"),
             "lag": now["lag"],
+            "lags": now["lags"],
+            "feature_ks": now["learner"]["feature_ks"],
+            "feature_ks_threshold": now["learner"]["feature_ks_threshold"],
         }
         if prev is None:
             return None
@@ -240,6 +295,9 @@ class Sampler:
             return round(max(0, now[key] - prev[key]) / dt, 3)
 
         point.update(in_per_s=rate("end"), api_in_per_s=rate("api_in"), out_per_s=rate("applied"))
+        point["click_rate"], point["purchase_rate"] = _per_item_shown(
+            now["learner"]["counts"], prev["learner"]["counts"]
+        )
         point["dlq_per_s"] = rate("dlq")
         point["quarantine_per_s"] = rate("quarantine")
         _n, fresh50, fresh99 = _delta_quantiles(now["fresh"], prev["fresh"])
@@ -257,6 +315,31 @@ class Sampler:
             }
         point["latency"] = latency
         return point
+
+
+def _round(v: Any, digits: int = 4) -> Any:
+    """Chart precision (a model's metrics carry 17 digits; the history's size bound assumes 4)."""
+    return round(v, digits) if isinstance(v, float) else v
+
+
+def _lag(ends: dict[int, int] | None, positions: dict[int, int] | None) -> int | None:
+    """Records between the partition ends and ``positions`` (clamped at 0 per partition: Tansu's
+    end offset is its last batch's base offset, so positions can run ahead of it there)."""
+    if ends is None or positions is None:
+        return None
+    return sum(max(0, end - positions.get(part, 0)) for part, end in ends.items())
+
+
+def _per_item_shown(now: dict[str, int], before: dict[str, int]) -> tuple[float | None, float | None]:
+    """Click and purchase events per item shown in impressions, between two learner stats reads."""
+    shown = now.get("items_shown", 0) - before.get("items_shown", 0)
+    if shown <= 0:
+        return None, None
+
+    def per(kind: str) -> float:
+        return round(max(0, now.get(f"events:{kind}", 0) - before.get(f"events:{kind}", 0)) / shown, 4)
+
+    return per("click"), per("purchase")
 
 
 def history(s: Settings, r: redis.Redis, limit: int | None = None) -> list[dict]:
@@ -287,6 +370,8 @@ def dashboard_data(s: Settings, status: dict, drift: list[dict]) -> dict:
         "now_ms": int(time.time() * 1000),
         "sample_s": s.cockpit_sample_s,
         "history_points_max": s.cockpit_history_points,
+        "feature_window": FEATURE_WINDOW,
+        "ks_alpha": KS_ALPHA,
         "serving": status,
         "serving_version": store.latest_version(),
         "history": points,

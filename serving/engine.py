@@ -94,6 +94,7 @@ class Engine:
             "model_version": model.version if model else 0,
             "encoder": self.encoder.model_id,
             "index_factory": self.s.index_factory,
+            "vector_offsets": self.replica.offsets,  # the follower's next offset per partition (status: lag)
         }
 
     def ready(self) -> bool:

@@ -16,3 +16,9 @@ INDEX_ITEMS = Gauge("streamrec_serving_index_items", "items in the serving repli
 INDEX_VERSION = Gauge("streamrec_serving_index_version", "batches applied to the serving replica")
 IMPRESSIONS = Counter("streamrec_serving_impressions_total", "impression events published", ["outcome"])
 PUBLISHED = Counter("streamrec_serving_published_total", "POST /events and /catalog payloads", ["topic", "outcome"])
+CONSUMER_LAG = Gauge(
+    "streamrec_serving_observed_consumer_lag_records",
+    "records behind the topic end per consuming service, as the cockpit sampler reads it "
+    "(consumers: applied offsets in Redis; index-updater, learner: committed offsets; serving-vectors: this replica)",
+    ["service"],
+)

@@ -51,7 +51,8 @@ def build_engine(s: Settings) -> tuple[Engine, KafkaProducer]:
 def run(s: Settings, stop: threading.Event) -> None:
     engine, producer = build_engine(s)
     app = create_app(s, engine, producer)
-    sampler = Sampler(s, engine.status)  # the cockpit's bounded history (serving/cockpit.py)
+    # the cockpit's bounded history (serving/cockpit.py)
+    sampler = Sampler(s, engine.status, follower=lambda: engine.replica.offsets)
     sampler.start()
     config = uvicorn.Config(app, host=s.http_host, port=s.http_port, log_level="warning", timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)

@@ -160,6 +160,17 @@ def all_partitions(consumer: KafkaConsumer, topic: str, timeout_s: float = 10.0)
     raise TimeoutError(f"topic {topic} has no partitions in broker metadata")
 
 
+def positions_lag(s: Settings, topic: str, positions: dict[int, int]) -> dict[int, int]:
+    """Per-partition lag of a reader that keeps its own positions (a replica following a topic),
+    clamped at 0 as in :func:`group_lag`."""
+    c = make_consumer(s, group_id=None)
+    try:
+        ends = c.end_offsets(all_partitions(c, topic))
+        return {tp.partition: max(0, end - positions.get(tp.partition, 0)) for tp, end in ends.items()}
+    finally:
+        c.close()
+
+
 def group_lag(s: Settings, group_id: str, topic: str) -> dict[int, int]:
     """Per-partition lag of a consumer group.
 

@@ -329,7 +329,7 @@ class Settings(BaseSettings):
     # --- ops cockpit (serving/cockpit.py) ----------------------------------------------------------
     cockpit_sample_s: float = Field(10.0, gt=0, description="period of the dashboard history sampler")
     cockpit_history_points: int = Field(
-        2_880, ge=2, description="samples kept in Redis (2,880 x 10 s = 8 h; about 1 KB each)"
+        2_880, ge=2, description="samples kept in Redis (2,880 x 10 s = 8 h; under 1.2 KB each)"
     )
 
     # --- demo -------------------------------------------------------------------------------

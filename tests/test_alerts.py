@@ -26,7 +26,7 @@ def _promtool(*args: str) -> subprocess.CompletedProcess:
 def test_promtool_accepts_the_alert_rules():
     r = _promtool("check", "rules", str(ROOT / "deploy" / "alerts.yml"))
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "SUCCESS: 7 rules found" in r.stdout + r.stderr
+    assert "SUCCESS: 8 rules found" in r.stdout + r.stderr
 
 
 @needs_promtool
@@ -37,7 +37,7 @@ def test_promtool_accepts_the_prometheus_config_with_its_rule_file():
 
 @needs_promtool
 def test_alerts_fire_on_synthetic_series(tmp_path):
-    """Unit tests of three rules with promtool's rule tester: drift, lag and DLQ share."""
+    """Unit tests of rules with promtool's rule tester: drift, lag, lag per service, DLQ share, publishes."""
     rules = yaml.safe_load((ROOT / "deploy" / "alerts.yml").read_text())
     for group in rules["groups"]:
         for rule in group["rules"]:
@@ -54,6 +54,10 @@ tests:
         values: '0 0 1 1 1'
       - series: 'streamrec_consumer_lag_records{topic="streamrec.events",partition="0"}'
         values: '20000x10'
+      - series: 'streamrec_serving_observed_consumer_lag_records{service="learner"}'
+        values: '50000x10'
+      - series: 'streamrec_serving_observed_consumer_lag_records{service="index-updater"}'
+        values: '0x10'
       - series: 'streamrec_consumer_events_total{type="click"}'
         values: '0+60x20'
       - series: 'streamrec_consumer_dead_letters_total{reason="bad_json"}'
@@ -69,6 +73,10 @@ tests:
         alertname: StreamrecConsumerLagHigh
         exp_alerts:
           - exp_labels: {severity: warning, topic: streamrec.events}
+      - eval_time: 10m
+        alertname: StreamrecServiceLagHigh
+        exp_alerts:
+          - exp_labels: {severity: warning, service: learner}
       - eval_time: 15m
         alertname: StreamrecDeadLetterRateHigh
         exp_alerts:

@@ -55,20 +55,43 @@ def browser(width: int = 1400, height: int = 1900):
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
 
 
-def open_dashboard_with_data(driver, base: str, min_points: int = 12, timeout_s: float = 240) -> None:
-    """Open /dashboard and return once its charts draw at least ``min_points`` history points."""
-    from selenium.webdriver.common.by import By
+# Points each drawn line of a chart holds: one "M"/"L" command per point of a series' path.
+PLOTTED = """return [...document.querySelectorAll(arguments[0] + ' path.series')].map(
+  p => (p.getAttribute('d').match(/[ML]/g) || []).length)"""
 
+# chart -> (lines it must draw, points each of them at least): the model, traffic, click-rate and
+# lag charts, and one KS line per drift-watched feature (the default five)
+CHARTS = {"#c_auc": (1, 2), "#c_rate": (1, 2), "#c_ctr": (2, 2), "#c_lag": (4, 2), "#c_fdrift": (5, 2)}
+
+
+def plotted(driver, chart: str) -> list[int]:
+    """Points on each line drawn in ``chart`` (an svg selector)."""
+    return list(driver.execute_script(PLOTTED, chart))
+
+
+def open_dashboard_with_data(driver, base: str, min_points: int = 12, timeout_s: float = 300) -> None:
+    """Open /dashboard and return once its history has ``min_points`` points and every chart in
+    :data:`CHARTS` draws its lines with real points (the feature-distance lines need a full
+    reference and latest window of labelled examples first)."""
     driver.get(f"{base}/dashboard")
     assert "Drift events" in driver.page_source
+    missing: dict[str, list[int]] = {}
 
     def charted() -> bool:
         points = int(driver.execute_script("return Number(document.body.dataset.points || 0)"))
-        auc = driver.find_elements(By.CSS_SELECTOR, "#c_auc path.series")  # labelled demo traffic learned from
-        rate = driver.find_elements(By.CSS_SELECTOR, "#c_rate path.series")
-        return points >= min_points and len(auc) >= 1 and len(rate) >= 1
+        missing.clear()
+        for chart, (lines, each) in CHARTS.items():
+            drawn = [n for n in plotted(driver, chart) if n >= each]
+            if len(drawn) < lines:
+                missing[chart] = plotted(driver, chart)
+        return points >= min_points and not missing
 
-    wait_for(charted, f"{min_points} history points drawn on the charts", timeout_s, every_s=1.0)
+    try:
+        wait_for(charted, f"{min_points} history points and data on every chart", timeout_s, every_s=1.0)
+    except AssertionError as e:
+        raise AssertionError(f"{e}; charts short of data (points per line drawn): {missing}") from None
+    threshold = driver.execute_script("return document.querySelectorAll('#c_fdrift path.threshold').length")
+    assert threshold == 1, "the KS critical value is drawn beside the feature distances"
 
 
 def capture(base: str, out: Path) -> None:

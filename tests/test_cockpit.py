@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 from fastapi.testclient import TestClient
 
+from learner.drift import FEATURE_WINDOW, DriftMonitor, ks_critical
 from serving import metrics
 from serving.app import create_app
 from serving.cockpit import HISTORY, Sampler, history, quantile, record_action
 from streamrec import bus
 from streamrec.model_store import ModelStore
-from streamrec.ranking import RankingHead
+from streamrec.ops import add_learner_stats
+from streamrec.ranking import FEATURE_NAMES, RankingHead
 from streamrec.store import connect
 from streamrec.vector_index.metrics import EVENT_TO_SEARCHABLE
 from tests.conftest import isolated_settings
@@ -31,8 +34,12 @@ def test_sampler_appends_rates_to_a_capped_redis_list(kafka_broker, redis_server
     store = ModelStore.from_settings(s)
     store.publish(RankingHead(), {"reason": "initial", "metrics": {"click_auc": 0.71, "click_logloss": 0.3}})
     status = FakeEngine().status
-    sampler = Sampler(s, status, r)
+    sampler = Sampler(s, status, r, follower=lambda: {0: 0})
+    watched = list(s.drift_features)
+    add_learner_stats(r, s.redis_prefix, {"events:click": 1, "items_shown": 10}, dict.fromkeys(watched), 0.109)
     assert sampler.sample() is None  # the first call is the baseline
+    distances = {f: 0.0123 * (i + 1) for i, f in enumerate(watched)}
+    add_learner_stats(r, s.redis_prefix, {"events:click": 3, "events:purchase": 1, "items_shown": 40}, distances, 0.109)
     producer = bus.make_producer(s)
     bus.publish_confirmed(producer, [(s.topic_events, f"u{i}", b"{}") for i in range(20)], timeout_s=10)
     producer.close()
@@ -47,13 +54,81 @@ def test_sampler_appends_rates_to_a_capped_redis_list(kafka_broker, redis_server
     assert point["in_per_s"] > 0 and point["out_per_s"] > 0 and point["dlq_per_s"] > 0
     assert point["lag"] >= 0 and point["index_items"] == 3  # (Tansu's end offsets trail: lag clamped at 0)
     assert point["latency"]["search"]["p50_ms"] > 0
+    # the learner's stats: rates per item shown over the interval, distances as it wrote them
+    assert point["click_rate"] == 3 / 40 and point["purchase_rate"] == 1 / 40
+    assert point["feature_ks"] == distances and point["feature_ks_threshold"] == 0.109
+    # lag per consuming service (Tansu's end offsets trail, so only bounds are certain)
+    assert set(point["lags"]) == {"consumers", "index-updater", "learner", "serving-vectors"}
+    assert all(v is not None and v >= 0 for v in point["lags"].values()), point["lags"]
+    assert metrics.CONSUMER_LAG.labels("learner")._value.get() == point["lags"]["learner"]
     assert 0.5 <= point["searchable_p50_s"] <= 1 and 0.5 <= point["searchable_p99_s"] <= 1
     size = len(json.dumps(point, separators=(",", ":")))
-    assert size < 1024, size  # the README's bound: 2,880 points under 3 MB
+    assert size < 1200, size  # the README's bound: 2,880 points under 3.5 MB
     for _ in range(5):
         sampler.append(point)
     assert r.llen(s.redis_prefix + HISTORY) == 3 and history(s, r)[-1]["auc"] == 0.71
     sampler.stop()
+
+
+def test_history_point_stays_under_1200_bytes_with_every_route_and_five_watched_features():
+    """The README's bound (2,880 points, under 3.5 MB) for a large point: six-digit counts, the
+    default five drift-watched features and latency on every API route."""
+    point = {
+        "t": 1_700_000_000_000,
+        "model_version": 123456,
+        "served_version": 123456,
+        "auc": 0.7123,  # rounded by the sampler
+        "logloss": 0.3123,
+        "challenger_logloss": 0.3123,
+        "purchase_auc": 0.6123,
+        "examples": 123456789,
+        "index_items": 1234567,
+        "lag": 123456,
+        "lags": {"consumers": 123456, "index-updater": 123456, "learner": 123456, "serving-vectors": 123456},
+        "feature_ks": {
+            f: 0.1234 for f in ("retrieval_score", "query_item_cos", "price_log", "item_vec_0", "item_vec_1")
+        },
+        "feature_ks_threshold": ks_critical(FEATURE_WINDOW, FEATURE_WINDOW),
+        "in_per_s": 1234.567,
+        "api_in_per_s": 1234.567,
+        "out_per_s": 1234.567,
+        "click_rate": 0.1234,
+        "purchase_rate": 0.0123,
+        "dlq_per_s": 1.234,
+        "quarantine_per_s": 1.234,
+        "searchable_p50_s": 0.123,
+        "searchable_p99_s": 1.234,
+        "latency": {
+            route: {"rps": 12.345, "p50_ms": 12.34, "p99_ms": 123.45}
+            for route in ("search", "recommend", "similar", "post_events", "post_catalog", "promote", "rollback")
+        },
+    }
+    assert len(json.dumps(point, separators=(",", ":"))) < 1200
+
+
+def test_feature_distance_is_small_when_stationary_and_crosses_the_ks_line_after_a_shift():
+    rng = np.random.default_rng(0)
+    names = ["query_item_cos", "price_log"]
+    monitor = DriftMonitor(feature_names=names, warmup=10**9, item_delta=0, rank_delta=0)
+    cols = [FEATURE_NAMES.index(f) for f in names]
+
+    def feed(shift: float, n: int = 2 * FEATURE_WINDOW) -> None:
+        for _ in range(n // 100):
+            X = rng.normal(size=(100, len(FEATURE_NAMES))).astype(np.float32)
+            X[:, cols[1]] += shift  # only price_log moves
+            z = np.zeros(100)
+            monitor.update(z, z, np.zeros(100, bool), X, np.zeros(100, np.int64))
+
+    assert monitor.feature_distances() == {f: None for f in names}  # windows not full yet
+    feed(0.0)
+    line = ks_critical(FEATURE_WINDOW, FEATURE_WINDOW)
+    stationary = monitor.feature_distances()
+    assert all(d is not None and d < line for d in stationary.values()), stationary
+    feed(1.0)
+    shifted = monitor.feature_distances()
+    assert shifted["price_log"] > line > shifted["query_item_cos"], shifted  # type: ignore[operator]
+    monitor.reset()  # a new champion: a new reference
+    assert monitor.feature_distances() == {f: None for f in names}
 
 
 def test_dashboard_data_has_history_models_actions_and_drift(kafka_broker, redis_server, tmp_path):

@@ -13,7 +13,7 @@ import io
 
 import pytest
 
-MODULES_WITH_EXAMPLES = ["learner.online", "learner.estimator", "streamrec.encoder"]
+MODULES_WITH_EXAMPLES = ["learner.online", "learner.estimator", "learner.drift", "streamrec.encoder"]
 
 
 @pytest.mark.parametrize("name", MODULES_WITH_EXAMPLES)

@@ -6,8 +6,13 @@ from launcher.status_view import print_report
 
 REPORT = {
     "settings": {"kafka": "kafka:9092", "redis": "redis://redis:6379/0"},
-    "serving": {"status": "ok", "index_items": 150, "model_version": 3},
-    "lag": {"consumers": {"streamrec.events": {0: 1, 1: 2, 2: 0}}, "learner": {"error": "broker away"}},
+    "serving": {"status": "ok", "index_items": 150, "model_version": 3, "vector_offsets": {"0": 7}},
+    "lag": {
+        "consumers": {"streamrec.events": {0: 1, 1: 2, 2: 0}, "streamrec.catalog": {0: 0}},
+        "index-updater": {"streamrec.catalog": {0: 4}},
+        "learner": {"error": "broker away"},
+        "serving (vector follower)": {"streamrec.vectors": {0: 2000}},
+    },
     "models": {
         "serving_version": 3,
         "recent": [
@@ -41,6 +46,11 @@ def test_status_prints_tables_not_a_dict_repr():
     for expected in (
         "Consumer lag",
         "0:1, 1:2, 2:0",
+        "streamrec.catalog",
+        "index-updater",
+        "serving (vector follower)",
+        "streamrec.vectors",
+        "2000",
         "broker away",
         "v3 *",
         "2023-11-14 22:13:21 UTC",

@@ -55,6 +55,13 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
         ],
     ),
     (
+        "Consumer lag per service (records, as serving's cockpit sampler reads it)",
+        "none",
+        [
+            ("{{service}}", "max by (service) (streamrec_serving_observed_consumer_lag_records)"),
+        ],
+    ),
+    (
         "Dead letters and quarantine/s by reason",
         "ops",
         [
@@ -85,6 +92,30 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
         "none",
         [
             ("{{task}} {{model}}", "streamrec_learner_logloss"),
+        ],
+    ),
+    (
+        "Drift: per-feature KS distance (reference vs latest 500 values)",
+        "none",
+        [
+            ("{{feature}}", "max by (feature) (streamrec_learner_feature_drift_ks)"),
+            ("KS critical value (alpha 0.005, n = m = 500)", "vector(0.1095)"),
+        ],
+    ),
+    (
+        "Click and purchase rate (events per item shown)",
+        "percentunit",
+        [
+            (
+                "clicks per item shown",
+                'sum(rate(streamrec_learner_events_total{type="click"}[5m]))'
+                " / clamp_min(sum(rate(streamrec_learner_items_shown_total[5m])), 1e-9)",
+            ),
+            (
+                "purchases per item shown",
+                'sum(rate(streamrec_learner_events_total{type="purchase"}[5m]))'
+                " / clamp_min(sum(rate(streamrec_learner_items_shown_total[5m])), 1e-9)",
+            ),
         ],
     ),
     (
