@@ -69,7 +69,8 @@ class ReplayFeatures:
     """In-memory features with ``FeatureStore``'s read API, for replays of public logs.
 
     :meth:`observe` follows the rules of the Redis writer (``streamrec/features_apply.lua``) with the
-    bot filter off: a repeated ``event_id`` among the user's last ``dedup_lookback`` events is dropped;
+    bot filter off: a repeated ``event_id`` among the user's last ``dedup_lookback`` events (or, for an
+    impression, among the user's last ``dedup_lookback`` impressions) is dropped;
     co-visitation counts the user's distinct earlier items of the same session within
     ``covis_window_s`` among the last ``covis_lookback``; a session (``session_token``) keeps its
     last ``session_cap`` items and an item its ``item_sessions_cap`` most recent sessions;
@@ -83,6 +84,8 @@ class ReplayFeatures:
         self.attrs: dict[str, dict | None] = dict(attributes or {})
         self.attr_ts: dict[str, int] = {}
         self.recent: dict[str, deque[_Entry]] = defaultdict(lambda: deque(maxlen=self.cfg.recent_cap))
+        # each user's last dedup_lookback impression event_ids: a repeated impression counts once
+        self.impressions: dict[str, deque[str]] = defaultdict(lambda: deque(maxlen=max(1, self.cfg.dedup_lookback)))
         self.items: dict[str, dict[str, _Decayed]] = defaultdict(dict)
         self.covis: dict[str, dict[str, float]] = defaultdict(dict)
         self.trend: dict[str, _Decayed] = {}
@@ -96,6 +99,11 @@ class ReplayFeatures:
             self._catalog(e)
         elif e.type == "impression":
             self.clock = max(self.clock, e.ts)
+            if self.cfg.dedup_lookback > 0:
+                shown = self.impressions[e.user_id]
+                if e.event_id in shown:
+                    return
+                shown.appendleft(e.event_id)
             for iid in e.item_ids or []:
                 self._bump(self.items[iid], "impression", e.ts, 1.0, self.cfg.item_half_life_s)
         else:

@@ -214,6 +214,13 @@ for r = 5, #ARGV do
     local reason = nil
     local u = hash(key('user', user), cfg.user_ttl_s, {key('recent', user)})
     local rl
+    if kind == 'i' and cfg.dedup_lookback > 0 then
+      -- an impression published twice (a producer retry, a client retrying a 503) counts once:
+      -- the user's last dedup_lookback impression ids, newest first, in the user hash
+      if string.find(SEP .. (u.get('imps') or '') .. SEP, SEP .. eid .. SEP, 1, true) then
+        reason = 'duplicate_event'
+      end
+    end
     if kind == 'e' then
       rl = recent(user)
       local rows = rl.rows
@@ -240,6 +247,13 @@ for r = 5, #ARGV do
     elseif kind == 'i' then
       for _, id in ipairs(cjson.decode(f[4])) do
         bump_decayed(hash(key('item', id), cfg.item_ttl_s, {key('covis', id), key('item_sessions', id)}), 'impression', ts, 1)
+      end
+      if cfg.dedup_lookback > 0 then
+        local prev = u.get('imps')
+        local shown = prev and split(prev) or {}
+        local kept = {eid}
+        for i = 1, math.min(#shown, cfg.dedup_lookback - 1) do kept[#kept + 1] = shown[i] end
+        u.set('imps', table.concat(kept, SEP))
       end
       applied = applied + 1
     else

@@ -62,16 +62,16 @@ def event_list(seed: int = 7, n: int = 160) -> list[Event | CatalogOp]:
             out.append(rng.choice(sent[-6:]))  # a producer retry: the same event_id again
             continue
         if roll < 0.22:
-            out.append(
-                Event(
-                    event_id=f"imp{k}",
-                    type="impression",
-                    user_id=user,
-                    request_id=f"r{k}",
-                    ts=ts,
-                    item_ids=rng.sample(ITEMS, 4),
-                )
+            shown = Event(
+                event_id=f"imp{k}",
+                type="impression",
+                user_id=user,
+                request_id=f"r{k}",
+                ts=ts,
+                item_ids=rng.sample(ITEMS, 4),
             )
+            out.append(shown)
+            sent.append(shown)  # impressions are retried too, and must count once
             continue
         if roll < 0.26:
             item = rng.choice(ITEMS)
@@ -173,6 +173,8 @@ def test_the_list_exercises_every_rule():
     events = [m for m in models if isinstance(m, Event)]
     assert {e.type for e in events} == {"impression", *TYPES}
     assert len({e.event_id for e in events}) < len(events)  # repeated event_ids
+    shown = [e.event_id for e in events if e.type == "impression"]
+    assert len(set(shown)) < len(shown)  # repeated impressions
     assert any(a.ts > b.ts for a, b in zip(events, events[1:], strict=False))  # out of order
     assert any(e.session_id is None for e in events) and any(e.session_id for e in events)
     assert any(isinstance(m, CatalogOp) and m.op == "delete" for m in models)

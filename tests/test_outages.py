@@ -99,7 +99,7 @@ class Storefront:
         )
 
     def batch(self, rng: random.Random) -> list[Event]:
-        """Five interactions of different shoppers at shopper speed (the bot filter must not fire:
+        """Five interactions of different shoppers and one impression, at shopper speed (the bot filter must not fire:
         the reference below has no bot rules), ts strictly increasing."""
         out = []
         for user in rng.sample(USERS, 5):
@@ -107,6 +107,17 @@ class Storefront:
             item = rng.choice([i for i in self.items if i != self.last_item.get(user)])
             self.last_item[user] = item
             out.append(Event(event_id=uuid.uuid4().hex, type=kind, user_id=user, ts=self.next_ts(), item_id=item))
+        shown = rng.sample(self.items, 4)  # and what a shopper was shown: impressions must count once too
+        out.append(
+            Event(
+                event_id=uuid.uuid4().hex,
+                type="impression",
+                user_id=rng.choice(USERS),
+                ts=self.next_ts(),
+                request_id=uuid.uuid4().hex,
+                item_ids=shown,
+            )
+        )
         return out
 
     def write(self) -> None:
@@ -269,6 +280,7 @@ def test_redis_and_broker_outages_degrade_then_recover_without_restarts_or_lost_
         return all(
             g.counts.keys() == w.counts.keys()
             and all(abs(g.counts[t] - w.counts[t]) <= 1e-6 * max(1.0, w.counts[t]) for t in w.counts)
+            and abs(g.impressions - w.impressions) <= 1e-6 * max(1.0, w.impressions)
             for g, w in zip(got, want, strict=True)
         ) and all(store.recent_items(u, 200) == reference.recent_items(u, 200) for u in USERS)
 
