@@ -57,7 +57,7 @@ class Answer:
     seconds: float
     degraded: bool = False
     retry_after: str | None = None
-    settled: bool = True  # started over a second into its phase (a phase switch is not instant)
+    settled: bool = True  # started over a second into its phase and ended in it (switches are not instant)
 
 
 @dataclass
@@ -82,19 +82,24 @@ class Storefront:
     def enter(self, phase: str) -> None:
         self.phase, self.phase_since = phase, time.monotonic()
 
-    def note(self, route: str, started: float, response: httpx.Response | None) -> None:
+    def begin(self) -> tuple[float, str, float]:
+        return time.monotonic(), self.phase, self.phase_since
+
+    def note(self, route: str, begun: tuple[float, str, float], response: httpx.Response | None) -> None:
+        """Record an answer under the phase it started in."""
+        started, phase, since = begun
         degraded = False
         if response is not None and response.status_code == 200 and route != "events":
             degraded = bool(response.json().get("degraded"))
         self.answers.append(
             Answer(
-                self.phase,
+                phase,
                 route,
                 response.status_code if response is not None else 0,
                 time.monotonic() - started,
                 degraded,
                 response.headers.get("retry-after") if response is not None else None,
-                started - self.phase_since > 1.0,
+                started - since > 1.0 and self.phase == phase,
             )
         )
 
@@ -127,12 +132,12 @@ class Storefront:
                 events = self.batch(rng)
                 body = [json.loads(e.model_dump_json(exclude_none=True)) for e in events]
                 while True:  # a client retries the same batch until the API acknowledges it
-                    started = time.monotonic()
+                    begun = self.begin()
                     try:
                         r: httpx.Response | None = http.post("/events", json=body)
                     except httpx.HTTPError:
                         r = None
-                    self.note("events", started, r)
+                    self.note("events", begun, r)
                     if r is not None and r.status_code == 202:
                         assert r.json()["accepted"] == len(events), r.text
                         self.acknowledged.extend(events)
@@ -150,12 +155,12 @@ class Storefront:
                     ("recommend", "/recommend", {"user_id": rng.choice(USERS)}),
                     ("similar", f"/similar/{rng.choice(self.items)}", {}),
                 ):
-                    started = time.monotonic()
+                    begun = self.begin()
                     try:
                         r: httpx.Response | None = http.get(path, params={**params, "impression": "false"})
                     except httpx.HTTPError:
                         r = None
-                    self.note(route, started, r)
+                    self.note(route, begun, r)
                 time.sleep(0.05)
 
     def run(self) -> list[threading.Thread]:
@@ -219,8 +224,8 @@ def test_redis_and_broker_outages_degrade_then_recover_without_restarts_or_lost_
         shop.enter("redis down")
         redis_server.stop()  # a clean shutdown: the AOF keeps every acknowledged write
         time.sleep(OUTAGE_S)
-        redis_server.start()
         shop.enter("redis back")
+        redis_server.start()
         time.sleep(15)
         shop.enter("broker frozen")
         assert kafka.proc is not None
