@@ -16,3 +16,6 @@ INDEX_ITEMS = Gauge("streamrec_serving_index_items", "items in the serving repli
 INDEX_VERSION = Gauge("streamrec_serving_index_version", "batches applied to the serving replica")
 IMPRESSIONS = Counter("streamrec_serving_impressions_total", "impression events published", ["outcome"])
 PUBLISHED = Counter("streamrec_serving_published_total", "POST /events and /catalog payloads", ["topic", "outcome"])
+PUBLISH_SHED = Counter(
+    "streamrec_serving_publish_shed_total", "write requests answered 503 by backpressure, unread", ["topic"]
+)
