@@ -33,7 +33,8 @@ def admin_routes(s: Settings) -> APIRouter:
         return {"action": action, "previous_version": before, "serving_version": store.latest_version()}
 
     not_found: dict[int | str, dict[str, Any]] = {
-        404: {"model": ErrorMessage, "description": "no such model version on disk"}
+        400: {"model": ErrorMessage, "description": "the body is not UTF-8 JSON"},
+        404: {"model": ErrorMessage, "description": "no such model version on disk"},
     }
     nothing_before: dict[int | str, dict[str, Any]] = {
         409: {"model": ErrorMessage, "description": "no earlier model version to roll back to"}

@@ -28,6 +28,7 @@ from serving.engine import Engine
 from serving.recommend import RecommendVariant
 from streamrec import bus
 from streamrec.schemas import (
+    ID_PATTERN,
     ErrorMessage,
     PublishRejection,
     PublishResult,
@@ -47,7 +48,8 @@ MAX_BODY_BYTES = 8 * 1024 * 1024
 NOT_READY_RETRY_S = 5
 
 K = Annotated[int, Query(ge=1, le=100, description="number of results")]
-UserId = Annotated[str, Query(min_length=1, max_length=128)]
+# ids in parameters obey the wire rule (streamrec.schemas.Id): they reach impression events as is
+UserId = Annotated[str, Query(min_length=1, max_length=128, pattern=ID_PATTERN)]
 Impression = Annotated[
     bool,
     Query(
@@ -158,7 +160,7 @@ def query_routes(engine: Engine) -> APIRouter:
     def search(
         q: Annotated[str, Query(min_length=1, max_length=512)],
         k: K = 10,
-        user_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
+        user_id: Annotated[str | None, Query(min_length=1, max_length=128, pattern=ID_PATTERN)] = None,
         variant: SearchVariant = "full",
         impression: Impression = True,
     ) -> ResultList:
@@ -184,7 +186,9 @@ def query_routes(engine: Engine) -> APIRouter:
         responses={404: {"model": ErrorMessage, "description": "no such item in the index"}},
     )
     def similar(
-        item_id: Annotated[str, Path(min_length=1, max_length=128)], k: K = 10, impression: Impression = True
+        item_id: Annotated[str, Path(min_length=1, max_length=128, pattern=ID_PATTERN)],
+        k: K = 10,
+        impression: Impression = True,
     ) -> ResultList:
         result = engine.similar(item_id, k, impression=impression)
         if result is None:

@@ -80,6 +80,15 @@ Id = Annotated[
     ),
 ]
 
+# The ids of an impression list: strings only, so that "distinct" means the same on the wire and
+# after validation (1 and "1" would be one id twice).
+ListedId = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=128),
+    AfterValidator(_id_characters),
+    WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 128, "pattern": ID_PATTERN}, mode="validation"),
+]
+
 
 def _to_epoch_ms(v: Any) -> int:
     """Accept epoch milliseconds or ISO 8601; reject what is ambiguous instead of guessing."""
@@ -109,6 +118,15 @@ def _to_epoch_ms(v: Any) -> int:
         raise ValueError(f"ts {v!r} is after the year 3000")
     return ms
 
+
+def _not_bool(v: Any) -> Any:
+    """JSON true/false are not numbers (pydantic's lax mode would take them as 1 and 0)."""
+    if isinstance(v, bool):
+        raise ValueError("a boolean is not a number")
+    return v
+
+
+NotBool = BeforeValidator(_not_bool)
 
 EpochMs = Annotated[
     int,
@@ -140,8 +158,8 @@ class Event(_Strict):
     request_id: Id | None = None
     session_id: Id | None = None
     query: Annotated[str, StringConstraints(max_length=512)] | None = None
-    position: Annotated[int, Field(ge=0, le=10_000)] | None = None
-    item_ids: Annotated[list[Id], Field(min_length=1, max_length=200)] | None = None
+    position: Annotated[int, Field(ge=0, le=10_000), NotBool] | None = None
+    item_ids: Annotated[list[ListedId], Field(min_length=1, max_length=200)] | None = None
 
     @model_validator(mode="after")
     def _shape_matches_type(self) -> Event:
@@ -178,7 +196,7 @@ class CatalogOp(_Strict):
         ]
         | None
     ) = None
-    price: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+    price: Annotated[float, Field(ge=0, allow_inf_nan=False), NotBool] | None = None
 
     @model_validator(mode="after")
     def _upsert_has_title(self) -> CatalogOp:
