@@ -8,13 +8,14 @@ path needs it); each action is recorded for the cockpit's markers (``serving.coc
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, HTTPException, Path
 from starlette.concurrency import run_in_threadpool
 
 from serving.cockpit import record_action
 from streamrec.model_store import ModelNotFound, ModelStore
+from streamrec.schemas import ErrorMessage
 from streamrec.settings import Settings
 
 
@@ -31,14 +32,22 @@ def admin_routes(s: Settings) -> APIRouter:
         record_action(s, {"action": action, "from": before, "to": target, "note": note})
         return {"action": action, "previous_version": before, "serving_version": store.latest_version()}
 
-    @router.post("/models/{version}/promote")
+    not_found: dict[int | str, dict[str, Any]] = {
+        400: {"model": ErrorMessage, "description": "the body is not UTF-8 JSON"},
+        404: {"model": ErrorMessage, "description": "no such model version on disk"},
+    }
+    nothing_before: dict[int | str, dict[str, Any]] = {
+        409: {"model": ErrorMessage, "description": "no earlier model version to roll back to"}
+    }
+
+    @router.post("/models/{version}/promote", responses=not_found)
     async def promote(
         version: Annotated[int, Path(ge=1)], note: Annotated[str | None, Body(embed=True, max_length=500)] = None
     ) -> dict:
         """Serve VERSION (any published version still on disk)."""
         return await run_in_threadpool(move, version, "promote", note)
 
-    @router.post("/models/rollback")
+    @router.post("/models/rollback", responses={**not_found, **nothing_before})
     async def rollback(
         to: Annotated[int | None, Body(embed=True, ge=1, description="default: the served version's parent")] = None,
         note: Annotated[str | None, Body(embed=True, max_length=500)] = None,

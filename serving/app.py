@@ -11,26 +11,35 @@ from typing import Annotated, Any, Literal
 
 import redis
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request, Response
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from kafka import KafkaProducer
+from kafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving import metrics
 from serving.admin import admin_routes
 from serving.auth import install as install_access_control
+from serving.backpressure import RETRY_AFTER_S, PublishGate
 from serving.cockpit import cockpit_routes
 from serving.dashboard import render_dashboard
 from serving.engine import Engine
 from serving.recommend import RecommendVariant
 from streamrec import bus
 from streamrec.schemas import (
+    ID_PATTERN,
+    ErrorMessage,
     PublishRejection,
     PublishResult,
     Rejected,
     ResultList,
+    batch_json_schema,
+    catalog_json_schema,
     encode,
+    event_json_schema,
     validate_catalog,
     validate_event,
 )
@@ -40,9 +49,11 @@ log = logging.getLogger(__name__)
 
 MAX_BATCH = 1000
 MAX_BODY_BYTES = 8 * 1024 * 1024
+NOT_READY_RETRY_S = 5
 
 K = Annotated[int, Query(ge=1, le=100, description="number of results")]
-UserId = Annotated[str, Query(min_length=1, max_length=128)]
+# ids in parameters obey the wire rule (streamrec.schemas.Id): they reach impression events as is
+UserId = Annotated[str, Query(min_length=1, max_length=128, pattern=ID_PATTERN)]
 Impression = Annotated[
     bool,
     Query(
@@ -64,6 +75,22 @@ RecommendVariantParam = Annotated[
         "fused: the fusion alone; stan, vsknn, covis, repeat, popular: one candidate family alone"
     ),
 ]
+
+
+class NotReady(BaseModel):
+    detail: dict[str, Any] = Field(description='{"error": "not ready", …engine status}')
+
+
+class Readiness(BaseModel):
+    model_config = ConfigDict(extra="allow")  # plus the engine's status fields (GET /healthz)
+    ready: bool
+
+
+class BatchRejected(BaseModel):
+    detail: PublishResult = Field(description="every object of the request was invalid; nothing was published")
+
+
+RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}}
 
 
 def create_app(s: Settings, engine: Engine, producer: KafkaProducer) -> FastAPI:
@@ -136,25 +163,32 @@ def readiness(engine: Engine) -> Callable[[], None]:
 
     def require_ready() -> None:
         if not engine.ready():
-            raise HTTPException(503, detail={"error": "not ready", **engine.status()})
+            raise HTTPException(
+                503, detail={"error": "not ready", **engine.status()}, headers={"Retry-After": str(NOT_READY_RETRY_S)}
+            )
 
     return require_ready
 
 
 def query_routes(engine: Engine) -> APIRouter:
     """/search, /recommend, /similar: each needs a ready engine."""
-    router = APIRouter(dependencies=[Depends(readiness(engine))])
+    router = APIRouter(
+        dependencies=[Depends(readiness(engine))],
+        responses={503: {"model": NotReady, "headers": RETRY_AFTER, "description": "no index or no model loaded yet"}},
+    )
 
     @router.get("/search", response_model=ResultList)
     def search(
         q: Annotated[str, Query(min_length=1, max_length=512)],
         k: K = 10,
-        user_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
+        user_id: Annotated[str | None, Query(min_length=1, max_length=128, pattern=ID_PATTERN)] = None,
         variant: SearchVariant = "full",
         impression: Impression = True,
     ) -> ResultList:
-        if not q.strip():
-            raise HTTPException(422, detail="q must contain a non-space character")
+        if not q.strip():  # the same body as any other invalid parameter, naming it
+            raise RequestValidationError(
+                [{"type": "value_error", "loc": ("query", "q"), "msg": "q must contain a non-space character"}]
+            )
         return engine.search(q.strip(), user_id, k, variant=variant, impression=impression)
 
     @router.get("/recommend", response_model=ResultList)
@@ -167,9 +201,15 @@ def query_routes(engine: Engine) -> APIRouter:
     ) -> ResultList:
         return engine.recommend(user_id, k, variant=variant, exclude_seen=exclude_seen, impression=impression)
 
-    @router.get("/similar/{item_id}", response_model=ResultList)
+    @router.get(
+        "/similar/{item_id}",
+        response_model=ResultList,
+        responses={404: {"model": ErrorMessage, "description": "no such item in the index"}},
+    )
     def similar(
-        item_id: Annotated[str, Path(min_length=1, max_length=128)], k: K = 10, impression: Impression = True
+        item_id: Annotated[str, Path(min_length=1, max_length=128, pattern=ID_PATTERN)],
+        k: K = 10,
+        impression: Impression = True,
     ) -> ResultList:
         result = engine.similar(item_id, k, impression=impression)
         if result is None:
@@ -179,38 +219,126 @@ def query_routes(engine: Engine) -> APIRouter:
     return router
 
 
+def publish_responses() -> dict[int | str, dict[str, Any]]:
+    return {
+        202: {"description": "the valid objects are on the broker; invalid ones are listed by index"},
+        400: {"model": ErrorMessage, "description": "the body is not JSON"},
+        413: {"model": ErrorMessage, "description": f"body over {MAX_BODY_BYTES} bytes or over {MAX_BATCH} objects"},
+        422: {"model": BatchRejected, "description": "no object was valid (each error names its field)"},
+        503: {
+            "model": ErrorMessage,
+            "headers": RETRY_AFTER,
+            "description": "the broker did not acknowledge in time, or too many writes are in flight "
+            "(backpressure: nothing of this request was published)",
+        },
+    }
+
+
 def publish_routes(s: Settings, producer: KafkaProducer) -> APIRouter:
     """POST /events and /catalog: validate each object, publish the valid ones, answer 202 once the
     broker has them. The body is read on the event loop; validating and publishing (which blocks on
-    the broker's acknowledgements) run in the threadpool, so a slow broker never stalls the loop."""
+    the broker's acknowledgements) run in the threadpool, so a slow broker never stalls the loop.
+    At most ``serving_publish_max_inflight`` requests (and their bytes) do so at once
+    (serving/backpressure.py); the rest are answered 503 with Retry-After, unread."""
     router = APIRouter()
+    gate = PublishGate.from_settings(s)
 
     async def publish(
         request: Request, validate: Callable[[Any], Any], topic: str, key_of: Callable[[Any], str]
     ) -> JSONResponse:
-        objects = parse_batch(await request.body())
-        result = await run_in_threadpool(publish_batch, producer, objects, validate, topic, key_of)
+        declared = declared_length(request)
+        if not gate.try_enter(declared):
+            metrics.PUBLISH_SHED.labels(topic).inc()
+            raise overloaded(gate)
+        held = declared
+        try:
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > MAX_BODY_BYTES:
+                    raise HTTPException(413, detail=f"body is over {MAX_BODY_BYTES} bytes")
+                if size > held:
+                    if not gate.grow(size - held):
+                        metrics.PUBLISH_SHED.labels(topic).inc()
+                        raise overloaded(gate)
+                    held = size
+                chunks.append(chunk)
+            objects = parse_batch(b"".join(chunks))
+            del chunks
+            limits = (s.max_event_bytes, s.serving_publish_timeout_s)
+            result = await run_in_threadpool(publish_batch, producer, objects, validate, topic, key_of, *limits)
+        finally:
+            gate.leave(held)
+        if result.rejected and not result.accepted:
+            raise HTTPException(422, detail=result.model_dump())
         return JSONResponse(result.model_dump(), status_code=202)
 
-    @router.post("/events", status_code=202, response_model=PublishResult)
+    def body_of(schema: dict) -> dict[str, Any]:
+        content = {"application/json": {"schema": batch_json_schema(schema, MAX_BATCH)}}
+        return {"requestBody": {"required": True, "content": content}}
+
+    @router.post(
+        "/events",
+        status_code=202,
+        response_model=PublishResult,
+        responses=publish_responses(),
+        openapi_extra=body_of(event_json_schema()),
+    )
     async def post_events(request: Request):
+        """Events: one object or an array of at most 1000. Each object is validated on its own: the
+        valid ones are published (partitioned by user_id), the invalid ones reported by index."""
         return await publish(request, validate_event, s.topic_events, lambda e: e.user_id)
 
-    @router.post("/catalog", status_code=202, response_model=PublishResult)
+    @router.post(
+        "/catalog",
+        status_code=202,
+        response_model=PublishResult,
+        responses=publish_responses(),
+        openapi_extra=body_of(catalog_json_schema()),
+    )
     async def post_catalog(request: Request):
+        """Catalog upserts and deletes: one object or an array of at most 1000, validated one by one."""
         return await publish(request, validate_catalog, s.topic_catalog, lambda c: c.item_id)
 
     return router
 
 
+def declared_length(request: Request) -> int:
+    """The Content-Length, 413 past the body limit (before reading a byte), 0 when absent."""
+    value = request.headers.get("content-length")
+    if value is None:
+        return 0
+    try:
+        n = int(value)
+    except ValueError:
+        raise HTTPException(400, detail=f"Content-Length {value!r} is not a number") from None
+    if n > MAX_BODY_BYTES:
+        raise HTTPException(413, detail=f"body is {n} bytes; limit {MAX_BODY_BYTES}")
+    return max(n, 0)
+
+
+def overloaded(gate: PublishGate) -> HTTPException:
+    requests, nbytes = gate.in_flight
+    return HTTPException(
+        503,
+        detail=f"too many writes in flight ({requests} requests, {nbytes} bytes waiting for the broker); "
+        f"nothing was published, retry in {RETRY_AFTER_S}s",
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
+
+
 def parse_batch(body: bytes) -> list:
-    """A JSON object or array of objects → list; 413 past the body or batch limit, 400 if not JSON."""
+    """A JSON object or array of objects → list; 413 past the body or batch limit, 400 if not JSON
+    (nesting too deep for the parser included: a RecursionError must not become a 500)."""
     if len(body) > MAX_BODY_BYTES:
         raise HTTPException(413, detail=f"body is {len(body)} bytes; limit {MAX_BODY_BYTES}")
     try:
         payload = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise HTTPException(400, detail=f"body is not JSON: {e}") from None
+    except RecursionError:
+        raise HTTPException(400, detail="body is not JSON this API accepts: nested too deeply") from None
     objects = payload if isinstance(payload, list) else [payload]
     if len(objects) > MAX_BATCH:
         raise HTTPException(413, detail=f"{len(objects)} objects; at most {MAX_BATCH} per request")
@@ -218,25 +346,38 @@ def parse_batch(body: bytes) -> list:
 
 
 def publish_batch(
-    producer: KafkaProducer, objects: list, validate: Callable[[Any], Any], topic: str, key_of: Callable[[Any], str]
+    producer: KafkaProducer,
+    objects: list,
+    validate: Callable[[Any], Any],
+    topic: str,
+    key_of: Callable[[Any], str],
+    max_object_bytes: int = 64 * 1024,
+    timeout_s: float = 10.0,
 ) -> PublishResult:
     """Publish the valid objects and report the invalid ones by index; 503 if the broker does not
-    acknowledge them all (202 means every accepted object is on the broker). Blocks: call it off
-    the event loop."""
+    acknowledge them all within ``timeout_s`` (202 means every accepted object is on the broker).
+    An object whose canonical bytes exceed ``max_object_bytes`` is rejected here (the consumers
+    would dead-letter it). Blocks: call it off the event loop."""
     rejected: list[PublishRejection] = []
     accepted: list[bus.Outgoing] = []
     for i, obj in enumerate(objects):
         try:
             model = validate(obj)
+            value = encode(model)
+            if len(value) > max_object_bytes:
+                raise Rejected("oversize", f"the object is {len(value)} bytes encoded; limit {max_object_bytes}")
         except Rejected as e:
             rejected.append(PublishRejection(index=i, error=f"{e.reason}: {e.error}"))
             continue
-        accepted.append((topic, key_of(model), encode(model)))
+        accepted.append((topic, key_of(model), value))
     try:
-        bus.publish_confirmed(producer, accepted, timeout_s=10)
-    except bus.PublishError as e:
+        bus.publish_confirmed(producer, accepted, timeout_s=timeout_s)
+    except KafkaError as e:  # bus.PublishError, or send() refused (buffer full past max_block_ms)
         metrics.PUBLISHED.labels(topic, "failed").inc()
-        raise HTTPException(503, detail=f"broker did not acknowledge: {e.__cause__!r}") from None
+        cause = e.__cause__ if isinstance(e, bus.PublishError) and e.__cause__ is not None else e
+        raise HTTPException(
+            503, detail=f"broker did not acknowledge: {cause!r}", headers={"Retry-After": str(RETRY_AFTER_S)}
+        ) from None
     metrics.PUBLISHED.labels(topic, "accepted").inc(len(accepted))
     metrics.PUBLISHED.labels(topic, "rejected").inc(len(rejected))
     return PublishResult(accepted=len(accepted), rejected=rejected)
@@ -250,12 +391,20 @@ def operations_routes(s: Settings, engine: Engine) -> APIRouter:
     def healthz() -> dict:
         return {"status": "ok", **engine.status()}
 
-    @router.get("/readyz")
+    @router.get(
+        "/readyz",
+        response_model=Readiness,
+        responses={503: {"model": Readiness, "description": "not ready: no index or no model loaded yet"}},
+    )
     def readyz() -> JSONResponse:
         ready = engine.ready()
         return JSONResponse({"ready": ready, **engine.status()}, status_code=200 if ready else 503)
 
-    @router.get("/metrics")
+    @router.get(
+        "/metrics",
+        response_class=PlainTextResponse,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text"}},
+    )
     def prometheus() -> Response:
         status = engine.status()
         metrics.INDEX_ITEMS.set(status["index_items"])

@@ -33,11 +33,13 @@ import math
 import threading
 import time
 from collections import OrderedDict
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from streamrec.schemas import ErrorMessage
 from streamrec.settings import Settings
 
 PRODUCER, ADMIN, READ, OPEN = "producer", "admin", "read", "open"
@@ -48,6 +50,7 @@ WRITE_PATHS = frozenset({"/events", "/catalog"})
 def install(app: FastAPI, s: Settings) -> None:
     """Add access control (and CORS, outermost, when origins are configured) to ``app``."""
     app.add_middleware(AccessControl, settings=s)
+    document(app)
     if s.api_cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -56,6 +59,40 @@ def install(app: FastAPI, s: Settings) -> None:
             allow_headers=["Authorization", "Content-Type"],
             max_age=600,
         )
+
+
+def document(app: FastAPI) -> None:
+    """Declare in ``app``'s OpenAPI schema what this middleware can answer on each operation: 401
+    and 429 on every one that is not open, 403 on producer and admin ones (the loopback rule, a
+    key of another role), whatever the configuration, so the contract does not change with it."""
+    generate = app.openapi
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorMessage"}}}
+    responses: dict[str, dict[str, Any]] = {
+        "401": {"description": "no key, or one matching none", "headers": _header("WWW-Authenticate", "string")},
+        "403": {"description": "a key of another role, or keyless and not from loopback"},
+        "429": {"description": "rate limit (api_rate_limit_per_s)", "headers": _header("Retry-After", "integer")},
+    }
+
+    def openapi() -> dict[str, Any]:
+        schema = generate()  # cached by FastAPI; the additions below are idempotent
+        schema.setdefault("components", {}).setdefault("schemas", {}).setdefault(
+            "ErrorMessage", ErrorMessage.model_json_schema()
+        )
+        for path, operations in schema.get("paths", {}).items():
+            for method, operation in operations.items():
+                role = required_role(method.upper(), path)
+                if role == OPEN:
+                    continue
+                codes = ("401", "403", "429") if role in (PRODUCER, ADMIN) else ("401", "429")
+                for code in codes:
+                    operation["responses"].setdefault(code, {**responses[code], "content": error})
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _header(name: str, kind: str) -> dict:
+    return {name: {"schema": {"type": kind}}}
 
 
 def required_role(method: str, path: str) -> str:

@@ -22,3 +22,6 @@ CONSUMER_LAG = Gauge(
     "(consumers: applied offsets in Redis; index-updater, learner: committed offsets; serving-vectors: this replica)",
     ["service"],
 )
+PUBLISH_SHED = Counter(
+    "streamrec_serving_publish_shed_total", "write requests answered 503 by backpressure, unread", ["topic"]
+)

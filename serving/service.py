@@ -41,7 +41,8 @@ def build_engine(s: Settings) -> tuple[Engine, KafkaProducer]:
     lexical = LexicalIndex()
     replica.index.subscribe(lexical.apply)  # every vector-topic change, O(change); seeded with the snapshot
     lexical.start()
-    producer = bus.make_producer(s)
+    # send() blocks while the producer's buffer is full: no longer than a write may wait for the broker
+    producer = bus.make_producer(s, max_block_ms=int(s.serving_publish_timeout_s * 1000))
     engine = Engine(
         s, encoder, replica, FeatureStore(r, s.redis_prefix, s.features), models, lexical, ImpressionLog(s, producer, r)
     )

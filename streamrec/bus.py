@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 from kafka.producer.future import RecordMetadata
 from kafka.serializer import Serializer
 
@@ -114,9 +114,10 @@ def publish_confirmed(producer: KafkaProducer, records: Iterable[Outgoing], time
         (topic, key, producer.send(topic, key=key, value=value, headers=headers)) for topic, key, value in records
     ]
     try:
+        # without a timeout, a silent broker holds the caller for good
         producer.flush(timeout=max(0.0, deadline - time.monotonic()))
-    except KafkaError:
-        pass  # the first record not acknowledged is named below
+    except KafkaTimeoutError as e:
+        raise PublishError(f"broker did not acknowledge {len(pending)} records within {timeout_s:g}s: {e!r}") from e
     acknowledged = []
     for i, (topic, key, future) in enumerate(pending):
         try:

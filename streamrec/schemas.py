@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
     ValidationError,
+    WithJsonSchema,
     model_validator,
 )
 
@@ -41,10 +44,49 @@ def _id_from_int(v: Any) -> Any:
     return v
 
 
+# Characters no id may contain: C0/C1 controls (the feature writer joins fields with U+001F, logs
+# split lines on U+000A), line/paragraph separators and bidirectional marks, overrides and isolates
+# (an id shown in the cockpit must read as it is stored). Anything else, any script, is allowed.
+ID_FORBIDDEN = r"\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+_ID_FORBIDDEN_RE = re.compile(f"[{ID_FORBIDDEN}]")
+# What the wire accepts, as a JSON Schema pattern: no forbidden character, at least one that is
+# not whitespace (ids are stripped; Python's and the schema's \\s agree on what that is).
+ID_PATTERN = rf"^[^{ID_FORBIDDEN}]*[^{ID_FORBIDDEN}\s][^{ID_FORBIDDEN}]*$"
+
+
+def _id_characters(v: str) -> str:
+    if not v:  # pydantic checks min_length before stripping: "  " would pass as ""
+        raise ValueError("an id must contain a non-space character")
+    found = _ID_FORBIDDEN_RE.search(v)
+    if found:
+        code = f"U+{ord(found.group()):04X}"
+        raise ValueError(f"ids must not contain control characters or bidirectional marks: {code} at {found.start()}")
+    return v
+
+
 Id = Annotated[
     str,
     BeforeValidator(_id_from_int),
     StringConstraints(strip_whitespace=True, min_length=1, max_length=128),
+    AfterValidator(_id_characters),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "minLength": 1, "maxLength": 128, "pattern": ID_PATTERN},
+                {"type": "integer", "description": "taken as its decimal string"},
+            ]
+        },
+        mode="validation",
+    ),
+]
+
+# The ids of an impression list: strings only, so that "distinct" means the same on the wire and
+# after validation (1 and "1" would be one id twice).
+ListedId = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=128),
+    AfterValidator(_id_characters),
+    WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 128, "pattern": ID_PATTERN}, mode="validation"),
 ]
 
 
@@ -77,7 +119,28 @@ def _to_epoch_ms(v: Any) -> int:
     return ms
 
 
-EpochMs = Annotated[int, BeforeValidator(_to_epoch_ms)]
+def _not_bool(v: Any) -> Any:
+    """JSON true/false are not numbers (pydantic's lax mode would take them as 1 and 0)."""
+    if isinstance(v, bool):
+        raise ValueError("a boolean is not a number")
+    return v
+
+
+NotBool = BeforeValidator(_not_bool)
+
+EpochMs = Annotated[
+    int,
+    BeforeValidator(_to_epoch_ms),
+    WithJsonSchema(
+        {
+            "type": "number",
+            "minimum": _MIN_EPOCH_MS,
+            "maximum": _MAX_EPOCH_MS,
+            "description": "epoch milliseconds (an ISO 8601 string is also accepted, without zone = UTC)",
+        },
+        mode="validation",
+    ),
+]
 
 
 class _Strict(BaseModel):
@@ -95,8 +158,8 @@ class Event(_Strict):
     request_id: Id | None = None
     session_id: Id | None = None
     query: Annotated[str, StringConstraints(max_length=512)] | None = None
-    position: Annotated[int, Field(ge=0, le=10_000)] | None = None
-    item_ids: Annotated[list[Id], Field(min_length=1, max_length=200)] | None = None
+    position: Annotated[int, Field(ge=0, le=10_000), NotBool] | None = None
+    item_ids: Annotated[list[ListedId], Field(min_length=1, max_length=200)] | None = None
 
     @model_validator(mode="after")
     def _shape_matches_type(self) -> Event:
@@ -121,10 +184,19 @@ class CatalogOp(_Strict):
     op: Literal["upsert", "delete"]
     item_id: Id
     ts: EpochMs
-    title: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000)] | None = None
+    title: (
+        Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000, pattern=r"\S")] | None
+    ) = None
     description: Annotated[str, StringConstraints(max_length=20_000)] | None = None
-    category: Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)] | None = None
-    price: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+    # a category is a key (a field of the feature writer's records), so it obeys the id character rule
+    category: (
+        Annotated[
+            str,
+            StringConstraints(strip_whitespace=True, max_length=200, pattern=f"^[^{ID_FORBIDDEN}]*$"),
+        ]
+        | None
+    ) = None
+    price: Annotated[float, Field(ge=0, allow_inf_nan=False), NotBool] | None = None
 
     @model_validator(mode="after")
     def _upsert_has_title(self) -> CatalogOp:
@@ -181,7 +253,8 @@ def validate_event(obj: Any) -> Event:
     if not isinstance(obj, dict):
         raise Rejected("not_object", f"expected a JSON object, got {type(obj).__name__}")
     if obj.get("type") not in EVENT_TYPES and "type" in obj:
-        raise Rejected("unknown_type", f"type {obj.get('type')!r} is not one of {', '.join(EVENT_TYPES)}")
+        shown = repr(obj.get("type"))[:100]  # a 1 MB "type" must not come back whole
+        raise Rejected("unknown_type", f"type {shown} is not one of {', '.join(EVENT_TYPES)}")
     try:
         return Event.model_validate(obj)
     except ValidationError as e:
@@ -277,6 +350,12 @@ class ResultList(BaseModel):
     )
 
 
+class ErrorMessage(BaseModel):
+    """The body of every 4xx/5xx answer whose detail is one sentence."""
+
+    detail: str
+
+
 class PublishRejection(BaseModel):
     index: int
     error: str
@@ -285,3 +364,52 @@ class PublishRejection(BaseModel):
 class PublishResult(BaseModel):
     accepted: int
     rejected: list[PublishRejection]
+
+
+# --- request bodies as JSON Schema (the OpenAPI contract) ------------------------------------------
+# The models' own schemas cannot say what their validators add (an impression needs request_id and
+# item_ids, a delete carries nothing but op, item_id and ts), so the API declares one variant per
+# shape: what validates against a variant is accepted, and what validates against none is rejected.
+
+
+def _variant(base: dict, title: str, const: dict[str, list[str]], required: list[str], null_only: list[str]) -> dict:
+    props = dict(base["properties"])
+    for name, values in const.items():
+        props[name] = {"enum": values, "type": "string"}
+    for name in required:  # drop the null branch of an optional field
+        branches = [s for s in props[name]["anyOf"] if s.get("type") != "null"]
+        props[name] = branches[0] if len(branches) == 1 else {"anyOf": branches}
+    for name in null_only:
+        props[name] = {"type": "null"}
+    for p in props.values():
+        p.pop("title", None)
+        p.pop("default", None)
+    return {
+        "title": title,
+        "type": "object",
+        "additionalProperties": False,
+        "properties": props,
+        "required": base["required"] + required,
+    }
+
+
+def event_json_schema() -> dict:
+    """One event: an interaction (``item_id``) or an impression (``request_id`` + distinct ``item_ids``)."""
+    base = Event.model_json_schema()
+    interaction = _variant(base, "Interaction", {"type": list(INTERACTION_TYPES)}, ["item_id"], ["item_ids"])
+    impression = _variant(base, "Impression", {"type": ["impression"]}, ["request_id", "item_ids"], ["item_id"])
+    impression["properties"]["item_ids"]["uniqueItems"] = True
+    return {"title": "Event", "description": Event.__doc__, "oneOf": [interaction, impression]}
+
+
+def catalog_json_schema() -> dict:
+    """One catalog operation: an upsert (with a title) or a delete (nothing but op, item_id, ts)."""
+    base = CatalogOp.model_json_schema()
+    upsert = _variant(base, "Upsert", {"op": ["upsert"]}, ["title"], [])
+    delete = _variant(base, "Delete", {"op": ["delete"]}, [], ["title", "description", "category", "price"])
+    return {"title": "CatalogOp", "description": CatalogOp.__doc__, "oneOf": [upsert, delete]}
+
+
+def batch_json_schema(one: dict, max_items: int) -> dict:
+    """A request body: one object, or an array of at most ``max_items`` of them."""
+    return {"oneOf": [one, {"type": "array", "maxItems": max_items, "items": one}]}

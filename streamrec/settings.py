@@ -114,6 +114,17 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = Field(8080, ge=1, le=65535)
     metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus port of a headless service; 0 = off")
+    # backpressure of POST /events and /catalog (serving/app.py, PublishGate): past either bound a
+    # request is answered 503 with Retry-After at once, before its body is read or anything published
+    serving_publish_max_inflight: int = Field(
+        16, ge=1, description="write requests validating or waiting for the broker at once (the rest: 503)"
+    )
+    serving_publish_max_inflight_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="request bodies held by those write requests at once (the rest: 503)"
+    )
+    serving_publish_timeout_s: float = Field(
+        10.0, gt=0, description="a write not acknowledged by the broker within this answers 503 (Retry-After)"
+    )
     cpu_threads: int = Field(
         1,
         ge=0,

@@ -1,0 +1,67 @@
+"""Backpressure for writes: a bound on the requests (and their bytes) publishing at once.
+
+A write request holds its body, its parsed objects and a threadpool worker until the broker
+acknowledges it (``serving_publish_timeout_s`` at most). Without a bound, a broker slower than the
+clients lets those pile up until serving runs out of memory or of workers for reads. With it,
+a request past ``serving_publish_max_inflight`` requests or ``serving_publish_max_inflight_bytes``
+bytes is answered ``503`` with ``Retry-After`` at once, before its body is read: it published
+nothing, and retrying it later is safe.
+
+>>> gate = PublishGate(max_requests=2, max_bytes=100)
+>>> gate.try_enter(60), gate.try_enter(60), gate.in_flight
+(True, False, (1, 60))
+>>> gate.leave(60); gate.try_enter(150)  # alone, one body may exceed the byte bound
+True
+"""
+
+from __future__ import annotations
+
+import threading
+
+from streamrec.settings import Settings
+
+RETRY_AFTER_S = 1
+
+
+class PublishGate:
+    """Non-blocking admission: ``try_enter(nbytes)`` is True (then ``leave(nbytes)`` once done) or
+    False when the request must be refused. Thread-safe."""
+
+    def __init__(self, max_requests: int, max_bytes: int):
+        self.max_requests, self.max_bytes = max_requests, max_bytes
+        self.requests = self.bytes = 0
+        self.lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> PublishGate:
+        return cls(s.serving_publish_max_inflight, s.serving_publish_max_inflight_bytes)
+
+    def try_enter(self, nbytes: int) -> bool:
+        with self.lock:
+            if self.requests >= self.max_requests:
+                return False
+            if self.requests and self.bytes + nbytes > self.max_bytes:
+                return False
+            self.requests += 1
+            self.bytes += nbytes
+            return True
+
+    def grow(self, nbytes: int) -> bool:
+        """Account ``nbytes`` more to a request already in (a body without Content-Length);
+        False (nothing added) when that would pass the byte bound with other requests in flight."""
+        with self.lock:
+            if self.requests > 1 and self.bytes + nbytes > self.max_bytes:
+                return False
+            self.bytes += nbytes
+            return True
+
+    def leave(self, nbytes: int) -> None:
+        with self.lock:
+            self.requests -= 1
+            self.bytes -= nbytes
+
+    @property
+    def in_flight(self) -> tuple[int, int]:
+        """(requests, bytes) admitted and not yet left."""
+        with self.lock:
+            return self.requests, self.bytes
