@@ -61,7 +61,7 @@ def build_app(s: Settings, producer) -> FastAPI:
     engine = Engine(
         s,
         encoder,  # type: ignore[arg-type]
-        SimpleNamespace(index=index),  # type: ignore[arg-type]
+        SimpleNamespace(index=index, offsets={}),  # type: ignore[arg-type]  # a replica following nothing
         FeatureStore(r, s.redis_prefix, s.features),
         models,  # type: ignore[arg-type]
         lexical,

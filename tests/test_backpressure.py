@@ -85,7 +85,8 @@ def test_a_flood_past_a_silent_broker_is_shed_at_once_and_publishes_nothing(tmp_
             assert {a[0] for a in answers} == {503}, [a[:3] for a in answers if a[0] != 503]
             assert all(a[3] is not None and int(a[3]) >= 1 for a in answers), "every 503 carries Retry-After"
             assert len(shed) >= FLOOD - INFLIGHT and len(waited) <= INFLIGHT
-            assert max(a[1] for a in shed) < 1.0, sorted(a[1] for a in shed)[-3:]
+            # shed ones never wait on the broker: all answered before a publish could even time out
+            assert max(a[1] for a in shed) < TIMEOUT_S, sorted(a[1] for a in shed)[-3:]
             assert all(a[1] < TIMEOUT_S + 3 for a in waited), [a[1] for a in waited]
             shed_total = next(
                 float(line.split()[-1])
