@@ -220,13 +220,13 @@ def test_redis_and_broker_outages_degrade_then_recover_without_restarts_or_lost_
     shop = Storefront(stack.base_url, items)
     threads = shop.run()
     try:
-        time.sleep(8)
+        time.sleep(5)
         shop.enter("redis down")
         redis_server.stop()  # a clean shutdown: the AOF keeps every acknowledged write
         time.sleep(OUTAGE_S)
         shop.enter("redis back")
         redis_server.start()
-        time.sleep(15)
+        time.sleep(10)
         shop.enter("broker frozen")
         assert kafka.proc is not None
         os.kill(kafka.proc.pid, signal.SIGSTOP)
@@ -235,7 +235,7 @@ def test_redis_and_broker_outages_degrade_then_recover_without_restarts_or_lost_
         finally:
             os.kill(kafka.proc.pid, signal.SIGCONT)
         shop.enter("broker back")
-        time.sleep(20)
+        time.sleep(15)
     finally:
         shop.stop.set()
         for t in threads:
