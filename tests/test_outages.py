@@ -233,8 +233,8 @@ def test_redis_and_broker_outages_degrade_then_recover_without_restarts_or_lost_
         try:
             time.sleep(OUTAGE_S)
         finally:
+            shop.enter("broker back")
             os.kill(kafka.proc.pid, signal.SIGCONT)
-        shop.enter("broker back")
         time.sleep(15)
     finally:
         shop.stop.set()
