@@ -63,10 +63,23 @@ def _run_service(name: str, run: ServiceRun, own_metrics: bool = True) -> None:
     try:
         bus.wait_for_broker(s.require_kafka())
         bus.ensure_topics(s)  # idempotent: whichever service starts first creates them
+        _check_redis_policy(s)
         run(s, stop)
     except (RuntimeError, TimeoutError) as e:  # configuration problems read best as one line
         console.print(f"[red]{name}:[/red] {e}")
         raise typer.Exit(1) from None
+
+
+def _check_redis_policy(s: Settings) -> None:
+    """Warn (once, at start-up) when Redis would fail writes or evict offsets at maxmemory."""
+    from streamrec.memory import warn_if_unsafe
+    from streamrec.store import connect
+
+    r = connect(s, timeout_s=2.0)
+    try:
+        warn_if_unsafe(r)
+    finally:
+        r.close()
 
 
 # Each command imports its own service when it runs, not at the top of this module: every child of

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Self
 
+from streamrec.memory import POLICY
+
 log = logging.getLogger(__name__)
 
 
@@ -110,13 +112,18 @@ def redis_server_binary() -> str:
 class EmbeddedRedis(_Server):
     """A throw-away Redis (no RDB/AOF) unless ``persistent``: then every write is in an
     append-only file in ``workdir`` (fsync always), so a stop and start on the same port loses
-    nothing — what the outage tests restart. ``url`` is what clients use."""
+    nothing — what the outage tests restart. ``url`` is what clients use.
+
+    ``maxmemory_mb`` (0 = unlimited) caps it with the policy of ``streamrec.memory.POLICY``
+    (volatile-lru): at the limit the least recently used features are evicted, never a key
+    without a TTL (offsets, outboxes, catalog)."""
 
     name = "redis"
 
-    def __init__(self, workdir: Path, port: int | None = None, persistent: bool = False):
+    def __init__(self, workdir: Path, port: int | None = None, persistent: bool = False, maxmemory_mb: int = 0):
         super().__init__(workdir, port)
         self.persistent = persistent
+        self.maxmemory_mb = maxmemory_mb
 
     @property
     def url(self) -> str:
@@ -137,6 +144,10 @@ class EmbeddedRedis(_Server):
             "always",
             "--dir",
             str(self.workdir),
+            "--maxmemory",
+            f"{self.maxmemory_mb}mb",
+            "--maxmemory-policy",
+            POLICY,
         ]
 
 

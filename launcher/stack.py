@@ -89,7 +89,9 @@ class LocalStack:
             self._embedded.append(kafka)
             updates["kafka_bootstrap"] = kafka.bootstrap
         if not s.redis_url:
-            server = EmbeddedRedis(updates.get("state_dir", s.state_dir) / "redis").start()
+            server = EmbeddedRedis(
+                updates.get("state_dir", s.state_dir) / "redis", maxmemory_mb=s.redis_maxmemory_mb
+            ).start()
             self._embedded.append(server)
             updates["redis_url"] = server.url
         self.settings = s.model_copy(update=updates)

@@ -59,7 +59,9 @@ Keys (knobs in ``Settings.features`` = :class:`FeatureConfig`, env ``STREAMREC_F
                                    scales scores to the stream clock; no TTL (one key).
 ``P:attr:{item}``       HASH       catalog attributes ``title``, ``category``, ``price``, ``ts`` of
                                    the op; an older op never overwrites a newer one; a delete
-                                   leaves ``deleted=1`` and ``ts``. No TTL (catalog state).
+                                   leaves ``deleted=1`` and ``ts`` with TTL ``tombstone_ttl_s``
+                                   (reads treat a missing key as deleted). A live item's has no
+                                   TTL: catalog state, bounded by the catalog.
 ``P:clock``             STRING     newest event ts applied (the stream clock).
 ``P:q:{event_id}``      STRING     the quarantine reason of a quarantined event (not set for
                                    ``duplicate_event``: that id names a legitimate first copy); TTL
@@ -529,6 +531,7 @@ def script_config(cfg: FeatureConfig, bot: dict, keys: Keys) -> str:
             "user_ttl_s": cfg.user_ttl_s,
             "item_ttl_s": cfg.item_ttl_s,
             "quarantine_ttl_s": cfg.quarantine_ttl_s,
+            "tombstone_ttl_s": cfg.tombstone_ttl_s,
             "ttl_refresh_s": TTL_REFRESH_S,
             "quarantine_recent_n": QUARANTINE_RECENT_N,
             "weights": {t: cfg.weight(t) for t in INTERACTIONS},

@@ -201,6 +201,7 @@ for r = 5, #ARGV do
         redis.call('HSET', akey, 'title', table.concat(f, SEP, 5), 'category', f[3], 'price', f[4], 'ts', int(ts))
       else
         redis.call('HSET', akey, 'deleted', '1', 'ts', int(ts))
+        redis.call('EXPIRE', akey, cfg.tombstone_ttl_s)  -- a tombstone is not catalog state
       end
     end
     applied = applied + 1

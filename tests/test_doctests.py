@@ -13,7 +13,13 @@ import io
 
 import pytest
 
-MODULES_WITH_EXAMPLES = ["learner.online", "learner.estimator", "learner.drift", "streamrec.encoder"]
+MODULES_WITH_EXAMPLES = [
+    "learner.online",
+    "learner.estimator",
+    "learner.drift",
+    "streamrec.encoder",
+    "streamrec.memory",
+]
 
 
 @pytest.mark.parametrize("name", MODULES_WITH_EXAMPLES)
