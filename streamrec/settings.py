@@ -114,7 +114,7 @@ class Settings(BaseSettings):
         10.0, gt=0, le=300, description="socket timeout of the writers' Redis calls (consumers, learner); they retry"
     )
     serving_redis_timeout_s: float = Field(
-        1.0,
+        2.0,
         gt=0,
         le=60,
         description="serving's Redis reads give up after this: /search and /similar then answer without "
