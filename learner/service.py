@@ -3,8 +3,11 @@
 Guarantee: the checkpoint (model, optimiser, pending joins, detectors, metrics) stores the event
 offsets it was built from and is replaced atomically; a restart — even after ``kill -9`` — loads
 it and seeks to those offsets, so no event is skipped and none is learned from twice relative to
-the restored state. Kafka's committed offsets (group ``streamrec-learner``) are advanced only
-after a checkpoint, for lag monitoring and as the fallback position when no checkpoint exists.
+the restored state. The checkpoint also counts the records taken into that state per partition
+(``events_in_state``), so the claim is checkable: after a drain the count equals the records in
+the topic, however often the process was killed (``bench/chaos.py``, the consumers fault test).
+Kafka's committed offsets (group ``streamrec-learner``) are advanced only after a checkpoint, for
+lag monitoring and as the fallback position when no checkpoint exists.
 
 The loop is thin on purpose: joining lives in :mod:`learner.pipeline`, learning, drift and
 champion/challenger in :mod:`learner.online`, rollback in :mod:`learner.guard`.
