@@ -46,9 +46,13 @@ def test_kill_9_resumes_from_checkpoint(kafka_broker, redis_server, tmp_path):
     log = tmp_path / "learner.log"
     producer = bus.make_producer(s)
 
+    sent = 0
+
     def send(tag: str) -> None:
+        nonlocal sent
         for ev in labelled_traffic(120, t0=int(time.time() * 1000), tag=tag):
             producer.send(s.topic_events, key=ev.user_id, value=encode(ev))
+            sent += 1
         producer.flush(10)
 
     def examples() -> int:
@@ -72,6 +76,8 @@ def test_kill_9_resumes_from_checkpoint(kafka_broker, redis_server, tmp_path):
         wait_for(lambda: examples() == 2 * PER_BATCH, f"batch b learned after the restart (log: {log})", timeout_s=90)
         time.sleep(1.0)  # nothing is learned twice after the restart either
         assert examples() == 2 * PER_BATCH
+        # the records in the checkpointed state: each one sent, once (the killed run's tail is re-read)
+        wait_for(lambda: sum(ckpt.load()["events_in_state"].values()) == sent, "every record in the state once")
         v = wait_for(
             lambda: (lambda m: store.latest_version() if m["examples"] == 2 * PER_BATCH else None)(
                 store.meta(store.latest_version())
