@@ -35,12 +35,12 @@ from learner.guard import RollbackGuard
 from learner.joiner import LabelJoiner
 from learner.negatives import NegativeSampler
 from learner.online import LearnerConfig, OnlineLearner
-from learner.pipeline import ExampleBuilder
+from learner.pipeline import ExampleBuilder, QuarantineVerdicts
 from streamrec import bus
 from streamrec.model_store import ModelStore
 from streamrec.ops import add_learner_stats
 from streamrec.ranking import FeatureAssembler, load_served
-from streamrec.schemas import Rejected, decode_event
+from streamrec.schemas import Event, Rejected, decode_event
 from streamrec.settings import Settings
 from streamrec.store import connect, retry_until_done
 
@@ -289,6 +289,14 @@ def _vectors(s: Settings):
     return replica, replica.index.vector, replica.index.meta
 
 
+def _decoded(value: bytes | None, max_bytes: int) -> Event | None:
+    """The event, or None for a record the consumers dead-letter (the learner only skips it)."""
+    try:
+        return decode_event(value if value is not None else b"", max_bytes)
+    except Rejected:
+        return None
+
+
 def _redis_error(e: BaseException) -> None:
     M.REDIS_ERRORS.inc()
 
@@ -307,8 +315,9 @@ def run(settings: Settings, stop: threading.Event) -> None:
     assembler = FeatureAssembler(features, vector_of, meta_of)
     joiner = LabelJoiner(s.label_window_s)
     sampler = NegativeSampler(s.learner_negatives_per_positive) if s.learner_negative_sampling != "off" else None
+    verdicts = QuarantineVerdicts(features.quarantined_many)
     builder = ExampleBuilder(
-        joiner, assembler, lambda rid: load_served(r, s.redis_prefix, rid), sampler, quarantined=features.is_quarantined
+        joiner, assembler, lambda rid: load_served(r, s.redis_prefix, rid), sampler, quarantined=verdicts
     )
     cfg = LearnerConfig.from_settings(s)
     ckpt = Checkpointer(s.state_dir / "learner")
@@ -346,10 +355,11 @@ def run(settings: Settings, stop: threading.Event) -> None:
         while not stop.is_set():
             polled = consumer.poll(timeout_ms=100, max_records=s.consumer_max_poll_records)
             for tp, msgs in polled.items():
-                for m in msgs:
-                    try:
-                        ev = decode_event(m.value, s.max_event_bytes)
-                    except Rejected:
+                events = [_decoded(m.value, s.max_event_bytes) for m in msgs]
+                asked = [e.event_id for e in events if e is not None and e.type != "impression"]
+                retry_until_done(functools.partial(verdicts.prefetch, asked), stop, on_error=_redis_error)
+                for m, ev in zip(msgs, events, strict=True):
+                    if ev is None:
                         M.EVENTS.labels("rejected").inc()  # consumers/ dead-letters it; we only skip
                     else:
                         M.EVENTS.labels(ev.type).inc()

@@ -471,6 +471,12 @@ class FeatureStore:
         """The bot-filter reason if this event was quarantined (kept ``quarantine_ttl_s``), else None."""
         return cast(str | None, self.r.get(self.keys.quarantined(event_id)))
 
+    def quarantined_many(self, event_ids: Sequence[str]) -> list[str | None]:
+        """``is_quarantined`` of many events in one round trip (the learner asks once per poll)."""
+        if not event_ids:
+            return []
+        return cast(list[str | None], self.r.mget([self.keys.quarantined(e) for e in event_ids]))
+
     def quarantine_counts(self) -> dict[str, int]:
         return {k: int(v) for k, v in cast(dict[str, str], self.r.hgetall(self.keys.quarantine_counts)).items()}
 

@@ -19,6 +19,8 @@ MODULES_WITH_EXAMPLES = [
     "learner.drift",
     "streamrec.encoder",
     "streamrec.memory",
+    "learner.pipeline",
+    "serving.backpressure",
 ]
 
 
