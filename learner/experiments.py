@@ -144,6 +144,17 @@ class RunResult:
         keep = np.arange(len(y)) >= (len(y) // 2 if part == "later_half" else 0)
         return auc_difference(p[keep], self.popularity[keep], y[keep], n_boot=n_boot)
 
+    def versus_frozen(self, n_boot: int = 1000) -> tuple[float, float, float]:
+        """Online AUC minus the frozen champion's on the rows the frozen copy scored (from the
+        shift / the half on), with the paired bootstrap 95 % interval; needs ``freeze_at_shift``."""
+        if not self.frozen_p:
+            raise ValueError("no frozen champion: run with freeze_at_shift=True")
+        p, y, _ = self.log.arrays()
+        n = len(self.frozen_p)
+        if not np.array_equal(y[-n:], np.array(self.frozen_y)):
+            raise AssertionError("the frozen copy scored other rows than the online head's last ones")
+        return auc_difference(p[-n:], np.array(self.frozen_p), y[-n:], n_boot=n_boot)
+
     def clicks_after_shift(self, within: int = 500) -> int:
         """Clicks among the ``within`` events after the shift: the evidence a detector has there."""
         _p, y, idx = self.log.arrays()
