@@ -31,8 +31,8 @@ tests/test_learner_open_bandit.py):
   detector fires late (seed 0, ~3,200 events); its challenger does not beat the champion by the
   2 % margin;
 * why the later half is hard: the users' imported histories (``user_history_log`` and the other
-  user columns) rank clicks at AUC 0.79 in the first quarter of the log and 0.49-0.52 after it (5
-  % sample, seed 0: history rows click 52 % vs 4 % in the first quarter, 16 / 4 / 18 % vs 8-10 %
+  user columns) rank clicks at AUC 0.79 in the first quarter of the log and 0.49-0.52 after it
+  (5 % sample, seed 0: history rows click 52 % vs 4 % in the first quarter, 16 / 4 / 18 % vs 8-10 %
   later), so what the head learns from them early is noise later. Batch logistic regressions on
   the same columns say the same: fitted on the first half, later-half AUC 0.560-0.574 (C 1 to
   0.01; +0.019 [-0.024, +0.065] over popularity at best); refitted every 100 rows on everything
