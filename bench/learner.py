@@ -8,11 +8,13 @@
     on embedded Tansu + Redis, publish_every_s=--publish-s);
 (3) quality: prequential click AUC, online vs popularity on the whole stream (paired bootstrap
     interval of the difference) and online vs the champion frozen at the half vs popularity on
-    the later half — on the stationary stream and with the injected shift of
+    the later half, each difference with its paired interval — on the stationary stream, on
+    shuffled (stationary by construction) replays and with the injected shift of
     learner/experiments.py (each detector's first firing after the shift, and how many clicks
     the 500 events after it hold), and on the raw stream with and without sampled negatives.
 
   python bench/learner.py --trials 40
+  python bench/learner.py --skip throughput publish event raw --seeds 1   # quick quality look
 """
 
 from __future__ import annotations
@@ -213,20 +215,36 @@ def event_to_visible(trials: int, every_s: float, publish_s: float) -> None:
     )
 
 
-def quality(data_dir: Path, seeds: int = 3) -> None:
+def later_half(r: E.RunResult, n_boot: int = 1000) -> str:
+    """Later half of the stream: online vs itself frozen at the half vs popularity, each
+    difference with its paired bootstrap 95 % interval."""
+    a = r.aucs()
+    f, flo, fhi = r.versus_frozen(n_boot=n_boot)
+    d, lo, hi = r.versus_popularity("later_half", n_boot=n_boot)
+    return (
+        f"later half: online {a['online_same_rows']:.3f}  frozen-at-half {a['frozen_post']:.3f}  popularity "
+        f"{a['popularity_post']:.3f}; online-frozen {f:+.3f} [{flo:+.3f}, {fhi:+.3f}]  online-popularity "
+        f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+    )
+
+
+def quality(data_dir: Path, seeds: int = 3, raw: bool = True) -> None:
     print("stationary stream (every click + 5 % of non-clicks); popularity counts every earlier click:")
     for seed in range(seeds):
         rows, half = E.open_bandit_stream(data_dir, seed=seed)
         r = E.run(data_dir, rows, half, freeze_at_shift=True)
         a = r.aucs()
         d, lo, hi = r.versus_popularity("whole")
-        dl, lol, hil = r.versus_popularity("later_half")
         print(
             f"  seed {seed}  whole stream: online {a['online']:.3f}  popularity {a['popularity']:.3f}  "
-            f"difference {d:+.3f} [95% {lo:+.3f}, {hi:+.3f}]   later half: online {a['online_same_rows']:.3f}  "
-            f"frozen-at-half {a['frozen_post']:.3f}  popularity {a['popularity_post']:.3f}  "
-            f"difference {dl:+.3f} [{lol:+.3f}, {hil:+.3f}]   rows={len(rows)} detections={len(r.log.detections)}"
+            f"difference {d:+.3f} [95% {lo:+.3f}, {hi:+.3f}]   {later_half(r)}   rows={len(rows)} "
+            f"detections={len(r.log.detections)}"
         )
+    print("shuffled (stationary by construction) stream, same rows in random order:")
+    for shuffle in range(1, seeds + 1):
+        rows, half = E.open_bandit_stream(data_dir, shuffle_seed=shuffle)
+        r = E.run(data_dir, rows, half, freeze_at_shift=True)
+        print(f"  shuffle {shuffle}  {later_half(r)}   detections={len(r.log.detections)}")
     print("injected remap-only shift at the half (learner/experiments.py):")
     for seed in range(seeds + 1):
         rows, half = E.open_bandit_stream(data_dir, shift=True, seed=seed)
@@ -255,6 +273,8 @@ def quality(data_dir: Path, seeds: int = 3) -> None:
         rows, half = E.open_bandit_stream(data_dir, shuffle_seed=seed, seed=seed)
         fa += len(E.run(data_dir, rows, half).log.detections)
     print(f"shuffled x5: false alarms (all detectors) over 5 stationary shuffled replays: {fa}")
+    if not raw:
+        return
     rows = ob.merged(data_dir)  # the raw stream, no down-sampling
     for rate in (1.0, 0.05):
         cfg = replace(E.default_config(), train_negative_rate=rate)
@@ -264,9 +284,8 @@ def quality(data_dir: Path, seeds: int = 3) -> None:
         p, y, _ = r.log.arrays()
         print(
             f"raw 0.5% CTR, learning from {rate:.0%} of non-clicks: whole stream: online {a['online']:.3f}  "
-            f"popularity {a['popularity']:.3f}  difference {d:+.3f} [95% {lo:+.3f}, {hi:+.3f}]   later half: "
-            f"online {a['online_same_rows']:.3f}  frozen-at-half {a['frozen_post']:.3f}  popularity "
-            f"{a['popularity_post']:.3f}   mean p {p.mean():.4f} vs CTR {y.mean():.4f}   rows={len(rows)}  "
+            f"popularity {a['popularity']:.3f}  difference {d:+.3f} [95% {lo:+.3f}, {hi:+.3f}]   "
+            f"{later_half(r, n_boot=200)}   mean p {p.mean():.4f} vs CTR {y.mean():.4f}   rows={len(rows)}  "
             f"detections={len(r.log.detections)}"
         )
 
@@ -281,7 +300,8 @@ def main() -> None:
         default=Settings().publish_every_s,
         help="the learner's publish_every_s (default: the shipped setting)",
     )
-    ap.add_argument("--skip", nargs="*", default=[], choices=["throughput", "publish", "event", "quality"])
+    ap.add_argument("--skip", nargs="*", default=[], choices=["throughput", "publish", "event", "quality", "raw"])
+    ap.add_argument("--seeds", type=int, default=3, help="quality: stationary seeds and shuffles (shifted: one more)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     data_dir = Settings().require_data_dir()
@@ -296,7 +316,7 @@ def main() -> None:
     if "event" not in args.skip:
         event_to_visible(args.trials, args.poll_ms / 1000, args.publish_s)
     if "quality" not in args.skip:
-        quality(data_dir)
+        quality(data_dir, seeds=args.seeds, raw="raw" not in args.skip)
 
 
 if __name__ == "__main__":
