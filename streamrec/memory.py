@@ -65,7 +65,13 @@ FAMILIES: tuple[KeyFamily, ...] = (
     # consumers (streamrec/features_apply.lua): features
     KeyFamily("user_recent", _t("recent"), "ttl", "recent_cap (50) entries; user_ttl_s (30 d)", "consumers"),
     KeyFamily("user_affinity", _t("affinity"), "ttl", "2 x category_cap (30) fields; user_ttl_s", "consumers"),
-    KeyFamily("user", _t("user"), "ttl", "<= 7 fields; user_ttl_s", "consumers"),
+    KeyFamily(
+        "user",
+        _t("user"),
+        "ttl",
+        "<= 8 fields (`imps`: the last dedup_lookback impression ids); user_ttl_s",
+        "consumers",
+    ),
     KeyFamily("item", _t("item"), "ttl", "<= 17 fields; item_ttl_s (90 d)", "consumers"),
     KeyFamily("covis", _t("covis"), "ttl", "covis_top_n (50) members; item_ttl_s", "consumers"),
     KeyFamily("item_sessions", _t("item_sessions"), "ttl", "item_sessions_cap (500) members; item_ttl_s", "consumers"),
