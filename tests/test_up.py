@@ -109,7 +109,7 @@ def test_up_serves_demo_traffic_and_drains_on_sigterm(tmp_path):
         report = json.loads(status.stdout)
         assert report["serving"]["index_items"] >= CATALOG_LIMIT
         assert report["models"]["serving_version"] >= 1
-        assert set(report["lag"]) == {"consumers", "index-updater", "learner"}
+        assert set(report["lag"]) == {"consumers", "index-updater", "learner", "serving (vector follower)"}
         models = subprocess.run(
             [sys.executable, "-m", "launcher.cli", "model", "list"], env=env, capture_output=True, text=True, timeout=60
         )
