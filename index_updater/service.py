@@ -94,7 +94,7 @@ def run(s: Settings, stop: threading.Event, encoder: Encoder | None = None) -> N
     log.info(
         "index updater: %s → %s with %s, index %r", s.topic_catalog, s.topic_vectors, encoder.model_id, s.index_factory
     )
-    backlog = Backlog(s.index_live_max_batch, s.max_event_bytes)
+    backlog = Backlog(s.index_live_max_batch, s.max_event_bytes, s.index_length_window)
     pace = ChunkPace(s.index_chunk_seconds, MIN_CHUNK, s.index_chunk_records)
     cores = os.cpu_count() or 1
     bulk_threads = BulkThreads(

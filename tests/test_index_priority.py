@@ -120,3 +120,23 @@ def test_bulk_threads_keep_the_faster_count_and_chunks_follow_the_rate():
     assert pace.records() == 128  # half a second at 256 items/s
     pace.observe(64, 0.01)
     assert 64 <= pace.records() <= 1024
+
+
+def test_bulk_chunks_hold_the_oldest_record_and_those_nearest_its_length():
+    tp = TopicPartition("c", 0)
+    b = Backlog(live_max_batch=16, max_event_bytes=65536, length_window=8)
+    titles = ["a" * 40, "b" * 5, "c" * 38, "d" * 6, "e" * 41, "f" * 4, "g" * 39, "h" * 5, "i" * 40]
+    b.add({tp: [record(n, f"i{n}", op(f"i{n}", t), 1000) for n, t in enumerate(titles)]})
+    first = b.next_chunk(3)
+    # the oldest (40 chars) and its nearest in length among the oldest 8; offset 8 is outside the window
+    assert [m.offset for m in first] == [0, 4, 6]
+    b.done(first)
+    assert b.committable() == {tp: 1}
+    second = b.next_chunk(3)
+    assert [m.offset for m in second] == [1, 3, 7]
+    b.done(second)
+    assert b.committable() == {tp: 2}
+    rest = b.next_chunk(10)
+    assert [m.offset for m in rest] == [2, 5, 8]
+    b.done(rest)
+    assert len(b) == 0 and b.committable() == {tp: 9}
