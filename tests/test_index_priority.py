@@ -140,3 +140,18 @@ def test_bulk_chunks_hold_the_oldest_record_and_those_nearest_its_length():
     assert [m.offset for m in rest] == [2, 5, 8]
     b.done(rest)
     assert len(b) == 0 and b.committable() == {tp: 9}
+
+
+def test_taken_records_are_in_flight_until_done_and_put_back_yields_to_newer_ones():
+    tp = TopicPartition("c", 0)
+    b = Backlog(live_max_batch=16, max_event_bytes=65536)
+    b.add({tp: [record(n, f"i{n}", op(f"i{n}", "bulk"), 1000) for n in range(4)]})
+    first = b.take(2)
+    assert [m.offset for m in first] == [0, 1]
+    assert [m.offset for m in b.take(2)] == [2, 3]  # the next chunk, while the first is in flight
+    assert b.committable() == {tp: 0} and len(b) == 0
+    b.add({tp: [record(4, "i1", op("i1", "newer"), 1000)]})
+    b.put_back(first, live=False)  # its send failed: i0 is redone, i1 only in its newer version
+    assert sorted(m.offset for m in b.bulk.values()) == [0, 4]
+    b.done(b.take(10))
+    assert b.committable() == {tp: 2}  # 2 and 3 are still in flight
