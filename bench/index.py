@@ -327,6 +327,8 @@ def bulk_part(s0: Settings, fp32: Encoder, n_items: int, live_every_s: float, in
     The updater runs as its own process (``python -m index_updater``, as ``streamrec index`` and
     compose run it), so the serving replica and this bench's threads do not share its interpreter;
     ``in_process`` runs it as a thread of this process instead (the earlier, less fair setup)."""
+    import psutil
+
     from streamrec.encoder import set_torch_threads
 
     ops = list(homedepot.catalog(s0.data_dir, limit=n_items))
@@ -374,6 +376,8 @@ def bulk_part(s0: Settings, fp32: Encoder, n_items: int, live_every_s: float, in
         watcher = Watcher(replica)
         embed0 = updater.embed_counters()
         cpu0 = updater.cpu_by_thread()
+        others = {"broker": psutil.Process(broker.proc.pid), "bench (serving replica, producer)": psutil.Process()}
+        others_cpu0 = {k: sum(p.cpu_times()[:2]) for k, p in others.items()}
         t_start = time.time()
         for start in range(0, len(ops), 1000):
             part = ops[start : start + 1000]
@@ -394,6 +398,7 @@ def bulk_part(s0: Settings, fp32: Encoder, n_items: int, live_every_s: float, in
         embedded, busy = (b - a for a, b in zip(embed0, updater.embed_counters(), strict=True))
         cpu1 = updater.cpu_by_thread()
         cpu = {k: cpu1[k] - cpu0.get(k, 0.0) for k in cpu1}
+        others_cpu = {k: sum(p.cpu_times()[:2]) - others_cpu0[k] for k, p in others.items()}
         left = watcher.drain(30)
         live = watcher.latencies
         rate = len(ops) / elapsed
@@ -409,6 +414,8 @@ def bulk_part(s0: Settings, fp32: Encoder, n_items: int, live_every_s: float, in
             f"({embedded / max(busy, 1e-9):.0f} items/s: ×{embedded / max(busy, 1e-9) / best:.2f} of raw) and was busy "
             f"{busy / elapsed:.0%} of the {elapsed:.1f}s; updater {updater.kind} CPU s by thread: "
             + ", ".join(f"{k} {v:.1f}" for k, v in sorted(cpu.items(), key=lambda kv: -kv[1]) if v >= 0.05)
+            + ("; meanwhile " + ", ".join(f"{k} {v:.1f}" for k, v in others_cpu.items()) if not in_process else "")
+            + f" CPU s on {cores} cores"
         )
         say(
             f"bulk   single upserts during the bulk: {len(live)} (one per {live_every_s:g}s)  catalog→searchable "
@@ -420,6 +427,17 @@ def bulk_part(s0: Settings, fp32: Encoder, n_items: int, live_every_s: float, in
         replica.stop()
         updater.stop()
         producer.close()
+    # the host's load moves between the two measurements (other jobs): the raw encoder again, after
+    best_threads = max(raw, key=lambda k: raw[k])
+    before = set_torch_threads(best_threads)
+    t0 = time.perf_counter()
+    fp32.encode(texts, max_length=cut)
+    after = len(texts) / (time.perf_counter() - t0)
+    set_torch_threads(before)
+    say(
+        f"bulk   raw encoder again after the bulk ({best_threads} threads): {after:.0f} items/s; bulk ratio to the "
+        f"mean of before and after ({(best + after) / 2:.0f}): {rate / ((best + after) / 2):.2f}"
+    )
 
 
 class BulkUpdater:
@@ -472,16 +490,14 @@ class BulkUpdater:
 
     def cpu_by_thread(self) -> dict[str, float]:
         """CPU seconds (user + system) per thread group of the updater's process (in-process: the
-        whole bench process, named by Python thread; unnamed native threads are torch's OpenMP pool)."""
-        names = {t.native_id: t.name for t in threading.enumerate()} if self.kind == "thread" else {}
+        whole bench process, named by Python thread; unnamed native threads are torch's OpenMP pool;
+        as a process: all its threads together)."""
+        if self.kind == "process":  # its threads carry no names outside it
+            return {"all threads": sum(self.proc.cpu_times()[:2])}
+        names = {t.native_id: t.name for t in threading.enumerate()}
         out: dict[str, float] = {}
         for th in self.proc.threads():
-            name = names.get(th.id)
-            if name is None:
-                try:
-                    name = Path(f"/proc/{self.proc.pid}/task/{th.id}/comm").read_text().strip()
-                except OSError:
-                    name = "?"
+            name = names.get(th.id) or "torch OpenMP pool"
             name = name.split("-kafka-python")[0].rstrip("_0123456789")
             out[name] = out.get(name, 0.0) + th.user_time + th.system_time
         return out
