@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
+from index_updater import metrics as updater_metrics  # noqa: E402
 from index_updater import service  # noqa: E402
 from launcher.embedded import EmbeddedKafka  # noqa: E402
 from streamrec import bus  # noqa: E402
@@ -317,11 +318,17 @@ def truncation_part(s: Settings, fp32: Encoder, n_items: int) -> None:
         )
 
 
-def bulk_part(s0: Settings, fp32: Encoder, n_items: int, live_every_s: float) -> None:
+def bulk_part(s0: Settings, fp32: Encoder, n_items: int, live_every_s: float, in_process: bool = False) -> None:
     """Home Depot titles posted as POST /catalog does (lists of 1,000 through publish_confirmed) to the
     real index updater; items/s until all are searchable in a replica vs the raw encoder on the same
     texts (every core, token-length-sorted batches) measured in the same run. Meanwhile one single
-    upsert every ``live_every_s``: catalog → searchable while the bulk is running."""
+    upsert every ``live_every_s``: catalog → searchable while the bulk is running.
+
+    The updater runs as its own process (``python -m index_updater``, as ``streamrec index`` and
+    compose run it), so the serving replica and this bench's threads do not share its interpreter;
+    ``in_process`` runs it as a thread of this process instead (the earlier, less fair setup)."""
+    import psutil
+
     from streamrec.encoder import set_torch_threads
 
     ops = list(homedepot.catalog(s0.data_dir, limit=n_items))
@@ -357,9 +364,7 @@ def bulk_part(s0: Settings, fp32: Encoder, n_items: int, live_every_s: float) ->
             )
         )
         bus.ensure_topics(s)
-        stop = threading.Event()
-        updater = threading.Thread(target=service.run, args=(s, stop), kwargs={"encoder": fp32}, daemon=True)
-        updater.start()
+        updater = BulkUpdater(s, fp32, Path(tmp), in_process)
         replica = IndexReplica(s, fp32.dim, from_snapshot=False)
         replica.start()
         producer = bus.make_producer(s)
@@ -369,6 +374,10 @@ def bulk_part(s0: Settings, fp32: Encoder, n_items: int, live_every_s: float) ->
         while "warm" not in replica.index:
             time.sleep(0.05)
         watcher = Watcher(replica)
+        embed0 = updater.embed_counters()
+        cpu0 = updater.cpu_by_thread()
+        others = {"broker": psutil.Process(broker.proc.pid), "bench (serving replica, producer)": psutil.Process()}
+        others_cpu0 = {k: sum(p.cpu_times()[:2]) for k, p in others.items()}
         t_start = time.time()
         for start in range(0, len(ops), 1000):
             part = ops[start : start + 1000]
@@ -386,6 +395,10 @@ def bulk_part(s0: Settings, fp32: Encoder, n_items: int, live_every_s: float) ->
             n += 1
             time.sleep(live_every_s)
         elapsed = time.time() - t_start
+        embedded, busy = (b - a for a, b in zip(embed0, updater.embed_counters(), strict=True))
+        cpu1 = updater.cpu_by_thread()
+        cpu = {k: cpu1[k] - cpu0.get(k, 0.0) for k in cpu1}
+        others_cpu = {k: sum(p.cpu_times()[:2]) - others_cpu0[k] for k, p in others.items()}
         left = watcher.drain(30)
         live = watcher.latencies
         rate = len(ops) / elapsed
@@ -397,6 +410,14 @@ def bulk_part(s0: Settings, fp32: Encoder, n_items: int, live_every_s: float) ->
             f"(target ≥ 0.8, ≥ 300 items/s)"
         )
         say(
+            f"bulk   where the ratio goes: the updater's encoder embedded {embedded:.0f} texts in {busy:.1f}s "
+            f"({embedded / max(busy, 1e-9):.0f} items/s: ×{embedded / max(busy, 1e-9) / best:.2f} of raw) and was busy "
+            f"{busy / elapsed:.0%} of the {elapsed:.1f}s; updater {updater.kind} CPU s by thread: "
+            + ", ".join(f"{k} {v:.1f}" for k, v in sorted(cpu.items(), key=lambda kv: -kv[1]) if v >= 0.05)
+            + ("; meanwhile " + ", ".join(f"{k} {v:.1f}" for k, v in others_cpu.items()) if not in_process else "")
+            + f" CPU s on {cores} cores"
+        )
+        say(
             f"bulk   single upserts during the bulk: {len(live)} (one per {live_every_s:g}s)  catalog→searchable "
             f"p50 {pct(live, 50) * 1000:.0f} ms  p99 {pct(live, 99) * 1000:.0f} ms  "
             f"max {max(live, default=float('nan')) * 1000:.0f} ms"
@@ -404,9 +425,94 @@ def bulk_part(s0: Settings, fp32: Encoder, n_items: int, live_every_s: float) ->
         )
         watcher.stop.set()
         replica.stop()
-        stop.set()
-        updater.join(30)
+        updater.stop()
         producer.close()
+    # the host's load moves between the two measurements (other jobs): the raw encoder again, after
+    best_threads = max(raw, key=lambda k: raw[k])
+    before = set_torch_threads(best_threads)
+    t0 = time.perf_counter()
+    fp32.encode(texts, max_length=cut)
+    after = len(texts) / (time.perf_counter() - t0)
+    set_torch_threads(before)
+    say(
+        f"bulk   raw encoder again after the bulk ({best_threads} threads): {after:.0f} items/s; bulk ratio to the "
+        f"mean of before and after ({(best + after) / 2:.0f}): {rate / ((best + after) / 2):.2f}"
+    )
+
+
+class BulkUpdater:
+    """The index updater under test: a child process (``python -m index_updater``) or a thread here;
+    its encoder counters (items, busy seconds) and CPU seconds per thread, however it runs."""
+
+    def __init__(self, s: Settings, fp32: Encoder, tmp: Path, in_process: bool):
+        import psutil
+
+        self.kind = "thread" if in_process else "process"
+        self._stop = threading.Event()
+        if in_process:
+            self._thread = threading.Thread(
+                target=service.run, args=(s, self._stop), kwargs={"encoder": fp32}, daemon=True
+            )
+            self._thread.start()
+            self.proc = psutil.Process()
+            return
+        import socket
+        import subprocess
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+        for field in ("kafka_bootstrap", "state_dir", "topic_catalog", "topic_vectors", "topic_dlq"):
+            env[f"STREAMREC_{field.upper()}"] = str(getattr(s, field))
+        env["STREAMREC_INDEX_SNAPSHOT_EVERY_S"] = str(s.index_snapshot_every_s)
+        env["STREAMREC_METRICS_PORT"] = str(self.port)
+        self._log = open(tmp / "index-updater.log", "wb")  # noqa: SIM115 (closed in stop)
+        self._child = subprocess.Popen(
+            [sys.executable, "-m", "index_updater"], env=env, stdout=self._log, stderr=subprocess.STDOUT
+        )
+        self.proc = psutil.Process(self._child.pid)
+
+    def embed_counters(self) -> tuple[float, float]:
+        """(texts embedded, seconds the encoder was busy) so far."""
+        if self.kind == "thread":
+            return updater_metrics.ITEMS_EMBEDDED._value.get(), updater_metrics.EMBED_SECONDS._value.get()
+        import urllib.request
+
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10).read().decode()
+        values = {
+            line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line and not line.startswith("#")
+        }
+        return (
+            values.get("streamrec_index_items_embedded_total", 0.0),
+            values.get("streamrec_index_embed_seconds_total", 0.0),
+        )
+
+    def cpu_by_thread(self) -> dict[str, float]:
+        """CPU seconds (user + system) per thread group of the updater's process (in-process: the
+        whole bench process, named by Python thread; unnamed native threads are torch's OpenMP pool;
+        as a process: all its threads together)."""
+        if self.kind == "process":  # its threads carry no names outside it
+            return {"all threads": sum(self.proc.cpu_times()[:2])}
+        names = {t.native_id: t.name for t in threading.enumerate()}
+        out: dict[str, float] = {}
+        for th in self.proc.threads():
+            name = names.get(th.id) or "torch OpenMP pool"
+            name = name.split("-kafka-python")[0].rstrip("_0123456789")
+            out[name] = out.get(name, 0.0) + th.user_time + th.system_time
+        return out
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.kind == "thread":
+            self._thread.join(30)
+            return
+        self._child.terminate()
+        try:
+            self._child.wait(30)
+        except Exception:
+            self._child.kill()
+        self._log.close()
 
 
 # --- 3. ANN ------------------------------------------------------------------------------------
@@ -561,6 +667,9 @@ def main() -> None:
     )
     ap.add_argument("--bulk-items", type=int, default=3000, help="Home Depot titles in the bulk import part")
     ap.add_argument("--live-every", type=float, default=1.0, help="seconds between single upserts during the bulk")
+    ap.add_argument(
+        "--bulk-in-process", action="store_true", help="run the bulk part's index updater as a thread of the bench"
+    )
     ap.add_argument("--trunc-items", type=int, default=300, help="Amazon items in the truncation part")
     ap.add_argument("--skip", default="", help="parts to skip: trunc,bulk,fresh,ann,restart (restart needs ann)")
     args = ap.parse_args()
@@ -573,7 +682,7 @@ def main() -> None:
     if "trunc" not in args.skip:
         truncation_part(s, fp32, args.trunc_items)
     if "bulk" not in args.skip:
-        bulk_part(s, fp32, args.bulk_items, args.live_every)
+        bulk_part(s, fp32, args.bulk_items, args.live_every, args.bulk_in_process)
     if "fresh" not in args.skip:
         freshness_part(s, fp32, data, args.load_seconds, args.update_rate, args.query_rate, args.fresh_factory)
     if "ann" not in args.skip:

@@ -7,7 +7,12 @@ its encoder into this backlog and embeds it in chunks, polling between chunks:
 * **live lane**: records published in a small batch (``streamrec-batch-size`` header, set by
   ``bus.publish_confirmed``, at most ``index_live_max_batch``), or, for producers that do not set
   it, records that arrived in a small poll. Embedded before anything in the bulk lane.
-* **bulk lane**: everything else, in arrival order.
+* **bulk lane**: everything else. A chunk is the oldest bulk record and the records nearest to
+  its length in tokens among the oldest ``length_window`` (ties in arrival order): an encoder
+  batch pads every text to its longest, so batches of 64 Home Depot titles in arrival order cost
+  2.08x the padded tokens of token-sorted ones, and 1.50x when sorted by characters or bytes (so
+  tokens are counted, ~60 µs a text). The oldest record is in every chunk, so none waits for
+  more than ``length_window`` chunks.
 
 Guarantees kept from the strict in-order loop:
 
@@ -17,13 +22,16 @@ Guarantees kept from the strict in-order loop:
   never replaced: it is still dead-lettered.
 * **at-least-once, commit after ack**: the committable offset of a partition is its lowest offset
   still waiting (or the next one to read when none is); records above it that were already
-  handled are simply redone after a crash (vector records are idempotent).
+  handled (at most about ``length_window``) are simply redone after a crash (vector records are
+  idempotent).
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from kafka import TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
@@ -45,8 +53,18 @@ def published_batch_size(record: ConsumerRecord) -> int | None:
 
 
 class Backlog:
-    def __init__(self, live_max_batch: int, max_event_bytes: int):
+    def __init__(
+        self,
+        live_max_batch: int,
+        max_event_bytes: int,
+        length_window: int = 1,
+        lengths: Callable[[list[ConsumerRecord]], list[int]] | None = None,
+    ):
         self.live_max_batch, self.max_event_bytes = live_max_batch, max_event_bytes
+        self.length_window = max(1, length_window)
+        # a record's length for chunking (the index updater: tokens its text embeds as); default its size
+        self._lengths = lengths or (lambda ms: [len(m.value) if m.value is not None else 0 for m in ms])
+        self._length: dict[tuple[str, int, int], int] = {}  # (topic, partition, offset) → length
         self.live: OrderedDict[Slot, ConsumerRecord] = OrderedDict()
         self.bulk: OrderedDict[Slot, ConsumerRecord] = OrderedDict()
         self.waiting: dict[TopicPartition, set[int]] = {}  # offsets of records in either lane
@@ -73,6 +91,7 @@ class Backlog:
                     live = live or lane is self.live
                     if self._valid(old):  # superseded by this newer record of the same item
                         waiting.discard(old.offset)
+                        self._length.pop((old.topic, old.partition, old.offset), None)
                     else:  # still dead-lettered: it keeps its place under its offset
                         lane[(tp, ("offset", old.offset))] = old
                 (self.live if live else self.bulk)[slot] = m
@@ -87,15 +106,55 @@ class Backlog:
         return True
 
     def next_chunk(self, n: int) -> list[ConsumerRecord]:
-        """Up to ``n`` records to handle next: the live lane alone when it has any, else the oldest
-        bulk records. They stay in the backlog until ``done``."""
-        lane = self.live if self.live else self.bulk
-        chunk = []
-        for m in lane.values():
-            chunk.append(m)
-            if len(chunk) >= n:
-                break
+        """Up to ``n`` records to handle next: the live lane alone when it has any (arrival order),
+        else the oldest bulk record and the ``n - 1`` nearest to its length among the oldest
+        ``length_window`` (``lengths``, computed once per record). They stay in the backlog until
+        ``done``."""
+        if self.live or len(self.bulk) <= n or self.length_window <= n:
+            lane = self.live if self.live else self.bulk
+            return list(itertools.islice(lane.values(), n))
+        window = list(itertools.islice(self.bulk.values(), self.length_window))
+        new = [m for m in window if (m.topic, m.partition, m.offset) not in self._length]
+        if new:
+            for m, length in zip(new, self._lengths(new), strict=True):
+                self._length[(m.topic, m.partition, m.offset)] = length
+        size = [self._length[(m.topic, m.partition, m.offset)] for m in window]
+        nearest = heapq.nsmallest(n, range(len(window)), key=lambda i: (abs(size[i] - size[0]), i))
+        return [window[i] for i in sorted(nearest)]
+
+    def take(self, n: int) -> list[ConsumerRecord]:
+        """``next_chunk``, out of the lanes (in flight): the next call picks other records. They are
+        still waiting (not committable) until ``done``, or back in the lanes after ``put_back``."""
+        chunk = self.next_chunk(n)
+        for m in chunk:
+            tp = TopicPartition(m.topic, m.partition)
+            for slot in ((tp, m.key if m.key is not None else ("offset", m.offset)), (tp, ("offset", m.offset))):
+                for lane in (self.live, self.bulk):
+                    if lane.get(slot) is m:
+                        del lane[slot]
         return chunk
+
+    def put_back(self, chunk: Iterable[ConsumerRecord], live: bool) -> None:
+        """Taken records that could not be handled (a send not acknowledged), oldest chunk first:
+        redone later unless a newer record of the item arrived meanwhile."""
+        for m in chunk:
+            tp = TopicPartition(m.topic, m.partition)
+            if m.offset not in self.waiting.get(tp, ()):  # its partition was revoked meanwhile
+                continue
+            slot: Slot = (tp, m.key if m.key is not None else ("offset", m.offset))
+            other_lane = next((lane for lane in (self.live, self.bulk) if slot in lane), None)
+            if other_lane is not None:
+                other = other_lane[slot]
+                old, new = (other, m) if other.offset < m.offset else (m, other)
+                if new is m:
+                    del other_lane[slot]
+                if self._valid(old):  # superseded by the newer record of the same item
+                    self.waiting[tp].discard(old.offset)
+                else:  # still dead-lettered: it keeps its place under its offset
+                    (self.live if live else self.bulk)[(tp, ("offset", old.offset))] = old
+                if new is not m:
+                    continue
+            (self.live if live else self.bulk)[slot] = m
 
     def done(self, chunk: Iterable[ConsumerRecord]) -> None:
         """The chunk's vectors are acknowledged by the broker."""
@@ -106,6 +165,7 @@ class Backlog:
                     if lane.get(slot) is m:
                         del lane[slot]
             self.waiting.get(tp, set()).discard(m.offset)
+            self._length.pop((m.topic, m.partition, m.offset), None)
 
     def committable(self, everything: bool = False) -> dict[TopicPartition, int]:
         """Offsets to commit (that moved since the last ``committed``, unless ``everything``): per
@@ -127,6 +187,8 @@ class Backlog:
         for lane in (self.live, self.bulk):
             for slot in [s for s in lane if s[0] in gone]:
                 del lane[slot]
+        for key in [k for k in self._length if TopicPartition(k[0], k[1]) in gone]:
+            del self._length[key]
         for tp in gone:
             self.waiting.pop(tp, None)
             self.read_to.pop(tp, None)

@@ -11,6 +11,9 @@ CATALOG_RECORDS = Counter(
     ["outcome"],
 )
 ITEMS_EMBEDDED = Counter("streamrec_index_items_embedded_total", "items run through the encoder")
+EMBED_SECONDS = Counter(
+    "streamrec_index_embed_seconds_total", "seconds the encoder spent embedding (busy share: rate of this)"
+)
 EMBED_RATE = Gauge("streamrec_index_embed_items_per_second", "encoder throughput of the last batch")
 BATCH_SECONDS = Histogram(
     "streamrec_index_batch_seconds",

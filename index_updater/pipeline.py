@@ -1,6 +1,9 @@
 """One catalog batch → vector records: validate, keep the last op per item, skip unchanged items,
 embed the rest in encoder batches, publish, and wait for the broker to acknowledge everything.
 
+The steps are separate (``prepare`` → ``embed`` → ``send`` → ``confirm``) so the service can embed
+one chunk while the previous one is being acknowledged; ``process`` runs them in a row.
+
 An item whose embedded text (content hash) is unchanged is not re-embedded: if only its metadata
 changed (price, say) the current vector is republished with the new metadata, else nothing is sent.
 """
@@ -19,7 +22,7 @@ from kafka.consumer.fetcher import ConsumerRecord
 
 from index_updater import metrics
 from streamrec import bus
-from streamrec.encoder import Encoder, check_template, content_hash, item_text
+from streamrec.encoder import Encoder, check_template, content_hash, item_text, set_torch_threads
 from streamrec.schemas import CatalogOp, DeadLetter, Rejected, decode_catalog, encode
 from streamrec.settings import Settings
 from streamrec.vector_index import IndexReplica, ItemMeta, VectorRecord, encode_record
@@ -92,6 +95,25 @@ class Plan:
     unchanged: int = 0
 
 
+@dataclass
+class Job:
+    """A prepared chunk: its dead letters and its plan; ``embed`` turns it into records to send."""
+
+    msgs: list[ConsumerRecord]
+    dead_letters: list[bus.Outgoing]
+    plan: Plan
+    started: float
+
+
+@dataclass
+class InFlight:
+    """A chunk handed to the producer, waiting for the broker's acknowledgements."""
+
+    job: Job
+    outgoing: list[ToPublish]
+    sending: bus.Sending
+
+
 class CatalogPipeline:
     """Turns catalog records into acknowledged vector records; no offsets are touched here."""
 
@@ -115,23 +137,68 @@ class CatalogPipeline:
 
     def process(self, msgs: list[ConsumerRecord]) -> BatchResult:
         """Raises (KafkaError, …) if any send is not acknowledged: the caller must not commit."""
+        job = self.prepare(msgs)
+        return self.confirm(self.send(job, self.embed(job)))
+
+    def prepare(self, msgs: list[ConsumerRecord]) -> Job:
+        """Validate and plan (cheap). Plans against what was sent, acknowledged or not, so a chunk
+        prepared while the previous one is in flight sees its items' new state."""
         started = time.monotonic()
         latest, dead_letters = self._decode(msgs, now_ms=int(time.time() * 1000))
-        plan = self._plan(latest)
-        outgoing = plan.ready + self._embed(plan.to_embed)
+        return Job(msgs, dead_letters, self._plan(latest), started)
+
+    def embed(self, job: Job, threads: int = 0) -> list[ToPublish]:
+        """The encoder's part, in whichever thread calls it; ``threads`` > 0 sets that thread's torch
+        threads first (the count is per calling thread under OpenMP)."""
+        set_torch_threads(threads)
+        return job.plan.ready + self._embed(job.plan.to_embed)
+
+    def send(self, job: Job, outgoing: list[ToPublish]) -> InFlight:
+        """Hand the chunk's records to the producer without waiting for the broker."""
         vectors: list[bus.Outgoing] = [
             (self.s.topic_vectors, o.record.item_id, encode_record(o.record)) for o in outgoing
         ]
-        bus.publish_confirmed(self.producer, dead_letters + vectors, timeout_s=30)
-        for o in outgoing:  # only now: an unacknowledged batch is redone in full
+        try:
+            sending = bus.send_all(self.producer, job.dead_letters + vectors, timeout_s=30)
+        except Exception:
+            self.forget()
+            raise
+        for o in outgoing:  # before the ack, so the next chunk's plan sees it; forgotten if the ack fails
             self._published[o.record.item_id] = o.state
+        return InFlight(job, outgoing, sending)
+
+    def confirm(self, flight: InFlight) -> BatchResult:
+        """Wait for the broker; raises (KafkaError) if a record is not acknowledged, after which
+        the caller redoes the chunk and nothing sent is trusted over the replica."""
+        try:
+            bus.confirm(self.producer, flight.sending)
+        except Exception:
+            self.forget()
+            raise
+        plan, outgoing = flight.job.plan, flight.outgoing
         metrics.CATALOG_RECORDS.labels("embedded").inc(len(plan.to_embed))
         metrics.CATALOG_RECORDS.labels("deleted").inc(sum(1 for o in outgoing if o.record.deleted))
         metrics.CATALOG_RECORDS.labels("unchanged").inc(plan.unchanged)
-        metrics.BATCH_SECONDS.observe(time.monotonic() - started)
+        metrics.BATCH_SECONDS.observe(time.monotonic() - flight.job.started)
         return BatchResult(
-            sent=len(outgoing), embedded=len(plan.to_embed), unchanged=plan.unchanged, dead_lettered=len(dead_letters)
+            sent=len(outgoing),
+            embedded=len(plan.to_embed),
+            unchanged=plan.unchanged,
+            dead_lettered=len(flight.job.dead_letters),
         )
+
+    def token_counts(self, msgs: list[ConsumerRecord]) -> list[int]:
+        """Tokens each record's item text embeds as (0 for invalid records and deletes): the
+        backlog picks bulk chunks of similar length by it."""
+        texts = []
+        for m in msgs:
+            try:
+                op = decode_catalog(m.value if m.value is not None else b"", self.s.max_event_bytes)
+            except Rejected:
+                op = None
+            texts.append(item_text(op, self.s.item_text_template) if op is not None and op.op != "delete" else "")
+        counts = self.encoder.token_counts(texts, max_length=self.s.encoder_item_max_tokens or None)
+        return [c if text else 0 for c, text in zip(counts, texts, strict=True)]
 
     def _decode(self, msgs: list[ConsumerRecord], now_ms: int) -> tuple[dict[str, Latest], list[bus.Outgoing]]:
         """The last op per item (in order of each item's last op) and dead letters for the invalid."""
@@ -186,6 +253,7 @@ class CatalogPipeline:
         t0 = time.monotonic()
         vectors = self.encoder.encode([c.text for c in changes], max_length=self.s.encoder_item_max_tokens or None)
         self.last_embed = (len(changes), time.monotonic() - t0)
+        metrics.EMBED_SECONDS.inc(self.last_embed[1])
         metrics.EMBED_RATE.set(len(changes) / max(time.monotonic() - t0, 1e-9))
         metrics.ITEMS_EMBEDDED.inc(len(changes))
         return [c.outgoing(vec, self.encoder.model_id) for c, vec in zip(changes, vectors, strict=True)]

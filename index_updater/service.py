@@ -15,15 +15,16 @@ import logging
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from kafka import ConsumerRebalanceListener, OffsetAndMetadata
 from kafka.errors import KafkaError
 
 from index_updater import metrics
 from index_updater.backlog import Backlog
-from index_updater.pipeline import CatalogPipeline
+from index_updater.pipeline import CatalogPipeline, InFlight
 from streamrec import bus
-from streamrec.encoder import Encoder, set_torch_threads
+from streamrec.encoder import Encoder
 from streamrec.settings import Settings
 from streamrec.vector_index import IndexReplica
 
@@ -94,32 +95,63 @@ def run(s: Settings, stop: threading.Event, encoder: Encoder | None = None) -> N
     log.info(
         "index updater: %s → %s with %s, index %r", s.topic_catalog, s.topic_vectors, encoder.model_id, s.index_factory
     )
-    backlog = Backlog(s.index_live_max_batch, s.max_event_bytes)
+    backlog = Backlog(s.index_live_max_batch, s.max_event_bytes, s.index_length_window, pipeline.token_counts)
     pace = ChunkPace(s.index_chunk_seconds, MIN_CHUNK, s.index_chunk_records)
     cores = os.cpu_count() or 1
     bulk_threads = BulkThreads(
         [s.index_bulk_threads] if s.index_bulk_threads else [max(s.cpu_threads, 1), cores], MIN_CHUNK
     )
+    current_threads = 0
     consumer.subscribe([s.topic_catalog], listener=_Rebalance(pipeline, backlog))
+    # One chunk is embedded (in this worker) while the previous one is acknowledged, committed and
+    # more is polled here: the encoder does not idle during broker round trips.
+    worker = ThreadPoolExecutor(1, thread_name_prefix="index-encoder")
+    in_flight: tuple[InFlight, bool] | None = None  # sent, not acknowledged; from the live lane
     try:
         while not stop.is_set():
-            _read_ahead(consumer, backlog, s)
+            _read_ahead(consumer, backlog, s, wait=in_flight is None)
             bulk = len(backlog) >= s.index_bulk_backlog
             threads = bulk_threads.pick() if bulk else s.cpu_threads
-            if threads != set_torch_threads(threads) and threads > 0:
+            if threads != current_threads and threads > 0:
                 log.info("index updater: %d torch threads (backlog %d records)", threads, len(backlog))
+                current_threads = threads
             metrics.BACKLOG.set(len(backlog))
-            from_bulk_lane = not backlog.live
-            chunk = backlog.next_chunk(pace.records())
+            from_live_lane = bool(backlog.live)
+            chunk = backlog.take(pace.records())
+            embedding = None
             if chunk:
+                job = pipeline.prepare(chunk)
                 pipeline.last_embed = (0, 0.0)
-                if _handle(consumer, pipeline, backlog, chunk) and from_bulk_lane:
-                    embedded, took = pipeline.last_embed  # the encoder alone: publish and commit are overhead
-                    pace.observe(embedded, took)
-                    if bulk:
-                        bulk_threads.observe(threads, embedded, took)
+                embedding = worker.submit(pipeline.embed, job, threads)
+            if in_flight is not None:
+                flight, flight_live = in_flight
+                in_flight = None
+                if not _confirm(consumer, pipeline, backlog, flight):
+                    backlog.put_back(flight.job.msgs, flight_live)
+                    if embedding is not None:  # planned against the failed sends: redone too
+                        embedding.result()
+                        backlog.put_back(chunk, from_live_lane)
+                    time.sleep(1.0)
+                    continue
+            if embedding is None:
+                continue
+            try:
+                in_flight = (pipeline.send(job, embedding.result()), from_live_lane)
+            except KafkaError as e:
+                log.error("publishing vectors failed (%s); retrying the batch", e)
+                backlog.put_back(chunk, from_live_lane)
+                time.sleep(1.0)
+                continue
+            if not from_live_lane:
+                embedded, took = pipeline.last_embed  # the encoder alone: publish and commit are overhead
+                pace.observe(embedded, took)
+                if bulk:
+                    bulk_threads.observe(threads, embedded, took)
             metrics.INDEX_ITEMS.set(len(replica.index))
+        if in_flight is not None:
+            _confirm(consumer, pipeline, backlog, in_flight[0])
     finally:
+        worker.shutdown(wait=True)
         _final_commit(consumer, backlog)
         consumer.close()
         producer.close()
@@ -168,9 +200,9 @@ class BulkThreads:
         self.rates[threads] = rate if old is None else 0.7 * old + 0.3 * rate
 
 
-def _read_ahead(consumer, backlog: Backlog, s: Settings) -> None:
+def _read_ahead(consumer, backlog: Backlog, s: Settings, wait: bool = True) -> None:
     """Read what the broker has (up to ``index_read_ahead`` records waiting); wait up to 200 ms only
-    when there is nothing to do."""
+    when there is nothing to do (and ``wait``: nothing in flight either)."""
     for _ in range(20):
         room = s.index_read_ahead - len(backlog)
         if room <= 0:
@@ -179,7 +211,7 @@ def _read_ahead(consumer, backlog: Backlog, s: Settings) -> None:
             return
         if consumer.paused():
             consumer.resume(*consumer.paused())
-        polled = consumer.poll(timeout_ms=0 if len(backlog) else 200, max_records=min(room, 5000))
+        polled = consumer.poll(timeout_ms=200 if wait and not len(backlog) else 0, max_records=min(room, 5000))
         if not polled:
             return
         backlog.add(polled)
@@ -205,15 +237,15 @@ class ChunkPace:
         self.rate = rate if self.rate is None else 0.7 * self.rate + 0.3 * rate
 
 
-def _handle(consumer, pipeline: CatalogPipeline, backlog: Backlog, chunk: list) -> bool:
+def _confirm(consumer, pipeline: CatalogPipeline, backlog: Backlog, flight: InFlight) -> bool:
+    """Wait for the chunk's acknowledgements, then mark it done and commit what is safe."""
     try:
-        result = pipeline.process(chunk)
+        result = pipeline.confirm(flight)
     except KafkaError as e:
-        # Nothing is committed and the chunk stays in the backlog: it is tried again after a pause.
+        # Nothing is committed; the caller puts the chunk back and it is tried again after a pause.
         log.error("publishing vectors failed (%s); retrying the batch", e)
-        time.sleep(1.0)
         return False
-    backlog.done(chunk)
+    backlog.done(flight.job.msgs)
     offsets = backlog.committable()
     if offsets:
         # Asynchronous: the vectors are acknowledged already; a commit lost in a rebalance or a crash

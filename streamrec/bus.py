@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
+from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
@@ -105,6 +106,19 @@ def publish_confirmed(producer: KafkaProducer, records: Iterable[Outgoing], time
     Raises PublishError naming the first record not acknowledged within ``timeout_s``; an error
     from ``send`` itself (a record too large, say) propagates as raised.
     """
+    return confirm(producer, send_all(producer, records, timeout_s))
+
+
+class Sending:
+    """Records handed to the producer by :func:`send_all`, not yet known to be on the broker."""
+
+    def __init__(self, pending: list[tuple[str, str | bytes | None, Any]], deadline: float, timeout_s: float):
+        self.pending, self.deadline, self.timeout_s = pending, deadline, timeout_s
+
+
+def send_all(producer: KafkaProducer, records: Iterable[Outgoing], timeout_s: float) -> Sending:
+    """The first half of :func:`publish_confirmed`: send without waiting (the index updater embeds
+    its next chunk meanwhile); ``timeout_s`` counts from now. :func:`confirm` is the second half."""
     records = list(records)
     # How many records went out together: the index updater embeds small batches (a single POST
     # /catalog) before a bulk backlog, so a live change never waits behind an import.
@@ -113,6 +127,12 @@ def publish_confirmed(producer: KafkaProducer, records: Iterable[Outgoing], time
     pending = [
         (topic, key, producer.send(topic, key=key, value=value, headers=headers)) for topic, key, value in records
     ]
+    return Sending(pending, deadline, timeout_s)
+
+
+def confirm(producer: KafkaProducer, sending: Sending) -> list[RecordMetadata]:
+    """Flush and wait until every record of ``sending`` is acknowledged (PublishError if not in time)."""
+    pending, deadline, timeout_s = sending.pending, sending.deadline, sending.timeout_s
     try:
         # without a timeout, a silent broker holds the caller for good
         producer.flush(timeout=max(0.0, deadline - time.monotonic()))

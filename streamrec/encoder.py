@@ -24,6 +24,7 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -130,6 +131,9 @@ class Encoder:
         self.dim = int(self.model.config.hidden_size)
         self.model_id = f"{_model_name(model_dir)}/{precision}"
         self._lock = threading.Lock()  # fast tokenizers are not safe to share across threads
+        self._model_dir = model_dir
+        self._counter: Any = None  # a second tokenizer for token_counts, so counting never waits for encode
+        self._counter_lock = threading.Lock()
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_size = query_cache_size
         self._cache_lock = threading.Lock()
@@ -174,6 +178,18 @@ class Encoder:
                 pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
                 out[idx] = pooled.cpu().numpy()
         return out
+
+    def token_counts(self, texts: Sequence[str], *, max_length: int | None = None) -> list[int]:
+        """Tokens each text is embedded as (after the cut), without waiting for a running ``encode``:
+        the index updater picks bulk chunks of similar length with it."""
+        from transformers import AutoTokenizer
+
+        limit = min(max_length or self.max_length, self.max_length)
+        with self._counter_lock:
+            if self._counter is None:
+                self._counter = AutoTokenizer.from_pretrained(self._model_dir, local_files_only=True)
+            ids = self._counter(list(texts), truncation=True, max_length=limit)["input_ids"]
+        return [len(i) for i in ids]
 
     def encode_query(self, text: str) -> np.ndarray:
         """(dim,) read-only vector; repeated queries (pagination, popular searches) skip the model."""

@@ -190,6 +190,12 @@ class Settings(BaseSettings):
     )
     index_bulk_backlog: int = Field(512, ge=1, description="backlog (records read ahead) that switches to bulk threads")
     index_chunk_records: int = Field(1024, ge=1, description="most catalog records embedded between two polls")
+    index_length_window: int = Field(
+        4096,
+        ge=1,
+        description="oldest bulk-backlog records a chunk is picked from by length (those nearest the oldest "
+        "record's), so an encoder batch pads little; 1 = arrival order",
+    )
     index_chunk_seconds: float = Field(
         0.8,
         gt=0,

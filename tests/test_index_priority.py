@@ -120,3 +120,38 @@ def test_bulk_threads_keep_the_faster_count_and_chunks_follow_the_rate():
     assert pace.records() == 128  # half a second at 256 items/s
     pace.observe(64, 0.01)
     assert 64 <= pace.records() <= 1024
+
+
+def test_bulk_chunks_hold_the_oldest_record_and_those_nearest_its_length():
+    tp = TopicPartition("c", 0)
+    b = Backlog(live_max_batch=16, max_event_bytes=65536, length_window=8)
+    titles = ["a" * 40, "b" * 5, "c" * 38, "d" * 6, "e" * 41, "f" * 4, "g" * 39, "h" * 5, "i" * 40]
+    b.add({tp: [record(n, f"i{n}", op(f"i{n}", t), 1000) for n, t in enumerate(titles)]})
+    first = b.next_chunk(3)
+    # the oldest (40 chars) and its nearest in length among the oldest 8; offset 8 is outside the window
+    assert [m.offset for m in first] == [0, 4, 6]
+    b.done(first)
+    assert b.committable() == {tp: 1}
+    second = b.next_chunk(3)
+    assert [m.offset for m in second] == [1, 3, 7]
+    b.done(second)
+    assert b.committable() == {tp: 2}
+    rest = b.next_chunk(10)
+    assert [m.offset for m in rest] == [2, 5, 8]
+    b.done(rest)
+    assert len(b) == 0 and b.committable() == {tp: 9}
+
+
+def test_taken_records_are_in_flight_until_done_and_put_back_yields_to_newer_ones():
+    tp = TopicPartition("c", 0)
+    b = Backlog(live_max_batch=16, max_event_bytes=65536)
+    b.add({tp: [record(n, f"i{n}", op(f"i{n}", "bulk"), 1000) for n in range(4)]})
+    first = b.take(2)
+    assert [m.offset for m in first] == [0, 1]
+    assert [m.offset for m in b.take(2)] == [2, 3]  # the next chunk, while the first is in flight
+    assert b.committable() == {tp: 0} and len(b) == 0
+    b.add({tp: [record(4, "i1", op("i1", "newer"), 1000)]})
+    b.put_back(first, live=False)  # its send failed: i0 is redone, i1 only in its newer version
+    assert sorted(m.offset for m in b.bulk.values()) == [0, 4]
+    b.done(b.take(10))
+    assert b.committable() == {tp: 2}  # 2 and 3 are still in flight
