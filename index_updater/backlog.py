@@ -127,12 +127,16 @@ class Backlog:
         still waiting (not committable) until ``done``, or back in the lanes after ``put_back``."""
         chunk = self.next_chunk(n)
         for m in chunk:
-            tp = TopicPartition(m.topic, m.partition)
-            for slot in ((tp, m.key if m.key is not None else ("offset", m.offset)), (tp, ("offset", m.offset))):
-                for lane in (self.live, self.bulk):
-                    if lane.get(slot) is m:
-                        del lane[slot]
+            self._out_of_lanes(m)
         return chunk
+
+    def _out_of_lanes(self, m: ConsumerRecord) -> None:
+        """``m`` leaves whichever lane holds it (under its item key or, dead-lettered, its offset)."""
+        tp = TopicPartition(m.topic, m.partition)
+        for slot in ((tp, m.key if m.key is not None else ("offset", m.offset)), (tp, ("offset", m.offset))):
+            for lane in (self.live, self.bulk):
+                if lane.get(slot) is m:
+                    del lane[slot]
 
     def put_back(self, chunk: Iterable[ConsumerRecord], live: bool) -> None:
         """Taken records that could not be handled (a send not acknowledged), oldest chunk first:
@@ -159,12 +163,8 @@ class Backlog:
     def done(self, chunk: Iterable[ConsumerRecord]) -> None:
         """The chunk's vectors are acknowledged by the broker."""
         for m in chunk:
-            tp = TopicPartition(m.topic, m.partition)
-            for slot in ((tp, m.key if m.key is not None else ("offset", m.offset)), (tp, ("offset", m.offset))):
-                for lane in (self.live, self.bulk):
-                    if lane.get(slot) is m:
-                        del lane[slot]
-            self.waiting.get(tp, set()).discard(m.offset)
+            self._out_of_lanes(m)
+            self.waiting.get(TopicPartition(m.topic, m.partition), set()).discard(m.offset)
             self._length.pop((m.topic, m.partition, m.offset), None)
 
     def committable(self, everything: bool = False) -> dict[TopicPartition, int]:

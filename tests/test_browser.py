@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -109,24 +108,15 @@ def capture(base: str, out: Path) -> None:
 def test_dashboard_in_a_real_browser_shows_live_charts_and_rolls_back(tmp_path):
     from selenium.webdriver.common.by import By
 
-    from tests.test_up import _wait_until_up, up_env
+    from tests.test_up import _wait_until_up, start_up, up_env
 
-    port = free_port()
     env = up_env(
         tmp_path,
-        port,
+        free_port(),
         STREAMREC_COCKPIT_SAMPLE_S="2",  # history points every 2 s, so the charts fill quickly
         STREAMREC_DRIFT_WARMUP="100",  # detectors armed after 100 labelled examples, not 1000
     )
-    log_path = tmp_path / "up.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "launcher.cli", "up", "--rate", "30", "--catalog-limit", "150"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
+    proc, log_path, base = start_up(tmp_path, env)
     try:
         _wait_until_up(proc, log_path, base, timeout_s=300)
         assert "accepted from loopback clients only" in " ".join(log_path.read_text().split())

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -71,9 +72,9 @@ def up_env(tmp_path, port: int, **extra: str) -> dict[str, str]:
     return env
 
 
-def test_up_serves_demo_traffic_and_drains_on_sigterm(tmp_path):
-    port = free_port()
-    env = up_env(tmp_path, port)
+def start_up(tmp_path, env: dict[str, str]) -> tuple[subprocess.Popen, Path, str]:
+    """`streamrec up` with demo shoppers and the demo catalog cut to CATALOG_LIMIT, its output in
+    ``up.log``: (process, log path, base URL). The caller waits for it and stops it."""
     log_path = tmp_path / "up.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
@@ -82,7 +83,12 @@ def test_up_serves_demo_traffic_and_drains_on_sigterm(tmp_path):
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    base = f"http://127.0.0.1:{port}"
+    return proc, log_path, f"http://127.0.0.1:{env['STREAMREC_HTTP_PORT']}"
+
+
+def test_up_serves_demo_traffic_and_drains_on_sigterm(tmp_path):
+    env = up_env(tmp_path, free_port())
+    proc, log_path, base = start_up(tmp_path, env)
     try:
         _wait_until_up(proc, log_path, base, timeout_s=300)
         assert "memory only" in log_path.read_text()  # the user is told the embedded broker keeps nothing
