@@ -20,20 +20,27 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from consumers.apply import Writer
-from consumers.botfilter import BotConfig
-from launcher.embedded import EmbeddedRedis
-from serving import recommend, session_candidates
-from serving.sessions import SessionParams
-from streamrec.features import FeatureConfig, FeatureStore
-from streamrec.ranking import FeatureAssembler
-from streamrec.schemas import Event, encode
-from streamrec.settings import Settings
-from streamrec.store import connect, connect_binary
+# run as `python bench/sessions_offline.py`: the repo root, not bench/, on sys.path (bench/serving.py would
+# shadow the serving package)
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
+
+from consumers.apply import Writer  # noqa: E402
+from consumers.botfilter import BotConfig  # noqa: E402
+from launcher.embedded import EmbeddedRedis  # noqa: E402
+from serving import recommend, session_candidates  # noqa: E402
+from serving.sessions import SessionParams  # noqa: E402
+from streamrec.features import FeatureConfig, FeatureStore  # noqa: E402
+from streamrec.ranking import FeatureAssembler  # noqa: E402
+from streamrec.schemas import Event, encode  # noqa: E402
+from streamrec.settings import Settings  # noqa: E402
+from streamrec.store import connect, connect_binary  # noqa: E402
 
 T0 = 1_451_606_400_000  # 2016-01-01
 SESSION_GAP_MS = 70_000
