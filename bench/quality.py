@@ -430,9 +430,12 @@ def probes_visible(http: httpx.Client, users: list[str]) -> bool:
     return all(recommend_ids(http, u, 1, "repeat")[0][:1] == [PROBE_ITEM] for u in users)
 
 
-def recommend_ids(http: httpx.Client, user: str, k: int, variant: str) -> tuple[list[str], float]:
+def recommend_ids(
+    http: httpx.Client, user: str, k: int, variant: str, impression: bool = False
+) -> tuple[list[str], float]:
     started = time.perf_counter()
-    r = http.get("/recommend", params={"user_id": user, "k": k, "variant": variant, "impression": "false"})
+    params = {"user_id": user, "k": k, "variant": variant, "impression": str(impression).lower()}
+    r = http.get("/recommend", params=params)
     took = time.perf_counter() - started
     r.raise_for_status()
     return [it["item_id"] for it in r.json()["items"]], took
@@ -463,6 +466,9 @@ class RecommendReport:
     latency_s: list[float]
     visible_s: list[float]
     redis_bytes: int
+    live_sessions: int = 0
+    live: RankTally = field(default_factory=RankTally)  # the live phase's own /recommend calls
+    fusion: dict = field(default_factory=dict)  # the learned fusion as published (model meta)
 
 
 def measure_recommend(
@@ -472,12 +478,18 @@ def measure_recommend(
     base: Settings,
     ablation_every: int = 1,
     index_timeout_s: float = 3600.0,
+    live_sessions: int = 0,
     **overrides,
 ) -> RecommendReport:
-    """History replayed through POST /events, then each held-out session posted click by click, its
-    next item predicted by GET /recommend after each click (the SR-GNN protocol, live)."""
+    """History replayed through POST /events; then its last ``live_sessions`` sessions played as a
+    storefront plays them — click by click, a logged ``GET /recommend`` after each click — so the
+    learner fits the session fusion to what the next click picked; then each held-out session
+    posted click by click, its next item predicted by GET /recommend after each click (the SR-GNN
+    protocol, live; not logged, so the engine does not learn from the evaluation)."""
     first_train = first_eval - len(train)
-    items = sorted({i for sess in (*train, *evaluate) for i in sess})
+    live = train[len(train) - live_sessions :] if live_sessions else []
+    train = train[: len(train) - len(live)]
+    items = sorted({i for sess in (*train, *live, *evaluate) for i in sess})
     stack = start_stack(base, **overrides)
     try:
         with httpx.Client(base_url=stack.base_url, timeout=30) as http:
@@ -503,20 +515,59 @@ def measure_recommend(
                 f"applied after {time.monotonic() - started:.0f} s",
                 flush=True,
             )
+            live_tally, fusion = RankTally(), {}
+            if live:
+                started = time.monotonic()
+                played, _, _ = _score_sessions(
+                    http, live, first_train + len(train), 1, variants=("full",), impression=True
+                )
+                live_tally = played["full"]
+                wait_model_settled(http, after_s=2.0)
+                fusion = _published_fusion(stack.settings)
+                print(
+                    f"  live phase: {len(live):,} sessions in {time.monotonic() - started:.0f} s; learned fusion "
+                    f"{fusion.get('examples', 0):,} examples, serving mode {fusion.get('mode')}",
+                    flush=True,
+                )
             tallies, latency, visible = _score_sessions(http, evaluate, first_eval, ablation_every)
             redis_bytes = _redis_used_memory(stack.settings.redis_url)
     finally:
         stack.stop()
-    return RecommendReport(len(train), len(evaluate), tallies, latency, visible, redis_bytes)
+    return RecommendReport(
+        len(train), len(evaluate), tallies, latency, visible, redis_bytes, len(live), live_tally, fusion
+    )
+
+
+def _published_fusion(s: Settings) -> dict:
+    """Operator-side reading of the served model's meta: the learned fusion and its scorecard."""
+    from streamrec.model_store import ModelStore
+    from streamrec.session_fusion import FEATURE_NAMES, FusionModel
+
+    _v, _head, meta = ModelStore.from_settings(s).load()
+    model = FusionModel.from_state(meta.get("session_fusion", {}))
+    if model is None:
+        return {}
+    assert model.average is not None
+    return {
+        "examples": model.examples,
+        "mode": model.mode,
+        "card": {m: [round(100 * x, 2) for x in v] for m, v in model.card.items()},
+        "weights": {n: round(float(w), 3) for n, w in zip(FEATURE_NAMES, model.average, strict=True)},
+    }
 
 
 def _score_sessions(
-    http: httpx.Client, evaluate: list[list[int]], first_eval: int, ablation_every: int
+    http: httpx.Client,
+    evaluate: list[list[int]],
+    first_eval: int,
+    ablation_every: int,
+    variants: Sequence[str] = RECOMMEND_VARIANTS,
+    impression: bool = False,
 ) -> tuple[dict[str, RankTally], list[float], list[float]]:
-    """Round t posts click t of every held-out session still running, waits until every partition has
+    """Round t posts click t of every session still running, waits until every partition has
     applied it (probe sessions posted after the batch), then asks for the next item; ablation variants
-    on every ``ablation_every``-th session."""
-    tallies = {v: RankTally() for v in RECOMMEND_VARIANTS}
+    on every ``ablation_every``-th session. ``impression``: log the full path's requests (a storefront's)."""
+    tallies = {v: RankTally() for v in variants}
     latency: list[float] = []
     visible: list[float] = []
     seen_by_session: dict[int, dict[int, int]] = {}
@@ -532,10 +583,10 @@ def _score_sessions(
         visible.append(time.perf_counter() - posted_at)
         for s, sess in running:
             target = f"sg{sess[t + 1]}"
-            for v in RECOMMEND_VARIANTS:
+            for v in variants:
                 if v != "full" and s % ablation_every:
                     continue
-                ranked, took = recommend_ids(http, f"dgs{s}", 20, v)
+                ranked, took = recommend_ids(http, f"dgs{s}", 20, v, impression and v == "full")
                 if v == "full":
                     latency.append(took)
                 tallies[v].add(ranked, target)
@@ -564,6 +615,14 @@ def print_recommend(r: RecommendReport) -> None:
     }
     for v in ("popular", "covis", "repeat", "vsknn", "stan", "fused", "full"):
         print(f"{names[v]:32s} {r.tallies[v].line()}")
+    if r.live_sessions:
+        f = r.fusion
+        print(f"live phase ({r.live_sessions:,} sessions before the held-out ones, logged /recommend): {r.live.line()}")
+        print(
+            f"learned fusion: {f.get('examples', 0):,} next-click examples; recent test-then-train "
+            f"[MRR@20, HR@20] by mode {f.get('card')}; served: {f.get('mode')}"
+        )
+        print(f"  learned weights: {f.get('weights')}")
     print("published (their test week): SR-GNN 50.73 / 17.59, MSGIFSR 55.4 / 19.0; co-visitation ≈ 40 / 12")
     print(latency_line("GET /recommend (full, k=20, single client)", r.latency_s))
     print(
@@ -585,7 +644,10 @@ def run_recommend(args: argparse.Namespace) -> int:
         f"{len(evaluate):,} held-out sessions ({sum(len(x) - 1 for x in evaluate):,} prefix → next pairs)",
         flush=True,
     )
-    print_recommend(measure_recommend(train, evaluate, first_eval, base, args.ablation_every, args.index_timeout))
+    report = measure_recommend(
+        train, evaluate, first_eval, base, args.ablation_every, args.index_timeout, args.live_sessions
+    )
+    print_recommend(report)
     if args.obd_seeds:
         from bench.learner import quality
 
@@ -621,6 +683,12 @@ def main() -> int:
     )
     ap.add_argument("--eval-sessions", type=int, default=None, help="recommend: evaluate the first N held-out sessions")
     ap.add_argument("--ablation-every", type=int, default=1, help="recommend: ablation variants on every n-th session")
+    ap.add_argument(
+        "--live-sessions",
+        type=int,
+        default=2000,
+        help="recommend: the last N history sessions played click by click with logged /recommend calls",
+    )
     ap.add_argument("--obd-seeds", type=int, default=3, help="recommend: Open Bandit later-half table seeds (0 = skip)")
     args = ap.parse_args()
     # SIGTERM unwinds like Ctrl-C, so the embedded stack in a ``finally`` is stopped, not orphaned

@@ -52,3 +52,18 @@ FEATURE_DRIFT = Gauge(
     ["feature"],
 )
 ITEMS_SHOWN = Counter("streamrec_learner_items_shown_total", "items listed in impression events read")
+FUSION_EXAMPLES = Counter(
+    "streamrec_learner_fusion_examples_total",
+    "/recommend impressions joined with the session's next event, by outcome (joined = learned from)",
+    ["outcome"],
+)
+FUSION_RR = Gauge(
+    "streamrec_learner_fusion_reciprocal_rank",
+    "recent test-then-train reciprocal rank (at 20) of the next item, by way of ordering (fixed / learned / rerank)",
+    ["mode"],
+)
+FUSION_HIT = Gauge(
+    "streamrec_learner_fusion_hit_rate",
+    "recent test-then-train share of next items in the top 20, by way of ordering (fixed / learned / rerank)",
+    ["mode"],
+)

@@ -34,6 +34,7 @@ from learner.examples import Batch, Example
 from learner.guard import RollbackGuard
 from learner.joiner import LabelJoiner
 from learner.negatives import NegativeSampler
+from learner.next_item import NextItemJoiner
 from learner.online import LearnerConfig, OnlineLearner
 from learner.pipeline import ExampleBuilder, QuarantineVerdicts
 from streamrec import bus
@@ -41,6 +42,7 @@ from streamrec.model_store import ModelStore
 from streamrec.ops import add_learner_stats
 from streamrec.ranking import FeatureAssembler, load_served
 from streamrec.schemas import Event, Rejected, decode_event
+from streamrec.session_fusion import FusionModel, load_pool
 from streamrec.settings import Settings
 from streamrec.store import connect, retry_until_done
 
@@ -78,6 +80,8 @@ class _Loop:
     producer: KafkaProducer
     offsets: dict[int, int]
     version: int
+    fusion: FusionModel  # /recommend's session-family weights, published with each version
+    next_items: NextItemJoiner
     # records taken into the state per partition (learned from, or skipped as invalid), saved with
     # ``offsets`` in one checkpoint: after a drain, its sum equals the records in the topic exactly
     # when no record was skipped or applied twice across restarts (bench/chaos.py checks it)
@@ -86,6 +90,7 @@ class _Loop:
     ready_since: float = 0.0
     read_times: list[float] = field(default_factory=list)  # wall times of labels learned, unpublished
     updates_since_publish: int = 0
+    fusion_since_publish: int = 0
     last_publish: float = field(default_factory=time.monotonic)
     last_ckpt: float = field(default_factory=time.monotonic)
     dirty: bool = False
@@ -139,6 +144,22 @@ class _Loop:
             self.publish("promotion")
         M.export(self.core.metrics())
 
+    def learn_fusion(self, ev: Event) -> None:
+        """The event completes at most one next-item example (``learner/next_item.py``): one step."""
+        before = dict(self.next_items.counts)
+        example = self.next_items.feed(ev)
+        for outcome, n in self.next_items.counts.items():
+            if n > before.get(outcome, 0):
+                M.FUSION_EXAMPLES.labels(outcome).inc(n - before.get(outcome, 0))
+        if example is None:
+            return
+        self.fusion.learn(example.F, example.target)
+        self.fusion_since_publish += 1
+        self.dirty = True
+        for mode, (rr, hit) in self.fusion.card.items():
+            M.FUSION_RR.labels(mode).set(rr)
+            M.FUSION_HIT.labels(mode).set(hit)
+
     def _rollback(self, version: int, model: OnlineRanker, by: str) -> None:
         log.warning("rolling back to version %d (%s): %s", version, by, self.guard.verdict())
         self.core.replace_champion(model)
@@ -185,6 +206,7 @@ class _Loop:
             "updates": self.core.champion.updates,
             "examples": self.core.examples,
             "metrics": self.core.metrics(),
+            "session_fusion": self.fusion.state(),
         }
         v = self.store.publish(self.core.champion.head, meta)
         now = time.monotonic()
@@ -195,6 +217,7 @@ class _Loop:
         self.store.prune(self.s.model_keep_versions, protect={self.guard.good[0]} if self.guard.good else set())
         self.version = v
         self.updates_since_publish = 0
+        self.fusion_since_publish = 0
         self.last_publish = now
         self.dirty = True
         M.PUBLISHES.labels(reason).inc()
@@ -202,7 +225,7 @@ class _Loop:
         return v
 
     def maybe_publish(self) -> None:
-        if self.updates_since_publish == 0:
+        if self.updates_since_publish == 0 and self.fusion_since_publish == 0:
             return
         if (
             self.updates_since_publish >= self.s.publish_every_updates
@@ -240,6 +263,8 @@ class _Loop:
             {
                 "core": self.core.state(),
                 "joiner": self.builder.joiner.state(),
+                "fusion": self.fusion.state(),
+                "next_items": self.next_items.state(),
                 "offsets": dict(self.offsets),
                 "events_in_state": dict(self.events_in_state),
                 "version": self.version,
@@ -322,17 +347,23 @@ def run(settings: Settings, stop: threading.Event) -> None:
     cfg = LearnerConfig.from_settings(s)
     ckpt = Checkpointer(s.state_dir / "learner")
 
+    next_items = NextItemJoiner(lambda rid: load_pool(r, s.redis_prefix, rid), s.label_window_s)
+    fusion = FusionModel.from_settings(s)
     state = ckpt.load()
     if state is not None:
         core = OnlineLearner.from_state(state["core"], cfg)
         joiner.load_state(state["joiner"])
+        if "fusion" in state:  # a checkpoint from before the learned fusion starts it afresh
+            fusion = FusionModel.from_state(state["fusion"]) or fusion
+            next_items.load_state(state["next_items"])
         offsets = {int(p): int(o) for p, o in state["offsets"].items()}
         events_in_state = {int(p): int(n) for p, n in state.get("events_in_state", {}).items()}
         version = int(state["version"])
         log.info("resumed from checkpoint: version %d, %d examples, offsets %s", version, core.examples, offsets)
     elif store.latest_version() > 0:  # models but no checkpoint: warm-start from what is served
-        version, head, _ = store.load()
+        version, head, meta = store.load()
         core = OnlineLearner(OnlineRanker(head, lr=s.learner_lr, seed=None), cfg)
+        fusion = FusionModel.from_state(meta.get("session_fusion", {})) or fusion
         offsets, events_in_state = {}, {}
         log.info("no checkpoint; warm-starting from published version %d", version)
     else:
@@ -344,7 +375,7 @@ def run(settings: Settings, stop: threading.Event) -> None:
     consumer = bus.make_consumer(s, s.learner_group)
     consumer.subscribe([s.topic_events], listener=_SeekToCheckpoint(consumer, offsets))
     guard = RollbackGuard(s.rollback_threshold, s.rollback_min_examples)
-    loop = _Loop(s, core, builder, store, guard, ckpt, producer, offsets, version, events_in_state=events_in_state)
+    loop = _Loop(s, core, builder, store, guard, ckpt, producer, offsets, version, fusion, next_items, events_in_state)
     if version == 0:
         loop.version = loop.publish("initial")  # serving can become ready before any label
         log.info("published initial version %d", loop.version)
@@ -366,6 +397,7 @@ def run(settings: Settings, stop: threading.Event) -> None:
                         # Redis down: the event waits (feed reads before it changes anything), and
                         # its offset only advances once it is in the learner's state.
                         loop.add(retry_until_done(functools.partial(builder.feed, ev), stop, on_error=_redis_error))
+                        retry_until_done(functools.partial(loop.learn_fusion, ev), stop, on_error=_redis_error)
                         loop.count(ev)
                     loop.offsets[tp.partition] = m.offset + 1
                     loop.events_in_state[tp.partition] = loop.events_in_state.get(tp.partition, 0) + 1
@@ -381,7 +413,7 @@ def run(settings: Settings, stop: threading.Event) -> None:
             loop.checkpoint(consumer)
             loop.write_stats(r)
         loop.train_ready(force=True)
-        if loop.updates_since_publish:
+        if loop.updates_since_publish or loop.fusion_since_publish:
             loop.publish("shutdown")
         loop.checkpoint(consumer, force=True)
         loop.write_stats(r, force=True)

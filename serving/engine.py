@@ -24,7 +24,8 @@ from serving.models import ModelWatcher
 from serving.query_features import query_features
 from serving.recommend import RecommendVariant
 from serving.rerank import mmr
-from serving.sessions import SessionParams
+from serving.sessions import Fused, SessionParams
+from streamrec import session_fusion
 from streamrec.encoder import Encoder
 from streamrec.features import INTERACTIONS, FeatureConfig, FeatureStore
 from streamrec.ranking import N_FEATURES, FeatureAssembler
@@ -181,21 +182,37 @@ class Engine:
         full = variant == "full"
         model_weight = self.s.serving_recommend_model_weight if full else 0.0
         diversity = self.s.serving_recommend_diversity_lambda if full else 1.0
-        # without the head and MMR the order is final: only the shown k need feature rows (latency)
-        reorders = model_weight > 0 or diversity < 1
-        ranked = ranked[: self.s.serving_candidates if reorders else k]
         if ranked or not full:
             profile, _ = self._profile(list(reversed(sc.session)))
-            top = ranked[0].score if ranked else 1.0
+            relevance = [c.score / ranked[0].score for c in ranked] if ranked else []
+            pool = None
+            if full and sc.prefix:  # the learner fits the fusion on this pool; serving may use its fit
+                ranked, relevance, pool = self._learned_order(sc, ranked, profile)
+            # without the head and MMR the order is final: only the shown k need feature rows (latency)
+            shown = self.s.serving_candidates if model_weight > 0 or diversity < 1 else k
             cands = [
-                Candidate(
-                    c.item_id, c.score / top, self._cosine(profile, c.item_id), session_rec.reasons(c, sc, self._title)
-                )
-                for c in ranked
+                Candidate(c.item_id, rel, self._cosine(profile, c.item_id), session_rec.reasons(c, sc, self._title))
+                for c, rel in zip(ranked[:shown], relevance, strict=False)
             ]
             ctx = Context(user_id, None, profile)
-            return self._finish(ctx, cands, k, impression, model_weight, diversity, variant)
+            return self._finish(ctx, cands, k, impression, model_weight, diversity, variant, pool)
         return self._profile_recommend(user_id, k, exclude_seen, impression, model_weight, diversity)
+
+    def _learned_order(
+        self, sc: session_candidates.SessionCandidates, ranked: list[Fused], profile: np.ndarray | None
+    ) -> tuple[list[Fused], list[float], tuple[list[str], np.ndarray]]:
+        """The fused candidates in the learned fusion's order when it has earned it (its ``mode``;
+        else as they are), their relevance in (0, 1], and the pool with its features for the learner."""
+        ids = [c.item_id for c in ranked]
+        cos = [self._cosine(profile, i) for i in ids]
+        F = session_fusion.features(ids, sc.families, sc.prefix, cos, self.session_params.family_top_n)
+        pool = (ids[: session_fusion.POOL_LOGGED], F[: session_fusion.POOL_LOGGED])
+        model = self.models.current
+        fitted = getattr(model, "fusion", None) if self.s.serving_recommend_learned_fusion else None
+        if fitted is None or not fitted.earned or not ranked:
+            return ranked, [c.score / ranked[0].score for c in ranked] if ranked else [], pool
+        order, relevance = fitted.order(F)
+        return [ranked[j] for j in order], relevance.tolist(), pool
 
     def _profile_recommend(
         self, user_id: str, k: int, exclude_seen: bool, impression: bool, model_weight: float, diversity: float
@@ -263,9 +280,11 @@ class Engine:
         model_weight: float | None = None,
         diversity: float | None = None,
         variant: str = "full",
+        pool: tuple[list[str], np.ndarray] | None = None,
     ) -> ResultList:
         """Recommendations and similar items: relevance blended with the head (``model_weight``,
-        default serving_model_weight), then MMR (``diversity``, default serving_diversity_lambda)."""
+        default serving_model_weight), then MMR (``diversity``, default serving_diversity_lambda).
+        ``pool``: the learned fusion's candidates and features, logged with the impression."""
         w = self.s.serving_model_weight if model_weight is None else model_weight
         if not cands:
             return self._empty(variant)
@@ -288,7 +307,7 @@ class Engine:
                 final = (1 - w) * relevance + w * (value / peak)
         order = self._diverse(ids, final, k, self.s.serving_diversity_lambda if diversity is None else diversity)
         reasons = [c.reasons + e for c, e in zip(cands, explanations, strict=True)]
-        return self._respond(ctx, ids, final, order, reasons, X, variant, impression)
+        return self._respond(ctx, ids, final, order, reasons, X, variant, impression, pool)
 
     def _assemble(self, **request) -> np.ndarray | None:
         """The feature rows, or None when Redis does not answer within ``serving_redis_timeout_s``
@@ -340,6 +359,7 @@ class Engine:
         X: np.ndarray | None,
         variant: str,
         impression: bool,
+        pool: tuple[list[str], np.ndarray] | None = None,
     ) -> ResultList:
         """The explained result list; logged as an impression (with its feature rows) unless not asked.
 
@@ -367,6 +387,7 @@ class Engine:
                 item_ids=[ids[i] for i in order],
                 rows=X[order] if X is not None else None,
                 ts_ms=int(time.time() * 1000),
+                pool=pool,
             )
         return result
 

@@ -16,6 +16,7 @@ from kafka import KafkaProducer
 from serving import metrics
 from streamrec.ranking import log_served
 from streamrec.schemas import Event, encode
+from streamrec.session_fusion import log_pool
 from streamrec.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -39,10 +40,17 @@ class ImpressionLog:
         item_ids: list[str],
         rows: np.ndarray | None,
         ts_ms: int,
+        pool: tuple[list[str], np.ndarray] | None = None,
     ) -> None:
-        """``rows`` None: no served features (the store was down); the learner recomputes them."""
+        """``rows`` None: no served features (the store was down); the learner recomputes them.
+        ``pool``: /recommend's scored candidates and their fusion features, for the learned fusion."""
         if not item_ids:
             return
+        if pool is not None:
+            try:
+                log_pool(self.redis, self.s.redis_prefix, request_id, pool[0], pool[1], self.ttl_s)
+            except redis.RedisError as e:  # one training example less; the impression still counts
+                log.warning("could not store the fusion pool of %s: %r", request_id, e)
         if rows is not None:
             try:
                 log_served(self.redis, self.s.redis_prefix, request_id, item_ids, rows, self.ttl_s)

@@ -1,4 +1,5 @@
-"""Hot-swapping the ranking head: a poller that loads each new published version.
+"""Hot-swapping the ranking head (and the learned session fusion published with it): a poller
+that loads each new published version.
 
 The swap is one reference assignment, so a request scores with the old head or the new one,
 never a mix; a version that fails to load is logged and the current head keeps serving.
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from serving import metrics
 from streamrec.model_store import ModelStore
 from streamrec.ranking import RankingHead
+from streamrec.session_fusion import FusionModel
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +23,7 @@ log = logging.getLogger(__name__)
 class ServedModel:
     version: int
     head: RankingHead
+    fusion: FusionModel | None = None  # /recommend's learned family weights; None = the fixed ones
 
 
 class ModelWatcher:
@@ -45,13 +48,14 @@ class ModelWatcher:
         if latest in (0, current, self._failed_version):
             return
         try:
-            version, head, _meta = self._store.load(latest)
+            version, head, meta = self._store.load(latest)
+            fusion = FusionModel.from_state(meta["session_fusion"]) if "session_fusion" in meta else None
         except Exception:
             log.exception("model version %d failed to load; keeping version %d", latest, current)
             self._failed_version = latest
             return
         head.eval()
-        self.current = ServedModel(version=version, head=head)
+        self.current = ServedModel(version=version, head=head, fusion=fusion)
         metrics.MODEL_VERSION.set(version)
         metrics.MODEL_SWAPS.inc()
         log.info("serving ranking head version %d", version)

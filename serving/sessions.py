@@ -18,10 +18,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
+from streamrec.session_fusion import FAMILIES
 from streamrec.settings import Settings, default
 
 Scores = dict[str, float]
-FAMILIES = ("repeat", "stan", "vsknn", "covis", "popular")
 
 
 @dataclass(frozen=True)

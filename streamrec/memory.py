@@ -93,6 +93,7 @@ FAMILIES: tuple[KeyFamily, ...] = (
     KeyFamily("relayed", "relayed:{}", "critical", "one small hash per partition", "consumers"),
     # serving
     KeyFamily("served", "served:{}", "ttl", "one per response: label_window_s x 4 + 60 s", "serving"),
+    KeyFamily("pool", "pool:{}", "ttl", "one per /recommend response: label_window_s x 4 + 60 s", "serving"),
     KeyFamily("cockpit_history", "cockpit:history", "cap", "cockpit_history_points (2,880) x <= 1.2 KB", "serving"),
     KeyFamily("cockpit_actions", "cockpit:actions", "cap", "200 entries", "serving"),
     KeyFamily("cockpit_slot", "cockpit:slot:{}", "ttl", "3 x cockpit_sample_s", "serving"),

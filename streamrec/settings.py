@@ -231,6 +231,9 @@ class Settings(BaseSettings):
         description="publish at most this long after an update: event → new model in serving p99 "
         "is about this plus serving's model_poll_s",
     )
+    learner_fusion_lr: float = Field(
+        0.1, gt=0, description="Adagrad step size of /recommend's learned session fusion (streamrec/session_fusion.py)"
+    )
     learner_lr: float = Field(0.003, gt=0, description="Adam step size of the champion (a challenger uses 3x)")
     learner_batch_size: int = Field(64, ge=1, le=65_536, description="examples per micro-batch update")
     learner_max_batch_delay_s: float = Field(0.2, gt=0, description="a partial micro-batch trains after this wait")
@@ -312,6 +315,11 @@ class Settings(BaseSettings):
         False,
         description="/recommend skips items of the current session; off because a repeat is often "
         "the next click (DIGINETICA: excluding costs ~16 HR@20 points); per request: ?exclude_seen=",
+    )
+    serving_recommend_learned_fusion: bool = Field(
+        True,
+        description="/recommend ranks the session families with the weights the learner fitted to this "
+        "shop's next clicks, once they beat the fixed weights on the learner's test-then-train comparison",
     )
     serving_recommend_model_weight: float = Field(
         0.0, ge=0, le=1, description="share of the ranking head in /recommend; 0 until the head beats the fusion"

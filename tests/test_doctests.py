@@ -21,6 +21,8 @@ MODULES_WITH_EXAMPLES = [
     "streamrec.memory",
     "learner.pipeline",
     "serving.backpressure",
+    "streamrec.session_fusion",
+    "learner.next_item",
 ]
 
 

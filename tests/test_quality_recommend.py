@@ -1,7 +1,9 @@
 """Session recommendations on a DIGINETICA slice, end to end (bench/quality.py --recommend).
 
-History sessions go in through ``POST /events``; held-out sessions are posted click by click and
-their next item is asked of ``GET /recommend`` after each click — the SR-GNN protocol, live.
+History sessions go in through ``POST /events``; the last of them are played like a storefront
+(logged /recommend after each click, so the learner fits the session fusion); held-out sessions
+are posted click by click and their next item is asked of ``GET /recommend`` after each click —
+the SR-GNN protocol, live.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 def test_session_recommendations_beat_popularity_and_covisitation(data_dir):
     train, held_out, first_eval = diginetica_split(Path(data_dir))
     report = measure_recommend(
-        train[-2500:], held_out[:60], first_eval, Settings(), ablation_every=1, index_timeout_s=900
+        train[-2500:], held_out[:60], first_eval, Settings(), ablation_every=1, index_timeout_s=900, live_sessions=150
     )
     print_recommend(report)
     t = report.tallies
@@ -36,5 +38,8 @@ def test_session_recommendations_beat_popularity_and_covisitation(data_dir):
     assert hr("fused") >= hr("covis") and mrr("fused") > mrr("covis")
     # the full path (head and diversity at their /recommend settings) keeps what the fusion found
     assert hr("full") >= hr("fused") - 0.02
+    # the live phase's logged /recommend calls reached the learner, joined with each session's next
+    # click, and the fitted session fusion was published with the model (served once it earns it)
+    assert report.live.n > 300 and report.fusion.get("examples", 0) > 50
     # a click is visible in that session's next recommendations quickly (the bench prints p50/p99)
     assert sorted(report.visible_s)[len(report.visible_s) // 2] < 2.0
