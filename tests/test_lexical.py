@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import time
+import tracemalloc
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -111,3 +113,26 @@ def test_searches_do_not_wait_for_commits() -> None:
     started = time.perf_counter()
     assert len(index.search("widget", 10)) == 10 and index.search("sprocket", 10) == []
     assert time.perf_counter() - started < 0.5
+
+
+def test_per_item_bookkeeping_is_compact_and_not_walked_by_the_cyclic_gc() -> None:
+    """bench/lexical.py at 1M items: ~2 KB an item of Python objects and a full gc walking them all."""
+    items = {
+        f"i{n}": ItemMeta(f"Blue {n % 97} in. Steel Pipe Fitting Model AB{n:07d}", category="Plumbing")
+        for n in range(5000)
+    }
+    index = LexicalIndex()
+    gc.collect()
+    tracked = len(gc.get_objects())
+    tracemalloc.start()
+    try:
+        index.apply(items)
+        index.refresh()
+        gc.collect()
+        per_item = tracemalloc.get_traced_memory()[0] / len(items)
+    finally:
+        tracemalloc.stop()
+    assert len(gc.get_objects()) - tracked < 0.2 * len(items)  # was 2 an item (a set and an object)
+    assert per_item < 600, per_item  # frozensets, objects and a copy of every token: ~1.4 KB
+    assert index.title_tokens("i7") == ("blue", "7", "inch", "steel", "pipe", "fitting", "model", "ab0000007")
+    assert [h.matched for h in index.search("plumbing fitting", 1)] == [["plumbing", "fitting"]]
