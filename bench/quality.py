@@ -40,6 +40,7 @@ import numpy as np  # noqa: E402
 
 from launcher.embedded import free_port  # noqa: E402
 from launcher.stack import LocalStack  # noqa: E402
+from streamrec.datasets import diginetica  # noqa: E402
 from streamrec.settings import Settings  # noqa: E402
 
 SEARCH_VARIANTS = ("bm25", "dense", "rrf", "fused", "full")
@@ -388,17 +389,23 @@ RECOMMEND_VARIANTS = ("full", "fused", "stan", "vsknn", "covis", "repeat", "popu
 
 def diginetica_split(data_dir: Path) -> tuple[list[list[int]], list[list[int]], int]:
     """All sessions in file (time) order: the first 90 % replayed as history, the last 10 % held out."""
-    from streamrec.datasets import diginetica
-
     sessions = list(diginetica.sessions(data_dir))
     cut = int(len(sessions) * 0.9)
     return sessions[:cut], sessions[cut:], cut
 
 
-def session_event(s: int, pos: int, item: int, seen: dict[int, int]) -> dict:
-    """The DIGINETICA adapter's event for item ``pos`` of session ``s`` (same ids, types, times)."""
-    from streamrec.datasets import diginetica
+# The replay's event times end in the recent past rather than in 2016: the logged /recommend
+# calls of the live phase are impressions stamped with serving's clock, and a stream clock that
+# jumped ten years would decay every time-decayed feature of the history (trending) to nothing.
+DIGINETICA_SESSIONS_AT_MOST = 200_000  # the file has 186,670; the last one still starts in the past
+REPLAY_SHIFT_MS = (
+    int(time.time() * 1000) - diginetica.START_MS - DIGINETICA_SESSIONS_AT_MOST * diginetica.SESSION_GAP_MS
+)
 
+
+def session_event(s: int, pos: int, item: int, seen: dict[int, int]) -> dict:
+    """The DIGINETICA adapter's event for item ``pos`` of session ``s`` (same ids and types; its
+    times moved by :data:`REPLAY_SHIFT_MS`)."""
     seen[item] = seen.get(item, 0) + 1
     return dict(
         event_id=f"dgs{s}-{pos}",
@@ -406,7 +413,7 @@ def session_event(s: int, pos: int, item: int, seen: dict[int, int]) -> dict:
         user_id=f"dgs{s}",
         item_id=f"sg{item}",
         session_id=f"dgs{s}",
-        ts=diginetica.START_MS + s * diginetica.SESSION_GAP_MS + pos * diginetica.STEP_MS,
+        ts=REPLAY_SHIFT_MS + diginetica.START_MS + s * diginetica.SESSION_GAP_MS + pos * diginetica.STEP_MS,
     )
 
 

@@ -13,6 +13,11 @@ click per second, so ~5 months like the original), then for every ``stride``-th 
 last 10 % and every prefix ``i1..it``: ``it`` is written as that session's next event, the
 families are read and scored against ``i(t+1)`` (HR@20, MRR@20). Every held-out session is
 written as it goes (streaming state), evaluated or not.
+
+The learned session fusion (``streamrec/session_fusion.py``) runs test-then-train over the same
+queries, as the learner runs it over logged /recommend pools: each query is scored by the fixed
+weights, the learned ones and the learned order inside the fixed top 20 *before* the model learns
+from its next item; the rows ``learned`` and ``rerank`` are those prequential scores.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from serving.sessions import SessionParams  # noqa: E402
 from streamrec.features import FeatureConfig, FeatureStore  # noqa: E402
 from streamrec.ranking import FeatureAssembler  # noqa: E402
 from streamrec.schemas import Event, encode  # noqa: E402
+from streamrec.session_fusion import MODES, FusionModel, features  # noqa: E402
 from streamrec.settings import Settings  # noqa: E402
 from streamrec.store import connect, connect_binary  # noqa: E402
 
@@ -126,7 +132,8 @@ def main() -> int:
         if args.history_only:
             return 0
         fs = FeatureStore(r, prefix, cfg)
-        hits = {v: [0, 0.0] for v in VARIANTS}
+        hits = {v: [0, 0.0] for v in (*VARIANTS, *MODES[1:])}
+        fusion = FusionModel.from_settings(Settings())
         timings: list[float] = []
         cpu_timings: list[float] = []  # this process's CPU only: robust to a busy host, excludes Redis
         assemble_timings: list[float] = []
@@ -151,18 +158,30 @@ def main() -> int:
                 assembler.assemble(user_id=f"du{args.tag}{sid}", query_vec=None, item_ids=ids, retrieval_scores=None)
                 assemble_timings.append(time.perf_counter() - t)
                 queries += 1
-                for v in VARIANTS:
-                    ranked = fused if v == "fused" else recommend.rank(sc, v, p, keep=lambda _: True)
-                    rk = rank_of([c.item_id for c in ranked[:20]], target)
+                pool = [c.item_id for c in fused]
+                F = features(pool, sc.families, sc.prefix, [0.0] * len(pool), p.family_top_n)
+                for v in (*VARIANTS, *MODES[1:]):
+                    if v in MODES:
+                        ranked_ids = [pool[j] for j in fusion.order(F, v)[0][:20]]
+                    else:
+                        ranked = fused if v == "fused" else recommend.rank(sc, v, p, keep=lambda _: True)
+                        ranked_ids = [c.item_id for c in ranked[:20]]
+                    rk = rank_of(ranked_ids, target)
                     if rk is not None:
                         hits[v][0] += 1
                         hits[v][1] += 1.0 / rk
+                if target in pool:  # test-then-train: scored above, learned from now
+                    fusion.learn(F, pool.index(target))
             if k % 2000 == 0:
                 print(f"  held-out {k}/{len(held)}, {queries} queries", flush=True)
         stream.flush()
         print(f"queries: {queries} (every {args.stride}th of {len(held)} held-out sessions)")
-        for v in VARIANTS:
+        for v in (*VARIANTS, *MODES[1:]):
             print(f"  {v:8s} HR@20 {100 * hits[v][0] / queries:5.1f}  MRR@20 {100 * hits[v][1] / queries:5.1f}")
+        print(
+            f"learned fusion after {fusion.examples:,} examples: serving mode {fusion.mode}; recent "
+            f"[MRR@20, HR@20] { ({m: [round(100 * x, 2) for x in v] for m, v in fusion.card.items()}) }"
+        )
         for what, xs in (
             ("read + fusion", timings),
             ("read + fusion, client CPU", cpu_timings),
