@@ -9,6 +9,12 @@ searcher and never wait for a commit.
 Documents and queries go through the same :func:`serving.analysis.analyze`; the index stores the
 analysed tokens joined by spaces under tantivy's whitespace tokenizer, and queries are OR-ed term
 queries (no query parser), after spelling correction from the catalogue's own vocabulary.
+
+A second field, ``qlog``, holds an item's *query-log expansion*: the analysed terms of past
+searches that led to a click or purchase of it (kept by the consumers in Redis,
+``streamrec.features``), each repeated by its weight. Query terms are also matched there with the
+boost ``expansion_boost`` (0 = the field is not searched), so an unseen query sharing terms with
+past successful queries finds those products.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from serving.spelling import SpellCorrector
 log = logging.getLogger(__name__)
 
 DESCRIPTION_CHARS = 300  # the head of a description: enough to add terms, not enough to drown the title
+EXPANSION_MAX_TF = 8  # a term's repetitions in the qlog field: BM25 saturates long before this
 
 
 class ItemText(Protocol):
@@ -52,6 +59,7 @@ class LexicalHit:
 class _Doc:
     tokens: frozenset[str]  # the whole document: what a query term can match
     title: tuple[str, ...]  # the title alone, in order: for query–product features
+    text: str  # the indexed text, kept to re-index the item when its expansion changes
 
 
 def document_tokens(item: ItemText) -> tuple[list[str], list[str]]:
@@ -67,21 +75,30 @@ def _schema() -> tantivy.Schema:
     sb = tantivy.SchemaBuilder()
     sb.add_text_field("item_id", stored=True, tokenizer_name="raw")
     sb.add_text_field("text", stored=False, tokenizer_name="whitespace")
+    sb.add_text_field("qlog", stored=False, tokenizer_name="whitespace")
     return sb.build()
+
+
+def expansion_text(terms: Mapping[str, float]) -> str:
+    """The qlog field: each term repeated round(weight) times (at least once, at most EXPANSION_MAX_TF)."""
+    return " ".join(" ".join([t] * max(1, min(EXPANSION_MAX_TF, round(w)))) for t, w in sorted(terms.items()) if w > 0)
 
 
 class LexicalIndex:
     """BM25 over the live catalogue, updated incrementally from index change notifications."""
 
-    def __init__(self, commit_interval_s: float = 0.5, heap_bytes: int = 50_000_000):
+    def __init__(self, commit_interval_s: float = 0.5, heap_bytes: int = 50_000_000, expansion_boost: float = 0.0):
         self.commit_interval_s = commit_interval_s
+        self.expansion_boost = expansion_boost
         self._schema = _schema()
         self._index = tantivy.Index(self._schema)  # in RAM: rebuilt from the vector replica at start
         self._writer = self._index.writer(heap_size=heap_bytes, num_threads=1)
         self._searcher = self._index.searcher()
         self.speller = SpellCorrector()
         self._docs: dict[str, _Doc] = {}
+        self._expansions: dict[str, dict[str, float]] = {}  # item -> term -> weight (the qlog field)
         self._pending: list[tuple[dict[str, ItemText | None], bool]] = []
+        self._pending_expansions: dict[str, dict[str, float]] = {}
         self._pending_lock = threading.Lock()
         self._write_lock = threading.Lock()  # the writer, _docs and the speller change together
         self._dirty = False
@@ -99,6 +116,15 @@ class LexicalIndex:
         with self._pending_lock:
             self._pending.append((dict(changes), reset))
         self._wake.set()
+
+    def expand(self, changes: Mapping[str, Mapping[str, float]]) -> None:
+        """Queue new query-log expansions (term -> weight; empty = none): each replaces the item's last."""
+        with self._pending_lock:
+            self._pending_expansions.update({item_id: dict(terms) for item_id, terms in changes.items()})
+        self._wake.set()
+
+    def expansion(self, item_id: str) -> dict[str, float]:
+        return self._expansions.get(item_id, {})
 
     def start(self) -> None:
         self._thread.start()
@@ -129,7 +155,8 @@ class LexicalIndex:
     def _drain(self) -> None:
         with self._pending_lock:
             batches, self._pending = self._pending, []
-        if not batches:
+            expansions, self._pending_expansions = self._pending_expansions, {}
+        if not batches and not expansions:
             return
         with self._write_lock:
             for changes, reset in batches:
@@ -137,6 +164,8 @@ class LexicalIndex:
                     self._clear()
                 for item_id, item in changes.items():
                     self._upsert(item_id, item)
+            for item_id, terms in expansions.items():
+                self._expand(item_id, terms)
             self._dirty = True
 
     def _clear(self) -> None:
@@ -153,10 +182,25 @@ class LexicalIndex:
         if item is None:
             return
         tokens, title = document_tokens(item)
-        self._writer.add_document(tantivy.Document(item_id=item_id, text=" ".join(tokens)))
-        doc = _Doc(frozenset(tokens), tuple(title))
+        doc = _Doc(frozenset(tokens), tuple(title), " ".join(tokens))
+        self._add(item_id, doc)
         self._docs[item_id] = doc
         self.speller.add_document(doc.tokens)
+
+    def _add(self, item_id: str, doc: _Doc) -> None:
+        qlog = expansion_text(self._expansions.get(item_id, {}))
+        self._writer.add_document(tantivy.Document(item_id=item_id, text=doc.text, qlog=qlog))
+
+    def _expand(self, item_id: str, terms: dict[str, float]) -> None:
+        """Kept even for an item not (yet) indexed: its document gets the expansion when it comes."""
+        if terms:
+            self._expansions[item_id] = terms
+        elif self._expansions.pop(item_id, None) is None:
+            return
+        doc = self._docs.get(item_id)
+        if doc is not None:
+            self._writer.delete_documents_by_term("item_id", item_id)
+            self._add(item_id, doc)
 
     def _commit(self) -> None:
         with self._write_lock:
@@ -181,19 +225,37 @@ class LexicalIndex:
         doc = self._docs.get(item_id)
         return doc.title if doc else None
 
-    def search(self, query: str, k: int, terms: list[str] | None = None) -> list[LexicalHit]:
-        """Best first; ``terms`` (from :meth:`query_terms`) skips analysing the query again."""
+    def search(
+        self,
+        query: str,
+        k: int,
+        terms: list[str] | None = None,
+        expansion_boost: float | None = None,
+        term_weights: Mapping[str, float] | None = None,
+    ) -> list[LexicalHit]:
+        """Best first; ``terms`` (from :meth:`query_terms`) skips analysing the query again;
+        ``expansion_boost`` None = the index's own."""
         terms = self.query_terms(query) if terms is None else terms
         if not terms or k <= 0:
             return []
         searcher = self._searcher
-        q = tantivy.Query.boolean_query(
-            [(tantivy.Occur.Should, tantivy.Query.term_query(self._schema, "text", t)) for t in terms]
-        )
+        tw = term_weights or {}
+        should = [
+            (tantivy.Occur.Should, _boosted(tantivy.Query.term_query(self._schema, "text", t), tw.get(t, 1.0)))
+            for t in terms
+        ]
+        boost = self.expansion_boost if expansion_boost is None else expansion_boost
+        if boost > 0:
+            qlog = [tantivy.Query.term_query(self._schema, "qlog", t) for t in terms]
+            should += [(tantivy.Occur.Should, tantivy.Query.boost_query(q, boost)) for q in qlog]
         out = []
-        for score, address in searcher.search(q, k).hits:
+        for score, address in searcher.search(tantivy.Query.boolean_query(should), k).hits:
             item_id = searcher.doc(address)["item_id"][0]
             doc = self._docs.get(item_id)
             matched = [t for t in terms if doc is not None and t in doc.tokens]
             out.append(LexicalHit(item_id, float(score), matched))
         return out
+
+
+def _boosted(q: tantivy.Query, boost: float) -> tantivy.Query:
+    return q if boost == 1.0 else tantivy.Query.boost_query(q, boost)
