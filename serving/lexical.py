@@ -6,7 +6,7 @@ background thread analyses the queued documents, adds/deletes them in the tantiv
 commits + reloads the searcher at most every ``commit_interval_s``. Searches use the last reloaded
 searcher and never wait for a commit.
 
-Documents and queries go through the same :func:`serving.analysis.analyze`; the index stores the
+Documents and queries go through the same :func:`streamrec.analysis.analyze`; the index stores the
 analysed tokens joined by spaces under tantivy's whitespace tokenizer, and queries are OR-ed term
 queries (no query parser), after spelling correction from the catalogue's own vocabulary.
 
@@ -28,8 +28,8 @@ from typing import Protocol
 
 import tantivy
 
-from serving.analysis import analyze
 from serving.spelling import SpellCorrector
+from streamrec.analysis import analyze
 
 log = logging.getLogger(__name__)
 
@@ -245,8 +245,8 @@ class LexicalIndex:
             for t in terms
         ]
         boost = self.expansion_boost if expansion_boost is None else expansion_boost
-        if boost > 0:
-            qlog = [tantivy.Query.term_query(self._schema, "qlog", t) for t in terms]
+        if boost > 0:  # the expansions hold terms as typed (uncorrected): both forms are looked up
+            qlog = [tantivy.Query.term_query(self._schema, "qlog", t) for t in dict.fromkeys(terms + analyze(query))]
             should += [(tantivy.Occur.Should, tantivy.Query.boost_query(q, boost)) for q in qlog]
         out = []
         for score, address in searcher.search(tantivy.Query.boolean_query(should), k).hits:
