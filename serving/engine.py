@@ -18,6 +18,7 @@ import redis
 
 from serving import fusion, session_candidates
 from serving import recommend as session_rec
+from serving.expansions import ExpansionFollower
 from serving.impressions import ImpressionLog
 from serving.lexical import LexicalIndex
 from serving.models import ModelWatcher
@@ -69,8 +70,10 @@ class Engine:
         models: ModelWatcher,
         lexical: LexicalIndex,
         impressions: ImpressionLog,
+        expansions: ExpansionFollower | None = None,
     ):
         self.s = s
+        self.expansions = expansions  # the lexical index's query-log expansions (stopped with it)
         self.encoder = encoder
         self.replica = replica
         self.features = features
