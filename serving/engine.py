@@ -136,7 +136,7 @@ class Engine:
             retrieval_scores=cands.cosine,
             query_features=query_features(terms, cands, fused, self.lexical.title_tokens),
         )
-        reasons = [self._search_reasons(query, cands, j, len(dense)) for j in range(len(cands.ids))]
+        reasons = [self._search_reasons(query, terms, cands, j, len(dense)) for j in range(len(cands.ids))]
         final, order = first, _top(first, k)
         if variant == "full":
             if X is not None:
@@ -145,8 +145,11 @@ class Engine:
             order = self._diverse(cands.ids, final, k, self.s.serving_search_diversity_lambda)
         return self._respond(ctx, cands.ids, final, order, reasons, X, variant, impression)
 
-    def _search_reasons(self, query: str, cands: fusion.SearchCandidates, j: int, n_dense: int) -> list[str]:
-        """Why candidate ``j`` was found: the query terms it matches (title first) and/or its cosine."""
+    def _search_reasons(
+        self, query: str, terms: list[str], cands: fusion.SearchCandidates, j: int, n_dense: int
+    ) -> list[str]:
+        """Why candidate ``j`` was found: the query terms it matches (title first), the terms of past
+        searches that led to it (its query-log expansion) and/or its cosine."""
         out = []
         matched = cands.matched[j]
         if matched:
@@ -157,6 +160,11 @@ class Engine:
                 out.append("title matches " + ", ".join(f"'{t}'" for t in in_title[:4]))
             if elsewhere:
                 out.append("category/description matches " + ", ".join(f"'{t}'" for t in elsewhere[:4]))
+        if self.lexical.expansion_boost > 0:
+            past = self.lexical.expansion(cands.ids[j])
+            chosen = [t for t in terms if t in past]
+            if chosen:
+                out.append("chosen after past searches for " + ", ".join(f"'{t}'" for t in chosen[:4]))
         if cands.dense_rank[j] < n_dense:
             out.append(f"semantic match to '{query}' (cosine {cands.cosine[j]:.2f})")
         return out
