@@ -96,10 +96,11 @@ Keys (knobs in ``Settings.features`` = :class:`FeatureConfig`, env ``STREAMREC_F
 Memory bound: a user holds at most ``recent_cap`` list entries (≈ 60 B each), ``2 *
 category_cap`` affinity fields and 4 counters: ≈ 5 KB with the defaults. An item holds ≤ 15
 hash fields (≈ 0.5 KB) plus ``covis_top_n`` co-visitation members (≈ 3 KB) plus
-``item_sessions_cap`` session members, plus ``expansion_cap`` + 1 expansion fields (a listpack,
-≈ 0.6 KB at the cap of 32): a listpack (≈ 30 B per member) up to Redis's
+``item_sessions_cap`` session members: a listpack (≈ 30 B per member) up to Redis's
 ``zset-max-listpack-entries`` (128), then a skiplist (≈ 110 B per member with a 12-byte token), so
-≤ 55 KB at the cap of 500; DIGINETICA's median item has a handful of sessions (≈ 0.2 KB). A
+≤ 55 KB at the cap of 500; DIGINETICA's median item has a handful of sessions (≈ 0.2 KB). An item
+found through search also holds ≤ ``expansion_cap`` + 1 expansion fields (1,080 B measured at the
+cap of 32) and one ``P:qxlog:changed`` member (≈ 70 B). A
 session holds ≤ ``session_cap`` item ids in a listpack: ≈ 80 B + 12 B per item, ≤ 0.5 KB with the
 default 30. Global keys: ``trending_cap`` members. Idle users/items/sessions expire after their TTL.
 Measured: DIGINETICA's first 90 % (168k sessions, 818k clicks, every feature) take 193 MiB of

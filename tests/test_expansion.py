@@ -152,3 +152,16 @@ def test_the_follower_reloads_when_the_log_restarts(settings):
     follower.source.observe(outcome(1, item="z", query="garden"))
     follower.seen = 5
     assert follower.poll() == 1 and follower.seen == 1
+
+
+def test_an_item_at_the_cap_stays_small(settings):
+    """The default cap of 32 terms, each long-ish: one listpack hash, bounded in bytes."""
+    feed = Feed(settings)
+    words = [f"term{k:03d}word" for k in range(48)]
+    for n in range(0, 48, 6):
+        feed(outcome(n, "purchase", query=" ".join(words[n : n + 6])))
+    (exp,) = feed.fs.expansions(["a"])
+    assert len(exp) == FeatureConfig().expansion_cap
+    size = connect(settings).memory_usage(feed.fs.keys.expansion("a"), samples=0)
+    print(f"qx:{{}} at the cap: {size} B")
+    assert size <= 1_500
