@@ -142,7 +142,8 @@ def main() -> None:
     ap.add_argument("--products", type=int, default=None, help="catalogue slice (the bench's)")
     ap.add_argument("--cap", type=int, default=32, help="expansion terms kept per product")
     ap.add_argument("--w-click", type=float, default=1.0)
-    ap.add_argument("--w-buy", type=float, default=1.0)
+    ap.add_argument("--w-buy", type=float, default=4.0, help="a purchase's weight on top of its click (4: as served)")
+    ap.add_argument("--any-term", action="store_true", help="the qlog field matched per term, not all terms")
     args = ap.parse_args()
     st = Settings()
     data = load_search_data(st.require_data_dir(), args.queries, args.products)
@@ -155,6 +156,7 @@ def main() -> None:
 
     t = time.perf_counter()
     s = Searcher(data.products, titles, row, qvec, st)
+    s.lexical.expansion_all_terms = not args.any_term
     print(
         f"{len(data.products):,} products, {len(data.feedback)} FB / {len(data.evaluation)} EV queries; "
         f"index {time.perf_counter() - t:.0f} s",

@@ -87,9 +87,16 @@ def expansion_text(terms: Mapping[str, float]) -> str:
 class LexicalIndex:
     """BM25 over the live catalogue, updated incrementally from index change notifications."""
 
-    def __init__(self, commit_interval_s: float = 0.5, heap_bytes: int = 50_000_000, expansion_boost: float = 0.0):
+    def __init__(
+        self,
+        commit_interval_s: float = 0.5,
+        heap_bytes: int = 50_000_000,
+        expansion_boost: float = 0.0,
+        expansion_all_terms: bool = True,
+    ):
         self.commit_interval_s = commit_interval_s
         self.expansion_boost = expansion_boost
+        self.expansion_all_terms = expansion_all_terms
         self._schema = _schema()
         self._index = tantivy.Index(self._schema)  # in RAM: rebuilt from the vector replica at start
         self._writer = self._index.writer(heap_size=heap_bytes, num_threads=1)
@@ -225,6 +232,21 @@ class LexicalIndex:
         doc = self._docs.get(item_id)
         return doc.title if doc else None
 
+    def _qlog(self, query: str, terms: list[str]) -> list[tantivy.Query]:
+        """The qlog clauses: with ``expansion_all_terms`` one clause that needs *every* query term in
+        the item's expansion (the query, or a reordering of it, led there before), else one per term.
+        The expansions hold terms as typed (uncorrected): the uncorrected form is looked up too."""
+        forms = [terms] + ([raw] if (raw := list(dict.fromkeys(analyze(query)))) != terms else [])
+        if self.expansion_all_terms:
+            return [
+                tantivy.Query.boolean_query(
+                    [(tantivy.Occur.Must, tantivy.Query.term_query(self._schema, "qlog", t)) for t in form]
+                )
+                for form in forms
+                if form
+            ]
+        return [tantivy.Query.term_query(self._schema, "qlog", t) for t in dict.fromkeys(sum(forms, []))]
+
     def search(
         self,
         query: str,
@@ -245,9 +267,8 @@ class LexicalIndex:
             for t in terms
         ]
         boost = self.expansion_boost if expansion_boost is None else expansion_boost
-        if boost > 0:  # the expansions hold terms as typed (uncorrected): both forms are looked up
-            qlog = [tantivy.Query.term_query(self._schema, "qlog", t) for t in dict.fromkeys(terms + analyze(query))]
-            should += [(tantivy.Occur.Should, tantivy.Query.boost_query(q, boost)) for q in qlog]
+        if boost > 0:
+            should += [(tantivy.Occur.Should, tantivy.Query.boost_query(q, boost)) for q in self._qlog(query, terms)]
         out = []
         for score, address in searcher.search(tantivy.Query.boolean_query(should), k).hits:
             item_id = searcher.doc(address)["item_id"][0]

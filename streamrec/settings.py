@@ -308,10 +308,10 @@ class Settings(BaseSettings):
     serving_model_weight: float = Field(0.5, ge=0, le=1, description="share of the ranking head in the final score")
     serving_diversity_lambda: float = Field(0.8, ge=0, le=1, description="MMR: 1 = pure relevance")
     serving_expansion_boost: float = Field(
-        0.25,
+        0.5,
         ge=0,
-        description="/search: boost of query terms found in an item's query-log expansion (past searches that "
-        "led to it); 0 = not searched",
+        description="/search: boost of an item whose query-log expansion (past searches that led to it) holds "
+        "every query term; 0 = not searched",
     )
     serving_expansion_poll_s: float = Field(
         0.25, gt=0, le=60, description="how often serving reads changed query-log expansions from Redis"
