@@ -294,6 +294,8 @@ class SearchReport:
     version_after: int
     feedback: dict[str, int]
     index_s: float
+    seen_before: SearchScore | None = None  # the feedback queries themselves (searched again), full path
+    seen_after: SearchScore | None = None
 
 
 def measure_search(data: SearchData, base: Settings, index_timeout_s: float = 3600.0, **overrides) -> SearchReport:
@@ -324,11 +326,13 @@ def measure_search(data: SearchData, base: Settings, index_timeout_s: float = 36
             before = {
                 v: score_search(http, data.evaluation, v, with_recall=v in ("fused", "full")) for v in SEARCH_VARIANTS
             }
+            seen_before = score_search(http, data.feedback, "full")
             version_before = model_version(http)
             counts = replay_search_feedback(http, data.feedback)
             print(f"  feedback replayed: {counts}", flush=True)
             version_after = wait_model_settled(http, after_s=stack.settings.label_window_s + 5)
             after = {v: score_search(http, data.evaluation, v) for v in SEARCH_VARIANTS}
+            seen_after = score_search(http, data.feedback, "full")
     finally:
         stack.stop()
     return SearchReport(
@@ -341,6 +345,8 @@ def measure_search(data: SearchData, base: Settings, index_timeout_s: float = 36
         version_after,
         counts,
         index_s,
+        seen_before,
+        seen_after,
     )
 
 
@@ -364,6 +370,10 @@ def print_search(r: SearchReport) -> None:
         b, a = r.before[v], r.after[v]
         rec = f"{b.recall100:6.3f}" if b.recall100 is not None else "     -"
         print(f"{names[v]:38s} {b.ndcg:8.4f} {b.mrr:7.4f} {rec} {a.ndcg:9.4f} {a.ndcg - b.ndcg:+7.4f}")
+    if r.seen_before and r.seen_after:
+        b, a = r.seen_before.ndcg, r.seen_after.ndcg
+        name = "full path, the feedback queries (seen)"
+        print(f"{name:38s} {b:8.4f} {r.seen_before.mrr:7.4f} {'':6s} {a:9.4f} {a - b:+7.4f}")
     best = max(r.before["bm25"].ndcg, r.before["rrf"].ndcg)
     print(f"full path before feedback vs the best of lexical / RRF in this run: {r.before['full'].ndcg - best:+.4f}")
     print(latency_line("GET /search (full, k=10, single client)", r.before["full"].latency_s))

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import redis
 
 from consumers.botfilter import BotConfig
-from streamrec.features import APPLY_LUA, SEP, FeatureConfig, Keys, script_config
+from streamrec.features import APPLY_LUA, SEP, FeatureConfig, Keys, expansion_terms, script_config
 from streamrec.schemas import CatalogOp, DeadLetter, Event, encode
 
 Record = tuple[int, Event | CatalogOp | DeadLetter, bytes, bytes | None]  # offset, model, raw, key
@@ -27,14 +27,18 @@ class BatchResult:
 _S = SEP.encode()
 
 
-def _record(offset: int, m: Event | CatalogOp | DeadLetter, raw: bytes, key: bytes | None) -> bytes:
+def _record(offset: int, m: Event | CatalogOp | DeadLetter, raw: bytes, key: bytes | None, cfg: FeatureConfig) -> bytes:
     """One record as the writer script reads it (fields joined by U+001F, layout in features.py)."""
     if isinstance(m, Event):
+        # the query's analysed terms: only where the script can use them (a search shown, an outcome)
+        outcome = m.type == "impression" or cfg.expansion_weight(m.type) > 0
+        terms = " ".join(expansion_terms(m.query, cfg.expansion_query_terms)) if outcome else ""
+        rid = m.request_id or ""
         if m.type == "impression":
-            f = [str(offset), "i", m.event_id, m.user_id, str(m.ts), json.dumps(m.item_ids)]
+            f = [str(offset), "i", m.event_id, m.user_id, str(m.ts), json.dumps(m.item_ids), rid, terms]
         else:
             assert m.item_id is not None  # every other event names its item (Event's validator)
-            f = [str(offset), "e", m.event_id, m.type, m.user_id, m.item_id, str(m.ts), m.session_id or ""]
+            f = [str(offset), "e", m.event_id, m.type, m.user_id, m.item_id, str(m.ts), m.session_id or "", rid, terms]
         return SEP.join(f).encode() + _S + raw
     if isinstance(m, CatalogOp):
         if m.op == "upsert":
@@ -60,7 +64,8 @@ class Writer:
         self.keys = Keys(prefix)
         self.group = group
         self.prefix = prefix
-        self.config_json = script_config(features or FeatureConfig(), (bot or BotConfig()).script_fields(), self.keys)
+        self.features = features or FeatureConfig()
+        self.config_json = script_config(self.features, (bot or BotConfig()).script_fields(), self.keys)
         self.script = r.register_script(APPLY_LUA)
 
     def offset_key(self, topic: str, partition: int) -> str:
@@ -83,7 +88,7 @@ class Writer:
         if first_offset is None:
             first_offset = records[0][0] if records else next_offset
         args: list = [self.prefix, self.config_json, next_offset, first_offset]
-        args.extend(_record(*rec) for rec in records)
+        args.extend(_record(*rec, self.features) for rec in records)
         reply = self.script(keys=[self.offset_key(topic, partition), self.outbox_key(topic, partition)], args=args)
         status = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
         if status == "gap":

@@ -11,6 +11,7 @@ each event's examples were built — so a row never sees its own label.
 from __future__ import annotations
 
 import heapq
+import math
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from streamrec.features import (
     SessionView,
     current_session,
     decay,
+    expansion_terms,
     merge_decayed,
     sample_sessions,
     session_token,
@@ -92,6 +94,14 @@ class ReplayFeatures:
         self.affinity: dict[str, dict[str, _Decayed]] = defaultdict(dict)
         self.sessions: dict[str, deque[str]] = defaultdict(lambda: deque(maxlen=self.cfg.session_cap))
         self.item_sess: dict[str, dict[str, float]] = defaultdict(dict)
+        # query-log expansion: each user's last searches (request_id, terms), newest first; per item
+        # (reference ts, term -> weight); the change log item -> change number
+        self.searches: dict[str, deque[tuple[str, str]]] = defaultdict(
+            lambda: deque(maxlen=max(1, self.cfg.expansion_links))
+        )
+        self.expansion: dict[str, tuple[float, dict[str, float]]] = {}
+        self.expansion_log: dict[str, int] = {}
+        self.expansion_seq = 0
         self.clock = 0
 
     def observe(self, e: Event | CatalogOp) -> None:
@@ -106,6 +116,9 @@ class ReplayFeatures:
                 shown.appendleft(e.event_id)
             for iid in e.item_ids or []:
                 self._bump(self.items[iid], "impression", e.ts, 1.0, self.cfg.item_half_life_s)
+            terms = " ".join(expansion_terms(e.query, self.cfg.expansion_query_terms))
+            if terms and self.cfg.expansion_links > 0:
+                self.searches[e.user_id].appendleft((e.request_id or "", terms))
         else:
             self.clock = max(self.clock, e.ts)  # a dropped duplicate still moves the clock, as in Redis
             if not self._duplicate(e):
@@ -139,11 +152,42 @@ class ReplayFeatures:
         self._affinity(e.user_id, iid, e.ts, w)
         self._bump(self.trend, iid, e.ts, w, cfg.trending_half_life_s)
         self._add_to_session(e)
+        self._expand(e)
         if len(self.trend) > cfg.trending_cap:
             tau = cfg.tau_ms(cfg.trending_half_life_s)
             scores = {i: decay(v, t, self.clock, tau) for i, (v, t) in self.trend.items()}
             _trim(scores, cfg.trending_cap)
             self.trend = {i: d for i, d in self.trend.items() if i in scores}
+
+    def _expand(self, e: Event) -> None:
+        """The writer's ``expand``: the event's query terms (else its linked search's) added to the
+        item's expansion, everything decayed to one reference ts, the weakest beyond the cap evicted."""
+        cfg, w = self.cfg, self.cfg.expansion_weight(e.type)
+        terms = " ".join(expansion_terms(e.query, cfg.expansion_query_terms))
+        if w <= 0 or e.item_id is None:
+            return
+        if not terms and e.request_id:
+            terms = next((t for rid, t in self.searches.get(e.user_id, ()) if rid == e.request_id), "")
+        if not terms:
+            return
+        tau = cfg.tau_ms(cfg.expansion_half_life_s)
+        ref, h = self.expansion.get(e.item_id, (float(e.ts), {}))
+        h = dict(h)
+        if e.ts > ref:
+            scale = math.exp(-(e.ts - ref) / tau)
+            h = {t: v * scale for t, v in h.items()}
+            ref = float(e.ts)
+        add = w * math.exp(-(ref - e.ts) / tau)
+        for t in terms.split():
+            h[t] = h.get(t, 0.0) + add
+        if len(h) > cfg.expansion_cap:
+            h = dict(heapq.nlargest(cfg.expansion_cap, h.items(), key=lambda kv: (kv[1], kv[0])))
+        self.expansion[e.item_id] = (ref, h)
+        self.expansion_seq += 1
+        self.expansion_log.pop(e.item_id, None)
+        self.expansion_log[e.item_id] = self.expansion_seq
+        while len(self.expansion_log) > cfg.expansion_log_cap:  # insertion order = change order
+            del self.expansion_log[next(iter(self.expansion_log))]
 
     def _add_to_session(self, e: Event) -> None:
         """Session list (newest first) and item -> sessions (newest ts kept, the oldest trimmed)."""
@@ -218,6 +262,19 @@ class ReplayFeatures:
                 )
             )
         return out
+
+    def expansions(self, item_ids: list[str], now_ms: int | None = None) -> list[dict[str, float]]:
+        now = float(now_ms if now_ms is not None else self.clock)
+        tau = self.cfg.tau_ms(self.cfg.expansion_half_life_s)
+        out = []
+        for iid in item_ids:
+            ref, h = self.expansion.get(iid, (now, {}))
+            out.append({t: decay(v, ref, now, tau) for t, v in h.items()})
+        return out
+
+    def expansion_changes(self, after: int, n: int) -> tuple[list[tuple[str, int]], int]:
+        rows = [(i, seq) for i, seq in self.expansion_log.items() if seq > after][:n]
+        return rows, self.expansion_seq
 
     def covisited(self, item_id: str, n: int = 20) -> list[tuple[str, float]]:
         return _top(self.covis.get(item_id, {}), max(0, n))

@@ -18,6 +18,7 @@ import redis
 
 from serving import fusion, session_candidates
 from serving import recommend as session_rec
+from serving.expansions import ExpansionFollower
 from serving.impressions import ImpressionLog
 from serving.lexical import LexicalIndex
 from serving.models import ModelWatcher
@@ -70,8 +71,10 @@ class Engine:
         models: ModelWatcher,
         lexical: LexicalIndex,
         impressions: ImpressionLog,
+        expansions: ExpansionFollower | None = None,
     ):
         self.s = s
+        self.expansions = expansions  # the lexical index's query-log expansions (stopped with it)
         self.encoder = encoder
         self.replica = replica
         self.features = features
@@ -134,7 +137,7 @@ class Engine:
             retrieval_scores=cands.cosine,
             query_features=query_features(terms, cands, fused, self.lexical.title_tokens),
         )
-        reasons = [self._search_reasons(query, cands, j, len(dense)) for j in range(len(cands.ids))]
+        reasons = [self._search_reasons(query, terms, cands, j, len(dense)) for j in range(len(cands.ids))]
         final, order = first, _top(first, k)
         if variant == "full":
             if X is not None:
@@ -143,8 +146,11 @@ class Engine:
             order = self._diverse(cands.ids, final, k, self.s.serving_search_diversity_lambda)
         return self._respond(ctx, cands.ids, final, order, reasons, X, variant, impression)
 
-    def _search_reasons(self, query: str, cands: fusion.SearchCandidates, j: int, n_dense: int) -> list[str]:
-        """Why candidate ``j`` was found: the query terms it matches (title first) and/or its cosine."""
+    def _search_reasons(
+        self, query: str, terms: list[str], cands: fusion.SearchCandidates, j: int, n_dense: int
+    ) -> list[str]:
+        """Why candidate ``j`` was found: the query terms it matches (title first), the terms of past
+        searches that led to it (its query-log expansion) and/or its cosine."""
         out = []
         matched = cands.matched[j]
         if matched:
@@ -155,6 +161,11 @@ class Engine:
                 out.append("title matches " + ", ".join(f"'{t}'" for t in in_title[:4]))
             if elsewhere:
                 out.append("category/description matches " + ", ".join(f"'{t}'" for t in elsewhere[:4]))
+        if self.lexical.expansion_boost > 0:
+            past = self.lexical.expansion(cands.ids[j])
+            chosen = [t for t in terms if t in past]
+            if chosen:
+                out.append("chosen after past searches for " + ", ".join(f"'{t}'" for t in chosen[:4]))
         if cands.dense_rank[j] < n_dense:
             out.append(f"semantic match to '{query}' (cosine {cands.cosine[j]:.2f})")
         return out

@@ -6,9 +6,15 @@ background thread analyses the queued documents, adds/deletes them in the tantiv
 commits + reloads the searcher at most every ``commit_interval_s``. Searches use the last reloaded
 searcher and never wait for a commit.
 
-Documents and queries go through the same :func:`serving.analysis.analyze`; the index stores the
+Documents and queries go through the same :func:`streamrec.analysis.analyze`; the index stores the
 analysed tokens joined by spaces under tantivy's whitespace tokenizer, and queries are OR-ed term
 queries (no query parser), after spelling correction from the catalogue's own vocabulary.
+
+A second field, ``qlog``, holds an item's *query-log expansion*: the analysed terms of past
+searches that led to a click or purchase of it (kept by the consumers in Redis,
+``streamrec.features``), each repeated by its weight. Query terms are also matched there with the
+boost ``expansion_boost`` (0 = the field is not searched), so an unseen query sharing terms with
+past successful queries finds those products.
 """
 
 from __future__ import annotations
@@ -23,12 +29,13 @@ from typing import Protocol
 
 import tantivy
 
-from serving.analysis import analyze
 from serving.spelling import SpellCorrector
+from streamrec.analysis import analyze
 
 log = logging.getLogger(__name__)
 
 DESCRIPTION_CHARS = 300  # the head of a description: enough to add terms, not enough to drown the title
+EXPANSION_MAX_TF = 8  # a term's repetitions in the qlog field: BM25 saturates long before this
 
 
 class ItemText(Protocol):
@@ -53,6 +60,7 @@ class LexicalHit:
 # title's). Plain tuples of interned strings, not sets or objects: at 1M items the index adds 0.55 GB
 # RSS, not 2.0 (bench/lexical.py; tokens repeat across titles), and the cyclic GC untracks such tuples,
 # so a full collection does not walk the catalogue. A query term matches by ``in`` over ~10-40 tokens.
+# The indexed text is the tokens joined by spaces, so an item re-indexed for its expansion needs no more.
 _Doc = tuple[tuple[str, ...], int]
 
 
@@ -69,21 +77,37 @@ def _schema() -> tantivy.Schema:
     sb = tantivy.SchemaBuilder()
     sb.add_text_field("item_id", stored=True, tokenizer_name="raw")
     sb.add_text_field("text", stored=False, tokenizer_name="whitespace")
+    sb.add_text_field("qlog", stored=False, tokenizer_name="whitespace")
     return sb.build()
+
+
+def expansion_text(terms: Mapping[str, float]) -> str:
+    """The qlog field: each term repeated round(weight) times (at least once, at most EXPANSION_MAX_TF)."""
+    return " ".join(" ".join([t] * max(1, min(EXPANSION_MAX_TF, round(w)))) for t, w in sorted(terms.items()) if w > 0)
 
 
 class LexicalIndex:
     """BM25 over the live catalogue, updated incrementally from index change notifications."""
 
-    def __init__(self, commit_interval_s: float = 0.5, heap_bytes: int = 50_000_000):
+    def __init__(
+        self,
+        commit_interval_s: float = 0.5,
+        heap_bytes: int = 50_000_000,
+        expansion_boost: float = 0.0,
+        expansion_all_terms: bool = True,
+    ):
         self.commit_interval_s = commit_interval_s
+        self.expansion_boost = expansion_boost
+        self.expansion_all_terms = expansion_all_terms
         self._schema = _schema()
         self._index = tantivy.Index(self._schema)  # in RAM: rebuilt from the vector replica at start
         self._writer = self._index.writer(heap_size=heap_bytes, num_threads=1)
         self._searcher = self._index.searcher()
         self.speller = SpellCorrector()
         self._docs: dict[str, _Doc] = {}
+        self._expansions: dict[str, dict[str, float]] = {}  # item -> term -> weight (the qlog field)
         self._pending: list[tuple[dict[str, ItemText | None], bool]] = []
+        self._pending_expansions: dict[str, dict[str, float]] = {}
         self._pending_lock = threading.Lock()
         self._write_lock = threading.Lock()  # the writer, _docs and the speller change together
         self._dirty = False
@@ -101,6 +125,15 @@ class LexicalIndex:
         with self._pending_lock:
             self._pending.append((dict(changes), reset))
         self._wake.set()
+
+    def expand(self, changes: Mapping[str, Mapping[str, float]]) -> None:
+        """Queue new query-log expansions (term -> weight; empty = none): each replaces the item's last."""
+        with self._pending_lock:
+            self._pending_expansions.update({item_id: dict(terms) for item_id, terms in changes.items()})
+        self._wake.set()
+
+    def expansion(self, item_id: str) -> dict[str, float]:
+        return self._expansions.get(item_id, {})
 
     def start(self) -> None:
         self._thread.start()
@@ -131,7 +164,8 @@ class LexicalIndex:
     def _drain(self) -> None:
         with self._pending_lock:
             batches, self._pending = self._pending, []
-        if not batches:
+            expansions, self._pending_expansions = self._pending_expansions, {}
+        if not batches and not expansions:
             return
         with self._write_lock:
             for changes, reset in batches:
@@ -139,6 +173,8 @@ class LexicalIndex:
                     self._clear()
                 for item_id, item in changes.items():
                     self._upsert(item_id, item)
+            for item_id, terms in expansions.items():
+                self._expand(item_id, terms)
             self._dirty = True
 
     def _clear(self) -> None:
@@ -156,9 +192,25 @@ class LexicalIndex:
             return
         tokens, title = document_tokens(item)
         words = tuple(map(sys.intern, tokens))  # the title's tokens first (document_tokens)
-        self._writer.add_document(tantivy.Document(item_id=item_id, text=" ".join(words)))
-        self._docs[item_id] = (words, len(title))
+        doc = (words, len(title))
+        self._add(item_id, doc)
+        self._docs[item_id] = doc
         self.speller.add_document(words)
+
+    def _add(self, item_id: str, doc: _Doc) -> None:
+        qlog = expansion_text(self._expansions.get(item_id, {}))
+        self._writer.add_document(tantivy.Document(item_id=item_id, text=" ".join(doc[0]), qlog=qlog))
+
+    def _expand(self, item_id: str, terms: dict[str, float]) -> None:
+        """Kept even for an item not (yet) indexed: its document gets the expansion when it comes."""
+        if terms:
+            self._expansions[item_id] = terms
+        elif self._expansions.pop(item_id, None) is None:
+            return
+        doc = self._docs.get(item_id)
+        if doc is not None:
+            self._writer.delete_documents_by_term("item_id", item_id)
+            self._add(item_id, doc)
 
     def _commit(self) -> None:
         with self._write_lock:
@@ -183,19 +235,51 @@ class LexicalIndex:
         doc = self._docs.get(item_id)
         return doc[0][: doc[1]] if doc else None
 
-    def search(self, query: str, k: int, terms: list[str] | None = None) -> list[LexicalHit]:
-        """Best first; ``terms`` (from :meth:`query_terms`) skips analysing the query again."""
+    def _qlog(self, query: str, terms: list[str]) -> list[tantivy.Query]:
+        """The qlog clauses: with ``expansion_all_terms`` one clause that needs *every* query term in
+        the item's expansion (the query, or a reordering of it, led there before), else one per term.
+        The expansions hold terms as typed (uncorrected): the uncorrected form is looked up too."""
+        forms = [terms] + ([raw] if (raw := list(dict.fromkeys(analyze(query)))) != terms else [])
+        if self.expansion_all_terms:
+            return [
+                tantivy.Query.boolean_query(
+                    [(tantivy.Occur.Must, tantivy.Query.term_query(self._schema, "qlog", t)) for t in form]
+                )
+                for form in forms
+                if form
+            ]
+        return [tantivy.Query.term_query(self._schema, "qlog", t) for t in dict.fromkeys(sum(forms, []))]
+
+    def search(
+        self,
+        query: str,
+        k: int,
+        terms: list[str] | None = None,
+        expansion_boost: float | None = None,
+        term_weights: Mapping[str, float] | None = None,
+    ) -> list[LexicalHit]:
+        """Best first; ``terms`` (from :meth:`query_terms`) skips analysing the query again;
+        ``expansion_boost`` None = the index's own."""
         terms = self.query_terms(query) if terms is None else terms
         if not terms or k <= 0:
             return []
         searcher = self._searcher
-        q = tantivy.Query.boolean_query(
-            [(tantivy.Occur.Should, tantivy.Query.term_query(self._schema, "text", t)) for t in terms]
-        )
+        tw = term_weights or {}
+        should = [
+            (tantivy.Occur.Should, _boosted(tantivy.Query.term_query(self._schema, "text", t), tw.get(t, 1.0)))
+            for t in terms
+        ]
+        boost = self.expansion_boost if expansion_boost is None else expansion_boost
+        if boost > 0:
+            should += [(tantivy.Occur.Should, tantivy.Query.boost_query(q, boost)) for q in self._qlog(query, terms)]
         out = []
-        for score, address in searcher.search(q, k).hits:
+        for score, address in searcher.search(tantivy.Query.boolean_query(should), k).hits:
             item_id = searcher.doc(address)["item_id"][0]
             doc = self._docs.get(item_id)
             matched = [t for t in terms if doc is not None and t in doc[0]]
             out.append(LexicalHit(item_id, float(score), matched))
         return out
+
+
+def _boosted(q: tantivy.Query, boost: float) -> tantivy.Query:
+    return q if boost == 1.0 else tantivy.Query.boost_query(q, boost)

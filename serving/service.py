@@ -15,6 +15,7 @@ from kafka import KafkaProducer
 from serving.app import create_app
 from serving.cockpit import Sampler
 from serving.engine import Engine
+from serving.expansions import ExpansionFollower
 from serving.impressions import ImpressionLog
 from serving.lexical import LexicalIndex
 from serving.models import ModelWatcher
@@ -38,14 +39,15 @@ def build_engine(s: Settings) -> tuple[Engine, KafkaProducer]:
     models = ModelWatcher(ModelStore.from_settings(s), s.model_poll_s)
     models.start()
 
-    lexical = LexicalIndex()
+    lexical = LexicalIndex(expansion_boost=s.serving_expansion_boost)
     replica.index.subscribe(lexical.apply)  # every vector-topic change, O(change); seeded with the snapshot
     lexical.start()
+    features = FeatureStore(r, s.redis_prefix, s.features)
+    expansions = ExpansionFollower(features, lexical, s.serving_expansion_poll_s)  # clicked searches' terms
+    expansions.start()
     # send() blocks while the producer's buffer is full: no longer than a write may wait for the broker
     producer = bus.make_producer(s, max_block_ms=int(s.serving_publish_timeout_s * 1000))
-    engine = Engine(
-        s, encoder, replica, FeatureStore(r, s.redis_prefix, s.features), models, lexical, ImpressionLog(s, producer, r)
-    )
+    engine = Engine(s, encoder, replica, features, models, lexical, ImpressionLog(s, producer, r), expansions)
     return engine, producer
 
 
@@ -74,5 +76,7 @@ def run(s: Settings, stop: threading.Event) -> None:
         producer.flush(timeout=10)  # impressions already handed to the producer are delivered
         producer.close(timeout=10)
         engine.models.stop()
+        if engine.expansions is not None:
+            engine.expansions.stop()
         engine.lexical.stop()
         engine.replica.stop()

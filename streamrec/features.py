@@ -24,7 +24,9 @@ Keys (knobs in ``Settings.features`` = :class:`FeatureConfig`, env ``STREAMREC_F
                                    TTL ``user_ttl_s``.
 ``P:u:{user}``          HASH       ``n:{type}`` exact event count per interaction type (no decay);
                                    ``rl:b``/``rl:n`` bot-filter window and its event count
-                                   (consumers/botfilter.py); ``x`` TTL refresh day; TTL
+                                   (consumers/botfilter.py); ``imps`` the last impression ids;
+                                   ``ql`` the last ``expansion_links`` searches with a query
+                                   (request_id, terms, ...); ``x`` TTL refresh day; TTL
                                    ``user_ttl_s``.
 ``P:u:{user}:cat``      HASH       category affinity: ``{category}`` decayed, weighted
                                    (``weight_{type}``) interaction count with items of that
@@ -62,6 +64,19 @@ Keys (knobs in ``Settings.features`` = :class:`FeatureConfig`, env ``STREAMREC_F
                                    leaves ``deleted=1`` and ``ts`` with TTL ``tombstone_ttl_s``
                                    (reads treat a missing key as deleted). A live item's has no
                                    TTL: catalog state, bounded by the catalog.
+``P:qx:{item}``         HASH       query-log expansion: analysed query term -> decayed weight of
+                                   the searches that led to a click / add_to_cart / purchase of
+                                   the item (``FeatureConfig.expansion_weight``: 1 / 2 / 4),
+                                   ``@`` the reference ts of every field (half-life
+                                   ``expansion_half_life_s``); at most ``expansion_cap`` terms (the
+                                   weakest evicted); TTL ``item_ttl_s``. The query is the event's
+                                   ``query``, else that of the user's search ``request_id`` names
+                                   (``ql`` in ``P:u:{user}``); the terms are
+                                   :func:`expansion_terms`, computed by the consumer.
+``P:qxlog:changed``     ZSET       item -> ``P:qxlog:seq`` at its last expansion change; trimmed to
+                                   ``expansion_log_cap`` items. Serving tails it (and reads it
+                                   whole at start) to re-index changed items' lexical documents.
+``P:qxlog:seq``         STRING     expansion changes so far.
 ``P:clock``             STRING     newest event ts applied (the stream clock).
 ``P:q:{event_id}``      STRING     the quarantine reason of a quarantined event (not set for
                                    ``duplicate_event``: that id names a legitimate first copy); TTL
@@ -83,7 +98,9 @@ category_cap`` affinity fields and 4 counters: ≈ 5 KB with the defaults. An it
 hash fields (≈ 0.5 KB) plus ``covis_top_n`` co-visitation members (≈ 3 KB) plus
 ``item_sessions_cap`` session members: a listpack (≈ 30 B per member) up to Redis's
 ``zset-max-listpack-entries`` (128), then a skiplist (≈ 110 B per member with a 12-byte token), so
-≤ 55 KB at the cap of 500; DIGINETICA's median item has a handful of sessions (≈ 0.2 KB). A
+≤ 55 KB at the cap of 500; DIGINETICA's median item has a handful of sessions (≈ 0.2 KB). An item
+found through search also holds ≤ ``expansion_cap`` + 1 expansion fields (1,080 B measured at the
+cap of 32) and one ``P:qxlog:changed`` member (≈ 70 B). A
 session holds ≤ ``session_cap`` item ids in a listpack: ≈ 80 B + 12 B per item, ≤ 0.5 KB with the
 default 30. Global keys: ``trending_cap`` members. Idle users/items/sessions expire after their TTL.
 Measured: DIGINETICA's first 90 % (168k sessions, 818k clicks, every feature) take 193 MiB of
@@ -103,6 +120,7 @@ from typing import cast
 
 import redis
 
+from streamrec.analysis import analyze
 from streamrec.settings import FeatureSettings, Settings
 from streamrec.store import connect
 
@@ -184,6 +202,12 @@ def sample_sessions(
     return heapq.nlargest(sample, newest.items(), key=lambda kv: (kv[1], kv[0]))
 
 
+def expansion_terms(query: str | None, n: int) -> list[str]:
+    """A query's terms for the query-log expansion: analysed as the lexical index does, each once,
+    the first ``n``. Not spelling-corrected (that needs serving's vocabulary); a typo is kept as typed."""
+    return list(dict.fromkeys(analyze(query)))[:n] if query else []
+
+
 def decay(value: float, ref_ts: float, now_ms: float, tau_ms: float) -> float:
     """A value stored at ``ref_ts`` seen from ``now_ms`` (never grows when ``now_ms`` is older)."""
     return value * math.exp(-max(0.0, now_ms - ref_ts) / tau_ms)
@@ -214,6 +238,7 @@ class Keys:
         "item_sessions": "is:{}",
         "attr": "attr:{}",
         "quarantined": "q:{}",
+        "expansion": "qx:{}",
     }
     GLOBAL = {
         "trending": "trending",
@@ -222,6 +247,8 @@ class Keys:
         "quarantine_counts": "q:counts",
         "quarantine_recent": "q:recent",
         "dlq_counts": "dlq:counts",
+        "expansion_log": "qxlog:changed",
+        "expansion_seq": "qxlog:seq",
     }
 
     def __init__(self, prefix: str):
@@ -256,6 +283,17 @@ class Keys:
 
     def quarantined(self, event_id: str) -> str:
         return self._id("quarantined", event_id)
+
+    def expansion(self, item: str) -> str:
+        return self._id("expansion", item)
+
+    @property
+    def expansion_log(self) -> str:
+        return self.p + self.GLOBAL["expansion_log"]
+
+    @property
+    def expansion_seq(self) -> str:
+        return self.p + self.GLOBAL["expansion_seq"]
 
     def offset(self, group: str, topic: str, partition: int) -> str:
         return f"{self.p}off:{group}:{topic}:{partition}"
@@ -467,6 +505,35 @@ class FeatureStore:
             out.append(attrs)
         return out
 
+    def expansions(self, item_ids: Sequence[str], now_ms: int | None = None) -> list[dict[str, float]]:
+        """Per item, its query-log expansion: term -> weight decayed to ``now_ms`` (stream clock)."""
+        pipe = self.r.pipeline(transaction=False)
+        if now_ms is None:
+            pipe.get(self.keys.clock)
+        for item in item_ids:
+            pipe.hgetall(self.keys.expansion(item))
+        replies = pipe.execute()
+        if now_ms is None:
+            clock, replies = replies[0], replies[1:]
+            now = float(clock) if clock is not None else time.time() * 1000.0
+        else:
+            now = float(now_ms)
+        tau = self.config.tau_ms(self.config.expansion_half_life_s)
+        out = []
+        for h in replies:
+            ref = float(h.get("@", now))
+            out.append({t: decay(float(v), ref, now, tau) for t, v in h.items() if t != "@"})
+        return out
+
+    def expansion_changes(self, after: int, n: int) -> tuple[list[tuple[str, int]], int]:
+        """Items whose expansion changed after change number ``after`` (oldest first, at most ``n``),
+        and the newest change number (0 before any: a caller ahead of it reads from 0 again)."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.zrangebyscore(self.keys.expansion_log, f"({after}", "+inf", start=0, num=n, withscores=True)
+        pipe.get(self.keys.expansion_seq)
+        rows, seq = pipe.execute()
+        return [(m, int(s)) for m, s in rows], int(seq or 0)
+
     def is_quarantined(self, event_id: str) -> str | None:
         """The bot-filter reason if this event was quarantined (kept ``quarantine_ttl_s``), else None."""
         return cast(str | None, self.r.get(self.keys.quarantined(event_id)))
@@ -497,8 +564,9 @@ class FeatureStore:
 # been left out, e.g. invalid catalog ops), then one string per record, fields joined by U+001F
 # (see consumers/apply.py):
 #   offset, kind, then for kind
-#   'e' interaction     event_id, type, user, item, ts, session, canonical JSON
-#   'i' impression      event_id, user, ts, JSON list of item ids, canonical JSON
+#   'e' interaction     event_id, type, user, item, ts, session, request_id, expansion terms, canonical JSON
+#   'i' impression      event_id, user, ts, JSON list of item ids, request_id, expansion terms, canonical JSON
+# (expansion terms: expansion_terms(query) joined by spaces; "" for none, and for views)
 #   'u' catalog upsert  item, ts, category, price ("" = none), title
 #   'x' catalog delete  item, ts
 #   'r' dead letter     reason, DeadLetter JSON, source key (last: it may hold any byte)
@@ -541,6 +609,11 @@ def script_config(cfg: FeatureConfig, bot: dict, keys: Keys) -> str:
             "ttl_refresh_s": TTL_REFRESH_S,
             "quarantine_recent_n": QUARANTINE_RECENT_N,
             "weights": {t: cfg.weight(t) for t in INTERACTIONS},
+            "expansion_weights": {t: cfg.expansion_weight(t) for t in INTERACTIONS},
+            "expansion_cap": cfg.expansion_cap,
+            "expansion_tau_ms": cfg.tau_ms(cfg.expansion_half_life_s),
+            "expansion_links": cfg.expansion_links,
+            "expansion_log_cap": cfg.expansion_log_cap,
             "keys": keys.script_templates(),
             "sep": SEP,
             **bot,

@@ -167,6 +167,62 @@ local function affinity(user, item, ts, w)
   end
 end
 
+-- query-log expansion: a user's last searches with a query (field ql: request_id, terms, ...,
+-- newest first) link a click that names only its request_id to the query
+local function remember_search(u, rid, terms)
+  if cfg.expansion_links <= 0 then return end
+  local prev = u.get('ql')
+  local old = prev and split(prev) or {}
+  local kept = {rid, terms}
+  for i = 1, math.min(#old, 2 * (cfg.expansion_links - 1)) do kept[#kept + 1] = old[i] end
+  u.set('ql', table.concat(kept, SEP))
+end
+
+local function linked_search(u, rid)
+  local prev = u.get('ql')
+  if not prev then return '' end
+  local old = split(prev)
+  for i = 1, #old - 1, 2 do
+    if old[i] == rid then return old[i + 1] end
+  end
+  return ''
+end
+
+-- the item's expansion hash: every term decayed to one reference ts '@', the weakest terms
+-- evicted down to expansion_cap; each change is logged in qxlog:changed for serving
+local expansion_changed = false
+local function expand(item, terms, ts, w)
+  local xkey = key('expansion', item)
+  local all = redis.call('HGETALL', xkey)
+  local h, ref = {}, nil
+  for i = 1, #all, 2 do
+    if all[i] == '@' then ref = tonumber(all[i + 1]) else h[all[i]] = tonumber(all[i + 1]) end
+  end
+  local tau = cfg.expansion_tau_ms
+  if not ref then
+    ref = ts
+  elseif ts > ref then
+    local scale = exp(-(ts - ref) / tau)
+    for t, v in pairs(h) do h[t] = v * scale end
+    ref = ts
+  end
+  local add = w * exp(-(ref - ts) / tau)
+  for t in string.gmatch(terms, '%S+') do h[t] = (h[t] or 0) + add end
+  local names = {}
+  for t in pairs(h) do names[#names + 1] = t end
+  if #names > cfg.expansion_cap then
+    table.sort(names, function(a, b) if h[a] ~= h[b] then return h[a] > h[b] end return a > b end)
+    for i = cfg.expansion_cap + 1, #names do h[names[i]] = nil end
+  end
+  local args = {'@', int(ref)}
+  for t, v in pairs(h) do args[#args + 1] = t; args[#args + 1] = fmt(v) end
+  redis.call('DEL', xkey)
+  redis.call('HSET', xkey, unpack(args))
+  redis.call('EXPIRE', xkey, cfg.item_ttl_s)
+  redis.call('ZADD', key('expansion_log'), redis.call('INCR', key('expansion_seq')), item)
+  expansion_changed = true
+end
+
 -- a duplicate's event_id also names the legitimate first copy, so only other verdicts are marked
 local function quarantine(off, reason, eid, user, raw)
   redis.call('RPUSH', KEYS[2], 'q' .. SEP .. int(off) .. SEP .. reason .. SEP .. user .. SEP .. raw)
@@ -206,11 +262,11 @@ for r = 5, #ARGV do
     end
     applied = applied + 1
   else
-    local eid, typ, user, item, ts, session, raw
+    local eid, typ, user, item, ts, session, rid, terms, raw
     if kind == 'e' then
-      eid, typ, user, item, ts, session, raw = f[1], f[2], f[3], f[4], tonumber(f[5]), f[6], f[7]
+      eid, typ, user, item, ts, session, rid, terms, raw = f[1], f[2], f[3], f[4], tonumber(f[5]), f[6], f[7], f[8], f[9]
     else
-      eid, typ, user, ts, raw = f[1], 'impression', f[2], tonumber(f[3]), f[5]
+      eid, typ, user, ts, rid, terms, raw = f[1], 'impression', f[2], tonumber(f[3]), f[5], f[6], f[7]
     end
     local reason = nil
     local u = hash(key('user', user), cfg.user_ttl_s, {key('recent', user)})
@@ -256,6 +312,7 @@ for r = 5, #ARGV do
         for i = 1, math.min(#shown, cfg.dedup_lookback - 1) do kept[#kept + 1] = shown[i] end
         u.set('imps', table.concat(kept, SEP))
       end
+      if terms ~= '' then remember_search(u, rid, terms) end
       applied = applied + 1
     else
       local w = cfg.weights[typ]
@@ -279,6 +336,11 @@ for r = 5, #ARGV do
       affinity(user, item, ts, w)
       trending(item, ts, w)
       add_to_session(user, session, item, ts)
+      local ew = cfg.expansion_weights[typ]
+      if ew > 0 then
+        if terms == '' and rid ~= '' then terms = linked_search(u, rid) end
+        if terms ~= '' then expand(item, terms, ts, ew) end
+      end
       applied = applied + 1
     end
     if ts > clock then clock = ts end
@@ -320,6 +382,10 @@ if next(trend_acc) then
   flush_trending()
   local extra = redis.call('ZCARD', key('trending')) - cfg.trending_cap
   if extra > 0 then redis.call('ZREMRANGEBYRANK', key('trending'), 0, extra - 1) end
+end
+if expansion_changed then
+  local extra = redis.call('ZCARD', key('expansion_log')) - cfg.expansion_log_cap
+  if extra > 0 then redis.call('ZREMRANGEBYRANK', key('expansion_log'), 0, extra - 1) end
 end
 if clock >= 0 then redis.call('SET', key('clock'), int(clock)) end
 if new_off > stored then redis.call('SET', KEYS[1], int(new_off)) end

@@ -69,13 +69,17 @@ FAMILIES: tuple[KeyFamily, ...] = (
         "user",
         _t("user"),
         "ttl",
-        "<= 8 fields (`imps`: the last dedup_lookback impression ids); user_ttl_s",
+        "<= 9 fields (`imps`: the last dedup_lookback impression ids; `ql`: the last expansion_links (20) "
+        "searches); user_ttl_s",
         "consumers",
     ),
     KeyFamily("item", _t("item"), "ttl", "<= 17 fields; item_ttl_s (90 d)", "consumers"),
     KeyFamily("covis", _t("covis"), "ttl", "covis_top_n (50) members; item_ttl_s", "consumers"),
     KeyFamily("item_sessions", _t("item_sessions"), "ttl", "item_sessions_cap (500) members; item_ttl_s", "consumers"),
     KeyFamily("session", _t("session"), "ttl", "session_cap (30) items; session_ttl_s (90 d)", "consumers"),
+    KeyFamily("expansion", _t("expansion"), "ttl", "expansion_cap (32) terms + 1; item_ttl_s", "consumers"),
+    KeyFamily("expansion_log", _t("expansion_log"), "cap", "one key, expansion_log_cap (200,000) items", "consumers"),
+    KeyFamily("expansion_seq", _t("expansion_seq"), "cap", "one number", "consumers"),
     KeyFamily("quarantined", _t("quarantined"), "ttl", "one reason; quarantine_ttl_s (7 d)", "consumers"),
     KeyFamily(
         "attr", _t("attr"), "cap", "one per catalog item (4 fields); a delete's tombstone: tombstone_ttl_s", "consumers"
@@ -219,7 +223,7 @@ def per_entity(report: dict[str, FamilyUsage]) -> dict[str, float]:
         out["user"] = total(("user", "user_recent", "user_affinity")) / count("user")
     items = max(count("item"), count("attr"))
     if items:
-        out["item"] = total(("item", "covis", "item_sessions", "attr")) / items
+        out["item"] = total(("item", "covis", "item_sessions", "attr", "expansion")) / items
     if count("session"):
         out["session"] = total(("session",)) / count("session")
     return out

@@ -58,6 +58,17 @@ class FeatureSettings(BaseSettings):
     weight_click: float = 2.0
     weight_add_to_cart: float = 4.0
     weight_purchase: float = 8.0
+    expansion_cap: int = Field(
+        32, ge=1, le=256, description="query-log expansion: terms kept per item (the weakest evicted)"
+    )
+    expansion_half_life_s: float = Field(30 * 86_400.0, gt=0, description="query-log expansion: term weight decay")
+    expansion_query_terms: int = Field(8, ge=1, le=64, description="query-log expansion: analysed terms per query")
+    expansion_links: int = Field(
+        20, ge=0, le=1000, description="a user's last searches kept to link a click without `query` by request_id"
+    )
+    expansion_log_cap: int = Field(
+        200_000, ge=1, description="items in the expansion change log (serving tails it; reloads it at start)"
+    )
 
     @model_validator(mode="after")
     def _lookbacks_fit(self) -> FeatureSettings:
@@ -74,6 +85,13 @@ class FeatureSettings(BaseSettings):
 
     def weight(self, event_type: str) -> float:
         return float(getattr(self, f"weight_{event_type}"))
+
+    def expansion_weight(self, event_type: str) -> float:
+        """A search outcome's weight in the query-log expansion: click 1, add_to_cart 2, purchase 4
+        with the default type weights; a view (or an impression) adds nothing."""
+        if event_type not in ("click", "add_to_cart", "purchase"):
+            return 0.0
+        return self.weight(event_type) / self.weight_click
 
 
 class BotSettings(BaseSettings):
@@ -292,6 +310,15 @@ class Settings(BaseSettings):
     serving_candidates: int = Field(100, ge=10, le=2000, description="candidates per retriever before ranking")
     serving_model_weight: float = Field(0.5, ge=0, le=1, description="share of the ranking head in the final score")
     serving_diversity_lambda: float = Field(0.8, ge=0, le=1, description="MMR: 1 = pure relevance")
+    serving_expansion_boost: float = Field(
+        0.5,
+        ge=0,
+        description="/search: boost of an item whose query-log expansion (past searches that led to it) holds "
+        "every query term; 0 = not searched",
+    )
+    serving_expansion_poll_s: float = Field(
+        0.25, gt=0, le=60, description="how often serving reads changed query-log expansions from Redis"
+    )
     serving_lexical_weight: float = Field(
         1.0, ge=0, description="/search fusion: weight of BM25 / the list's best BM25 (tuned on feedback queries)"
     )

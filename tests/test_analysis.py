@@ -6,9 +6,9 @@ import doctest
 
 import pytest
 
-from serving import analysis
-from serving.analysis import analyze, stem
 from serving.spelling import SpellCorrector, edit_distance
+from streamrec import analysis
+from streamrec.analysis import analyze, stem
 
 
 def test_doctests() -> None:

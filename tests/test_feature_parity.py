@@ -32,10 +32,14 @@ TIGHT = FeatureConfig(
     covis_window_s=600.0,
     session_cap=3,
     item_sessions_cap=4,
+    expansion_cap=3,
+    expansion_links=2,
+    expansion_log_cap=4,
 )
 ITEMS = [f"i{k}" for k in range(9)]
 USERS = ["u1", "u2", "u3"]
 TYPES = ["view", "click", "add_to_cart", "purchase"]
+QUERIES = ["copper pipe", "1/2 in. copper elbow", "garden hose 50 ft", "pipe cutter", None]
 
 
 def event_list(seed: int = 7, n: int = 160) -> list[Event | CatalogOp]:
@@ -69,6 +73,7 @@ def event_list(seed: int = 7, n: int = 160) -> list[Event | CatalogOp]:
                 request_id=f"r{k}",
                 ts=ts,
                 item_ids=rng.sample(ITEMS, 4),
+                query=QUERIES[k % len(QUERIES)],
             )
             out.append(shown)
             sent.append(shown)  # impressions are retried too, and must count once
@@ -91,6 +96,9 @@ def event_list(seed: int = 7, n: int = 160) -> list[Event | CatalogOp]:
             item_id=rng.choice(ITEMS[:6]),
             ts=ts,
             session_id=session,
+            # outcomes of searches: the query itself, or only the request_id of a recent search
+            query=QUERIES[k % len(QUERIES)] if k % 3 == 0 else None,
+            request_id=f"r{k - k % 7}" if k % 3 == 1 else None,
         )
         out.append(e)
         sent.append(e)
@@ -144,6 +152,11 @@ def assert_same_reads(redis_fs, rep: ReplayFeatures) -> None:
     assert redis_fs.trending(100) == approx_pairs(rep.trending(100))
     assert redis_fs.trending(3) == approx_pairs(rep.trending(3))
     assert redis_fs.item_attributes(ITEMS + ["never"]) == rep.item_attributes(ITEMS + ["never"])
+    for now in (None, rep.clock + 30 * 86_400_000):
+        got, want = redis_fs.expansions(ITEMS + ["never"], now_ms=now), rep.expansions(ITEMS + ["never"], now_ms=now)
+        assert got == [{t: pytest.approx(v, rel=1e-9, abs=1e-12) for t, v in w.items()} for w in want]
+    assert redis_fs.expansion_changes(0, 100) == rep.expansion_changes(0, 100)
+    assert redis_fs.expansion_changes(3, 2) == rep.expansion_changes(3, 2)
     assert_same_session_reads(redis_fs, rep)
 
 
@@ -184,6 +197,8 @@ def test_the_list_exercises_every_rule():
     assert any(len(rep.category_affinity(u)) == TIGHT.category_cap for u in USERS)
     assert any(len(rows) == TIGHT.item_sessions_cap for rows in rep.item_sessions(ITEMS))
     assert any(len(items) == TIGHT.session_cap for items in rep.sessions_items(sorted(rep.sessions)))
+    assert any(len(x) == TIGHT.expansion_cap for x in rep.expansions(ITEMS))
+    assert len(rep.expansion_changes(0, 100)[0]) == TIGHT.expansion_log_cap
     assert any(t.startswith("u") for t in rep.sessions) and any(t.startswith("s") for t in rep.sessions)
 
 

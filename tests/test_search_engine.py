@@ -136,3 +136,18 @@ def test_recommend_and_similar_still_rank_explain_and_log() -> None:
     assert len(impressions.recorded) == (1 if similar.items else 0) + (1 if rec.items else 0)
     with pytest.raises(ValueError):
         engine.recommend("nobody", 3, variant="bm25")
+
+
+def test_query_log_expansion_reorders_and_says_why() -> None:
+    engine, _, _ = _engine()
+    engine.lexical.expansion_boost = 2.0
+    before = engine.search("copper fitting", None, 4, variant="bm25")
+    assert _ids(before)[0] == "fitting"
+    engine.lexical.expand({"elbow": {"copper": 5.0, "fitting": 5.0}})  # past searches led to the elbow
+    engine.lexical.refresh()
+    after = engine.search("copper fitting", None, 4, variant="bm25")
+    assert _ids(after)[0] == "elbow"
+    assert "chosen after past searches for 'copper', 'fitting'" in after.items[0].reasons
+    engine.lexical.expand({"elbow": {}})  # gone (expired in Redis): back to the title alone
+    engine.lexical.refresh()
+    assert _ids(engine.search("copper fitting", None, 4, variant="bm25"))[0] == "fitting"

@@ -1,4 +1,5 @@
-"""Text analysis shared by the lexical index and its queries, so both sides see the same tokens.
+"""Text analysis shared by the lexical index, its queries and the query-log expansions the consumers
+keep (streamrec.features), so every side sees the same tokens.
 
 Product search lives on numbers and units ("1/2 in." vs "1/2 inch"), which generic tokenisers
 drop or split; here they are canonicalised and kept as tokens. Measured offline on Home Depot
