@@ -52,9 +52,9 @@ FEATURE_DRIFT = Gauge(
     ["feature"],
 )
 ITEMS_SHOWN = Counter("streamrec_learner_items_shown_total", "items listed in impression events read")
-FUSION_EXAMPLES = Counter(
-    "streamrec_learner_fusion_examples_total",
-    "/recommend impressions joined with the session's next event, by outcome (joined = learned from)",
+FUSION_JOINS = Gauge(
+    "streamrec_learner_fusion_joins",
+    "/recommend impressions and the session's next event, by outcome (joined = learned from), in the learner's state",
     ["outcome"],
 )
 FUSION_RR = Gauge(

@@ -146,16 +146,17 @@ class _Loop:
 
     def learn_fusion(self, ev: Event) -> None:
         """The event completes at most one next-item example (``learner/next_item.py``): one step."""
-        before = dict(self.next_items.counts)
         example = self.next_items.feed(ev)
-        for outcome, n in self.next_items.counts.items():
-            if n > before.get(outcome, 0):
-                M.FUSION_EXAMPLES.labels(outcome).inc(n - before.get(outcome, 0))
         if example is None:
             return
         self.fusion.learn(example.F, example.target)
         self.fusion_since_publish += 1
         self.dirty = True
+
+    def export_fusion(self) -> None:
+        """The learned fusion's joins and scorecard as gauges (once per poll, not per event)."""
+        for outcome, n in self.next_items.counts.items():
+            M.FUSION_JOINS.labels(outcome).set(n)
         for mode, (rr, hit) in self.fusion.card.items():
             M.FUSION_RR.labels(mode).set(rr)
             M.FUSION_HIT.labels(mode).set(hit)
@@ -407,6 +408,7 @@ def run(settings: Settings, stop: threading.Event) -> None:
             M.UNJOINABLE.set(joiner.unjoinable)
             M.FEATURE_ROWS.labels("served").set(builder.rows_served)
             M.FEATURE_ROWS.labels("recomputed").set(builder.rows_recomputed)
+            loop.export_fusion()
             loop.train_ready()
             loop.adopt_operator_rollback()
             loop.maybe_publish()

@@ -195,10 +195,10 @@ class Engine:
         diversity = self.s.serving_recommend_diversity_lambda if full else 1.0
         if ranked or not full:
             profile, _ = self._profile(list(reversed(sc.session)))
-            relevance = [c.score / ranked[0].score for c in ranked] if ranked else []
+            relevance = [c.score / ranked[0].score for c in ranked]
             pool = None
-            if full and sc.prefix:  # the learner fits the fusion on this pool; serving may use its fit
-                ranked, relevance, pool = self._learned_order(sc, ranked, profile)
+            if full and ranked and sc.prefix:  # the learner fits the fusion on this pool; serving may use its fit
+                ranked, relevance, pool = self._learned_order(sc, ranked, relevance, profile, impression)
             # without the head and MMR the order is final: only the shown k need feature rows (latency)
             shown = self.s.serving_candidates if model_weight > 0 or diversity < 1 else k
             cands = [
@@ -210,20 +210,30 @@ class Engine:
         return self._profile_recommend(user_id, k, exclude_seen, impression, model_weight, diversity)
 
     def _learned_order(
-        self, sc: session_candidates.SessionCandidates, ranked: list[Fused], profile: np.ndarray | None
-    ) -> tuple[list[Fused], list[float], tuple[list[str], np.ndarray]]:
-        """The fused candidates in the learned fusion's order when it has earned it (its ``mode``;
-        else as they are), their relevance in (0, 1], and the pool with its features for the learner."""
+        self,
+        sc: session_candidates.SessionCandidates,
+        ranked: list[Fused],
+        relevance: list[float],
+        profile: np.ndarray | None,
+        impression: bool,
+    ) -> tuple[list[Fused], list[float], tuple[list[str], np.ndarray] | None]:
+        """The fused candidates and their relevance in (0, 1], in the learned fusion's order when it
+        has earned it (its ``mode``; else as given), and the pool with its features for the learner
+        when the request is logged. Nothing is computed when neither needs the features."""
+        model = self.models.current
+        fitted = getattr(model, "fusion", None) if self.s.serving_recommend_learned_fusion else None
+        serve = fitted is not None and fitted.earned
+        if not serve and not impression:
+            return ranked, relevance, None
         ids = [c.item_id for c in ranked]
         cos = [self._cosine(profile, i) for i in ids]
         F = session_fusion.features(ids, sc.families, sc.prefix, cos, self.session_params.family_top_n)
-        pool = (ids[: session_fusion.POOL_LOGGED], F[: session_fusion.POOL_LOGGED])
-        model = self.models.current
-        fitted = getattr(model, "fusion", None) if self.s.serving_recommend_learned_fusion else None
-        if fitted is None or not fitted.earned or not ranked:
-            return ranked, [c.score / ranked[0].score for c in ranked] if ranked else [], pool
-        order, relevance = fitted.order(F)
-        return [ranked[j] for j in order], relevance.tolist(), pool
+        pool = (ids[: session_fusion.POOL_LOGGED], F[: session_fusion.POOL_LOGGED]) if impression else None
+        if not serve:
+            return ranked, relevance, pool
+        assert fitted is not None
+        order, learned_relevance = fitted.order(F)
+        return [ranked[j] for j in order], learned_relevance.tolist(), pool
 
     def _profile_recommend(
         self, user_id: str, k: int, exclude_seen: bool, impression: bool, model_weight: float, diversity: float

@@ -408,18 +408,22 @@ class FeatureStore:
         raw = cast(dict[str, str], self.r.hgetall(self.keys.item(item_id)))
         return {k[2:]: int(v) for k, v in raw.items() if k.startswith("n:")}
 
-    def item_stats(self, item_ids: Sequence[str], now_ms: int | None = None) -> list[ItemStats]:
+    def _hashes_at(self, keys: Sequence[str], now_ms: int | None) -> tuple[float, list[dict]]:
+        """The hashes at ``keys`` and the time to decay them to: ``now_ms``, else the stream clock
+        (read in the same round trip), else the wall clock."""
         pipe = self.r.pipeline(transaction=False)
         if now_ms is None:
             pipe.get(self.keys.clock)
-        for item in item_ids:
-            pipe.hgetall(self.keys.item(item))
+        for key in keys:
+            pipe.hgetall(key)
         replies = pipe.execute()
-        if now_ms is None:
-            clock, replies = replies[0], replies[1:]
-            now = float(clock) if clock is not None else time.time() * 1000.0
-        else:
-            now = float(now_ms)
+        if now_ms is not None:
+            return float(now_ms), replies
+        clock, replies = replies[0], replies[1:]
+        return (float(clock) if clock is not None else time.time() * 1000.0), replies
+
+    def item_stats(self, item_ids: Sequence[str], now_ms: int | None = None) -> list[ItemStats]:
+        now, replies = self._hashes_at([self.keys.item(i) for i in item_ids], now_ms)
         cfg = self.config
         tau = cfg.tau_ms(cfg.item_half_life_s)
         stats = []
@@ -507,17 +511,7 @@ class FeatureStore:
 
     def expansions(self, item_ids: Sequence[str], now_ms: int | None = None) -> list[dict[str, float]]:
         """Per item, its query-log expansion: term -> weight decayed to ``now_ms`` (stream clock)."""
-        pipe = self.r.pipeline(transaction=False)
-        if now_ms is None:
-            pipe.get(self.keys.clock)
-        for item in item_ids:
-            pipe.hgetall(self.keys.expansion(item))
-        replies = pipe.execute()
-        if now_ms is None:
-            clock, replies = replies[0], replies[1:]
-            now = float(clock) if clock is not None else time.time() * 1000.0
-        else:
-            now = float(now_ms)
+        now, replies = self._hashes_at([self.keys.expansion(i) for i in item_ids], now_ms)
         tau = self.config.tau_ms(self.config.expansion_half_life_s)
         out = []
         for h in replies:
