@@ -228,6 +228,15 @@ def later_half(r: E.RunResult, n_boot: int = 1000) -> str:
     )
 
 
+def ceiling(r: E.RunResult, n_boot: int = 1000) -> str:
+    """The later half's ceiling for a linear head (``RunResult.later_half_ceiling``)."""
+    c = r.later_half_ceiling(n_boot=n_boot)
+    return "; ".join(
+        f"{name.replace('_', '-')} {a:.3f} (vs popularity {d:+.3f} [{lo:+.3f}, {hi:+.3f}])"
+        for name, (a, d, lo, hi) in c.items()
+    )
+
+
 def quality(data_dir: Path, seeds: int = 3, raw: bool = True) -> None:
     print("stationary stream (every click + 5 % of non-clicks); popularity counts every earlier click:")
     for seed in range(seeds):
@@ -240,6 +249,7 @@ def quality(data_dir: Path, seeds: int = 3, raw: bool = True) -> None:
             f"difference {d:+.3f} [95% {lo:+.3f}, {hi:+.3f}]   {later_half(r)}   rows={len(rows)} "
             f"detections={len(r.log.detections)}"
         )
+        print(f"           ceiling of a logistic regression fitted on the later half's own labels: {ceiling(r)}")
     print("shuffled (stationary by construction) stream, same rows in random order:")
     for shuffle in range(1, seeds + 1):
         rows, half = E.open_bandit_stream(data_dir, shuffle_seed=shuffle)
@@ -288,6 +298,8 @@ def quality(data_dir: Path, seeds: int = 3, raw: bool = True) -> None:
             f"{later_half(r, n_boot=200)}   mean p {p.mean():.4f} vs CTR {y.mean():.4f}   rows={len(rows)}  "
             f"detections={len(r.log.detections)}"
         )
+        if rate < 1:
+            print(f"  ceiling of a logistic regression fitted on the later half's own labels: {ceiling(r, n_boot=200)}")
 
 
 def main() -> None:

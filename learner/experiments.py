@@ -124,6 +124,8 @@ class RunResult:
     frozen_y: list[float] = field(default_factory=list)
     core: OnlineLearner | None = None
     popularity: np.ndarray = field(default_factory=lambda: np.zeros(0))  # per click-labelled example
+    rows: list[np.ndarray] = field(default_factory=list)  # feature row of each click-labelled example
+    positions: list[int] = field(default_factory=list)  # its shown slot (-1 unknown)
 
     @property
     def examples_per_s(self) -> float:
@@ -168,6 +170,38 @@ class RunResult:
         if not np.array_equal(y[-n:], np.array(self.frozen_y)):
             raise AssertionError("the frozen copy scored other rows than the online head's last ones")
         return auc_difference(p[-n:], np.array(self.frozen_p), y[-n:], n_boot=n_boot)
+
+    def later_half_ceiling(self, c: float = 0.1, folds: int = 5, n_boot: int = 1000) -> dict[str, tuple]:
+        """What *any* linear click model on the head's inputs could reach on the later half: an
+        L2 logistic regression on the features, log(1 + popularity) and the shown slot, fitted on
+        the later half's own labels — in-sample (it has seen every answer: a ceiling, not a
+        model) and cross-fitted (``folds``-fold, future rows included). Each as ``(AUC, AUC -
+        popularity, low, high)`` with the paired bootstrap 95 % interval. When even the in-sample
+        fit's interval barely clears popularity, the later half holds no signal an online head
+        could earn an interval above 0 from; the shortfall is the sample, not the learner."""
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+        _p, y, _ = self.log.arrays()
+        if len(self.rows) != len(y):
+            raise AssertionError("the run kept other rows than the log scored")
+        later = np.arange(len(y)) >= len(y) // 2
+        slot = np.eye(3)[np.clip(np.asarray(self.positions)[later], 0, 2)]
+        X = np.column_stack([np.stack(self.rows)[later], np.log1p(self.popularity[later]), slot])
+        X = (X - X.mean(0)) / (X.std(0) + 1e-9)
+        yl, pop = y[later], self.popularity[later]
+        fitted = LogisticRegression(C=c, max_iter=2000).fit(X, yl).decision_function(X)
+        crossed = cross_val_predict(
+            LogisticRegression(C=c, max_iter=2000),
+            X,
+            yl,
+            cv=StratifiedKFold(folds, shuffle=True, random_state=0),
+            method="decision_function",
+        )
+        return {
+            name: (auc(s, yl), *auc_difference(s, pop, yl, n_boot=n_boot))
+            for name, s in (("in_sample", fitted), ("cross_fitted", crossed))
+        }
 
     def clicks_after_shift(self, within: int = 500) -> int:
         """Clicks among the ``within`` events after the shift: the evidence a detector has there."""
@@ -224,6 +258,10 @@ def run(
             frozen.append(core.champion.frozen_copy())
 
     def on_step(examples: list[Example], _report: StepReport) -> None:
+        for e in examples:
+            if e.click is not None:  # the same examples, in the same order, as the log's p_click
+                result.rows.append(e.x)
+                result.positions.append(-1 if e.position is None else e.position)
         if frozen:
             p, _ = frozen[0].predict(Batch.of(examples))
             for e, v in zip(examples, p, strict=True):
