@@ -22,6 +22,7 @@ from serving.models import ModelWatcher
 from streamrec import bus
 from streamrec.encoder import Encoder
 from streamrec.features import FeatureStore
+from streamrec.gcpause import GcKeeper
 from streamrec.model_store import ModelStore
 from streamrec.settings import Settings
 from streamrec.store import connect
@@ -57,6 +58,7 @@ def run(s: Settings, stop: threading.Event) -> None:
     # the cockpit's bounded history (serving/cockpit.py)
     sampler = Sampler(s, engine.status, follower=lambda: engine.replica.offsets)
     sampler.start()
+    keeper = GcKeeper(thaw_s=s.serving_gc_thaw_s).start() if s.serving_gc_thaw_s > 0 else None
     config = uvicorn.Config(app, host=s.http_host, port=s.http_port, log_level="warning", timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
 
@@ -72,6 +74,8 @@ def run(s: Settings, stop: threading.Event) -> None:
     try:
         server.run()
     finally:
+        if keeper is not None:
+            keeper.stop()
         sampler.stop()
         producer.flush(timeout=10)  # impressions already handed to the producer are delivered
         producer.close(timeout=10)

@@ -16,7 +16,7 @@ import heapq
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
+from operator import itemgetter
 
 from streamrec.session_fusion import FAMILIES
 from streamrec.settings import Settings, default
@@ -62,10 +62,12 @@ class Neighbour:
     token: str
     items: Sequence[str]
     ts: float
+    # set once here, not a cached_property: a request builds up to ``sample`` (1,000) neighbours
+    # and 3.11's cached_property takes a lock on every read
+    distinct: frozenset[str] = field(init=False, repr=False, compare=False)
 
-    @cached_property
-    def distinct(self) -> frozenset[str]:
-        return frozenset(self.items)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "distinct", frozenset(self.items))
 
 
 @dataclass(frozen=True)
@@ -106,13 +108,13 @@ def stan_neighbours(prefix: Sequence[str], neighbours: Sequence[Neighbour], p: S
     out = []
     for n in neighbours:
         distinct = n.distinct
-        shared = [(pos[y], y) for y in distinct if y in pos]
+        shared = pos.keys() & distinct
         if not shared:
             continue
-        w = sum(weight[j] for j, _ in shared)
+        w = sum(weight[pos[y]] for y in shared)
         sim = w / math.sqrt(n_prefix * len(distinct)) * math.exp(-(newest - n.ts) / p.recency_ms)
-        j, anchor = max(shared)
-        out.append(Scored(sim, n, anchor, j))
+        anchor = max(shared, key=pos.__getitem__)  # positions are distinct: the most recent shared item
+        out.append(Scored(sim, n, anchor, pos[anchor]))
     return heapq.nlargest(p.neighbours, out, key=lambda s: (s.sim, s.neighbour.ts, s.neighbour.token))
 
 
@@ -143,7 +145,7 @@ def vsknn(prefix: Sequence[str], neighbours: Sequence[Neighbour], k: int) -> Sco
     scored = []
     for n in neighbours:
         distinct = n.distinct
-        shared = [pos[y] for y in distinct if y in pos]
+        shared = [pos[y] for y in pos.keys() & distinct]
         if shared:
             scored.append((sum(shared) / t, n.ts, n.token, max(shared), distinct))
     out: Scores = {}
@@ -182,12 +184,6 @@ def popular(trending: Iterable[tuple[str, float]]) -> Scores:
     return dict(trending)
 
 
-def normalised(scores: Scores) -> Scores:
-    """Divided by the per-request max, so families with different scales can be summed."""
-    top = max(scores.values(), default=0.0)
-    return {x: v / top for x, v in scores.items()} if top > 0 else {}
-
-
 @dataclass(frozen=True)
 class Fused:
     item_id: str
@@ -197,14 +193,24 @@ class Fused:
 
 def fuse(families: Mapping[str, Scores], weights: Mapping[str, float], top_n: int) -> list[Fused]:
     """Weighted sum of the max-normalised families over the union of each family's top ``top_n``,
-    best first (ties by item id, so the order is deterministic)."""
-    norm = {f: normalised(s) for f, s in families.items() if weights.get(f, 0.0) > 0}
+    best first (ties by item id, so the order is deterministic). Each family is divided by its
+    per-request max, so families with different scales can be summed."""
+    used = {f: s for f, s in families.items() if weights.get(f, 0.0) > 0}
     pool: set[str] = set()
-    for s in norm.values():
-        pool.update(x for x, _ in heapq.nlargest(top_n, s.items(), key=lambda kv: (kv[1], kv[0])))
+    peaks: dict[str, float] = {}
+    by_score_then_id = itemgetter(1, 0)
+    for f, s in used.items():
+        top = heapq.nlargest(top_n, s.items(), key=by_score_then_id)  # the max-normalised order, unnormalised
+        if top and top[0][1] > 0:
+            peaks[f] = top[0][1]
+            pool.update(x for x, _ in top)
     out = []
-    for x in pool:
-        parts = {f: weights[f] * s[x] for f, s in norm.items() if s.get(x, 0.0) > 0}
+    for x in pool:  # only the pool's values are normalised: a family can score thousands of items
+        parts = {}
+        for f, peak in peaks.items():
+            v = used[f].get(x, 0.0) / peak
+            if v > 0:
+                parts[f] = weights[f] * v
         out.append(Fused(x, sum(parts.values()), parts))
     out.sort(key=lambda c: (-c.score, c.item_id))
     return out

@@ -371,6 +371,12 @@ class Settings(BaseSettings):
     serving_rec_repeat_decay: float = Field(0.6, gt=0, le=1, description="repeat score per step back in the session")
     serving_rec_covis_decay: float = Field(0.5, ge=0, le=1, description="co-visitation weight per step back")
     model_poll_s: float = Field(0.2, gt=0, description="how often serving checks for a new model version")
+    serving_gc_thaw_s: float = Field(
+        3600.0,
+        ge=0,
+        description="serving freezes what survives each full garbage collection, so later ones walk only "
+        "new objects, and thaws it all this often (0 = never freeze; streamrec/gcpause.py)",
+    )
 
     # --- access control (serving/auth.py) ----------------------------------------------------
     api_producer_keys: KeyList = Field(

@@ -22,6 +22,7 @@ MODULES_WITH_EXAMPLES = [
     "learner.pipeline",
     "serving.backpressure",
     "streamrec.session_fusion",
+    "streamrec.gcpause",
     "learner.next_item",
 ]
 
