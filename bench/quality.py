@@ -486,6 +486,8 @@ class RecommendReport:
     live_sessions: int = 0
     live: RankTally = field(default_factory=RankTally)  # the live phase's own /recommend calls
     fusion: dict = field(default_factory=dict)  # the learned fusion as published (model meta)
+    live_latency_s: list[float] = field(default_factory=list)  # the live phase's logged /recommend calls
+    gc_full: tuple[float, float] = (0.0, 0.0)  # serving's full garbage collections: (count, seconds)
 
 
 def measure_recommend(
@@ -532,10 +534,10 @@ def measure_recommend(
                 f"applied after {time.monotonic() - started:.0f} s",
                 flush=True,
             )
-            live_tally, fusion = RankTally(), {}
+            live_tally, fusion, live_latency = RankTally(), {}, []
             if live:
                 started = time.monotonic()
-                played, _, _ = _score_sessions(
+                played, live_latency, _ = _score_sessions(
                     http, live, first_train + len(train), 1, variants=("full",), impression=True
                 )
                 live_tally = played["full"]
@@ -548,11 +550,37 @@ def measure_recommend(
                 )
             tallies, latency, visible = _score_sessions(http, evaluate, first_eval, ablation_every)
             redis_bytes = _redis_used_memory(stack.settings.redis_url)
+            gc_full = _full_collections(http)
     finally:
         stack.stop()
     return RecommendReport(
-        len(train), len(evaluate), tallies, latency, visible, redis_bytes, len(live), live_tally, fusion
+        len(train),
+        len(evaluate),
+        tallies,
+        latency,
+        visible,
+        redis_bytes,
+        len(live),
+        live_tally,
+        fusion,
+        live_latency,
+        gc_full,
     )
+
+
+def _full_collections(http: httpx.Client) -> tuple[float, float]:
+    """Serving's full garbage collections so far, (count, seconds), from its /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    count = total = 0.0
+    for family in text_string_to_metric_families(http.get("/metrics").text):
+        for sample in family.samples:
+            if sample.labels.get("generation") == "2":
+                if sample.name == "streamrec_gc_pause_seconds_count":
+                    count = sample.value
+                elif sample.name == "streamrec_gc_pause_seconds_sum":
+                    total = sample.value
+    return count, total
 
 
 def _published_fusion(s: Settings) -> dict:
@@ -642,6 +670,13 @@ def print_recommend(r: RecommendReport) -> None:
         print(f"  learned weights: {f.get('weights')}")
     print("published (their test week): SR-GNN 50.73 / 17.59, MSGIFSR 55.4 / 19.0; co-visitation ≈ 40 / 12")
     print(latency_line("GET /recommend (full, k=20, single client)", r.latency_s))
+    if r.live_latency_s:
+        print(latency_line("GET /recommend logged, as a storefront calls it (live phase)", r.live_latency_s))
+    n_gc, gc_s = r.gc_full
+    print(
+        f"serving's full garbage collections over the run: {n_gc:.0f}, {1000 * gc_s / max(n_gc, 1):.1f} ms each "
+        "on average (survivors frozen: streamrec/gcpause.py)"
+    )
     print(
         f"click → visible in that session's /recommend: p50 {percentile_ms(r.visible_s, 50):.0f} ms, "
         f"p99 {percentile_ms(r.visible_s, 99):.0f} ms (a round's clicks as one batch, until every partition applied it)"

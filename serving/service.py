@@ -58,7 +58,7 @@ def run(s: Settings, stop: threading.Event) -> None:
     # the cockpit's bounded history (serving/cockpit.py)
     sampler = Sampler(s, engine.status, follower=lambda: engine.replica.offsets)
     sampler.start()
-    keeper = GcKeeper(thaw_s=s.serving_gc_thaw_s).start() if s.serving_gc_thaw_s > 0 else None
+    keeper = GcKeeper(thaw_s=s.serving_gc_thaw_s).start(freeze_now=True) if s.serving_gc_thaw_s > 0 else None
     config = uvicorn.Config(app, host=s.http_host, port=s.http_port, log_level="warning", timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
 

@@ -46,7 +46,7 @@ class SessionCandidates:
     def neighbour_anchor(self, item_id: str) -> str | None:
         """The prefix item through which the most similar neighbour containing ``item_id`` was found."""
         for s in self.neighbours:
-            if item_id in s.neighbour.items:
+            if item_id in s.neighbour.distinct:
                 return s.anchor
         return None
 

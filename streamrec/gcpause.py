@@ -69,7 +69,13 @@ class GcKeeper:
                 self._frozen.set()
             FROZEN.set(gc.get_freeze_count())
 
-    def start(self) -> GcKeeper:
+    def start(self, freeze_now: bool = False) -> GcKeeper:
+        """``freeze_now``: collect and freeze the heap built so far (a process's modules, models and
+        loaded indexes) before the first request can wait for that walk."""
+        if freeze_now:
+            gc.collect()
+            gc.freeze()
+            self._frozen.set()
         gc.callbacks.append(self._on_gc)
         self._thread = threading.Thread(target=self._run, name="gc-keeper", daemon=True)
         self._thread.start()

@@ -361,7 +361,10 @@ class Settings(BaseSettings):
     serving_rec_weight_stan: float = Field(1.0, ge=0, description="fusion weight: STAN")
     serving_rec_weight_popular: float = Field(0.001, ge=0, description="fusion weight: trending (a tie-break)")
     serving_rec_sample: int = Field(
-        1000, ge=1, description="most recent sessions sharing an item, scored as neighbours"
+        500,
+        ge=1,
+        description="most recent sessions sharing an item, scored as neighbours (DIGINETICA: 250, 500 and 1000 "
+        "score alike; the work per request, and its p99, grows with it)",
     )
     serving_rec_neighbours: int = Field(200, ge=1, description="top neighbour sessions used by STAN / V-SKNN")
     serving_rec_family_top_n: int = Field(50, ge=1, description="candidates taken from each family before fusion")

@@ -45,3 +45,12 @@ def test_the_heap_is_thawed_again_so_old_cycles_are_reclaimed():
         assert gc.get_freeze_count() == 0
     finally:
         keeper.stop()
+
+
+def test_a_process_can_freeze_its_startup_heap_before_serving():
+    keeper = GcKeeper(check_s=60, thaw_s=3600).start(freeze_now=True)
+    try:
+        assert gc.get_freeze_count() > 0 and keeper.wait_frozen(0)
+    finally:
+        keeper.stop()
+    assert gc.get_freeze_count() == 0
