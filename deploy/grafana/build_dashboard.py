@@ -32,6 +32,16 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
         ],
     ),
     (
+        "Garbage-collector pauses (serving freezes the survivors of each full collection)",
+        "s",
+        [
+            (
+                "p99 generation {{generation}}",
+                "histogram_quantile(0.99, sum by (le, generation) (rate(streamrec_gc_pause_seconds_bucket[5m])))",
+            ),
+        ],
+    ),
+    (
         "Model and index versions served",
         "none",
         [
