@@ -43,6 +43,14 @@ tests/test_learner_open_bandit.py):
   0.568 / 0.565 / 0.568 (frozen 0.572 / 0.567 / 0.576) and the raw later half to 0.469. Shuffled
   (stationary) replays, later half, online vs frozen: 0.621 vs 0.608, 0.574 vs 0.570, 0.618 vs
   0.617, all intervals straddling 0;
+* the later half's ceiling (``RunResult.later_half_ceiling``): an L2 logistic regression on the
+  head's inputs, log(1 + popularity) and the slot, fitted on the later half's *own* labels,
+  reaches in-sample 0.601 / 0.595 / 0.607 (vs popularity +0.046 [-0.000, +0.089], +0.037
+  [-0.009, +0.079], +0.041 [+0.003, +0.081]) and cross-fitted (5 folds, future rows included)
+  0.515 / 0.489 / 0.497, below popularity (-0.041 / -0.069 / -0.069); on the raw stream in-sample
+  0.607 (+0.045 [+0.001, +0.082]), cross-fitted 0.512 (-0.050). With ~145 clicks in the later
+  half a paired interval clears 0 only near +0.04, which even a fit that has seen the answers
+  barely reaches: no head on these inputs can earn it honestly on this sample;
 * raw 60k rows (0.5 % CTR), learning from every click and 5 % of the non-clicks: online 0.591 vs
   popularity 0.534, interval [0.015, 0.095] (learning from every non-click: 0.533);
 * remap-only shift, seeds 0/1/2/3: the click-rank ADWIN fires 432 / 366 / 597 / 438 events after
