@@ -225,7 +225,8 @@ class Engine:
         serve = fitted is not None and fitted.earned
         if not serve and not impression:
             return ranked, relevance, None
-        ids = [c.item_id for c in ranked]
+        # a row depends on its item alone: only the logged head of the pool needs rows unless the fit orders it all
+        ids = [c.item_id for c in (ranked if serve else ranked[: session_fusion.POOL_LOGGED])]
         cos = [self._cosine(profile, i) for i in ids]
         F = session_fusion.features(ids, sc.families, sc.prefix, cos, self.session_params.family_top_n)
         pool = (ids[: session_fusion.POOL_LOGGED], F[: session_fusion.POOL_LOGGED]) if impression else None

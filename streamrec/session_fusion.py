@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import heapq
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -75,8 +76,8 @@ def features(
         top = max(scores.values(), default=0.0)
         if top <= 0:
             continue
-        ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
-        for rank, (x, v) in enumerate(ranked[:top_n]):
+        ranked = heapq.nsmallest(top_n, scores.items(), key=lambda kv: (-kv[1], kv[0]))  # = sorted(...)[:top_n]
+        for rank, (x, v) in enumerate(ranked):
             j = row.get(x)
             if j is not None:
                 F[j, _COL[f"{f}_score"]] = v / top
