@@ -43,7 +43,7 @@ def build_engine(s: Settings) -> tuple[Engine, KafkaProducer]:
     lexical = LexicalIndex(expansion_boost=s.serving_expansion_boost)
     replica.index.subscribe(lexical.apply)  # every vector-topic change, O(change); seeded with the snapshot
     lexical.start()
-    features = FeatureStore(r, s.redis_prefix, s.features)
+    features = FeatureStore(r, s.redis_prefix, s.features, trending_cache_s=s.serving_trending_cache_s)
     expansions = ExpansionFollower(features, lexical, s.serving_expansion_poll_s)  # clicked searches' terms
     expansions.start()
     # send() blocks while the producer's buffer is full: no longer than a write may wait for the broker

@@ -127,6 +127,7 @@ from streamrec.store import connect
 INTERACTIONS = ("view", "click", "add_to_cart", "purchase")
 SEP = "\x1f"  # one byte: the script splits records on it
 TTL_REFRESH_S = 86_400  # a key's TTL is refreshed at most once per this many wall-clock seconds
+TRENDING_COPY_N = 200  # serving's cached trending list holds at least this many (the ranking rows read 200)
 TRENDING_RESCALE = 30.0  # trending scores are rescaled when (ts - t0) / tau exceeds this (exp(30) ~ 1e13)
 QUARANTINE_RECENT_N = 20  # quarantine decisions kept in P:q:recent
 SESSION_TOKEN = {"session": "s", "user": "u"}  # session token = tag + id: the two id spaces never collide
@@ -341,11 +342,17 @@ class Keys:
 class FeatureStore:
     """Readers of the online features (learner, serving) — the layout is in the module docstring."""
 
-    def __init__(self, r: redis.Redis, prefix: str, config: FeatureConfig | None = None):
+    def __init__(self, r: redis.Redis, prefix: str, config: FeatureConfig | None = None, trending_cache_s: float = 0.0):
+        """``trending_cache_s`` > 0: :meth:`trending` answers from a copy at most that old. Serving
+        sets it: trending is one global list that every request reads (twice for /recommend: the
+        popular family and the ranking rows), so each read is a Redis round trip spent on a list
+        whose scores decay over hours."""
         self.r = r
         self.keys = Keys(prefix)
         self.config = config or FeatureConfig()
         self._neighbours = r.register_script(NEIGHBOURS_LUA)
+        self.trending_cache_s = trending_cache_s
+        self._trending_copy: tuple[float, int, list[tuple[str, float]]] | None = None  # (read at, n, list)
 
     @classmethod
     def from_settings(cls, s: Settings) -> FeatureStore:
@@ -471,6 +478,17 @@ class FeatureStore:
         the values mean the same as ``ReplayFeatures.trending`` (and as a ranking feature)."""
         if n <= 0:
             return []
+        if self.trending_cache_s <= 0:
+            return self._read_trending(n)
+        copy = self._trending_copy  # one tuple: threads swap it whole, never see it half-written
+        now = time.monotonic()
+        if copy is None or now - copy[0] > self.trending_cache_s or copy[1] < n:
+            wanted = max(n, TRENDING_COPY_N, copy[1] if copy else 0)
+            copy = (now, wanted, self._read_trending(wanted))
+            self._trending_copy = copy
+        return copy[2][:n]
+
+    def _read_trending(self, n: int) -> list[tuple[str, float]]:
         pipe = self.r.pipeline(transaction=False)
         pipe.zrevrange(self.keys.trending, 0, n - 1, withscores=True)
         pipe.get(self.keys.trending_t0)

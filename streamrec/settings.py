@@ -374,6 +374,12 @@ class Settings(BaseSettings):
     serving_rec_repeat_decay: float = Field(0.6, gt=0, le=1, description="repeat score per step back in the session")
     serving_rec_covis_decay: float = Field(0.5, ge=0, le=1, description="co-visitation weight per step back")
     model_poll_s: float = Field(0.2, gt=0, description="how often serving checks for a new model version")
+    serving_trending_cache_s: float = Field(
+        0.5,
+        ge=0,
+        description="serving reads the global trending list at most this often (0 = on every request); its "
+        "scores decay over hours, and it took two Redis round trips of every /recommend",
+    )
     serving_gc_thaw_s: float = Field(
         3600.0,
         ge=0,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 
@@ -175,3 +176,16 @@ def test_neighbour_sessions_are_the_most_recent_sharing_an_item(settings):
     ]
     assert [v.token for v in f.fs.neighbour_sessions(["a"], own=None, sample=10)] == ["ss3", "ss1"]
     assert f.fs.neighbour_sessions([], own=None, sample=10) == [] and f.fs.neighbour_sessions(["none"], None, 5) == []
+
+
+def test_serving_reads_trending_from_a_copy_at_most_trending_cache_s_old(settings):
+    f = Feed(settings)
+    f(ev(1, item="a", typ="purchase"))
+    cached = FeatureStore(f.fs.r, settings.redis_prefix, trending_cache_s=0.3)
+    assert [i for i, _ in cached.trending(10)] == ["a"]
+    f(ev(2, item="b", typ="purchase"), ev(3, item="b", typ="purchase"))
+    assert [i for i, _ in cached.trending(5)] == ["a"]  # the copy, not yet expired
+    assert [i for i, _ in f.fs.trending(10)][0] == "b"  # an uncached reader sees the change at once
+    time.sleep(0.35)
+    assert [i for i, _ in cached.trending(10)][0] == "b"  # re-read once older than trending_cache_s
+    assert cached.trending(500) == f.fs.trending(500)  # a longer list than the copy holds is read anew
