@@ -363,12 +363,6 @@ class FeatureStore:
         v = self.r.get(self.keys.clock)
         return int(float(v)) if v is not None else None
 
-    def _now(self, now_ms: int | None) -> float:
-        if now_ms is not None:
-            return float(now_ms)
-        clock = self.clock_ms()
-        return float(clock) if clock is not None else time.time() * 1000.0
-
     def _recent_entries(self, user_id: str, n: int) -> list[tuple[RecentItem, str]]:
         out = []
         # casts here and below: the client decodes (decode_responses=True), redis-py types `bytes | str`
@@ -502,10 +496,9 @@ class FeatureStore:
 
     def category_affinity(self, user_id: str, now_ms: int | None = None) -> dict[str, float]:
         """Category -> decayed weighted interaction count, decayed to ``now_ms`` (stream clock)."""
-        raw = cast(dict[str, str], self.r.hgetall(self.keys.affinity(user_id)))
+        now, (raw,) = self._hashes_at([self.keys.affinity(user_id)], now_ms)  # with the clock: one round trip
         if not raw:
             return {}
-        now = self._now(now_ms)
         tau = self.config.tau_ms(self.config.affinity_half_life_s)
         return {
             c: decay(float(v), float(raw[f"@{c}"]), now, tau)
