@@ -163,9 +163,9 @@ class ReplayFeatures:
         """The writer's ``expand``: the event's query terms (else its linked search's) added to the
         item's expansion, everything decayed to one reference ts, the weakest beyond the cap evicted."""
         cfg, w = self.cfg, self.cfg.expansion_weight(e.type)
-        terms = " ".join(expansion_terms(e.query, cfg.expansion_query_terms))
         if w <= 0 or e.item_id is None:
             return
+        terms = " ".join(expansion_terms(e.query, cfg.expansion_query_terms))
         if not terms and e.request_id:
             terms = next((t for rid, t in self.searches.get(e.user_id, ()) if rid == e.request_id), "")
         if not terms:

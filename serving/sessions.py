@@ -62,7 +62,7 @@ class Neighbour:
     token: str
     items: Sequence[str]
     ts: float
-    # set once here, not a cached_property: a request builds up to ``sample`` (1,000) neighbours
+    # set once here, not a cached_property: a request builds up to ``sample`` (500) neighbours
     # and 3.11's cached_property takes a lock on every read
     distinct: frozenset[str] = field(init=False, repr=False, compare=False)
 

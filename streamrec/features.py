@@ -127,7 +127,6 @@ from streamrec.store import connect
 INTERACTIONS = ("view", "click", "add_to_cart", "purchase")
 SEP = "\x1f"  # one byte: the script splits records on it
 TTL_REFRESH_S = 86_400  # a key's TTL is refreshed at most once per this many wall-clock seconds
-TRENDING_COPY_N = 200  # serving's cached trending list holds at least this many (the ranking rows read 200)
 TRENDING_RESCALE = 30.0  # trending scores are rescaled when (ts - t0) / tau exceeds this (exp(30) ~ 1e13)
 QUARANTINE_RECENT_N = 20  # quarantine decisions kept in P:q:recent
 SESSION_TOKEN = {"session": "s", "user": "u"}  # session token = tag + id: the two id spaces never collide
@@ -477,7 +476,7 @@ class FeatureStore:
         copy = self._trending_copy  # one tuple: threads swap it whole, never see it half-written
         now = time.monotonic()
         if copy is None or now - copy[0] > self.trending_cache_s or copy[1] < n:
-            wanted = max(n, TRENDING_COPY_N, copy[1] if copy else 0)
+            wanted = max(n, copy[1] if copy else 0)  # the longest list asked for: every reader served from one copy
             copy = (now, wanted, self._read_trending(wanted))
             self._trending_copy = copy
         return copy[2][:n]

@@ -73,10 +73,10 @@ def features(
     row = {x: j for j, x in enumerate(pool)}
     for f in FAMILIES:
         scores = families.get(f) or {}
-        top = max(scores.values(), default=0.0)
+        ranked = heapq.nsmallest(top_n, scores.items(), key=lambda kv: (-kv[1], kv[0]))  # = sorted(...)[:top_n]
+        top = ranked[0][1] if ranked else 0.0
         if top <= 0:
             continue
-        ranked = heapq.nsmallest(top_n, scores.items(), key=lambda kv: (-kv[1], kv[0]))  # = sorted(...)[:top_n]
         for rank, (x, v) in enumerate(ranked):
             j = row.get(x)
             if j is not None:
