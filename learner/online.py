@@ -138,6 +138,7 @@ class OnlineLearner:
         )
         self.buffer: deque[Example] = deque(maxlen=c.buffer_size)
         self.examples = 0
+        self.clicks = 0  # examples learned with click = 1: tests and ops see that labels arrive
         self.detections_total: dict[str, int] = {}
         self.promotions = 0
         self.challengers_started = 0
@@ -176,6 +177,7 @@ class OnlineLearner:
             self.challenger.learn(train)
         self.buffer.extend(examples)
         self.examples += len(examples)
+        self.clicks += int((batch.click_mask & (batch.click > 0.5)).sum())
 
         if self.challenger is None and any(d.detector in HARMFUL for d in report.detections):
             window = max((d.evidence.get("window", 0) for d in report.detections if d.detector in HARMFUL), default=0)
@@ -262,6 +264,7 @@ class OnlineLearner:
             out.update({f"challenger_{k}": v for k, v in self.challenger_eval.summary().items()})
         out.update(
             examples=self.examples,
+            clicks=self.clicks,
             updates=self.champion.updates,
             promotions=self.promotions,
             challenger_running=self.challenger is not None,
@@ -282,6 +285,7 @@ class OnlineLearner:
             "monitor": self.monitor,
             "buffer": list(self.buffer),
             "examples": self.examples,
+            "clicks": self.clicks,
             "detections_total": self.detections_total,
             "promotions": self.promotions,
             "challengers_started": self.challengers_started,
@@ -301,6 +305,7 @@ class OnlineLearner:
         core.monitor = st["monitor"]
         core.buffer.extend(st["buffer"])
         core.examples = st["examples"]
+        core.clicks = st.get("clicks", 0)  # checkpoints from before the count
         core.detections_total = dict(st["detections_total"])
         core.promotions = st["promotions"]
         core.challengers_started = st["challengers_started"]

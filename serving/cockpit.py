@@ -270,51 +270,57 @@ class Sampler:
             m = self.store.meta(version).get("metrics", {}) if version else {}
         except KeyError:
             m = {}
-        point: dict[str, Any] = {
-            "t": int(now["time"] * 1000),
-            "model_version": version,
-            "served_version": status.get("model_version"),
-            "auc": _round(m.get("click_auc")),
-            "logloss": _round(m.get("click_logloss")),
-            "challenger_logloss": _round(m.get("challenger_click_logloss")),
-            "purchase_auc": _round(m.get("purchase_auc")),
-            "examples": m.get("examples"),
-            "index_items": status.get("index_items"),
-            "lag": now["lag"],
-            "lags": now["lags"],
-            "feature_ks": now["learner"]["feature_ks"],
-            "feature_ks_threshold": now["learner"]["feature_ks_threshold"],
-        }
-        if prev is None:
+        return history_point(now, prev, status, version, m)
+
+
+def history_point(
+    now: dict[str, Any], prev: dict[str, Any] | None, status: dict, version: int | None, m: dict
+) -> dict | None:
+    """One history point from two reads of the counters (``Sampler._counters``), serving's status
+    and the served model's metrics; None without a previous read (rates need two)."""
+    if prev is None:
+        return None
+    point: dict[str, Any] = {
+        "t": int(now["time"] * 1000),
+        "model_version": version,
+        "served_version": status.get("model_version"),
+        "auc": _round(m.get("click_auc")),
+        "logloss": _round(m.get("click_logloss")),
+        "challenger_logloss": _round(m.get("challenger_click_logloss")),
+        "purchase_auc": _round(m.get("purchase_auc")),
+        "examples": m.get("examples"),
+        "index_items": status.get("index_items"),
+        "lag": now["lag"],
+        "lags": now["lags"],
+        "feature_ks": now["learner"]["feature_ks"],
+        "feature_ks_threshold": now["learner"]["feature_ks_threshold"],
+    }
+    dt = max(1e-6, now["time"] - prev["time"])
+
+    def rate(key: str) -> float | None:
+        if now[key] is None or prev[key] is None:
             return None
-        dt = max(1e-6, now["time"] - prev["time"])
+        return round(max(0, now[key] - prev[key]) / dt, 3)
 
-        def rate(key: str) -> float | None:
-            if now[key] is None or prev[key] is None:
-                return None
-            return round(max(0, now[key] - prev[key]) / dt, 3)
-
-        point.update(in_per_s=rate("end"), api_in_per_s=rate("api_in"), out_per_s=rate("applied"))
-        point["click_rate"], point["purchase_rate"] = _per_item_shown(
-            now["learner"]["counts"], prev["learner"]["counts"]
-        )
-        point["dlq_per_s"] = rate("dlq")
-        point["quarantine_per_s"] = rate("quarantine")
-        _n, fresh50, fresh99 = _delta_quantiles(now["fresh"], prev["fresh"])
-        point["searchable_p50_s"] = round(fresh50, 3) if fresh50 is not None else None
-        point["searchable_p99_s"] = round(fresh99, 3) if fresh99 is not None else None
-        latency: dict[str, dict[str, float | None]] = {}
-        for endpoint, buckets in now["latency"].items():
-            count, p50, p99 = _delta_quantiles(buckets, prev["latency"].get(endpoint, []))
-            if count <= 0:
-                continue
-            latency[endpoint] = {
-                "rps": round(count / dt, 3),
-                "p50_ms": round(p50 * 1000, 2) if p50 is not None else None,
-                "p99_ms": round(p99 * 1000, 2) if p99 is not None else None,
-            }
-        point["latency"] = latency
-        return point
+    point.update(in_per_s=rate("end"), api_in_per_s=rate("api_in"), out_per_s=rate("applied"))
+    point["click_rate"], point["purchase_rate"] = _per_item_shown(now["learner"]["counts"], prev["learner"]["counts"])
+    point["dlq_per_s"] = rate("dlq")
+    point["quarantine_per_s"] = rate("quarantine")
+    _n, fresh50, fresh99 = _delta_quantiles(now["fresh"], prev["fresh"])
+    point["searchable_p50_s"] = round(fresh50, 3) if fresh50 is not None else None
+    point["searchable_p99_s"] = round(fresh99, 3) if fresh99 is not None else None
+    latency: dict[str, dict[str, float | None]] = {}
+    for endpoint, buckets in now["latency"].items():
+        count, p50, p99 = _delta_quantiles(buckets, prev["latency"].get(endpoint, []))
+        if count <= 0:
+            continue
+        latency[endpoint] = {
+            "rps": round(count / dt, 3),
+            "p50_ms": round(p50 * 1000, 2) if p50 is not None else None,
+            "p99_ms": round(p99 * 1000, 2) if p99 is not None else None,
+        }
+    point["latency"] = latency
+    return point
 
 
 def _round(v: Any, digits: int = 4) -> Any:

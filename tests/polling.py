@@ -23,3 +23,12 @@ def wait_for(cond: Callable[[], T], what: str = "condition", timeout_s: float = 
             return last
         time.sleep(every_s)
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}; last value: {last!r}")
+
+
+def clicks_learned(http) -> int:
+    """Clicks (positive examples) the served model has learned from, as published in its metadata
+    (``/dashboard/data``): a model version can move on impressions alone, this count only on clicks
+    that reached the learner and joined their impression."""
+    models = http.get("/dashboard/data").json()["models"]
+    current = [m for m in models if m.get("current")]
+    return int((current[0]["metrics"] if current else {}).get("clicks", 0))

@@ -57,13 +57,12 @@ def test_api_conforms_to_its_schema(case, base_url):
     if body is None:
         return
     valid = isinstance(case.body, (dict, list)) and body.is_valid(case.body)
-    if response.status_code == 202:
+    if valid:
+        # a keyless write from loopback is allowed and the broker is up: every valid object is published
+        assert response.status_code == 202, f"{response.status_code} {response.text[:500]}; body {case.body!r}"
         rejected = response.json()["rejected"]
-        if valid:
-            assert rejected == [], f"schema-valid objects rejected: {rejected}; body {case.body!r}"
-        else:
-            assert rejected, f"schema-invalid body accepted whole: {case.body!r}"
-    elif valid:
-        assert response.status_code in (401, 403, 429, 503), f"{response.status_code} {response.text[:500]}"
+        assert rejected == [], f"schema-valid objects rejected: {rejected}; body {case.body!r}"
+    elif response.status_code == 202:
+        assert response.json()["rejected"], f"schema-invalid body accepted whole: {case.body!r}"
     else:
         assert 400 <= response.status_code < 500, f"{response.status_code} {response.text[:500]}"

@@ -1,26 +1,24 @@
 """bench/lexical.py in small: on the synthetic Home Depot catalogue, single adds, replaces and deletes
-are searchable within the freshness target, and what a change costs does not grow with the catalogue.
+are searchable at the writer's next commit, and what a change costs does not grow with the catalogue.
 
-Work is counted where it can be (documents analysed per change); time is only compared coarsely
-(median of interleaved trials, 2k vs 20k items, a bound far from the 10× an O(catalogue) change
-would cost), because this machine is shared and noisy.
+Work is counted (commits until a change is visible, documents analysed per change), never seconds:
+the freshness target in seconds and the time per change at 1M items are bench/lexical.py's figures.
 """
 
 from __future__ import annotations
 
 import os
 import random
-import statistics
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
 import serving.lexical
-from bench.lexical import TARGET_VISIBLE_P99_S, catalogue, model_code, variant
+from bench.lexical import catalogue, model_code, variant
 from serving.lexical import LexicalIndex
 from streamrec.datasets import homedepot
 from streamrec.vector_index.live import ItemMeta
+from tests.polling import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -40,15 +38,6 @@ def _present(index: LexicalIndex, item_id: str, query: str) -> bool:
     return any(h.item_id == item_id for h in index.search(query, 10))
 
 
-def _seconds_until(check: Callable[[], bool], timeout_s: float = 10.0) -> float:
-    start = time.perf_counter()
-    while time.perf_counter() - start < timeout_s:
-        if check():
-            return time.perf_counter() - start
-        time.sleep(0.01)
-    return float("inf")
-
-
 def _changes(items: list[tuple[str, str]], n: int, seed: int) -> Iterator[tuple[str, ItemMeta | None, str]]:
     """(item id, new text or None, a query that finds it): n adds, n replaces, n deletes, interleaved."""
     rng = random.Random(seed)
@@ -65,19 +54,23 @@ def _changes(items: list[tuple[str, str]], n: int, seed: int) -> Iterator[tuple[
             yield item_id, ItemMeta(title), code
 
 
-def test_single_changes_are_searchable_within_the_freshness_target(items: list[tuple[str, str]]) -> None:
+def test_single_changes_are_searchable_within_two_commits(items: list[tuple[str, str]]) -> None:
     index = _built(items[:3000])
     index.start()  # serving's writer thread and commit interval
     try:
-        took, deleted = [], 0
+        checked, deleted = 0, 0
         for item_id, item, query in _changes(items[:3000], 5, seed=1):
             if item is None and not _present(index, item_id, query):
                 continue  # a title its own words do not rank in the top 10: its absence shows nothing
+            committed = index.version
             index.apply({item_id: item})
             shown = item is not None
-            took.append(_seconds_until(lambda i=item_id, q=query, s=shown: _present(index, i, q) == s))
+            wait_for(lambda i=item_id, q=query, s=shown: _present(index, i, q) == s, f"{item_id} changed", 30)
+            # the writer's next commit (a second one when the change came while a commit was under way)
+            assert index.version - committed <= 2, (item_id, index.version - committed)
+            checked += 1
             deleted += item is None
-        assert len(took) >= 12 and max(took) <= TARGET_VISIBLE_P99_S, took
+        assert checked >= 12
         assert len(index) == 3000 + 5 - deleted  # replaces replaced, deletes deleted
     finally:
         index.stop()
@@ -97,17 +90,12 @@ def test_a_change_costs_the_same_work_at_2k_and_20k_items(
 
     monkeypatch.setattr(serving.lexical, "analyze", counting)
     work: dict[int, list[int]] = {2000: [], 20_000: []}
-    seconds: dict[int, list[float]] = {2000: [], 20_000: []}
-    for trial in range(12):  # interleaved, so a burst of load on the box hits both sizes alike
+    for trial in range(12):
         for n, index, pool in ((2000, small, items[:2000]), (20_000, large, items)):
             batch = {item_id: item for item_id, item, _ in _changes(pool, 1, seed=100 + trial)}
             analysed = 0
-            t = time.perf_counter()
             index.apply(batch)
             index.refresh()  # analyse, add/delete, commit and reload: the writer thread's work
-            seconds[n].append(time.perf_counter() - t)
             work[n].append(analysed)
     assert len(small) == 2000 and len(large) == 20_000  # one add and one delete per trial
     assert work[2000] == work[20_000] and max(work[20_000]) <= 4  # 2 upserts × (title + category)
-    ratio = statistics.median(seconds[20_000]) / statistics.median(seconds[2000])
-    assert ratio < 4.0, (ratio, seconds)  # O(catalogue) would be ~10×

@@ -10,11 +10,12 @@ from fastapi.testclient import TestClient
 from learner.drift import FEATURE_WINDOW, DriftMonitor, ks_critical
 from serving import metrics
 from serving.app import create_app
-from serving.cockpit import HISTORY, Sampler, history, quantile, record_action
+from serving.cockpit import HISTORY, Sampler, history, history_point, quantile, record_action
 from streamrec import bus
 from streamrec.model_store import ModelStore
 from streamrec.ops import add_learner_stats
 from streamrec.ranking import FEATURE_NAMES, RankingHead
+from streamrec.settings import Settings
 from streamrec.store import connect
 from streamrec.vector_index.metrics import EVENT_TO_SEARCHABLE
 from tests.conftest import isolated_settings
@@ -71,39 +72,44 @@ def test_sampler_appends_rates_to_a_capped_redis_list(kafka_broker, redis_server
 
 
 def test_history_point_stays_under_1200_bytes_with_every_route_and_five_watched_features():
-    """The README's bound (2,880 points, under 3.5 MB) for a large point: six-digit counts, the
-    default five drift-watched features and latency on every API route."""
-    point = {
-        "t": 1_700_000_000_000,
-        "model_version": 123456,
-        "served_version": 123456,
-        "auc": 0.7123,  # rounded by the sampler
-        "logloss": 0.3123,
-        "challenger_logloss": 0.3123,
-        "purchase_auc": 0.6123,
-        "examples": 123456789,
-        "index_items": 1234567,
-        "lag": 123456,
-        "lags": {"consumers": 123456, "index-updater": 123456, "learner": 123456, "serving-vectors": 123456},
-        "feature_ks": {
-            f: 0.1234 for f in ("retrieval_score", "query_item_cos", "price_log", "item_vec_0", "item_vec_1")
-        },
-        "feature_ks_threshold": ks_critical(FEATURE_WINDOW, FEATURE_WINDOW),
-        "in_per_s": 1234.567,
-        "api_in_per_s": 1234.567,
-        "out_per_s": 1234.567,
-        "click_rate": 0.1234,
-        "purchase_rate": 0.0123,
-        "dlq_per_s": 1.234,
-        "quarantine_per_s": 1.234,
-        "searchable_p50_s": 0.123,
-        "searchable_p99_s": 1.234,
-        "latency": {
-            route: {"rps": 12.345, "p50_ms": 12.34, "p99_ms": 123.45}
-            for route in ("search", "recommend", "similar", "post_events", "post_catalog", "promote", "rollback")
-        },
-    }
-    assert len(json.dumps(point, separators=(",", ":"))) < 1200
+    """The README's bound (2,880 points, under 3.5 MB) for the largest point the sampler makes:
+    large counts and rates, long floats in the model's metrics, the default five drift-watched
+    features and latency on every API route (the point is built by the sampler's own function)."""
+    routes = ["search", "recommend", "similar", "post_events", "post_catalog", "promote", "rollback"]
+    buckets = [(le, 0.0) for le in (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, float("inf"))]
+
+    def counters(t: float, n: float) -> dict:
+        grow = [(le, n * (k + 1) / len(buckets)) for k, (le, _) in enumerate(buckets)]
+        lags = {"consumers": 12345678, "index-updater": 12345678, "learner": 12345678, "serving-vectors": 12345678}
+        learner = {
+            "counts": {"events:click": int(n * 7), "events:purchase": int(n * 3), "items_shown": int(n * 97)},
+            "feature_ks": {f: 0.123456789 for f in Settings().drift_features},
+            "feature_ks_threshold": ks_critical(FEATURE_WINDOW, FEATURE_WINDOW),
+        }
+        return {
+            "time": t,
+            "applied": n * 1000,
+            "end": n * 1234,
+            "lag": 12345678,
+            "lags": lags,
+            "api_in": n * 1111,
+            "dlq": n * 3,
+            "quarantine": n * 7,
+            "learner": learner,
+            "latency": {route: grow for route in routes},
+            "fresh": grow,
+        }
+
+    metrics_ = {k: 0.123456789123 for k in ("click_auc", "click_logloss", "challenger_click_logloss", "purchase_auc")}
+    point = history_point(
+        counters(1_700_000_003.123456, 9_876_543.0),
+        counters(1_700_000_000.0, 1.0),
+        {"model_version": 1234567, "index_items": 12345678},
+        1234567,
+        metrics_ | {"examples": 123456789012},
+    )
+    assert point is not None and set(point["latency"]) == set(routes) and len(point["feature_ks"]) == 5
+    assert len(json.dumps(point, separators=(",", ":"))) < 1200, json.dumps(point)
 
 
 def test_feature_distance_is_small_when_stationary_and_crosses_the_ks_line_after_a_shift():

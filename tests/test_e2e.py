@@ -20,7 +20,7 @@ from streamrec import bus
 from streamrec.datasets import amazon18
 from streamrec.schemas import DeadLetter
 from tests.conftest import isolated_settings
-from tests.polling import wait_for
+from tests.polling import clicks_learned, wait_for
 
 CATALOG_SIZE = 300
 pytestmark = pytest.mark.slow
@@ -146,15 +146,17 @@ def test_malformed_events_land_in_the_dlq_with_reason_and_original_bytes(stack, 
     assert base64.b64decode(letters[bad[2]].payload_b64) == bad[2]
 
 
-def test_labelled_impressions_raise_the_served_model_version(http):
+def test_clicks_reach_the_learner_and_raise_the_served_model_version(http):
     start = http.get("/healthz").json()["model_version"]
+    learned_before = clicks_learned(http)
     user = f"learner-{uuid.uuid4().hex[:6]}"
+    clicks = 0
     for query in ("pen", "paper", "binder", "tape", "stapler", "labels", "ink", "envelope"):
         result = http.get("/search", params={"q": query, "user_id": user, "k": 10}).json()
         shown = [it["item_id"] for it in result["items"]]
         if not shown:
             continue
-        http.post(
+        r = http.post(
             "/events",
             json={
                 "event_id": uuid.uuid4().hex,
@@ -166,7 +168,13 @@ def test_labelled_impressions_raise_the_served_model_version(http):
                 "ts": _now(),
             },
         )
-    newer = wait_for(lambda: (v := http.get("/healthz").json()["model_version"]) > start and v, timeout_s=60)
+        assert r.status_code == 202, r.text
+        clicks += 1
+    assert clicks >= 4
+    # every click joined its impression and was learned from: a lost click fails here, even though
+    # the impressions alone could move the version
+    wait_for(lambda: clicks_learned(http) >= learned_before + clicks, f"{clicks} clicks learned", timeout_s=60)
+    newer = http.get("/healthz").json()["model_version"]
     assert newer > start
     assert http.get("/search", params={"q": "pen", "k": 3}).json()["model_version"] >= newer
 

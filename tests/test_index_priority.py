@@ -30,6 +30,7 @@ def post(s: Settings, ops: list[CatalogOp]) -> None:
         producer.close()
 
 
+@pytest.mark.slow
 def test_single_changes_overtake_a_bulk_import(fast_settings, updater, replicas, data_dir):  # noqa: F811
     replica = replicas(from_snapshot=False)
     bulk = list(homedepot.catalog(data_dir, limit=BULK))

@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from launcher.stack import settings_env
 from learner.checkpoint import Checkpointer
 from streamrec import bus
@@ -28,6 +30,7 @@ def _start(s, log: Path) -> subprocess.Popen:
         )
 
 
+@pytest.mark.slow
 def test_kill_9_resumes_from_checkpoint(kafka_broker, redis_server, tmp_path):
     s = isolated_settings(
         kafka_broker,

@@ -131,6 +131,7 @@ def test_online_head_clearly_beats_chance_and_popularity(stationary):
         assert diff >= 0.02 and low > 0, (a, diff, low)
 
 
+@pytest.mark.slow
 def test_on_the_raw_stream_training_on_sampled_negatives_beats_popularity(data_dir):
     """All 60,000 impressions at their 0.5 % click rate: the head learns from every click and 5 %
     of the non-clicks (``train_negative_rate``) but is scored on every impression. Measured:

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from consumers.apply import Writer
 from consumers.botfilter import BotConfig
@@ -136,6 +137,7 @@ def rolling_events(n: int, start: int = 0, ts0: int = 1_700_000_000_000) -> list
     return out
 
 
+@pytest.mark.slow
 def test_a_full_redis_sheds_the_oldest_features_and_never_fails_a_write(tmp_path):
     limit_mb = 12
     with EmbeddedRedis(tmp_path / "redis", maxmemory_mb=limit_mb) as server:
@@ -167,6 +169,7 @@ def test_a_full_redis_sheds_the_oldest_features_and_never_fails_a_write(tmp_path
         assert memory.violations(memory.audit(r, s.redis_prefix)) == []
 
 
+@pytest.mark.slow
 def test_memory_per_active_user_and_item_is_bounded_and_flat_at_a_stable_active_set(redis_server):
     """A fixed population (400 users, 4 sessions each in turn, 300 items) streams until every cap is
     reached; after that used_memory must stop growing (the caps, not the stream length, bound it)."""

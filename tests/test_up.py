@@ -1,23 +1,36 @@
 """`streamrec up`, the README's main command, as a user runs it: embedded broker and Redis, demo
-catalog indexed, demo shoppers replayed through the API; SIGTERM drains everything, exit 0."""
+catalog indexed, demo shoppers replayed through the API; the ops cockpit in a real browser (charts,
+a drift injected through the API, a rollback through the page's button); SIGTERM drains
+everything, exit 0. One `up` serves the three tests, in this order (they share an xdist group)."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
 from launcher.embedded import free_port
+from tests.browser import (
+    browser,
+    inject_shift_until_detected,
+    missing,
+    open_dashboard_with_data,
+    rollback_through_the_page,
+)
+from tests.polling import wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("streamrec-up")]
+REFRESH_S = 5  # serving/dashboard.py REFRESH_MS
 
 
 def _counter(metrics_text: str, name: str, **labels) -> float:
@@ -86,44 +99,113 @@ def start_up(tmp_path, env: dict[str, str]) -> tuple[subprocess.Popen, Path, str
     return proc, log_path, f"http://127.0.0.1:{env['STREAMREC_HTTP_PORT']}"
 
 
-def test_up_serves_demo_traffic_and_drains_on_sigterm(tmp_path):
-    env = up_env(tmp_path, free_port())
+@dataclass
+class Up:
+    proc: subprocess.Popen
+    log_path: Path
+    base: str
+    env: dict[str, str]
+    tmp_path: Path
+
+
+@pytest.fixture(scope="module")
+def up(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("up")
+    env = up_env(
+        tmp_path,
+        free_port(),
+        STREAMREC_COCKPIT_SAMPLE_S="2",  # history points every 2 s, so the cockpit's charts fill quickly
+        STREAMREC_DRIFT_WARMUP="100",  # detectors armed after 100 labelled examples, not 1000
+    )
     proc, log_path, base = start_up(tmp_path, env)
     try:
         _wait_until_up(proc, log_path, base, timeout_s=300)
-        assert "memory only" in log_path.read_text()  # the user is told the embedded broker keeps nothing
-        with httpx.Client(base_url=base, timeout=10) as http:
-            assert http.get("/readyz").status_code == 200
-            assert http.get("/search", params={"q": "ink cartridge"}).json()["items"]
-
-            def accepted() -> float:
-                return _counter(http.get("/metrics").text, "streamrec_serving_published_total", outcome="accepted")
-
-            first = accepted()
-            time.sleep(5)
-            assert accepted() > first, "demo shoppers are not sending events"
-            assert "Drift events" in http.get("/dashboard").text
-        # read-only commands in another shell find the running embedded stack by themselves
-        status = subprocess.run(
-            [sys.executable, "-m", "launcher.cli", "status", "--json"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert status.returncode == 0, status.stderr
-        report = json.loads(status.stdout)
-        assert report["serving"]["index_items"] >= CATALOG_LIMIT
-        assert report["models"]["serving_version"] >= 1
-        assert set(report["lag"]) == {"consumers", "index-updater", "learner", "serving (vector follower)"}
-        models = subprocess.run(
-            [sys.executable, "-m", "launcher.cli", "model", "list"], env=env, capture_output=True, text=True, timeout=60
-        )
-        assert models.returncode == 0 and "*" in models.stdout, models.stderr
+        yield Up(proc, log_path, base, env, tmp_path)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(90)
-    output = log_path.read_text()
+        if proc.poll() is None:  # the drain test stops it; a failure before it must not leave it running
+            proc.kill()
+            proc.wait()
+
+
+def test_up_serves_demo_traffic(up):
+    output = up.log_path.read_text()
+    assert "memory only" in output  # the user is told the embedded broker keeps nothing
+    assert "accepted from loopback clients only" in " ".join(output.split())
+    with httpx.Client(base_url=up.base, timeout=10) as http:
+        assert http.get("/readyz").status_code == 200
+        assert http.get("/search", params={"q": "ink cartridge"}).json()["items"]
+
+        def accepted() -> float:
+            return _counter(http.get("/metrics").text, "streamrec_serving_published_total", outcome="accepted")
+
+        first = accepted()
+        wait_for(lambda: accepted() > first, "demo shoppers sending events", timeout_s=30, every_s=0.5)
+        assert "Drift events" in http.get("/dashboard").text
+    # read-only commands in another shell find the running embedded stack by themselves
+    status = subprocess.run(
+        [sys.executable, "-m", "launcher.cli", "status", "--json"],
+        env=up.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert status.returncode == 0, status.stderr
+    report = json.loads(status.stdout)
+    assert report["serving"]["index_items"] >= CATALOG_LIMIT
+    assert report["models"]["serving_version"] >= 1
+    assert set(report["lag"]) == {"consumers", "index-updater", "learner", "serving (vector follower)"}
+    models = subprocess.run(
+        [sys.executable, "-m", "launcher.cli", "model", "list"], env=up.env, capture_output=True, text=True, timeout=60
+    )
+    assert models.returncode == 0 and "*" in models.stdout, models.stderr
+
+
+@pytest.mark.skipif(missing() is not None, reason=missing() or "")
+def test_dashboard_in_a_real_browser_shows_live_charts_and_rolls_back(up):
+    """Headless Chromium opens /dashboard, waits until the charts hold data from demo traffic, saves
+    a screenshot, injects a shift through the public API (shoppers click the last recommended item)
+    until the learner detects drift, sees it as a marker and a row, and rolls back with the button."""
+    from selenium.webdriver.common.by import By
+
+    tmp_path = up.tmp_path
+    driver = browser()
+    try:
+        open_dashboard_with_data(driver, up.base)
+        shot = tmp_path / "dashboard.png"
+        driver.save_screenshot(str(shot))
+        assert shot.stat().st_size > 10_000
+        with httpx.Client(base_url=up.base, timeout=10) as http:
+            wait_for(
+                lambda: len(http.get("/dashboard/data").json()["models"]) >= 2,
+                "two model versions",
+                120,
+                every_s=1.0,
+            )
+            detected = inject_shift_until_detected(http, timeout_s=240)
+        # the detection appears on the page as a marker on the model-quality charts and as a row
+        wait_for(
+            lambda: driver.find_elements(By.CSS_SELECTOR, "#c_auc line.marker-drift"),
+            "a drift marker",
+            30,
+            every_s=1.0,
+        )
+        shown = lambda: detected["detector"] in driver.find_element(By.ID, "drift").text  # noqa: E731
+        wait_for(shown, f"{detected['detector']} in the drift-event table", 30, every_s=1.0)  # refreshes every 5 s
+        driver.save_screenshot(str(tmp_path / "dashboard-drift.png"))
+        rollback_through_the_page(driver)
+        after = tmp_path / "dashboard-after-rollback.png"
+        time.sleep(REFRESH_S)  # one more refresh, so the page shows the action
+        driver.save_screenshot(str(after))
+        if os.environ.get("DASHBOARD_SCREENSHOT_OUT"):  # how docs/dashboard.png is made
+            shutil.copyfile(after, os.environ["DASHBOARD_SCREENSHOT_OUT"])
+    finally:
+        driver.quit()
+
+
+def test_sigterm_drains_every_service_and_exits_0(up):
+    up.proc.send_signal(signal.SIGTERM)
+    code = up.proc.wait(90)
+    output = up.log_path.read_text()
     assert code == 0, output[-3000:]
     assert "stopped." in output
     for service in ("consumers", "index-updater", "learner", "serving"):

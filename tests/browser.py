@@ -1,38 +1,29 @@
 """The cockpit as a person sees it: headless Chromium (Debian's ``chromium`` + ``chromium-driver``,
-driven by Selenium) opens /dashboard of a running `streamrec up`, waits until the charts hold data
-from demo traffic, saves a screenshot under the test's tmp dir, injects a shift through the public
-API (shoppers click the last recommended item) until the learner detects drift, sees the detection
-as a marker and a row on the page, and rolls the served model back through the page's button.
+driven by Selenium) on /dashboard. The test is ``tests/test_up.py`` (on the running `streamrec up`);
+these are its browser helpers.
 
-The README's screenshot is made by this test: ``DASHBOARD_SCREENSHOT_OUT=docs/dashboard.png pytest
-tests/test_browser.py`` (or, with a stack running, ``python -m tests.test_browser BASE_URL OUT.png``).
+The README's screenshot is made by that test: ``DASHBOARD_SCREENSHOT_OUT=docs/dashboard.png pytest
+tests/test_up.py`` (or, with a stack running, ``python -m tests.browser BASE_URL OUT.png``).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import sys
 import time
 import uuid
 from pathlib import Path
 
 import httpx
-import pytest
 
-from launcher.embedded import free_port
 from tests.polling import wait_for
 
-pytestmark = pytest.mark.slow
-
-REFRESH_S = 5  # serving/dashboard.py REFRESH_MS
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 
 
-def _missing() -> str | None:
+def missing() -> str | None:
     if CHROMIUM is None or CHROMEDRIVER is None:
         return "chromium / chromedriver not installed (Debian: apt-get install -y chromium chromium-driver)"
     try:
@@ -104,61 +95,6 @@ def capture(base: str, out: Path) -> None:
         driver.quit()
 
 
-@pytest.mark.skipif(_missing() is not None, reason=_missing() or "")
-def test_dashboard_in_a_real_browser_shows_live_charts_and_rolls_back(tmp_path):
-    from selenium.webdriver.common.by import By
-
-    from tests.test_up import _wait_until_up, start_up, up_env
-
-    env = up_env(
-        tmp_path,
-        free_port(),
-        STREAMREC_COCKPIT_SAMPLE_S="2",  # history points every 2 s, so the charts fill quickly
-        STREAMREC_DRIFT_WARMUP="100",  # detectors armed after 100 labelled examples, not 1000
-    )
-    proc, log_path, base = start_up(tmp_path, env)
-    try:
-        _wait_until_up(proc, log_path, base, timeout_s=300)
-        assert "accepted from loopback clients only" in " ".join(log_path.read_text().split())
-        driver = browser()
-        try:
-            open_dashboard_with_data(driver, base)
-            shot = tmp_path / "dashboard.png"
-            driver.save_screenshot(str(shot))
-            assert shot.stat().st_size > 10_000
-            with httpx.Client(base_url=base, timeout=10) as http:
-                wait_for(
-                    lambda: len(http.get("/dashboard/data").json()["models"]) >= 2,
-                    "two model versions",
-                    120,
-                    every_s=1.0,
-                )
-                detected = inject_shift_until_detected(http, timeout_s=240)
-            # the detection appears on the page as a marker on the model-quality charts and as a row
-            wait_for(
-                lambda: driver.find_elements(By.CSS_SELECTOR, "#c_auc line.marker-drift"),
-                "a drift marker",
-                30,
-                every_s=1.0,
-            )
-            shown = lambda: detected["detector"] in driver.find_element(By.ID, "drift").text  # noqa: E731
-            wait_for(
-                shown, f"{detected['detector']} in the drift-event table", 30, every_s=1.0
-            )  # page refreshes every 5 s
-            driver.save_screenshot(str(tmp_path / "dashboard-drift.png"))
-            rollback_through_the_page(driver)
-            after = tmp_path / "dashboard-after-rollback.png"
-            time.sleep(REFRESH_S)  # one more refresh, so the page shows the action
-            driver.save_screenshot(str(after))
-            if os.environ.get("DASHBOARD_SCREENSHOT_OUT"):  # how docs/dashboard.png is made
-                shutil.copyfile(after, os.environ["DASHBOARD_SCREENSHOT_OUT"])
-        finally:
-            driver.quit()
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(90)
-
-
 def inject_shift_until_detected(http: httpx.Client, timeout_s: float) -> dict:
     """A shift through the public API: shoppers suddenly click the *last* item of every
     recommendation list. Returns the first drift event detected after the shift began."""
@@ -225,6 +161,6 @@ def _alert(driver):
         return None
 
 
-if __name__ == "__main__":  # python -m tests.test_browser BASE_URL OUT.png
+if __name__ == "__main__":  # python -m tests.browser BASE_URL OUT.png
     capture(sys.argv[1], Path(sys.argv[2]))
     print(f"wrote {sys.argv[2]}")
