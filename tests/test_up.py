@@ -16,16 +16,9 @@ import httpx
 import pytest
 
 from launcher.embedded import free_port
+from tests.prometheus_text import sample_sum
 
 pytestmark = pytest.mark.slow
-
-
-def _counter(metrics_text: str, name: str, **labels) -> float:
-    total = 0.0
-    for line in metrics_text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 CATALOG_LIMIT = 150
@@ -97,7 +90,7 @@ def test_up_serves_demo_traffic_and_drains_on_sigterm(tmp_path):
             assert http.get("/search", params={"q": "ink cartridge"}).json()["items"]
 
             def accepted() -> float:
-                return _counter(http.get("/metrics").text, "streamrec_serving_published_total", outcome="accepted")
+                return sample_sum(http.get("/metrics").text, "streamrec_serving_published_total", outcome="accepted")
 
             first = accepted()
             time.sleep(5)
