@@ -426,6 +426,6 @@ class BodySchema(NamedTuple):
 
 def batch_json_schema(one: Any, max_items: int) -> BodySchema:
     """A request body of ``one`` (a shape above): one object, or an array of at most ``max_items``."""
-    body = TypeAdapter(one | Annotated[list[one], Field(max_length=max_items)])  # type: ignore[valid-type]
+    body = TypeAdapter(one | Annotated[list[one], Field(max_length=max_items)])
     schema = body.json_schema(ref_template=COMPONENT_REF, mode="validation")
     return BodySchema(schema, schema.pop("$defs", {}))
