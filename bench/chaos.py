@@ -16,13 +16,13 @@ topic. Meanwhile:
   the replayed records) about 10 times a second and records every answer.
 
 Afterwards it checks and prints: every Redis feature against the reference built from the file
-(``tests/feature_reference.py``, shared with tests/test_consumers_fault.py), the DLQ and the
+(``bench/feature_reference.py``, shared with tests/test_consumers_fault.py), the DLQ and the
 quarantine topic, the learner's checkpoint (``events_in_state`` per partition = the records in the
 topic: every record in the learner's state exactly once), the index (the vectors topic's live ids
 and serving's ``index_items`` = the catalogue after the changes), and serving's answers (longest
 gap between two answers, errors outside serving's own restarts). Exit code 1 on any mismatch.
 
-    python bench/chaos.py --events 1000000 --kills 20
+    python -m bench.chaos --events 1000000 --kills 20
 """
 
 from __future__ import annotations
@@ -40,20 +40,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import httpx
 
-import httpx  # noqa: E402
-
-from launcher.embedded import free_port  # noqa: E402
-from launcher.stack import SERVICES, LocalStack  # noqa: E402
-from learner.checkpoint import Checkpointer  # noqa: E402
-from streamrec import bus  # noqa: E402
-from streamrec.datasets import diginetica  # noqa: E402
-from streamrec.features import FeatureStore  # noqa: E402
-from streamrec.schemas import CatalogOp, encode  # noqa: E402
-from streamrec.settings import Settings  # noqa: E402
-from streamrec.vector_index.records import decode_record  # noqa: E402
-from tests.feature_reference import (  # noqa: E402
+from bench.feature_reference import (
     FEATURE_ENV,
     Reference,
     build_stream,
@@ -61,6 +50,15 @@ from tests.feature_reference import (  # noqa: E402
     read_all,
     rejection_mismatches,
 )
+from launcher.embedded import free_port
+from launcher.stack import SERVICES, LocalStack
+from learner.checkpoint import Checkpointer
+from streamrec import bus
+from streamrec.datasets import diginetica
+from streamrec.features import FeatureStore
+from streamrec.schemas import CatalogOp, encode
+from streamrec.settings import Settings
+from streamrec.vector_index.records import decode_record
 
 EXTRA_ITEMS = 200  # catalogue items no event touches: deleting them leaves every feature as is
 

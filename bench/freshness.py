@@ -6,7 +6,7 @@ on the running embedded stack (Tansu + Redis + the four services as processes).
 Baselines measured in the same run, on the same broker and API, so the figures read as ratios:
 a bare Kafka produce→consume round trip, and one /search request.
 
-    python bench/freshness.py --trials 200 --catalog 1000
+    python -m bench.freshness --trials 200 --catalog 1000
 """
 
 from __future__ import annotations

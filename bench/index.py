@@ -12,7 +12,7 @@ Parts, each against a baseline measured in the same run, medians quoted:
   3. ANN recall@10 and single-query QPS of Flat / IVF / HNSW factories vs exact search,
      plus HNSW with 10 % of the items deleted (tombstones) to show none comes back.
 Every line names its FAISS factory string (or encoder model id). Subsets keep it to a few minutes
-on 2 cores:  python bench/index.py [--items 600] [--ann-items 4000] [--load-seconds 30]
+on 2 cores:  python -m bench.index [--items 600] [--ann-items 4000] [--load-seconds 30]
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 

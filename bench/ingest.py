@@ -14,7 +14,7 @@ the same broker and data, and the ratio to it. ``--profile`` adds where the time
 seconds per event of the consumer, Redis and broker processes, and a cProfile of one in-process
 consumer.
 
-    python bench/ingest.py --events 50000 --repeats 3 --profile
+    python -m bench.ingest --events 50000 --repeats 3 --profile
 """
 
 from __future__ import annotations

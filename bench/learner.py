@@ -13,8 +13,8 @@
     learner/experiments.py (each detector's first firing after the shift, and how many clicks
     the 500 events after it hold), and on the raw stream with and without sampled negatives.
 
-  python bench/learner.py --trials 40
-  python bench/learner.py --skip throughput publish event raw --seeds 1   # quick quality look
+  python -m bench.learner --trials 40
+  python -m bench.learner --skip throughput publish event raw --seeds 1   # quick quality look
 """
 
 from __future__ import annotations
@@ -33,20 +33,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-# this file is bench/learner.py: keep its folder off sys.path so `learner` is the service package
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(_HERE.parent))
-# E402: these need the sys.path fix above (else `learner` would be this very file)
-from learner import experiments as E  # noqa: E402
-from learner.estimator import OnlineRanker  # noqa: E402
-from learner.examples import Batch, Example  # noqa: E402
-from learner.online import OnlineLearner  # noqa: E402
-from learner.replay import ReplayFeatures, replay  # noqa: E402
-from streamrec.datasets import open_bandit as ob  # noqa: E402
-from streamrec.model_store import ModelStore  # noqa: E402
-from streamrec.ranking import N_FEATURES, RankingHead  # noqa: E402
-from streamrec.settings import Settings  # noqa: E402
+from learner import experiments as E
+from learner.estimator import OnlineRanker
+from learner.examples import Batch, Example
+from learner.online import OnlineLearner
+from learner.replay import ReplayFeatures, replay
+from streamrec.datasets import open_bandit as ob
+from streamrec.model_store import ModelStore
+from streamrec.ranking import N_FEATURES, RankingHead
+from streamrec.settings import Settings
 
 POLLER = """
 import json, sys, time

@@ -14,8 +14,8 @@ catalogue), so the figures read as ratios:
 The synthetic catalogue is deterministic: the 54,667 real titles first, then variations of them
 (numbers, colours and brand taken from another title, plus a model code).
 
-    python bench/lexical.py                          # 1,000,000 items vs the 54,667 real ones
-    python bench/lexical.py --items 200000 --changes 100
+    python -m bench.lexical                          # 1,000,000 items vs the 54,667 real ones
+    python -m bench.lexical --items 200000 --changes 100
 """
 
 from __future__ import annotations
@@ -25,21 +25,17 @@ import gc
 import random
 import re
 import statistics
-import sys
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import numpy as np
+import psutil
 
-import numpy as np  # noqa: E402
-import psutil  # noqa: E402
-
-from serving.lexical import LexicalIndex  # noqa: E402
-from streamrec.datasets import homedepot  # noqa: E402
-from streamrec.settings import Settings  # noqa: E402
-from streamrec.vector_index.live import ItemMeta  # noqa: E402
+from serving.lexical import LexicalIndex
+from streamrec.datasets import homedepot
+from streamrec.settings import Settings
+from streamrec.vector_index.live import ItemMeta
 
 TARGET_VISIBLE_P99_S = 2.0
 TARGET_SEARCH_P99_MS = 25.0

@@ -17,30 +17,25 @@ tantivy index (its ``qlog`` field) and fusion code:
 The boost is tuned on a split of the feedback half (expansion from one part, scored on the
 other, by a salted crc32), then the evaluation half is reported once with the chosen setting.
 
-    python bench/qlog_offline.py --title-emb /tmp/hd/title_emb.npy --query-emb /tmp/hd/query_emb.npy --queries 500
+    python -m bench.qlog_offline --title-emb /tmp/hd/title_emb.npy --query-emb /tmp/hd/query_emb.npy --queries 500
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 import zlib
 from collections import Counter, defaultdict
 from pathlib import Path
 
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(_HERE.parent))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from bench.quality import load_search_data, ndcg_at  # noqa: E402
-from serving import fusion  # noqa: E402
-from serving.lexical import LexicalIndex  # noqa: E402
-from streamrec.datasets import homedepot  # noqa: E402
-from streamrec.settings import Settings  # noqa: E402
-from streamrec.vector_index.live import ItemMeta  # noqa: E402
+from bench.quality import load_search_data, ndcg_at
+from serving import fusion
+from serving.lexical import LexicalIndex
+from streamrec.datasets import homedepot
+from streamrec.settings import Settings
+from streamrec.vector_index.live import ItemMeta
 
 N = 100  # candidates per list, as serving_candidates
 Expansion = dict[str, dict[str, float]]  # item -> term -> weight

@@ -1,7 +1,7 @@
 """End-to-end quality on real held-out data, through the running embedded stack and the public API.
 
-    python bench/quality.py --search      # Home Depot: nDCG@10 before/after click feedback, ablation
-    python bench/quality.py --recommend   # DIGINETICA: HR@20 / MRR@20, SR-GNN protocol, ablation
+    python -m bench.quality --search      # Home Depot: nDCG@10 before/after click feedback, ablation
+    python -m bench.quality --recommend   # DIGINETICA: HR@20 / MRR@20, SR-GNN protocol, ablation
 
 Nothing reaches the engine except through ``POST /catalog``, ``POST /events`` and the ``GET``
 routes a storefront calls; evaluation requests pass ``impression=false`` so that the engine does
@@ -29,19 +29,13 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-# run as `python bench/quality.py`: the repo root, not bench/, on sys.path (bench/learner.py would
-# shadow the learner package)
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(_HERE.parent))
+import httpx
+import numpy as np
 
-import httpx  # noqa: E402
-import numpy as np  # noqa: E402
-
-from launcher.embedded import free_port  # noqa: E402
-from launcher.stack import LocalStack  # noqa: E402
-from streamrec.datasets import diginetica  # noqa: E402
-from streamrec.settings import Settings  # noqa: E402
+from launcher.embedded import free_port
+from launcher.stack import LocalStack
+from streamrec.datasets import diginetica
+from streamrec.settings import Settings
 
 SEARCH_VARIANTS = ("bm25", "dense", "rrf", "fused", "full")
 

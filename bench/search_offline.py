@@ -8,33 +8,26 @@ Queries of ``labels_dev.csv`` are split by crc32(query) into a *feedback* half (
 choose weights) and an *evaluation* half (odd, only reported). nDCG@10 over the whole catalogue,
 gain = relevance − 1, unlabelled products 0.
 
-    python bench/search_offline.py --title-emb title_emb.npy   # titles embedded beforehand (rows = products.csv)
-    python bench/search_offline.py                             # embeds the 54,667 titles (slow on CPU)
+    python -m bench.search_offline --title-emb title_emb.npy   # titles embedded beforehand (rows = products.csv)
+    python -m bench.search_offline                             # embeds the 54,667 titles (slow on CPU)
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
 import zlib
 from pathlib import Path
 
 import numpy as np
 
-# run as `python bench/search_offline.py`: the repo root, not bench/, on sys.path (bench/serving.py would
-# shadow the serving package)
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(_HERE.parent))
-
-from serving import fusion  # noqa: E402
-from serving.lexical import LexicalIndex  # noqa: E402
-from streamrec.datasets import homedepot  # noqa: E402
-from streamrec.encoder import Encoder  # noqa: E402
-from streamrec.settings import Settings  # noqa: E402
-from streamrec.vector_index.live import ItemMeta  # noqa: E402
+from serving import fusion
+from serving.lexical import LexicalIndex
+from streamrec.datasets import homedepot
+from streamrec.encoder import Encoder
+from streamrec.settings import Settings
+from streamrec.vector_index.live import ItemMeta
 
 N = 100  # candidates per list, as serving_candidates
 

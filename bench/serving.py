@@ -13,7 +13,7 @@ before its slot; a connection that is still waiting for its answer delays the ne
 saturated server shows as achieved QPS below the offered rate). Latency per route is measured in
 the script (LuaJIT ffi clock), one connection per wrk thread so request and response pair up.
 
-    python bench/serving.py --products 5000 --steps 25,50,100,200 --duration 20 [--profile]
+    python -m bench.serving --products 5000 --steps 25,50,100,200 --duration 20 [--profile]
 """
 
 from __future__ import annotations
@@ -31,16 +31,14 @@ import urllib.parse
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import httpx
+import numpy as np
+import psutil
 
-import httpx  # noqa: E402
-import numpy as np  # noqa: E402
-import psutil  # noqa: E402
-
-from launcher.embedded import free_port  # noqa: E402
-from launcher.stack import LocalStack  # noqa: E402
-from streamrec.datasets import homedepot  # noqa: E402
-from streamrec.settings import Settings  # noqa: E402
+from launcher.embedded import free_port
+from launcher.stack import LocalStack
+from streamrec.datasets import homedepot
+from streamrec.settings import Settings
 
 ROUTES = ("search", "recommend", "similar")
 

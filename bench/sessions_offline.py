@@ -1,6 +1,6 @@
 """Session candidates on DIGINETICA, in process, over a real Redis written by the real writer script.
 
-    python bench/sessions_offline.py [--stride 10] [--limit 0] [--redis-url redis://…]
+    python -m bench.sessions_offline [--stride 10] [--limit 0] [--redis-url redis://…]
 
 Why in process: it checks the families and their fusion (serving/sessions.py, read by
 serving/session_candidates.py exactly as /recommend reads them) and times that read + fusion
@@ -25,28 +25,21 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-# run as `python bench/sessions_offline.py`: the repo root, not bench/, on sys.path (bench/serving.py would
-# shadow the serving package)
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(_HERE.parent))
-
-from consumers.apply import Writer  # noqa: E402
-from consumers.botfilter import BotConfig  # noqa: E402
-from launcher.embedded import EmbeddedRedis  # noqa: E402
-from serving import recommend, session_candidates  # noqa: E402
-from serving.sessions import SessionParams  # noqa: E402
-from streamrec.features import FeatureConfig, FeatureStore  # noqa: E402
-from streamrec.ranking import FeatureAssembler  # noqa: E402
-from streamrec.schemas import Event, encode  # noqa: E402
-from streamrec.session_fusion import MODES, FusionModel, features  # noqa: E402
-from streamrec.settings import Settings  # noqa: E402
-from streamrec.store import connect, connect_binary  # noqa: E402
+from consumers.apply import Writer
+from consumers.botfilter import BotConfig
+from launcher.embedded import EmbeddedRedis
+from serving import recommend, session_candidates
+from serving.sessions import SessionParams
+from streamrec.features import FeatureConfig, FeatureStore
+from streamrec.ranking import FeatureAssembler
+from streamrec.schemas import Event, encode
+from streamrec.session_fusion import MODES, FusionModel, features
+from streamrec.settings import Settings
+from streamrec.store import connect, connect_binary
 
 T0 = 1_451_606_400_000  # 2016-01-01
 SESSION_GAP_MS = 70_000

@@ -14,8 +14,8 @@ Prints the samples, the growth after warm-up (least-squares slope, % per 10 minu
 memory and of every RSS), bytes per active user / item / session, and any key of no declared
 family or without its TTL.
 
-    python bench/soak.py                        # 30 minutes (a quiet machine)
-    python bench/soak.py --minutes 6 --sample-s 20
+    python -m bench.soak                        # 30 minutes (a quiet machine)
+    python -m bench.soak --minutes 6 --sample-s 20
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import argparse
 import os
 import random
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -34,13 +33,11 @@ from pathlib import Path
 import httpx
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from launcher.embedded import free_port  # noqa: E402
-from launcher.stack import LocalStack  # noqa: E402
-from streamrec import memory  # noqa: E402
-from streamrec.settings import Settings  # noqa: E402
-from streamrec.store import connect  # noqa: E402
+from launcher.embedded import free_port
+from launcher.stack import LocalStack
+from streamrec import memory
+from streamrec.settings import Settings
+from streamrec.store import connect
 
 WORDS = "desk lamp chair paper pen stapler folder marker tape notebook cable mouse monitor stand tray".split()
 

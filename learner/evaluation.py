@@ -2,6 +2,12 @@
 
 Every labelled example is scored by the model *before* the model learns from it, so the metrics
 are honest out-of-sample estimates on a stream. Windows are counted in labelled examples.
+
+The rolling log-loss is river's (``utils.Rolling`` over ``metrics.LogLoss``). The rolling AUC is
+not: river's ``RollingROCAUC`` does not count tied scores half, so a window of equal scores (an
+untrained head) reads as the worst possible ranking instead of chance, and a window without both
+classes reads the same instead of unknown; either would reach the rollback guard and the cockpit
+as a collapsed model.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ import math
 from collections import deque
 
 import numpy as np
+from river import metrics, utils
 
 EPS = 1e-7
 
@@ -70,6 +77,7 @@ class RollingBinary:
             raise ValueError("window must be at least 2")
         self.scores: deque[float] = deque(maxlen=window)
         self.labels: deque[int] = deque(maxlen=window)
+        self.loss = utils.Rolling(metrics.LogLoss, window_size=window)
         self.n = 0
         self.positives = 0
         self.loss_sum = 0.0
@@ -77,11 +85,19 @@ class RollingBinary:
     def update(self, p: np.ndarray, y: np.ndarray) -> None:
         p = np.asarray(p, dtype=np.float64).ravel()
         y = np.asarray(y).ravel()
+        labels = [int(v) for v in y]
         self.scores.extend(p.tolist())
-        self.labels.extend(int(v) for v in y)
+        self.labels.extend(labels)
+        self._roll(p, labels)
         self.n += p.size
         self.positives += int((y > 0.5).sum())
         self.loss_sum += float(logloss(p, y).sum())
+
+    def _roll(self, p: np.ndarray, labels: list[int]) -> None:
+        """Clipped here as ``logloss`` clips: river clamps far closer to 0 and 1, so one confident
+        miss would weigh twice as much in the window as in the per-example losses."""
+        for yi, pi in zip(labels, np.clip(p, EPS, 1 - EPS).tolist(), strict=True):
+            self.loss.update(yi, pi)
 
     def auc(self) -> float:
         return auc(np.fromiter(self.scores, float), np.fromiter(self.labels, int))
@@ -89,7 +105,7 @@ class RollingBinary:
     def logloss(self) -> float:
         if not self.scores:
             return float("nan")
-        return float(logloss(np.fromiter(self.scores, float), np.fromiter(self.labels, float)).mean())
+        return float(self.loss.obj.get())  # the window's mean (Rolling reverts what leaves it)
 
     def rate(self) -> float:
         return float(np.mean(self.labels)) if self.labels else float("nan")
@@ -109,6 +125,7 @@ class RollingBinary:
         r = cls(st["window"])
         r.scores.extend(st["scores"])
         r.labels.extend(st["labels"])
+        r._roll(np.asarray(st["scores"], dtype=np.float64), [int(v) for v in st["labels"]])
         r.n, r.positives, r.loss_sum = st["n"], st["positives"], st["loss_sum"]
         return r
 

@@ -11,7 +11,6 @@ from typing import Annotated, Any, Literal
 
 import redis
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request, Response
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
@@ -31,15 +30,16 @@ from serving.recommend import RecommendVariant
 from streamrec import bus
 from streamrec.schemas import (
     ID_PATTERN,
+    BodySchema,
+    CatalogShape,
     ErrorMessage,
+    EventShape,
     PublishRejection,
     PublishResult,
     Rejected,
     ResultList,
     batch_json_schema,
-    catalog_json_schema,
     encode,
-    event_json_schema,
     validate_catalog,
     validate_event,
 )
@@ -48,6 +48,10 @@ from streamrec.settings import Settings
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 1000
+# The write routes read their bodies object by object (``publish``), so FastAPI never sees their
+# models; their schemas come from the shape models, which join the document's components.
+EVENTS_BODY = batch_json_schema(EventShape, MAX_BATCH)
+CATALOG_BODY = batch_json_schema(CatalogShape, MAX_BATCH)
 MAX_BODY_BYTES = 8 * 1024 * 1024
 NOT_READY_RETRY_S = 5
 
@@ -102,8 +106,24 @@ def create_app(s: Settings, engine: Engine, producer: KafkaProducer) -> FastAPI:
     app.include_router(admin_routes(s))  # /admin/models/…: admin key (serving/auth.py)
     app.include_router(cockpit_routes(s, engine))  # /dashboard/data
     app.add_exception_handler(redis.RedisError, store_unavailable(s))
+    declare_components(app, EVENTS_BODY, CATALOG_BODY)
     install_access_control(app, s)  # keys, loopback rule, rate limit, CORS (outermost)
     return app
+
+
+def declare_components(app: FastAPI, *bodies: BodySchema) -> None:
+    """Add the models the request bodies refer to (``$ref``) to ``app``'s OpenAPI components."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = generate()  # cached by FastAPI; adding the same components again changes nothing
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for body in bodies:
+            for name, model in body.components.items():
+                components.setdefault(name, model)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 class RequestMetrics:
@@ -179,16 +199,13 @@ def query_routes(engine: Engine) -> APIRouter:
 
     @router.get("/search", response_model=ResultList)
     def search(
-        q: Annotated[str, Query(min_length=1, max_length=512)],
+        # the schema says what the route refuses: a query of spaces only is invalid, not empty results
+        q: Annotated[str, Query(min_length=1, max_length=512, pattern=r"\S", description="the search text")],
         k: K = 10,
         user_id: Annotated[str | None, Query(min_length=1, max_length=128, pattern=ID_PATTERN)] = None,
         variant: SearchVariant = "full",
         impression: Impression = True,
     ) -> ResultList:
-        if not q.strip():  # the same body as any other invalid parameter, naming it
-            raise RequestValidationError(
-                [{"type": "value_error", "loc": ("query", "q"), "msg": "q must contain a non-space character"}]
-            )
         return engine.search(q.strip(), user_id, k, variant=variant, impression=impression)
 
     @router.get("/recommend", response_model=ResultList)
@@ -274,16 +291,15 @@ def publish_routes(s: Settings, producer: KafkaProducer) -> APIRouter:
             raise HTTPException(422, detail=result.model_dump())
         return JSONResponse(result.model_dump(), status_code=202)
 
-    def body_of(schema: dict) -> dict[str, Any]:
-        content = {"application/json": {"schema": batch_json_schema(schema, MAX_BATCH)}}
-        return {"requestBody": {"required": True, "content": content}}
+    def body_of(body: BodySchema) -> dict[str, Any]:
+        return {"requestBody": {"required": True, "content": {"application/json": {"schema": body.schema}}}}
 
     @router.post(
         "/events",
         status_code=202,
         response_model=PublishResult,
         responses=publish_responses(),
-        openapi_extra=body_of(event_json_schema()),
+        openapi_extra=body_of(EVENTS_BODY),
     )
     async def post_events(request: Request):
         """Events: one object or an array of at most 1000. Each object is validated on its own: the
@@ -295,7 +311,7 @@ def publish_routes(s: Settings, producer: KafkaProducer) -> APIRouter:
         status_code=202,
         response_model=PublishResult,
         responses=publish_responses(),
-        openapi_extra=body_of(catalog_json_schema()),
+        openapi_extra=body_of(CATALOG_BODY),
     )
     async def post_catalog(request: Request):
         """Catalog upserts and deletes: one object or an array of at most 1000, validated one by one."""

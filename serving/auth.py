@@ -32,9 +32,9 @@ import json
 import math
 import threading
 import time
-from collections import OrderedDict
 from typing import Any
 
+from cachetools import LRUCache
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -132,18 +132,23 @@ def bearer(headers: list[tuple[bytes, bytes]]) -> str | None:
 
 
 class TokenBuckets:
-    """One token bucket per identity (key or client IP), the least recently used forgotten past ``cap``."""
+    """One token bucket per identity (key or client IP), the least recently used forgotten past ``cap``.
+
+    Ours rather than a rate-limit library's: ``limits`` and ``pyrate-limiter`` count hits in
+    windows (whole seconds for ``limits``), not a bucket refilling at a fractional rate, so a client
+    that spends its burst would wait for the window instead of for one token; and neither bounds the
+    number of identities held, which the LRU below does."""
 
     def __init__(self, rate: float, burst: int, cap: int = 10_000, clock=time.monotonic):
-        self.rate, self.burst, self.cap, self.clock = rate, float(burst), cap, clock
-        self.buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self.rate, self.burst, self.clock = rate, float(burst), clock
+        self.buckets: LRUCache[str, tuple[float, float]] = LRUCache(cap)  # identity -> (tokens, at)
         self.lock = threading.Lock()
 
     def take(self, identity: str) -> float:
         """0 when a token was taken, else the seconds until one is available."""
         now = self.clock()
         with self.lock:
-            tokens, at = self.buckets.pop(identity, (self.burst, now))
+            tokens, at = self.buckets.get(identity, (self.burst, now))
             tokens = min(self.burst, tokens + (now - at) * self.rate)
             wait = 0.0
             if tokens >= 1:
@@ -151,8 +156,6 @@ class TokenBuckets:
             else:
                 wait = (1 - tokens) / self.rate
             self.buckets[identity] = (tokens, now)
-            while len(self.buckets) > self.cap:
-                self.buckets.popitem(last=False)
             return wait
 
 

@@ -21,12 +21,12 @@ import os
 import string
 import threading
 import warnings
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cachetools import LRUCache
 
 from streamrec.schemas import CatalogOp
 from streamrec.settings import Settings
@@ -134,9 +134,8 @@ class Encoder:
         self._model_dir = model_dir
         self._counter: Any = None  # a second tokenizer for token_counts, so counting never waits for encode
         self._counter_lock = threading.Lock()
-        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._cache_size = query_cache_size
-        self._cache_lock = threading.Lock()
+        self._cache: LRUCache[str, np.ndarray] | None = LRUCache(query_cache_size) if query_cache_size > 0 else None
+        self._cache_lock = threading.Lock()  # cachetools caches are not thread-safe; a lookup reorders
         log.info("encoder %s on %s (dim %d, max_length %d)", self.model_id, self.device, self.dim, self.max_length)
 
     @classmethod
@@ -192,19 +191,23 @@ class Encoder:
         return [len(i) for i in ids]
 
     def encode_query(self, text: str) -> np.ndarray:
-        """(dim,) read-only vector; repeated queries (pagination, popular searches) skip the model."""
+        """(dim,) read-only vector; repeated queries (pagination, popular searches) skip the model.
+        The model runs outside the cache lock, so a miss never holds up other queries' hits."""
+        if self._cache is None:
+            return _read_only(self.encode([text])[0])
         with self._cache_lock:
             hit = self._cache.get(text)
-            if hit is not None:
-                self._cache.move_to_end(text)
-                return hit
-        vec = self.encode([text])[0]
-        vec.flags.writeable = False
+        if hit is not None:
+            return hit
+        vec = _read_only(self.encode([text])[0])
         with self._cache_lock:
-            self._cache[text] = vec
-            if len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
-        return vec
+            return self._cache.setdefault(text, vec)  # two threads that missed together share the first
+
+
+def _read_only(vec: np.ndarray) -> np.ndarray:
+    """Cached vectors are shared by every caller: none may change them in place."""
+    vec.flags.writeable = False
+    return vec
 
 
 def check_template(template: str) -> list[str]:

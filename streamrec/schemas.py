@@ -12,7 +12,7 @@ import base64
 import json
 import re
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple, get_args
 
 from pydantic import (
     AfterValidator,
@@ -21,6 +21,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    TypeAdapter,
     ValidationError,
     WithJsonSchema,
     model_validator,
@@ -28,7 +29,8 @@ from pydantic import (
 
 EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "impression")
 EventType = Literal["view", "click", "add_to_cart", "purchase", "impression"]
-INTERACTION_TYPES = ("view", "click", "add_to_cart", "purchase")
+InteractionType = Literal["view", "click", "add_to_cart", "purchase"]
+INTERACTION_TYPES: tuple[str, ...] = get_args(InteractionType)
 
 # Epoch milliseconds below this are almost certainly epoch *seconds* (≈ 1973 in ms).
 _MIN_EPOCH_MS = 100_000_000_000
@@ -178,15 +180,16 @@ class Event(_Strict):
         return self
 
 
+Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000, pattern=r"\S")]
+
+
 class CatalogOp(_Strict):
     """An upsert or delete of one catalog item."""
 
     op: Literal["upsert", "delete"]
     item_id: Id
     ts: EpochMs
-    title: (
-        Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000, pattern=r"\S")] | None
-    ) = None
+    title: Title | None = None
     description: Annotated[str, StringConstraints(max_length=20_000)] | None = None
     # a category is a key (a field of the feature writer's records), so it obeys the id character rule
     category: (
@@ -367,49 +370,62 @@ class PublishResult(BaseModel):
 
 
 # --- request bodies as JSON Schema (the OpenAPI contract) ------------------------------------------
-# The models' own schemas cannot say what their validators add (an impression needs request_id and
-# item_ids, a delete carries nothing but op, item_id and ts), so the API declares one variant per
-# shape: what validates against a variant is accepted, and what validates against none is rejected.
+# Event and CatalogOp check with validators what their fields cannot say (an impression needs
+# request_id and item_ids, a delete carries nothing but op, item_id and ts), so their own schemas
+# would admit objects they refuse. The API declares instead one model per shape, each narrowing the
+# fields of the model it comes from, united by the field that tells them apart: what validates
+# against a shape is accepted, what validates against none is refused. These models only describe
+# the wire; validation stays with Event and CatalogOp (their validators are inherited, so a shape
+# can never accept what its model refuses).
 
 
-def _variant(base: dict, title: str, const: dict[str, list[str]], required: list[str], null_only: list[str]) -> dict:
-    props = dict(base["properties"])
-    for name, values in const.items():
-        props[name] = {"enum": values, "type": "string"}
-    for name in required:  # drop the null branch of an optional field
-        branches = [s for s in props[name]["anyOf"] if s.get("type") != "null"]
-        props[name] = branches[0] if len(branches) == 1 else {"anyOf": branches}
-    for name in null_only:
-        props[name] = {"type": "null"}
-    for p in props.values():
-        p.pop("title", None)
-        p.pop("default", None)
-    return {
-        "title": title,
-        "type": "object",
-        "additionalProperties": False,
-        "properties": props,
-        "required": base["required"] + required,
-    }
+class InteractionEvent(Event):
+    """A view, click, add to cart or purchase of one item."""
+
+    type: InteractionType
+    item_id: Id
+    item_ids: None = None
 
 
-def event_json_schema() -> dict:
-    """One event: an interaction (``item_id``) or an impression (``request_id`` + distinct ``item_ids``)."""
-    base = Event.model_json_schema()
-    interaction = _variant(base, "Interaction", {"type": list(INTERACTION_TYPES)}, ["item_id"], ["item_ids"])
-    impression = _variant(base, "Impression", {"type": ["impression"]}, ["request_id", "item_ids"], ["item_id"])
-    impression["properties"]["item_ids"]["uniqueItems"] = True
-    return {"title": "Event", "description": Event.__doc__, "oneOf": [interaction, impression]}
+class ImpressionEvent(Event):
+    """A list shown to a shopper: the served ``request_id`` and its distinct ``item_ids`` in shown order."""
+
+    type: Literal["impression"]
+    request_id: Id
+    item_id: None = None
+    item_ids: Annotated[list[ListedId], Field(min_length=1, max_length=200, json_schema_extra={"uniqueItems": True})]
 
 
-def catalog_json_schema() -> dict:
-    """One catalog operation: an upsert (with a title) or a delete (nothing but op, item_id, ts)."""
-    base = CatalogOp.model_json_schema()
-    upsert = _variant(base, "Upsert", {"op": ["upsert"]}, ["title"], [])
-    delete = _variant(base, "Delete", {"op": ["delete"]}, [], ["title", "description", "category", "price"])
-    return {"title": "CatalogOp", "description": CatalogOp.__doc__, "oneOf": [upsert, delete]}
+class CatalogUpsert(CatalogOp):
+    """An item added or replaced whole."""
+
+    op: Literal["upsert"]
+    title: Title
 
 
-def batch_json_schema(one: dict, max_items: int) -> dict:
-    """A request body: one object, or an array of at most ``max_items`` of them."""
-    return {"oneOf": [one, {"type": "array", "maxItems": max_items, "items": one}]}
+class CatalogDelete(CatalogOp):
+    """An item removed: nothing but op, item_id and ts."""
+
+    op: Literal["delete"]
+    title: None = None
+    description: None = None
+    category: None = None
+    price: None = None
+
+
+EventShape = Annotated[InteractionEvent | ImpressionEvent, Field(discriminator="type")]
+CatalogShape = Annotated[CatalogUpsert | CatalogDelete, Field(discriminator="op")]
+
+COMPONENT_REF = "#/components/schemas/{model}"
+
+
+class BodySchema(NamedTuple):
+    schema: dict[str, Any]
+    components: dict[str, Any]  # the models ``schema`` refers to, for #/components/schemas
+
+
+def batch_json_schema(one: Any, max_items: int) -> BodySchema:
+    """A request body of ``one`` (a shape above): one object, or an array of at most ``max_items``."""
+    body = TypeAdapter(one | Annotated[list[one], Field(max_length=max_items)])
+    schema = body.json_schema(ref_template=COMPONENT_REF, mode="validation")
+    return BodySchema(schema, schema.pop("$defs", {}))

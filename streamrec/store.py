@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import redis
+import tenacity
 
 from streamrec.settings import Settings
 
@@ -54,25 +55,35 @@ def retry_until_done(
     on_error: Callable[[BaseException], None] | None = None,
     max_delay_s: float = 5.0,
 ) -> T:
-    """``fn()``, called again with exponential back-off while it raises ``retry_on``.
+    """``fn()``, called again with exponential back-off (0.1 s doubling, at most ``max_delay_s``)
+    while it raises ``retry_on``; ``on_error`` sees every such failure.
 
     How the writers ride out an outage of Redis (or the broker): the batch or event stalls until
     the store answers, instead of being skipped or crashing the process. ``fn`` must be safe to
     call again (it changes nothing before its store call succeeds). Once ``stop`` is set the error
-    propagates, so a SIGTERM during an outage exits without committing what was not applied.
+    propagates as itself (not tenacity's RetryError), so a SIGTERM during an outage exits without
+    committing what was not applied; the back-off waits on ``stop`` so that SIGTERM is not delayed.
     """
-    delay = 0.1
-    while True:
-        try:
-            return fn()
-        except retry_on as e:
-            if on_error is not None:
-                on_error(e)
-            if stop is not None and stop.is_set():
-                raise
-            log.warning("retrying in %.1fs after %r", delay, e)
-            if stop is not None:
-                stop.wait(delay)
-            else:
-                time.sleep(delay)
-            delay = min(delay * 2, max_delay_s)
+
+    def report(state: tenacity.RetryCallState) -> None:
+        if on_error is not None and state.outcome is not None:
+            error = state.outcome.exception()
+            if error is not None:
+                on_error(error)
+
+    def pause(seconds: float) -> None:
+        if stop is not None:
+            stop.wait(seconds)
+        else:
+            time.sleep(seconds)
+
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception_type(retry_on),
+        wait=tenacity.wait_exponential(multiplier=0.1, max=max_delay_s),
+        stop=tenacity.stop_when_event_set(stop) if stop is not None else tenacity.stop_never,
+        sleep=pause,
+        after=report,
+        before_sleep=tenacity.before_sleep_log(log, logging.WARNING),
+        reraise=True,
+    )
+    return retrying(fn)

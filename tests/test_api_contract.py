@@ -40,10 +40,14 @@ schema = schemathesis.openapi.from_dict(create_app(Settings(), cast(Any, None), 
 
 
 # The write routes' bodies, to tell a schema-valid batch from an invalid one by the schema itself
-# (a "negative" case may still be valid once serialised).
+# (a "negative" case may still be valid once serialised); their models are components, referred to
+# from the body as #/components/schemas/…, so each validator's document carries them.
 BODIES = {
     ("POST", path): jsonschema_rs.validator_for(
-        schema.raw_schema["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        {
+            **schema.raw_schema["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"],
+            "components": schema.raw_schema["components"],
+        }
     )
     for path in ("/events", "/catalog")
 }

@@ -96,6 +96,15 @@ def test_token_bucket_refills_with_time():
     assert buckets.take("k") == 0
 
 
+def test_token_buckets_hold_at_most_cap_identities_forgetting_the_least_recent():
+    buckets = auth.TokenBuckets(rate=1e-6, burst=1, cap=2, clock=lambda: 0.0)
+    assert [buckets.take(k) for k in ("a", "b")] == [0, 0]
+    assert buckets.take("a") > 0  # "a" is now the most recently seen, "b" the least
+    assert buckets.take("c") == 0 and len(buckets.buckets) == 2
+    assert buckets.take("a") > 0  # kept: still empty
+    assert buckets.take("b") == 0  # forgotten, so a full bucket again
+
+
 def test_keys_are_compared_in_constant_time_against_every_key(monkeypatch):
     calls = []
     real = hmac.compare_digest

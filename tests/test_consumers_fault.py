@@ -5,7 +5,7 @@ computed straight from the file, the DLQ holds exactly the malformed records mix
 quarantine topic exactly the bot traffic, and the learner's checkpoint holds every record of the
 topic exactly once.
 
-The stream and the reference live in ``tests/feature_reference.py`` (``bench/chaos.py`` runs the
+The stream and the reference live in ``bench/feature_reference.py`` (``bench/chaos.py`` runs the
 same checks on 1M events with every service of the stack killed at random)."""
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import time
 import pytest
 from conftest import isolated_settings  # noqa: E402
 
+from bench.feature_reference import BOT, FEATURE_ENV, Reference, build_stream, feature_mismatches, rejection_mismatches
 from launcher.stack import settings_env
 from learner.checkpoint import Checkpointer
 from streamrec import bus
@@ -28,7 +29,6 @@ from streamrec.datasets import diginetica
 from streamrec.features import FeatureStore
 from streamrec.schemas import encode
 from streamrec.settings import REPO_ROOT
-from tests.feature_reference import BOT, FEATURE_ENV, Reference, build_stream, feature_mismatches, rejection_mismatches
 from tests.polling import wait_for
 
 pytestmark = pytest.mark.slow

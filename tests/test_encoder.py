@@ -58,6 +58,19 @@ def test_query_embeddings_are_cached_and_read_only(encoder):
     np.testing.assert_allclose(a, encoder.encode(["cordless drill"])[0], atol=1e-6)
 
 
+def test_the_query_cache_forgets_the_least_recently_used_and_can_be_off():
+    small = Encoder(query_cache_size=2)
+    a, b = small.encode_query("drill"), small.encode_query("hammer")
+    assert small.encode_query("drill") is a  # now the most recently used
+    small.encode_query("saw")  # a third query: "hammer" goes
+    assert small.encode_query("drill") is a
+    assert small.encode_query("hammer") is not b
+    off = Encoder(query_cache_size=0)
+    v = off.encode_query("drill")
+    assert not v.flags.writeable and off.encode_query("drill") is not v
+    np.testing.assert_allclose(v, a, atol=1e-6)
+
+
 def test_int8_stays_close_to_fp32(encoder, titles):
     int8 = Encoder(precision="int8")
     assert int8.model_id == "all-MiniLM-L6-v2/int8"

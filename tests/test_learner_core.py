@@ -10,7 +10,7 @@ from learner import experiments as E
 from learner.baselines import popularity_scores
 from learner.checkpoint import Checkpointer
 from learner.estimator import OnlineRanker
-from learner.evaluation import auc, auc_difference, logloss
+from learner.evaluation import RollingBinary, auc, auc_difference, logloss
 from learner.examples import Batch, Example
 from learner.guard import RollbackGuard
 from learner.joiner import LabelJoiner
@@ -99,6 +99,34 @@ def test_auc_matches_pairwise_definition():
     ]
     assert auc(s, y) == pytest.approx(np.mean(pairs))
     assert np.isnan(auc(s, np.ones(200)))
+
+
+def test_rolling_metrics_cover_the_last_window_and_survive_a_checkpoint():
+    rng = np.random.default_rng(3)
+    p = rng.random(250)
+    p[::25] = [0.0, 1.0] * 5  # confident predictions: the loss is clipped the same in the window
+    y = (rng.random(250) < p).astype(float)
+    y[::50] = 1 - y[::50]  # ... and confident misses (p is 0 there)
+    r = RollingBinary(window=100)
+    for chunk in np.array_split(np.arange(250), 9):
+        r.update(p[chunk], y[chunk])
+    assert r.logloss() == pytest.approx(logloss(p[-100:], y[-100:]).mean(), rel=1e-9)
+    assert r.auc() == pytest.approx(auc(p[-100:], y[-100:]))
+    assert r.n == 250 and r.loss_sum == pytest.approx(logloss(p, y).sum())
+    back = RollingBinary.from_state(r.state())
+    assert (back.logloss(), back.auc(), back.rate()) == pytest.approx((r.logloss(), r.auc(), r.rate()), rel=1e-9)
+    back.update(p[:10], y[:10])
+    assert back.logloss() == pytest.approx(logloss(np.r_[p[-90:], p[:10]], np.r_[y[-90:], y[:10]]).mean(), rel=1e-9)
+
+
+def test_rolling_auc_reads_chance_for_ties_and_unknown_for_one_class():
+    tied = RollingBinary(window=10)
+    tied.update(np.full(6, 0.3), np.array([1, 0, 0, 1, 0, 0]))
+    assert tied.auc() == 0.5  # an untrained head ranks at chance, not at worst
+    one_class = RollingBinary(window=10)
+    assert np.isnan(one_class.auc()) and np.isnan(one_class.logloss())
+    one_class.update(np.array([0.2, 0.9]), np.array([0, 0]))
+    assert np.isnan(one_class.auc())
 
 
 def test_paired_auc_difference_interval_separates_a_better_scorer_not_a_copy():

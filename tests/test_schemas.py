@@ -2,14 +2,18 @@
 
 import json
 
+import jsonschema_rs
 import pytest
 from pydantic import ValidationError
 
 from streamrec.schemas import (
     CatalogOp,
+    CatalogShape,
     DeadLetter,
     Event,
+    EventShape,
     Rejected,
+    batch_json_schema,
     decode_catalog,
     decode_event,
     encode,
@@ -112,3 +116,59 @@ def test_models_are_immutable():
     e = Event(event_id="e", type="view", user_id="u", item_id="i", ts=TS)
     with pytest.raises(ValidationError):
         e.user_id = "other"
+
+
+BODY_CASES = [
+    (
+        EventShape,
+        Event,
+        {"InteractionEvent", "ImpressionEvent"},
+        [
+            {"event_id": "e", "type": "purchase", "user_id": 1, "ts": TS, "item_id": "i", "session_id": "s"},
+            {"event_id": "e", "type": "impression", "user_id": "u", "ts": TS, "request_id": "r", "item_ids": ["a"]},
+        ],
+        [
+            {"event_id": "e", "type": "click", "user_id": "u", "ts": TS},  # no item
+            {"event_id": "e", "type": "click", "user_id": "u", "ts": TS, "item_id": "i", "item_ids": ["a"]},
+            {"event_id": "e", "type": "impression", "user_id": "u", "ts": TS, "item_ids": ["a"]},  # no request_id
+            {"event_id": 2, "type": "impression", "user_id": 1, "ts": TS, "request_id": "r", "item_ids": ["b", "b"]},
+            {"event_id": "e", "type": "impression", "user_id": "u", "ts": TS, "request_id": "r", "item_id": "i"},
+            {"event_id": "e", "type": "like", "user_id": "u", "ts": TS, "item_id": "i"},
+            {"event_id": "e", "type": "view", "user_id": "u", "ts": TS, "item_id": "i", "colour": "red"},
+        ],
+    ),
+    (
+        CatalogShape,
+        CatalogOp,
+        {"CatalogUpsert", "CatalogDelete"},
+        [
+            {"op": "upsert", "item_id": "i", "ts": TS, "title": "Drill", "price": 9.5, "category": "tools"},
+            {"op": "delete", "item_id": 7, "ts": TS},
+        ],
+        [
+            {"op": "upsert", "item_id": "i", "ts": TS},  # no title
+            {"op": "upsert", "item_id": "i", "ts": TS, "title": " "},
+            {"op": "delete", "item_id": "i", "ts": TS, "title": "Drill"},
+            {"op": "delete", "item_id": "i", "ts": TS, "price": 1.0},
+            {"op": "rename", "item_id": "i", "ts": TS},
+        ],
+    ),
+]
+
+
+@pytest.mark.parametrize("shape, model, names, valid, invalid", BODY_CASES)
+def test_request_body_schemas_declare_each_shape_and_agree_with_the_model(shape, model, names, valid, invalid):
+    """The OpenAPI bodies come from the shape models: one object of either shape, or an array of
+    them up to the limit; what the schema accepts the model accepts, and the same for refusals."""
+    body = batch_json_schema(shape, 3)
+    assert set(body.components) == names
+    assert all(f"#/components/schemas/{n}" in json.dumps(body.schema) for n in names)
+    schema = jsonschema_rs.validator_for({**body.schema, "components": {"schemas": body.components}})
+    for obj in valid:
+        model.model_validate(obj)
+        assert schema.is_valid(obj) and schema.is_valid([obj] * 3), obj
+        assert not schema.is_valid([obj] * 4)
+    for obj in invalid:
+        with pytest.raises(ValidationError):
+            model.model_validate(obj)
+        assert not schema.is_valid(obj) and not schema.is_valid([valid[0], obj]), obj

@@ -1,7 +1,7 @@
 """`streamrec up`, the README's main command, as a user runs it: embedded broker and Redis, demo
 catalog indexed, demo shoppers replayed through the API; the ops cockpit in a real browser (charts,
 a drift injected through the API, a rollback through the page's button); SIGTERM drains
-everything, exit 0. One `up` serves the three tests, in this order (they share an xdist group)."""
+everything, exit 0. One `up` serves the whole story, as one test: starting it is half the cost."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,17 +30,10 @@ from tests.browser import (
     rollback_through_the_page,
 )
 from tests.polling import wait_for
+from tests.prometheus_text import sample_sum
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("streamrec-up")]
+pytestmark = pytest.mark.slow
 REFRESH_S = 5  # serving/dashboard.py REFRESH_MS
-
-
-def _counter(metrics_text: str, name: str, **labels) -> float:
-    total = 0.0
-    for line in metrics_text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 CATALOG_LIMIT = 150
@@ -108,9 +103,8 @@ class Up:
     tmp_path: Path
 
 
-@pytest.fixture(scope="module")
-def up(tmp_path_factory):
-    tmp_path = tmp_path_factory.mktemp("up")
+@contextmanager
+def running_up(tmp_path: Path) -> Iterator[Up]:
     env = up_env(
         tmp_path,
         free_port(),
@@ -127,7 +121,7 @@ def up(tmp_path_factory):
             proc.wait()
 
 
-def test_up_serves_demo_traffic(up):
+def serves_demo_traffic(up: Up) -> None:
     output = up.log_path.read_text()
     assert "memory only" in output  # the user is told the embedded broker keeps nothing
     assert "accepted from loopback clients only" in " ".join(output.split())
@@ -136,7 +130,7 @@ def test_up_serves_demo_traffic(up):
         assert http.get("/search", params={"q": "ink cartridge"}).json()["items"]
 
         def accepted() -> float:
-            return _counter(http.get("/metrics").text, "streamrec_serving_published_total", outcome="accepted")
+            return sample_sum(http.get("/metrics").text, "streamrec_serving_published_total", outcome="accepted")
 
         first = accepted()
         wait_for(lambda: accepted() > first, "demo shoppers sending events", timeout_s=30, every_s=0.5)
@@ -160,8 +154,7 @@ def test_up_serves_demo_traffic(up):
     assert models.returncode == 0 and "*" in models.stdout, models.stderr
 
 
-@pytest.mark.skipif(missing() is not None, reason=missing() or "")
-def test_dashboard_in_a_real_browser_shows_live_charts_and_rolls_back(up):
+def dashboard_in_a_real_browser_shows_live_charts_and_rolls_back(up: Up) -> None:
     """Headless Chromium opens /dashboard, waits until the charts hold data from demo traffic, saves
     a screenshot, injects a shift through the public API (shoppers click the last recommended item)
     until the learner detects drift, sees it as a marker and a row, and rolls back with the button."""
@@ -202,7 +195,7 @@ def test_dashboard_in_a_real_browser_shows_live_charts_and_rolls_back(up):
         driver.quit()
 
 
-def test_sigterm_drains_every_service_and_exits_0(up):
+def sigterm_drains_every_service_and_exits_0(up: Up) -> None:
     up.proc.send_signal(signal.SIGTERM)
     code = up.proc.wait(90)
     output = up.log_path.read_text()
@@ -210,3 +203,11 @@ def test_sigterm_drains_every_service_and_exits_0(up):
     assert "stopped." in output
     for service in ("consumers", "index-updater", "learner", "serving"):
         assert re.search(rf"{service} stopped \(exit 0\)", output), f"{service} did not drain cleanly"
+
+
+@pytest.mark.skipif(missing() is not None, reason=missing() or "")
+def test_up_serves_the_demo_shows_the_cockpit_in_a_browser_and_drains_on_sigterm(tmp_path):
+    with running_up(tmp_path) as up:
+        serves_demo_traffic(up)
+        dashboard_in_a_real_browser_shows_live_charts_and_rolls_back(up)
+        sigterm_drains_every_service_and_exits_0(up)
