@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from bench.quality import load_search_data, ndcg_at
-from serving import fusion
 from serving.lexical import LexicalIndex
+from serving.search import candidates as fusion
 from streamrec.datasets import homedepot
 from streamrec.settings import Settings
 from streamrec.vector_index.live import ItemMeta

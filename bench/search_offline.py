@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from serving import fusion
 from serving.lexical import LexicalIndex
+from serving.search import candidates as fusion
 from streamrec.datasets import homedepot
 from streamrec.encoder import Encoder
 from streamrec.settings import Settings

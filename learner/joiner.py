@@ -8,12 +8,23 @@ stream) or on wall time since the impression arrived (so a quiet live stream sti
 
 Outcomes that arrive before their impression (other partition, clock skew) wait in an orphan
 buffer for one window; events without ``request_id`` cannot be joined and are counted.
+
+A *search* list that closes without any click is dropped (``skip_clickless_searches``): it says
+nothing about which result was better, and most such lists come from traffic that never clicks
+(bots, prefetching browsers, QA). Learned from, each would teach the head that whatever it showed
+was wrong, and its shown products' features would become negatives for every other query.
+Recommendation lists keep their non-clicks: there a non-click is the click-rate signal itself.
+
+Observers (``on_first_click``, ``on_close``) see each joined impression: the learner's position
+bias estimate and its search scorecard read them (``learner/position_bias.py``,
+``learner/search_card.py``).
 """
 
 from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,7 +36,9 @@ POSITIVE_TYPES = ("click", "add_to_cart", "purchase")
 
 
 @dataclass
-class _Pending:
+class PendingImpression:
+    """An impression waiting for its outcomes: what was shown, where, and what was clicked."""
+
     event: Event
     rows: np.ndarray  # (len(item_ids), F)
     arrived: float  # wall clock (monotonic s)
@@ -52,14 +65,26 @@ class LabelJoiner:
     ``expire`` returns those whose window closed (negatives, purchase labels).
     """
 
-    def __init__(self, window_s: float, max_pending: int = 200_000, clock=time.monotonic):
+    def __init__(
+        self,
+        window_s: float,
+        max_pending: int = 200_000,
+        clock=time.monotonic,
+        skip_clickless_searches: bool = True,
+        on_first_click: Callable[[PendingImpression, int], None] | None = None,
+        on_close: Callable[[PendingImpression], None] | None = None,
+    ):
         if window_s <= 0:
             raise ValueError("window_s must be positive")
+        self.skip_clickless_searches = skip_clickless_searches
+        self.on_first_click = on_first_click  # (impression, index of the clicked item) before it is learned
+        self.on_close = on_close
+        self.clickless_searches = 0  # search lists closed without a click, not learned from
         self.window_ms = int(window_s * 1000)
         self.window_s = float(window_s)
         self.max_pending = max_pending
         self.clock = clock
-        self.pending: OrderedDict[str, _Pending] = OrderedDict()
+        self.pending: OrderedDict[str, PendingImpression] = OrderedDict()
         self.orphans: OrderedDict[str, list[Event]] = OrderedDict()
         self.watermark_ms = 0
         self.unjoinable = 0
@@ -79,7 +104,9 @@ class LabelJoiner:
             self.duplicates += 1
             return []
         offset = event.position or 0  # an impression's position = slot of its first item
-        p = _Pending(event, rows, self.clock(), positions={iid: offset + k for k, iid in enumerate(event.item_ids)})
+        p = PendingImpression(
+            event, rows, self.clock(), positions={iid: offset + k for k, iid in enumerate(event.item_ids)}
+        )
         self.pending[event.request_id] = p
         out: list[Example] = []
         for early in self.orphans.pop(event.request_id, []):
@@ -103,7 +130,7 @@ class LabelJoiner:
             return []
         return self._apply(p, event)
 
-    def _apply(self, p: _Pending, event: Event) -> list[Example]:
+    def _apply(self, p: PendingImpression, event: Event) -> list[Example]:
         iid = event.item_id
         if iid not in p.positions:
             self.unjoinable += 1
@@ -112,11 +139,13 @@ class LabelJoiner:
             p.bought.add(iid)
         if iid in p.clicked:
             return []
-        p.clicked.add(iid)
         k = p.item_ids.index(iid)
+        if not p.clicked and self.on_first_click is not None:
+            self.on_first_click(p, k)
+        p.clicked.add(iid)
         return [self._example(p, k, click=1.0, purchase=None)]
 
-    def _example(self, p: _Pending, k: int, click: float | None, purchase: float | None) -> Example:
+    def _example(self, p: PendingImpression, k: int, click: float | None, purchase: float | None) -> Example:
         iid = p.item_ids[k]
         return Example(
             request_id=p.request_id,
@@ -129,7 +158,12 @@ class LabelJoiner:
             purchase=purchase,
         )
 
-    def _close(self, p: _Pending) -> list[Example]:
+    def _close(self, p: PendingImpression) -> list[Example]:
+        if self.on_close is not None:
+            self.on_close(p)
+        if not p.clicked and p.event.query and self.skip_clickless_searches:
+            self.clickless_searches += 1
+            return []
         out = []
         for k, iid in enumerate(p.item_ids):
             if iid in p.clicked:
@@ -138,7 +172,7 @@ class LabelJoiner:
                 out.append(self._example(p, k, click=0.0, purchase=0.0))
         return out
 
-    def _expired(self, p: _Pending, now: float) -> bool:
+    def _expired(self, p: PendingImpression, now: float) -> bool:
         return (p.event.ts + self.window_ms <= self.watermark_ms) or (now - p.arrived >= self.window_s)
 
     def expire(self, flush_all: bool = False) -> list[Example]:
@@ -172,6 +206,7 @@ class LabelJoiner:
             "watermark_ms": self.watermark_ms,
             "unjoinable": self.unjoinable,
             "duplicates": self.duplicates,
+            "clickless_searches": self.clickless_searches,
         }
 
     def load_state(self, st: dict) -> None:
@@ -180,10 +215,11 @@ class LabelJoiner:
         for ev, rows, age, clicked, bought in st["pending"]:
             e = Event.model_validate(ev)
             offset = e.position or 0
-            p = _Pending(e, np.asarray(rows, np.float32), now - age, set(clicked), set(bought))
+            p = PendingImpression(e, np.asarray(rows, np.float32), now - age, set(clicked), set(bought))
             p.positions = {iid: offset + k for k, iid in enumerate(p.item_ids)}
             self.pending[p.request_id] = p
         self.orphans = OrderedDict((rid, [Event.model_validate(e) for e in evs]) for rid, evs in st["orphans"].items())
         self.watermark_ms = int(st["watermark_ms"])
         self.unjoinable = int(st["unjoinable"])
         self.duplicates = int(st["duplicates"])
+        self.clickless_searches = int(st.get("clickless_searches", 0))

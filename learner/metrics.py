@@ -67,3 +67,14 @@ FUSION_HIT = Gauge(
     "recent test-then-train share of next items in the top 20, by way of ordering (fixed / learned / rerank)",
     ["mode"],
 )
+POSITION_BIAS_ETA = Gauge(
+    "streamrec_learner_position_bias_eta", "examination at 0-based position k is (1/(k+1))^eta, estimated from swaps"
+)
+SEARCH_HEAD_EARNED = Gauge(
+    "streamrec_learner_search_head_earned", "1 while the head's search scorecard lets serving add it to /search"
+)
+SEARCH_CARD_GAP = Gauge(
+    "streamrec_learner_search_card_gap",
+    "IPS-weighted DCG gain of first clicks on unseen queries: head order minus fused order",
+)
+CLICKLESS_SEARCHES = Gauge("streamrec_learner_clickless_searches", "search lists closed without a click, not learned")

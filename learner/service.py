@@ -21,6 +21,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from kafka import ConsumerRebalanceListener, KafkaProducer, TopicPartition
@@ -37,6 +38,8 @@ from learner.negatives import NegativeSampler
 from learner.next_item import NextItemJoiner
 from learner.online import LearnerConfig, OnlineLearner
 from learner.pipeline import ExampleBuilder, QuarantineVerdicts
+from learner.position_bias import PositionBias
+from learner.search_card import SearchCard
 from streamrec import bus
 from streamrec.model_store import ModelStore
 from streamrec.ops import add_learner_stats
@@ -86,6 +89,10 @@ class _Loop:
     # ``offsets`` in one checkpoint: after a drain, its sum equals the records in the topic exactly
     # when no record was skipped or applied twice across restarts (bench/chaos.py checks it)
     events_in_state: dict[int, int] = field(default_factory=dict)
+    # what joined search impressions say: the shop's position bias (from serving's random swaps) and
+    # whether the head orders unseen queries' clicks better than the fused order (serving's gate)
+    position_bias: PositionBias = field(default_factory=PositionBias)
+    search_card: SearchCard | None = None
     ready: list[Example] = field(default_factory=list)
     ready_since: float = 0.0
     read_times: list[float] = field(default_factory=list)  # wall times of labels learned, unpublished
@@ -201,14 +208,21 @@ class _Loop:
     # --- publishing and checkpoints ---------------------------------------------------------
 
     def publish(self, reason: str) -> int:
-        meta = {
+        meta: dict[str, Any] = {
             "reason": reason,
             "parent": self.version,
             "updates": self.core.champion.updates,
             "examples": self.core.examples,
             "metrics": self.core.metrics(),
             "session_fusion": self.fusion.state(),
+            "position_bias": self.position_bias.summary(),
         }
+        if self.search_card is not None:
+            meta["search_card"] = card = self.search_card.summary()
+            M.SEARCH_HEAD_EARNED.set(1 if card["earned"] else 0)
+            M.SEARCH_CARD_GAP.set(card.get("gap", 0.0))
+        M.POSITION_BIAS_ETA.set(meta["position_bias"]["eta"])
+        M.CLICKLESS_SEARCHES.set(self.builder.joiner.clickless_searches)
         v = self.store.publish(self.core.champion.head, meta)
         now = time.monotonic()
         for t in self.read_times:
@@ -270,6 +284,8 @@ class _Loop:
                 "events_in_state": dict(self.events_in_state),
                 "version": self.version,
                 "guard_good": self.guard.good[0] if self.guard.good else None,
+                "position_bias": self.position_bias.state(),
+                "search_card": self.search_card.state() if self.search_card is not None else None,
             }
         )
         M.CHECKPOINT_SECONDS.observe(time.perf_counter() - t0)
@@ -339,7 +355,7 @@ def run(settings: Settings, stop: threading.Event) -> None:
     features = FeatureStore.from_settings(s)
     replica, vector_of, meta_of = _vectors(s)
     assembler = FeatureAssembler(features, vector_of, meta_of)
-    joiner = LabelJoiner(s.label_window_s)
+    joiner = LabelJoiner(s.label_window_s, skip_clickless_searches=s.learner_skip_clickless_searches)
     sampler = NegativeSampler(s.learner_negatives_per_positive) if s.learner_negative_sampling != "off" else None
     verdicts = QuarantineVerdicts(features.quarantined_many)
     builder = ExampleBuilder(
@@ -377,6 +393,15 @@ def run(settings: Settings, stop: threading.Event) -> None:
     consumer.subscribe([s.topic_events], listener=_SeekToCheckpoint(consumer, offsets))
     guard = RollbackGuard(s.rollback_threshold, s.rollback_min_examples)
     loop = _Loop(s, core, builder, store, guard, ckpt, producer, offsets, version, fusion, next_items, events_in_state)
+    loop.search_card = SearchCard(s.serving_search_head_weight)
+    if state is not None and state.get("search_card") is not None:
+        loop.position_bias.load_state(state["position_bias"])
+        loop.search_card.load_state(state["search_card"])
+    card = loop.search_card
+    joiner.on_first_click = lambda p, k: card.observe_first_click(
+        p, k, loop.core.champion.head, loop.position_bias.eta()
+    )
+    joiner.on_close = loop.position_bias.observe
     if version == 0:
         loop.version = loop.publish("initial")  # serving can become ready before any label
         log.info("published initial version %d", loop.version)

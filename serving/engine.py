@@ -16,15 +16,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import redis
 
-from serving import fusion, session_candidates
 from serving import recommend as session_rec
+from serving import session_candidates
 from serving.expansions import ExpansionFollower
 from serving.impressions import ImpressionLog
 from serving.lexical import LexicalIndex
 from serving.models import ModelWatcher
-from serving.query_features import query_features
 from serving.recommend import RecommendVariant
 from serving.rerank import mmr
+from serving.search import SearchRanker
 from serving.sessions import Fused, SessionParams
 from streamrec import session_fusion
 from streamrec.encoder import Encoder
@@ -83,6 +83,9 @@ class Engine:
         self.impressions = impressions
         self.assembler = FeatureAssembler(features, self.index.vector, self.index.meta)
         self.session_params = SessionParams.from_settings(s)
+        self.searcher = SearchRanker(
+            s, encoder, lambda: self.index, lexical, self._assemble, self._head, self._search_head_earned
+        )
 
     @property
     def index(self) -> LiveIndex:
@@ -108,67 +111,23 @@ class Engine:
     def search(
         self, query: str, user_id: str | None, k: int, variant: str = "full", impression: bool = True
     ) -> ResultList:
-        """Lexical + dense candidates ordered by ``variant`` (see ``fusion.VARIANTS``): ``bm25``,
-        ``dense``, ``rrf`` and ``fused`` are first-stage orders only; ``full`` adds the ranking head
-        (weighted by ``serving_search_head_weight``) and diversity (``serving_search_diversity_lambda``)."""
-        if variant not in fusion.VARIANTS:
-            raise ValueError(f"unknown search variant {variant!r}; one of {fusion.VARIANTS}")
-        n = self.s.serving_candidates
-        terms = self.lexical.query_terms(query)
-        lexical = [] if variant == "dense" else self.lexical.search(query, n, terms)
-        lexical = [h for h in lexical if h.item_id in self.index]  # deleted since the last lexical commit
-        qvec = None if variant == "bm25" else self.encoder.encode_query(query)
-        dense = self.index.search(qvec[None, :], n)[0] if qvec is not None else []
-        cands = fusion.gather(lexical, dense, lambda item_id: self._cosine(qvec, item_id))
-        ctx = Context(user_id, query, qvec)
-        if not cands.ids:
+        """The search ranking formula (``serving/search``): ``variant`` ``bm25``, ``dense``, ``rrf``
+        and ``fused`` are first-stage orders only; ``full`` runs every stage."""
+        ranked = self.searcher.rank(query, user_id, k, variant, logged=impression)
+        if ranked is None:
             return self._empty(variant)
-        weights = (self.s.serving_lexical_weight, self.s.serving_dense_weight)
-        fused = fusion.weighted(cands, *weights).astype(np.float32)
-        first = (
-            fused
-            if variant in ("full", "fused")
-            else fusion.order_scores(variant, cands, len(lexical), len(dense), weights)
+        ctx = Context(user_id, query, ranked.query_vec)
+        return self._respond(
+            ctx,
+            ranked.ids,
+            ranked.final,
+            ranked.order,
+            ranked.reasons,
+            ranked.X,
+            variant,
+            impression,
+            swapped=ranked.exploration.swapped,
         )
-        X = self._assemble(
-            user_id=user_id,
-            query_vec=qvec,
-            item_ids=cands.ids,
-            retrieval_scores=cands.cosine,
-            query_features=query_features(terms, cands, fused, self.lexical.title_tokens),
-        )
-        reasons = [self._search_reasons(query, terms, cands, j, len(dense)) for j in range(len(cands.ids))]
-        final, order = first, _top(first, k)
-        if variant == "full":
-            if X is not None:
-                final, head_reasons = self._with_head(first, X, self.s.serving_search_head_weight)
-                reasons = [r + h for r, h in zip(reasons, head_reasons, strict=True)]
-            order = self._diverse(cands.ids, final, k, self.s.serving_search_diversity_lambda)
-        return self._respond(ctx, cands.ids, final, order, reasons, X, variant, impression)
-
-    def _search_reasons(
-        self, query: str, terms: list[str], cands: fusion.SearchCandidates, j: int, n_dense: int
-    ) -> list[str]:
-        """Why candidate ``j`` was found: the query terms it matches (title first), the terms of past
-        searches that led to it (its query-log expansion) and/or its cosine."""
-        out = []
-        matched = cands.matched[j]
-        if matched:
-            title = set(self.lexical.title_tokens(cands.ids[j]) or ())
-            in_title = [t for t in matched if t in title]
-            elsewhere = [t for t in matched if t not in title]
-            if in_title:
-                out.append("title matches " + ", ".join(f"'{t}'" for t in in_title[:4]))
-            if elsewhere:
-                out.append("category/description matches " + ", ".join(f"'{t}'" for t in elsewhere[:4]))
-        if self.lexical.expansion_boost > 0:
-            past = self.lexical.expansion(cands.ids[j])
-            chosen = [t for t in terms if t in past]
-            if chosen:
-                out.append("chosen after past searches for " + ", ".join(f"'{t}'" for t in chosen[:4]))
-        if cands.dense_rank[j] < n_dense:
-            out.append(f"semantic match to '{query}' (cosine {cands.cosine[j]:.2f})")
-        return out
 
     def recommend(
         self,
@@ -340,6 +299,13 @@ class Engine:
             log.warning("feature store unreachable, answering degraded: %r", e)
             return None
 
+    def _search_head_earned(self) -> bool:
+        """The served model's search scorecard says its head orders unseen queries' clicks better
+        than the fused order (published by the learner; a model without one has not earned it)."""
+        model = self.models.current
+        card = getattr(model, "search_card", None)
+        return bool(card and card.get("earned"))
+
     def _head(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[list[str]]] | None:
         """(p_click, p_purchase, per-row explanation) from the current model, if it reads these rows."""
         model = self.models.current
@@ -354,17 +320,6 @@ class Engine:
                 text += " — driven by " + ", ".join(explained[i][:3])
             why.append([text])
         return p_click, p_buy, why
-
-    def _with_head(self, first: np.ndarray, X: np.ndarray, weight: float) -> tuple[np.ndarray, list[list[str]]]:
-        """first + weight × (click logit − its mean over the list): the head only reorders what it
-        is sure about, and with weight 0 (until measured on search) it only explains."""
-        head = self._head(X)
-        if head is None:
-            return first, [[] for _ in range(len(first))]
-        p_click, _, why = head
-        p = np.clip(p_click.astype(np.float64), 1e-6, 1 - 1e-6)
-        logit = np.log(p / (1 - p))
-        return (first + weight * (logit - logit.mean())).astype(np.float32), why
 
     def _diverse(self, ids: list[str], final: np.ndarray, k: int, lambda_: float) -> list[int]:
         if lambda_ >= 1.0:
@@ -382,8 +337,10 @@ class Engine:
         variant: str,
         impression: bool,
         pool: tuple[list[str], np.ndarray] | None = None,
+        swapped: int | None = None,
     ) -> ResultList:
         """The explained result list; logged as an impression (with its feature rows) unless not asked.
+        ``swapped``: the page position whose result traded places with the next at random.
 
         ``X`` None: the feature store was down; the impression is still logged (clicks on it are
         real labels) without served rows, so the learner recomputes them instead of learning zeros."""
@@ -410,6 +367,7 @@ class Engine:
                 rows=X[order] if X is not None else None,
                 ts_ms=int(time.time() * 1000),
                 pool=pool,
+                swapped=swapped,
             )
         return result
 

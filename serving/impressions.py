@@ -41,9 +41,11 @@ class ImpressionLog:
         rows: np.ndarray | None,
         ts_ms: int,
         pool: tuple[list[str], np.ndarray] | None = None,
+        swapped: int | None = None,
     ) -> None:
         """``rows`` None: no served features (the store was down); the learner recomputes them.
-        ``pool``: /recommend's scored candidates and their fusion features, for the learned fusion."""
+        ``pool``: /recommend's scored candidates and their fusion features, for the learned fusion.
+        ``swapped``: the page position whose result traded places with the next at random."""
         if not item_ids:
             return
         if pool is not None:
@@ -65,6 +67,7 @@ class ImpressionLog:
             request_id=request_id,
             item_ids=item_ids,
             query=query[:512] if query else None,
+            swapped=swapped,
         )
         future = self.producer.send(self.s.topic_events, key=event.user_id, value=encode(event))
         future.add_callback(lambda _md: metrics.IMPRESSIONS.labels("published").inc())

@@ -24,6 +24,7 @@ class ServedModel:
     version: int
     head: RankingHead
     fusion: FusionModel | None = None  # /recommend's learned family weights; None = the fixed ones
+    search_card: dict | None = None  # the learner's search scorecard: {"earned": bool, ...}
 
 
 class ModelWatcher:
@@ -55,7 +56,7 @@ class ModelWatcher:
             self._failed_version = latest
             return
         head.eval()
-        self.current = ServedModel(version=version, head=head, fusion=fusion)
+        self.current = ServedModel(version=version, head=head, fusion=fusion, search_card=meta.get("search_card"))
         metrics.MODEL_VERSION.set(version)
         metrics.MODEL_SWAPS.inc()
         log.info("serving ranking head version %d", version)

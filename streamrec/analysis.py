@@ -104,3 +104,13 @@ def analyze(text: str) -> list[str]:
             continue
         out.append(stem(token))
     return out
+
+
+def query_key(query: str) -> str:
+    """A query's identity wherever what shoppers did after it is remembered: its analysed terms,
+    each once, in sorted order, so word order, case, plural and unit spelling do not split it.
+
+    >>> query_key("Copper pipes 1/2 in.") == query_key("1/2 inch copper pipe")
+    True
+    """
+    return " ".join(sorted(set(analyze(query))))

@@ -162,6 +162,9 @@ class Event(_Strict):
     query: Annotated[str, StringConstraints(max_length=512)] | None = None
     position: Annotated[int, Field(ge=0, le=10_000), NotBool] | None = None
     item_ids: Annotated[list[ListedId], Field(min_length=1, max_length=200)] | None = None
+    # an impression's results at this index of item_ids and the next were swapped at random
+    # (serving's exploration: the learner estimates position bias from such pages)
+    swapped: Annotated[int, Field(ge=0, le=198), NotBool] | None = None
 
     @model_validator(mode="after")
     def _shape_matches_type(self) -> Event:
@@ -172,11 +175,15 @@ class Event(_Strict):
                 raise ValueError("an impression carries item_ids, not item_id")
             if len(set(self.item_ids)) != len(self.item_ids):
                 raise ValueError("impression item_ids must not repeat")
+            if self.swapped is not None and self.swapped >= len(self.item_ids) - 1:
+                raise ValueError("swapped must name a position that has a next one in item_ids")
         else:
             if self.item_id is None:
                 raise ValueError(f"a {self.type} event needs item_id")
             if self.item_ids is not None:
                 raise ValueError("only impressions carry item_ids")
+            if self.swapped is not None:
+                raise ValueError("only impressions carry swapped")
         return self
 
 
@@ -385,6 +392,7 @@ class InteractionEvent(Event):
     type: InteractionType
     item_id: Id
     item_ids: None = None
+    swapped: None = None
 
 
 class ImpressionEvent(Event):

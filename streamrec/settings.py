@@ -243,6 +243,11 @@ class Settings(BaseSettings):
 
     # --- learner / model --------------------------------------------------------------------
     label_window_s: float = Field(30.0, gt=0, description="how long an impression waits for its click")
+    learner_skip_clickless_searches: bool = Field(
+        True,
+        description="search lists that get no click are not learned from: they say nothing about which result "
+        "was better and mostly come from traffic that never clicks (learner/joiner.py)",
+    )
     publish_every_updates: int = Field(50, ge=1)
     publish_every_s: float = Field(
         0.5,
@@ -332,12 +337,31 @@ class Settings(BaseSettings):
     serving_search_head_weight: float = Field(
         0.5,
         ge=0,
-        description="/search: final = fused + this × (head click logit − its mean over the list); an "
-        "untrained head has equal logits, so it reorders only once it has learned from clicks (Home Depot "
-        "slice, bench/quality.py: +0.021 nDCG@10 on unseen queries after feedback at 0.5; 0 = fused order)",
+        description="/search: final = fused + this × (head click logit − its mean over the list), served only "
+        "while the learner's search scorecard says the head orders clicks of unseen queries better than the "
+        "fused order; 0 = never",
     )
     serving_search_diversity_lambda: float = Field(
         1.0, ge=0, le=1, description="MMR for /search: 1 = the fused order (diversity did not help search offline)"
+    )
+    serving_search_head_gate: bool = Field(
+        True,
+        description="/search adds the head only while the learner's search scorecard (learner/search_card.py) says "
+        "it orders clicks of queries it never trained on better than the fused order; false = always (ablation)",
+    )
+    serving_search_explore_share: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="/search: share of logged searches where one product from just below the page takes a "
+        "random slot in positions 4-10, so relevant products below the page can earn clicks (serving/search)",
+    )
+    serving_search_swap_share: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="/search: share of logged searches where two adjacent results swap at random; the learner "
+        "estimates position bias from them",
     )
     serving_recommend_exclude_seen: bool = Field(
         False,

@@ -54,6 +54,8 @@ class FakeModels:
 
 
 def _engine(**settings) -> tuple[Engine, FakeImpressions, FakeModels]:
+    """An engine over the five titles; exploration off unless asked (it reorders logged pages at random)."""
+    settings = {"serving_search_explore_share": 0.0, "serving_search_swap_share": 0.0, **settings}
     index = LiveIndex(3)
     index.apply([(i, np.array(v, np.float32), ItemMeta(TITLES[i])) for i, v in VEC.items()], [])
     lexical = LexicalIndex()
@@ -151,3 +153,22 @@ def test_query_log_expansion_reorders_and_says_why() -> None:
     engine.lexical.expand({"elbow": {}})  # gone (expired in Redis): back to the title alone
     engine.lexical.refresh()
     assert _ids(engine.search("copper fitting", None, 4, variant="bm25"))[0] == "fitting"
+
+
+def test_exploration_touches_only_logged_pages_and_the_impression_says_where_it_swapped() -> None:
+    engine, impressions, _ = _engine(serving_search_explore_share=0.0, serving_search_swap_share=1.0)
+    q = "copper"
+    plain = _ids(engine.search(q, None, 4, impression=False))  # QA traffic: never explored
+    assert plain == _ids(engine.search(q, None, 4, impression=False))
+    swapped = engine.search(q, None, 4)
+    j = impressions.recorded[-1]["swapped"]
+    assert j is not None and 0 <= j < len(plain) - 1
+    expected = list(plain)
+    expected[j], expected[j + 1] = expected[j + 1], expected[j]
+    assert _ids(swapped) == expected and impressions.recorded[-1]["item_ids"] == expected
+
+    engine, impressions, _ = _engine(serving_search_explore_share=1.0, serving_search_swap_share=0.0)
+    for _ in range(20):
+        page = _ids(engine.search(q, None, 4))
+        assert page[:3] == plain[:3]  # the top three are never explored
+        assert impressions.recorded[-1]["swapped"] is None

@@ -116,9 +116,13 @@ def running_up(tmp_path: Path) -> Iterator[Up]:
         _wait_until_up(proc, log_path, base, timeout_s=300)
         yield Up(proc, log_path, base, env, tmp_path)
     finally:
-        if proc.poll() is None:  # the drain test stops it; a failure before it must not leave it running
-            proc.kill()
-            proc.wait()
+        if proc.poll() is None:  # the drain check stops it; a failure before it must not leave it running
+            proc.send_signal(signal.SIGTERM)  # `up` stops its services; a SIGKILL would orphan them
+            try:
+                proc.wait(90)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def serves_demo_traffic(up: Up) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from serving.fusion import SearchCandidates
+from serving.search.candidates import SearchCandidates
 from streamrec.ranking import QUERY_FEATURE_NAMES
 
 _COL = {name: i for i, name in enumerate(QUERY_FEATURE_NAMES)}

@@ -1,0 +1,181 @@
+"""The search ranking formula, in the order it runs: the one place to read or change it.
+
+===========  =================================================================================
+candidates   lexical (tantivy BM25 over the analysed title, category and description head, plus
+             the query-log expansion field, boosted by ``serving_expansion_boost``, when it holds
+             every query term: ``serving/lexical.py``) ∪ dense (MiniLM query vector, FAISS)
+             — ``candidates.py``
+fused        ``serving_lexical_weight`` · bm25 / the list's best bm25
+             + ``serving_dense_weight`` · max(0, cosine)
+head         + ``serving_search_head_weight`` · (the ranking head's click logit − its mean over
+             the list), only while the learner's search scorecard says the head orders clicks of
+             queries it never trained on better than the fused order (``learner/search_card.py``)
+             — else the head only explains
+diversity    MMR over item vectors when ``serving_search_diversity_lambda`` < 1
+explore      on ``serving_search_explore_share`` of logged searches one product from below the
+             page takes a slot in positions 4–10; on ``serving_search_swap_share`` two adjacent
+             results swap, at random (``explore.py``): the learner estimates position bias from
+             the swaps
+===========  =================================================================================
+
+``variant`` ``bm25`` | ``dense`` | ``rrf`` | ``fused`` orders by one first-stage score and stops
+there (the ablations of ``bench/quality.py``); ``full`` runs every stage.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from serving.lexical import LexicalIndex
+from serving.rerank import mmr
+from serving.search import candidates as fusion
+from serving.search.explore import Exploration, explore
+from serving.search.query_features import query_features
+from streamrec.encoder import Encoder
+from streamrec.settings import Settings
+from streamrec.vector_index import LiveIndex
+
+# (X) -> (p_click, p_purchase, per-row explanation) of the served model, or None (no model / another schema)
+HeadScores = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, list[list[str]]] | None]
+# the feature rows of a search's candidates, or None while the feature store does not answer
+Rows = Callable[..., np.ndarray | None]
+
+
+@dataclass
+class Ranked:
+    """A search's candidates with their final scores, and what is shown (``order``) with why."""
+
+    ids: list[str]
+    final: np.ndarray
+    order: list[int]
+    reasons: list[list[str]]
+    X: np.ndarray | None
+    query_vec: np.ndarray | None
+    exploration: Exploration = field(default_factory=Exploration)
+
+
+class SearchRanker:
+    def __init__(
+        self,
+        s: Settings,
+        encoder: Encoder,
+        index: Callable[[], LiveIndex],
+        lexical: LexicalIndex,
+        rows: Rows,
+        head: HeadScores,
+        head_earned: Callable[[], bool],
+        rng: random.Random | None = None,
+    ):
+        self.s = s
+        self.encoder = encoder
+        self._index = index  # the replica's current index (it is swapped on a snapshot restore)
+        self.lexical = lexical
+        self.rows = rows
+        self.head = head
+        self.head_earned = head_earned
+        self.rng = rng or random.Random()
+
+    @property
+    def index(self) -> LiveIndex:
+        return self._index()
+
+    def rank(self, query: str, user_id: str | None, k: int, variant: str, logged: bool) -> Ranked | None:
+        """The ranked candidates of ``query``; None when nothing matches."""
+        if variant not in fusion.VARIANTS:
+            raise ValueError(f"unknown search variant {variant!r}; one of {fusion.VARIANTS}")
+        s, n = self.s, self.s.serving_candidates
+        terms = self.lexical.query_terms(query)
+        lexical = [] if variant == "dense" else self.lexical.search(query, n, terms)
+        lexical = [h for h in lexical if h.item_id in self.index]  # deleted since the last lexical commit
+        qvec = None if variant == "bm25" else self.encoder.encode_query(query)
+        dense = self.index.search(qvec[None, :], n)[0] if qvec is not None else []
+        cands = fusion.gather(lexical, dense, lambda item_id: self._cosine(qvec, item_id))
+        if not cands.ids:
+            return None
+        weights = (s.serving_lexical_weight, s.serving_dense_weight)
+        fused = fusion.weighted(cands, *weights).astype(np.float32)
+        first = (
+            fused
+            if variant in ("full", "fused")
+            else fusion.order_scores(variant, cands, len(lexical), len(dense), weights)
+        )
+        X = self.rows(
+            user_id=user_id,
+            query_vec=qvec,
+            item_ids=cands.ids,
+            retrieval_scores=cands.cosine,
+            query_features=query_features(terms, cands, fused, self.lexical.title_tokens),
+        )
+        reasons = [self._reasons(query, terms, cands, j, len(dense)) for j in range(len(cands.ids))]
+        final, order = first, _top(first, k)
+        exploration = Exploration()
+        if variant == "full":
+            if X is not None:
+                final, head_reasons = self._with_head(first, X)
+                reasons = [r + h for r, h in zip(reasons, head_reasons, strict=True)]
+            order = self._diverse(cands.ids, final, k, s.serving_search_diversity_lambda)
+            if logged:
+                order, exploration = explore(
+                    order, final, k, self.rng, s.serving_search_explore_share, s.serving_search_swap_share
+                )
+                if exploration.inserted is not None:
+                    reasons[order[exploration.inserted]].append("shown to learn whether it fits this search")
+        return Ranked(cands.ids, final, order, reasons, X, qvec, exploration)
+
+    def _with_head(self, first: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, list[list[str]]]:
+        """first + weight × (click logit − its mean over the list) once the head has earned search;
+        before that (and with weight 0) the head only explains."""
+        head = self.head(X)
+        if head is None:
+            return first, [[] for _ in range(len(first))]
+        p_click, _, why = head
+        weight = self.s.serving_search_head_weight
+        if weight <= 0 or (self.s.serving_search_head_gate and not self.head_earned()):
+            return first, why
+        p = np.clip(p_click.astype(np.float64), 1e-6, 1 - 1e-6)
+        logit = np.log(p / (1 - p))
+        return (first + weight * (logit - logit.mean())).astype(np.float32), why
+
+    def _reasons(self, query: str, terms: list[str], cands: fusion.SearchCandidates, j: int, n_dense: int) -> list[str]:
+        """Why candidate ``j`` was found: the query terms it matches (title first), the terms of past
+        searches that led to it (its query-log expansion) and/or its cosine."""
+        out = []
+        matched = cands.matched[j]
+        if matched:
+            title = set(self.lexical.title_tokens(cands.ids[j]) or ())
+            in_title = [t for t in matched if t in title]
+            elsewhere = [t for t in matched if t not in title]
+            if in_title:
+                out.append("title matches " + ", ".join(f"'{t}'" for t in in_title[:4]))
+            if elsewhere:
+                out.append("category/description matches " + ", ".join(f"'{t}'" for t in elsewhere[:4]))
+        if self.lexical.expansion_boost > 0:
+            past = self.lexical.expansion(cands.ids[j])
+            chosen = [t for t in terms if t in past]
+            if chosen:
+                out.append("chosen after past searches for " + ", ".join(f"'{t}'" for t in chosen[:4]))
+        if cands.dense_rank[j] < n_dense:
+            out.append(f"semantic match to '{query}' (cosine {cands.cosine[j]:.2f})")
+        return out
+
+    def _diverse(self, ids: list[str], final: np.ndarray, k: int, lambda_: float) -> list[int]:
+        if lambda_ >= 1.0:
+            return _top(final, k)
+        vectors = [self.index.vector(i) for i in ids]
+        zero = np.zeros(self.index.dim, dtype=np.float32)
+        return mmr(final, np.stack([v if v is not None else zero for v in vectors]), k, lambda_)
+
+    def _cosine(self, qvec: np.ndarray | None, item_id: str) -> float:
+        vec = self.index.vector(item_id)
+        if qvec is None or vec is None:
+            return 0.0
+        return float(qvec @ vec)
+
+
+def _top(scores: np.ndarray, k: int) -> list[int]:
+    """Indices of the ``k`` best scores, best first; ties keep candidate order."""
+    return np.argsort(-scores, kind="stable")[:k].tolist()
