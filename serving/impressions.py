@@ -16,7 +16,7 @@ from kafka import KafkaProducer
 from serving import metrics
 from streamrec.ranking import log_served
 from streamrec.schemas import Event, encode
-from streamrec.session_fusion import log_pool
+from streamrec.sessions.learned import log_pool
 from streamrec.settings import Settings
 
 log = logging.getLogger(__name__)

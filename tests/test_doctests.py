@@ -21,7 +21,7 @@ MODULES_WITH_EXAMPLES = [
     "streamrec.memory",
     "learner.pipeline",
     "serving.backpressure",
-    "streamrec.session_fusion",
+    "streamrec.sessions.learned",
     "streamrec.gcpause",
     "learner.next_item",
 ]

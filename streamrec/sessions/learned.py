@@ -1,4 +1,4 @@
-"""The learned fusion of /recommend's session families: features, a listwise linear scorer, the pool log.
+"""The learned fusion of the session families: pool features, a listwise linear scorer, the pool log.
 
 Why learned: the fixed family weights were chosen on DIGINETICA; another catalogue (meaningful
 titles, other session lengths) wants other weights, and how much each family — and content
@@ -15,7 +15,7 @@ that has earned it on the learner's test-then-train comparison (else by the fixe
 
 Redis layout: ``{prefix}pool:{request_id}`` — a hash ``{schema, items, F}``, ``items`` the JSON
 list of pooled item ids (the fixed fusion's best :data:`POOL_LOGGED`), ``F`` the base64 float16
-rows in that order: about 5.7 KB per /recommend response (Redis MEMORY USAGE), living ``label_window_s`` × 4 + 60 s.
+rows in that order, living ``label_window_s`` × 4 + 60 s (its size: README, Memory).
 """
 
 from __future__ import annotations
@@ -31,12 +31,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from streamrec.sessions.params import FAMILIES
+
 if TYPE_CHECKING:  # pragma: no cover - types only
     import redis
 
     from streamrec.settings import Settings
 
-FAMILIES = ("repeat", "stan", "vsknn", "covis", "popular")
 # How serving may order a pool: the fixed weights, the learned ones, or the learned order inside
 # the fixed top RERANK_K (the same hits at RERANK_K, a better order among them).
 MODES = ("fixed", "learned", "rerank")
