@@ -106,7 +106,7 @@ def main() -> int:
     n_hist = int(0.9 * len(sessions))
     held = sessions[n_hist:][: args.limit or None]
     cfg = FeatureConfig()
-    p = SessionParams()
+    p = SessionParams.defaults()
     with tempfile.TemporaryDirectory() as tmp:
         server = None if args.redis_url else EmbeddedRedis(Path(tmp)).__enter__()
         url = args.redis_url or server.url

@@ -9,7 +9,7 @@ from streamrec.sessions import candidates, fusion
 from streamrec.sessions.params import SessionParams
 from tests.test_features import Feed, ev
 
-P = SessionParams()
+P = SessionParams.defaults()
 HISTORY = {  # session -> items, in the order they were viewed
     "h1": ["a", "b", "c"],
     "h2": ["a", "b", "c", "e"],

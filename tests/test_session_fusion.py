@@ -17,7 +17,7 @@ from tests.test_features import ev
 from tests.test_search_engine import FakeModels, _engine
 
 COL = {n: i for i, n in enumerate(learned.FEATURE_NAMES)}
-P = SessionParams()
+P = SessionParams.defaults()
 T = 1_700_000_000_000
 
 

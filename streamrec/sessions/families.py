@@ -73,6 +73,7 @@ def stan_neighbours(prefix: Sequence[str], neighbours: Sequence[Neighbour], p: S
     if not neighbours or not pos:
         return []
     newest = max(n.ts for n in neighbours)
+    recency_ms = p.recency_ms
     weight = [math.exp((j - t) / p.stan_position_decay) for j in range(t + 1)]  # by 1-based position
     out = []
     for n in neighbours:
@@ -81,7 +82,7 @@ def stan_neighbours(prefix: Sequence[str], neighbours: Sequence[Neighbour], p: S
         if not shared:
             continue
         w = sum(weight[pos[y]] for y in shared)
-        sim = w / math.sqrt(n_prefix * len(distinct)) * math.exp(-(newest - n.ts) / p.recency_ms)
+        sim = w / math.sqrt(n_prefix * len(distinct)) * math.exp(-(newest - n.ts) / recency_ms)
         anchor = max(shared, key=pos.__getitem__)  # positions are distinct: the most recent shared item
         out.append(Scored(sim, n, anchor, pos[anchor]))
     return heapq.nlargest(p.neighbours, out, key=lambda s: (s.sim, s.neighbour.ts, s.neighbour.token))

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from streamrec.sessions.params import FAMILIES
+from streamrec.sessions.params import FAMILIES, SessionParams
 
 if TYPE_CHECKING:  # pragma: no cover - types only
     import redis
@@ -139,7 +139,7 @@ class FusionModel:
     @classmethod
     def from_settings(cls, s: Settings) -> FusionModel:
         """Started at the fixed weights /recommend uses (``serving_rec_weight_*``)."""
-        return cls.initial({f: getattr(s, f"serving_rec_weight_{f}") for f in FAMILIES}, lr=s.learner_fusion_lr)
+        return cls.initial(SessionParams.from_settings(s).weights, lr=s.learner_fusion_lr)
 
     def scores(self, F: np.ndarray) -> np.ndarray:
         """The learned scores of pool rows ``F`` (higher first)."""
