@@ -213,7 +213,7 @@ class Engine:
         relevance: list[float],
         profile: np.ndarray | None,
         impression: bool,
-    ) -> tuple[list[sessions.fusion.Fused], list[float], tuple[list[str], np.ndarray] | None]:
+    ) -> tuple[list[sessions.fusion.Fused], list[float], sessions.learned.Pool | None]:
         """The fused candidates and their relevance in (0, 1], in the learned fusion's order when it
         has earned it (its ``mode``; else as given), and the pool with its features for the learner
         when the request is logged. Nothing is computed when neither needs the features."""
@@ -299,7 +299,7 @@ class Engine:
         model_weight: float | None = None,
         diversity: float | None = None,
         variant: str = "full",
-        pool: tuple[list[str], np.ndarray] | None = None,
+        pool: sessions.learned.Pool | None = None,
     ) -> ResultList:
         """Recommendations and similar items: relevance blended with the head (``model_weight``,
         default serving_model_weight), then MMR (``diversity``, default serving_diversity_lambda).
@@ -378,7 +378,7 @@ class Engine:
         X: np.ndarray | None,
         variant: str,
         impression: bool,
-        pool: tuple[list[str], np.ndarray] | None = None,
+        pool: sessions.learned.Pool | None = None,
     ) -> ResultList:
         """The explained result list; logged as an impression (with its feature rows) unless not asked.
 

@@ -49,6 +49,8 @@ FEATURE_NAMES: list[str] = (
     + ["profile_cos", "repeat_x_len", "stan_x_len", "is_last_item"]
 )
 N_FEATURES = len(FEATURE_NAMES)
+# What serving logs and the learner joins: the pooled item ids and their feature rows, in one order.
+Pool = tuple[list[str], np.ndarray]
 SCHEMA_ID = hashlib.sha1(json.dumps(FEATURE_NAMES).encode()).hexdigest()[:12]
 _COL = {name: i for i, name in enumerate(FEATURE_NAMES)}
 
@@ -255,7 +257,7 @@ def log_pool(r: redis.Redis, prefix: str, request_id: str, items: Sequence[str],
     pipe.execute()
 
 
-def load_pool(r: redis.Redis, prefix: str, request_id: str) -> tuple[list[str], np.ndarray] | None:
+def load_pool(r: redis.Redis, prefix: str, request_id: str) -> Pool | None:
     """``(items, F)`` as logged, or None when gone (TTL), never logged, or of another schema."""
     got = r.hgetall(_key(prefix, request_id))
     if not got:
