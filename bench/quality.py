@@ -580,7 +580,7 @@ def _full_collections(http: httpx.Client) -> tuple[float, float]:
 def _published_fusion(s: Settings) -> dict:
     """Operator-side reading of the served model's meta: the learned fusion and its scorecard."""
     from streamrec.model_store import ModelStore
-    from streamrec.session_fusion import FEATURE_NAMES, FusionModel
+    from streamrec.sessions.learned import FEATURE_NAMES, FusionModel
 
     _v, _head, meta = ModelStore.from_settings(s).load()
     model = FusionModel.from_state(meta.get("session_fusion", {}))

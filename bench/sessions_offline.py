@@ -2,8 +2,8 @@
 
     python -m bench.sessions_offline [--stride 10] [--limit 0] [--redis-url redis://…]
 
-Why in process: it checks the families and their fusion (serving/sessions.py, read by
-serving/session_candidates.py exactly as /recommend reads them) and times that read + fusion
+Why in process: it checks the families and their fusion (``streamrec/sessions/``, read by
+``streamrec.sessions.candidates`` exactly as /recommend reads them) and times that read + fusion
 with the full history in Redis, without the HTTP, index and ranking-head costs that
 ``bench/quality.py --recommend`` measures through the running stack.
 
@@ -14,7 +14,7 @@ last 10 % and every prefix ``i1..it``: ``it`` is written as that session's next 
 families are read and scored against ``i(t+1)`` (HR@20, MRR@20). Every held-out session is
 written as it goes (streaming state), evaluated or not.
 
-The learned session fusion (``streamrec/session_fusion.py``) runs test-then-train over the same
+The learned session fusion (``streamrec/sessions/learned.py``) runs test-then-train over the same
 queries, as the learner runs it over logged /recommend pools: each query is scored by the fixed
 weights, the learned ones and the learned order inside the fixed top 20 *before* the model learns
 from its next item; the rows ``learned`` and ``rerank`` are those prequential scores.
@@ -32,12 +32,12 @@ from pathlib import Path
 from consumers.apply import Writer
 from consumers.botfilter import BotConfig
 from launcher.embedded import EmbeddedRedis
-from serving import recommend, session_candidates
-from serving.sessions import SessionParams
 from streamrec.features import FeatureConfig, FeatureStore
 from streamrec.ranking import FeatureAssembler
 from streamrec.schemas import Event, encode
-from streamrec.session_fusion import MODES, FusionModel, features
+from streamrec.sessions import candidates, fusion
+from streamrec.sessions.learned import MODES, FusionModel, features
+from streamrec.sessions.params import SessionParams
 from streamrec.settings import Settings
 from streamrec.store import connect, connect_binary
 
@@ -106,7 +106,7 @@ def main() -> int:
     n_hist = int(0.9 * len(sessions))
     held = sessions[n_hist:][: args.limit or None]
     cfg = FeatureConfig()
-    p = SessionParams()
+    p = SessionParams.defaults()
     with tempfile.TemporaryDirectory() as tmp:
         server = None if args.redis_url else EmbeddedRedis(Path(tmp)).__enter__()
         url = args.redis_url or server.url
@@ -126,7 +126,7 @@ def main() -> int:
             return 0
         fs = FeatureStore(r, prefix, cfg)
         hits = {v: [0, 0.0] for v in (*VARIANTS, *MODES[1:])}
-        fusion = FusionModel.from_settings(Settings())
+        model = FusionModel.from_settings(Settings())
         timings: list[float] = []
         cpu_timings: list[float] = []  # this process's CPU only: robust to a busy host, excludes Redis
         assemble_timings: list[float] = []
@@ -142,8 +142,8 @@ def main() -> int:
                 stream.flush()
                 target = str(items[pos + 1])
                 t, cpu = time.perf_counter(), time.process_time()
-                sc = session_candidates.read(fs, f"du{args.tag}{sid}", p)
-                fused = recommend.rank(sc, "fused", p, keep=lambda _: True)
+                sc = candidates.read(fs, f"du{args.tag}{sid}", p)
+                fused = fusion.rank(sc, "fused", p, keep=lambda _: True)
                 timings.append(time.perf_counter() - t)
                 cpu_timings.append(time.process_time() - cpu)
                 t = time.perf_counter()
@@ -155,16 +155,16 @@ def main() -> int:
                 F = features(pool, sc.families, sc.prefix, [0.0] * len(pool), p.family_top_n)
                 for v in (*VARIANTS, *MODES[1:]):
                     if v in MODES:
-                        ranked_ids = [pool[j] for j in fusion.order(F, v)[0][:20]]
+                        ranked_ids = [pool[j] for j in model.order(F, v)[0][:20]]
                     else:
-                        ranked = fused if v == "fused" else recommend.rank(sc, v, p, keep=lambda _: True)
+                        ranked = fused if v == "fused" else fusion.rank(sc, v, p, keep=lambda _: True)
                         ranked_ids = [c.item_id for c in ranked[:20]]
                     rk = rank_of(ranked_ids, target)
                     if rk is not None:
                         hits[v][0] += 1
                         hits[v][1] += 1.0 / rk
                 if target in pool:  # test-then-train: scored above, learned from now
-                    fusion.learn(F, pool.index(target))
+                    model.learn(F, pool.index(target))
             if k % 2000 == 0:
                 print(f"  held-out {k}/{len(held)}, {queries} queries", flush=True)
         stream.flush()
@@ -172,8 +172,8 @@ def main() -> int:
         for v in (*VARIANTS, *MODES[1:]):
             print(f"  {v:8s} HR@20 {100 * hits[v][0] / queries:5.1f}  MRR@20 {100 * hits[v][1] / queries:5.1f}")
         print(
-            f"learned fusion after {fusion.examples:,} examples: serving mode {fusion.mode}; recent "
-            f"[MRR@20, HR@20] { ({m: [round(100 * x, 2) for x in v] for m, v in fusion.card.items()}) }"
+            f"learned fusion after {model.examples:,} examples: serving mode {model.mode}; recent "
+            f"[MRR@20, HR@20] { ({m: [round(100 * x, 2) for x in v] for m, v in model.card.items()}) }"
         )
         for what, xs in (
             ("read + fusion", timings),

@@ -1,4 +1,5 @@
-"""Join a /recommend impression with the user's next interaction: the learned fusion's examples.
+"""Join a /recommend impression with the user's next interaction: the examples of the learned
+fusion (``streamrec.sessions.learned``).
 
 Why a join of its own: the ranking head's label is a click on a shown item (``learner/joiner.py``,
 by request id); the session fusion's label is *which pooled candidate the session's next event
@@ -23,9 +24,10 @@ from typing import Any
 import numpy as np
 
 from streamrec.schemas import Event
+from streamrec.sessions.learned import Pool
 
 INTERACTIONS = ("view", "click", "add_to_cart", "purchase")
-PoolLookup = Callable[[str], tuple[list[str], np.ndarray] | None]
+PoolLookup = Callable[[str], Pool | None]  # streamrec.sessions.learned.load_pool
 
 
 @dataclass(frozen=True)

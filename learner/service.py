@@ -45,7 +45,7 @@ from streamrec.model_store import ModelStore
 from streamrec.ops import add_learner_stats
 from streamrec.ranking import FeatureAssembler, load_served
 from streamrec.schemas import Event, Rejected, decode_event
-from streamrec.session_fusion import FusionModel, load_pool
+from streamrec.sessions.learned import FusionModel, load_pool
 from streamrec.settings import Settings
 from streamrec.store import connect, retry_until_done
 

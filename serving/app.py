@@ -26,7 +26,6 @@ from serving.backpressure import RETRY_AFTER_S, PublishGate
 from serving.cockpit import cockpit_routes
 from serving.dashboard import render_dashboard
 from serving.engine import Engine
-from serving.recommend import RecommendVariant
 from streamrec import bus
 from streamrec.schemas import (
     ID_PATTERN,
@@ -43,6 +42,7 @@ from streamrec.schemas import (
     validate_catalog,
     validate_event,
 )
+from streamrec.sessions.fusion import RecommendVariant
 from streamrec.settings import Settings
 
 log = logging.getLogger(__name__)

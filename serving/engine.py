@@ -16,17 +16,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import redis
 
-from serving import recommend as session_rec
-from serving import session_candidates
 from serving.expansions import ExpansionFollower
 from serving.impressions import ImpressionLog
 from serving.lexical import LexicalIndex
 from serving.models import ModelWatcher
-from serving.recommend import RecommendVariant
 from serving.rerank import mmr
 from serving.search import SearchRanker
-from serving.sessions import Fused, SessionParams
-from streamrec import session_fusion
+from streamrec import sessions
 from streamrec.encoder import Encoder
 from streamrec.features import INTERACTIONS, FeatureConfig, FeatureStore
 from streamrec.ranking import N_FEATURES, FeatureAssembler
@@ -82,7 +78,7 @@ class Engine:
         self.lexical = lexical
         self.impressions = impressions
         self.assembler = FeatureAssembler(features, self.index.vector, self.index.meta)
-        self.session_params = SessionParams.from_settings(s)
+        self.session_params = sessions.params.SessionParams.from_settings(s)
         self.searcher = SearchRanker(
             s, encoder, lambda: self.index, lexical, self._assemble, self._head, self._search_head_earned
         )
@@ -133,22 +129,22 @@ class Engine:
         self,
         user_id: str,
         k: int,
-        variant: RecommendVariant = "full",
+        variant: sessions.fusion.RecommendVariant = "full",
         exclude_seen: bool | None = None,
         impression: bool = True,
     ) -> ResultList:
-        """Next items for the user's current session (serving/recommend.py); the older profile
+        """Next items for the user's current session (``streamrec.sessions``); the older profile
         path (content neighbours, co-visitation, else trending) when the session gives nothing
         (a user without history, or all excluded).
         ``variant`` picks the families (``full`` = fusion, then the head and diversity at their
         /recommend settings); ``exclude_seen`` None = the setting."""
-        if variant not in session_rec.VARIANTS:
-            raise ValueError(f"unknown recommend variant {variant!r}; one of {session_rec.VARIANTS}")
+        if variant not in sessions.fusion.VARIANTS:
+            raise ValueError(f"unknown recommend variant {variant!r}; one of {sessions.fusion.VARIANTS}")
         if exclude_seen is None:
             exclude_seen = self.s.serving_recommend_exclude_seen
-        sc = session_candidates.read(self.features, user_id, self.session_params)
+        sc = sessions.candidates.read(self.features, user_id, self.session_params)
         exclude = set(sc.prefix) if exclude_seen else set()
-        ranked = session_rec.rank(sc, variant, self.session_params, self.index.__contains__, exclude)
+        ranked = sessions.fusion.rank(sc, variant, self.session_params, self.index.__contains__, exclude)
         full = variant == "full"
         model_weight = self.s.serving_recommend_model_weight if full else 0.0
         diversity = self.s.serving_recommend_diversity_lambda if full else 1.0
@@ -161,7 +157,7 @@ class Engine:
             # without the head and MMR the order is final: only the shown k need feature rows (latency)
             shown = self.s.serving_candidates if model_weight > 0 or diversity < 1 else k
             cands = [
-                Candidate(c.item_id, rel, self._cosine(profile, c.item_id), session_rec.reasons(c, sc, self._title))
+                Candidate(c.item_id, rel, self._cosine(profile, c.item_id), sessions.fusion.reasons(c, sc, self._title))
                 for c, rel in zip(ranked[:shown], relevance, strict=False)
             ]
             ctx = Context(user_id, None, profile)
@@ -170,12 +166,12 @@ class Engine:
 
     def _learned_order(
         self,
-        sc: session_candidates.SessionCandidates,
-        ranked: list[Fused],
+        sc: sessions.candidates.SessionCandidates,
+        ranked: list[sessions.fusion.Fused],
         relevance: list[float],
         profile: np.ndarray | None,
         impression: bool,
-    ) -> tuple[list[Fused], list[float], tuple[list[str], np.ndarray] | None]:
+    ) -> tuple[list[sessions.fusion.Fused], list[float], sessions.learned.Pool | None]:
         """The fused candidates and their relevance in (0, 1], in the learned fusion's order when it
         has earned it (its ``mode``; else as given), and the pool with its features for the learner
         when the request is logged. Nothing is computed when neither needs the features."""
@@ -185,10 +181,10 @@ class Engine:
         if not serve and not impression:
             return ranked, relevance, None
         # a row depends on its item alone: only the logged head of the pool needs rows unless the fit orders it all
-        ids = [c.item_id for c in (ranked if serve else ranked[: session_fusion.POOL_LOGGED])]
+        ids = [c.item_id for c in (ranked if serve else ranked[: sessions.learned.POOL_LOGGED])]
         cos = [self._cosine(profile, i) for i in ids]
-        F = session_fusion.features(ids, sc.families, sc.prefix, cos, self.session_params.family_top_n)
-        pool = (ids[: session_fusion.POOL_LOGGED], F[: session_fusion.POOL_LOGGED]) if impression else None
+        F = sessions.learned.features(ids, sc.families, sc.prefix, cos, self.session_params.family_top_n)
+        pool = (ids[: sessions.learned.POOL_LOGGED], F[: sessions.learned.POOL_LOGGED]) if impression else None
         if not serve:
             return ranked, relevance, pool
         assert fitted is not None
@@ -261,7 +257,7 @@ class Engine:
         model_weight: float | None = None,
         diversity: float | None = None,
         variant: str = "full",
-        pool: tuple[list[str], np.ndarray] | None = None,
+        pool: sessions.learned.Pool | None = None,
     ) -> ResultList:
         """Recommendations and similar items: relevance blended with the head (``model_weight``,
         default serving_model_weight), then MMR (``diversity``, default serving_diversity_lambda).
@@ -336,7 +332,7 @@ class Engine:
         X: np.ndarray | None,
         variant: str,
         impression: bool,
-        pool: tuple[list[str], np.ndarray] | None = None,
+        pool: sessions.learned.Pool | None = None,
         swapped: int | None = None,
     ) -> ResultList:
         """The explained result list; logged as an impression (with its feature rows) unless not asked.

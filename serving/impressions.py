@@ -16,7 +16,7 @@ from kafka import KafkaProducer
 from serving import metrics
 from streamrec.ranking import log_served
 from streamrec.schemas import Event, encode
-from streamrec.session_fusion import log_pool
+from streamrec.sessions.learned import Pool, log_pool
 from streamrec.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ class ImpressionLog:
         item_ids: list[str],
         rows: np.ndarray | None,
         ts_ms: int,
-        pool: tuple[list[str], np.ndarray] | None = None,
+        pool: Pool | None = None,
         swapped: int | None = None,
     ) -> None:
         """``rows`` None: no served features (the store was down); the learner recomputes them.

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from serving import metrics
 from streamrec.model_store import ModelStore
 from streamrec.ranking import RankingHead
-from streamrec.session_fusion import FusionModel
+from streamrec.sessions.learned import FusionModel
 
 log = logging.getLogger(__name__)
 

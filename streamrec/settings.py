@@ -256,7 +256,9 @@ class Settings(BaseSettings):
         "is about this plus serving's model_poll_s",
     )
     learner_fusion_lr: float = Field(
-        0.1, gt=0, description="Adagrad step size of /recommend's learned session fusion (streamrec/session_fusion.py)"
+        0.1,
+        gt=0,
+        description="Adagrad step size of /recommend's learned session fusion (streamrec/sessions/learned.py)",
     )
     learner_lr: float = Field(0.003, gt=0, description="Adam step size of the champion (a challenger uses 3x)")
     learner_batch_size: int = Field(64, ge=1, le=65_536, description="examples per micro-batch update")

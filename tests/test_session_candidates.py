@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 from learner.replay import ReplayFeatures
-from serving import recommend, session_candidates
-from serving.sessions import SessionParams
+from streamrec.sessions import candidates, fusion
+from streamrec.sessions.params import SessionParams
 from tests.test_features import Feed, ev
 
-P = SessionParams()
+P = SessionParams.defaults()
 HISTORY = {  # session -> items, in the order they were viewed
     "h1": ["a", "b", "c"],
     "h2": ["a", "b", "c", "e"],
@@ -29,8 +29,8 @@ def history_events():
 
 def top_new(features, user: str) -> list[str]:
     """The fused ranking without the items already in the session."""
-    sc = session_candidates.read(features, user, P)
-    ranked = recommend.rank(sc, "fused", P, keep=lambda _: True, exclude=set(sc.prefix))
+    sc = candidates.read(features, user, P)
+    ranked = fusion.rank(sc, "fused", P, keep=lambda _: True, exclude=set(sc.prefix))
     return [c.item_id for c in ranked]
 
 
@@ -42,7 +42,7 @@ def test_a_new_sessions_clicks_move_its_candidates(settings):
     f(ev(101, user="new", item="a", session="n1"), ev(102, user="new", item="b", session="n1"))
     after = top_new(f.fs, "new")
     assert after[0] == "c" and after.index("c") < after.index("y")
-    sc = session_candidates.read(f.fs, "new", P)
+    sc = candidates.read(f.fs, "new", P)
     assert sc.prefix == ["x", "a", "b"] and sc.neighbour_anchor("c") == "b"
     assert all(s.neighbour.token != "sn1" for s in sc.neighbours)  # never its own neighbour
     assert max(sc.families["repeat"], key=sc.families["repeat"].get) == "b"
@@ -51,18 +51,18 @@ def test_a_new_sessions_clicks_move_its_candidates(settings):
 def test_reasons_name_the_family_and_the_anchor(settings):
     f = Feed(settings)
     f(*history_events(), ev(100, user="new", item="a", session="n1"), ev(101, user="new", item="b", session="n1"))
-    sc = session_candidates.read(f.fs, "new", P)
-    by_id = {c.item_id: c for c in recommend.rank(sc, "full", P, keep=lambda _: True)}
+    sc = candidates.read(f.fs, "new", P)
+    by_id = {c.item_id: c for c in fusion.rank(sc, "full", P, keep=lambda _: True)}
     title = str.upper
-    assert "viewed after 'B' in similar sessions" in recommend.reasons(by_id["c"], sc, title)
-    assert recommend.reasons(by_id["b"], sc, title)[0] == "you viewed this earlier in this session"
-    assert "c" not in {c.item_id for c in recommend.rank(sc, "full", P, keep=lambda i: i != "c")}
+    assert "viewed after 'B' in similar sessions" in fusion.reasons(by_id["c"], sc, title)
+    assert fusion.reasons(by_id["b"], sc, title)[0] == "you viewed this earlier in this session"
+    assert "c" not in {c.item_id for c in fusion.rank(sc, "full", P, keep=lambda i: i != "c")}
 
 
 def test_a_user_without_history_gets_only_trending(settings):
     f = Feed(settings)
     f(*history_events())
-    sc = session_candidates.read(f.fs, "nobody", P)
+    sc = candidates.read(f.fs, "nobody", P)
     assert sc.prefix == [] and set(sc.families) == {"popular"} and sc.families["popular"]
 
 
@@ -77,7 +77,7 @@ def test_the_replay_twin_gives_the_same_candidates(settings):
     rep = ReplayFeatures()
     for m in models:
         rep.observe(m)
-    got, want = session_candidates.read(f.fs, "new", P), session_candidates.read(rep, "new", P)
+    got, want = candidates.read(f.fs, "new", P), candidates.read(rep, "new", P)
     assert got.prefix == want.prefix == ["b"]  # the newest event has no session: the user is the session
     for family, scores in want.families.items():
         assert got.families[family] == {x: pytest.approx(v, rel=1e-9) for x, v in scores.items()}, family

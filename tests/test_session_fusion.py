@@ -9,23 +9,22 @@ import pytest
 
 from learner.next_item import NextItemJoiner
 from learner.replay import ReplayFeatures
-from serving import recommend, session_candidates
-from serving.sessions import SessionParams
-from streamrec import session_fusion as sf
 from streamrec.schemas import Event
+from streamrec.sessions import candidates, fusion, learned
+from streamrec.sessions.params import SessionParams
 from streamrec.settings import Settings
 from tests.test_features import ev
 from tests.test_search_engine import FakeModels, _engine
 
-COL = {n: i for i, n in enumerate(sf.FEATURE_NAMES)}
-P = SessionParams()
+COL = {n: i for i, n in enumerate(learned.FEATURE_NAMES)}
+P = SessionParams.defaults()
 T = 1_700_000_000_000
 
 
 def _pool(rng: np.random.Generator, n: int = 60) -> np.ndarray:
     """A random pool: sparse family scores in [0, 1], their rank features, a content cosine."""
-    F = np.zeros((n, sf.N_FEATURES), dtype=np.float32)
-    for f in sf.FAMILIES:
+    F = np.zeros((n, learned.N_FEATURES), dtype=np.float32)
+    for f in learned.FAMILIES:
         present = rng.random(n) < 0.5
         scores = rng.random(n) * present
         F[:, COL[f"{f}_score"]] = scores / max(scores.max(), 1e-9)
@@ -37,7 +36,7 @@ def _pool(rng: np.random.Generator, n: int = 60) -> np.ndarray:
 
 def test_features_follow_the_families_and_the_session() -> None:
     families = {"repeat": {"a": 1.0, "b": 0.6}, "stan": {"c": 4.0, "a": 2.0}, "covis": {}}
-    F = sf.features(["a", "b", "c", "d"], families, ["b", "a"], [0.1, 0.2, 0.3, 0.4], top_n=50)
+    F = learned.features(["a", "b", "c", "d"], families, ["b", "a"], [0.1, 0.2, 0.3, 0.4], top_n=50)
     assert F[:, COL["stan_score"]].tolist() == [0.5, 0.0, 1.0, 0.0]
     assert F[:, COL["stan_rr"]].tolist() == [0.5, 0.0, 1.0, 0.0]
     assert F[:, COL["covis_score"]].sum() == 0 and F[:, COL["is_last_item"]].tolist() == [1, 0, 0, 0]
@@ -52,11 +51,11 @@ def test_the_initial_model_ranks_exactly_like_the_fixed_fusion(settings) -> None
         + [("h3", "b", "s3"), ("h3", "d", "s3"), ("n", "a", "sn"), ("n", "b", "sn")]
     ):
         f.observe(ev(i, user=user, item=item, session=session))
-    sc = session_candidates.read(f, "n", P)
-    fused = recommend.rank(sc, "fused", P, keep=lambda _: True)
+    sc = candidates.read(f, "n", P)
+    fused = fusion.rank(sc, "fused", P, keep=lambda _: True)
     ids = [c.item_id for c in fused]
-    F = sf.features(ids, sc.families, sc.prefix, [0.0] * len(ids), P.family_top_n)
-    model = sf.FusionModel.from_settings(Settings())
+    F = learned.features(ids, sc.families, sc.prefix, [0.0] * len(ids), P.family_top_n)
+    model = learned.FusionModel.from_settings(Settings())
     assert np.allclose(model.scores(F), [c.score for c in fused])
     assert not model.earned  # nothing learned: the fixed weights are served
 
@@ -66,7 +65,7 @@ def test_content_similarity_counts_as_much_as_it_predicts_the_next_click() -> No
     earns its place; where content says nothing, its weight stays near zero and it is not served
     unless it ranks at least as well as the fixed weights."""
     rng = np.random.default_rng(0)
-    content = sf.FusionModel.initial(P.weights)
+    content = learned.FusionModel.initial(P.weights)
     for _ in range(1500):
         F = _pool(rng)
         content.learn(F, int(np.argmax(F[:, COL["profile_cos"]])))
@@ -74,7 +73,7 @@ def test_content_similarity_counts_as_much_as_it_predicts_the_next_click() -> No
     assert content.mode == "learned" and rr > 3 * rr0 and hit > 2 * hit0
     assert content.average is not None and content.average[COL["profile_cos"]] > 1.0
 
-    noise = sf.FusionModel.initial(P.weights)
+    noise = learned.FusionModel.initial(P.weights)
     for _ in range(1500):
         F = _pool(rng)
         noise.learn(F, int(np.argmax(F @ noise.fixed)))  # the fixed weights are exactly right here
@@ -85,28 +84,28 @@ def test_content_similarity_counts_as_much_as_it_predicts_the_next_click() -> No
 
 def test_state_round_trips_and_another_schema_is_refused() -> None:
     rng = np.random.default_rng(1)
-    m = sf.FusionModel.initial(P.weights)
+    m = learned.FusionModel.initial(P.weights)
     for _ in range(20):
         m.learn(_pool(rng), 0)
-    again = sf.FusionModel.from_state(m.state())
+    again = learned.FusionModel.from_state(m.state())
     assert again is not None and again.examples == 20
     F = _pool(rng)
     assert np.array_equal(again.scores(F), m.scores(F))
     again.learn(F, 3), m.learn(F, 3)
     assert np.array_equal(again.weights, m.weights)  # the step sizes continue, too
-    assert sf.FusionModel.from_state(m.state() | {"schema": "older"}) is None
+    assert learned.FusionModel.from_state(m.state() | {"schema": "older"}) is None
 
 
 def test_the_pool_log_round_trips_through_redis(settings) -> None:
     from streamrec.store import connect
 
     r = connect(settings)
-    F = np.arange(2 * sf.N_FEATURES, dtype=np.float32).reshape(2, sf.N_FEATURES)
-    sf.log_pool(r, settings.redis_prefix, "req1", ["a", "b"], F, ttl_s=60)
-    items, got = sf.load_pool(r, settings.redis_prefix, "req1")
+    F = np.arange(2 * learned.N_FEATURES, dtype=np.float32).reshape(2, learned.N_FEATURES)
+    learned.log_pool(r, settings.redis_prefix, "req1", ["a", "b"], F, ttl_s=60)
+    items, got = learned.load_pool(r, settings.redis_prefix, "req1")
     assert items == ["a", "b"] and np.array_equal(got, F)
     assert 0 < r.ttl(f"{settings.redis_prefix}pool:req1") <= 60
-    assert sf.load_pool(r, settings.redis_prefix, "never-logged") is None
+    assert learned.load_pool(r, settings.redis_prefix, "never-logged") is None
 
 
 def _imp(user: str, rid: str) -> Event:
@@ -166,16 +165,20 @@ def test_recommend_logs_its_pool_and_serves_the_learned_order_only_once_earned()
         f.observe(ev(i, user=user, item=item, session=session))
     fixed = engine.recommend("n", 3)
     pool = impressions.recorded[-1]["pool"]
-    assert pool is not None and set(pool[0]) >= {"fitting", "elbow"} and pool[1].shape == (len(pool[0]), sf.N_FEATURES)
+    assert (
+        pool is not None
+        and set(pool[0]) >= {"fitting", "elbow"}
+        and pool[1].shape == (len(pool[0]), learned.N_FEATURES)
+    )
 
-    learned = sf.FusionModel.initial(P.weights)
-    assert learned.average is not None
-    learned.average[:] = 0.0
-    learned.average[COL["profile_cos"]] = -5.0  # a model that says: the least similar first
-    models.current = type("Served", (), {"version": 2, "head": None, "fusion": learned})()
+    fitted = learned.FusionModel.initial(P.weights)
+    assert fitted.average is not None
+    fitted.average[:] = 0.0
+    fitted.average[COL["profile_cos"]] = -5.0  # a model that says: the least similar first
+    models.current = type("Served", (), {"version": 2, "head": None, "fusion": fitted})()
     not_yet = engine.recommend("n", 3)
     assert [i.item_id for i in not_yet.items] == [i.item_id for i in fixed.items]  # not earned yet
-    learned.examples, learned.card = 1000, {"fixed": [0.2, 0.5], "learned": [0.3, 0.6], "rerank": [0.25, 0.5]}
+    fitted.examples, fitted.card = 1000, {"fixed": [0.2, 0.5], "learned": [0.3, 0.6], "rerank": [0.25, 0.5]}
     served = engine.recommend("n", 3)
     cos = {i.item_id: float(engine.index.vector(i.item_id) @ engine.index.vector("pipe")) for i in served.items}
     assert [i.item_id for i in served.items] == sorted(cos, key=cos.get)[:3]
@@ -186,13 +189,13 @@ def test_recommend_logs_its_pool_and_serves_the_learned_order_only_once_earned()
 
 def test_rerank_mode_keeps_the_fixed_top_k_and_orders_inside_it() -> None:
     rng = np.random.default_rng(2)
-    m = sf.FusionModel.initial(P.weights)
+    m = learned.FusionModel.initial(P.weights)
     assert m.average is not None
-    m.average[:] = rng.normal(size=sf.N_FEATURES)
+    m.average[:] = rng.normal(size=learned.N_FEATURES)
     F = _pool(rng)
     fixed_order, _ = m.order(F, "fixed")
     order, relevance = m.order(F, "rerank")
-    k = sf.RERANK_K
+    k = learned.RERANK_K
     assert set(order[:k]) == set(fixed_order[:k]) and list(order[k:]) == list(fixed_order[k:])
     assert list(order[:k]) == sorted(order[:k], key=lambda j: -m.scores(F)[j])
     assert relevance[0] == pytest.approx(1.0) and np.all(np.diff(relevance) <= 1e-12)
@@ -203,10 +206,10 @@ def test_a_stream_that_only_reorders_the_top_picks_the_rerank_mode() -> None:
     inside the top 20, while a full learned order pulls in similar items from further down and
     loses hits — so the scorecard serves the rerank mode, never a mode that loses hits."""
     rng = np.random.default_rng(3)
-    m = sf.FusionModel.initial(P.weights)
+    m = learned.FusionModel.initial(P.weights)
     for _ in range(2500):
         F = _pool(rng)
-        top = m.order(F, "fixed")[0][: sf.RERANK_K]
+        top = m.order(F, "fixed")[0][: learned.RERANK_K]
         m.learn(F, int(top[np.argmax(F[top, COL["profile_cos"]])]))
     assert m.card["rerank"][1] == pytest.approx(m.card["fixed"][1])  # the same hits, by construction
     assert m.card["rerank"][0] > m.card["fixed"][0] + 0.1

@@ -1,11 +1,13 @@
-"""Session-based candidate families and their fusion, as pure functions over plain data.
+"""Each session family's scores for one prefix, as pure functions over plain data.
 
-Why these: on DIGINETICA (SR-GNN protocol, last 10 % of the sessions, streaming state) STAN alone
-reaches 51.7 / 18.5 HR@20 / MRR@20, V-SKNN 49.2 / 17.7, co-visitation 41.2 / 12.2, repeats of
-the session's own items 19.4 / 13.5, and a weighted sum of them 53.0 / 19.0 (each family divided
-by its per-request max). Inputs are what the online features hold (``streamrec/features.py``:
-session lists, the item -> sessions index, co-visitation rows, trending), so the same code scores
-a live request (``serving/session_candidates.py``) and an offline replay.
+Why these families: a shopper's next click is mostly explained by what came next in *other*
+sessions that share the current one's recent items (STAN, V-SKNN), by items often viewed together
+with them (co-visitation), and by the session's own items (a re-view is often the next click);
+trending is the cold start and the tie-break. The measured share of each is in the README
+(Benchmarks). Why pure functions: the inputs are what the online features hold
+(``streamrec/features.py``: session lists, the item -> sessions index, co-visitation rows,
+trending), so the same code scores a live request and an offline replay
+(:mod:`streamrec.sessions.candidates` reads them), and tests run on hand-made sessions.
 
 A prefix is the current session's items, oldest first; positions are 1-based, ``t = len(prefix)``.
 """
@@ -16,43 +18,10 @@ import heapq
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from operator import itemgetter
 
-from streamrec.session_fusion import FAMILIES
-from streamrec.settings import Settings, default
+from streamrec.sessions.params import SessionParams
 
 Scores = dict[str, float]
-
-
-@dataclass(frozen=True)
-class SessionParams:
-    """The knobs of the families and the fusion (``Settings.serving_rec_*``)."""
-
-    sample: int = default("serving_rec_sample")
-    neighbours: int = default("serving_rec_neighbours")
-    family_top_n: int = default("serving_rec_family_top_n")
-    stan_position_decay: float = default("serving_rec_stan_position_decay")
-    stan_neighbour_decay: float = default("serving_rec_stan_neighbour_decay")
-    recency_ms: float = default("serving_rec_recency_days") * 86_400_000.0
-    repeat_decay: float = default("serving_rec_repeat_decay")
-    covis_decay: float = default("serving_rec_covis_decay")
-    weights: Mapping[str, float] = field(
-        default_factory=lambda: {f: default(f"serving_rec_weight_{f}") for f in FAMILIES}
-    )
-
-    @classmethod
-    def from_settings(cls, s: Settings) -> SessionParams:
-        return cls(
-            sample=s.serving_rec_sample,
-            neighbours=s.serving_rec_neighbours,
-            family_top_n=s.serving_rec_family_top_n,
-            stan_position_decay=s.serving_rec_stan_position_decay,
-            stan_neighbour_decay=s.serving_rec_stan_neighbour_decay,
-            recency_ms=s.serving_rec_recency_days * 86_400_000.0,
-            repeat_decay=s.serving_rec_repeat_decay,
-            covis_decay=s.serving_rec_covis_decay,
-            weights={f: getattr(s, f"serving_rec_weight_{f}") for f in FAMILIES},
-        )
 
 
 @dataclass(frozen=True)
@@ -104,6 +73,7 @@ def stan_neighbours(prefix: Sequence[str], neighbours: Sequence[Neighbour], p: S
     if not neighbours or not pos:
         return []
     newest = max(n.ts for n in neighbours)
+    recency_ms = p.recency_ms
     weight = [math.exp((j - t) / p.stan_position_decay) for j in range(t + 1)]  # by 1-based position
     out = []
     for n in neighbours:
@@ -112,7 +82,7 @@ def stan_neighbours(prefix: Sequence[str], neighbours: Sequence[Neighbour], p: S
         if not shared:
             continue
         w = sum(weight[pos[y]] for y in shared)
-        sim = w / math.sqrt(n_prefix * len(distinct)) * math.exp(-(newest - n.ts) / p.recency_ms)
+        sim = w / math.sqrt(n_prefix * len(distinct)) * math.exp(-(newest - n.ts) / recency_ms)
         anchor = max(shared, key=pos.__getitem__)  # positions are distinct: the most recent shared item
         out.append(Scored(sim, n, anchor, pos[anchor]))
     return heapq.nlargest(p.neighbours, out, key=lambda s: (s.sim, s.neighbour.ts, s.neighbour.token))
@@ -182,35 +152,3 @@ def covis(prefix: Sequence[str], rows: Mapping[str, Sequence[tuple[str, float]]]
 def popular(trending: Iterable[tuple[str, float]]) -> Scores:
     """Trending now (decayed weighted interactions): a tie-break, and the cold-start answer."""
     return dict(trending)
-
-
-@dataclass(frozen=True)
-class Fused:
-    item_id: str
-    score: float
-    parts: dict[str, float]  # family -> its weighted, normalised contribution
-
-
-def fuse(families: Mapping[str, Scores], weights: Mapping[str, float], top_n: int) -> list[Fused]:
-    """Weighted sum of the max-normalised families over the union of each family's top ``top_n``,
-    best first (ties by item id, so the order is deterministic). Each family is divided by its
-    per-request max, so families with different scales can be summed."""
-    used = {f: s for f, s in families.items() if weights.get(f, 0.0) > 0}
-    pool: set[str] = set()
-    peaks: dict[str, float] = {}
-    by_score_then_id = itemgetter(1, 0)
-    for f, s in used.items():
-        top = heapq.nlargest(top_n, s.items(), key=by_score_then_id)  # the max-normalised order, unnormalised
-        if top and top[0][1] > 0:
-            peaks[f] = top[0][1]
-            pool.update(x for x, _ in top)
-    out = []
-    for x in pool:  # only the pool's values are normalised: a family can score thousands of items
-        parts = {}
-        for f, peak in peaks.items():
-            v = used[f].get(x, 0.0) / peak
-            if v > 0:
-                parts[f] = weights[f] * v
-        out.append(Fused(x, sum(parts.values()), parts))
-    out.sort(key=lambda c: (-c.score, c.item_id))
-    return out

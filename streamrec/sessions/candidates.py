@@ -1,8 +1,8 @@
 """Reads what the session families need from the online features, in a few pipelined round trips.
 
-Why a module of its own: ``serving/sessions.py`` stays pure (testable on hand-made sessions) and
-this reader works on anything with ``FeatureStore``'s read API — Redis in serving, or
-``learner.replay.ReplayFeatures`` offline — so a replay scores exactly what the live path would.
+Why a module of its own: :mod:`streamrec.sessions.families` stays pure (testable on hand-made
+sessions) and this reader works on anything with ``FeatureStore``'s read API — Redis in serving,
+or ``learner.replay.ReplayFeatures`` offline — so a replay scores exactly what the live path would.
 
 Round trips per request: the user's recent list (current session); the sampled neighbours with
 their items (one read-only script: the union of the prefix items' session index and the lists
@@ -16,9 +16,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from serving import sessions
-from serving.sessions import Neighbour, Scored, Scores, SessionParams
 from streamrec.features import CurrentSession, RecentItem, SessionView
+from streamrec.sessions import families
+from streamrec.sessions.families import Neighbour, Scored, Scores
+from streamrec.sessions.params import SessionParams
 
 
 class SessionFeatures(Protocol):
@@ -62,21 +63,21 @@ def read(features: SessionFeatures, user_id: str, p: SessionParams) -> SessionCa
     """The families for the user's current session; an empty prefix gives only ``popular``."""
     current = features.current_session(user_id)
     prefix = [r.item_id for r in current.items] if current else []
-    trending = sessions.popular(features.trending(p.family_top_n))
+    trending = families.popular(features.trending(p.family_top_n))
     if current is None or not prefix:
         return SessionCandidates(prefix, {"popular": trending})
     distinct = list(dict.fromkeys(reversed(prefix)))  # newest first
     neighbours = [
         Neighbour(v.token, v.items, v.ts) for v in features.neighbour_sessions(distinct, current.token, p.sample)
     ]
-    recent = list(dict.fromkeys(reversed(prefix[-sessions.covis_horizon(p.covis_decay) :])))
+    recent = list(dict.fromkeys(reversed(prefix[-families.covis_horizon(p.covis_decay) :])))
     rows = dict(zip(recent, features.covisited_many(recent, p.family_top_n), strict=True))
-    scored = sessions.stan_neighbours(prefix, neighbours, p)
-    families = {
-        "repeat": sessions.repeat(prefix, p.repeat_decay),
-        "stan": sessions.stan(scored, p),
-        "vsknn": sessions.vsknn(prefix, neighbours, p.neighbours),
-        "covis": sessions.covis(prefix, rows, p.covis_decay),
+    scored = families.stan_neighbours(prefix, neighbours, p)
+    by_family = {
+        "repeat": families.repeat(prefix, p.repeat_decay),
+        "stan": families.stan(scored, p),
+        "vsknn": families.vsknn(prefix, neighbours, p.neighbours),
+        "covis": families.covis(prefix, rows, p.covis_decay),
         "popular": trending,
     }
-    return SessionCandidates(prefix, families, current.items, scored, rows)
+    return SessionCandidates(prefix, by_family, current.items, scored, rows)

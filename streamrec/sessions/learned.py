@@ -1,4 +1,4 @@
-"""The learned fusion of /recommend's session families: features, a listwise linear scorer, the pool log.
+"""The learned fusion of the session families: pool features, a listwise linear scorer, the pool log.
 
 Why learned: the fixed family weights were chosen on DIGINETICA; another catalogue (meaningful
 titles, other session lengths) wants other weights, and how much each family — and content
@@ -15,7 +15,7 @@ that has earned it on the learner's test-then-train comparison (else by the fixe
 
 Redis layout: ``{prefix}pool:{request_id}`` — a hash ``{schema, items, F}``, ``items`` the JSON
 list of pooled item ids (the fixed fusion's best :data:`POOL_LOGGED`), ``F`` the base64 float16
-rows in that order: about 5.7 KB per /recommend response (Redis MEMORY USAGE), living ``label_window_s`` × 4 + 60 s.
+rows in that order, living ``label_window_s`` × 4 + 60 s (its size: README, Memory).
 """
 
 from __future__ import annotations
@@ -31,12 +31,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from streamrec.sessions.params import FAMILIES, SessionParams
+
 if TYPE_CHECKING:  # pragma: no cover - types only
     import redis
 
     from streamrec.settings import Settings
 
-FAMILIES = ("repeat", "stan", "vsknn", "covis", "popular")
 # How serving may order a pool: the fixed weights, the learned ones, or the learned order inside
 # the fixed top RERANK_K (the same hits at RERANK_K, a better order among them).
 MODES = ("fixed", "learned", "rerank")
@@ -48,6 +49,8 @@ FEATURE_NAMES: list[str] = (
     + ["profile_cos", "repeat_x_len", "stan_x_len", "is_last_item"]
 )
 N_FEATURES = len(FEATURE_NAMES)
+# What serving logs and the learner joins: the pooled item ids and their feature rows, in one order.
+Pool = tuple[list[str], np.ndarray]
 SCHEMA_ID = hashlib.sha1(json.dumps(FEATURE_NAMES).encode()).hexdigest()[:12]
 _COL = {name: i for i, name in enumerate(FEATURE_NAMES)}
 
@@ -138,7 +141,7 @@ class FusionModel:
     @classmethod
     def from_settings(cls, s: Settings) -> FusionModel:
         """Started at the fixed weights /recommend uses (``serving_rec_weight_*``)."""
-        return cls.initial({f: getattr(s, f"serving_rec_weight_{f}") for f in FAMILIES}, lr=s.learner_fusion_lr)
+        return cls.initial(SessionParams.from_settings(s).weights, lr=s.learner_fusion_lr)
 
     def scores(self, F: np.ndarray) -> np.ndarray:
         """The learned scores of pool rows ``F`` (higher first)."""
@@ -254,7 +257,7 @@ def log_pool(r: redis.Redis, prefix: str, request_id: str, items: Sequence[str],
     pipe.execute()
 
 
-def load_pool(r: redis.Redis, prefix: str, request_id: str) -> tuple[list[str], np.ndarray] | None:
+def load_pool(r: redis.Redis, prefix: str, request_id: str) -> Pool | None:
     """``(items, F)`` as logged, or None when gone (TTL), never logged, or of another schema."""
     got = r.hgetall(_key(prefix, request_id))
     if not got:
