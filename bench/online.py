@@ -69,9 +69,17 @@ PURCHASE_SHARE = 0.3  # of clicks on exact matches (grade ≥ 1.5)
 K = 10  # results per page: what a shopper sees and what nDCG@10 scores
 
 # Configurations compared by --ablations: settings overrides of the stack (one fresh stack each).
+NO_EXPLORATION = {"serving_search_explore_share": 0.0, "serving_search_swap_share": 0.0}
 ABLATIONS: dict[str, dict[str, object]] = {
-    "learning off": {"serving_search_head_weight": 0.0, "serving_expansion_boost": 0.0},
-    "query-log expansion only": {"serving_search_head_weight": 0.0},
+    "learning off": {"serving_search_head_weight": 0.0, "serving_expansion_boost": 0.0, **NO_EXPLORATION},
+    # the head served as it was before its scorecard, learning from every list (clicked or not)
+    "head ungated, all lists": {
+        "serving_search_head_gate": False,
+        "learner_skip_clickless_searches": False,
+        **NO_EXPLORATION,
+    },
+    "expansion only": {"serving_search_head_weight": 0.0, **NO_EXPLORATION},
+    "full, no exploration": dict(NO_EXPLORATION),
     "full (default settings)": {},
 }
 
@@ -149,9 +157,9 @@ def _slice(data: SearchData, max_products: int) -> dict[str, str]:
 
 @dataclass
 class RoundScore:
-    clicked: float  # served nDCG@10 of the clicked queries (the logged search each shopper saw)
+    clicked: float  # nDCG@10 of what the clicked queries' shoppers were served (logged, explored)
     not_logged: float
-    non_clickers: float
+    non_clickers: float  # their ranking after their (logged, unclicked) search, asked again unlogged
     clicks: int = 0
     purchases: int = 0
     model_version: int = 0
@@ -161,13 +169,19 @@ class RoundScore:
 class OnlineReport:
     config: str
     click_model: ClickModel
+    start: RoundScore | None = None  # before any click, nothing logged, nothing explored
     rounds: list[RoundScore] = field(default_factory=list)
-    final: RoundScore | None = None  # after the last round's clicks, nothing logged
+    final: RoundScore | None = None  # after the last round's clicks were learned, nothing logged
 
     def lift(self, what: str) -> float:
-        first = getattr(self.rounds[0], what)
-        last = getattr(self.final or self.rounds[-1], what)
-        return last - first
+        """final − start: what learning changed, without exploration on either side."""
+        assert self.start is not None and self.final is not None
+        return getattr(self.final, what) - getattr(self.start, what)
+
+    def exploration_cost(self) -> float:
+        """Round 1's served nDCG of the clicked queries below the same ranking unexplored."""
+        assert self.start is not None
+        return self.start.clicked - self.rounds[0].clicked
 
 
 def _grades(ids: Sequence[str], lab: dict[str, float]) -> list[float]:
@@ -178,8 +192,8 @@ def play_round(
     http: httpx.Client, data: OnlineData, model: ClickModel, rng: random.Random, round_no: int, shoppers: bool = True
 ) -> RoundScore:
     """One round: every clicked query by a new shopper (clicks posted), every non-clicker query
-    logged without a click, every not-logged query scored. ``shoppers`` False: score only."""
-    served, events = [], []
+    logged without a click, every not-logged query scored. ``shoppers`` False: score only, unlogged."""
+    served: list[float] = []
     clicks = purchases = 0
     for n, (q, lab) in enumerate(data.clicked.items()):
         user = f"shopper-{round_no}-{n}"
@@ -189,6 +203,7 @@ def play_round(
         if not shoppers:
             continue
         now = int(time.time() * 1000)
+        events = []
         for pos in model.clicks(_grades(ids, lab), rng):
             pid = ids[pos]
             common = dict(user_id=user, item_id=pid, request_id=body["request_id"], position=pos, query=q)
@@ -197,16 +212,16 @@ def play_round(
             if lab.get(pid, 1.0) - 1.0 >= 1.5 and rng.random() < PURCHASE_SHARE:
                 events.append(dict(event_id=f"{body['request_id']}-p{pos}", type="purchase", ts=now + 20, **common))
                 purchases += 1
+        if events:  # as the shopper acts: seconds after the page, inside the learner's label window
+            post_all(http, "/events", events)
     non_clicked = []
     for n, (q, lab) in enumerate(data.non_clickers.items()):
-        params = {"user_id": f"browser-{n % 20}"} if shoppers else {"impression": "false"}
-        ids, _t, _body = search_ids(http, q, K, "full", **params)
-        non_clicked.append(ndcg_at(ids, lab))
+        if shoppers:
+            search_ids(http, q, K, "full", user_id=f"browser-{n % 20}")  # logged, never clicked
+        non_clicked.append(ndcg_at(search_ids(http, q, K, "full", impression="false")[0], lab))
     not_logged = [
         ndcg_at(search_ids(http, q, K, "full", impression="false")[0], lab) for q, lab in data.not_logged.items()
     ]
-    if events:
-        post_all(http, "/events", events)
     return RoundScore(
         float(np.mean(served)), float(np.mean(not_logged)), float(np.mean(non_clicked)), clicks, purchases
     )
@@ -217,6 +232,7 @@ def simulate(
 ) -> OnlineReport:
     rng = random.Random(seed)
     report = OnlineReport(config, model)
+    report.start = play_round(http, data, model, rng, 0, shoppers=False)
     for r in range(1, rounds + 1):
         score = play_round(http, data, model, rng, r)
         score.model_version = wait_model_settled(http, after_s=stack.settings.label_window_s + 1.0, quiet_s=3.0)
@@ -278,20 +294,27 @@ def print_online(reports: list[OnlineReport]) -> None:
     rounds = len(reports[0].rounds)
     print()
     print(
-        f"Simulated shoppers ({m.kind}, {m.noise} noise, eta {m.eta:g}), served nDCG@10 per round "
-        f"(rounds 1..{rounds}, then 'after' = the last round's clicks learned, nothing logged)"
+        f"Simulated shoppers ({m.kind}, {m.noise} noise, eta {m.eta:g}), nDCG@10: 'before' and 'after' unlogged "
+        f"(before any click / after the last round's clicks were learned); rounds 1..{rounds}: the clicked "
+        "queries as served (logged, explored), the others as ranked for them at that round"
     )
     head = "".join(f"{r:>7d}" for r in range(1, rounds + 1))
-    print(f"{'configuration':28s} {'set':13s}{head}  {'after':>6s} {'lift':>7s} {'min−r1':>7s}")
+    print(f"{'configuration':26s} {'set':13s} {'before'}{head}  {'after':>6s} {'lift':>7s} {'min−r1':>7s}")
     for rep in reports:
+        assert rep.start is not None and rep.final is not None
         for what, name in (("clicked", "clicked"), ("not_logged", "not logged"), ("non_clickers", "non-clickers")):
             vals = [getattr(s, what) for s in rep.rounds]
-            after = getattr(rep.final, what) if rep.final else float("nan")
-            worst = min(vals[1:] + [after]) - vals[0] if len(vals) > 1 else 0.0
+            worst = min(vals[1:]) - vals[0] if len(vals) > 1 else 0.0
             cells = "".join(f"{v:7.4f}" for v in vals)
-            print(f"{rep.config:28s} {name:13s}{cells}  {after:6.4f} {rep.lift(what):+7.4f} {worst:+7.4f}")
+            before, after = getattr(rep.start, what), getattr(rep.final, what)
+            print(
+                f"{rep.config:26s} {name:13s} {before:6.4f}{cells}  {after:6.4f} {rep.lift(what):+7.4f} {worst:+7.4f}"
+            )
         total_clicks = sum(s.clicks for s in rep.rounds)
-        print(f"{'':28s} {'clicks':13s}{''.join(f'{s.clicks:7d}' for s in rep.rounds)}  total {total_clicks}")
+        print(
+            f"{'':26s} {'clicks':13s} {'':6s}{''.join(f'{s.clicks:7d}' for s in rep.rounds)}  total {total_clicks}; "
+            f"round-1 cost of exploration {rep.exploration_cost():+.4f}"
+        )
 
 
 def main() -> int:

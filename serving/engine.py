@@ -80,7 +80,7 @@ class Engine:
         self.assembler = FeatureAssembler(features, self.index.vector, self.index.meta)
         self.session_params = sessions.params.SessionParams.from_settings(s)
         self.searcher = SearchRanker(
-            s, encoder, lambda: self.index, lexical, self._assemble, self._head, self._search_head_earned
+            s, encoder, lambda: self.index, lexical, self._assemble, self._head, self._search_head_earned, self._memory
         )
 
     @property
@@ -294,6 +294,13 @@ class Engine:
         except redis.RedisError as e:
             log.warning("feature store unreachable, answering degraded: %r", e)
             return None
+
+    def _memory(self, key: str) -> dict[str, tuple[float, float]]:
+        """The query's click memory; {} while Redis does not answer (the list is already degraded)."""
+        try:
+            return self.features.click_memory(key)
+        except redis.RedisError:
+            return {}
 
     def _search_head_earned(self) -> bool:
         """The served model's search scorecard says its head orders unseen queries' clicks better

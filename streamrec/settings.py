@@ -346,6 +346,17 @@ class Settings(BaseSettings):
     serving_search_diversity_lambda: float = Field(
         1.0, ge=0, le=1, description="MMR for /search: 1 = the fused order (diversity did not help search offline)"
     )
+    serving_search_memory_weight: float = Field(
+        1.0,
+        ge=0,
+        description="/search: weight of the click memory, each product's clicks per examination for this very "
+        "query against the query's mean (serving/search/memory.py); 0 = off",
+    )
+    serving_search_memory_prior: float = Field(
+        2.0,
+        gt=0,
+        description="/search click memory: a product's rate is shrunk to the query's mean with this many examinations",
+    )
     serving_search_head_gate: bool = Field(
         True,
         description="/search adds the head only while the learner's search scorecard (learner/search_card.py) says "

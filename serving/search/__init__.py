@@ -7,6 +7,9 @@ candidates   lexical (tantivy BM25 over the analysed title, category and descrip
              — ``candidates.py``
 fused        ``serving_lexical_weight`` · bm25 / the list's best bm25
              + ``serving_dense_weight`` · max(0, cosine)
+memory       + ``serving_search_memory_weight`` · (a(q, d) − a_bar(q)): the product's clicks per
+             examination for this very query, against the query's mean (``memory.py``); nothing
+             for a query nobody clicked, nothing for any other query
 head         + ``serving_search_head_weight`` · (the ranking head's click logit − its mean over
              the list), only while the learner's search scorecard says the head orders clicks of
              queries it never trained on better than the fused order (``learner/search_card.py``)
@@ -25,7 +28,7 @@ there (the ablations of ``bench/quality.py``); ``full`` runs every stage.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,7 +37,9 @@ from serving.lexical import LexicalIndex
 from serving.rerank import mmr
 from serving.search import candidates as fusion
 from serving.search.explore import Exploration, explore
+from serving.search.memory import adjustment
 from serving.search.query_features import query_features
+from streamrec.analysis import query_key
 from streamrec.encoder import Encoder
 from streamrec.settings import Settings
 from streamrec.vector_index import LiveIndex
@@ -43,6 +48,8 @@ from streamrec.vector_index import LiveIndex
 HeadScores = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, list[list[str]]] | None]
 # the feature rows of a search's candidates, or None while the feature store does not answer
 Rows = Callable[..., np.ndarray | None]
+# a query key's click memory: item -> (clicks, examinations), decayed; {} when none or unreachable
+Memory = Callable[[str], Mapping[str, tuple[float, float]]]
 
 
 @dataclass
@@ -68,6 +75,7 @@ class SearchRanker:
         rows: Rows,
         head: HeadScores,
         head_earned: Callable[[], bool],
+        memory: Memory,
         rng: random.Random | None = None,
     ):
         self.s = s
@@ -77,6 +85,7 @@ class SearchRanker:
         self.rows = rows
         self.head = head
         self.head_earned = head_earned
+        self.memory = memory
         self.rng = rng or random.Random()
 
     @property
@@ -114,8 +123,9 @@ class SearchRanker:
         final, order = first, _top(first, k)
         exploration = Exploration()
         if variant == "full":
+            final = self._with_memory(query, cands.ids, first, reasons)
             if X is not None:
-                final, head_reasons = self._with_head(first, X)
+                final, head_reasons = self._with_head(final, X)
                 reasons = [r + h for r, h in zip(reasons, head_reasons, strict=True)]
             order = self._diverse(cands.ids, final, k, s.serving_search_diversity_lambda)
             if logged:
@@ -125,6 +135,24 @@ class SearchRanker:
                 if exploration.inserted is not None:
                     reasons[order[exploration.inserted]].append("shown to learn whether it fits this search")
         return Ranked(cands.ids, final, order, reasons, X, qvec, exploration)
+
+    def _with_memory(self, query: str, ids: list[str], first: np.ndarray, reasons: list[list[str]]) -> np.ndarray:
+        """first + what shoppers who searched this query chose (``memory.py``); reasons say so."""
+        weight = self.s.serving_search_memory_weight
+        if weight <= 0:
+            return first
+        remembered = self.memory(query_key(query))
+        adj = adjustment(ids, remembered, weight, self.s.serving_search_memory_prior)
+        if not adj:
+            return first
+        out = first.astype(np.float32).copy()
+        for j, item_id in enumerate(ids):
+            if item_id in adj:
+                out[j] += adj[item_id]
+                if adj[item_id] > 0:
+                    clicks = remembered[item_id][0]
+                    reasons[j].append(f"chosen by shoppers who searched '{query}' ({clicks:.0f} recent clicks)")
+        return out
 
     def _with_head(self, first: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, list[list[str]]]:
         """first + weight × (click logit − its mean over the list) once the head has earned search;
