@@ -28,7 +28,7 @@ _S = SEP.encode()
 
 
 def _record(offset: int, m: Event | CatalogOp | DeadLetter, raw: bytes, key: bytes | None, cfg: FeatureConfig) -> bytes:
-    """One record as the writer script reads it (fields joined by U+001F, layout in features.py)."""
+    """One record as the writer script reads it (fields joined by U+001F, format in streamrec/features/writer.py)."""
     if isinstance(m, Event):
         # the query's analysed terms: only where the script can use them (a search shown, an outcome)
         outcome = m.type == "impression" or cfg.expansion_weight(m.type) > 0

@@ -3,7 +3,7 @@
 Why these: on DIGINETICA (SR-GNN protocol, last 10 % of the sessions, streaming state) STAN alone
 reaches 51.7 / 18.5 HR@20 / MRR@20, V-SKNN 49.2 / 17.7, co-visitation 41.2 / 12.2, repeats of
 the session's own items 19.4 / 13.5, and a weighted sum of them 53.0 / 19.0 (each family divided
-by its per-request max). Inputs are what the online features hold (``streamrec/features.py``:
+by its per-request max). Inputs are what the online features hold (``streamrec/features/layout.py``:
 session lists, the item -> sessions index, co-visitation rows, trending), so the same code scores
 a live request (``serving/session_candidates.py``) and an offline replay.
 

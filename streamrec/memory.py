@@ -62,7 +62,7 @@ def _t(name: str) -> str:
 
 
 FAMILIES: tuple[KeyFamily, ...] = (
-    # consumers (streamrec/features_apply.lua): features
+    # consumers (streamrec/features/apply.lua): features
     KeyFamily("user_recent", _t("recent"), "ttl", "recent_cap (50) entries; user_ttl_s (30 d)", "consumers"),
     KeyFamily("user_affinity", _t("affinity"), "ttl", "2 x category_cap (30) fields; user_ttl_s", "consumers"),
     KeyFamily(

@@ -1,5 +1,5 @@
-"""One suite, both feature writers: the Redis script (``streamrec/features_apply.lua``, driven as
-``consumers/apply.py`` drives it) and the replay's in-memory twin (``learner.replay.ReplayFeatures``)
+"""One suite, both feature writers: the Redis script (``streamrec/features/apply.lua``, driven as
+``consumers/apply.py`` drives it) and the replay's in-memory twin (``streamrec.features.ReplayFeatures``)
 must give the same answer to every read, the way Feast runs one suite over every online store.
 
 The bot filter's rate and repeat rules are switched off (they are the consumer's, not a feature
@@ -14,8 +14,7 @@ import pytest
 
 from consumers.apply import Writer
 from consumers.botfilter import BotConfig
-from learner.replay import ReplayFeatures
-from streamrec.features import FeatureConfig, FeatureStore
+from streamrec.features import FeatureConfig, FeatureStore, ReplayFeatures
 from streamrec.schemas import CatalogOp, Event, encode
 from streamrec.store import connect, connect_binary
 

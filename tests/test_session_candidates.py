@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from learner.replay import ReplayFeatures
 from serving import recommend, session_candidates
 from serving.sessions import SessionParams
+from streamrec.features import ReplayFeatures
 from tests.test_features import Feed, ev
 
 P = SessionParams()

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from learner.next_item import NextItemJoiner
-from learner.replay import ReplayFeatures
 from serving import recommend, session_candidates
 from serving.sessions import SessionParams
 from streamrec import session_fusion as sf
+from streamrec.features import ReplayFeatures
 from streamrec.schemas import Event
 from streamrec.settings import Settings
 from tests.test_features import ev
