@@ -11,12 +11,13 @@ were built, so a row never sees its own label.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from collections import defaultdict, deque
 from dataclasses import dataclass
 from itertools import islice
 
-from streamrec.features.decay import decay, merge_decayed
+from streamrec.features.decay import decay, forward, landmark_scale, merge_decayed, needs_rescale
 from streamrec.features.layout import INTERACTIONS, FeatureConfig, session_token
 from streamrec.features.reader import (
     CurrentSession,
@@ -79,7 +80,12 @@ class ReplayFeatures:
         self.impressions: dict[str, deque[str]] = defaultdict(lambda: deque(maxlen=max(1, self.cfg.dedup_lookback)))
         self.items: dict[str, dict[str, _Decayed]] = defaultdict(dict)
         self.covis: dict[str, dict[str, float]] = defaultdict(dict)
-        self.trend: dict[str, _Decayed] = {}
+        # trending as P:trending holds it: forward-decayed scores relative to the landmark trend_t0,
+        # and the same (score, item) pairs in ZSET order (ascending), kept sorted as scores change so
+        # a read takes the top n without decaying or sorting anything
+        self.trend: dict[str, float] = {}
+        self.trend_t0: float | None = None
+        self._trend_order: list[tuple[float, str]] = []
         self.affinity: dict[str, dict[str, _Decayed]] = defaultdict(dict)
         self.sessions: dict[str, deque[str]] = defaultdict(lambda: deque(maxlen=self.cfg.session_cap))
         self.item_sess: dict[str, dict[str, float]] = defaultdict(dict)
@@ -139,14 +145,33 @@ class ReplayFeatures:
         self.recent[e.user_id].appendleft(_Entry(e.event_id, iid, e.type, e.ts, session))
         self._bump(self.items[iid], e.type, e.ts, 1.0, cfg.item_half_life_s)
         self._affinity(e.user_id, iid, e.ts, w)
-        self._bump(self.trend, iid, e.ts, w, cfg.trending_half_life_s)
+        self._trending(iid, e.ts, w)
         self._add_to_session(e)
         self._expand(e)
-        if len(self.trend) > cfg.trending_cap:
-            tau = cfg.tau_ms(cfg.trending_half_life_s)
-            scores = {i: decay(v, t, self.clock, tau) for i, (v, t) in self.trend.items()}
-            _trim(scores, cfg.trending_cap)
-            self.trend = {i: d for i, d in self.trend.items() if i in scores}
+
+    def _trending(self, item: str, ts: int, w: float) -> None:
+        """The writer's ``trending``: add the forward-decayed weight (moving the landmark first when
+        the exponent grows too large), then trim the lowest beyond ``trending_cap``."""
+        tau = self.cfg.tau_ms(self.cfg.trending_half_life_s)
+        if self.trend_t0 is None:
+            self.trend_t0 = float(ts)
+        elif needs_rescale(ts, self.trend_t0, tau):
+            scale = landmark_scale(self.trend_t0, ts, tau)
+            self.trend = {i: s * scale for i, s in self.trend.items()}
+            self._trend_order = sorted((s, i) for i, s in self.trend.items())
+            self.trend_t0 = float(ts)
+        order = self._trend_order
+        old = self.trend.get(item)
+        if old is not None:
+            del order[bisect.bisect_left(order, (old, item))]
+        new = (old or 0.0) + forward(w, ts, self.trend_t0, tau)
+        self.trend[item] = new
+        bisect.insort(order, (new, item))
+        extra = len(order) - self.cfg.trending_cap
+        if extra > 0:  # ZREMRANGEBYRANK of the lowest ranks
+            for _, i in order[:extra]:
+                del self.trend[i]
+            del order[:extra]
 
     def _expand(self, e: Event) -> None:
         """The writer's ``expand``: the event's query terms (else its linked search's) added to the
@@ -281,8 +306,11 @@ class ReplayFeatures:
         return [self.covisited(i, n) for i in item_ids]
 
     def trending(self, n: int = 20) -> list[tuple[str, float]]:
-        tau = self.cfg.tau_ms(self.cfg.trending_half_life_s)
-        return _top({i: decay(v, t, self.clock, tau) for i, (v, t) in self.trend.items()}, max(0, n))
+        """``FeatureStore.trending``: the top ``n`` in ZREVRANGE order, scaled to the stream clock."""
+        if n <= 0 or self.trend_t0 is None:
+            return []
+        scale = landmark_scale(self.trend_t0, self.clock, self.cfg.tau_ms(self.cfg.trending_half_life_s))
+        return [(i, s * scale) for s, i in reversed(self._trend_order[-n:])]
 
     def category_affinity(self, user_id: str, now_ms: int | None = None) -> dict[str, float]:
         tau = self.cfg.tau_ms(self.cfg.affinity_half_life_s)
