@@ -12,7 +12,7 @@ The map (each concern is one module; everything public is re-exported here, so
 ``apply.lua``       the writer script: one atomic call per Kafka partition batch applies every
                     feature write and advances the partition's offset
 ``writer.py``       what the script is given: ``APPLY_LUA``, :func:`script_config` (every constant
-                    it uses), the record format, ``expansion_terms``
+                    it uses), the records it applies (``encode_record``), ``expansion_terms``
 ``reader.py``       :class:`FeatureStore` (the Redis reads) and the dataclasses it returns
 ``neighbours.lua``  the session-kNN sample, a read-only script of the reader
 ``replay.py``       :class:`ReplayFeatures`, the in-memory twin of the script with the reader's API
@@ -60,7 +60,7 @@ from streamrec.features.reader import (
     sample_sessions,
 )
 from streamrec.features.replay import ReplayFeatures
-from streamrec.features.writer import APPLY_LUA, expansion_terms, script_config
+from streamrec.features.writer import APPLY_LUA, encode_record, expansion_terms, script_config
 
 __all__ = [
     "APPLY_LUA",
@@ -83,6 +83,7 @@ __all__ = [
     "SessionView",
     "current_session",
     "decay",
+    "encode_record",
     "expansion_terms",
     "forward",
     "landmark_scale",

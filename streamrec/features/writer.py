@@ -8,7 +8,7 @@ The call: KEYS[1] = the partition's offset key, KEYS[2] = its outbox. ARGV[1] = 
 (informational: key names come in the config), ARGV[2] = config JSON (:func:`script_config`),
 ARGV[3] = next offset after the batch, ARGV[4] = its first offset (records may have been left out,
 e.g. invalid catalog ops), then one string per record, fields joined by U+001F (built by
-``consumers/apply.py``):
+:func:`encode_record`):
 
 * offset, kind, then for kind
 * ``e`` interaction: event_id, type, user, item, ts, session, request_id, expansion terms, canonical JSON
@@ -44,6 +44,7 @@ from streamrec.features.layout import (
     FeatureConfig,
     Keys,
 )
+from streamrec.schemas import CatalogOp, DeadLetter, Event, encode
 
 APPLY_LUA = (resources.files("streamrec.features") / "apply.lua").read_text(encoding="utf-8")
 
@@ -91,3 +92,31 @@ def script_config(cfg: FeatureConfig, bot: dict, keys: Keys) -> str:
             **bot,
         }
     )
+
+
+_S = SEP.encode()
+
+
+def encode_record(
+    offset: int, m: Event | CatalogOp | DeadLetter, raw: bytes, key: bytes | None, cfg: FeatureConfig
+) -> bytes:
+    """One record as the writer script reads it: the format above, from a validated model, its raw bytes
+    (an event's canonical JSON) and its Kafka key (a dead letter's source key)."""
+    if isinstance(m, Event):
+        # the query's analysed terms: only where the script can use them (a search shown, an outcome)
+        outcome = m.type == "impression" or cfg.expansion_weight(m.type) > 0
+        terms = " ".join(expansion_terms(m.query, cfg.expansion_query_terms)) if outcome else ""
+        rid = m.request_id or ""
+        if m.type == "impression":
+            f = [str(offset), "i", m.event_id, m.user_id, str(m.ts), json.dumps(m.item_ids), rid, terms]
+        else:
+            assert m.item_id is not None  # every other event names its item (Event's validator)
+            f = [str(offset), "e", m.event_id, m.type, m.user_id, m.item_id, str(m.ts), m.session_id or "", rid, terms]
+        return SEP.join(f).encode() + _S + raw
+    if isinstance(m, CatalogOp):
+        if m.op == "upsert":
+            assert m.title is not None  # an upsert has one (CatalogOp's validator)
+            price = repr(m.price) if m.price is not None else ""
+            return SEP.join([str(offset), "u", m.item_id, str(m.ts), m.category or "", price, m.title]).encode()
+        return SEP.join([str(offset), "x", m.item_id, str(m.ts)]).encode()
+    return SEP.join([str(offset), "r", m.reason]).encode() + _S + encode(m) + _S + (key or b"")
