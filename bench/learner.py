@@ -37,8 +37,9 @@ from learner import experiments as E
 from learner.estimator import OnlineRanker
 from learner.examples import Batch, Example
 from learner.online import OnlineLearner
-from learner.replay import ReplayFeatures, replay
+from learner.replay import replay
 from streamrec.datasets import open_bandit as ob
+from streamrec.features import ReplayFeatures
 from streamrec.model_store import ModelStore
 from streamrec.ranking import N_FEATURES, RankingHead
 from streamrec.settings import Settings

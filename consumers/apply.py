@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 import redis
 
 from consumers.botfilter import BotConfig
-from streamrec.features import APPLY_LUA, SEP, FeatureConfig, Keys, expansion_terms, script_config
-from streamrec.schemas import CatalogOp, DeadLetter, Event, encode
+from streamrec.features import APPLY_LUA, FeatureConfig, Keys, encode_record, script_config
+from streamrec.schemas import CatalogOp, DeadLetter, Event
 
 Record = tuple[int, Event | CatalogOp | DeadLetter, bytes, bytes | None]  # offset, model, raw, key
 
@@ -22,31 +21,6 @@ class BatchResult:
     skipped: int = 0  # already applied by an earlier attempt
     outbox_len: int = 0
     quarantined: list[str] = field(default_factory=list)
-
-
-_S = SEP.encode()
-
-
-def _record(offset: int, m: Event | CatalogOp | DeadLetter, raw: bytes, key: bytes | None, cfg: FeatureConfig) -> bytes:
-    """One record as the writer script reads it (fields joined by U+001F, layout in features.py)."""
-    if isinstance(m, Event):
-        # the query's analysed terms: only where the script can use them (a search shown, an outcome)
-        outcome = m.type == "impression" or cfg.expansion_weight(m.type) > 0
-        terms = " ".join(expansion_terms(m.query, cfg.expansion_query_terms)) if outcome else ""
-        rid = m.request_id or ""
-        if m.type == "impression":
-            f = [str(offset), "i", m.event_id, m.user_id, str(m.ts), json.dumps(m.item_ids), rid, terms]
-        else:
-            assert m.item_id is not None  # every other event names its item (Event's validator)
-            f = [str(offset), "e", m.event_id, m.type, m.user_id, m.item_id, str(m.ts), m.session_id or "", rid, terms]
-        return SEP.join(f).encode() + _S + raw
-    if isinstance(m, CatalogOp):
-        if m.op == "upsert":
-            assert m.title is not None  # an upsert has one (CatalogOp's validator)
-            price = repr(m.price) if m.price is not None else ""
-            return SEP.join([str(offset), "u", m.item_id, str(m.ts), m.category or "", price, m.title]).encode()
-        return SEP.join([str(offset), "x", m.item_id, str(m.ts)]).encode()
-    return SEP.join([str(offset), "r", m.reason]).encode() + _S + encode(m) + _S + (key or b"")
 
 
 class Writer:
@@ -88,7 +62,7 @@ class Writer:
         if first_offset is None:
             first_offset = records[0][0] if records else next_offset
         args: list = [self.prefix, self.config_json, next_offset, first_offset]
-        args.extend(_record(*rec, self.features) for rec in records)
+        args.extend(encode_record(*rec, self.features) for rec in records)
         reply = self.script(keys=[self.offset_key(topic, partition), self.outbox_key(topic, partition)], args=args)
         status = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
         if status == "gap":

@@ -1,6 +1,6 @@
 """Fake-click / bot filter thresholds (env ``STREAMREC_BOT_*``).
 
-The decision runs inside the atomic feature write (``streamrec/features_apply.lua``) on event time,
+The decision runs inside the atomic feature write (``streamrec/features/apply.lua``) on event time,
 so a replay after a crash decides exactly as the first attempt did. An event is quarantined when:
 
 * ``duplicate_event``: its ``event_id`` is among the user's last ``dedup_lookback`` events

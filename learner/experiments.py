@@ -78,8 +78,9 @@ from learner.estimator import OnlineRanker
 from learner.evaluation import auc, auc_difference
 from learner.examples import Batch, Example
 from learner.online import LearnerConfig, OnlineLearner, StepReport
-from learner.replay import ReplayFeatures, ReplayLog, replay
+from learner.replay import ReplayLog, replay
 from streamrec.datasets import open_bandit as ob
+from streamrec.features import ReplayFeatures
 from streamrec.schemas import Event
 
 KEEP_NON_CLICKS = 0.05

@@ -5,8 +5,9 @@ items, sessions, served rows disappear on their own) — those keys are also wha
 at ``maxmemory``. A family is ``cap`` when it has a fixed number of keys (one per catalog item, one
 per reason, one global key) each trimmed to a stated size; ``critical`` when it must never be
 evicted (the consumers' offsets and outboxes: they are what makes a batch apply exactly once), so
-it carries no TTL and stays small (one key per partition). ``FAMILIES`` is the list; the README's
-memory table states the same per family, and ``tests/test_memory.py`` fails on a key that belongs
+it carries no TTL and stays small (one key per partition). ``FAMILIES`` is the list: the feature
+families as ``streamrec/features/layout.py`` declares them, then serving's and the learner's; the
+README's memory table states the same per family, and ``tests/test_memory.py`` fails on a key that belongs
 to no family, a ``ttl`` key without expiry or a ``critical`` key with one.
 
 Eviction policy: ``volatile-lru``. At ``maxmemory`` Redis evicts the least recently used keys
@@ -30,71 +31,23 @@ import logging
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Literal, cast
+from typing import cast
 
 import redis
 
-from streamrec.features import Keys
+from streamrec.features import layout as features_layout
+from streamrec.features.layout import Bound as Bound  # re-exported: the audit's public names
+from streamrec.features.layout import KeyFamily
 from streamrec.ops import LEARNER_STATS
 
 log = logging.getLogger(__name__)
 
-Bound = Literal["ttl", "cap", "critical"]
 POLICY = "volatile-lru"  # what docker-compose.yml and the embedded Redis run
 SAFE_POLICIES = frozenset({"volatile-lru", "volatile-lfu", "volatile-ttl", "volatile-random"})
 
-
-@dataclass(frozen=True)
-class KeyFamily:
-    name: str
-    template: str  # the key after the prefix, ``{}`` standing for an id (any characters)
-    bound: Bound
-    limit: str  # the cap or TTL in words (the README table says the same)
-    writer: str
-
-    @property
-    def regex(self) -> re.Pattern[str]:
-        return re.compile("^" + ".+".join(re.escape(p) for p in self.template.split("{}")) + "$")
-
-
-def _t(name: str) -> str:
-    return Keys.PER_ID.get(name) or Keys.GLOBAL[name]
-
-
 FAMILIES: tuple[KeyFamily, ...] = (
-    # consumers (streamrec/features_apply.lua): features
-    KeyFamily("user_recent", _t("recent"), "ttl", "recent_cap (50) entries; user_ttl_s (30 d)", "consumers"),
-    KeyFamily("user_affinity", _t("affinity"), "ttl", "2 x category_cap (30) fields; user_ttl_s", "consumers"),
-    KeyFamily(
-        "user",
-        _t("user"),
-        "ttl",
-        "<= 9 fields (`imps`: the last dedup_lookback impression ids; `ql`: the last expansion_links (20) "
-        "searches); user_ttl_s",
-        "consumers",
-    ),
-    KeyFamily("item", _t("item"), "ttl", "<= 17 fields; item_ttl_s (90 d)", "consumers"),
-    KeyFamily("covis", _t("covis"), "ttl", "covis_top_n (50) members; item_ttl_s", "consumers"),
-    KeyFamily("item_sessions", _t("item_sessions"), "ttl", "item_sessions_cap (500) members; item_ttl_s", "consumers"),
-    KeyFamily("session", _t("session"), "ttl", "session_cap (30) items; session_ttl_s (90 d)", "consumers"),
-    KeyFamily("expansion", _t("expansion"), "ttl", "expansion_cap (32) terms + 1; item_ttl_s", "consumers"),
-    KeyFamily("expansion_log", _t("expansion_log"), "cap", "one key, expansion_log_cap (200,000) items", "consumers"),
-    KeyFamily("expansion_seq", _t("expansion_seq"), "cap", "one number", "consumers"),
-    KeyFamily("quarantined", _t("quarantined"), "ttl", "one reason; quarantine_ttl_s (7 d)", "consumers"),
-    KeyFamily(
-        "attr", _t("attr"), "cap", "one per catalog item (4 fields); a delete's tombstone: tombstone_ttl_s", "consumers"
-    ),
-    KeyFamily("trending", _t("trending"), "cap", "one key, trending_cap (1,000) members", "consumers"),
-    KeyFamily("trending_t0", _t("trending_t0"), "cap", "one number", "consumers"),
-    KeyFamily("clock", _t("clock"), "cap", "one number", "consumers"),
-    KeyFamily("quarantine_counts", _t("quarantine_counts"), "cap", "one field per reason", "consumers"),
-    KeyFamily("quarantine_recent", _t("quarantine_recent"), "cap", "20 entries", "consumers"),
-    KeyFamily("dlq_counts", _t("dlq_counts"), "cap", "one field per reject reason", "consumers"),
-    KeyFamily("offset", "off:{}", "critical", "one number per group, topic, partition", "consumers"),
-    KeyFamily(
-        "outbox", "outbox:{}", "critical", "one list per partition, drained by the relay after each batch", "consumers"
-    ),
-    KeyFamily("relayed", "relayed:{}", "critical", "one small hash per partition", "consumers"),
+    # consumers (streamrec/features/apply.lua): the feature layout states its own bounds
+    *features_layout.FAMILIES.values(),
     # serving
     KeyFamily("served", "served:{}", "ttl", "one per response: label_window_s x 4 + 60 s", "serving"),
     KeyFamily("pool", "pool:{}", "ttl", "one per /recommend response: label_window_s x 4 + 60 s", "serving"),

@@ -29,7 +29,7 @@ class FeatureSettings(BaseSettings):
     """Decay, caps, TTLs, CTR prior and type weights of the online features (env ``STREAMREC_FEATURE_*``).
 
     Used as is by the Redis writer and readers (``streamrec.features.FeatureConfig`` is this class) and
-    by the replay (``learner.replay.ReplayFeatures``)."""
+    by the replay (``streamrec.features.ReplayFeatures``)."""
 
     model_config = SettingsConfigDict(env_prefix="STREAMREC_FEATURE_", extra="ignore", frozen=True)
 

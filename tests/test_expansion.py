@@ -8,10 +8,9 @@ import time
 
 import pytest
 
-from learner.replay import ReplayFeatures
 from serving.expansions import ExpansionFollower
 from serving.lexical import LexicalIndex
-from streamrec.features import FeatureConfig, FeatureStore, expansion_terms
+from streamrec.features import FeatureConfig, FeatureStore, ReplayFeatures, expansion_terms
 from streamrec.schemas import Event
 from streamrec.store import connect
 from streamrec.vector_index.live import ItemMeta

@@ -1,5 +1,5 @@
-"""One suite, both feature writers: the Redis script (``streamrec/features_apply.lua``, driven as
-``consumers/apply.py`` drives it) and the replay's in-memory twin (``learner.replay.ReplayFeatures``)
+"""One suite, both feature writers: the Redis script (``streamrec/features/apply.lua``, driven as
+``consumers/apply.py`` drives it) and the replay's in-memory twin (``streamrec.features.ReplayFeatures``)
 must give the same answer to every read, the way Feast runs one suite over every online store.
 
 The bot filter's rate and repeat rules are switched off (they are the consumer's, not a feature
@@ -14,8 +14,7 @@ import pytest
 
 from consumers.apply import Writer
 from consumers.botfilter import BotConfig
-from learner.replay import ReplayFeatures
-from streamrec.features import FeatureConfig, FeatureStore
+from streamrec.features import TRENDING_RESCALE, FeatureConfig, FeatureStore, ReplayFeatures
 from streamrec.schemas import CatalogOp, Event, encode
 from streamrec.store import connect, connect_binary
 
@@ -212,3 +211,16 @@ def test_partition_batches_with_the_default_caps(settings):
     models = event_list(seed=11)
     cfg = FeatureConfig()
     assert_same_reads(apply_to_redis(settings, models, cfg, batch=17), replay(models, cfg))
+
+
+@pytest.mark.parametrize(("caps", "batch"), [(TIGHT, 1), (FeatureConfig(), 17)])
+def test_trending_across_landmark_rescales(settings, caps, batch):
+    """A one-minute trending half-life: the 5-hour list moves the landmark several times (its
+    exponent passes ``TRENDING_RESCALE`` every ~43 minutes), which the default half-life never
+    reaches in these lists. Tight caps one event per batch, as above; the default caps in batches."""
+    models = event_list(seed=3)
+    cfg = caps.model_copy(update={"trending_half_life_s": 60.0})
+    events = [m for m in models if isinstance(m, Event)]
+    tau = cfg.tau_ms(cfg.trending_half_life_s)
+    assert (max(e.ts for e in events) - min(e.ts for e in events)) / tau > 3 * TRENDING_RESCALE
+    assert_same_reads(apply_to_redis(settings, models, cfg, batch=batch), replay(models, cfg))

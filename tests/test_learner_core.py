@@ -17,7 +17,8 @@ from learner.joiner import LabelJoiner
 from learner.negatives import NegativeSampler
 from learner.online import LearnerConfig, OnlineLearner
 from learner.pipeline import ExampleBuilder
-from learner.replay import ReplayFeatures, replay
+from learner.replay import replay
+from streamrec.features import ReplayFeatures
 from streamrec.model_store import ModelStore
 from streamrec.ranking import N_FEATURES, FeatureAssembler
 from streamrec.schemas import Event

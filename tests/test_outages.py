@@ -30,10 +30,9 @@ import pytest
 
 from launcher.embedded import EmbeddedKafka, EmbeddedRedis, free_port
 from launcher.stack import LocalStack
-from learner.replay import ReplayFeatures
 from streamrec import bus
 from streamrec.datasets import amazon18
-from streamrec.features import FeatureStore
+from streamrec.features import FeatureStore, ReplayFeatures
 from streamrec.schemas import Event
 from streamrec.settings import Settings
 from streamrec.store import connect

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from learner.replay import ReplayFeatures
+from streamrec.features import ReplayFeatures
 from streamrec.ranking import (
     FEATURE_NAMES,
     N_FEATURES,

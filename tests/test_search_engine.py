@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from learner.replay import ReplayFeatures
 from serving.engine import Engine
 from serving.lexical import LexicalIndex
+from streamrec.features import ReplayFeatures
 from streamrec.ranking import FEATURE_NAMES, RankingHead
 from streamrec.settings import Settings
 from streamrec.vector_index.live import ItemMeta, LiveIndex

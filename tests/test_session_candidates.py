@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from learner.replay import ReplayFeatures
+from streamrec.features import ReplayFeatures
 from streamrec.sessions import candidates, fusion
 from streamrec.sessions.params import SessionParams
 from tests.test_features import Feed, ev

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from learner.next_item import NextItemJoiner
-from learner.replay import ReplayFeatures
+from streamrec.features import ReplayFeatures
 from streamrec.schemas import Event
 from streamrec.sessions import candidates, fusion, learned
 from streamrec.sessions.params import SessionParams

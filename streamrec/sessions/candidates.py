@@ -2,7 +2,7 @@
 
 Why a module of its own: :mod:`streamrec.sessions.families` stays pure (testable on hand-made
 sessions) and this reader works on anything with ``FeatureStore``'s read API — Redis in serving,
-or ``learner.replay.ReplayFeatures`` offline — so a replay scores exactly what the live path would.
+or ``streamrec.features.ReplayFeatures`` offline — so a replay scores exactly what the live path would.
 
 Round trips per request: the user's recent list (current session); the sampled neighbours with
 their items (one read-only script: the union of the prefix items' session index and the lists
@@ -23,7 +23,7 @@ from streamrec.sessions.params import SessionParams
 
 
 class SessionFeatures(Protocol):
-    """The reads used here: ``streamrec.features.FeatureStore`` and ``learner.replay.ReplayFeatures``."""
+    """The reads used here: ``streamrec.features.FeatureStore`` and ``streamrec.features.ReplayFeatures``."""
 
     def current_session(self, user_id: str) -> CurrentSession | None: ...
 

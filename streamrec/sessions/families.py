@@ -5,7 +5,7 @@ sessions that share the current one's recent items (STAN, V-SKNN), by items ofte
 with them (co-visitation), and by the session's own items (a re-view is often the next click);
 trending is the cold start and the tie-break. The measured share of each is in the README
 (Benchmarks). Why pure functions: the inputs are what the online features hold
-(``streamrec/features.py``: session lists, the item -> sessions index, co-visitation rows,
+(``streamrec/features/layout.py``: session lists, the item -> sessions index, co-visitation rows,
 trending), so the same code scores a live request and an offline replay
 (:mod:`streamrec.sessions.candidates` reads them), and tests run on hand-made sessions.
 

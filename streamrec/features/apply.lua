@@ -1,8 +1,9 @@
--- The feature writer: applies one batch of one Kafka partition atomically (layout and argument
--- format: streamrec/features.py). Every constant (caps, decay taus, weights, key names, the field
--- separator) comes from Python in the config JSON (ARGV[2], built by features.script_config), so
--- the rules are defined once; ReplayFeatures (learner/replay.py) follows the same rules and
--- tests/test_feature_parity.py checks that both give identical reads.
+-- The feature writer: applies one batch of one Kafka partition atomically (key layout:
+-- streamrec/features/layout.py; argument format: streamrec/features/writer.py). Every constant
+-- (caps, decay taus, weights, key names, the field separator) comes from Python in the config JSON
+-- (ARGV[2], built by writer.script_config), so the rules are defined once; ReplayFeatures
+-- (streamrec/features/replay.py) follows the same rules and tests/test_feature_parity.py checks
+-- that both give identical reads.
 local cfg = cjson.decode(ARGV[2])
 local K = cfg.keys
 -- a key name: K[name] is {head, tail} around the id (Keys.script_templates), or a plain string
@@ -40,7 +41,8 @@ local function entry_fields(s)
   return string.match(s, '^[^' .. SEP .. ']*' .. SEP .. FIELD .. SEP .. FIELD .. SEP .. FIELD .. SEP .. '(.*)$')
 end
 
--- lazy decay: (v, t) plus weight w at ts -> sum of w_i * exp(-(t_ref - ts_i)/tau), order-free
+-- lazy decay: (v, t) plus weight w at ts -> sum of w_i * exp(-(t_ref - ts_i)/tau), order-free.
+-- The decay maths (this, and trending's forward decay below) is streamrec/features/decay.py in Lua.
 local function merge(v, t, ts, w, tau)
   if not v or not t then return w, ts end
   if ts >= t then return v * exp(-(ts - t) / tau) + w, ts end

@@ -1,5 +1,5 @@
--- The session-kNN sample, read in one round trip (layout: streamrec/features.py; the Python twin:
--- features.sample_sessions and ReplayFeatures.neighbour_sessions). Read-only.
+-- The session-kNN sample, read in one round trip (layout: streamrec/features/layout.py; the Python
+-- twin: reader.sample_sessions and ReplayFeatures.neighbour_sessions). Read-only.
 -- KEYS: the prefix items' item -> sessions ZSETs (P:is:{item}).
 -- ARGV[1] = the request's own session token (left out), ARGV[2] = sample size,
 -- ARGV[3], ARGV[4] = the session key's head and tail around the token, ARGV[5] = the field separator.
