@@ -41,6 +41,7 @@ from learner.pipeline import ExampleBuilder, QuarantineVerdicts
 from learner.position_bias import PositionBias
 from learner.search_card import SearchCard
 from streamrec import bus
+from streamrec.features import Keys
 from streamrec.model_store import ModelStore
 from streamrec.ops import add_learner_stats
 from streamrec.ranking import FeatureAssembler, load_served
@@ -202,6 +203,8 @@ class _Loop:
                 r, self.s.redis_prefix, self.counts, distances, ks_critical(FEATURE_WINDOW, FEATURE_WINDOW)
             )
             self.counts = {}
+            if self.position_bias.swapped_pages():  # the consumers' click memory reads it; until then memory_eta
+                r.set(Keys(self.s.redis_prefix).examination, repr(self.position_bias.eta()))
         except Exception as e:  # the stats are for the dashboard only; keep the counts for the next try
             log.warning("cockpit stats not written: %r", e)
 

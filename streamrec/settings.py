@@ -69,6 +69,23 @@ class FeatureSettings(BaseSettings):
     expansion_log_cap: int = Field(
         200_000, ge=1, description="items in the expansion change log (serving tails it; reloads it at start)"
     )
+    memory_cap: int = Field(
+        64,
+        ge=0,
+        le=1000,
+        description="click memory: products kept per query (the least examined evicted); 0 = no click memory",
+    )
+    memory_half_life_s: float = Field(30 * 86_400.0, gt=0, description="click memory: clicks and examinations decay")
+    memory_positions: int = Field(
+        20, ge=1, le=200, description="click memory: page positions whose products count an examination"
+    )
+    memory_eta: float = Field(
+        1.0,
+        ge=0,
+        le=3,
+        description="click memory: examination (1/(position+1))^eta until the learner has estimated eta from "
+        "serving's random swaps (it writes P:examination)",
+    )
 
     @model_validator(mode="after")
     def _lookbacks_fit(self) -> FeatureSettings:

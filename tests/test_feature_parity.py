@@ -14,6 +14,7 @@ import pytest
 
 from consumers.apply import Writer
 from consumers.botfilter import BotConfig
+from streamrec.analysis import query_key
 from streamrec.features import TRENDING_RESCALE, FeatureConfig, FeatureStore, ReplayFeatures
 from streamrec.schemas import CatalogOp, Event, encode
 from streamrec.store import connect, connect_binary
@@ -34,6 +35,8 @@ TIGHT = FeatureConfig(
     expansion_cap=3,
     expansion_links=2,
     expansion_log_cap=4,
+    memory_cap=3,
+    memory_positions=3,
 )
 ITEMS = [f"i{k}" for k in range(9)]
 USERS = ["u1", "u2", "u3"]
@@ -73,6 +76,7 @@ def event_list(seed: int = 7, n: int = 160) -> list[Event | CatalogOp]:
                 ts=ts,
                 item_ids=rng.sample(ITEMS, 4),
                 query=QUERIES[k % len(QUERIES)],
+                position=2 if k % 4 == 0 else None,  # a second page now and then
             )
             out.append(shown)
             sent.append(shown)  # impressions are retried too, and must count once
@@ -101,6 +105,36 @@ def event_list(seed: int = 7, n: int = 160) -> list[Event | CatalogOp]:
         )
         out.append(e)
         sent.append(e)
+    return out + search_pages(seed, T0 + n * 2 * MIN)
+
+
+def search_pages(seed: int, t: int, n: int = 40) -> list[Event | CatalogOp]:
+    """Searches and the clicks on their pages (the click memory): second clicks on one page, a
+    click on a product the page did not show, second pages, a page nobody clicks."""
+    rng = random.Random(seed + 1)
+    out: list[Event | CatalogOp] = []
+    for k in range(n):
+        user, ts = rng.choice(USERS), t + k * MIN
+        page = rng.sample(ITEMS, 5)
+        out.append(
+            Event(
+                event_id=f"simp{k}",
+                type="impression",
+                user_id=user,
+                request_id=f"sr{k}",
+                ts=ts,
+                item_ids=page,
+                query=QUERIES[k % (len(QUERIES) - 1)],
+                position=2 if k % 5 == 0 else None,
+            )
+        )
+        clicked = rng.sample(page, rng.choice([0, 1, 1, 2])) + (["i8"] if k % 9 == 0 and "i8" not in page else [])
+        for j, item in enumerate(clicked):
+            out.append(
+                Event(
+                    event_id=f"sc{k}-{j}", type="click", user_id=user, item_id=item, ts=ts + 1 + j, request_id=f"sr{k}"
+                )
+            )
     return out
 
 
@@ -154,6 +188,11 @@ def assert_same_reads(redis_fs, rep: ReplayFeatures) -> None:
     for now in (None, rep.clock + 30 * 86_400_000):
         got, want = redis_fs.expansions(ITEMS + ["never"], now_ms=now), rep.expansions(ITEMS + ["never"], now_ms=now)
         assert got == [{t: pytest.approx(v, rel=1e-9, abs=1e-12) for t, v in w.items()} for w in want]
+    for q in [*QUERIES[:-1], "never searched"]:
+        for now in (None, rep.clock + 30 * 86_400_000):
+            want = rep.click_memory(query_key(q), now_ms=now)
+            got = redis_fs.click_memory(query_key(q), now_ms=now)
+            assert got == {i: pytest.approx(v, rel=1e-9, abs=1e-12) for i, v in want.items()}, q
     assert redis_fs.expansion_changes(0, 100) == rep.expansion_changes(0, 100)
     assert redis_fs.expansion_changes(3, 2) == rep.expansion_changes(3, 2)
     assert_same_session_reads(redis_fs, rep)
@@ -198,6 +237,8 @@ def test_the_list_exercises_every_rule():
     assert any(len(items) == TIGHT.session_cap for items in rep.sessions_items(sorted(rep.sessions)))
     assert any(len(x) == TIGHT.expansion_cap for x in rep.expansions(ITEMS))
     assert len(rep.expansion_changes(0, 100)[0]) == TIGHT.expansion_log_cap
+    remembered = [rep.click_memory(query_key(q)) for q in QUERIES[:-1]]
+    assert any(len(m) == TIGHT.memory_cap for m in remembered)  # clicks on search pages, and the cap bites
     assert any(t.startswith("u") for t in rep.sessions) and any(t.startswith("s") for t in rep.sessions)
 
 

@@ -14,6 +14,7 @@ from serving.engine import Engine
 from serving.lexical import LexicalIndex
 from streamrec.features import ReplayFeatures
 from streamrec.ranking import FEATURE_NAMES, RankingHead
+from streamrec.schemas import Event
 from streamrec.settings import Settings
 from streamrec.vector_index.live import ItemMeta, LiveIndex
 
@@ -109,8 +110,6 @@ def test_untrained_head_keeps_the_fused_order() -> None:
     full = engine.search("copper pipe", None, 4, variant="full")
     assert _ids(full) == fused
     assert any(r.startswith("ranker v3") for r in full.items[0].reasons)
-    engine.s = engine.s.model_copy(update={"serving_search_head_weight": 100.0})
-    assert engine.search("copper pipe", None, 4, variant="full").items  # still answers when it reorders
 
 
 def test_impression_only_when_asked_with_query_features() -> None:
@@ -172,3 +171,48 @@ def test_exploration_touches_only_logged_pages_and_the_impression_says_where_it_
         page = _ids(engine.search(q, None, 4))
         assert page[:3] == plain[:3]  # the top three are never explored
         assert impressions.recorded[-1]["swapped"] is None
+
+
+def test_the_head_reorders_search_only_once_its_scorecard_earned_it() -> None:
+    head = RankingHead()
+    with torch.no_grad():  # a head that prefers the last fused result, whatever the query
+        head.click_wide.weight.zero_()
+        head.click_wide.weight[0, COL["qp_fused_rank_log"]] = 5.0
+    for gate, card, reorders in (
+        (True, {"earned": False, "clicks": 12}, False),  # not earned: the head only explains
+        (True, {"earned": True, "clicks": 900}, True),
+        (True, None, False),  # a model from before the scorecard
+        (False, None, True),  # the ablation: no gate
+    ):
+        engine, _, models = _engine(serving_search_head_weight=100.0, serving_search_head_gate=gate)
+        fused = _ids(engine.search("copper", None, 4, variant="fused"))
+        models.current = SimpleNamespace(version=5, head=head, search_card=card)
+        assert (_ids(engine.search("copper", None, 4, impression=False)) != fused) == reorders, (gate, card)
+
+
+def test_click_memory_lifts_what_this_query_chose_and_moves_no_other_query() -> None:
+    engine, _, _ = _engine()
+    features = engine.features
+    before = _ids(engine.search("copper", None, 4, impression=False))
+    other_before = _ids(engine.search("copper fitting elbow", None, 4, impression=False))
+    low = before[2]  # a copper product the fused order put third
+    for n in range(3):  # three shoppers searched "Copper" (same query key), each clicked the third result
+        rid, ts = f"mem{n}", 1_700_000_000_000 + n * 1000
+        features.observe(
+            Event(
+                event_id=f"i{n}",
+                type="impression",
+                user_id=f"s{n}",
+                ts=ts,
+                request_id=rid,
+                item_ids=before,
+                query="Copper",
+            )
+        )
+        features.observe(Event(event_id=f"c{n}", type="click", user_id=f"s{n}", ts=ts + 1, item_id=low, request_id=rid))
+    after = engine.search("copper", None, 4, impression=False)
+    assert _ids(after).index(low) < before.index(low), (before, _ids(after))
+    reasons = after.items[_ids(after).index(low)].reasons
+    assert any("chosen by shoppers who searched 'copper'" in r for r in reasons), reasons
+    assert _ids(engine.search("copper fitting elbow", None, 4, impression=False)) == other_before
+    assert _ids(engine.search("copper", None, 4, variant="fused", impression=False)) == before  # the ablation

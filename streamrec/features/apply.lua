@@ -26,10 +26,11 @@ local today = tostring(floor(tonumber(redis.call('TIME')[1]) / cfg.ttl_refresh_s
 local function fmt(v) return string.format('%.17g', v) end
 local function int(v) return string.format('%d', v) end
 
-local function split(s)
+local function split(s, sep)
+  sep = sep or SEP
   local out, start = {}, 1
   while true do
-    local i = string.find(s, SEP, start, true)
+    local i = string.find(s, sep, start, true)
     if not i then out[#out + 1] = string.sub(s, start); return out end
     out[#out + 1] = string.sub(s, start, i - 1)
     start = i + 1
@@ -169,25 +170,100 @@ local function affinity(user, item, ts, w)
   end
 end
 
--- query-log expansion: a user's last searches with a query (field ql: request_id, terms, ...,
--- newest first) link a click that names only its request_id to the query
-local function remember_search(u, rid, terms)
+-- a user's last searches with a query (field qs, newest first, QS fields each: request_id, expansion
+-- terms, query key, the page shown) link a click that names only its request_id to its search. The
+-- page: a flag ('0' until its examinations are counted, then '1') and its first position, then the
+-- item ids at the first memory_positions positions, joined by shown_sep ('' without click memory)
+local QS = 4
+local function remember_search(u, rid, terms, qkey, shown)
   if cfg.expansion_links <= 0 then return end
-  local prev = u.get('ql')
+  local prev = u.get('qs')
   local old = prev and split(prev) or {}
-  local kept = {rid, terms}
-  for i = 1, math.min(#old, 2 * (cfg.expansion_links - 1)) do kept[#kept + 1] = old[i] end
-  u.set('ql', table.concat(kept, SEP))
+  local kept = {rid, terms, qkey, shown}
+  for i = 1, math.min(#old, QS * (cfg.expansion_links - 1)) do kept[#kept + 1] = old[i] end
+  u.set('qs', table.concat(kept, SEP))
 end
 
+-- the click's search: the index of its first field in the split qs (0: none), and the split qs
 local function linked_search(u, rid)
-  local prev = u.get('ql')
-  if not prev then return '' end
+  local prev = u.get('qs')
+  if not prev then return 0, {} end
   local old = split(prev)
-  for i = 1, #old - 1, 2 do
-    if old[i] == rid then return old[i + 1] end
+  for i = 1, #old - QS + 1, QS do
+    if old[i] == rid then return i, old end
   end
-  return ''
+  return 0, old
+end
+
+-- click memory of a query: c<item> clicks and e<item> examinations, decayed to one reference ts
+-- '@'; a page's first click adds theta(position) = (1 / (position + 1)) ^ eta to every product it
+-- showed, eta as the learner estimated it (P:examination) or memory_eta; the least examined
+-- products beyond memory_cap are evicted
+local eta_now = nil
+local function eta()
+  if not eta_now then eta_now = tonumber(redis.call('GET', key('examination')) or '') or cfg.memory_eta end
+  return eta_now
+end
+
+local function remember_click(qkey, item, ids, first_pos, count_page, ts)
+  local mkey = key('memory', qkey)
+  local all = redis.call('HGETALL', mkey)
+  local c, e, ref = {}, {}, nil
+  for i = 1, #all, 2 do
+    local f, v = all[i], tonumber(all[i + 1])
+    if f == '@' then ref = v elseif string.sub(f, 1, 1) == 'c' then c[string.sub(f, 2)] = v else e[string.sub(f, 2)] = v end
+  end
+  local tau = cfg.memory_tau_ms
+  if not ref then
+    ref = ts
+  elseif ts > ref then
+    local scale = exp(-(ts - ref) / tau)
+    for k, v in pairs(c) do c[k] = v * scale end
+    for k, v in pairs(e) do e[k] = v * scale end
+    ref = ts
+  end
+  local add = exp(-(ref - ts) / tau)
+  if count_page then
+    local h = eta()
+    for i, id in ipairs(ids) do e[id] = (e[id] or 0) + add * (1 / (first_pos + i)) ^ h end
+  end
+  c[item] = (c[item] or 0) + add
+  local names, seen = {}, {}
+  for k in pairs(e) do names[#names + 1] = k; seen[k] = true end
+  for k in pairs(c) do if not seen[k] then names[#names + 1] = k end end
+  if #names > cfg.memory_cap then
+    table.sort(names, function(a, b)
+      local ea, eb = e[a] or 0, e[b] or 0
+      if ea ~= eb then return ea < eb end
+      return a < b
+    end)
+    for i = 1, #names - cfg.memory_cap do c[names[i]] = nil; e[names[i]] = nil end
+  end
+  local args = {'@', int(ref)}
+  for k, v in pairs(c) do args[#args + 1] = 'c' .. k; args[#args + 1] = fmt(v) end
+  for k, v in pairs(e) do args[#args + 1] = 'e' .. k; args[#args + 1] = fmt(v) end
+  redis.call('DEL', mkey)
+  redis.call('HSET', mkey, unpack(args))
+  redis.call('EXPIRE', mkey, cfg.item_ttl_s)
+end
+
+-- a click on a remembered search page: into its query's click memory (the page's examinations once)
+local function memory_click(u, qs, at, item, ts)
+  local qkey, shown = qs[at + 2], qs[at + 3]
+  if qkey == '' or shown == '' then return end
+  local parts = split(shown, cfg.shown_sep)
+  local ids, on_page = {}, false
+  for i = 2, #parts do
+    ids[#ids + 1] = parts[i]
+    if parts[i] == item then on_page = true end
+  end
+  if not on_page then return end
+  local count_page = string.sub(parts[1], 1, 1) == '0'
+  remember_click(qkey, item, ids, tonumber(string.sub(parts[1], 2)), count_page, ts)
+  if count_page then
+    qs[at + 3] = '1' .. string.sub(shown, 2)
+    u.set('qs', table.concat(qs, SEP))
+  end
 end
 
 -- the item's expansion hash: every term decayed to one reference ts '@', the weakest terms
@@ -268,7 +344,7 @@ for r = 5, #ARGV do
     if kind == 'e' then
       eid, typ, user, item, ts, session, rid, terms, raw = f[1], f[2], f[3], f[4], tonumber(f[5]), f[6], f[7], f[8], f[9]
     else
-      eid, typ, user, ts, rid, terms, raw = f[1], 'impression', f[2], tonumber(f[3]), f[5], f[6], f[7]
+      eid, typ, user, ts, rid, terms, raw = f[1], 'impression', f[2], tonumber(f[3]), f[5], f[6], f[9]
     end
     local reason = nil
     local u = hash(key('user', user), cfg.user_ttl_s, {key('recent', user)})
@@ -314,7 +390,17 @@ for r = 5, #ARGV do
         for i = 1, math.min(#shown, cfg.dedup_lookback - 1) do kept[#kept + 1] = shown[i] end
         u.set('imps', table.concat(kept, SEP))
       end
-      if terms ~= '' then remember_search(u, rid, terms) end
+      local qkey, first_pos = f[7], tonumber(f[8])
+      if terms ~= '' or qkey ~= '' then
+        local shown = ''
+        if qkey ~= '' and first_pos < cfg.memory_positions then
+          local parts = {'0' .. int(first_pos)}
+          local ids = cjson.decode(f[4])
+          for i = 1, math.min(#ids, cfg.memory_positions - first_pos) do parts[#parts + 1] = ids[i] end
+          shown = table.concat(parts, cfg.shown_sep)
+        end
+        remember_search(u, rid, terms, qkey, shown)
+      end
       applied = applied + 1
     else
       local w = cfg.weights[typ]
@@ -339,10 +425,13 @@ for r = 5, #ARGV do
       trending(item, ts, w)
       add_to_session(user, session, item, ts)
       local ew = cfg.expansion_weights[typ]
+      local at, qs = 0, nil
+      if rid ~= '' and (ew > 0 or typ == 'click') then at, qs = linked_search(u, rid) end
       if ew > 0 then
-        if terms == '' and rid ~= '' then terms = linked_search(u, rid) end
+        if terms == '' and at > 0 then terms = qs[at + 1] end
         if terms ~= '' then expand(item, terms, ts, ew) end
       end
+      if typ == 'click' and at > 0 and cfg.memory_cap > 0 then memory_click(u, qs, at, item, ts) end
       applied = applied + 1
     end
     if ts > clock then clock = ts end

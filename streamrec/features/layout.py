@@ -27,8 +27,11 @@ Keys (knobs in ``Settings.features`` = :class:`FeatureConfig`, env ``STREAMREC_F
 ``P:u:{user}``          HASH       ``n:{type}`` exact event count per interaction type (no decay);
                                    ``rl:b``/``rl:n`` bot-filter window and its event count
                                    (consumers/botfilter.py); ``imps`` the last impression ids;
-                                   ``ql`` the last ``expansion_links`` searches with a query
-                                   (request_id, terms, ...); ``x`` TTL refresh day; TTL
+                                   ``qs`` the last ``expansion_links`` searches with a query
+                                   (request_id, expansion terms, query key, and the page shown:
+                                   a flag whether its examinations were counted, its first
+                                   position, the first ``memory_positions`` item ids; U+001E
+                                   inside it); ``x`` TTL refresh day; TTL
                                    ``user_ttl_s``.
 ``P:u:{user}:cat``      HASH       category affinity: ``{category}`` decayed, weighted
                                    (``weight_{type}``) interaction count with items of that
@@ -73,12 +76,23 @@ Keys (knobs in ``Settings.features`` = :class:`FeatureConfig`, env ``STREAMREC_F
                                    ``expansion_half_life_s``); at most ``expansion_cap`` terms (the
                                    weakest evicted); TTL ``item_ttl_s``. The query is the event's
                                    ``query``, else that of the user's search ``request_id`` names
-                                   (``ql`` in ``P:u:{user}``); the terms are
+                                   (``qs`` in ``P:u:{user}``); the terms are
                                    ``expansion_terms`` (``writer.py``), computed by the consumer.
 ``P:qxlog:changed``     ZSET       item -> ``P:qxlog:seq`` at its last expansion change; trimmed to
                                    ``expansion_log_cap`` items. Serving tails it (and reads it
                                    whole at start) to re-index changed items' lexical documents.
 ``P:qxlog:seq``         STRING     expansion changes so far.
+``P:qm:{query}``        HASH       click memory of one query (``{query}`` = ``query_key``: its
+                                   analysed terms, each once, sorted): ``c{item}`` its clicks and
+                                   ``e{item}`` its examinations, each impression that got a click
+                                   adding theta(position) = (1 / (position + 1)) ** eta to every
+                                   product it showed in its first ``memory_positions`` (a page no
+                                   one clicked adds nothing), decayed to the reference ts ``@``
+                                   (half-life ``memory_half_life_s``); at most ``memory_cap``
+                                   products (the least examined evicted); TTL ``item_ttl_s``. The
+                                   search is the click's ``request_id``'s, linked through ``qs``.
+``P:examination``       STRING     eta of the position bias, written by the learner
+                                   (``learner/position_bias.py``); ``memory_eta`` until then.
 ``P:clock``             STRING     newest event ts applied (the stream clock).
 ``P:q:{event_id}``      STRING     the quarantine reason of a quarantined event (not set for
                                    ``duplicate_event``: that id names a legitimate first copy); TTL
@@ -122,6 +136,7 @@ FeatureConfig = FeatureSettings
 
 INTERACTIONS = ("view", "click", "add_to_cart", "purchase")
 SEP = "\x1f"  # one byte: the script splits records on it
+SHOWN_SEP = "\x1e"  # between the item ids of a remembered search page (ids never hold a control character)
 TTL_REFRESH_S = 86_400  # a key's TTL is refreshed at most once per this many wall-clock seconds
 QUARANTINE_RECENT_N = 20  # quarantine decisions kept in P:q:recent
 SESSION_TOKEN = {"session": "s", "user": "u"}  # session token = tag + id: the two id spaces never collide
@@ -157,7 +172,7 @@ FAMILIES: dict[str, KeyFamily] = {
         "user",
         "u:{}",
         "ttl",
-        "<= 9 fields (`imps`: the last dedup_lookback impression ids; `ql`: the last expansion_links (20) "
+        "<= 9 fields (`imps`: the last dedup_lookback impression ids; `qs`: the last expansion_links (20) "
         "searches); user_ttl_s",
     ),
     "item": _consumers("item", "i:{}", "ttl", "<= 17 fields; item_ttl_s (90 d)"),
@@ -167,6 +182,9 @@ FAMILIES: dict[str, KeyFamily] = {
     "expansion": _consumers("expansion", "qx:{}", "ttl", "expansion_cap (32) terms + 1; item_ttl_s"),
     "expansion_log": _consumers("expansion_log", "qxlog:changed", "cap", "one key, expansion_log_cap (200,000) items"),
     "expansion_seq": _consumers("expansion_seq", "qxlog:seq", "cap", "one number"),
+    "memory": _consumers("memory", "qm:{}", "ttl", "2 x memory_cap (64) products + 1; item_ttl_s"),
+    # the learner's estimate of position bias, read by the script for the click memory's examinations
+    "examination": KeyFamily("examination", "examination", "cap", "one number", "learner"),
     "quarantined": _consumers("quarantined", "q:{}", "ttl", "one reason; quarantine_ttl_s (7 d)"),
     "attr": _consumers(
         "attr", "attr:{}", "cap", "one per catalog item (4 fields); a delete's tombstone: tombstone_ttl_s"
@@ -245,6 +263,13 @@ class Keys:
     @property
     def expansion_seq(self) -> str:
         return self.p + self.GLOBAL["expansion_seq"]
+
+    def memory(self, query_key: str) -> str:
+        return self._id("memory", query_key)
+
+    @property
+    def examination(self) -> str:
+        return self.p + self.GLOBAL["examination"]
 
     def offset(self, group: str, topic: str, partition: int) -> str:
         return self._partition("offset", group, topic, partition)

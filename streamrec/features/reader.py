@@ -278,6 +278,21 @@ class FeatureStore:
             out.append({t: decay(float(v), ref, now, tau) for t, v in h.items() if t != "@"})
         return out
 
+    def click_memory(self, key: str, now_ms: int | None = None) -> dict[str, tuple[float, float]]:
+        """A query's click memory (``key`` = ``query_key``): item -> (clicks, examinations), decayed
+        to ``now_ms`` (stream clock); {} for a query nobody clicked."""
+        now, (h,) = self._hashes_at([self.keys.memory(key)], now_ms)
+        if not h:
+            return {}
+        tau = self.config.tau_ms(self.config.memory_half_life_s)
+        ref = float(h.pop("@", now))
+        out: dict[str, tuple[float, float]] = {}
+        for field, v in h.items():
+            c, e = out.get(field[1:], (0.0, 0.0))
+            value = decay(float(v), ref, now, tau)
+            out[field[1:]] = (value, e) if field[0] == "c" else (c, value)
+        return out
+
     def expansion_changes(self, after: int, n: int) -> tuple[list[tuple[str, int]], int]:
         """Items whose expansion changed after change number ``after`` (oldest first, at most ``n``),
         and the newest change number (0 before any: a caller ahead of it reads from 0 again)."""

@@ -17,6 +17,7 @@ from collections import defaultdict, deque
 from dataclasses import dataclass
 from itertools import islice
 
+from streamrec.analysis import query_key
 from streamrec.features.decay import decay, forward, landmark_scale, merge_decayed, needs_rescale
 from streamrec.features.layout import INTERACTIONS, FeatureConfig, session_token
 from streamrec.features.reader import (
@@ -31,6 +32,19 @@ from streamrec.features.writer import expansion_terms
 from streamrec.schemas import CatalogOp, Event
 
 _Decayed = tuple[float, float]  # (value, reference ts): the lazy-decay pair of the Redis layout
+
+
+@dataclass
+class _Search:
+    """One remembered search of a user (``qs`` in the user hash): what links a click to its query
+    and its page (the click memory's examinations are counted once per page)."""
+
+    request_id: str
+    terms: str
+    query_key: str
+    shown: list[str]  # item ids at the page's first memory_positions positions
+    first_position: int
+    counted: bool = False
 
 
 @dataclass(frozen=True)
@@ -89,11 +103,12 @@ class ReplayFeatures:
         self.affinity: dict[str, dict[str, _Decayed]] = defaultdict(dict)
         self.sessions: dict[str, deque[str]] = defaultdict(lambda: deque(maxlen=self.cfg.session_cap))
         self.item_sess: dict[str, dict[str, float]] = defaultdict(dict)
-        # query-log expansion: each user's last searches (request_id, terms), newest first; per item
-        # (reference ts, term -> weight); the change log item -> change number
-        self.searches: dict[str, deque[tuple[str, str]]] = defaultdict(
-            lambda: deque(maxlen=max(1, self.cfg.expansion_links))
-        )
+        # query-log expansion and click memory: each user's last searches, newest first; per item
+        # (reference ts, term -> weight); the change log item -> change number; per query key
+        # (reference ts, item -> clicks, item -> examinations)
+        self.searches: dict[str, deque[_Search]] = defaultdict(lambda: deque(maxlen=max(1, self.cfg.expansion_links)))
+        self.memory: dict[str, tuple[float, dict[str, float], dict[str, float]]] = {}
+        self.eta = self.cfg.memory_eta  # P:examination, as the learner would write it
         self.expansion: dict[str, tuple[float, dict[str, float]]] = {}
         self.expansion_log: dict[str, int] = {}
         self.expansion_seq = 0
@@ -111,13 +126,25 @@ class ReplayFeatures:
                 shown.appendleft(e.event_id)
             for iid in e.item_ids or []:
                 self._bump(self.items[iid], "impression", e.ts, 1.0, self.cfg.item_half_life_s)
-            terms = " ".join(expansion_terms(e.query, self.cfg.expansion_query_terms))
-            if terms and self.cfg.expansion_links > 0:
-                self.searches[e.user_id].appendleft((e.request_id or "", terms))
+            self._remember_search(e)
         else:
             self.clock = max(self.clock, e.ts)  # a dropped duplicate still moves the clock, as in Redis
             if not self._duplicate(e):
                 self._interaction(e)
+
+    def _remember_search(self, e: Event) -> None:
+        """The writer's ``remember_search``: a search with a query, and its page for the click memory."""
+        cfg = self.cfg
+        terms = " ".join(expansion_terms(e.query, cfg.expansion_query_terms))
+        qkey = query_key(e.query) if e.query and cfg.memory_cap > 0 else ""
+        if (not terms and not qkey) or cfg.expansion_links <= 0:
+            return
+        first = e.position or 0
+        shown = list((e.item_ids or [])[: max(0, cfg.memory_positions - first)]) if qkey else []
+        self.searches[e.user_id].appendleft(_Search(e.request_id or "", terms, qkey, shown, first))
+
+    def _linked_search(self, e: Event) -> _Search | None:
+        return next((s for s in self.searches.get(e.user_id, ()) if s.request_id == e.request_id), None)
 
     def _catalog(self, op: CatalogOp) -> None:
         """An older op never overwrites a newer one; a delete hides the item's attributes."""
@@ -147,7 +174,36 @@ class ReplayFeatures:
         self._affinity(e.user_id, iid, e.ts, w)
         self._trending(iid, e.ts, w)
         self._add_to_session(e)
-        self._expand(e)
+        linked = self._linked_search(e) if e.request_id else None
+        self._expand(e, linked)
+        if e.type == "click" and linked is not None and cfg.memory_cap > 0:
+            self._remember_click(linked, iid, e.ts)
+
+    def _remember_click(self, search: _Search, item: str, ts: int) -> None:
+        """The writer's ``memory_click``: the page's examinations once, the click, decayed to one
+        reference ts; the least examined products beyond ``memory_cap`` evicted."""
+        cfg = self.cfg
+        if not search.query_key or not search.shown or item not in search.shown:
+            return
+        tau = cfg.tau_ms(cfg.memory_half_life_s)
+        ref, c, ex = self.memory.get(search.query_key, (float(ts), {}, {}))
+        c, ex = dict(c), dict(ex)
+        if ts > ref:
+            c = {k: decay(v, ref, ts, tau) for k, v in c.items()}
+            ex = {k: decay(v, ref, ts, tau) for k, v in ex.items()}
+            ref = float(ts)
+        add = decay(1.0, ts, ref, tau)
+        if not search.counted:
+            for i, id_ in enumerate(search.shown, start=1):
+                ex[id_] = ex.get(id_, 0.0) + add * (1 / (search.first_position + i)) ** self.eta
+            search.counted = True
+        c[item] = c.get(item, 0.0) + add
+        names = set(c) | set(ex)
+        if len(names) > cfg.memory_cap:
+            for k in sorted(names, key=lambda k: (ex.get(k, 0.0), k))[: len(names) - cfg.memory_cap]:
+                c.pop(k, None)
+                ex.pop(k, None)
+        self.memory[search.query_key] = (ref, c, ex)
 
     def _trending(self, item: str, ts: int, w: float) -> None:
         """The writer's ``trending``: add the forward-decayed weight (moving the landmark first when
@@ -173,15 +229,15 @@ class ReplayFeatures:
                 del self.trend[i]
             del order[:extra]
 
-    def _expand(self, e: Event) -> None:
+    def _expand(self, e: Event, linked: _Search | None) -> None:
         """The writer's ``expand``: the event's query terms (else its linked search's) added to the
         item's expansion, everything decayed to one reference ts, the weakest beyond the cap evicted."""
         cfg, w = self.cfg, self.cfg.expansion_weight(e.type)
         if w <= 0 or e.item_id is None:
             return
         terms = " ".join(expansion_terms(e.query, cfg.expansion_query_terms))
-        if not terms and e.request_id:
-            terms = next((t for rid, t in self.searches.get(e.user_id, ()) if rid == e.request_id), "")
+        if not terms and linked is not None:
+            terms = linked.terms
         if not terms:
             return
         tau = cfg.tau_ms(cfg.expansion_half_life_s)
@@ -284,6 +340,14 @@ class ReplayFeatures:
             ref, h = self.expansion.get(iid, (now, {}))
             out.append({t: decay(v, ref, now, tau) for t, v in h.items()})
         return out
+
+    def click_memory(self, key: str, now_ms: int | None = None) -> dict[str, tuple[float, float]]:
+        ref, c, ex = self.memory.get(key, (0.0, {}, {}))
+        tau = self.cfg.tau_ms(self.cfg.memory_half_life_s)
+        now = float(now_ms if now_ms is not None else self.clock)
+        return {
+            k: (decay(c.get(k, 0.0), ref, now, tau), decay(ex.get(k, 0.0), ref, now, tau)) for k in set(c) | set(ex)
+        }
 
     def expansion_changes(self, after: int, n: int) -> tuple[list[tuple[str, int]], int]:
         rows = [(i, seq) for i, seq in self.expansion_log.items() if seq > after][:n]

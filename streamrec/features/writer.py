@@ -12,7 +12,9 @@ e.g. invalid catalog ops), then one string per record, fields joined by U+001F (
 
 * offset, kind, then for kind
 * ``e`` interaction: event_id, type, user, item, ts, session, request_id, expansion terms, canonical JSON
-* ``i`` impression: event_id, user, ts, JSON list of item ids, request_id, expansion terms, canonical JSON
+* ``i`` impression: event_id, user, ts, JSON list of item ids, request_id, expansion terms, query key
+  (:func:`streamrec.analysis.query_key`; "" without a query or with the click memory off), position
+  of its first item, canonical JSON
 * ``u`` catalog upsert: item, ts, category, price ("" = none), title
 * ``x`` catalog delete: item, ts
 * ``r`` dead letter: reason, DeadLetter JSON, source key (last: it may hold any byte)
@@ -33,13 +35,14 @@ from __future__ import annotations
 import json
 from importlib import resources
 
-from streamrec.analysis import analyze
+from streamrec.analysis import analyze, query_key
 from streamrec.features.decay import TRENDING_RESCALE
 from streamrec.features.layout import (
     INTERACTIONS,
     QUARANTINE_RECENT_N,
     SEP,
     SESSION_TOKEN,
+    SHOWN_SEP,
     TTL_REFRESH_S,
     FeatureConfig,
     Keys,
@@ -87,6 +90,11 @@ def script_config(cfg: FeatureConfig, bot: dict, keys: Keys) -> str:
             "expansion_tau_ms": cfg.tau_ms(cfg.expansion_half_life_s),
             "expansion_links": cfg.expansion_links,
             "expansion_log_cap": cfg.expansion_log_cap,
+            "memory_cap": cfg.memory_cap,
+            "memory_tau_ms": cfg.tau_ms(cfg.memory_half_life_s),
+            "memory_positions": cfg.memory_positions,
+            "memory_eta": cfg.memory_eta,
+            "shown_sep": SHOWN_SEP,
             "keys": keys.script_templates(),
             "sep": SEP,
             **bot,
@@ -108,7 +116,9 @@ def encode_record(
         terms = " ".join(expansion_terms(m.query, cfg.expansion_query_terms)) if outcome else ""
         rid = m.request_id or ""
         if m.type == "impression":
+            qkey = query_key(m.query) if m.query and cfg.memory_cap > 0 else ""
             f = [str(offset), "i", m.event_id, m.user_id, str(m.ts), json.dumps(m.item_ids), rid, terms]
+            f += [qkey, str(m.position or 0)]
         else:
             assert m.item_id is not None  # every other event names its item (Event's validator)
             f = [str(offset), "e", m.event_id, m.type, m.user_id, m.item_id, str(m.ts), m.session_id or "", rid, terms]
