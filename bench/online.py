@@ -70,15 +70,23 @@ K = 10  # results per page: what a shopper sees and what nDCG@10 scores
 
 # Configurations compared by --ablations: settings overrides of the stack (one fresh stack each).
 NO_EXPLORATION = {"serving_search_explore_share": 0.0, "serving_search_swap_share": 0.0}
+NOTHING_LEARNED = {
+    "serving_search_head_weight": 0.0,
+    "serving_expansion_boost": 0.0,
+    "serving_search_memory_weight": 0.0,
+}
 ABLATIONS: dict[str, dict[str, object]] = {
-    "learning off": {"serving_search_head_weight": 0.0, "serving_expansion_boost": 0.0, **NO_EXPLORATION},
+    "learning off": {**NOTHING_LEARNED, **NO_EXPLORATION},
     # the head served as it was before its scorecard, learning from every list (clicked or not)
     "head ungated, all lists": {
+        **NOTHING_LEARNED,
+        "serving_search_head_weight": 0.5,
         "serving_search_head_gate": False,
         "learner_skip_clickless_searches": False,
         **NO_EXPLORATION,
     },
-    "expansion only": {"serving_search_head_weight": 0.0, **NO_EXPLORATION},
+    "expansion only": {**NOTHING_LEARNED, "serving_expansion_boost": 0.5, **NO_EXPLORATION},
+    "click memory only": {**NOTHING_LEARNED, "serving_search_memory_weight": 1.0, **NO_EXPLORATION},
     "full, no exploration": dict(NO_EXPLORATION),
     "full (default settings)": {},
 }
