@@ -103,6 +103,9 @@ class ModelStore:
                     "parent": m.get("parent"),
                     "updates": m.get("updates"),
                     "metrics": m.get("metrics", {}),
+                    # what /search may use of this version (the head's scorecard) and the position bias
+                    "search_card": m.get("search_card"),
+                    "position_bias": m.get("position_bias"),
                 }
             )
         return rows
