@@ -58,6 +58,7 @@ from bench.quality import (
     wait_model_settled,
 )
 from launcher.stack import LocalStack
+from streamrec.analysis import query_key
 from streamrec.settings import Settings
 
 NOISE = {  # P(click | grade 0, 1, 2), P(stop | grade 0, 1, 2)
@@ -75,6 +76,7 @@ NOTHING_LEARNED = {
     "serving_expansion_boost": 0.0,
     "serving_search_memory_weight": 0.0,
 }
+DEFAULT_MEMORY_WEIGHT = Settings.model_fields["serving_search_memory_weight"].default
 ABLATIONS: dict[str, dict[str, object]] = {
     "learning off": {**NOTHING_LEARNED, **NO_EXPLORATION},
     # the head served as it was before its scorecard, learning from every list (clicked or not)
@@ -86,9 +88,10 @@ ABLATIONS: dict[str, dict[str, object]] = {
         **NO_EXPLORATION,
     },
     "expansion only": {**NOTHING_LEARNED, "serving_expansion_boost": 0.5, **NO_EXPLORATION},
-    "click memory only": {**NOTHING_LEARNED, "serving_search_memory_weight": 1.0, **NO_EXPLORATION},
+    "click memory only": {**NOTHING_LEARNED, "serving_search_memory_weight": DEFAULT_MEMORY_WEIGHT, **NO_EXPLORATION},
     "full, no exploration": dict(NO_EXPLORATION),
     "full (default settings)": {},
+    "full + expansion 0.5": {"serving_expansion_boost": 0.5},
 }
 
 
@@ -131,8 +134,10 @@ class OnlineData:
 
 
 def query_group(q: str) -> int:
-    """The stable split: 0 clicked, 1 not logged, 2 served to non-clickers."""
-    return zlib.crc32(("online:" + q.lower()).encode()) % 3
+    """The stable split: 0 clicked, 1 not logged, 2 served to non-clickers. By the query's key
+    (``streamrec.analysis.query_key``), so two spellings of one query, which the click memory treats
+    as one, never land in two sets."""
+    return zlib.crc32(("online:" + query_key(q)).encode()) % 3
 
 
 def load_online_data(data_dir: Path, per_set: int, max_products: int) -> OnlineData:
@@ -171,6 +176,7 @@ class RoundScore:
     clicks: int = 0
     purchases: int = 0
     model_version: int = 0
+    head_earned: bool = False  # the head reordered /search at the end of the round (its scorecard)
 
 
 @dataclass
@@ -244,11 +250,12 @@ def simulate(
     for r in range(1, rounds + 1):
         score = play_round(http, data, model, rng, r)
         score.model_version = wait_model_settled(http, after_s=stack.settings.label_window_s + 1.0, quiet_s=3.0)
+        score.head_earned = bool(http.get("/healthz").json().get("search_head_earned"))
         report.rounds.append(score)
         print(
             f"  [{config}] round {r}: clicked {score.clicked:.4f} · not logged {score.not_logged:.4f} · "
             f"non-clickers {score.non_clickers:.4f} · {score.clicks} clicks, {score.purchases} purchases · "
-            f"model v{score.model_version}",
+            f"model v{score.model_version}{' (head ranks search)' if score.head_earned else ''}",
             flush=True,
         )
     report.final = play_round(http, data, model, rng, rounds + 1, shoppers=False)

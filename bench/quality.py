@@ -231,6 +231,7 @@ class SearchScore:
     mrr: float
     recall100: float | None
     latency_s: list[float] = field(default_factory=list)
+    per_query: list[float] = field(default_factory=list)  # nDCG@10 of each query, in order
 
 
 def score_search(
@@ -245,7 +246,8 @@ def score_search(
         rrs.append(reciprocal_rank(ids, good, 10))
         if with_recall and good:
             recalls.append(len(set(ids[:100]) & set(good)) / len(good))
-    return SearchScore(float(np.mean(ndcgs)), float(np.mean(rrs)), float(np.mean(recalls)) if recalls else None, took)
+    recall = float(np.mean(recalls)) if recalls else None
+    return SearchScore(float(np.mean(ndcgs)), float(np.mean(rrs)), recall, took, ndcgs)
 
 
 def replay_search_feedback(http: httpx.Client, queries: dict[str, dict[str, float]], k: int = 10) -> dict[str, int]:

@@ -95,6 +95,7 @@ class Engine:
             "index_version": self.index.version,
             "lexical_version": self.lexical.version,
             "model_version": model.version if model else 0,
+            "search_head_earned": self._search_head_earned(),  # the head reorders /search (its scorecard)
             "encoder": self.encoder.model_id,
             "index_factory": self.s.index_factory,
             "vector_offsets": self.replica.offsets,  # the follower's next offset per partition (status: lag)

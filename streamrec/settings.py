@@ -336,10 +336,11 @@ class Settings(BaseSettings):
     serving_model_weight: float = Field(0.5, ge=0, le=1, description="share of the ranking head in the final score")
     serving_diversity_lambda: float = Field(0.8, ge=0, le=1, description="MMR: 1 = pure relevance")
     serving_expansion_boost: float = Field(
-        0.5,
+        0.0,
         ge=0,
         description="/search: boost of an item whose query-log expansion (past searches that led to it) holds "
-        "every query term; 0 = not searched",
+        "every query term; 0 = not searched (the default: it counts a click on the wrong product as fully as "
+        "one on the right one, which noisy shoppers make; the click memory learns repeated queries instead)",
     )
     serving_expansion_poll_s: float = Field(
         0.25, gt=0, le=60, description="how often serving reads changed query-log expansions from Redis"
@@ -364,15 +365,17 @@ class Settings(BaseSettings):
         1.0, ge=0, le=1, description="MMR for /search: 1 = the fused order (diversity did not help search offline)"
     )
     serving_search_memory_weight: float = Field(
-        1.0,
+        2.0,
         ge=0,
         description="/search: weight of the click memory, each product's clicks per examination for this very "
         "query against the query's mean (serving/search/memory.py); 0 = off",
     )
     serving_search_memory_prior: float = Field(
-        2.0,
+        10.0,
         gt=0,
-        description="/search click memory: a product's rate is shrunk to the query's mean with this many examinations",
+        description="/search click memory: a product's rate is shrunk to the query's mean with this many "
+        "examinations (about the click noise over the spread of attractiveness: a few clicks on the wrong "
+        "product must not reorder a query)",
     )
     serving_search_head_gate: bool = Field(
         True,
