@@ -34,7 +34,7 @@ import numpy as np
 
 from launcher.embedded import free_port
 from launcher.stack import LocalStack
-from streamrec.datasets import diginetica
+from streamrec.datasets import diginetica, yoochoose
 from streamrec.settings import Settings
 
 SEARCH_VARIANTS = ("bm25", "dense", "rrf", "fused", "full")
@@ -400,6 +400,35 @@ def diginetica_split(data_dir: Path) -> tuple[list[list[int]], list[list[int]], 
     return sessions[:cut], sessions[cut:], cut
 
 
+def yoochoose_split(data_dir: Path) -> tuple[list[list[int]], list[list[int]], int]:
+    """session-rec's own split of the 100k sample: its training days as history, the next day held out."""
+    train = list(yoochoose.sessions(data_dir, "train_full"))
+    return train, list(yoochoose.sessions(data_dir, "test")), len(train)
+
+
+@dataclass(frozen=True)
+class SessionDataset:
+    split: Callable[[Path], tuple[list[list[int]], list[list[int]], int]]
+    protocol: str  # how the held-out pairs are made, printed above the table
+    published: str  # figures published on this data, printed below it
+
+
+RECOMMEND_DATASETS = {
+    "diginetica": SessionDataset(
+        diginetica_split,
+        "DIGINETICA, SR-GNN protocol: the last 10 % of sessions held out; items already in the session allowed "
+        "(about one target in five)",
+        "published (their test week): SR-GNN 50.73 / 17.59, MSGIFSR 55.4 / 19.0; co-visitation ≈ 40 / 12",
+    ),
+    "yoochoose": SessionDataset(
+        yoochoose_split,
+        "YOOCHOOSE 100k sample (session-rec rsc15 split: the day after the history held out), every prefix → next "
+        "click; a shop the session weights were not tuned on",
+        "no published figures for this 100k sample (papers use rsc15 1/64 or 1/4; not comparable)",
+    ),
+}
+
+
 # The replay's event times end in the recent past rather than in 2016: the logged /recommend
 # calls of the live phase are impressions stamped with serving's clock, and a stream clock that
 # jumped ten years would decay every time-decayed feature of the history (trending) to nothing.
@@ -458,17 +487,23 @@ def recommend_ids(
 class RankTally:
     hits: int = 0
     rr: float = 0.0
+    dcg: float = 0.0  # one relevant item per pair: NDCG@k = 1 / log2(rank + 1)
     n: int = 0
 
     def add(self, ranked: Sequence[str], target: str, k: int = 20) -> None:
         self.n += 1
         if target in ranked[:k]:
+            rank = ranked.index(target) + 1
             self.hits += 1
-            self.rr += 1.0 / (ranked.index(target) + 1)
+            self.rr += 1.0 / rank
+            self.dcg += 1.0 / math.log2(rank + 1)
 
     def line(self) -> str:
         n = max(1, self.n)
-        return f"HR@20 {100 * self.hits / n:6.2f}  MRR@20 {100 * self.rr / n:6.2f}  (pairs {self.n:,})"
+        return (
+            f"HR@20 {100 * self.hits / n:6.2f}  MRR@20 {100 * self.rr / n:6.2f}  NDCG@20 {100 * self.dcg / n:6.2f}  "
+            f"(pairs {self.n:,})"
+        )
 
 
 @dataclass
@@ -534,7 +569,13 @@ def measure_recommend(
             if live:
                 started = time.monotonic()
                 played, live_latency, _ = _score_sessions(
-                    http, live, first_train + len(train), 1, variants=("full",), impression=True
+                    http,
+                    live,
+                    first_train + len(train),
+                    1,
+                    variants=("full",),
+                    impression=True,
+                    progress=partial(_fusion_progress, stack.settings),
                 )
                 live_tally = played["full"]
                 wait_model_settled(http, after_s=2.0)
@@ -597,6 +638,15 @@ def _published_fusion(s: Settings) -> dict:
     }
 
 
+def _fusion_progress(s: Settings) -> str:
+    """The learned fusion's learning curve, one point: examples so far, its recent test-then-train
+    scorecard against the fixed weights, and which one serves."""
+    f = _published_fusion(s)
+    if not f:
+        return "learned fusion: not published yet"
+    return f"learned fusion: {f['examples']:,} examples, [MRR@20, HR@20] {f['card']}, serving {f['mode']}"
+
+
 def _score_sessions(
     http: httpx.Client,
     evaluate: list[list[int]],
@@ -604,6 +654,7 @@ def _score_sessions(
     ablation_every: int,
     variants: Sequence[str] = RECOMMEND_VARIANTS,
     impression: bool = False,
+    progress: Callable[[], str] | None = None,
 ) -> tuple[dict[str, RankTally], list[float], list[float]]:
     """Round t posts click t of every session still running, waits until every partition has
     applied it (probe sessions posted after the batch), then asks for the next item; ablation variants
@@ -633,18 +684,17 @@ def _score_sessions(
                 tallies[v].add(ranked, target)
         if t % 5 == 0 or t == longest - 2:
             print(
-                f"  click {t + 1}/{longest - 1}: {len(running):,} sessions running; full path {tallies['full'].line()}",
+                f"  click {t + 1}/{longest - 1}: {len(running):,} sessions running; full path {tallies['full'].line()}"
+                + (f"; {progress()}" if progress else ""),
                 flush=True,
             )
     return tallies, latency, visible
 
 
-def print_recommend(r: RecommendReport) -> None:
+def print_recommend(r: RecommendReport, dataset: str = "diginetica") -> None:
+    data = RECOMMEND_DATASETS[dataset]
     print()
-    print(
-        f"DIGINETICA, SR-GNN protocol: {r.train_sessions:,} history sessions, the first {r.eval_sessions:,} "
-        "of the last 10 % held out; items already in the session allowed (about one target in five)"
-    )
+    print(f"{data.protocol}; {r.train_sessions:,} history sessions, {r.eval_sessions:,} held-out sessions evaluated")
     names = {
         "popular": "baseline: popularity",
         "covis": "baseline: co-visitation alone",
@@ -664,7 +714,7 @@ def print_recommend(r: RecommendReport) -> None:
             f"[MRR@20, HR@20] by mode {f.get('card')}; served: {f.get('mode')}"
         )
         print(f"  learned weights: {f.get('weights')}")
-    print("published (their test week): SR-GNN 50.73 / 17.59, MSGIFSR 55.4 / 19.0; co-visitation ≈ 40 / 12")
+    print(data.published)
     print(latency_line("GET /recommend (full, k=20, single client)", r.latency_s))
     if r.live_latency_s:
         print(latency_line("GET /recommend logged, as a storefront calls it (live phase)", r.live_latency_s))
@@ -683,19 +733,19 @@ def print_recommend(r: RecommendReport) -> None:
 def run_recommend(args: argparse.Namespace) -> int:
     base = Settings()
     data_dir = base.require_data_dir()
-    train, held_out, first_eval = diginetica_split(data_dir)
+    train, held_out, first_eval = RECOMMEND_DATASETS[args.dataset].split(data_dir)
     if args.train_sessions is not None:
         train = train[-args.train_sessions :]
     evaluate = held_out[: args.eval_sessions] if args.eval_sessions else held_out
     print(
-        f"recommend quality: {len(train):,} DIGINETICA history sessions ({sum(map(len, train)):,} events), "
+        f"recommend quality: {len(train):,} {args.dataset} history sessions ({sum(map(len, train)):,} events), "
         f"{len(evaluate):,} held-out sessions ({sum(len(x) - 1 for x in evaluate):,} prefix → next pairs)",
         flush=True,
     )
     report = measure_recommend(
         train, evaluate, first_eval, base, args.ablation_every, args.index_timeout, args.live_sessions
     )
-    print_recommend(report)
+    print_recommend(report, args.dataset)
     if args.obd_seeds:
         from bench.learner import quality
 
@@ -722,7 +772,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = ap.add_mutually_exclusive_group(required=True)
     mode.add_argument("--search", action="store_true", help="Home Depot search quality")
-    mode.add_argument("--recommend", action="store_true", help="DIGINETICA session recommendations")
+    mode.add_argument("--recommend", action="store_true", help="session recommendations (--dataset)")
+    ap.add_argument("--dataset", choices=tuple(RECOMMEND_DATASETS), default="diginetica", help="recommend: sessions")
     ap.add_argument("--queries", type=int, default=None, help="search: at most this many queries per half")
     ap.add_argument("--products", type=int, default=None, help="search: catalogue slice (labelled products first)")
     ap.add_argument("--index-timeout", type=float, default=3600.0)
