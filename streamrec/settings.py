@@ -235,8 +235,7 @@ class Settings(BaseSettings):
         0.4,
         gt=0,
         description="encoder work on the backlog between two polls, at its measured rate (at least 16 records): "
-        "how long a live change waits behind bulk work (bench/index.py, 6,000-title import, two runs each: 0.4 s "
-        "gives single upserts p99 1.17-1.29 s vs 2.21-2.83 s at 0.8 s, at the same 246-251 vs 241-245 items/s)",
+        "how long a live change waits behind bulk work (figures: README, INDEX_CHUNK_SECONDS)",
     )
     index_live_max_batch: int = Field(
         16,
@@ -352,7 +351,7 @@ class Settings(BaseSettings):
         0.8,
         ge=0,
         description="/search fusion: weight of max(0, query–item cosine); chosen on the Home Depot feedback "
-        "queries (bench/search_offline.py: flat optimum 0.6-1.5 over bm25 weight 1)",
+        "queries with bench/search_offline.py (figures: README)",
     )
     serving_search_head_weight: float = Field(
         0.5,
@@ -399,7 +398,7 @@ class Settings(BaseSettings):
     serving_recommend_exclude_seen: bool = Field(
         False,
         description="/recommend skips items of the current session; off because a repeat is often "
-        "the next click (DIGINETICA: excluding costs ~16 HR@20 points); per request: ?exclude_seen=",
+        "the next click (figures: README); per request: ?exclude_seen=",
     )
     serving_recommend_learned_fusion: bool = Field(
         True,
