@@ -23,23 +23,13 @@ from streamrec.settings import Settings  # noqa: E402
 ALLOW_SKIPS = os.environ.get("STREAMREC_ALLOW_SKIPS") == "1"
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config, items):
     """The long tests (marked ``slow``) first: with parallel workers (pytest-xdist) they start at
     once and the short ones fill the gaps, instead of one of them starting last and running alone.
-    The tests of a module that shares a module-scoped fixture (a running stack, a trained run) go
-    to one worker (``--dist loadgroup``), so the fixture is built once, not once per worker."""
-    for item in items:
-        if _uses_a_module_fixture(item):
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+    CI runs ``--dist loadfile``: a module's tests stay on one worker, so a module-scoped fixture (a
+    running stack, a trained run) is built once, not once per worker. (``loadgroup`` groups nothing
+    on pytest 9.2: pytest-xdist issue #1386.)"""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
-
-
-def _uses_a_module_fixture(item) -> bool:
-    fixtures = getattr(item, "_fixtureinfo", None)
-    if fixtures is None:
-        return False
-    return any(defs[-1].scope == "module" for defs in fixtures.name2fixturedefs.values())
 
 
 def pytest_sessionfinish(session, exitstatus):
