@@ -68,8 +68,9 @@ def _wait_until_up(proc: subprocess.Popen, log_path, base: str, timeout_s: float
 
 
 def up_env(tmp_path, port: int, **extra: str) -> dict[str, str]:
-    """The environment `streamrec up` runs with in these tests: no STREAMREC_* of the caller's."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
+    """The environment `streamrec up` runs with in these tests: no STREAMREC_* of the caller's but
+    where the data lies."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_") or k == "STREAMREC_DATA_DIR"}
     env.update(
         STREAMREC_HTTP_PORT=str(port),
         STREAMREC_STATE_DIR=str(tmp_path / "state"),
