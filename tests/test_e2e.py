@@ -174,9 +174,9 @@ def test_clicks_reach_the_learner_and_raise_the_served_model_version(http):
     # every click joined its impression and was learned from: a lost click fails here, even though
     # the impressions alone could move the version
     wait_for(lambda: clicks_learned(http) >= learned_before + clicks, f"{clicks} clicks learned", timeout_s=60)
-    newer = http.get("/healthz").json()["model_version"]
-    assert newer > start
-    assert http.get("/search", params={"q": "pen", "k": 3}).json()["model_version"] >= newer
+    # and serving hot-swaps to the version that learned them (it polls the model store)
+    wait_for(lambda: http.get("/healthz").json()["model_version"] > start, "serving on a newer version", timeout_s=30)
+    assert http.get("/search", params={"q": "pen", "k": 3}).json()["model_version"] > start
 
 
 def test_api_rejects_bad_parameters_clearly(http):
