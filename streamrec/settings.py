@@ -79,6 +79,13 @@ class FeatureSettings(BaseSettings):
     memory_positions: int = Field(
         20, ge=1, le=200, description="click memory: page positions whose products count an examination"
     )
+    memory_outcome_weight: float = Field(
+        1.0,
+        ge=0,
+        le=10,
+        description="click memory: what an add to cart or a purchase from a search page adds to its product's "
+        "clicks (a click adds 1); 0 = clicks only",
+    )
     memory_eta: float = Field(
         1.0,
         ge=0,
@@ -102,6 +109,14 @@ class FeatureSettings(BaseSettings):
 
     def weight(self, event_type: str) -> float:
         return float(getattr(self, f"weight_{event_type}"))
+
+    def memory_weight(self, event_type: str) -> float:
+        """What a search outcome adds to its product's clicks in the click memory: a click 1, an add
+        to cart or a purchase ``memory_outcome_weight`` (a purchase is the surest sign a product fit
+        the query); a view adds nothing."""
+        if event_type == "click":
+            return 1.0
+        return self.memory_outcome_weight if event_type in ("add_to_cart", "purchase") else 0.0
 
     def expansion_weight(self, event_type: str) -> float:
         """A search outcome's weight in the query-log expansion: click 1, add_to_cart 2, purchase 4

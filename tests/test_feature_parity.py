@@ -37,6 +37,7 @@ TIGHT = FeatureConfig(
     expansion_log_cap=4,
     memory_cap=3,
     memory_positions=3,
+    memory_outcome_weight=2.5,  # not 1, so a writer that ignored the weight would differ
 )
 ITEMS = [f"i{k}" for k in range(9)]
 USERS = ["u1", "u2", "u3"]
@@ -110,7 +111,8 @@ def event_list(seed: int = 7, n: int = 160) -> list[Event | CatalogOp]:
 
 def search_pages(seed: int, t: int, n: int = 40) -> list[Event | CatalogOp]:
     """Searches and the clicks on their pages (the click memory): second clicks on one page, a
-    click on a product the page did not show, second pages, a page nobody clicks."""
+    click on a product the page did not show, second pages, a page nobody clicks, add-to-carts and
+    purchases after a click and a purchase straight from the page (weighted outcomes)."""
     rng = random.Random(seed + 1)
     out: list[Event | CatalogOp] = []
     for k in range(n):
@@ -129,10 +131,14 @@ def search_pages(seed: int, t: int, n: int = 40) -> list[Event | CatalogOp]:
             )
         )
         clicked = rng.sample(page, rng.choice([0, 1, 1, 2])) + (["i8"] if k % 9 == 0 and "i8" not in page else [])
-        for j, item in enumerate(clicked):
+        outcomes = [("click", item) for item in clicked]
+        outcomes += [(rng.choice(["add_to_cart", "purchase"]), item) for item in clicked if rng.random() < 0.5]
+        if k % 7 == 3:
+            outcomes.append(("purchase", page[-1]))  # bought from the page without a click event first
+        for j, (typ, item) in enumerate(outcomes):
             out.append(
                 Event(
-                    event_id=f"sc{k}-{j}", type="click", user_id=user, item_id=item, ts=ts + 1 + j, request_id=f"sr{k}"
+                    event_id=f"sc{k}-{j}", type=typ, user_id=user, item_id=item, ts=ts + 1 + j, request_id=f"sr{k}"
                 )
             )
     return out

@@ -6,7 +6,8 @@ result gets the clicks whatever it is. Under the position-based model a product'
 by its *examinations* (each impression adds theta(position), the chance that a shopper looked
 there: ``learner/position_bias.py``) estimates its attractiveness for this query alone. The
 consumers keep both per query (``streamrec/features``: ``qm:{query key}``), counting only pages
-that got a click, so traffic that never clicks (bots, prefetching browsers, QA) adds nothing.
+that got a click, so traffic that never clicks (bots, prefetching browsers, QA) adds nothing; an
+add to cart or a purchase from the page counts as one more click (``memory_outcome_weight``).
 
 The score added to the fused one is ``weight · (a(d) − a_bar)``, where ``a(d) = (clicks + m · a_bar)
 / (examinations + m)`` shrinks each product's rate towards the query's own mean ``a_bar`` with the

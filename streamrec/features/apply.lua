@@ -205,7 +205,7 @@ local function eta()
   return eta_now
 end
 
-local function remember_click(qkey, item, ids, first_pos, count_page, ts)
+local function remember_click(qkey, item, ids, first_pos, count_page, ts, w)
   local mkey = key('memory', qkey)
   local all = redis.call('HGETALL', mkey)
   local c, e, ref = {}, {}, nil
@@ -227,7 +227,7 @@ local function remember_click(qkey, item, ids, first_pos, count_page, ts)
     local h = eta()
     for i, id in ipairs(ids) do e[id] = (e[id] or 0) + add * (1 / (first_pos + i)) ^ h end
   end
-  c[item] = (c[item] or 0) + add
+  c[item] = (c[item] or 0) + add * w
   local names, seen = {}, {}
   for k in pairs(e) do names[#names + 1] = k; seen[k] = true end
   for k in pairs(c) do if not seen[k] then names[#names + 1] = k end end
@@ -247,8 +247,9 @@ local function remember_click(qkey, item, ids, first_pos, count_page, ts)
   redis.call('EXPIRE', mkey, cfg.item_ttl_s)
 end
 
--- a click on a remembered search page: into its query's click memory (the page's examinations once)
-local function memory_click(u, qs, at, item, ts)
+-- a click (add to cart, purchase: weight w) on a remembered search page: into its query's click
+-- memory (the page's examinations once)
+local function memory_click(u, qs, at, item, ts, w)
   local qkey, shown = qs[at + 2], qs[at + 3]
   if qkey == '' or shown == '' then return end
   local parts = split(shown, cfg.shown_sep)
@@ -259,7 +260,7 @@ local function memory_click(u, qs, at, item, ts)
   end
   if not on_page then return end
   local count_page = string.sub(parts[1], 1, 1) == '0'
-  remember_click(qkey, item, ids, tonumber(string.sub(parts[1], 2)), count_page, ts)
+  remember_click(qkey, item, ids, tonumber(string.sub(parts[1], 2)), count_page, ts, w)
   if count_page then
     qs[at + 3] = '1' .. string.sub(shown, 2)
     u.set('qs', table.concat(qs, SEP))
@@ -426,12 +427,13 @@ for r = 5, #ARGV do
       add_to_session(user, session, item, ts)
       local ew = cfg.expansion_weights[typ]
       local at, qs = 0, nil
-      if rid ~= '' and (ew > 0 or typ == 'click') then at, qs = linked_search(u, rid) end
+      local mw = cfg.memory_weights[typ]
+      if rid ~= '' and (ew > 0 or mw > 0) then at, qs = linked_search(u, rid) end
       if ew > 0 then
         if terms == '' and at > 0 then terms = qs[at + 1] end
         if terms ~= '' then expand(item, terms, ts, ew) end
       end
-      if typ == 'click' and at > 0 and cfg.memory_cap > 0 then memory_click(u, qs, at, item, ts) end
+      if mw > 0 and at > 0 and cfg.memory_cap > 0 then memory_click(u, qs, at, item, ts, mw) end
       applied = applied + 1
     end
     if ts > clock then clock = ts end

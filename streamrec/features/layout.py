@@ -83,7 +83,8 @@ Keys (knobs in ``Settings.features`` = :class:`FeatureConfig`, env ``STREAMREC_F
                                    whole at start) to re-index changed items' lexical documents.
 ``P:qxlog:seq``         STRING     expansion changes so far.
 ``P:qm:{query}``        HASH       click memory of one query (``{query}`` = ``query_key``: its
-                                   analysed terms, each once, sorted): ``c{item}`` its clicks and
+                                   analysed terms, each once, sorted): ``c{item}`` its clicks (an
+                                   add to cart or a purchase adds ``memory_outcome_weight``) and
                                    ``e{item}`` its examinations, each impression that got a click
                                    adding theta(position) = (1 / (position + 1)) ** eta to every
                                    product it showed in its first ``memory_positions`` (a page no

@@ -176,12 +176,14 @@ class ReplayFeatures:
         self._add_to_session(e)
         linked = self._linked_search(e) if e.request_id else None
         self._expand(e, linked)
-        if e.type == "click" and linked is not None and cfg.memory_cap > 0:
-            self._remember_click(linked, iid, e.ts)
+        memory_weight = cfg.memory_weight(e.type)
+        if memory_weight > 0 and linked is not None and cfg.memory_cap > 0:
+            self._remember_click(linked, iid, e.ts, memory_weight)
 
-    def _remember_click(self, search: _Search, item: str, ts: int) -> None:
-        """The writer's ``memory_click``: the page's examinations once, the click, decayed to one
-        reference ts; the least examined products beyond ``memory_cap`` evicted."""
+    def _remember_click(self, search: _Search, item: str, ts: int, w: float) -> None:
+        """The writer's ``memory_click``: the page's examinations once, the click (an add to cart or
+        a purchase: weight ``w``), decayed to one reference ts; the least examined products beyond
+        ``memory_cap`` evicted."""
         cfg = self.cfg
         if not search.query_key or not search.shown or item not in search.shown:
             return
@@ -197,7 +199,7 @@ class ReplayFeatures:
             for i, id_ in enumerate(search.shown, start=1):
                 ex[id_] = ex.get(id_, 0.0) + add * (1 / (search.first_position + i)) ** self.eta
             search.counted = True
-        c[item] = c.get(item, 0.0) + add
+        c[item] = c.get(item, 0.0) + add * w
         names = set(c) | set(ex)
         if len(names) > cfg.memory_cap:
             for k in sorted(names, key=lambda k: (ex.get(k, 0.0), k))[: len(names) - cfg.memory_cap]:

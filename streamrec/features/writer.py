@@ -94,6 +94,7 @@ def script_config(cfg: FeatureConfig, bot: dict, keys: Keys) -> str:
             "memory_tau_ms": cfg.tau_ms(cfg.memory_half_life_s),
             "memory_positions": cfg.memory_positions,
             "memory_eta": cfg.memory_eta,
+            "memory_weights": {t: cfg.memory_weight(t) for t in INTERACTIONS},
             "shown_sep": SHOWN_SEP,
             "keys": keys.script_templates(),
             "sep": SEP,
