@@ -44,8 +44,10 @@ def build_engine(s: Settings) -> tuple[Engine, KafkaProducer]:
     replica.index.subscribe(lexical.apply)  # every vector-topic change, O(change); seeded with the snapshot
     lexical.start()
     features = FeatureStore(r, s.redis_prefix, s.features, trending_cache_s=s.serving_trending_cache_s)
-    expansions = ExpansionFollower(features, lexical, s.serving_expansion_poll_s)  # clicked searches' terms
-    expansions.start()
+    expansions = None  # clicked searches' terms, indexed only where they are searched (boost > 0)
+    if s.serving_expansion_boost > 0:
+        expansions = ExpansionFollower(features, lexical, s.serving_expansion_poll_s)
+        expansions.start()
     # send() blocks while the producer's buffer is full: no longer than a write may wait for the broker
     producer = bus.make_producer(s, max_block_ms=int(s.serving_publish_timeout_s * 1000))
     engine = Engine(s, encoder, replica, features, models, lexical, ImpressionLog(s, producer, r), expansions)
