@@ -137,9 +137,7 @@ def search_pages(seed: int, t: int, n: int = 40) -> list[Event | CatalogOp]:
             outcomes.append(("purchase", page[-1]))  # bought from the page without a click event first
         for j, (typ, item) in enumerate(outcomes):
             out.append(
-                Event(
-                    event_id=f"sc{k}-{j}", type=typ, user_id=user, item_id=item, ts=ts + 1 + j, request_id=f"sr{k}"
-                )
+                Event(event_id=f"sc{k}-{j}", type=typ, user_id=user, item_id=item, ts=ts + 1 + j, request_id=f"sr{k}")
             )
     return out
 
