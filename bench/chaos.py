@@ -98,7 +98,7 @@ class Probe:
 def applied(fs: FeatureStore, s: Settings) -> int:
     """Records the consumers have applied (their offsets in Redis, the commit point)."""
     return sum(
-        int(fs.r.get(fs.keys.offset(s.consumers_group, s.topic_events, p)) or 0) for p in range(s.topic_partitions)
+        int(fs.r.get(fs.keys.offset(s.consumers.group, s.topic.events, p)) or 0) for p in range(s.topic.partitions)
     )
 
 
@@ -135,15 +135,11 @@ def main() -> int:
     log(f"stream: {total:,} records ({args.events:,} events asked); catalogue {len(ops):,} items")
 
     tmp = Path(tempfile.mkdtemp(prefix="streamrec-chaos-"))
-    s = base.model_copy(
-        update=dict(
-            kafka_bootstrap="",
-            redis_url="",
-            state_dir=tmp / "state",
-            http_port=free_port(),
-            consumer_session_timeout_ms=4000,
-            consumer_heartbeat_ms=400,
-        )
+    s = base.replace(
+        state_dir=tmp / "state",
+        kafka={"bootstrap": "", "consumer_session_timeout_ms": 4000, "consumer_heartbeat_ms": 400},
+        redis={"url": ""},
+        http={"port": free_port()},
     )
     failures: list[str] = []
     with LocalStack(s, metrics_base_port=0) as stack:
@@ -152,7 +148,7 @@ def main() -> int:
         fs = FeatureStore.from_settings(s)
         producer = bus.make_producer(s, linger_ms=20, batch_size=512 * 1024)
         for op in ops:
-            producer.send(s.topic_catalog, key=op.item_id, value=encode(op))
+            producer.send(s.topic.catalog, key=op.item_id, value=encode(op))
         producer.flush()
         stack.wait_ready(timeout_s=600, min_items=len(ops))
         while sum(a is not None for a in fs.item_attributes([op.item_id for op in ops])) < len(ops):
@@ -164,7 +160,7 @@ def main() -> int:
         t_run = time.monotonic()
 
         def produce() -> None:
-            futures = [producer.send(s.topic_events, key=k, value=v) for k, v, _e in stream]
+            futures = [producer.send(s.topic.events, key=k, value=v) for k, v, _e in stream]
             producer.flush()
             for f in futures:
                 md = f.get(timeout=120)
@@ -184,14 +180,14 @@ def main() -> int:
                 now = int(time.time() * 1000)
                 item = f"chaos-{i}"
                 up = CatalogOp(op="upsert", item_id=item, ts=now, title=f"chaos product {i}", category="chaos")
-                producer.send(s.topic_catalog, key=item, value=encode(up))
+                producer.send(s.topic.catalog, key=item, value=encode(up))
                 new.append(item)
                 live.add(item)
                 changes["upsert"] += 1
                 if i % 3 == 2:  # a delete of a new item and of an untouched extra
                     for gone in (new.pop(crng.randrange(len(new))), extras.pop(crng.randrange(len(extras))).item_id):
                         producer.send(
-                            s.topic_catalog, key=gone, value=encode(CatalogOp(op="delete", item_id=gone, ts=now + 1))
+                            s.topic.catalog, key=gone, value=encode(CatalogOp(op="delete", item_id=gone, ts=now + 1))
                         )
                         live.discard(gone)
                         changes["delete"] += 1
@@ -271,8 +267,8 @@ def main() -> int:
         def consumers_done() -> bool:
             r = fs.r
             return all(
-                int(r.get(fs.keys.offset(s.consumers_group, s.topic_events, p)) or 0) >= end for p, end in ends.items()
-            ) and not any(r.llen(fs.keys.outbox(s.consumers_group, s.topic_events, p)) for p in ends)
+                int(r.get(fs.keys.offset(s.consumers.group, s.topic.events, p)) or 0) >= end for p, end in ends.items()
+            ) and not any(r.llen(fs.keys.outbox(s.consumers.group, s.topic.events, p)) for p in ends)
 
         wait("the consumers to apply everything", consumers_done, 1800)
         t_applied = time.monotonic()
@@ -292,11 +288,11 @@ def main() -> int:
 
         # --- checks ---------------------------------------------------------------------------
         log("checking")
-        feats = feature_mismatches(fs, ref, s.redis_prefix)
+        feats = feature_mismatches(fs, ref, s.redis.prefix)
         rejects = rejection_mismatches(s, fs, ref)
         learner = in_state()
         vectors: dict = {}
-        for m in read_all(s, s.topic_vectors):
+        for m in read_all(s, s.topic.vectors):
             rec = decode_record(m.value, m.key)
             vectors[rec.item_id] = rec
         indexed = {i for i, rec in vectors.items() if not rec.deleted}

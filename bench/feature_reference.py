@@ -18,19 +18,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from consumers.botfilter import BotConfig
 from consumers.outbox import Quarantined
 from streamrec import bus
 from streamrec.datasets import diginetica
-from streamrec.features import FeatureConfig, FeatureStore
+from streamrec.features import FeatureStore
 from streamrec.schemas import DeadLetter, Event, encode
-from streamrec.settings import Settings
+from streamrec.settings import BotSettings, FeatureSettings, Settings
 
 # no trimming of co-visitation lists in these runs, so the reference can be exact (trimming is
 # covered in test_features.py); every other cap and default applies
 FEATURE_ENV = {"STREAMREC_FEATURE_COVIS_TOP_N": "1000000"}
-CFG = FeatureConfig(covis_top_n=1_000_000)
-BOT = BotConfig()
+CFG = FeatureSettings(covis_top_n=1_000_000)
+BOT = BotSettings()
 MAX_REPORTED = 20  # mismatches listed in full; the count is always exact
 
 
@@ -317,11 +316,11 @@ def read_all(settings: Settings, topic: str, quiet_s: float = 2.0) -> list:
 def rejection_mismatches(settings: Settings, fs: FeatureStore, ref: Reference) -> Mismatches:
     """The DLQ holds exactly the malformed records, the quarantine topic exactly the bot traffic."""
     bad = Mismatches()
-    letters = [DeadLetter.model_validate_json(m.value) for m in read_all(settings, settings.topic_dlq)]
+    letters = [DeadLetter.model_validate_json(m.value) for m in read_all(settings, settings.topic.dlq)]
     bad.check(sorted(d.original_bytes() for d in letters) == sorted(ref.bad), "DLQ records differ from the bad ones")
     want_reasons = Counter(malformed(int(d.source_key[3:]))[1] for d in letters if d.source_key)
     bad.check(Counter(d.reason for d in letters) == want_reasons, "DLQ reasons differ")
-    held = [Quarantined.model_validate_json(m.value) for m in read_all(settings, settings.topic_quarantine)]
+    held = [Quarantined.model_validate_json(m.value) for m in read_all(settings, settings.topic.quarantine)]
     got_q = Counter((q.event.event_id, q.reason) for q in held)
     bad.check(got_q == ref.quarantined, f"quarantine topic: {sum(got_q.values())} vs {sum(ref.quarantined.values())}")
     want_counts = dict(Counter(reason for (_e, reason) in ref.quarantined.elements()))

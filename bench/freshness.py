@@ -79,7 +79,7 @@ def new_titles(data_dir: Path, n: int) -> list[str]:
 def kafka_round_trip(s: Settings, n: int) -> list[float]:
     producer = bus.make_producer(s, linger_ms=0)
     consumer = bus.make_consumer(s, group_id=None)
-    tps = bus.all_partitions(consumer, s.topic_drift)
+    tps = bus.all_partitions(consumer, s.topic.drift)
     consumer.assign(tps)
     consumer.seek_to_end(*tps)
     consumer.poll(100)
@@ -87,7 +87,7 @@ def kafka_round_trip(s: Settings, n: int) -> list[float]:
     for _ in range(n):
         marker = uuid.uuid4().hex.encode()
         start = time.perf_counter()
-        producer.send(s.topic_drift, key="bench", value=b'{"bench":"' + marker + b'"}')
+        producer.send(s.topic.drift, key="bench", value=b'{"bench":"' + marker + b'"}')
         producer.flush()
         seen = False
         while not seen and time.perf_counter() - start < 10:
@@ -109,10 +109,10 @@ def main() -> int:
     base = Settings()
     data_dir = base.require_data_dir()
     state = Path(tempfile.mkdtemp(prefix="streamrec-bench-"))
-    s = base.model_copy(update=dict(kafka_bootstrap="", redis_url="", state_dir=state, http_port=free_port()))
+    s = base.replace(state_dir=state, kafka={"bootstrap": ""}, redis={"url": ""}, http={"port": free_port()})
     print(
         f"freshness bench: {args.trials} trials, catalog {args.catalog} items, index factory "
-        f"{s.index_factory!r}, encoder precision {s.encoder_precision}",
+        f"{s.index.factory!r}, encoder precision {s.encoder.precision}",
         flush=True,
     )
     with LocalStack(s, metrics_base_port=0) as stack, httpx.Client(base_url=stack.base_url, timeout=10) as http:
@@ -158,7 +158,7 @@ def main() -> int:
 
     kafka_p50 = statistics.median(kafka_rt)
     print()
-    print(f"index factory {s.index_factory!r} · encoder {s.encoder_precision} · catalog {len(catalog)} items")
+    print(f"index factory {s.index.factory!r} · encoder {s.encoder.precision} · catalog {len(catalog)} items")
     print(line("baseline: Kafka produce→consume round trip", kafka_rt))
     print(line("baseline: GET /search", search_rt))
     print(line("(a) catalog upsert → found by /search", upsert, kafka_p50) + f"  misses={upsert_miss}")

@@ -8,7 +8,7 @@ Parts, each against a baseline measured in the same run, medians quoted:
      and queries (target p99 ≤ 2 s on CPU);
   bulk: a Home Depot import through the index updater's bulk path (items/s vs the raw encoder on
      every core in the same run), single upserts during it (→ searchable p50/p99), and what the
-     item-text cut (encoder_item_max_tokens) costs in neighbour recall on Amazon items;
+     item-text cut (encoder.item_max_tokens) costs in neighbour recall on Amazon items;
   3. ANN recall@10 and single-query QPS of Flat / IVF / HNSW factories vs exact search,
      plus HNSW with 10 % of the items deleted (tombstones) to show none comes back.
 Every line names its FAISS factory string (or encoder model id). Subsets keep it to a few minutes
@@ -72,13 +72,13 @@ def encoder_part(s: Settings, n_items: int, rounds: int) -> tuple[Encoder, dict]
     import torch
 
     encoders = [
-        Encoder(s.model_dir, device="cpu", precision="fp32"),
-        Encoder(s.model_dir, device="cpu", precision="int8"),
+        Encoder(s.encoder.model_dir, device="cpu", precision="fp32"),
+        Encoder(s.encoder.model_dir, device="cpu", precision="int8"),
     ]
     if torch.cuda.is_available():
-        encoders += [Encoder(s.model_dir, device="cuda", precision=p) for p in ("fp32", "fp16", "bf16")]
+        encoders += [Encoder(s.encoder.model_dir, device="cuda", precision=p) for p in ("fp32", "fp16", "bf16")]
     names = [f"{e.model_id}@{e.device}" for e in encoders]
-    template = s.item_text_template
+    template = s.encoder.item_text_template
     catalogs = {
         "homedepot": [item_text(op, template) for op in homedepot.catalog(s.data_dir, limit=n_items)],
         "instacart": [item_text(op, template) for op in instacart.catalog(s.data_dir, limit=n_items)],
@@ -180,23 +180,18 @@ def freshness_part(
     with tempfile.TemporaryDirectory() as tmp, EmbeddedKafka(Path(tmp) / "tansu") as broker:
         bus.wait_for_broker(broker.bootstrap)
         tag = uuid.uuid4().hex[:6]
-        s = s0.model_copy(
-            update=dict(
-                kafka_bootstrap=broker.bootstrap,
-                state_dir=Path(tmp) / "state",
-                index_factory=factory,
-                topic_catalog=f"b{tag}.catalog",
-                topic_vectors=f"b{tag}.vectors",
-                topic_dlq=f"b{tag}.dlq",
-                encoder_precision="fp32",
-                index_snapshot_every_s=10.0,
-            )
+        s = s0.replace(
+            state_dir=Path(tmp) / "state",
+            kafka={"bootstrap": broker.bootstrap},
+            index={"factory": factory, "snapshot_every_s": 10.0},
+            topic={"catalog": f"b{tag}.catalog", "vectors": f"b{tag}.vectors", "dlq": f"b{tag}.dlq"},
+            encoder={"precision": "fp32"},
         )
         bus.ensure_topics(s)
         producer = bus.make_producer(s)
         for n in range(n_base):  # an existing index: its vectors are already on the topic
             producer.send(
-                s.topic_vectors,
+                s.topic.vectors,
                 key=f"hd{n}",
                 value=encode_record(
                     VectorRecord(f"hd{n}", vector=vecs[n], meta=ItemMeta(title=items[n]), model_id=fp32.model_id)
@@ -211,7 +206,7 @@ def freshness_part(
         while len(replica.index) < n_base:
             time.sleep(0.1)
         watcher = Watcher(replica)
-        queries = Encoder(s.model_dir, precision="fp32")  # serving's own encoder, as in production
+        queries = Encoder(s.encoder.model_dir, precision="fp32")  # serving's own encoder, as in production
         ids = [f"hd{n}" for n in range(n_base)]
 
         def change(n: int) -> None:
@@ -224,7 +219,7 @@ def freshness_part(
                 title = f"{pool[n % len(pool)]} #{n}"
                 op = CatalogOp(op="upsert", item_id=item_id, ts=int(sent * 1000), title=title)
             watcher.expect(item_id, title, sent)
-            producer.send(s.topic_catalog, key=item_id, value=encode(op))
+            producer.send(s.topic.catalog, key=item_id, value=encode(op))
             producer.flush()
 
         # warm-up (updater joins its group, loads its replica) and the idle baseline: one change at a time
@@ -292,11 +287,11 @@ def freshness_part(
 
 
 def truncation_part(s: Settings, fp32: Encoder, n_items: int) -> None:
-    """What cutting item text at encoder_item_max_tokens costs: recall@10 of each item's neighbours
+    """What cutting item text at encoder.item_max_tokens costs: recall@10 of each item's neighbours
     vs the model's own limit, on Amazon office items (title + category + description)."""
     from streamrec.datasets import amazon18
 
-    texts = [item_text(op, s.item_text_template) for op in amazon18.catalog(s.data_dir)][:n_items]
+    texts = [item_text(op, s.encoder.item_text_template) for op in amazon18.catalog(s.data_dir)][:n_items]
     lengths = [len(ids) for ids in fp32.tokenizer(texts)["input_ids"]]
     say(
         f"[bulk] truncation: {len(texts)} Amazon office items, tokens p50 {statistics.median(lengths):.0f} "
@@ -306,14 +301,14 @@ def truncation_part(s: Settings, fp32: Encoder, n_items: int) -> None:
     full = fp32.encode(texts)
     full_rate = len(texts) / (time.perf_counter() - t0)
     truth = exact_topk(full, full, 10, skip_self=True)
-    for cut in sorted({64, 128, s.encoder_item_max_tokens} - {0}):
+    for cut in sorted({64, 128, s.encoder.item_max_tokens} - {0}):
         t0 = time.perf_counter()
         x = fp32.encode(texts, max_length=cut)
         rate = len(texts) / (time.perf_counter() - t0)
         say(
             f"bulk   truncation max_tokens={cut:<4} recall@10 of item→similar neighbours vs uncut "
             f"{overlap_at_k(truth, exact_topk(x, x, 10, skip_self=True)):.3f}  items/s {rate:6.1f} vs uncut "
-            f"{full_rate:6.1f} (×{rate / full_rate:.2f})" + ("  ← default" if cut == s.encoder_item_max_tokens else "")
+            f"{full_rate:6.1f} (×{rate / full_rate:.2f})" + ("  ← default" if cut == s.encoder.item_max_tokens else "")
         )
 
 
@@ -331,9 +326,9 @@ def bulk_part(s0: Settings, fp32: Encoder, n_items: int, live_every_s: float, in
     from streamrec.encoder import set_torch_threads
 
     ops = list(homedepot.catalog(s0.data_dir, limit=n_items))
-    texts = [item_text(op, s0.item_text_template) for op in ops]
+    texts = [item_text(op, s0.encoder.item_text_template) for op in ops]
     cores = os.cpu_count() or 1
-    cut = s0.encoder_item_max_tokens or None
+    cut = s0.encoder.item_max_tokens or None
     raw: dict[int, float] = {}
     before = set_torch_threads(cores)
     for threads in dict.fromkeys([1, cores]):
@@ -348,19 +343,15 @@ def bulk_part(s0: Settings, fp32: Encoder, n_items: int, live_every_s: float, in
         f"(×{raw[cores] / raw[1]:.2f})"
     )
     extra = homedepot.catalog(s0.data_dir, limit=n_items + 400)
-    pool = [item_text(op, s0.item_text_template) for op in extra][n_items:]
+    pool = [item_text(op, s0.encoder.item_text_template) for op in extra][n_items:]
     with tempfile.TemporaryDirectory() as tmp, EmbeddedKafka(Path(tmp) / "tansu") as broker:
         bus.wait_for_broker(broker.bootstrap)
         tag = uuid.uuid4().hex[:6]
-        s = s0.model_copy(
-            update=dict(
-                kafka_bootstrap=broker.bootstrap,
-                state_dir=Path(tmp) / "state",
-                topic_catalog=f"k{tag}.catalog",
-                topic_vectors=f"k{tag}.vectors",
-                topic_dlq=f"k{tag}.dlq",
-                index_snapshot_every_s=60.0,
-            )
+        s = s0.replace(
+            state_dir=Path(tmp) / "state",
+            kafka={"bootstrap": broker.bootstrap},
+            topic={"catalog": f"k{tag}.catalog", "vectors": f"k{tag}.vectors", "dlq": f"k{tag}.dlq"},
+            index={"snapshot_every_s": 60.0},
         )
         bus.ensure_topics(s)
         updater = BulkUpdater(s, fp32, Path(tmp), in_process)
@@ -369,7 +360,7 @@ def bulk_part(s0: Settings, fp32: Encoder, n_items: int, live_every_s: float, in
         producer = bus.make_producer(s)
         # warm-up: the updater joins its group before the clock starts
         warm = CatalogOp(op="upsert", item_id="warm", ts=int(time.time() * 1000), title="warm up")
-        bus.publish_confirmed(producer, [(s.topic_catalog, "warm", encode(warm))], timeout_s=30)
+        bus.publish_confirmed(producer, [(s.topic.catalog, "warm", encode(warm))], timeout_s=30)
         while "warm" not in replica.index:
             time.sleep(0.05)
         watcher = Watcher(replica)
@@ -380,7 +371,7 @@ def bulk_part(s0: Settings, fp32: Encoder, n_items: int, live_every_s: float, in
         t_start = time.time()
         for start in range(0, len(ops), 1000):
             part = ops[start : start + 1000]
-            bus.publish_confirmed(producer, [(s.topic_catalog, op.item_id, encode(op)) for op in part], timeout_s=60)
+            bus.publish_confirmed(producer, [(s.topic.catalog, op.item_id, encode(op)) for op in part], timeout_s=60)
         posted = time.time() - t_start
         rng = random.Random(11)
         n = 0
@@ -390,7 +381,7 @@ def bulk_part(s0: Settings, fp32: Encoder, n_items: int, live_every_s: float, in
             sent = time.time()
             watcher.expect(item_id, title, sent)
             op = CatalogOp(op="upsert", item_id=item_id, ts=int(sent * 1000), title=title)
-            bus.publish_confirmed(producer, [(s.topic_catalog, item_id, encode(op))], timeout_s=30)
+            bus.publish_confirmed(producer, [(s.topic.catalog, item_id, encode(op))], timeout_s=30)
             n += 1
             time.sleep(live_every_s)
         elapsed = time.time() - t_start
@@ -462,9 +453,7 @@ class BulkUpdater:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
         env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
-        for field in ("kafka_bootstrap", "state_dir", "topic_catalog", "topic_vectors", "topic_dlq"):
-            env[f"STREAMREC_{field.upper()}"] = str(getattr(s, field))
-        env["STREAMREC_INDEX_SNAPSHOT_EVERY_S"] = str(s.index_snapshot_every_s)
+        env |= s.to_env()
         env["STREAMREC_METRICS_PORT"] = str(self.port)
         self._log = open(tmp / "index-updater.log", "wb")  # noqa: SIM115 (closed in stop)
         self._child = subprocess.Popen(
@@ -521,7 +510,7 @@ def ann_part(
     s: Settings, data: dict, n_items: int, n_queries: int, rounds: int, factories: list[str]
 ) -> tuple[np.ndarray, list[str], np.ndarray]:
     enc: Encoder = data["int8"]  # the fastest way to get many real vectors on CPU
-    texts = [item_text(op, s.item_text_template) for op in homedepot.catalog(s.data_dir, limit=n_items)]
+    texts = [item_text(op, s.encoder.item_text_template) for op in homedepot.catalog(s.data_dir, limit=n_items)]
     have = data["hd_int8"][: len(texts)]
     say(f"[3/4] ANN: {len(texts)} Home Depot titles with {enc.model_id}; embedding {len(texts) - len(have)} more …")
     t0 = time.perf_counter()
@@ -533,7 +522,7 @@ def ann_part(
     baseline_qps = None
     for factory in factories:
         index = LiveIndex(
-            enc.dim, factory, nprobe=s.index_nprobe, ef_search=s.index_ef_search, search_threads=s.index_search_threads
+            enc.dim, factory, nprobe=s.index.nprobe, ef_search=s.index.ef_search, search_threads=s.index.search_threads
         )
         t0 = time.perf_counter()
         for start in range(0, len(x), 1000):
@@ -550,9 +539,9 @@ def ann_part(
         med = statistics.median(qps)
         baseline_qps = baseline_qps or med
         params = (
-            f"nprobe={s.index_nprobe}"
+            f"nprobe={s.index.nprobe}"
             if "IVF" in factory
-            else (f"efSearch={s.index_ef_search}" if "HNSW" in factory else "exact")
+            else (f"efSearch={s.index.ef_search}" if "HNSW" in factory else "exact")
         )
         if not index.trained:
             params = "UNTRAINED→exact"  # too few vectors to train this factory: said, not hidden
@@ -560,7 +549,7 @@ def ann_part(
             f"ann    factory={factory:<14} {params:<12} n={len(x)}  recall@10 {recall:.3f}  QPS median "
             f"{med:7.0f} (×{med / baseline_qps:.1f} vs Flat baseline)  build {build_s:.1f}s"
         )
-        if factory == factories[0] and s.index_search_threads:
+        if factory == factories[0] and s.index.search_threads:
             index.search_threads = 0  # what a search costs with faiss' default OpenMP threads
             qps0 = []
             for _ in range(rounds):
@@ -570,7 +559,7 @@ def ann_part(
                 qps0.append(len(q) / (time.perf_counter() - t0))
             say(
                 f"ann    factory={factory:<14} {params:<12} n={len(x)}  same, faiss default OpenMP threads "
-                f"instead of index_search_threads={s.index_search_threads}: QPS median {statistics.median(qps0):7.0f}"
+                f"instead of index_search_threads={s.index.search_threads}: QPS median {statistics.median(qps0):7.0f}"
             )
         if "HNSW" in factory:
             gone = set(ids[::10])
@@ -597,20 +586,18 @@ def restart_part(s0: Settings, x: np.ndarray, texts: list[str], q: np.ndarray, r
     with tempfile.TemporaryDirectory() as tmp, EmbeddedKafka(Path(tmp) / "tansu") as broker:
         bus.wait_for_broker(broker.bootstrap)
         tag = uuid.uuid4().hex[:6]
-        s = s0.model_copy(
-            update=dict(
-                kafka_bootstrap=broker.bootstrap,
-                state_dir=Path(tmp) / "state",
-                index_factory=factory,
-                topic_vectors=f"r{tag}.vectors",
-            )
+        s = s0.replace(
+            state_dir=Path(tmp) / "state",
+            kafka={"bootstrap": broker.bootstrap},
+            index={"factory": factory},
+            topic={"vectors": f"r{tag}.vectors"},
         )
         bus.ensure_topics(s)
         producer = bus.make_producer(s)
 
         def send(item: int, vector: np.ndarray, title: str) -> None:
             producer.send(
-                s.topic_vectors,
+                s.topic.vectors,
                 key=f"hd{item}",
                 value=encode_record(VectorRecord(f"hd{item}", vector=vector, meta=ItemMeta(title=title))),
             )

@@ -50,14 +50,14 @@ def cpu_s(pid: int) -> float:
 
 def fresh(base: Settings) -> Settings:
     tag = uuid.uuid4().hex[:8]
-    s = base.model_copy(
-        update=dict(
-            redis_prefix=f"b{tag}:",
-            topic_events=f"b{tag}.events",
-            topic_catalog=f"b{tag}.catalog",
-            topic_dlq=f"b{tag}.dlq",
-            topic_quarantine=f"b{tag}.quarantine",
-        )
+    s = base.replace(
+        redis={"prefix": f"b{tag}:"},
+        topic={
+            "events": f"b{tag}.events",
+            "catalog": f"b{tag}.catalog",
+            "dlq": f"b{tag}.dlq",
+            "quarantine": f"b{tag}.quarantine",
+        },
     )
     bus.ensure_topics(s)
     return s
@@ -78,23 +78,23 @@ def produce(s: Settings, topic: str, events: list[tuple[str, bytes]]) -> dict[in
 
 def group(s: Settings) -> str:
     """A consumer group per trial: a fresh group forms at once, whatever earlier trials left."""
-    return f"streamrec-consumers-{s.redis_prefix.rstrip(':')}"
+    return f"streamrec-consumers-{s.redis.prefix.rstrip(':')}"
 
 
 def applied(s: Settings, r, partitions: int) -> dict[int, int]:
     out = {}
     for p in range(partitions):
-        v = r.get(f"{s.redis_prefix}off:{group(s)}:{s.topic_events}:{p}")
+        v = r.get(f"{s.redis.prefix}off:{group(s)}:{s.topic.events}:{p}")
         out[p] = int(v) if v is not None else 0
     return out
 
 
 def raw_ceiling(s: Settings, events: list[tuple[str, bytes]]) -> float:
     """Events/s of a bare consumer: fetch + ``json.loads``, no validation, no Redis."""
-    produce(s, s.topic_events, events)
+    produce(s, s.topic.events, events)
     c = bus.make_consumer(s, group_id=None)
     try:
-        tps = bus.all_partitions(c, s.topic_events)
+        tps = bus.all_partitions(c, s.topic.events)
         c.assign(tps)
         c.seek_to_beginning(*tps)
         n, started = 0, time.perf_counter()
@@ -109,24 +109,16 @@ def raw_ceiling(s: Settings, events: list[tuple[str, bytes]]) -> float:
 
 
 def start_consumers(s: Settings, n: int, log_dir: Path) -> tuple[list[subprocess.Popen], list[Path]]:
-    env = child_env(
-        kafka_bootstrap=s.kafka_bootstrap,
-        redis_url=s.redis_url,
-        redis_prefix=s.redis_prefix,
-        topic_events=s.topic_events,
-        topic_catalog=s.topic_catalog,
-        topic_dlq=s.topic_dlq,
-        topic_quarantine=s.topic_quarantine,
-        log_level="INFO",
-        # short group timeouts, as in the tests: a trial's group forms in seconds
-        consumer_session_timeout_ms=6000,
-        consumer_heartbeat_ms=500,
-        consumer_max_poll_interval_ms=10_000,
-    )
-    env["STREAMREC_CONSUMERS_GROUP"] = group(s)
+    # short group timeouts, as in the tests: a trial's group forms in seconds
+    timeouts = {
+        "consumer_session_timeout_ms": 6000,
+        "consumer_heartbeat_ms": 500,
+        "consumer_max_poll_interval_ms": 10_000,
+    }
+    env = child_env(s.replace(kafka=timeouts, consumers={"group": group(s)}).to_env()) | {"STREAMREC_LOG_LEVEL": "INFO"}
     procs, logs = [], []
     for i in range(n):
-        logs.append(log_dir / f"{s.redis_prefix.rstrip(':')}-{i}.log")
+        logs.append(log_dir / f"{s.redis.prefix.rstrip(':')}-{i}.log")
         with open(logs[-1], "wb") as log:
             procs.append(
                 subprocess.Popen(
@@ -156,7 +148,7 @@ def wait_applied(s: Settings, r, ends: dict[int, int], timeout_s: float = 600.0)
     """Seconds until every partition's Redis offset reached ``ends``; returns the finish time."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        got = applied(s, r, s.topic_partitions)
+        got = applied(s, r, s.topic.partitions)
         if all(got[p] >= end for p, end in ends.items()):
             return time.perf_counter()
         time.sleep(0.02)
@@ -175,10 +167,10 @@ def e2e(base: Settings, events, consumers: int, mode: str, log_dir: Path, server
                 f"consumer{i}": cpu_s(p.pid) for i, p in enumerate(procs)
             }
             started = time.perf_counter()
-            ends = produce(s, s.topic_events, events)
+            ends = produce(s, s.topic.events, events)
             finished = wait_applied(s, r, ends)
         else:
-            ends = produce(s, s.topic_events, events)
+            ends = produce(s, s.topic.events, events)
             procs, logs = start_consumers(s, consumers, log_dir)
             wait_joined(procs, logs[:1], settle_s=0.0)  # the clock starts when the first one owns partitions
             started = time.perf_counter()
@@ -204,7 +196,7 @@ def profile_in_process(base: Settings, events) -> str:
     from consumers.service import Ingestor
 
     s = fresh(base)
-    ends = produce(s, s.topic_events, events)
+    ends = produce(s, s.topic.events, events)
     r = connect(s)
     stop = threading.Event()
     ingestor = Ingestor(s, group=group(s))
@@ -237,20 +229,20 @@ def main() -> None:
         tmp_path = Path(tmp)
         embedded = []
         servers = {}
-        if not base.kafka_bootstrap:
+        if not base.kafka.bootstrap:
             kafka = EmbeddedKafka(tmp_path / "tansu").start()
             embedded.append(kafka)
-            base = base.model_copy(update={"kafka_bootstrap": kafka.bootstrap})
+            base = base.replace(kafka={"bootstrap": kafka.bootstrap})
             servers["broker"] = kafka.proc.pid
-        if not base.redis_url:
+        if not base.redis.url:
             redis_server = EmbeddedRedis(tmp_path / "redis").start()
             embedded.append(redis_server)
-            base = base.model_copy(update={"redis_url": redis_server.url})
+            base = base.replace(redis={"url": redis_server.url})
             servers["redis"] = redis_server.proc.pid
         try:
-            bus.wait_for_broker(base.kafka_bootstrap)
+            bus.wait_for_broker(base.kafka.bootstrap)
             print(
-                f"# {len(events)} DIGINETICA events, {base.topic_partitions} partitions, "
+                f"# {len(events)} DIGINETICA events, {base.topic.partitions} partitions, "
                 f"{os.cpu_count()} CPUs, repeats={args.repeats} (medians)"
             )
             ceiling = statistics.median(raw_ceiling(fresh(base), events) for _ in range(args.repeats))

@@ -5,7 +5,7 @@
 (2) freshness, p50/p99: (a) ModelStore.publish → a poller in *another process* polling
     latest_version() every --poll-ms (serving's default 200 ms) has load()ed it; (b) a click
     sent to Kafka → that poller has loaded a version trained on it (learner service running
-    on embedded Tansu + Redis, publish_every_s=--publish-s);
+    on embedded Tansu + Redis, learner.publish_every_s=--publish-s);
 (3) quality: prequential click AUC, online vs popularity on the whole stream (paired bootstrap
     interval of the difference) and online vs the champion frozen at the half vs popularity on
     the later half, each difference with its paired interval — on the stationary stream, on
@@ -27,7 +27,6 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -81,7 +80,7 @@ def seen_times(proc: subprocess.Popen) -> list[dict]:
 def throughput(data_dir: Path) -> None:
     vectors, attrs = E.item_tables(data_dir)
     events = list(ob.events(data_dir))
-    core = OnlineLearner(OnlineRanker(seed=0), E.default_config())
+    core = OnlineLearner(OnlineRanker(seed=0), E.LEARNER, E.DRIFT)
     t0 = time.perf_counter()
     log = replay(events, core, ReplayFeatures(attrs), vectors.get, batch_size=64)
     dt = time.perf_counter() - t0
@@ -142,15 +141,16 @@ def event_to_visible(trials: int, every_s: float, publish_s: float) -> None:
         bus.wait_for_broker(kafka.bootstrap)
         tag = uuid.uuid4().hex[:6]
         s = Settings(
-            kafka_bootstrap=kafka.bootstrap,
-            redis_url=redis_srv.url,
-            redis_prefix=f"b{tag}:",
             state_dir=Path(tmp) / "state",
-            label_window_s=600,
-            publish_every_s=publish_s,
-            publish_every_updates=1_000_000,
-            learner_max_batch_delay_s=0.02,
-            learner_follow_vectors=False,
+            kafka={"bootstrap": kafka.bootstrap},
+            redis={"url": redis_srv.url, "prefix": f"b{tag}:"},
+            learner={
+                "label_window_s": 600,
+                "publish_every_s": publish_s,
+                "publish_every_updates": 1_000_000,
+                "max_batch_delay_s": 0.02,
+                "follow_vectors": False,
+            },
         )
         bus.ensure_topics(s)
         stop = threading.Event()
@@ -166,7 +166,7 @@ def event_to_visible(trials: int, every_s: float, publish_s: float) -> None:
 
         def click(k: int) -> None:
             producer.send(
-                s.topic_events,
+                s.topic.events,
                 key="u",
                 value=encode(
                     Event(event_id=f"c{k}", type="click", user_id="u", ts=now + 1, request_id=f"r{k}", item_id="a")
@@ -176,7 +176,7 @@ def event_to_visible(trials: int, every_s: float, publish_s: float) -> None:
 
         for k in range(trials + 1):  # impressions first: each click then becomes one example at once
             producer.send(
-                s.topic_events,
+                s.topic.events,
                 key="u",
                 value=encode(
                     Event(
@@ -283,8 +283,8 @@ def quality(data_dir: Path, seeds: int = 3, raw: bool = True) -> None:
         return
     rows = ob.merged(data_dir)  # the raw stream, no down-sampling
     for rate in (1.0, 0.05):
-        cfg = replace(E.default_config(), train_negative_rate=rate)
-        r = E.run(data_dir, rows, len(rows) // 2, config=cfg, freeze_at_shift=True)
+        cfg = E.LEARNER.model_copy(update={"train_negative_rate": rate})
+        r = E.run(data_dir, rows, len(rows) // 2, learner=cfg, freeze_at_shift=True)
         a = r.aucs()
         d, lo, hi = r.versus_popularity("whole", n_boot=200)
         p, y, _ = r.log.arrays()
@@ -305,8 +305,8 @@ def main() -> None:
     ap.add_argument(
         "--publish-s",
         type=float,
-        default=Settings().publish_every_s,
-        help="the learner's publish_every_s (default: the shipped setting)",
+        default=Settings().learner.publish_every_s,
+        help="the learner's learner.publish_every_s (default: the shipped setting)",
     )
     ap.add_argument("--skip", nargs="*", default=[], choices=["throughput", "publish", "event", "quality", "raw"])
     ap.add_argument("--seeds", type=int, default=3, help="quality: stationary seeds and shuffles (shifted: one more)")
@@ -315,7 +315,7 @@ def main() -> None:
     data_dir = Settings().require_data_dir()
     print(
         f"streamrec learner bench — torch {torch.__version__}, 1 thread, batch 64/32, Adam lr "
-        f"{E.default_config().lr} (challenger x{E.default_config().challenger_lr_scale})"
+        f"{E.LEARNER.lr} (challenger x{OnlineLearner.CHALLENGER_LR_SCALE})"
     )
     if "throughput" not in args.skip:
         throughput(data_dir)

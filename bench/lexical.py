@@ -271,7 +271,7 @@ def main() -> None:
     ap.add_argument("--changes", type=int, default=200, help="adds, and as many replaces and deletes")
     ap.add_argument("--rate", type=float, default=10.0, help="changes per second")
     ap.add_argument("--queries", type=int, default=3000, help="idle search sample (real Home Depot queries)")
-    ap.add_argument("--k", type=int, default=100, help="top-k per search (serving_candidates)")
+    ap.add_argument("--k", type=int, default=100, help="top-k per search (serving.candidates)")
     ap.add_argument("--chunk", type=int, default=50_000, help="items per apply in the bulk build")
     args = ap.parse_args()
 

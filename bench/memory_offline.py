@@ -52,12 +52,12 @@ def pools(queries: dict[str, dict[str, float]], products: dict[str, str], s: Set
     out = []
     for (q, lab), qv in zip(queries.items(), encoder.encode(list(queries)), strict=True):
         cos = titles @ qv
-        top = np.argsort(-cos)[: s.serving_candidates]
+        top = np.argsort(-cos)[: s.serving.candidates]
         dense = [(ids[j], float(cos[j])) for j in top]
         cands = fusion.gather(
-            lexical.search(q, s.serving_candidates), dense, lambda i, qv=qv: float(titles[row[i]] @ qv)
+            lexical.search(q, s.serving.candidates), dense, lambda i, qv=qv: float(titles[row[i]] @ qv)
         )
-        fused = fusion.weighted(cands, s.serving_lexical_weight, s.serving_dense_weight)
+        fused = fusion.weighted(cands, s.search.lexical_weight, s.search.dense_weight)
         out.append(Pool(lab, list(cands.ids), np.asarray(fused, dtype=np.float64)))
     return out
 

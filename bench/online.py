@@ -59,7 +59,7 @@ from bench.quality import (
 )
 from launcher.stack import LocalStack
 from streamrec.analysis import query_key
-from streamrec.settings import Settings
+from streamrec.settings import SearchSettings, Settings
 
 NOISE = {  # P(click | grade 0, 1, 2), P(stop | grade 0, 1, 2)
     "perfect": ((0.0, 0.5, 1.0), (0.0, 0.0, 0.0)),
@@ -70,28 +70,22 @@ PURCHASE_SHARE = 0.3  # of clicks on exact matches (grade ≥ 1.5)
 K = 10  # results per page: what a shopper sees and what nDCG@10 scores
 
 # Configurations compared by --ablations: settings overrides of the stack (one fresh stack each).
-NO_EXPLORATION = {"serving_search_explore_share": 0.0, "serving_search_swap_share": 0.0}
-NOTHING_LEARNED = {
-    "serving_search_head_weight": 0.0,
-    "serving_expansion_boost": 0.0,
-    "serving_search_memory_weight": 0.0,
-}
-DEFAULT_MEMORY_WEIGHT = Settings.model_fields["serving_search_memory_weight"].default
-ABLATIONS: dict[str, dict[str, object]] = {
-    "learning off": {**NOTHING_LEARNED, **NO_EXPLORATION},
+# (``Settings.replace`` arguments: a group and the fields it changes).
+NO_EXPLORATION = {"explore_share": 0.0, "swap_share": 0.0}
+NOTHING_LEARNED = {"head_weight": 0.0, "expansion_boost": 0.0, "memory_weight": 0.0}
+DEFAULT_MEMORY_WEIGHT = SearchSettings().memory_weight
+ABLATIONS: dict[str, dict[str, dict[str, object]]] = {
+    "learning off": {"search": {**NOTHING_LEARNED, **NO_EXPLORATION}},
     # the head served as it was before its scorecard, learning from every list (clicked or not)
     "head ungated, all lists": {
-        **NOTHING_LEARNED,
-        "serving_search_head_weight": 0.5,
-        "serving_search_head_gate": False,
-        "learner_skip_clickless_searches": False,
-        **NO_EXPLORATION,
+        "search": {**NOTHING_LEARNED, "head_weight": 0.5, "head_gate": False, **NO_EXPLORATION},
+        "learner": {"skip_clickless_searches": False},
     },
-    "expansion only": {**NOTHING_LEARNED, "serving_expansion_boost": 0.5, **NO_EXPLORATION},
-    "click memory only": {**NOTHING_LEARNED, "serving_search_memory_weight": DEFAULT_MEMORY_WEIGHT, **NO_EXPLORATION},
-    "full, no exploration": dict(NO_EXPLORATION),
+    "expansion only": {"search": {**NOTHING_LEARNED, "expansion_boost": 0.5, **NO_EXPLORATION}},
+    "click memory only": {"search": {**NOTHING_LEARNED, "memory_weight": DEFAULT_MEMORY_WEIGHT, **NO_EXPLORATION}},
+    "full, no exploration": {"search": dict(NO_EXPLORATION)},
     "full (default settings)": {},
-    "full + expansion 0.5": {"serving_expansion_boost": 0.5},
+    "full + expansion 0.5": {"search": {"expansion_boost": 0.5}},
 }
 
 
@@ -249,7 +243,7 @@ def simulate(
     report.start = play_round(http, data, model, rng, 0, shoppers=False)
     for r in range(1, rounds + 1):
         score = play_round(http, data, model, rng, r)
-        score.model_version = wait_model_settled(http, after_s=stack.settings.label_window_s + 1.0, quiet_s=3.0)
+        score.model_version = wait_model_settled(http, after_s=stack.settings.learner.label_window_s + 1.0, quiet_s=3.0)
         score.head_earned = bool(http.get("/healthz").json().get("search_head_earned"))
         report.rounds.append(score)
         print(
@@ -285,7 +279,7 @@ def run_config(
     seed: int,
     base: Settings,
 ) -> OnlineReport:
-    stack = start_stack(base, label_window_s=2.0, publish_every_s=0.5, **overrides)
+    stack = start_stack(base.replace(learner={"label_window_s": 2.0, "publish_every_s": 0.5}), **overrides)
     try:
         with httpx.Client(base_url=stack.base_url, timeout=30) as http:
             wait_for(lambda: _up(http), 300, "API up")

@@ -37,7 +37,7 @@ from streamrec.datasets import homedepot
 from streamrec.settings import Settings
 from streamrec.vector_index.live import ItemMeta
 
-N = 100  # candidates per list, as serving_candidates
+N = 100  # candidates per list, as serving.candidates
 Expansion = dict[str, dict[str, float]]  # item -> term -> weight
 
 
@@ -51,7 +51,7 @@ class Searcher:
         self.ids = list(products)
         self.mat = titles[[row[i] for i in self.ids]]
         self.qvec = qvec
-        self.weights = (s.serving_lexical_weight, s.serving_dense_weight)
+        self.weights = (s.search.lexical_weight, s.search.dense_weight)
         self._dense: dict[str, list[tuple[str, float]]] = {}
         self._pos = {i: j for j, i in enumerate(self.ids)}
 

@@ -76,9 +76,8 @@ def start_stack(base: Settings | None = None, **overrides) -> LocalStack:
     """A fresh embedded stack (own broker, Redis and state) — what `streamrec up` runs."""
     base = base or Settings()
     state = Path(tempfile.mkdtemp(prefix="streamrec-quality-"))
-    s = base.model_copy(
-        update=dict(kafka_bootstrap="", redis_url="", state_dir=state, http_port=free_port(), **overrides)
-    )
+    embedded = {"kafka": {"bootstrap": ""}, "redis": {"url": ""}, "http": {"port": free_port()}}
+    s = base.replace(**overrides).replace(state_dir=state, **embedded)
     return LocalStack(s, metrics_base_port=0).start()
 
 
@@ -326,7 +325,7 @@ def measure_search(data: SearchData, base: Settings, index_timeout_s: float = 36
             version_before = model_version(http)
             counts = replay_search_feedback(http, data.feedback)
             print(f"  feedback replayed: {counts}", flush=True)
-            version_after = wait_model_settled(http, after_s=stack.settings.label_window_s + 5)
+            version_after = wait_model_settled(http, after_s=stack.settings.learner.label_window_s + 5)
             after = {v: score_search(http, data.evaluation, v) for v in SEARCH_VARIANTS}
             seen_after = score_search(http, data.feedback, "full")
     finally:
@@ -586,7 +585,7 @@ def measure_recommend(
                     flush=True,
                 )
             tallies, latency, visible = _score_sessions(http, evaluate, first_eval, ablation_every)
-            redis_bytes = _redis_used_memory(stack.settings.redis_url)
+            redis_bytes = _redis_used_memory(stack.settings.redis.url)
             gc_full = _full_collections(http)
     finally:
         stack.stop()

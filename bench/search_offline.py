@@ -29,7 +29,7 @@ from streamrec.encoder import Encoder
 from streamrec.settings import Settings
 from streamrec.vector_index.live import ItemMeta
 
-N = 100  # candidates per list, as serving_candidates
+N = 100  # candidates per list, as serving.candidates
 
 
 def ndcg10(ranked: list[str], labels: dict[str, float]) -> float:
@@ -112,7 +112,7 @@ def main() -> None:
             out.append(ndcg10([c.ids[j] for j in order], labels[queries[k]]))
         return float(np.mean(out))
 
-    default = (s.serving_lexical_weight, s.serving_dense_weight)
+    default = (s.search.lexical_weight, s.search.dense_weight)
     print(f"{'variant':<28} {'FB nDCG@10':>10} {'EV nDCG@10':>10}")
     for variant in ("bm25", "dense", "rrf"):
         print(f"{variant:<28} {score(variant, default, 'FB'):>10.4f} {score(variant, default, 'EV'):>10.4f}")

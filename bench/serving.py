@@ -261,7 +261,7 @@ def main() -> int:
     base = Settings()
     data_dir = base.require_data_dir()
     tmp = Path(tempfile.mkdtemp(prefix="streamrec-serving-bench-"))
-    s = base.model_copy(update=dict(kafka_bootstrap="", redis_url="", state_dir=tmp / "state", http_port=free_port()))
+    s = base.replace(state_dir=tmp / "state", kafka={"bootstrap": ""}, redis={"url": ""}, http={"port": free_port()})
     mix = {k: float(v) for k, v in (kv.split("=") for kv in args.mix.split(","))}
     steps = [float(x) for x in args.steps.split(",")]
     ops = list(homedepot.catalog(data_dir, limit=args.products))

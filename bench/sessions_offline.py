@@ -30,15 +30,13 @@ import time
 from pathlib import Path
 
 from consumers.apply import Writer
-from consumers.botfilter import BotConfig
 from launcher.embedded import EmbeddedRedis
-from streamrec.features import FeatureConfig, FeatureStore
+from streamrec.features import FeatureStore
 from streamrec.ranking import FeatureAssembler
 from streamrec.schemas import Event, encode
 from streamrec.sessions import candidates, fusion
 from streamrec.sessions.learned import MODES, FusionModel, features
-from streamrec.sessions.params import SessionParams
-from streamrec.settings import Settings
+from streamrec.settings import BotSettings, FeatureSettings, RecommendSettings, Settings
 from streamrec.store import connect, connect_binary
 
 T0 = 1_451_606_400_000  # 2016-01-01
@@ -51,9 +49,9 @@ VARIANTS = ("fused", "stan", "vsknn", "covis", "repeat", "popular")
 class Stream:
     """Writes events through the consumers' writer script, as consecutive offsets of one partition."""
 
-    def __init__(self, url: str, prefix: str, cfg: FeatureConfig):
-        s = Settings(redis_url=url, redis_prefix=prefix)
-        bot_off = BotConfig(user_limit=0, item_limit=0, repeat_gap_ms=0)
+    def __init__(self, url: str, prefix: str, cfg: FeatureSettings):
+        s = Settings(redis={"url": url, "prefix": prefix})
+        bot_off = BotSettings(user_limit=0, item_limit=0, repeat_gap_ms=0)
         self.writer = Writer(connect_binary(s), prefix, "bench", cfg, bot_off)
         self.offset = self.writer.stored_offset("events", 0) or 0
         self.pending: list[Event] = []
@@ -105,8 +103,8 @@ def main() -> int:
     sessions = [json.loads(line) for line in args.data.open()]
     n_hist = int(0.9 * len(sessions))
     held = sessions[n_hist:][: args.limit or None]
-    cfg = FeatureConfig()
-    p = SessionParams.defaults()
+    cfg = FeatureSettings()
+    p = RecommendSettings()
     with tempfile.TemporaryDirectory() as tmp:
         server = None if args.redis_url else EmbeddedRedis(Path(tmp)).__enter__()
         url = args.redis_url or server.url
@@ -117,7 +115,7 @@ def main() -> int:
             for pos, item in enumerate(items):
                 stream.add(click(sid, pos, item))
         stream.flush()
-        r = connect(Settings(redis_url=url, redis_prefix=prefix))
+        r = connect(Settings(redis={"url": url, "prefix": prefix}))
         print(
             f"history: {n_hist} sessions written in {time.perf_counter() - started:.0f} s; "
             f"Redis used_memory {r.info('memory')['used_memory'] / 2**20:.0f} MiB"

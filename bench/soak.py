@@ -134,7 +134,7 @@ def run(
     for name in ("USER_TTL_S", "ITEM_TTL_S", "SESSION_TTL_S", "QUARANTINE_TTL_S", "TOMBSTONE_TTL_S"):
         os.environ[f"STREAMREC_FEATURE_{name}"] = str(ttl_s)  # the children read the same
     tmp = Path(state_dir or tempfile.mkdtemp(prefix="streamrec-soak-"))
-    s = Settings(state_dir=tmp, http_port=free_port(), api_rate_limit_per_s=0, cockpit_sample_s=5.0)
+    s = Settings(state_dir=tmp, http={"port": free_port()}, api={"rate_limit_per_s": 0}, cockpit={"sample_s": 5.0})
     warmup = warmup_s if warmup_s is not None else max(3 * ttl_s, minutes * 60 / 3)
     load = Load(users, items)
     samples: list[Sample] = []
@@ -160,7 +160,7 @@ def run(
         def sample() -> None:
             t0 = time.monotonic()
             while True:
-                fams = memory.audit(r, stack.settings.redis_prefix)
+                fams = memory.audit(r, stack.settings.redis.prefix)
                 samples.append(
                     Sample(
                         time.monotonic() - t0,
@@ -213,7 +213,7 @@ def run(
             time.sleep(max(0.0, tick - (time.monotonic() - now)))
         stop.set()
         sampler.join()
-        final = memory.audit(r, stack.settings.redis_prefix)
+        final = memory.audit(r, stack.settings.redis.prefix)
     return report(samples, final, warmup, load, say)
 
 

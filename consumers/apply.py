@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 
 import redis
 
-from consumers.botfilter import BotConfig
-from streamrec.features import APPLY_LUA, FeatureConfig, Keys, encode_record, script_config
+from streamrec.features import APPLY_LUA, Keys, encode_record, script_config
 from streamrec.schemas import CatalogOp, DeadLetter, Event
+from streamrec.settings import BotSettings, FeatureSettings
 
 Record = tuple[int, Event | CatalogOp | DeadLetter, bytes, bytes | None]  # offset, model, raw, key
 
@@ -31,15 +31,15 @@ class Writer:
         r: redis.Redis,
         prefix: str,
         group: str,
-        features: FeatureConfig | None = None,
-        bot: BotConfig | None = None,
+        features: FeatureSettings | None = None,
+        bot: BotSettings | None = None,
     ):
         self.r = r
         self.keys = Keys(prefix)
         self.group = group
         self.prefix = prefix
-        self.features = features or FeatureConfig()
-        self.config_json = script_config(self.features, (bot or BotConfig()).script_fields(), self.keys)
+        self.features = features or FeatureSettings()
+        self.config_json = script_config(self.features, (bot or BotSettings()).script_fields(), self.keys)
         self.script = r.register_script(APPLY_LUA)
 
     def offset_key(self, topic: str, partition: int) -> str:

@@ -14,15 +14,10 @@ Windows are tumbling on event time (``ts // window``), one slot per user / item 
 hash (``rl:b``, ``rl:n``); they only move forward, so an event older than the current window is not
 rate-limited. Events caught as duplicates or repeats do not count towards the rates.
 
-Quarantined events go to ``settings.topic_quarantine`` and feed no feature; the learner can ask
+Quarantined events go to ``settings.topic.quarantine`` and feed no feature; the learner can ask
 ``FeatureStore.is_quarantined(event_id)``.
 """
 
 from __future__ import annotations
 
-from streamrec.settings import BotSettings
-
 REASONS = ("duplicate_event", "rapid_repeat", "user_burst", "item_burst")
-
-# The thresholds are a node of the one settings tree (``Settings.bot``, env ``STREAMREC_BOT_*``).
-BotConfig = BotSettings

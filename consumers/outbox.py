@@ -31,7 +31,7 @@ _SEP = SEP.encode()
 
 
 class Quarantined(BaseModel):
-    """What lands on ``settings.topic_quarantine``: the event as received and why it was held."""
+    """What lands on ``settings.topic.quarantine``: the event as received and why it was held."""
 
     reason: str
     source_topic: str
@@ -80,7 +80,7 @@ class Outbox:
         self.r = r
         self.producer = producer
         self.keys = prefix_keys  # callable (topic, partition) -> (outbox key, relayed key)
-        self.targets = {"dlq": settings.topic_dlq, "quarantine": settings.topic_quarantine}
+        self.targets = {"dlq": settings.topic.dlq, "quarantine": settings.topic.quarantine}
         self._unconfirmed = False  # a publish whose bookkeeping failed: the retry must check Kafka
 
     def relay(self, topic: str, partition: int, recover: bool = False) -> int:

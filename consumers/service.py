@@ -130,17 +130,17 @@ class Ingestor:
     """
 
     def __init__(self, settings: Settings, group: str | None = None):
-        group = group or settings.consumers_group
+        group = group or settings.consumers.group
         self.s = settings
         self.r = connect_binary(settings)
-        self.writer = Writer(self.r, settings.redis_prefix, group, settings.features, settings.bot)
+        self.writer = Writer(self.r, settings.redis.prefix, group, settings.features, settings.bot)
         self.producer = bus.make_producer(settings)
         self.outbox = Outbox(
             settings, self.r, self.producer, lambda t, p: (self.writer.outbox_key(t, p), self.writer.relayed_key(t, p))
         )
         self.to_recover: set[TopicPartition] = set()
         self.consumer = bus.make_consumer(settings, group)
-        self.consumer.subscribe([settings.topic_events, settings.topic_catalog], listener=_Resume(self))
+        self.consumer.subscribe([settings.topic.events, settings.topic.catalog], listener=_Resume(self))
 
     def resume(self, tp: TopicPartition) -> None:
         """Seek to the Redis offset (runs on kafka-python's IO thread: nothing blocking on Kafka)."""
@@ -171,7 +171,7 @@ class Ingestor:
         Invalid catalog records are left out: index_updater dead-letters the catalog topic (one
         DLQ owner per topic, docs/CONTRACTS.md), so they are only counted here.
         """
-        is_catalog = tp.topic == self.s.topic_catalog
+        is_catalog = tp.topic == self.s.topic.catalog
         now_ms = int(time.time() * 1000)
         out: list[Record] = []
         for rec in records:
@@ -179,7 +179,7 @@ class Ingestor:
                 rec.value,
                 topic=tp.topic,
                 is_catalog=is_catalog,
-                max_bytes=self.s.max_event_bytes,
+                max_bytes=self.s.consumers.max_event_bytes,
                 partition=tp.partition,
                 offset=rec.offset,
                 key=rec.key,

@@ -12,24 +12,24 @@ def summary(settings: Settings) -> dict:
     fs = FeatureStore.from_settings(settings)
     try:
         partitions = {}
-        for topic in (settings.topic_events, settings.topic_catalog):
-            lag = bus.group_lag(settings, settings.consumers_group, topic)
+        for topic in (settings.topic.events, settings.topic.catalog):
+            lag = bus.group_lag(settings, settings.consumers.group, topic)
             for p, records in sorted(lag.items()):
-                applied = fs.r.get(fs.keys.offset(settings.consumers_group, topic, p))
+                applied = fs.r.get(fs.keys.offset(settings.consumers.group, topic, p))
                 partitions[f"{topic}[{p}]"] = {
                     "lag": records,
                     "applied_offset": int(applied) if applied is not None else None,
-                    "outbox_pending": fs.r.llen(fs.keys.outbox(settings.consumers_group, topic, p)),
+                    "outbox_pending": fs.r.llen(fs.keys.outbox(settings.consumers.group, topic, p)),
                 }
         return {
-            "group": settings.consumers_group,
+            "group": settings.consumers.group,
             "bot_filter": {
                 "thresholds": settings.bot.model_dump(),
                 "quarantined": fs.quarantine_counts(),
                 "recent_decisions": fs.recent_quarantine(10),
-                "topic": settings.topic_quarantine,
+                "topic": settings.topic.quarantine,
             },
-            "dead_letters": {"counts": fs.dead_letter_counts(), "topic": settings.topic_dlq},
+            "dead_letters": {"counts": fs.dead_letter_counts(), "topic": settings.topic.dlq},
             "partitions": partitions,
             "stream_clock_ms": fs.clock_ms(),
             "features": settings.features.model_dump(),

@@ -5,7 +5,7 @@ middle of it must not wait for all of them. So the index updater reads the catal
 its encoder into this backlog and embeds it in chunks, polling between chunks:
 
 * **live lane**: records published in a small batch (``streamrec-batch-size`` header, set by
-  ``bus.publish_confirmed``, at most ``index_live_max_batch``), or, for producers that do not set
+  ``bus.publish_confirmed``, at most ``index.live_max_batch``), or, for producers that do not set
   it, records that arrived in a small poll. Embedded before anything in the bulk lane.
 * **bulk lane**: everything else. A chunk is the oldest bulk record and the records nearest to
   its length in tokens among the oldest ``length_window`` (ties in arrival order): an encoder

@@ -118,7 +118,7 @@ class CatalogPipeline:
     """Turns catalog records into acknowledged vector records; no offsets are touched here."""
 
     def __init__(self, s: Settings, encoder: Encoder, replica: IndexReplica, producer: KafkaProducer):
-        check_template(s.item_text_template)
+        check_template(s.encoder.item_text_template)
         self.s, self.encoder, self.replica, self.producer = s, encoder, replica, producer
         # What this process last published per item: (content hash, meta fingerprint), None = deleted.
         # It overrides the replica, which may not have read our latest sends yet.
@@ -156,7 +156,7 @@ class CatalogPipeline:
     def send(self, job: Job, outgoing: list[ToPublish]) -> InFlight:
         """Hand the chunk's records to the producer without waiting for the broker."""
         vectors: list[bus.Outgoing] = [
-            (self.s.topic_vectors, o.record.item_id, encode_record(o.record)) for o in outgoing
+            (self.s.topic.vectors, o.record.item_id, encode_record(o.record)) for o in outgoing
         ]
         try:
             sending = bus.send_all(self.producer, job.dead_letters + vectors, timeout_s=30)
@@ -193,11 +193,13 @@ class CatalogPipeline:
         texts = []
         for m in msgs:
             try:
-                op = decode_catalog(m.value if m.value is not None else b"", self.s.max_event_bytes)
+                op = decode_catalog(m.value if m.value is not None else b"", self.s.consumers.max_event_bytes)
             except Rejected:
                 op = None
-            texts.append(item_text(op, self.s.item_text_template) if op is not None and op.op != "delete" else "")
-        counts = self.encoder.token_counts(texts, max_length=self.s.encoder_item_max_tokens or None)
+            texts.append(
+                item_text(op, self.s.encoder.item_text_template) if op is not None and op.op != "delete" else ""
+            )
+        counts = self.encoder.token_counts(texts, max_length=self.s.encoder.item_max_tokens or None)
         return [c if text else 0 for c, text in zip(counts, texts, strict=True)]
 
     def _decode(self, msgs: list[ConsumerRecord], now_ms: int) -> tuple[dict[str, Latest], list[bus.Outgoing]]:
@@ -207,12 +209,12 @@ class CatalogPipeline:
         for m in msgs:
             raw = m.value if m.value is not None else b""
             try:
-                op = decode_catalog(raw, self.s.max_event_bytes)
+                op = decode_catalog(raw, self.s.consumers.max_event_bytes)
             except Rejected as r:
                 letter = DeadLetter.of(
                     r, raw, topic=m.topic, partition=m.partition, offset=m.offset, key=m.key, now_ms=now_ms
                 )
-                dead_letters.append((self.s.topic_dlq, m.key, encode(letter)))
+                dead_letters.append((self.s.topic.dlq, m.key, encode(letter)))
                 metrics.CATALOG_RECORDS.labels("dead_lettered").inc()
                 log.warning("catalog record %s[%d]@%d dead-lettered: %s", m.topic, m.partition, m.offset, r)
                 continue
@@ -229,9 +231,9 @@ class CatalogPipeline:
             if op.op == "delete":
                 plan.ready.append(ToPublish(VectorRecord(op.item_id, deleted=True, source_ms=source_ms), None))
                 continue
-            text = item_text(op, self.s.item_text_template)
+            text = item_text(op, self.s.encoder.item_text_template)
             meta = meta_of(op)
-            h = content_hash(text, self.encoder.model_id, self.s.encoder_item_max_tokens)
+            h = content_hash(text, self.encoder.model_id, self.s.encoder.item_max_tokens)
             change = Change(op, source_ms, h, meta, meta_fingerprint(meta), text)
             current = self._current(op.item_id)
             if current is not None and current[0] == change.content_hash:
@@ -251,7 +253,7 @@ class CatalogPipeline:
         if not changes:
             return []
         t0 = time.monotonic()
-        vectors = self.encoder.encode([c.text for c in changes], max_length=self.s.encoder_item_max_tokens or None)
+        vectors = self.encoder.encode([c.text for c in changes], max_length=self.s.encoder.item_max_tokens or None)
         self.last_embed = (len(changes), time.monotonic() - t0)
         metrics.EMBED_SECONDS.inc(self.last_embed[1])
         metrics.EMBED_RATE.set(len(changes) / max(time.monotonic() - t0, 1e-9))

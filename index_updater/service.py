@@ -3,7 +3,7 @@
 Guarantee: at-least-once. Catalog offsets are committed only after every vector record and
 dead letter of the batch is acknowledged by the broker; a crash or a failed send replays the
 batch, which is harmless because vector records are keyed by item and the last one wins.
-This service owns dead-lettering of ``topic_catalog`` (the consumers service does not).
+This service owns dead-lettering of ``topic.catalog`` (the consumers service does not).
 
 Snapshots come from the updater's own replica of the vectors topic, so each one records exactly
 the vectors-topic offsets its index covers; serving replicas load it and replay only the tail.
@@ -84,25 +84,25 @@ def run(s: Settings, stop: threading.Event, encoder: Encoder | None = None) -> N
     if not replica.wait_caught_up(CATCH_UP_TIMEOUT_S):
         log.warning(
             "replica not caught up with %s after %.0fs; unchanged items may be re-embedded",
-            s.topic_vectors,
+            s.topic.vectors,
             CATCH_UP_TIMEOUT_S,
         )
     producer = bus.make_producer(s)
-    consumer = bus.make_consumer(s, s.index_updater_group, fetch_max_wait_ms=50)
+    consumer = bus.make_consumer(s, s.index.updater_group, fetch_max_wait_ms=50)
     pipeline = CatalogPipeline(s, encoder, replica, producer)
-    snapshots = Snapshotter(replica, encoder.model_id, s.index_snapshot_every_s)
+    snapshots = Snapshotter(replica, encoder.model_id, s.index.snapshot_every_s)
     snapshots.start()
     log.info(
-        "index updater: %s → %s with %s, index %r", s.topic_catalog, s.topic_vectors, encoder.model_id, s.index_factory
+        "index updater: %s → %s with %s, index %r", s.topic.catalog, s.topic.vectors, encoder.model_id, s.index.factory
     )
-    backlog = Backlog(s.index_live_max_batch, s.max_event_bytes, s.index_length_window, pipeline.token_counts)
-    pace = ChunkPace(s.index_chunk_seconds, MIN_CHUNK, s.index_chunk_records)
+    backlog = Backlog(s.index.live_max_batch, s.consumers.max_event_bytes, s.index.length_window, pipeline.token_counts)
+    pace = ChunkPace(s.index.chunk_seconds, MIN_CHUNK, s.index.chunk_records)
     cores = os.cpu_count() or 1
     bulk_threads = BulkThreads(
-        [s.index_bulk_threads] if s.index_bulk_threads else [max(s.cpu_threads, 1), cores], MIN_CHUNK
+        [s.index.bulk_threads] if s.index.bulk_threads else [max(s.cpu_threads, 1), cores], MIN_CHUNK
     )
     current_threads = 0
-    consumer.subscribe([s.topic_catalog], listener=_Rebalance(pipeline, backlog))
+    consumer.subscribe([s.topic.catalog], listener=_Rebalance(pipeline, backlog))
     # One chunk is embedded (in this worker) while the previous one is acknowledged, committed and
     # more is polled here: the encoder does not idle during broker round trips.
     worker = ThreadPoolExecutor(1, thread_name_prefix="index-encoder")
@@ -110,7 +110,7 @@ def run(s: Settings, stop: threading.Event, encoder: Encoder | None = None) -> N
     try:
         while not stop.is_set():
             _read_ahead(consumer, backlog, s, wait=in_flight is None)
-            bulk = len(backlog) >= s.index_bulk_backlog
+            bulk = len(backlog) >= s.index.bulk_backlog
             threads = bulk_threads.pick() if bulk else s.cpu_threads
             if threads != current_threads and threads > 0:
                 log.info("index updater: %d torch threads (backlog %d records)", threads, len(backlog))
@@ -201,10 +201,10 @@ class BulkThreads:
 
 
 def _read_ahead(consumer, backlog: Backlog, s: Settings, wait: bool = True) -> None:
-    """Read what the broker has (up to ``index_read_ahead`` records waiting); wait up to 200 ms only
+    """Read what the broker has (up to ``index.read_ahead`` records waiting); wait up to 200 ms only
     when there is nothing to do (and ``wait``: nothing in flight either)."""
     for _ in range(20):
-        room = s.index_read_ahead - len(backlog)
+        room = s.index.read_ahead - len(backlog)
         if room <= 0:
             consumer.pause(*consumer.assignment())
             consumer.poll(timeout_ms=0)  # keeps the group membership alive; returns nothing while paused

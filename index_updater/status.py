@@ -12,8 +12,8 @@ from streamrec.vector_index import SnapshotError, index_snapshot_dir, list_snaps
 
 def summary(s: Settings) -> dict:
     out: dict = {
-        "index_factory": s.index_factory,
-        "metric": s.index_metric,
+        "index_factory": s.index.factory,
+        "metric": s.index.metric,
         "model_id": model_id_for(s),
         "size": None,
         "snapshot": None,

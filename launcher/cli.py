@@ -137,10 +137,10 @@ def up(
     try:
         stack.start()
         s = stack.settings
-        if not stack.requested.kafka_bootstrap:
-            console.print(f"embedded Kafka-compatible broker (Tansu, [bold]memory only[/bold]) at {s.kafka_bootstrap}")
-        if not stack.requested.redis_url:
-            console.print(f"embedded Redis (no persistence) at {s.redis_url}")
+        if not stack.requested.kafka.bootstrap:
+            console.print(f"embedded Kafka-compatible broker (Tansu, [bold]memory only[/bold]) at {s.kafka.bootstrap}")
+        if not stack.requested.redis.url:
+            console.print(f"embedded Redis (no persistence) at {s.redis.url}")
         base = stack.base_url
         for line in _access_notes(s):
             console.print(line, soft_wrap=True)  # one line each: greppable in logs
@@ -173,17 +173,17 @@ def up(
 def _access_notes(s: Settings) -> list[str]:
     """What `up` says about access control at start-up (serving/auth.py applies it)."""
     notes = []
-    if not s.api_producer_keys:
+    if not s.api.producer_keys:
         notes.append(
             "[yellow]no producer API key configured:[/yellow] POST /events and /catalog are accepted from "
             "loopback clients only (set STREAMREC_API_PRODUCER_KEYS to accept keyed writes from elsewhere)"
         )
-    if not s.api_admin_keys:
+    if not s.api.admin_keys:
         notes.append(
             "[yellow]no admin API key configured:[/yellow] model promote / roll back (/admin) from loopback only "
             "(STREAMREC_API_ADMIN_KEYS)"
         )
-    if s.api_require_read_key:
+    if s.api.require_read_key:
         notes.append("reads require an API key (STREAMREC_API_REQUIRE_READ_KEY)")
     return notes
 
@@ -202,7 +202,7 @@ def _index_demo_catalog(s: Settings, base: str, stop: threading.Event, wait_s: f
     with Progress(*columns, console=console) as progress:
         task = progress.add_task(f"publishing {s.demo_catalog} catalog", total=len(ops))
         for op in ops:
-            producer.send(s.topic_catalog, key=op.item_id, value=encode(op))
+            producer.send(s.topic.catalog, key=op.item_id, value=encode(op))
             progress.advance(task)
         producer.flush()
         producer.close()
@@ -285,7 +285,7 @@ def replay(
                     break
                 is_catalog = isinstance(model, CatalogOp)
                 send(
-                    s.topic_catalog if is_catalog else s.topic_events,
+                    s.topic.catalog if is_catalog else s.topic.events,
                     model.item_id if isinstance(model, CatalogOp) else model.user_id,
                     encode(model),
                 )
@@ -303,12 +303,12 @@ def replay(
                     if not line.strip():
                         continue
                     is_catalog = b'"op"' in line
-                    topic = s.topic_catalog if is_catalog else s.topic_events
+                    topic = s.topic.catalog if is_catalog else s.topic.events
                     if raw:
                         send(topic, None, line)
                     else:
                         try:
-                            model = (decode_catalog if is_catalog else decode_event)(line, s.max_event_bytes)
+                            model = (decode_catalog if is_catalog else decode_event)(line, s.consumers.max_event_bytes)
                         except Rejected as e:
                             rejected += 1
                             console.print(f"[yellow]{path}:{lineno}[/yellow] {e.reason}: {e.error}")
@@ -331,22 +331,22 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="machine-readabl
     s = _inspect_settings()
     report: dict = {
         "settings": {
-            "kafka": s.kafka_bootstrap or "(embedded, via streamrec up)",
-            "redis": s.redis_url or "(embedded, via streamrec up)",
-            "index_factory": s.index_factory,
-            "encoder_precision": s.encoder_precision,
+            "kafka": s.kafka.bootstrap or "(embedded, via streamrec up)",
+            "redis": s.redis.url or "(embedded, via streamrec up)",
+            "index_factory": s.index.factory,
+            "encoder_precision": s.encoder.precision,
         }
     }
     try:
-        report["serving"] = httpx.get(f"http://{s.http_host}:{s.http_port}/healthz", timeout=2).json()
+        report["serving"] = httpx.get(f"http://{s.http.host}:{s.http.port}/healthz", timeout=2).json()
     except httpx.HTTPError as e:
         report["serving"] = {"error": f"not reachable: {e!r}"}
-    if s.kafka_bootstrap:
+    if s.kafka.bootstrap:
         lag: dict[str, dict[str, Any]] = {}
         groups = {
-            "consumers": (s.consumers_group, [s.topic_events, s.topic_catalog]),
-            "index-updater": (s.index_updater_group, [s.topic_catalog]),
-            "learner": (s.learner_group, [s.topic_events]),
+            "consumers": (s.consumers.group, [s.topic.events, s.topic.catalog]),
+            "index-updater": (s.index.updater_group, [s.topic.catalog]),
+            "learner": (s.learner.group, [s.topic.events]),
         }
         for name, (group, topics) in groups.items():
             try:
@@ -357,7 +357,7 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="machine-readabl
         if isinstance(follower, dict):
             try:
                 positions = {int(p): int(o) for p, o in follower.items()}
-                lag["serving (vector follower)"] = {s.topic_vectors: bus.positions_lag(s, s.topic_vectors, positions)}
+                lag["serving (vector follower)"] = {s.topic.vectors: bus.positions_lag(s, s.topic.vectors, positions)}
             except Exception as e:
                 lag["serving (vector follower)"] = {"error": repr(e)}
         report["lag"] = lag
@@ -401,7 +401,7 @@ def model_list() -> None:
 def model_rollback(
     version: Annotated[int | None, typer.Argument(help="default: the served version's parent")] = None,
 ) -> None:
-    """Serve VERSION again (serving hot-swaps within model_poll_s); the same as the cockpit's button
+    """Serve VERSION again (serving hot-swaps within serving.model_poll_s); the same as the cockpit's button
     (POST /admin/models/rollback)."""
     from streamrec.model_store import ModelStore
 

@@ -151,11 +151,9 @@ class EmbeddedRedis(_Server):
         ]
 
 
-def child_env(**settings_values: str) -> dict[str, str]:
-    """The current environment plus ``STREAMREC_*`` overrides, for supervised children."""
-    env = dict(os.environ)
-    for key, value in settings_values.items():
-        env[f"STREAMREC_{key.upper()}"] = str(value)
+def child_env(settings_env: dict[str, str]) -> dict[str, str]:
+    """The current environment plus ``STREAMREC_*`` variables (``Settings.to_env()``), for supervised children."""
+    env = dict(os.environ) | settings_env
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("TRANSFORMERS_OFFLINE", "1")
     return env

@@ -29,9 +29,7 @@ SERVICES = {"consumers": "consume", "index-updater": "index", "learner": "learn"
 
 def settings_env(s: Settings) -> dict[str, str]:
     """``STREAMREC_*`` variables that reproduce ``s`` in a child process."""
-    values = {k: v for k, v in s.model_dump(mode="json").items() if v is not None}
-    # pydantic-settings reads complex fields (lists, dicts) as JSON
-    return child_env(**{k: v if isinstance(v, str) else json.dumps(v) for k, v in values.items()})
+    return child_env(s.to_env())
 
 
 def endpoints_file(s: Settings) -> Path:
@@ -41,10 +39,15 @@ def endpoints_file(s: Settings) -> Path:
 def running_settings(s: Settings) -> Settings:
     """``s``, pointed at the embedded stack of a running `streamrec up` when ``s`` names none."""
     path = endpoints_file(s)
-    if s.kafka_bootstrap or not path.is_file():
+    if s.kafka.bootstrap or not path.is_file():
         return s
     found = json.loads(path.read_text())
-    return s.model_copy(update={**found, "state_dir": Path(found["state_dir"])})
+    return s.replace(
+        kafka={"bootstrap": found["kafka_bootstrap"]},
+        redis={"url": found["redis_url"]},
+        http={"port": found["http_port"]},
+        state_dir=Path(found["state_dir"]),
+    )
 
 
 def _port_or_free(port: int) -> int:
@@ -69,7 +72,7 @@ class LocalStack:
 
     @property
     def base_url(self) -> str:
-        return f"http://{self.settings.http_host}:{self.settings.http_port}"
+        return f"http://{self.settings.http.host}:{self.settings.http.port}"
 
     @property
     def log_dir(self) -> Path:
@@ -78,7 +81,7 @@ class LocalStack:
     def start(self) -> LocalStack:
         s = self.requested
         updates: dict = {}
-        if not s.kafka_bootstrap:
+        if not s.kafka.bootstrap:
             # Tansu forgets everything on exit, so state derived from an earlier run (snapshots,
             # checkpoints holding offsets) would point past the new, empty topics: start clean.
             run_dir = s.state_dir / "embedded-run"
@@ -87,14 +90,14 @@ class LocalStack:
             updates["state_dir"] = run_dir
             kafka = EmbeddedKafka(run_dir / "tansu").start()
             self._embedded.append(kafka)
-            updates["kafka_bootstrap"] = kafka.bootstrap
-        if not s.redis_url:
+            updates["kafka"] = {"bootstrap": kafka.bootstrap}
+        if not s.redis.url:
             server = EmbeddedRedis(
-                updates.get("state_dir", s.state_dir) / "redis", maxmemory_mb=s.redis_maxmemory_mb
+                updates.get("state_dir", s.state_dir) / "redis", maxmemory_mb=s.redis.maxmemory_mb
             ).start()
             self._embedded.append(server)
-            updates["redis_url"] = server.url
-        self.settings = s.model_copy(update=updates)
+            updates["redis"] = {"url": server.url}
+        self.settings = s.replace(**updates)
         bus.wait_for_broker(self.settings.require_kafka())
         bus.ensure_topics(self.settings)
         base_env = settings_env(self.settings)
@@ -117,10 +120,10 @@ class LocalStack:
         """Where the embedded parts listen, for `streamrec status` / `model` in another shell."""
         s = self.settings
         endpoints = {
-            "kafka_bootstrap": s.kafka_bootstrap,
-            "redis_url": s.redis_url,
+            "kafka_bootstrap": s.kafka.bootstrap,
+            "redis_url": s.redis.url,
             "state_dir": str(s.state_dir),
-            "http_port": s.http_port,
+            "http_port": s.http.port,
         }
         path = endpoints_file(self.requested)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -51,7 +51,7 @@ from river import drift
 
 from streamrec.ops import FEATURE_WINDOW, KS_ALPHA
 from streamrec.ranking import FEATURE_NAMES
-from streamrec.settings import default
+from streamrec.settings import DriftSettings
 
 
 @dataclass(frozen=True)
@@ -146,16 +146,12 @@ class DriftMonitor:
 
     Parameters
     ----------
-    loss_delta: ADWIN confidence on the click log-loss (smaller = fewer, surer detections).
-    ctr_threshold: Page-Hinkley threshold on the click indicator (in clicks of cumulative excess).
-    feature_names: features whose means are watched by their own ADWIN.
-    feature_delta: ADWIN confidence for the feature detectors.
-    warmup: labelled examples before any detection is reported.
-    item_delta: ADWIN confidence for the clicked-item detector (0 turns it off).
+    config: the ``drift`` settings group (``STREAMREC_DRIFT_*``: the ADWIN deltas of the loss, feature,
+        clicked-item and click-rank detectors, where 0 turns the last two off; Page-Hinkley's threshold
+        on the click rate; the watched features; the warm-up before any detection is reported).
+    where: which model the detections are about (``champion`` / ``challenger``).
+    ctr_delta: Page-Hinkley's tolerated drift of the click indicator.
     item_reference: labelled examples whose item CTRs (and model scores) form the reference.
-    rank_delta: ADWIN confidence for the click-rank detector (0 turns it off).
-
-    Defaults are the settings tree's (``STREAMREC_DRIFT_*``); the learner passes its ``LearnerConfig``.
     """
 
     ITEM_PRIOR_STRENGTH = 10.0  # pseudo-impressions at the stream's running CTR
@@ -164,18 +160,15 @@ class DriftMonitor:
 
     def __init__(
         self,
+        config: DriftSettings | None = None,
         *,
-        loss_delta: float = default("drift_loss_delta"),
-        ctr_threshold: float = default("drift_ctr_threshold"),
-        ctr_delta: float = 0.005,
-        feature_names: Sequence[str] = tuple(default("drift_features")),
-        feature_delta: float = default("drift_feature_delta"),
-        warmup: int = default("drift_warmup"),
         where: str = "champion",
-        item_delta: float = default("drift_item_delta"),
+        ctr_delta: float = 0.005,
         item_reference: int = 1000,
-        rank_delta: float = default("drift_rank_delta"),
     ):
+        c = config or DriftSettings()
+        loss_delta, ctr_threshold, feature_names = c.loss_delta, c.ctr_threshold, c.features
+        feature_delta, warmup, item_delta, rank_delta = c.feature_delta, c.warmup, c.item_delta, c.rank_delta
         unknown = [f for f in feature_names if f not in FEATURE_NAMES]
         if unknown:
             raise ValueError(f"unknown feature(s) to watch for drift: {unknown}; choose from {FEATURE_NAMES}")

@@ -77,11 +77,12 @@ from learner.baselines import popularity_scores
 from learner.estimator import OnlineRanker
 from learner.evaluation import auc, auc_difference
 from learner.examples import Batch, Example
-from learner.online import LearnerConfig, OnlineLearner, StepReport
+from learner.online import OnlineLearner, StepReport
 from learner.replay import ReplayLog, replay
 from streamrec.datasets import open_bandit as ob
 from streamrec.features import ReplayFeatures
 from streamrec.schemas import Event
+from streamrec.settings import DriftSettings, LearnerSettings
 
 KEEP_NON_CLICKS = 0.05
 
@@ -225,9 +226,9 @@ class RunResult:
         return min(lags) if lags else None
 
 
-def default_config() -> LearnerConfig:
-    """The learner defaults, with micro-batches of 32 and a 300-example warm-up for a short stream."""
-    return LearnerConfig(batch_size=32, warmup=300)
+# The learner's defaults, with micro-batches of 32 and a 300-example drift warm-up for a short stream.
+LEARNER = LearnerSettings(batch_size=32)
+DRIFT = DriftSettings(warmup=300)
 
 
 @functools.lru_cache(maxsize=2)
@@ -246,13 +247,13 @@ def run(
     rows: list[ob.Impression],
     shift_row: int,
     *,
-    config: LearnerConfig | None = None,
+    learner: LearnerSettings = LEARNER,
+    drift: DriftSettings = DRIFT,
     freeze_at_shift: bool = False,
 ) -> RunResult:
     """Replay ``rows`` prequentially; optionally freeze a copy of the champion at ``shift_row``."""
     vectors, attrs = item_tables(data_dir)
-    cfg = config or default_config()
-    core = OnlineLearner(OnlineRanker(lr=cfg.lr, seed=0), cfg)
+    core = OnlineLearner(OnlineRanker(lr=learner.lr, seed=0), learner, drift)
     events: list[Event] = list(ob.to_events(rows))
     first = rows[shift_row] if shift_row < len(rows) else None
     shift_rid = f"obd-{first.policy}-{first.campaign}-{first.row}" if first else None
@@ -280,7 +281,13 @@ def run(
 
     t0 = time.perf_counter()
     result.log = replay(
-        events, core, ReplayFeatures(attrs), vectors.get, batch_size=cfg.batch_size, on_event=on_event, on_step=on_step
+        events,
+        core,
+        ReplayFeatures(attrs),
+        vectors.get,
+        batch_size=learner.batch_size,
+        on_event=on_event,
+        on_step=on_step,
     )
     result.seconds = time.perf_counter() - t0
     result.popularity = popularity_scores(events, result.log.stream_index, result.log.item_ids)

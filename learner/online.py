@@ -11,7 +11,7 @@ Per micro-batch (``step``):
    moving to other items) starts a challenger: a fresh head trained on the buffered examples
    since the drift point (ADWIN's current window), then on the live stream;
 5. the challenger replaces the champion when its loss on the same recent examples is lower by
-   ``challenger_margin``.
+   ``learner.challenger_margin``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from learner.estimator import OnlineRanker
 from learner.evaluation import Prequential, logloss
 from learner.examples import Batch, Example
 from streamrec.ranking import N_FEATURES
-from streamrec.settings import Settings, default
+from streamrec.settings import DriftSettings, LearnerSettings
 
 # Detections that start a challenger. Page-Hinkley on the click rate and the feature detectors only
 # report (drift topic, metrics, dashboard): a CTR or input change alone (a campaign, the season, the
@@ -35,55 +35,6 @@ from streamrec.settings import Settings, default
 # stationary streams (simulated Bernoulli clicks: 11 / 26 alarms per 300k examples at 5 % / 10 %
 # CTR); a challenger per alarm would be training churn and promotions won by noise.
 HARMFUL = ("adwin_loss", "adwin_click_rank", "adwin_clicked_item")
-
-
-@dataclass
-class LearnerConfig:
-    """Knobs of the core, built from the settings tree by :meth:`from_settings`.
-
-    The fields that are settings take their defaults from ``Settings`` (:func:`streamrec.settings.default`),
-    so a default is written once; tests and experiments override single fields. The rest are internal
-    constants of the core, documented here.
-    """
-
-    lr: float = default("learner_lr")
-    batch_size: int = default("learner_batch_size")
-    loss_delta: float = default("drift_loss_delta")
-    ctr_threshold: float = default("drift_ctr_threshold")
-    feature_names: tuple[str, ...] = tuple(default("drift_features"))
-    feature_delta: float = default("drift_feature_delta")
-    item_delta: float = default("drift_item_delta")
-    rank_delta: float = default("drift_rank_delta")
-    warmup: int = default("drift_warmup")
-    challenger_min_examples: int = default("challenger_min_examples")
-    challenger_max_examples: int = default("challenger_max_examples")
-    challenger_margin: float = default("challenger_margin")  # relative: a tie is noise
-    train_negative_rate: float = default("learner_train_negative_rate")  # see ``_training_batch``
-    # --- internal constants (not settings) ---
-    metrics_window: int = 5000  # examples in the rolling metrics
-    buffer_size: int = 5000  # recent examples kept for a challenger's replay
-    challenger_window: int = 2000  # recent paired examples the challenger is judged on
-    challenger_replay_epochs: int = 4
-    challenger_lr_scale: float = 3.0  # the challenger adapts faster; promoted, it returns to ``lr``
-    seed: int = 0  # of the negative sampling
-
-    @classmethod
-    def from_settings(cls, s: Settings) -> LearnerConfig:
-        return cls(
-            lr=s.learner_lr,
-            batch_size=s.learner_batch_size,
-            loss_delta=s.drift_loss_delta,
-            ctr_threshold=s.drift_ctr_threshold,
-            feature_names=tuple(s.drift_features),
-            feature_delta=s.drift_feature_delta,
-            item_delta=s.drift_item_delta,
-            rank_delta=s.drift_rank_delta,
-            warmup=s.drift_warmup,
-            challenger_min_examples=s.challenger_min_examples,
-            challenger_max_examples=s.challenger_max_examples,
-            challenger_margin=s.challenger_margin,
-            train_negative_rate=s.learner_train_negative_rate,
-        )
 
 
 @dataclass
@@ -105,7 +56,7 @@ class OnlineLearner:
     >>> import numpy as np
     >>> from learner.examples import Example
     >>> rng = np.random.default_rng(1)
-    >>> core = OnlineLearner(OnlineRanker(lr=0.05, seed=0), LearnerConfig(warmup=10**9))
+    >>> core = OnlineLearner(OnlineRanker(lr=0.05, seed=0), drift=DriftSettings(warmup=10**9))
     >>> for step in range(80):
     ...     X = rng.normal(size=(64, N_FEATURES)).astype(np.float32)
     ...     y = (rng.random(64) < 1 / (1 + np.exp(-3 * X[:, 0]))).astype(float)
@@ -114,29 +65,36 @@ class OnlineLearner:
     True
     """
 
-    def __init__(self, champion: OnlineRanker, config: LearnerConfig | None = None):
-        self.config = config or LearnerConfig()
-        c = self.config
+    # --- internal constants (not settings) ---
+    METRICS_WINDOW = 5000  # examples in the rolling metrics
+    BUFFER_SIZE = 5000  # recent examples kept for a challenger's replay
+    CHALLENGER_WINDOW = 2000  # recent paired examples the challenger is judged on
+    CHALLENGER_REPLAY_EPOCHS = 4
+    CHALLENGER_LR_SCALE = 3.0  # the challenger adapts faster; promoted, it returns to ``lr``
+
+    def __init__(
+        self,
+        champion: OnlineRanker,
+        learner: LearnerSettings | None = None,
+        drift: DriftSettings | None = None,
+        seed: int = 0,
+    ):
+        """``learner`` and ``drift`` are the settings groups (their defaults when None); ``seed`` of
+        the negative sampling."""
+        self.config = c = learner or LearnerSettings()
+        self.drift_config = drift or DriftSettings()
         if not 0 < c.train_negative_rate <= 1:
             raise ValueError("train_negative_rate must be in (0, 1]")
         self.champion = champion
         self.champion.set_negative_rate(c.train_negative_rate)
-        self.rng = np.random.default_rng(c.seed)
+        self.rng = np.random.default_rng(seed)
         self.challenger: OnlineRanker | None = None
         self.challenger_since = 0  # labelled-example index the challenger started at
-        self.pairs: deque[tuple[float, float]] = deque(maxlen=c.challenger_window)
-        self.prequential = Prequential(c.metrics_window)
-        self.challenger_eval = Prequential(c.metrics_window)
-        self.monitor = DriftMonitor(
-            loss_delta=c.loss_delta,
-            ctr_threshold=c.ctr_threshold,
-            feature_names=c.feature_names,
-            feature_delta=c.feature_delta,
-            warmup=c.warmup,
-            item_delta=c.item_delta,
-            rank_delta=c.rank_delta,
-        )
-        self.buffer: deque[Example] = deque(maxlen=c.buffer_size)
+        self.pairs: deque[tuple[float, float]] = deque(maxlen=self.CHALLENGER_WINDOW)
+        self.prequential = Prequential(self.METRICS_WINDOW)
+        self.challenger_eval = Prequential(self.METRICS_WINDOW)
+        self.monitor = DriftMonitor(self.drift_config)
+        self.buffer: deque[Example] = deque(maxlen=self.BUFFER_SIZE)
         self.examples = 0
         self.clicks = 0  # examples learned with click = 1: tests and ops see that labels arrive
         self.detections_total: dict[str, int] = {}
@@ -212,13 +170,13 @@ class OnlineLearner:
         c = self.config
         self.challenger = self.champion.fresh()
         self.challenger.set_negative_rate(c.train_negative_rate)
-        self.challenger.set_lr(self.champion.lr * c.challenger_lr_scale)
+        self.challenger.set_lr(self.champion.lr * self.CHALLENGER_LR_SCALE)
         recent = list(self.buffer)[-max(since_drift, c.batch_size) :]
-        for _ in range(c.challenger_replay_epochs):
+        for _ in range(self.CHALLENGER_REPLAY_EPOCHS):
             for k in range(0, len(recent), c.batch_size):
                 self.challenger.learn(self._training_batch(Batch.of(recent[k : k + c.batch_size], N_FEATURES)))
         self.challenger_since = self.examples
-        self.challenger_eval = Prequential(c.metrics_window)
+        self.challenger_eval = Prequential(self.METRICS_WINDOW)
         self.pairs.clear()
         self.challengers_started += 1
 
@@ -245,7 +203,7 @@ class OnlineLearner:
         self.challenger = None
         self.pairs.clear()
         self.prequential = self.challenger_eval
-        self.challenger_eval = Prequential(self.config.metrics_window)
+        self.challenger_eval = Prequential(self.METRICS_WINDOW)
         self.monitor.reset()
         self.monitor.warmup = min(self.monitor.warmup, self.config.challenger_min_examples)
         self.promotions += 1
@@ -294,8 +252,10 @@ class OnlineLearner:
         }
 
     @classmethod
-    def from_state(cls, st: dict, config: LearnerConfig | None = None) -> OnlineLearner:
-        core = cls(OnlineRanker.from_state(st["champion"]), config)
+    def from_state(
+        cls, st: dict, learner: LearnerSettings | None = None, drift: DriftSettings | None = None
+    ) -> OnlineLearner:
+        core = cls(OnlineRanker.from_state(st["champion"]), learner, drift)
         if st["challenger"] is not None:
             core.challenger = OnlineRanker.from_state(st["challenger"])
         core.challenger_since = st["challenger_since"]

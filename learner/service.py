@@ -36,7 +36,7 @@ from learner.guard import RollbackGuard
 from learner.joiner import LabelJoiner
 from learner.negatives import NegativeSampler
 from learner.next_item import NextItemJoiner
-from learner.online import LearnerConfig, OnlineLearner
+from learner.online import OnlineLearner
 from learner.pipeline import ExampleBuilder, QuarantineVerdicts
 from learner.position_bias import PositionBias
 from learner.search_card import SearchCard
@@ -113,11 +113,11 @@ class _Loop:
         self.ready.extend(examples)
 
     def train_ready(self, force: bool = False) -> None:
-        bs = self.s.learner_batch_size
+        bs = self.s.learner.batch_size
         due = (
             force
             or len(self.ready) >= bs
-            or (self.ready and time.monotonic() - self.ready_since >= self.s.learner_max_batch_delay_s)
+            or (self.ready and time.monotonic() - self.ready_since >= self.s.learner.max_batch_delay_s)
         )
         if not due:
             return
@@ -142,7 +142,7 @@ class _Loop:
         for d in report.detections:
             M.DRIFT.labels(d.detector, d.what).inc()
             body = d.to_json() | {"model_version": self.version, "challenger_started": report.challenger_started}
-            self.producer.send(self.s.topic_drift, key=d.detector, value=json.dumps(body).encode())
+            self.producer.send(self.s.topic.drift, key=d.detector, value=json.dumps(body).encode())
             log.warning("drift: %s on %s at example %d: %s", d.detector, d.what, d.at_example, d.evidence)
         if report.challenger_started:
             log.warning("challenger started from the drift point")
@@ -200,11 +200,11 @@ class _Loop:
                 M.FEATURE_DRIFT.labels(name).set(d)
         try:
             add_learner_stats(
-                r, self.s.redis_prefix, self.counts, distances, ks_critical(FEATURE_WINDOW, FEATURE_WINDOW)
+                r, self.s.redis.prefix, self.counts, distances, ks_critical(FEATURE_WINDOW, FEATURE_WINDOW)
             )
             self.counts = {}
             if self.position_bias.swapped_pages():  # the consumers' click memory reads it; until then memory_eta
-                r.set(Keys(self.s.redis_prefix).examination, repr(self.position_bias.eta()))
+                r.set(Keys(self.s.redis.prefix).examination, repr(self.position_bias.eta()))
         except Exception as e:  # the stats are for the dashboard only; keep the counts for the next try
             log.warning("cockpit stats not written: %r", e)
 
@@ -232,7 +232,7 @@ class _Loop:
             M.LABEL_TO_PUBLISH.observe(now - t)
         self.read_times.clear()
         self.guard.on_publish(v, self.core.champion)
-        self.store.prune(self.s.model_keep_versions, protect={self.guard.good[0]} if self.guard.good else set())
+        self.store.prune(self.s.learner.keep_versions, protect={self.guard.good[0]} if self.guard.good else set())
         self.version = v
         self.updates_since_publish = 0
         self.fusion_since_publish = 0
@@ -246,8 +246,8 @@ class _Loop:
         if self.updates_since_publish == 0 and self.fusion_since_publish == 0:
             return
         if (
-            self.updates_since_publish >= self.s.publish_every_updates
-            or time.monotonic() - self.last_publish >= self.s.publish_every_s
+            self.updates_since_publish >= self.s.learner.publish_every_updates
+            or time.monotonic() - self.last_publish >= self.s.learner.publish_every_s
         ):
             self.publish("periodic")
 
@@ -261,7 +261,7 @@ class _Loop:
                 self.version = current
                 return
             v, head, _meta = self.store.load(current)
-            model = OnlineRanker(head, lr=self.s.learner_lr, seed=None)
+            model = OnlineRanker(head, lr=self.s.learner.lr, seed=None)
             self.core.replace_champion(model)
             self.guard.reset(v, model)
             self.version = v
@@ -274,7 +274,7 @@ class _Loop:
     def checkpoint(self, consumer, force: bool = False) -> None:
         if not self.dirty and not force:
             return
-        if not force and time.monotonic() - self.last_ckpt < self.s.learner_checkpoint_every_s:
+        if not force and time.monotonic() - self.last_ckpt < self.s.learner.checkpoint_every_s:
             return
         t0 = time.perf_counter()
         self.ckpt.save(
@@ -298,7 +298,7 @@ class _Loop:
             try:
                 consumer.commit(
                     {
-                        TopicPartition(self.s.topic_events, p): OffsetAndMetadata(o, "", -1)
+                        TopicPartition(self.s.topic.events, p): OffsetAndMetadata(o, "", -1)
                         for p, o in self.offsets.items()
                     }
                 )
@@ -308,11 +308,11 @@ class _Loop:
 
 def _vector_dim(s: Settings) -> int:
     """The item vector size: configured, else the encoder's, read from its config (no model load)."""
-    if s.learner_vector_dim:
-        return s.learner_vector_dim
+    if s.learner.vector_dim:
+        return s.learner.vector_dim
     from streamrec.encoder import bundled_model_dir
 
-    config = (s.model_dir or bundled_model_dir()) / "config.json"
+    config = (s.encoder.model_dir or bundled_model_dir()) / "config.json"
     try:
         return int(json.loads(config.read_text())["hidden_size"])
     except (OSError, KeyError, ValueError) as e:
@@ -323,7 +323,7 @@ def _vector_dim(s: Settings) -> int:
 
 def _vectors(s: Settings):
     """Item vectors and metadata from an IndexReplica following the vectors topic (or none)."""
-    if not s.learner_follow_vectors:
+    if not s.learner.follow_vectors:
         return None, (lambda _i: None), None
     from streamrec.vector_index import IndexReplica
 
@@ -358,20 +358,19 @@ def run(settings: Settings, stop: threading.Event) -> None:
     features = FeatureStore.from_settings(s)
     replica, vector_of, meta_of = _vectors(s)
     assembler = FeatureAssembler(features, vector_of, meta_of)
-    joiner = LabelJoiner(s.label_window_s, skip_clickless_searches=s.learner_skip_clickless_searches)
-    sampler = NegativeSampler(s.learner_negatives_per_positive) if s.learner_negative_sampling != "off" else None
+    joiner = LabelJoiner(s.learner.label_window_s, skip_clickless_searches=s.learner.skip_clickless_searches)
+    sampler = NegativeSampler(s.learner.negatives_per_positive) if s.learner.negative_sampling != "off" else None
     verdicts = QuarantineVerdicts(features.quarantined_many)
     builder = ExampleBuilder(
-        joiner, assembler, lambda rid: load_served(r, s.redis_prefix, rid), sampler, quarantined=verdicts
+        joiner, assembler, lambda rid: load_served(r, s.redis.prefix, rid), sampler, quarantined=verdicts
     )
-    cfg = LearnerConfig.from_settings(s)
     ckpt = Checkpointer(s.state_dir / "learner")
 
-    next_items = NextItemJoiner(lambda rid: load_pool(r, s.redis_prefix, rid), s.label_window_s)
+    next_items = NextItemJoiner(lambda rid: load_pool(r, s.redis.prefix, rid), s.learner.label_window_s)
     fusion = FusionModel.from_settings(s)
     state = ckpt.load()
     if state is not None:
-        core = OnlineLearner.from_state(state["core"], cfg)
+        core = OnlineLearner.from_state(state["core"], s.learner, s.drift)
         joiner.load_state(state["joiner"])
         if "fusion" in state:  # a checkpoint from before the learned fusion starts it afresh
             fusion = FusionModel.from_state(state["fusion"]) or fusion
@@ -382,21 +381,21 @@ def run(settings: Settings, stop: threading.Event) -> None:
         log.info("resumed from checkpoint: version %d, %d examples, offsets %s", version, core.examples, offsets)
     elif store.latest_version() > 0:  # models but no checkpoint: warm-start from what is served
         version, head, meta = store.load()
-        core = OnlineLearner(OnlineRanker(head, lr=s.learner_lr, seed=None), cfg)
+        core = OnlineLearner(OnlineRanker(head, lr=s.learner.lr, seed=None), s.learner, s.drift)
         fusion = FusionModel.from_state(meta.get("session_fusion", {})) or fusion
         offsets, events_in_state = {}, {}
         log.info("no checkpoint; warm-starting from published version %d", version)
     else:
-        core = OnlineLearner(OnlineRanker(lr=s.learner_lr, seed=0), cfg)
+        core = OnlineLearner(OnlineRanker(lr=s.learner.lr, seed=0), s.learner, s.drift)
         offsets, events_in_state = {}, {}
         version = 0
 
     producer = bus.make_producer(s)
-    consumer = bus.make_consumer(s, s.learner_group)
-    consumer.subscribe([s.topic_events], listener=_SeekToCheckpoint(consumer, offsets))
-    guard = RollbackGuard(s.rollback_threshold, s.rollback_min_examples)
+    consumer = bus.make_consumer(s, s.learner.group)
+    consumer.subscribe([s.topic.events], listener=_SeekToCheckpoint(consumer, offsets))
+    guard = RollbackGuard(s.learner.rollback_threshold, s.learner.rollback_min_examples)
     loop = _Loop(s, core, builder, store, guard, ckpt, producer, offsets, version, fusion, next_items, events_in_state)
-    loop.search_card = SearchCard(s.serving_search_head_weight)
+    loop.search_card = SearchCard(s.search.head_weight)
     if state is not None and state.get("search_card") is not None:
         loop.position_bias.load_state(state["position_bias"])
         loop.search_card.load_state(state["search_card"])
@@ -413,9 +412,9 @@ def run(settings: Settings, stop: threading.Event) -> None:
     loop.checkpoint(consumer, force=True)
     try:
         while not stop.is_set():
-            polled = consumer.poll(timeout_ms=100, max_records=s.consumer_max_poll_records)
+            polled = consumer.poll(timeout_ms=100, max_records=s.kafka.consumer_max_poll_records)
             for tp, msgs in polled.items():
-                events = [_decoded(m.value, s.max_event_bytes) for m in msgs]
+                events = [_decoded(m.value, s.consumers.max_event_bytes) for m in msgs]
                 asked = [e.event_id for e in events if e is not None and e.type != "impression"]
                 retry_until_done(functools.partial(verdicts.prefetch, asked), stop, on_error=_redis_error)
                 for m, ev in zip(msgs, events, strict=True):

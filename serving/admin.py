@@ -1,7 +1,7 @@
 """Model controls for operators: promote a published version, roll back to the previous one.
 
 Both move the model store's ``CURRENT`` pointer with :meth:`ModelStore.rollback` (what
-``streamrec model rollback`` does): serving hot-swaps within ``model_poll_s`` and the learner adopts
+``streamrec model rollback`` does): serving hot-swaps within ``serving.model_poll_s`` and the learner adopts
 the version as its champion. The admin key is enforced by ``serving.auth`` (every ``/admin/…``
 path needs it); each action is recorded for the cockpit's markers (``serving.cockpit.record_action``).
 """

@@ -172,7 +172,7 @@ def store_unavailable(s: Settings) -> Callable[[Request, Exception], Response]:
         return JSONResponse(
             {"detail": f"feature store unreachable ({type(exc).__name__}); retry later"},
             status_code=503,
-            headers={"Retry-After": str(s.serving_retry_after_s)},
+            headers={"Retry-After": str(s.serving.retry_after_s)},
         )
 
     return handler
@@ -255,7 +255,7 @@ def publish_routes(s: Settings, producer: KafkaProducer) -> APIRouter:
     """POST /events and /catalog: validate each object, publish the valid ones, answer 202 once the
     broker has them. The body is read on the event loop; validating and publishing (which blocks on
     the broker's acknowledgements) run in the threadpool, so a slow broker never stalls the loop.
-    At most ``serving_publish_max_inflight`` requests (and their bytes) do so at once
+    At most ``serving.publish_max_inflight`` requests (and their bytes) do so at once
     (serving/backpressure.py); the rest are answered 503 with Retry-After, unread."""
     router = APIRouter()
     gate = PublishGate.from_settings(s)
@@ -283,7 +283,7 @@ def publish_routes(s: Settings, producer: KafkaProducer) -> APIRouter:
                 chunks.append(chunk)
             objects = parse_batch(b"".join(chunks))
             del chunks
-            limits = (s.max_event_bytes, s.serving_publish_timeout_s)
+            limits = (s.consumers.max_event_bytes, s.serving.publish_timeout_s)
             result = await run_in_threadpool(publish_batch, producer, objects, validate, topic, key_of, *limits)
         finally:
             gate.leave(held)
@@ -304,7 +304,7 @@ def publish_routes(s: Settings, producer: KafkaProducer) -> APIRouter:
     async def post_events(request: Request):
         """Events: one object or an array of at most 1000. Each object is validated on its own: the
         valid ones are published (partitioned by user_id), the invalid ones reported by index."""
-        return await publish(request, validate_event, s.topic_events, lambda e: e.user_id)
+        return await publish(request, validate_event, s.topic.events, lambda e: e.user_id)
 
     @router.post(
         "/catalog",
@@ -315,7 +315,7 @@ def publish_routes(s: Settings, producer: KafkaProducer) -> APIRouter:
     )
     async def post_catalog(request: Request):
         """Catalog upserts and deletes: one object or an array of at most 1000, validated one by one."""
-        return await publish(request, validate_catalog, s.topic_catalog, lambda c: c.item_id)
+        return await publish(request, validate_catalog, s.topic.catalog, lambda c: c.item_id)
 
     return router
 

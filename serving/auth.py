@@ -5,11 +5,11 @@ Roles, decided by the request alone (before any route runs, so a refused request
 ================================  ==========  ==================================================
 request                           role        accepted keys (``Authorization: Bearer <key>``)
 ================================  ==========  ==================================================
-``POST /events``, ``/catalog``    producer    ``api_producer_keys``
-``/admin/…``                      admin       ``api_admin_keys``
+``POST /events``, ``/catalog``    producer    ``api.producer_keys``
+``/admin/…``                      admin       ``api.admin_keys``
 ``/healthz``, ``/readyz``,        (open)      probes and Prometheus scrapes never need a key
 ``/metrics``
-anything else (reads)             read        open, unless ``api_require_read_key``: then read,
+anything else (reads)             read        open, unless ``api.require_read_key``: then read,
                                               producer or admin keys
 ================================  ==========  ==================================================
 
@@ -19,7 +19,7 @@ that matches nothing → 401, a valid key of another role → 403; each with a J
 Keys are compared with :func:`hmac.compare_digest` against every configured key (no early exit),
 so response time does not tell how much of a key was right.
 
-Rate limit (``api_rate_limit_per_s`` > 0): a token bucket per key, or per client IP when the
+Rate limit (``api.rate_limit_per_s`` > 0): a token bucket per key, or per client IP when the
 request carries no valid key; an empty bucket answers 429 with ``Retry-After`` (seconds).
 """
 
@@ -51,10 +51,10 @@ def install(app: FastAPI, s: Settings) -> None:
     """Add access control (and CORS, outermost, when origins are configured) to ``app``."""
     app.add_middleware(AccessControl, settings=s)
     document(app)
-    if s.api_cors_origins:
+    if s.api.cors_origins:
         app.add_middleware(
             CORSMiddleware,
-            allow_origins=list(s.api_cors_origins),
+            allow_origins=list(s.api.cors_origins),
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type"],
             max_age=600,
@@ -70,7 +70,7 @@ def document(app: FastAPI) -> None:
     responses: dict[str, dict[str, Any]] = {
         "401": {"description": "no key, or one matching none", "headers": _header("WWW-Authenticate", "string")},
         "403": {"description": "a key of another role, or keyless and not from loopback"},
-        "429": {"description": "rate limit (api_rate_limit_per_s)", "headers": _header("Retry-After", "integer")},
+        "429": {"description": "rate limit (api.rate_limit_per_s)", "headers": _header("Retry-After", "integer")},
     }
 
     def openapi() -> dict[str, Any]:
@@ -165,13 +165,13 @@ class AccessControl:
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
         self.keys = {
-            PRODUCER: list(settings.api_producer_keys),
-            ADMIN: list(settings.api_admin_keys),
-            READ: list(settings.api_read_keys),
+            PRODUCER: list(settings.api.producer_keys),
+            ADMIN: list(settings.api.admin_keys),
+            READ: list(settings.api.read_keys),
         }
-        self.require_read_key = settings.api_require_read_key
-        rate = settings.api_rate_limit_per_s
-        self.buckets = TokenBuckets(rate, settings.api_rate_limit_burst) if rate > 0 else None
+        self.require_read_key = settings.api.require_read_key
+        rate = settings.api.rate_limit_per_s
+        self.buckets = TokenBuckets(rate, settings.api.rate_limit_burst) if rate > 0 else None
 
     def role_of(self, token: str) -> str | None:
         """The role a key grants (admin > producer > read); every list is compared in full."""

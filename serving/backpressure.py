@@ -1,9 +1,9 @@
 """Backpressure for writes: a bound on the requests (and their bytes) publishing at once.
 
 A write request holds its body, its parsed objects and a threadpool worker until the broker
-acknowledges it (``serving_publish_timeout_s`` at most). Without a bound, a broker slower than the
+acknowledges it (``serving.publish_timeout_s`` at most). Without a bound, a broker slower than the
 clients lets those pile up until serving runs out of memory or of workers for reads. With it,
-a request past ``serving_publish_max_inflight`` requests or ``serving_publish_max_inflight_bytes``
+a request past ``serving.publish_max_inflight`` requests or ``serving.publish_max_inflight_bytes``
 bytes is answered ``503`` with ``Retry-After`` at once, before its body is read: it published
 nothing, and retrying it later is safe.
 
@@ -34,7 +34,7 @@ class PublishGate:
 
     @classmethod
     def from_settings(cls, s: Settings) -> PublishGate:
-        return cls(s.serving_publish_max_inflight, s.serving_publish_max_inflight_bytes)
+        return cls(s.serving.publish_max_inflight, s.serving.publish_max_inflight_bytes)
 
     def try_enter(self, nbytes: int) -> bool:
         with self.lock:

@@ -1,8 +1,8 @@
 """The ops cockpit's data: a bounded, downsampled history kept in Redis, and ``GET /dashboard/data``.
 
-Works with the embedded default (no Prometheus): every ``cockpit_sample_s`` (10 s) one serving
+Works with the embedded default (no Prometheus): every ``cockpit.sample_s`` (10 s) one serving
 replica appends a snapshot to a capped Redis list, ``{prefix}cockpit:history`` (``RPUSH`` +
-``LTRIM`` to ``cockpit_history_points``, 2,880 = 8 h). A snapshot is about 0.8–1.2 KB of JSON
+``LTRIM`` to ``cockpit.history_points``, 2,880 = 8 h). A snapshot is about 0.8–1.2 KB of JSON
 (served model version and its prequential AUC / log-loss from the model store, events/s in and
 out, consumer lag per service, dead-letter and quarantine rates, click and purchase rates per item
 shown, per-feature drift distances, index size, latency per route), so the list stays under 3.5 MB.
@@ -12,7 +12,7 @@ With several replicas a per-slot ``SET NX`` lets one of them sample each slot; i
 Consumer lag per service (records behind the partition end): ``consumers`` from the offsets it
 applied (in Redis) on the events and catalog topics, ``index-updater`` and ``learner`` from their
 groups' committed offsets (the learner commits after each checkpoint, so its lag includes up to
-``learner_checkpoint_every_s`` of records), ``serving-vectors`` from this replica's follower. Click
+``learner.checkpoint_every_s`` of records), ``serving-vectors`` from this replica's follower. Click
 and purchase rates and the feature distances come from the learner's stats hash (``streamrec/ops.py``).
 
 Operator actions (promote / roll back through ``/admin``) go to ``{prefix}cockpit:actions``
@@ -62,8 +62,8 @@ def record_action(s: Settings, action: dict) -> None:
     try:
         r = connect(s)
         try:
-            r.rpush(s.redis_prefix + ACTIONS, json.dumps({"t": int(time.time() * 1000), **action}))
-            r.ltrim(s.redis_prefix + ACTIONS, -ACTIONS_KEPT, -1)
+            r.rpush(s.redis.prefix + ACTIONS, json.dumps({"t": int(time.time() * 1000), **action}))
+            r.ltrim(s.redis.prefix + ACTIONS, -ACTIONS_KEPT, -1)
         finally:
             r.close()
     except (redis.RedisError, RuntimeError) as e:
@@ -134,7 +134,7 @@ def quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
 
 
 class Sampler:
-    """Appends one snapshot every ``cockpit_sample_s`` to the Redis history (a daemon thread)."""
+    """Appends one snapshot every ``cockpit.sample_s`` to the Redis history (a daemon thread)."""
 
     def __init__(
         self,
@@ -167,11 +167,11 @@ class Sampler:
                 c.close()
 
     def _loop(self) -> None:
-        period = self.s.cockpit_sample_s
+        period = self.s.cockpit.sample_s
         while not self.stop_event.wait(period - (time.time() % period)):
             slot = int(time.time() // period)
             try:
-                if self.r.set(f"{self.s.redis_prefix}{SLOT}{slot}", "1", nx=True, ex=int(period * 3) + 1):
+                if self.r.set(f"{self.s.redis.prefix}{SLOT}{slot}", "1", nx=True, ex=int(period * 3) + 1):
                     self.append(self.sample())
                 else:
                     self.sample()  # keep the counters' baseline current for when this replica samples
@@ -181,40 +181,40 @@ class Sampler:
     def append(self, point: dict | None) -> None:
         if point is None:
             return
-        key = self.s.redis_prefix + HISTORY
+        key = self.s.redis.prefix + HISTORY
         pipe = self.r.pipeline(transaction=False)
         pipe.rpush(key, json.dumps(point, separators=(",", ":")))
-        pipe.ltrim(key, -self.s.cockpit_history_points, -1)
+        pipe.ltrim(key, -self.s.cockpit.history_points, -1)
         pipe.execute()
 
     # --- one snapshot ------------------------------------------------------------------------
 
     def _counters(self) -> dict[str, Any]:
         """Cumulative counters now (rates are their deltas between two samples)."""
-        s, p = self.s, self.s.redis_prefix
-        n = s.topic_partitions
+        s, p = self.s, self.s.redis.prefix
+        n = s.topic.partitions
         pipe = self.r.pipeline(transaction=False)
-        for topic in (s.topic_events, s.topic_catalog):
+        for topic in (s.topic.events, s.topic.catalog):
             for part in range(n):
-                pipe.get(f"{p}off:{s.consumers_group}:{topic}:{part}")
+                pipe.get(f"{p}off:{s.consumers.group}:{topic}:{part}")
         pipe.hgetall(f"{p}dlq:counts")
         pipe.hgetall(f"{p}q:counts")
         pipe.hgetall(p + LEARNER_STATS)
         res = pipe.execute()
         applied_by_part = {part: int(x) for part, x in enumerate(res[:n]) if x is not None}
         catalog_applied = {part: int(x) for part, x in enumerate(res[n : 2 * n]) if x is not None}
-        ends = self._end_offsets(s.topic_events)
+        ends = self._end_offsets(s.topic.events)
         dlq = {k: int(v) for k, v in cast(dict, res[-3]).items()}
         quarantine = {k: int(v) for k, v in cast(dict, res[-2]).items()}
         lag = _lag(ends, applied_by_part)
-        catalog_ends = self._end_offsets(s.topic_catalog)
+        catalog_ends = self._end_offsets(s.topic.catalog)
         consumers_catalog = _lag(catalog_ends, catalog_applied)
         lags = {
             "consumers": lag + consumers_catalog if lag is not None and consumers_catalog is not None else lag,
-            "index-updater": _lag(catalog_ends, self._committed(s.index_updater_group, s.topic_catalog)),
-            "learner": _lag(ends, self._committed(s.learner_group, s.topic_events)),
+            "index-updater": _lag(catalog_ends, self._committed(s.index.updater_group, s.topic.catalog)),
+            "learner": _lag(ends, self._committed(s.learner.group, s.topic.events)),
             "serving-vectors": _lag(
-                self._end_offsets(s.topic_vectors) if self.follower is not None else None,
+                self._end_offsets(s.topic.vectors) if self.follower is not None else None,
                 self.follower() if self.follower is not None else {},
             ),
         }
@@ -227,7 +227,7 @@ class Sampler:
             "end": sum(ends.values()) if ends is not None else None,
             "lag": lag,
             "lags": lags,
-            "api_in": _api_published(s.topic_events),
+            "api_in": _api_published(s.topic.events),
             "dlq": sum(dlq.values()),
             "quarantine": sum(quarantine.values()),
             "learner": parse_learner_stats(cast(dict, res[-1])),
@@ -349,7 +349,7 @@ def _per_item_shown(now: dict[str, int], before: dict[str, int]) -> tuple[float 
 
 
 def history(s: Settings, r: redis.Redis, limit: int | None = None) -> list[dict]:
-    raw = cast(list[str], r.lrange(s.redis_prefix + HISTORY, -(limit or s.cockpit_history_points), -1))
+    raw = cast(list[str], r.lrange(s.redis.prefix + HISTORY, -(limit or s.cockpit.history_points), -1))
     return [json.loads(x) for x in raw]
 
 
@@ -358,9 +358,9 @@ def dashboard_data(s: Settings, status: dict, drift: list[dict]) -> dict:
     r = connect(s)
     try:
         points = history(s, r)
-        actions = [json.loads(x) for x in cast(list[str], r.lrange(s.redis_prefix + ACTIONS, 0, -1))]
-        dlq = {k: int(v) for k, v in cast(dict, r.hgetall(f"{s.redis_prefix}dlq:counts")).items()}
-        quarantine = {k: int(v) for k, v in cast(dict, r.hgetall(f"{s.redis_prefix}q:counts")).items()}
+        actions = [json.loads(x) for x in cast(list[str], r.lrange(s.redis.prefix + ACTIONS, 0, -1))]
+        dlq = {k: int(v) for k, v in cast(dict, r.hgetall(f"{s.redis.prefix}dlq:counts")).items()}
+        quarantine = {k: int(v) for k, v in cast(dict, r.hgetall(f"{s.redis.prefix}q:counts")).items()}
     finally:
         r.close()
     store = ModelStore.from_settings(s)
@@ -374,8 +374,8 @@ def dashboard_data(s: Settings, status: dict, drift: list[dict]) -> dict:
     top = lambda counts: sorted(counts.items(), key=lambda kv: -kv[1])[:5]  # noqa: E731
     return {
         "now_ms": int(time.time() * 1000),
-        "sample_s": s.cockpit_sample_s,
-        "history_points_max": s.cockpit_history_points,
+        "sample_s": s.cockpit.sample_s,
+        "history_points_max": s.cockpit.history_points,
         "feature_window": FEATURE_WINDOW,
         "ks_alpha": KS_ALPHA,
         "serving": status,

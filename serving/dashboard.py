@@ -23,7 +23,7 @@ def recent_drift_events(s: Settings, limit: int = 20, timeout_ms: int = 300) -> 
     """The last ``limit`` records of the drift topic (it is small: one record per detection)."""
     consumer = bus.make_consumer(s, group_id=None, consumer_timeout_ms=timeout_ms)
     try:
-        tps = bus.all_partitions(consumer, s.topic_drift, timeout_s=2)
+        tps = bus.all_partitions(consumer, s.topic.drift, timeout_s=2)
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
         out: list[dict] = []

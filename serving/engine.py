@@ -24,16 +24,16 @@ from serving.rerank import mmr
 from serving.search import SearchRanker
 from streamrec import sessions
 from streamrec.encoder import Encoder
-from streamrec.features import INTERACTIONS, FeatureConfig, FeatureStore
+from streamrec.features import INTERACTIONS, FeatureStore
 from streamrec.ranking import N_FEATURES, FeatureAssembler
 from streamrec.schemas import ResultItem, ResultList
-from streamrec.settings import Settings
+from streamrec.settings import FeatureSettings, Settings
 from streamrec.vector_index import IndexReplica, LiveIndex
 
 log = logging.getLogger(__name__)
 
 # How much each interaction type says about a user's taste, for the profile vector.
-INTERACTION_WEIGHT = {t: FeatureConfig().weight(t) for t in INTERACTIONS}  # the feature config's weights
+INTERACTION_WEIGHT = {t: FeatureSettings().weight(t) for t in INTERACTIONS}  # the feature config's weights
 RECENCY_DECAY = 0.85  # weight of the i-th most recent interaction is RECENCY_DECAY ** i
 # ResultList.degraded entry while Redis does not answer: retrieval still works (the index and the
 # lexical index live in this process), but there are no feature rows, so no head and no learning.
@@ -78,7 +78,6 @@ class Engine:
         self.lexical = lexical
         self.impressions = impressions
         self.assembler = FeatureAssembler(features, self.index.vector, self.index.meta)
-        self.session_params = sessions.params.SessionParams.from_settings(s)
         self.searcher = SearchRanker(
             s, encoder, lambda: self.index, lexical, self._assemble, self._head, self._search_head_earned, self._memory
         )
@@ -97,7 +96,7 @@ class Engine:
             "model_version": model.version if model else 0,
             "search_head_earned": self._search_head_earned(),  # the head reorders /search (its scorecard)
             "encoder": self.encoder.model_id,
-            "index_factory": self.s.index_factory,
+            "index_factory": self.s.index.factory,
             "vector_offsets": self.replica.offsets,  # the follower's next offset per partition (status: lag)
         }
 
@@ -142,13 +141,13 @@ class Engine:
         if variant not in sessions.fusion.VARIANTS:
             raise ValueError(f"unknown recommend variant {variant!r}; one of {sessions.fusion.VARIANTS}")
         if exclude_seen is None:
-            exclude_seen = self.s.serving_recommend_exclude_seen
-        sc = sessions.candidates.read(self.features, user_id, self.session_params)
+            exclude_seen = self.s.recommend.exclude_seen
+        sc = sessions.candidates.read(self.features, user_id, self.s.recommend)
         exclude = set(sc.prefix) if exclude_seen else set()
-        ranked = sessions.fusion.rank(sc, variant, self.session_params, self.index.__contains__, exclude)
+        ranked = sessions.fusion.rank(sc, variant, self.s.recommend, self.index.__contains__, exclude)
         full = variant == "full"
-        model_weight = self.s.serving_recommend_model_weight if full else 0.0
-        diversity = self.s.serving_recommend_diversity_lambda if full else 1.0
+        model_weight = self.s.recommend.model_weight if full else 0.0
+        diversity = self.s.recommend.diversity_lambda if full else 1.0
         if ranked or not full:
             profile, _ = self._profile(list(reversed(sc.session)))
             relevance = [c.score / ranked[0].score for c in ranked]
@@ -156,7 +155,7 @@ class Engine:
             if full and ranked and sc.prefix:  # the learner fits the fusion on this pool; serving may use its fit
                 ranked, relevance, pool = self._learned_order(sc, ranked, relevance, profile, impression)
             # without the head and MMR the order is final: only the shown k need feature rows (latency)
-            shown = self.s.serving_candidates if model_weight > 0 or diversity < 1 else k
+            shown = self.s.serving.candidates if model_weight > 0 or diversity < 1 else k
             cands = [
                 Candidate(c.item_id, rel, self._cosine(profile, c.item_id), sessions.fusion.reasons(c, sc, self._title))
                 for c, rel in zip(ranked[:shown], relevance, strict=False)
@@ -177,14 +176,14 @@ class Engine:
         has earned it (its ``mode``; else as given), and the pool with its features for the learner
         when the request is logged. Nothing is computed when neither needs the features."""
         model = self.models.current
-        fitted = getattr(model, "fusion", None) if self.s.serving_recommend_learned_fusion else None
+        fitted = getattr(model, "fusion", None) if self.s.recommend.learned_fusion else None
         serve = fitted is not None and fitted.earned
         if not serve and not impression:
             return ranked, relevance, None
         # a row depends on its item alone: only the logged head of the pool needs rows unless the fit orders it all
         ids = [c.item_id for c in (ranked if serve else ranked[: sessions.learned.POOL_LOGGED])]
         cos = [self._cosine(profile, i) for i in ids]
-        F = sessions.learned.features(ids, sc.families, sc.prefix, cos, self.session_params.family_top_n)
+        F = sessions.learned.features(ids, sc.families, sc.prefix, cos, self.s.recommend.family_top_n)
         pool = (ids[: sessions.learned.POOL_LOGGED], F[: sessions.learned.POOL_LOGGED]) if impression else None
         if not serve:
             return ranked, relevance, pool
@@ -201,7 +200,7 @@ class Engine:
         exclude = seen if exclude_seen else set()
         profile, anchors = self._profile(recent)
         cands: dict[str, Candidate] = {}
-        n = self.s.serving_candidates
+        n = self.s.serving.candidates
         if profile is not None:
             anchor_vecs = np.stack([v for _, v in anchors])
             hits = self.index.search(profile[None, :], n, exclude=exclude)[0]
@@ -236,7 +235,7 @@ class Engine:
         title = self._title(item_id)
         cands = [
             Candidate(other, max(0.0, cos), cos, [f"similar to '{title}' (cosine {cos:.2f})"])
-            for other, cos in self.index.search(seed[None, :], self.s.serving_candidates, exclude={item_id})[0]
+            for other, cos in self.index.search(seed[None, :], self.s.serving.candidates, exclude={item_id})[0]
         ]
         try:
             covisited = self.features.covisited(item_id, 20)
@@ -261,9 +260,9 @@ class Engine:
         pool: sessions.learned.Pool | None = None,
     ) -> ResultList:
         """Recommendations and similar items: relevance blended with the head (``model_weight``,
-        default serving_model_weight), then MMR (``diversity``, default serving_diversity_lambda).
+        default serving.model_weight), then MMR (``diversity``, default serving.diversity_lambda).
         ``pool``: the learned fusion's candidates and features, logged with the impression."""
-        w = self.s.serving_model_weight if model_weight is None else model_weight
+        w = self.s.serving.model_weight if model_weight is None else model_weight
         if not cands:
             return self._empty(variant)
         ids = [c.item_id for c in cands]
@@ -283,12 +282,12 @@ class Engine:
             peak = float(value.max())
             if peak > 0:
                 final = (1 - w) * relevance + w * (value / peak)
-        order = self._diverse(ids, final, k, self.s.serving_diversity_lambda if diversity is None else diversity)
+        order = self._diverse(ids, final, k, self.s.serving.diversity_lambda if diversity is None else diversity)
         reasons = [c.reasons + e for c, e in zip(cands, explanations, strict=True)]
         return self._respond(ctx, ids, final, order, reasons, X, variant, impression, pool)
 
     def _assemble(self, **request) -> np.ndarray | None:
-        """The feature rows, or None when Redis does not answer within ``serving_redis_timeout_s``
+        """The feature rows, or None when Redis does not answer within ``serving.redis_timeout_s``
         (the caller then ranks on retrieval alone and the list says it is degraded)."""
         try:
             return self.assembler.assemble(**request)

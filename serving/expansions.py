@@ -3,7 +3,7 @@
 Why a follower: the consumers keep each item's expansion (the terms of past searches that led to a
 click, add to cart or purchase of it; ``P:qx:{item}``, streamrec/features/layout.py) and log every change
 (``P:qxlog:changed``, item -> change number). Serving reads the changes since the last it saw, every
-``serving_expansion_poll_s``, and re-indexes those items' ``qlog`` field, so a click linked to a
+``search.expansion_poll_s``, and re-indexes those items' ``qlog`` field, so a click linked to a
 search changes what the next search returns within about a second. At start it reads the whole log
 (a restart rebuilds the in-RAM index from Redis, as the documents are rebuilt from the vectors
 topic); a Redis that lost the log (its change number went back) is read again from the start.

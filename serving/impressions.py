@@ -29,7 +29,7 @@ class ImpressionLog:
         self.s = s
         self.producer = producer
         self.redis = r
-        self.ttl_s = s.label_window_s * 4 + 60
+        self.ttl_s = s.learner.label_window_s * 4 + 60
 
     def record(
         self,
@@ -50,12 +50,12 @@ class ImpressionLog:
             return
         if pool is not None:
             try:
-                log_pool(self.redis, self.s.redis_prefix, request_id, pool[0], pool[1], self.ttl_s)
+                log_pool(self.redis, self.s.redis.prefix, request_id, pool[0], pool[1], self.ttl_s)
             except redis.RedisError as e:  # one training example less; the impression still counts
                 log.warning("could not store the fusion pool of %s: %r", request_id, e)
         if rows is not None:
             try:
-                log_served(self.redis, self.s.redis_prefix, request_id, item_ids, rows, self.ttl_s)
+                log_served(self.redis, self.s.redis.prefix, request_id, item_ids, rows, self.ttl_s)
             except redis.RedisError as e:
                 # The learner can still recompute features; the impression itself must not be lost.
                 log.warning("could not store served features for %s: %r", request_id, e)
@@ -69,7 +69,7 @@ class ImpressionLog:
             query=query[:512] if query else None,
             swapped=swapped,
         )
-        future = self.producer.send(self.s.topic_events, key=event.user_id, value=encode(event))
+        future = self.producer.send(self.s.topic.events, key=event.user_id, value=encode(event))
         future.add_callback(lambda _md: metrics.IMPRESSIONS.labels("published").inc())
         future.add_errback(self._failed, request_id)
 

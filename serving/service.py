@@ -36,20 +36,20 @@ def build_engine(s: Settings) -> tuple[Engine, KafkaProducer]:
     encoder = Encoder.from_settings(s)
     replica = IndexReplica(s, encoder.dim)
     replica.start()
-    r = connect(s, s.serving_redis_timeout_s)  # a hung Redis degrades answers, never hangs them
-    models = ModelWatcher(ModelStore.from_settings(s), s.model_poll_s)
+    r = connect(s, s.serving.redis_timeout_s)  # a hung Redis degrades answers, never hangs them
+    models = ModelWatcher(ModelStore.from_settings(s), s.serving.model_poll_s)
     models.start()
 
-    lexical = LexicalIndex(expansion_boost=s.serving_expansion_boost)
+    lexical = LexicalIndex(expansion_boost=s.search.expansion_boost)
     replica.index.subscribe(lexical.apply)  # every vector-topic change, O(change); seeded with the snapshot
     lexical.start()
-    features = FeatureStore(r, s.redis_prefix, s.features, trending_cache_s=s.serving_trending_cache_s)
+    features = FeatureStore(r, s.redis.prefix, s.features, trending_cache_s=s.serving.trending_cache_s)
     expansions = None  # clicked searches' terms, indexed only where they are searched (boost > 0)
-    if s.serving_expansion_boost > 0:
-        expansions = ExpansionFollower(features, lexical, s.serving_expansion_poll_s)
+    if s.search.expansion_boost > 0:
+        expansions = ExpansionFollower(features, lexical, s.search.expansion_poll_s)
         expansions.start()
     # send() blocks while the producer's buffer is full: no longer than a write may wait for the broker
-    producer = bus.make_producer(s, max_block_ms=int(s.serving_publish_timeout_s * 1000))
+    producer = bus.make_producer(s, max_block_ms=int(s.serving.publish_timeout_s * 1000))
     engine = Engine(s, encoder, replica, features, models, lexical, ImpressionLog(s, producer, r), expansions)
     return engine, producer
 
@@ -60,8 +60,8 @@ def run(s: Settings, stop: threading.Event) -> None:
     # the cockpit's bounded history (serving/cockpit.py)
     sampler = Sampler(s, engine.status, follower=lambda: engine.replica.offsets)
     sampler.start()
-    keeper = GcKeeper(thaw_s=s.serving_gc_thaw_s).start(freeze_now=True) if s.serving_gc_thaw_s > 0 else None
-    config = uvicorn.Config(app, host=s.http_host, port=s.http_port, log_level="warning", timeout_graceful_shutdown=5)
+    keeper = GcKeeper(thaw_s=s.serving.gc_thaw_s).start(freeze_now=True) if s.serving.gc_thaw_s > 0 else None
+    config = uvicorn.Config(app, host=s.http.host, port=s.http.port, log_level="warning", timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
 
     # In the main thread uvicorn captures SIGTERM itself and re-raises it after shutdown (which
@@ -72,7 +72,7 @@ def run(s: Settings, stop: threading.Event) -> None:
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
-    log.info("serving on http://%s:%d", s.http_host, s.http_port)
+    log.info("serving on http://%s:%d", s.http.host, s.http.port)
     try:
         server.run()
     finally:

@@ -24,14 +24,14 @@ log = logging.getLogger(__name__)
 
 def topic_specs(s: Settings) -> list[NewTopic]:
     """Every topic streamrec uses. Vectors are compacted: the latest vector per item is the state."""
-    p = s.topic_partitions
+    p = s.topic.partitions
     return [
-        NewTopic(s.topic_events, p, 1),
-        NewTopic(s.topic_catalog, p, 1),
-        NewTopic(s.topic_dlq, 1, 1),
-        NewTopic(s.topic_quarantine, 1, 1),
-        NewTopic(s.topic_vectors, p, 1, topic_configs={"cleanup.policy": "compact"}),
-        NewTopic(s.topic_drift, 1, 1),
+        NewTopic(s.topic.events, p, 1),
+        NewTopic(s.topic.catalog, p, 1),
+        NewTopic(s.topic.dlq, 1, 1),
+        NewTopic(s.topic.quarantine, 1, 1),
+        NewTopic(s.topic.vectors, p, 1, topic_configs={"cleanup.policy": "compact"}),
+        NewTopic(s.topic.drift, 1, 1),
     ]
 
 
@@ -157,10 +157,10 @@ def make_consumer(s: Settings, group_id: str | None, topics: Iterable[str] = (),
         group_id=group_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
-        session_timeout_ms=s.consumer_session_timeout_ms,
-        heartbeat_interval_ms=s.consumer_heartbeat_ms,
-        max_poll_interval_ms=s.consumer_max_poll_interval_ms,
-        max_poll_records=s.consumer_max_poll_records,
+        session_timeout_ms=s.kafka.consumer_session_timeout_ms,
+        heartbeat_interval_ms=s.kafka.consumer_heartbeat_ms,
+        max_poll_interval_ms=s.kafka.consumer_max_poll_interval_ms,
+        max_poll_records=s.kafka.consumer_max_poll_records,
     )
     cfg.update(overrides)
     consumer = KafkaConsumer(**cfg)

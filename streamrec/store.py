@@ -25,9 +25,9 @@ PROTOCOL = 2
 def connect(s: Settings, timeout_s: float | None = None) -> redis.Redis:
     """A pooled client returning ``str`` (every value we store is text or a number).
 
-    ``timeout_s`` bounds every call (default ``redis_timeout_s``): serving passes its short read
+    ``timeout_s`` bounds every call (default ``redis.timeout_s``): serving passes its short read
     timeout so a Redis that hangs turns into a degraded answer, not a hung request."""
-    timeout = s.redis_timeout_s if timeout_s is None else timeout_s
+    timeout = s.redis.timeout_s if timeout_s is None else timeout_s
     return redis.Redis.from_url(
         s.require_redis(),
         protocol=PROTOCOL,
@@ -41,7 +41,7 @@ def connect(s: Settings, timeout_s: float | None = None) -> redis.Redis:
 def connect_binary(s: Settings) -> redis.Redis:
     """A client returning ``bytes``, for packed vectors."""
     return redis.Redis.from_url(
-        s.require_redis(), protocol=PROTOCOL, socket_timeout=s.redis_timeout_s, socket_connect_timeout=5
+        s.require_redis(), protocol=PROTOCOL, socket_timeout=s.redis.timeout_s, socket_connect_timeout=5
     )
 
 

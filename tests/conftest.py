@@ -58,29 +58,25 @@ def redis_server(tmp_path_factory):
 
 
 def isolated_settings(kafka_broker, redis_server, state_dir, **overrides) -> Settings:
-    """Settings whose topics and Redis keys belong to one test only; topics are created."""
+    """Settings whose topics and Redis keys belong to one test only; topics are created.
+
+    ``overrides`` as for ``Settings.replace``: a group takes a dict of the fields to change."""
     tag = uuid.uuid4().hex[:8]
-    values = dict(
-        kafka_bootstrap=kafka_broker.bootstrap,
-        redis_url=redis_server.url,
-        redis_prefix=f"t{tag}:",
+    s = Settings(
+        kafka={
+            "bootstrap": kafka_broker.bootstrap,
+            "consumer_session_timeout_ms": 6_000,
+            "consumer_heartbeat_ms": 500,
+            "consumer_max_poll_interval_ms": 10_000,
+        },
+        redis={"url": redis_server.url, "prefix": f"t{tag}:"},
         state_dir=state_dir,
-        topic_events=f"t{tag}.events",
-        topic_catalog=f"t{tag}.catalog",
-        topic_dlq=f"t{tag}.dlq",
-        topic_quarantine=f"t{tag}.quarantine",
-        topic_vectors=f"t{tag}.vectors",
-        topic_drift=f"t{tag}.drift",
+        topic={name: f"t{tag}.{name}" for name in ("events", "catalog", "dlq", "quarantine", "vectors", "drift")},
         # own groups: a member killed by an earlier test must not hold up this test's rebalance
-        consumers_group=f"t{tag}-consumers",
-        learner_group=f"t{tag}-learner",
-        index_updater_group=f"t{tag}-index-updater",
-        consumer_session_timeout_ms=6_000,
-        consumer_heartbeat_ms=500,
-        consumer_max_poll_interval_ms=10_000,
-    )
-    values.update(overrides)
-    s = Settings(**values)
+        consumers={"group": f"t{tag}-consumers"},
+        learner={"group": f"t{tag}-learner"},
+        index={"updater_group": f"t{tag}-index-updater"},
+    ).replace(**overrides)
     bus.ensure_topics(s)
     return s
 

@@ -62,7 +62,7 @@ def build_app(s: Settings, producer) -> FastAPI:
         s,
         encoder,  # type: ignore[arg-type]
         SimpleNamespace(index=index, offsets={}),  # type: ignore[arg-type]  # a replica following nothing
-        FeatureStore(r, s.redis_prefix, s.features),
+        FeatureStore(r, s.redis.prefix, s.features),
         models,  # type: ignore[arg-type]
         lexical,
         ImpressionLog(s, producer, r),

@@ -9,10 +9,10 @@ import json
 import pytest
 
 from consumers.apply import Writer
-from consumers.botfilter import BotConfig
 from serving.app import MAX_BODY_BYTES
 from streamrec.features import FeatureStore
 from streamrec.schemas import Event, decode_event, encode
+from streamrec.settings import BotSettings
 from streamrec.store import connect_binary
 from tests.test_serving_app import _client
 
@@ -124,14 +124,14 @@ def test_the_first_copy_of_an_event_id_wins(settings):
     """Two payloads under one event_id from one user: the consumers apply the first and quarantine
     the second as duplicate_event. Per user (the partition key), within the user's last
     dedup_lookback events: the same id from another user is another event."""
-    writer = Writer(connect_binary(settings), settings.redis_prefix, "g", settings.features, BotConfig(user_limit=0))
+    writer = Writer(connect_binary(settings), settings.redis.prefix, "g", settings.features, BotSettings(user_limit=0))
     first = Event(event_id="dup", type="click", user_id="u1", item_id="a", ts=TS)
     second = Event(event_id="dup", type="purchase", user_id="u1", item_id="b", ts=TS + 60_000)
     other_user = Event(event_id="dup", type="click", user_id="u2", item_id="a", ts=TS + 120_000)
     records = [(i, e, encode(e), e.user_id.encode()) for i, e in enumerate([first, second, other_user])]
-    result = writer.apply(settings.topic_events, 0, records[:2], next_offset=2)
+    result = writer.apply(settings.topic.events, 0, records[:2], next_offset=2)
     assert result.applied == 1 and result.quarantined == ["duplicate_event"]
-    writer.apply(settings.topic_events, 0, records[2:], next_offset=3)
+    writer.apply(settings.topic.events, 0, records[2:], next_offset=3)
     fs = FeatureStore.from_settings(settings)
     assert fs.user_counts("u1") == {"click": 1} and fs.item_counts("b") == {}
     assert fs.user_counts("u2") == {"click": 1} and fs.item_counts("a") == {"click": 2}

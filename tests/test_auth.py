@@ -19,12 +19,13 @@ from tests.test_serving_app import FakeEngine, FakeProducer
 LOOPBACK = ("127.0.0.1", 50000)
 REMOTE = ("203.0.113.7", 50000)
 EVENT = {"event_id": "e1", "user_id": "u1", "item_id": "i1", "type": "click", "ts": 1_700_000_000_000}
-KEYS = dict(api_producer_keys="prod-1,prod-2", api_admin_keys="admin-1", api_read_keys="read-1")
+KEYS = {"producer_keys": "prod-1,prod-2", "admin_keys": "admin-1", "read_keys": "read-1"}
 
 
-def _client(client=REMOTE, **settings) -> tuple[TestClient, FakeProducer, Settings]:
+def _client(client=REMOTE, state_dir=None, **api) -> tuple[TestClient, FakeProducer, Settings]:
+    """An app whose ``api`` settings group is ``api`` (the rest: defaults)."""
     producer = FakeProducer()
-    s = Settings(**settings)
+    s = Settings(api=api) if state_dir is None else Settings(api=api, state_dir=state_dir)
     return TestClient(create_app(s, FakeEngine(), producer), client=client), producer, s
 
 
@@ -50,7 +51,7 @@ def test_writes_need_a_producer_key_and_refusals_publish_nothing():
 def test_reads_are_open_unless_a_read_key_is_required():
     client, _, _ = _client(**KEYS)
     assert client.get("/search", params={"q": "ink"}).status_code == 200
-    client, _, _ = _client(api_require_read_key=True, **KEYS)
+    client, _, _ = _client(**KEYS, require_read_key=True)
     r = client.get("/search", params={"q": "ink"})
     assert r.status_code == 401 and "requires a key for reads" in r.json()["detail"]
     for key in ("read-1", "prod-1", "admin-1"):
@@ -77,7 +78,7 @@ def test_without_keys_writes_and_admin_are_accepted_from_loopback_only(tmp_path)
 
 
 def test_rate_limit_answers_429_with_retry_after_per_key():
-    client, producer, _ = _client(api_rate_limit_per_s=0.5, api_rate_limit_burst=2, **KEYS)
+    client, producer, _ = _client(**KEYS, rate_limit_per_s=0.5, rate_limit_burst=2)
     ok = [client.post("/events", json=EVENT, headers=_bearer("prod-1")).status_code for _ in range(2)]
     r = client.post("/events", json=EVENT, headers=_bearer("prod-1"))
     assert ok == [202, 202] and r.status_code == 429 and int(r.headers["retry-after"]) >= 1
@@ -122,7 +123,7 @@ def test_keys_are_compared_in_constant_time_against_every_key(monkeypatch):
 
 
 def test_cors_origins_setting():
-    client, _, _ = _client(api_cors_origins="https://shop.example", **KEYS)
+    client, _, _ = _client(**KEYS, cors_origins="https://shop.example")
     r = client.options(
         "/events",
         headers={"Origin": "https://shop.example", "Access-Control-Request-Method": "POST"},

@@ -1,5 +1,5 @@
 """Backpressure of writes against a broker that stops acknowledging (its process paused with
-SIGSTOP): past ``serving_publish_max_inflight`` requests, POST /events is answered 503 with
+SIGSTOP): past ``serving.publish_max_inflight`` requests, POST /events is answered 503 with
 Retry-After at once, publishes nothing, and serving recovers by itself once the broker is back."""
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def topic_event_ids(s: Settings, until: str) -> set[str]:
     """Every event_id on the events topic, read until ``until`` has been seen."""
     consumer = bus.make_consumer(s, group_id=None)
     try:
-        tps = bus.all_partitions(consumer, s.topic_events)
+        tps = bus.all_partitions(consumer, s.topic.events)
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
         seen: set[str] = set()
@@ -56,11 +56,10 @@ def test_a_flood_past_a_silent_broker_is_shed_at_once_and_publishes_nothing(tmp_
         bus.wait_for_broker(broker.bootstrap)
         tag = uuid.uuid4().hex[:8]
         s = Settings(
-            kafka_bootstrap=broker.bootstrap,
-            topic_events=f"bp{tag}.events",
             state_dir=tmp_path / "state",
-            serving_publish_max_inflight=INFLIGHT,
-            serving_publish_timeout_s=TIMEOUT_S,
+            kafka={"bootstrap": broker.bootstrap},
+            topic={"events": f"bp{tag}.events"},
+            serving={"publish_max_inflight": INFLIGHT, "publish_timeout_s": TIMEOUT_S},
         )
         bus.ensure_topics(s)
         producer = bus.make_producer(s, max_block_ms=int(TIMEOUT_S * 1000))
@@ -91,7 +90,7 @@ def test_a_flood_past_a_silent_broker_is_shed_at_once_and_publishes_nothing(tmp_
             assert max(a[1] for a in shed) < TIMEOUT_S, sorted(a[1] for a in shed)[-3:]
             assert all(a[1] < TIMEOUT_S + 3 for a in waited), [a[1] for a in waited]
             page = http.get("/metrics").text
-            assert sample_sum(page, "streamrec_serving_publish_shed_total", topic=s.topic_events) == len(shed)
+            assert sample_sum(page, "streamrec_serving_publish_shed_total", topic=s.topic.events) == len(shed)
 
             # Recovery without a restart: the broker answers again, so does serving.
             recovered = wait_for(

@@ -15,7 +15,7 @@ from streamrec import bus
 from streamrec.model_store import ModelStore
 from streamrec.ops import add_learner_stats
 from streamrec.ranking import FEATURE_NAMES, RankingHead
-from streamrec.settings import Settings
+from streamrec.settings import DriftSettings, Settings
 from streamrec.store import connect
 from streamrec.vector_index.metrics import EVENT_TO_SEARCHABLE
 from tests.conftest import isolated_settings
@@ -30,23 +30,23 @@ def test_quantile_from_cumulative_buckets():
 
 
 def test_sampler_appends_rates_to_a_capped_redis_list(kafka_broker, redis_server, tmp_path):
-    s = isolated_settings(kafka_broker, redis_server, tmp_path / "state", cockpit_history_points=3)
+    s = isolated_settings(kafka_broker, redis_server, tmp_path / "state", cockpit={"history_points": 3})
     r = connect(s)
     store = ModelStore.from_settings(s)
     store.publish(RankingHead(), {"reason": "initial", "metrics": {"click_auc": 0.71, "click_logloss": 0.3}})
     status = FakeEngine().status
     sampler = Sampler(s, status, r, follower=lambda: {0: 0})
-    watched = list(s.drift_features)
-    add_learner_stats(r, s.redis_prefix, {"events:click": 1, "items_shown": 10}, dict.fromkeys(watched), 0.109)
+    watched = list(s.drift.features)
+    add_learner_stats(r, s.redis.prefix, {"events:click": 1, "items_shown": 10}, dict.fromkeys(watched), 0.109)
     assert sampler.sample() is None  # the first call is the baseline
     distances = {f: 0.0123 * (i + 1) for i, f in enumerate(watched)}
-    add_learner_stats(r, s.redis_prefix, {"events:click": 3, "events:purchase": 1, "items_shown": 40}, distances, 0.109)
+    add_learner_stats(r, s.redis.prefix, {"events:click": 3, "events:purchase": 1, "items_shown": 40}, distances, 0.109)
     producer = bus.make_producer(s)
-    bus.publish_confirmed(producer, [(s.topic_events, f"u{i}", b"{}") for i in range(20)], timeout_s=10)
+    bus.publish_confirmed(producer, [(s.topic.events, f"u{i}", b"{}") for i in range(20)], timeout_s=10)
     producer.close()
-    for part in range(s.topic_partitions):  # what the consumers applied
-        r.set(f"{s.redis_prefix}off:{s.consumers_group}:{s.topic_events}:{part}", 5)
-    r.hset(f"{s.redis_prefix}dlq:counts", "bad_json", 3)
+    for part in range(s.topic.partitions):  # what the consumers applied
+        r.set(f"{s.redis.prefix}off:{s.consumers.group}:{s.topic.events}:{part}", 5)
+    r.hset(f"{s.redis.prefix}dlq:counts", "bad_json", 3)
     metrics.LATENCY.labels("search").observe(0.02)
     EVENT_TO_SEARCHABLE.observe(0.7)
     point = sampler.sample()
@@ -67,7 +67,7 @@ def test_sampler_appends_rates_to_a_capped_redis_list(kafka_broker, redis_server
     assert size < 1200, size  # the README's bound: 2,880 points under 3.5 MB
     for _ in range(5):
         sampler.append(point)
-    assert r.llen(s.redis_prefix + HISTORY) == 3 and history(s, r)[-1]["auc"] == 0.71
+    assert r.llen(s.redis.prefix + HISTORY) == 3 and history(s, r)[-1]["auc"] == 0.71
     sampler.stop()
 
 
@@ -83,7 +83,7 @@ def test_history_point_stays_under_1200_bytes_with_every_route_and_five_watched_
         lags = {"consumers": 12345678, "index-updater": 12345678, "learner": 12345678, "serving-vectors": 12345678}
         learner = {
             "counts": {"events:click": int(n * 7), "events:purchase": int(n * 3), "items_shown": int(n * 97)},
-            "feature_ks": {f: 0.123456789 for f in Settings().drift_features},
+            "feature_ks": {f: 0.123456789 for f in Settings().drift.features},
             "feature_ks_threshold": ks_critical(FEATURE_WINDOW, FEATURE_WINDOW),
         }
         return {
@@ -115,7 +115,7 @@ def test_history_point_stays_under_1200_bytes_with_every_route_and_five_watched_
 def test_feature_distance_is_small_when_stationary_and_crosses_the_ks_line_after_a_shift():
     rng = np.random.default_rng(0)
     names = ["query_item_cos", "price_log"]
-    monitor = DriftMonitor(feature_names=names, warmup=10**9, item_delta=0, rank_delta=0)
+    monitor = DriftMonitor(DriftSettings(features=names, warmup=10**9, item_delta=0, rank_delta=0))
     cols = [FEATURE_NAMES.index(f) for f in names]
 
     def feed(shift: float, n: int = 2 * FEATURE_WINDOW) -> None:
@@ -142,11 +142,11 @@ def test_dashboard_data_has_history_models_actions_and_drift(kafka_broker, redis
     store = ModelStore.from_settings(s)
     store.publish(RankingHead(), {"reason": "initial", "metrics": {"click_auc": 0.7}})
     r = connect(s)
-    r.rpush(s.redis_prefix + HISTORY, json.dumps({"t": 1, "auc": 0.7}))
+    r.rpush(s.redis.prefix + HISTORY, json.dumps({"t": 1, "auc": 0.7}))
     record_action(s, {"action": "rollback", "from": 2, "to": 1})
     producer = bus.make_producer(s)
     drift = {"detector": "adwin_loss", "what": "prequential_click_loss", "detected_ms": 1_700_000_000_000}
-    bus.publish_confirmed(producer, [(s.topic_drift, "adwin_loss", json.dumps(drift).encode())], timeout_s=10)
+    bus.publish_confirmed(producer, [(s.topic.drift, "adwin_loss", json.dumps(drift).encode())], timeout_s=10)
     producer.close()
     client = TestClient(create_app(s, FakeEngine(), FakeProducer()))
     data = client.get("/dashboard/data").json()

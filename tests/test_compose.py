@@ -2,6 +2,7 @@
 every STREAMREC_* variable is a real setting, every service reaches Kafka and Redis, and
 Prometheus scrapes each service on the port that service exposes."""
 
+import os
 import re
 from pathlib import Path
 
@@ -27,17 +28,26 @@ def test_compose_has_infrastructure_and_the_four_services():
         assert services[name]["build"] == "."
 
 
-def test_every_streamrec_variable_is_a_setting_and_infrastructure_is_configured():
-    fields = set(Settings.model_fields)
+def _settings(env: dict, monkeypatch) -> Settings:
+    """What a service started with exactly ``env`` reads (the test's own STREAMREC_* cleared)."""
+    for name in [k for k in os.environ if k.startswith("STREAMREC_")]:
+        monkeypatch.delenv(name)
+    for key, value in env.items():
+        monkeypatch.setenv(key, str(_interpolate(value)))
+    return Settings()
+
+
+def test_every_streamrec_variable_is_a_setting_and_infrastructure_is_configured(monkeypatch):
     for name in STREAMREC_SERVICES:
         env = _compose()["services"][name]["environment"]
         keys = [k for k in env if k.startswith("STREAMREC_")]
         assert keys, name
         for key in keys:
-            assert key.removeprefix("STREAMREC_").lower() in fields, f"{name}: {key} is not a setting"
+            assert key in Settings.env_names(), f"{name}: {key} is not a setting"
         assert env["STREAMREC_KAFKA_BOOTSTRAP"] == "kafka:9092"
         assert env["STREAMREC_REDIS_URL"].startswith("redis://redis:")
-        Settings(**{k.removeprefix("STREAMREC_").lower(): _interpolate(v) for k, v in env.items()})  # values validate
+        s = _settings(env, monkeypatch)  # values validate
+        assert s.kafka.bootstrap == "kafka:9092" and s.topic.partitions == int(env["STREAMREC_TOPIC_PARTITIONS"])
 
 
 def _interpolate(value):
@@ -48,13 +58,13 @@ def _interpolate(value):
     return re.sub(r"\$\{[A-Z0-9_]+:\?[^}]*\}", "set-by-operator", value)
 
 
-def test_compose_requires_api_keys_for_writes_and_admin():
+def test_compose_requires_api_keys_for_writes_and_admin(monkeypatch):
     env = _compose()["services"]["serving"]["environment"]
     for name in ("STREAMREC_API_PRODUCER_KEYS", "STREAMREC_API_ADMIN_KEYS"):
         assert re.fullmatch(rf"\$\{{{name}:\?[^}}]+\}}", env[name]), f"{name} must be required (${{{name}:?…}})"
-    s = Settings(**{k.removeprefix("STREAMREC_").lower(): _interpolate(v) for k, v in env.items()})
-    assert s.api_producer_keys == ["set-by-operator"] and s.api_admin_keys == ["set-by-operator"]
-    assert s.api_rate_limit_per_s > 0
+    s = _settings(env, monkeypatch)
+    assert s.api.producer_keys == ["set-by-operator"] and s.api.admin_keys == ["set-by-operator"]
+    assert s.api.rate_limit_per_s > 0
 
 
 def test_prometheus_scrapes_each_service_where_it_serves_metrics():

@@ -50,19 +50,15 @@ class Fleet:
 
         self.env = (
             child_env(
-                kafka_bootstrap=settings.kafka_bootstrap,
-                redis_url=settings.redis_url,
-                redis_prefix=settings.redis_prefix,
-                topic_events=settings.topic_events,
-                topic_catalog=settings.topic_catalog,
-                topic_dlq=settings.topic_dlq,
-                topic_quarantine=settings.topic_quarantine,
-                consumers_group=settings.consumers_group,
-                consumer_session_timeout_ms=4000,
-                consumer_heartbeat_ms=400,
-                consumer_max_poll_interval_ms=20_000,
-                log_level="WARNING",
+                settings.replace(
+                    kafka={
+                        "consumer_session_timeout_ms": 4000,
+                        "consumer_heartbeat_ms": 400,
+                        "consumer_max_poll_interval_ms": 20_000,
+                    }
+                ).to_env()
             )
+            | {"STREAMREC_LOG_LEVEL": "WARNING"}
             | FEATURE_ENV
         )
         self.log_dir = log_dir
@@ -151,10 +147,11 @@ def test_kill9_and_rebalances_lose_nothing_and_count_nothing_twice(kafka_broker,
         kafka_broker,
         redis_server,
         tmp_path / "state",
-        consumer_session_timeout_ms=4000,
-        consumer_heartbeat_ms=400,
-        learner_follow_vectors=False,
-        learner_checkpoint_every_s=1.0,  # kills land between checkpoints: the restart re-reads a tail
+        kafka={"consumer_session_timeout_ms": 4000, "consumer_heartbeat_ms": 400},
+        learner={
+            "follow_vectors": False,
+            "checkpoint_every_s": 1.0,  # kills land between checkpoints: the restart re-reads a tail
+        },
     )
     rng = random.Random(20160101)
     stream = build_stream(data_dir, N_SESSION_EVENTS, rng)
@@ -165,7 +162,7 @@ def test_kill9_and_rebalances_lose_nothing_and_count_nothing_twice(kafka_broker,
         producer = bus.make_producer(settings, linger_ms=20, batch_size=512 * 1024)
 
         for op in ops:  # the catalog first, so category affinity does not depend on topic interleaving
-            producer.send(settings.topic_catalog, key=op.item_id, value=encode(op))
+            producer.send(settings.topic.catalog, key=op.item_id, value=encode(op))
         producer.flush()
         fleet.start()
         learner.start()
@@ -181,7 +178,7 @@ def test_kill9_and_rebalances_lose_nothing_and_count_nothing_twice(kafka_broker,
             # still arrive: unpaced, the learner reads the whole stream before its second restart
             futures, started = [], time.monotonic()
             for i in range(0, len(stream), 1000):
-                futures += [producer.send(settings.topic_events, key=k, value=v) for k, v, _e in stream[i : i + 1000]]
+                futures += [producer.send(settings.topic.events, key=k, value=v) for k, v, _e in stream[i : i + 1000]]
                 time.sleep(max(0.0, started + (i + 1000) / PRODUCE_PER_S - time.monotonic()))
             producer.flush()
             for f in futures:
@@ -230,8 +227,8 @@ def test_kill9_and_rebalances_lose_nothing_and_count_nothing_twice(kafka_broker,
                 time.sleep(rng.uniform(1.0, 2.0))
                 victim = fleet.live[0]
             applied = sum(
-                int(fs.r.get(fs.keys.offset(settings.consumers_group, settings.topic_events, p)) or 0)
-                for p in range(settings.topic_partitions)
+                int(fs.r.get(fs.keys.offset(settings.consumers.group, settings.topic.events, p)) or 0)
+                for p in range(settings.topic.partitions)
             )
             fleet.kill9(victim)
             mid_stream_kills += applied < total
@@ -245,11 +242,11 @@ def test_kill9_and_rebalances_lose_nothing_and_count_nothing_twice(kafka_broker,
         def offset_done() -> bool:
             r = fs.r
             for p, last in last_offset.items():
-                v = r.get(fs.keys.offset(settings.consumers_group, settings.topic_events, p))
+                v = r.get(fs.keys.offset(settings.consumers.group, settings.topic.events, p))
                 if v is None or int(v) < last + 1:
                     return False
             return not any(
-                r.llen(fs.keys.outbox(settings.consumers_group, settings.topic_events, p)) for p in last_offset
+                r.llen(fs.keys.outbox(settings.consumers.group, settings.topic.events, p)) for p in last_offset
             )
 
         deadline = time.monotonic() + 180
@@ -274,5 +271,5 @@ def test_kill9_and_rebalances_lose_nothing_and_count_nothing_twice(kafka_broker,
         assert sum(ends.values()) == total
 
     # --- every feature equals the reference; rejections are exactly what was mixed in -------------
-    assert feature_mismatches(fs, ref, settings.redis_prefix) == []
+    assert feature_mismatches(fs, ref, settings.redis.prefix) == []
     assert rejection_mismatches(settings, fs, ref) == []

@@ -41,7 +41,7 @@ class CrashAfterPublish(Exception):
 
 @pytest.mark.parametrize("published_before_crash", [0, 1, 3])
 def test_recovery_publishes_each_dead_letter_once(settings, published_before_crash):
-    writer = Writer(connect_binary(settings), settings.redis_prefix, "g")
+    writer = Writer(connect_binary(settings), settings.redis.prefix, "g")
     dead_letters(settings, writer, 2, start=0)
     first = outbox_for(settings, writer)
     assert first.relay("src", 0) == 2  # an ordinary relay: records the output offsets reached
@@ -50,18 +50,18 @@ def test_recovery_publishes_each_dead_letter_once(settings, published_before_cra
     entries = first.r.lrange(writer.outbox_key("src", 0), 0, -1)
     for entry in entries[:published_before_crash]:
         _target, key, value, _off = _parse(entry, "src", 0)
-        first.producer.send(settings.topic_dlq, key=key, value=value)
+        first.producer.send(settings.topic.dlq, key=key, value=value)
     first.producer.flush()
 
     successor = outbox_for(settings, writer)
     assert successor.relay("src", 0, recover=True) == 3 - published_before_crash
-    letters = [DeadLetter.model_validate_json(m.value) for m in read_topic(settings, settings.topic_dlq, 5)]
+    letters = [DeadLetter.model_validate_json(m.value) for m in read_topic(settings, settings.topic.dlq, 5)]
     assert sorted(d.source_offset for d in letters) == [0, 1, 2, 3, 4]
     assert successor.r.llen(writer.outbox_key("src", 0)) == 0
 
 
 def test_a_failed_bookkeeping_step_keeps_the_entries(settings, monkeypatch):
-    writer = Writer(connect_binary(settings), settings.redis_prefix, "g")
+    writer = Writer(connect_binary(settings), settings.redis.prefix, "g")
     dead_letters(settings, writer, 2)
     box = outbox_for(settings, writer)
 
@@ -74,4 +74,4 @@ def test_a_failed_bookkeeping_step_keeps_the_entries(settings, monkeypatch):
     monkeypatch.undo()
     assert box.r.llen(writer.outbox_key("src", 0)) == 2  # nothing forgotten ...
     assert box.relay("src", 0) == 0  # ... and the retry (as the service does it) repeats nothing
-    assert len(read_topic(settings, settings.topic_dlq, 3, timeout_s=3)) == 2
+    assert len(read_topic(settings, settings.topic.dlq, 3, timeout_s=3)) == 2

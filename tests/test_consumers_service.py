@@ -50,7 +50,7 @@ def ev(i, user="u1", item="a", typ="view", **kw) -> Event:
 def test_events_become_features_and_bad_input_is_dead_lettered(settings, service):
     p = bus.make_producer(settings)
     p.send(
-        settings.topic_catalog,
+        settings.topic.catalog,
         key="a",
         value=encode(CatalogOp(op="upsert", item_id="a", ts=T0, title="Pen", category="office", price=2.5)),
     )
@@ -58,17 +58,17 @@ def test_events_become_features_and_bad_input_is_dead_lettered(settings, service
     fs = FeatureStore.from_settings(settings)
     wait_for(lambda: fs.item_attributes(["a"])[0], what="catalog upsert")
     for i, (item, typ) in enumerate([("a", "view"), ("b", "view"), ("a", "click"), ("b", "purchase")]):
-        p.send(settings.topic_events, key="u1", value=encode(ev(i, item=item, typ=typ)))
+        p.send(settings.topic.events, key="u1", value=encode(ev(i, item=item, typ=typ)))
     bad = [
         b"\xff\xfe not utf8",
         b"{not json",
         b"[1, 2]",
         json.dumps({"event_id": "x", "type": "teleport", "user_id": "u", "ts": T0, "item_id": "a"}).encode(),
         json.dumps({"event_id": "x", "type": "view", "user_id": "u", "ts": T0}).encode(),
-        b'{"pad": "' + b"x" * settings.max_event_bytes + b'"}',
+        b'{"pad": "' + b"x" * settings.consumers.max_event_bytes + b'"}',
     ]
     for raw in bad:
-        p.send(settings.topic_events, key="bad", value=raw)
+        p.send(settings.topic.events, key="bad", value=raw)
     p.flush()
 
     recent = wait_for(lambda: (r := fs.recent_items("u1")) and len(r) == 4 and r, what="recent items")
@@ -86,12 +86,12 @@ def test_events_become_features_and_bad_input_is_dead_lettered(settings, service
     assert fs.category_affinity("u1", now_ms=T0 + 2000) == {"office": pytest.approx(0.5 ** (2 / 604_800) + 2)}
     assert fs.item_attributes(["a", "zz"]) == [{"title": "Pen", "category": "office", "price": 2.5}, None]
 
-    letters = [DeadLetter.model_validate_json(m.value) for m in read_topic(settings, settings.topic_dlq, len(bad))]
+    letters = [DeadLetter.model_validate_json(m.value) for m in read_topic(settings, settings.topic.dlq, len(bad))]
     assert sorted(d.reason for d in letters) == sorted(
         ["not_utf8", "not_json", "not_object", "unknown_type", "invalid", "oversize"]
     )
     assert sorted(d.original_bytes() for d in letters) == sorted(bad)
-    assert all(d.source_topic == settings.topic_events and d.error for d in letters)
+    assert all(d.source_topic == settings.topic.events and d.error for d in letters)
 
 
 def test_stop_drains_and_commits(settings):
@@ -101,7 +101,7 @@ def test_stop_drains_and_commits(settings):
     p = bus.make_producer(settings)
     n = 300
     for i in range(n):
-        p.send(settings.topic_events, key=f"u{i % 7}", value=encode(ev(i, user=f"u{i % 7}", item=f"i{i % 13}")))
+        p.send(settings.topic.events, key=f"u{i % 7}", value=encode(ev(i, user=f"u{i % 7}", item=f"i{i % 13}")))
     p.flush()
     fs = FeatureStore.from_settings(settings)
     wait_for(lambda: sum(sum(fs.user_counts(f"u{k}").values()) for k in range(7)) == n, what="all events applied")
@@ -109,14 +109,14 @@ def test_stop_drains_and_commits(settings):
     t.join(30)
     assert not t.is_alive(), "run() did not return after stop"
     # Kafka's committed offsets caught up with the offsets stored atomically in Redis
-    c = bus.make_consumer(settings, group_id=settings.consumers_group)
+    c = bus.make_consumer(settings, group_id=settings.consumers.group)
     try:
-        tps = bus.all_partitions(c, settings.topic_events)
+        tps = bus.all_partitions(c, settings.topic.events)
         committed = {tp.partition: c.committed(tp) for tp in tps}
     finally:
         c.close()
     stored = {
-        tp.partition: fs.r.get(fs.keys.offset(settings.consumers_group, settings.topic_events, tp.partition))
+        tp.partition: fs.r.get(fs.keys.offset(settings.consumers.group, settings.topic.events, tp.partition))
         for tp in tps
     }
     assert sum(committed.values()) == n
@@ -134,7 +134,7 @@ def test_bots_and_repeats_are_quarantined_not_counted(settings, service, monkeyp
     ]
     repeat = [ev(10, user="human", item="x"), ev(10, user="human", item="x")]  # same event_id twice
     for e in normal + bot + repeat:
-        p.send(settings.topic_events, key=e.user_id, value=encode(e))
+        p.send(settings.topic.events, key=e.user_id, value=encode(e))
     p.flush()
     fs = FeatureStore.from_settings(settings)
     wait_for(lambda: sum(fs.quarantine_counts().values()) == 31, what="quarantine decisions")
@@ -142,7 +142,7 @@ def test_bots_and_repeats_are_quarantined_not_counted(settings, service, monkeyp
     assert fs.user_counts("bot") == {"click": 50}
     assert fs.user_counts("human") == {"view": 4}
     assert fs.is_quarantined("b79") == "user_burst" and fs.is_quarantined("b0") is None
-    held = [Quarantined.model_validate_json(m.value) for m in read_topic(settings, settings.topic_quarantine, 31)]
+    held = [Quarantined.model_validate_json(m.value) for m in read_topic(settings, settings.topic.quarantine, 31)]
     assert sorted(q.event.event_id for q in held if q.reason == "user_burst") == sorted(f"b{i}" for i in range(50, 80))
     assert [q.event.event_id for q in held if q.reason == "duplicate_event"] == ["e10"]
 
@@ -153,15 +153,15 @@ def test_status_shows_thresholds_decisions_and_lag(settings, service):
     p = bus.make_producer(settings)
     for i in range(60):  # one user over the 50-per-window limit
         e = Event(event_id=f"s{i}", type="view", user_id="fast", item_id=f"i{i}", ts=T0 + i)
-        p.send(settings.topic_events, key="fast", value=encode(e))
-    p.send(settings.topic_events, key="x", value=b"not json")
+        p.send(settings.topic.events, key="fast", value=encode(e))
+    p.send(settings.topic.events, key="x", value=b"not json")
     p.flush()
     fs = FeatureStore.from_settings(settings)
     wait_for(lambda: fs.quarantine_counts().get("user_burst") == 10 and fs.dead_letter_counts(), what="decisions")
     wait_for(
         lambda: (
             sum(
-                int(fs.r.get(fs.keys.offset(settings.consumers_group, settings.topic_events, p)) or 0) for p in range(3)
+                int(fs.r.get(fs.keys.offset(settings.consumers.group, settings.topic.events, p)) or 0) for p in range(3)
             )
             == 61
         ),
@@ -177,7 +177,7 @@ def test_status_shows_thresholds_decisions_and_lag(settings, service):
         "offset": s["bot_filter"]["recent_decisions"][0]["offset"],
     }
     assert s["dead_letters"]["counts"] == {"not_json": 1}
-    events = {k: v for k, v in s["partitions"].items() if k.startswith(settings.topic_events)}
+    events = {k: v for k, v in s["partitions"].items() if k.startswith(settings.topic.events)}
     assert sum(v["applied_offset"] or 0 for v in events.values()) == 61
     assert all(v["outbox_pending"] == 0 and v["lag"] >= 0 for v in events.values())
 
@@ -186,9 +186,9 @@ def test_invalid_catalog_ops_are_left_to_the_index_updater(settings, service):
     """One DLQ owner per topic: index_updater dead-letters the catalog, consumers only skip."""
     p = bus.make_producer(settings)
     for value in (b"{broken", encode(CatalogOp(op="upsert", item_id="ok", ts=T0, title="Lamp", category="home"))):
-        p.send(settings.topic_catalog, key="same-partition", value=value)
+        p.send(settings.topic.catalog, key="same-partition", value=value)
     p.flush()
     fs = FeatureStore.from_settings(settings)
     wait_for(lambda: fs.item_attributes(["ok"])[0], what="the valid op after the invalid one")
     assert fs.dead_letter_counts() == {}
-    assert read_topic(settings, settings.topic_dlq, 1, timeout_s=2) == []
+    assert read_topic(settings, settings.topic.dlq, 1, timeout_s=2) == []

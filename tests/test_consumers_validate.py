@@ -128,7 +128,7 @@ def test_known_bad_inputs_get_their_reason():
 @given(st.lists(payloads, min_size=1, max_size=8))
 def test_accepted_records_are_always_storable(settings, batch):
     """Whatever the validator accepts, the atomic writer stores (on the real Redis)."""
-    writer = Writer(connect_binary(settings), settings.redis_prefix, "prop")
+    writer = Writer(connect_binary(settings), settings.redis.prefix, "prop")
     stored = writer.stored_offset("t", 0) or 0
     for is_catalog in (False, True):
         records = [

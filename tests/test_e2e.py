@@ -36,10 +36,8 @@ def stack(kafka_broker, redis_server, tmp_path_factory, data_dir):
         kafka_broker,
         redis_server,
         tmp_path_factory.mktemp("e2e"),
-        http_port=free_port(),
-        publish_every_updates=5,
-        publish_every_s=0.5,
-        label_window_s=2.0,
+        http={"port": free_port()},
+        learner={"publish_every_updates": 5, "publish_every_s": 0.5, "label_window_s": 2.0},
     )
     with LocalStack(s, metrics_base_port=0) as running:
         catalog = list(itertools.islice(amazon18.catalog(data_dir), CATALOG_SIZE))
@@ -123,12 +121,12 @@ def test_malformed_events_land_in_the_dlq_with_reason_and_original_bytes(stack, 
     assert "item_id" in answer["rejected"][0]["error"]
     # Straight onto the topic, as a buggy producer would: dead-lettered by the consumers.
     bad = [b"\xff\xfenot utf8", b'{"event_id": "x", "type": "teleport"}', b"{truncated"]
-    producer = KafkaProducer(bootstrap_servers=s.kafka_bootstrap)
+    producer = KafkaProducer(bootstrap_servers=s.kafka.bootstrap)
     for raw in bad:
-        producer.send(s.topic_events, raw)
+        producer.send(s.topic.events, raw)
     producer.flush()
     consumer = bus.make_consumer(s, group_id=None)
-    consumer.assign(bus.all_partitions(consumer, s.topic_dlq))
+    consumer.assign(bus.all_partitions(consumer, s.topic.dlq))
     letters: dict[bytes, DeadLetter] = {}
 
     def collect():

@@ -15,7 +15,7 @@ from streamrec.settings import Settings
 
 @pytest.fixture(scope="module")
 def encoder() -> Encoder:
-    return Encoder.from_settings(Settings(encoder_batch_size=8))
+    return Encoder.from_settings(Settings(encoder={"batch_size": 8}))
 
 
 @pytest.fixture(scope="module")
@@ -81,10 +81,10 @@ def test_int8_stays_close_to_fp32(encoder, titles):
 def test_any_model_directory_works_and_bad_ones_say_why(tmp_path, titles, encoder):
     mine = tmp_path / "my-minilm"
     shutil.copytree(bundled_model_dir(), mine)
-    other = Encoder.from_settings(Settings(model_dir=mine))
+    other = Encoder.from_settings(Settings(encoder={"model_dir": mine}))
     assert other.model_id == "my-minilm/fp32"
     np.testing.assert_allclose(other.encode(titles[:4]), encoder.encode(titles[:4]), atol=1e-5)
-    with pytest.raises(FileNotFoundError, match="STREAMREC_MODEL_DIR"):
+    with pytest.raises(FileNotFoundError, match="STREAMREC_ENCODER_MODEL_DIR"):
         Encoder(tmp_path)
     if resolve_device("auto") == "cpu":
         with pytest.raises(ValueError, match="needs a CUDA device"):

@@ -10,8 +10,9 @@ import pytest
 
 from serving.expansions import ExpansionFollower
 from serving.lexical import LexicalIndex
-from streamrec.features import FeatureConfig, FeatureStore, ReplayFeatures, expansion_terms
+from streamrec.features import FeatureStore, ReplayFeatures, expansion_terms
 from streamrec.schemas import Event
+from streamrec.settings import FeatureSettings
 from streamrec.store import connect
 from streamrec.vector_index.live import ItemMeta
 from tests.test_features import T0, Feed
@@ -74,7 +75,7 @@ def test_a_click_without_query_is_linked_to_its_search_by_request_id(settings):
 
 
 def test_terms_are_capped_decayed_and_expire(settings):
-    cfg = FeatureConfig(expansion_cap=4, expansion_half_life_s=3600.0)
+    cfg = FeatureSettings(expansion_cap=4, expansion_half_life_s=3600.0)
     feed = Feed(settings, features=cfg)
     feed(outcome(1, query="alpha beta gamma"))
     feed(outcome(2, query="delta epsilon"))
@@ -90,7 +91,7 @@ def test_terms_are_capped_decayed_and_expire(settings):
 
 
 def test_redis_and_replay_agree(settings):
-    cfg = FeatureConfig(expansion_cap=3, expansion_links=2, expansion_log_cap=2)
+    cfg = FeatureSettings(expansion_cap=3, expansion_links=2, expansion_log_cap=2)
     events = [
         shown(1, "red brick wall", rid="q1"),
         shown(2, "steel door", rid="q2"),
@@ -160,7 +161,7 @@ def test_an_item_at_the_cap_stays_small(settings):
     for n in range(0, 48, 6):
         feed(outcome(n, "purchase", query=" ".join(words[n : n + 6])))
     (exp,) = feed.fs.expansions(["a"])
-    assert len(exp) == FeatureConfig().expansion_cap
+    assert len(exp) == FeatureSettings().expansion_cap
     size = connect(settings).memory_usage(feed.fs.keys.expansion("a"), samples=0)
     print(f"qx:{{}} at the cap: {size} B")
     assert size <= 1_500

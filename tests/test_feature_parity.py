@@ -13,16 +13,16 @@ import random
 import pytest
 
 from consumers.apply import Writer
-from consumers.botfilter import BotConfig
 from streamrec.analysis import query_key
-from streamrec.features import TRENDING_RESCALE, FeatureConfig, FeatureStore, ReplayFeatures
+from streamrec.features import TRENDING_RESCALE, FeatureStore, ReplayFeatures
 from streamrec.schemas import CatalogOp, Event, encode
+from streamrec.settings import BotSettings, FeatureSettings
 from streamrec.store import connect, connect_binary
 
 T0 = 1_700_000_000_000
 MIN = 60_000
-BOT_OFF = BotConfig(user_limit=0, item_limit=0, repeat_gap_ms=0)
-TIGHT = FeatureConfig(
+BOT_OFF = BotSettings(user_limit=0, item_limit=0, repeat_gap_ms=0)
+TIGHT = FeatureSettings(
     recent_cap=6,
     dedup_lookback=5,
     covis_lookback=4,
@@ -142,18 +142,18 @@ def search_pages(seed: int, t: int, n: int = 40) -> list[Event | CatalogOp]:
     return out
 
 
-def apply_to_redis(settings, models, config: FeatureConfig, batch: int) -> FeatureStore:
-    writer = Writer(connect_binary(settings), settings.redis_prefix, "parity", config, BOT_OFF)
+def apply_to_redis(settings, models, config: FeatureSettings, batch: int) -> FeatureStore:
+    writer = Writer(connect_binary(settings), settings.redis.prefix, "parity", config, BOT_OFF)
     offset = 0
     for start in range(0, len(models), batch):
         chunk = models[start : start + batch]
         recs = [(offset + i, m, encode(m), b"k") for i, m in enumerate(chunk)]
         assert writer.apply("events", 0, recs, offset + len(chunk)).status == "ok"
         offset += len(chunk)
-    return FeatureStore(connect(settings), settings.redis_prefix, config)
+    return FeatureStore(connect(settings), settings.redis.prefix, config)
 
 
-def replay(models, config: FeatureConfig) -> ReplayFeatures:
+def replay(models, config: FeatureSettings) -> ReplayFeatures:
     f = ReplayFeatures(config=config)
     for m in models:
         f.observe(m)
@@ -254,11 +254,11 @@ def test_one_event_per_batch_with_tight_caps(settings):
 
 def test_partition_batches_with_the_default_caps(settings):
     models = event_list(seed=11)
-    cfg = FeatureConfig()
+    cfg = FeatureSettings()
     assert_same_reads(apply_to_redis(settings, models, cfg, batch=17), replay(models, cfg))
 
 
-@pytest.mark.parametrize(("caps", "batch"), [(TIGHT, 1), (FeatureConfig(), 17)])
+@pytest.mark.parametrize(("caps", "batch"), [(TIGHT, 1), (FeatureSettings(), 17)])
 def test_trending_across_landmark_rescales(settings, caps, batch):
     """A one-minute trending half-life: the 5-hour list moves the landmark several times (its
     exponent passes ``TRENDING_RESCALE`` every ~43 minutes), which the default half-life never

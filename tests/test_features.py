@@ -8,9 +8,9 @@ import time
 import pytest
 
 from consumers.apply import Writer
-from consumers.botfilter import BotConfig
-from streamrec.features import FeatureConfig, FeatureStore
+from streamrec.features import FeatureStore
 from streamrec.schemas import CatalogOp, Event, encode
+from streamrec.settings import BotSettings, FeatureSettings
 from streamrec.store import connect_binary
 
 T0 = 1_700_000_000_000
@@ -33,7 +33,9 @@ class Feed:
     """Feeds models to the writer as consecutive offsets of one partition."""
 
     def __init__(self, settings, features=None, bot=None, partition=0):
-        self.w = Writer(connect_binary(settings), settings.redis_prefix, "g", features, bot or BotConfig(user_limit=0))
+        self.w = Writer(
+            connect_binary(settings), settings.redis.prefix, "g", features, bot or BotSettings(user_limit=0)
+        )
         self.fs = FeatureStore.from_settings(settings)
         if features:
             self.fs.config = features
@@ -55,7 +57,7 @@ def test_decayed_counts_do_not_depend_on_arrival_order(settings):
     b(*[ev(i, item="y", ts=ts, user=f"v{i}") for i, ts in enumerate(sorted(stamps))])
     now = T0 + 40 * HOUR
     x, y = a.fs.item_stats(["x", "y"], now_ms=now)
-    tau = FeatureConfig().tau_ms(FeatureConfig().item_half_life_s)
+    tau = FeatureSettings().tau_ms(FeatureSettings().item_half_life_s)
     want = sum(math.exp(-(now - ts) / tau) for ts in stamps)
     assert x.counts["view"] == pytest.approx(want, rel=1e-12) and y.counts["view"] == pytest.approx(want, rel=1e-12)
     assert a.fs.item_counts("x") == {"view": 5}
@@ -68,7 +70,7 @@ def test_ctr_is_smoothed_clicks_over_impressions(settings):
         for i in range(100)
     ]
     f(*imps, *[ev(200 + i, user=f"c{i}", item="a", typ="click", ts=T0) for i in range(10)])
-    cfg = FeatureConfig()
+    cfg = FeatureSettings()
     a, b, never = f.fs.item_stats(["a", "b", "zz"], now_ms=T0)
     assert (a.impressions, a.clicks) == (pytest.approx(100), pytest.approx(10))
     assert a.ctr == pytest.approx((10 + cfg.ctr_prior_clicks) / (100 + cfg.ctr_prior_impressions))
@@ -78,7 +80,9 @@ def test_ctr_is_smoothed_clicks_over_impressions(settings):
 
 
 def test_caps_bound_memory(settings):
-    cfg = FeatureConfig(recent_cap=5, covis_top_n=3, trending_cap=4, category_cap=2, covis_lookback=5, dedup_lookback=5)
+    cfg = FeatureSettings(
+        recent_cap=5, covis_top_n=3, trending_cap=4, category_cap=2, covis_lookback=5, dedup_lookback=5
+    )
     f = Feed(settings, features=cfg)
     f(*[CatalogOp(op="upsert", item_id=f"i{k}", ts=T0, title=f"t{k}", category=f"c{k}") for k in range(8)])
     # one session touching i0..i7: i0 co-visited with 7 others, trimmed to the 3 strongest
@@ -130,7 +134,7 @@ def test_user_and_item_keys_expire(settings):
     f = Feed(settings)
     f(ev(0, item="a"), ev(1, item="b"))
     k, r = f.fs.keys, f.fs.r
-    cfg = FeatureConfig()
+    cfg = FeatureSettings()
     for key, ttl in [
         (k.user("u"), cfg.user_ttl_s),
         (k.recent("u"), cfg.user_ttl_s),
@@ -144,7 +148,7 @@ def test_user_and_item_keys_expire(settings):
 
 
 def test_session_state_is_capped_and_keeps_the_newest(settings):
-    cfg = FeatureConfig(session_cap=3, item_sessions_cap=2)
+    cfg = FeatureSettings(session_cap=3, item_sessions_cap=2)
     f = Feed(settings, features=cfg)
     f(*[ev(i, item=f"i{i}", session="s1") for i in range(5)])
     f(ev(10, user="v", item="i0", session="s2"), ev(11, user="w", item="i0", session=None, ts=T0 - 1))
@@ -181,7 +185,7 @@ def test_neighbour_sessions_are_the_most_recent_sharing_an_item(settings):
 def test_serving_reads_trending_from_a_copy_at_most_trending_cache_s_old(settings):
     f = Feed(settings)
     f(ev(1, item="a", typ="purchase"))
-    cached = FeatureStore(f.fs.r, settings.redis_prefix, trending_cache_s=0.3)
+    cached = FeatureStore(f.fs.r, settings.redis.prefix, trending_cache_s=0.3)
     assert [i for i, _ in cached.trending(10)] == ["a"]
     f(ev(2, item="b", typ="purchase"), ev(3, item="b", typ="purchase"))
     assert [i for i, _ in cached.trending(5)] == ["a"]  # the copy, not yet expired

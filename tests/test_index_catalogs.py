@@ -37,7 +37,7 @@ def test_instacart_categories_join_departments_and_aisles(data_dir):
     op = next(instacart.catalog(data_dir))
     assert (op.item_id, op.title) == (first["product_id"], first["product_name"])
     assert op.category == f"{departments[first['department_id']]} > {aisles[first['aisle_id']]}"
-    assert item_text(op, Settings().item_text_template) == f"{op.title}. {op.category}"
+    assert item_text(op, Settings().encoder.item_text_template) == f"{op.title}. {op.category}"
 
 
 def test_a_missing_dataset_folder_says_how_to_fix_it(tmp_path):

@@ -25,7 +25,7 @@ def post(s: Settings, ops: list[CatalogOp]) -> None:
     try:
         for start in range(0, len(ops), 1000):
             part = ops[start : start + 1000]
-            bus.publish_confirmed(producer, [(s.topic_catalog, op.item_id, encode(op)) for op in part], timeout_s=30)
+            bus.publish_confirmed(producer, [(s.topic.catalog, op.item_id, encode(op)) for op in part], timeout_s=30)
     finally:
         producer.close()
 

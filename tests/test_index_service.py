@@ -39,9 +39,9 @@ def publish(s: Settings, ops: list[CatalogOp | bytes], key: str = "bad") -> None
     try:
         for op in ops:
             if isinstance(op, bytes):
-                producer.send(s.topic_catalog, key=key, value=op)
+                producer.send(s.topic.catalog, key=key, value=op)
             else:
-                producer.send(s.topic_catalog, key=op.item_id, value=encode(op))
+                producer.send(s.topic.catalog, key=op.item_id, value=encode(op))
         producer.flush()
     finally:
         producer.close()
@@ -80,7 +80,7 @@ class Updater:
 def fast_settings(settings, request) -> Settings:
     """Snapshots every 0.3 s; tests may pick the FAISS factory (indirect parametrisation)."""
     factory = getattr(request, "param", "Flat")
-    return settings.model_copy(update={"index_snapshot_every_s": 0.3, "index_factory": factory})
+    return settings.replace(index={"snapshot_every_s": 0.3, "factory": factory})
 
 
 @pytest.fixture
@@ -144,7 +144,7 @@ def test_replacing_the_title_moves_the_item(fast_settings, updater, replicas, en
     assert top_ids(replica, encoder, "dimmable led bulb", 1) == ["x"]
     old_rank = top_ids(replica, encoder, "garden hose", len(products) + 1).index("x")
     assert old_rank > 0
-    expected = encoder.encode([item_text(new_title, fast_settings.item_text_template)])[0]
+    expected = encoder.encode([item_text(new_title, fast_settings.encoder.item_text_template)])[0]
     np.testing.assert_allclose(replica.index.vector("x"), expected, atol=1e-5)
 
 
@@ -173,7 +173,7 @@ def test_invalid_catalog_records_are_dead_lettered(fast_settings, updater, repli
     publish(fast_settings, [b"not json", bad_delete.encode(), upsert("ok", "Patio umbrella")])
     wait_for(lambda: "ok" in replica.index, "the valid record")
     consumer = bus.make_consumer(fast_settings, None, consumer_timeout_ms=5000)
-    consumer.assign(bus.all_partitions(consumer, fast_settings.topic_dlq))
+    consumer.assign(bus.all_partitions(consumer, fast_settings.topic.dlq))
     letters = []
     deadline = time.monotonic() + 20
     while len(letters) < 2 and time.monotonic() < deadline:
@@ -182,7 +182,7 @@ def test_invalid_catalog_records_are_dead_lettered(fast_settings, updater, repli
     consumer.close()
     assert sorted(d.reason for d in letters) == ["invalid", "not_json"]
     assert {d.original_bytes() for d in letters} == {b"not json", bad_delete.encode()}
-    assert all(d.source_topic == fast_settings.topic_catalog for d in letters)
+    assert all(d.source_topic == fast_settings.topic.catalog for d in letters)
 
 
 @pytest.mark.parametrize("fast_settings", ["Flat", "HNSW16"], indirect=True)
@@ -217,7 +217,7 @@ def test_snapshot_plus_tail_equals_scratch_and_replicas_converge(fast_settings, 
         np.testing.assert_array_equal(from_snap.index.vector(item_id), scratch.index.vector(item_id))
 
     summary = status.summary(fast_settings)
-    assert summary["index_factory"] == fast_settings.index_factory
+    assert summary["index_factory"] == fast_settings.index.factory
     assert summary["model_id"] == encoder.model_id
     assert len(first) - 1 <= summary["size"] <= len(products)  # the newest snapshot, whichever it is
     assert summary["snapshot_age_s"] >= 0

@@ -15,13 +15,14 @@ from learner.examples import Batch, Example
 from learner.guard import RollbackGuard
 from learner.joiner import LabelJoiner
 from learner.negatives import NegativeSampler
-from learner.online import LearnerConfig, OnlineLearner
+from learner.online import OnlineLearner
 from learner.pipeline import ExampleBuilder
 from learner.replay import replay
 from streamrec.features import ReplayFeatures
 from streamrec.model_store import ModelStore
 from streamrec.ranking import N_FEATURES, FeatureAssembler
 from streamrec.schemas import Event
+from streamrec.settings import DriftSettings, LearnerSettings
 
 T0 = 1_700_000_000_000
 
@@ -146,7 +147,9 @@ def test_paired_auc_difference_interval_separates_a_better_scorer_not_a_copy():
 def test_training_on_sampled_negatives_keeps_every_click_and_stays_calibrated():
     rng = np.random.default_rng(3)
     core = OnlineLearner(
-        OnlineRanker(lr=0.02, seed=0), LearnerConfig(warmup=10**9, train_negative_rate=0.1, batch_size=256)
+        OnlineRanker(lr=0.02, seed=0),
+        LearnerSettings(train_negative_rate=0.1, batch_size=256),
+        DriftSettings(warmup=10**9),
     )
     ctr = []
     for step in range(150):
@@ -168,7 +171,7 @@ def test_training_on_sampled_negatives_keeps_every_click_and_stays_calibrated():
     assert 0.5 * np.mean(ctr) < served.mean() < 2 * np.mean(ctr)
     assert core.metrics()["click_auc"] > 0.75
     with pytest.raises(ValueError):
-        OnlineLearner(OnlineRanker(seed=0), LearnerConfig(train_negative_rate=0.0))
+        OnlineLearner(OnlineRanker(seed=0), LearnerSettings.model_construct(train_negative_rate=0.0))
 
 
 def test_stream_popularity_counts_every_earlier_click_organic_ones_too():
@@ -209,7 +212,7 @@ def trained(data_dir) -> tuple[OnlineLearner, list[Example]]:
     vectors, attrs = E.item_tables(data_dir)
     from streamrec.datasets import open_bandit as ob
 
-    core = OnlineLearner(OnlineRanker(lr=0.003, seed=0), E.default_config())
+    core = OnlineLearner(OnlineRanker(lr=0.003, seed=0), E.LEARNER, E.DRIFT)
     feats = ReplayFeatures(attrs)
     replay(ob.to_events(stream[:half]), core, feats, vectors.get, batch_size=32)
     builder = ExampleBuilder(LabelJoiner(60, clock=lambda: 0.0), FeatureAssembler(feats, vectors.get))
@@ -284,7 +287,7 @@ def test_clicked_item_detector_fires_when_clicks_move_to_other_items_not_when_st
     runs = {}
     for name, after in (("stationary", ctr), ("remap", ctr[::-1])):  # same mean CTR after the remap
         rng = np.random.default_rng(7)
-        mon = DriftMonitor(feature_names=(), warmup=500, item_delta=0.05)
+        mon = DriftMonitor(DriftSettings(features=[], warmup=500, item_delta=0.05))
         fired = []
         for part, w in ((0, ctr), (1, after)):
             ids, y = _item_stream(rng, 3000, w, items)
@@ -305,7 +308,7 @@ def test_click_rank_detector_fires_when_the_model_ranks_clicks_low_not_when_stat
     runs = {}
     for name, flip in (("stationary", False), ("shifted", True)):
         rng = np.random.default_rng(11)
-        mon = DriftMonitor(feature_names=(), warmup=500, item_delta=0.0, rank_delta=0.05)
+        mon = DriftMonitor(DriftSettings(features=[], warmup=500, item_delta=0.0, rank_delta=0.05))
         fired = []
         for part in (0, 1):
             score = rng.random(3000)
@@ -359,7 +362,9 @@ def test_online_head_is_never_worse_than_itself_frozen_on_a_stationary_stream():
     rng = np.random.default_rng(5)
     w = np.zeros(N_FEATURES)
     w[:4] = [1.2, -0.8, 0.5, 0.3]
-    core = OnlineLearner(OnlineRanker(lr=E.default_config().lr, seed=0), LearnerConfig(batch_size=64, warmup=10**9))
+    core = OnlineLearner(
+        OnlineRanker(lr=E.LEARNER.lr, seed=0), LearnerSettings(batch_size=64), DriftSettings(warmup=10**9)
+    )
     freeze_at = (10, 40, 120)
     frozen: dict[int, OnlineRanker] = {}
     scores: dict[int, list[tuple[float, float, float]]] = {k: [] for k in freeze_at}  # (online, frozen, y)

@@ -36,14 +36,16 @@ def test_kill_9_resumes_from_checkpoint(kafka_broker, redis_server, tmp_path):
         kafka_broker,
         redis_server,
         tmp_path / "state",
-        label_window_s=0.5,
-        publish_every_updates=5,
-        publish_every_s=0.3,
-        learner_batch_size=16,
-        learner_max_batch_delay_s=0.05,
-        learner_checkpoint_every_s=0.2,
-        learner_follow_vectors=False,
-        drift_warmup=100_000,
+        learner={
+            "label_window_s": 0.5,
+            "publish_every_updates": 5,
+            "publish_every_s": 0.3,
+            "batch_size": 16,
+            "max_batch_delay_s": 0.05,
+            "checkpoint_every_s": 0.2,
+            "follow_vectors": False,
+        },
+        drift={"warmup": 100_000},
     )
     store, ckpt = ModelStore.from_settings(s), Checkpointer(s.state_dir / "learner")
     log = tmp_path / "learner.log"
@@ -54,7 +56,7 @@ def test_kill_9_resumes_from_checkpoint(kafka_broker, redis_server, tmp_path):
     def send(tag: str) -> None:
         nonlocal sent
         for ev in labelled_traffic(120, t0=int(time.time() * 1000), tag=tag):
-            producer.send(s.topic_events, key=ev.user_id, value=encode(ev))
+            producer.send(s.topic.events, key=ev.user_id, value=encode(ev))
             sent += 1
         producer.flush(10)
 

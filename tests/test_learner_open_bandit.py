@@ -139,12 +139,11 @@ def test_on_the_raw_stream_training_on_sampled_negatives_beats_popularity(data_d
     instead, 0.533 (the clicks drown); later half 0.479 vs popularity 0.562 — the head's edge is
     again the users' histories, and after it the item counters it learns from are noisier than
     the cumulative count popularity keeps."""
-    from dataclasses import replace
 
     from streamrec.datasets import open_bandit as ob
 
     rows = ob.merged(data_dir)
-    r = E.run(data_dir, rows, len(rows) // 2, config=replace(E.default_config(), train_negative_rate=0.05))
+    r = E.run(data_dir, rows, len(rows) // 2, learner=E.LEARNER.model_copy(update={"train_negative_rate": 0.05}))
     p, y, _ = r.log.arrays()
     assert len(y) == 60_000
     assert 0.5 * y.mean() < p.mean() < 2 * y.mean()  # calibrated to the stream, not to the sample

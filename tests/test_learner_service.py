@@ -62,15 +62,17 @@ def learner_settings(kafka_broker, redis_server, tmp_path):
         kafka_broker,
         redis_server,
         tmp_path / "state",
-        label_window_s=1.0,
-        publish_every_updates=5,
-        publish_every_s=0.5,
-        learner_batch_size=16,
-        learner_max_batch_delay_s=0.1,
-        learner_checkpoint_every_s=0.5,
-        learner_follow_vectors=True,
-        learner_vector_dim=8,
-        drift_warmup=10_000,
+        learner={
+            "label_window_s": 1.0,
+            "publish_every_updates": 5,
+            "publish_every_s": 0.5,
+            "batch_size": 16,
+            "max_batch_delay_s": 0.1,
+            "checkpoint_every_s": 0.5,
+            "follow_vectors": True,
+            "vector_dim": 8,
+        },
+        drift={"warmup": 10_000},
     )
 
 
@@ -81,7 +83,7 @@ def test_labelled_impressions_publish_new_versions(learner_settings):
     rng = np.random.default_rng(1)
     for item in ("a0", "a1", "a2", "a3", "a4"):  # the a-items have vectors on the vectors topic
         rec = VectorRecord(item, vector=rng.normal(size=8).astype(np.float32), meta=ItemMeta(title=item, price=9.5))
-        producer.send(s.topic_vectors, key=item, value=encode_record(rec))
+        producer.send(s.topic.vectors, key=item, value=encode_record(rec))
     producer.flush(10)
     stop = threading.Event()
     errors: list[BaseException] = []
@@ -101,8 +103,8 @@ def test_labelled_impressions_publish_new_versions(learner_settings):
         assert meta1["reason"] == "initial"
 
         r = connect(s)
-        for ev in labelled_traffic(120, t0=int(time.time() * 1000), r=r, prefix=s.redis_prefix):
-            producer.send(s.topic_events, key=ev.user_id, value=encode(ev))
+        for ev in labelled_traffic(120, t0=int(time.time() * 1000), r=r, prefix=s.redis.prefix):
+            producer.send(s.topic.events, key=ev.user_id, value=encode(ev))
         producer.flush(10)
 
         # clicks train at once; negatives when their 1 s window closes: both must reach a version
@@ -139,7 +141,7 @@ def test_labelled_impressions_publish_new_versions(learner_settings):
 
 
 def test_drift_in_the_stream_is_published_on_the_drift_topic(kafka_broker, redis_server, tmp_path, data_dir):
-    """The shifted Open Bandit replay through the broker: the detection lands on topic_drift."""
+    """The shifted Open Bandit replay through the broker: the detection lands on topic.drift."""
     from learner import experiments as E
     from learner import metrics as M
     from streamrec.datasets import open_bandit as ob
@@ -148,17 +150,19 @@ def test_drift_in_the_stream_is_published_on_the_drift_topic(kafka_broker, redis
         kafka_broker,
         redis_server,
         tmp_path / "state",
-        label_window_s=60.0,
-        publish_every_updates=50,
-        publish_every_s=1.0,
-        learner_batch_size=32,
-        learner_follow_vectors=False,
-        drift_warmup=300,
+        learner={
+            "label_window_s": 60.0,
+            "publish_every_updates": 50,
+            "publish_every_s": 1.0,
+            "batch_size": 32,
+            "follow_vectors": False,
+        },
+        drift={"warmup": 300},
     )
     rows, _half = E.open_bandit_stream(data_dir, shift=True)
     producer = bus.make_producer(s, linger_ms=20)
     for ev in ob.to_events(rows):
-        producer.send(s.topic_events, key=ev.user_id, value=encode(ev))
+        producer.send(s.topic.events, key=ev.user_id, value=encode(ev))
     producer.flush(30)
     before = M.DRIFT.labels("adwin_loss", "prequential_click_loss")._value.get()
 
@@ -166,7 +170,7 @@ def test_drift_in_the_stream_is_published_on_the_drift_topic(kafka_broker, redis
     th = threading.Thread(target=run, args=(s, stop), daemon=True)
     th.start()
     drift = bus.make_consumer(s, group_id=None)
-    drift.assign(bus.all_partitions(drift, s.topic_drift))
+    drift.assign(bus.all_partitions(drift, s.topic.drift))
     try:
         found = []
         deadline = time.monotonic() + 90
@@ -174,7 +178,7 @@ def test_drift_in_the_stream_is_published_on_the_drift_topic(kafka_broker, redis
             for msgs in drift.poll(timeout_ms=500).values():
                 found.extend(json.loads(m.value) for m in msgs)
         loss = [d for d in found if d["detector"] == "adwin_loss"]
-        assert loss, f"no loss drift on {s.topic_drift}; got {found}"
+        assert loss, f"no loss drift on {s.topic.drift}; got {found}"
         d = loss[0]
         assert d["what"] == "prequential_click_loss" and d["where"] == "champion"
         assert d["evidence"]["mean_after"] > d["evidence"]["mean_before"] and d["when_ms"] >= rows[0].ts

@@ -16,16 +16,14 @@ import numpy as np
 import pytest
 
 from consumers.apply import Writer
-from consumers.botfilter import BotConfig
 from launcher.embedded import EmbeddedRedis
 from serving.cockpit import HISTORY, record_action
 from streamrec import memory
 from streamrec.datasets import diginetica
-from streamrec.features import FeatureConfig
 from streamrec.ops import add_learner_stats
 from streamrec.ranking import N_FEATURES, log_served
 from streamrec.schemas import CatalogOp, DeadLetter, Event, Rejected, encode
-from streamrec.settings import Settings
+from streamrec.settings import BotSettings, FeatureSettings, Settings
 from streamrec.store import connect
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,9 +64,9 @@ def dead_letter(n: int) -> DeadLetter:
 
 
 def test_every_key_streamrec_writes_has_a_ttl_or_a_stated_cap(data_dir, redis_server, tmp_path):
-    s = Settings(redis_url=redis_server.url, redis_prefix=f"mem{uuid.uuid4().hex[:6]}:", state_dir=tmp_path)
+    s = Settings(state_dir=tmp_path, redis={"url": redis_server.url, "prefix": f"mem{uuid.uuid4().hex[:6]}:"})
     r = connect(s)
-    feed = Feed(Writer(r, s.redis_prefix, "g", s.features, s.bot))
+    feed = Feed(Writer(r, s.redis.prefix, "g", s.features, s.bot))
     events = list(diginetica.events(data_dir, limit=4_000))
     items = {e.item_id for e in events if e.item_id}
     # the session file's items ("sg…") are not in the category file: categories of our own
@@ -79,13 +77,13 @@ def test_every_key_streamrec_writes_has_a_ttl_or_a_stated_cap(data_dir, redis_se
     assert all(res.status == "ok" for res in feed.results)
     # serving, learner and cockpit writers
     for k in range(50):
-        log_served(r, s.redis_prefix, f"req{k}", ["a", "b"], np.zeros((2, N_FEATURES), np.float32), ttl_s=60)
-    add_learner_stats(r, s.redis_prefix, {"events:view": 3}, {"price_log": 0.1}, 0.2)
+        log_served(r, s.redis.prefix, f"req{k}", ["a", "b"], np.zeros((2, N_FEATURES), np.float32), ttl_s=60)
+    add_learner_stats(r, s.redis.prefix, {"events:view": 3}, {"price_log": 0.1}, 0.2)
     record_action(s, {"action": "promote", "version": 1})
-    r.rpush(s.redis_prefix + HISTORY, "{}")
-    r.set(s.redis_prefix + "cockpit:slot:1", "1", ex=30)
+    r.rpush(s.redis.prefix + HISTORY, "{}")
+    r.set(s.redis.prefix + "cockpit:slot:1", "1", ex=30)
 
-    report = memory.audit(r, s.redis_prefix)
+    report = memory.audit(r, s.redis.prefix)
     assert memory.violations(report) == []
     present = set(report)
     assert {"user", "user_recent", "item", "covis", "session", "item_sessions", "attr", "offset", "outbox"} <= present
@@ -141,10 +139,10 @@ def rolling_events(n: int, start: int = 0, ts0: int = 1_700_000_000_000) -> list
 def test_a_full_redis_sheds_the_oldest_features_and_never_fails_a_write(tmp_path):
     limit_mb = 12
     with EmbeddedRedis(tmp_path / "redis", maxmemory_mb=limit_mb) as server:
-        s = Settings(redis_url=server.url, redis_prefix="full:")
+        s = Settings(redis={"url": server.url, "prefix": "full:"})
         r = connect(s)
         assert memory.warn_if_unsafe(r) is None
-        feed = Feed(Writer(r, s.redis_prefix, "g", s.features, BotConfig(user_limit=0, item_limit=0)))
+        feed = Feed(Writer(r, s.redis.prefix, "g", s.features, BotSettings(user_limit=0, item_limit=0)))
         feed.send(
             CATALOG, [CatalogOp(op="upsert", item_id=f"item-{k}", ts=T0, title="t", category="c") for k in range(300)]
         )
@@ -166,19 +164,19 @@ def test_a_full_redis_sheds_the_oldest_features_and_never_fails_a_write(tmp_path
         assert sum(1 for _ in r.scan_iter("full:attr:*", count=1000)) == 300  # the catalog stays
         assert r.exists("full:u:user-29999")  # the newest features are there; the oldest went
         assert not r.exists("full:u:user-0") and not r.exists("full:u:user-0:recent")
-        assert memory.violations(memory.audit(r, s.redis_prefix)) == []
+        assert memory.violations(memory.audit(r, s.redis.prefix)) == []
 
 
 @pytest.mark.slow
 def test_memory_per_active_user_and_item_is_bounded_and_flat_at_a_stable_active_set(redis_server):
     """A fixed population (400 users, 4 sessions each in turn, 300 items) streams until every cap is
     reached; after that used_memory must stop growing (the caps, not the stream length, bound it)."""
-    s = Settings(redis_url=redis_server.url, redis_prefix=f"flat{uuid.uuid4().hex[:6]}:")
+    s = Settings(redis={"url": redis_server.url, "prefix": f"flat{uuid.uuid4().hex[:6]}:"})
     r = connect(s)
     # each item's session index capped at 100 (default 500) so that every cap is reached within 40k
     # events; the bound per item below is the default caps' worst case, so it holds a fortiori
-    cfg = FeatureConfig(item_sessions_cap=100)
-    feed = Feed(Writer(r, s.redis_prefix, "g", cfg, BotConfig(user_limit=0, item_limit=0)), batch=1000)
+    cfg = FeatureSettings(item_sessions_cap=100)
+    feed = Feed(Writer(r, s.redis.prefix, "g", cfg, BotSettings(user_limit=0, item_limit=0)), batch=1000)
     feed.send(
         CATALOG, [CatalogOp(op="upsert", item_id=f"i{k}", ts=T0, title="t", category=f"c{k % 40}") for k in range(300)]
     )
@@ -199,7 +197,7 @@ def test_memory_per_active_user_and_item_is_bounded_and_flat_at_a_stable_active_
     sizes = []
     for step in range(8):
         feed.send(TOPIC, chunk(step * 10_000, 10_000))
-        report = memory.audit(r, s.redis_prefix)
+        report = memory.audit(r, s.redis.prefix)
         sizes.append(sum(u.bytes for u in report.values()))
     growth = (sizes[-1] - sizes[4]) / sizes[4]  # every cap is reached by 50k events
     per = memory.per_entity(report)

@@ -208,17 +208,17 @@ def outage_stack(tmp_path_factory, data_dir):
     try:
         bus.wait_for_broker(kafka.bootstrap)
         s = Settings(
-            kafka_bootstrap=kafka.bootstrap,
-            redis_url=redis_server.url,
             state_dir=root / "state",
-            http_port=free_port(),
-            consumer_session_timeout_ms=6_000,
-            consumer_heartbeat_ms=500,
-            consumer_max_poll_interval_ms=10_000,
-            publish_every_updates=5,
-            publish_every_s=0.5,
-            label_window_s=2.0,
-            serving_publish_timeout_s=PUBLISH_TIMEOUT_S,
+            kafka={
+                "bootstrap": kafka.bootstrap,
+                "consumer_session_timeout_ms": 6_000,
+                "consumer_heartbeat_ms": 500,
+                "consumer_max_poll_interval_ms": 10_000,
+            },
+            redis={"url": redis_server.url},
+            http={"port": free_port()},
+            learner={"publish_every_updates": 5, "publish_every_s": 0.5, "label_window_s": 2.0},
+            serving={"publish_timeout_s": PUBLISH_TIMEOUT_S},
         )
         with LocalStack(s, metrics_base_port=0) as stack:
             catalog = list(itertools.islice(amazon18.catalog(data_dir), CATALOG_SIZE))
@@ -307,7 +307,7 @@ def test_redis_and_broker_outages_degrade_then_recover_without_restarts_or_lost_
     reference = ReplayFeatures(config=s.features)
     for e in events:
         reference.observe(e)
-    store = FeatureStore(connect(s), s.redis_prefix, s.features)
+    store = FeatureStore(connect(s), s.redis.prefix, s.features)
 
     def features_match() -> bool:
         if store.clock_ms() != reference.clock:

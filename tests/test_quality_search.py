@@ -31,7 +31,7 @@ def test_stages_beat_the_baselines_and_shoppers_clicks_help_what_they_clicked_an
     data = load_online_data(Path(data_dir), per_set=40, max_products=1500)
     queries = {**data.clicked, **data.not_logged, **data.non_clickers}  # none clicked yet
     bm25_offline = offline_bm25_ndcg(SearchData(data.products, {}, queries))
-    stack = start_stack(Settings(), label_window_s=2.0, publish_every_s=0.5)
+    stack = start_stack(Settings(), learner={"label_window_s": 2.0, "publish_every_s": 0.5})
     try:
         with httpx.Client(base_url=stack.base_url, timeout=30) as http:
             index_catalogue(http, stack, data.products, timeout_s=900)

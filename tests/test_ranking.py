@@ -124,13 +124,13 @@ def test_served_rows_round_trip_in_redis(kafka_broker, redis_server, tmp_path):
     s = isolated_settings(kafka_broker, redis_server, tmp_path)
     r = connect(s)
     X = np.arange(2 * N_FEATURES, dtype=np.float32).reshape(2, N_FEATURES)
-    log_served(r, s.redis_prefix, "req-1", ["x", "y"], X, ttl_s=60)
-    got = load_served(r, s.redis_prefix, "req-1")
+    log_served(r, s.redis.prefix, "req-1", ["x", "y"], X, ttl_s=60)
+    got = load_served(r, s.redis.prefix, "req-1")
     assert set(got) == {"x", "y"}
     np.testing.assert_array_equal(got["y"], X[1])
-    assert 0 < r.pttl(f"{s.redis_prefix}served:req-1") <= 60_000
-    assert load_served(r, s.redis_prefix, "missing") is None
-    r.hset(f"{s.redis_prefix}served:old", mapping={"schema": "other", "items": "[]", "X": ""})
-    assert load_served(r, s.redis_prefix, "old") is None  # another feature schema: recompute instead
+    assert 0 < r.pttl(f"{s.redis.prefix}served:req-1") <= 60_000
+    assert load_served(r, s.redis.prefix, "missing") is None
+    r.hset(f"{s.redis.prefix}served:old", mapping={"schema": "other", "items": "[]", "X": ""})
+    assert load_served(r, s.redis.prefix, "old") is None  # another feature schema: recompute instead
     with pytest.raises(ValueError):
-        log_served(r, s.redis_prefix, "req-2", ["x"], X, ttl_s=60)
+        log_served(r, s.redis.prefix, "req-2", ["x"], X, ttl_s=60)

@@ -54,9 +54,10 @@ class FakeModels:
     current: object | None = None
 
 
-def _engine(**settings) -> tuple[Engine, FakeImpressions, FakeModels]:
-    """An engine over the five titles; exploration off unless asked (it reorders logged pages at random)."""
-    settings = {"serving_search_explore_share": 0.0, "serving_search_swap_share": 0.0, **settings}
+def _engine(**search) -> tuple[Engine, FakeImpressions, FakeModels]:
+    """An engine over the five titles with these ``search`` settings; exploration off unless asked (it
+    reorders logged pages at random)."""
+    search = {"explore_share": 0.0, "swap_share": 0.0, **search}
     index = LiveIndex(3)
     index.apply([(i, np.array(v, np.float32), ItemMeta(TITLES[i])) for i, v in VEC.items()], [])
     lexical = LexicalIndex()
@@ -64,7 +65,7 @@ def _engine(**settings) -> tuple[Engine, FakeImpressions, FakeModels]:
     lexical.refresh()
     impressions, models = FakeImpressions(), FakeModels()
     engine = Engine(
-        Settings(serving_candidates=10, **settings),
+        Settings(search=search, serving={"candidates": 10}),
         FakeEncoder(),
         SimpleNamespace(index=index),
         ReplayFeatures({i: {"title": t} for i, t in TITLES.items()}),
@@ -92,14 +93,14 @@ def test_variants_order_by_their_own_scores() -> None:
 
 
 def test_lexical_weight_only_is_bm25_order_and_reasons_say_why() -> None:
-    engine, _, _ = _engine(serving_dense_weight=0.0)
+    engine, _, _ = _engine(dense_weight=0.0)
     result = engine.search("1/2 inch copper pipes", None, 2)
     assert _ids(result)[0] == "pipe"
     assert "title matches '1/2', 'inch', 'copper', 'pipe'" in result.items[0].reasons
 
 
 def test_untrained_head_keeps_the_fused_order() -> None:
-    engine, _, models = _engine(serving_search_head_weight=0.0)
+    engine, _, models = _engine(head_weight=0.0)
     fused = _ids(engine.search("copper pipe", None, 4, variant="fused"))
     torch.manual_seed(0)
     head = RankingHead()
@@ -155,7 +156,7 @@ def test_query_log_expansion_reorders_and_says_why() -> None:
 
 
 def test_exploration_touches_only_logged_pages_and_the_impression_says_where_it_swapped() -> None:
-    engine, impressions, _ = _engine(serving_search_explore_share=0.0, serving_search_swap_share=1.0)
+    engine, impressions, _ = _engine(explore_share=0.0, swap_share=1.0)
     q = "copper"
     plain = _ids(engine.search(q, None, 4, impression=False))  # QA traffic: never explored
     assert plain == _ids(engine.search(q, None, 4, impression=False))
@@ -166,7 +167,7 @@ def test_exploration_touches_only_logged_pages_and_the_impression_says_where_it_
     expected[j], expected[j + 1] = expected[j + 1], expected[j]
     assert _ids(swapped) == expected and impressions.recorded[-1]["item_ids"] == expected
 
-    engine, impressions, _ = _engine(serving_search_explore_share=1.0, serving_search_swap_share=0.0)
+    engine, impressions, _ = _engine(explore_share=1.0, swap_share=0.0)
     for _ in range(20):
         page = _ids(engine.search(q, None, 4))
         assert page[:3] == plain[:3]  # the top three are never explored
@@ -184,7 +185,7 @@ def test_the_head_reorders_search_only_once_its_scorecard_earned_it() -> None:
         (True, None, False),  # a model from before the scorecard
         (False, None, True),  # the ablation: no gate
     ):
-        engine, _, models = _engine(serving_search_head_weight=100.0, serving_search_head_gate=gate)
+        engine, _, models = _engine(head_weight=100.0, head_gate=gate)
         fused = _ids(engine.search("copper", None, 4, variant="fused"))
         models.current = SimpleNamespace(version=5, head=head, search_card=card)
         assert (_ids(engine.search("copper", None, 4, impression=False)) != fused) == reorders, (gate, card)

@@ -144,14 +144,14 @@ def test_post_events_publishes_valid_objects_off_the_event_loop():
     assert r.status_code == 202, r.text
     body = r.json()
     assert body["accepted"] == 1 and [x["index"] for x in body["rejected"]] == [1]
-    assert [(t, k) for t, k, _ in producer.sent] == [(Settings().topic_events, "u1")]
+    assert [(t, k) for t, k, _ in producer.sent] == [(Settings().topic.events, "u1")]
     assert producer.threads and all("worker" in name.lower() for name in producer.threads), producer.threads
     assert client.post("/events", content=b"{not json").status_code == 400
 
 
 def test_unacknowledged_publish_is_503_and_counted_failed():
     client, _ = _client(producer=FakeProducer(fail=True))
-    topic = Settings().topic_events
+    topic = Settings().topic.events
     before = metrics.PUBLISHED.labels(topic, "failed")._value.get()
     good = {"event_id": "e1", "user_id": "u1", "item_id": "i1", "type": "click", "ts": 1_700_000_000_000}
     r = client.post("/events", json=good)

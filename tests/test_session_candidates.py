@@ -6,10 +6,10 @@ import pytest
 
 from streamrec.features import ReplayFeatures
 from streamrec.sessions import candidates, fusion
-from streamrec.sessions.params import SessionParams
+from streamrec.settings import RecommendSettings
 from tests.test_features import Feed, ev
 
-P = SessionParams.defaults()
+P = RecommendSettings()
 HISTORY = {  # session -> items, in the order they were viewed
     "h1": ["a", "b", "c"],
     "h2": ["a", "b", "c", "e"],

@@ -11,13 +11,12 @@ from learner.next_item import NextItemJoiner
 from streamrec.features import ReplayFeatures
 from streamrec.schemas import Event
 from streamrec.sessions import candidates, fusion, learned
-from streamrec.sessions.params import SessionParams
-from streamrec.settings import Settings
+from streamrec.settings import RecommendSettings, Settings
 from tests.test_features import ev
 from tests.test_search_engine import FakeModels, _engine
 
 COL = {n: i for i, n in enumerate(learned.FEATURE_NAMES)}
-P = SessionParams.defaults()
+P = RecommendSettings()
 T = 1_700_000_000_000
 
 
@@ -101,11 +100,11 @@ def test_the_pool_log_round_trips_through_redis(settings) -> None:
 
     r = connect(settings)
     F = np.arange(2 * learned.N_FEATURES, dtype=np.float32).reshape(2, learned.N_FEATURES)
-    learned.log_pool(r, settings.redis_prefix, "req1", ["a", "b"], F, ttl_s=60)
-    items, got = learned.load_pool(r, settings.redis_prefix, "req1")
+    learned.log_pool(r, settings.redis.prefix, "req1", ["a", "b"], F, ttl_s=60)
+    items, got = learned.load_pool(r, settings.redis.prefix, "req1")
     assert items == ["a", "b"] and np.array_equal(got, F)
-    assert 0 < r.ttl(f"{settings.redis_prefix}pool:req1") <= 60
-    assert learned.load_pool(r, settings.redis_prefix, "never-logged") is None
+    assert 0 < r.ttl(f"{settings.redis.prefix}pool:req1") <= 60
+    assert learned.load_pool(r, settings.redis.prefix, "never-logged") is None
 
 
 def _imp(user: str, rid: str) -> Event:
@@ -183,7 +182,7 @@ def test_recommend_logs_its_pool_and_serves_the_learned_order_only_once_earned()
     cos = {i.item_id: float(engine.index.vector(i.item_id) @ engine.index.vector("pipe")) for i in served.items}
     assert [i.item_id for i in served.items] == sorted(cos, key=cos.get)[:3]
     assert served.items[0].score == pytest.approx(1.0)
-    engine.s = engine.s.model_copy(update={"serving_recommend_learned_fusion": False})
+    engine.s = engine.s.replace(recommend={"learned_fusion": False})
     assert [i.item_id for i in engine.recommend("n", 3).items] == [i.item_id for i in fixed.items]
 
 

@@ -2,35 +2,32 @@
 
 from __future__ import annotations
 
-from dataclasses import fields, replace
-
 import pytest
 
 from streamrec.sessions import families, fusion
 from streamrec.sessions.families import Neighbour
-from streamrec.sessions.params import SessionParams
-from streamrec.settings import Settings
+from streamrec.sessions.params import FAMILIES
+from streamrec.settings import RecommendSettings, Settings
 
 DAY = 86_400_000
-P = SessionParams.defaults()
+P = RecommendSettings()
 
 
 def ranked(scores: dict[str, float], exclude=()) -> list[str]:
     return [x for x, _ in sorted(scores.items(), key=lambda kv: (-kv[1], kv[0])) if x not in exclude]
 
 
-def test_params_defaults_are_the_settings_defaults():
-    assert SessionParams.from_settings(Settings()) == SessionParams.defaults()
-    assert dict(P.weights) == {"repeat": 3.0, "stan": 1.0, "vsknn": 0.25, "covis": 0.1, "popular": 0.001}
+def test_every_family_has_a_fixed_weight_in_the_layout_order():
+    assert tuple(P.weights) == FAMILIES
+    assert P.weights == {"repeat": 3.0, "stan": 1.0, "vsknn": 0.25, "covis": 0.1, "popular": 0.001}
 
 
-def test_params_read_every_recommend_knob_from_the_settings():
-    s = Settings(serving_rec_sample=7, serving_rec_recency_days=2.0, serving_rec_weight_stan=0.5)
-    p = SessionParams.from_settings(s)
+def test_the_recommend_group_reads_every_knob_from_the_environment(monkeypatch):
+    monkeypatch.setenv("STREAMREC_RECOMMEND_SAMPLE", "7")
+    monkeypatch.setenv("STREAMREC_RECOMMEND_RECENCY_DAYS", "2")
+    monkeypatch.setenv("STREAMREC_RECOMMEND_WEIGHT_STAN", "0.5")
+    p = Settings().recommend
     assert p.sample == 7 and p.recency_ms == 2 * DAY and p.weights["stan"] == 0.5
-    knobs = {f"serving_rec_{f.name}" for f in fields(SessionParams) if f.name != "weights"}
-    weights = {f"serving_rec_weight_{family}" for family in p.weights}
-    assert knobs | weights == {name for name in Settings.model_fields if name.startswith("serving_rec_")}
 
 
 def test_repeat_decays_with_steps_back_and_sums_occurrences():
@@ -63,7 +60,7 @@ def test_stan_prefers_recent_neighbours_in_event_time():
 
 def test_neighbour_count_is_capped():
     many = [Neighbour(f"s{i}", ["a", f"x{i}"], ts=i) for i in range(50)]
-    scored = families.stan_neighbours(["a"], many, replace(P, neighbours=5))
+    scored = families.stan_neighbours(["a"], many, P.model_copy(update={"neighbours": 5}))
     assert [s.neighbour.token for s in scored] == ["s49", "s48", "s47", "s46", "s45"]  # ties: the newest
 
 

@@ -74,7 +74,7 @@ def up_env(tmp_path, port: int, **extra: str) -> dict[str, str]:
     env.update(
         STREAMREC_HTTP_PORT=str(port),
         STREAMREC_STATE_DIR=str(tmp_path / "state"),
-        STREAMREC_PUBLISH_EVERY_S="1",
+        STREAMREC_LEARNER_PUBLISH_EVERY_S="1",
         PYTHONUNBUFFERED="1",
         **extra,
     )

@@ -2,21 +2,21 @@
 
 ===========  =================================================================================
 candidates   lexical (tantivy BM25 over the analysed title, category and description head, plus
-             the query-log expansion field, boosted by ``serving_expansion_boost``, when it holds
+             the query-log expansion field, boosted by ``search.expansion_boost``, when it holds
              every query term: ``serving/lexical.py``) ∪ dense (MiniLM query vector, FAISS)
              — ``candidates.py``
-fused        ``serving_lexical_weight`` · bm25 / the list's best bm25
-             + ``serving_dense_weight`` · max(0, cosine)
-memory       + ``serving_search_memory_weight`` · (a(q, d) − a_bar(q)): the product's clicks per
+fused        ``search.lexical_weight`` · bm25 / the list's best bm25
+             + ``search.dense_weight`` · max(0, cosine)
+memory       + ``search.memory_weight`` · (a(q, d) − a_bar(q)): the product's clicks per
              examination for this very query, against the query's mean (``memory.py``); nothing
              for a query nobody clicked, nothing for any other query
-head         + ``serving_search_head_weight`` · (the ranking head's click logit − its mean over
+head         + ``search.head_weight`` · (the ranking head's click logit − its mean over
              the list), only while the learner's search scorecard says the head orders clicks of
              queries it never trained on better than the fused order (``learner/search_card.py``)
              — else the head only explains
-diversity    MMR over item vectors when ``serving_search_diversity_lambda`` < 1
-explore      on ``serving_search_explore_share`` of logged searches one product from below the
-             page takes a slot in positions 4–10; on ``serving_search_swap_share`` two adjacent
+diversity    MMR over item vectors when ``search.diversity_lambda`` < 1
+explore      on ``search.explore_share`` of logged searches one product from below the
+             page takes a slot in positions 4–10; on ``search.swap_share`` two adjacent
              results swap, at random (``explore.py``): the learner estimates position bias from
              the swaps
 ===========  =================================================================================
@@ -96,7 +96,7 @@ class SearchRanker:
         """The ranked candidates of ``query``; None when nothing matches."""
         if variant not in fusion.VARIANTS:
             raise ValueError(f"unknown search variant {variant!r}; one of {fusion.VARIANTS}")
-        s, n = self.s, self.s.serving_candidates
+        s, n = self.s, self.s.serving.candidates
         terms = self.lexical.query_terms(query)
         lexical = [] if variant == "dense" else self.lexical.search(query, n, terms)
         lexical = [h for h in lexical if h.item_id in self.index]  # deleted since the last lexical commit
@@ -105,7 +105,7 @@ class SearchRanker:
         cands = fusion.gather(lexical, dense, lambda item_id: self._cosine(qvec, item_id))
         if not cands.ids:
             return None
-        weights = (s.serving_lexical_weight, s.serving_dense_weight)
+        weights = (s.search.lexical_weight, s.search.dense_weight)
         fused = fusion.weighted(cands, *weights).astype(np.float32)
         first = (
             fused
@@ -127,22 +127,20 @@ class SearchRanker:
             if X is not None:
                 final, head_reasons = self._with_head(final, X)
                 reasons = [r + h for r, h in zip(reasons, head_reasons, strict=True)]
-            order = self._diverse(cands.ids, final, k, s.serving_search_diversity_lambda)
+            order = self._diverse(cands.ids, final, k, s.search.diversity_lambda)
             if logged:
-                order, exploration = explore(
-                    order, final, k, self.rng, s.serving_search_explore_share, s.serving_search_swap_share
-                )
+                order, exploration = explore(order, final, k, self.rng, s.search.explore_share, s.search.swap_share)
                 if exploration.inserted is not None:
                     reasons[order[exploration.inserted]].append("shown to learn whether it fits this search")
         return Ranked(cands.ids, final, order, reasons, X, qvec, exploration)
 
     def _with_memory(self, query: str, ids: list[str], first: np.ndarray, reasons: list[list[str]]) -> np.ndarray:
         """first + what shoppers who searched this query chose (``memory.py``); reasons say so."""
-        weight = self.s.serving_search_memory_weight
+        weight = self.s.search.memory_weight
         if weight <= 0:
             return first
         remembered = self.memory(query_key(query))
-        adj = adjustment(ids, remembered, weight, self.s.serving_search_memory_prior)
+        adj = adjustment(ids, remembered, weight, self.s.search.memory_prior)
         if not adj:
             return first
         out = first.astype(np.float32).copy()
@@ -161,8 +159,8 @@ class SearchRanker:
         if head is None:
             return first, [[] for _ in range(len(first))]
         p_click, _, why = head
-        weight = self.s.serving_search_head_weight
-        if weight <= 0 or (self.s.serving_search_head_gate and not self.head_earned()):
+        weight = self.s.search.head_weight
+        if weight <= 0 or (self.s.search.head_gate and not self.head_earned()):
             return first, why
         p = np.clip(p_click.astype(np.float64), 1e-6, 1 - 1e-6)
         logit = np.log(p / (1 - p))

@@ -1,7 +1,7 @@
 """Online features in Redis: one layout, written by ``consumers/`` and read by learner and serving.
 
 The map (each concern is one module; everything public is re-exported here, so
-``from streamrec.features import FeatureStore, Keys, ...`` is the import to use):
+``from streamrec.features import FeatureStore, Keys, ...`` is the import to use:
 
 ==================  ================================================================================
 ``layout.py``       the key layout: :class:`Keys`, the key table (what each key holds, its decay,
@@ -19,8 +19,8 @@ The map (each concern is one module; everything public is re-exported here, so
                     (replays and tests; ``tests/test_feature_parity.py`` holds the two together)
 ==================  ================================================================================
 
-The knobs (decay half-lives, caps, TTLs, type weights, CTR prior) are :class:`FeatureConfig`, i.e.
-``FeatureSettings`` in ``streamrec/settings.py``: ``Settings.features``, env ``STREAMREC_FEATURE_*``.
+The knobs (decay half-lives, caps, TTLs, type weights, CTR prior) are the ``features`` settings
+group, ``FeatureSettings`` in ``streamrec/settings.py``: ``Settings.features``, env ``STREAMREC_FEATURE_*``.
 
 Adding a feature: the steps.
 
@@ -44,7 +44,6 @@ from streamrec.features.layout import (
     SEP,
     SESSION_TOKEN,
     TTL_REFRESH_S,
-    FeatureConfig,
     KeyFamily,
     Keys,
     session_token,
@@ -73,7 +72,6 @@ __all__ = [
     "TRENDING_RESCALE",
     "TTL_REFRESH_S",
     "CurrentSession",
-    "FeatureConfig",
     "FeatureStore",
     "ItemStats",
     "KeyFamily",

@@ -1,7 +1,7 @@
 """The decay maths of the online features, defined once for the reader and the replay twin.
 
 Two forms, both on event time (epoch ms) with ``tau = half_life / ln 2``
-(``FeatureConfig.tau_ms``):
+(``FeatureSettings.tau_ms``):
 
 * **Lazy decay** (per-key counts, affinity, expansion): each value ``v`` is stored with its
   reference time ``t``; an event at ``ts`` adds ``exp(-(t - ts)/tau)`` when ``ts <= t`` and

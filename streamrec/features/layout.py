@@ -4,7 +4,7 @@ This module is the source of truth for the feature keys: :class:`Keys` names the
 :meth:`Keys.script_templates` hands the same names to the writer script, and :data:`FAMILIES` states
 each family's bound for the memory audit (``streamrec/memory.py``) and the README's table.
 
-Every key starts with ``Settings.redis_prefix`` (``P`` below). Writes happen only inside the writer
+Every key starts with ``Settings.redis.prefix`` (``P`` below). Writes happen only inside the writer
 script (``apply.lua``, loaded by ``writer.py``), one atomic call per Kafka partition batch that
 also advances that partition's offset key, so a feature is never applied twice nor lost (see
 ``consumers/service.py``).
@@ -18,7 +18,7 @@ TTLs are wall-clock and refreshed at most once a day per user / item (hash field
 day of the last refresh, and the user's recent list / the item's co-visitation set are refreshed
 with it), so an idle user or item disappears between its TTL and TTL + 1 day after its last event.
 
-Keys (knobs in ``Settings.features`` = :class:`FeatureConfig`, env ``STREAMREC_FEATURE_*``):
+Keys (knobs in ``Settings.features`` = :class:`FeatureSettings`, env ``STREAMREC_FEATURE_*``):
 
 =================================  ===========================================================
 ``P:u:{user}:recent``  LIST        newest first, ``event_id \\x1f item \\x1f type \\x1f ts \\x1f
@@ -71,7 +71,7 @@ Keys (knobs in ``Settings.features`` = :class:`FeatureConfig`, env ``STREAMREC_F
                                    TTL: catalog state, bounded by the catalog.
 ``P:qx:{item}``         HASH       query-log expansion: analysed query term -> decayed weight of
                                    the searches that led to a click / add_to_cart / purchase of
-                                   the item (``FeatureConfig.expansion_weight``: 1 / 2 / 4),
+                                   the item (``FeatureSettings.expansion_weight``: 1 / 2 / 4),
                                    ``@`` the reference ts of every field (half-life
                                    ``expansion_half_life_s``); at most ``expansion_cap`` terms (the
                                    weakest evicted); TTL ``item_ttl_s``. The query is the event's
@@ -127,13 +127,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Literal
-
-from streamrec.settings import FeatureSettings
-
-# The feature knobs are a node of the one settings tree (``Settings.features``, env
-# ``STREAMREC_FEATURE_*``, defined in streamrec/settings.py); the name stays for the writer's and
-# readers' signatures.
-FeatureConfig = FeatureSettings
 
 INTERACTIONS = ("view", "click", "add_to_cart", "purchase")
 SEP = "\x1f"  # one byte: the script splits records on it

@@ -19,8 +19,8 @@ from typing import cast
 import redis
 
 from streamrec.features.decay import decay, landmark_scale
-from streamrec.features.layout import INTERACTIONS, QUARANTINE_RECENT_N, SEP, FeatureConfig, Keys, session_token
-from streamrec.settings import Settings
+from streamrec.features.layout import INTERACTIONS, QUARANTINE_RECENT_N, SEP, Keys, session_token
+from streamrec.settings import FeatureSettings, Settings
 from streamrec.store import connect
 
 # The session-kNN sample (FeatureStore.neighbour_sessions): read-only, one round trip.
@@ -90,21 +90,23 @@ def sample_sessions(
 class FeatureStore:
     """Readers of the online features (learner, serving) — the keys are ``layout.py``'s."""
 
-    def __init__(self, r: redis.Redis, prefix: str, config: FeatureConfig | None = None, trending_cache_s: float = 0.0):
+    def __init__(
+        self, r: redis.Redis, prefix: str, config: FeatureSettings | None = None, trending_cache_s: float = 0.0
+    ):
         """``trending_cache_s`` > 0: :meth:`trending` answers from a copy at most that old. Serving
         sets it: trending is one global list that every request reads (twice for /recommend: the
         popular family and the ranking rows), so each read is a Redis round trip spent on a list
         whose scores decay over hours."""
         self.r = r
         self.keys = Keys(prefix)
-        self.config = config or FeatureConfig()
+        self.config = config or FeatureSettings()
         self._neighbours = r.register_script(NEIGHBOURS_LUA)
         self.trending_cache_s = trending_cache_s
         self._trending_copy: tuple[float, int, list[tuple[str, float]]] | None = None  # (read at, n, list)
 
     @classmethod
     def from_settings(cls, s: Settings) -> FeatureStore:
-        return cls(connect(s), s.redis_prefix, s.features)
+        return cls(connect(s), s.redis.prefix, s.features)
 
     def clock_ms(self) -> int | None:
         """The newest event time applied, or None before the first event."""

@@ -3,7 +3,7 @@
 Why: tests and benchmarks on public logs must run in seconds without Redis, and must build the
 same features the service reads. :class:`ReplayFeatures` has :class:`~streamrec.features.reader.FeatureStore`'s
 read API and follows the writer script's rules (``apply.lua``) with the same definitions (event-time
-decay from ``decay.py``, half-lives, caps, CTR prior, type weights from ``FeatureConfig``);
+decay from ``decay.py``, half-lives, caps, CTR prior, type weights from ``FeatureSettings``);
 ``tests/test_feature_parity.py`` feeds both one event list and compares every read. The replay
 driver (``learner/replay.py``) calls :meth:`ReplayFeatures.observe` *after* each event's examples
 were built, so a row never sees its own label.
@@ -19,7 +19,7 @@ from itertools import islice
 
 from streamrec.analysis import query_key
 from streamrec.features.decay import decay, forward, landmark_scale, merge_decayed, needs_rescale
-from streamrec.features.layout import INTERACTIONS, FeatureConfig, session_token
+from streamrec.features.layout import INTERACTIONS, session_token
 from streamrec.features.reader import (
     CurrentSession,
     ItemStats,
@@ -30,6 +30,7 @@ from streamrec.features.reader import (
 )
 from streamrec.features.writer import expansion_terms
 from streamrec.schemas import CatalogOp, Event
+from streamrec.settings import FeatureSettings
 
 _Decayed = tuple[float, float]  # (value, reference ts): the lazy-decay pair of the Redis layout
 
@@ -85,8 +86,8 @@ class ReplayFeatures:
     ``tests/test_feature_parity.py`` checks that both give the same reads.
     """
 
-    def __init__(self, attributes: dict[str, dict] | None = None, config: FeatureConfig | None = None):
-        self.cfg = config or FeatureConfig()
+    def __init__(self, attributes: dict[str, dict] | None = None, config: FeatureSettings | None = None):
+        self.cfg = config or FeatureSettings()
         self.attrs: dict[str, dict | None] = dict(attributes or {})
         self.attr_ts: dict[str, int] = {}
         self.recent: dict[str, deque[_Entry]] = defaultdict(lambda: deque(maxlen=self.cfg.recent_cap))

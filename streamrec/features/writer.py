@@ -44,10 +44,10 @@ from streamrec.features.layout import (
     SESSION_TOKEN,
     SHOWN_SEP,
     TTL_REFRESH_S,
-    FeatureConfig,
     Keys,
 )
 from streamrec.schemas import CatalogOp, DeadLetter, Event, encode
+from streamrec.settings import FeatureSettings
 
 APPLY_LUA = (resources.files("streamrec.features") / "apply.lua").read_text(encoding="utf-8")
 
@@ -58,7 +58,7 @@ def expansion_terms(query: str | None, n: int) -> list[str]:
     return list(dict.fromkeys(analyze(query)))[:n] if query else []
 
 
-def script_config(cfg: FeatureConfig, bot: dict, keys: Keys) -> str:
+def script_config(cfg: FeatureSettings, bot: dict, keys: Keys) -> str:
     """The JSON the writer script reads: every constant it uses (feature decay/caps/weights, the
     bot-filter thresholds, key names, the field separator)."""
     return json.dumps(
@@ -107,7 +107,7 @@ _S = SEP.encode()
 
 
 def encode_record(
-    offset: int, m: Event | CatalogOp | DeadLetter, raw: bytes, key: bytes | None, cfg: FeatureConfig
+    offset: int, m: Event | CatalogOp | DeadLetter, raw: bytes, key: bytes | None, cfg: FeatureSettings
 ) -> bytes:
     """One record as the writer script reads it: the format above, from a validated model, its raw bytes
     (an event's canonical JSON) and its Kafka key (a dead letter's source key)."""

@@ -5,8 +5,8 @@ what serving logged, so both import it; it reads the online features only (``str
 
 The map, in the order a request goes through it:
 
-- :mod:`~streamrec.sessions.params` — which families there are (``FAMILIES``) and their knobs
-  (``SessionParams``, read from the ``serving_rec_*`` settings in one place).
+- :mod:`~streamrec.sessions.params` — which families there are (``FAMILIES``); their knobs are
+  the ``recommend`` settings group (``Settings.recommend``, env ``STREAMREC_RECOMMEND_*``).
 - :mod:`~streamrec.sessions.candidates` — reads the session's items (the *prefix*, oldest first),
   the sampled neighbour sessions, co-visitation rows and trending from the feature store (Redis
   in serving, the replay twin offline) and scores every family.
@@ -40,7 +40,7 @@ A variant ``repeat``/``stan``/``vsknn``/``covis``/``popular`` is that family alo
 then the ranking head and MMR at their /recommend settings.
 
 When the learned order is served (variant ``full`` on a non-empty session): the setting
-``serving_recommend_learned_fusion`` is on, the current model snapshot carries a ``FusionModel``
+``recommend.learned_fusion`` is on, the current model snapshot carries a ``FusionModel``
 of this feature schema, and its ``mode`` is not ``fixed``. The mode is chosen on the learner's
 test-then-train scorecard, after ``FusionModel.MIN_EXAMPLES`` joined examples: among "learned"
 (the learned scores order the whole pool) and "rerank" (they reorder only the fixed top

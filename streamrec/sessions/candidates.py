@@ -19,7 +19,7 @@ from typing import Protocol
 from streamrec.features import CurrentSession, RecentItem, SessionView
 from streamrec.sessions import families
 from streamrec.sessions.families import Neighbour, Scored, Scores
-from streamrec.sessions.params import SessionParams
+from streamrec.settings import RecommendSettings
 
 
 class SessionFeatures(Protocol):
@@ -59,7 +59,7 @@ class SessionCandidates:
         return None
 
 
-def read(features: SessionFeatures, user_id: str, p: SessionParams) -> SessionCandidates:
+def read(features: SessionFeatures, user_id: str, p: RecommendSettings) -> SessionCandidates:
     """The families for the user's current session; an empty prefix gives only ``popular``."""
     current = features.current_session(user_id)
     prefix = [r.item_id for r in current.items] if current else []

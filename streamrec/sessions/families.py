@@ -19,7 +19,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from streamrec.sessions.params import SessionParams
+from streamrec.settings import RecommendSettings
 
 Scores = dict[str, float]
 
@@ -63,7 +63,7 @@ def repeat(prefix: Sequence[str], decay: float) -> Scores:
     return out
 
 
-def stan_neighbours(prefix: Sequence[str], neighbours: Sequence[Neighbour], p: SessionParams) -> list[Scored]:
+def stan_neighbours(prefix: Sequence[str], neighbours: Sequence[Neighbour], p: RecommendSettings) -> list[Scored]:
     """STAN similarity (Garg et al., SIGIR 2019), top ``p.neighbours``:
     sim(n) = sum_{y in p & n} exp((pos(y) - t)/l1) / sqrt(|p| |n|) * exp(-(newest ts - ts_n)/tau),
     with ``|.|`` distinct items; recency is event time relative to the newest candidate, so replays
@@ -88,7 +88,7 @@ def stan_neighbours(prefix: Sequence[str], neighbours: Sequence[Neighbour], p: S
     return heapq.nlargest(p.neighbours, out, key=lambda s: (s.sim, s.neighbour.ts, s.neighbour.token))
 
 
-def stan(neighbours: Sequence[Scored], p: SessionParams) -> Scores:
+def stan(neighbours: Sequence[Scored], p: RecommendSettings) -> Scores:
     """STAN(x) = sum_n sim(n) * max_{q: n_q = x} exp(-|q - q0|/l3), q0 = the last position in n of
     the anchor (the most recent prefix item n contains): what came right after it scores most."""
     out: Scores = {}

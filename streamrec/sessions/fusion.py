@@ -3,7 +3,7 @@ why each item is shown.
 
 Why a weighted sum of max-normalised families: the families score on unrelated scales (a decayed
 repeat count, a sum of neighbour similarities, co-visitation counts, trending weight); dividing
-each by its best in this request puts them on one scale, and the weights (``serving_rec_weight_*``)
+each by its best in this request puts them on one scale, and the weights (``recommend.weight_*``)
 say how much each counts. Why variants: the bench (issue 9) compares, through the same running
 system, each family alone, their fusion without the ranking head, and the full path; a variant is
 the per-request switch.
@@ -19,7 +19,7 @@ from typing import Literal, get_args
 
 from streamrec.sessions.candidates import SessionCandidates
 from streamrec.sessions.families import Scores
-from streamrec.sessions.params import SessionParams
+from streamrec.settings import RecommendSettings
 
 RecommendVariant = Literal["full", "fused", "stan", "vsknn", "covis", "repeat", "popular"]
 VARIANTS: tuple[str, ...] = get_args(RecommendVariant)
@@ -63,7 +63,7 @@ def fuse(families: Mapping[str, Scores], weights: Mapping[str, float], top_n: in
 def rank(
     sc: SessionCandidates,
     variant: RecommendVariant,
-    p: SessionParams,
+    p: RecommendSettings,
     keep: Callable[[str], bool],
     exclude: Collection[str] = (),
 ) -> list[Fused]:

@@ -15,7 +15,7 @@ that has earned it on the learner's test-then-train comparison (else by the fixe
 
 Redis layout: ``{prefix}pool:{request_id}`` — a hash ``{schema, items, F}``, ``items`` the JSON
 list of pooled item ids (the fixed fusion's best :data:`POOL_LOGGED`), ``F`` the base64 float16
-rows in that order, living ``label_window_s`` × 4 + 60 s (its size: README, Memory).
+rows in that order, living ``learner.label_window_s`` × 4 + 60 s (its size: README, Memory).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from streamrec.sessions.params import FAMILIES, SessionParams
+from streamrec.sessions.params import FAMILIES
 
 if TYPE_CHECKING:  # pragma: no cover - types only
     import redis
@@ -140,8 +140,8 @@ class FusionModel:
 
     @classmethod
     def from_settings(cls, s: Settings) -> FusionModel:
-        """Started at the fixed weights /recommend uses (``serving_rec_weight_*``)."""
-        return cls.initial(SessionParams.from_settings(s).weights, lr=s.learner_fusion_lr)
+        """Started at the fixed weights /recommend uses (``recommend.weight_*``)."""
+        return cls.initial(s.recommend.weights, lr=s.learner.fusion_lr)
 
     def scores(self, F: np.ndarray) -> np.ndarray:
         """The learned scores of pool rows ``F`` (higher first)."""

@@ -51,7 +51,7 @@ def want_gpu(use_gpu: str) -> bool:
     """GPU when asked for, or on 'auto' when this faiss build sees one."""
     n = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
     if use_gpu == "always" and n == 0:
-        raise RuntimeError("index_use_gpu=always but faiss sees no GPU (is faiss-gpu installed?)")
+        raise RuntimeError("STREAMREC_INDEX_USE_GPU=always but faiss sees no GPU (is faiss-gpu installed?)")
     return use_gpu != "never" and n > 0
 
 

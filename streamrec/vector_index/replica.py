@@ -38,13 +38,13 @@ class IndexReplica:
         self.s = s
         self.index = LiveIndex(
             dim,
-            s.index_factory,
-            s.index_metric,
-            s.index_use_gpu,
-            nprobe=s.index_nprobe,
-            ef_search=s.index_ef_search,
-            compact_ratio=s.index_compact_ratio,
-            search_threads=s.index_search_threads,
+            s.index.factory,
+            s.index.metric,
+            s.index.use_gpu,
+            nprobe=s.index.nprobe,
+            ef_search=s.index.ef_search,
+            compact_ratio=s.index.compact_ratio,
+            search_threads=s.index.search_threads,
         )
         self.from_snapshot = from_snapshot
         self.hashes: dict[str, str] = {}
@@ -96,20 +96,20 @@ class IndexReplica:
         return write_snapshot(
             index_snapshot_dir(self.s),
             dump,
-            topic=self.s.topic_vectors,
+            topic=self.s.topic.vectors,
             offsets=offsets,
             hashes=hashes,
             model_id=model_id,
-            keep=self.s.index_snapshots_kept,
+            keep=self.s.index.snapshots_kept,
         )
 
     def _load_snapshot(self) -> None:
         for path in list_snapshots(index_snapshot_dir(self.s)):
             try:
                 snap = read_snapshot(path)
-                if snap.manifest["topic"] != self.s.topic_vectors:
+                if snap.manifest["topic"] != self.s.topic.vectors:
                     raise SnapshotError(
-                        f"snapshot {path} covers topic {snap.manifest['topic']}, not {self.s.topic_vectors}"
+                        f"snapshot {path} covers topic {snap.manifest['topic']}, not {self.s.topic.vectors}"
                     )
                 self.index.load(snap.dump)
             except (SnapshotError, ValueError, RuntimeError) as e:
@@ -130,7 +130,7 @@ class IndexReplica:
         log.info(
             "no usable index snapshot in %s: replaying %s from the start",
             index_snapshot_dir(self.s),
-            self.s.topic_vectors,
+            self.s.topic.vectors,
         )
 
     def _run(self) -> None:
@@ -138,13 +138,13 @@ class IndexReplica:
             try:
                 self._follow()
             except Exception:  # keep serving the index we have; resume from the applied offsets
-                log.exception("index replica lost %s; reconnecting in 2s", self.s.topic_vectors)
+                log.exception("index replica lost %s; reconnecting in 2s", self.s.topic.vectors)
                 self._stop.wait(2.0)
 
     def _follow(self) -> None:
         consumer = make_consumer(self.s, None, fetch_max_wait_ms=50)
         try:
-            tps = all_partitions(consumer, self.s.topic_vectors, timeout_s=30)
+            tps = all_partitions(consumer, self.s.topic.vectors, timeout_s=30)
             consumer.assign(tps)
             for tp in tps:
                 offset = self._offsets.get(tp.partition)
