@@ -32,7 +32,7 @@ The fixed fusion: each family keeps its best ``family_top_n`` items; the pool is
     score(x) = sum over families f of  w_f * s_f(x) / max_y s_f(y)
 
 with ``s_f`` the family's scores in this request (0 where it does not score ``x``) and ``w_f`` the
-setting ``serving_rec_weight_f``: dividing by the per-request best puts families of unrelated
+setting ``recommend.weight_f``: dividing by the per-request best puts families of unrelated
 scales on one scale, and the weights say how much each counts. Ties go by item id. Items the
 request excludes (``exclude_seen``) or the index does not hold are dropped before the top-N cut.
 A variant ``repeat``/``stan``/``vsknn``/``covis``/``popular`` is that family alone (weight 1);
