@@ -27,13 +27,12 @@ from streamrec.encoder import Encoder
 from streamrec.features import INTERACTIONS, FeatureStore
 from streamrec.ranking import N_FEATURES, FeatureAssembler
 from streamrec.schemas import ResultItem, ResultList
-from streamrec.settings import FeatureSettings, Settings
+from streamrec.settings import Settings
 from streamrec.vector_index import IndexReplica, LiveIndex
 
 log = logging.getLogger(__name__)
 
 # How much each interaction type says about a user's taste, for the profile vector.
-INTERACTION_WEIGHT = {t: FeatureSettings().weight(t) for t in INTERACTIONS}  # the feature config's weights
 RECENCY_DECAY = 0.85  # weight of the i-th most recent interaction is RECENCY_DECAY ** i
 # ResultList.degraded entry while Redis does not answer: retrieval still works (the index and the
 # lexical index live in this process), but there are no feature rows, so no head and no learning.
@@ -393,7 +392,7 @@ class Engine:
             vec = self.index.vector(r.item_id)
             if vec is None:
                 continue
-            w = INTERACTION_WEIGHT.get(r.type, 1.0) * RECENCY_DECAY**i
+            w = (self.s.features.weight(r.type) if r.type in INTERACTIONS else 1.0) * RECENCY_DECAY**i
             total = vec * w if total is None else total + vec * w
             if all(a != r.item_id for a, _ in anchors):
                 anchors.append((r.item_id, vec))
