@@ -243,7 +243,7 @@ def freshness_part(
         def query_loop() -> None:
             while not done.is_set():
                 t0 = time.perf_counter()
-                vec = queries.encode_query(rng.choice(terms))
+                vec = queries.encode([rng.choice(terms)])[0]
                 t1 = time.perf_counter()
                 replica.index.search(vec, 10)
                 search_ms.append((time.perf_counter() - t1) * 1000)

@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from serving import metrics
 from serving.admin import admin_routes
 from serving.auth import install as install_access_control
-from serving.backpressure import RETRY_AFTER_S, PublishGate
+from serving.backpressure import RETRY_AFTER_S, PublishGate, ReadShedding
 from serving.cockpit import cockpit_routes
 from serving.dashboard import render_dashboard
 from serving.engine import Engine
@@ -99,7 +99,8 @@ RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying",
 
 def create_app(s: Settings, engine: Engine, producer: KafkaProducer) -> FastAPI:
     app = FastAPI(title="streamrec", version="0.1.0", description="Streaming search and recommendations; see README.")
-    app.add_middleware(RequestMetrics)
+    app.add_middleware(ReadShedding, max_inflight=s.serving.max_inflight_reads)
+    app.add_middleware(RequestMetrics)  # routed requests only: a shed read never reaches a route (READS_SHED)
     app.include_router(query_routes(engine))
     app.include_router(publish_routes(s, producer))
     app.include_router(operations_routes(s, engine))

@@ -1,4 +1,5 @@
-"""Backpressure for writes: a bound on the requests (and their bytes) publishing at once.
+"""Backpressure: a bound on the writes (and their bytes) publishing at once, and on the reads
+being answered at once (``ReadShedding``).
 
 A write request holds its body, its parsed objects and a threadpool worker until the broker
 acknowledges it (``serving.publish_timeout_s`` at most). Without a bound, a broker slower than the
@@ -16,11 +17,16 @@ True
 
 from __future__ import annotations
 
+import json
 import threading
 
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from serving import metrics
 from streamrec.settings import Settings
 
 RETRY_AFTER_S = 1
+READ_ROUTES = ("/search", "/recommend", "/similar/")
 
 
 class PublishGate:
@@ -65,3 +71,48 @@ class PublishGate:
         """(requests, bytes) admitted and not yet left."""
         with self.lock:
             return self.requests, self.bytes
+
+
+class ReadShedding:
+    """Reads past ``serving.max_inflight_reads`` in flight in this process are answered ``503`` with
+    ``Retry-After`` at once, on the event loop, without touching the engine.
+
+    Why a bound and not a queue: a read is CPU work under one interpreter lock, so every admitted
+    request slows every other; past capacity a queue only makes all of them late (measured: p99
+    above a second at twice the sustainable rate). With the bound, an answered read waits for at
+    most the others in flight, and the storefront learns at once that it should retry or fall back.
+    A pure ASGI middleware: it runs on the event loop, so the counter needs no lock.
+    """
+
+    def __init__(self, app: ASGIApp, max_inflight: int) -> None:
+        self.app = app
+        self.max_inflight = max_inflight
+        self.inflight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if not path.startswith(READ_ROUTES) or path.rstrip("/") == "/similar":
+            await self.app(scope, receive, send)
+            return
+        if self.inflight >= self.max_inflight:
+            metrics.READS_SHED.labels(path.split("/")[1]).inc()
+            await _overloaded(send, self.inflight)
+            return
+        self.inflight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.inflight -= 1
+
+
+async def _overloaded(send: Send, inflight: int) -> None:
+    body = json.dumps(
+        {"detail": f"overloaded: {inflight} reads in flight in this process; retry in {RETRY_AFTER_S}s"}
+    ).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"retry-after", str(RETRY_AFTER_S).encode()),
+    ]
+    await send({"type": "http.response.start", "status": 503, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -22,9 +22,10 @@ from serving.lexical import LexicalIndex
 from serving.models import ModelWatcher
 from serving.rerank import mmr
 from serving.search import SearchRanker
+from serving.stages import route, stage
 from streamrec import sessions
-from streamrec.encoder import Encoder
 from streamrec.features import INTERACTIONS, FeatureStore
+from streamrec.query_encoder import QueryEncoder
 from streamrec.ranking import N_FEATURES, FeatureAssembler
 from streamrec.schemas import ResultItem, ResultList
 from streamrec.settings import Settings
@@ -60,7 +61,7 @@ class Engine:
     def __init__(
         self,
         s: Settings,
-        encoder: Encoder,
+        encoder: QueryEncoder,
         replica: IndexReplica,
         features: FeatureStore,
         models: ModelWatcher,
@@ -108,21 +109,23 @@ class Engine:
     ) -> ResultList:
         """The search ranking formula (``serving/search``): ``variant`` ``bm25``, ``dense``, ``rrf``
         and ``fused`` are first-stage orders only; ``full`` runs every stage."""
-        ranked = self.searcher.rank(query, user_id, k, variant, logged=impression)
-        if ranked is None:
-            return self._empty(variant)
-        ctx = Context(user_id, query, ranked.query_vec)
-        return self._respond(
-            ctx,
-            ranked.ids,
-            ranked.final,
-            ranked.order,
-            ranked.reasons,
-            ranked.X,
-            variant,
-            impression,
-            swapped=ranked.exploration.swapped,
-        )
+        with route("search"):
+            ranked = self.searcher.rank(query, user_id, k, variant, logged=impression)
+            if ranked is None:
+                return self._empty(variant)
+            ctx = Context(user_id, query, ranked.query_vec)
+            return self._respond(
+                ctx,
+                ranked.ids,
+                ranked.final,
+                ranked.order,
+                ranked.reasons,
+                ranked.rows,
+                variant,
+                impression,
+                swapped=ranked.exploration.swapped,
+                features_down=ranked.features_down,
+            )
 
     def recommend(
         self,
@@ -139,11 +142,24 @@ class Engine:
         /recommend settings); ``exclude_seen`` None = the setting."""
         if variant not in sessions.fusion.VARIANTS:
             raise ValueError(f"unknown recommend variant {variant!r}; one of {sessions.fusion.VARIANTS}")
+        with route("recommend"):
+            return self._recommend(user_id, k, variant, exclude_seen, impression)
+
+    def _recommend(
+        self,
+        user_id: str,
+        k: int,
+        variant: sessions.fusion.RecommendVariant,
+        exclude_seen: bool | None,
+        impression: bool,
+    ) -> ResultList:
         if exclude_seen is None:
             exclude_seen = self.s.recommend.exclude_seen
-        sc = sessions.candidates.read(self.features, user_id, self.s.recommend)
-        exclude = set(sc.prefix) if exclude_seen else set()
-        ranked = sessions.fusion.rank(sc, variant, self.s.recommend, self.index.__contains__, exclude)
+        with stage("session"):
+            sc = sessions.candidates.read(self.features, user_id, self.s.recommend)
+        with stage("fusion"):
+            exclude = set(sc.prefix) if exclude_seen else set()
+            ranked = sessions.fusion.rank(sc, variant, self.s.recommend, self.index.__contains__, exclude)
         full = variant == "full"
         model_weight = self.s.recommend.model_weight if full else 0.0
         diversity = self.s.recommend.diversity_lambda if full else 1.0
@@ -228,13 +244,18 @@ class Engine:
         return self._finish(ctx, list(cands.values()), k, impression, model_weight, diversity)
 
     def similar(self, item_id: str, k: int, impression: bool = True) -> ResultList | None:
+        with route("similar"):
+            return self._similar(item_id, k, impression)
+
+    def _similar(self, item_id: str, k: int, impression: bool) -> ResultList | None:
         seed = self.index.vector(item_id)
         if seed is None:
             return None
         title = self._title(item_id)
+        with stage("dense"):
+            hits = self.index.search(seed[None, :], self.s.serving.candidates, exclude={item_id})[0]
         cands = [
-            Candidate(other, max(0.0, cos), cos, [f"similar to '{title}' (cosine {cos:.2f})"])
-            for other, cos in self.index.search(seed[None, :], self.s.serving.candidates, exclude={item_id})[0]
+            Candidate(other, max(0.0, cos), cos, [f"similar to '{title}' (cosine {cos:.2f})"]) for other, cos in hits
         ]
         try:
             covisited = self.features.covisited(item_id, 20)
@@ -266,24 +287,28 @@ class Engine:
             return self._empty(variant)
         ids = [c.item_id for c in cands]
         relevance = np.array([c.relevance for c in cands], dtype=np.float32)
-        X = self._assemble(
-            user_id=ctx.user_id,
-            query_vec=ctx.vector,
-            item_ids=ids,
-            retrieval_scores=np.array([c.similarity for c in cands], dtype=np.float32),
-        )
+        with stage("features"):
+            X = self._assemble(
+                user_id=ctx.user_id,
+                query_vec=ctx.vector,
+                item_ids=ids,
+                retrieval_scores=np.array([c.similarity for c in cands], dtype=np.float32),
+            )
         final: np.ndarray = relevance
         explanations: list[list[str]] = [[] for _ in cands]
-        head = self._head(X) if w > 0 and X is not None else None  # the rows are logged below either way
+        with stage("head"):
+            head = self._head(X) if w > 0 and X is not None else None  # the rows are logged below either way
         if head is not None:
             p_click, p_buy, explanations = head
             value = p_click * (1.0 + p_buy)
             peak = float(value.max())
             if peak > 0:
                 final = (1 - w) * relevance + w * (value / peak)
-        order = self._diverse(ids, final, k, self.s.serving.diversity_lambda if diversity is None else diversity)
+        with stage("diversity"):
+            order = self._diverse(ids, final, k, self.s.serving.diversity_lambda if diversity is None else diversity)
         reasons = [c.reasons + e for c, e in zip(cands, explanations, strict=True)]
-        return self._respond(ctx, ids, final, order, reasons, X, variant, impression, pool)
+        rows = X[order] if X is not None else None
+        return self._respond(ctx, ids, final, order, reasons, rows, variant, impression, pool, features_down=X is None)
 
     def _assemble(self, **request) -> np.ndarray | None:
         """The feature rows, or None when Redis does not answer within ``serving.redis_timeout_s``
@@ -335,42 +360,49 @@ class Engine:
         final: np.ndarray,
         order: list[int],
         reasons: list[list[str]],
-        X: np.ndarray | None,
+        rows: np.ndarray | None,
         variant: str,
         impression: bool,
         pool: sessions.learned.Pool | None = None,
         swapped: int | None = None,
+        features_down: bool = False,
     ) -> ResultList:
-        """The explained result list; logged as an impression (with its feature rows) unless not asked.
-        ``swapped``: the page position whose result traded places with the next at random.
+        """The explained result list; logged as an impression (with the page's feature ``rows``, in
+        ``order``) unless not asked. ``swapped``: the page position whose result traded places with
+        the next at random.
 
-        ``X`` None: the feature store was down; the impression is still logged (clicks on it are
-        real labels) without served rows, so the learner recomputes them instead of learning zeros."""
+        ``features_down``: the feature store did not answer; the impression is still logged (clicks
+        on it are real labels) without served rows, so the learner recomputes them instead of
+        learning zeros."""
         request_id = uuid.uuid4().hex
         model = self.models.current
-        items = [
-            ResultItem(item_id=ids[i], score=round(float(final[i]), 6), title=self._title(ids[i]), reasons=reasons[i])
-            for i in order
-        ]
-        result = ResultList(
-            request_id=request_id,
-            items=items,
-            model_version=model.version if model else 0,
-            index_version=self.index.version,
-            variant=variant,
-            degraded=[FEATURES_UNAVAILABLE] if X is None else [],
-        )
-        if impression:
-            self.impressions.record(
+        with stage("respond"):
+            items = [
+                ResultItem(
+                    item_id=ids[i], score=round(float(final[i]), 6), title=self._title(ids[i]), reasons=reasons[i]
+                )
+                for i in order
+            ]
+            result = ResultList(
                 request_id=request_id,
-                user_id=ctx.user_id,
-                query=ctx.query,
-                item_ids=[ids[i] for i in order],
-                rows=X[order] if X is not None else None,
-                ts_ms=int(time.time() * 1000),
-                pool=pool,
-                swapped=swapped,
+                items=items,
+                model_version=model.version if model else 0,
+                index_version=self.index.version,
+                variant=variant,
+                degraded=[FEATURES_UNAVAILABLE] if features_down else [],
             )
+        if impression:
+            with stage("log"):
+                self.impressions.record(
+                    request_id=request_id,
+                    user_id=ctx.user_id,
+                    query=ctx.query,
+                    item_ids=[ids[i] for i in order],
+                    rows=rows,
+                    ts_ms=int(time.time() * 1000),
+                    pool=pool,
+                    swapped=swapped,
+                )
         return result
 
     def _empty(self, variant: str) -> ResultList:

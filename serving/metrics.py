@@ -25,3 +25,8 @@ CONSUMER_LAG = Gauge(
 PUBLISH_SHED = Counter(
     "streamrec_serving_publish_shed_total", "write requests answered 503 by backpressure, unread", ["topic"]
 )
+READS_SHED = Counter(
+    "streamrec_serving_read_shed_total",
+    "reads answered 503 at once because serving.max_inflight_reads were in flight (serving/backpressure.py)",
+    ["endpoint"],
+)

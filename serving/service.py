@@ -20,10 +20,10 @@ from serving.impressions import ImpressionLog
 from serving.lexical import LexicalIndex
 from serving.models import ModelWatcher
 from streamrec import bus
-from streamrec.encoder import Encoder
 from streamrec.features import FeatureStore
 from streamrec.gcpause import GcKeeper
 from streamrec.model_store import ModelStore
+from streamrec.query_encoder import QueryEncoder
 from streamrec.settings import Settings
 from streamrec.store import connect
 from streamrec.vector_index import IndexReplica
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 def build_engine(s: Settings) -> tuple[Engine, KafkaProducer]:
     """The engine plus its producer; starts the replica, model watcher and lexical index writer."""
-    encoder = Encoder.from_settings(s)
+    encoder = QueryEncoder.from_settings(s)
     replica = IndexReplica(s, encoder.dim)
     replica.start()
     r = connect(s, s.serving.redis_timeout_s)  # a hung Redis degrades answers, never hangs them

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from cachetools import LRUCache
 
 from streamrec.schemas import CatalogOp
 from streamrec.settings import Settings
@@ -89,7 +88,7 @@ def _quantize_int8(model):
 
 
 class Encoder:
-    """Batched, thread-safe sentence encoder; ``encode_query`` keeps an LRU of recent queries."""
+    """Batched, thread-safe sentence encoder (serving's queries: ``streamrec.query_encoder``)."""
 
     def __init__(
         self,
@@ -98,7 +97,6 @@ class Encoder:
         device: str = "auto",
         precision: str = "fp32",
         batch_size: int = 64,
-        query_cache_size: int = 4096,
         max_length: int | None = None,
     ):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -135,8 +133,6 @@ class Encoder:
         self._model_dir = model_dir
         self._counter: Any = None  # a second tokenizer for token_counts, so counting never waits for encode
         self._counter_lock = threading.Lock()
-        self._cache: LRUCache[str, np.ndarray] | None = LRUCache(query_cache_size) if query_cache_size > 0 else None
-        self._cache_lock = threading.Lock()  # cachetools caches are not thread-safe; a lookup reorders
         log.info("encoder %s on %s (dim %d, max_length %d)", self.model_id, self.device, self.dim, self.max_length)
 
     @classmethod
@@ -146,7 +142,6 @@ class Encoder:
             device=s.encoder.device,
             precision=s.encoder.precision,
             batch_size=s.encoder.batch_size,
-            query_cache_size=s.encoder.query_cache,
         )
 
     def encode(
@@ -190,25 +185,6 @@ class Encoder:
                 self._counter = AutoTokenizer.from_pretrained(self._model_dir, local_files_only=True)
             ids = self._counter(list(texts), truncation=True, max_length=limit)["input_ids"]
         return [len(i) for i in ids]
-
-    def encode_query(self, text: str) -> np.ndarray:
-        """(dim,) read-only vector; repeated queries (pagination, popular searches) skip the model.
-        The model runs outside the cache lock, so a miss never holds up other queries' hits."""
-        if self._cache is None:
-            return _read_only(self.encode([text])[0])
-        with self._cache_lock:
-            hit = self._cache.get(text)
-        if hit is not None:
-            return hit
-        vec = _read_only(self.encode([text])[0])
-        with self._cache_lock:
-            return self._cache.setdefault(text, vec)  # two threads that missed together share the first
-
-
-def _read_only(vec: np.ndarray) -> np.ndarray:
-    """Cached vectors are shared by every caller: none may change them in place."""
-    vec.flags.writeable = False
-    return vec
 
 
 def check_template(template: str) -> list[str]:

@@ -219,6 +219,13 @@ class EncoderSettings(_Group):
         "length); 0 = the model's own limit. Part of the content hash, so changing it re-embeds",
     )
     query_cache: int = Field(4096, ge=0, description="LRU size of query embeddings")
+    query_runtime: Literal["torch", "onnx", "onnx-int8"] = Field(
+        "onnx-int8",
+        description="how serving embeds search queries (streamrec/query_encoder.py): torch = the items' "
+        "encoder itself; onnx = the same weights in ONNX Runtime (the same vectors, faster); onnx-int8 = "
+        "with int8 weights (cosine ~0.99 to fp32, fastest). ONNX is built from the local weights at first "
+        "start, kept under state_dir/encoders, and used only where the item encoder is fp32 on CPU",
+    )
     model_dir: Path | None = Field(None, description="HF encoder directory; None = bundled all-MiniLM-L6-v2")
     item_text_template: str = "{title}. {category}. {description}"
 
@@ -374,6 +381,12 @@ class ServingSettings(_Group):
     )
     publish_timeout_s: float = Field(
         10.0, gt=0, description="a write not acknowledged by the broker within this answers 503 (Retry-After)"
+    )
+    max_inflight_reads: int = Field(
+        8,
+        ge=1,
+        description="/search, /recommend and /similar requests answered at once by one serving process; the "
+        "rest get 503 with Retry-After at once (serving/backpressure.py): past capacity, reads are shed, not queued",
     )
     candidates: int = Field(100, ge=10, le=2000, description="candidates per retriever before ranking")
     model_weight: float = Field(0.5, ge=0, le=1, description="share of the ranking head in the final score")

@@ -1,11 +1,13 @@
 """Backpressure of writes against a broker that stops acknowledging (its process paused with
 SIGSTOP): past ``serving.publish_max_inflight`` requests, POST /events is answered 503 with
-Retry-After at once, publishes nothing, and serving recovers by itself once the broker is back."""
+Retry-After at once, publishes nothing, and serving recovers by itself once the broker is back.
+Reads past ``serving.max_inflight_reads`` are shed the same way, without reaching the engine."""
 
 from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +22,7 @@ from streamrec.settings import Settings
 from tests.live_app import serve
 from tests.polling import wait_for
 from tests.prometheus_text import sample_sum
-from tests.test_serving_app import FakeEngine
+from tests.test_serving_app import FakeEngine, FakeProducer
 
 TS = 1_700_000_000_000
 # the publish timeout outlasts starting the flood's 40 threads on a loaded 2-core box, so no slot frees mid-flood
@@ -108,3 +110,41 @@ def test_a_flood_past_a_silent_broker_is_shed_at_once_and_publishes_nothing(tmp_
             # the producer may still land once the broker is back, in whole or in part: its retry is
             # deduplicated by event_id (README, "Duplicates"), so nothing is counted twice.
         producer.close(timeout=5)
+
+
+class BlockingEngine(FakeEngine):
+    """Each read holds its thread until ``release`` is set, so reads pile up in flight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+        self.entered = threading.Semaphore(0)
+
+    def search(self, q, user_id, k, variant="full", impression=True):
+        self.entered.release()
+        self.release.wait(30)
+        return super().search(q, user_id, k, variant, impression)
+
+
+def test_reads_past_the_bound_are_shed_at_once_and_the_rest_are_answered(tmp_path):
+    s = Settings(state_dir=tmp_path, serving={"max_inflight_reads": 2})
+    engine = BlockingEngine()
+    app = create_app(s, engine, FakeProducer())  # type: ignore[arg-type]
+    with serve(app) as base, ThreadPoolExecutor(2) as pool, httpx.Client(base_url=base, timeout=30) as http:
+        held = [pool.submit(http.get, "/search", params={"q": f"drill {j}"}) for j in range(2)]
+        for _ in held:
+            assert engine.entered.acquire(timeout=20), "a read never reached the engine"
+        shed_before = sample_sum(http.get("/metrics").text, "streamrec_serving_read_shed_total", endpoint="search")
+        started = time.monotonic()
+        r = http.get("/search", params={"q": "one too many"})
+        shed_in_s = time.monotonic() - started
+        assert r.status_code == 503 and r.headers["Retry-After"] == "1", r.text
+        assert "overloaded" in r.json()["detail"]
+        assert shed_in_s < 1.0  # answered on the event loop while both reads still hold their threads
+        assert http.get("/healthz").status_code == 200  # operations routes are never shed
+        after = sample_sum(http.get("/metrics").text, "streamrec_serving_read_shed_total", endpoint="search")
+        assert after == shed_before + 1
+        assert len([c for c in engine.calls if c[0] == "search"]) == 0  # the shed read did no work
+        engine.release.set()
+        assert [f.result().status_code for f in held] == [200, 200]
+        assert http.get("/search", params={"q": "room again"}).status_code == 200

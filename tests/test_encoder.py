@@ -1,4 +1,4 @@
-"""The encoder with the real bundled model: shape, norm, batching, caching, precision, any HF dir."""
+"""The encoder with the real bundled model: shape, norm, batching, precision, any HF dir."""
 
 from __future__ import annotations
 
@@ -43,32 +43,12 @@ def test_relevant_products_score_above_irrelevant_ones(encoder, data_dir):
         bad = [titles[i] for i, r in graded.items() if r <= 1.34 and i in titles]
         if not good or not bad:
             continue
-        q = encoder.encode_query(query)
+        q = encoder.encode([query])[0]
         scores = encoder.encode(good + bad) @ q
         wins += float(scores[: len(good)].mean() > scores[len(good) :].mean())
         trials += 1
     assert trials >= 10
     assert wins / trials > 0.7, f"exact matches beat misses in only {wins}/{trials} queries"
-
-
-def test_query_embeddings_are_cached_and_read_only(encoder):
-    a = encoder.encode_query("cordless drill")
-    assert encoder.encode_query("cordless drill") is a
-    assert not a.flags.writeable
-    np.testing.assert_allclose(a, encoder.encode(["cordless drill"])[0], atol=1e-6)
-
-
-def test_the_query_cache_forgets_the_least_recently_used_and_can_be_off():
-    small = Encoder(query_cache_size=2)
-    a, b = small.encode_query("drill"), small.encode_query("hammer")
-    assert small.encode_query("drill") is a  # now the most recently used
-    small.encode_query("saw")  # a third query: "hammer" goes
-    assert small.encode_query("drill") is a
-    assert small.encode_query("hammer") is not b
-    off = Encoder(query_cache_size=0)
-    v = off.encode_query("drill")
-    assert not v.flags.writeable and off.encode_query("drill") is not v
-    np.testing.assert_allclose(v, a, atol=1e-6)
 
 
 def test_int8_stays_close_to_fp32(encoder, titles):

@@ -106,7 +106,7 @@ def replicas(fast_settings, encoder) -> Iterator[Callable[..., IndexReplica]]:
 
 
 def top_ids(replica: IndexReplica, encoder: Encoder, query: str, k: int = 10) -> list[str]:
-    return [i for i, _ in replica.index.search(encoder.encode_query(query), k)[0]]
+    return [i for i, _ in replica.index.search(encoder.encode([query]), k)[0]]
 
 
 @pytest.mark.parametrize("fast_settings", ["Flat", "HNSW16"], indirect=True)

@@ -39,8 +39,9 @@ from serving.search import candidates as fusion
 from serving.search.explore import Exploration, explore
 from serving.search.memory import adjustment
 from serving.search.query_features import query_features
+from serving.stages import stage
 from streamrec.analysis import query_key
-from streamrec.encoder import Encoder
+from streamrec.query_encoder import QueryEncoder
 from streamrec.settings import Settings
 from streamrec.vector_index import LiveIndex
 
@@ -60,16 +61,17 @@ class Ranked:
     final: np.ndarray
     order: list[int]
     reasons: list[list[str]]
-    X: np.ndarray | None
+    rows: np.ndarray | None  # the feature rows of the page, in ``order``; None when none were read
     query_vec: np.ndarray | None
     exploration: Exploration = field(default_factory=Exploration)
+    features_down: bool = False  # the feature store did not answer: no rows, no head
 
 
 class SearchRanker:
     def __init__(
         self,
         s: Settings,
-        encoder: Encoder,
+        encoder: QueryEncoder,
         index: Callable[[], LiveIndex],
         lexical: LexicalIndex,
         rows: Rows,
@@ -93,46 +95,85 @@ class SearchRanker:
         return self._index()
 
     def rank(self, query: str, user_id: str | None, k: int, variant: str, logged: bool) -> Ranked | None:
-        """The ranked candidates of ``query``; None when nothing matches."""
+        """The ranked candidates of ``query``; None when nothing matches.
+
+        Feature rows are read for every candidate only while the head reorders the list; otherwise
+        only for the page shown (the impression logs them, the head explains them): a tenth of
+        the Redis reads and of the per-candidate Python."""
         if variant not in fusion.VARIANTS:
             raise ValueError(f"unknown search variant {variant!r}; one of {fusion.VARIANTS}")
         s, n = self.s, self.s.serving.candidates
-        terms = self.lexical.query_terms(query)
-        lexical = [] if variant == "dense" else self.lexical.search(query, n, terms)
-        lexical = [h for h in lexical if h.item_id in self.index]  # deleted since the last lexical commit
-        qvec = None if variant == "bm25" else self.encoder.encode_query(query)
-        dense = self.index.search(qvec[None, :], n)[0] if qvec is not None else []
-        cands = fusion.gather(lexical, dense, lambda item_id: self._cosine(qvec, item_id))
-        if not cands.ids:
-            return None
-        weights = (s.search.lexical_weight, s.search.dense_weight)
-        fused = fusion.weighted(cands, *weights).astype(np.float32)
-        first = (
-            fused
-            if variant in ("full", "fused")
-            else fusion.order_scores(variant, cands, len(lexical), len(dense), weights)
-        )
-        X = self.rows(
-            user_id=user_id,
-            query_vec=qvec,
-            item_ids=cands.ids,
-            retrieval_scores=cands.cosine,
-            query_features=query_features(terms, cands, fused, self.lexical.title_tokens),
-        )
-        reasons = [self._reasons(query, terms, cands, j, len(dense)) for j in range(len(cands.ids))]
-        final, order = first, _top(first, k)
+        with stage("lexical"):
+            terms = self.lexical.query_terms(query)
+            lexical = [] if variant == "dense" else self.lexical.search(query, n, terms)
+            lexical = [h for h in lexical if h.item_id in self.index]  # deleted since the last lexical commit
+        with stage("encode"):
+            qvec = None if variant == "bm25" else self.encoder.encode_query(query)
+        with stage("dense"):
+            dense = self.index.search(qvec[None, :], n)[0] if qvec is not None else []
+        with stage("fusion"):
+            cands = fusion.gather(lexical, dense, lambda item_id: self._cosine(qvec, item_id))
+            if not cands.ids:
+                return None
+            weights = (s.search.lexical_weight, s.search.dense_weight)
+            fused = fusion.weighted(cands, *weights).astype(np.float32)
+            first = (
+                fused
+                if variant in ("full", "fused")
+                else fusion.order_scores(variant, cands, len(lexical), len(dense), weights)
+            )
+            reasons = [self._reasons(query, terms, cands, j, len(dense)) for j in range(len(cands.ids))]
+
+        features_down = False
+
+        def rows(which: list[int]) -> np.ndarray | None:
+            nonlocal features_down
+            with stage("features"):
+                X = self.rows(
+                    user_id=user_id,
+                    query_vec=qvec,
+                    item_ids=[cands.ids[j] for j in which],
+                    retrieval_scores=cands.cosine[which],
+                    query_features=query_features(terms, cands, fused, self.lexical.title_tokens, which),
+                )
+            features_down = X is None
+            return X
+
+        final, order, shown_rows = first, _top(first, k), None
         exploration = Exploration()
         if variant == "full":
-            final = self._with_memory(query, cands.ids, first, reasons)
+            with stage("memory"):
+                final = self._with_memory(query, cands.ids, first, reasons)
+            if self._head_reorders():
+                X = rows(list(range(len(cands.ids))))
+                if X is not None:
+                    final, head_reasons = self._with_head(final, X)
+                    reasons = [r + h for r, h in zip(reasons, head_reasons, strict=True)]
+            else:
+                X = None
+            with stage("diversity"):
+                order = self._diverse(cands.ids, final, k, s.search.diversity_lambda)
+                if logged:
+                    order, exploration = explore(order, final, k, self.rng, s.search.explore_share, s.search.swap_share)
+                    if exploration.inserted is not None:
+                        reasons[order[exploration.inserted]].append("shown to learn whether it fits this search")
             if X is not None:
-                final, head_reasons = self._with_head(final, X)
-                reasons = [r + h for r, h in zip(reasons, head_reasons, strict=True)]
-            order = self._diverse(cands.ids, final, k, s.search.diversity_lambda)
-            if logged:
-                order, exploration = explore(order, final, k, self.rng, s.search.explore_share, s.search.swap_share)
-                if exploration.inserted is not None:
-                    reasons[order[exploration.inserted]].append("shown to learn whether it fits this search")
-        return Ranked(cands.ids, final, order, reasons, X, qvec, exploration)
+                shown_rows = X[order]
+            else:  # the head explains the page only
+                shown_rows = rows(order)
+                if shown_rows is not None:
+                    with stage("head"):
+                        head = self.head(shown_rows)
+                    for j, why in zip(order, head[2] if head else [], strict=False):
+                        reasons[j] = reasons[j] + why
+        elif logged:
+            shown_rows = rows(order)
+        return Ranked(cands.ids, final, order, reasons, shown_rows, qvec, exploration, features_down)
+
+    def _head_reorders(self) -> bool:
+        """The head changes the order only with a weight and, when gated, its scorecard's say-so."""
+        weight = self.s.search.head_weight
+        return weight > 0 and (not self.s.search.head_gate or self.head_earned())
 
     def _with_memory(self, query: str, ids: list[str], first: np.ndarray, reasons: list[list[str]]) -> np.ndarray:
         """first + what shoppers who searched this query chose (``memory.py``); reasons say so."""
@@ -153,18 +194,15 @@ class SearchRanker:
         return out
 
     def _with_head(self, first: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, list[list[str]]]:
-        """first + weight × (click logit − its mean over the list) once the head has earned search;
-        before that (and with weight 0) the head only explains."""
-        head = self.head(X)
+        """first + weight × (click logit − its mean over the list), and the head's explanations."""
+        with stage("head"):
+            head = self.head(X)
         if head is None:
             return first, [[] for _ in range(len(first))]
         p_click, _, why = head
-        weight = self.s.search.head_weight
-        if weight <= 0 or (self.s.search.head_gate and not self.head_earned()):
-            return first, why
         p = np.clip(p_click.astype(np.float64), 1e-6, 1 - 1e-6)
         logit = np.log(p / (1 - p))
-        return (first + weight * (logit - logit.mean())).astype(np.float32), why
+        return (first + self.s.search.head_weight * (logit - logit.mean())).astype(np.float32), why
 
     def _reasons(self, query: str, terms: list[str], cands: fusion.SearchCandidates, j: int, n_dense: int) -> list[str]:
         """Why candidate ``j`` was found: the query terms it matches (title first), the terms of past

@@ -28,12 +28,15 @@ def query_features(
     cands: SearchCandidates,
     fused: np.ndarray,
     title_tokens: Callable[[str], Sequence[str] | None],
+    rows: Sequence[int] | None = None,
 ) -> np.ndarray:
-    """``(len(cands.ids), len(QUERY_FEATURE_NAMES))`` float32, rows in candidate order."""
+    """``(len(rows), len(QUERY_FEATURE_NAMES))`` float32 for the candidates at ``rows`` (default:
+    all, in candidate order). Scores are normalised and ranked over the whole list either way."""
     n = len(cands.ids)
     F = np.zeros((n, len(QUERY_FEATURE_NAMES)), dtype=np.float32)
     if n == 0:
         return F
+    which = list(range(n)) if rows is None else list(rows)
     F[:, _COL["qp_lexical_norm"]] = cands.bm25_norm
     F[:, _COL["qp_lexical_rank_log"]] = np.log1p(cands.lexical_rank)
     F[:, _COL["qp_fused_score"]] = fused
@@ -42,8 +45,8 @@ def query_features(
     F[:, _COL["qp_fused_rank_log"]] = np.log1p(fused_rank)
     terms = list(terms)
     numbers = [t for t in terms if _numeric(t)]
-    for row, item_id in enumerate(cands.ids):
-        title = title_tokens(item_id) or ()
+    for row in which:
+        title = title_tokens(cands.ids[row]) or ()
         in_title = set(title)
         if terms:
             F[row, _COL["qp_title_coverage"]] = sum(t in in_title for t in terms) / len(terms)
@@ -54,4 +57,4 @@ def query_features(
         if title:
             F[row, _COL["qp_first_title_in_query"]] = float(title[0] in terms)
         F[row, _COL["qp_title_len_log"]] = math.log1p(len(title))
-    return F
+    return F[which]
