@@ -8,12 +8,19 @@ history) and /similar (indexed items) at each step of ``--steps`` QPS. Printed p
 achieved QPS, p50/p90/p99, errors, CPU per process; first a single-client baseline (wrk, one
 connection, unpaced) in the same run, and at the end the step where p99 crosses ``--target-ms``.
 
+The budget: each route alone, one client, on the idle stack: serving's CPU milliseconds per request
+(its processes' CPU seconds ÷ requests) split by stage (``streamrec_serving_stage_cpu_seconds_total``
+on /metrics, ``serving/stages.py``; "outside the stages" = HTTP, routing, threads), beside each
+stage's floor measured alone in this process in the same run (the query encoder serving uses, a
+tantivy query, a FAISS top-100, one pipelined Redis round trip, the head over a page of rows, the
+JSON of a page) and the ratio to the floors' sum.
+
 wrk paces requests with a per-thread schedule in its Lua script (``delay()``: no request starts
 before its slot; a connection that is still waiting for its answer delays the next one, so a
 saturated server shows as achieved QPS below the offered rate). Latency per route is measured in
 the script (LuaJIT ffi clock), one connection per wrk thread so request and response pair up.
 
-    python -m bench.serving --products 5000 --steps 25,50,100,200 --duration 20 [--profile]
+    python -m bench.serving --products 5000 --steps 50,100,150,200,300 --duration 20 [--workers 2] [--profile]
 """
 
 from __future__ import annotations
@@ -119,19 +126,24 @@ def run_wrk(base_url: str, tmp: Path, paths_file: Path, qps: float, connections:
     )
     cmd = ["wrk", f"-t{connections}", f"-c{connections}", f"-d{max(1, int(duration_s))}s", "--timeout", "5s"]
     out = subprocess.run([*cmd, "-s", str(script), base_url], capture_output=True, text=True, check=True).stdout
-    lat: dict[str, list[float]] = {r: [] for r in ROUTES}
-    bad: dict[str, int] = dict.fromkeys(ROUTES, 0)
+    lat: dict[str, list[float]] = {r: [] for r in ROUTES}  # answered (2xx)
+    shed: dict[str, list[float]] = {r: [] for r in ROUTES}  # 503 (shed at once, or not ready)
+    bad: dict[str, int] = dict.fromkeys(ROUTES, 0)  # any other status
     summary = {}
     for line in out.splitlines():
         if line.startswith("LAT "):
             _, route, ms, status = line.split()
-            lat[route].append(float(ms))
-            if not status.startswith("2"):
+            if status.startswith("2"):
+                lat[route].append(float(ms))
+            elif status == "503":
+                shed[route].append(float(ms))
+            else:
                 bad[route] += 1
         elif line.startswith("WRKSUM "):
             req, dur_us, *errs = (int(x) for x in line.split()[1:])
-            summary = {"requests": req, "seconds": dur_us / 1e6, "socket_errors": sum(errs)}
-    return {"lat": lat, "bad": bad, **summary}
+            connect, read, write, status, timeout = errs  # wrk counts a non-2xx/3xx answer as a "status" error
+            summary = {"requests": req, "seconds": dur_us / 1e6, "socket_errors": connect + read + write + timeout}
+    return {"lat": lat, "shed": shed, "bad": bad, **summary}
 
 
 class Background:
@@ -207,6 +219,7 @@ def processes(stack: LocalStack) -> dict[str, psutil.Process]:
 
 
 def cpu_seconds(procs: dict[str, psutil.Process]) -> dict[str, float]:
+    """CPU seconds per process; the serving workers also summed as "serving" when there are several."""
     out = {}
     for name, p in procs.items():
         try:
@@ -214,7 +227,101 @@ def cpu_seconds(procs: dict[str, psutil.Process]) -> dict[str, float]:
             out[name] = t.user + t.system
         except psutil.Error:
             out[name] = float("nan")
+    workers = [v for n, v in out.items() if n.startswith("serving-")]
+    if workers:
+        out["serving"] = sum(workers)
     return out
+
+
+STAGES = ("lexical", "encode", "dense", "fusion", "session", "memory", "features", "head", "diversity", "respond")
+STAGES += ("log",)  # serving/stages.py's names, in request order
+
+
+def stage_cpu(urls: list[str]) -> dict[tuple[str, str], float]:
+    """(route, stage) → CPU seconds so far, summed over the serving processes' /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[tuple[str, str], float] = {}
+    for url in urls:
+        text = httpx.get(url, timeout=10).text
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "streamrec_serving_stage_cpu_seconds_total":
+                    key = (sample.labels["route"], sample.labels["stage"])
+                    out[key] = out.get(key, 0.0) + sample.value
+    return out
+
+
+def floors(s: Settings, ops: list, queries: list[str], redis_url: str) -> dict[str, float]:
+    """Each stage's cost alone, p50 ms on one thread, measured here in the same run."""
+    import redis
+    import torch
+
+    from serving.lexical import LexicalIndex
+    from streamrec.query_encoder import QueryEncoder
+    from streamrec.ranking import N_FEATURES, RankingHead
+    from streamrec.schemas import ResultItem, ResultList
+    from streamrec.vector_index import LiveIndex
+    from streamrec.vector_index.live import ItemMeta
+
+    torch.set_num_threads(1)
+    rng = random.Random(11)
+    sample = rng.sample(queries, min(200, len(queries)))
+
+    def p50(fn, args) -> float:
+        times = []
+        for a in args:
+            t0 = time.perf_counter()
+            fn(a)
+            times.append((time.perf_counter() - t0) * 1000)
+        return float(np.median(times))
+
+    out = {}
+    encoder = QueryEncoder.from_settings(s.replace(encoder={"query_cache": 0}))
+    encoder.encode_query("warm up")
+    out["encode"] = p50(encoder.encode_query, sample)
+    lexical = LexicalIndex()
+    lexical.apply({op.item_id: ItemMeta(op.title, op.category, op.price, op.description) for op in ops})
+    lexical.refresh()
+    out["lexical"] = p50(lambda q: lexical.search(q, s.serving.candidates), sample)
+    index = LiveIndex(encoder.dim, factory=s.index.factory, use_gpu="never")
+    vecs = np.random.default_rng(0).standard_normal((len(ops), encoder.dim)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    index.apply([(op.item_id, v, ItemMeta(op.title)) for op, v in zip(ops, vecs, strict=True)], [])
+    out["dense"] = p50(lambda v: index.search(v[None, :], s.serving.candidates), vecs[:200])
+    r = redis.Redis.from_url(redis_url)
+
+    def round_trip(_):
+        pipe = r.pipeline(transaction=False)
+        for j in range(10):
+            pipe.hgetall(f"bench-floor:{j}")
+        pipe.execute()
+
+    out["features"] = p50(round_trip, range(200))
+    head = RankingHead()
+    rows = np.random.default_rng(1).standard_normal((10, N_FEATURES)).astype(np.float32)
+    out["head"] = p50(lambda _: (head.predict(rows), head.explain(rows)), range(200))
+    page = ResultList(
+        request_id="0" * 32,
+        items=[
+            ResultItem(item_id=op.item_id, score=0.5, title=op.title, reasons=["title matches 'a'", "ranker v1"])
+            for op in ops[:10]
+        ],
+        model_version=1,
+        index_version=1,
+        variant="full",
+    )
+    out["respond"] = p50(lambda _: page.model_dump_json(), range(200))
+    lexical.stop()
+    return out
+
+
+# the floors a route's request needs at least
+ROUTE_FLOORS = {
+    "search": ("encode", "lexical", "dense", "features", "head", "respond"),
+    "recommend": ("features", "respond"),
+    "similar": ("dense", "features", "head", "respond"),
+}
 
 
 def profile(pid: int, seconds: int, out: Path) -> list[tuple[str, float]]:
@@ -244,6 +351,43 @@ def profile(pid: int, seconds: int, out: Path) -> list[tuple[str, float]]:
     return interesting[:25] + [("SELF " + f, n / total) for f, n in selfs]
 
 
+BUDGET: dict[str, float] = {}  # route → serving CPU ms per request, from budget()
+
+
+def fmt(ms: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.2f}" for k, v in ms.items())
+
+
+def budget(stack, procs, metrics_urls: list[str], tmp: Path, queries, users, items, seconds: float) -> None:
+    """Each route alone, one client, unpaced: serving CPU ms per request and its split by stage."""
+    print(f"CPU budget per request (each route alone, 1 client, {seconds:g}s, idle stack):", flush=True)
+    for route in ROUTES:
+        paths = request_paths(queries, users, items, {route: 1.0}, 5000)
+        paths_file = tmp / f"paths_{route}.lua"
+        write_paths(paths_file, paths)
+        # what serving spends with no request at all (followers, commits, merges), to subtract
+        idle_before, idle_wall = cpu_seconds(procs)["serving"], time.monotonic()
+        time.sleep(2.0)
+        idle_cores = (cpu_seconds(procs)["serving"] - idle_before) / (time.monotonic() - idle_wall)
+        before, stages_before, wall = cpu_seconds(procs), stage_cpu(metrics_urls), time.monotonic()
+        r = run_wrk(stack.base_url, tmp, paths_file, 0, 1, seconds)
+        used, stages, wall = cpu_seconds(procs), stage_cpu(metrics_urls), time.monotonic() - wall
+        n = max(1, len(r["lat"][route]))
+        background_ms = idle_cores * wall * 1000 / n
+        serving_ms = (used["serving"] - before["serving"]) * 1000 / n - background_ms
+        split = {
+            st: (stages.get((route, st), 0.0) - stages_before.get((route, st), 0.0)) * 1000 / n
+            for st in STAGES
+            if (route, st) in stages
+        }
+        outside = serving_ms - sum(split.values())
+        BUDGET[route] = serving_ms
+        print(
+            f"  {route:<9} {n} requests, p50 {pct(r['lat'][route], 50):.1f} ms: "
+            f"serving CPU {serving_ms:.2f} ms/request = " + fmt(split) + f", outside the stages {outside:.2f}"
+        )
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--products", type=int, default=54_667, help="Home Depot titles indexed (a slice for speed)")
@@ -256,12 +400,20 @@ def main() -> int:
     ap.add_argument("--mix", default="search=0.6,recommend=0.25,similar=0.15")
     ap.add_argument("--target-ms", type=float, default=25.0)
     ap.add_argument("--profile", action="store_true", help="py-spy the serving process during the 100 QPS step")
+    ap.add_argument("--workers", type=int, default=1, help="serving processes on the port (serving.workers)")
+    ap.add_argument("--budget-seconds", type=float, default=8.0, help="seconds per route of the CPU budget phase")
     args = ap.parse_args()
 
     base = Settings()
     data_dir = base.require_data_dir()
     tmp = Path(tempfile.mkdtemp(prefix="streamrec-serving-bench-"))
-    s = base.replace(state_dir=tmp / "state", kafka={"bootstrap": ""}, redis={"url": ""}, http={"port": free_port()})
+    s = base.replace(
+        state_dir=tmp / "state",
+        kafka={"bootstrap": ""},
+        redis={"url": ""},
+        http={"port": free_port()},
+        serving={"workers": args.workers},
+    )
     mix = {k: float(v) for k, v in (kv.split("=") for kv in args.mix.split(","))}
     steps = [float(x) for x in args.steps.split(",")]
     ops = list(homedepot.catalog(data_dir, limit=args.products))
@@ -272,10 +424,14 @@ def main() -> int:
     print(
         f"serving bench: {len(ops)} Home Depot titles, {len(queries)} real queries, steps {steps} QPS × "
         f"{args.duration:g}s, {args.connections} wrk connections, events {args.events_rate:g}/s, catalog "
-        f"{args.catalog_rate:g}/s, mix {mix}; load average before start {psutil.getloadavg()}",
+        f"{args.catalog_rate:g}/s, mix {mix}, {args.workers} serving worker(s), query encoder "
+        f"{s.encoder.query_runtime}; load average before start {psutil.getloadavg()}",
         flush=True,
     )
-    with LocalStack(s, metrics_base_port=0) as stack, httpx.Client(base_url=stack.base_url, timeout=30) as http:
+    with (
+        LocalStack(s, metrics_base_port=free_port()) as stack,
+        httpx.Client(base_url=stack.base_url, timeout=30) as http,
+    ):
         t0 = time.monotonic()
         for start in range(0, len(ops), 1000):
             body = [op.model_dump(exclude_none=True) for op in ops[start : start + 1000]]
@@ -307,7 +463,9 @@ def main() -> int:
         paths_file = tmp / "paths.lua"
         write_paths(paths_file, paths)
         procs = processes(stack)
-        serving_pid = procs["serving"].pid
+        serving_pid = procs["serving" if "serving" in procs else "serving-0"].pid
+        worker_ports = [p for n, p in stack.metrics_ports.items() if n.startswith("serving-")]
+        metrics_urls = [f"http://127.0.0.1:{p}/metrics" for p in worker_ports] or [f"{stack.base_url}/metrics"]
 
         def step(label: str, qps: float, conns: int, prof: bool = False) -> dict:
             before, wall = cpu_seconds(procs), time.monotonic()
@@ -325,14 +483,16 @@ def main() -> int:
                 prof_thread.join()
             used = cpu_seconds(procs)
             wall = time.monotonic() - wall
-            cpu = {n: (used[n] - before[n]) / wall for n in procs}
+            cpu = {n: (used[n] - before[n]) / wall for n in used}
             secs = r.get("seconds") or args.duration
             print(f"{label}: achieved {r.get('requests', 0) / secs:6.1f} QPS, socket errors {r.get('socket_errors')}")
             for route in ROUTES:
-                xs = r["lat"][route]
+                xs, shed = r["lat"][route], r["shed"][route]
                 print(
-                    f"  {route:<9} n={len(xs):5d} {len(xs) / secs:6.1f} QPS  p50 {pct(xs, 50):7.1f} ms  "
-                    f"p90 {pct(xs, 90):7.1f} ms  p99 {pct(xs, 99):7.1f} ms  non-2xx {r['bad'][route]}"
+                    f"  {route:<9} answered {len(xs):5d} {len(xs) / secs:6.1f} QPS  p50 {pct(xs, 50):7.1f} ms  "
+                    f"p90 {pct(xs, 90):7.1f} ms  p99 {pct(xs, 99):7.1f} ms · shed (503) {len(shed)}"
+                    + (f" p99 {pct(shed, 99):.1f} ms" if shed else "")
+                    + f" · other errors {r['bad'][route]}"
                 )
             print(
                 "  CPU (cores): "
@@ -347,6 +507,15 @@ def main() -> int:
 
         print("baseline (idle stack: no events, no catalog changes): 1 client, unpaced", flush=True)
         step("single client", 0, 1)
+        budget(stack, procs, metrics_urls, tmp, queries, users, items, args.budget_seconds)
+        floor = floors(stack.settings, ops, queries, stack.settings.redis.url)
+        print("  stage floors, measured alone in this process (p50 ms, one thread): " + fmt(floor))
+        for route, needs in ROUTE_FLOORS.items():
+            total = sum(floor[n] for n in needs)
+            spent = BUDGET.get(route)
+            ratio = f", ×{spent / total:.2f} of the floors" if spent else ""
+            measured = spent or float("nan")
+            print(f"  {route:<9} floors {' + '.join(needs)} = {total:.2f} ms; measured CPU {measured:.2f} ms{ratio}")
         bg = Background(
             stack.base_url, users, items, extra or [op.title for op in ops], args.events_rate, args.catalog_rate
         )

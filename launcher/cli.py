@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from launcher.stack import serving_workers, worker_count
 from streamrec import bus
 from streamrec.lifecycle import limit_cpu_threads, setup_logging, stop_on_signals
 from streamrec.metrics import serve_metrics
@@ -54,8 +55,8 @@ ServiceRun = Callable[[Settings, threading.Event], None]
 
 
 def _run_service(name: str, run: ServiceRun, own_metrics: bool = True) -> None:
-    setup_logging(name)
     s = _settings()
+    setup_logging(name if s.serving.worker is None or name != "serving" else f"serving-{s.serving.worker}")
     stop = stop_on_signals()
     limit_cpu_threads(s.cpu_threads)
     if own_metrics:
@@ -111,11 +112,35 @@ def index() -> None:
 
 
 @app.command()
-def serve() -> None:
+def serve(
+    workers: Annotated[
+        int | None, typer.Option(help="serving processes on the one port (default serving.workers; 0 = one per core)")
+    ] = None,
+) -> None:
     """Answer /search, /recommend, /similar over HTTP (serving/)."""
     from serving.service import run
 
-    _run_service("serving", run, own_metrics=False)
+    if workers is not None:
+        os.environ["STREAMREC_SERVING_WORKERS"] = str(workers)
+    s = _settings()
+    if s.serving.worker is None and worker_count(s) > 1:
+        _supervise_workers(s)
+        return
+    # a worker serves /metrics on the API port (whichever worker takes the connection) and on its own port
+    _run_service("serving", run, own_metrics=s.serving.worker is not None and s.metrics_port > 0)
+
+
+def _supervise_workers(s: Settings) -> None:
+    """Run ``serving.workers`` serving processes, restart any that dies, drain them all on SIGTERM."""
+    from launcher.supervisor import Supervisor
+
+    setup_logging("serving")
+    stop = stop_on_signals()
+    supervisor = Supervisor(serving_workers(s, dict(os.environ), s.state_dir / "logs", s.metrics_port))
+    supervisor.start()
+    log.info("serving: %d workers on port %d", worker_count(s), s.http.port)
+    stop.wait()
+    supervisor.stop()
 
 
 # --- the main job ---------------------------------------------------------------------------------

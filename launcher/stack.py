@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import socket
 import sys
@@ -30,6 +31,23 @@ SERVICES = {"consumers": "consume", "index-updater": "index", "learner": "learn"
 def settings_env(s: Settings) -> dict[str, str]:
     """``STREAMREC_*`` variables that reproduce ``s`` in a child process."""
     return child_env(s.to_env())
+
+
+def worker_count(s: Settings) -> int:
+    """``serving.workers``, with 0 meaning one per core."""
+    return s.serving.workers or os.cpu_count() or 1
+
+
+def serving_workers(s: Settings, env: dict[str, str], log_dir: Path, metrics_port: int = 0) -> list[ChildSpec]:
+    """``worker_count(s)`` serving processes on one port (serving/service.py binds it SO_REUSEPORT),
+    each numbered; with ``metrics_port``, worker i also serves its own metrics on metrics_port + i."""
+    specs = []
+    for i in range(worker_count(s)):
+        worker_env = dict(env, STREAMREC_SERVING_WORKER=str(i))
+        worker_env["STREAMREC_METRICS_PORT"] = str(metrics_port + i if metrics_port else 0)
+        argv = [sys.executable, "-m", "launcher.cli", "serve"]
+        specs.append(ChildSpec(f"serving-{i}", argv, worker_env, log_dir / f"serving-{i}.log"))
+    return specs
 
 
 def endpoints_file(s: Settings) -> Path:
@@ -104,6 +122,12 @@ class LocalStack:
         specs = []
         for i, (name, command) in enumerate(SERVICES.items()):
             env = dict(base_env)
+            if command == "serve" and worker_count(self.settings) > 1:
+                first = _port_or_free(self.metrics_base_port + len(SERVICES)) if self.metrics_base_port else 0
+                specs += serving_workers(self.settings, env, self.log_dir, first)
+                if first:
+                    self.metrics_ports |= {f"serving-{w}": first + w for w in range(worker_count(self.settings))}
+                continue
             if command != "serve" and self.metrics_base_port:  # 0 = no metrics ports
                 self.metrics_ports[name] = _port_or_free(self.metrics_base_port + i)
             env["STREAMREC_METRICS_PORT"] = str(self.metrics_ports.get(name, 0))

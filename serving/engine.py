@@ -9,6 +9,7 @@ replica), Redis features and model snapshots.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -97,6 +98,8 @@ class Engine:
             "search_head_earned": self._search_head_earned(),  # the head reorders /search (its scorecard)
             "encoder": self.encoder.model_id,
             "index_factory": self.s.index.factory,
+            "worker": self.s.serving.worker,  # which of several serving processes answered (None: the only one)
+            "pid": os.getpid(),
             "vector_offsets": self.replica.offsets,  # the follower's next offset per partition (status: lag)
         }
 

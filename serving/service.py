@@ -1,12 +1,16 @@
 """The serving process: builds the engine from published state and runs the HTTP API.
 
 It reads only what other services publish (vectors topic, Redis features, model snapshots) and
-writes impressions to the events topic, so any number of replicas can run side by side.
+writes impressions to the events topic, so any number of replicas can run side by side. Several
+workers on one host (``serving.workers``, started by the launcher) each bind the same port with
+SO_REUSEPORT: the kernel hands each connection to one of them, so every request, and the
+impression it logs, is handled once.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 
 import uvicorn
@@ -57,9 +61,10 @@ def build_engine(s: Settings) -> tuple[Engine, KafkaProducer]:
 def run(s: Settings, stop: threading.Event) -> None:
     engine, producer = build_engine(s)
     app = create_app(s, engine, producer)
-    # the cockpit's bounded history (serving/cockpit.py)
-    sampler = Sampler(s, engine.status, follower=lambda: engine.replica.offsets)
-    sampler.start()
+    sampler = None  # the cockpit's bounded history (serving/cockpit.py): one writer, not one per worker
+    if not s.serving.worker:
+        sampler = Sampler(s, engine.status, follower=lambda: engine.replica.offsets)
+        sampler.start()
     keeper = GcKeeper(thaw_s=s.serving.gc_thaw_s).start(freeze_now=True) if s.serving.gc_thaw_s > 0 else None
     config = uvicorn.Config(app, host=s.http.host, port=s.http.port, log_level="warning", timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
@@ -72,13 +77,14 @@ def run(s: Settings, stop: threading.Event) -> None:
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
-    log.info("serving on http://%s:%d", s.http.host, s.http.port)
+    log.info("serving on http://%s:%d (worker %s)", s.http.host, s.http.port, s.serving.worker)
     try:
-        server.run()
+        server.run(sockets=[shared_socket(s)] if s.serving.worker is not None else None)
     finally:
         if keeper is not None:
             keeper.stop()
-        sampler.stop()
+        if sampler is not None:
+            sampler.stop()
         producer.flush(timeout=10)  # impressions already handed to the producer are delivered
         producer.close(timeout=10)
         engine.models.stop()
@@ -86,3 +92,14 @@ def run(s: Settings, stop: threading.Event) -> None:
             engine.expansions.stop()
         engine.lexical.stop()
         engine.replica.stop()
+
+
+def shared_socket(s: Settings) -> socket.socket:
+    """The HTTP port, bound with SO_REUSEPORT so that every worker can listen on it at once."""
+    family = socket.AF_INET6 if ":" in s.http.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((s.http.host, s.http.port))
+    sock.listen(2048)
+    return sock

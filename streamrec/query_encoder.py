@@ -8,8 +8,9 @@ quantised int8 weights (per channel) in a tenth, at a cosine of ~0.99 to the fp3
 updater's encoder (``streamrec.encoder``); only the query side changes, so the index is untouched.
 
 The ONNX file is built from the local weights (nothing is downloaded) the first time serving
-starts with a given model, runtime and library versions, and kept under
-``state_dir/encoders/``; later starts and every serving worker load it in well under a second.
+starts with a given model, runtime and library versions, and kept in ``encoder.onnx_dir``
+(default ``~/.cache/streamrec/encoders``); later starts and every serving worker load it in well
+under a second.
 
 >>> from streamrec.settings import Settings
 >>> q = QueryEncoder.from_settings(Settings(encoder={"query_runtime": "torch"}))
@@ -20,6 +21,7 @@ starts with a given model, runtime and library versions, and kept under
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
@@ -66,7 +68,8 @@ class QueryEncoder:
             encoder = Encoder.from_settings(s)
             return cls(encoder.encode, encoder.model_id, encoder.dim, s.encoder.query_cache)
         model_dir = Path(s.encoder.model_dir) if s.encoder.model_dir else bundled_model_dir()
-        onnx = OnnxEmbedder(build_onnx(model_dir, s.state_dir / "encoders", int8=runtime == "onnx-int8"), model_dir)
+        built = build_onnx(model_dir, s.encoder.onnx_dir or default_onnx_dir(), int8=runtime == "onnx-int8")
+        onnx = OnnxEmbedder(built, model_dir)
         return cls(onnx.encode, f"{model_id_for(s)}+{runtime}", onnx.dim, s.encoder.query_cache)
 
     def encode_query(self, text: str) -> np.ndarray:
@@ -81,6 +84,10 @@ class QueryEncoder:
         vec = _read_only(self._embed([text])[0])
         with self._cache_lock:
             return self._cache.setdefault(text, vec)  # two threads that missed together share the first
+
+
+def default_onnx_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "streamrec" / "encoders"
 
 
 class OnnxEmbedder:
@@ -147,20 +154,28 @@ def build_onnx(model_dir: Path, cache_dir: Path, *, int8: bool) -> Path:
     if target.is_file():
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
+    # one builder at a time (serving workers start together; the quantiser writes a fixed temp name)
+    with open(cache_dir / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not target.is_file():
+            _build(model_dir, fp32, quantised, int8)
+    return target
+
+
+def _build(model_dir: Path, fp32: Path, quantised: Path, int8: bool) -> None:
     if not fp32.is_file():
         _export(model_dir, fp32)
     if int8:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         partial = quantised.with_suffix(f".{os.getpid()}.tmp")
-        logging.getLogger("root").disabled = True  # the quantiser advises pre-processing on every call
+        logging.getLogger().disabled = True  # the quantiser advises pre-processing on every call
         try:
             quantize_dynamic(fp32, partial, weight_type=QuantType.QInt8, per_channel=True)
         finally:
-            logging.getLogger("root").disabled = False
-        partial.replace(quantised)  # atomic: a concurrent worker reads the old name or the whole file
-    log.info("query encoder built: %s", target)
-    return target
+            logging.getLogger().disabled = False
+        partial.replace(quantised)  # atomic: a reader sees no file or the whole file
+    log.info("query encoder built: %s", quantised if int8 else fp32)
 
 
 def _export(model_dir: Path, path: Path) -> None:

@@ -224,7 +224,12 @@ class EncoderSettings(_Group):
         description="how serving embeds search queries (streamrec/query_encoder.py): torch = the items' "
         "encoder itself; onnx = the same weights in ONNX Runtime (the same vectors, faster); onnx-int8 = "
         "with int8 weights (cosine ~0.99 to fp32, fastest). ONNX is built from the local weights at first "
-        "start, kept under state_dir/encoders, and used only where the item encoder is fp32 on CPU",
+        "start, kept in onnx_dir, and used only where the item encoder is fp32 on CPU",
+    )
+    onnx_dir: Path | None = Field(
+        None,
+        description="where serving keeps the ONNX builds of the query encoder (named by the weights and library "
+        "versions, so any number of stacks may share it); None = ~/.cache/streamrec/encoders",
     )
     model_dir: Path | None = Field(None, description="HF encoder directory; None = bundled all-MiniLM-L6-v2")
     item_text_template: str = "{title}. {category}. {description}"
@@ -382,8 +387,18 @@ class ServingSettings(_Group):
     publish_timeout_s: float = Field(
         10.0, gt=0, description="a write not acknowledged by the broker within this answers 503 (Retry-After)"
     )
+    workers: int = Field(
+        1,
+        ge=0,
+        le=64,
+        description="serving processes sharing the HTTP port (SO_REUSEPORT; the kernel spreads connections), "
+        "each following the vectors topic and the models itself; 0 = one per core",
+    )
+    worker: int | None = Field(
+        None, ge=0, description="set by the launcher in each of several workers (its number); not set by hand"
+    )
     max_inflight_reads: int = Field(
-        8,
+        4,
         ge=1,
         description="/search, /recommend and /similar requests answered at once by one serving process; the "
         "rest get 503 with Retry-After at once (serving/backpressure.py): past capacity, reads are shed, not queued",

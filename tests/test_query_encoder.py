@@ -23,15 +23,15 @@ def queries(data_dir) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def state_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("query-encoder-state")
+def build_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("query-encoder-builds")
 
 
 @pytest.mark.parametrize(("runtime", "mean_cos", "min_cos"), [("onnx", 0.9999, 0.9999), ("onnx-int8", 0.98, 0.95)])
 def test_onnx_runtimes_embed_queries_where_the_items_encoder_does(
-    items, queries, state_dir, runtime, mean_cos, min_cos
+    items, queries, build_dir, runtime, mean_cos, min_cos
 ):
-    q = QueryEncoder.from_settings(Settings(state_dir=state_dir, encoder={"query_runtime": runtime}))
+    q = QueryEncoder.from_settings(Settings(encoder={"query_runtime": runtime, "onnx_dir": build_dir / "encoders"}))
     assert q.model_id == f"all-MiniLM-L6-v2/fp32+{runtime}" and q.dim == items.dim
     fast = np.stack([q.encode_query(text) for text in queries])
     np.testing.assert_allclose(np.linalg.norm(fast, axis=1), 1.0, atol=1e-4)
@@ -39,20 +39,20 @@ def test_onnx_runtimes_embed_queries_where_the_items_encoder_does(
     assert cos.mean() > mean_cos and cos.min() > min_cos, (cos.mean(), cos.min())
 
 
-def test_the_onnx_file_is_built_once_per_model_and_reused(state_dir):
-    s = Settings(state_dir=state_dir, encoder={"query_runtime": "onnx-int8"})
+def test_the_onnx_file_is_built_once_per_model_and_reused(build_dir):
+    s = Settings(encoder={"query_runtime": "onnx-int8", "onnx_dir": build_dir / "encoders"})
     QueryEncoder.from_settings(s)
-    built = sorted((state_dir / "encoders").glob("*.onnx"))
+    built = sorted((build_dir / "encoders").glob("*.onnx"))
     assert sorted(p.name.endswith(".int8.onnx") for p in built) == [False, True]  # the fp32 export and its int8
     stamps = [p.stat().st_mtime_ns for p in built]
     QueryEncoder.from_settings(s)  # a second start (or worker) loads what the first built
     assert [p.stat().st_mtime_ns for p in built] == stamps
-    assert not list((state_dir / "encoders").glob("*.tmp"))
+    assert not list((build_dir / "encoders").glob("*.tmp"))
 
 
 def test_an_item_encoder_that_is_not_fp32_on_cpu_embeds_its_own_queries(tmp_path):
     q = QueryEncoder.from_settings(
-        Settings(state_dir=tmp_path, encoder={"precision": "int8", "query_runtime": "onnx-int8"})
+        Settings(encoder={"precision": "int8", "query_runtime": "onnx-int8", "onnx_dir": tmp_path / "encoders"})
     )
     assert q.model_id == "all-MiniLM-L6-v2/int8" and not (tmp_path / "encoders").exists()
 
