@@ -8,6 +8,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from importlib import import_module
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from launcher.stack import serving_workers, worker_count
 from streamrec import bus
-from streamrec.lifecycle import limit_cpu_threads, setup_logging, stop_on_signals
+from streamrec.lifecycle import default_threads, limit_cpu_threads, setup_logging, stop_on_signals
 from streamrec.metrics import serve_metrics
 from streamrec.settings import Settings
 
@@ -54,9 +55,12 @@ def _inspect_settings() -> Settings:
 ServiceRun = Callable[[Settings, threading.Event], None]
 
 
-def _run_service(name: str, run: ServiceRun, own_metrics: bool = True) -> None:
+def _run_service(name: str, load: Callable[[], ServiceRun], own_metrics: bool = True) -> None:
+    """Run the service ``load()`` imports; its heavy libraries load after the thread defaults are set."""
     s = _settings()
     setup_logging(name if s.serving.worker is None or name != "serving" else f"serving-{s.serving.worker}")
+    default_threads(s.cpu_threads)
+    run = load()
     stop = stop_on_signals()
     limit_cpu_threads(s.cpu_threads)
     if own_metrics:
@@ -90,25 +94,19 @@ def _check_redis_policy(s: Settings) -> None:
 @app.command()
 def consume() -> None:
     """Ingest events and catalog changes into Redis features (consumers/)."""
-    from consumers.service import run
-
-    _run_service("consumers", run)
+    _run_service("consumers", lambda: import_module("consumers.service").run)
 
 
 @app.command()
 def learn() -> None:
     """Train the ranking head online and publish versions (learner/)."""
-    from learner.service import run
-
-    _run_service("learner", run)
+    _run_service("learner", lambda: import_module("learner.service").run)
 
 
 @app.command()
 def index() -> None:
     """Embed catalog changes and publish vectors + index snapshots (index_updater/)."""
-    from index_updater.service import run
-
-    _run_service("index-updater", run)
+    _run_service("index-updater", lambda: import_module("index_updater.service").run)
 
 
 @app.command()
@@ -118,8 +116,6 @@ def serve(
     ] = None,
 ) -> None:
     """Answer /search, /recommend, /similar over HTTP (serving/)."""
-    from serving.service import run
-
     if workers is not None:
         os.environ["STREAMREC_SERVING_WORKERS"] = str(workers)
     s = _settings()
@@ -127,7 +123,8 @@ def serve(
         _supervise_workers(s)
         return
     # a worker serves /metrics on the API port (whichever worker takes the connection) and on its own port
-    _run_service("serving", run, own_metrics=s.serving.worker is not None and s.metrics_port > 0)
+    own_metrics = s.serving.worker is not None and s.metrics_port > 0
+    _run_service("serving", lambda: import_module("serving.service").run, own_metrics=own_metrics)
 
 
 def _supervise_workers(s: Settings) -> None:

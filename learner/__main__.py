@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from learner.service import run
-from streamrec.lifecycle import limit_cpu_threads, setup_logging, stop_on_signals
+from streamrec.lifecycle import default_threads, limit_cpu_threads, setup_logging, stop_on_signals
 from streamrec.metrics import serve_metrics
 from streamrec.settings import Settings
 
@@ -11,6 +10,9 @@ from streamrec.settings import Settings
 def main() -> None:
     setup_logging("learner")
     s = Settings()
+    default_threads(s.cpu_threads)
+    from learner.service import run  # torch loads after the thread defaults are set
+
     limit_cpu_threads(s.cpu_threads)
     stop = stop_on_signals()
     serve_metrics(s.metrics_port)

@@ -36,6 +36,20 @@ def stop_on_signals(stop: threading.Event | None = None) -> threading.Event:
     return stop
 
 
+def default_threads(n: int) -> None:
+    """Make ``n`` every thread's OpenMP / BLAS default; call it before torch or FAISS is imported.
+
+    Why the environment: OpenMP's thread count is per thread, read from ``OMP_NUM_THREADS`` when the
+    runtime loads; ``limit_cpu_threads`` below sets it for the calling thread only. Serving runs its
+    requests on threadpool threads, whose default was every core: each head or FAISS call there
+    started a team whose other thread then spun at a barrier, measured at 8 ms of a core per /search
+    (README: serving). A variable the operator set is kept."""
+    if n <= 0:
+        return
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(name, str(n))
+
+
 def limit_cpu_threads(n: int) -> None:
     """Cap intra-op threads of every pool in the process; 0 keeps the libraries' defaults.
 
