@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
 
 import redis
@@ -179,10 +179,11 @@ def store_unavailable(s: Settings) -> Callable[[Request, Exception], Response]:
     return handler
 
 
-def readiness(engine: Engine) -> Callable[[], None]:
-    """A dependency answering 503 (with the engine's status) until an index and a model are loaded."""
+def readiness(engine: Engine) -> Callable[[], Awaitable[None]]:
+    """A dependency answering 503 (with the engine's status) until an index and a model are loaded.
+    Async because it only reads two attributes: a sync dependency costs each read a threadpool hop."""
 
-    def require_ready() -> None:
+    async def require_ready() -> None:
         if not engine.ready():
             raise HTTPException(
                 503, detail={"error": "not ready", **engine.status()}, headers={"Retry-After": str(NOT_READY_RETRY_S)}

@@ -14,7 +14,7 @@ from typing import Any, cast
 import jsonschema_rs
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, assume, settings
 from schemathesis.specs.openapi.checks import negative_data_rejection
 
 from serving.app import create_app
@@ -53,14 +53,28 @@ BODIES = {
 }
 
 
+def beyond_the_schema(body: Any) -> bool:
+    """A body breaking the one rule JSON Schema cannot state: an impression's ``swapped`` must name a
+    position that has a next one in its ``item_ids`` (``streamrec.schemas.Event``); refused with 422."""
+    objects = body if isinstance(body, list) else [body]
+    return any(
+        isinstance(o, dict)
+        and isinstance(o.get("swapped"), int | float)
+        and isinstance(o.get("item_ids"), list)
+        and o["swapped"] >= len(o["item_ids"]) - 1
+        for o in objects
+    )
+
+
 @schema.parametrize()
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 def test_api_conforms_to_its_schema(case, base_url):
     body = BODIES.get((case.method.upper(), case.path))
+    valid = body is not None and isinstance(case.body, (dict, list)) and body.is_valid(case.body)
+    assume(not (valid and beyond_the_schema(case.body)))
     response = case.call_and_validate(base_url=base_url, excluded_checks=[negative_data_rejection] if body else [])
     if body is None:
         return
-    valid = isinstance(case.body, (dict, list)) and body.is_valid(case.body)
     if valid:
         # a keyless write from loopback is allowed and the broker is up: every valid object is published
         assert response.status_code == 202, f"{response.status_code} {response.text[:500]}; body {case.body!r}"
