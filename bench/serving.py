@@ -233,6 +233,17 @@ def cpu_seconds(procs: dict[str, psutil.Process]) -> dict[str, float]:
     return out
 
 
+def rss_mib(procs: dict[str, psutil.Process]) -> dict[str, float]:
+    """Resident set size per process (each serving worker holds its own index, lexical index and encoder)."""
+    out = {}
+    for name, p in procs.items():
+        try:
+            out[name] = p.memory_info().rss / 2**20
+        except psutil.Error:
+            out[name] = float("nan")
+    return out
+
+
 STAGES = ("lexical", "encode", "dense", "fusion", "session", "memory", "features", "head", "diversity", "respond")
 STAGES += ("log",)  # serving/stages.py's names, in request order
 
@@ -499,6 +510,7 @@ def main() -> int:
                 + ", ".join(f"{n} {c:.2f}" for n, c in cpu.items())
                 + f"; load {psutil.getloadavg()[0]:.1f}"
             )
+            print("  resident memory (MiB): " + ", ".join(f"{n} {m:.0f}" for n, m in rss_mib(procs).items()))
             if findings:
                 print("  py-spy on serving (share of samples, inclusive; SELF = where the CPU is spent):")
                 for f, share in findings:

@@ -398,7 +398,7 @@ class ServingSettings(_Group):
         None, ge=0, description="set by the launcher in each of several workers (its number); not set by hand"
     )
     max_inflight_reads: int = Field(
-        4,
+        2,
         ge=1,
         description="/search, /recommend and /similar requests answered at once by one serving process; the "
         "rest get 503 with Retry-After at once (serving/backpressure.py): past capacity, reads are shed, not queued",
