@@ -402,7 +402,7 @@ def budget(stack, procs, metrics_urls: list[str], tmp: Path, queries, users, ite
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--products", type=int, default=54_667, help="Home Depot titles indexed (a slice for speed)")
-    ap.add_argument("--steps", default="25,50,100,200", help="offered QPS per step")
+    ap.add_argument("--steps", default="50,100,150,200,300", help="offered QPS per step")
     ap.add_argument("--duration", type=float, default=20.0, help="seconds per step")
     ap.add_argument("--connections", type=int, default=16, help="wrk connections (one thread each)")
     ap.add_argument("--events-rate", type=float, default=1000.0)

@@ -13,6 +13,18 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
         [
             ("requests/s by endpoint", "sum by (endpoint) (rate(streamrec_serving_requests_total[1m]))"),
             ("errors/s", 'sum(rate(streamrec_serving_requests_total{status=~"5.."}[1m]))'),
+            ("reads shed/s {{endpoint}}", "sum by (endpoint) (rate(streamrec_serving_read_shed_total[1m]))"),
+        ],
+    ),
+    (
+        "Serving CPU per /search by stage (the budget: serving/stages.py)",
+        "s",
+        [
+            (
+                "{{stage}}",
+                'sum by (stage) (rate(streamrec_serving_stage_cpu_seconds_total{route="search"}[5m])) '
+                '/ scalar(sum(rate(streamrec_serving_requests_total{endpoint="search"}[5m])))',
+            ),
         ],
     ),
     (
