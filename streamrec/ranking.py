@@ -27,6 +27,8 @@ from torch import nn
 if TYPE_CHECKING:  # pragma: no cover - types only
     import redis
 
+    from streamrec.features import RowReads
+
 FEATURE_NAMES: list[str] = [
     "retrieval_score",  # first-stage score from serving (0 for a replayed log)
     "query_item_cos",  # cosine(query vector, item vector)
@@ -74,7 +76,7 @@ _COL = {name: i for i, name in enumerate(FEATURE_NAMES)}
 SCHEMA_ID = hashlib.sha1(json.dumps(FEATURE_NAMES).encode()).hexdigest()[:12]
 
 RECENT_FOR_PROFILE = 20  # recent items that make up the user's vector and price profile
-RECENT_FOR_COVISIT = 5  # recent items whose co-visitation lists are read (one Redis call each)
+RECENT_FOR_COVISIT = 5  # recent items whose co-visitation lists are read
 TRENDING_N = 200
 
 
@@ -82,11 +84,16 @@ class FeatureSource(Protocol):
     """The read side of ``streamrec.features.FeatureStore`` (or an offline store with the same API)."""
 
     def recent_items(self, user_id: str, n: int = 20) -> list[Any]: ...
-    def item_stats(self, item_ids: list[str], now_ms: int | None = None) -> list[Any]: ...
-    def covisited_many(self, item_ids: list[str], n: int = 20) -> list[list[tuple[str, float]]]: ...
+    def row_reads(
+        self,
+        user_id: str | None,
+        item_ids: list[str],
+        now_ms: int | None,
+        recent_n: int,
+        covisit_of: int,
+        covisit_n: int,
+    ) -> RowReads: ...
     def trending(self, n: int = 20) -> list[tuple[str, float]]: ...
-    def category_affinity(self, user_id: str) -> dict[str, float]: ...
-    def item_attributes(self, item_ids: list[str]) -> list[dict | None]: ...
 
 
 _PROJ_CACHE: dict[int, np.ndarray] = {}
@@ -172,12 +179,13 @@ class FeatureAssembler:
             return X
         self._retrieval(X, retrieval_scores)
         self._query_match(X, query_features)
-        recent_ids = self._user_history(X, user_id, item_ids)
+        reads = self.features.row_reads(user_id, item_ids, now_ms, RECENT_FOR_PROFILE, RECENT_FOR_COVISIT, 100)
+        recent_ids = self._user_history(X, reads.recent, item_ids)
         self._vectors(X, query_vec, item_ids, recent_ids)
-        self._counters(X, item_ids, now_ms)
-        self._covisitation(X, item_ids, recent_ids)
+        self._counters(X, reads.stats)
+        self._covisitation(X, item_ids, reads.covisited)
         self._trending(X, item_ids)
-        self._category_and_price(X, user_id, item_ids, recent_ids)
+        self._category_and_price(X, item_ids, recent_ids, reads.attributes, reads.affinity)
         return X
 
     @staticmethod
@@ -202,9 +210,9 @@ class FeatureAssembler:
         X[:, first : first + len(QUERY_FEATURE_NAMES)] = np.nan_to_num(F, nan=0.0, posinf=0.0, neginf=0.0)
         X[:, _COL["has_query_features"]] = 1.0
 
-    def _user_history(self, X: np.ndarray, user_id: str | None, item_ids: list[str]) -> list[str]:
+    @staticmethod
+    def _user_history(X: np.ndarray, recent: list, item_ids: list[str]) -> list[str]:
         """History length and seen-item flags; returns the user's recent item ids (newest first)."""
-        recent = self.features.recent_items(user_id, n=RECENT_FOR_PROFILE) if user_id else []
         recent_ids = [r.item_id for r in recent]
         X[:, _COL["user_history_log"]] = math.log1p(len(recent_ids))
         seen = set(recent_ids)
@@ -231,10 +239,11 @@ class FeatureAssembler:
                 X[row, col["user_item_cos"]] = float(user_vec @ v)
                 X[row, col["has_user_vec"]] = 1.0
 
-    def _counters(self, X: np.ndarray, item_ids: list[str], now_ms: int | None) -> None:
+    @staticmethod
+    def _counters(X: np.ndarray, stats: list) -> None:
         """Popularity and CTR counters (the CTR smoothed by the feature config's prior)."""
         col = _COL
-        for row, st in enumerate(self.features.item_stats(item_ids, now_ms=now_ms)):
+        for row, st in enumerate(stats):
             if st is None:
                 continue
             imps, clicks = max(0.0, float(st.impressions)), max(0.0, float(st.clicks))
@@ -250,15 +259,15 @@ class FeatureAssembler:
             X[row, col["item_purchases_log"]] = math.log1p(buys)
             X[row, col["item_purchase_rate"]] = (buys + 0.1) / (views + clicks + 10.0)
 
-    def _covisitation(self, X: np.ndarray, item_ids: list[str], recent_ids: list[str]) -> None:
+    @staticmethod
+    def _covisitation(X: np.ndarray, item_ids: list[str], rows: list[list[tuple[str, float]]]) -> None:
         """Co-visitation of each candidate with the user's most recent items (sum and max)."""
-        if not recent_ids:
+        if not rows:
             return
         n = len(item_ids)
         cov_sum = np.zeros(n, dtype=np.float64)
         cov_max = np.zeros(n, dtype=np.float64)
         index = {iid: k for k, iid in enumerate(item_ids)}
-        rows = self.features.covisited_many(recent_ids[:RECENT_FOR_COVISIT], n=100)  # one round trip for all
         for row in rows:
             for other, score in row:
                 k = index.get(other)
@@ -273,15 +282,19 @@ class FeatureAssembler:
         X[:, _COL["trending_log"]] = [math.log1p(max(0.0, float(trending.get(i, 0.0)))) for i in item_ids]
 
     def _category_and_price(
-        self, X: np.ndarray, user_id: str | None, item_ids: list[str], recent_ids: list[str]
+        self,
+        X: np.ndarray,
+        item_ids: list[str],
+        recent_ids: list[str],
+        attrs: list[dict | None],
+        affinity: dict[str, float],
     ) -> None:
-        """Category affinity of the user for each candidate's category, and the price match."""
+        """Category affinity of the user for each candidate's category, and the price match;
+        ``attrs``: the candidates' then the recent items' attributes."""
         col, n = _COL, len(item_ids)
-        attrs = self.features.item_attributes(item_ids + recent_ids)
         item_meta = self.item_meta
         meta: Callable[[str], Any | None] = item_meta if item_meta is not None else (lambda i: None)
         cand_attrs, recent_attrs = attrs[:n], attrs[n:]
-        affinity = self.features.category_affinity(user_id) if user_id else {}
         total_aff = sum(v for v in affinity.values() if v > 0)
         top_cat = max(affinity, key=lambda c: affinity[c]) if affinity else None
         recent_prices = [

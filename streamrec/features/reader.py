@@ -87,6 +87,19 @@ def sample_sessions(
     return heapq.nlargest(sample, newest.items(), key=lambda kv: (kv[1], kv[0]))
 
 
+@dataclass(frozen=True)
+class RowReads:
+    """Everything the ranking rows of one request read from the store (``row_reads``): the user's
+    recent items, the candidates' counters, the co-visitation lists of the first recent items, the
+    attributes of the candidates then of the recent items, and the user's category affinity."""
+
+    recent: list[RecentItem]
+    stats: list[ItemStats]
+    covisited: list[list[tuple[str, float]]]
+    attributes: list[dict | None]
+    affinity: dict[str, float]
+
+
 class FeatureStore:
     """Readers of the online features (learner, serving) — the keys are ``layout.py``'s."""
 
@@ -114,13 +127,9 @@ class FeatureStore:
         return int(float(v)) if v is not None else None
 
     def _recent_entries(self, user_id: str, n: int) -> list[tuple[RecentItem, str]]:
-        out = []
         # casts here and below: the client decodes (decode_responses=True), redis-py types `bytes | str`
         entries = cast(list[str], self.r.lrange(self.keys.recent(user_id), 0, max(0, n - 1))) if n > 0 else []
-        for entry in entries:
-            _eid, item, typ, ts, session = entry.split(SEP)
-            out.append((RecentItem(item_id=item, type=typ, ts=int(ts)), session))
-        return out
+        return _recent_from(entries)
 
     def recent_items(self, user_id: str, n: int = 20) -> list[RecentItem]:
         return [item for item, _ in self._recent_entries(user_id, n)]
@@ -175,6 +184,9 @@ class FeatureStore:
 
     def item_stats(self, item_ids: Sequence[str], now_ms: int | None = None) -> list[ItemStats]:
         now, replies = self._hashes_at([self.keys.item(i) for i in item_ids], now_ms)
+        return self._stats_from(replies, now)
+
+    def _stats_from(self, replies: list[dict], now: float) -> list[ItemStats]:
         cfg = self.config
         tau = cfg.tau_ms(cfg.item_half_life_s)
         stats = []
@@ -215,6 +227,54 @@ class FeatureStore:
             pipe.zrevrange(self.keys.covis(item), 0, n - 1, withscores=True)
         return [[(m, float(s)) for m, s in rows] for rows in pipe.execute()]
 
+    def row_reads(
+        self,
+        user_id: str | None,
+        item_ids: Sequence[str],
+        now_ms: int | None,
+        recent_n: int,
+        covisit_of: int,
+        covisit_n: int,
+    ) -> RowReads:
+        """The reads of :meth:`recent_items`, :meth:`item_stats`, :meth:`covisited_many`,
+        :meth:`item_attributes` and :meth:`category_affinity` for one request's ranking rows, in two
+        round trips (one without a user history) instead of five: the second needs the recent items.
+        Counters decay to ``now_ms`` (else the stream clock), the affinity to the stream clock."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.get(self.keys.clock)
+        if user_id:
+            pipe.lrange(self.keys.recent(user_id), 0, max(0, recent_n - 1))
+            pipe.hgetall(self.keys.affinity(user_id))
+        for item in item_ids:
+            pipe.hgetall(self.keys.item(item))
+        for item in item_ids:
+            pipe.hgetall(self.keys.attr(item))
+        replies = pipe.execute()
+        clock_raw, replies = replies[0], replies[1:]
+        clock = float(clock_raw) if clock_raw is not None else time.time() * 1000.0
+        recent: list[RecentItem] = []
+        affinity: dict[str, float] = {}
+        if user_id:
+            recent = [item for item, _ in _recent_from(replies[0])]
+            affinity = self._affinity_from(replies[1], clock)
+            replies = replies[2:]
+        n = len(item_ids)
+        stats = self._stats_from(replies[:n], float(now_ms) if now_ms is not None else clock)
+        attributes = _attributes_from(replies[n:])
+        covisited: list[list[tuple[str, float]]] = []
+        recent_ids = [r.item_id for r in recent]
+        if recent_ids:
+            pipe = self.r.pipeline(transaction=False)
+            for item in recent_ids[:covisit_of] if covisit_n > 0 else []:
+                pipe.zrevrange(self.keys.covis(item), 0, covisit_n - 1, withscores=True)
+            for item in recent_ids:
+                pipe.hgetall(self.keys.attr(item))
+            second = pipe.execute()
+            k = min(covisit_of, len(recent_ids)) if covisit_n > 0 else 0
+            covisited = [[(m, float(s)) for m, s in rows] for rows in second[:k]]
+            attributes += _attributes_from(second[k:])
+        return RowReads(recent, stats, covisited, attributes, affinity)
+
     def trending(self, n: int = 20) -> list[tuple[str, float]]:
         """Top items by weighted popularity decayed to the stream clock: ``sum(w * exp(-(clock - ts)/tau))``.
 
@@ -247,6 +307,9 @@ class FeatureStore:
     def category_affinity(self, user_id: str, now_ms: int | None = None) -> dict[str, float]:
         """Category -> decayed weighted interaction count, decayed to ``now_ms`` (stream clock)."""
         now, (raw,) = self._hashes_at([self.keys.affinity(user_id)], now_ms)  # with the clock: one round trip
+        return self._affinity_from(raw, now)
+
+    def _affinity_from(self, raw: dict, now: float) -> dict[str, float]:
         if not raw:
             return {}
         tau = self.config.tau_ms(self.config.affinity_half_life_s)
@@ -260,15 +323,7 @@ class FeatureStore:
         pipe = self.r.pipeline(transaction=False)
         for item in item_ids:
             pipe.hgetall(self.keys.attr(item))
-        out: list[dict | None] = []
-        for h in pipe.execute():
-            if not h or h.get("deleted") == "1":
-                out.append(None)
-                continue
-            attrs: dict = {"title": h.get("title"), "category": h.get("category") or None}
-            attrs["price"] = float(h["price"]) if h.get("price") else None
-            out.append(attrs)
-        return out
+        return _attributes_from(pipe.execute())
 
     def expansions(self, item_ids: Sequence[str], now_ms: int | None = None) -> list[dict[str, float]]:
         """Per item, its query-log expansion: term -> weight decayed to ``now_ms`` (stream clock)."""
@@ -323,3 +378,25 @@ class FeatureStore:
 
     def dead_letter_counts(self) -> dict[str, int]:
         return {k: int(v) for k, v in cast(dict[str, str], self.r.hgetall(self.keys.dlq_counts)).items()}
+
+
+def _recent_from(entries: list[str]) -> list[tuple[RecentItem, str]]:
+    """A user's recent list (newest first) as items with their session tokens."""
+    out = []
+    for entry in entries:
+        _eid, item, typ, ts, session = entry.split(SEP)
+        out.append((RecentItem(item_id=item, type=typ, ts=int(ts)), session))
+    return out
+
+
+def _attributes_from(replies: list[dict]) -> list[dict | None]:
+    """Catalog attribute hashes as {title, category, price}; None for a missing or deleted item."""
+    out: list[dict | None] = []
+    for h in replies:
+        if not h or h.get("deleted") == "1":
+            out.append(None)
+            continue
+        attrs: dict = {"title": h.get("title"), "category": h.get("category") or None}
+        attrs["price"] = float(h["price"]) if h.get("price") else None
+        out.append(attrs)
+    return out

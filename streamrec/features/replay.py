@@ -24,6 +24,7 @@ from streamrec.features.reader import (
     CurrentSession,
     ItemStats,
     RecentItem,
+    RowReads,
     SessionView,
     current_session,
     sample_sessions,
@@ -386,3 +387,23 @@ class ReplayFeatures:
 
     def item_attributes(self, item_ids: list[str]) -> list[dict | None]:
         return [self.attrs.get(i) for i in item_ids]
+
+    def row_reads(
+        self,
+        user_id: str | None,
+        item_ids: list[str],
+        now_ms: int | None,
+        recent_n: int,
+        covisit_of: int,
+        covisit_n: int,
+    ) -> RowReads:
+        """``FeatureStore.row_reads``: the same reads, one by one."""
+        recent = self.recent_items(user_id, recent_n) if user_id else []
+        recent_ids = [r.item_id for r in recent]
+        return RowReads(
+            recent=recent,
+            stats=self.item_stats(item_ids, now_ms),
+            covisited=self.covisited_many(recent_ids[:covisit_of], covisit_n) if recent_ids else [],
+            attributes=self.item_attributes(list(item_ids) + recent_ids),
+            affinity=self.category_affinity(user_id) if user_id else {},
+        )
