@@ -12,7 +12,9 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import redis
@@ -299,16 +301,22 @@ class Engine:
             )
         final: np.ndarray = relevance
         explanations: list[list[str]] = [[] for _ in cands]
-        with stage("head"):
-            head = self._head(X) if w > 0 and X is not None else None  # the rows are logged below either way
+        model = self.models.current  # one model scores and explains this list, whatever swaps meanwhile
+        with stage("head"):  # scores every candidate; explains only the page, once it is known (below)
+            head = self._head(X, (), model) if w > 0 and X is not None else None  # rows are logged either way
         if head is not None:
-            p_click, p_buy, explanations = head
+            p_click, p_buy, _ = head
             value = p_click * (1.0 + p_buy)
             peak = float(value.max())
             if peak > 0:
                 final = (1 - w) * relevance + w * (value / peak)
         with stage("diversity"):
             order = self._diverse(ids, final, k, self.s.serving.diversity_lambda if diversity is None else diversity)
+        if head is not None and X is not None:
+            with stage("head"):
+                page = self._explain(model, X[order], head[0][order], head[1][order])
+            for j, text in zip(order, page, strict=True):
+                explanations[j] = [text]
         reasons = [c.reasons + e for c, e in zip(cands, explanations, strict=True)]
         rows = X[order] if X is not None else None
         return self._respond(ctx, ids, final, order, reasons, rows, variant, impression, pool, features_down=X is None)
@@ -336,20 +344,33 @@ class Engine:
         card = getattr(model, "search_card", None)
         return bool(card and card.get("earned"))
 
-    def _head(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[list[str]]] | None:
-        """(p_click, p_purchase, per-row explanation) from the current model, if it reads these rows."""
-        model = self.models.current
+    def _head(
+        self, X: np.ndarray, explain: Sequence[int] | None = None, model: Any = None
+    ) -> tuple[np.ndarray, np.ndarray, list[list[str]]] | None:
+        """(p_click, p_purchase, per-row explanation) from ``model`` (default: the current one), if it
+        reads these rows; only the rows in ``explain`` (default: all) are explained, the rest get []."""
+        model = model or self.models.current
         if model is None or model.head.n_features != N_FEATURES:  # none yet, or another feature schema
             return None
         p_click, p_buy = model.head.predict(X)
+        why: list[list[str]] = [[] for _ in range(X.shape[0])]
+        rows = list(range(X.shape[0])) if explain is None else list(explain)
+        for i, text in zip(rows, self._explain(model, X[rows], p_click[rows], p_buy[rows]), strict=True):
+            why[i] = [text]
+        return p_click, p_buy, why
+
+    @staticmethod
+    def _explain(model, X: np.ndarray, p_click: np.ndarray, p_buy: np.ndarray) -> list[str]:
+        if X.shape[0] == 0:
+            return []
         explained = model.head.explain(X)
-        why = []
+        out = []
         for i in range(X.shape[0]):
             text = f"ranker v{model.version}: p(click) {p_click[i]:.3f}, p(purchase) {p_buy[i]:.3f}"
             if explained[i]:
                 text += " — driven by " + ", ".join(explained[i][:3])
-            why.append([text])
-        return p_click, p_buy, why
+            out.append(text)
+        return out
 
     def _diverse(self, ids: list[str], final: np.ndarray, k: int, lambda_: float) -> list[int]:
         if lambda_ >= 1.0:

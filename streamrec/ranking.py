@@ -227,17 +227,21 @@ class FeatureAssembler:
         recent_vecs = [v for v in (_unit(self.vectors(i)) for i in recent_ids) if v is not None]
         user_vec = _unit(np.mean(np.stack(recent_vecs), axis=0)) if recent_vecs else None
         proj0 = col["item_vec_0"]
+        by_dim: dict[int, list[tuple[int, np.ndarray]]] = {}  # rows with a vector, by its length
         for row, v in enumerate(item_vecs):
-            if v is None:
-                continue
-            X[row, col["has_item_vec"]] = 1.0
-            X[row, proj0 : proj0 + N_ITEM_PROJ] = v @ item_projection(v.shape[0])
-            if q is not None and q.shape == v.shape:
-                X[row, col["query_item_cos"]] = float(q @ v)
-                X[row, col["has_query_vec"]] = 1.0
-            if user_vec is not None and user_vec.shape == v.shape:
-                X[row, col["user_item_cos"]] = float(user_vec @ v)
-                X[row, col["has_user_vec"]] = 1.0
+            if v is not None:
+                by_dim.setdefault(v.shape[0], []).append((row, v))
+        for dim, found in by_dim.items():  # one matrix product per length, not one per row
+            rows = [r for r, _ in found]
+            V = np.stack([v for _, v in found])
+            X[rows, col["has_item_vec"]] = 1.0
+            X[rows, proj0 : proj0 + N_ITEM_PROJ] = V @ item_projection(dim)
+            if q is not None and q.shape[0] == dim:
+                X[rows, col["query_item_cos"]] = V @ q
+                X[rows, col["has_query_vec"]] = 1.0
+            if user_vec is not None and user_vec.shape[0] == dim:
+                X[rows, col["user_item_cos"]] = V @ user_vec
+                X[rows, col["has_user_vec"]] = 1.0
 
     @staticmethod
     def _counters(X: np.ndarray, stats: list) -> None:
