@@ -112,7 +112,7 @@ def index() -> None:
 @app.command()
 def serve(
     workers: Annotated[
-        int | None, typer.Option(help="serving processes on the one port (default serving.workers; 0 = one per core)")
+        int | None, typer.Option(help="serving processes on the port (default serving.workers; 0 = half the cores)")
     ] = None,
 ) -> None:
     """Answer /search, /recommend, /similar over HTTP (serving/)."""

@@ -33,9 +33,14 @@ def settings_env(s: Settings) -> dict[str, str]:
     return child_env(s.to_env())
 
 
+AUTO_WORKERS_MAX = 8  # each worker holds its own index and encoder (~0.5 GiB at 5,000 items; README: serving)
+
+
 def worker_count(s: Settings) -> int:
-    """``serving.workers``, with 0 meaning one per core."""
-    return s.serving.workers or os.cpu_count() or 1
+    """``serving.workers``; 0 = half the cores this process may run on, at least one, at most
+    ``AUTO_WORKERS_MAX`` (a container sees the host's cores: set the number there)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return s.serving.workers or min(AUTO_WORKERS_MAX, max(1, cores // 2))
 
 
 def serving_workers(s: Settings, env: dict[str, str], log_dir: Path, metrics_port: int = 0) -> list[ChildSpec]:

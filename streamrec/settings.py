@@ -388,11 +388,12 @@ class ServingSettings(_Group):
         10.0, gt=0, description="a write not acknowledged by the broker within this answers 503 (Retry-After)"
     )
     workers: int = Field(
-        1,
+        0,
         ge=0,
         le=64,
         description="serving processes sharing the HTTP port (SO_REUSEPORT; the kernel spreads connections), "
-        "each following the vectors topic and the models itself; 0 = one per core",
+        "each following the vectors topic and the models itself; 0 = sized to the host: half its cores, at "
+        "least one, at most 8 (a serving process uses about one core; the rest is left to the other services)",
     )
     worker: int | None = Field(
         None, ge=0, description="set by the launcher in each of several workers (its number); not set by hand"

@@ -12,11 +12,12 @@ import httpx
 import pytest
 
 from launcher.embedded import free_port
-from launcher.stack import LocalStack
+from launcher.stack import LocalStack, worker_count
 from streamrec import bus
 from streamrec.model_store import ModelStore
 from streamrec.ranking import RankingHead
 from streamrec.schemas import decode_event
+from streamrec.settings import Settings
 from tests.conftest import isolated_settings
 from tests.polling import wait_for
 
@@ -138,3 +139,9 @@ def test_a_killed_worker_is_restarted_and_the_others_keep_answering(stack):
             return any(st["worker"] == 0 and st["pid"] != victim["pid"] for st in seen.values())
 
         wait_for(restarted, timeout_s=180, what="worker 0 back under a new pid")
+
+
+@pytest.mark.parametrize(("cores", "setting", "workers"), [(1, 0, 1), (2, 0, 1), (6, 0, 3), (40, 0, 8), (2, 5, 5)])
+def test_the_worker_count_is_sized_to_the_host_unless_set(monkeypatch, cores, setting, workers):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(cores)))
+    assert worker_count(Settings(serving={"workers": setting})) == workers
