@@ -12,7 +12,6 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -303,7 +302,7 @@ class Engine:
         explanations: list[list[str]] = [[] for _ in cands]
         model = self.models.current  # one model scores and explains this list, whatever swaps meanwhile
         with stage("head"):  # scores every candidate; explains only the page, once it is known (below)
-            head = self._head(X, (), model) if w > 0 and X is not None else None  # rows are logged either way
+            head = self._head(X, False, model) if w > 0 and X is not None else None  # rows are logged either way
         if head is not None:
             p_click, p_buy, _ = head
             value = p_click * (1.0 + p_buy)
@@ -345,19 +344,17 @@ class Engine:
         return bool(card and card.get("earned"))
 
     def _head(
-        self, X: np.ndarray, explain: Sequence[int] | None = None, model: Any = None
+        self, X: np.ndarray, explain: bool = True, model: Any = None
     ) -> tuple[np.ndarray, np.ndarray, list[list[str]]] | None:
-        """(p_click, p_purchase, per-row explanation) from ``model`` (default: the current one), if it
-        reads these rows; only the rows in ``explain`` (default: all) are explained, the rest get []."""
+        """(p_click, p_purchase, per-row explanation, [] when not ``explain``) from ``model``
+        (default: the current one), if it reads these rows."""
         model = model or self.models.current
         if model is None or model.head.n_features != N_FEATURES:  # none yet, or another feature schema
             return None
         p_click, p_buy = model.head.predict(X)
-        why: list[list[str]] = [[] for _ in range(X.shape[0])]
-        rows = list(range(X.shape[0])) if explain is None else list(explain)
-        for i, text in zip(rows, self._explain(model, X[rows], p_click[rows], p_buy[rows]), strict=True):
-            why[i] = [text]
-        return p_click, p_buy, why
+        if not explain:
+            return p_click, p_buy, [[] for _ in range(X.shape[0])]
+        return p_click, p_buy, [[text] for text in self._explain(model, X, p_click, p_buy)]
 
     @staticmethod
     def _explain(model, X: np.ndarray, p_click: np.ndarray, p_buy: np.ndarray) -> list[str]:

@@ -169,11 +169,7 @@ def _build(model_dir: Path, fp32: Path, quantised: Path, int8: bool) -> None:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         partial = quantised.with_suffix(f".{os.getpid()}.tmp")
-        logging.getLogger().disabled = True  # the quantiser advises pre-processing on every call
-        try:
-            quantize_dynamic(fp32, partial, weight_type=QuantType.QInt8, per_channel=True)
-        finally:
-            logging.getLogger().disabled = False
+        quantize_dynamic(fp32, partial, weight_type=QuantType.QInt8, per_channel=True)
         partial.replace(quantised)  # atomic: a reader sees no file or the whole file
     log.info("query encoder built: %s", quantised if int8 else fp32)
 

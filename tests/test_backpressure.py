@@ -17,12 +17,12 @@ import httpx
 from launcher.embedded import EmbeddedKafka
 from serving.app import create_app
 from streamrec import bus
-from streamrec.schemas import decode_event
 from streamrec.settings import Settings
 from tests.live_app import serve
 from tests.polling import wait_for
 from tests.prometheus_text import sample_sum
 from tests.test_serving_app import FakeEngine, FakeProducer
+from tests.topics import events_on_topic
 
 TS = 1_700_000_000_000
 # the publish timeout outlasts starting the flood's 40 threads on a loaded 2-core box, so no slot frees mid-flood
@@ -35,22 +35,8 @@ def events(tag: str, n: int = 10) -> list[dict]:
 
 def topic_event_ids(s: Settings, until: str) -> set[str]:
     """Every event_id on the events topic, read until ``until`` has been seen."""
-    consumer = bus.make_consumer(s, group_id=None)
-    try:
-        tps = bus.all_partitions(consumer, s.topic.events)
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        seen: set[str] = set()
-
-        def read() -> bool:
-            for records in consumer.poll(timeout_ms=200).values():
-                seen.update(decode_event(r.value).event_id for r in records)
-            return until in seen
-
-        wait_for(read, what=f"{until} on the events topic", timeout_s=30)
-        return seen
-    finally:
-        consumer.close()
+    found = events_on_topic(s, lambda es: any(e.event_id == until for e in es), f"{until} on the events topic")
+    return {e.event_id for e in found}
 
 
 def test_a_flood_past_a_silent_broker_is_shed_at_once_and_publishes_nothing(tmp_path):

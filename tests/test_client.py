@@ -12,10 +12,9 @@ import pytest
 
 from streamrec import bus
 from streamrec.client import ApiError, Client, Overloaded
-from streamrec.schemas import decode_event
 from tests.conftest import isolated_settings
 from tests.live_app import TITLES, build_app, serve
-from tests.polling import wait_for
+from tests.topics import events_on_topic
 
 TS = 1_700_000_000_000
 
@@ -44,22 +43,11 @@ def test_reads_and_batched_writes_through_the_real_app(kafka_broker, redis_serve
 
 def topic_user_ids(s, expected: int) -> set[str]:
     """Users of the view events on the topic (the impressions of the reads are there too)."""
-    consumer = bus.make_consumer(s, group_id=None)
-    try:
-        tps = bus.all_partitions(consumer, s.topic.events)
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        seen: set[str] = set()
 
-        def read() -> bool:
-            for records in consumer.poll(timeout_ms=200).values():
-                seen.update(e.user_id for e in map(decode_event, (r.value for r in records)) if e.type == "view")
-            return len(seen) >= expected
+    def users(events) -> set[str]:
+        return {e.user_id for e in events if e.type == "view"}
 
-        wait_for(read, what="the events on the topic", timeout_s=30)
-        return seen
-    finally:
-        consumer.close()
+    return users(events_on_topic(s, lambda es: len(users(es)) >= expected, "the events on the topic"))
 
 
 class Scripted:

@@ -6,20 +6,18 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 import httpx
 import pytest
 
 from launcher.embedded import free_port
 from launcher.stack import LocalStack, worker_count
-from streamrec import bus
 from streamrec.model_store import ModelStore
 from streamrec.ranking import RankingHead
-from streamrec.schemas import decode_event
 from streamrec.settings import Settings
 from tests.conftest import isolated_settings
 from tests.polling import wait_for
+from tests.topics import events_on_topic
 
 WORKERS = 2
 TS = 1_700_000_000_000
@@ -72,28 +70,16 @@ def _all_workers(http: httpx.Client, items: int) -> bool:
 
 
 def _impressions(s, request_ids: set[str]) -> list[str]:
-    """Request ids of the impression events on the topic, read until every one of ``request_ids`` is there."""
-    consumer = bus.make_consumer(s, group_id=None)
-    try:
-        tps = bus.all_partitions(consumer, s.topic.events)
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        found: list[str] = []
+    """Request ids of the impression events on the topic, read until every one of ``request_ids`` is
+    there and a second longer (anything logged twice would follow within it)."""
 
-        def read() -> bool:
-            for records in consumer.poll(timeout_ms=200).values():
-                for r in records:
-                    e = decode_event(r.value)
-                    if e.type == "impression" and e.request_id in request_ids:
-                        found.append(e.request_id)
-            return request_ids <= set(found)
+    def ours(events) -> list[str]:
+        return [e.request_id for e in events if e.type == "impression" and e.request_id in request_ids]
 
-        wait_for(read, timeout_s=30, what="every impression on the events topic")
-        time.sleep(1.0)  # anything logged twice would follow within this
-        read()
-        return found
-    finally:
-        consumer.close()
+    found = events_on_topic(
+        s, lambda es: request_ids <= set(ours(es)), "every impression on the events topic", settle_s=1.0
+    )
+    return ours(found)
 
 
 def test_every_worker_answers_and_each_impression_is_logged_once(stack):
