@@ -18,8 +18,12 @@ Guarantees kept from the strict in-order loop:
 
 * **last write wins per item**: records are keyed by item, and an item's records are in one
   partition, read in offset order; a newer record of an item replaces the older one still waiting
-  (in either lane), so an older op is never embedded after a newer one. An invalid record is
-  never replaced: it is still dead-lettered.
+  (in either lane), so an older op is never embedded after a newer one. A newer *patch* is folded
+  into the older record instead (``patches.merge``: the record keeps the patch's offset and carries
+  both). An invalid record is never replaced: it is still dead-lettered. A patch after a waiting
+  delete of its item waits behind it, under its own offset, and is dead-lettered as a patch of an
+  unknown item (if an upsert of the item also arrives before either is handled, the patch may
+  apply to that upsert instead).
 * **at-least-once, commit after ack**: the committable offset of a partition is its lowest offset
   still waiting (or the next one to read when none is); records above it that were already
   handled (at most about ``length_window``) are simply redone after a crash (vector records are
@@ -36,8 +40,9 @@ from collections.abc import Callable, Iterable
 from kafka import TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
+from index_updater import patches
 from streamrec.bus import BATCH_HEADER
-from streamrec.schemas import Rejected, decode_catalog
+from streamrec.schemas import CatalogOp, Rejected, decode_catalog, encode
 
 Slot = tuple[TopicPartition, object]  # (partition, item key or offset for a keyless record)
 
@@ -89,21 +94,45 @@ class Backlog:
                     if old is None:
                         continue
                     live = live or lane is self.live
-                    if self._valid(old):  # superseded by this newer record of the same item
-                        waiting.discard(old.offset)
-                        self._length.pop((old.topic, old.partition, old.offset), None)
-                    else:  # still dead-lettered: it keeps its place under its offset
+                    if not self._valid(old):  # still dead-lettered: it keeps its place under its offset
                         lane[(tp, ("offset", old.offset))] = old
+                        continue
+                    newer = self._fold(old, m)
+                    if newer is None:  # a patch after a delete: the delete stays, the patch waits behind it
+                        lane[slot] = old
+                        slot = (tp, ("offset", m.offset))
+                        continue
+                    m = newer  # superseded by this newer record of the same item
+                    waiting.discard(old.offset)
+                    self._length.pop((old.topic, old.partition, old.offset), None)
                 (self.live if live else self.bulk)[slot] = m
                 waiting.add(m.offset)
                 self.read_to[tp] = m.offset + 1
 
     def _valid(self, m: ConsumerRecord) -> bool:
+        return self._op(m) is not None
+
+    def _op(self, m: ConsumerRecord) -> CatalogOp | None:
         try:
-            decode_catalog(m.value if m.value is not None else b"", self.max_event_bytes)
+            return decode_catalog(m.value if m.value is not None else b"", self.max_event_bytes)
         except Rejected:
-            return False
-        return True
+            return None
+
+    def _fold(self, old: ConsumerRecord, new: ConsumerRecord) -> ConsumerRecord | None:
+        """What replaces ``old`` (valid) once the newer ``new`` of the same item arrives: ``new``
+        itself, or for a patch ``new`` carrying both ops; None for a patch after a delete."""
+        patch = self._op(new)
+        if patch is None or patch.op != "patch":
+            return new
+        before = self._op(old)
+        assert before is not None  # old is valid
+        if before.op == "delete":
+            return None
+        try:
+            merged = patches.merge(before, patch)
+        except Rejected:  # the item once patched is invalid: the patch is dead-lettered on its own
+            return None
+        return new._replace(value=encode(merged), serialized_value_size=-1)
 
     def next_chunk(self, n: int) -> list[ConsumerRecord]:
         """Up to ``n`` records to handle next: the live lane alone when it has any (arrival order),
@@ -150,14 +179,21 @@ class Backlog:
             if other_lane is not None:
                 other = other_lane[slot]
                 old, new = (other, m) if other.offset < m.offset else (m, other)
-                if new is m:
-                    del other_lane[slot]
-                if self._valid(old):  # superseded by the newer record of the same item
-                    self.waiting[tp].discard(old.offset)
-                else:  # still dead-lettered: it keeps its place under its offset
+                del other_lane[slot]
+                if not self._valid(old):  # still dead-lettered: it keeps its place under its offset
                     (self.live if live else self.bulk)[(tp, ("offset", old.offset))] = old
-                if new is not m:
+                    m = new
+                elif (folded := self._fold(old, new)) is None:  # a patch after a delete waits behind it
+                    (self.live if live else self.bulk)[slot] = old
+                    behind = other_lane if new is other else self.live if live else self.bulk
+                    behind[(tp, ("offset", new.offset))] = new
                     continue
+                else:  # superseded by the newer record of the same item
+                    self.waiting[tp].discard(old.offset)
+                    if new is other:
+                        other_lane[slot] = folded
+                        continue
+                    m = folded
             (self.live if live else self.bulk)[slot] = m
 
     def done(self, chunk: Iterable[ConsumerRecord]) -> None:

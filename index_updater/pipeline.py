@@ -6,6 +6,7 @@ one chunk while the previous one is being acknowledged; ``process`` runs them in
 
 An item whose embedded text (content hash) is unchanged is not re-embedded: if only its metadata
 changed (price, say) the current vector is republished with the new metadata, else nothing is sent.
+A patch is first folded into the whole item it changes (``patches.py``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 from kafka import KafkaProducer
 from kafka.consumer.fetcher import ConsumerRecord
 
-from index_updater import metrics
+from index_updater import metrics, patches
 from streamrec import bus
 from streamrec.encoder import Encoder, check_template, content_hash, item_text, set_torch_threads
 from streamrec.schemas import CatalogOp, DeadLetter, Rejected, decode_catalog, encode
@@ -30,8 +31,18 @@ from streamrec.vector_index import IndexReplica, ItemMeta, VectorRecord, encode_
 log = logging.getLogger(__name__)
 
 
-def meta_of(op: CatalogOp) -> ItemMeta:
-    return ItemMeta(title=op.title or "", category=op.category, price=op.price, description=op.description)
+def meta_of(op: CatalogOp, created_ms: int | None) -> ItemMeta:
+    return ItemMeta(
+        title=op.title or "",
+        category=op.category,
+        price=op.price,
+        description=op.description,
+        brand=op.brand,
+        in_stock=op.in_stock,
+        stock=op.stock,
+        attributes={k: v for k, v in (op.attributes or {}).items() if v is not None},
+        created_ms=created_ms,
+    )
 
 
 def meta_fingerprint(meta: ItemMeta) -> str:
@@ -52,6 +63,7 @@ class Latest:
 
     op: CatalogOp
     source_ms: int
+    msg: ConsumerRecord  # the record of the item's last op: a patch that cannot apply is dead-lettered with it
 
 
 @dataclass(frozen=True)
@@ -120,14 +132,22 @@ class CatalogPipeline:
     def __init__(self, s: Settings, encoder: Encoder, replica: IndexReplica, producer: KafkaProducer):
         check_template(s.encoder.item_text_template)
         self.s, self.encoder, self.replica, self.producer = s, encoder, replica, producer
-        # What this process last published per item: (content hash, meta fingerprint), None = deleted.
-        # It overrides the replica, which may not have read our latest sends yet.
+        # What this process last published per item: (content hash, meta fingerprint), None = deleted,
+        # and the metadata (what a patch applies to). It overrides the replica, which may not have
+        # read our latest sends yet.
         self._published: dict[str, tuple[str, str] | None] = {}
+        self._published_meta: dict[str, ItemMeta] = {}
         self.last_embed: tuple[int, float] = (0, 0.0)  # (texts, seconds) of the last encoder call
 
     def forget(self) -> None:
         """After a rebalance another instance may have published: trust the replica again."""
         self._published.clear()
+        self._published_meta.clear()
+
+    def _current_meta(self, item_id: str) -> ItemMeta | None:
+        if item_id in self._published:
+            return self._published_meta.get(item_id)
+        return self.replica.index.meta(item_id)
 
     def _current(self, item_id: str) -> tuple[str, str] | None:
         if item_id in self._published:
@@ -144,7 +164,9 @@ class CatalogPipeline:
         """Validate and plan (cheap). Plans against what was sent, acknowledged or not, so a chunk
         prepared while the previous one is in flight sees its items' new state."""
         started = time.monotonic()
-        latest, dead_letters = self._decode(msgs, now_ms=int(time.time() * 1000))
+        now_ms = int(time.time() * 1000)
+        latest, dead_letters = self._decode(msgs, now_ms)
+        dead_letters += self._resolve_patches(latest, now_ms)
         return Job(msgs, dead_letters, self._plan(latest), started)
 
     def embed(self, job: Job, threads: int = 0) -> list[ToPublish]:
@@ -165,6 +187,10 @@ class CatalogPipeline:
             raise
         for o in outgoing:  # before the ack, so the next chunk's plan sees it; forgotten if the ack fails
             self._published[o.record.item_id] = o.state
+            if o.record.meta is not None:
+                self._published_meta[o.record.item_id] = o.record.meta
+            else:
+                self._published_meta.pop(o.record.item_id, None)
         return InFlight(job, outgoing, sending)
 
     def confirm(self, flight: InFlight) -> BatchResult:
@@ -197,30 +223,60 @@ class CatalogPipeline:
             except Rejected:
                 op = None
             texts.append(
-                item_text(op, self.s.encoder.item_text_template) if op is not None and op.op != "delete" else ""
+                item_text(op, self.s.encoder.item_text_template) if op is not None and op.op == "upsert" else ""
             )
         counts = self.encoder.token_counts(texts, max_length=self.s.encoder.item_max_tokens or None)
         return [c if text else 0 for c, text in zip(counts, texts, strict=True)]
 
     def _decode(self, msgs: list[ConsumerRecord], now_ms: int) -> tuple[dict[str, Latest], list[bus.Outgoing]]:
-        """The last op per item (in order of each item's last op) and dead letters for the invalid."""
+        """Each item's ops in the batch folded into one (in order of each item's last op; a patch
+        merges into what came before it) and dead letters for the invalid."""
         dead_letters: list[bus.Outgoing] = []
         latest: dict[str, Latest] = {}
         for m in msgs:
             raw = m.value if m.value is not None else b""
             try:
                 op = decode_catalog(raw, self.s.consumers.max_event_bytes)
+                before = latest.pop(op.item_id, None)  # re-inserted at the end: a later op of an item goes out later
+                if op.op == "patch" and before is not None:
+                    if before.op.op == "delete":
+                        latest[op.item_id] = before
+                        raise Rejected("unknown_item", f"patch of item {op.item_id!r}, deleted earlier in the batch")
+                    op = patches.merge(before.op, op)
             except Rejected as r:
-                letter = DeadLetter.of(
-                    r, raw, topic=m.topic, partition=m.partition, offset=m.offset, key=m.key, now_ms=now_ms
-                )
-                dead_letters.append((self.s.topic.dlq, m.key, encode(letter)))
-                metrics.CATALOG_RECORDS.labels("dead_lettered").inc()
-                log.warning("catalog record %s[%d]@%d dead-lettered: %s", m.topic, m.partition, m.offset, r)
+                dead_letters.append(self._dead_letter(r, m, now_ms))
                 continue
-            latest.pop(op.item_id, None)  # re-inserted at the end: a later op of an item goes out later
-            latest[op.item_id] = Latest(op, m.timestamp if m.timestamp and m.timestamp > 0 else now_ms)
+            latest[op.item_id] = Latest(op, m.timestamp if m.timestamp and m.timestamp > 0 else now_ms, m)
         return latest, dead_letters
+
+    def _dead_letter(self, r: Rejected, m: ConsumerRecord, now_ms: int) -> bus.Outgoing:
+        raw = m.value if m.value is not None else b""
+        letter = DeadLetter.of(r, raw, topic=m.topic, partition=m.partition, offset=m.offset, key=m.key, now_ms=now_ms)
+        metrics.CATALOG_RECORDS.labels("dead_lettered").inc()
+        log.warning("catalog record %s[%d]@%d dead-lettered: %s", m.topic, m.partition, m.offset, r)
+        return (self.s.topic.dlq, m.key, encode(letter))
+
+    def _resolve_patches(self, latest: dict[str, Latest], now_ms: int) -> list[bus.Outgoing]:
+        """Each remaining patch applied to the item as last published (it becomes an upsert); a patch
+        of an item the index does not have is dead-lettered (``unknown_item``) and dropped from the plan."""
+        dead_letters = []
+        for item_id, item in list(latest.items()):
+            if item.op.op != "patch":
+                continue
+            current = self._current_meta(item_id)
+            if current is None:
+                del latest[item_id]
+                why = f"patch of item {item_id!r}, which the index does not have: send an upsert first"
+                dead_letters.append(self._dead_letter(Rejected("unknown_item", why), item.msg, now_ms))
+                continue
+            try:
+                merged = patches.merge(patches.as_upsert(item_id, current, item.op.ts), item.op)
+            except Rejected as r:
+                del latest[item_id]
+                dead_letters.append(self._dead_letter(r, item.msg, now_ms))
+                continue
+            latest[item_id] = Latest(merged, item.source_ms, item.msg)
+        return dead_letters
 
     def _plan(self, latest: dict[str, Latest]) -> Plan:
         """Sort each item's op: a delete, unchanged (nothing to send), same text with new metadata
@@ -232,7 +288,8 @@ class CatalogPipeline:
                 plan.ready.append(ToPublish(VectorRecord(op.item_id, deleted=True, source_ms=source_ms), None))
                 continue
             text = item_text(op, self.s.encoder.item_text_template)
-            meta = meta_of(op)
+            known = self._current_meta(op.item_id)
+            meta = meta_of(op, created_ms=known.created_ms if known is not None else op.ts)
             h = content_hash(text, self.encoder.model_id, self.s.encoder.item_max_tokens)
             change = Change(op, source_ms, h, meta, meta_fingerprint(meta), text)
             current = self._current(op.item_id)

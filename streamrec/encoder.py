@@ -32,7 +32,7 @@ from streamrec.settings import Settings
 
 log = logging.getLogger(__name__)
 
-TEMPLATE_FIELDS = ("title", "category", "description", "price", "item_id")
+TEMPLATE_FIELDS = ("title", "category", "description", "price", "brand", "item_id")
 
 
 def bundled_model_dir() -> Path:
@@ -207,6 +207,7 @@ def item_text(op: CatalogOp, template: str) -> str:
         "category": op.category,
         "description": op.description,
         "price": op.price,
+        "brand": op.brand,
         "item_id": op.item_id,
     }
     parts: list[str] = []

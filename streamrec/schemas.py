@@ -190,38 +190,76 @@ class Event(_Strict):
 Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000, pattern=r"\S")]
 
 
-class CatalogOp(_Strict):
-    """An upsert or delete of one catalog item."""
+# A keyword (category, brand, keyword attribute value) is a key of the filters and facets, and a
+# category is also a field of the feature writer's records: both obey the id character rule.
+Keyword = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=f"^[^{ID_FORBIDDEN}]*$")
+]
+AttributeName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+Number = Annotated[float, Field(allow_inf_nan=False, strict=True)]  # "12" is a keyword, not a number
+# keyword, number, or several keywords (sizes in stock, colours); a number is compared by range
+AttributeValue = (
+    Annotated[str, StringConstraints(max_length=200, pattern=f"^[^{ID_FORBIDDEN}]+$")]
+    | Number
+    | (Annotated[list[Keyword], Field(min_length=1, max_length=50)])
+)
+MAX_ATTRIBUTES = 64
+# names outside AttributeName's pattern are refused by the schema too (patternProperties alone admits them)
+ATTRIBUTE_MAP = Field(max_length=MAX_ATTRIBUTES, json_schema_extra={"additionalProperties": False})
+CATEGORY_SEPARATOR = ">"  # "Tools > Power Tools > Drills": a filter on "Tools" matches every level below
 
-    op: Literal["upsert", "delete"]
+
+CategoryPath = Annotated[str, StringConstraints(strip_whitespace=True, max_length=200, pattern=f"^[^{ID_FORBIDDEN}]*$")]
+
+
+class CatalogOp(_Strict):
+    """An upsert, patch or delete of one catalog item.
+
+    A ``patch`` is a JSON merge patch (RFC 7396) of the item's fields: what it names replaces the
+    current value, ``null`` removes it, ``attributes`` merge name by name. A patch that leaves the
+    embedded text alone (price, stock, brand, attributes) reuses the item's vector: no encoder call.
+    """
+
+    op: Literal["upsert", "patch", "delete"]
     item_id: Id
     ts: EpochMs
     title: Title | None = None
     description: Annotated[str, StringConstraints(max_length=20_000)] | None = None
-    # a category is a key (a field of the feature writer's records), so it obeys the id character rule
-    category: (
-        Annotated[
-            str,
-            StringConstraints(strip_whitespace=True, max_length=200, pattern=f"^[^{ID_FORBIDDEN}]*$"),
-        ]
-        | None
-    ) = None
+    category: CategoryPath | None = Field(
+        None, description=f"a path with '{CATEGORY_SEPARATOR}' between levels is filtered and faceted at every level"
+    )
     price: Annotated[float, Field(ge=0, allow_inf_nan=False), NotBool] | None = None
+    brand: Keyword | None = None
+    in_stock: Annotated[bool, Field(strict=True)] | None = Field(
+        None, description="wins over stock when given (a backorder is in stock with stock 0); unset: stock > 0"
+    )
+    stock: Annotated[int, Field(ge=0), NotBool] | None = Field(None, description="units available")
+    attributes: Annotated[dict[AttributeName, AttributeValue | None], ATTRIBUTE_MAP] | None = Field(
+        None, description="typed attributes to filter and facet on; in a patch a null value removes one"
+    )
 
     @model_validator(mode="after")
-    def _upsert_has_title(self) -> CatalogOp:
-        if self.op == "upsert" and self.title is None:
-            raise ValueError("an upsert needs a title")
-        if self.op == "delete" and any(
-            v is not None for v in (self.title, self.description, self.category, self.price)
-        ):
-            raise ValueError("a delete carries only op, item_id and ts")
+    def _shape_matches_op(self) -> CatalogOp:
+        given = self.model_fields_set - {"op", "item_id", "ts"}
+        if self.op == "upsert":
+            if self.title is None:
+                raise ValueError("an upsert needs a title")
+            if self.attributes and any(v is None for v in self.attributes.values()):
+                raise ValueError("a null attribute value removes it in a patch; an upsert lists what the item has")
+        elif self.op == "delete":
+            if any(getattr(self, f) is not None for f in given):
+                raise ValueError("a delete carries only op, item_id and ts")
+        else:
+            if not given:
+                raise ValueError("a patch names at least one field to change")
+            if "title" in given and self.title is None:
+                raise ValueError("a patch cannot remove the title")
         return self
 
 
 # --- decoding with reasons -------------------------------------------------------------------
 
-RejectReason = Literal["oversize", "not_utf8", "not_json", "not_object", "invalid", "unknown_type"]
+RejectReason = Literal["oversize", "not_utf8", "not_json", "not_object", "invalid", "unknown_type", "unknown_item"]
 
 
 class Rejected(Exception):
@@ -289,7 +327,10 @@ def decode_catalog(raw: bytes, max_bytes: int = 64 * 1024) -> CatalogOp:
 
 
 def encode(model: BaseModel) -> bytes:
-    """Canonical wire bytes: JSON without nulls, so re-encoding is stable."""
+    """Canonical wire bytes: JSON without nulls, so re-encoding is stable; a patch keeps the nulls it
+    was given (they remove fields)."""
+    if isinstance(model, CatalogOp) and model.op == "patch":
+        return model.model_dump_json(exclude_unset=True).encode()
     return model.model_dump_json(exclude_none=True).encode()
 
 
@@ -409,6 +450,23 @@ class CatalogUpsert(CatalogOp):
 
     op: Literal["upsert"]
     title: Title
+    attributes: Annotated[dict[AttributeName, AttributeValue], ATTRIBUTE_MAP] | None = None  # type: ignore[assignment]  # no nulls: narrower on the wire
+
+
+class CatalogPatch(CatalogOp):
+    """Some fields of an existing item changed (JSON merge patch): a price or stock change needs no
+    re-embedding. A patch of an item the index does not have is dead-lettered."""
+
+    op: Literal["patch"]
+
+    @staticmethod
+    def _schema(schema: dict[str, Any]) -> None:
+        """At least one field beside op, item_id and ts; the title may change but not go."""
+        schema["minProperties"] = 4
+        title = schema["properties"]["title"]
+        title["anyOf"] = [t for t in title["anyOf"] if t.get("type") != "null"]
+
+    model_config = ConfigDict(json_schema_extra=_schema)
 
 
 class CatalogDelete(CatalogOp):
@@ -419,10 +477,14 @@ class CatalogDelete(CatalogOp):
     description: None = None
     category: None = None
     price: None = None
+    brand: None = None
+    in_stock: None = None
+    stock: None = None
+    attributes: None = None
 
 
 EventShape = Annotated[InteractionEvent | ImpressionEvent, Field(discriminator="type")]
-CatalogShape = Annotated[CatalogUpsert | CatalogDelete, Field(discriminator="op")]
+CatalogShape = Annotated[CatalogUpsert | CatalogPatch | CatalogDelete, Field(discriminator="op")]
 
 COMPONENT_REF = "#/components/schemas/{model}"
 

@@ -11,7 +11,7 @@ from kafka.consumer.fetcher import ConsumerRecord
 from index_updater.backlog import Backlog
 from streamrec import bus
 from streamrec.datasets import homedepot
-from streamrec.schemas import CatalogOp, encode
+from streamrec.schemas import CatalogOp, decode_catalog, encode
 from streamrec.settings import Settings
 from tests.polling import wait_for
 from tests.test_index_service import delete, encoder, fast_settings, replicas, updater, upsert  # noqa: F401
@@ -156,3 +156,47 @@ def test_taken_records_are_in_flight_until_done_and_put_back_yields_to_newer_one
     assert sorted(m.offset for m in b.bulk.values()) == [0, 4]
     b.done(b.take(10))
     assert b.committable() == {tp: 2}  # 2 and 3 are still in flight
+
+
+def patch_op(item_id: str, **fields) -> bytes:
+    return encode(CatalogOp(op="patch", item_id=item_id, ts=1_700_000_000_001, **fields))
+
+
+def test_a_newer_patch_folds_into_the_waiting_record_of_its_item():
+    tp = TopicPartition("c", 0)
+    b = Backlog(live_max_batch=16, max_event_bytes=65536)
+    removal = encode(CatalogOp(op="delete", item_id="d", ts=1_700_000_000_000))
+    b.add(
+        {
+            tp: [
+                record(0, "u", op("u", "Drill"), 1),
+                record(1, "d", removal, 1),
+                record(2, "p", patch_op("p", price=2.0), 1),
+            ]
+        }
+    )
+    b.add({tp: [record(3, "u", patch_op("u", price=5.0), 1), record(4, "d", patch_op("d", price=1.0), 1)]})
+    b.add({tp: [record(5, "p", patch_op("p", stock=0, price=None), 1)]})
+    chunk = b.next_chunk(10)
+    by_offset = {m.offset: decode_catalog(m.value) for m in chunk}
+    # the upsert carries its patch (under the patch's offset); the delete stays, its patch waits behind it
+    assert sorted(by_offset) == [1, 3, 4, 5]
+    assert (by_offset[3].op, by_offset[3].title, by_offset[3].price) == ("upsert", "Drill", 5.0)
+    assert by_offset[1].op == "delete" and by_offset[4].op == "patch"
+    # two patches fold into one that still removes what the second one nulls
+    assert by_offset[5].op == "patch" and by_offset[5].stock == 0 and by_offset[5].price is None
+    assert "price" in by_offset[5].model_fields_set
+    b.done(chunk)
+    assert b.committable() == {tp: 6}
+
+
+def test_a_put_back_record_folds_into_a_newer_patch():
+    tp = TopicPartition("c", 0)
+    b = Backlog(live_max_batch=16, max_event_bytes=65536)
+    b.add({tp: [record(0, "u", op("u", "Drill"), 1)]})
+    first = b.take(1)
+    b.add({tp: [record(1, "u", patch_op("u", brand="Bosch"), 1)]})
+    b.put_back(first, live=True)  # the upsert's send failed: the waiting patch now carries it
+    [m] = b.next_chunk(10)
+    merged = decode_catalog(m.value)
+    assert (m.offset, merged.op, merged.title, merged.brand) == (1, "upsert", "Drill", "Bosch")

@@ -167,6 +167,60 @@ def test_unchanged_item_is_not_embedded_again(fast_settings, updater, replicas, 
     np.testing.assert_array_equal(replica.index.vector("p"), vec)
 
 
+def patch(item_id: str, **fields) -> CatalogOp:
+    return CatalogOp(op="patch", item_id=item_id, ts=int(time.time() * 1000), **fields)
+
+
+def dead_letters(s: Settings, n: int) -> list[DeadLetter]:
+    consumer = bus.make_consumer(s, None, consumer_timeout_ms=5000)
+    consumer.assign(bus.all_partitions(consumer, s.topic.dlq))
+    letters: list[DeadLetter] = []
+    deadline = time.monotonic() + 20
+    while len(letters) < n and time.monotonic() < deadline:
+        for msgs in consumer.poll(timeout_ms=500).values():
+            letters += [DeadLetter.model_validate_json(m.value) for m in msgs]
+    consumer.close()
+    return letters
+
+
+def test_a_patch_changes_price_stock_and_attributes_without_the_encoder(fast_settings, updater, replicas):
+    replica = replicas(from_snapshot=False)
+    embedded = updater_metrics.ITEMS_EMBEDDED
+    publish(
+        fast_settings,
+        [upsert("d", "Cordless drill", price=99.0, brand="Bosch", stock=4, attributes={"volts": 18, "colour": "blue"})],
+    )
+    wait_for(lambda: "d" in replica.index, "the item")
+    created, vec, before = replica.index.meta("d").created_ms, replica.index.vector("d").copy(), embedded._value.get()
+    # two patches in one batch fold into one; a null removes what it names
+    publish(fast_settings, [patch("d", price=79.0, stock=0), patch("d", attributes={"colour": None, "kit": "yes"})])
+    wait_for(lambda: replica.index.meta("d").price == 79.0, "the patch")
+    meta = replica.index.meta("d")
+    assert (meta.title, meta.brand, meta.stock, meta.available) == ("Cordless drill", "Bosch", 0, False)
+    assert meta.attributes == {"volts": 18.0, "kit": "yes"}
+    assert meta.created_ms == created  # the item is as new as its first upsert
+    assert embedded._value.get() == before  # no encoder call
+    np.testing.assert_array_equal(replica.index.vector("d"), vec)
+    publish(fast_settings, [patch("d", in_stock=True, brand=None)])  # back in stock (a backorder, stock 0)
+    wait_for(lambda: replica.index.meta("d").available, "the restock")
+    assert replica.index.meta("d").brand is None
+    publish(fast_settings, [patch("d", title="Cordless hammer drill")])  # new text: embedded again
+    wait_for(lambda: replica.index.meta("d").title == "Cordless hammer drill", "the new title")
+    assert embedded._value.get() == before + 1
+    assert replica.index.meta("d").price == 79.0
+
+
+def test_a_patch_of_an_unknown_or_deleted_item_is_dead_lettered(fast_settings, updater, replicas):
+    replica = replicas(from_snapshot=False)
+    publish(fast_settings, [patch("nowhere", price=1.0), upsert("gone", "Garden hose"), delete("gone")])
+    publish(fast_settings, [upsert("g2", "Garden rake"), delete("g2"), patch("g2", price=3.0), upsert("ok", "Shovel")])
+    wait_for(lambda: "ok" in replica.index, "the valid record")
+    letters = dead_letters(fast_settings, 2)
+    assert sorted(d.reason for d in letters) == ["unknown_item", "unknown_item"]
+    assert all("patch of item" in d.error for d in letters)
+    assert "nowhere" not in replica.index and "g2" not in replica.index
+
+
 def test_invalid_catalog_records_are_dead_lettered(fast_settings, updater, replicas):
     replica = replicas(from_snapshot=False)
     bad_delete = json.dumps({"op": "delete", "item_id": "z", "ts": int(time.time() * 1000), "title": "t"})

@@ -140,9 +140,19 @@ BODY_CASES = [
     (
         CatalogShape,
         CatalogOp,
-        {"CatalogUpsert", "CatalogDelete"},
+        {"CatalogUpsert", "CatalogPatch", "CatalogDelete"},
         [
             {"op": "upsert", "item_id": "i", "ts": TS, "title": "Drill", "price": 9.5, "category": "tools"},
+            {
+                "op": "upsert",
+                "item_id": "i",
+                "ts": TS,
+                "title": "Drill",
+                "brand": "Bosch",
+                "stock": 3,
+                "attributes": {"volts": 18, "colour": "blue", "sizes": ["S", "M"]},
+            },
+            {"op": "patch", "item_id": "i", "ts": TS, "price": None, "in_stock": False, "attributes": {"volts": None}},
             {"op": "delete", "item_id": 7, "ts": TS},
         ],
         [
@@ -151,6 +161,12 @@ BODY_CASES = [
             {"op": "delete", "item_id": "i", "ts": TS, "title": "Drill"},
             {"op": "delete", "item_id": "i", "ts": TS, "price": 1.0},
             {"op": "rename", "item_id": "i", "ts": TS},
+            {"op": "patch", "item_id": "i", "ts": TS},  # changes nothing
+            {"op": "patch", "item_id": "i", "ts": TS, "title": None},
+            {"op": "upsert", "item_id": "i", "ts": TS, "title": "Drill", "attributes": {"volts": None}},
+            {"op": "upsert", "item_id": "i", "ts": TS, "title": "Drill", "attributes": {"on sale": "yes"}},
+            {"op": "upsert", "item_id": "i", "ts": TS, "title": "Drill", "attributes": {"kit": True}},
+            {"op": "upsert", "item_id": "i", "ts": TS, "title": "Drill", "stock": -1},
         ],
     ),
 ]

@@ -31,12 +31,25 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ItemMeta:
-    """What serving shows next to a hit, carried with the vector so replicas need no catalog."""
+    """What serving shows, filters and facets on next to a hit, carried with the vector so replicas
+    need no catalog. ``created_ms``: the item's first upsert (the "newest" sort)."""
 
     title: str
     category: str | None = None
     price: float | None = None
     description: str | None = None
+    brand: str | None = None
+    in_stock: bool | None = None
+    stock: int | None = None
+    attributes: dict[str, str | float | list[str]] = field(default_factory=dict)
+    created_ms: int | None = None
+
+    @property
+    def available(self) -> bool:
+        """In stock unless the shop said otherwise (``in_stock`` false, or ``stock`` 0)."""
+        if self.in_stock is not None:
+            return self.in_stock
+        return self.stock is None or self.stock > 0
 
 
 def _metric(metric: str) -> int:
