@@ -84,7 +84,10 @@ def event_list(seed: int = 7, n: int = 160) -> list[Event | CatalogOp]:
             continue
         if roll < 0.26:
             item = rng.choice(ITEMS)
-            if rng.random() < 0.5:
+            if rng.random() < 0.2:  # a patch: of the category, or of the price only
+                fields = {"category": rng.choice(["c7", None])} if rng.random() < 0.5 else {"price": 2.0}
+                out.append(CatalogOp(op="patch", item_id=item, ts=ts, **fields))
+            elif rng.random() < 0.5:
                 out.append(CatalogOp(op="upsert", item_id=item, ts=ts, title="x", category=rng.choice(["c5", "c6"])))
             else:
                 out.append(CatalogOp(op="upsert", item_id=item, ts=T0 - 1, title="old", category="stale"))

@@ -107,8 +107,13 @@ def test_catalog_ops_apply_in_event_time_order(settings):
     f(CatalogOp(op="upsert", item_id="a", ts=T0 + 10, title="new", category="x", price=3.0))
     f(CatalogOp(op="upsert", item_id="a", ts=T0, title="old", category="y"))  # late and older: ignored
     assert f.fs.item_attributes(["a"]) == [{"title": "new", "category": "x", "price": 3.0}]
+    f(CatalogOp(op="patch", item_id="a", ts=T0 + 12, price=None, category="z"))  # only what it names
+    f(CatalogOp(op="patch", item_id="a", ts=T0 + 11, title="late"))  # older than the last change: ignored
+    assert f.fs.item_attributes(["a"]) == [{"title": "new", "category": "z", "price": None}]
     f(CatalogOp(op="delete", item_id="a", ts=T0 + 20))
-    assert f.fs.item_attributes(["a"]) == [None]
+    f(CatalogOp(op="patch", item_id="a", ts=T0 + 30, price=1.0))  # deleted: a patch does not bring it back
+    f(CatalogOp(op="patch", item_id="never", ts=T0 + 30, price=1.0))
+    assert f.fs.item_attributes(["a", "never"]) == [None, None]
 
 
 def test_a_replayed_batch_changes_nothing(settings):

@@ -340,6 +340,19 @@ for r = 5, #ARGV do
       end
     end
     applied = applied + 1
+  elseif kind == 'p' then
+    -- f = item, ts, named fields, category, price, title: a patch changes a live item's named fields
+    local item, ts, named = f[1], tonumber(f[2]), f[3]
+    local akey = key('attr', item)
+    local known = redis.call('HMGET', akey, 'ts', 'deleted')
+    if known[1] and not known[2] and ts >= tonumber(known[1]) then
+      categories[item] = nil
+      redis.call('HSET', akey, 'ts', int(ts))
+      if string.find(named, 'c', 1, true) then redis.call('HSET', akey, 'category', f[4]) end
+      if string.find(named, 'p', 1, true) then redis.call('HSET', akey, 'price', f[5]) end
+      if string.find(named, 't', 1, true) then redis.call('HSET', akey, 'title', table.concat(f, SEP, 6)) end
+    end
+    applied = applied + 1
   else
     local eid, typ, user, item, ts, session, rid, terms, raw
     if kind == 'e' then

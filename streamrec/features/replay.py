@@ -152,6 +152,19 @@ class ReplayFeatures:
         """An older op never overwrites a newer one; a delete hides the item's attributes."""
         if op.ts < self.attr_ts.get(op.item_id, -1):
             return
+        if op.op == "patch":  # a live item's named fields only
+            attrs = self.attrs.get(op.item_id)
+            if attrs is None:
+                return
+            self.attr_ts[op.item_id] = op.ts
+            given = op.model_fields_set
+            if "title" in given:
+                attrs["title"] = op.title
+            if "category" in given:
+                attrs["category"] = op.category or None
+            if "price" in given:
+                attrs["price"] = op.price
+            return
         self.attr_ts[op.item_id] = op.ts
         self.attrs[op.item_id] = (
             None if op.op == "delete" else {"title": op.title, "category": op.category or None, "price": op.price}

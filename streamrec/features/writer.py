@@ -16,6 +16,8 @@ e.g. invalid catalog ops), then one string per record, fields joined by U+001F (
   (:func:`streamrec.analysis.query_key`; "" without a query or with the click memory off), position
   of its first item, canonical JSON
 * ``u`` catalog upsert: item, ts, category, price ("" = none), title
+* ``p`` catalog patch: item, ts, the fields it names ("c", "p", "t" for category, price, title),
+  category, price, title
 * ``x`` catalog delete: item, ts
 * ``r`` dead letter: reason, DeadLetter JSON, source key (last: it may hold any byte)
 
@@ -129,5 +131,11 @@ def encode_record(
             assert m.title is not None  # an upsert has one (CatalogOp's validator)
             price = repr(m.price) if m.price is not None else ""
             return SEP.join([str(offset), "u", m.item_id, str(m.ts), m.category or "", price, m.title]).encode()
+        if m.op == "patch":  # only the fields it names (the letters): "" removes category or price
+            given = m.model_fields_set
+            named = "".join(c for c, f in (("c", "category"), ("p", "price"), ("t", "title")) if f in given)
+            price = repr(m.price) if m.price is not None else ""
+            fields = [str(offset), "p", m.item_id, str(m.ts), named, m.category or "", price, m.title or ""]
+            return SEP.join(fields).encode()
         return SEP.join([str(offset), "x", m.item_id, str(m.ts)]).encode()
     return SEP.join([str(offset), "r", m.reason]).encode() + _S + encode(m) + _S + (key or b"")
