@@ -11,11 +11,12 @@ from typing import Annotated, Any, Literal
 
 import redis
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -23,6 +24,8 @@ from serving import metrics
 from serving.admin import admin_routes
 from serving.auth import install as install_access_control
 from serving.backpressure import RETRY_AFTER_S, PublishGate, ReadShedding
+from serving.catalog.facets import NAMES_PATTERN, check_names
+from serving.catalog.filters import ATTR_PATTERN, Availability, Filter
 from serving.cockpit import cockpit_routes
 from serving.dashboard import render_dashboard
 from serving.engine import Engine
@@ -41,6 +44,7 @@ from streamrec.schemas import (
     encode,
     validate_catalog,
     validate_event,
+    validation_message,
 )
 from streamrec.sessions.fusion import RecommendVariant
 from streamrec.settings import Settings
@@ -79,6 +83,47 @@ RecommendVariantParam = Annotated[
         "fused: the fusion alone; stan, vsknn, covis, repeat, popular: one candidate family alone"
     ),
 ]
+
+
+def filters(
+    category: Annotated[
+        str | None,
+        Query(
+            max_length=200, description="a category path: products in it or below it ('Tools' admits 'Tools > Drills')"
+        ),
+    ] = None,
+    brand: Annotated[
+        list[str] | None, Query(max_length=50, description="any of these brands (repeat the parameter)")
+    ] = None,
+    price_min: Annotated[float | None, Query(ge=0, allow_inf_nan=False, description="inclusive")] = None,
+    price_max: Annotated[float | None, Query(ge=0, allow_inf_nan=False, description="inclusive")] = None,
+    availability: Annotated[
+        Availability | None, Query(description="in_stock, out_of_stock or any; unset: catalog.default_availability")
+    ] = None,
+    attr: Annotated[
+        list[Annotated[str, StringConstraints(max_length=300, pattern=ATTR_PATTERN)]] | None,
+        Query(
+            max_length=50,
+            description="attribute conditions, repeatable: name:value (keyword or number) or name:lo..hi (an end may "
+            "be empty); several on one attribute are alternatives, different attributes must all hold",
+        ),
+    ] = None,
+) -> Filter:
+    """The filter of /search, /recommend and /similar (serving/catalog/filters.py); 422 when malformed."""
+    try:
+        return Filter.parse(category, brand, price_min, price_max, availability, attr)
+    except ValidationError as e:
+        raise invalid_query(validation_message(e)) from None
+    except ValueError as e:
+        raise invalid_query(str(e)) from None
+
+
+def invalid_query(message: str) -> RequestValidationError:
+    """A 422 shaped like FastAPI's own (the documented HTTPValidationError), for checks across parameters."""
+    return RequestValidationError([{"type": "value_error", "loc": ("query",), "msg": message, "input": None}])
+
+
+Filters = Annotated[Filter, Depends(filters)]
 
 
 class NotReady(BaseModel):
@@ -201,24 +246,42 @@ def query_routes(engine: Engine) -> APIRouter:
 
     @router.get("/search", response_model=ResultList)
     def search(
+        narrow: Filters,
         # the schema says what the route refuses: a query of spaces only is invalid, not empty results
         q: Annotated[str, Query(min_length=1, max_length=512, pattern=r"\S", description="the search text")],
         k: K = 10,
         user_id: Annotated[str | None, Query(min_length=1, max_length=128, pattern=ID_PATTERN)] = None,
         variant: SearchVariant = "full",
         impression: Impression = True,
+        facets: Annotated[
+            list[Annotated[str, StringConstraints(max_length=500, pattern=NAMES_PATTERN)]] | None,
+            Query(
+                max_length=60,
+                description="facets to count over the matching products: category, brand, price, availability, "
+                "attr.<name> (repeat the parameter or separate with commas)",
+            ),
+        ] = None,
     ) -> ResultList:
-        return engine.search(q.strip(), user_id, k, variant=variant, impression=impression)
+        try:
+            names = check_names(n for value in facets or () for n in value.split(","))
+        except ValueError as e:
+            raise invalid_query(str(e)) from None
+        return engine.search(
+            q.strip(), user_id, k, variant=variant, impression=impression, filters=narrow, facets=names
+        )
 
     @router.get("/recommend", response_model=ResultList)
     def recommend(
+        narrow: Filters,
         user_id: UserId,
         k: K = 10,
         variant: RecommendVariantParam = "full",
         exclude_seen: Annotated[bool | None, Query(description="skip this session's items; unset = setting")] = None,
         impression: Impression = True,
     ) -> ResultList:
-        return engine.recommend(user_id, k, variant=variant, exclude_seen=exclude_seen, impression=impression)
+        return engine.recommend(
+            user_id, k, variant=variant, exclude_seen=exclude_seen, impression=impression, filters=narrow
+        )
 
     @router.get(
         "/similar/{item_id}",
@@ -226,11 +289,12 @@ def query_routes(engine: Engine) -> APIRouter:
         responses={404: {"model": ErrorMessage, "description": "no such item in the index"}},
     )
     def similar(
+        narrow: Filters,
         item_id: Annotated[str, Path(min_length=1, max_length=128, pattern=ID_PATTERN)],
         k: K = 10,
         impression: Impression = True,
     ) -> ResultList:
-        result = engine.similar(item_id, k, impression=impression)
+        result = engine.similar(item_id, k, impression=impression, filters=narrow)
         if result is None:
             raise HTTPException(404, detail=f"unknown item_id {item_id!r}")
         return result

@@ -18,6 +18,10 @@ from typing import Any
 import numpy as np
 import redis
 
+from serving.catalog import facets as facet_counts
+from serving.catalog import retrieval
+from serving.catalog.columns import CatalogColumns, Selection
+from serving.catalog.filters import Filter
 from serving.expansions import ExpansionFollower
 from serving.impressions import ImpressionLog
 from serving.lexical import LexicalIndex
@@ -80,6 +84,8 @@ class Engine:
         self.lexical = lexical
         self.impressions = impressions
         self.assembler = FeatureAssembler(features, self.index.vector, self.index.meta)
+        self.columns = CatalogColumns()  # what filters and facets read; current with every index change
+        replica.index.subscribe(self.columns.apply)
         self.searcher = SearchRanker(
             s, encoder, lambda: self.index, lexical, self._assemble, self._head, self._search_head_earned, self._memory
         )
@@ -109,16 +115,28 @@ class Engine:
 
     # --- endpoints ------------------------------------------------------------------------
     def search(
-        self, query: str, user_id: str | None, k: int, variant: str = "full", impression: bool = True
+        self,
+        query: str,
+        user_id: str | None,
+        k: int,
+        variant: str = "full",
+        impression: bool = True,
+        filters: Filter | None = None,
+        facets: list[str] | tuple[str, ...] = (),
     ) -> ResultList:
         """The search ranking formula (``serving/search``): ``variant`` ``bm25``, ``dense``, ``rrf``
-        and ``fused`` are first-stage orders only; ``full`` runs every stage."""
+        and ``fused`` are first-stage orders only; ``full`` runs every stage. Only products
+        ``filters`` admits are shown (unset: the shop's default availability); ``facets`` names the
+        counts to return with them (``serving/catalog/facets.py``)."""
         with route("search"):
-            ranked = self.searcher.rank(query, user_id, k, variant, logged=impression)
+            with stage("filter"):
+                selection = self.select(filters)
+            ranked = self.searcher.rank(query, user_id, k, variant, logged=impression, selection=selection)
+            counts = self._facets(query, filters, facets, ranked) if facets else None
             if ranked is None:
-                return self._empty(variant)
+                return self._empty(variant).model_copy(update={"facets": counts})
             ctx = Context(user_id, query, ranked.query_vec)
-            return self._respond(
+            result = self._respond(
                 ctx,
                 ranked.ids,
                 ranked.final,
@@ -130,6 +148,29 @@ class Engine:
                 swapped=ranked.exploration.swapped,
                 features_down=ranked.features_down,
             )
+            result.facets = counts
+            return result
+
+    def select(self, filters: Filter | None) -> Selection | None:
+        """The items a request may show; None when every item may be shown."""
+        return self.columns.select(filters or Filter(), self.s.catalog.default_availability)
+
+    def _facets(self, query: str, filters: Filter | None, names, ranked) -> facet_counts.Facets:
+        """Counts over the query's matches before filtering: its lexical matches (up to
+        ``catalog.facet_depth``), its unfiltered dense candidates and the filtered candidates."""
+        with stage("facets"):
+            depth = self.s.catalog.facet_depth
+            terms = self.lexical.query_terms(query)
+            matching, total = self.lexical.matches(query, depth, terms)
+            qvec = ranked.query_vec if ranked is not None else None
+            if qvec is None:
+                qvec = self.encoder.encode_query(query)
+            dense = self.index.search(qvec[None, :], self.s.serving.candidates)[0]
+            found = matching + [i for i, _ in dense] + (ranked.ids if ranked is not None else [])
+            default = self.s.catalog.default_availability
+            return facet_counts.count(
+                self.columns, filters or Filter(), default, found, list(names), self.s.catalog, total <= depth
+            )
 
     def recommend(
         self,
@@ -138,6 +179,7 @@ class Engine:
         variant: sessions.fusion.RecommendVariant = "full",
         exclude_seen: bool | None = None,
         impression: bool = True,
+        filters: Filter | None = None,
     ) -> ResultList:
         """Next items for the user's current session (``streamrec.sessions``); the older profile
         path (content neighbours, co-visitation, else trending) when the session gives nothing
@@ -147,7 +189,9 @@ class Engine:
         if variant not in sessions.fusion.VARIANTS:
             raise ValueError(f"unknown recommend variant {variant!r}; one of {sessions.fusion.VARIANTS}")
         with route("recommend"):
-            return self._recommend(user_id, k, variant, exclude_seen, impression)
+            with stage("filter"):
+                selection = self.select(filters)
+            return self._recommend(user_id, k, variant, exclude_seen, impression, selection)
 
     def _recommend(
         self,
@@ -156,6 +200,7 @@ class Engine:
         variant: sessions.fusion.RecommendVariant,
         exclude_seen: bool | None,
         impression: bool,
+        selection: Selection | None,
     ) -> ResultList:
         if exclude_seen is None:
             exclude_seen = self.s.recommend.exclude_seen
@@ -163,7 +208,9 @@ class Engine:
             sc = sessions.candidates.read(self.features, user_id, self.s.recommend)
         with stage("fusion"):
             exclude = set(sc.prefix) if exclude_seen else set()
-            ranked = sessions.fusion.rank(sc, variant, self.s.recommend, self.index.__contains__, exclude)
+            index = self.index
+            keep = index.__contains__ if selection is None else lambda x: x in index and selection.admits(x)
+            ranked = sessions.fusion.rank(sc, variant, self.s.recommend, keep, exclude)
         full = variant == "full"
         model_weight = self.s.recommend.model_weight if full else 0.0
         diversity = self.s.recommend.diversity_lambda if full else 1.0
@@ -181,7 +228,7 @@ class Engine:
             ]
             ctx = Context(user_id, None, profile)
             return self._finish(ctx, cands, k, impression, model_weight, diversity, variant, pool)
-        return self._profile_recommend(user_id, k, exclude_seen, impression, model_weight, diversity)
+        return self._profile_recommend(user_id, k, exclude_seen, impression, model_weight, diversity, selection)
 
     def _learned_order(
         self,
@@ -211,18 +258,29 @@ class Engine:
         return [ranked[j] for j in order], learned_relevance.tolist(), pool
 
     def _profile_recommend(
-        self, user_id: str, k: int, exclude_seen: bool, impression: bool, model_weight: float, diversity: float
+        self,
+        user_id: str,
+        k: int,
+        exclude_seen: bool,
+        impression: bool,
+        model_weight: float,
+        diversity: float,
+        selection: Selection | None,
     ) -> ResultList:
         """Content neighbours of the user's recent items, co-visitation, else trending."""
         recent = self.features.recent_items(user_id, 20)
         seen = {r.item_id for r in recent}
         exclude = seen if exclude_seen else set()
+
+        def admits(item_id: str) -> bool:
+            return item_id not in exclude and item_id in self.index and (selection is None or selection.admits(item_id))
+
         profile, anchors = self._profile(recent)
         cands: dict[str, Candidate] = {}
         n = self.s.serving.candidates
         if profile is not None:
             anchor_vecs = np.stack([v for _, v in anchors])
-            hits = self.index.search(profile[None, :], n, exclude=exclude)[0]
+            hits = retrieval.dense(self.index, profile, n, selection, self.s.catalog.dense_exact_max, exclude)
             for item_id, cos in hits:
                 vec = self.index.vector(item_id)
                 reason = "matches your recent interests"
@@ -234,30 +292,35 @@ class Engine:
             co = self.features.covisited(anchor_id, 20)
             top = max((score for _, score in co), default=1.0) or 1.0
             for item_id, score in co:
-                if item_id in exclude or item_id not in self.index:
+                if not admits(item_id):
                     continue
                 c = cands.setdefault(item_id, Candidate(item_id, 0.0, self._cosine(profile, item_id)))
                 c.relevance = min(1.0, c.relevance + 0.5 * score / top)
                 c.reasons.append(f"often viewed together with '{self._title(anchor_id)}'")
         if not cands:  # a new or unknown user: what is popular right now
-            trending = [(i, s) for i, s in self.features.trending(n) if i in self.index and i not in exclude]
+            trending = [(i, s) for i, s in self.features.trending(n) if admits(i)]
             top = max((score for _, score in trending), default=1.0) or 1.0
             for item_id, score in trending:
                 cands[item_id] = Candidate(item_id, score / top, 0.0, ["trending now"])
         ctx = Context(user_id, None, profile)
         return self._finish(ctx, list(cands.values()), k, impression, model_weight, diversity)
 
-    def similar(self, item_id: str, k: int, impression: bool = True) -> ResultList | None:
+    def similar(
+        self, item_id: str, k: int, impression: bool = True, filters: Filter | None = None
+    ) -> ResultList | None:
         with route("similar"):
-            return self._similar(item_id, k, impression)
+            with stage("filter"):
+                selection = self.select(filters)
+            return self._similar(item_id, k, impression, selection)
 
-    def _similar(self, item_id: str, k: int, impression: bool) -> ResultList | None:
+    def _similar(self, item_id: str, k: int, impression: bool, selection: Selection | None) -> ResultList | None:
         seed = self.index.vector(item_id)
         if seed is None:
             return None
         title = self._title(item_id)
         with stage("dense"):
-            hits = self.index.search(seed[None, :], self.s.serving.candidates, exclude={item_id})[0]
+            n, exact = self.s.serving.candidates, self.s.catalog.dense_exact_max
+            hits = retrieval.dense(self.index, seed, n, selection, exact, exclude={item_id})
         cands = [
             Candidate(other, max(0.0, cos), cos, [f"similar to '{title}' (cosine {cos:.2f})"]) for other, cos in hits
         ]

@@ -23,7 +23,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -76,6 +76,9 @@ def document_tokens(item: ItemText) -> tuple[list[str], list[str]]:
 def _schema() -> tantivy.Schema:
     sb = tantivy.SchemaBuilder()
     sb.add_text_field("item_id", stored=True, tokenizer_name="raw")
+    # a number per indexed document, read for many hits at once from the fast column (stored
+    # documents are fetched one by one: 3x slower for a page, far more for a facet's thousand hits)
+    sb.add_integer_field("key", fast=True)
     sb.add_text_field("text", stored=False, tokenizer_name="whitespace")
     sb.add_text_field("qlog", stored=False, tokenizer_name="whitespace")
     return sb.build()
@@ -105,6 +108,10 @@ class LexicalIndex:
         self._searcher = self._index.searcher()
         self.speller = SpellCorrector()
         self._docs: dict[str, _Doc] = {}
+        self._keys: dict[str, int] = {}  # item -> its document's key
+        self._by_key: dict[int, str] = {}
+        self._next_key = 0
+        self._retired: list[int] = []  # keys of replaced documents, resolved until the next reload
         self._expansions: dict[str, dict[str, float]] = {}  # item -> term -> weight (the qlog field)
         self._pending: list[tuple[dict[str, ItemText | None], bool]] = []
         self._pending_expansions: dict[str, dict[str, float]] = {}
@@ -181,13 +188,21 @@ class LexicalIndex:
         for item_id, doc in self._docs.items():  # by id: delete_all_documents misses uncommitted adds
             self._writer.delete_documents_by_term("item_id", item_id)
             self.speller.remove_document(doc[0])
+            self._forget_key(item_id)
         self._docs.clear()
+
+    def _forget_key(self, item_id: str) -> None:
+        """The searcher in use still has the document: its key resolves until the next reload."""
+        key = self._keys.pop(item_id, None)
+        if key is not None:
+            self._retired.append(key)
 
     def _upsert(self, item_id: str, item: ItemText | None) -> None:
         old = self._docs.pop(item_id, None)
         if old is not None:
             self._writer.delete_documents_by_term("item_id", item_id)
             self.speller.remove_document(old[0])
+            self._forget_key(item_id)
         if item is None:
             return
         tokens, title = document_tokens(item)
@@ -198,8 +213,12 @@ class LexicalIndex:
         self.speller.add_document(words)
 
     def _add(self, item_id: str, doc: _Doc) -> None:
+        """Each added document gets a new key: hits of the searcher not yet reloaded still resolve."""
         qlog = expansion_text(self._expansions.get(item_id, {}))
-        self._writer.add_document(tantivy.Document(item_id=item_id, text=" ".join(doc[0]), qlog=qlog))
+        key, self._next_key = self._next_key, self._next_key + 1
+        self._keys[item_id] = key
+        self._by_key[key] = item_id
+        self._writer.add_document(tantivy.Document(item_id=item_id, key=key, text=" ".join(doc[0]), qlog=qlog))
 
     def _expand(self, item_id: str, terms: dict[str, float]) -> None:
         """Kept even for an item not (yet) indexed: its document gets the expansion when it comes."""
@@ -210,6 +229,7 @@ class LexicalIndex:
         doc = self._docs.get(item_id)
         if doc is not None:
             self._writer.delete_documents_by_term("item_id", item_id)
+            self._forget_key(item_id)
             self._add(item_id, doc)
 
     def _commit(self) -> None:
@@ -218,8 +238,11 @@ class LexicalIndex:
                 return
             self._writer.commit()
             self._dirty = False
+            retired, self._retired = self._retired, []
         self._index.reload()
         self._searcher = self._index.searcher()
+        for key in retired:
+            self._by_key.pop(key, None)
         self._last_commit = time.monotonic()
         self.version += 1
 
@@ -257,13 +280,39 @@ class LexicalIndex:
         terms: list[str] | None = None,
         expansion_boost: float | None = None,
         term_weights: Mapping[str, float] | None = None,
+        within: Collection[str] | None = None,
     ) -> list[LexicalHit]:
         """Best first; ``terms`` (from :meth:`query_terms`) skips analysing the query again;
-        ``expansion_boost`` None = the index's own."""
+        ``expansion_boost`` None = the index's own; ``within``: only these items (exact: the
+        restriction is part of the tantivy query, scored 0)."""
         terms = self.query_terms(query) if terms is None else terms
-        if not terms or k <= 0:
+        if not terms or k <= 0 or (within is not None and not within):
             return []
+        q = self._query(query, terms, expansion_boost, term_weights)
+        if within is not None:
+            only = tantivy.Query.const_score_query(
+                tantivy.Query.term_set_query(self._schema, "item_id", list(within)), 0.0
+            )
+            q = tantivy.Query.boolean_query([(tantivy.Occur.Must, q), (tantivy.Occur.Must, only)])
+        return self._hits(terms, self._searcher, self._searcher.search(q, k, count=False).hits)
+
+    def matches(self, query: str, limit: int, terms: list[str] | None = None) -> tuple[list[str], int]:
+        """The best ``limit`` items the query matches at all, and how many it matches (facets)."""
+        terms = self.query_terms(query) if terms is None else terms
+        if not terms:
+            return [], 0
         searcher = self._searcher
+        found = searcher.search(self._query(query, terms, None, None), limit, count=True)
+        total = found.count or 0  # type: ignore[attr-defined]  # tantivy's stubs omit count
+        return [h.item_id for h in self._hits([], searcher, found.hits)], total
+
+    def _query(
+        self,
+        query: str,
+        terms: list[str],
+        expansion_boost: float | None,
+        term_weights: Mapping[str, float] | None,
+    ) -> tantivy.Query:
         tw = term_weights or {}
         should = [
             (tantivy.Occur.Should, _boosted(tantivy.Query.term_query(self._schema, "text", t), tw.get(t, 1.0)))
@@ -272,9 +321,15 @@ class LexicalIndex:
         boost = self.expansion_boost if expansion_boost is None else expansion_boost
         if boost > 0:
             should += [(tantivy.Occur.Should, tantivy.Query.boost_query(q, boost)) for q in self._qlog(query, terms)]
+        return tantivy.Query.boolean_query(should)
+
+    def _hits(self, terms: list[str], searcher: tantivy.Searcher, hits: list) -> list[LexicalHit]:
+        keys = searcher.fast_field_values("key", [address for _, address in hits]) if hits else []
         out = []
-        for score, address in searcher.search(tantivy.Query.boolean_query(should), k).hits:
-            item_id = searcher.doc(address)["item_id"][0]
+        for (score, _), key in zip(hits, keys, strict=True):
+            item_id = self._by_key.get(int(key)) if key is not None else None
+            if item_id is None:  # a searcher loaded before a reload that retired its key
+                continue
             doc = self._docs.get(item_id)
             matched = [t for t in terms if doc is not None and t in doc[0]]
             out.append(LexicalHit(item_id, float(score), matched))

@@ -389,6 +389,31 @@ class ResultItem(BaseModel):
     reasons: list[str]
 
 
+class FacetValue(BaseModel):
+    value: str = Field(description="a brand, category path, price bucket (lo..hi), availability or attribute value")
+    count: int
+
+
+class Facet(BaseModel):
+    """One facet's counts, most frequent first; a numeric attribute gives its range instead."""
+
+    values: list[FacetValue] = Field(default_factory=list)
+    min: float | None = None
+    max: float | None = None
+
+
+class Facets(BaseModel):
+    """Counts over the items the query matches, each facet under every filter but its own (choosing
+    one brand keeps the other brands' counts)."""
+
+    counts: dict[str, Facet]
+    matched: int = Field(description="items the query matches that pass every filter")
+    exhaustive: bool = Field(
+        description="false when the query matches more products lexically than catalog.facet_depth: the counts "
+        "cover the best-scoring ones"
+    )
+
+
 class ResultList(BaseModel):
     request_id: str
     items: list[ResultItem]
@@ -399,6 +424,7 @@ class ResultList(BaseModel):
         default_factory=list,
         description="what this answer had to do without (e.g. the feature store was unreachable); empty = full",
     )
+    facets: Facets | None = Field(None, description="with GET /search?facets=...")
 
 
 class ErrorMessage(BaseModel):

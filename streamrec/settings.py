@@ -488,6 +488,48 @@ class SearchSettings(_Group):
     )
 
 
+class CatalogSettings(_Group):
+    """Filters, facets and stock on /search, /recommend and /similar (env ``STREAMREC_CATALOG_*``;
+    serving/catalog/)."""
+
+    default_availability: Literal["in_stock", "out_of_stock", "any"] = Field(
+        "in_stock",
+        description="what a request without `availability` shows: in_stock hides products the shop marked out "
+        "of stock (in_stock false, or stock 0) from every result until they are restocked",
+    )
+    dense_exact_max: int = Field(
+        4096,
+        ge=0,
+        description="a filter matching at most this many products searches their vectors exhaustively (exact); "
+        "a wider one over-fetches from the vector index and filters, fetching deeper until the page is full",
+    )
+    lexical_restrict_max: int = Field(
+        20_000,
+        ge=0,
+        description="a filter matching at most this many products restricts BM25 to their ids inside tantivy; a "
+        "wider one reads BM25 hits deeper until enough pass the filter (both exact)",
+    )
+    facet_depth: int = Field(
+        1000,
+        ge=10,
+        le=100_000,
+        description="facets count the query's lexical matches up to this many (plus its dense candidates); past "
+        "it the response says the counts are not exhaustive",
+    )
+    facet_values: int = Field(20, ge=1, le=1000, description="values returned per facet, most frequent first")
+    price_buckets: list[float] = Field(
+        [10, 25, 50, 100, 250, 500, 1000],
+        min_length=1,
+        description="edges of the price facet's buckets (ascending)",
+    )
+
+    @model_validator(mode="after")
+    def _ascending(self) -> CatalogSettings:
+        if any(b <= a for a, b in zip(self.price_buckets, self.price_buckets[1:], strict=False)):
+            raise ValueError("catalog.price_buckets must be strictly ascending")
+        return self
+
+
 class RecommendSettings(_Group):
     """/recommend: the session families and their fusion (env ``STREAMREC_RECOMMEND_*``; streamrec/sessions/)."""
 
@@ -670,6 +712,7 @@ class Settings(BaseSettings):
     serving: ServingSettings = Field(default_factory=ServingSettings)
     search: SearchSettings = Field(default_factory=SearchSettings)
     recommend: RecommendSettings = Field(default_factory=RecommendSettings)
+    catalog: CatalogSettings = Field(default_factory=CatalogSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     cockpit: CockpitSettings = Field(default_factory=CockpitSettings)
     features: FeatureSettings = Field(

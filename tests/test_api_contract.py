@@ -66,13 +66,20 @@ def beyond_the_schema(body: Any) -> bool:
     )
 
 
+# Query parameters that repeat (brand=a&brand=b): a "negative" value generated for one (a number, an
+# object) is still a list of strings once in a URL, which the route rightly accepts.
+REPEATED = {"brand", "attr", "facets"}
+
+
 @schema.parametrize()
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 def test_api_conforms_to_its_schema(case, base_url):
     body = BODIES.get((case.method.upper(), case.path))
     valid = body is not None and isinstance(case.body, (dict, list)) and body.is_valid(case.body)
     assume(not (valid and beyond_the_schema(case.body)))
-    response = case.call_and_validate(base_url=base_url, excluded_checks=[negative_data_rejection] if body else [])
+    repeated = bool(REPEATED & set(case.query or {}))
+    excluded = [negative_data_rejection] if body or repeated else []
+    response = case.call_and_validate(base_url=base_url, excluded_checks=excluded)
     if body is None:
         return
     if valid:

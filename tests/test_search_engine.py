@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from serving.catalog.filters import Filter
 from serving.engine import Engine
 from serving.lexical import LexicalIndex
 from streamrec.features import ReplayFeatures
@@ -217,3 +218,55 @@ def test_click_memory_lifts_what_this_query_chose_and_moves_no_other_query() -> 
     assert any("chosen by shoppers who searched 'copper'" in r for r in reasons), reasons
     assert _ids(engine.search("copper fitting elbow", None, 4, impression=False)) == other_before
     assert _ids(engine.search("copper", None, 4, variant="fused", impression=False)) == before  # the ablation
+
+
+def test_out_of_stock_products_leave_every_list_until_restocked() -> None:
+    engine, _, _ = _engine()
+    for k, item in enumerate(["pipe", "fitting", "elbow", "pipe", "fitting"]):  # two shoppers' sessions
+        user = f"u{k % 2}"
+        engine.features.observe(
+            Event(event_id=f"e{k}", type="view", user_id=user, item_id=item, ts=1_700_000_000_000 + k)
+        )
+
+    def lists() -> dict[str, list[str]]:
+        rec = engine.recommend("u0", 4, exclude_seen=False, impression=False)
+        similar = engine.similar("pipe", 4, impression=False)
+        assert similar is not None
+        search = engine.search("copper fitting", None, 4, impression=False)
+        return {"search": _ids(search), "similar": _ids(similar), "recommend": _ids(rec)}
+
+    assert all("fitting" in ids for ids in lists().values()), lists()
+    out = ItemMeta(TITLES["fitting"], stock=0)
+    engine.index.apply([("fitting", np.array(VEC["fitting"], np.float32), out)], [])
+    engine.lexical.refresh()
+    assert all("fitting" not in ids for ids in lists().values()), lists()
+    shown = engine.search("copper fitting", None, 4, impression=False, filters=Filter.parse(availability="any"))
+    assert "fitting" in _ids(shown)
+    only_out = Filter.parse(availability="out_of_stock")
+    assert _ids(engine.search("copper fitting", None, 4, impression=False, filters=only_out)) == ["fitting"]
+    back = ItemMeta(TITLES["fitting"], stock=0, in_stock=True)  # a backorder: the shop says in stock
+    engine.index.apply([("fitting", np.array(VEC["fitting"], np.float32), back)], [])
+    assert all("fitting" in ids for ids in lists().values()), lists()
+
+
+def test_search_facets_count_the_matches_under_the_other_filters() -> None:
+    engine, _, _ = _engine()
+    brands = {"pipe": "Acme", "fitting": "Acme", "elbow": "Bolt"}
+    engine.index.apply(
+        [
+            (i, np.array(v, np.float32), ItemMeta(TITLES[i], category="Plumbing > Copper", brand=brands[i], price=5.0))
+            for i, v in VEC.items()
+            if i != "hose"
+        ],
+        [],
+    )
+    result = engine.search(
+        "copper", None, 4, impression=False, filters=Filter.parse(brand=["Acme"]), facets=["brand", "category", "price"]
+    )
+    assert set(_ids(result)) == {"pipe", "fitting"}
+    assert result.facets is not None and result.facets.matched == 2 and result.facets.exhaustive
+    counts = {name: {v.value: v.count for v in f.values} for name, f in result.facets.counts.items()}
+    # hose (a dense candidate: the index has four items) has neither brand nor category nor price
+    assert counts["brand"] == {"Acme": 2, "Bolt": 1}  # the brand facet ignores the brand filter
+    assert counts["category"] == {"Plumbing": 2, "Plumbing > Copper": 2}
+    assert counts["price"] == {"..10": 2}

@@ -3,6 +3,7 @@ a middleware, publishing confirmed by the broker and run off the event loop."""
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
@@ -12,6 +13,7 @@ from kafka.producer.future import RecordMetadata
 
 from serving import metrics
 from serving.app import create_app
+from serving.catalog.filters import Filter
 from streamrec.schemas import ResultList
 from streamrec.settings import Settings
 
@@ -30,8 +32,9 @@ class FakeEngine:
     def _result(self, variant: str = "full") -> ResultList:
         return ResultList(request_id="r", items=[], model_version=1, index_version=1, variant=variant)
 
-    def search(self, q, user_id, k, variant="full", impression=True):
+    def search(self, q, user_id, k, variant="full", impression=True, filters=None, facets=()):
         self.calls.append(("search", variant, impression))
+        self.search_options = {"filters": filters, "facets": facets}
         return self._result(variant)
 
     def recommend(self, user_id, k, variant="full", impression=True, **options):
@@ -39,7 +42,7 @@ class FakeEngine:
         self.recommend_options = {"variant": variant, **options}
         return self._result(variant)
 
-    def similar(self, item_id, k, impression=True):
+    def similar(self, item_id, k, impression=True, filters=None):
         self.calls.append(("similar", impression))
         return None if item_id == "missing" else self._result()
 
@@ -114,6 +117,45 @@ def test_search_variants_and_impression_flag_reach_the_engine():
     assert client.get("/search", params={"q": "ink", "variant": "bogus"}).status_code == 422
 
 
+def test_filters_and_facets_reach_the_engine_and_malformed_ones_are_refused():
+    engine = FakeEngine()
+    client, _ = _client(engine)
+    params = {
+        "q": "drill",
+        "category": "Tools >Power Tools",
+        "brand": ["Bosch", "Makita"],
+        "price_min": "10",
+        "price_max": "99.5",
+        "availability": "any",
+        "attr": ["volts:12..18", "colour:blue"],
+        "facets": ["brand,price", "attr.volts"],
+    }
+    assert client.get("/search", params=params).status_code == 200
+    f = engine.search_options["filters"]
+    assert (f.category, f.brand, f.price_min, f.price_max, f.availability) == (
+        "Tools > Power Tools",
+        ("Bosch", "Makita"),
+        10.0,
+        99.5,
+        "any",
+    )
+    assert [(c.name, c.value, c.lo, c.hi) for c in f.attributes] == [
+        ("volts", None, 12.0, 18.0),
+        ("colour", "blue", None, None),
+    ]
+    assert engine.search_options["facets"] == ["brand", "price", "attr.volts"]
+    for bad, why in [
+        ({"attr": "volts"}, "should match pattern"),
+        ({"price_min": "-1"}, "greater than or equal"),
+        ({"facets": "colour"}, "should match pattern"),
+        ({"availability": "sometimes"}, "in_stock"),
+    ]:
+        r = client.get("/search", params={"q": "drill", **bad})
+        assert r.status_code == 422 and why in json.dumps(r.json()), (bad, r.json())
+    assert client.get("/similar/a", params={"brand": "Bosch"}).status_code == 200
+    assert client.get("/recommend", params={"user_id": "u", "attr": "x"}).status_code == 422
+
+
 def test_recommend_and_similar_take_the_impression_flag():
     engine = FakeEngine()
     client, _ = _client(engine)
@@ -129,11 +171,11 @@ def test_recommend_passes_variant_and_repeat_policy():
     engine = FakeEngine()
     client, _ = _client(engine)
     assert client.get("/recommend", params={"user_id": "u"}).status_code == 200
-    assert engine.recommend_options == {"variant": "full", "exclude_seen": None}
+    assert engine.recommend_options == {"variant": "full", "exclude_seen": None, "filters": Filter()}
     assert (
         client.get("/recommend", params={"user_id": "u", "variant": "stan", "exclude_seen": "true"}).status_code == 200
     )
-    assert engine.recommend_options == {"variant": "stan", "exclude_seen": True}
+    assert engine.recommend_options == {"variant": "stan", "exclude_seen": True, "filters": Filter()}
     assert client.get("/recommend", params={"user_id": "u", "variant": "bogus"}).status_code == 422
 
 

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from serving.catalog import retrieval
+from serving.catalog.columns import Selection
 from serving.lexical import LexicalIndex
 from serving.rerank import mmr
 from serving.search import candidates as fusion
@@ -94,8 +96,11 @@ class SearchRanker:
     def index(self) -> LiveIndex:
         return self._index()
 
-    def rank(self, query: str, user_id: str | None, k: int, variant: str, logged: bool) -> Ranked | None:
-        """The ranked candidates of ``query``; None when nothing matches.
+    def rank(
+        self, query: str, user_id: str | None, k: int, variant: str, logged: bool, selection: Selection | None = None
+    ) -> Ranked | None:
+        """The ranked candidates of ``query`` among the items ``selection`` admits (None: all);
+        None when nothing matches.
 
         Feature rows are read for every candidate only while the head reorders the list; otherwise
         only for the page shown (the impression logs them, the head explains them): a tenth of
@@ -105,12 +110,16 @@ class SearchRanker:
         s, n = self.s, self.s.serving.candidates
         with stage("lexical"):
             terms = self.lexical.query_terms(query)
-            lexical = [] if variant == "dense" else self.lexical.search(query, n, terms)
+            restrict = s.catalog.lexical_restrict_max
+            lexical = (
+                [] if variant == "dense" else retrieval.lexical(self.lexical, query, n, terms, selection, restrict)
+            )
             lexical = [h for h in lexical if h.item_id in self.index]  # deleted since the last lexical commit
         with stage("encode"):
             qvec = None if variant == "bm25" else self.encoder.encode_query(query)
         with stage("dense"):
-            dense = self.index.search(qvec[None, :], n)[0] if qvec is not None else []
+            exact = s.catalog.dense_exact_max
+            dense = retrieval.dense(self.index, qvec, n, selection, exact) if qvec is not None else []
         with stage("fusion"):
             cands = fusion.gather(lexical, dense, lambda item_id: self._cosine(qvec, item_id))
             if not cands.ids:

@@ -47,7 +47,9 @@ def catalog(data_dir: Path, now_ms: int | None = None) -> Iterator[CatalogOp]:
             ts=ts,
             title=title[:1000],
             description=_description(item.get("description") or ""),
+            # the dataset has no categories: the brand also stands in for one (category affinity features)
             category=(item.get("brand") or "").strip()[:200] or None,
+            brand=(item.get("brand") or "").strip()[:200] or None,
         )
 
 

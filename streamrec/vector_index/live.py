@@ -329,6 +329,24 @@ class LiveIndex:
             out.append(hits)
         return out
 
+    def search_among(self, query: np.ndarray, k: int, item_ids: Collection[str]) -> list[tuple[str, float]]:
+        """Top-``k`` of ``item_ids`` (live ones) for one query, exhaustively: exact whatever the
+        factory, for a filter that admits few items (the index's own search would have to fetch
+        past everything it does not admit)."""
+        q = np.asarray(query, dtype=np.float32).reshape(-1)
+        with self._lock.read():
+            ids = [i for i in item_ids if i in self._vectors]
+            if not ids or k <= 0:
+                return []
+            vectors = np.stack([self._vectors[i] for i in ids])
+        if self._metric == faiss.METRIC_L2:
+            scores = -((vectors - q) ** 2).sum(axis=1)
+        else:
+            scores = vectors @ q
+        top = np.argpartition(-scores, k - 1)[:k] if k < len(ids) else np.arange(len(ids))
+        top = top[np.argsort(-scores[top], kind="stable")]
+        return [(ids[j], float(scores[j])) for j in top.tolist()]
+
     def _faiss_search(
         self, index: faiss.Index, q: np.ndarray, k: int, params: faiss.SearchParameters | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
