@@ -1,6 +1,9 @@
 """How fresh is streamrec? p50/p99 of
-  (a) catalog upsert (POST /catalog)  → the item is in /search top-10 for its title, and
-  (b) click (POST /events)           → visible in that user's /recommend,
+  (a) catalog upsert (POST /catalog)  → the item is in /search top-10 for its title,
+  (b) click (POST /events)           → visible in that user's /recommend, and
+  (c) stock patch (POST /catalog, op patch, in_stock false, then true) → the item leaves /search
+      for its title, then comes back; the index updater's encoder calls are counted meanwhile
+      (a patch that leaves the text alone must not embed),
 on the running embedded stack (Tansu + Redis + the four services as processes).
 
 Baselines measured in the same run, on the same broker and API, so the figures read as ratios:
@@ -115,7 +118,10 @@ def main() -> int:
         f"{s.index.factory!r}, encoder precision {s.encoder.precision}",
         flush=True,
     )
-    with LocalStack(s, metrics_base_port=0) as stack, httpx.Client(base_url=stack.base_url, timeout=10) as http:
+    with (
+        LocalStack(s, metrics_base_port=free_port()) as stack,
+        httpx.Client(base_url=stack.base_url, timeout=10) as http,
+    ):
         catalog = [
             op.model_dump(exclude_none=True) for op in itertools.islice(amazon18.catalog(data_dir), args.catalog)
         ]
@@ -153,8 +159,20 @@ def main() -> int:
             ).raise_for_status()
             return lambda: _mentions(http.get("/recommend", params={"user_id": user, "k": 10}), item["title"])
 
+        findable = [op for op in catalog[:300] if op["item_id"] in _ids(_search(http, op["title"]))]
+
+        def stock_trial(i: int):
+            op = findable[(i // 2) % len(findable)]
+            gone = i % 2 == 0  # out of stock, then back in stock
+            patch = {"op": "patch", "item_id": op["item_id"], "ts": int(time.time() * 1000), "in_stock": not gone}
+            http.post("/catalog", json=patch).raise_for_status()
+            return lambda: (op["item_id"] in _ids(_search(http, op["title"]))) != gone
+
         upsert, upsert_miss = run_trials("upsert", len(titles), upsert_trial, args.timeout)
         click, click_miss = run_trials("click", args.trials, click_trial, args.timeout)
+        embedded_before = _embedded(stack)
+        stock, stock_miss = run_trials("stock patch", 2 * (args.trials // 2), stock_trial, args.timeout)
+        patch_embeds = _embedded(stack) - embedded_before
 
     kafka_p50 = statistics.median(kafka_rt)
     print()
@@ -163,7 +181,24 @@ def main() -> int:
     print(line("baseline: GET /search", search_rt))
     print(line("(a) catalog upsert → found by /search", upsert, kafka_p50) + f"  misses={upsert_miss}")
     print(line("(b) click → visible in /recommend", click, kafka_p50) + f"  misses={click_miss}")
-    return 0 if not (upsert_miss or click_miss) else 1
+    print(
+        line("(c) stock patch → hidden / shown by /search", stock, kafka_p50)
+        + f"  misses={stock_miss}  encoder calls during the patches: {patch_embeds:.0f}"
+    )
+    return 0 if not (upsert_miss or click_miss or stock_miss or patch_embeds) else 1
+
+
+def _search(http: httpx.Client, title: str) -> httpx.Response:
+    return http.get("/search", params={"q": title, "k": 10, "impression": "false"})
+
+
+def _embedded(stack: LocalStack) -> float:
+    """Items the index updater has run through its encoder (its Prometheus counter)."""
+    port = stack.metrics_ports["index-updater"]
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    return sum(
+        float(row.split()[-1]) for row in text.splitlines() if row.startswith("streamrec_index_items_embedded_total")
+    )
 
 
 def _try_post(http: httpx.Client, path: str, body) -> bool:

@@ -244,8 +244,8 @@ def rss_mib(procs: dict[str, psutil.Process]) -> dict[str, float]:
     return out
 
 
-STAGES = ("lexical", "encode", "dense", "fusion", "session", "memory", "features", "head", "diversity", "respond")
-STAGES += ("log",)  # serving/stages.py's names, in request order
+STAGES = ("filter", "lexical", "encode", "dense", "fusion", "session", "memory", "features", "head", "diversity")
+STAGES += ("respond", "log", "facets")  # serving/stages.py's names, in request order
 
 
 def stage_cpu(urls: list[str]) -> dict[tuple[str, str], float]:

@@ -29,6 +29,7 @@ from serving.catalog.filters import ATTR_PATTERN, Availability, Filter
 from serving.cockpit import cockpit_routes
 from serving.dashboard import render_dashboard
 from serving.engine import Engine
+from serving.search.pages import Sort
 from streamrec import bus
 from streamrec.schemas import (
     ID_PATTERN,
@@ -261,13 +262,42 @@ def query_routes(engine: Engine) -> APIRouter:
                 "attr.<name> (repeat the parameter or separate with commas)",
             ),
         ] = None,
+        sort: Annotated[
+            Sort,
+            Query(
+                description="relevance (default), price_asc, price_desc, newest (first upsert) or best_selling "
+                "(decayed purchases); the others reorder the candidates at least catalog.sort_min_relevance as "
+                "relevant as the best"
+            ),
+        ] = "relevance",
+        offset: Annotated[int, Query(ge=0, le=2000, description="position of the page's first product")] = 0,
+        page_of: Annotated[
+            str | None,
+            Query(
+                min_length=1,
+                max_length=128,
+                pattern=ID_PATTERN,
+                description="request_id of an earlier page: this page is cut from the same ranking, so pages "
+                "neither repeat nor skip while the catalogue changes (kept catalog.page_ttl_s; else ranked again, "
+                "and degraded says so)",
+            ),
+        ] = None,
     ) -> ResultList:
         try:
             names = check_names(n for value in facets or () for n in value.split(","))
         except ValueError as e:
             raise invalid_query(str(e)) from None
         return engine.search(
-            q.strip(), user_id, k, variant=variant, impression=impression, filters=narrow, facets=names
+            q.strip(),
+            user_id,
+            k,
+            variant=variant,
+            impression=impression,
+            filters=narrow,
+            facets=names,
+            sort=sort,
+            offset=offset,
+            page_of=page_of,
         )
 
     @router.get("/recommend", response_model=ResultList)

@@ -12,6 +12,7 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,13 +28,13 @@ from serving.impressions import ImpressionLog
 from serving.lexical import LexicalIndex
 from serving.models import ModelWatcher
 from serving.rerank import mmr
-from serving.search import SearchRanker
+from serving.search import Ranked, SearchRanker, pages
 from serving.stages import route, stage
 from streamrec import sessions
 from streamrec.features import INTERACTIONS, FeatureStore
 from streamrec.query_encoder import QueryEncoder
 from streamrec.ranking import N_FEATURES, FeatureAssembler
-from streamrec.schemas import ResultItem, ResultList
+from streamrec.schemas import Facets, ResultItem, ResultList
 from streamrec.settings import Settings
 from streamrec.vector_index import IndexReplica, LiveIndex
 
@@ -86,6 +87,7 @@ class Engine:
         self.assembler = FeatureAssembler(features, self.index.vector, self.index.meta)
         self.columns = CatalogColumns()  # what filters and facets read; current with every index change
         replica.index.subscribe(self.columns.apply)
+        self.pages = pages.PageCache(s.catalog.page_cache_size, s.catalog.page_ttl_s)
         self.searcher = SearchRanker(
             s, encoder, lambda: self.index, lexical, self._assemble, self._head, self._search_head_earned, self._memory
         )
@@ -123,53 +125,130 @@ class Engine:
         impression: bool = True,
         filters: Filter | None = None,
         facets: list[str] | tuple[str, ...] = (),
+        sort: pages.Sort = "relevance",
+        offset: int = 0,
+        page_of: str | None = None,
     ) -> ResultList:
         """The search ranking formula (``serving/search``): ``variant`` ``bm25``, ``dense``, ``rrf``
         and ``fused`` are first-stage orders only; ``full`` runs every stage. Only products
         ``filters`` admits are shown (unset: the shop's default availability); ``facets`` names the
-        counts to return with them (``serving/catalog/facets.py``)."""
+        counts to return with them (``serving/catalog/facets.py``). ``sort``, ``offset`` and
+        ``page_of`` (the request_id of an earlier page) page through one ranking (``pages.py``)."""
         with route("search"):
             with stage("filter"):
                 selection = self.select(filters)
-            ranked = self.searcher.rank(query, user_id, k, variant, logged=impression, selection=selection)
-            counts = self._facets(query, filters, facets, ranked) if facets else None
-            if ranked is None:
-                return self._empty(variant).model_copy(update={"facets": counts})
-            ctx = Context(user_id, query, ranked.query_vec)
-            result = self._respond(
-                ctx,
-                ranked.ids,
-                ranked.final,
-                ranked.order,
-                ranked.reasons,
-                ranked.rows,
-                variant,
-                impression,
-                swapped=ranked.exploration.swapped,
-                features_down=ranked.features_down,
-            )
-            result.facets = counts
+            asked = (query, user_id, variant, filters, sort)
+            if sort == "relevance" and offset == 0 and page_of is None:
+                ranked = self.searcher.rank(query, user_id, k, variant, logged=impression, selection=selection)
+                result = self._ranked_page(ranked, user_id, query, variant, impression, asked)
+            else:
+                result = self._later_page(query, user_id, k, variant, impression, selection, asked, offset, page_of)
+                ranked = None
+            if facets:
+                result.facets = self._facets(query, filters, list(facets), ranked, selection is not None)
             return result
+
+    def _ranked_page(
+        self, ranked: Ranked | None, user_id: str | None, query: str, variant: str, impression: bool, asked: tuple
+    ) -> ResultList:
+        """The first page by relevance, as ranked (exploration included); its order kept for the next."""
+        if ranked is None:
+            return self._empty(variant)
+        ctx = Context(user_id, query, ranked.query_vec)
+        result = self._respond(
+            ctx,
+            ranked.ids,
+            ranked.final,
+            ranked.order,
+            ranked.reasons,
+            ranked.rows,
+            variant,
+            impression,
+            swapped=ranked.exploration.swapped,
+            features_down=ranked.features_down,
+        )
+        kept = pages.listing(ranked, pages.relevance_order(ranked), asked, self.s.catalog.page_depth)
+        self.pages.put(result.request_id, kept)
+        result.total = len(kept.entries)
+        return result
+
+    def _later_page(
+        self,
+        query: str,
+        user_id: str | None,
+        k: int,
+        variant: str,
+        impression: bool,
+        selection: Selection | None,
+        asked: tuple,
+        offset: int,
+        page_of: str | None,
+    ) -> ResultList:
+        """A page cut from the ranking ``page_of`` answered, or from a new one (sorted as asked).
+        Its impression says where the page starts; its feature rows are left to the learner."""
+        cat = self.s.catalog
+        kept = self.pages.get(page_of, asked) if page_of else None
+        degraded = [pages.PAGE_RANKED_AGAIN] if page_of and kept is None else []
+        if kept is None:
+            ranked = self.searcher.rank(query, user_id, k, variant, logged=False, selection=selection)
+            if ranked is None:
+                return self._empty(variant)
+            order = pages.sorted_order(ranked, asked[-1], self._sort_values(asked[-1]), cat.sort_min_relevance)
+            kept = pages.listing(ranked, order, asked, cat.page_depth)
+        page = kept.entries[offset : offset + k]
+        ids = [item_id for item_id, _, _ in page]
+        result = self._respond(
+            Context(user_id, query, None),
+            ids,
+            np.array([score for _, score, _ in page], dtype=np.float32),
+            list(range(len(page))),
+            [reasons for _, _, reasons in page],
+            None,
+            variant,
+            impression,
+            position=offset,
+        )
+        self.pages.put(result.request_id, kept)  # the next page may name this one
+        result.offset, result.total = offset, len(kept.entries)
+        result.degraded += degraded
+        return result
+
+    def _sort_values(self, sort: pages.Sort) -> Callable[[list[str]], list[float | None]]:
+        """Each item's value for ``sort``: price, first upsert, or decayed purchases (Redis)."""
+        if sort in ("price_asc", "price_desc", "newest"):
+            field = "price" if sort != "newest" else "created_ms"
+            return lambda ids: [getattr(self.index.meta(i), field, None) for i in ids]
+
+        def purchases(ids: list[str]) -> list[float | None]:
+            try:
+                return [stats.counts.get("purchase", 0.0) for stats in self.features.item_stats(ids)]
+            except redis.RedisError:
+                return [None] * len(ids)  # relevance order; the sort is best effort while Redis is down
+
+        return purchases
 
     def select(self, filters: Filter | None) -> Selection | None:
         """The items a request may show; None when every item may be shown."""
         return self.columns.select(filters or Filter(), self.s.catalog.default_availability)
 
-    def _facets(self, query: str, filters: Filter | None, names, ranked) -> facet_counts.Facets:
+    def _facets(
+        self, query: str, filters: Filter | None, names: list[str], ranked: Ranked | None, filtered: bool
+    ) -> Facets:
         """Counts over the query's matches before filtering: its lexical matches (up to
-        ``catalog.facet_depth``), its unfiltered dense candidates and the filtered candidates."""
+        ``catalog.facet_depth``), its unfiltered dense candidates and the filtered candidates
+        (when nothing was filtered, the candidates hold the unfiltered dense ones already)."""
         with stage("facets"):
             depth = self.s.catalog.facet_depth
             terms = self.lexical.query_terms(query)
             matching, total = self.lexical.matches(query, depth, terms)
+            found = matching + (ranked.ids if ranked is not None else [])
             qvec = ranked.query_vec if ranked is not None else None
-            if qvec is None:
-                qvec = self.encoder.encode_query(query)
-            dense = self.index.search(qvec[None, :], self.s.serving.candidates)[0]
-            found = matching + [i for i, _ in dense] + (ranked.ids if ranked is not None else [])
+            if filtered or qvec is None:
+                qvec = self.encoder.encode_query(query) if qvec is None else qvec
+                found += [i for i, _ in self.index.search(qvec[None, :], self.s.serving.candidates)[0]]
             default = self.s.catalog.default_availability
             return facet_counts.count(
-                self.columns, filters or Filter(), default, found, list(names), self.s.catalog, total <= depth
+                self.columns, filters or Filter(), default, found, names, self.s.catalog, total <= depth
             )
 
     def recommend(
@@ -450,6 +529,7 @@ class Engine:
         pool: sessions.learned.Pool | None = None,
         swapped: int | None = None,
         features_down: bool = False,
+        position: int = 0,
     ) -> ResultList:
         """The explained result list; logged as an impression (with the page's feature ``rows``, in
         ``order``) unless not asked. ``swapped``: the page position whose result traded places with
@@ -486,6 +566,7 @@ class Engine:
                     ts_ms=int(time.time() * 1000),
                     pool=pool,
                     swapped=swapped,
+                    position=position,
                 )
         return result
 

@@ -42,10 +42,12 @@ class ImpressionLog:
         ts_ms: int,
         pool: Pool | None = None,
         swapped: int | None = None,
+        position: int | None = None,
     ) -> None:
         """``rows`` None: no served features (the store was down); the learner recomputes them.
         ``pool``: /recommend's scored candidates and their fusion features, for the learned fusion.
-        ``swapped``: the page position whose result traded places with the next at random."""
+        ``swapped``: the page position whose result traded places with the next at random.
+        ``position``: where the list starts in the whole ranking (a later page of results)."""
         if not item_ids:
             return
         if pool is not None:
@@ -68,6 +70,7 @@ class ImpressionLog:
             item_ids=item_ids,
             query=query[:512] if query else None,
             swapped=swapped,
+            position=position or None,
         )
         future = self.producer.send(self.s.topic.events, key=event.user_id, value=encode(event))
         future.add_callback(lambda _md: metrics.IMPRESSIONS.labels("published").inc())

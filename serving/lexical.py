@@ -304,7 +304,9 @@ class LexicalIndex:
         searcher = self._searcher
         found = searcher.search(self._query(query, terms, None, None), limit, count=True)
         total = found.count or 0  # type: ignore[attr-defined]  # tantivy's stubs omit count
-        return [h.item_id for h in self._hits([], searcher, found.hits)], total
+        keys = searcher.fast_field_values("key", [address for _, address in found.hits]) if found.hits else []
+        by_key = self._by_key
+        return [item_id for key in keys if key is not None and (item_id := by_key.get(int(key)))], total
 
     def _query(
         self,

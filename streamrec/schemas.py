@@ -425,6 +425,10 @@ class ResultList(BaseModel):
         description="what this answer had to do without (e.g. the feature store was unreachable); empty = full",
     )
     facets: Facets | None = Field(None, description="with GET /search?facets=...")
+    offset: int = Field(0, description="position of the first item in the whole ranking (GET /search?offset=)")
+    total: int | None = Field(
+        None, description="products the ranking holds for its pages (GET /search): offsets past it are empty"
+    )
 
 
 class ErrorMessage(BaseModel):

@@ -504,7 +504,7 @@ class CatalogSettings(_Group):
         "a wider one over-fetches from the vector index and filters, fetching deeper until the page is full",
     )
     lexical_restrict_max: int = Field(
-        20_000,
+        2_000,
         ge=0,
         description="a filter matching at most this many products restricts BM25 to their ids inside tantivy; a "
         "wider one reads BM25 hits deeper until enough pass the filter (both exact)",
@@ -517,6 +517,18 @@ class CatalogSettings(_Group):
         "it the response says the counts are not exhaustive",
     )
     facet_values: int = Field(20, ge=1, le=1000, description="values returned per facet, most frequent first")
+    sort_min_relevance: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="/search sorted by price, newest or best selling lists the candidates scoring at least this "
+        "share of the best candidate's score (before the head), so a sort does not lead with loose matches",
+    )
+    page_depth: int = Field(100, ge=10, le=2000, description="products of one /search ranking kept for its next pages")
+    page_cache_size: int = Field(
+        1000, ge=0, description="/search rankings kept per serving process for their next pages (page_of)"
+    )
+    page_ttl_s: float = Field(600.0, gt=0, description="how long a /search ranking is kept for its next pages")
     price_buckets: list[float] = Field(
         [10, 25, 50, 100, 250, 500, 1000],
         min_length=1,

@@ -270,3 +270,44 @@ def test_search_facets_count_the_matches_under_the_other_filters() -> None:
     assert counts["brand"] == {"Acme": 2, "Bolt": 1}  # the brand facet ignores the brand filter
     assert counts["category"] == {"Plumbing": 2, "Plumbing > Copper": 2}
     assert counts["price"] == {"..10": 2}
+
+
+def test_pages_come_from_one_ranking_while_the_catalogue_changes() -> None:
+    engine, impressions, _ = _engine()
+    first = engine.search("copper", None, 2)
+    assert first.offset == 0 and first.total is not None and first.total >= 3
+    # between the pages a new product matches better and one of page 1 changes its title
+    engine.index.apply([("cutter", np.array([0.6, 0.8, 0.0], np.float32), ItemMeta("Copper Copper Pipe Cutter"))], [])
+    engine.lexical.refresh()
+    second = engine.search("copper", None, 2, offset=2, page_of=first.request_id)
+    assert second.offset == 2 and not second.degraded
+    assert not set(_ids(first)) & set(_ids(second)) and "cutter" not in _ids(second)
+    third = engine.search("copper", None, 2, offset=4, page_of=second.request_id)  # names the page before
+    assert not (set(_ids(first)) | set(_ids(second))) & set(_ids(third))
+    assert impressions.recorded[-2]["position"] == 2 and impressions.recorded[-1]["position"] == 4
+    # a ranking that is gone, or another query under its id: ranked again, and said
+    again = engine.search("copper", None, 2, offset=2, page_of="nowhere")
+    assert again.degraded and "ranked again" in again.degraded[0]
+    other = engine.search("elbow", None, 2, offset=2, page_of=first.request_id)
+    assert other.degraded
+
+
+def test_sorts_reorder_the_relevant_candidates() -> None:
+    engine, _, _ = _engine()
+    prices = {"pipe": 30.0, "fitting": 5.0, "elbow": 12.0, "hose": 1.0}
+    engine.index.apply(
+        [
+            (i, np.array(VEC[i], np.float32), ItemMeta(TITLES[i], price=prices[i], created_ms=k))
+            for k, i in enumerate(VEC)
+        ],
+        [],
+    )
+    engine.lexical.refresh()
+    relevant = set(_ids(engine.search("copper", None, 10, impression=False)))
+    cheap = engine.search("copper", None, 10, impression=False, sort="price_asc")
+    listed = _ids(cheap)
+    assert [prices[i] for i in listed] == sorted(prices[i] for i in listed)
+    assert set(listed) <= relevant and "hose" not in listed  # the garden hose is no copper match
+    assert _ids(engine.search("copper", None, 10, impression=False, sort="price_desc")) == listed[::-1]
+    newest = _ids(engine.search("copper", None, 10, impression=False, sort="newest"))
+    assert newest == sorted(listed, key=lambda i: -list(VEC).index(i))

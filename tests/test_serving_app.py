@@ -32,9 +32,9 @@ class FakeEngine:
     def _result(self, variant: str = "full") -> ResultList:
         return ResultList(request_id="r", items=[], model_version=1, index_version=1, variant=variant)
 
-    def search(self, q, user_id, k, variant="full", impression=True, filters=None, facets=()):
+    def search(self, q, user_id, k, variant="full", impression=True, filters=None, facets=(), **paging):
         self.calls.append(("search", variant, impression))
-        self.search_options = {"filters": filters, "facets": facets}
+        self.search_options = {"filters": filters, "facets": facets, **paging}
         return self._result(variant)
 
     def recommend(self, user_id, k, variant="full", impression=True, **options):
