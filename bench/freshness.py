@@ -157,7 +157,9 @@ def main() -> int:
                     "ts": int(time.time() * 1000),
                 },
             ).raise_for_status()
-            return lambda: _mentions(http.get("/recommend", params={"user_id": user, "k": 10}), item["title"])
+            return lambda: _mentions(
+                http.get("/recommend", params={"user_id": user, "k": 10}), item["item_id"], item["title"]
+            )
 
         findable = [op for op in catalog[:300] if op["item_id"] in _ids(_search(http, op["title"]))]
 
@@ -212,11 +214,13 @@ def _ids(r: httpx.Response) -> list[str]:
     return [it["item_id"] for it in r.json().get("items", [])] if r.status_code == 200 else []
 
 
-def _mentions(r: httpx.Response, title: str) -> bool:
-    """The recommendations are explained by the clicked item: the click reached the profile."""
+def _mentions(r: httpx.Response, item_id: str, title: str) -> bool:
+    """The click reached the user's features: the session's recommendations hold the clicked item
+    (repeats are allowed by default) or are explained by it."""
     if r.status_code != 200:
         return False
-    return any(title in reason for it in r.json()["items"] for reason in it["reasons"])
+    items = r.json()["items"]
+    return any(it["item_id"] == item_id or any(title in reason for reason in it["reasons"]) for it in items)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ from streamrec.schemas import (
     PublishResult,
     Rejected,
     ResultList,
+    SuggestionList,
     batch_json_schema,
     encode,
     validate_catalog,
@@ -148,6 +149,7 @@ def create_app(s: Settings, engine: Engine, producer: KafkaProducer) -> FastAPI:
     app.add_middleware(ReadShedding, max_inflight=s.serving.max_inflight_reads)
     app.add_middleware(RequestMetrics)  # routed requests only: a shed read never reaches a route (READS_SHED)
     app.include_router(query_routes(engine))
+    app.include_router(suggest_routes(engine))
     app.include_router(publish_routes(s, producer))
     app.include_router(operations_routes(s, engine))
     app.include_router(admin_routes(s))  # /admin/models/…: admin key (serving/auth.py)
@@ -236,6 +238,22 @@ def readiness(engine: Engine) -> Callable[[], Awaitable[None]]:
             )
 
     return require_ready
+
+
+def suggest_routes(engine: Engine) -> APIRouter:
+    """/suggest: answered from memory, with or without an index or model (an empty list at first)."""
+    router = APIRouter()
+
+    @router.get("/suggest", response_model=SuggestionList)
+    def suggest(
+        q: Annotated[str, Query(min_length=1, max_length=200, description="what the shopper has typed so far")],
+        k: Annotated[int, Query(ge=1, le=20, description="number of suggestions")] = 8,
+    ) -> SuggestionList:
+        """Searches other shoppers made and then chose a result of, completing ``q``: by prefix, by a
+        later word's start, or with a typo fixed (serving/suggest.py)."""
+        return engine.suggest(q, k)
+
+    return router
 
 
 def query_routes(engine: Engine) -> APIRouter:

@@ -30,11 +30,12 @@ from serving.models import ModelWatcher
 from serving.rerank import mmr
 from serving.search import Ranked, SearchRanker, pages
 from serving.stages import route, stage
+from serving.suggest import SuggestFollower
 from streamrec import sessions
 from streamrec.features import INTERACTIONS, FeatureStore
 from streamrec.query_encoder import QueryEncoder
 from streamrec.ranking import N_FEATURES, FeatureAssembler
-from streamrec.schemas import Facets, ResultItem, ResultList
+from streamrec.schemas import Facets, ResultItem, ResultList, Suggestion, SuggestionList
 from streamrec.settings import Settings
 from streamrec.vector_index import IndexReplica, LiveIndex
 
@@ -75,9 +76,11 @@ class Engine:
         lexical: LexicalIndex,
         impressions: ImpressionLog,
         expansions: ExpansionFollower | None = None,
+        suggestions: SuggestFollower | None = None,
     ):
         self.s = s
         self.expansions = expansions  # the lexical index's query-log expansions (stopped with it)
+        self.suggestions = suggestions  # autocomplete, followed from Redis (None: nothing to suggest)
         self.encoder = encoder
         self.replica = replica
         self.features = features
@@ -227,6 +230,16 @@ class Engine:
 
         return purchases
 
+    def suggest(self, typed: str, k: int) -> SuggestionList:
+        """Completions of ``typed`` learned from the stream (``serving/suggest.py``)."""
+        with route("suggest"):
+            if self.suggestions is None:
+                return SuggestionList(suggestions=[])
+            found, corrected = self.suggestions.current.complete(typed, k)
+            return SuggestionList(
+                suggestions=[Suggestion(text=t, score=round(sc, 6)) for t, sc in found], corrected=corrected
+            )
+
     def select(self, filters: Filter | None) -> Selection | None:
         """The items a request may show; None when every item may be shown."""
         return self.columns.select(filters or Filter(), self.s.catalog.default_availability)
@@ -234,18 +247,20 @@ class Engine:
     def _facets(
         self, query: str, filters: Filter | None, names: list[str], ranked: Ranked | None, filtered: bool
     ) -> Facets:
-        """Counts over the query's matches before filtering: its lexical matches (up to
-        ``catalog.facet_depth``), its unfiltered dense candidates and the filtered candidates
-        (when nothing was filtered, the candidates hold the unfiltered dense ones already)."""
+        """Counts over the query's matches, whatever the filters: its lexical matches (up to
+        ``catalog.facet_depth``) and its nearest products (the unfiltered dense candidates: what an
+        unfiltered search ranked, when nothing was filtered). So a facet's count is what choosing
+        it shows — a selective filter may show a few more, found deeper among the nearest."""
         with stage("facets"):
             depth = self.s.catalog.facet_depth
             terms = self.lexical.query_terms(query)
             matching, total = self.lexical.matches(query, depth, terms)
-            found = matching + (ranked.ids if ranked is not None else [])
-            qvec = ranked.query_vec if ranked is not None else None
-            if filtered or qvec is None:
+            if not filtered and ranked is not None and ranked.query_vec is not None:
+                found = matching + ranked.ids
+            else:
+                qvec = ranked.query_vec if ranked is not None else None
                 qvec = self.encoder.encode_query(query) if qvec is None else qvec
-                found += [i for i, _ in self.index.search(qvec[None, :], self.s.serving.candidates)[0]]
+                found = matching + [i for i, _ in self.index.search(qvec[None, :], self.s.serving.candidates)[0]]
             default = self.s.catalog.default_availability
             return facet_counts.count(
                 self.columns, filters or Filter(), default, found, names, self.s.catalog, total <= depth
@@ -541,12 +556,7 @@ class Engine:
         request_id = uuid.uuid4().hex
         model = self.models.current
         with stage("respond"):
-            items = [
-                ResultItem(
-                    item_id=ids[i], score=round(float(final[i]), 6), title=self._title(ids[i]), reasons=reasons[i]
-                )
-                for i in order
-            ]
+            items = [self._item(ids[i], float(final[i]), reasons[i]) for i in order]
             result = ResultList(
                 request_id=request_id,
                 items=items,
@@ -607,6 +617,21 @@ class Engine:
     def _vector_or_zero(self, item_id: str) -> np.ndarray:
         vec = self.index.vector(item_id)
         return vec if vec is not None else np.zeros(self.index.dim, dtype=np.float32)
+
+    def _item(self, item_id: str, score: float, reasons: list[str]) -> ResultItem:
+        meta = self.index.meta(item_id)
+        if meta is None:  # deleted while this request ran
+            return ResultItem(item_id=item_id, score=round(score, 6), title=item_id, reasons=reasons)
+        return ResultItem(
+            item_id=item_id,
+            score=round(score, 6),
+            title=meta.title,
+            reasons=reasons,
+            category=meta.category,
+            brand=meta.brand,
+            price=meta.price,
+            in_stock=meta.available,
+        )
 
     def _title(self, item_id: str) -> str:
         meta = self.index.meta(item_id)

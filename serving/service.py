@@ -24,6 +24,7 @@ from serving.expansions import ExpansionFollower
 from serving.impressions import ImpressionLog
 from serving.lexical import LexicalIndex
 from serving.models import ModelWatcher
+from serving.suggest import SuggestFollower
 from streamrec import bus
 from streamrec.features import FeatureStore
 from streamrec.gcpause import GcKeeper
@@ -55,7 +56,12 @@ def build_engine(s: Settings) -> tuple[Engine, KafkaProducer]:
         expansions.start()
     # send() blocks while the producer's buffer is full: no longer than a write may wait for the broker
     producer = bus.make_producer(s, max_block_ms=int(s.serving.publish_timeout_s * 1000))
-    engine = Engine(s, encoder, replica, features, models, lexical, ImpressionLog(s, producer, r), expansions)
+    suggestions = None  # autocomplete: the searches shoppers chose results of, read from Redis
+    if s.search.suggest_size > 0 and s.features.suggest_cap > 0:
+        suggestions = SuggestFollower(features, s.search.suggest_size, s.search.suggest_poll_s)
+        suggestions.start()
+    impressions = ImpressionLog(s, producer, r)
+    engine = Engine(s, encoder, replica, features, models, lexical, impressions, expansions, suggestions)
     return engine, producer
 
 
@@ -98,6 +104,8 @@ def run(s: Settings, stop: threading.Event) -> None:
         engine.models.stop()
         if engine.expansions is not None:
             engine.expansions.stop()
+        if engine.suggestions is not None:
+            engine.suggestions.stop()
         engine.lexical.stop()
         engine.replica.stop()
 

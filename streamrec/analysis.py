@@ -106,6 +106,20 @@ def analyze(text: str) -> list[str]:
     return out
 
 
+SUGGESTION_CHARS = 100  # longer searches are not completions anyone types toward
+
+
+def suggestion_text(query: str) -> str:
+    """How a search is shown as an autocomplete suggestion, and its identity there: case folded,
+    spaces collapsed, control characters dropped (it is a field of the feature writer's records).
+
+    >>> suggestion_text("  Copper   PIPE 1/2 in. ")
+    'copper pipe 1/2 in.'
+    """
+    text = " ".join("".join(c for c in query if c.isprintable() or c == " ").casefold().split())
+    return text[:SUGGESTION_CHARS].rstrip()
+
+
 def query_key(query: str) -> str:
     """A query's identity wherever what shoppers did after it is remembered: its analysed terms,
     each once, in sorted order, so word order, case, plural and unit spelling do not split it.

@@ -387,6 +387,10 @@ class ResultItem(BaseModel):
     score: float
     title: str
     reasons: list[str]
+    category: str | None = None
+    brand: str | None = None
+    price: float | None = None
+    in_stock: bool = Field(True, description="false only where a request asked for out-of-stock products too")
 
 
 class FacetValue(BaseModel):
@@ -429,6 +433,16 @@ class ResultList(BaseModel):
     total: int | None = Field(
         None, description="products the ranking holds for its pages (GET /search): offsets past it are empty"
     )
+
+
+class Suggestion(BaseModel):
+    text: str
+    score: float = Field(description="decayed, weighted count of the clicks, adds to cart and purchases it led to")
+
+
+class SuggestionList(BaseModel):
+    suggestions: list[Suggestion]
+    corrected: str | None = Field(None, description="the typed text with typos fixed, when that found more")
 
 
 class ErrorMessage(BaseModel):

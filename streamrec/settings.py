@@ -54,6 +54,12 @@ class FeatureSettings(_Group):
     session_ttl_s: int = Field(90 * 86_400, ge=60, description="idle session lists expire after this")
     category_cap: int = Field(30, ge=1)
     trending_cap: int = Field(1_000, ge=1)
+    suggest_cap: int = Field(
+        20_000,
+        ge=0,
+        description="searches kept for autocomplete (GET /suggest): the texts of queries whose results were "
+        "clicked, added to cart or bought, weighted and decayed like trending; 0 = none",
+    )
     user_ttl_s: int = Field(30 * 86_400, ge=60)
     item_ttl_s: int = Field(90 * 86_400, ge=60)
     quarantine_ttl_s: int = Field(7 * 86_400, ge=60)
@@ -485,6 +491,15 @@ class SearchSettings(_Group):
     )
     expansion_poll_s: float = Field(
         0.25, gt=0, le=60, description="how often serving reads changed query-log expansions from Redis"
+    )
+    suggest_poll_s: float = Field(
+        1.0, gt=0, le=60, description="how often serving reads the autocomplete suggestions from Redis"
+    )
+    suggest_size: int = Field(
+        5_000,
+        ge=0,
+        description="the best suggestions serving loads for GET /suggest (of features.suggest_cap kept in Redis); "
+        "each load rebuilds the in-memory index, about 15 ms per 1,000",
     )
 
 

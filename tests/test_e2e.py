@@ -186,3 +186,71 @@ def test_api_rejects_bad_parameters_clearly(http):
     r = http.post("/events", content=b"{not json")
     assert r.status_code == 400 and "not JSON" in r.text
     assert "streamrec_serving_requests_total" in http.get("/metrics").text
+
+
+def test_a_stock_patch_hides_a_product_everywhere_until_it_is_restocked(http):
+    hits = http.get("/search", params={"q": "ink cartridge", "k": 3, "impression": "false"}).json()["items"]
+    item = hits[0]["item_id"]
+    lists = {
+        "search": lambda: _ids(http.get("/search", params={"q": "ink cartridge", "k": 20, "impression": "false"})),
+        "similar": lambda: _ids(http.get(f"/similar/{hits[1]['item_id']}", params={"k": 20, "impression": "false"})),
+    }
+    assert all(item in shown() for shown in lists.values())
+    patch = {"op": "patch", "item_id": item, "ts": _now(), "stock": 0, "price": 12.5}
+    assert http.post("/catalog", json=patch).json() == {"accepted": 1, "rejected": []}
+    assert wait_for(lambda: all(item not in shown() for shown in lists.values()))
+    anything = http.get("/search", params={"q": "ink cartridge", "k": 20, "availability": "any", "impression": "false"})
+    shown = next(it for it in anything.json()["items"] if it["item_id"] == item)
+    assert shown["in_stock"] is False and shown["price"] == 12.5 and shown["title"] == hits[0]["title"]
+    http.post("/catalog", json={"op": "patch", "item_id": item, "ts": _now(), "stock": 7})
+    assert wait_for(lambda: all(item in shown() for shown in lists.values()))
+
+
+def test_filters_and_facets_through_the_api(http):
+    params = {"q": "ink cartridge", "k": 20, "impression": "false", "facets": "brand,availability"}
+    everything = http.get("/search", params=params).json()
+    brands = everything["facets"]["counts"]["brand"]["values"]
+    assert brands and everything["facets"]["matched"] > 0
+    brand = brands[0]["value"]
+    narrowed = http.get("/search", params={**params, "brand": brand}).json()
+    assert narrowed["items"] and all(it["brand"] == brand for it in narrowed["items"])
+    # the brand facet still counts the other brands (disjunctive); the matched count is the brand's
+    assert narrowed["facets"]["counts"]["brand"]["values"] == brands
+    assert narrowed["facets"]["matched"] == brands[0]["count"]
+    assert len(narrowed["items"]) >= min(brands[0]["count"], 20)  # never fewer than the count (deeper: more)
+    bad = http.get("/search", params={"q": "ink", "attr": "no-colon"})
+    assert bad.status_code == 422 and "attr" in bad.text
+
+
+def test_searches_that_led_to_a_choice_are_suggested_within_seconds(http):
+    word = f"zq{uuid.uuid4().hex[:5]}"  # a query nobody made before
+    query = f"Refracting {word} telescope"
+    item = _ids(http.get("/search", params={"q": "ink cartridge", "k": 1, "impression": "false"}))[0]
+    user = f"searcher-{uuid.uuid4().hex[:6]}"
+    view = {
+        "event_id": uuid.uuid4().hex,
+        "type": "view",
+        "user_id": user,
+        "item_id": item,
+        "ts": _now(),
+        "query": "zzview",
+    }
+    click = {
+        "event_id": uuid.uuid4().hex,
+        "type": "click",
+        "user_id": user,
+        "item_id": item,
+        "ts": _now(),
+        "query": query,
+    }
+    assert http.post("/events", json=[view, click]).json()["accepted"] == 2
+
+    def suggested() -> list[str]:
+        return [s["text"] for s in http.get("/suggest", params={"q": "refracting " + word[:3]}).json()["suggestions"]]
+
+    started = time.monotonic()
+    assert wait_for(lambda: query.lower() in suggested(), timeout_s=15)
+    assert time.monotonic() - started < 10
+    typo = http.get("/suggest", params={"q": f"refracing {word}"}).json()  # a letter dropped
+    assert query.lower() in [s["text"] for s in typo["suggestions"]] and typo["corrected"] == f"refracting {word}"
+    assert http.get("/suggest", params={"q": "zzvi"}).json()["suggestions"] == []  # a view is no choice

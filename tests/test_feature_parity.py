@@ -42,7 +42,7 @@ TIGHT = FeatureSettings(
 ITEMS = [f"i{k}" for k in range(9)]
 USERS = ["u1", "u2", "u3"]
 TYPES = ["view", "click", "add_to_cart", "purchase"]
-QUERIES = ["copper pipe", "1/2 in. copper elbow", "garden hose 50 ft", "pipe cutter", None]
+QUERIES = ["copper pipe", "1/2 in. copper elbow", "Garden  Hose 50 ft", "pipe cutter", None]
 
 
 def event_list(seed: int = 7, n: int = 160) -> list[Event | CatalogOp]:
@@ -191,6 +191,7 @@ def assert_same_reads(redis_fs, rep: ReplayFeatures) -> None:
     assert many == [approx_pairs(rows) for rows in rep.covisited_many(ITEMS + ["never"], 2)]
     assert redis_fs.trending(100) == approx_pairs(rep.trending(100))
     assert redis_fs.trending(3) == approx_pairs(rep.trending(3))
+    assert redis_fs.suggestions(100) == approx_pairs(rep.suggestions(100)) and rep.suggestions(100)
     assert redis_fs.item_attributes(ITEMS + ["never"]) == rep.item_attributes(ITEMS + ["never"])
     for now in (None, rep.clock + 30 * 86_400_000):
         got, want = redis_fs.expansions(ITEMS + ["never"], now_ms=now), rep.expansions(ITEMS + ["never"], now_ms=now)

@@ -105,7 +105,7 @@ end
 local clock = tonumber(redis.call('GET', key('clock')) or '-1')
 local t0 = tonumber(redis.call('GET', key('trending_t0')) or '')
 -- increments summed per batch and written once at the end (or before a trending rescale)
-local covis_acc, trend_acc, categories = {}, {}, {}
+local covis_acc, trend_acc, suggest_acc, categories = {}, {}, {}, {}
 -- session state, written once at the end: token -> new items (oldest first), item -> token -> newest ts
 local session_new, item_sess = {}, {}
 
@@ -122,6 +122,8 @@ end
 local function flush_trending()
   for item, inc in pairs(trend_acc) do redis.call('ZINCRBY', key('trending'), fmt(inc), item) end
   trend_acc = {}
+  for text, inc in pairs(suggest_acc) do redis.call('ZINCRBY', key('suggest'), fmt(inc), text) end
+  suggest_acc = {}
 end
 
 local function trending(item, ts, w)
@@ -130,10 +132,19 @@ local function trending(item, ts, w)
   if (ts - t0) / tau > cfg.trending_rescale then
     flush_trending()
     redis.call('ZUNIONSTORE', key('trending'), 1, key('trending'), 'WEIGHTS', fmt(exp(-(ts - t0) / tau)))
+    if redis.call('EXISTS', key('suggest')) == 1 then
+      redis.call('ZUNIONSTORE', key('suggest'), 1, key('suggest'), 'WEIGHTS', fmt(exp(-(ts - t0) / tau)))
+    end
     t0 = ts
     redis.call('SET', key('trending_t0'), int(t0))
   end
   trend_acc[item] = (trend_acc[item] or 0) + w * exp((ts - t0) / tau)
+end
+
+-- a search whose results were chosen, for autocomplete: weighted and decayed like trending, on its
+-- landmark t0 (called after trending, which has moved the landmark when due)
+local function suggest(text, ts, w)
+  suggest_acc[text] = (suggest_acc[text] or 0) + w * exp((ts - t0) / cfg.trending_tau_ms)
 end
 
 local function covisit(a, b)
@@ -356,7 +367,7 @@ for r = 5, #ARGV do
   else
     local eid, typ, user, item, ts, session, rid, terms, raw
     if kind == 'e' then
-      eid, typ, user, item, ts, session, rid, terms, raw = f[1], f[2], f[3], f[4], tonumber(f[5]), f[6], f[7], f[8], f[9]
+      eid, typ, user, item, ts, session, rid, terms, raw = f[1], f[2], f[3], f[4], tonumber(f[5]), f[6], f[7], f[8], f[10]
     else
       eid, typ, user, ts, rid, terms, raw = f[1], 'impression', f[2], tonumber(f[3]), f[5], f[6], f[9]
     end
@@ -437,6 +448,7 @@ for r = 5, #ARGV do
       bump_decayed(it, typ, ts, 1)
       affinity(user, item, ts, w)
       trending(item, ts, w)
+      if f[9] ~= '' and typ ~= 'view' then suggest(f[9], ts, w) end
       add_to_session(user, session, item, ts)
       local ew = cfg.expansion_weights[typ]
       local at, qs = 0, nil
@@ -485,9 +497,14 @@ for item, row in pairs(item_sess) do
   if card <= added then redis.call('EXPIRE', zkey, cfg.item_ttl_s) end  -- possibly new: TTL now
 end
 if next(trend_acc) then
+  local suggested = next(suggest_acc) ~= nil
   flush_trending()
   local extra = redis.call('ZCARD', key('trending')) - cfg.trending_cap
   if extra > 0 then redis.call('ZREMRANGEBYRANK', key('trending'), 0, extra - 1) end
+  if suggested then
+    extra = redis.call('ZCARD', key('suggest')) - cfg.suggest_cap
+    if extra > 0 then redis.call('ZREMRANGEBYRANK', key('suggest'), 0, extra - 1) end
+  end
 end
 if expansion_changed then
   local extra = redis.call('ZCARD', key('expansion_log')) - cfg.expansion_log_cap

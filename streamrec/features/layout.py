@@ -64,6 +64,10 @@ Keys (knobs in ``Settings.features`` = :class:`FeatureSettings`, env ``STREAMREC
                                    the landmark ``t0`` (scores are rescaled when it moves);
                                    trimmed to ``trending_cap`` items after each batch. The reader
                                    scales scores to the stream clock; no TTL (one key).
+``P:suggest``           ZSET       search text (``analysis.suggestion_text``) -> weighted decayed
+                                   count of the clicks, adds to cart and purchases that followed
+                                   it, on trending's landmark and half-life; trimmed to
+                                   ``suggest_cap`` after each batch (GET /suggest).
 ``P:attr:{item}``       HASH       catalog attributes ``title``, ``category``, ``price``, ``ts`` of
                                    the op; an older op never overwrites a newer one; a delete
                                    leaves ``deleted=1`` and ``ts`` with TTL ``tombstone_ttl_s``
@@ -185,6 +189,7 @@ FAMILIES: dict[str, KeyFamily] = {
     ),
     "trending": _consumers("trending", "trending", "cap", "one key, trending_cap (1,000) members"),
     "trending_t0": _consumers("trending_t0", "trending:t0", "cap", "one number"),
+    "suggest": _consumers("suggest", "suggest", "cap", "one key, suggest_cap (20,000) members"),
     "clock": _consumers("clock", "clock", "cap", "one number"),
     "quarantine_counts": _consumers("quarantine_counts", "q:counts", "cap", "one field per reason"),
     "quarantine_recent": _consumers("quarantine_recent", "q:recent", "cap", f"{QUARANTINE_RECENT_N} entries"),
@@ -281,6 +286,10 @@ class Keys:
     @property
     def trending_t0(self) -> str:
         return self.p + self.GLOBAL["trending_t0"]
+
+    @property
+    def suggest(self) -> str:
+        return self.p + self.GLOBAL["suggest"]
 
     @property
     def clock(self) -> str:

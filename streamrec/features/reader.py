@@ -292,6 +292,21 @@ class FeatureStore:
             self._trending_copy = copy
         return copy[2][:n]
 
+    def suggestions(self, n: int = 20) -> list[tuple[str, float]]:
+        """The top ``n`` searches shoppers chose results of (autocomplete), decayed to the stream clock."""
+        if n <= 0:
+            return []
+        pipe = self.r.pipeline(transaction=False)
+        pipe.zrevrange(self.keys.suggest, 0, n - 1, withscores=True)
+        pipe.get(self.keys.trending_t0)
+        pipe.get(self.keys.clock)
+        top, t0, clock = pipe.execute()
+        if not top or t0 is None:
+            return []
+        tau = self.config.tau_ms(self.config.trending_half_life_s)
+        scale = landmark_scale(float(t0), float(clock if clock is not None else t0), tau)
+        return [(m.decode() if isinstance(m, bytes) else m, float(s) * scale) for m, s in top]
+
     def _read_trending(self, n: int) -> list[tuple[str, float]]:
         pipe = self.r.pipeline(transaction=False)
         pipe.zrevrange(self.keys.trending, 0, n - 1, withscores=True)

@@ -17,7 +17,7 @@ from collections import defaultdict, deque
 from dataclasses import dataclass
 from itertools import islice
 
-from streamrec.analysis import query_key
+from streamrec.analysis import query_key, suggestion_text
 from streamrec.features.decay import decay, forward, landmark_scale, merge_decayed, needs_rescale
 from streamrec.features.layout import INTERACTIONS, session_token
 from streamrec.features.reader import (
@@ -102,6 +102,7 @@ class ReplayFeatures:
         self.trend: dict[str, float] = {}
         self.trend_t0: float | None = None
         self._trend_order: list[tuple[float, str]] = []
+        self.suggest: dict[str, float] = {}  # P:suggest: search text -> forward-decayed score on trend_t0
         self.affinity: dict[str, dict[str, _Decayed]] = defaultdict(dict)
         self.sessions: dict[str, deque[str]] = defaultdict(lambda: deque(maxlen=self.cfg.session_cap))
         self.item_sess: dict[str, dict[str, float]] = defaultdict(dict)
@@ -188,6 +189,8 @@ class ReplayFeatures:
         self._bump(self.items[iid], e.type, e.ts, 1.0, cfg.item_half_life_s)
         self._affinity(e.user_id, iid, e.ts, w)
         self._trending(iid, e.ts, w)
+        if e.query and e.type != "view" and cfg.suggest_cap > 0 and (text := suggestion_text(e.query)):
+            self._suggest(text, e.ts, w)
         self._add_to_session(e)
         linked = self._linked_search(e) if e.request_id else None
         self._expand(e, linked)
@@ -232,6 +235,7 @@ class ReplayFeatures:
             scale = landmark_scale(self.trend_t0, ts, tau)
             self.trend = {i: s * scale for i, s in self.trend.items()}
             self._trend_order = sorted((s, i) for i, s in self.trend.items())
+            self.suggest = {q: s * scale for q, s in self.suggest.items()}
             self.trend_t0 = float(ts)
         order = self._trend_order
         old = self.trend.get(item)
@@ -245,6 +249,18 @@ class ReplayFeatures:
             for _, i in order[:extra]:
                 del self.trend[i]
             del order[:extra]
+
+    def _suggest(self, text: str, ts: int, w: float) -> None:
+        """The writer's ``suggest``: the forward-decayed weight on trending's landmark (``_trending``
+        ran first and moved it when due); trimmed to ``suggest_cap`` as the script does, per batch
+        there, per event here (a batch adds far fewer than the cap, so the kept set is the same)."""
+        assert self.trend_t0 is not None  # set by _trending
+        tau = self.cfg.tau_ms(self.cfg.trending_half_life_s)
+        self.suggest[text] = self.suggest.get(text, 0.0) + forward(w, ts, self.trend_t0, tau)
+        extra = len(self.suggest) - self.cfg.suggest_cap
+        if extra > 0:
+            for _, q in sorted((s, q) for q, s in self.suggest.items())[:extra]:
+                del self.suggest[q]
 
     def _expand(self, e: Event, linked: _Search | None) -> None:
         """The writer's ``expand``: the event's query terms (else its linked search's) added to the
@@ -392,6 +408,14 @@ class ReplayFeatures:
             return []
         scale = landmark_scale(self.trend_t0, self.clock, self.cfg.tau_ms(self.cfg.trending_half_life_s))
         return [(i, s * scale) for s, i in reversed(self._trend_order[-n:])]
+
+    def suggestions(self, n: int = 20) -> list[tuple[str, float]]:
+        """``FeatureStore.suggestions``: the top ``n`` searches, scaled to the stream clock."""
+        if n <= 0 or self.trend_t0 is None:
+            return []
+        scale = landmark_scale(self.trend_t0, self.clock, self.cfg.tau_ms(self.cfg.trending_half_life_s))
+        top = heapq.nlargest(n, ((s, q) for q, s in self.suggest.items()))
+        return [(q, s * scale) for s, q in top]
 
     def category_affinity(self, user_id: str, now_ms: int | None = None) -> dict[str, float]:
         tau = self.cfg.tau_ms(self.cfg.affinity_half_life_s)

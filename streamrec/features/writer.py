@@ -11,7 +11,9 @@ e.g. invalid catalog ops), then one string per record, fields joined by U+001F (
 :func:`encode_record`):
 
 * offset, kind, then for kind
-* ``e`` interaction: event_id, type, user, item, ts, session, request_id, expansion terms, canonical JSON
+* ``e`` interaction: event_id, type, user, item, ts, session, request_id, expansion terms, the
+  query's suggestion text (:func:`streamrec.analysis.suggestion_text`; "" without a query or with
+  autocomplete off), canonical JSON
 * ``i`` impression: event_id, user, ts, JSON list of item ids, request_id, expansion terms, query key
   (:func:`streamrec.analysis.query_key`; "" without a query or with the click memory off), position
   of its first item, canonical JSON
@@ -37,7 +39,7 @@ from __future__ import annotations
 import json
 from importlib import resources
 
-from streamrec.analysis import analyze, query_key
+from streamrec.analysis import analyze, query_key, suggestion_text
 from streamrec.features.decay import TRENDING_RESCALE
 from streamrec.features.layout import (
     INTERACTIONS,
@@ -80,6 +82,7 @@ def script_config(cfg: FeatureSettings, bot: dict, keys: Keys) -> str:
             "session_token": SESSION_TOKEN,
             "category_cap": cfg.category_cap,
             "trending_cap": cfg.trending_cap,
+            "suggest_cap": cfg.suggest_cap,
             "user_ttl_s": cfg.user_ttl_s,
             "item_ttl_s": cfg.item_ttl_s,
             "quarantine_ttl_s": cfg.quarantine_ttl_s,
@@ -125,6 +128,8 @@ def encode_record(
         else:
             assert m.item_id is not None  # every other event names its item (Event's validator)
             f = [str(offset), "e", m.event_id, m.type, m.user_id, m.item_id, str(m.ts), m.session_id or "", rid, terms]
+            chose = m.type != "view" and cfg.suggest_cap > 0  # a click, add to cart or purchase after it
+            f.append(suggestion_text(m.query) if m.query and chose else "")
         return SEP.join(f).encode() + _S + raw
     if isinstance(m, CatalogOp):
         if m.op == "upsert":
