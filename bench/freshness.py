@@ -3,7 +3,9 @@
   (b) click (POST /events)           → visible in that user's /recommend, and
   (c) stock patch (POST /catalog, op patch, in_stock false, then true) → the item leaves /search
       for its title, then comes back; the index updater's encoder calls are counted meanwhile
-      (a patch that leaves the text alone must not embed),
+      (a patch that leaves the text alone must not embed), and
+  (d) a click after a search nobody made before → the search is suggested by GET /suggest for its
+      first word and the start of the next (autocomplete; issue 19 asks ≤ 5 s),
 on the running embedded stack (Tansu + Redis + the four services as processes).
 
 Baselines measured in the same run, on the same broker and API, so the figures read as ratios:
@@ -170,11 +172,34 @@ def main() -> int:
             http.post("/catalog", json=patch).raise_for_status()
             return lambda: (op["item_id"] in _ids(_search(http, op["title"]))) != gone
 
+        def suggest_trial(i: int):
+            op = catalog[(i * 11) % len(catalog)]
+            query = f"{op['title'].split()[0]} zq{uuid.uuid4().hex[:6]}"  # a search nobody made before
+            click = {
+                "event_id": uuid.uuid4().hex,
+                "type": "click",
+                "user_id": f"fresh-searcher-{uuid.uuid4().hex[:10]}",
+                "item_id": op["item_id"],
+                "ts": int(time.time() * 1000),
+                "query": query,
+            }
+            http.post("/events", json=click).raise_for_status()
+            typed, wanted = query[: len(query) - 3], query.lower()
+            return lambda: (
+                wanted in [x["text"] for x in http.get("/suggest", params={"q": typed}).json()["suggestions"]]
+            )
+
         upsert, upsert_miss = run_trials("upsert", len(titles), upsert_trial, args.timeout)
         click, click_miss = run_trials("click", args.trials, click_trial, args.timeout)
         embedded_before = _embedded(stack)
         stock, stock_miss = run_trials("stock patch", 2 * (args.trials // 2), stock_trial, args.timeout)
         patch_embeds = _embedded(stack) - embedded_before
+        suggested, suggest_miss = run_trials("suggest", args.trials, suggest_trial, args.timeout)
+        suggest_rt = []
+        for i in range(200):
+            t = time.perf_counter()
+            http.get("/suggest", params={"q": catalog[i % len(catalog)]["title"][: 1 + i % 8]}).raise_for_status()
+            suggest_rt.append(time.perf_counter() - t)
 
     kafka_p50 = statistics.median(kafka_rt)
     print()
@@ -187,7 +212,9 @@ def main() -> int:
         line("(c) stock patch → hidden / shown by /search", stock, kafka_p50)
         + f"  misses={stock_miss}  encoder calls during the patches: {patch_embeds:.0f}"
     )
-    return 0 if not (upsert_miss or click_miss or stock_miss or patch_embeds) else 1
+    print(line("(d) click after a new search → suggested", suggested, kafka_p50) + f"  misses={suggest_miss}")
+    print(line("GET /suggest (prefixes of titles, 1-8 chars)", suggest_rt))
+    return 0 if not (upsert_miss or click_miss or stock_miss or patch_embeds or suggest_miss) else 1
 
 
 def _search(http: httpx.Client, title: str) -> httpx.Response:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pathlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
@@ -59,6 +60,7 @@ MAX_BATCH = 1000
 EVENTS_BODY = batch_json_schema(EventShape, MAX_BATCH)
 CATALOG_BODY = batch_json_schema(CatalogShape, MAX_BATCH)
 MAX_BODY_BYTES = 8 * 1024 * 1024
+STOREFRONT_PAGE = (pathlib.Path(__file__).parent / "storefront.html").read_text(encoding="utf-8")
 NOT_READY_RETRY_S = 5
 
 K = Annotated[int, Query(ge=1, le=100, description="number of results")]
@@ -544,5 +546,11 @@ def operations_routes(s: Settings, engine: Engine) -> APIRouter:
     @router.get("/dashboard", response_class=HTMLResponse)
     def dashboard() -> str:
         return render_dashboard(s, engine)
+
+    @router.get("/shop", response_class=HTMLResponse)
+    def storefront() -> str:
+        """A storefront demo on the public API: autocomplete, search with facets, filters, sorts and
+        pages, clicks posted back (its clicks need a producer key unless from loopback)."""
+        return STOREFRONT_PAGE
 
     return router

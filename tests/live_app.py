@@ -19,6 +19,7 @@ from serving.app import create_app
 from serving.engine import Engine
 from serving.impressions import ImpressionLog
 from serving.lexical import LexicalIndex
+from serving.suggest import SuggestFollower
 from streamrec.features import FeatureStore
 from streamrec.ranking import RankingHead
 from streamrec.settings import Settings
@@ -48,13 +49,16 @@ class HashEncoder:
         return v / n if n else v
 
 
-def build_app(s: Settings, producer) -> FastAPI:
-    """A ready app: four items indexed, an untrained ranking head as model version 1."""
+def build_app(
+    s: Settings, producer, items: dict[str, ItemMeta] | None = None, suggestions: SuggestFollower | None = None
+) -> FastAPI:
+    """A ready app: four items indexed (or ``items``), an untrained ranking head as model version 1."""
     encoder = HashEncoder()
     index = LiveIndex(encoder.dim)
     lexical = LexicalIndex()
     index.subscribe(lexical.apply)
-    index.apply([(i, encoder.encode_query(t), ItemMeta(t, "office", 2.5)) for i, t in TITLES.items()], [])
+    catalogue = items or {i: ItemMeta(t, "office", 2.5) for i, t in TITLES.items()}
+    index.apply([(i, encoder.encode_query(m.title), m) for i, m in catalogue.items()], [])
     lexical.refresh()
     r = connect(s)
     models = SimpleNamespace(current=SimpleNamespace(version=1, head=RankingHead()))
@@ -66,6 +70,7 @@ def build_app(s: Settings, producer) -> FastAPI:
         models,  # type: ignore[arg-type]
         lexical,
         ImpressionLog(s, producer, r),
+        suggestions=suggestions,
     )
     return create_app(s, engine, producer)
 
