@@ -349,6 +349,19 @@ def query_routes(engine: Engine) -> APIRouter:
             raise HTTPException(404, detail=f"unknown item_id {item_id!r}")
         return result
 
+    @router.get("/bought-together", response_model=ResultList)
+    def bought_together(
+        narrow: Filters,
+        item_id: Annotated[
+            list[Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=ID_PATTERN)]],
+            Query(min_length=1, max_length=50, description="the cart's items, or one product (repeat the parameter)"),
+        ],
+        k: K = 10,
+        impression: Impression = True,
+    ) -> ResultList:
+        """Products added to cart or bought in one basket with these (from the stream)."""
+        return engine.bought_together(item_id, k, impression=impression, filters=narrow)
+
     return router
 
 

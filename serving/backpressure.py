@@ -26,7 +26,7 @@ from serving import metrics
 from streamrec.settings import Settings
 
 RETRY_AFTER_S = 1
-READ_ROUTES = ("/search", "/recommend", "/similar/")
+READ_ROUTES = ("/search", "/recommend", "/similar/", "/bought-together")
 
 
 class PublishGate:

@@ -428,6 +428,36 @@ class Engine:
                 match.reasons.append("often viewed together")
         return self._finish(Context(None, None, seed), cands, k, impression)
 
+    def bought_together(
+        self, item_ids: list[str], k: int, impression: bool = True, filters: Filter | None = None
+    ) -> ResultList:
+        """What shoppers added to cart or bought in one basket with ``item_ids`` (a cart, or one
+        product's page), each item's list normalised by its best and summed; co-visitation when no
+        basket holds them yet. The cart's own items are never suggested."""
+        with route("bought_together"):
+            with stage("filter"):
+                selection = self.select(filters)
+            cart = list(dict.fromkeys(i for i in item_ids if i in self.index))
+            with stage("session"):
+                lists = self.features.bought_together(cart, 50)
+                reason = "often bought with '{}'"
+                if not any(lists):
+                    lists, reason = self.features.covisited_many(cart, 50), "often viewed with '{}'"
+            cands: dict[str, Candidate] = {}
+            for anchor, rows in zip(cart, lists, strict=True):
+                top = max((score for _, score in rows), default=1.0) or 1.0
+                for other, score in rows:
+                    if other in cart or other not in self.index or (selection and not selection.admits(other)):
+                        continue
+                    c = cands.setdefault(other, Candidate(other, 0.0, 0.0))
+                    c.relevance += score / top / len(cart)
+                    c.reasons.append(reason.format(self._title(anchor)))
+            vectors = [v for i in cart if (v := self.index.vector(i)) is not None]
+            ctx_vec = np.mean(vectors, axis=0).astype(np.float32) if vectors else None
+            for c in cands.values():
+                c.similarity = self._cosine(ctx_vec, c.item_id)
+            return self._finish(Context(None, None, ctx_vec), list(cands.values()), k, impression, 0.0, 1.0)
+
     # --- shared tail ----------------------------------------------------------------------
     def _finish(
         self,

@@ -187,6 +187,8 @@ def assert_same_reads(redis_fs, rep: ReplayFeatures) -> None:
     for item in ITEMS + ["never"]:
         assert redis_fs.covisited(item, 100) == approx_pairs(rep.covisited(item, 100)), item
         assert redis_fs.covisited(item, 2) == approx_pairs(rep.covisited(item, 2)), item
+    bought = redis_fs.bought_together(ITEMS + ["never"], 100)
+    assert bought == [approx_pairs(rows) for rows in rep.bought_together(ITEMS + ["never"], 100)] and any(bought)
     many = redis_fs.covisited_many(ITEMS + ["never"], 2)
     assert many == [approx_pairs(rows) for rows in rep.covisited_many(ITEMS + ["never"], 2)]
     assert redis_fs.trending(100) == approx_pairs(rep.trending(100))

@@ -198,3 +198,22 @@ def test_serving_reads_trending_from_a_copy_at_most_trending_cache_s_old(setting
     time.sleep(0.35)
     assert [i for i, _ in cached.trending(10)][0] == "b"  # re-read once older than trending_cache_s
     assert cached.trending(500) == f.fs.trending(500)  # a longer list than the copy holds is read anew
+
+
+def test_bought_together_pairs_a_baskets_carts_and_purchases_only(settings):
+    f = Feed(settings)
+    f(
+        ev(0, item="drill", typ="add_to_cart"),
+        ev(1, item="bits", typ="view"),  # looked at, not bought: co-visited only
+        ev(2, item="battery", typ="purchase"),
+        ev(3, item="drill", typ="purchase"),  # the same item again counts once per pair
+        ev(4, user="v", item="saw", typ="purchase", session="other"),
+        ev(5, item="case", typ="add_to_cart", session="later"),  # another basket
+    )
+    assert f.fs.bought_together(["drill", "battery", "bits", "case"], 10) == [
+        [("battery", 1.0)],
+        [("drill", 1.0)],
+        [],
+        [],
+    ]
+    assert "bits" in dict(f.fs.covisited("drill", 10))  # co-visited, not bought together

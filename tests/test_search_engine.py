@@ -311,3 +311,22 @@ def test_sorts_reorder_the_relevant_candidates() -> None:
     assert _ids(engine.search("copper", None, 10, impression=False, sort="price_desc")) == listed[::-1]
     newest = _ids(engine.search("copper", None, 10, impression=False, sort="newest"))
     assert newest == sorted(listed, key=lambda i: -list(VEC).index(i))
+
+
+def test_bought_together_follows_baskets_and_honours_the_cart_and_stock() -> None:
+    engine, impressions, _ = _engine()
+    basket = [("pipe", "add_to_cart"), ("fitting", "purchase"), ("elbow", "add_to_cart"), ("hose", "view")]
+    for k, (item, typ) in enumerate(basket):
+        engine.features.observe(
+            Event(event_id=f"b{k}", type=typ, user_id="u", session_id="s", item_id=item, ts=1_700_000_000_000 + k)
+        )
+    together = engine.bought_together(["pipe"], 5)
+    assert set(_ids(together)) == {"fitting", "elbow"}  # the hose was only looked at
+    assert all(any("often bought with '1/2 in." in r for r in it.reasons) for it in together.items)
+    assert _ids(engine.bought_together(["pipe", "fitting"], 5)) == ["elbow"]  # never the cart's own items
+    engine.index.apply([("elbow", np.array(VEC["elbow"], np.float32), ItemMeta(TITLES["elbow"], stock=0))], [])
+    assert _ids(engine.bought_together(["pipe", "fitting"], 5, impression=False)) == []
+    # no basket holds the hose yet: what was viewed with it
+    viewed = engine.bought_together(["hose"], 5)
+    assert viewed.items and all("often viewed with" in it.reasons[0] for it in viewed.items)
+    assert impressions.recorded  # logged like every list

@@ -105,7 +105,7 @@ end
 local clock = tonumber(redis.call('GET', key('clock')) or '-1')
 local t0 = tonumber(redis.call('GET', key('trending_t0')) or '')
 -- increments summed per batch and written once at the end (or before a trending rescale)
-local covis_acc, trend_acc, suggest_acc, categories = {}, {}, {}, {}
+local covis_acc, cobuy_acc, trend_acc, suggest_acc, categories = {}, {}, {}, {}, {}
 -- session state, written once at the end: token -> new items (oldest first), item -> token -> newest ts
 local session_new, item_sess = {}, {}
 
@@ -147,9 +147,9 @@ local function suggest(text, ts, w)
   suggest_acc[text] = (suggest_acc[text] or 0) + w * exp((ts - t0) / cfg.trending_tau_ms)
 end
 
-local function covisit(a, b)
-  local row = covis_acc[a]
-  if not row then row = {}; covis_acc[a] = row end
+local function covisit(a, b, acc)
+  local row = acc[a]
+  if not row then row = {}; acc[a] = row end
   row[b] = (row[b] or 0) + 1
 end
 
@@ -398,7 +398,7 @@ for r = 5, #ARGV do
     if not reason and over_rate(u, ts, cfg.bot_user_limit) then reason = 'user_burst' end
     local it
     if kind == 'e' then
-      it = hash(key('item', item), cfg.item_ttl_s, {key('covis', item), key('item_sessions', item)})
+      it = hash(key('item', item), cfg.item_ttl_s, {key('covis', item), key('cobuy', item), key('item_sessions', item)})
       if not reason and over_rate(it, ts, cfg.bot_item_limit) then reason = 'item_burst' end
     end
     if reason then
@@ -406,7 +406,7 @@ for r = 5, #ARGV do
       reasons[#reasons + 1] = reason
     elseif kind == 'i' then
       for _, id in ipairs(cjson.decode(f[4])) do
-        bump_decayed(hash(key('item', id), cfg.item_ttl_s, {key('covis', id), key('item_sessions', id)}), 'impression', ts, 1)
+        bump_decayed(hash(key('item', id), cfg.item_ttl_s, {key('covis', id), key('cobuy', id), key('item_sessions', id)}), 'impression', ts, 1)
       end
       if cfg.dedup_lookback > 0 then
         local prev = u.get('imps')
@@ -431,13 +431,28 @@ for r = 5, #ARGV do
       local w = cfg.weights[typ]
       -- co-visitation with this user's earlier distinct items of the same session, within the window
       local rows = rl.rows
-      local seen = {[item] = true}
+      -- and bought together: an item's first add to cart or purchase in the session with the
+      -- basket's earlier ones (its purchase after its add to cart pairs nothing again)
+      local seen, basket, in_basket = {[item] = true}, {}, false
+      local buys = cfg.basket_types[typ]
       for i = 1, math.min(#rows, cfg.covis_lookback) do
-        local other, _, ots, osess = entry_fields(rows[i])
-        if not seen[other] and osess == session and abs(ts - tonumber(ots)) <= cfg.covis_window_ms then
-          seen[other] = true
-          covisit(item, other)
-          covisit(other, item)
+        local other, otyp, ots, osess = entry_fields(rows[i])
+        if osess == session and abs(ts - tonumber(ots)) <= cfg.covis_window_ms then
+          if not seen[other] then
+            seen[other] = true
+            covisit(item, other, covis_acc)
+            covisit(other, item, covis_acc)
+          end
+          if buys and cfg.basket_types[otyp] then
+            if other == item then in_basket = true
+            elseif not basket[other] then basket[other] = true; basket[#basket + 1] = other end
+          end
+        end
+      end
+      if not in_basket then
+        for _, other in ipairs(basket) do
+          covisit(item, other, cobuy_acc)
+          covisit(other, item, cobuy_acc)
         end
       end
       local row = eid .. SEP .. item .. SEP .. typ .. SEP .. int(ts) .. SEP .. session
@@ -473,13 +488,15 @@ for user, rl in pairs(recents) do
     if len == #rl.new then redis.call('EXPIRE', rkey, cfg.user_ttl_s) end
   end
 end
-for a, row in pairs(covis_acc) do
-  local ckey = key('covis', a)
-  local added = 0
-  for other, inc in pairs(row) do redis.call('ZINCRBY', ckey, inc, other); added = added + 1 end
-  local card = redis.call('ZCARD', ckey)
-  if card > cfg.covis_top_n then redis.call('ZREMRANGEBYRANK', ckey, 0, card - cfg.covis_top_n - 1) end
-  if card <= added then redis.call('EXPIRE', ckey, cfg.item_ttl_s) end  -- possibly new: TTL now
+for name, acc in pairs({covis = covis_acc, cobuy = cobuy_acc}) do
+  for a, row in pairs(acc) do
+    local ckey = key(name, a)
+    local added = 0
+    for other, inc in pairs(row) do redis.call('ZINCRBY', ckey, inc, other); added = added + 1 end
+    local card = redis.call('ZCARD', ckey)
+    if card > cfg.covis_top_n then redis.call('ZREMRANGEBYRANK', ckey, 0, card - cfg.covis_top_n - 1) end
+    if card <= added then redis.call('EXPIRE', ckey, cfg.item_ttl_s) end  -- possibly new: TTL now
+  end
 end
 for token, new in pairs(session_new) do
   local skey = key('session', token)

@@ -49,6 +49,9 @@ Keys (knobs in ``Settings.features`` = :class:`FeatureSettings`, env ``STREAMREC
                                    ``covis_window_s`` (looking back ``covis_lookback`` recent items);
                                    trimmed to the top ``covis_top_n`` after each batch; TTL
                                    ``item_ttl_s``.
+``P:cb:{item}``         ZSET       bought together: the same for add-to-carts and purchases only
+                                   (both of one basket: one session within ``covis_window_s``);
+                                   GET /bought-together.
 ``P:s:{session}``       LIST       the session's item ids, newest first, trimmed to ``session_cap``
                                    after each batch; TTL ``session_ttl_s`` (refreshed on every
                                    batch that adds to it). ``{session}`` is :func:`session_token`:
@@ -133,6 +136,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 INTERACTIONS = ("view", "click", "add_to_cart", "purchase")
+BASKET = ("add_to_cart", "purchase")  # what puts an item in a basket (bought together: P:cb)
 SEP = "\x1f"  # one byte: the script splits records on it
 SHOWN_SEP = "\x1e"  # between the item ids of a remembered search page (ids never hold a control character)
 TTL_REFRESH_S = 86_400  # a key's TTL is refreshed at most once per this many wall-clock seconds
@@ -175,6 +179,7 @@ FAMILIES: dict[str, KeyFamily] = {
     ),
     "item": _consumers("item", "i:{}", "ttl", "<= 17 fields; item_ttl_s (90 d)"),
     "covis": _consumers("covis", "cv:{}", "ttl", "covis_top_n (50) members; item_ttl_s"),
+    "cobuy": _consumers("cobuy", "cb:{}", "ttl", "covis_top_n (50) members; item_ttl_s"),
     "item_sessions": _consumers("item_sessions", "is:{}", "ttl", "item_sessions_cap (500) members; item_ttl_s"),
     "session": _consumers("session", "s:{}", "ttl", "session_cap (30) items; session_ttl_s (90 d)"),
     "expansion": _consumers("expansion", "qx:{}", "ttl", "expansion_cap (32) terms + 1; item_ttl_s"),
@@ -239,6 +244,9 @@ class Keys:
 
     def covis(self, item: str) -> str:
         return self._id("covis", item)
+
+    def cobuy(self, item: str) -> str:
+        return self._id("cobuy", item)
 
     def attr(self, item: str) -> str:
         return self._id("attr", item)

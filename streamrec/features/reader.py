@@ -227,6 +227,15 @@ class FeatureStore:
             pipe.zrevrange(self.keys.covis(item), 0, n - 1, withscores=True)
         return [[(m, float(s)) for m, s in rows] for rows in pipe.execute()]
 
+    def bought_together(self, item_ids: Sequence[str], n: int = 20) -> list[list[tuple[str, float]]]:
+        """Per item, the items most often added to cart or bought in one basket with it (one round trip)."""
+        if n <= 0:
+            return [[] for _ in item_ids]
+        pipe = self.r.pipeline(transaction=False)
+        for item in item_ids:
+            pipe.zrevrange(self.keys.cobuy(item), 0, n - 1, withscores=True)
+        return [[(m, float(s)) for m, s in rows] for rows in pipe.execute()]
+
     def row_reads(
         self,
         user_id: str | None,

@@ -19,7 +19,7 @@ from itertools import islice
 
 from streamrec.analysis import query_key, suggestion_text
 from streamrec.features.decay import decay, forward, landmark_scale, merge_decayed, needs_rescale
-from streamrec.features.layout import INTERACTIONS, session_token
+from streamrec.features.layout import BASKET, INTERACTIONS, session_token
 from streamrec.features.reader import (
     CurrentSession,
     ItemStats,
@@ -96,6 +96,7 @@ class ReplayFeatures:
         self.impressions: dict[str, deque[str]] = defaultdict(lambda: deque(maxlen=max(1, self.cfg.dedup_lookback)))
         self.items: dict[str, dict[str, _Decayed]] = defaultdict(dict)
         self.covis: dict[str, dict[str, float]] = defaultdict(dict)
+        self.cobuy: dict[str, dict[str, float]] = defaultdict(dict)
         # trending as P:trending holds it: forward-decayed scores relative to the landmark trend_t0,
         # and the same (score, item) pairs in ZSET order (ascending), kept sorted as scores change so
         # a read takes the top n without decaying or sorting anything
@@ -305,16 +306,28 @@ class ReplayFeatures:
         cfg, iid, session = self.cfg, e.item_id, e.session_id or ""
         assert iid is not None
         seen = {iid}
+        basket: dict[str, None] = {}  # the session's earlier add-to-carts and purchases, in order
+        in_basket = False  # the item was already added or bought in this session: pairs nothing again
         window = cfg.covis_window_s * 1000.0
-        touched = []
+        covisited = []
         for r in islice(self.recent[e.user_id], cfg.covis_lookback):
-            if r.item_id not in seen and r.session == session and abs(e.ts - r.ts) <= window:
+            if r.session != session or abs(e.ts - r.ts) > window:
+                continue
+            if r.item_id not in seen:
                 seen.add(r.item_id)
-                for a, b in ((iid, r.item_id), (r.item_id, iid)):
-                    self.covis[a][b] = self.covis[a].get(b, 0.0) + 1.0
-                touched.append(r.item_id)
-        for a in ([iid] + touched) if touched else []:
-            _trim(self.covis[a], cfg.covis_top_n)
+                covisited.append(r.item_id)
+            if e.type in BASKET and r.type in BASKET:
+                if r.item_id == iid:
+                    in_basket = True
+                else:
+                    basket.setdefault(r.item_id)
+        bought = [] if in_basket else list(basket)
+        for table, others in ((self.covis, covisited), (self.cobuy, bought)):
+            for other in others:
+                for a, b in ((iid, other), (other, iid)):
+                    table[a][b] = table[a].get(b, 0.0) + 1.0
+            for a in ([iid] + others) if others else []:
+                _trim(table[a], cfg.covis_top_n)
 
     def _affinity(self, user: str, item: str, ts: int, w: float) -> None:
         cat = (self.attrs.get(item) or {}).get("category")
@@ -401,6 +414,9 @@ class ReplayFeatures:
 
     def covisited_many(self, item_ids: list[str], n: int = 20) -> list[list[tuple[str, float]]]:
         return [self.covisited(i, n) for i in item_ids]
+
+    def bought_together(self, item_ids: list[str], n: int = 20) -> list[list[tuple[str, float]]]:
+        return [_top(self.cobuy.get(i, {}), max(0, n)) for i in item_ids]
 
     def trending(self, n: int = 20) -> list[tuple[str, float]]:
         """``FeatureStore.trending``: the top ``n`` in ZREVRANGE order, scaled to the stream clock."""

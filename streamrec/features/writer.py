@@ -42,6 +42,7 @@ from importlib import resources
 from streamrec.analysis import analyze, query_key, suggestion_text
 from streamrec.features.decay import TRENDING_RESCALE
 from streamrec.features.layout import (
+    BASKET,
     INTERACTIONS,
     QUARANTINE_RECENT_N,
     SEP,
@@ -90,6 +91,7 @@ def script_config(cfg: FeatureSettings, bot: dict, keys: Keys) -> str:
             "ttl_refresh_s": TTL_REFRESH_S,
             "quarantine_recent_n": QUARANTINE_RECENT_N,
             "weights": {t: cfg.weight(t) for t in INTERACTIONS},
+            "basket_types": {t: True for t in BASKET},
             "expansion_weights": {t: cfg.expansion_weight(t) for t in INTERACTIONS},
             "expansion_cap": cfg.expansion_cap,
             "expansion_tau_ms": cfg.tau_ms(cfg.expansion_half_life_s),
