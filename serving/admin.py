@@ -1,6 +1,7 @@
-"""Model controls for operators: promote a published version, roll back to the previous one.
+"""Operator controls: promote a published model version, roll back to the previous one; list,
+create, replace and delete merchandising rules (serving/merchandising.py).
 
-Both move the model store's ``CURRENT`` pointer with :meth:`ModelStore.rollback` (what
+Promote and rollback move the model store's ``CURRENT`` pointer with :meth:`ModelStore.rollback` (what
 ``streamrec model rollback`` does): serving hot-swaps within ``serving.model_poll_s`` and the learner adopts
 the version as its champion. The admin key is enforced by ``serving.auth`` (every ``/admin/…``
 path needs it); each action is recorded for the cockpit's markers (``serving.cockpit.record_action``).
@@ -8,15 +9,18 @@ path needs it); each action is recorded for the cockpit's markers (``serving.coc
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, HTTPException, Path
 from starlette.concurrency import run_in_threadpool
 
 from serving.cockpit import record_action
+from serving.merchandising import RuleStore
 from streamrec.model_store import ModelNotFound, ModelStore
-from streamrec.schemas import ErrorMessage
+from streamrec.schemas import ErrorMessage, MerchandisingRule
 from streamrec.settings import Settings
+from streamrec.store import connect
 
 
 def admin_routes(s: Settings) -> APIRouter:
@@ -61,5 +65,36 @@ def admin_routes(s: Settings) -> APIRouter:
             return move(target, "rollback", note)
 
         return await run_in_threadpool(target_then_move)
+
+    @functools.cache
+    def rules() -> RuleStore:  # connected on first use: an app built for its schema alone needs no Redis
+        return RuleStore(connect(s), s.redis.prefix)
+
+    @router.get("/rules", response_model=list[MerchandisingRule])
+    async def list_rules() -> list[MerchandisingRule]:
+        """Every merchandising rule, active or not."""
+        return await run_in_threadpool(lambda: rules().all())
+
+    @router.post(
+        "/rules",
+        response_model=MerchandisingRule,
+        status_code=201,
+        responses={400: {"model": ErrorMessage, "description": "the body is not UTF-8 JSON"}},
+    )
+    async def put_rule(rule: MerchandisingRule) -> MerchandisingRule:
+        """Create a rule (an id is assigned when it has none) or replace the rule of its id; serving
+        applies it within ``search.rules_poll_s``."""
+        saved = await run_in_threadpool(lambda: rules().put(rule))
+        await run_in_threadpool(record_action, s, {"action": "rule", "rule": saved.id, "note": saved.name})
+        return saved
+
+    @router.delete(
+        "/rules/{rule_id}", responses={404: {"model": ErrorMessage, "description": "no such rule"}}, status_code=204
+    )
+    async def delete_rule(rule_id: Annotated[str, Path(min_length=1, max_length=128)]) -> None:
+        """Remove a rule."""
+        if not await run_in_threadpool(lambda: rules().delete(rule_id)):
+            raise HTTPException(404, detail=f"no rule {rule_id!r}")
+        await run_in_threadpool(record_action, s, {"action": "rule deleted", "rule": rule_id})
 
     return router

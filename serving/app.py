@@ -12,13 +12,16 @@ from typing import Annotated, Any, Literal
 
 import redis
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request, Response
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from fastapi.routing import APIRoute
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving import metrics
@@ -157,6 +160,7 @@ def create_app(s: Settings, engine: Engine, producer: KafkaProducer) -> FastAPI:
     app.include_router(admin_routes(s))  # /admin/models/…: admin key (serving/auth.py)
     app.include_router(cockpit_routes(s, engine))  # /dashboard/data
     app.add_exception_handler(redis.RedisError, store_unavailable(s))
+    app.add_exception_handler(StarletteHTTPException, allow_every_method(app))
     declare_components(app, EVENTS_BODY, CATALOG_BODY)
     install_access_control(app, s)  # keys, loopback rule, rate limit, CORS (outermost)
     return app
@@ -225,6 +229,25 @@ def store_unavailable(s: Settings) -> Callable[[Request, Exception], Response]:
             status_code=503,
             headers={"Retry-After": str(s.serving.retry_after_s)},
         )
+
+    return handler
+
+
+def allow_every_method(app: FastAPI) -> Callable[[Request, Exception], Awaitable[Response]]:
+    """A 405's ``Allow`` lists the methods of every route of the path: Starlette names only the
+    first route's, and /admin/rules has one route per method."""
+
+    async def handler(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 405:
+            methods = {
+                m
+                for route in app.routes
+                if isinstance(route, APIRoute) and route.path_regex.match(request.url.path)
+                for m in route.methods or ()
+            }
+            exc.headers = {**(exc.headers or {}), "Allow": ", ".join(sorted(methods))}
+        return await http_exception_handler(request, exc)
 
     return handler
 

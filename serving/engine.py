@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import redis
 
+from serving import merchandising
 from serving.catalog import facets as facet_counts
 from serving.catalog import retrieval
 from serving.catalog.columns import CatalogColumns, Selection
@@ -26,6 +27,7 @@ from serving.catalog.filters import Filter
 from serving.expansions import ExpansionFollower
 from serving.impressions import ImpressionLog
 from serving.lexical import LexicalIndex
+from serving.merchandising import RuleFollower
 from serving.models import ModelWatcher
 from serving.rerank import mmr
 from serving.search import Ranked, SearchRanker, pages
@@ -35,7 +37,7 @@ from streamrec import sessions
 from streamrec.features import INTERACTIONS, FeatureStore
 from streamrec.query_encoder import QueryEncoder
 from streamrec.ranking import N_FEATURES, FeatureAssembler
-from streamrec.schemas import Facets, ResultItem, ResultList, Suggestion, SuggestionList
+from streamrec.schemas import Facets, MerchandisingRule, ResultItem, ResultList, Suggestion, SuggestionList
 from streamrec.settings import Settings
 from streamrec.vector_index import IndexReplica, LiveIndex
 
@@ -77,10 +79,12 @@ class Engine:
         impressions: ImpressionLog,
         expansions: ExpansionFollower | None = None,
         suggestions: SuggestFollower | None = None,
+        rules: RuleFollower | None = None,
     ):
         self.s = s
         self.expansions = expansions  # the lexical index's query-log expansions (stopped with it)
         self.suggestions = suggestions  # autocomplete, followed from Redis (None: nothing to suggest)
+        self.rules = rules or RuleFollower(None)  # merchandising rules, followed from Redis
         self.encoder = encoder
         self.replica = replica
         self.features = features
@@ -141,11 +145,14 @@ class Engine:
             with stage("filter"):
                 selection = self.select(filters)
             asked = (query, user_id, variant, filters, sort)
-            if sort == "relevance" and offset == 0 and page_of is None:
+            rules = self.rules.matching(query, filters) if variant == "full" else []
+            if sort == "relevance" and offset == 0 and page_of is None and not rules:
                 ranked = self.searcher.rank(query, user_id, k, variant, logged=impression, selection=selection)
                 result = self._ranked_page(ranked, user_id, query, variant, impression, asked)
             else:
-                result = self._later_page(query, user_id, k, variant, impression, selection, asked, offset, page_of)
+                result = self._later_page(
+                    query, user_id, k, variant, impression, selection, asked, offset, page_of, rules
+                )
                 ranked = None
             if facets:
                 result.facets = self._facets(query, filters, list(facets), ranked, selection is not None)
@@ -186,9 +193,11 @@ class Engine:
         asked: tuple,
         offset: int,
         page_of: str | None,
+        rules: list[MerchandisingRule],
     ) -> ResultList:
-        """A page cut from the ranking ``page_of`` answered, or from a new one (sorted as asked).
-        Its impression says where the page starts; its feature rows are left to the learner."""
+        """A page cut from the ranking ``page_of`` answered, or from a new one (sorted as asked,
+        then the merchandising ``rules`` applied). Its impression says where the page starts; its
+        feature rows are left to the learner."""
         cat = self.s.catalog
         kept = self.pages.get(page_of, asked) if page_of else None
         degraded = [pages.PAGE_RANKED_AGAIN] if page_of and kept is None else []
@@ -197,6 +206,10 @@ class Engine:
             if ranked is None:
                 return self._empty(variant)
             order = pages.sorted_order(ranked, asked[-1], self._sort_values(asked[-1]), cat.sort_min_relevance)
+            if rules:
+                admits = self._admits(selection)
+                meta = self.index.meta
+                ranked, order = merchandising.apply(ranked, order, rules, meta, admits, boost=asked[-1] == "relevance")
             kept = pages.listing(ranked, order, asked, cat.page_depth)
         page = kept.entries[offset : offset + k]
         ids = [item_id for item_id, _, _ in page]
@@ -215,6 +228,12 @@ class Engine:
         result.offset, result.total = offset, len(kept.entries)
         result.degraded += degraded
         return result
+
+    def _admits(self, selection: Selection | None) -> Callable[[str], bool]:
+        index = self.index
+        if selection is None:
+            return index.__contains__
+        return lambda item_id: item_id in index and selection.admits(item_id)
 
     def _sort_values(self, sort: pages.Sort) -> Callable[[list[str]], list[float | None]]:
         """Each item's value for ``sort``: price, first upsert, or decayed purchases (Redis)."""
@@ -302,9 +321,7 @@ class Engine:
             sc = sessions.candidates.read(self.features, user_id, self.s.recommend)
         with stage("fusion"):
             exclude = set(sc.prefix) if exclude_seen else set()
-            index = self.index
-            keep = index.__contains__ if selection is None else lambda x: x in index and selection.admits(x)
-            ranked = sessions.fusion.rank(sc, variant, self.s.recommend, keep, exclude)
+            ranked = sessions.fusion.rank(sc, variant, self.s.recommend, self._admits(selection), exclude)
         full = variant == "full"
         model_weight = self.s.recommend.model_weight if full else 0.0
         diversity = self.s.recommend.diversity_lambda if full else 1.0

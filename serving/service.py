@@ -23,6 +23,7 @@ from serving.engine import Engine
 from serving.expansions import ExpansionFollower
 from serving.impressions import ImpressionLog
 from serving.lexical import LexicalIndex
+from serving.merchandising import RuleFollower, RuleStore
 from serving.models import ModelWatcher
 from serving.suggest import SuggestFollower
 from streamrec import bus
@@ -60,8 +61,10 @@ def build_engine(s: Settings) -> tuple[Engine, KafkaProducer]:
     if s.search.suggest_size > 0 and s.features.suggest_cap > 0:
         suggestions = SuggestFollower(features, s.search.suggest_size, s.search.suggest_poll_s)
         suggestions.start()
+    rules = RuleFollower(RuleStore(r, s.redis.prefix), s.search.rules_poll_s)  # merchandising
+    rules.start()
     impressions = ImpressionLog(s, producer, r)
-    engine = Engine(s, encoder, replica, features, models, lexical, impressions, expansions, suggestions)
+    engine = Engine(s, encoder, replica, features, models, lexical, impressions, expansions, suggestions, rules)
     return engine, producer
 
 
@@ -106,6 +109,7 @@ def run(s: Settings, stop: threading.Event) -> None:
             engine.expansions.stop()
         if engine.suggestions is not None:
             engine.suggestions.stop()
+        engine.rules.stop()
         engine.lexical.stop()
         engine.replica.stop()
 

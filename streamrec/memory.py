@@ -54,6 +54,8 @@ FAMILIES: tuple[KeyFamily, ...] = (
     KeyFamily("cockpit_history", "cockpit:history", "cap", "cockpit.history_points (2,880) x <= 1.2 KB", "serving"),
     KeyFamily("cockpit_actions", "cockpit:actions", "cap", "200 entries", "serving"),
     KeyFamily("cockpit_slot", "cockpit:slot:{}", "ttl", "3 x cockpit.sample_s", "serving"),
+    KeyFamily("rules", "rules", "cap", "one hash, one field per merchandising rule (set by hand)", "serving"),
+    KeyFamily("rules_version", "rules:v", "cap", "one number", "serving"),
     # learner
     KeyFamily("learner_stats", LEARNER_STATS, "cap", "one hash, one field per event type + 4", "learner"),
 )

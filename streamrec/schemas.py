@@ -445,6 +445,39 @@ class SuggestionList(BaseModel):
     corrected: str | None = Field(None, description="the typed text with typos fixed, when that found more")
 
 
+class MerchandisingRule(_Strict):
+    """A merchandiser's rule for /search (serving/merchandising.py says how rules apply)."""
+
+    id: Id | None = Field(None, description="assigned when created without one")
+    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+    action: Literal["pin", "boost", "bury", "hide"]
+    query: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=512)] | None = None
+    match: Literal["exact", "contains"] = Field("exact", description="contains: the search holds all the query's terms")
+    category: CategoryPath | None = Field(None, description="requests filtered on this category or below it")
+    items: Annotated[list[Id], Field(max_length=100)] = Field(default_factory=list)
+    brands: Annotated[list[Keyword], Field(max_length=50)] = Field(
+        default_factory=list, description="every product of these brands (not for pin)"
+    )
+    position: Annotated[int, Field(ge=1, le=100), NotBool] = Field(1, description="pin: where the first item goes")
+    amount: Annotated[float, Field(gt=0, le=10, allow_inf_nan=False), NotBool] = Field(
+        0.5, description="boost: added score, as a share of the list's best score"
+    )
+    start_ms: EpochMs | None = None
+    end_ms: EpochMs | None = None
+
+    @model_validator(mode="after")
+    def _applies_to_something(self) -> MerchandisingRule:
+        if self.query is None and not self.category:
+            raise ValueError("a rule needs a query or a category to apply to")
+        if not self.items and not self.brands:
+            raise ValueError("a rule needs items or brands")
+        if self.action == "pin" and (self.brands or not self.items):
+            raise ValueError("a pin names items (in the order they go), not brands")
+        if self.start_ms is not None and self.end_ms is not None and self.end_ms <= self.start_ms:
+            raise ValueError("end_ms must be after start_ms")
+        return self
+
+
 class ErrorMessage(BaseModel):
     """The body of every 4xx/5xx answer whose detail is one sentence."""
 

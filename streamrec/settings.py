@@ -492,6 +492,9 @@ class SearchSettings(_Group):
     expansion_poll_s: float = Field(
         0.25, gt=0, le=60, description="how often serving reads changed query-log expansions from Redis"
     )
+    rules_poll_s: float = Field(
+        0.5, gt=0, le=60, description="how often serving checks Redis for changed merchandising rules"
+    )
     suggest_poll_s: float = Field(
         1.0, gt=0, le=60, description="how often serving reads the autocomplete suggestions from Redis"
     )

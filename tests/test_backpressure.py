@@ -106,10 +106,10 @@ class BlockingEngine(FakeEngine):
         self.release = threading.Event()
         self.entered = threading.Semaphore(0)
 
-    def search(self, q, user_id, k, variant="full", impression=True):
+    def search(self, q, user_id, k, variant="full", impression=True, **options):
         self.entered.release()
         self.release.wait(30)
-        return super().search(q, user_id, k, variant, impression)
+        return super().search(q, user_id, k, variant, impression, **options)
 
 
 def test_reads_past_the_bound_are_shed_at_once_and_the_rest_are_answered(tmp_path):

@@ -80,7 +80,7 @@ def test_item_text_drops_empty_fields_with_their_separator():
     bare = CatalogOp(op="upsert", item_id="1", ts=1_700_000_000_000, title="Drill", description="20V")
     assert item_text(bare, template) == "Drill. 20V"
     with pytest.raises(ValueError, match="unknown fields"):
-        item_text(bare, "{title} {brand}")
+        item_text(bare, "{title} {colour}")
 
 
 def test_content_hash_names_text_and_model():
