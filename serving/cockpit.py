@@ -34,6 +34,7 @@ from starlette.concurrency import run_in_threadpool
 
 from serving import metrics
 from serving.dashboard import recent_drift_events
+from serving.merchandising import RuleStore
 from streamrec import bus
 from streamrec.model_store import ModelStore
 from streamrec.ops import FEATURE_WINDOW, KS_ALPHA, LEARNER_STATS, parse_learner_stats
@@ -361,6 +362,7 @@ def dashboard_data(s: Settings, status: dict, drift: list[dict]) -> dict:
         actions = [json.loads(x) for x in cast(list[str], r.lrange(s.redis.prefix + ACTIONS, 0, -1))]
         dlq = {k: int(v) for k, v in cast(dict, r.hgetall(f"{s.redis.prefix}dlq:counts")).items()}
         quarantine = {k: int(v) for k, v in cast(dict, r.hgetall(f"{s.redis.prefix}q:counts")).items()}
+        rules = [rule.model_dump(mode="json") for rule in RuleStore(r, s.redis.prefix).all()]
     finally:
         r.close()
     store = ModelStore.from_settings(s)
@@ -386,6 +388,7 @@ def dashboard_data(s: Settings, status: dict, drift: list[dict]) -> dict:
         "drift": drift[::-1],
         "dead_letters": {"total": sum(dlq.values()), "top": top(dlq)},
         "quarantine": {"total": sum(quarantine.values()), "top": top(quarantine)},
+        "rules": rules,  # merchandising: listed (and edited through /admin/rules) on the page
     }
 
 

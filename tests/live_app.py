@@ -19,6 +19,7 @@ from serving.app import create_app
 from serving.engine import Engine
 from serving.impressions import ImpressionLog
 from serving.lexical import LexicalIndex
+from serving.merchandising import RuleFollower
 from serving.suggest import SuggestFollower
 from streamrec.features import FeatureStore
 from streamrec.ranking import RankingHead
@@ -50,7 +51,11 @@ class HashEncoder:
 
 
 def build_app(
-    s: Settings, producer, items: dict[str, ItemMeta] | None = None, suggestions: SuggestFollower | None = None
+    s: Settings,
+    producer,
+    items: dict[str, ItemMeta] | None = None,
+    suggestions: SuggestFollower | None = None,
+    rules: RuleFollower | None = None,
 ) -> FastAPI:
     """A ready app: four items indexed (or ``items``), an untrained ranking head as model version 1."""
     encoder = HashEncoder()
@@ -71,6 +76,7 @@ def build_app(
         lexical,
         ImpressionLog(s, producer, r),
         suggestions=suggestions,
+        rules=rules,
     )
     return create_app(s, engine, producer)
 

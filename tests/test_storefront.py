@@ -4,12 +4,15 @@ click posted back with the search's request_id and the product's position."""
 
 from __future__ import annotations
 
+import httpx
 import pytest
 
+from serving.merchandising import RuleFollower, RuleStore
 from serving.suggest import SuggestFollower
 from streamrec import bus
 from streamrec.features import ReplayFeatures
 from streamrec.schemas import Event
+from streamrec.store import connect
 from streamrec.vector_index import ItemMeta
 from tests.browser import browser, missing
 from tests.live_app import build_app, serve
@@ -120,3 +123,45 @@ def test_a_shopper_searches_filters_sorts_pages_and_clicks(shop):
         driver.quit()
     [click] = [e for e in events if e.type == "click"]
     assert click.query == "copper elbow" and click.position == 1 and click.request_id
+
+
+@pytest.mark.skipif(missing() is not None, reason=missing() or "")
+def test_a_merchandiser_pins_a_product_from_the_cockpit_and_removes_the_rule(kafka_broker, redis_server, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    from tests.browser import _alert
+    from tests.conftest import isolated_settings
+
+    s = isolated_settings(kafka_broker, redis_server, tmp_path / "state")
+    follower = RuleFollower(RuleStore(connect(s), s.redis.prefix), poll_s=0.1)
+    follower.start()
+    producer = bus.make_producer(s, max_block_ms=5_000)
+    driver = browser(1400, 2400)
+    try:
+        with (
+            serve(build_app(s, producer, items=_catalogue(), rules=follower)) as url,
+            httpx.Client(base_url=url) as http,
+        ):
+
+            def top(q: str) -> dict:
+                return http.get("/search", params={"q": q, "k": 3, "impression": "false"}).json()["items"][0]
+
+            assert top("copper")["item_id"] != "hose"
+            driver.get(f"{url}/dashboard")
+            form = wait_for(lambda: driver.find_element(By.ID, "rule_form"))
+            for name, value in {"name": "Hose week", "query": "Copper", "items": "hose"}.items():
+                form.find_element(By.NAME, name).send_keys(value)
+            driver.find_element(By.ID, "rule_save").click()
+            prompt = wait_for(lambda: _alert(driver), "the admin-key prompt", 10, every_s=0.2)
+            prompt.accept()  # empty: keyless loopback
+            assert wait_for(lambda: "Hose week" in driver.find_element(By.ID, "rules").text, timeout_s=20)
+            pinned = wait_for(lambda: (hit := top("copper"))["item_id"] == "hose" and hit, timeout_s=5)
+            assert "pinned by rule 'Hose week'" in pinned["reasons"]
+            driver.find_element(By.CSS_SELECTOR, "#rules button.rule_delete").click()
+            driver.switch_to.alert.accept()  # confirm
+            assert wait_for(lambda: "Hose week" not in driver.find_element(By.ID, "rules").text, timeout_s=20)
+            assert wait_for(lambda: top("copper")["item_id"] != "hose", timeout_s=5)
+    finally:
+        driver.quit()
+        follower.stop()
+        producer.close(timeout=5)
