@@ -22,14 +22,14 @@ past capacity: the storefront should fall back, not hammer it. This client does 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import httpx
 from pydantic import BaseModel
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from streamrec.schemas import PublishResult, ResultList
+from streamrec.schemas import PublishResult, ResultList, SuggestionList
 
 MAX_BATCH = 1000  # the API's limit of objects per POST (serving/app.py)
 
@@ -87,10 +87,19 @@ class Client:
     def similar(self, item_id: str, k: int = 10, **params: Any) -> ResultList:
         return self._read(f"/similar/{item_id}", {"k": k, **params})
 
+    def bought_together(self, item_ids: Sequence[str], k: int = 10, **params: Any) -> ResultList:
+        return self._read("/bought-together", {"item_id": list(item_ids), "k": k, **params})
+
+    def suggest(self, q: str, k: int = 8) -> SuggestionList:
+        return SuggestionList.model_validate(self._get("/suggest", {"q": q, "k": k}).json())
+
     def _read(self, path: str, params: Mapping[str, Any]) -> ResultList:
+        """Filters go as keyword arguments (``brand=["Acme"]``, ``attr=["volts:12..18"]``, ``facets="brand"``)."""
+        return ResultList.model_validate(self._get(path, params).json())
+
+    def _get(self, path: str, params: Mapping[str, Any]) -> httpx.Response:
         query = {name: _param(v) for name, v in params.items() if v is not None}
-        response = self._with_retries(self.read_attempts, lambda: self._call("GET", path, params=query))
-        return ResultList.model_validate(response.json())
+        return self._with_retries(self.read_attempts, lambda: self._call("GET", path, params=query))
 
     # --- writes --------------------------------------------------------------------------------
     def send_events(self, events: Iterable[BaseModel | Mapping[str, Any]]) -> PublishResult:

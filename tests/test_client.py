@@ -27,6 +27,10 @@ def test_reads_and_batched_writes_through_the_real_app(kafka_broker, redis_serve
             page = api.search("ballpoint pen", k=2, impression=False)
             assert page.items and page.items[0].item_id == "pen" and len(page.items) <= 2
             assert api.similar("pen", k=3).items[0].item_id in TITLES
+            narrowed = api.search("pen", k=3, impression=False, brand=["Nobody"], facets="brand")
+            assert narrowed.items == [] and narrowed.facets is not None
+            assert api.suggest("pe").suggestions == []  # no search has led to a choice yet
+            assert api.bought_together(["pen", "ink"], k=3).items == []  # no basket or visit yet
             with pytest.raises(ApiError) as refused:
                 api.similar("no-such-item")
             assert refused.value.status == 404 and "no-such-item" in str(refused.value.detail)
