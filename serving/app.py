@@ -273,10 +273,14 @@ def suggest_routes(engine: Engine) -> APIRouter:
     def suggest(
         q: Annotated[str, Query(min_length=1, max_length=200, description="what the shopper has typed so far")],
         k: Annotated[int, Query(ge=1, le=20, description="number of suggestions")] = 8,
+        category: Annotated[
+            str | None,
+            Query(max_length=200, description="only searches that led to products of this category (any level)"),
+        ] = None,
     ) -> SuggestionList:
         """Searches other shoppers made and then chose a result of, completing ``q``: by prefix, by a
         later word's start, or with a typo fixed (serving/suggest.py)."""
-        return engine.suggest(q, k)
+        return engine.suggest(q, k, category.strip() if category and category.strip() else None)
 
     return router
 

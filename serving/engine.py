@@ -249,12 +249,14 @@ class Engine:
 
         return purchases
 
-    def suggest(self, typed: str, k: int) -> SuggestionList:
-        """Completions of ``typed`` learned from the stream (``serving/suggest.py``)."""
+    def suggest(self, typed: str, k: int, category: str | None = None) -> SuggestionList:
+        """Completions of ``typed`` learned from the stream (``serving/suggest.py``), within
+        ``category`` when given (searches that led to products of that category)."""
         with route("suggest"):
             if self.suggestions is None:
                 return SuggestionList(suggestions=[])
-            found, corrected = self.suggestions.current.complete(typed, k)
+            known = self.suggestions.within(category) if category else self.suggestions.current
+            found, corrected = known.complete(typed, k)
             return SuggestionList(
                 suggestions=[Suggestion(text=t, score=round(sc, 6)) for t, sc in found], corrected=corrected
             )

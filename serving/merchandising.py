@@ -33,9 +33,9 @@ from dataclasses import dataclass
 import numpy as np
 import redis
 
-from serving.catalog.filters import Filter, category_levels
+from serving.catalog.filters import Filter
 from serving.search import Ranked
-from streamrec.analysis import analyze, suggestion_text
+from streamrec.analysis import analyze, category_levels, suggestion_text
 from streamrec.schemas import MerchandisingRule
 from streamrec.vector_index import ItemMeta
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import redis
+from cachetools import TTLCache
 
 from streamrec.analysis import query_key, suggestion_text
 
@@ -47,7 +48,7 @@ MIN_WORD = 3  # shorter words are not corrected (too many neighbours one edit aw
 class SuggestionSource(Protocol):
     """What the follower reads (``FeatureStore`` has it, and its replay twin)."""
 
-    def suggestions(self, n: int = 20) -> list[tuple[str, float]]: ...
+    def suggestions(self, n: int = 20, category: str | None = None) -> list[tuple[str, float]]: ...
 
 
 def _deletes(word: str) -> set[str]:
@@ -150,19 +151,32 @@ class Suggestions:
 
 
 class SuggestFollower:
-    """Reads the suggestions every ``poll_s`` and answers /suggest from the last snapshot."""
+    """Reads the suggestions every ``poll_s`` and answers /suggest from the last snapshot; a
+    category's (a few hundred each, of many categories) are read when asked and kept ``poll_s``."""
 
-    def __init__(self, source: SuggestionSource, cap: int, poll_s: float = 1.0):
+    def __init__(self, source: SuggestionSource, cap: int, poll_s: float = 1.0, categories_kept: int = 256):
         self.source = source
         self.cap = cap
         self.poll_s = poll_s
         self.current = Suggestions()
+        self._by_category: TTLCache[str, Suggestions] = TTLCache(maxsize=categories_kept, ttl=poll_s)
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="suggest-follower", daemon=True)
 
     def poll(self) -> int:
         self.current = Suggestions.build(self.source.suggestions(self.cap))
         return len(self.current)
+
+    def within(self, category: str) -> Suggestions:
+        """The suggestions of ``category`` (a Redis read at most every ``poll_s`` per category)."""
+        with self._lock:
+            found = self._by_category.get(category)
+        if found is None:
+            found = Suggestions.build(self.source.suggestions(self.cap, category))
+            with self._lock:
+                self._by_category[category] = found
+        return found
 
     def start(self) -> None:
         self._thread.start()

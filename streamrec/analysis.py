@@ -20,6 +20,8 @@ from __future__ import annotations
 import html
 import re
 
+from streamrec.schemas import CATEGORY_SEPARATOR
+
 STOPWORDS = frozenset(
     "a an and are as at be but by for if in into is it no not of on or such that the their then there these "
     "they this to was will with".split()
@@ -104,6 +106,20 @@ def analyze(text: str) -> list[str]:
             continue
         out.append(stem(token))
     return out
+
+
+def category_levels(path: str) -> tuple[str, ...]:
+    """A category path's levels, spaces collapsed; the separator is ``schemas.CATEGORY_SEPARATOR``.
+
+    >>> category_levels("Tools >Power  Tools> Drills")
+    ('Tools', 'Power Tools', 'Drills')
+    """
+    return tuple(level for part in path.split(CATEGORY_SEPARATOR) if (level := " ".join(part.split())))
+
+
+def category_key(levels: tuple[str, ...]) -> str:
+    """A category path written one way: levels joined by " > "."""
+    return f" {CATEGORY_SEPARATOR} ".join(levels)
 
 
 SUGGESTION_CHARS = 100  # longer searches are not completions anyone types toward

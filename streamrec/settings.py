@@ -54,6 +54,12 @@ class FeatureSettings(_Group):
     session_ttl_s: int = Field(90 * 86_400, ge=60, description="idle session lists expire after this")
     category_cap: int = Field(30, ge=1)
     trending_cap: int = Field(1_000, ge=1)
+    suggest_category_cap: int = Field(
+        200,
+        ge=0,
+        description="searches kept for autocomplete within each category (every level of the chosen product's "
+        "category path; GET /suggest?category=); 0 = none",
+    )
     suggest_cap: int = Field(
         20_000,
         ge=0,

@@ -194,6 +194,10 @@ def assert_same_reads(redis_fs, rep: ReplayFeatures) -> None:
     assert redis_fs.trending(100) == approx_pairs(rep.trending(100))
     assert redis_fs.trending(3) == approx_pairs(rep.trending(3))
     assert redis_fs.suggestions(100) == approx_pairs(rep.suggestions(100)) and rep.suggestions(100)
+    categories = ["c0", "c1", "c2", "c3", "c5", "c6", "c7", "none"]
+    for category in categories:
+        assert redis_fs.suggestions(100, category) == approx_pairs(rep.suggestions(100, category)), category
+    assert sum(bool(rep.suggestions(100, c)) for c in categories) >= 2
     assert redis_fs.item_attributes(ITEMS + ["never"]) == rep.item_attributes(ITEMS + ["never"])
     for now in (None, rep.clock + 30 * 86_400_000):
         got, want = redis_fs.expansions(ITEMS + ["never"], now_ms=now), rep.expansions(ITEMS + ["never"], now_ms=now)

@@ -8,7 +8,7 @@ import pytest
 
 from serving.suggest import SuggestFollower
 from streamrec.features import ReplayFeatures
-from streamrec.schemas import Event
+from streamrec.schemas import CatalogOp, Event
 from streamrec.settings import FeatureSettings
 
 T0 = 1_700_000_000_000
@@ -63,3 +63,19 @@ def test_a_new_query_appears_on_the_next_poll():
     fs.observe(_event(1, "add_to_cart", "telescope eyepiece"))
     follower.poll()
     assert follower.current.complete("tele", 5)[0][0][0] == "telescope eyepiece"
+
+
+def test_suggestions_within_a_category_count_the_chosen_products_category_at_every_level():
+    fs = ReplayFeatures({})
+    for item, category in [("drill", "Tools > Power Tools"), ("hose", "Garden")]:
+        fs.observe(CatalogOp(op="upsert", item_id=item, ts=T0, title=item, category=category))
+    for k, (q, item) in enumerate([("cordless drill", "drill"), ("cordless drill", "drill"), ("garden hose", "hose")]):
+        fs.observe(Event(event_id=f"c{k}", type="click", user_id=f"u{k}", item_id=item, ts=T0 + k, query=q))
+    follower = SuggestFollower(fs, cap=100)
+    follower.poll()
+    assert [t for t, _ in follower.current.complete("", 5)[0]] == []
+    assert [t for t, _ in follower.within("Tools").complete("c", 5)[0]] == ["cordless drill"]
+    assert [t for t, _ in follower.within("Tools >Power  Tools").complete("c", 5)[0]] == ["cordless drill"]
+    assert follower.within("Garden").complete("c", 5)[0] == []
+    assert [t for t, _ in follower.within("Garden").complete("gar", 5)[0]] == ["garden hose"]
+    assert follower.within("Kitchen").complete("c", 5)[0] == []

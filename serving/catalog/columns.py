@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from serving.catalog.filters import AttributeCondition, Availability, Filter, category_key, category_levels
+from serving.catalog.filters import AttributeCondition, Availability, Filter
+from streamrec.analysis import category_key, category_levels
 from streamrec.vector_index import ItemMeta
 
 _GROW = 1024

@@ -15,7 +15,8 @@ from collections.abc import Iterable
 import numpy as np
 
 from serving.catalog.columns import CatalogColumns
-from serving.catalog.filters import Availability, Filter, category_key, category_levels
+from serving.catalog.filters import Availability, Filter
+from streamrec.analysis import category_key, category_levels
 from streamrec.schemas import Facet, Facets, FacetValue
 from streamrec.settings import CatalogSettings
 

@@ -31,7 +31,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from streamrec.schemas import CATEGORY_SEPARATOR
+from streamrec.analysis import category_key, category_levels
 from streamrec.vector_index import ItemMeta
 
 _NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
@@ -39,15 +39,6 @@ _RANGE = re.compile(rf"(?P<lo>{_NUMBER})?\.\.(?P<hi>{_NUMBER})?")
 ATTR_PATTERN = r"^[A-Za-z0-9_.-]+:.+$"  # what an attr condition looks like (the API checks it)
 Availability = Literal["in_stock", "out_of_stock", "any"]
 ATTRIBUTE_FIELDS = ("category", "brand", "price", "availability")  # the fixed facets; attributes by name
-
-
-def category_levels(path: str) -> tuple[str, ...]:
-    """'Tools >Power Tools> Drills' → ('Tools', 'Power Tools', 'Drills')."""
-    return tuple(level for part in path.split(CATEGORY_SEPARATOR) if (level := " ".join(part.split())))
-
-
-def category_key(levels: tuple[str, ...]) -> str:
-    return f" {CATEGORY_SEPARATOR} ".join(levels)
 
 
 class AttributeCondition(BaseModel):

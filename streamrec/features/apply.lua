@@ -106,6 +106,7 @@ local clock = tonumber(redis.call('GET', key('clock')) or '-1')
 local t0 = tonumber(redis.call('GET', key('trending_t0')) or '')
 -- increments summed per batch and written once at the end (or before a trending rescale)
 local covis_acc, cobuy_acc, trend_acc, suggest_acc, categories = {}, {}, {}, {}, {}
+local suggest_cat_acc = {}  -- category path (every level) -> search text -> increment
 -- session state, written once at the end: token -> new items (oldest first), item -> token -> newest ts
 local session_new, item_sess = {}, {}
 
@@ -124,6 +125,14 @@ local function flush_trending()
   trend_acc = {}
   for text, inc in pairs(suggest_acc) do redis.call('ZINCRBY', key('suggest'), fmt(inc), text) end
   suggest_acc = {}
+  for cat, row in pairs(suggest_cat_acc) do
+    local skey = key('suggest_category', cat)
+    for text, inc in pairs(row) do redis.call('ZINCRBY', skey, fmt(inc), text) end
+    redis.call('SADD', key('suggest_categories'), cat)
+    local extra = redis.call('ZCARD', skey) - cfg.suggest_category_cap
+    if extra > 0 then redis.call('ZREMRANGEBYRANK', skey, 0, extra - 1) end
+  end
+  suggest_cat_acc = {}
 end
 
 local function trending(item, ts, w)
@@ -135,6 +144,10 @@ local function trending(item, ts, w)
     if redis.call('EXISTS', key('suggest')) == 1 then
       redis.call('ZUNIONSTORE', key('suggest'), 1, key('suggest'), 'WEIGHTS', fmt(exp(-(ts - t0) / tau)))
     end
+    for _, cat in ipairs(redis.call('SMEMBERS', key('suggest_categories'))) do
+      local skey = key('suggest_category', cat)
+      redis.call('ZUNIONSTORE', skey, 1, skey, 'WEIGHTS', fmt(exp(-(ts - t0) / tau)))
+    end
     t0 = ts
     redis.call('SET', key('trending_t0'), int(t0))
   end
@@ -143,8 +156,25 @@ end
 
 -- a search whose results were chosen, for autocomplete: weighted and decayed like trending, on its
 -- landmark t0 (called after trending, which has moved the landmark when due)
-local function suggest(text, ts, w)
-  suggest_acc[text] = (suggest_acc[text] or 0) + w * exp((ts - t0) / cfg.trending_tau_ms)
+-- and within every level of the chosen product's category path ('Tools > Drills': 'Tools' and
+-- 'Tools > Drills', levels trimmed as streamrec.analysis.category_levels does)
+local function suggest(text, item, ts, w)
+  local inc = w * exp((ts - t0) / cfg.trending_tau_ms)
+  suggest_acc[text] = (suggest_acc[text] or 0) + inc
+  local c = categories[item]
+  if cfg.suggest_category_cap <= 0 or not c then return end
+  local levels = {}
+  for part in string.gmatch(c, '[^>]+') do
+    local level = (string.gsub(string.gsub(part, '^%s+', ''), '%s+$', ''))
+    level = (string.gsub(level, '%s+', ' '))
+    if level ~= '' then
+      levels[#levels + 1] = level
+      local cat = table.concat(levels, ' > ')
+      local row = suggest_cat_acc[cat]
+      if not row then row = {}; suggest_cat_acc[cat] = row end
+      row[text] = (row[text] or 0) + inc
+    end
+  end
 end
 
 local function covisit(a, b, acc)
@@ -463,7 +493,7 @@ for r = 5, #ARGV do
       bump_decayed(it, typ, ts, 1)
       affinity(user, item, ts, w)
       trending(item, ts, w)
-      if f[9] ~= '' and typ ~= 'view' then suggest(f[9], ts, w) end
+      if f[9] ~= '' and typ ~= 'view' then suggest(f[9], item, ts, w) end
       add_to_session(user, session, item, ts)
       local ew = cfg.expansion_weights[typ]
       local at, qs = 0, nil

@@ -195,6 +195,10 @@ FAMILIES: dict[str, KeyFamily] = {
     "trending": _consumers("trending", "trending", "cap", "one key, trending_cap (1,000) members"),
     "trending_t0": _consumers("trending_t0", "trending:t0", "cap", "one number"),
     "suggest": _consumers("suggest", "suggest", "cap", "one key, suggest_cap (20,000) members"),
+    "suggest_category": _consumers(
+        "suggest_category", "sgc:{}", "cap", "one per category path level, suggest_category_cap (200) members"
+    ),
+    "suggest_categories": _consumers("suggest_categories", "sgc", "cap", "one set: a member per category path level"),
     "clock": _consumers("clock", "clock", "cap", "one number"),
     "quarantine_counts": _consumers("quarantine_counts", "q:counts", "cap", "one field per reason"),
     "quarantine_recent": _consumers("quarantine_recent", "q:recent", "cap", f"{QUARANTINE_RECENT_N} entries"),
@@ -298,6 +302,9 @@ class Keys:
     @property
     def suggest(self) -> str:
         return self.p + self.GLOBAL["suggest"]
+
+    def suggest_category(self, category: str) -> str:
+        return self._id("suggest_category", category)
 
     @property
     def clock(self) -> str:

@@ -18,6 +18,7 @@ from typing import cast
 
 import redis
 
+from streamrec.analysis import category_key, category_levels
 from streamrec.features.decay import decay, landmark_scale
 from streamrec.features.layout import INTERACTIONS, QUARANTINE_RECENT_N, SEP, Keys, session_token
 from streamrec.settings import FeatureSettings, Settings
@@ -301,12 +302,18 @@ class FeatureStore:
             self._trending_copy = copy
         return copy[2][:n]
 
-    def suggestions(self, n: int = 20) -> list[tuple[str, float]]:
-        """The top ``n`` searches shoppers chose results of (autocomplete), decayed to the stream clock."""
+    def suggestions(self, n: int = 20, category: str | None = None) -> list[tuple[str, float]]:
+        """The top ``n`` searches shoppers chose results of (autocomplete), within ``category`` (any
+        level of the chosen products' category paths), decayed to the stream clock."""
         if n <= 0:
             return []
+        key = (
+            self.keys.suggest
+            if category is None
+            else self.keys.suggest_category(category_key(category_levels(category)))
+        )
         pipe = self.r.pipeline(transaction=False)
-        pipe.zrevrange(self.keys.suggest, 0, n - 1, withscores=True)
+        pipe.zrevrange(key, 0, n - 1, withscores=True)
         pipe.get(self.keys.trending_t0)
         pipe.get(self.keys.clock)
         top, t0, clock = pipe.execute()

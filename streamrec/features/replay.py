@@ -17,7 +17,7 @@ from collections import defaultdict, deque
 from dataclasses import dataclass
 from itertools import islice
 
-from streamrec.analysis import query_key, suggestion_text
+from streamrec.analysis import category_key, category_levels, query_key, suggestion_text
 from streamrec.features.decay import decay, forward, landmark_scale, merge_decayed, needs_rescale
 from streamrec.features.layout import BASKET, INTERACTIONS, session_token
 from streamrec.features.reader import (
@@ -104,6 +104,7 @@ class ReplayFeatures:
         self.trend_t0: float | None = None
         self._trend_order: list[tuple[float, str]] = []
         self.suggest: dict[str, float] = {}  # P:suggest: search text -> forward-decayed score on trend_t0
+        self.suggest_by_category: dict[str, dict[str, float]] = {}  # P:sgc:{category}, the same per level
         self.affinity: dict[str, dict[str, _Decayed]] = defaultdict(dict)
         self.sessions: dict[str, deque[str]] = defaultdict(lambda: deque(maxlen=self.cfg.session_cap))
         self.item_sess: dict[str, dict[str, float]] = defaultdict(dict)
@@ -191,7 +192,7 @@ class ReplayFeatures:
         self._affinity(e.user_id, iid, e.ts, w)
         self._trending(iid, e.ts, w)
         if e.query and e.type != "view" and cfg.suggest_cap > 0 and (text := suggestion_text(e.query)):
-            self._suggest(text, e.ts, w)
+            self._suggest(text, iid, e.ts, w)
         self._add_to_session(e)
         linked = self._linked_search(e) if e.request_id else None
         self._expand(e, linked)
@@ -237,6 +238,9 @@ class ReplayFeatures:
             self.trend = {i: s * scale for i, s in self.trend.items()}
             self._trend_order = sorted((s, i) for i, s in self.trend.items())
             self.suggest = {q: s * scale for q, s in self.suggest.items()}
+            self.suggest_by_category = {
+                c: {q: s * scale for q, s in row.items()} for c, row in self.suggest_by_category.items()
+            }
             self.trend_t0 = float(ts)
         order = self._trend_order
         old = self.trend.get(item)
@@ -251,17 +255,23 @@ class ReplayFeatures:
                 del self.trend[i]
             del order[:extra]
 
-    def _suggest(self, text: str, ts: int, w: float) -> None:
+    def _suggest(self, text: str, item: str, ts: int, w: float) -> None:
         """The writer's ``suggest``: the forward-decayed weight on trending's landmark (``_trending``
-        ran first and moved it when due); trimmed to ``suggest_cap`` as the script does, per batch
-        there, per event here (a batch adds far fewer than the cap, so the kept set is the same)."""
+        ran first and moved it when due), globally and for every level of the item's category;
+        trimmed to the caps as the script does, per batch there, per event here (a batch adds far
+        fewer than a cap, so the kept set is the same)."""
         assert self.trend_t0 is not None  # set by _trending
-        tau = self.cfg.tau_ms(self.cfg.trending_half_life_s)
-        self.suggest[text] = self.suggest.get(text, 0.0) + forward(w, ts, self.trend_t0, tau)
-        extra = len(self.suggest) - self.cfg.suggest_cap
-        if extra > 0:
-            for _, q in sorted((s, q) for q, s in self.suggest.items())[:extra]:
-                del self.suggest[q]
+        inc = forward(w, ts, self.trend_t0, self.cfg.tau_ms(self.cfg.trending_half_life_s))
+        self.suggest[text] = self.suggest.get(text, 0.0) + inc
+        _trim_lowest(self.suggest, self.cfg.suggest_cap)
+        category = (self.attrs.get(item) or {}).get("category")
+        if not category or self.cfg.suggest_category_cap <= 0:
+            return
+        levels = category_levels(category)
+        for depth in range(1, len(levels) + 1):
+            row = self.suggest_by_category.setdefault(category_key(levels[:depth]), {})
+            row[text] = row.get(text, 0.0) + inc
+            _trim_lowest(row, self.cfg.suggest_category_cap)
 
     def _expand(self, e: Event, linked: _Search | None) -> None:
         """The writer's ``expand``: the event's query terms (else its linked search's) added to the
@@ -425,12 +435,17 @@ class ReplayFeatures:
         scale = landmark_scale(self.trend_t0, self.clock, self.cfg.tau_ms(self.cfg.trending_half_life_s))
         return [(i, s * scale) for s, i in reversed(self._trend_order[-n:])]
 
-    def suggestions(self, n: int = 20) -> list[tuple[str, float]]:
-        """``FeatureStore.suggestions``: the top ``n`` searches, scaled to the stream clock."""
+    def suggestions(self, n: int = 20, category: str | None = None) -> list[tuple[str, float]]:
+        """``FeatureStore.suggestions``: the top ``n`` searches (within ``category``), scaled to the clock."""
         if n <= 0 or self.trend_t0 is None:
             return []
         scale = landmark_scale(self.trend_t0, self.clock, self.cfg.tau_ms(self.cfg.trending_half_life_s))
-        top = heapq.nlargest(n, ((s, q) for q, s in self.suggest.items()))
+        scores = (
+            self.suggest
+            if category is None
+            else self.suggest_by_category.get(category_key(category_levels(category)), {})
+        )
+        top = heapq.nlargest(n, ((s, q) for q, s in scores.items()))
         return [(q, s * scale) for s, q in top]
 
     def category_affinity(self, user_id: str, now_ms: int | None = None) -> dict[str, float]:
@@ -460,3 +475,11 @@ class ReplayFeatures:
             attributes=self.item_attributes(list(item_ids) + recent_ids),
             affinity=self.category_affinity(user_id) if user_id else {},
         )
+
+
+def _trim_lowest(scores: dict[str, float], cap: int) -> None:
+    """ZREMRANGEBYRANK of the lowest ranks beyond ``cap`` (ties: the lexically smaller member first)."""
+    extra = len(scores) - cap
+    if extra > 0:
+        for _, q in sorted((s, q) for q, s in scores.items())[:extra]:
+            del scores[q]

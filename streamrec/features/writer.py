@@ -84,6 +84,7 @@ def script_config(cfg: FeatureSettings, bot: dict, keys: Keys) -> str:
             "category_cap": cfg.category_cap,
             "trending_cap": cfg.trending_cap,
             "suggest_cap": cfg.suggest_cap,
+            "suggest_category_cap": cfg.suggest_category_cap,
             "user_ttl_s": cfg.user_ttl_s,
             "item_ttl_s": cfg.item_ttl_s,
             "quarantine_ttl_s": cfg.quarantine_ttl_s,
