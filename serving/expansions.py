@@ -11,16 +11,11 @@ topic); a Redis that lost the log (its change number went back) is read again fr
 
 from __future__ import annotations
 
-import logging
-import threading
 from collections.abc import Sequence
 from typing import Protocol
 
-import redis
-
 from serving.lexical import LexicalIndex
-
-log = logging.getLogger(__name__)
+from serving.polling import Follower
 
 BATCH = 1_000  # changed items read per round trip
 
@@ -32,14 +27,14 @@ class ExpansionSource(Protocol):
     def expansions(self, item_ids: Sequence[str], now_ms: int | None = None) -> list[dict[str, float]]: ...
 
 
-class ExpansionFollower:
+class ExpansionFollower(Follower):
+    what = "query-log expansions"
+
     def __init__(self, source: ExpansionSource, lexical: LexicalIndex, poll_s: float = 0.25):
+        super().__init__(poll_s, "expansion-follower")
         self.source = source
         self.lexical = lexical
-        self.poll_s = poll_s
         self.seen = 0  # the newest change number applied
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="expansion-follower", daemon=True)
 
     def poll(self) -> int:
         """Apply every change since the last poll; returns how many items changed."""
@@ -55,17 +50,3 @@ class ExpansionFollower:
             self.lexical.expand(dict(zip(items, self.source.expansions(items), strict=True)))
             self.seen = rows[-1][1]
             done += len(rows)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.poll()
-            except redis.RedisError as e:  # keep serving the expansions already indexed
-                log.warning("could not read query-log expansions: %r", e)
-            self._stop.wait(self.poll_s)

@@ -23,8 +23,6 @@ rows are left to the learner to recompute and exploration is off for that reques
 
 from __future__ import annotations
 
-import logging
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -34,12 +32,11 @@ import numpy as np
 import redis
 
 from serving.catalog.filters import Filter
+from serving.polling import Follower
 from serving.search import Ranked
 from streamrec.analysis import analyze, category_levels, suggestion_text
 from streamrec.schemas import MerchandisingRule
 from streamrec.vector_index import ItemMeta
-
-log = logging.getLogger(__name__)
 
 VERBS = {"pin": "pinned", "boost": "boosted", "bury": "buried", "hide": "hidden"}
 
@@ -113,16 +110,16 @@ def compile_rule(rule: MerchandisingRule) -> _Compiled:
     )
 
 
-class RuleFollower:
+class RuleFollower(Follower):
     """The rules this serving process applies, reloaded when their version moves."""
 
+    what = "merchandising rules"
+
     def __init__(self, store: RuleStore | None, poll_s: float = 0.5):
+        super().__init__(poll_s, "rule-follower")
         self.store = store
-        self.poll_s = poll_s
         self.seen = -1
         self.rules: list[_Compiled] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="rule-follower", daemon=True)
 
     def poll(self) -> bool:
         if self.store is None:
@@ -137,20 +134,6 @@ class RuleFollower:
     def matching(self, query: str, filters: Filter | None, now_ms: int | None = None) -> list[MerchandisingRule]:
         now = int(time.time() * 1000) if now_ms is None else now_ms
         return [c.rule for c in self.rules if c.active(now) and c.matches(query, filters)]
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.poll()
-            except (redis.RedisError, ValueError) as e:  # keep applying the rules already loaded
-                log.warning("could not read merchandising rules: %r", e)
-            self._stop.wait(self.poll_s)
 
 
 def apply(

@@ -27,18 +27,15 @@ from __future__ import annotations
 
 import bisect
 import heapq
-import logging
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import redis
 from cachetools import TTLCache
 
+from serving.polling import Follower
 from streamrec.analysis import query_key, suggestion_text
-
-log = logging.getLogger(__name__)
 
 SHORT = 2  # prefixes up to this long are answered from a precomputed best list
 KEEP_SHORT = 20
@@ -150,19 +147,19 @@ class Suggestions:
         return max(candidates, key=lambda w: (self.words[w], w)) if candidates else None
 
 
-class SuggestFollower:
+class SuggestFollower(Follower):
     """Reads the suggestions every ``poll_s`` and answers /suggest from the last snapshot; a
     category's (a few hundred each, of many categories) are read when asked and kept ``poll_s``."""
 
+    what = "suggestions"
+
     def __init__(self, source: SuggestionSource, cap: int, poll_s: float = 1.0, categories_kept: int = 256):
+        super().__init__(poll_s, "suggest-follower")
         self.source = source
         self.cap = cap
-        self.poll_s = poll_s
         self.current = Suggestions()
         self._by_category: TTLCache[str, Suggestions] = TTLCache(maxsize=categories_kept, ttl=poll_s)
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="suggest-follower", daemon=True)
 
     def poll(self) -> int:
         self.current = Suggestions.build(self.source.suggestions(self.cap))
@@ -177,17 +174,3 @@ class SuggestFollower:
             with self._lock:
                 self._by_category[category] = found
         return found
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.poll()
-            except redis.RedisError as e:  # keep answering from the last snapshot
-                log.warning("could not read suggestions: %r", e)
-            self._stop.wait(self.poll_s)

@@ -221,21 +221,20 @@ class FeatureStore:
 
     def covisited_many(self, item_ids: Sequence[str], n: int = 20) -> list[list[tuple[str, float]]]:
         """:meth:`covisited` of many items in one round trip."""
+        return self._tops([self.keys.covis(i) for i in item_ids], n)
+
+    def _tops(self, keys: Sequence[str], n: int) -> list[list[tuple[str, float]]]:
+        """The top ``n`` (member, score) of each sorted set, in one round trip."""
         if n <= 0:
-            return [[] for _ in item_ids]
+            return [[] for _ in keys]
         pipe = self.r.pipeline(transaction=False)
-        for item in item_ids:
-            pipe.zrevrange(self.keys.covis(item), 0, n - 1, withscores=True)
+        for key in keys:
+            pipe.zrevrange(key, 0, n - 1, withscores=True)
         return [[(m, float(s)) for m, s in rows] for rows in pipe.execute()]
 
     def bought_together(self, item_ids: Sequence[str], n: int = 20) -> list[list[tuple[str, float]]]:
         """Per item, the items most often added to cart or bought in one basket with it (one round trip)."""
-        if n <= 0:
-            return [[] for _ in item_ids]
-        pipe = self.r.pipeline(transaction=False)
-        for item in item_ids:
-            pipe.zrevrange(self.keys.cobuy(item), 0, n - 1, withscores=True)
-        return [[(m, float(s)) for m, s in rows] for rows in pipe.execute()]
+        return self._tops([self.keys.cobuy(i) for i in item_ids], n)
 
     def row_reads(
         self,
@@ -312,20 +311,15 @@ class FeatureStore:
             if category is None
             else self.keys.suggest_category(category_key(category_levels(category)))
         )
-        pipe = self.r.pipeline(transaction=False)
-        pipe.zrevrange(key, 0, n - 1, withscores=True)
-        pipe.get(self.keys.trending_t0)
-        pipe.get(self.keys.clock)
-        top, t0, clock = pipe.execute()
-        if not top or t0 is None:
-            return []
-        tau = self.config.tau_ms(self.config.trending_half_life_s)
-        scale = landmark_scale(float(t0), float(clock if clock is not None else t0), tau)
-        return [(m.decode() if isinstance(m, bytes) else m, float(s) * scale) for m, s in top]
+        return self._landmark_top(key, n)
 
     def _read_trending(self, n: int) -> list[tuple[str, float]]:
+        return self._landmark_top(self.keys.trending, n)
+
+    def _landmark_top(self, key: str, n: int) -> list[tuple[str, float]]:
+        """The top ``n`` of a sorted set scored on trending's landmark, scaled to the stream clock."""
         pipe = self.r.pipeline(transaction=False)
-        pipe.zrevrange(self.keys.trending, 0, n - 1, withscores=True)
+        pipe.zrevrange(key, 0, n - 1, withscores=True)
         pipe.get(self.keys.trending_t0)
         pipe.get(self.keys.clock)
         top, t0, clock = pipe.execute()
