@@ -223,7 +223,10 @@ def test_changes_keep_the_columns_exact(catalogue, categories):
                 live[i] = meta
         f = Filter.parse(brand=BRANDS[:2], category=categories[step % len(categories)])
         assert _selected(c, f) == {i for i, m in live.items() if reference(m, f)}
-    assert len(c) == len(live)
+    assert len(c) == len(live) and c.out_of_stock == sum(not m.available for m in live.values())
+    everything_in_stock = CatalogColumns()
+    everything_in_stock.apply({i: replace(m, stock=None) for i, m in live.items()})
+    assert everything_in_stock.select(Filter(), "in_stock") is None  # nothing to filter
 
 
 # --- filtered retrieval ----------------------------------------------------------------------------

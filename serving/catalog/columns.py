@@ -76,6 +76,7 @@ class CatalogColumns:
         self.categories = _Codes()  # full paths, normalised (category_key)
         self.keywords: dict[str, dict[str, set[int]]] = {}  # attribute → value → rows
         self.numbers: dict[str, np.ndarray] = {}  # attribute → float64 per row (NaN: none)
+        self.out_of_stock = 0  # live items not available
 
     # --- changes ---------------------------------------------------------------------------
     def apply(self, changes: Mapping[str, ItemMeta | None], reset: bool = False) -> None:
@@ -116,6 +117,7 @@ class CatalogColumns:
         self._ids[r] = item_id
         self.live[r] = True
         self.available[r] = meta.available
+        self.out_of_stock += not meta.available
         self.price[r] = np.nan if meta.price is None else meta.price
         self.created[r] = np.nan if meta.created_ms is None else meta.created_ms
         self.brand[r] = -1 if meta.brand is None else self.brands.of(meta.brand)
@@ -137,6 +139,7 @@ class CatalogColumns:
         if r is None:
             return
         self._ids[r] = None
+        self.out_of_stock -= not self.available[r]
         self.live[r] = self.available[r] = False
         self.price[r] = self.created[r] = np.nan
         self.brand[r] = self.category[r] = -1
@@ -166,6 +169,9 @@ class CatalogColumns:
         """The items ``f`` admits; None when it admits every live item (no filtering needed)."""
         if not f.narrows(default_availability):
             return None
+        only_in_stock = f == Filter(availability="in_stock") or (f == Filter() and default_availability == "in_stock")
+        if only_in_stock and self.out_of_stock == 0:
+            return None  # the common request: nothing is out of stock, nothing to filter (no pass over the rows)
         with self.lock:
             masks = self.masks(f, default_availability)
             mask = self.live.copy()
