@@ -37,7 +37,7 @@ from streamrec import sessions
 from streamrec.features import INTERACTIONS, FeatureStore
 from streamrec.query_encoder import QueryEncoder
 from streamrec.ranking import N_FEATURES, FeatureAssembler
-from streamrec.schemas import Facets, MerchandisingRule, ResultItem, ResultList, Suggestion, SuggestionList
+from streamrec.schemas import Facets, ResultItem, ResultList, Suggestion, SuggestionList
 from streamrec.settings import Settings
 from streamrec.vector_index import IndexReplica, LiveIndex
 
@@ -193,7 +193,7 @@ class Engine:
         asked: tuple,
         offset: int,
         page_of: str | None,
-        rules: list[MerchandisingRule],
+        rules: list[merchandising.CompiledRule],
     ) -> ResultList:
         """A page cut from the ranking ``page_of`` answered, or from a new one (sorted as asked,
         then the merchandising ``rules`` applied). Its impression says where the page starts; its

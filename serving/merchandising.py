@@ -74,7 +74,9 @@ class RuleStore:
 
 
 @dataclass(frozen=True)
-class _Compiled:
+class CompiledRule:
+    """A rule with its query and category analysed once, when the rules are loaded."""
+
     rule: MerchandisingRule
     query: str | None  # normalised (suggestion_text) for an exact match
     terms: frozenset[str]  # analysed, for a contains match
@@ -101,8 +103,8 @@ class _Compiled:
         return item_id in r.items or (meta is not None and meta.brand is not None and meta.brand in r.brands)
 
 
-def compile_rule(rule: MerchandisingRule) -> _Compiled:
-    return _Compiled(
+def compile_rule(rule: MerchandisingRule) -> CompiledRule:
+    return CompiledRule(
         rule,
         suggestion_text(rule.query) if rule.query else None,
         frozenset(analyze(rule.query)) if rule.query else frozenset(),
@@ -119,7 +121,7 @@ class RuleFollower(Follower):
         super().__init__(poll_s, "rule-follower")
         self.store = store
         self.seen = -1
-        self.rules: list[_Compiled] = []
+        self.rules: list[CompiledRule] = []
 
     def poll(self) -> bool:
         if self.store is None:
@@ -131,15 +133,15 @@ class RuleFollower(Follower):
         self.seen = version
         return True
 
-    def matching(self, query: str, filters: Filter | None, now_ms: int | None = None) -> list[MerchandisingRule]:
+    def matching(self, query: str, filters: Filter | None, now_ms: int | None = None) -> list[CompiledRule]:
         now = int(time.time() * 1000) if now_ms is None else now_ms
-        return [c.rule for c in self.rules if c.active(now) and c.matches(query, filters)]
+        return [c for c in self.rules if c.active(now) and c.matches(query, filters)]
 
 
 def apply(
     ranked: Ranked,
     order: list[int],
-    rules: list[MerchandisingRule],
+    compiled: list[CompiledRule],
     meta: Callable[[str], ItemMeta | None],
     admits: Callable[[str], bool],
     boost: bool = True,
@@ -148,14 +150,13 @@ def apply(
     products gone, buried ones last, boosted ones re-sorted by their raised score (only with
     ``boost``: a sort by price keeps its order), pinned ones placed — a pinned product the search
     did not find is added as a candidate. The rows are dropped (the page changed)."""
-    compiled = [compile_rule(r) for r in rules]
     ids, final = list(ranked.ids), ranked.final.astype(np.float32).copy()
     reasons = [list(r) for r in ranked.reasons]
     best = float(final.max()) if len(final) else 1.0
     hidden: set[int] = set()
     buried: set[int] = set()
 
-    def say(j: int, c: _Compiled) -> None:
+    def say(j: int, c: CompiledRule) -> None:
         reasons[j].append(f"{VERBS[c.rule.action]} by rule '{c.rule.name}'")
 
     for c in compiled:

@@ -14,7 +14,7 @@ with every filter but its own, so choosing one brand does not hide the others).
 from __future__ import annotations
 
 import threading
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,12 +69,12 @@ class CatalogColumns:
         self.live = np.zeros(0, dtype=bool)
         self.available = np.zeros(0, dtype=bool)
         self.price = np.zeros(0, dtype=np.float64)
-        self.created = np.zeros(0, dtype=np.float64)
         self.brand = np.zeros(0, dtype=np.int32)
         self.category = np.zeros(0, dtype=np.int32)
         self.brands = _Codes()
         self.categories = _Codes()  # full paths, normalised (category_key)
         self.keywords: dict[str, dict[str, set[int]]] = {}  # attribute → value → rows
+        self._row_keywords: dict[int, list[set[int]]] = {}  # row → the posting sets holding it
         self.numbers: dict[str, np.ndarray] = {}  # attribute → float64 per row (NaN: none)
         self.out_of_stock = 0  # live items not available
 
@@ -102,7 +102,6 @@ class CatalogColumns:
         self.live = grown(self.live, False)
         self.available = grown(self.available, False)
         self.price = grown(self.price, np.nan)
-        self.created = grown(self.created, np.nan)
         self.brand = grown(self.brand, -1)
         self.category = grown(self.category, -1)
         self.numbers = {k: grown(v, np.nan) for k, v in self.numbers.items()}
@@ -119,7 +118,6 @@ class CatalogColumns:
         self.available[r] = meta.available
         self.out_of_stock += not meta.available
         self.price[r] = np.nan if meta.price is None else meta.price
-        self.created[r] = np.nan if meta.created_ms is None else meta.created_ms
         self.brand[r] = -1 if meta.brand is None else self.brands.of(meta.brand)
         levels = category_levels(meta.category) if meta.category else ()
         self.category[r] = self.categories.of(category_key(levels)) if levels else -1
@@ -132,7 +130,9 @@ class CatalogColumns:
             else:
                 postings = self.keywords.setdefault(name, {})
                 for v in value if isinstance(value, list) else [value]:
-                    postings.setdefault(v, set()).add(r)
+                    rows = postings.setdefault(v, set())
+                    rows.add(r)
+                    self._row_keywords.setdefault(r, []).append(rows)
 
     def _remove(self, item_id: str) -> None:
         r = self._row.pop(item_id, None)
@@ -141,13 +141,12 @@ class CatalogColumns:
         self._ids[r] = None
         self.out_of_stock -= not self.available[r]
         self.live[r] = self.available[r] = False
-        self.price[r] = self.created[r] = np.nan
+        self.price[r] = np.nan
         self.brand[r] = self.category[r] = -1
         for col in self.numbers.values():
             col[r] = np.nan
-        for postings in self.keywords.values():
-            for rows in postings.values():
-                rows.discard(r)
+        for rows in self._row_keywords.pop(r, ()):  # only the item's own values: a patch costs O(its attributes)
+            rows.discard(r)
         self._free.append(r)
 
     # --- reads -----------------------------------------------------------------------------
@@ -228,9 +227,3 @@ class CatalogColumns:
             if rows:
                 m[np.fromiter(rows, dtype=np.int64, count=len(rows))] = True
         return m
-
-    def facet_inputs(self, rows: Collection[int]) -> tuple[np.ndarray, ...]:
-        """(brand codes, category codes, prices, availability) of ``rows``, copied under the lock."""
-        idx = np.asarray(list(rows), dtype=np.int64)
-        with self.lock:
-            return self.brand[idx], self.category[idx], self.price[idx], self.available[idx]
