@@ -74,16 +74,26 @@ K = 10  # results per page: what a shopper sees and what nDCG@10 scores
 NO_EXPLORATION = {"explore_share": 0.0, "swap_share": 0.0}
 NOTHING_LEARNED = {"head_weight": 0.0, "expansion_boost": 0.0, "memory_weight": 0.0}
 DEFAULT_MEMORY_WEIGHT = SearchSettings().memory_weight
+TUNING_OFF = {"enabled": False}  # the encoder's query side (learner/query_tuning.py)
 ABLATIONS: dict[str, dict[str, dict[str, object]]] = {
-    "learning off": {"search": {**NOTHING_LEARNED, **NO_EXPLORATION}},
+    "learning off": {"search": {**NOTHING_LEARNED, **NO_EXPLORATION}, "query_tuning": TUNING_OFF},
     # the head served as it was before its scorecard, learning from every list (clicked or not)
     "head ungated, all lists": {
         "search": {**NOTHING_LEARNED, "head_weight": 0.5, "head_gate": False, **NO_EXPLORATION},
         "learner": {"skip_clickless_searches": False},
+        "query_tuning": TUNING_OFF,
     },
-    "expansion only": {"search": {**NOTHING_LEARNED, "expansion_boost": 0.5, **NO_EXPLORATION}},
-    "click memory only": {"search": {**NOTHING_LEARNED, "memory_weight": DEFAULT_MEMORY_WEIGHT, **NO_EXPLORATION}},
+    "expansion only": {
+        "search": {**NOTHING_LEARNED, "expansion_boost": 0.5, **NO_EXPLORATION},
+        "query_tuning": TUNING_OFF,
+    },
+    "click memory only": {
+        "search": {**NOTHING_LEARNED, "memory_weight": DEFAULT_MEMORY_WEIGHT, **NO_EXPLORATION},
+        "query_tuning": TUNING_OFF,
+    },
+    "query tuning only": {"search": {**NOTHING_LEARNED, **NO_EXPLORATION}},
     "full, no exploration": {"search": dict(NO_EXPLORATION)},
+    "full, no query tuning": {"query_tuning": TUNING_OFF},
     "full (default settings)": {},
     "full + expansion 0.5": {"search": {"expansion_boost": 0.5}},
 }
@@ -171,6 +181,7 @@ class RoundScore:
     purchases: int = 0
     model_version: int = 0
     head_earned: bool = False  # the head reordered /search at the end of the round (its scorecard)
+    query_encoder: str = ""  # the query-encoder version served at the end of the round ("" = pretrained)
 
 
 @dataclass
@@ -244,12 +255,16 @@ def simulate(
     for r in range(1, rounds + 1):
         score = play_round(http, data, model, rng, r)
         score.model_version = wait_model_settled(http, after_s=stack.settings.learner.label_window_s + 1.0, quiet_s=3.0)
-        score.head_earned = bool(http.get("/healthz").json().get("search_head_earned"))
+        health = http.get("/healthz").json()
+        score.head_earned = bool(health.get("search_head_earned"))
+        encoder = str(health.get("encoder", ""))
+        score.query_encoder = encoder.partition("+query-")[2]
         report.rounds.append(score)
         print(
             f"  [{config}] round {r}: clicked {score.clicked:.4f} · not logged {score.not_logged:.4f} · "
             f"non-clickers {score.non_clickers:.4f} · {score.clicks} clicks, {score.purchases} purchases · "
-            f"model v{score.model_version}{' (head ranks search)' if score.head_earned else ''}",
+            f"model v{score.model_version}{' (head ranks search)' if score.head_earned else ''}"
+            f"{f' · query encoder {score.query_encoder}' if score.query_encoder else ''}",
             flush=True,
         )
     report.final = play_round(http, data, model, rng, rounds + 1, shoppers=False)
@@ -337,6 +352,7 @@ def main() -> int:
     ap.add_argument("--eta", type=float, default=1.0, help="PBM examination (1/rank)^eta")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ablations", action="store_true", help="every configuration in ABLATIONS, one stack each")
+    ap.add_argument("--configs", help="comma-separated names of ABLATIONS to run (instead of --ablations)")
     args = ap.parse_args()
     base = Settings()
     data = load_online_data(base.require_data_dir(), args.queries, args.products)
@@ -347,6 +363,8 @@ def main() -> int:
         flush=True,
     )
     configs = ABLATIONS if args.ablations else {"full (default settings)": {}}
+    if args.configs:
+        configs = {name: ABLATIONS[name] for name in args.configs.split(",")}
     reports = []
     for name, overrides in configs.items():
         reports.append(run_config(name, overrides, data, model, args.rounds, args.seed, base))

@@ -25,6 +25,12 @@ LABEL_TO_PUBLISH = Histogram(
     "labelled event read → a model that learned from it published",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
 )
+QUERY_TUNING = Counter(
+    "streamrec_learner_query_tuning_total",
+    "query-encoder trainings, by outcome (published / rejected by the held-out gate / failed)",
+    ["outcome"],
+)
+QUERY_ENCODER_VERSION = Gauge("streamrec_learner_query_encoder_version", "query-encoder version last published")
 CHECKPOINT_SECONDS = Histogram(
     "streamrec_learner_checkpoint_seconds", "time to write a checkpoint", buckets=(0.005, 0.01, 0.05, 0.1, 0.5, 1, 5)
 )

@@ -33,17 +33,19 @@ from learner.drift import FEATURE_WINDOW, ks_critical
 from learner.estimator import OnlineRanker
 from learner.examples import Batch, Example
 from learner.guard import RollbackGuard
-from learner.joiner import LabelJoiner
+from learner.joiner import LabelJoiner, PendingImpression
 from learner.negatives import NegativeSampler
 from learner.next_item import NextItemJoiner
 from learner.online import OnlineLearner
 from learner.pipeline import ExampleBuilder, QuarantineVerdicts
 from learner.position_bias import PositionBias
+from learner.query_tuning import QueryTuner
 from learner.search_card import SearchCard
 from streamrec import bus
 from streamrec.features import Keys
 from streamrec.model_store import ModelStore
 from streamrec.ops import add_learner_stats
+from streamrec.query_versions import QueryVersions
 from streamrec.ranking import FeatureAssembler, load_served
 from streamrec.schemas import Event, Rejected, decode_event
 from streamrec.sessions.learned import FusionModel, load_pool
@@ -94,6 +96,7 @@ class _Loop:
     # whether the head orders unseen queries' clicks better than the fused order (serving's gate)
     position_bias: PositionBias = field(default_factory=PositionBias)
     search_card: SearchCard | None = None
+    query_tuner: QueryTuner | None = None  # the encoder's query side, trained in the background
     ready: list[Example] = field(default_factory=list)
     ready_since: float = 0.0
     read_times: list[float] = field(default_factory=list)  # wall times of labels learned, unpublished
@@ -289,6 +292,7 @@ class _Loop:
                 "guard_good": self.guard.good[0] if self.guard.good else None,
                 "position_bias": self.position_bias.state(),
                 "search_card": self.search_card.state() if self.search_card is not None else None,
+                "query_tuner": self.query_tuner.state() if self.query_tuner is not None else None,
             }
         )
         M.CHECKPOINT_SECONDS.observe(time.perf_counter() - t0)
@@ -332,6 +336,19 @@ def _vectors(s: Settings):
     if not replica.wait_caught_up(60):  # featurising before the vectors load would train on holes
         log.warning("item vectors not caught up after 60 s; starting anyway (rows without vectors degrade)")
     return replica, replica.index.vector, replica.index.meta
+
+
+def _query_tuner(s: Settings, replica, position_bias: PositionBias) -> QueryTuner:
+    from streamrec.encoder import bundled_model_dir
+
+    return QueryTuner(
+        s.query_tuning,
+        QueryVersions(s.query_encoders_dir),
+        s.encoder.model_dir or bundled_model_dir(),
+        replica.index.vector,
+        replica.index.item_ids,
+        position_bias.eta,
+    )
 
 
 def _decoded(value: bytes | None, max_bytes: int) -> Event | None:
@@ -404,6 +421,17 @@ def run(settings: Settings, stop: threading.Event) -> None:
         p, k, loop.core.champion.head, loop.position_bias.eta()
     )
     joiner.on_close = loop.position_bias.observe
+    if s.query_tuning.enabled and replica is not None:
+        loop.query_tuner = tuner = _query_tuner(s, replica, loop.position_bias)
+        if state is not None and state.get("query_tuner") is not None:
+            tuner.load_state(state["query_tuner"])
+        bias = loop.position_bias
+
+        def closed(p: PendingImpression) -> None:
+            bias.observe(p)
+            tuner.observe(p)
+
+        joiner.on_close = closed
     if version == 0:
         loop.version = loop.publish("initial")  # serving can become ready before any label
         log.info("published initial version %d", loop.version)
@@ -439,6 +467,8 @@ def run(settings: Settings, stop: threading.Event) -> None:
             loop.train_ready()
             loop.adopt_operator_rollback()
             loop.maybe_publish()
+            if loop.query_tuner is not None:
+                loop.query_tuner.maybe_start()
             loop.checkpoint(consumer)
             loop.write_stats(r)
         loop.train_ready(force=True)
@@ -447,6 +477,8 @@ def run(settings: Settings, stop: threading.Event) -> None:
         loop.checkpoint(consumer, force=True)
         loop.write_stats(r, force=True)
     finally:
+        if loop.query_tuner is not None:
+            loop.query_tuner.stop()
         consumer.close()
         producer.flush(10)
         producer.close(10)

@@ -29,6 +29,7 @@ from serving.impressions import ImpressionLog
 from serving.lexical import LexicalIndex
 from serving.merchandising import RuleFollower
 from serving.models import ModelWatcher
+from serving.query_versions import QueryVersionFollower
 from serving.rerank import mmr
 from serving.search import Ranked, SearchRanker, pages
 from serving.stages import route, stage
@@ -80,8 +81,10 @@ class Engine:
         expansions: ExpansionFollower | None = None,
         suggestions: SuggestFollower | None = None,
         rules: RuleFollower | None = None,
+        query_versions: QueryVersionFollower | None = None,
     ):
         self.s = s
+        self.query_versions = query_versions  # the learner's fine-tuned query encoder, followed on disk
         self.expansions = expansions  # the lexical index's query-log expansions (stopped with it)
         self.suggestions = suggestions  # autocomplete, followed from Redis (None: nothing to suggest)
         self.rules = rules or RuleFollower(None)  # merchandising rules, followed from Redis

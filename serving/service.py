@@ -25,12 +25,14 @@ from serving.impressions import ImpressionLog
 from serving.lexical import LexicalIndex
 from serving.merchandising import RuleFollower, RuleStore
 from serving.models import ModelWatcher
+from serving.query_versions import QueryVersionFollower
 from serving.suggest import SuggestFollower
 from streamrec import bus
 from streamrec.features import FeatureStore
 from streamrec.gcpause import GcKeeper
 from streamrec.model_store import ModelStore
 from streamrec.query_encoder import QueryEncoder
+from streamrec.query_versions import QueryVersions
 from streamrec.settings import Settings
 from streamrec.store import connect
 from streamrec.vector_index import IndexReplica
@@ -63,8 +65,18 @@ def build_engine(s: Settings) -> tuple[Engine, KafkaProducer]:
         suggestions.start()
     rules = RuleFollower(RuleStore(r, s.redis.prefix), s.search.rules_poll_s)  # merchandising
     rules.start()
+    query_versions = None  # the learner's fine-tuned query side, once one beat the pretrained encoder
+    if s.query_tuning.enabled:
+        query_versions = QueryVersionFollower(s, encoder, QueryVersions(s.query_encoders_dir))
+        try:  # a worker starting later starts with the version the others serve
+            query_versions.poll()
+        except (OSError, ValueError) as e:
+            log.warning("could not load the published query encoder (serving the pretrained one): %r", e)
+        query_versions.start()
     impressions = ImpressionLog(s, producer, r)
-    engine = Engine(s, encoder, replica, features, models, lexical, impressions, expansions, suggestions, rules)
+    engine = Engine(
+        s, encoder, replica, features, models, lexical, impressions, expansions, suggestions, rules, query_versions
+    )
     return engine, producer
 
 
@@ -110,6 +122,8 @@ def run(s: Settings, stop: threading.Event) -> None:
         if engine.suggestions is not None:
             engine.suggestions.stop()
         engine.rules.stop()
+        if engine.query_versions is not None:
+            engine.query_versions.stop()
         engine.lexical.stop()
         engine.replica.stop()
 

@@ -58,19 +58,16 @@ class QueryEncoder:
     def from_settings(cls, s: Settings) -> QueryEncoder:
         """The runtime of ``encoder.query_runtime``; ONNX only where the items' encoder is fp32 on CPU
         (an int8 or GPU item encoder is queried with itself)."""
-        runtime = s.encoder.query_runtime
-        onnx_applies = s.encoder.precision == "fp32" and s.encoder.device != "cuda"
-        if runtime != "torch" and s.encoder.device == "auto":
-            import torch
+        embed, model_id, dim = embedder(s)
+        return cls(embed, model_id, dim, s.encoder.query_cache)
 
-            onnx_applies = onnx_applies and not torch.cuda.is_available()
-        if runtime == "torch" or not onnx_applies:
-            encoder = Encoder.from_settings(s)
-            return cls(encoder.encode, encoder.model_id, encoder.dim, s.encoder.query_cache)
-        model_dir = Path(s.encoder.model_dir) if s.encoder.model_dir else bundled_model_dir()
-        built = build_onnx(model_dir, s.encoder.onnx_dir or default_onnx_dir(), int8=runtime == "onnx-int8")
-        onnx = OnnxEmbedder(built, model_dir)
-        return cls(onnx.encode, f"{model_id_for(s)}+{runtime}", onnx.dim, s.encoder.query_cache)
+    def swap(self, embed: Callable[[list[str]], np.ndarray], model_id: str) -> None:
+        """Serve queries with another model from now on (a fine-tuned query side: serving/query_versions.py);
+        the cached vectors of the previous one are dropped with it."""
+        with self._cache_lock:
+            self._embed, self.model_id = embed, model_id
+            if self._cache is not None:
+                self._cache.clear()
 
     def encode_query(self, text: str) -> np.ndarray:
         """(dim,) read-only vector. The model runs outside the cache lock, so a miss never holds up
@@ -79,11 +76,40 @@ class QueryEncoder:
             return _read_only(self._embed([text])[0])
         with self._cache_lock:
             hit = self._cache.get(text)
+            embed = self._embed
         if hit is not None:
             return hit
-        vec = _read_only(self._embed([text])[0])
+        vec = _read_only(embed([text])[0])
         with self._cache_lock:
+            if embed is not self._embed:  # swapped meanwhile: this vector is the old model's
+                return vec
             return self._cache.setdefault(text, vec)  # two threads that missed together share the first
+
+
+def embedder(
+    s: Settings, model_dir: Path | None = None, onnx_dir: Path | None = None, version: str = ""
+) -> tuple[Callable[[list[str]], np.ndarray], str, int]:
+    """(embed, model id, dim) of ``model_dir`` (default: the items' encoder) in the runtime the
+    settings choose; ONNX builds go to ``onnx_dir`` (default ``encoder.onnx_dir``)."""
+    runtime = s.encoder.query_runtime
+    onnx_applies = s.encoder.precision == "fp32" and s.encoder.device != "cuda"
+    if runtime != "torch" and s.encoder.device == "auto":
+        import torch
+
+        onnx_applies = onnx_applies and not torch.cuda.is_available()
+    suffix = f"+{version}" if version else ""
+    if runtime == "torch" or not onnx_applies:
+        encoder = Encoder(
+            model_dir or s.encoder.model_dir,
+            device=s.encoder.device,
+            precision=s.encoder.precision,
+            batch_size=s.encoder.batch_size,
+        )
+        return encoder.encode, encoder.model_id + suffix, encoder.dim
+    model_dir = model_dir or (Path(s.encoder.model_dir) if s.encoder.model_dir else bundled_model_dir())
+    built = build_onnx(model_dir, onnx_dir or s.encoder.onnx_dir or default_onnx_dir(), int8=runtime == "onnx-int8")
+    onnx = OnnxEmbedder(built, model_dir)
+    return onnx.encode, f"{model_id_for(s)}+{runtime}{suffix}", onnx.dim
 
 
 def default_onnx_dir() -> Path:

@@ -512,6 +512,41 @@ class SearchSettings(_Group):
     )
 
 
+class QueryTuningSettings(_Group):
+    """The encoder's query side fine-tuned on search clicks in the learner's background, served only
+    when it ranks held-out queries' clicks higher (env ``STREAMREC_QUERY_TUNING_*``;
+    learner/query_tuning.py)."""
+
+    enabled: bool = Field(True, description="fine-tune the query side of the encoder on search clicks")
+    min_pairs: int = Field(
+        500, ge=10, description="new training clicks (of queries outside the held-out share) before a training"
+    )
+    holdout_share: float = Field(
+        0.2, gt=0, lt=1, description="share of queries (by key) never trained on: a candidate is judged on their clicks"
+    )
+    min_holdout: int = Field(200, ge=10, description="held-out clicks before any candidate can be published")
+    z: float = Field(
+        2.0, ge=0, description="a candidate is published when it beats the served version by this many standard errors"
+    )
+    layers: int = Field(2, ge=1, description="top transformer layers that train; the rest stay pretrained")
+    steps: int = Field(200, ge=1, description="optimiser steps per training")
+    batch: int = Field(32, ge=2, le=1024)
+    lr: float = Field(2e-5, gt=0)
+    anchor: float = Field(
+        1.0, ge=0, description="weight keeping tuned query vectors near the pretrained ones (clicked and unclicked)"
+    )
+    max_weight: float = Field(
+        1.0,
+        ge=1,
+        description="cap of a click's 1/theta(position) weight; 1 = every click counts once (the skipped products "
+        "above it carry the position information; up-weighting deep noisy clicks trained worse)",
+    )
+    judge_items: int = Field(20_000, ge=100, description="catalogue sample the clicked products are ranked in")
+    pairs_kept: int = Field(50_000, ge=100, description="most recent training and held-out clicks kept")
+    keep_versions: int = Field(3, ge=1, description="published query-encoder versions kept on disk")
+    poll_s: float = Field(5.0, gt=0, description="how often serving looks for a new query-encoder version")
+
+
 class CatalogSettings(_Group):
     """Filters, facets and stock on /search, /recommend and /similar (env ``STREAMREC_CATALOG_*``;
     serving/catalog/)."""
@@ -749,6 +784,7 @@ class Settings(BaseSettings):
     search: SearchSettings = Field(default_factory=SearchSettings)
     recommend: RecommendSettings = Field(default_factory=RecommendSettings)
     catalog: CatalogSettings = Field(default_factory=CatalogSettings)
+    query_tuning: QueryTuningSettings = Field(default_factory=QueryTuningSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     cockpit: CockpitSettings = Field(default_factory=CockpitSettings)
     features: FeatureSettings = Field(
@@ -828,6 +864,10 @@ class Settings(BaseSettings):
     @cached_property
     def models_dir(self) -> Path:
         return self.state_dir / "models"
+
+    @cached_property
+    def query_encoders_dir(self) -> Path:
+        return self.state_dir / "query_encoders"
 
     def require_data_dir(self) -> Path:
         """The dataset folder, or a clear error telling the user how to point at theirs."""

@@ -1,0 +1,418 @@
+"""The encoder's query side learns from the shop's clicks, and is served only where it is better.
+
+Why: the pretrained encoder was never shown this shop's words ("romex" is a cable, "1/2 in" a
+size); the click memory fixes one query at a time, only what fine-tuning the query side learns can
+reach queries nobody clicked yet. Why the query side only: the items keep the vectors the index
+holds, so a new version needs no re-embedding of the catalogue and switching back is instant; and
+only the top transformer layers train, so a version is a few megabytes that travel through Redis to
+every serving worker (``streamrec/query_tuning.py`` applies them).
+
+Training pairs are a search's clicked product against the products shown *above* it and not clicked
+(skipped on the way down: the hard negatives a shopper rejected) and the other pairs' products in
+the batch. Each counts 1 / theta(position) (``learner/position_bias.py``), so a click at the top,
+where shoppers click whatever is there, does not dominate. The tuned vector is held near the
+pretrained one (``anchor``), for the clicked queries and for queries that got no click, so the
+long tail is not dragged along.
+
+A candidate is published only when, on clicks of queries it never trained on (a fixed share of
+queries by key), it ranks the clicked product higher in the whole catalogue than the version
+served now does, by more than ``z`` standard errors of the paired difference.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import random
+import threading
+import zlib
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from learner import metrics as M
+from learner.joiner import PendingImpression
+from learner.position_bias import ips_weight
+from streamrec.analysis import query_key
+from streamrec.query_versions import QueryVersions
+from streamrec.settings import QueryTuningSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClickPair:
+    """One click of a search: its query, the clicked product, the products skipped above it."""
+
+    query: str
+    positive: str
+    negatives: tuple[str, ...]
+    weight: float  # 1 / theta(position of the click), capped
+
+
+def is_holdout(query: str, share: float) -> bool:
+    """Queries kept out of training to judge a candidate on: a stable share, by query key, so two
+    spellings of one query never land on both sides."""
+    return zlib.crc32(query_key(query).encode()) % 1000 < share * 1000
+
+
+@dataclass(frozen=True)
+class TuningConfig:
+    layers: int = 2  # top transformer layers that train (the rest, and the embeddings, stay frozen)
+    steps: int = 200
+    batch: int = 32
+    lr: float = 2e-5
+    temperature: float = 0.05
+    anchor: float = 1.0  # weight of ||tuned − pretrained||² on the batch's and unclicked queries
+    max_weight: float = 10.0
+    seed: int = 0
+
+
+class QueryTower:
+    """The pretrained encoder's query side with its top ``layers`` trainable; ``state()`` is those
+    layers' weights only (what a version carries)."""
+
+    def __init__(self, model_dir: Path, layers: int):
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        self.model = AutoModel.from_pretrained(model_dir, local_files_only=True)
+        self.layers = layers
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.trainable = [n for n, _ in self.model.named_parameters() if _is_top_layer(n, self._depth(), layers)]
+        for n, p in self.model.named_parameters():
+            if n in self.trainable:
+                p.requires_grad_(True)
+        self._torch = torch
+
+    def _depth(self) -> int:
+        return int(self.model.config.num_hidden_layers)
+
+    def encode(self, texts: Sequence[str], grad: bool = False):
+        """(n, dim) unit rows as a tensor; mean pooling as ``streamrec.encoder``."""
+        torch = self._torch
+        batch = self.tokenizer(list(texts), truncation=True, max_length=64, padding=True, return_tensors="pt")
+        ctx = torch.enable_grad() if grad else torch.inference_mode()
+        with ctx:
+            hidden = self.model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(pooled, p=2, dim=1)
+
+    def encode_numpy(self, texts: Sequence[str], batch: int = 256) -> np.ndarray:
+        self.model.eval()
+        parts = [self.encode(texts[i : i + batch]).numpy() for i in range(0, len(texts), batch)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.model.config.hidden_size), np.float32)
+
+    def state(self) -> dict:
+        sd = self.model.state_dict()
+        return {n: sd[n].clone() for n in self.trainable}
+
+    def load(self, state: dict) -> None:
+        unknown = set(state) - set(self.trainable)
+        if unknown:
+            raise ValueError(f"a query-encoder version names weights this tower does not train: {sorted(unknown)[:3]}")
+        self.model.load_state_dict(state, strict=False)
+
+
+def _is_top_layer(name: str, depth: int, layers: int) -> bool:
+    """``encoder.layer.{i}.…`` with i among the top ``layers``."""
+    parts = name.split(".")
+    if "layer" not in parts:
+        return False
+    i = parts.index("layer")
+    return i + 1 < len(parts) and parts[i + 1].isdigit() and int(parts[i + 1]) >= depth - layers
+
+
+def fine_tune(
+    tower: QueryTower,
+    pairs: Sequence[ClickPair],
+    vector_of: Callable[[str], np.ndarray | None],
+    anchor_queries: Sequence[str],
+    cfg: TuningConfig,
+    progress: Callable[[int, float], None] | None = None,
+) -> int:
+    """Train ``tower`` in place on ``pairs``; returns the steps taken (0 when no pair has vectors)."""
+    torch = tower._torch
+    usable = [p for p in pairs if vector_of(p.positive) is not None]
+    if not usable:
+        return 0
+    rng = random.Random(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    base_of = _pretrained_vectors(tower, {p.query for p in usable} | set(anchor_queries))
+    params = [p for n, p in tower.model.named_parameters() if n in tower.trainable]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    tower.model.train()
+    anchors = list(anchor_queries)
+    for step in range(cfg.steps):
+        batch = [usable[rng.randrange(len(usable))] for _ in range(min(cfg.batch, len(usable)))]
+        queries = [p.query for p in batch]
+        items: list[str] = []
+        vectors: list[np.ndarray] = []
+        for i in [p.positive for p in batch] + [n for p in batch for n in p.negatives]:
+            if (v := vector_of(i)) is not None:
+                items.append(i)
+                vectors.append(v)
+        if items[: len(batch)] != [p.positive for p in batch]:  # a product deleted meanwhile: skip the step
+            continue
+        cand = torch.from_numpy(np.stack(vectors).astype(np.float32))
+        q = tower.encode(queries, grad=True)
+        logits = q @ cand.T / cfg.temperature
+        # a pair's own product is its target; the others' positives and every skipped product are
+        # negatives, except where the same product is this pair's positive too
+        same = torch.tensor(
+            [[items[j] == p.positive and j != i for j in range(len(items))] for i, p in enumerate(batch)]
+        )
+        logits = logits.masked_fill(same, float("-inf"))
+        w = torch.tensor([min(p.weight, cfg.max_weight) for p in batch], dtype=torch.float32)
+        nll = torch.nn.functional.cross_entropy(logits, torch.arange(len(batch)), reduction="none")
+        loss = (nll * w).sum() / w.sum()
+        if cfg.anchor > 0:
+            drift = ((q - torch.from_numpy(np.stack([base_of[t] for t in queries]))) ** 2).sum(1).mean()
+            if anchors:
+                sample = [anchors[rng.randrange(len(anchors))] for _ in range(len(batch))]
+                a = tower.encode(sample, grad=True)
+                drift = drift + ((a - torch.from_numpy(np.stack([base_of[t] for t in sample]))) ** 2).sum(1).mean()
+            loss = loss + cfg.anchor * drift
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if progress is not None:
+            progress(step + 1, float(loss.detach()))
+    tower.model.eval()
+    return cfg.steps
+
+
+def _pretrained_vectors(tower: QueryTower, queries: set[str]) -> dict[str, np.ndarray]:
+    texts = sorted(queries)
+    return dict(zip(texts, tower.encode_numpy(texts), strict=True))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    pairs: int
+    current: float  # IPS-weighted mean DCG gain of the clicked product in the whole catalogue
+    candidate: float
+    gap: float
+    stderr: float
+    better: bool
+
+
+def judge(
+    current: np.ndarray,
+    candidate: np.ndarray,
+    positives: np.ndarray,
+    weights: np.ndarray,
+    items: np.ndarray,
+    z: float,
+    min_pairs: int,
+) -> Verdict:
+    """Compare two query encoders on held-out clicks: ``current``/``candidate`` (n, dim) query
+    vectors, ``positives`` the clicked product's row in ``items`` (m, dim). The gain of a click is
+    1 / log2(2 + rank) of its product among every item by cosine."""
+    g_cur = _gains(current, positives, items)
+    g_cand = _gains(candidate, positives, items)
+    w = weights / weights.mean() if len(weights) else weights
+    diff = (g_cand - g_cur) * w
+    n = len(diff)
+    stderr = float(diff.std(ddof=1) / math.sqrt(n)) if n > 1 else float("inf")
+    gap = float(diff.mean()) if n else 0.0
+    return Verdict(
+        pairs=n,
+        current=float((g_cur * w).mean()) if n else 0.0,
+        candidate=float((g_cand * w).mean()) if n else 0.0,
+        gap=gap,
+        stderr=stderr,
+        better=n >= min_pairs and gap > z * stderr,
+    )
+
+
+def _gains(queries: np.ndarray, positives: np.ndarray, items: np.ndarray) -> np.ndarray:
+    scores = queries @ items.T
+    own = scores[np.arange(len(queries)), positives]
+    rank = (scores > own[:, None]).sum(1)
+    return 1.0 / np.log2(2.0 + rank)
+
+
+def to_bytes(state: dict) -> bytes:
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return buf.getvalue()
+
+
+def from_bytes(blob: bytes) -> dict:
+    import torch
+
+    return torch.load(io.BytesIO(blob), weights_only=True)
+
+
+class _Stopped(Exception):
+    """The learner is shutting down: a training in progress is abandoned (it is not published)."""
+
+
+class QueryTuner:
+    """Collects search clicks (``observe``, the joiner's close observer), trains a candidate in a
+    background thread once enough new ones arrived (``maybe_start``), publishes it when it wins."""
+
+    def __init__(
+        self,
+        s: QueryTuningSettings,
+        store: QueryVersions,
+        base_model_dir: Path,
+        vector_of: Callable[[str], np.ndarray | None],
+        item_ids: Callable[[], list[str]],
+        eta: Callable[[], float],
+    ):
+        self.s, self.store, self.base_model_dir = s, store, base_model_dir
+        self.vector_of, self.item_ids, self.eta = vector_of, item_ids, eta
+        self._lock = threading.Lock()
+        self.train: deque[ClickPair] = deque(maxlen=s.pairs_kept)
+        self.holdout: deque[ClickPair] = deque(maxlen=s.pairs_kept)
+        self.anchors: deque[str] = deque(maxlen=5000)  # searched queries, clicked or not
+        self.new_pairs = 0  # training clicks since the last training started
+        self.last: dict = {}  # the last training's verdict, for status
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def observe(self, p: PendingImpression) -> None:
+        query = p.event.query
+        if not query:
+            return
+        with self._lock:
+            self.anchors.append(query)
+            if not p.clicked:
+                return
+            holdout = is_holdout(query, self.s.holdout_share)
+            for k, item in enumerate(p.item_ids):
+                if item not in p.clicked:
+                    continue
+                skipped = tuple(i for i in p.item_ids[:k] if i not in p.clicked)
+                pair = ClickPair(query, item, skipped, ips_weight(p.positions.get(item, k), self.eta()))
+                if holdout:
+                    self.holdout.append(pair)
+                else:
+                    self.train.append(pair)
+                    self.new_pairs += 1
+
+    def maybe_start(self) -> bool:
+        """Start a training in the background when enough new clicks arrived and none is running."""
+        if self._thread is not None and self._thread.is_alive():
+            return False
+        with self._lock:
+            if self.new_pairs < self.s.min_pairs or len(self.holdout) < self.s.min_holdout:
+                return False
+            self.new_pairs = 0
+            train, holdout, anchors = list(self.train), list(self.holdout), list(self.anchors)
+        self._thread = threading.Thread(
+            target=self._train_logged, args=(train, holdout, anchors), name="query-tuning", daemon=True
+        )
+        self._thread.start()
+        return True
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Until the running training (if any) ends."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Abandon a running training (nothing half-trained is published) and wait for it."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _train_logged(self, train: list[ClickPair], holdout: list[ClickPair], anchors: list[str]) -> None:
+        try:
+            self.train_once(train, holdout, anchors)
+        except _Stopped:
+            log.info("query-encoder training abandoned at shutdown")
+        except Exception:  # a failed training leaves the served version in place
+            M.QUERY_TUNING.labels("failed").inc()
+            log.exception("query-encoder training failed")
+
+    def train_once(self, train: list[ClickPair], holdout: list[ClickPair], anchors: list[str]) -> int:
+        """Train from the served version, judge, publish if better; the version published or 0."""
+        served = self.store.current()
+        start_dir = self.store.path(served) or self.base_model_dir
+        candidate = QueryTower(start_dir, self.s.layers)
+        cfg = TuningConfig(
+            layers=self.s.layers,
+            steps=self.s.steps,
+            batch=self.s.batch,
+            lr=self.s.lr,
+            anchor=self.s.anchor,
+            max_weight=self.s.max_weight,
+        )
+
+        def progress(_step: int, _loss: float) -> None:
+            if self._stop.is_set():
+                raise _Stopped
+
+        steps = fine_tune(candidate, train, self.vector_of, anchors, cfg, progress)
+        if steps == 0:
+            return 0
+        judged = [p for p in holdout if self.vector_of(p.positive) is not None]
+        items, row = self._catalogue_sample(judged)
+        queries = [p.query for p in judged]
+        current = QueryTower(start_dir, self.s.layers)
+        verdict = judge(
+            current.encode_numpy(queries),
+            candidate.encode_numpy(queries),
+            np.array([row[p.positive] for p in judged], dtype=np.int64),
+            np.array([min(p.weight, self.s.max_weight) for p in judged]),
+            items,
+            self.s.z,
+            self.s.min_holdout,
+        )
+        self.last = {**asdict(verdict), "served": served, "trained_on": len(train)}
+        log.info("query-encoder candidate (from version %d, %d clicks): %s", served, len(train), verdict)
+        if not verdict.better:
+            M.QUERY_TUNING.labels("rejected").inc()
+            return 0
+
+        def write(directory: Path) -> None:
+            candidate.model.save_pretrained(directory)
+            candidate.tokenizer.save_pretrained(directory)
+
+        version = self.store.publish(write, {"parent": served, **self.last}, self.s.keep_versions)
+        M.QUERY_TUNING.labels("published").inc()
+        M.QUERY_ENCODER_VERSION.set(version)
+        log.info("published query-encoder version %d", version)
+        return version
+
+    def _catalogue_sample(self, judged: list[ClickPair]) -> tuple[np.ndarray, dict[str, int]]:
+        """The clicked products plus a seeded sample of the catalogue, as rows of one matrix."""
+        ids = list(dict.fromkeys(p.positive for p in judged))
+        others = [i for i in self.item_ids() if i not in set(ids)]
+        room = max(0, self.s.judge_items - len(ids))
+        ids += random.Random(0).sample(others, min(room, len(others)))
+        vecs = [(i, self.vector_of(i)) for i in ids]
+        kept = [(i, v) for i, v in vecs if v is not None]
+        return np.stack([v for _, v in kept]).astype(np.float32), {i: j for j, (i, _) in enumerate(kept)}
+
+    def state(self) -> dict:
+        with self._lock:
+            return {
+                "train": [asdict(p) for p in self.train],
+                "holdout": [asdict(p) for p in self.holdout],
+                "anchors": list(self.anchors),
+                "new_pairs": self.new_pairs,
+            }
+
+    def load_state(self, st: dict) -> None:
+        with self._lock:
+            self.train.extend(_pair(d) for d in st["train"])
+            self.holdout.extend(_pair(d) for d in st["holdout"])
+            self.anchors.extend(st["anchors"])
+            self.new_pairs = int(st["new_pairs"])
+
+
+def _pair(d: dict) -> ClickPair:
+    return ClickPair(d["query"], d["positive"], tuple(d["negatives"]), float(d["weight"]))

@@ -1,0 +1,84 @@
+"""Published versions of the fine-tuned query encoder, on disk beside the ranking models.
+
+Layout under ``root`` (``settings.query_encoders_dir``)::
+
+    v000001/              a HuggingFace model directory (weights, config, tokenizer) + meta.json
+    v000001/*.onnx        serving's ONNX build of it, made by the first worker that loads it
+    CURRENT               the version serving uses, as text; absent or 0 = the pretrained encoder
+
+The learner writes (``learner/query_tuning.py``), serving follows (``serving/query_versions.py``).
+A version is written to a temporary directory and renamed into place before ``CURRENT`` moves, so a
+reader never sees half a model; a version directory never changes afterwards, so its ONNX builds
+can live inside it.
+
+>>> import tempfile
+>>> store = QueryVersions(Path(tempfile.mkdtemp()))
+>>> store.current(), store.path(0)
+(0, None)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+_POINTER = "CURRENT"
+
+
+class QueryVersions:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def current(self) -> int:
+        try:
+            text = (self.root / _POINTER).read_text().strip()
+        except FileNotFoundError:
+            return 0
+        return int(text) if text.isdigit() else 0
+
+    def versions(self) -> list[int]:
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            int(p.name[1:]) for p in self.root.glob("v*") if p.name[1:].isdigit() and (p / "meta.json").is_file()
+        )
+
+    def path(self, version: int) -> Path | None:
+        """The version's model directory; None for 0 (the pretrained encoder) or a pruned version."""
+        p = self.root / f"v{version:06d}"
+        return p if version > 0 and (p / "meta.json").is_file() else None
+
+    def meta(self, version: int) -> dict:
+        p = self.path(version)
+        return json.loads((p / "meta.json").read_text()) if p is not None else {}
+
+    def publish(self, write: Callable[[Path], None], meta: dict, keep: int) -> int:
+        """``write(directory)`` saves the model; the new version becomes current. Older versions
+        beyond ``keep`` are removed (never the current one)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
+        try:
+            write(tmp)
+            version = max(self.versions(), default=0) + 1
+            meta = {**meta, "version": version, "created_ms": int(time.time() * 1000)}
+            (tmp / "meta.json").write_text(json.dumps(meta, sort_keys=True))
+            os.rename(tmp, self.root / f"v{version:06d}")
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self.point(version)
+        for old in self.versions()[:-keep]:
+            if old != version:
+                shutil.rmtree(self.root / f"v{old:06d}", ignore_errors=True)
+        return version
+
+    def point(self, version: int) -> None:
+        """Make ``version`` current (0: the pretrained encoder); serving follows within a poll."""
+        partial = self.root / f".{_POINTER}.{os.getpid()}"
+        partial.write_text(str(version))
+        os.replace(partial, self.root / _POINTER)
