@@ -93,7 +93,7 @@ ABLATIONS: dict[str, dict[str, dict[str, object]]] = {
     },
     "query tuning only": {"search": {**NOTHING_LEARNED, **NO_EXPLORATION}},
     "full, no exploration": {"search": dict(NO_EXPLORATION)},
-    "full, no query tuning": {"query_tuning": TUNING_OFF},
+    "full without query tuning": {"query_tuning": TUNING_OFF},
     "full (default settings)": {},
     "full + expansion 0.5": {"search": {"expansion_boost": 0.5}},
 }
@@ -352,7 +352,7 @@ def main() -> int:
     ap.add_argument("--eta", type=float, default=1.0, help="PBM examination (1/rank)^eta")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ablations", action="store_true", help="every configuration in ABLATIONS, one stack each")
-    ap.add_argument("--configs", help="comma-separated names of ABLATIONS to run (instead of --ablations)")
+    ap.add_argument("--configs", help="names of ABLATIONS to run, separated by |")
     args = ap.parse_args()
     base = Settings()
     data = load_online_data(base.require_data_dir(), args.queries, args.products)
@@ -364,7 +364,7 @@ def main() -> int:
     )
     configs = ABLATIONS if args.ablations else {"full (default settings)": {}}
     if args.configs:
-        configs = {name: ABLATIONS[name] for name in args.configs.split(",")}
+        configs = {name: ABLATIONS[name] for name in args.configs.split("|")}
     reports = []
     for name, overrides in configs.items():
         reports.append(run_config(name, overrides, data, model, args.rounds, args.seed, base))

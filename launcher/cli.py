@@ -441,6 +441,28 @@ def model_rollback(
     console.print(f"now serving version {store.latest_version()}")
 
 
+@model_app.command("query-encoder")
+def model_query_encoder(
+    version: Annotated[int | None, typer.Argument(help="serve this version; 0 = the pretrained encoder")] = None,
+) -> None:
+    """The learner's fine-tuned query-encoder versions with their held-out verdicts (* = served); with
+    VERSION, serve it instead (serving follows within query_tuning.poll_s; the next training starts from it)."""
+    from streamrec.query_versions import QueryVersions
+
+    store = QueryVersions(_inspect_settings().query_encoders_dir)
+    if version is None:
+        current = store.current()
+        print("*" if current == 0 else " ", json.dumps({"version": 0, "what": "pretrained"}))
+        for v in store.versions():
+            print("*" if v == current else " ", json.dumps(store.meta(v), default=str))
+        return
+    if version != 0 and store.path(version) is None:
+        console.print(f"[red]no query-encoder version {version}[/red] (kept: {store.versions() or 'none'})")
+        raise typer.Exit(1)
+    store.point(version)
+    console.print(f"now serving query-encoder version {version}")
+
+
 if __name__ == "__main__":
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     app()

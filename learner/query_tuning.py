@@ -397,6 +397,12 @@ class QueryTuner:
         kept = [(i, v) for i, v in vecs if v is not None]
         return np.stack([v for _, v in kept]).astype(np.float32), {i: j for j, (i, _) in enumerate(kept)}
 
+    def summary(self) -> dict:
+        """What ops see with each model version: clicks gathered, the version served, the last verdict."""
+        with self._lock:
+            counts = {"train_clicks": len(self.train), "holdout_clicks": len(self.holdout)}
+        return {**counts, "served": self.store.current(), "last": dict(self.last)}
+
     def state(self) -> dict:
         with self._lock:
             return {

@@ -227,6 +227,8 @@ class _Loop:
             meta["search_card"] = card = self.search_card.summary()
             M.SEARCH_HEAD_EARNED.set(1 if card["earned"] else 0)
             M.SEARCH_CARD_GAP.set(card.get("gap", 0.0))
+        if self.query_tuner is not None:  # the fine-tuned query side: clicks gathered, the last verdict
+            meta["query_tuning"] = self.query_tuner.summary()
         M.POSITION_BIAS_ETA.set(meta["position_bias"]["eta"])
         M.CLICKLESS_SEARCHES.set(self.builder.joiner.clickless_searches)
         v = self.store.publish(self.core.champion.head, meta)

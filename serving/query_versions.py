@@ -40,9 +40,7 @@ class QueryVersionFollower(Follower):
         else:
             embed, model_id, dim = embedder(self.s, path, onnx_dir=path, version=f"query-v{wanted}")
         if dim != self.encoder.dim:
-            raise ValueError(
-                f"query-encoder version {wanted} gives {dim}-d vectors, not {self.encoder.dim}"
-            )
+            raise ValueError(f"query-encoder version {wanted} gives {dim}-d vectors, not {self.encoder.dim}")
         self.encoder.swap(embed, model_id)
         log.info("serving queries with %s", model_id)
         self.version = wanted

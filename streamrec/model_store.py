@@ -106,6 +106,7 @@ class ModelStore:
                     # what /search may use of this version (the head's scorecard) and the position bias
                     "search_card": m.get("search_card"),
                     "position_bias": m.get("position_bias"),
+                    "query_tuning": m.get("query_tuning"),  # the learner's fine-tuned query side
                 }
             )
         return rows

@@ -130,6 +130,12 @@ def test_the_tuner_learns_from_training_queries_and_publishes_what_wins_on_held_
     assert "garden hose" in tuner.anchors and len(tuner.train) + len(tuner.holdout) == 40
     version = tuner.train_once(list(tuner.train), list(tuner.holdout), list(tuner.anchors))
     assert tuner.last["better"] and version == 1 == store.current(), tuner.last
+    assert tuner.summary() == {
+        "train_clicks": len(tuner.train),
+        "holdout_clicks": len(tuner.holdout),
+        "served": 1,
+        "last": tuner.last,
+    }
     meta = store.meta(1)
     assert meta["parent"] == 0 and meta["gap"] > 0 and meta["trained_on"] == len(tuner.train)
     # the published directory is a complete HF model whose held-out romex queries rank the cable higher
