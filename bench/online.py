@@ -59,6 +59,7 @@ from bench.quality import (
 )
 from launcher.stack import LocalStack
 from streamrec.analysis import query_key
+from streamrec.query_versions import QueryVersions
 from streamrec.settings import SearchSettings, Settings
 
 NOISE = {  # P(click | grade 0, 1, 2), P(stop | grade 0, 1, 2)
@@ -255,6 +256,7 @@ def simulate(
     for r in range(1, rounds + 1):
         score = play_round(http, data, model, rng, r)
         score.model_version = wait_model_settled(http, after_s=stack.settings.learner.label_window_s + 1.0, quiet_s=3.0)
+        wait_tuned(http, stack)
         health = http.get("/healthz").json()
         score.head_earned = bool(health.get("search_head_earned"))
         encoder = str(health.get("encoder", ""))
@@ -269,6 +271,16 @@ def simulate(
         )
     report.final = play_round(http, data, model, rng, rounds + 1, shoppers=False)
     return report
+
+
+def wait_tuned(http: httpx.Client, stack: LocalStack, timeout_s: float = 900.0) -> None:
+    """Until the learner's query-encoder training (if one started on this round's clicks) has ended
+    and serving follows what it published: a shop's rounds are hours apart, this bench's seconds."""
+    store = QueryVersions(stack.settings.query_encoders_dir)
+    wait_for(lambda: not store.status().get("training"), timeout_s, "query-encoder training ended")
+    wanted = store.current()
+    if wanted:
+        wait_for(lambda: f"+query-v{wanted}" in http.get("/healthz").json().get("encoder", ""), 120, "served")
 
 
 def index_catalogue(http: httpx.Client, stack: LocalStack, products: dict[str, str], timeout_s: float) -> None:

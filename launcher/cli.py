@@ -455,6 +455,7 @@ def model_query_encoder(
         print("*" if current == 0 else " ", json.dumps({"version": 0, "what": "pretrained"}))
         for v in store.versions():
             print("*" if v == current else " ", json.dumps(store.meta(v), default=str))
+        print("tuner:", json.dumps(store.status()))  # training now, and the last candidate's verdict
         return
     if version != 0 and store.path(version) is None:
         console.print(f"[red]no query-encoder version {version}[/red] (kept: {store.versions() or 'none'})")

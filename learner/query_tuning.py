@@ -311,6 +311,7 @@ class QueryTuner:
                 return False
             self.new_pairs = 0
             train, holdout, anchors = list(self.train), list(self.holdout), list(self.anchors)
+        self.store.write_status({"training": True, "train_clicks": len(train), "holdout_clicks": len(holdout)})
         self._thread = threading.Thread(
             target=self._train_logged, args=(train, holdout, anchors), name="query-tuning", daemon=True
         )
@@ -329,13 +330,17 @@ class QueryTuner:
             self._thread.join(timeout)
 
     def _train_logged(self, train: list[ClickPair], holdout: list[ClickPair], anchors: list[str]) -> None:
+        outcome = "abandoned"
         try:
-            self.train_once(train, holdout, anchors)
+            outcome = "published" if self.train_once(train, holdout, anchors) else "rejected"
         except _Stopped:
             log.info("query-encoder training abandoned at shutdown")
         except Exception:  # a failed training leaves the served version in place
+            outcome = "failed"
             M.QUERY_TUNING.labels("failed").inc()
             log.exception("query-encoder training failed")
+        finally:
+            self.store.write_status({"training": False, "outcome": outcome, "last": self.last})
 
     def train_once(self, train: list[ClickPair], holdout: list[ClickPair], anchors: list[str]) -> int:
         """Train from the served version, judge, publish if better; the version published or 0."""

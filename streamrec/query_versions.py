@@ -5,6 +5,7 @@ Layout under ``root`` (``settings.query_encoders_dir``)::
     v000001/              a HuggingFace model directory (weights, config, tokenizer) + meta.json
     v000001/*.onnx        serving's ONNX build of it, made by the first worker that loads it
     CURRENT               the version serving uses, as text; absent or 0 = the pretrained encoder
+    status.json           the learner's tuner: training now or not, and its last verdict
 
 The learner writes (``learner/query_tuning.py``), serving follows (``serving/query_versions.py``).
 A version is written to a temporary directory and renamed into place before ``CURRENT`` moves, so a
@@ -56,6 +57,18 @@ class QueryVersions:
     def meta(self, version: int) -> dict:
         p = self.path(version)
         return json.loads((p / "meta.json").read_text()) if p is not None else {}
+
+    def status(self) -> dict:
+        try:
+            return json.loads((self.root / "status.json").read_text())
+        except FileNotFoundError:
+            return {}
+
+    def write_status(self, status: dict) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        partial = self.root / f".status.{os.getpid()}"
+        partial.write_text(json.dumps({**status, "t": int(time.time() * 1000)}, sort_keys=True, default=float))
+        os.replace(partial, self.root / "status.json")
 
     def publish(self, write: Callable[[Path], None], meta: dict, keep: int) -> int:
         """``write(directory)`` saves the model; the new version becomes current. Older versions

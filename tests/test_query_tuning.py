@@ -159,9 +159,8 @@ def test_a_candidate_that_does_not_beat_the_served_version_is_not_published(item
 
 def test_training_starts_in_the_background_only_with_enough_new_and_held_out_clicks(items, tmp_path):
     s = QueryTuningSettings(holdout_share=0.5, min_pairs=30, min_holdout=10, steps=1, lr=1e-9)
-    tuner = QueryTuner(
-        s, QueryVersions(tmp_path / "qv"), bundled_model_dir(), items.get, lambda: list(items), lambda: 1.0
-    )
+    store = QueryVersions(tmp_path / "qv")
+    tuner = QueryTuner(s, store, bundled_model_dir(), items.get, lambda: list(items), lambda: 1.0)
     shown = ["hose", "wire"]
     for n in range(20):
         tuner.observe(_search(f"r{n}", ROMEX[n % len(ROMEX)], shown, ["wire"]))
@@ -169,9 +168,11 @@ def test_training_starts_in_the_background_only_with_enough_new_and_held_out_cli
     for n in range(20, 80):
         tuner.observe(_search(f"r{n}", ROMEX[n % len(ROMEX)], shown, ["wire"]))
     assert tuner.maybe_start() and tuner.new_pairs == 0
+    assert store.status()["training"] or store.status()["outcome"] == "rejected"  # ops see it train
     assert not tuner.maybe_start()  # one training at a time, and nothing new since
     tuner.wait(timeout=120)
     assert tuner.last and not tuner.last["better"]  # lr 1e-9 changes nothing measurable
+    assert store.status()["training"] is False and store.status()["outcome"] == "rejected"
     restored = QueryTuner(s, QueryVersions(tmp_path / "qv"), bundled_model_dir(), items.get, list, lambda: 1.0)
     restored.load_state(tuner.state())  # the learner's checkpoint keeps the clicks across restarts
     assert list(restored.train) == list(tuner.train) and list(restored.holdout) == list(tuner.holdout)
