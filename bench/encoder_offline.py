@@ -135,6 +135,7 @@ def main() -> int:
         np.array([row[p.positive] for p in unseen_pairs]),
         np.array([p.weight for p in unseen_pairs]),
         items,
+        [p.query for p in unseen_pairs],
         z=2.0,
         min_pairs=50,
     )

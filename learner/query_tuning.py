@@ -21,7 +21,6 @@ served now does, by more than ``z`` standard errors of the paired difference.
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import random
@@ -196,8 +195,9 @@ def _pretrained_vectors(tower: QueryTower, queries: set[str]) -> dict[str, np.nd
 
 @dataclass(frozen=True)
 class Verdict:
-    pairs: int
-    current: float  # IPS-weighted mean DCG gain of the clicked product in the whole catalogue
+    pairs: int  # held-out clicks judged
+    queries: int  # the distinct queries they came from: the unit of the standard error
+    current: float  # mean over queries of the IPS-weighted DCG gain of the clicked product in the catalogue
     candidate: float
     gap: float
     stderr: float
@@ -210,27 +210,40 @@ def judge(
     positives: np.ndarray,
     weights: np.ndarray,
     items: np.ndarray,
+    queries: Sequence[str],
     z: float,
     min_pairs: int,
 ) -> Verdict:
     """Compare two query encoders on held-out clicks: ``current``/``candidate`` (n, dim) query
-    vectors, ``positives`` the clicked product's row in ``items`` (m, dim). The gain of a click is
-    1 / log2(2 + rank) of its product among every item by cosine."""
+    vectors, ``positives`` the clicked product's row in ``items`` (m, dim), ``queries`` the text of
+    each click's query. The gain of a click is 1 / log2(2 + rank) of its product among every item
+    by cosine. Clicks of one query are averaged first: they are not independent (the same query,
+    the same page), so the standard error is taken over queries."""
     g_cur = _gains(current, positives, items)
     g_cand = _gains(candidate, positives, items)
     w = weights / weights.mean() if len(weights) else weights
-    diff = (g_cand - g_cur) * w
+    keys = [query_key(q) for q in queries]
+    cur, cand = _per_query(g_cur * w, keys), _per_query(g_cand * w, keys)
+    diff = cand - cur
     n = len(diff)
     stderr = float(diff.std(ddof=1) / math.sqrt(n)) if n > 1 else float("inf")
     gap = float(diff.mean()) if n else 0.0
     return Verdict(
-        pairs=n,
-        current=float((g_cur * w).mean()) if n else 0.0,
-        candidate=float((g_cand * w).mean()) if n else 0.0,
+        pairs=len(positives),
+        queries=n,
+        current=float(cur.mean()) if n else 0.0,
+        candidate=float(cand.mean()) if n else 0.0,
         gap=gap,
         stderr=stderr,
-        better=n >= min_pairs and gap > z * stderr,
+        better=len(positives) >= min_pairs and n > 1 and gap > z * stderr,
     )
+
+
+def _per_query(values: np.ndarray, keys: Sequence[str]) -> np.ndarray:
+    groups: dict[str, list[float]] = {}
+    for v, k in zip(values, keys, strict=True):
+        groups.setdefault(k, []).append(float(v))
+    return np.array([np.mean(g) for g in groups.values()])
 
 
 def _gains(queries: np.ndarray, positives: np.ndarray, items: np.ndarray) -> np.ndarray:
@@ -238,20 +251,6 @@ def _gains(queries: np.ndarray, positives: np.ndarray, items: np.ndarray) -> np.
     own = scores[np.arange(len(queries)), positives]
     rank = (scores > own[:, None]).sum(1)
     return 1.0 / np.log2(2.0 + rank)
-
-
-def to_bytes(state: dict) -> bytes:
-    import torch
-
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    return buf.getvalue()
-
-
-def from_bytes(blob: bytes) -> dict:
-    import torch
-
-    return torch.load(io.BytesIO(blob), weights_only=True)
 
 
 class _Stopped(Exception):
@@ -373,6 +372,7 @@ class QueryTuner:
             np.array([row[p.positive] for p in judged], dtype=np.int64),
             np.array([min(p.weight, self.s.max_weight) for p in judged]),
             items,
+            queries,
             self.s.z,
             self.s.min_holdout,
         )

@@ -81,12 +81,16 @@ def test_the_gate_wants_a_gain_beyond_its_noise_and_enough_held_out_clicks():
     current = rng.normal(size=(300, 16)).astype(np.float32)
     better = 0.5 * current / np.linalg.norm(current, axis=1, keepdims=True) + catalogue[positives]
     w = np.ones(300)
-    win = judge(current, better, positives, w, catalogue, z=2.0, min_pairs=100)
-    assert win.better and win.candidate > win.current and win.gap > 2 * win.stderr
-    assert not judge(current, current, positives, w, catalogue, z=2.0, min_pairs=100).better  # no gain
-    worse = judge(better, current, positives, w, catalogue, z=2.0, min_pairs=100)
+    qs = [f"query {n}" for n in range(300)]
+    win = judge(current, better, positives, w, catalogue, qs, z=2.0, min_pairs=100)
+    assert win.better and win.candidate > win.current and win.gap > 2 * win.stderr and win.queries == 300
+    assert not judge(current, current, positives, w, catalogue, qs, z=2.0, min_pairs=100).better  # no gain
+    worse = judge(better, current, positives, w, catalogue, qs, z=2.0, min_pairs=100)
     assert not worse.better and worse.gap < 0
-    few = judge(current[:50], better[:50], positives[:50], w[:50], catalogue, z=2.0, min_pairs=100)
+    few = judge(current[:50], better[:50], positives[:50], w[:50], catalogue, qs[:50], z=2.0, min_pairs=100)
+    # the same clicks from two queries: two observations, however many clicks (the error is per query)
+    two = judge(current, better, positives, w, catalogue, ["a", "b"] * 150, z=2.0, min_pairs=100)
+    assert two.queries == 2 and two.pairs == 300 and two.stderr > win.stderr
     assert not few.better and few.gap > 0
 
 
