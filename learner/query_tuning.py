@@ -59,16 +59,23 @@ def is_holdout(query: str, share: float) -> bool:
     return zlib.crc32(query_key(query).encode()) % 1000 < share * 1000
 
 
+_DEFAULTS = QueryTuningSettings()  # the defaults' one home is the settings group
+
+
 @dataclass(frozen=True)
 class TuningConfig:
-    layers: int = 2  # top transformer layers that train (the rest, and the embeddings, stay frozen)
-    steps: int = 200
-    batch: int = 32
-    lr: float = 2e-5
+    layers: int = _DEFAULTS.layers  # top transformer layers that train (the rest, and the embeddings, stay frozen)
+    steps: int = _DEFAULTS.steps
+    batch: int = _DEFAULTS.batch
+    lr: float = _DEFAULTS.lr
+    anchor: float = _DEFAULTS.anchor  # weight of ||tuned − pretrained||² on the batch's and unclicked queries
+    max_weight: float = _DEFAULTS.max_weight  # cap of a click's 1/theta
     temperature: float = 0.05
-    anchor: float = 1.0  # weight of ||tuned − pretrained||² on the batch's and unclicked queries
-    max_weight: float = 10.0
     seed: int = 0
+
+    @classmethod
+    def from_settings(cls, s: QueryTuningSettings) -> TuningConfig:
+        return cls(s.layers, s.steps, s.batch, s.lr, s.anchor, s.max_weight)
 
 
 class QueryTower:
@@ -346,14 +353,7 @@ class QueryTuner:
         served = self.store.current()
         start_dir = self.store.path(served) or self.base_model_dir
         candidate = QueryTower(start_dir, self.s.layers)
-        cfg = TuningConfig(
-            layers=self.s.layers,
-            steps=self.s.steps,
-            batch=self.s.batch,
-            lr=self.s.lr,
-            anchor=self.s.anchor,
-            max_weight=self.s.max_weight,
-        )
+        cfg = TuningConfig.from_settings(self.s)
 
         def progress(_step: int, _loss: float) -> None:
             if self._stop.is_set():
