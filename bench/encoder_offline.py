@@ -5,7 +5,7 @@ which settings, needs many trainings; here one takes a minute. Home Depot querie
 into a *clicked* set (simulated shoppers click serving's fused top 10 through a click model, as
 ``bench/online.py``) and an *unseen* set (never clicked). Printed: dense-only and fused nDCG@10 of
 both sets with the pretrained and the tuned query side (items keep their pretrained vectors), and
-the learner's own gate verdict on held-out clicks.
+the learner's own gate verdict on the unseen queries' clicks (one shopper each).
 
     python -m bench.encoder_offline                       # 400 queries a set, 10,000 products
     python -m bench.encoder_offline --anchor 0 --steps 400
@@ -21,7 +21,7 @@ import numpy as np
 
 from bench.online import ClickModel, K, query_group
 from bench.quality import load_search_data, ndcg_at
-from learner.query_tuning import ClickPair, QueryTower, TuningConfig, fine_tune, judge
+from learner.query_tuning import ClickPair, QueryTower, TuningConfig, fine_tune, judge_pages
 from serving.lexical import LexicalIndex
 from serving.search import candidates as fusion
 from streamrec.encoder import Encoder, bundled_model_dir
@@ -113,7 +113,7 @@ def main() -> int:
     for q, page in pages(base_q, unseen).items():
         lab = unseen[q]
         for pos in model.clicks([lab.get(i, 1.0) - 1.0 for i in page], rng):
-            unseen_pairs.append(ClickPair(q, page[pos], (), float(pos + 1)))
+            unseen_pairs.append(ClickPair(q, page[pos], (), min(20.0, float(pos + 1) ** model.eta), tuple(page)))
     print(f"{len(pairs)} click pairs on the clicked queries; {len(unseen_pairs)} judging clicks on unseen ones")
     before = {"clicked": rankings(base_q, clicked), "unseen": rankings(base_q, unseen)}
     tower = QueryTower(bundled_model_dir(), args.layers)
@@ -129,17 +129,17 @@ def main() -> int:
     for name in ("clicked", "unseen"):
         (d0, f0), (d1, f1) = before[name], after[name]
         print(f"{name:8s} dense {d0:.4f} → {d1:.4f} ({d1 - d0:+.4f})   fused {f0:.4f} → {f1:.4f} ({f1 - f0:+.4f})")
-    v = judge(
+    vp = judge_pages(
         np.stack([base_q[p.query] for p in unseen_pairs]),
         np.stack([tuned_q[p.query] for p in unseen_pairs]),
-        np.array([row[p.positive] for p in unseen_pairs]),
+        [items[[row[i] for i in p.shown]] for p in unseen_pairs],
+        [p.shown.index(p.positive) for p in unseen_pairs],
         np.array([p.weight for p in unseen_pairs]),
-        items,
         [p.query for p in unseen_pairs],
         z=2.0,
         min_pairs=50,
     )
-    print(f"gate on unseen queries' clicks: {v}")
+    print(f"the learner's gate on the unseen queries' clicks: {vp}")
     return 0
 
 

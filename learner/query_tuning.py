@@ -28,7 +28,7 @@ import threading
 import zlib
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +51,7 @@ class ClickPair:
     positive: str
     negatives: tuple[str, ...]
     weight: float  # 1 / theta(position of the click), capped
+    shown: tuple[str, ...] = ()  # the whole page, kept for held-out clicks (what the gate reorders)
 
 
 def is_holdout(query: str, share: float) -> bool:
@@ -204,30 +205,41 @@ def _pretrained_vectors(tower: QueryTower, queries: set[str]) -> dict[str, np.nd
 class Verdict:
     pairs: int  # held-out clicks judged
     queries: int  # the distinct queries they came from: the unit of the standard error
-    current: float  # mean over queries of the IPS-weighted DCG gain of the clicked product in the catalogue
+    current: float  # mean over queries of the IPS-weighted DCG gain of the clicked product in its page
     candidate: float
     gap: float
     stderr: float
     better: bool
 
 
-def judge(
+def judge_pages(
     current: np.ndarray,
     candidate: np.ndarray,
-    positives: np.ndarray,
+    pages: Sequence[np.ndarray],
+    clicked: Sequence[int],
     weights: np.ndarray,
-    items: np.ndarray,
     queries: Sequence[str],
     z: float,
     min_pairs: int,
 ) -> Verdict:
-    """Compare two query encoders on held-out clicks: ``current``/``candidate`` (n, dim) query
-    vectors, ``positives`` the clicked product's row in ``items`` (m, dim), ``queries`` the text of
-    each click's query. The gain of a click is 1 / log2(2 + rank) of its product among every item
-    by cosine. Clicks of one query are averaged first: they are not independent (the same query,
-    the same page), so the standard error is taken over queries."""
-    g_cur = _gains(current, positives, items)
-    g_cand = _gains(candidate, positives, items)
+    """The counterfactual version: each held-out click's own page (``pages[i]``, (k, dim) vectors of
+    what was shown, ``clicked[i]`` the clicked row) reordered by each encoder's cosine; the gain is
+    the DCG of the clicked product in that order, weighted by 1 / theta of where it was shown — the
+    unbiased estimate of a reranking's DCG under a position-based click model (Joachims et al.
+    2017). Both versions are judged on the same shown products, so the served version's advantage
+    of having chosen them does not count."""
+    g_cur = np.array([_page_gain(page @ q, k) for page, q, k in zip(pages, current, clicked, strict=True)])
+    g_cand = np.array([_page_gain(page @ q, k) for page, q, k in zip(pages, candidate, clicked, strict=True)])
+    return _verdict(g_cur, g_cand, weights, queries, z, min_pairs)
+
+
+def _page_gain(scores: np.ndarray, k: int) -> float:
+    return 1.0 / math.log2(2.0 + float((scores > scores[k]).sum()))
+
+
+def _verdict(
+    g_cur: np.ndarray, g_cand: np.ndarray, weights: np.ndarray, queries: Sequence[str], z: float, min_pairs: int
+) -> Verdict:
     w = weights / weights.mean() if len(weights) else weights
     keys = [query_key(q) for q in queries]
     cur, cand = _per_query(g_cur * w, keys), _per_query(g_cand * w, keys)
@@ -236,13 +248,13 @@ def judge(
     stderr = float(diff.std(ddof=1) / math.sqrt(n)) if n > 1 else float("inf")
     gap = float(diff.mean()) if n else 0.0
     return Verdict(
-        pairs=len(positives),
+        pairs=len(g_cur),
         queries=n,
         current=float(cur.mean()) if n else 0.0,
         candidate=float(cand.mean()) if n else 0.0,
         gap=gap,
         stderr=stderr,
-        better=len(positives) >= min_pairs and n > 1 and gap > z * stderr,
+        better=len(g_cur) >= min_pairs and n > 1 and gap > z * stderr,
     )
 
 
@@ -251,13 +263,6 @@ def _per_query(values: np.ndarray, keys: Sequence[str]) -> np.ndarray:
     for v, k in zip(values, keys, strict=True):
         groups.setdefault(k, []).append(float(v))
     return np.array([np.mean(g) for g in groups.values()])
-
-
-def _gains(queries: np.ndarray, positives: np.ndarray, items: np.ndarray) -> np.ndarray:
-    scores = queries @ items.T
-    own = scores[np.arange(len(queries)), positives]
-    rank = (scores > own[:, None]).sum(1)
-    return 1.0 / np.log2(2.0 + rank)
 
 
 class _Stopped(Exception):
@@ -303,7 +308,7 @@ class QueryTuner:
                 skipped = tuple(i for i in p.item_ids[:k] if i not in p.clicked)
                 pair = ClickPair(query, item, skipped, ips_weight(p.positions.get(item, k), self.eta()))
                 if holdout:
-                    self.holdout.append(pair)
+                    self.holdout.append(replace(pair, shown=tuple(p.item_ids)))
                 else:
                     self.train.append(pair)
                     self.new_pairs += 1
@@ -362,16 +367,22 @@ class QueryTuner:
         steps = fine_tune(candidate, train, self.vector_of, anchors, cfg, progress)
         if steps == 0:
             return 0
-        judged = [p for p in holdout if self.vector_of(p.positive) is not None]
-        items, row = self._catalogue_sample(judged)
+        pages, clicked, judged = [], [], []
+        for p in holdout:  # each click's page as it can be scored now (products deleted since drop out)
+            shown = [(i, v) for i in p.shown if (v := self.vector_of(i)) is not None]
+            ids = [i for i, _ in shown]
+            if p.positive in ids and len(ids) > 1:
+                pages.append(np.stack([v for _, v in shown]))
+                clicked.append(ids.index(p.positive))
+                judged.append(p)
         queries = [p.query for p in judged]
         current = QueryTower(start_dir, self.s.layers)
-        verdict = judge(
+        verdict = judge_pages(
             current.encode_numpy(queries),
             candidate.encode_numpy(queries),
-            np.array([row[p.positive] for p in judged], dtype=np.int64),
-            np.array([min(p.weight, self.s.max_weight) for p in judged]),
-            items,
+            pages,
+            clicked,
+            np.array([p.weight for p in judged]),
             queries,
             self.s.z,
             self.s.min_holdout,
@@ -391,16 +402,6 @@ class QueryTuner:
         M.QUERY_ENCODER_VERSION.set(version)
         log.info("published query-encoder version %d", version)
         return version
-
-    def _catalogue_sample(self, judged: list[ClickPair]) -> tuple[np.ndarray, dict[str, int]]:
-        """The clicked products plus a seeded sample of the catalogue, as rows of one matrix."""
-        ids = list(dict.fromkeys(p.positive for p in judged))
-        others = [i for i in self.item_ids() if i not in set(ids)]
-        room = max(0, self.s.judge_items - len(ids))
-        ids += random.Random(0).sample(others, min(room, len(others)))
-        vecs = [(i, self.vector_of(i)) for i in ids]
-        kept = [(i, v) for i, v in vecs if v is not None]
-        return np.stack([v for _, v in kept]).astype(np.float32), {i: j for j, (i, _) in enumerate(kept)}
 
     def summary(self) -> dict:
         """What ops see with each model version: clicks gathered, the version served, the last verdict."""
@@ -426,4 +427,4 @@ class QueryTuner:
 
 
 def _pair(d: dict) -> ClickPair:
-    return ClickPair(d["query"], d["positive"], tuple(d["negatives"]), float(d["weight"]))
+    return ClickPair(d["query"], d["positive"], tuple(d["negatives"]), float(d["weight"]), tuple(d["shown"]))

@@ -522,7 +522,11 @@ class QueryTuningSettings(_Group):
         500, ge=10, description="new training clicks (of queries outside the held-out share) before a training"
     )
     holdout_share: float = Field(
-        0.2, gt=0, lt=1, description="share of queries (by key) never trained on: a candidate is judged on their clicks"
+        0.2,
+        gt=0,
+        lt=1,
+        description="share of queries (by key) never trained on: a candidate is judged on their clicks, each page "
+        "reordered by both versions (an inverse-propensity-weighted DCG of the clicked product)",
     )
     min_holdout: int = Field(200, ge=10, description="held-out clicks before any candidate can be published")
     z: float = Field(
@@ -541,7 +545,6 @@ class QueryTuningSettings(_Group):
         description="cap of a click's 1/theta(position) weight; 1 = every click counts once (the skipped products "
         "above it carry the position information; up-weighting deep noisy clicks trained worse)",
     )
-    judge_items: int = Field(20_000, ge=100, description="catalogue sample the clicked products are ranked in")
     pairs_kept: int = Field(50_000, ge=100, description="most recent training and held-out clicks kept")
     keep_versions: int = Field(3, ge=1, description="published query-encoder versions kept on disk")
     poll_s: float = Field(5.0, gt=0, description="how often serving looks for a new query-encoder version")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from learner.joiner import PendingImpression
-from learner.query_tuning import ClickPair, QueryTower, QueryTuner, TuningConfig, fine_tune, is_holdout, judge
+from learner.query_tuning import ClickPair, QueryTower, QueryTuner, TuningConfig, fine_tune, is_holdout, judge_pages
 from serving.query_versions import QueryVersionFollower
 from streamrec.encoder import Encoder, bundled_model_dir
 from streamrec.query_encoder import QueryEncoder
@@ -73,25 +73,26 @@ def test_nothing_is_trained_without_vectors_of_the_clicked_products():
     assert all(np.array_equal(before[k], v) for k, v in tower.state().items())
 
 
-def test_the_gate_wants_a_gain_beyond_its_noise_and_enough_held_out_clicks():
+def test_the_gate_wants_a_gain_beyond_its_noise_over_queries_and_enough_held_out_clicks():
     rng = np.random.default_rng(0)
-    catalogue = rng.normal(size=(500, 16)).astype(np.float32)
-    catalogue /= np.linalg.norm(catalogue, axis=1, keepdims=True)
-    positives = rng.integers(0, 500, 300)
+    pages = [rng.normal(size=(10, 16)).astype(np.float32) for _ in range(300)]
+    clicked = rng.integers(0, 10, 300)
     current = rng.normal(size=(300, 16)).astype(np.float32)
-    better = 0.5 * current / np.linalg.norm(current, axis=1, keepdims=True) + catalogue[positives]
-    w = np.ones(300)
+    towards = np.stack([page[k] for page, k in zip(pages, clicked, strict=True)])
+    better = 0.3 * current + towards  # closer to what was clicked: it ranks higher on its own page
+    w = rng.uniform(1, 5, 300)  # 1 / theta of where each click was
     qs = [f"query {n}" for n in range(300)]
-    win = judge(current, better, positives, w, catalogue, qs, z=2.0, min_pairs=100)
+    win = judge_pages(current, better, pages, clicked, w, qs, z=2.0, min_pairs=100)
     assert win.better and win.candidate > win.current and win.gap > 2 * win.stderr and win.queries == 300
-    assert not judge(current, current, positives, w, catalogue, qs, z=2.0, min_pairs=100).better  # no gain
-    worse = judge(better, current, positives, w, catalogue, qs, z=2.0, min_pairs=100)
+    assert not judge_pages(current, current, pages, clicked, w, qs, z=2.0, min_pairs=100).better  # no gain
+    worse = judge_pages(better, current, pages, clicked, w, qs, z=2.0, min_pairs=100)
     assert not worse.better and worse.gap < 0
-    few = judge(current[:50], better[:50], positives[:50], w[:50], catalogue, qs[:50], z=2.0, min_pairs=100)
-    # the same clicks from two queries: two observations, however many clicks (the error is per query)
-    two = judge(current, better, positives, w, catalogue, ["a", "b"] * 150, z=2.0, min_pairs=100)
-    assert two.queries == 2 and two.pairs == 300 and two.stderr > win.stderr
+    few = judge_pages(current[:50], better[:50], pages[:50], clicked[:50], w[:50], qs[:50], z=2.0, min_pairs=100)
     assert not few.better and few.gap > 0
+    # 200 clicks of one query gain, 100 of another lose: per click a clear win, per query one each way
+    mixed = np.concatenate([better[:200], 0.3 * current[200:] - towards[200:]])
+    two = judge_pages(current, mixed, pages, clicked, w, ["a"] * 200 + ["b"] * 100, z=2.0, min_pairs=100)
+    assert two.queries == 2 and two.pairs == 300 and not two.better
 
 
 def _search(rid: str, query: str, shown: list[str], clicked: list[str]) -> PendingImpression:
@@ -119,9 +120,7 @@ def test_the_tuner_learns_from_training_queries_and_publishes_what_wins_on_held_
     share = 0.5
     train, held = _split(share)
     assert train and held, "the romex queries fall on both sides of a 50 % split"
-    s = QueryTuningSettings(
-        holdout_share=share, min_pairs=10, min_holdout=10, z=1.0, steps=60, lr=1e-4, anchor=0.1, judge_items=100
-    )
+    s = QueryTuningSettings(holdout_share=share, min_pairs=10, min_holdout=10, z=1.0, steps=60, lr=1e-4, anchor=0.1)
     store = QueryVersions(tmp_path / "qv")
     tuner = QueryTuner(s, store, bundled_model_dir(), items.get, lambda: list(items), lambda: 1.0)
     shown = ["hose", "paint", "wire", "drill"]
@@ -156,8 +155,9 @@ def test_a_candidate_that_does_not_beat_the_served_version_is_not_published(item
     tuner = QueryTuner(s, store, bundled_model_dir(), items.get, lambda: list(items), lambda: 1.0)
     train, held = _split(0.5)
     pairs = [ClickPair(q, "wire", ("hose",), 1.0) for q in train] * 3
-    holdout = [ClickPair(q, "wire", (), 1.0) for q in held] * 5
+    holdout = [ClickPair(q, "wire", ("hose",), 2.0, ("hose", "wire", "drill")) for q in held] * 5
     assert tuner.train_once(pairs, holdout, []) == 0
+    assert tuner.last["pairs"] == len(holdout) and tuner.last["gap"] == pytest.approx(0, abs=1e-3)
     assert store.current() == 0 and store.versions() == [] and not tuner.last["better"]
 
 
