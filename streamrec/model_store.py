@@ -54,11 +54,7 @@ class ModelStore:
 
     def latest_version(self) -> int:
         """The served version; 0 when nothing was published. Cheap enough to poll every 0.2 s."""
-        try:
-            text = (self.root / _POINTER).read_text().strip()
-        except FileNotFoundError:
-            return 0
-        return int(text) if text.isdigit() else 0
+        return read_pointer(self.root)
 
     def versions(self) -> list[int]:
         out = []
@@ -128,7 +124,7 @@ class ModelStore:
                 v += 1
                 meta["version"] = v
                 (tmp / "meta.json").write_text(json.dumps(meta, sort_keys=True, default=float))
-                _fsync_dir_files(tmp)
+                fsync_dir_files(tmp)
                 try:
                     os.rename(tmp, self.root / _vdir(v))  # fails if another publisher took v
                     break
@@ -182,15 +178,29 @@ class ModelStore:
         return older[-1] if older else None
 
     def _point(self, version: int) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=".ptr-", dir=self.root)
-        with os.fdopen(fd, "w") as f:
-            f.write(str(version))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.root / _POINTER)
+        write_pointer(self.root, version)
 
 
-def _fsync_dir_files(d: Path) -> None:
+def read_pointer(root: Path) -> int:
+    """The version ``root/CURRENT`` names; 0 when there is none (the query-encoder versions share it)."""
+    try:
+        text = (root / _POINTER).read_text().strip()
+    except FileNotFoundError:
+        return 0
+    return int(text) if text.isdigit() else 0
+
+
+def write_pointer(root: Path, version: int) -> None:
+    """Replace ``root/CURRENT`` atomically and durably: a reader sees the old or the new number."""
+    fd, tmp = tempfile.mkstemp(prefix=".ptr-", dir=root)
+    with os.fdopen(fd, "w") as f:
+        f.write(str(version))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, root / _POINTER)
+
+
+def fsync_dir_files(d: Path) -> None:
     for p in d.iterdir():
         with open(p, "rb") as f:
             os.fsync(f.fileno())

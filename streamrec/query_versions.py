@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-_POINTER = "CURRENT"
+from streamrec.model_store import fsync_dir_files, read_pointer, write_pointer
 
 
 class QueryVersions:
@@ -36,11 +36,7 @@ class QueryVersions:
         self.root = Path(root)
 
     def current(self) -> int:
-        try:
-            text = (self.root / _POINTER).read_text().strip()
-        except FileNotFoundError:
-            return 0
-        return int(text) if text.isdigit() else 0
+        return read_pointer(self.root)
 
     def versions(self) -> list[int]:
         if not self.root.is_dir():
@@ -77,6 +73,7 @@ class QueryVersions:
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
         try:
             write(tmp)
+            fsync_dir_files(tmp)
             version = max(self.versions(), default=0) + 1
             meta = {**meta, "version": version, "created_ms": int(time.time() * 1000)}
             (tmp / "meta.json").write_text(json.dumps(meta, sort_keys=True))
@@ -92,6 +89,4 @@ class QueryVersions:
 
     def point(self, version: int) -> None:
         """Make ``version`` current (0: the pretrained encoder); serving follows within a poll."""
-        partial = self.root / f".{_POINTER}.{os.getpid()}"
-        partial.write_text(str(version))
-        os.replace(partial, self.root / _POINTER)
+        write_pointer(self.root, version)
