@@ -3,20 +3,22 @@
 Why: the pretrained encoder was never shown this shop's words ("romex" is a cable, "1/2 in" a
 size); the click memory fixes one query at a time, only what fine-tuning the query side learns can
 reach queries nobody clicked yet. Why the query side only: the items keep the vectors the index
-holds, so a new version needs no re-embedding of the catalogue and switching back is instant; and
-only the top transformer layers train, so a version is a few megabytes that travel through Redis to
-every serving worker (``streamrec/query_tuning.py`` applies them).
+holds, so a new version needs no re-embedding of the catalogue, and switching to it or back is one
+poll of serving (``serving/query_versions.py``). Only the top transformer layers train: cheap
+enough for a background thread of the learner.
 
-Training pairs are a search's clicked product against the products shown *above* it and not clicked
-(skipped on the way down: the hard negatives a shopper rejected) and the other pairs' products in
-the batch. Each counts 1 / theta(position) (``learner/position_bias.py``), so a click at the top,
-where shoppers click whatever is there, does not dominate. The tuned vector is held near the
-pretrained one (``anchor``), for the clicked queries and for queries that got no click, so the
-long tail is not dragged along.
+Training pairs are a search's clicked product against the products shown *above* it and not
+clicked (skipped on the way down: the hard negatives a shopper rejected) and the other pairs'
+products in the batch. Each click counts once by default (``max_weight``): weighting a click by
+1 / theta of its position made a wrong click deep in the page count up to ten times and trained
+worse. The tuned vector is held near the served one (``anchor``), for the clicked queries and
+for searches that got no click, so the long tail is not dragged along.
 
-A candidate is published only when, on clicks of queries it never trained on (a fixed share of
-queries by key), it ranks the clicked product higher in the whole catalogue than the version
-served now does, by more than ``z`` standard errors of the paired difference.
+A candidate is published (``streamrec/query_versions.py``) only when, on clicks of queries it never
+trained on (a fixed share of queries by key), it orders each click's own page better than the
+served version: the clicked product's DCG gain under each order, weighted by 1 / theta of where it
+was shown (unbiased under a position-based click model), by ``z`` standard errors over queries.
+Judged on the same shown products, the served version gets no credit for having chosen them.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from learner import metrics as M
 from learner.joiner import PendingImpression
 from learner.position_bias import ips_weight
 from streamrec.analysis import query_key
+from streamrec.query_encoder import QUERY_MAX_TOKENS
 from streamrec.query_versions import QueryVersions
 from streamrec.settings import QueryTuningSettings
 
@@ -69,7 +72,7 @@ class TuningConfig:
     steps: int = _DEFAULTS.steps
     batch: int = _DEFAULTS.batch
     lr: float = _DEFAULTS.lr
-    anchor: float = _DEFAULTS.anchor  # weight of ||tuned − pretrained||² on the batch's and unclicked queries
+    anchor: float = _DEFAULTS.anchor  # weight of ||tuned − before||² on the batch's and unclicked queries
     max_weight: float = _DEFAULTS.max_weight  # cap of a click's 1/theta
     temperature: float = 0.05
     seed: int = 0
@@ -80,8 +83,8 @@ class TuningConfig:
 
 
 class QueryTower:
-    """The pretrained encoder's query side with its top ``layers`` trainable; ``state()`` is those
-    layers' weights only (what a version carries)."""
+    """An encoder's query side (a model directory: pretrained or a published version) with its top
+    ``layers`` trainable."""
 
     def __init__(self, model_dir: Path, layers: int):
         import torch
@@ -104,7 +107,9 @@ class QueryTower:
     def encode(self, texts: Sequence[str], grad: bool = False):
         """(n, dim) unit rows as a tensor; mean pooling as ``streamrec.encoder``."""
         torch = self._torch
-        batch = self.tokenizer(list(texts), truncation=True, max_length=64, padding=True, return_tensors="pt")
+        batch = self.tokenizer(
+            list(texts), truncation=True, max_length=QUERY_MAX_TOKENS, padding=True, return_tensors="pt"
+        )
         ctx = torch.enable_grad() if grad else torch.inference_mode()
         with ctx:
             hidden = self.model(**batch).last_hidden_state
@@ -120,12 +125,6 @@ class QueryTower:
     def state(self) -> dict:
         sd = self.model.state_dict()
         return {n: sd[n].clone() for n in self.trainable}
-
-    def load(self, state: dict) -> None:
-        unknown = set(state) - set(self.trainable)
-        if unknown:
-            raise ValueError(f"a query-encoder version names weights this tower does not train: {sorted(unknown)[:3]}")
-        self.model.load_state_dict(state, strict=False)
 
 
 def _is_top_layer(name: str, depth: int, layers: int) -> bool:
@@ -145,14 +144,16 @@ def fine_tune(
     cfg: TuningConfig,
     progress: Callable[[int, float], None] | None = None,
 ) -> int:
-    """Train ``tower`` in place on ``pairs``; returns the steps taken (0 when no pair has vectors)."""
-    torch = tower._torch
+    """Train ``tower`` in place on ``pairs``; returns the steps taken (0 when no pair has vectors).
+    The anchor holds query vectors near the tower's own before this training (the served version)."""
+    import torch
+
     usable = [p for p in pairs if vector_of(p.positive) is not None]
     if not usable:
         return 0
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
-    base_of = _pretrained_vectors(tower, {p.query for p in usable} | set(anchor_queries))
+    base_of = _vectors_before(tower, {p.query for p in usable} | set(anchor_queries))
     params = [p for n, p in tower.model.named_parameters() if n in tower.trainable]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     tower.model.train()
@@ -196,7 +197,7 @@ def fine_tune(
     return cfg.steps
 
 
-def _pretrained_vectors(tower: QueryTower, queries: set[str]) -> dict[str, np.ndarray]:
+def _vectors_before(tower: QueryTower, queries: set[str]) -> dict[str, np.ndarray]:
     texts = sorted(queries)
     return dict(zip(texts, tower.encode_numpy(texts), strict=True))
 
@@ -427,4 +428,4 @@ class QueryTuner:
 
 
 def _pair(d: dict) -> ClickPair:
-    return ClickPair(d["query"], d["positive"], tuple(d["negatives"]), float(d["weight"]), tuple(d["shown"]))
+    return ClickPair(d["query"], d["positive"], tuple(d["negatives"]), float(d["weight"]), tuple(d.get("shown", ())))
