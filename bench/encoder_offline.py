@@ -73,30 +73,23 @@ def main() -> int:
     lexical.refresh()
     lex = {q: lexical.search(q, s.serving.candidates) for q in (*clicked, *unseen)}
 
+    def ranked(q: str, qv: np.ndarray) -> tuple[list[str], list[str]]:
+        """(dense order, fused order) of serving's first stage for one query vector."""
+        cos = items @ qv
+        dense = [(ids[j], float(cos[j])) for j in np.argsort(-cos)[: s.serving.candidates]]
+        cands = fusion.gather(lex[q], dense, lambda i: float(items[row[i]] @ qv))
+        fused = fusion.weighted(cands, s.search.lexical_weight, s.search.dense_weight)
+        return [i for i, _ in dense], [cands.ids[j] for j in np.argsort(-np.asarray(fused), kind="stable")]
+
     def rankings(qvecs: dict[str, np.ndarray], queries: dict[str, dict[str, float]]) -> tuple[float, float]:
-        dense_scores, fused_scores = [], []
-        for q, lab in queries.items():
-            qv = qvecs[q]
-            cos = items @ qv
-            top = np.argsort(-cos)[: s.serving.candidates]
-            dense = [(ids[j], float(cos[j])) for j in top]
-            dense_scores.append(ndcg_at([i for i, _ in dense], lab))
-            cands = fusion.gather(lex[q], dense, lambda i, qv=qv: float(items[row[i]] @ qv))
-            fused = fusion.weighted(cands, s.search.lexical_weight, s.search.dense_weight)
-            order = np.argsort(-np.asarray(fused), kind="stable")
-            fused_scores.append(ndcg_at([cands.ids[j] for j in order], lab))
-        return float(np.mean(dense_scores)), float(np.mean(fused_scores))
+        """(dense nDCG@10, fused nDCG@10) over ``queries``."""
+        orders = {q: ranked(q, qvecs[q]) for q in queries}
+        dense = [ndcg_at(orders[q][0], lab) for q, lab in queries.items()]
+        fused = [ndcg_at(orders[q][1], lab) for q, lab in queries.items()]
+        return float(np.mean(dense)), float(np.mean(fused))
 
     def pages(qvecs: dict[str, np.ndarray], queries: dict[str, dict[str, float]]) -> dict[str, list[str]]:
-        out = {}
-        for q in queries:
-            qv = qvecs[q]
-            cos = items @ qv
-            dense = [(ids[j], float(cos[j])) for j in np.argsort(-cos)[: s.serving.candidates]]
-            cands = fusion.gather(lex[q], dense, lambda i, qv=qv: float(items[row[i]] @ qv))
-            fused = fusion.weighted(cands, s.search.lexical_weight, s.search.dense_weight)
-            out[q] = [cands.ids[j] for j in np.argsort(-np.asarray(fused), kind="stable")[:K]]
-        return out
+        return {q: ranked(q, qvecs[q])[1][:K] for q in queries}
 
     base_q = dict(zip(list(clicked) + list(unseen), encoder.encode(list(clicked) + list(unseen)), strict=True))
     model = ClickModel(args.click_model, args.noise)

@@ -92,7 +92,6 @@ class QueryTower:
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         self.model = AutoModel.from_pretrained(model_dir, local_files_only=True)
-        self.layers = layers
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.trainable = [n for n, _ in self.model.named_parameters() if _is_top_layer(n, self._depth(), layers)]
@@ -280,11 +279,10 @@ class QueryTuner:
         store: QueryVersions,
         base_model_dir: Path,
         vector_of: Callable[[str], np.ndarray | None],
-        item_ids: Callable[[], list[str]],
         eta: Callable[[], float],
     ):
         self.s, self.store, self.base_model_dir = s, store, base_model_dir
-        self.vector_of, self.item_ids, self.eta = vector_of, item_ids, eta
+        self.vector_of, self.eta = vector_of, eta
         self._lock = threading.Lock()
         self.train: deque[ClickPair] = deque(maxlen=s.pairs_kept)
         self.holdout: deque[ClickPair] = deque(maxlen=s.pairs_kept)

@@ -348,7 +348,6 @@ def _query_tuner(s: Settings, replica, position_bias: PositionBias) -> QueryTune
         QueryVersions(s.query_encoders_dir),
         s.encoder.model_dir or bundled_model_dir(),
         replica.index.vector,
-        replica.index.item_ids,
         position_bias.eta,
     )
 

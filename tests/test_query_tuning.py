@@ -122,7 +122,7 @@ def test_the_tuner_learns_from_training_queries_and_publishes_what_wins_on_held_
     assert train and held, "the romex queries fall on both sides of a 50 % split"
     s = QueryTuningSettings(holdout_share=share, min_pairs=10, min_holdout=10, z=1.0, steps=60, lr=1e-4, anchor=0.1)
     store = QueryVersions(tmp_path / "qv")
-    tuner = QueryTuner(s, store, bundled_model_dir(), items.get, lambda: list(items), lambda: 1.0)
+    tuner = QueryTuner(s, store, bundled_model_dir(), items.get, lambda: 1.0)
     shown = ["hose", "paint", "wire", "drill"]
     for n in range(40):
         q = ROMEX[n % len(ROMEX)]
@@ -152,7 +152,7 @@ def test_the_tuner_learns_from_training_queries_and_publishes_what_wins_on_held_
 def test_a_candidate_that_does_not_beat_the_served_version_is_not_published(items, tmp_path):
     s = QueryTuningSettings(holdout_share=0.5, min_pairs=10, min_holdout=10, z=2.0, steps=1, lr=1e-9)
     store = QueryVersions(tmp_path / "qv")
-    tuner = QueryTuner(s, store, bundled_model_dir(), items.get, lambda: list(items), lambda: 1.0)
+    tuner = QueryTuner(s, store, bundled_model_dir(), items.get, lambda: 1.0)
     train, held = _split(0.5)
     pairs = [ClickPair(q, "wire", ("hose",), 1.0) for q in train] * 3
     holdout = [ClickPair(q, "wire", ("hose",), 2.0, ("hose", "wire", "drill")) for q in held] * 5
@@ -164,7 +164,7 @@ def test_a_candidate_that_does_not_beat_the_served_version_is_not_published(item
 def test_training_starts_in_the_background_only_with_enough_new_and_held_out_clicks(items, tmp_path):
     s = QueryTuningSettings(holdout_share=0.5, min_pairs=30, min_holdout=10, steps=1, lr=1e-9)
     store = QueryVersions(tmp_path / "qv")
-    tuner = QueryTuner(s, store, bundled_model_dir(), items.get, lambda: list(items), lambda: 1.0)
+    tuner = QueryTuner(s, store, bundled_model_dir(), items.get, lambda: 1.0)
     shown = ["hose", "wire"]
     for n in range(20):
         tuner.observe(_search(f"r{n}", ROMEX[n % len(ROMEX)], shown, ["wire"]))
@@ -177,7 +177,7 @@ def test_training_starts_in_the_background_only_with_enough_new_and_held_out_cli
     tuner.wait(timeout=120)
     assert tuner.last and not tuner.last["better"]  # lr 1e-9 changes nothing measurable
     assert store.status()["training"] is False and store.status()["outcome"] == "rejected"
-    restored = QueryTuner(s, QueryVersions(tmp_path / "qv"), bundled_model_dir(), items.get, list, lambda: 1.0)
+    restored = QueryTuner(s, QueryVersions(tmp_path / "qv"), bundled_model_dir(), items.get, lambda: 1.0)
     restored.load_state(tuner.state())  # the learner's checkpoint keeps the clicks across restarts
     assert list(restored.train) == list(tuner.train) and list(restored.holdout) == list(tuner.holdout)
 
