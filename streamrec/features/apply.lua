@@ -25,6 +25,12 @@ local exp, floor, abs = math.exp, math.floor, math.abs
 local today = tostring(floor(tonumber(redis.call('TIME')[1]) / cfg.ttl_refresh_s))
 local function fmt(v) return string.format('%.17g', v) end
 local function int(v) return string.format('%d', v) end
+-- a number as the layout stores it: integers as integers, anything else with 17 significant digits
+-- (the same text fmt or int gives for the values each field holds)
+local function num_text(v)
+  if v == floor(v) and abs(v) < 2 ^ 53 then return int(v) end
+  return fmt(v)
+end
 
 local function split(s, sep)
   sep = sep or SEP
@@ -37,9 +43,16 @@ local function split(s, sep)
   end
 end
 
--- a recent-list entry: event_id, item, type, ts, session
-local function entry_fields(s)
-  return string.match(s, '^[^' .. SEP .. ']*' .. SEP .. FIELD .. SEP .. FIELD .. SEP .. FIELD .. SEP .. '(.*)$')
+-- a recent-list entry {eid, item, type, ts, session}, parsed from its list row once per batch
+local ENTRY = '^' .. FIELD .. SEP .. FIELD .. SEP .. FIELD .. SEP .. FIELD .. SEP .. '(.*)$'
+local function entry(rows, i)
+  local e = rows[i]
+  if type(e) == 'string' then
+    local eid, item, typ, ts, session = string.match(e, ENTRY)
+    e = {eid, item, typ, tonumber(ts), session}
+    rows[i] = e
+  end
+  return e
 end
 
 -- lazy decay: (v, t) plus weight w at ts -> sum of w_i * exp(-(t_ref - ts_i)/tau), order-free.
@@ -55,13 +68,14 @@ end
 local function over_rate(h, ts, limit)
   if limit <= 0 then return false end
   local bucket = floor(ts / cfg.bot_window_ms)
-  local b, n = tonumber(h.get('rl:b')), tonumber(h.get('rl:n'))
+  local b, n = h.num('rl:b'), h.num('rl:n')
   if not b or bucket > b then b, n = bucket, 0 elseif bucket < b then return false end
-  h.set('rl:b', int(b)); h.set('rl:n', int(n + 1))
+  h.set('rl:b', b); h.set('rl:n', n + 1)
   return n + 1 > limit
 end
 
--- batch-local view of a hash: read once (HGETALL), written back once (HSET of changed fields)
+-- batch-local view of a hash: read once (HGETALL), written back once (HSET of changed fields);
+-- numeric fields are parsed once (num) and may be set as numbers, turned into text at the flush
 -- ``also`` lists keys (recent list, co-visitation) whose TTL is refreshed together with the hash
 local hashes = {}
 local function hash(key, ttl, also)
@@ -71,11 +85,19 @@ local function hash(key, ttl, also)
   local all = redis.call('HGETALL', key)
   for i = 1, #all, 2 do f[all[i]] = all[i + 1] end
   h = {get = function(k) return f[k] end, set = function(k, v) f[k] = v; dirty[k] = true end,
+       num = function(k)
+         local v = f[k]
+         if type(v) == 'string' then v = tonumber(v); f[k] = v end
+         return v
+       end,
        flush = function()
          local args = {}
          local refresh = f.x ~= today
          if refresh then f.x = today; dirty.x = true end
-         for k in pairs(dirty) do args[#args + 1] = k; args[#args + 1] = f[k] end
+         for k in pairs(dirty) do
+           local v = f[k]
+           args[#args + 1] = k; args[#args + 1] = type(v) == 'number' and num_text(v) or v
+         end
          if #args > 0 then redis.call('HSET', key, unpack(args)) end
          if refresh then
            redis.call('EXPIRE', key, ttl)
@@ -86,10 +108,18 @@ local function hash(key, ttl, also)
   return h
 end
 
+-- the field names of each type's counters, built once
+local counter_fields = setmetatable({}, {__index = function(t, typ)
+  local names = {n = 'n:' .. typ, d = 'd:' .. typ, t = 't:' .. typ}
+  t[typ] = names
+  return names
+end})
+
 local function bump_decayed(h, typ, ts, w)
-  h.set('n:' .. typ, int((tonumber(h.get('n:' .. typ)) or 0) + 1))
-  local v, t = merge(tonumber(h.get('d:' .. typ)), tonumber(h.get('t:' .. typ)), ts, w, cfg.item_tau_ms)
-  h.set('d:' .. typ, fmt(v)); h.set('t:' .. typ, int(t))
+  local names = counter_fields[typ]
+  h.set(names.n, (h.num(names.n) or 0) + 1)
+  local v, t = merge(h.num(names.d), h.num(names.t), ts, w, cfg.item_tau_ms)
+  h.set(names.d, v); h.set(names.t, t)
 end
 
 -- recent lists: read once per batch (LRANGE), new entries pushed and trimmed at the end
@@ -183,6 +213,9 @@ local function covisit(a, b, acc)
   row[b] = (row[b] or 0) + 1
 end
 
+-- category affinity, batch-local per user: read once (HGETALL), changed categories written back
+-- once (HSET, HDEL of the evicted), TTL set once per batch
+local affinities = {}
 local function affinity(user, item, ts, w)
   local c = categories[item]
   if c == nil then
@@ -191,23 +224,51 @@ local function affinity(user, item, ts, w)
     categories[item] = c
   end
   if not c then return end
-  local akey = key('affinity', user)
-  local cur = redis.call('HMGET', akey, c, '@' .. c)
-  local v, t = merge(tonumber(cur[1]), tonumber(cur[2]), ts, w, cfg.affinity_tau_ms)
-  redis.call('HSET', akey, c, fmt(v), '@' .. c, int(t))
-  redis.call('EXPIRE', akey, cfg.user_ttl_s)
-  if not cur[1] and redis.call('HLEN', akey) > 2 * cfg.category_cap then
-    local all = redis.call('HGETALL', akey)
-    local h = {}
-    for i = 1, #all, 2 do h[all[i]] = all[i + 1] end
+  local a = affinities[user]
+  if not a then
+    a = {v = {}, t = {}, n = 0, dirty = {}, gone = {}}
+    local all = redis.call('HGETALL', key('affinity', user))
+    for i = 1, #all, 2 do
+      local f = all[i]
+      if string.sub(f, 1, 1) == '@' then a.t[string.sub(f, 2)] = tonumber(all[i + 1])
+      else a.v[f] = tonumber(all[i + 1]); a.n = a.n + 1 end
+    end
+    affinities[user] = a
+  end
+  local known = a.v[c] ~= nil
+  a.v[c], a.t[c] = merge(a.v[c], a.t[c], ts, w, cfg.affinity_tau_ms)
+  a.dirty[c], a.gone[c] = true, nil
+  if known then return end
+  a.n = a.n + 1
+  if a.n > cfg.category_cap then
+    -- the weakest other category, decayed to this event, makes room
     local worst, worst_v = nil, nil
-    for f, fv in pairs(h) do
-      if string.sub(f, 1, 1) ~= '@' and f ~= c then
-        local dv = tonumber(fv) * exp(-math.max(0, ts - tonumber(h['@' .. f])) / cfg.affinity_tau_ms)
+    for f, fv in pairs(a.v) do
+      if f ~= c then
+        local dv = fv * exp(-math.max(0, ts - a.t[f]) / cfg.affinity_tau_ms)
         if not worst_v or dv < worst_v or (dv == worst_v and f < worst) then worst, worst_v = f, dv end
       end
     end
-    if worst then redis.call('HDEL', akey, worst, '@' .. worst) end
+    if worst then
+      a.v[worst], a.t[worst], a.dirty[worst], a.gone[worst] = nil, nil, nil, true
+      a.n = a.n - 1
+    end
+  end
+end
+
+local function flush_affinities()
+  for user, a in pairs(affinities) do
+    local akey = key('affinity', user)
+    local args, gone = {}, {}
+    for c in pairs(a.dirty) do
+      args[#args + 1] = c; args[#args + 1] = fmt(a.v[c]); args[#args + 1] = '@' .. c; args[#args + 1] = int(a.t[c])
+    end
+    for c in pairs(a.gone) do gone[#gone + 1] = c; gone[#gone + 1] = '@' .. c end
+    if #gone > 0 then redis.call('HDEL', akey, unpack(gone)) end
+    if #args > 0 then
+      redis.call('HSET', akey, unpack(args))
+      redis.call('EXPIRE', akey, cfg.user_ttl_s)
+    end
   end
 end
 
@@ -414,13 +475,12 @@ for r = 5, #ARGV do
     if kind == 'e' then
       rl = recent(user)
       local rows = rl.rows
-      local head = eid .. SEP
       for i = 1, math.min(#rows, cfg.dedup_lookback) do
-        if string.sub(rows[i], 1, #head) == head then reason = 'duplicate_event'; break end
+        if entry(rows, i)[1] == eid then reason = 'duplicate_event'; break end
       end
       if not reason and rows[1] then
-        local pitem, ptyp, pts = entry_fields(rows[1])
-        if pitem == item and ptyp == typ and abs(ts - tonumber(pts)) < cfg.bot_repeat_gap_ms then
+        local prev = entry(rows, 1)
+        if prev[2] == item and prev[3] == typ and abs(ts - prev[4]) < cfg.bot_repeat_gap_ms then
           reason = 'rapid_repeat'
         end
       end
@@ -466,8 +526,9 @@ for r = 5, #ARGV do
       local seen, basket, in_basket = {[item] = true}, {}, false
       local buys = cfg.basket_types[typ]
       for i = 1, math.min(#rows, cfg.covis_lookback) do
-        local other, otyp, ots, osess = entry_fields(rows[i])
-        if osess == session and abs(ts - tonumber(ots)) <= cfg.covis_window_ms then
+        local e = entry(rows, i)
+        local other, otyp = e[2], e[3]
+        if e[5] == session and abs(ts - e[4]) <= cfg.covis_window_ms then
           if not seen[other] then
             seen[other] = true
             covisit(item, other, covis_acc)
@@ -485,11 +546,11 @@ for r = 5, #ARGV do
           covisit(other, item, cobuy_acc)
         end
       end
-      local row = eid .. SEP .. item .. SEP .. typ .. SEP .. int(ts) .. SEP .. session
-      table.insert(rows, 1, row)
+      table.insert(rows, 1, {eid, item, typ, ts, session})
       rows[cfg.recent_cap + 1] = nil
-      rl.new[#rl.new + 1] = row
-      u.set('n:' .. typ, int((tonumber(u.get('n:' .. typ)) or 0) + 1))
+      rl.new[#rl.new + 1] = eid .. SEP .. item .. SEP .. typ .. SEP .. int(ts) .. SEP .. session
+      local n_typ = counter_fields[typ].n
+      u.set(n_typ, (u.num(n_typ) or 0) + 1)
       bump_decayed(it, typ, ts, 1)
       affinity(user, item, ts, w)
       trending(item, ts, w)
@@ -510,6 +571,7 @@ for r = 5, #ARGV do
   end
 end
 for _, h in pairs(hashes) do h.flush() end
+flush_affinities()
 for user, rl in pairs(recents) do
   if #rl.new > 0 then
     local rkey = key('recent', user)

@@ -1,0 +1,179 @@
+"""Redis work per event of the feature writer alone: the script's calls, no Kafka, no consumer loop.
+
+``bench/ingest.py`` measures the whole path; this isolates the part that caps it (one Redis core
+runs every partition's writer script). DIGINETICA session events are split into partitions by
+user, as the topic's key does, and applied in partition batches of ``--batch`` records through
+``consumers.apply.Writer`` on a Redis started here. The catalog is applied first and not counted:
+every item with one of 1,000 categories derived from its id (the session file's ids do not map
+to the real category file), so the category affinity runs as in a shop.
+
+Printed per stream: Redis CPU µs per event (``INFO cpu`` before and after); of the script's time
+(``INFO commandstats``), how much the Redis commands it called took and how much was left to the
+Lua interpreter; the commands per event, most frequent first; and the floor measured in the same
+run, Redis CPU per event of one pipelined ``HINCRBY`` per event.
+
+Streams: ``diginetica`` (the funnel the dataset module derives: mostly views) and
+``purchase-heavy`` (the same sessions with every interaction an add to cart or a purchase: the
+bought-together pairs grow with the basket).
+
+    python -m bench.writer --events 100000 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+import uuid
+import zlib
+from collections.abc import Iterable
+from pathlib import Path
+
+import redis
+
+from consumers.apply import Record, Writer
+from launcher.embedded import EmbeddedRedis
+from streamrec.datasets import diginetica
+from streamrec.schemas import CatalogOp, Event, encode
+from streamrec.settings import Settings
+
+
+def purchase_heavy(events: Iterable[Event]) -> list[Event]:
+    """Every interaction an add to cart or a purchase (alternating within a session)."""
+    out = []
+    for i, e in enumerate(events):
+        out.append(e.model_copy(update={"type": "purchase" if i % 2 else "add_to_cart"}))
+    return out
+
+
+def partition_batches(events: list[Event], partitions: int, batch: int) -> list[tuple[int, list[Record], int]]:
+    """(partition, records, next_offset) in arrival order, batches interleaved across partitions."""
+    per: list[list[Record]] = [[] for _ in range(partitions)]
+    for e in events:
+        p = zlib.crc32(e.user_id.encode()) % partitions
+        per[p].append((len(per[p]), e, encode(e), e.user_id.encode()))
+    out = []
+    for start in range(0, max(len(x) for x in per), batch):
+        for p, recs in enumerate(per):
+            chunk = recs[start : start + batch]
+            if chunk:
+                out.append((p, chunk, chunk[-1][0] + 1))
+    return out
+
+
+def catalog_records(events: list[Event]) -> list[Record]:
+    """One upsert per item of the stream, with a derived category (``cat{crc32 % 1000}``)."""
+    items = sorted({e.item_id for e in events if e.item_id})
+    ops = [
+        CatalogOp(
+            op="upsert",
+            item_id=i,
+            ts=diginetica.START_MS,
+            title=f"product {i}",
+            category=f"cat{zlib.crc32(i.encode()) % 1000}",
+        )
+        for i in items
+    ]
+    return [(n, op, encode(op), op.item_id.encode()) for n, op in enumerate(ops)]
+
+
+def cpu_us(r: redis.Redis) -> float:
+    info = r.info("cpu")
+    return (info["used_cpu_user"] + info["used_cpu_sys"]) * 1e6
+
+
+def command_stats(r: redis.Redis) -> dict[str, tuple[int, int]]:
+    """Command -> (calls, µs) so far; calls made inside a script count as that command's."""
+    return {k.removeprefix("cmdstat_"): (v["calls"], v["usec"]) for k, v in r.info("commandstats").items()}
+
+
+def run_stream(r: redis.Redis, events: list[Event], partitions: int, batch: int) -> dict:
+    prefix = f"w{uuid.uuid4().hex[:8]}:"
+    writer = Writer(r, prefix, "bench")
+    batches = partition_batches(events, partitions, batch)
+    catalog = catalog_records(events)
+    for start in range(0, len(catalog), batch):
+        writer.apply("c", 0, catalog[start : start + batch], min(start + batch, len(catalog)))
+    stats0, cpu0, wall = command_stats(r), cpu_us(r), 0.0
+    for p, records, next_offset in batches:
+        started = time.perf_counter()
+        res = writer.apply("t", p, records, next_offset)
+        wall += time.perf_counter() - started
+        assert res.status == "ok" and res.applied == len(records), res
+    cpu1, stats1 = cpu_us(r), command_stats(r)
+    n = len(events)
+    diff = {k: (c - stats0.get(k, (0, 0))[0], u - stats0.get(k, (0, 0))[1]) for k, (c, u) in stats1.items()}
+    script_us = diff.pop("evalsha")[1] / n
+    inner = {k: v for k, v in diff.items() if v[0] > 0 and k not in ("info", "evalsha", "script|load")}
+    commands_us = sum(u for _, u in inner.values()) / n
+    return {
+        "redis_cpu_us": (cpu1 - cpu0) / n,
+        "wall_us": wall / n * 1e6,
+        "commands_us": commands_us,
+        "lua_us": script_us - commands_us,
+        "calls": {k: c / n for k, (c, _) in inner.items()},
+        "prefix": prefix,
+    }
+
+
+def floor_us(r: redis.Redis, n: int) -> float:
+    """Redis CPU per event of one pipelined HINCRBY per event: the least a Redis write can cost."""
+    key = f"floor{uuid.uuid4().hex[:8]}"
+    pipe = r.pipeline(transaction=False)
+    cpu0 = cpu_us(r)
+    for i in range(n):
+        pipe.hincrby(key, f"f{i % 1000}", 1)
+        if i % 1000 == 999:
+            pipe.execute()
+    pipe.execute()
+    used = cpu_us(r) - cpu0
+    r.delete(key)
+    return used / n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=int, default=100_000)
+    ap.add_argument("--batch", type=int, default=500, help="records per partition batch (one script call)")
+    ap.add_argument("--partitions", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+
+    data = Settings().require_data_dir()
+    base = list(diginetica.session_events(data, limit=args.events))
+    streams = {"diginetica": base, "purchase-heavy": purchase_heavy(base)}
+    with tempfile.TemporaryDirectory() as tmp:
+        server = EmbeddedRedis(Path(tmp) / "redis").start()
+        try:
+            r = redis.Redis.from_url(server.url)
+            print(
+                f"# {len(base)} events per stream, {args.partitions} partitions, batches of {args.batch}, "
+                f"repeats={args.repeats} (medians); Redis started here, nothing else on it"
+            )
+            floor = statistics.median(floor_us(r, len(base)) for _ in range(args.repeats))
+            print(f"floor: pipelined HINCRBY, one per event: Redis CPU {floor:5.2f} µs/event")
+            for name, events in streams.items():
+                runs = [run_stream(r, events, args.partitions, args.batch) for _ in range(args.repeats)]
+                med = {
+                    k: statistics.median(x[k] for x in runs)
+                    for k in ("redis_cpu_us", "wall_us", "commands_us", "lua_us")
+                }
+                calls = runs[-1]["calls"]
+                top = ", ".join(f"{k} {v:.2f}" for k, v in sorted(calls.items(), key=lambda kv: -kv[1])[:8])
+                cpu = med["redis_cpu_us"]
+                print(
+                    f"{name:15s} Redis CPU {cpu:5.1f} µs/event ({cpu / floor:4.0f}× floor): "
+                    f"its commands {med['commands_us']:4.1f}, Lua {med['lua_us']:4.1f}; script wall "
+                    f"{med['wall_us']:5.1f} µs/event\n{'':15s} commands/event {sum(calls.values()):5.2f}: {top}"
+                )
+                for run in runs:
+                    keys = r.keys(f"{run['prefix']}*")
+                    for start in range(0, len(keys), 10_000):
+                        r.delete(*keys[start : start + 10_000])
+        finally:
+            server.stop()
+
+
+if __name__ == "__main__":
+    main()
