@@ -76,13 +76,20 @@ end
 
 -- batch-local view of a hash: read once (HGETALL), written back once (HSET of changed fields);
 -- numeric fields are parsed once (num) and may be set as numbers, turned into text at the flush
--- ``also`` lists keys (recent list, co-visitation) whose TTL is refreshed together with the hash
-local hashes = {}
-local function hash(key, ttl, also)
-  local h = hashes[key]
+-- a user's or an item's (kind), found by id without building its key name again; its TTL is refreshed
+-- together with the keys of the same id listed in ``also`` (recent list, co-visitation, ...)
+local HASH_KINDS = {
+  user = {ttl = cfg.user_ttl_s, also = {'recent'}},
+  item = {ttl = cfg.item_ttl_s, also = {'covis', 'cobuy', 'item_sessions'}},
+}
+local hashes = {user = {}, item = {}}
+local function hash(kind, id)
+  local h = hashes[kind][id]
   if h then return h end
+  local ttl, also = HASH_KINDS[kind].ttl, HASH_KINDS[kind].also
+  local hkey = key(kind, id)
   local f, dirty = {}, {}
-  local all = redis.call('HGETALL', key)
+  local all = redis.call('HGETALL', hkey)
   for i = 1, #all, 2 do f[all[i]] = all[i + 1] end
   h = {get = function(k) return f[k] end, set = function(k, v) f[k] = v; dirty[k] = true end,
        num = function(k)
@@ -98,13 +105,13 @@ local function hash(key, ttl, also)
            local v = f[k]
            args[#args + 1] = k; args[#args + 1] = type(v) == 'number' and num_text(v) or v
          end
-         if #args > 0 then redis.call('HSET', key, unpack(args)) end
+         if #args > 0 then redis.call('HSET', hkey, unpack(args)) end
          if refresh then
-           redis.call('EXPIRE', key, ttl)
-           for _, k in ipairs(also) do redis.call('EXPIRE', k, ttl) end
+           redis.call('EXPIRE', hkey, ttl)
+           for _, name in ipairs(also) do redis.call('EXPIRE', key(name, id), ttl) end
          end
        end}
-  hashes[key] = h
+  hashes[kind][id] = h
   return h
 end
 
@@ -413,11 +420,12 @@ local function quarantine(off, reason, eid, user, raw)
   redis.call('LTRIM', key('quarantine_recent'), 0, cfg.quarantine_recent_n - 1)
 end
 
+local RECORD_HEAD = '^(%d+)' .. SEP .. '(.)'
 local applied, skipped = 0, 0
 local reasons = {}
 for r = 5, #ARGV do
   local rec = ARGV[r]
-  local offs, kind = string.match(rec, '^(%d+)' .. SEP .. '(.)')
+  local offs, kind = string.match(rec, RECORD_HEAD)
   local off = tonumber(offs)
   local f = split(string.sub(rec, #offs + 4))
   if off < stored then
@@ -463,7 +471,7 @@ for r = 5, #ARGV do
       eid, typ, user, ts, rid, terms, raw = f[1], 'impression', f[2], tonumber(f[3]), f[5], f[6], f[9]
     end
     local reason = nil
-    local u = hash(key('user', user), cfg.user_ttl_s, {key('recent', user)})
+    local u = hash('user', user)
     local rl
     if kind == 'i' and cfg.dedup_lookback > 0 then
       -- an impression published twice (a producer retry, a client retrying a 503) counts once:
@@ -488,7 +496,7 @@ for r = 5, #ARGV do
     if not reason and over_rate(u, ts, cfg.bot_user_limit) then reason = 'user_burst' end
     local it
     if kind == 'e' then
-      it = hash(key('item', item), cfg.item_ttl_s, {key('covis', item), key('cobuy', item), key('item_sessions', item)})
+      it = hash('item', item)
       if not reason and over_rate(it, ts, cfg.bot_item_limit) then reason = 'item_burst' end
     end
     if reason then
@@ -496,7 +504,7 @@ for r = 5, #ARGV do
       reasons[#reasons + 1] = reason
     elseif kind == 'i' then
       for _, id in ipairs(cjson.decode(f[4])) do
-        bump_decayed(hash(key('item', id), cfg.item_ttl_s, {key('covis', id), key('cobuy', id), key('item_sessions', id)}), 'impression', ts, 1)
+        bump_decayed(hash('item', id), 'impression', ts, 1)
       end
       if cfg.dedup_lookback > 0 then
         local prev = u.get('imps')
@@ -570,7 +578,9 @@ for r = 5, #ARGV do
     if ts > clock then clock = ts end
   end
 end
-for _, h in pairs(hashes) do h.flush() end
+for _, kind in pairs(hashes) do
+  for _, h in pairs(kind) do h.flush() end
+end
 flush_affinities()
 for user, rl in pairs(recents) do
   if #rl.new > 0 then
