@@ -16,13 +16,17 @@ Streams: ``diginetica`` (the funnel the dataset module derives: mostly views) an
 ``purchase-heavy`` (the same sessions with every interaction an add to cart or a purchase: the
 bought-together pairs grow with the basket).
 
-    python -m bench.writer --events 100000 --repeats 3
+``--compare REV`` runs the writer script of git revision REV too (it must take the same
+arguments), interleaved with this checkout's, so a change's effect is measured in one run.
+
+    python -m bench.writer --events 100000 --repeats 3 --compare HEAD~1
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
 import tempfile
 import time
 import uuid
@@ -35,8 +39,9 @@ import redis
 from consumers.apply import Record, Writer
 from launcher.embedded import EmbeddedRedis
 from streamrec.datasets import diginetica
+from streamrec.features import APPLY_LUA
 from streamrec.schemas import CatalogOp, Event, encode
-from streamrec.settings import Settings
+from streamrec.settings import REPO_ROOT, Settings
 
 
 def purchase_heavy(events: Iterable[Event]) -> list[Event]:
@@ -88,9 +93,10 @@ def command_stats(r: redis.Redis) -> dict[str, tuple[int, int]]:
     return {k.removeprefix("cmdstat_"): (v["calls"], v["usec"]) for k, v in r.info("commandstats").items()}
 
 
-def run_stream(r: redis.Redis, events: list[Event], partitions: int, batch: int) -> dict:
+def run_stream(r: redis.Redis, events: list[Event], partitions: int, batch: int, lua: str) -> dict:
     prefix = f"w{uuid.uuid4().hex[:8]}:"
     writer = Writer(r, prefix, "bench")
+    writer.script = r.register_script(lua)
     batches = partition_batches(events, partitions, batch)
     catalog = catalog_records(events)
     for start in range(0, len(catalog), batch):
@@ -138,7 +144,18 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=500, help="records per partition batch (one script call)")
     ap.add_argument("--partitions", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--compare", metavar="REV", help="also run the writer script of this git revision")
     args = ap.parse_args()
+
+    scripts = {"this checkout": APPLY_LUA}
+    if args.compare:
+        scripts[args.compare] = subprocess.run(
+            ["git", "show", f"{args.compare}:streamrec/features/apply.lua"],
+            cwd=REPO_ROOT,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
 
     data = Settings().require_data_dir()
     base = list(diginetica.session_events(data, limit=args.events))
@@ -154,23 +171,27 @@ def main() -> None:
             floor = statistics.median(floor_us(r, len(base)) for _ in range(args.repeats))
             print(f"floor: pipelined HINCRBY, one per event: Redis CPU {floor:5.2f} µs/event")
             for name, events in streams.items():
-                runs = [run_stream(r, events, args.partitions, args.batch) for _ in range(args.repeats)]
-                med = {
-                    k: statistics.median(x[k] for x in runs)
-                    for k in ("redis_cpu_us", "wall_us", "commands_us", "lua_us")
-                }
-                calls = runs[-1]["calls"]
-                top = ", ".join(f"{k} {v:.2f}" for k, v in sorted(calls.items(), key=lambda kv: -kv[1])[:8])
-                cpu = med["redis_cpu_us"]
-                print(
-                    f"{name:15s} Redis CPU {cpu:5.1f} µs/event ({cpu / floor:4.0f}× floor): "
-                    f"its commands {med['commands_us']:4.1f}, Lua {med['lua_us']:4.1f}; script wall "
-                    f"{med['wall_us']:5.1f} µs/event\n{'':15s} commands/event {sum(calls.values()):5.2f}: {top}"
-                )
-                for run in runs:
-                    keys = r.keys(f"{run['prefix']}*")
-                    for start in range(0, len(keys), 10_000):
-                        r.delete(*keys[start : start + 10_000])
+                runs: dict[str, list[dict]] = {label: [] for label in scripts}
+                for _ in range(args.repeats):
+                    for label, lua in scripts.items():
+                        run = run_stream(r, events, args.partitions, args.batch, lua)
+                        runs[label].append(run)
+                        keys = r.keys(f"{run['prefix']}*")
+                        for start in range(0, len(keys), 10_000):
+                            r.delete(*keys[start : start + 10_000])
+                for label, done in runs.items():
+                    med = {
+                        k: statistics.median(x[k] for x in done)
+                        for k in ("redis_cpu_us", "wall_us", "commands_us", "lua_us")
+                    }
+                    calls = done[-1]["calls"]
+                    top = ", ".join(f"{k} {v:.2f}" for k, v in sorted(calls.items(), key=lambda kv: -kv[1])[:8])
+                    cpu = med["redis_cpu_us"]
+                    print(
+                        f"{name:15s} {label:14s} Redis CPU {cpu:5.1f} µs/event ({cpu / floor:4.0f}× floor): "
+                        f"its commands {med['commands_us']:4.1f}, Lua {med['lua_us']:4.1f}; script wall "
+                        f"{med['wall_us']:5.1f} µs/event\n{'':30s} commands/event {sum(calls.values()):5.2f}: {top}"
+                    )
         finally:
             server.stop()
 
