@@ -578,8 +578,11 @@ for r = 5, #ARGV do
     if ts > clock then clock = ts end
   end
 end
-for _, kind in pairs(hashes) do
-  for _, h in pairs(kind) do h.flush() end
+-- a key new in this batch needs its TTL now, unless its user's or item's hash refreshes the TTLs of
+-- its keys at the end (hashes are flushed last, when those keys exist)
+local function refreshed_later(kind, id)
+  local h = hashes[kind][id]
+  return h ~= nil and h.get('x') ~= today
 end
 flush_affinities()
 for user, rl in pairs(recents) do
@@ -587,7 +590,7 @@ for user, rl in pairs(recents) do
     local rkey = key('recent', user)
     local len = redis.call('LPUSH', rkey, unpack(rl.new))
     if len > cfg.recent_cap then redis.call('LTRIM', rkey, 0, cfg.recent_cap - 1) end
-    if len == #rl.new then redis.call('EXPIRE', rkey, cfg.user_ttl_s) end
+    if len == #rl.new and not refreshed_later('user', user) then redis.call('EXPIRE', rkey, cfg.user_ttl_s) end
   end
 end
 for name, acc in pairs({covis = covis_acc, cobuy = cobuy_acc}) do
@@ -597,7 +600,7 @@ for name, acc in pairs({covis = covis_acc, cobuy = cobuy_acc}) do
     for other, inc in pairs(row) do redis.call('ZINCRBY', ckey, inc, other); added = added + 1 end
     local card = redis.call('ZCARD', ckey)
     if card > cfg.covis_top_n then redis.call('ZREMRANGEBYRANK', ckey, 0, card - cfg.covis_top_n - 1) end
-    if card <= added then redis.call('EXPIRE', ckey, cfg.item_ttl_s) end  -- possibly new: TTL now
+    if card <= added and not refreshed_later('item', a) then redis.call('EXPIRE', ckey, cfg.item_ttl_s) end
   end
 end
 for token, new in pairs(session_new) do
@@ -613,7 +616,7 @@ for item, row in pairs(item_sess) do
   redis.call('ZADD', zkey, unpack(args))
   local card = redis.call('ZCARD', zkey)
   if card > cfg.item_sessions_cap then redis.call('ZREMRANGEBYRANK', zkey, 0, card - cfg.item_sessions_cap - 1) end
-  if card <= added then redis.call('EXPIRE', zkey, cfg.item_ttl_s) end  -- possibly new: TTL now
+  if card <= added and not refreshed_later('item', item) then redis.call('EXPIRE', zkey, cfg.item_ttl_s) end
 end
 if next(trend_acc) then
   local suggested = next(suggest_acc) ~= nil
@@ -628,6 +631,9 @@ end
 if expansion_changed then
   local extra = redis.call('ZCARD', key('expansion_log')) - cfg.expansion_log_cap
   if extra > 0 then redis.call('ZREMRANGEBYRANK', key('expansion_log'), 0, extra - 1) end
+end
+for _, kind in pairs(hashes) do
+  for _, h in pairs(kind) do h.flush() end
 end
 if clock >= 0 then redis.call('SET', key('clock'), int(clock)) end
 if new_off > stored then redis.call('SET', KEYS[1], int(new_off)) end
