@@ -12,6 +12,10 @@ from streamrec.settings import BotSettings, FeatureSettings
 
 Record = tuple[int, Event | CatalogOp | DeadLetter, bytes, bytes | None]  # offset, model, raw, key
 
+# records per script call: the script's Lua heap grows with its batch, and the interpreter's time per
+# record with it (bench/writer.py --batch), so a large poll is applied in several atomic steps
+CALL_RECORDS = 500
+
 
 @dataclass(frozen=True)
 class BatchResult:
@@ -58,9 +62,40 @@ class Writer:
     def apply(
         self, topic: str, partition: int, records: list[Record], next_offset: int, first_offset: int | None = None
     ) -> BatchResult:
-        """Apply ``records`` (offsets ``first_offset`` … ``next_offset - 1``, some may be left out)."""
+        """Apply ``records`` (offsets ``first_offset`` … ``next_offset - 1``, some may be left out), in
+        script calls of at most :data:`CALL_RECORDS` records, each atomic with its part of the offsets:
+        a crash between two calls leaves the offset where the first ended, as a smaller poll would."""
         if first_offset is None:
             first_offset = records[0][0] if records else next_offset
+        total: BatchResult | None = None
+        for start in range(0, max(len(records), 1), CALL_RECORDS):
+            part = records[start : start + CALL_RECORDS]
+            rest = start + CALL_RECORDS < len(records)
+            res = self._call(
+                topic,
+                partition,
+                part,
+                records[start + CALL_RECORDS][0] if rest else next_offset,
+                first_offset if start == 0 else part[0][0],
+            )
+            if res.status == "gap":
+                return res
+            if total is not None:
+                res = BatchResult(
+                    "ok",
+                    total.stored_before,
+                    total.applied + res.applied,
+                    total.skipped + res.skipped,
+                    res.outbox_len,
+                    total.quarantined + res.quarantined,
+                )
+            total = res
+        assert total is not None
+        return total
+
+    def _call(
+        self, topic: str, partition: int, records: list[Record], next_offset: int, first_offset: int
+    ) -> BatchResult:
         args: list = [self.prefix, self.config_json, next_offset, first_offset]
         args.extend(encode_record(*rec, self.features) for rec in records)
         reply = self.script(keys=[self.offset_key(topic, partition), self.outbox_key(topic, partition)], args=args)

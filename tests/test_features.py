@@ -217,3 +217,45 @@ def test_bought_together_pairs_a_baskets_carts_and_purchases_only(settings):
         [],
     ]
     assert "bits" in dict(f.fs.covisited("drill", 10))  # co-visited, not bought together
+
+
+def _reads(fs: FeatureStore, users: list[str], items: list[str]) -> tuple:
+    """What serving reads of these users and items (trending's sums may round differently by batch)."""
+    return (
+        [fs.item_counts(i) for i in items],
+        [fs.covisited(i, 100) for i in items],
+        [fs.user_counts(u) for u in users],
+        [[r.item_id for r in fs.recent_items(u, 50)] for u in users],
+        [(item, pytest.approx(score, rel=1e-12)) for item, score in fs.trending(100)],
+        fs.clock_ms(),
+    )
+
+
+def test_a_large_batch_is_applied_in_atomic_parts_and_a_crash_between_them_loses_nothing(settings, monkeypatch):
+    import consumers.apply
+
+    models = [ev(i, user=f"u{i % 3}", item=f"i{i % 5}", session=f"s{i % 3}") for i in range(10)]
+    users, items = [f"u{k}" for k in range(3)], [f"i{k}" for k in range(5)]
+    one_call = Feed(settings.replace(redis={"prefix": settings.redis.prefix + "one:"}))
+    assert one_call(*models).applied == 10
+
+    monkeypatch.setattr(consumers.apply, "CALL_RECORDS", 4)  # 10 records: calls of 4, 4 and 2
+    parts = Feed(settings)
+    script, calls = parts.w.script, []
+
+    def crash_on_second_call(**kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise ConnectionError("Redis went away between two calls")
+        return script(**kw)
+
+    parts.w.script = crash_on_second_call
+    with pytest.raises(ConnectionError):
+        parts(*models)
+    assert parts.w.stored_offset("t", 0) == 4  # the first part is in, with its offsets; nothing of the second
+    parts.w.script = script
+    parts.next = 0  # Kafka delivers the whole batch again
+    res = parts(*models)
+    assert (res.status, res.stored_before, res.skipped, res.applied) == ("ok", 4, 4, 6)
+    assert parts.w.stored_offset("t", 0) == 10
+    assert _reads(parts.fs, users, items) == _reads(one_call.fs, users, items)
