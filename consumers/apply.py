@@ -12,8 +12,9 @@ from streamrec.settings import BotSettings, FeatureSettings
 
 Record = tuple[int, Event | CatalogOp | DeadLetter, bytes, bytes | None]  # offset, model, raw, key
 
-# records per script call: the script's Lua heap grows with its batch, and the interpreter's time per
-# record with it (bench/writer.py --batch), so a large poll is applied in several atomic steps
+# records per script call: Redis serves nothing else while a script runs, so one call for a poll of
+# 2,000 records would hold every serving read for its whole run; and the interpreter's time per
+# record grows with the call's batch (bench/writer.py --batch)
 CALL_RECORDS = 500
 
 

