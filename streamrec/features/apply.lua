@@ -74,9 +74,9 @@ local function over_rate(h, ts, limit)
   return n + 1 > limit
 end
 
--- batch-local view of a hash: read once (HGETALL), written back once (HSET of changed fields);
--- numeric fields are parsed once (num) and may be set as numbers, turned into text at the flush
--- a user's or an item's (kind), found by id without building its key name again; its TTL is refreshed
+-- batch-local view of a user's or an item's hash (kind), found by id without building its key
+-- name again: read once (HGETALL), written back once (HSET of changed fields); numeric fields are
+-- parsed once (num) and may be set as numbers, turned into text when written. Its TTL is refreshed
 -- together with the keys of the same id listed in ``also`` (recent list, co-visitation, ...)
 local HASH_KINDS = {
   user = {ttl = cfg.user_ttl_s, also = {'recent'}},

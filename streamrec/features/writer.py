@@ -29,8 +29,8 @@ for it by consumers/validate.py, so the split is unambiguous.
 
 Records with offset < stored offset were applied by an earlier call (a crash before the Kafka
 commit, or another consumer that owned the partition) and are skipped: that is the
-effectively-once guarantee. User and item hashes are read once per batch, updated in Lua tables
-and written back once at the end. Returns {status, stored_before, applied, skipped, outbox_len,
+effectively-once guarantee. User and item hashes and each user's category affinity are read once
+per batch, updated in Lua tables and written back once at the end. Returns {status, stored_before, applied, skipped, outbox_len,
 quarantined reasons...}; status 'gap' (nothing applied) if the batch starts after the stored offset.
 """
 
