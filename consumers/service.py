@@ -18,6 +18,7 @@ import logging
 import queue
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 import redis
@@ -227,19 +228,26 @@ class Ingestor:
 
     @staticmethod
     def _count(batch: list[Record], res: BatchResult) -> None:
+        """Metrics of a batch, each label's counter moved once (not once per record)."""
         if res.skipped:
             metrics.REPLAYED.inc(res.skipped)
+        events: Counter[str] = Counter()
+        dead: Counter[str] = Counter()
         for off, m, _raw, _key in batch:
             if off < res.stored_before:
                 continue
             if isinstance(m, DeadLetter):
-                metrics.DEAD_LETTERS.labels(m.reason).inc()
+                dead[m.reason] += 1
             elif isinstance(m, CatalogOp):
-                metrics.EVENTS.labels(f"catalog_{m.op}").inc()
+                events[f"catalog_{m.op}"] += 1
             elif isinstance(m, Event):
-                metrics.EVENTS.labels(m.type).inc()
-        for reason in res.quarantined:
-            metrics.QUARANTINED.labels(reason).inc()
+                events[m.type] += 1
+        for label, n in events.items():
+            metrics.EVENTS.labels(label).inc(n)
+        for reason, n in dead.items():
+            metrics.DEAD_LETTERS.labels(reason).inc(n)
+        for reason, n in Counter(res.quarantined).items():
+            metrics.QUARANTINED.labels(reason).inc(n)
 
     def _lag(self) -> None:
         for tp in self.consumer.assignment():

@@ -25,14 +25,18 @@ def _check_storable(m: Event | CatalogOp) -> None:
     else:
         ids = {"item_id": m.item_id, **({"category": m.category} if m.category else {})}
         texts = {**ids, **{f: getattr(m, f) for f in ("title", "description") if getattr(m, f)}}
-    for name, value in ids.items():
-        if SEP in value:
-            raise Rejected("invalid", f"{name}: must not contain U+001F (reserved as a field separator)")
-    for name, value in texts.items():
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise Rejected("invalid", f"{name}: contains a lone surrogate, not encodable as UTF-8") from None
+    if SEP in "".join(ids.values()):  # rare: then name the field
+        for name, value in ids.items():
+            if SEP in value:
+                raise Rejected("invalid", f"{name}: must not contain U+001F (reserved as a field separator)")
+    try:
+        "".join(texts.values()).encode("utf-8")
+    except UnicodeEncodeError:
+        for name, value in texts.items():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise Rejected("invalid", f"{name}: contains a lone surrogate, not encodable as UTF-8") from None
 
 
 def classify(
