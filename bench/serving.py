@@ -377,15 +377,19 @@ def budget(stack, procs, metrics_urls: list[str], tmp: Path, queries, users, ite
         paths_file = tmp / f"paths_{route}.lua"
         write_paths(paths_file, paths)
         # what serving spends with no request at all (followers, commits, merges), to subtract
-        idle_before, idle_wall = cpu_seconds(procs)["serving"], time.monotonic()
+        # (and Redis, which the other services keep busy too)
+        idle_before, idle_wall = cpu_seconds(procs), time.monotonic()
         time.sleep(2.0)
-        idle_cores = (cpu_seconds(procs)["serving"] - idle_before) / (time.monotonic() - idle_wall)
+        idle_after, idle_s = cpu_seconds(procs), time.monotonic() - idle_wall
+        idle_cores = (idle_after["serving"] - idle_before["serving"]) / idle_s
+        redis_idle_cores = (idle_after["redis"] - idle_before["redis"]) / idle_s
         before, stages_before, wall = cpu_seconds(procs), stage_cpu(metrics_urls), time.monotonic()
         r = run_wrk(stack.base_url, tmp, paths_file, 0, 1, seconds)
         used, stages, wall = cpu_seconds(procs), stage_cpu(metrics_urls), time.monotonic() - wall
         n = max(1, len(r["lat"][route]))
         background_ms = idle_cores * wall * 1000 / n
         serving_ms = (used["serving"] - before["serving"]) * 1000 / n - background_ms
+        redis_us = ((used["redis"] - before["redis"]) - redis_idle_cores * wall) * 1e6 / n
         split = {
             st: (stages.get((route, st), 0.0) - stages_before.get((route, st), 0.0)) * 1000 / n
             for st in STAGES
@@ -395,7 +399,8 @@ def budget(stack, procs, metrics_urls: list[str], tmp: Path, queries, users, ite
         BUDGET[route] = serving_ms
         print(
             f"  {route:<9} {n} requests, p50 {pct(r['lat'][route], 50):.1f} ms: "
-            f"serving CPU {serving_ms:.2f} ms/request = " + fmt(split) + f", outside the stages {outside:.2f}"
+            f"serving CPU {serving_ms:.2f} ms/request = " + fmt(split) + f", outside the stages {outside:.2f}; "
+            f"Redis CPU {redis_us:.0f} µs/request"
         )
 
 
