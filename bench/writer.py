@@ -12,9 +12,10 @@ Printed per stream: Redis CPU µs per event (``INFO cpu`` before and after); of 
 Lua interpreter; the commands per event, most frequent first; and the floor measured in the same
 run, Redis CPU per event of one pipelined ``HINCRBY`` per event.
 
-Streams: ``diginetica`` (the funnel the dataset module derives: mostly views) and
+Streams: ``diginetica`` (the funnel the dataset module derives: mostly views),
 ``purchase-heavy`` (the same sessions with every interaction an add to cart or a purchase: the
-bought-together pairs grow with the basket).
+bought-together pairs grow with the basket) and ``impressions`` (each event replaced by a page of 20
+products shown to its user, every other one after a search: what serving logs per request).
 
 ``--compare REV`` runs the writer script of git revision REV too (it must take the same
 arguments), interleaved with this checkout's, so a change's effect is measured in one run.
@@ -49,6 +50,29 @@ def purchase_heavy(events: Iterable[Event]) -> list[Event]:
     out = []
     for i, e in enumerate(events):
         out.append(e.model_copy(update={"type": "purchase" if i % 2 else "add_to_cart"}))
+    return out
+
+
+def impressions(events: list[Event], shown: int = 20) -> list[Event]:
+    """One impression per event instead of it: the user's page of ``shown`` products (a window of
+    the stream's items from a point its event picks), every other one after a search."""
+    items = sorted({e.item_id for e in events if e.item_id})
+    out = []
+    for i, e in enumerate(events):
+        start = zlib.crc32(e.event_id.encode()) % len(items)
+        page = [items[(start + k) % len(items)] for k in range(shown)]
+        query = f"product search {i % 500}" if i % 2 else None
+        out.append(
+            Event(
+                event_id=f"imp-{e.event_id}",
+                type="impression",
+                user_id=e.user_id,
+                ts=e.ts,
+                request_id=f"r-{e.event_id}",
+                item_ids=page,
+                query=query,
+            )
+        )
     return out
 
 
@@ -159,7 +183,7 @@ def main() -> None:
 
     data = Settings().require_data_dir()
     base = list(diginetica.session_events(data, limit=args.events))
-    streams = {"diginetica": base, "purchase-heavy": purchase_heavy(base)}
+    streams = {"diginetica": base, "purchase-heavy": purchase_heavy(base), "impressions": impressions(base)}
     with tempfile.TemporaryDirectory() as tmp:
         server = EmbeddedRedis(Path(tmp) / "redis").start()
         try:
