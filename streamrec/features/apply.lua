@@ -122,6 +122,20 @@ local counter_fields = setmetatable({}, {__index = function(t, typ)
   return names
 end})
 
+-- impressions, summed per shown item over the batch (count, and the decayed sum at the newest ts):
+-- merged at the end into the item's hash view when an event of the batch read it, else through a
+-- read of only those fields (most shown items have no other event in the batch)
+local shown_acc = {}
+local function shown(id, ts)
+  local a = shown_acc[id]
+  if not a then
+    shown_acc[id] = {1, 1, ts}
+  else
+    a[1] = a[1] + 1
+    a[2], a[3] = merge(a[2], a[3], ts, 1, cfg.item_tau_ms)
+  end
+end
+
 local function bump_decayed(h, typ, ts, w)
   local names = counter_fields[typ]
   h.set(names.n, (h.num(names.n) or 0) + 1)
@@ -503,9 +517,7 @@ for r = 5, #ARGV do
       quarantine(off, reason, eid, user, raw)
       reasons[#reasons + 1] = reason
     elseif kind == 'i' then
-      for _, id in ipairs(cjson.decode(f[4])) do
-        bump_decayed(hash('item', id), 'impression', ts, 1)
-      end
+      for _, id in ipairs(cjson.decode(f[4])) do shown(id, ts) end
       if cfg.dedup_lookback > 0 then
         local prev = u.get('imps')
         local shown = prev and split(prev) or {}
@@ -631,6 +643,27 @@ end
 if expansion_changed then
   local extra = redis.call('ZCARD', key('expansion_log')) - cfg.expansion_log_cap
   if extra > 0 then redis.call('ZREMRANGEBYRANK', key('expansion_log'), 0, extra - 1) end
+end
+local IMP = counter_fields['impression']
+for id, a in pairs(shown_acc) do
+  local h = hashes.item[id]
+  if h then
+    h.set(IMP.n, (h.num(IMP.n) or 0) + a[1])
+    local v, t = merge(h.num(IMP.d), h.num(IMP.t), a[3], a[2], cfg.item_tau_ms)
+    h.set(IMP.d, v); h.set(IMP.t, t)
+  else
+    local ikey = key('item', id)
+    local cur = redis.call('HMGET', ikey, IMP.n, IMP.d, IMP.t, 'x')
+    local v, t = merge(tonumber(cur[2]), tonumber(cur[3]), a[3], a[2], cfg.item_tau_ms)
+    local args = {IMP.n, int((tonumber(cur[1]) or 0) + a[1]), IMP.d, fmt(v), IMP.t, int(t)}
+    local refresh = cur[4] ~= today
+    if refresh then args[#args + 1] = 'x'; args[#args + 1] = today end
+    redis.call('HSET', ikey, unpack(args))
+    if refresh then
+      redis.call('EXPIRE', ikey, cfg.item_ttl_s)
+      for _, name in ipairs(HASH_KINDS.item.also) do redis.call('EXPIRE', key(name, id), cfg.item_ttl_s) end
+    end
+  end
 end
 for _, kind in pairs(hashes) do
   for _, h in pairs(kind) do h.flush() end
