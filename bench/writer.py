@@ -40,7 +40,6 @@ import redis
 from consumers.apply import Record, Writer
 from launcher.embedded import EmbeddedRedis
 from streamrec.datasets import diginetica
-from streamrec.features import APPLY_LUA
 from streamrec.schemas import CatalogOp, Event, encode
 from streamrec.settings import REPO_ROOT, Settings
 
@@ -117,10 +116,12 @@ def command_stats(r: redis.Redis) -> dict[str, tuple[int, int]]:
     return {k.removeprefix("cmdstat_"): (v["calls"], v["usec"]) for k, v in r.info("commandstats").items()}
 
 
-def run_stream(r: redis.Redis, events: list[Event], partitions: int, batch: int, lua: str) -> dict:
+def run_stream(r: redis.Redis, events: list[Event], partitions: int, batch: int, lua: str | None = None) -> dict:
+    """``lua``: another writer script taking the same arguments (None: the consumer's own)."""
     prefix = f"w{uuid.uuid4().hex[:8]}:"
     writer = Writer(r, prefix, "bench")
-    writer.script = r.register_script(lua)
+    if lua is not None:
+        writer.script = r.register_script(lua)
     batches = partition_batches(events, partitions, batch)
     catalog = catalog_records(events)
     for start in range(0, len(catalog), batch):
@@ -171,7 +172,7 @@ def main() -> None:
     ap.add_argument("--compare", metavar="REV", help="also run the writer script of this git revision")
     args = ap.parse_args()
 
-    scripts = {"this checkout": APPLY_LUA}
+    scripts: dict[str, str | None] = {"this checkout": None}
     if args.compare:
         scripts[args.compare] = subprocess.run(
             ["git", "show", f"{args.compare}:streamrec/features/apply.lua"],

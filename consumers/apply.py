@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import redis
 
-from streamrec.features import APPLY_LUA, Keys, encode_record, script_config
+from streamrec.features import Keys, encode_record, script_config, script_source
 from streamrec.schemas import CatalogOp, DeadLetter, Event
 from streamrec.settings import BotSettings, FeatureSettings
 
@@ -29,7 +29,7 @@ class BatchResult:
 
 
 class Writer:
-    """Calls the writer script (``streamrec.features.APPLY_LUA``) for one partition batch."""
+    """Calls the writer script (``streamrec.features.APPLY_LUA``, its config compiled in) per partition batch."""
 
     def __init__(
         self,
@@ -45,7 +45,7 @@ class Writer:
         self.prefix = prefix
         self.features = features or FeatureSettings()
         self.config_json = script_config(self.features, (bot or BotSettings()).script_fields(), self.keys)
-        self.script = r.register_script(APPLY_LUA)
+        self.script = r.register_script(script_source(self.config_json))
 
     def offset_key(self, topic: str, partition: int) -> str:
         return self.keys.offset(self.group, topic, partition)

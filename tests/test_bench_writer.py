@@ -10,7 +10,6 @@ import redis
 
 from bench.writer import partition_batches, purchase_heavy, run_stream
 from streamrec.datasets import diginetica
-from streamrec.features import APPLY_LUA
 from streamrec.schemas import Event
 
 
@@ -38,7 +37,7 @@ def test_every_event_is_applied_and_the_commands_are_counted(redis_server, data_
     r = redis.Redis.from_url(redis_server.url)
     events = list(diginetica.session_events(str(data_dir), limit=2000))
     runs = {
-        name: run_stream(r, stream, 3, 250, APPLY_LUA)
+        name: run_stream(r, stream, 3, 250)
         for name, stream in (("views", events), ("purchases", purchase_heavy(events)))
     }
     for run in runs.values():

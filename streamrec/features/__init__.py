@@ -60,7 +60,7 @@ from streamrec.features.reader import (
     sample_sessions,
 )
 from streamrec.features.replay import ReplayFeatures
-from streamrec.features.writer import APPLY_LUA, encode_record, expansion_terms, script_config
+from streamrec.features.writer import APPLY_LUA, encode_record, expansion_terms, script_config, script_source
 
 __all__ = [
     "APPLY_LUA",
@@ -91,5 +91,6 @@ __all__ = [
     "needs_rescale",
     "sample_sessions",
     "script_config",
+    "script_source",
     "session_token",
 ]

@@ -5,7 +5,9 @@ from :func:`script_config`, so each rule's numbers are defined once, in Python; 
 (``consumers/apply.py``) calls it once per Kafka partition batch.
 
 The call: KEYS[1] = the partition's offset key, KEYS[2] = its outbox. ARGV[1] = prefix
-(informational: key names come in the config), ARGV[2] = config JSON (:func:`script_config`),
+(informational: key names come in the config), ARGV[2] = config JSON (:func:`script_config`; the
+consumer compiles the same config into the script's text, :func:`script_source`, so that no call
+decodes it: ARGV[2] is then informational too),
 ARGV[3] = next offset after the batch, ARGV[4] = its first offset (records may have been left out,
 e.g. invalid catalog ops), then one string per record, fields joined by U+001F (built by
 :func:`encode_record`):
@@ -30,13 +32,15 @@ for it by consumers/validate.py, so the split is unambiguous.
 Records with offset < stored offset were applied by an earlier call (a crash before the Kafka
 commit, or another consumer that owned the partition) and are skipped: that is the
 effectively-once guarantee. User and item hashes and each user's category affinity are read once
-per batch, updated in Lua tables and written back once at the end. Returns {status, stored_before, applied, skipped, outbox_len,
-quarantined reasons...}; status 'gap' (nothing applied) if the batch starts after the stored offset.
+per batch, updated in Lua tables and written back once at the end. Returns {status, stored_before,
+applied, skipped, outbox_len, quarantined reasons...}; status 'gap' (nothing applied) if the batch
+starts after the stored offset.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from importlib import resources
 
 from streamrec.analysis import analyze, query_key, suggestion_text
@@ -112,6 +116,42 @@ def script_config(cfg: FeatureSettings, bot: dict, keys: Keys) -> str:
 
 
 _S = SEP.encode()
+
+_CONFIG_LINE = "local cfg = cjson.decode(ARGV[2])\n"
+
+
+def script_source(config_json: str) -> str:
+    r"""The writer script with its config compiled in as a Lua table: Redis caches the compiled script,
+    so a call no longer decodes ~2 KB of JSON (most of a small call's fixed cost, and live traffic
+    arrives in small batches).
+
+    >>> source = script_source('{"a": [1, 2.5], "s": "x\\u001f"}')
+    >>> next(line for line in source.splitlines() if line.startswith("local cfg"))
+    'local cfg = {["a"] = {1, 2.5}, ["s"] = "x\\031"}'
+    """
+    assert _CONFIG_LINE in APPLY_LUA
+    return APPLY_LUA.replace(_CONFIG_LINE, f"local cfg = {lua_literal(json.loads(config_json))}\n", 1)
+
+
+def lua_literal(value) -> str:
+    """A Lua 5.1 literal of a JSON value (objects as tables with string keys, arrays 1-based)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise ValueError(f"no Lua literal for {value!r}")
+        return repr(value)
+    if isinstance(value, str):
+        return (
+            '"'
+            + "".join(chr(b) if 32 <= b < 127 and chr(b) not in '"\\' else f"\\{b:03d}" for b in value.encode())
+            + '"'
+        )
+    if isinstance(value, list):
+        return "{" + ", ".join(lua_literal(v) for v in value) + "}"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"[{lua_literal(str(k))}] = {lua_literal(v)}" for k, v in value.items()) + "}"
+    raise ValueError(f"no Lua literal for {value!r}")  # null has none: the script would read nil
 
 
 def encode_record(
