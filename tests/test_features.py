@@ -259,3 +259,13 @@ def test_a_large_batch_is_applied_in_atomic_parts_and_a_crash_between_them_loses
     assert (res.status, res.stored_before, res.skipped, res.applied) == ("ok", 4, 4, 6)
     assert parts.w.stored_offset("t", 0) == 10
     assert _reads(parts.fs, users, items) == _reads(one_call.fs, users, items)
+
+
+def test_the_compiled_config_keeps_any_prefix_byte_for_byte(settings):
+    """The writer compiles its config (key names included) into the script's text: a prefix with
+    quotes, backslashes and non-ASCII letters must name the same keys the readers use."""
+    odd = settings.replace(redis={"prefix": settings.redis.prefix + 'q"uo\\te-é∑:'})
+    f = Feed(odd)
+    assert f(ev(1, item="a"), ev(2, item="b")).applied == 2
+    assert f.fs.item_counts("a") == {"view": 1} and f.fs.covisited("a", 5) == [("b", 1.0)]
+    assert f.w.stored_offset("t", 0) == 2
