@@ -68,9 +68,9 @@ end
 local function over_rate(h, ts, limit)
   if limit <= 0 then return false end
   local bucket = floor(ts / cfg.bot_window_ms)
-  local b, n = h.num('rl:b'), h.num('rl:n')
+  local b, n = h:num('rl:b'), h:num('rl:n')
   if not b or bucket > b then b, n = bucket, 0 elseif bucket < b then return false end
-  h.set('rl:b', b); h.set('rl:n', n + 1)
+  h:set('rl:b', b); h:set('rl:n', n + 1)
   return n + 1 > limit
 end
 
@@ -83,34 +83,38 @@ local HASH_KINDS = {
   item = {ttl = cfg.item_ttl_s, also = {'covis', 'cobuy', 'item_sessions'}},
 }
 local hashes = {user = {}, item = {}}
+local View = {}
+View.__index = View
+function View:get(k) return self.f[k] end
+function View:set(k, v) self.f[k] = v; self.dirty[k] = true end
+function View:num(k)
+  local v = self.f[k]
+  if type(v) == 'string' then v = tonumber(v); self.f[k] = v end
+  return v
+end
+function View:flush()
+  local f, args = self.f, {}
+  local refresh = f.x ~= today
+  if refresh then f.x = today; self.dirty.x = true end
+  for k in pairs(self.dirty) do
+    local v = f[k]
+    args[#args + 1] = k; args[#args + 1] = type(v) == 'number' and num_text(v) or v
+  end
+  if #args > 0 then redis.call('HSET', self.key, unpack(args)) end
+  if refresh then
+    local kind = HASH_KINDS[self.kind]
+    redis.call('EXPIRE', self.key, kind.ttl)
+    for _, name in ipairs(kind.also) do redis.call('EXPIRE', key(name, self.id), kind.ttl) end
+  end
+end
 local function hash(kind, id)
   local h = hashes[kind][id]
   if h then return h end
-  local ttl, also = HASH_KINDS[kind].ttl, HASH_KINDS[kind].also
   local hkey = key(kind, id)
-  local f, dirty = {}, {}
+  local f = {}
   local all = redis.call('HGETALL', hkey)
   for i = 1, #all, 2 do f[all[i]] = all[i + 1] end
-  h = {get = function(k) return f[k] end, set = function(k, v) f[k] = v; dirty[k] = true end,
-       num = function(k)
-         local v = f[k]
-         if type(v) == 'string' then v = tonumber(v); f[k] = v end
-         return v
-       end,
-       flush = function()
-         local args = {}
-         local refresh = f.x ~= today
-         if refresh then f.x = today; dirty.x = true end
-         for k in pairs(dirty) do
-           local v = f[k]
-           args[#args + 1] = k; args[#args + 1] = type(v) == 'number' and num_text(v) or v
-         end
-         if #args > 0 then redis.call('HSET', hkey, unpack(args)) end
-         if refresh then
-           redis.call('EXPIRE', hkey, ttl)
-           for _, name in ipairs(also) do redis.call('EXPIRE', key(name, id), ttl) end
-         end
-       end}
+  h = setmetatable({f = f, dirty = {}, key = hkey, kind = kind, id = id}, View)
   hashes[kind][id] = h
   return h
 end
@@ -138,9 +142,9 @@ end
 
 local function bump_decayed(h, typ, ts, w)
   local names = counter_fields[typ]
-  h.set(names.n, (h.num(names.n) or 0) + 1)
-  local v, t = merge(h.num(names.d), h.num(names.t), ts, w, cfg.item_tau_ms)
-  h.set(names.d, v); h.set(names.t, t)
+  h:set(names.n, (h:num(names.n) or 0) + 1)
+  local v, t = merge(h:num(names.d), h:num(names.t), ts, w, cfg.item_tau_ms)
+  h:set(names.d, v); h:set(names.t, t)
 end
 
 -- recent lists: read once per batch (LRANGE), new entries pushed and trimmed at the end
@@ -300,16 +304,16 @@ end
 local QS = 4
 local function remember_search(u, rid, terms, qkey, shown)
   if cfg.expansion_links <= 0 then return end
-  local prev = u.get('qs')
+  local prev = u:get('qs')
   local old = prev and split(prev) or {}
   local kept = {rid, terms, qkey, shown}
   for i = 1, math.min(#old, QS * (cfg.expansion_links - 1)) do kept[#kept + 1] = old[i] end
-  u.set('qs', table.concat(kept, SEP))
+  u:set('qs', table.concat(kept, SEP))
 end
 
 -- the click's search: the index of its first field in the split qs (0: none), and the split qs
 local function linked_search(u, rid)
-  local prev = u.get('qs')
+  local prev = u:get('qs')
   if not prev then return 0, {} end
   local old = split(prev)
   for i = 1, #old - QS + 1, QS do
@@ -386,7 +390,7 @@ local function memory_click(u, qs, at, item, ts, w)
   remember_click(qkey, item, ids, tonumber(string.sub(parts[1], 2)), count_page, ts, w)
   if count_page then
     qs[at + 3] = '1' .. string.sub(shown, 2)
-    u.set('qs', table.concat(qs, SEP))
+    u:set('qs', table.concat(qs, SEP))
   end
 end
 
@@ -490,7 +494,7 @@ for r = 5, #ARGV do
     if kind == 'i' and cfg.dedup_lookback > 0 then
       -- an impression published twice (a producer retry, a client retrying a 503) counts once:
       -- the user's last dedup_lookback impression ids, newest first, in the user hash
-      if string.find(SEP .. (u.get('imps') or '') .. SEP, SEP .. eid .. SEP, 1, true) then
+      if string.find(SEP .. (u:get('imps') or '') .. SEP, SEP .. eid .. SEP, 1, true) then
         reason = 'duplicate_event'
       end
     end
@@ -519,11 +523,11 @@ for r = 5, #ARGV do
     elseif kind == 'i' then
       for _, id in ipairs(cjson.decode(f[4])) do shown(id, ts) end
       if cfg.dedup_lookback > 0 then
-        local prev = u.get('imps')
+        local prev = u:get('imps')
         local shown = prev and split(prev) or {}
         local kept = {eid}
         for i = 1, math.min(#shown, cfg.dedup_lookback - 1) do kept[#kept + 1] = shown[i] end
-        u.set('imps', table.concat(kept, SEP))
+        u:set('imps', table.concat(kept, SEP))
       end
       local qkey, first_pos = f[7], tonumber(f[8])
       if terms ~= '' or qkey ~= '' then
@@ -570,7 +574,7 @@ for r = 5, #ARGV do
       rows[cfg.recent_cap + 1] = nil
       rl.new[#rl.new + 1] = eid .. SEP .. item .. SEP .. typ .. SEP .. int(ts) .. SEP .. session
       local n_typ = counter_fields[typ].n
-      u.set(n_typ, (u.num(n_typ) or 0) + 1)
+      u:set(n_typ, (u:num(n_typ) or 0) + 1)
       bump_decayed(it, typ, ts, 1)
       affinity(user, item, ts, w)
       trending(item, ts, w)
@@ -594,7 +598,7 @@ end
 -- its keys at the end (hashes are flushed last, when those keys exist)
 local function refreshed_later(kind, id)
   local h = hashes[kind][id]
-  return h ~= nil and h.get('x') ~= today
+  return h ~= nil and h:get('x') ~= today
 end
 flush_affinities()
 for user, rl in pairs(recents) do
@@ -648,9 +652,9 @@ local IMP = counter_fields['impression']
 for id, a in pairs(shown_acc) do
   local h = hashes.item[id]
   if h then
-    h.set(IMP.n, (h.num(IMP.n) or 0) + a[1])
-    local v, t = merge(h.num(IMP.d), h.num(IMP.t), a[3], a[2], cfg.item_tau_ms)
-    h.set(IMP.d, v); h.set(IMP.t, t)
+    h:set(IMP.n, (h:num(IMP.n) or 0) + a[1])
+    local v, t = merge(h:num(IMP.d), h:num(IMP.t), a[3], a[2], cfg.item_tau_ms)
+    h:set(IMP.d, v); h:set(IMP.t, t)
   else
     local ikey = key('item', id)
     local cur = redis.call('HMGET', ikey, IMP.n, IMP.d, IMP.t, 'x')
@@ -666,7 +670,7 @@ for id, a in pairs(shown_acc) do
   end
 end
 for _, kind in pairs(hashes) do
-  for _, h in pairs(kind) do h.flush() end
+  for _, h in pairs(kind) do h:flush() end
 end
 if clock >= 0 then redis.call('SET', key('clock'), int(clock)) end
 if new_off > stored then redis.call('SET', KEYS[1], int(new_off)) end
