@@ -32,9 +32,10 @@ local function num_text(v)
   return fmt(v)
 end
 
-local function split(s, sep)
+-- the fields of s from position first (default 1) on, split at sep (default SEP)
+local function split(s, sep, first)
   sep = sep or SEP
-  local out, start = {}, 1
+  local out, start = {}, first or 1
   while true do
     local i = string.find(s, sep, start, true)
     if not i then out[#out + 1] = string.sub(s, start); return out end
@@ -445,7 +446,7 @@ for r = 5, #ARGV do
   local rec = ARGV[r]
   local offs, kind = string.match(rec, RECORD_HEAD)
   local off = tonumber(offs)
-  local f = split(string.sub(rec, #offs + 4))
+  local f = split(rec, SEP, #offs + 4)
   if off < stored then
     skipped = skipped + 1
   elseif kind == 'r' then
