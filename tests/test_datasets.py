@@ -35,6 +35,23 @@ def test_amazon_catalog_has_titles_and_joined_descriptions(data_dir):
     assert history.user_id == "A994" and history.item_ids[-1] == "2280"
 
 
+def test_amazon_office_windows_join_into_one_sequence_per_user(data_dir, tmp_path):
+    from streamrec.datasets import amazon18
+
+    seqs = amazon18.sequences(data_dir)
+    assert len(seqs) == 3231 and all(len(s) >= 2 for s in seqs.values())
+    # the user's first validation window, its next item, then the next item of their second row
+    assert seqs["A994"][:6] == ["2122", "243", "811", "812", "2280", "1750"]
+    # a window that does not continue the sequence (a changed or shuffled file) fails loudly
+    folder = tmp_path / amazon18.NAME
+    folder.mkdir()
+    header = "user_id,history_item_title,item_title,history_item_id,item_id,history_item_sid,item_sid\n"
+    (folder / "valid.csv").write_text(header + 'u,[],x,"[1, 2]",3,,\n' + 'u,[],x,"[2, 4]",5,,\n')
+    (folder / "test.csv").write_text(header)
+    with pytest.raises(ValueError, match="not the tail"):
+        amazon18.sequences(tmp_path)
+
+
 def test_open_bandit_user_history_becomes_organic_clicks_before_the_impression(data_dir):
     from streamrec.datasets import open_bandit as ob
 

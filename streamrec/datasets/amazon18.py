@@ -65,3 +65,21 @@ def histories(data_dir: Path, split: str = "valid") -> Iterator[History]:
         for row in csv.DictReader(f):
             past = [str(i) for i in ast.literal_eval(row["history_item_id"])]
             yield History(user_id=row["user_id"], item_ids=past + [str(row["item_id"])])
+
+
+def sequences(data_dir: Path) -> dict[str, list[str]]:
+    """Each user's whole item sequence, oldest first, users in order of their first row.
+
+    The files hold windows of at most ten items (``valid`` an earlier period than ``test``); a
+    user's sequence is their first window followed by the next item of each of their rows, in file
+    order (every later window is the tail of the sequence so far: checked, so a changed file fails
+    loudly instead of yielding shuffled histories)."""
+    out: dict[str, list[str]] = {}
+    for split in ("valid", "test"):
+        for h in histories(data_dir, split):
+            *window, nxt = h.item_ids
+            seq = out.setdefault(h.user_id, list(window))
+            if window and seq[-len(window) :] != window:
+                raise ValueError(f"{NAME}: user {h.user_id}'s {split} window is not the tail of their sequence")
+            seq.append(nxt)
+    return out
