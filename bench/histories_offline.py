@@ -1,0 +1,175 @@
+"""/recommend on users' purchase histories, leave-one-out, in process over a real Redis written by
+the real writer script.
+
+    python -m bench.histories_offline [--dataset office|beauty|toys] [--users 0]
+
+Why: the session families' fixed weights were tuned on DIGINETICA's anonymous sessions, where the
+next click is often a product already viewed (repeat weight 3). A shop whose shoppers buy each
+product once is another world; this bench shows what the fixed weights do there and whether the
+learned fusion (``streamrec/sessions/learned.py``) finds that out from the shop's own next items.
+
+Protocol (S3-Rec / SASRec leave-one-out): each user's last item is the test target, the one before
+it the validation target, the rest the history, written as one session per user. Validation:
+every user's next item is predicted from their history; the learned fusion runs test-then-train
+over these predictions (as the learner runs it over logged /recommend pools). Then every user's
+validation item is written, and the test item predicted from the whole history, the learned
+fusion frozen. HR@10 / NDCG@10 over the items the families return (nothing outside them can
+rank).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.sessions_offline import Stream
+from launcher.embedded import EmbeddedRedis
+from streamrec.datasets import amazon14, amazon18
+from streamrec.features import FeatureStore
+from streamrec.schemas import Event
+from streamrec.sessions import candidates, fusion
+from streamrec.sessions.learned import FEATURE_NAMES, MODES, FusionModel, features
+from streamrec.settings import RecommendSettings, Settings
+from streamrec.store import connect
+
+T0 = 1_451_606_400_000  # 2016-01-01
+USER_GAP_MS = 60_000
+STEP_MS = 1_000
+K = 10
+VARIANTS = ("fused", "stan", "vsknn", "covis", "repeat", "popular")
+ALL = (*VARIANTS, *MODES[1:])  # the families, their fixed fusion, and the learned fusion's two orders
+DATASETS: dict[str, tuple[str, Callable[[Path], dict[str, list[str]]]]] = {
+    "office": ("Amazon 2018 Office Products (MiniOneRec windows joined per user)", amazon18.sequences),
+    "beauty": ("Amazon 2014 Beauty (S3-Rec)", lambda d: amazon14.sequences(d, "Beauty")),
+    "toys": ("Amazon 2014 Toys and Games (S3-Rec)", lambda d: amazon14.sequences(d, "Toys_and_Games")),
+}
+PUBLISHED = {
+    "beauty": "published, same protocol (S3-Rec, full ranking): PopRec 1.52 / 0.68, GRU4Rec 2.83 / 1.37, "
+    "SASRec 6.05 / 3.18, S3-Rec 6.47 / 3.27",
+}
+
+
+@dataclass
+class Tally:
+    """HR@K and NDCG@K of one way of ranking (one relevant item per query)."""
+
+    hits: int = 0
+    dcg: float = 0.0
+    n: int = 0
+
+    def add(self, ranked: Sequence[str], target: str) -> None:
+        self.n += 1
+        if target in ranked[:K]:
+            self.hits += 1
+            self.dcg += 1.0 / math.log2(ranked.index(target) + 2)
+
+    def line(self) -> str:
+        n = max(self.n, 1)
+        return f"HR@{K} {100 * self.hits / n:5.2f}  NDCG@{K} {100 * self.dcg / n:5.2f}"
+
+
+@dataclass
+class Phase:
+    tallies: dict[str, Tally] = field(default_factory=lambda: {v: Tally() for v in ALL})
+    in_pool: int = 0
+
+
+def purchase(user: str, n: int, pos: int, item: str, t0: int) -> Event:
+    """Item ``pos`` of user ``n``'s history (the data are purchase reviews), one user a minute."""
+    ts = t0 + n * USER_GAP_MS + pos * STEP_MS
+    return Event(
+        event_id=f"h{user}-{pos}", type="purchase", user_id=f"u{user}", item_id=item, session_id=f"s{user}", ts=ts
+    )
+
+
+def predict(
+    fs: FeatureStore,
+    users: list[tuple[str, str]],
+    p: RecommendSettings,
+    model: FusionModel,
+    learn: bool,
+    variants: Sequence[str] = ALL,
+) -> Phase:
+    """Rank each ``(user, target)``'s candidates every way; the learned fusion test-then-train when ``learn``."""
+    phase = Phase()
+    for n, (user, target) in enumerate(users):
+        sc = candidates.read(fs, f"u{user}", p)
+        fused = fusion.rank(sc, "fused", p, keep=lambda _: True)
+        pool = [c.item_id for c in fused]
+        F = features(pool, sc.families, sc.prefix, [0.0] * len(pool), p.family_top_n)
+        for v in variants:
+            if v in MODES:
+                ranked = [pool[j] for j in model.order(F, v)[0][:K]]
+            else:
+                out = fused if v == "fused" else fusion.rank(sc, v, p, keep=lambda _: True)
+                ranked = [c.item_id for c in out[:K]]
+            phase.tallies[v].add(ranked, target)
+        if target in pool:
+            phase.in_pool += 1
+            if learn:
+                model.learn(F, pool.index(target))
+        if learn and (n + 1) % 2000 == 0:
+            print(f"  {n + 1:,} users, {model.examples:,} examples: [MRR@20, HR@20] {_card(model)}, {model.mode}")
+    return phase
+
+
+def _card(model: FusionModel) -> dict[str, list[float]]:
+    return {m: [round(100 * x, 2) for x in v] for m, v in model.card.items()}
+
+
+def leave_one_out(
+    seqs: list[tuple[str, list[str]]], redis_url: str, s: Settings, variants: Sequence[str] = ALL
+) -> tuple[Phase, Phase, FusionModel]:
+    """The protocol over ``seqs`` (user, items with 3+ items), on a Redis at ``redis_url``:
+    (validation phase, test phase, the learned fusion after validation)."""
+    prefix = f"hist{time.time_ns()}:"
+    stream = Stream(redis_url, prefix, s.features)
+    for n, (u, items) in enumerate(seqs):
+        for pos, item in enumerate(items[:-2]):
+            stream.add(purchase(u, n, pos, item, T0))
+    stream.flush()
+    fs = FeatureStore(connect(s.replace(redis={"url": redis_url, "prefix": prefix})), prefix, s.features)
+    model = FusionModel.from_settings(s)
+    valid = predict(fs, [(u, items[-2]) for u, items in seqs], s.recommend, model, True, variants)
+    t_valid = T0 + (len(seqs) + 1) * USER_GAP_MS
+    for n, (u, items) in enumerate(seqs):
+        stream.add(purchase(u, n, len(items) - 2, items[-2], t_valid))
+    stream.flush()
+    test = predict(fs, [(u, items[-1]) for u, items in seqs], s.recommend, model, False, variants)
+    return valid, test, model
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", choices=tuple(DATASETS), default="office")
+    ap.add_argument("--users", type=int, default=0, help="the first N users (0 = all)")
+    args = ap.parse_args()
+    s = Settings()
+    name, load = DATASETS[args.dataset]
+    seqs = [(u, items) for u, items in load(s.require_data_dir()).items() if len(items) >= 3][: args.users or None]
+    print(f"{name}: {len(seqs):,} users with 3+ items, {sum(len(items) for _, items in seqs):,} items in all")
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis(Path(tmp)) as server:
+        valid, test, model = leave_one_out(seqs, server.url, s)
+    print(f"\nleave-one-out, {len(seqs):,} users, {time.perf_counter() - started:.0f} s; HR@{K} / NDCG@{K} in %")
+    print(f"{'':26s} {'validation (learning)':>28s}   {'test (learned frozen)':>28s}")
+    for v in ALL:
+        label = {"fused": "fixed fusion", "learned": "learned fusion", "rerank": "learned in fixed top 20"}.get(v, v)
+        print(f"  {label:24s} {valid.tallies[v].line():>28s}   {test.tallies[v].line():>28s}")
+    n = max(len(seqs), 1)
+    print(f"target in the fused pool: validation {100 * valid.in_pool / n:.1f} %, test {100 * test.in_pool / n:.1f} %")
+    print(f"learned fusion after {model.examples:,} examples: serving {model.mode}; [MRR@20, HR@20] {_card(model)}")
+    assert model.average is not None
+    print(f"  weights: { {f: round(float(w), 3) for f, w in zip(FEATURE_NAMES, model.average, strict=True) if w} }")
+    if args.dataset in PUBLISHED:
+        print(PUBLISHED[args.dataset])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
