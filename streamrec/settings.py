@@ -311,9 +311,11 @@ class LearnerSettings(_Group):
         "is about this plus serving's model_poll_s",
     )
     fusion_lr: float = Field(
-        0.1,
+        1.0,
         gt=0,
-        description="Adagrad step size of /recommend's learned session fusion (streamrec/sessions/learned.py)",
+        description="Adagrad step size of /recommend's learned session fusion (streamrec/sessions/learned.py); "
+        "large enough to unlearn a family the fixed weights favour within a shop's first few thousand "
+        "next items (figures: README)",
     )
     lr: float = Field(0.003, gt=0, description="Adam step size of the champion (a challenger uses 3x)")
     batch_size: int = Field(64, ge=1, le=65_536, description="examples per micro-batch update")

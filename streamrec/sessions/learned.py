@@ -131,7 +131,7 @@ class FusionModel:
             self.average = self.weights.copy()
 
     @classmethod
-    def initial(cls, family_weights: Mapping[str, float], lr: float = 0.1) -> FusionModel:
+    def initial(cls, family_weights: Mapping[str, float], lr: float = 1.0) -> FusionModel:
         w = np.zeros(N_FEATURES)
         for f, v in family_weights.items():
             if f"{f}_score" in _COL:
