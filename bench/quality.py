@@ -896,6 +896,9 @@ def print_histories(r: HistoryReport, dataset: str) -> None:
         print(f"{names[v]:32s} {r.tallies[v].line()}")
     f = r.fusion
     print(f"live phase (a logged /recommend per user, then their next purchase): {r.validation.line()}")
+    print("  learning curve (what each group of users was served, and the learned fusion then):")
+    for line in r.curve:
+        print(f"    {line}")
     print(
         f"learned fusion: {f.get('examples', 0):,} next-item examples; recent test-then-train "
         f"[MRR@20, HR@20] by mode {f.get('card')}; served: {f.get('mode')}"
