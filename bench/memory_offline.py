@@ -99,6 +99,35 @@ def play(
     return before, after, served
 
 
+def bounds(pools_: list[Pool], model: ClickModel, rounds: int, weight: float, prior: float, outcome: float) -> str:
+    """What a target for the clicked queries can ask of this mechanism under ``model`` (position-based):
+    nDCG@10 of the candidates ordered by their labels (knowing every candidate's grade), and of the
+    memory after ``rounds`` rounds fed each shown product's *expected* clicks instead of sampled
+    ones (noise-free evidence with the same exposure)."""
+    assert model.kind == "pbm"
+    before = float(np.mean([ndcg_at(ranked(p, {}, weight, prior), p.labels) for p in pools_]))
+    by_labels = float(
+        np.mean([ndcg_at(sorted(p.ids, key=lambda i, p=p: -p.labels.get(i, 1.0)), p.labels) for p in pools_])
+    )
+    memories: list[Memory] = [{} for _ in pools_]
+    for _ in range(rounds):
+        for p, memory in zip(pools_, memories, strict=True):
+            for pos, item in enumerate(ranked(p, memory, weight, prior)[:K]):
+                grade = p.labels.get(item, 1.0) - 1.0
+                theta = (1.0 / (pos + 1)) ** model.eta
+                clicks = theta * model.probabilities(grade)[0]
+                bought = clicks * PURCHASE_SHARE * outcome if grade >= 1.5 else 0.0
+                c, e = memory.get(item, (0.0, 0.0))
+                memory[item] = (c + clicks + bought, e + theta)
+    expected = float(
+        np.mean([ndcg_at(ranked(p, m, weight, prior), p.labels) for p, m in zip(pools_, memories, strict=True)])
+    )
+    return (
+        f"before {before:.3f}; candidates ordered by their labels {by_labels:.3f} ({by_labels - before:+.3f}); "
+        f"the memory fed expected clicks for {rounds} rounds {expected:.3f} ({expected - before:+.3f})"
+    )
+
+
 def grid() -> Iterator[tuple[float, float, float]]:
     """(prior, weight, outcome weight): weight / prior near the default's, and around it."""
     for prior, weight in ((2.0, 1.0), (5.0, 1.0), (10.0, 2.0), (10.0, 3.0), (20.0, 4.0)):
@@ -121,6 +150,10 @@ def main() -> int:
     print(f"{'click model':28s} {'prior':>5s} {'weight':>6s} {'buy':>4s} {'lift':>7s} {'worst':>7s}  served per round")
     for kind, noise in (("pbm", "informational"), ("pbm", "navigational"), ("cascade", "informational")):
         model = ClickModel(kind, noise)
+        if kind == "pbm":
+            for prior, weight in ((10.0, 2.0), (5.0, 1.0), (1.0, 4.0)):
+                line = bounds(clicked, model, args.rounds, weight, prior, 1.0)
+                print(f"{kind + ', ' + noise:28s} {prior:5g} {weight:6g}   bounds: {line}", flush=True)
         for prior, weight, outcome in grid():
             runs = [play(clicked, model, args.rounds, weight, prior, outcome, seed) for seed in range(args.seeds)]
             lifts = [after - before for before, after, _ in runs]
