@@ -33,7 +33,7 @@ from consumers.validate import classify
 from streamrec import bus
 from streamrec.schemas import CatalogOp, DeadLetter, Event
 from streamrec.settings import Settings
-from streamrec.store import connect_binary, retry_until_done
+from streamrec.store import connect_binary, refuse_cluster, retry_until_done
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +134,7 @@ class Ingestor:
         group = group or settings.consumers.group
         self.s = settings
         self.r = connect_binary(settings)
+        refuse_cluster(self.r)
         self.writer = Writer(self.r, settings.redis.prefix, group, settings.features, settings.bot)
         self.producer = bus.make_producer(settings)
         self.outbox = Outbox(

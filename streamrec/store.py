@@ -87,3 +87,27 @@ def retry_until_done(
         reraise=True,
     )
     return retrying(fn)
+
+
+class ClusterNotSupported(RuntimeError):
+    """The configured Redis is a Redis Cluster node: streamrec needs a single Redis (with replicas)."""
+
+
+def refuse_cluster(r: redis.Redis) -> None:
+    """Stop a service at start when ``redis.url`` points at a Redis Cluster node.
+
+    Why: the writer script names its keys inside Lua and touches user, item and global keys in one
+    atomic step, which a cluster refuses (CROSSSLOT / MOVED), and serving's pipelines read keys of
+    every slot; the writers retry Redis errors until they pass, so without this check a service
+    pointed at a cluster would stall with no clear error. A Redis that does not answer yet is left
+    to the services' outage handling (it is checked again at their next start)."""
+    try:
+        enabled = int(r.info("cluster").get("cluster_enabled", 0))
+    except redis.RedisError as e:
+        log.debug("cluster check skipped: Redis did not answer (%r)", e)
+        return
+    if enabled:
+        raise ClusterNotSupported(
+            "STREAMREC_REDIS_URL points at a Redis Cluster node; streamrec's feature writer needs a single "
+            "Redis (a primary with replicas for failover): see README, 'How far one Redis carries ingestion'"
+        )
