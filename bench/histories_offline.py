@@ -1,7 +1,7 @@
 """/recommend on users' purchase histories, leave-one-out, in process over a real Redis written by
 the real writer script.
 
-    python -m bench.histories_offline [--dataset office|beauty|toys] [--users 0]
+    python -m bench.histories_offline [--dataset amazon-office|amazon-beauty|amazon-toys] [--users 0]
 
 Why: the session families' fixed weights were tuned on DIGINETICA's anonymous sessions, where the
 next click is often a product already viewed (repeat weight 3). A shop whose shoppers buy each
@@ -20,16 +20,15 @@ rank).
 from __future__ import annotations
 
 import argparse
-import math
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.quality import HISTORY_DATASETS, HISTORY_K, RankTally
 from bench.sessions_offline import Stream
 from launcher.embedded import EmbeddedRedis
-from streamrec.datasets import amazon14, amazon18
 from streamrec.features import FeatureStore
 from streamrec.schemas import Event
 from streamrec.sessions import candidates, fusion
@@ -40,42 +39,14 @@ from streamrec.store import connect
 T0 = 1_451_606_400_000  # 2016-01-01
 USER_GAP_MS = 60_000
 STEP_MS = 1_000
-K = 10
+K = HISTORY_K
 VARIANTS = ("fused", "stan", "vsknn", "covis", "repeat", "popular")
 ALL = (*VARIANTS, *MODES[1:])  # the families, their fixed fusion, and the learned fusion's two orders
-DATASETS: dict[str, tuple[str, Callable[[Path], dict[str, list[str]]]]] = {
-    "office": ("Amazon 2018 Office Products (MiniOneRec windows joined per user)", amazon18.sequences),
-    "beauty": ("Amazon 2014 Beauty (S3-Rec)", lambda d: amazon14.sequences(d, "Beauty")),
-    "toys": ("Amazon 2014 Toys and Games (S3-Rec)", lambda d: amazon14.sequences(d, "Toys_and_Games")),
-}
-PUBLISHED = {
-    "beauty": "published, same protocol (S3-Rec, full ranking): PopRec 1.52 / 0.68, GRU4Rec 2.83 / 1.37, "
-    "SASRec 6.05 / 3.18, S3-Rec 6.47 / 3.27",
-}
-
-
-@dataclass
-class Tally:
-    """HR@K and NDCG@K of one way of ranking (one relevant item per query)."""
-
-    hits: int = 0
-    dcg: float = 0.0
-    n: int = 0
-
-    def add(self, ranked: Sequence[str], target: str) -> None:
-        self.n += 1
-        if target in ranked[:K]:
-            self.hits += 1
-            self.dcg += 1.0 / math.log2(ranked.index(target) + 2)
-
-    def line(self) -> str:
-        n = max(self.n, 1)
-        return f"HR@{K} {100 * self.hits / n:5.2f}  NDCG@{K} {100 * self.dcg / n:5.2f}"
 
 
 @dataclass
 class Phase:
-    tallies: dict[str, Tally] = field(default_factory=lambda: {v: Tally() for v in ALL})
+    tallies: dict[str, RankTally] = field(default_factory=lambda: {v: RankTally(k=K) for v in ALL})
     in_pool: int = 0
 
 
@@ -146,28 +117,28 @@ def leave_one_out(
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dataset", choices=tuple(DATASETS), default="office")
+    ap.add_argument("--dataset", choices=tuple(HISTORY_DATASETS), default="amazon-office")
     ap.add_argument("--users", type=int, default=0, help="the first N users (0 = all)")
     args = ap.parse_args()
     s = Settings()
-    name, load = DATASETS[args.dataset]
-    seqs = [(u, items) for u, items in load(s.require_data_dir()).items() if len(items) >= 3][: args.users or None]
-    print(f"{name}: {len(seqs):,} users with 3+ items, {sum(len(items) for _, items in seqs):,} items in all")
+    data = HISTORY_DATASETS[args.dataset]
+    seqs = [(u, items) for u, items in data.load(s.require_data_dir()).items() if len(items) >= 3][: args.users or None]
+    print(f"{args.dataset}: {len(seqs):,} users with 3+ items, {sum(len(items) for _, items in seqs):,} items in all")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis(Path(tmp)) as server:
         valid, test, model = leave_one_out(seqs, server.url, s)
-    print(f"\nleave-one-out, {len(seqs):,} users, {time.perf_counter() - started:.0f} s; HR@{K} / NDCG@{K} in %")
-    print(f"{'':26s} {'validation (learning)':>28s}   {'test (learned frozen)':>28s}")
-    for v in ALL:
-        label = {"fused": "fixed fusion", "learned": "learned fusion", "rerank": "learned in fixed top 20"}.get(v, v)
-        print(f"  {label:24s} {valid.tallies[v].line():>28s}   {test.tallies[v].line():>28s}")
+    print(f"\nleave-one-out, {len(seqs):,} users, {time.perf_counter() - started:.0f} s; figures in %")
+    labels = {"fused": "fixed fusion", "learned": "learned fusion", "rerank": "learned in fixed top 20"}
+    for name, phase in (("validation (the learned fusion learning)", valid), ("test (learned fusion frozen)", test)):
+        print(f"{name}:")
+        for v in ALL:
+            print(f"  {labels.get(v, v):24s} {phase.tallies[v].line()}")
     n = max(len(seqs), 1)
     print(f"target in the fused pool: validation {100 * valid.in_pool / n:.1f} %, test {100 * test.in_pool / n:.1f} %")
     print(f"learned fusion after {model.examples:,} examples: serving {model.mode}; [MRR@20, HR@20] {_card(model)}")
     assert model.average is not None
     print(f"  weights: { {f: round(float(w), 3) for f, w in zip(FEATURE_NAMES, model.average, strict=True) if w} }")
-    if args.dataset in PUBLISHED:
-        print(PUBLISHED[args.dataset])
+    print(data.published)
     return 0
 
 
