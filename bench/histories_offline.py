@@ -94,10 +94,15 @@ def _card(model: FusionModel) -> dict[str, list[float]]:
 
 
 def leave_one_out(
-    seqs: list[tuple[str, list[str]]], redis_url: str, s: Settings, variants: Sequence[str] = ALL
+    seqs: list[tuple[str, list[str]]],
+    redis_url: str,
+    s: Settings,
+    variants: Sequence[str] = ALL,
+    valid_variants: Sequence[str] | None = None,
 ) -> tuple[Phase, Phase, FusionModel]:
     """The protocol over ``seqs`` (user, items with 3+ items), on a Redis at ``redis_url``:
-    (validation phase, test phase, the learned fusion after validation)."""
+    (validation phase, test phase, the learned fusion after validation). ``variants`` are scored
+    on the test items, ``valid_variants`` (default: the same) on the validation items."""
     prefix = f"hist{time.time_ns()}:"
     stream = Stream(redis_url, prefix, s.features)
     for n, (u, items) in enumerate(seqs):
@@ -106,7 +111,8 @@ def leave_one_out(
     stream.flush()
     fs = FeatureStore(connect(s.replace(redis={"url": redis_url, "prefix": prefix})), prefix, s.features)
     model = FusionModel.from_settings(s)
-    valid = predict(fs, [(u, items[-2]) for u, items in seqs], s.recommend, model, True, variants)
+    valid_variants = variants if valid_variants is None else valid_variants
+    valid = predict(fs, [(u, items[-2]) for u, items in seqs], s.recommend, model, True, valid_variants)
     t_valid = T0 + (len(seqs) + 1) * USER_GAP_MS
     for n, (u, items) in enumerate(seqs):
         stream.add(purchase(u, n, len(items) - 2, items[-2], t_valid))

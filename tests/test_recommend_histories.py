@@ -22,7 +22,7 @@ VARIANTS = ("fused", "covis", "repeat", "popular", "stan", "learned", "rerank")
 
 def test_learned_fusion_switches_itself_on_and_beats_every_family_on_purchase_histories(data_dir, redis_server):
     seqs = [(u, items) for u, items in amazon18.sequences(Path(data_dir)).items() if len(items) >= 3]
-    valid, test, model = leave_one_out(seqs, redis_server.url, Settings(), VARIANTS)
+    _valid, test, model = leave_one_out(seqs, redis_server.url, Settings(), VARIANTS, valid_variants=())
 
     def ndcg(v: str) -> float:
         t = test.tallies[v]
