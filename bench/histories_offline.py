@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.quality import HISTORY_DATASETS, HISTORY_K, RankTally
+from bench.quality import HISTORY_DATASETS, HISTORY_K, RankTally, history_event, history_user
 from bench.sessions_offline import Stream
 from launcher.embedded import EmbeddedRedis
 from streamrec.features import FeatureStore
@@ -51,11 +51,8 @@ class Phase:
 
 
 def purchase(user: str, n: int, pos: int, item: str, t0: int) -> Event:
-    """Item ``pos`` of user ``n``'s history (the data are purchase reviews), one user a minute."""
-    ts = t0 + n * USER_GAP_MS + pos * STEP_MS
-    return Event(
-        event_id=f"h{user}-{pos}", type="purchase", user_id=f"u{user}", item_id=item, session_id=f"s{user}", ts=ts
-    )
+    """The API bench's event for item ``pos`` of user ``n``'s history, one user a minute."""
+    return Event(**history_event(user, pos, item, t0 + n * USER_GAP_MS + pos * STEP_MS))
 
 
 def predict(
@@ -69,7 +66,7 @@ def predict(
     """Rank each ``(user, target)``'s candidates every way; the learned fusion test-then-train when ``learn``."""
     phase = Phase()
     for n, (user, target) in enumerate(users):
-        sc = candidates.read(fs, f"u{user}", p)
+        sc = candidates.read(fs, history_user(user), p)
         fused = fusion.rank(sc, "fused", p, keep=lambda _: True)
         pool = [c.item_id for c in fused]
         F = features(pool, sc.families, sc.prefix, [0.0] * len(pool), p.family_top_n)

@@ -500,12 +500,10 @@ class RankTally:
             self.dcg += 1.0 / math.log2(rank + 1)
 
     def merge(self, other: RankTally) -> None:
-        self.hits, self.rr, self.dcg, self.n = (
-            self.hits + other.hits,
-            self.rr + other.rr,
-            self.dcg + other.dcg,
-            self.n + other.n,
-        )
+        self.hits += other.hits
+        self.rr += other.rr
+        self.dcg += other.dcg
+        self.n += other.n
 
     def line(self) -> str:
         n, k = max(1, self.n), self.k
@@ -700,21 +698,27 @@ def _score_sessions(
     return tallies, latency, visible
 
 
+def print_variants(tallies: dict[str, RankTally], repeat: str, fused: str) -> None:
+    """One line per /recommend variant, the baselines first (``repeat`` and ``fused`` name those two
+    for the protocol: a session's own items, or a user's whole history)."""
+    names = {
+        "popular": "baseline: popularity",
+        "covis": "baseline: co-visitation alone",
+        "repeat": repeat,
+        "vsknn": "V-SKNN session-kNN",
+        "stan": "STAN session-kNN",
+        "fused": fused,
+        "full": "full path",
+    }
+    for v, name in names.items():
+        print(f"{name:32s} {tallies[v].line()}")
+
+
 def print_recommend(r: RecommendReport, dataset: str = "diginetica") -> None:
     data = RECOMMEND_DATASETS[dataset]
     print()
     print(f"{data.protocol}; {r.train_sessions:,} history sessions, {r.eval_sessions:,} held-out sessions evaluated")
-    names = {
-        "popular": "baseline: popularity",
-        "covis": "baseline: co-visitation alone",
-        "repeat": "repeat (this session)",
-        "vsknn": "V-SKNN session-kNN",
-        "stan": "STAN session-kNN",
-        "fused": "fused candidates, no head",
-        "full": "full path",
-    }
-    for v in ("popular", "covis", "repeat", "vsknn", "stan", "fused", "full"):
-        print(f"{names[v]:32s} {r.tallies[v].line()}")
+    print_variants(r.tallies, repeat="repeat (this session)", fused="fused candidates, no head")
     if r.live_sessions:
         f = r.fusion
         print(f"live phase ({r.live_sessions:,} sessions before the held-out ones, logged /recommend): {r.live.line()}")
@@ -797,11 +801,15 @@ HISTORY_K = 10  # the published protocol's cut-off
 HISTORY_CHUNK = 250  # live phase: users asked, then their next items posted, per round
 
 
+def history_user(user: str) -> str:
+    """The engine's user (and session) id of a dataset's user."""
+    return f"am{user}"
+
+
 def history_event(user: str, pos: int, item: str, ts: int) -> dict:
     """A history item as the shop's storefront reports it: a purchase (the data are purchase reviews)."""
-    return dict(
-        event_id=f"am{user}-{pos}", type="purchase", user_id=f"am{user}", item_id=item, session_id=f"am{user}", ts=ts
-    )
+    uid = history_user(user)
+    return dict(event_id=f"{uid}-{pos}", type="purchase", user_id=uid, item_id=item, session_id=uid, ts=ts)
 
 
 @dataclass
@@ -855,7 +863,7 @@ def measure_histories(
             for c in range(0, len(users), HISTORY_CHUNK):
                 chunk, served = users[c : c + HISTORY_CHUNK], RankTally(k=HISTORY_K)
                 for u, s in chunk:
-                    served.add(recommend_ids(http, f"am{u}", HISTORY_K, "full", impression=True)[0], s[-2])
+                    served.add(recommend_ids(http, history_user(u), HISTORY_K, "full", impression=True)[0], s[-2])
                 validation.merge(served)
                 ts = int(time.time() * 1000)
                 post_all(http, "/events", [history_event(u, len(s) - 2, s[-2], ts) for u, s in chunk])
@@ -873,7 +881,7 @@ def measure_histories(
                 for v in RECOMMEND_VARIANTS:
                     if v != "full" and n % ablation_every:
                         continue
-                    ranked, took = recommend_ids(http, f"am{u}", HISTORY_K, v)
+                    ranked, took = recommend_ids(http, history_user(u), HISTORY_K, v)
                     tallies[v].add(ranked, s[-1])
                     if v == "full":
                         latency.append(took)
@@ -888,17 +896,7 @@ def print_histories(r: HistoryReport, dataset: str) -> None:
         f"{dataset}, leave-one-out (the last item of each user held out, the one before it their live next "
         f"purchase): {r.users:,} users, {r.history_events:,} history events"
     )
-    names = {
-        "popular": "baseline: popularity",
-        "covis": "baseline: co-visitation alone",
-        "repeat": "baseline: repeat (own history)",
-        "vsknn": "V-SKNN session-kNN",
-        "stan": "STAN session-kNN",
-        "fused": "fixed fusion",
-        "full": "full path",
-    }
-    for v in ("popular", "covis", "repeat", "vsknn", "stan", "fused", "full"):
-        print(f"{names[v]:32s} {r.tallies[v].line()}")
+    print_variants(r.tallies, repeat="baseline: repeat (own history)", fused="fixed fusion")
     f = r.fusion
     print(f"live phase (a logged /recommend per user, then their next purchase): {r.validation.line()}")
     print("  learning curve (what each group of users was served, and the learned fusion then):")
