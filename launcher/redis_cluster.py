@@ -71,7 +71,7 @@ def slot_ranges(masters: int) -> list[range]:
     assigns them.
 
     >>> [(r.start, r.stop) for r in slot_ranges(3)]
-    [(0, 5462), (5462, 10923), (10923, 16384)]
+    [(0, 5461), (5461, 10923), (10923, 16384)]
     """
     bounds = [round(i * SLOTS / masters) for i in range(masters + 1)]
     return [range(a, b) for a, b in zip(bounds, bounds[1:], strict=False)]
