@@ -21,12 +21,13 @@ mean percentile falls, and a fall is what is reported.
 
 Per-feature drift *distance* (what the cockpit charts, beside ADWIN's detections): for each
 watched feature the two-sample Kolmogorov-Smirnov statistic between a reference window (the first
-``FEATURE_WINDOW`` values after the current champion took over, i.e. after :meth:`DriftMonitor.reset`)
-and the latest ``FEATURE_WINDOW`` values. River's ADWIN keeps only summary buckets and KSWIN is not
-used here, so the monitor keeps the two small windows itself; a distance is two sorts of 500
-floats, computed only when asked (:meth:`DriftMonitor.feature_distances`). The KS critical value
-at ``KS_ALPHA`` is shown as a reference line; it is *not* the rule that fires — ADWIN compares
-window means with confidence ``feature_delta`` and has no threshold on this distance.
+``drift.feature_window`` values after the current champion took over, i.e. after
+:meth:`DriftMonitor.reset`) and the latest ``drift.feature_window`` values. River's ADWIN keeps
+only summary buckets and KSWIN is not used here, so the monitor keeps the two small windows
+itself; a distance is two sorts of a window's floats (500 by default), computed only when asked
+(:meth:`DriftMonitor.feature_distances`). The KS critical value at ``KS_ALPHA`` is shown as a
+reference line; it is *not* the rule that fires — ADWIN compares window means with confidence
+``feature_delta`` and has no threshold on this distance.
 
 The click-rank detector (``adwin_click_rank``) asks the same of the model: for each click it
 feeds ADWIN the percentile of the model's score for the clicked item among its scores of the last
@@ -49,7 +50,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from river import drift
 
-from streamrec.ops import FEATURE_WINDOW, KS_ALPHA
+from streamrec.ops import KS_ALPHA
 from streamrec.ranking import FEATURE_NAMES
 from streamrec.settings import DriftSettings
 
@@ -130,7 +131,7 @@ def ks_distance(a: np.ndarray, b: np.ndarray) -> float:
 def ks_critical(n: int, m: int, alpha: float = KS_ALPHA) -> float:
     """The asymptotic two-sample KS critical value at ``alpha`` for samples of ``n`` and ``m``.
 
-    >>> round(ks_critical(FEATURE_WINDOW, FEATURE_WINDOW), 3)
+    >>> round(ks_critical(500, 500), 3)
     0.109
     """
     return math.sqrt(-math.log(alpha / 2) / 2) * math.sqrt((n + m) / (n * m))
@@ -175,6 +176,7 @@ class DriftMonitor:
         self.item_delta, self.item_reference = c.item_delta, item_reference
         self.rank_delta = c.rank_delta
         self.feature_names = list(c.features)
+        self.feature_window = c.feature_window
         self._cols = [FEATURE_NAMES.index(f) for f in self.feature_names]
         self.reset()
 
@@ -191,7 +193,9 @@ class DriftMonitor:
 
     def _reset_windows(self) -> None:
         self.feature_ref: dict[str, list[float]] = {f: [] for f in self.feature_names}
-        self.feature_recent: dict[str, deque[float]] = {f: deque(maxlen=FEATURE_WINDOW) for f in self.feature_names}
+        self.feature_recent: dict[str, deque[float]] = {
+            f: deque(maxlen=self.feature_window) for f in self.feature_names
+        }
 
     def feature_distances(self) -> dict[str, float | None]:
         """KS distance of each watched feature, reference vs recent window (None until both are full)."""
@@ -199,7 +203,7 @@ class DriftMonitor:
         out: dict[str, float | None] = {}
         for f in self.feature_names:
             ref, recent = self.feature_ref[f], self.feature_recent[f]
-            full = len(ref) >= FEATURE_WINDOW and len(recent) >= FEATURE_WINDOW
+            full = len(ref) >= self.feature_window and len(recent) >= self.feature_window
             out[f] = round(ks_distance(np.asarray(ref), np.fromiter(recent, float)), 4) if full else None
         return out
 
@@ -207,7 +211,7 @@ class DriftMonitor:
         for name, col in zip(self.feature_names, self._cols, strict=True):
             values = X[:, col].astype(float).tolist()
             ref = self.feature_ref[name]
-            take = max(0, FEATURE_WINDOW - len(ref))
+            take = max(0, self.feature_window - len(ref))
             ref.extend(values[:take])
             self.feature_recent[name].extend(values[take:])
 
@@ -257,6 +261,8 @@ class DriftMonitor:
 
     def _upgrade_old_pickle(self) -> None:
         """A monitor pickled by an older version lacks newer parts: give it fresh ones."""
+        if not hasattr(self, "feature_window"):
+            self.feature_window = DriftSettings().feature_window
         if not hasattr(self, "feature_recent"):
             self._reset_windows()
         if hasattr(self, "rank_ref"):

@@ -29,7 +29,7 @@ from kafka.structs import OffsetAndMetadata
 
 from learner import metrics as M
 from learner.checkpoint import Checkpointer
-from learner.drift import FEATURE_WINDOW, ks_critical
+from learner.drift import ks_critical
 from learner.estimator import OnlineRanker
 from learner.examples import Batch, Example
 from learner.guard import RollbackGuard
@@ -202,9 +202,8 @@ class _Loop:
             if d is not None:
                 M.FEATURE_DRIFT.labels(name).set(d)
         try:
-            add_learner_stats(
-                r, self.s.redis.prefix, self.counts, distances, ks_critical(FEATURE_WINDOW, FEATURE_WINDOW)
-            )
+            window = self.s.drift.feature_window
+            add_learner_stats(r, self.s.redis.prefix, self.counts, distances, ks_critical(window, window))
             self.counts = {}
             if self.position_bias.swapped_pages():  # the consumers' click memory reads it; until then memory_eta
                 r.set(Keys(self.s.redis.prefix).examination, repr(self.position_bias.eta()))

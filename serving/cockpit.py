@@ -37,7 +37,7 @@ from serving.dashboard import recent_drift_events
 from serving.merchandising import RuleStore
 from streamrec import bus
 from streamrec.model_store import ModelStore
-from streamrec.ops import FEATURE_WINDOW, KS_ALPHA, LEARNER_STATS, parse_learner_stats
+from streamrec.ops import KS_ALPHA, LEARNER_STATS, parse_learner_stats
 from streamrec.settings import Settings
 from streamrec.store import connect
 from streamrec.vector_index.metrics import EVENT_TO_SEARCHABLE
@@ -378,7 +378,7 @@ def dashboard_data(s: Settings, status: dict, drift: list[dict]) -> dict:
         "now_ms": int(time.time() * 1000),
         "sample_s": s.cockpit.sample_s,
         "history_points_max": s.cockpit.history_points,
-        "feature_window": FEATURE_WINDOW,
+        "feature_window": s.drift.feature_window,
         "ks_alpha": KS_ALPHA,
         "serving": status,
         "serving_version": store.latest_version(),

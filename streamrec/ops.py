@@ -21,7 +21,6 @@ from typing import Any, cast
 import redis
 
 LEARNER_STATS = "learner:stats"
-FEATURE_WINDOW = 500  # values per watched feature in the drift reference and in the latest window
 KS_ALPHA = 0.005  # the KS critical value drawn beside the distances (KSWIN's default alpha)
 
 

@@ -375,6 +375,12 @@ class DriftSettings(_Group):
         "item among recent examples (a rolling AUC; sees the ranking go wrong); 0 = off",
     )
     warmup: int = Field(1000, ge=0, description="labelled examples before drift is reported")
+    feature_window: int = Field(
+        500,
+        ge=10,
+        description="values per watched feature in the KS reference window and in the latest one "
+        "(the cockpit's feature-distance chart; detection is ADWIN's and does not use it)",
+    )
 
 
 class ServingSettings(_Group):

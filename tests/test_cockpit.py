@@ -7,7 +7,7 @@ import json
 import numpy as np
 from fastapi.testclient import TestClient
 
-from learner.drift import FEATURE_WINDOW, DriftMonitor, ks_critical
+from learner.drift import DriftMonitor, ks_critical
 from serving import metrics
 from serving.app import create_app
 from serving.cockpit import HISTORY, Sampler, history, history_point, quantile, record_action
@@ -84,7 +84,7 @@ def test_history_point_stays_under_1200_bytes_with_every_route_and_five_watched_
         learner = {
             "counts": {"events:click": int(n * 7), "events:purchase": int(n * 3), "items_shown": int(n * 97)},
             "feature_ks": {f: 0.123456789 for f in Settings().drift.features},
-            "feature_ks_threshold": ks_critical(FEATURE_WINDOW, FEATURE_WINDOW),
+            "feature_ks_threshold": ks_critical(Settings().drift.feature_window, Settings().drift.feature_window),
         }
         return {
             "time": t,
@@ -118,7 +118,7 @@ def test_feature_distance_is_small_when_stationary_and_crosses_the_ks_line_after
     monitor = DriftMonitor(DriftSettings(features=names, warmup=10**9, item_delta=0, rank_delta=0))
     cols = [FEATURE_NAMES.index(f) for f in names]
 
-    def feed(shift: float, n: int = 2 * FEATURE_WINDOW) -> None:
+    def feed(shift: float, n: int = 2 * monitor.feature_window) -> None:
         for _ in range(n // 100):
             X = rng.normal(size=(100, len(FEATURE_NAMES))).astype(np.float32)
             X[:, cols[1]] += shift  # only price_log moves
@@ -127,7 +127,7 @@ def test_feature_distance_is_small_when_stationary_and_crosses_the_ks_line_after
 
     assert monitor.feature_distances() == {f: None for f in names}  # windows not full yet
     feed(0.0)
-    line = ks_critical(FEATURE_WINDOW, FEATURE_WINDOW)
+    line = ks_critical(monitor.feature_window, monitor.feature_window)
     stationary = monitor.feature_distances()
     assert all(d is not None and d < line for d in stationary.values()), stationary
     feed(1.0)

@@ -111,6 +111,8 @@ def running_up(tmp_path: Path) -> Iterator[Up]:
         free_port(),
         STREAMREC_COCKPIT_SAMPLE_S="2",  # history points every 2 s, so the cockpit's charts fill quickly
         STREAMREC_DRIFT_WARMUP="100",  # detectors armed after 100 labelled examples, not 1000
+        STREAMREC_DRIFT_FEATURE_WINDOW="100",  # the feature-distance chart draws after 200, not 1000
+        STREAMREC_LEARNER_LABEL_WINDOW_S="5",  # an impression is a labelled example after 5 s, not 30
     )
     proc, log_path, base = start_up(tmp_path, env)
     try:
