@@ -67,6 +67,13 @@ STOREFRONT_PAGE = (pathlib.Path(__file__).parent / "storefront.html").read_text(
 NOT_READY_RETRY_S = 5
 
 K = Annotated[int, Query(ge=1, le=100, description="number of results")]
+# a search text holds a character that is not whitespace. \s differs between the validator (Rust's
+# regex: U+0085 is whitespace) and JSON Schema's ECMAScript (U+FEFF is), so both are named: a client
+# reading the schema and the server then agree on every text
+SEARCH_TEXT_PATTERN = r"[^\s\u0085\ufeff]"
+SearchText = Annotated[
+    str, Query(min_length=1, max_length=512, pattern=SEARCH_TEXT_PATTERN, description="the search text")
+]
 # ids in parameters obey the wire rule (streamrec.schemas.Id): they reach impression events as is
 UserId = Annotated[str, Query(min_length=1, max_length=128, pattern=ID_PATTERN)]
 Impression = Annotated[
@@ -296,7 +303,7 @@ def query_routes(engine: Engine) -> APIRouter:
     def search(
         narrow: Filters,
         # the schema says what the route refuses: a query of spaces only is invalid, not empty results
-        q: Annotated[str, Query(min_length=1, max_length=512, pattern=r"\S", description="the search text")],
+        q: SearchText,
         k: K = 10,
         user_id: Annotated[str | None, Query(min_length=1, max_length=128, pattern=ID_PATTERN)] = None,
         variant: SearchVariant = "full",
