@@ -109,5 +109,6 @@ def refuse_cluster(r: redis.Redis) -> None:
     if enabled:
         raise ClusterNotSupported(
             "STREAMREC_REDIS_URL points at a Redis Cluster node; streamrec's feature writer needs a single "
-            "Redis (a primary with replicas for failover): see README, 'How far one Redis carries ingestion'"
+            "Redis (a primary with replicas for failover): see README, 'How far one Redis carries ingestion'; "
+            "the cluster design, not built yet: docs/REDIS-CLUSTER.md"
         )
