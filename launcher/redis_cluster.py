@@ -12,6 +12,7 @@ from __future__ import annotations
 import signal
 import socket
 import time
+from functools import cached_property
 from pathlib import Path
 from typing import Self
 
@@ -45,11 +46,13 @@ class ClusterNodeServer(EmbeddedRedis):
             str(self.node_timeout_ms),
         ]
 
-    def client(self) -> redis.Redis:
+    @cached_property
+    def conn(self) -> redis.Redis:
+        """A plain connection to this node alone (one pool, reused by every check)."""
         return redis.Redis(port=self.port, socket_timeout=5)
 
     def node_id(self) -> str:
-        return self.client().execute_command("CLUSTER", "MYID").decode()
+        return self.conn.execute_command("CLUSTER", "MYID").decode()
 
 
 def cluster_port() -> int:
@@ -104,15 +107,15 @@ class LocalRedisCluster:
             for node in self.nodes:
                 node.start()
             for master, slots in zip(self.masters, slot_ranges(len(self.masters)), strict=True):
-                master.client().execute_command("CLUSTER", "ADDSLOTS", *slots)
+                master.conn.execute_command("CLUSTER", "ADDSLOTS", *slots)
             first = self.nodes[0]
             for node in self.nodes[1:]:
-                node.client().execute_command("CLUSTER", "MEET", "127.0.0.1", first.port)
+                node.conn.execute_command("CLUSTER", "MEET", "127.0.0.1", first.port)
             self._wait(lambda: all(self._known(n) == len(self.nodes) for n in self.nodes), "every node to meet")
             for master in self.masters:
                 master_id = master.node_id()
                 for replica in self.replicas_of[master.port]:
-                    replica.client().execute_command("CLUSTER", "REPLICATE", master_id)
+                    replica.conn.execute_command("CLUSTER", "REPLICATE", master_id)
             self._wait(self._healthy, "cluster_state:ok with every replica in sync")
         except BaseException:
             self.stop()
@@ -133,7 +136,7 @@ class LocalRedisCluster:
         """The live master serving ``key``'s slot (after a failover, the promoted replica)."""
         slot = key_slot(key.encode())
         for node in self._live():
-            info = node.client().execute_command("CLUSTER", "SLOTS")
+            info = node.conn.execute_command("CLUSTER", "SLOTS")
             for start, end, owner, *_ in info:
                 if start <= slot <= end and int(owner[1]) == node.port:
                     return node
@@ -161,14 +164,14 @@ class LocalRedisCluster:
         return [n for n in self.nodes if n.proc is not None and n.proc.poll() is None]
 
     def _known(self, node: ClusterNodeServer) -> int:
-        return len(node.client().execute_command("CLUSTER", "NODES").decode().strip().splitlines())
+        return len(node.conn.execute_command("CLUSTER", "NODES").decode().strip().splitlines())
 
     def _state_ok(self, nodes: list[ClusterNodeServer]) -> bool:
-        return all(b"cluster_state:ok" in n.client().execute_command("CLUSTER", "INFO") for n in nodes)
+        return all(b"cluster_state:ok" in n.conn.execute_command("CLUSTER", "INFO") for n in nodes)
 
     def _healthy(self) -> bool:
         synced = all(
-            int(m.client().info("replication").get("connected_slaves", 0)) == len(self.replicas_of[m.port])
+            int(m.conn.info("replication").get("connected_slaves", 0)) == len(self.replicas_of[m.port])
             for m in self.masters
         )
         return synced and self._state_ok(self.nodes)
@@ -190,4 +193,4 @@ class LocalRedisCluster:
 
 
 def _role(node: ClusterNodeServer) -> str:
-    return str(node.client().info("replication")["role"])
+    return str(node.conn.info("replication")["role"])

@@ -44,7 +44,7 @@ def test_a_killed_master_hands_its_slots_to_its_replica_and_loses_no_acknowledge
     """Runs last in this module: it leaves the cluster with one master fewer."""
     victim = cluster.master_for("failover:0")
     keys = [k for k in (f"failover:{i}" for i in range(2000)) if cluster.master_for(k) is victim]
-    direct = victim.client()
+    direct = victim.conn
     pipe = direct.pipeline(transaction=False)
     for k in keys:
         pipe.set(k, k)
