@@ -15,6 +15,11 @@ seconds per event of the consumer, Redis and broker processes, and a cProfile of
 consumer.
 
     python -m bench.ingest --events 50000 --repeats 3 --profile
+
+``--cluster 1,2,3`` measures instead the drain on a local Redis Cluster of N masters
+(``launcher/redis_cluster.py``) with N feature keyspaces (``redis.shards``, docs/REDIS-CLUSTER.md),
+for 1, 2 and 3 consumer processes: events/s and CPU µs per event of each consumer, each Redis
+master and the broker, the per-event costs the README's scale-out table is computed from.
 """
 
 from __future__ import annotations
@@ -35,11 +40,13 @@ import uuid
 from pathlib import Path
 
 from launcher.embedded import EmbeddedKafka, EmbeddedRedis, child_env
+from launcher.redis_cluster import LocalRedisCluster
 from streamrec import bus
 from streamrec.datasets import diginetica
+from streamrec.features.layout import shard_of
 from streamrec.schemas import encode
 from streamrec.settings import REPO_ROOT, Settings
-from streamrec.store import connect
+from streamrec.store import connect_binary, keyspaces
 
 
 def cpu_s(pid: int) -> float:
@@ -83,8 +90,9 @@ def group(s: Settings) -> str:
 
 def applied(s: Settings, r, partitions: int) -> dict[int, int]:
     out = {}
+    prefixes = keyspaces(s)
     for p in range(partitions):
-        v = r.get(f"{s.redis.prefix}off:{group(s)}:{s.topic.events}:{p}")
+        v = r.get(f"{prefixes[shard_of(p, len(prefixes))]}off:{group(s)}:{s.topic.events}:{p}")
         out[p] = int(v) if v is not None else 0
     return out
 
@@ -157,7 +165,7 @@ def wait_applied(s: Settings, r, ends: dict[int, int], timeout_s: float = 600.0)
 
 def e2e(base: Settings, events, consumers: int, mode: str, log_dir: Path, servers: dict) -> dict:
     s = fresh(base)
-    r = connect(s)
+    r = connect_binary(s)  # a cluster client on a cluster
     procs = []
     try:
         if mode == "pipelined":
@@ -197,7 +205,7 @@ def profile_in_process(base: Settings, events) -> str:
 
     s = fresh(base)
     ends = produce(s, s.topic.events, events)
-    r = connect(s)
+    r = connect_binary(s)
     stop = threading.Event()
     ingestor = Ingestor(s, group=group(s))
 
@@ -215,11 +223,32 @@ def profile_in_process(base: Settings, events) -> str:
     return out.getvalue()
 
 
+def report(mode: str, consumers: int, runs: list[dict], ceiling: float | None) -> None:
+    rate = statistics.median(run["rate"] for run in runs)
+    cpu = {k: statistics.median(run["cpu_us_per_event"][k] for run in runs) for k in runs[0]["cpu_us_per_event"]}
+    where = ", ".join(f"{k} {v:.0f}" for k, v in cpu.items())
+    ratio = f"   ratio to ceiling {rate / ceiling:5.2f}" if ceiling else ""
+    print(f"{mode:9s} {consumers} consumer process(es): {rate:10,.0f} events/s{ratio}   CPU µs/event: {where}")
+
+
+def on_clusters(base: Settings, events, sizes: list[int], repeats: int, tmp_path: Path, servers: dict) -> None:
+    """The drain on a local cluster of each size, with one feature keyspace per master."""
+    for n in sizes:
+        with LocalRedisCluster(tmp_path / f"cluster{n}", masters=n, replicas=0) as cluster:
+            s = base.replace(redis={"url": cluster.url, "cluster": True, "shards": n})
+            nodes = servers | {f"redis{i}": m.proc.pid for i, m in enumerate(cluster.masters)}
+            print(f"# Redis Cluster of {n} master(s), {n} keyspace(s)")
+            for consumers in range(1, min(3, s.topic.partitions) + 1):
+                runs = [e2e(s, events, consumers, "drain", tmp_path, nodes) for _ in range(repeats)]
+                report("drain", consumers, runs, None)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=50_000)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--cluster", default="", help="comma-separated cluster sizes (masters), e.g. 1,2,3")
     args = ap.parse_args()
 
     base = Settings()
@@ -234,32 +263,27 @@ def main() -> None:
             embedded.append(kafka)
             base = base.replace(kafka={"bootstrap": kafka.bootstrap})
             servers["broker"] = kafka.proc.pid
-        if not base.redis.url:
-            redis_server = EmbeddedRedis(tmp_path / "redis").start()
-            embedded.append(redis_server)
-            base = base.replace(redis={"url": redis_server.url})
-            servers["redis"] = redis_server.proc.pid
         try:
             bus.wait_for_broker(base.kafka.bootstrap)
             print(
                 f"# {len(events)} DIGINETICA events, {base.topic.partitions} partitions, "
                 f"{os.cpu_count()} CPUs, repeats={args.repeats} (medians)"
             )
+            if args.cluster:
+                sizes = [int(n) for n in args.cluster.split(",")]
+                on_clusters(base, events, sizes, args.repeats, tmp_path, servers)
+                return
+            if not base.redis.url:
+                redis_server = EmbeddedRedis(tmp_path / "redis").start()
+                embedded.append(redis_server)
+                base = base.replace(redis={"url": redis_server.url})
+                servers["redis"] = redis_server.proc.pid
             ceiling = statistics.median(raw_ceiling(fresh(base), events) for _ in range(args.repeats))
             print(f"raw kafka-python consume+json.loads ceiling: {ceiling:10,.0f} events/s")
             for mode in ("drain", "pipelined"):
                 for consumers in (1, 2):
                     runs = [e2e(base, events, consumers, mode, tmp_path, servers) for _ in range(args.repeats)]
-                    rate = statistics.median(run["rate"] for run in runs)
-                    cpu = {
-                        k: statistics.median(run["cpu_us_per_event"][k] for run in runs)
-                        for k in runs[0]["cpu_us_per_event"]
-                    }
-                    where = ", ".join(f"{k} {v:.0f}" for k, v in cpu.items())
-                    print(
-                        f"{mode:9s} {consumers} consumer process(es): {rate:10,.0f} events/s   "
-                        f"ratio to ceiling {rate / ceiling:5.2f}   CPU µs/event: {where}"
-                    )
+                    report(mode, consumers, runs, ceiling)
             if args.profile:
                 print("\n# one in-process consumer draining the backlog, top functions by own time")
                 print(profile_in_process(base, events))

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 import redis
 
 from streamrec.features import Keys, encode_record, script_config, script_source
+from streamrec.features.layout import shard_of
 from streamrec.schemas import CatalogOp, DeadLetter, Event
-from streamrec.settings import BotSettings, FeatureSettings
+from streamrec.settings import BotSettings, FeatureSettings, Settings
+from streamrec.store import keyspaces
 
 Record = tuple[int, Event | CatalogOp | DeadLetter, bytes, bytes | None]  # offset, model, raw, key
 
@@ -105,3 +108,54 @@ class Writer:
             return BatchResult("gap", int(reply[1]))
         reasons = [x.decode() if isinstance(x, bytes) else x for x in reply[5:]]
         return BatchResult("ok", int(reply[1]), int(reply[2]), int(reply[3]), int(reply[4]), reasons)
+
+
+class ShardedWriter:
+    """The feature writer over every keyspace (one on a single Redis, ``redis.shards`` on a Redis
+    Cluster, docs/REDIS-CLUSTER.md): an events partition's batches go to the keyspace that owns the
+    partition, and a catalog batch goes to every keyspace, since each one's script reads the
+    categories of its own events' items. Every keyspace keeps its own offset of each partition it
+    applies, so exactly-once holds per keyspace as on a single Redis."""
+
+    def __init__(self, writers: Sequence[Writer], broadcast: Collection[str]):
+        self.writers = list(writers)
+        self.broadcast = frozenset(broadcast)
+
+    @classmethod
+    def from_settings(cls, r: redis.Redis, s: Settings, group: str) -> ShardedWriter:
+        writers = [Writer(r, prefix, group, s.features, s.bot) for prefix in keyspaces(s)]
+        return cls(writers, broadcast={s.topic.catalog})
+
+    def owner(self, partition: int) -> Writer:
+        return self.writers[shard_of(partition, len(self.writers))]
+
+    def outbox_key(self, topic: str, partition: int) -> str:
+        """A broadcast batch has no outbox entries (its invalid records are left out): one key serves."""
+        return self.owner(partition).outbox_key(topic, partition)
+
+    def relayed_key(self, topic: str, partition: int) -> str:
+        return self.owner(partition).relayed_key(topic, partition)
+
+    def stored_offset(self, topic: str, partition: int) -> int | None:
+        """Where the partition resumes: for a broadcast topic the oldest of the keyspaces' offsets, and
+        None (Kafka's committed offset) while one keyspace has none: each skips what it applied."""
+        if topic not in self.broadcast:
+            return self.owner(partition).stored_offset(topic, partition)
+        stored = [w.stored_offset(topic, partition) for w in self.writers]
+        return None if None in stored else min(s for s in stored if s is not None)
+
+    def apply(
+        self, topic: str, partition: int, records: list[Record], next_offset: int, first_offset: int | None = None
+    ) -> BatchResult:
+        """:meth:`Writer.apply` on the owning keyspace, or on each keyspace in turn for a broadcast
+        topic; a gap in any one is returned at once (the consumer seeks back to it and the keyspaces
+        ahead skip what they applied). The first keyspace's result stands for a broadcast batch."""
+        if topic not in self.broadcast:
+            return self.owner(partition).apply(topic, partition, records, next_offset, first_offset)
+        results = []
+        for w in self.writers:
+            res = w.apply(topic, partition, records, next_offset, first_offset)
+            if res.status == "gap":
+                return res
+            results.append(res)
+        return results[0]

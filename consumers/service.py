@@ -27,13 +27,13 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from consumers import metrics
-from consumers.apply import BatchResult, Record, Writer
+from consumers.apply import BatchResult, Record, ShardedWriter
 from consumers.outbox import Outbox
 from consumers.validate import classify
 from streamrec import bus
 from streamrec.schemas import CatalogOp, DeadLetter, Event
 from streamrec.settings import Settings
-from streamrec.store import connect_binary, refuse_cluster, retry_until_done
+from streamrec.store import check_cluster, connect_binary, retry_until_done
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +134,8 @@ class Ingestor:
         group = group or settings.consumers.group
         self.s = settings
         self.r = connect_binary(settings)
-        refuse_cluster(self.r)
-        self.writer = Writer(self.r, settings.redis.prefix, group, settings.features, settings.bot)
+        check_cluster(self.r, settings, reads_features=False)
+        self.writer = ShardedWriter.from_settings(self.r, settings, group)
         self.producer = bus.make_producer(settings)
         self.outbox = Outbox(
             settings, self.r, self.producer, lambda t, p: (self.writer.outbox_key(t, p), self.writer.relayed_key(t, p))

@@ -21,8 +21,8 @@ from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
 from launcher.embedded import EmbeddedRedis, free_port
+from streamrec.features.layout import slot_range
 
-SLOTS = 16384
 BUS_OFFSET = 10000  # a node's cluster bus port is its port + 10,000 (Redis's default)
 
 
@@ -71,13 +71,8 @@ def cluster_port() -> int:
 
 def slot_ranges(masters: int) -> list[range]:
     """The 16,384 slots in ``masters`` contiguous, near-equal ranges, as ``redis-cli --cluster create``
-    assigns them.
-
-    >>> [(r.start, r.stop) for r in slot_ranges(3)]
-    [(0, 5461), (5461, 10923), (10923, 16384)]
-    """
-    bounds = [round(i * SLOTS / masters) for i in range(masters + 1)]
-    return [range(a, b) for a, b in zip(bounds, bounds[1:], strict=False)]
+    assigns them (and as feature keyspaces are spread: :func:`streamrec.features.layout.shard_prefix`)."""
+    return [slot_range(k, masters) for k in range(masters)]
 
 
 class LocalRedisCluster:

@@ -50,7 +50,7 @@ from streamrec.ranking import FeatureAssembler, load_served
 from streamrec.schemas import Event, Rejected, decode_event
 from streamrec.sessions.learned import FusionModel, load_pool
 from streamrec.settings import Settings
-from streamrec.store import connect, refuse_cluster, retry_until_done
+from streamrec.store import check_cluster, connect, retry_until_done
 
 log = logging.getLogger(__name__)
 LEARNER_REASONS = ("initial", "periodic", "promotion", "shutdown")  # what this service publishes with
@@ -372,7 +372,7 @@ def run(settings: Settings, stop: threading.Event) -> None:
 
     store = ModelStore.from_settings(s)
     r = connect(s)
-    refuse_cluster(r)
+    check_cluster(r, s, reads_features=True)
     features = FeatureStore.from_settings(s)
     replica, vector_of, meta_of = _vectors(s)
     assembler = FeatureAssembler(features, vector_of, meta_of)

@@ -34,7 +34,7 @@ from streamrec.model_store import ModelStore
 from streamrec.query_encoder import QueryEncoder
 from streamrec.query_versions import QueryVersions
 from streamrec.settings import Settings
-from streamrec.store import connect, refuse_cluster
+from streamrec.store import check_cluster, connect
 from streamrec.vector_index import IndexReplica
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def build_engine(s: Settings) -> tuple[Engine, KafkaProducer]:
     replica = IndexReplica(s, encoder.dim)
     replica.start()
     r = connect(s, s.serving.redis_timeout_s)  # a hung Redis degrades answers, never hangs them
-    refuse_cluster(r)
+    check_cluster(r, s, reads_features=True)
     models = ModelWatcher(ModelStore.from_settings(s), s.serving.model_poll_s)
     models.start()
 

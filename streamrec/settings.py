@@ -189,6 +189,27 @@ class RedisSettings(_Group):
     timeout_s: float = Field(
         10.0, gt=0, le=300, description="socket timeout of the writers' Redis calls (consumers, learner); they retry"
     )
+    cluster: bool = Field(
+        False,
+        description="redis.url is a node of a Redis Cluster: the feature keys are split into redis.shards "
+        "keyspaces, each in one hash slot (docs/REDIS-CLUSTER.md); the consumers write them, serving and the "
+        "learner do not read a cluster yet",
+    )
+    shards: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="with redis.cluster: feature keyspaces; events partition p is written to keyspace "
+        "p % shards, and every keyspace holds the whole catalog. At most topic.partitions",
+    )
+
+    @model_validator(mode="after")
+    def _shards_need_a_cluster(self) -> RedisSettings:
+        if self.shards > 1 and not self.cluster:
+            raise ValueError("redis.shards > 1 splits the keys over a Redis Cluster: set redis.cluster too")
+        if self.cluster and ("{" in self.prefix or "}" in self.prefix):
+            raise ValueError("on a Redis Cluster redis.prefix may not hold { or }: the shard's hash tag follows it")
+        return self
 
 
 class HttpSettings(_Group):
@@ -803,6 +824,12 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("features", f"STREAMREC_{ENV_GROUP['features'].upper()}"),
     )
     bot: BotSettings = Field(default_factory=BotSettings)
+
+    @model_validator(mode="after")
+    def _a_partition_per_shard(self) -> Settings:
+        if self.redis.shards > self.topic.partitions:
+            raise ValueError("redis.shards > topic.partitions: a keyspace would get no events partition")
+        return self
 
     @model_validator(mode="before")
     @classmethod

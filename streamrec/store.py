@@ -6,10 +6,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import redis
 import tenacity
+from redis.cluster import RedisCluster
 
 from streamrec.settings import Settings
 
@@ -39,10 +40,31 @@ def connect(s: Settings, timeout_s: float | None = None) -> redis.Redis:
 
 
 def connect_binary(s: Settings) -> redis.Redis:
-    """A client returning ``bytes``, for packed vectors."""
+    """A client returning ``bytes``, for packed vectors and the feature writer.
+
+    With ``redis.cluster`` a cluster client, which sends each command (and each writer script call,
+    whose keys share one keyspace's slot) to the master of its slot and follows a failover; it
+    offers every command the feature writer and its outbox use, hence the cast."""
+    if s.redis.cluster:
+        return cast(
+            redis.Redis,
+            RedisCluster.from_url(
+                s.require_redis(), protocol=PROTOCOL, socket_timeout=s.redis.timeout_s, socket_connect_timeout=5
+            ),
+        )
     return redis.Redis.from_url(
         s.require_redis(), protocol=PROTOCOL, socket_timeout=s.redis.timeout_s, socket_connect_timeout=5
     )
+
+
+def keyspaces(s: Settings) -> list[str]:
+    """The key prefix of each feature keyspace: ``redis.prefix`` on a single Redis, else one hash-tagged
+    prefix per shard (:func:`streamrec.features.layout.shard_prefix`)."""
+    from streamrec.features.layout import shard_prefix  # here: streamrec.features imports this module
+
+    if not s.redis.cluster:
+        return [s.redis.prefix]
+    return [shard_prefix(s.redis.prefix, k, s.redis.shards) for k in range(s.redis.shards)]
 
 
 T = TypeVar("T")
@@ -90,17 +112,26 @@ def retry_until_done(
 
 
 class ClusterNotSupported(RuntimeError):
-    """The configured Redis is a Redis Cluster node: streamrec needs a single Redis (with replicas)."""
+    """The configured Redis and ``redis.cluster`` disagree, or this service cannot use a cluster yet."""
 
 
-def refuse_cluster(r: redis.Redis) -> None:
-    """Stop a service at start when ``redis.url`` points at a Redis Cluster node.
+def check_cluster(r: redis.Redis, s: Settings, reads_features: bool) -> None:
+    """Stop a service at start when ``redis.url`` is a Redis Cluster node and the settings do not say
+    so, or when the service reads features (``reads_features``: serving, the learner), which it
+    cannot do from a cluster yet.
 
-    Why: the writer script names its keys inside Lua and touches user, item and global keys in one
-    atomic step, which a cluster refuses (CROSSSLOT / MOVED), and serving's pipelines read keys of
-    every slot; the writers retry Redis errors until they pass, so without this check a service
-    pointed at a cluster would stall with no clear error. A Redis that does not answer yet is left
-    to the services' outage handling (it is checked again at their next start)."""
+    Why: a single-Redis writer script names its keys inside Lua and touches keys of every slot, which
+    a cluster refuses (CROSSSLOT / MOVED), and serving's pipelines read keys of every slot; the
+    writers retry Redis errors until they pass, so without this check a service pointed at a cluster
+    would stall with no clear error. A Redis that does not answer yet is left to the services'
+    outage handling (it is checked again at their next start)."""
+    if s.redis.cluster and reads_features:
+        raise ClusterNotSupported(
+            "STREAMREC_REDIS_CLUSTER is set: the consumers write features to a Redis Cluster, but serving and "
+            "the learner cannot read them from one yet (docs/REDIS-CLUSTER.md, 'Reads'); they need a single Redis"
+        )
+    if s.redis.cluster:
+        return
     try:
         enabled = int(r.info("cluster").get("cluster_enabled", 0))
     except redis.RedisError as e:
@@ -108,7 +139,7 @@ def refuse_cluster(r: redis.Redis) -> None:
         return
     if enabled:
         raise ClusterNotSupported(
-            "STREAMREC_REDIS_URL points at a Redis Cluster node; streamrec's feature writer needs a single "
-            "Redis (a primary with replicas for failover): see README, 'How far one Redis carries ingestion'; "
-            "the cluster design, not built yet: docs/REDIS-CLUSTER.md"
+            "STREAMREC_REDIS_URL points at a Redis Cluster node: set STREAMREC_REDIS_CLUSTER=1 (and "
+            "STREAMREC_REDIS_SHARDS) for the consumers, or give streamrec a single Redis (a primary with "
+            "replicas for failover): see README, 'How far one Redis carries ingestion', and docs/REDIS-CLUSTER.md"
         )

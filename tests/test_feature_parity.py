@@ -167,7 +167,9 @@ def approx_pairs(pairs):
     return [(m, pytest.approx(s, rel=1e-9, abs=1e-12)) for m, s in pairs]
 
 
-def assert_same_reads(redis_fs, rep: ReplayFeatures) -> None:
+def assert_same_reads(redis_fs, rep: ReplayFeatures, exercised: bool = True) -> None:
+    """Every read of ``redis_fs`` equals the twin's; ``exercised``: and the list reached bought
+    together and suggestions (a keyspace holding a part of the users may not)."""
     assert redis_fs.clock_ms() == rep.clock
     for now in (None, rep.clock + 3 * 3_600_000):
         for user in USERS + ["nobody"]:
@@ -188,16 +190,18 @@ def assert_same_reads(redis_fs, rep: ReplayFeatures) -> None:
         assert redis_fs.covisited(item, 100) == approx_pairs(rep.covisited(item, 100)), item
         assert redis_fs.covisited(item, 2) == approx_pairs(rep.covisited(item, 2)), item
     bought = redis_fs.bought_together(ITEMS + ["never"], 100)
-    assert bought == [approx_pairs(rows) for rows in rep.bought_together(ITEMS + ["never"], 100)] and any(bought)
+    assert bought == [approx_pairs(rows) for rows in rep.bought_together(ITEMS + ["never"], 100)]
+    assert any(bought) or not exercised
     many = redis_fs.covisited_many(ITEMS + ["never"], 2)
     assert many == [approx_pairs(rows) for rows in rep.covisited_many(ITEMS + ["never"], 2)]
     assert redis_fs.trending(100) == approx_pairs(rep.trending(100))
     assert redis_fs.trending(3) == approx_pairs(rep.trending(3))
-    assert redis_fs.suggestions(100) == approx_pairs(rep.suggestions(100)) and rep.suggestions(100)
+    assert redis_fs.suggestions(100) == approx_pairs(rep.suggestions(100))
+    assert rep.suggestions(100) or not exercised
     categories = ["c0", "c1", "c2", "c3", "c5", "c6", "c7", "none"]
     for category in categories:
         assert redis_fs.suggestions(100, category) == approx_pairs(rep.suggestions(100, category)), category
-    assert sum(bool(rep.suggestions(100, c)) for c in categories) >= 2
+    assert sum(bool(rep.suggestions(100, c)) for c in categories) >= 2 or not exercised
     assert redis_fs.item_attributes(ITEMS + ["never"]) == rep.item_attributes(ITEMS + ["never"])
     for now in (None, rep.clock + 30 * 86_400_000):
         got, want = redis_fs.expansions(ITEMS + ["never"], now_ms=now), rep.expansions(ITEMS + ["never"], now_ms=now)

@@ -1,8 +1,7 @@
 """A local Redis Cluster (``launcher/redis_cluster.py``: 3 masters, a replica each, from the
-system's redis-server) for issue 20's cluster work: it forms, spreads keys over every master, is
-refused by streamrec's services with a clear error (the feature writer needs a single Redis until
-cluster support is built), and a master killed with SIGKILL hands its slots to its replica without
-losing a write its replica acknowledged (``WAIT``)."""
+system's redis-server) for the features on a cluster (tests/test_cluster_features.py): it forms,
+spreads keys over every master, and a master killed with SIGKILL hands its slots to its replica
+without losing a write its replica acknowledged (``WAIT``)."""
 
 from __future__ import annotations
 
@@ -11,7 +10,8 @@ import redis
 
 from launcher.embedded import free_port
 from launcher.redis_cluster import LocalRedisCluster
-from streamrec.store import ClusterNotSupported, refuse_cluster
+from streamrec.settings import Settings
+from streamrec.store import check_cluster
 
 
 @pytest.fixture(scope="module")
@@ -30,14 +30,8 @@ def test_keys_spread_over_every_master(cluster):
     assert all(rc.get(k) == k.encode() for k in keys)
 
 
-def test_a_cluster_node_is_refused_with_a_clear_error(cluster, redis_server):
-    with pytest.raises(ClusterNotSupported, match="single Redis"):
-        refuse_cluster(redis.Redis.from_url(cluster.url))
-    refuse_cluster(redis.Redis.from_url(redis_server.url))  # the embedded single Redis passes
-
-
 def test_a_redis_that_does_not_answer_is_left_to_the_outage_handling():
-    refuse_cluster(redis.Redis(port=free_port(), socket_connect_timeout=0.5))
+    check_cluster(redis.Redis(port=free_port(), socket_connect_timeout=0.5), Settings(), reads_features=False)
 
 
 def test_a_killed_master_hands_its_slots_to_its_replica_and_loses_no_acknowledged_write(cluster):

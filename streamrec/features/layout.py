@@ -135,12 +135,15 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from redis.crc import key_slot
+
 INTERACTIONS = ("view", "click", "add_to_cart", "purchase")
 BASKET = ("add_to_cart", "purchase")  # what puts an item in a basket (bought together: P:cb)
 SEP = "\x1f"  # one byte: the script splits records on it
 SHOWN_SEP = "\x1e"  # between the item ids of a remembered search page (ids never hold a control character)
 TTL_REFRESH_S = 86_400  # a key's TTL is refreshed at most once per this many wall-clock seconds
 QUARANTINE_RECENT_N = 20  # quarantine decisions kept in P:q:recent
+SLOTS = 16_384  # hash slots of a Redis Cluster
 SESSION_TOKEN = {"session": "s", "user": "u"}  # session token = tag + id: the two id spaces never collide
 
 Bound = Literal["ttl", "cap", "critical"]
@@ -216,6 +219,43 @@ PER_PARTITION = ("offset", "outbox", "relayed")  # named by the consumer, not by
 def session_token(user_id: str, session_id: str | None) -> str:
     """The id of an event's session in ``P:s:`` / ``P:is:``: its ``session_id``, else the user."""
     return SESSION_TOKEN["session"] + session_id if session_id else SESSION_TOKEN["user"] + user_id
+
+
+def shard_prefix(prefix: str, shard: int, shards: int) -> str:
+    """The key prefix of feature keyspace ``shard`` of ``shards`` on a Redis Cluster: ``prefix``, a
+    hash tag, ``:``. Every key of one keyspace hashes to the tag's slot, so the writer script applies
+    a partition batch atomically on one node, as on a single Redis; the tag is the first
+    ``"shard.j"`` whose slot lies in the shard's share of the 16,384 slots, so that keyspaces spread
+    over the masters of an evenly split cluster (how ``redis-cli --cluster create`` splits it).
+
+    >>> [shard_prefix("sr:", k, 3) for k in range(3)]
+    ['sr:{0.1}:', 'sr:{1.0}:', 'sr:{2.0}:']
+    >>> [key_slot(b"0.1"), key_slot(b"1.0"), key_slot(b"2.0")]
+    [1598, 8495, 14463]
+    """
+    if not 0 <= shard < shards:
+        raise ValueError(f"shard {shard} of {shards}")
+    share = slot_range(shard, shards)
+    for j in range(100_000):
+        tag = f"{shard}.{j}"
+        if key_slot(tag.encode()) in share:
+            return f"{prefix}{{{tag}}}:"
+    raise AssertionError("crc16 spreads short strings over every slot range")  # pragma: no cover
+
+
+def slot_range(k: int, n: int) -> range:
+    """The ``k``-th of ``n`` contiguous, near-equal ranges of the 16,384 slots: what ``redis-cli
+    --cluster create`` gives the ``k``-th of ``n`` masters.
+
+    >>> [(r.start, r.stop) for r in (slot_range(k, 3) for k in range(3))]
+    [(0, 5461), (5461, 10923), (10923, 16384)]
+    """
+    return range(round(k * SLOTS / n), round((k + 1) * SLOTS / n))
+
+
+def shard_of(partition: int, shards: int) -> int:
+    """The keyspace that holds the features of events partition ``partition``."""
+    return partition % shards
 
 
 class Keys:

@@ -1,0 +1,128 @@
+"""Features on a Redis Cluster (docs/REDIS-CLUSTER.md): the keys are split into hash-tagged
+keyspaces, an events partition is written to the keyspace that owns it, the catalog to every one.
+On a local 3-master cluster (``launcher/redis_cluster.py``), each keyspace must answer every read
+exactly as the in-memory twin fed the same catalog and only that keyspace's events, and a batch
+delivered again must change nothing."""
+
+from __future__ import annotations
+
+import pytest
+from test_feature_parity import BOT_OFF, TIGHT, USERS, assert_same_reads, event_list, replay
+
+from consumers.apply import BatchResult, ShardedWriter, Writer
+from launcher.redis_cluster import LocalRedisCluster
+from streamrec.features import FeatureStore
+from streamrec.features.layout import shard_of
+from streamrec.schemas import CatalogOp, Event, encode
+from streamrec.settings import FeatureSettings, Settings
+from streamrec.store import ClusterNotSupported, check_cluster, connect, connect_binary, keyspaces
+
+SHARDS = 3
+PARTITION = {user: k for k, user in enumerate(USERS)}  # one user per events partition
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    with LocalRedisCluster(tmp_path_factory.mktemp("cluster"), masters=3, replicas=0) as c:
+        yield c
+
+
+def cluster_settings(cluster, prefix: str) -> Settings:
+    return Settings(
+        redis={"url": cluster.url, "prefix": prefix, "cluster": True, "shards": SHARDS},
+        topic={"partitions": SHARDS},
+    )
+
+
+def writer_for(s: Settings, cfg: FeatureSettings) -> ShardedWriter:
+    r = connect_binary(s)
+    return ShardedWriter([Writer(r, p, "g", cfg, BOT_OFF) for p in keyspaces(s)], broadcast={"catalog"})
+
+
+def destination(m: Event | CatalogOp) -> tuple[str, int]:
+    return ("catalog", 0) if isinstance(m, CatalogOp) else ("events", PARTITION[m.user_id])
+
+
+def apply_runs(writer: ShardedWriter, models, batch: int, again: bool = False) -> list[BatchResult]:
+    """Apply the list in order, each run of records bound for one (topic, partition) as batches of at
+    most ``batch``; ``again``: every batch a second time, as after a crash before the Kafka commit."""
+    offsets: dict[tuple[str, int], int] = {}
+    results = []
+    start = 0
+    while start < len(models):
+        dest = destination(models[start])
+        end = start + 1
+        while end < len(models) and end - start < batch and destination(models[end]) == dest:
+            end += 1
+        first = offsets.get(dest, 0)
+        recs = [(first + i, m, encode(m), b"k") for i, m in enumerate(models[start:end])]
+        for _ in range(2 if again else 1):
+            results.append(writer.apply(dest[0], dest[1], recs, first + len(recs)))
+        offsets[dest] = first + len(recs)
+        start = end
+    return results
+
+
+def keyspace_models(models, shard: int) -> list:
+    """What keyspace ``shard`` applies: the whole catalog and its partitions' events, in order."""
+    return [m for m in models if isinstance(m, CatalogOp) or shard_of(PARTITION[m.user_id], SHARDS) == shard]
+
+
+def test_the_keyspaces_spread_over_every_master(cluster):
+    s = cluster_settings(cluster, "spread:")
+    owners = {cluster.master_for(prefix + "u:x").port for prefix in keyspaces(s)}
+    assert owners == {m.port for m in cluster.masters}
+
+
+@pytest.mark.parametrize(("caps", "batch"), [(TIGHT, 1), (FeatureSettings(), 17)])
+def test_each_keyspace_equals_the_twin_of_its_own_events(cluster, caps, batch):
+    models = event_list()
+    s = cluster_settings(cluster, f"eq{batch}:")
+    results = apply_runs(writer_for(s, caps), models, batch, again=True)
+    assert all(res.status == "ok" for res in results)
+    assert all(again.applied == 0 and again.skipped > 0 for again in results[1::2])  # delivered twice
+    reader = connect(s)  # a plain client, only to be sure the cluster client is not needed for reads
+    assert reader.info("cluster")["cluster_enabled"] == 1
+    from redis.cluster import RedisCluster
+
+    rc = RedisCluster.from_url(cluster.url, decode_responses=True, protocol=2)
+    for shard, prefix in enumerate(keyspaces(s)):
+        fs = FeatureStore(rc, prefix, caps)  # type: ignore[arg-type]  # the cluster client reads one slot
+        assert_same_reads(fs, replay(keyspace_models(models, shard), caps), exercised=False)
+
+
+def test_a_catalog_partition_resumes_from_the_keyspace_furthest_behind(cluster):
+    s = cluster_settings(cluster, "resume:")
+    writer = writer_for(s, FeatureSettings())
+    op = CatalogOp(op="upsert", item_id="a", ts=1_700_000_000_000, title="a", category="c")
+    assert writer.stored_offset("catalog", 0) is None
+    behind = writer.writers[1]
+    assert behind.apply("catalog", 0, [(0, op, encode(op), b"a")], 1).status == "ok"
+    assert writer.stored_offset("catalog", 0) is None  # the others have none: Kafka's committed offset
+    assert writer.apply("catalog", 0, [(0, op, encode(op), b"a"), (1, op, encode(op), b"a")], 2).status == "ok"
+    assert [w.stored_offset("catalog", 0) for w in writer.writers] == [2, 2, 2]
+    assert behind.apply("catalog", 0, [(2, op, encode(op), b"a")], 3).status == "ok"
+    assert writer.stored_offset("catalog", 0) == 2
+    gap = writer.apply("catalog", 0, [(5, op, encode(op), b"a")], 6)
+    assert (gap.status, gap.stored_before) == ("gap", 2)
+
+
+def test_serving_and_the_learner_refuse_a_cluster_and_a_cluster_needs_the_setting(cluster, redis_server):
+    s = cluster_settings(cluster, "refuse:")
+    check_cluster(connect_binary(s), s, reads_features=False)  # the consumers write to it
+    with pytest.raises(ClusterNotSupported, match="cannot read them from one yet"):
+        check_cluster(connect(s), s, reads_features=True)
+    single = s.replace(redis={"cluster": False, "shards": 1})
+    with pytest.raises(ClusterNotSupported, match="STREAMREC_REDIS_CLUSTER=1"):
+        check_cluster(connect(single), single, reads_features=False)
+    plain = single.replace(redis={"url": redis_server.url})
+    check_cluster(connect(plain), plain, reads_features=True)  # the embedded single Redis passes
+
+
+def test_shards_need_a_cluster_and_a_partition_each():
+    with pytest.raises(ValueError, match="set redis.cluster too"):
+        Settings(redis={"shards": 2})
+    with pytest.raises(ValueError, match="topic.partitions"):
+        Settings(redis={"cluster": True, "shards": 4}, topic={"partitions": 3})
+    with pytest.raises(ValueError, match="may not hold"):
+        Settings(redis={"cluster": True, "prefix": "a{b}:"})
