@@ -6,6 +6,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 import redis
+from redis.cluster import RedisCluster
 
 from streamrec.features import Keys, encode_record, script_config, script_source
 from streamrec.features.layout import shard_of
@@ -19,6 +20,12 @@ Record = tuple[int, Event | CatalogOp | DeadLetter, bytes, bytes | None]  # offs
 # 2,000 records would hold every serving read for its whole run; and the interpreter's time per
 # record grows with the call's batch (bench/writer.py --batch)
 CALL_RECORDS = 500
+REPLICA_WAIT_S = 2.0  # how long a batch waits for its replicas before the consumer retries it
+
+
+class ReplicaLag(redis.RedisError):
+    """Fewer replicas than ``redis.replica_acks`` hold an applied batch: the consumer retries it
+    (the batch is then skipped as applied, and waited for again)."""
 
 
 @dataclass(frozen=True)
@@ -41,8 +48,10 @@ class Writer:
         group: str,
         features: FeatureSettings | None = None,
         bot: BotSettings | None = None,
+        replica_acks: int = 0,
     ):
         self.r = r
+        self.replica_acks = replica_acks
         self.keys = Keys(prefix)
         self.group = group
         self.prefix = prefix
@@ -102,12 +111,37 @@ class Writer:
     ) -> BatchResult:
         args: list = [self.prefix, self.config_json, next_offset, first_offset]
         args.extend(encode_record(*rec, self.features) for rec in records)
-        reply = self.script(keys=[self.offset_key(topic, partition), self.outbox_key(topic, partition)], args=args)
+        keys = [self.offset_key(topic, partition), self.outbox_key(topic, partition)]
+        reply = self.script(keys=keys, args=args) if not self.replica_acks else self._replicated(keys, args)
         status = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
         if status == "gap":
             return BatchResult("gap", int(reply[1]))
         reasons = [x.decode() if isinstance(x, bytes) else x for x in reply[5:]]
         return BatchResult("ok", int(reply[1]), int(reply[2]), int(reply[3]), int(reply[4]), reasons)
+
+    def _replicated(self, keys: list[str], args: list) -> list:
+        """The script call, followed on the same connection by ``WAIT`` for ``replica_acks`` replicas
+        (``WAIT`` counts the writes of its own connection), so a failover to a replica cannot lose a
+        batch the consumer then treats as applied; too few acknowledgements raise :class:`ReplicaLag`.
+        On a cluster, the call goes to the master of the keyspace's slot, and an error there
+        (a failover under way) refreshes the cluster's slot map before the consumer retries."""
+        cluster = self.r if isinstance(self.r, RedisCluster) else None
+        client = cluster.get_redis_connection(cluster.get_node_from_key(keys[0])) if cluster else self.r
+        pipe = client.pipeline(transaction=False)
+        self.script(keys=keys, args=args, client=pipe)
+        pipe.execute_command("WAIT", self.replica_acks, int(REPLICA_WAIT_S * 1000))
+        try:
+            reply, acks = pipe.execute()
+        except redis.RedisError:
+            if cluster is not None:
+                cluster.nodes_manager.initialize()
+            raise
+        if int(acks) < self.replica_acks:
+            raise ReplicaLag(
+                f"{acks} of the {self.replica_acks} replicas asked for (redis.replica_acks) acknowledged the "
+                f"batch within {REPLICA_WAIT_S:.0f} s"
+            )
+        return reply
 
 
 class ShardedWriter:
@@ -123,7 +157,7 @@ class ShardedWriter:
 
     @classmethod
     def from_settings(cls, r: redis.Redis, s: Settings, group: str) -> ShardedWriter:
-        writers = [Writer(r, prefix, group, s.features, s.bot) for prefix in keyspaces(s)]
+        writers = [Writer(r, prefix, group, s.features, s.bot, s.redis.replica_acks) for prefix in keyspaces(s)]
         return cls(writers, broadcast={s.topic.catalog})
 
     def owner(self, partition: int) -> Writer:

@@ -153,6 +153,23 @@ class LocalRedisCluster:
         self._wait(promoted, f"a replica of port {master.port} to take over")
         return next(r for r in replicas if _role(r) == "master")
 
+    def rejoin(self, node: ClusterNodeServer) -> None:
+        """Start a killed node again: it rejoins as a replica of the master that took its slots, so
+        that master has a replica again (what ``redis.replica_acks`` waits for)."""
+        node.start()
+
+        def replicating() -> bool:
+            info = node.conn.info("replication")
+            return info["role"] == "slave" and info.get("master_link_status") == "up" and self._state_ok(self._live())
+
+        self._wait(replicating, f"the node on port {node.port} to rejoin as a replica")
+        master_port = int(node.conn.info("replication")["master_port"])
+        self.replicas_of.pop(node.port, None)
+        self.replicas_of.setdefault(master_port, []).append(node)
+        self.masters = [next(n for n in self.nodes if n.port == master_port) if m is node else m for m in self.masters]
+        for replicas in self.replicas_of.values():  # the promoted node is a master now
+            replicas[:] = [r for r in replicas if r.port != master_port]
+
     # --- waiting --------------------------------------------------------------------------------
 
     def _live(self) -> list[ClusterNodeServer]:

@@ -203,6 +203,15 @@ class RedisSettings(_Group):
         "p % shards, and every keyspace holds the whole catalog. At most topic.partitions",
     )
 
+    replica_acks: int = Field(
+        0,
+        ge=0,
+        le=5,
+        description="the consumers wait until this many replicas hold each applied batch before its "
+        "dead letters are published and its Kafka offset committed, so a failover to a replica loses no "
+        "applied batch; 0 = no wait (replication is asynchronous)",
+    )
+
     @model_validator(mode="after")
     def _shards_need_a_cluster(self) -> RedisSettings:
         if self.shards > 1 and not self.cluster:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import pytest
 from test_feature_parity import BOT_OFF, TIGHT, USERS, assert_same_reads, event_list, replay
 
-from consumers.apply import BatchResult, ShardedWriter, Writer
+from consumers import apply as apply_module
+from consumers.apply import BatchResult, ReplicaLag, ShardedWriter, Writer
 from launcher.redis_cluster import LocalRedisCluster
 from streamrec.features import FeatureStore
 from streamrec.features.layout import shard_of
@@ -126,3 +127,18 @@ def test_shards_need_a_cluster_and_a_partition_each():
         Settings(redis={"cluster": True, "shards": 4}, topic={"partitions": 3})
     with pytest.raises(ValueError, match="may not hold"):
         Settings(redis={"cluster": True, "prefix": "a{b}:"})
+
+
+@pytest.mark.parametrize("on_cluster", [True, False])
+def test_a_batch_too_few_replicas_hold_is_retried_not_acknowledged(cluster, settings, monkeypatch, on_cluster):
+    """``redis.replica_acks``: no replica here, so the applied batch is reported as lagging (the
+    consumer retries it: skipped as applied, then waited for again), on a cluster as on one Redis."""
+    monkeypatch.setattr(apply_module, "REPLICA_WAIT_S", 0.05)
+    s = cluster_settings(cluster, "lag:") if on_cluster else settings
+    r = connect_binary(s)
+    op = CatalogOp(op="upsert", item_id="a", ts=1_700_000_000_000, title="a", category="c")
+    waiting = Writer(r, keyspaces(s)[0], "g", replica_acks=1)
+    with pytest.raises(ReplicaLag, match="0 of the 1 replicas"):
+        waiting.apply("catalog", 0, [(0, op, encode(op), b"a")], 1)
+    again = Writer(r, keyspaces(s)[0], "g").apply("catalog", 0, [(0, op, encode(op), b"a")], 1)
+    assert (again.applied, again.skipped) == (0, 1)

@@ -49,3 +49,11 @@ def test_a_killed_master_hands_its_slots_to_its_replica_and_loses_no_acknowledge
     assert all(cluster.master_for(k) is promoted for k in keys)
     rc = cluster.client()
     assert [rc.get(k) for k in keys] == [k.encode() for k in keys]
+
+
+def test_a_killed_master_rejoins_as_a_replica_of_its_successor(cluster):
+    """After the failover above: the old master, started again, replicates the promoted one."""
+    killed = next(n for n in cluster.nodes if n.proc is None)
+    cluster.rejoin(killed)
+    successor = next(m for m in cluster.masters if killed in cluster.replicas_of[m.port])
+    assert killed not in cluster.masters and successor.conn.info("replication")["connected_slaves"] == 1
