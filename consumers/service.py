@@ -134,7 +134,7 @@ class Ingestor:
         group = group or settings.consumers.group
         self.s = settings
         self.r = connect_binary(settings)
-        check_cluster(self.r, settings, reads_features=False)
+        check_cluster(self.r, settings)
         self.writer = ShardedWriter.from_settings(self.r, settings, group)
         self.producer = bus.make_producer(settings)
         self.outbox = Outbox(

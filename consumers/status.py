@@ -3,26 +3,31 @@
 from __future__ import annotations
 
 from streamrec import bus
-from streamrec.features import FeatureStore
+from streamrec.features import Keys, open_features
 from streamrec.settings import Settings
+from streamrec.store import connect, keyspaces, offset_keys
 
 
 def summary(settings: Settings) -> dict:
-    """A JSON-able dict: bot thresholds and decisions, dead letters, per-partition progress."""
-    fs = FeatureStore.from_settings(settings)
+    """A JSON-able dict: bot thresholds and decisions, dead letters, per-partition progress (on a
+    Redis Cluster, a catalog partition is applied up to the keyspace furthest behind)."""
+    fs = open_features(settings)
+    r = connect(settings)
+    group = settings.consumers.group
     try:
         partitions = {}
         for topic in (settings.topic.events, settings.topic.catalog):
-            lag = bus.group_lag(settings, settings.consumers.group, topic)
+            lag = bus.group_lag(settings, group, topic)
             for p, records in sorted(lag.items()):
-                applied = fs.r.get(fs.keys.offset(settings.consumers.group, topic, p))
+                stored = [r.get(key) for key in offset_keys(settings, group, topic, p)]
+                outboxes = [Keys(prefix).outbox(group, topic, p) for prefix in keyspaces(settings)]
                 partitions[f"{topic}[{p}]"] = {
                     "lag": records,
-                    "applied_offset": int(applied) if applied is not None else None,
-                    "outbox_pending": fs.r.llen(fs.keys.outbox(settings.consumers.group, topic, p)),
+                    "applied_offset": None if None in stored else min(int(x) for x in stored if x is not None),
+                    "outbox_pending": sum(int(r.llen(key)) for key in outboxes),
                 }
         return {
-            "group": settings.consumers.group,
+            "group": group,
             "bot_filter": {
                 "thresholds": settings.bot.model_dump(),
                 "quarantined": fs.quarantine_counts(),
@@ -35,4 +40,4 @@ def summary(settings: Settings) -> dict:
             "features": settings.features.model_dump(),
         }
     finally:
-        fs.r.close()
+        r.close()

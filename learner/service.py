@@ -50,7 +50,7 @@ from streamrec.ranking import FeatureAssembler, load_served
 from streamrec.schemas import Event, Rejected, decode_event
 from streamrec.sessions.learned import FusionModel, load_pool
 from streamrec.settings import Settings
-from streamrec.store import check_cluster, connect, retry_until_done
+from streamrec.store import check_cluster, connect, keyspaces, retry_until_done
 
 log = logging.getLogger(__name__)
 LEARNER_REASONS = ("initial", "periodic", "promotion", "shutdown")  # what this service publishes with
@@ -206,7 +206,8 @@ class _Loop:
             add_learner_stats(r, self.s.redis.prefix, self.counts, distances, ks_critical(window, window))
             self.counts = {}
             if self.position_bias.swapped_pages():  # the consumers' click memory reads it; until then memory_eta
-                r.set(Keys(self.s.redis.prefix).examination, repr(self.position_bias.eta()))
+                for prefix in keyspaces(self.s):  # each keyspace's writer script reads its own copy
+                    r.set(Keys(prefix).examination, repr(self.position_bias.eta()))
         except Exception as e:  # the stats are for the dashboard only; keep the counts for the next try
             log.warning("cockpit stats not written: %r", e)
 
@@ -368,12 +369,12 @@ def run(settings: Settings, stop: threading.Event) -> None:
     s = settings
     torch.set_num_threads(1)  # micro-batches of ~64 × 31 floats: more threads only add contention
     bus.ensure_topics(s)
-    from streamrec.features import FeatureStore
+    from streamrec.features import open_features
 
     store = ModelStore.from_settings(s)
     r = connect(s)
-    check_cluster(r, s, reads_features=True)
-    features = FeatureStore.from_settings(s)
+    check_cluster(r, s)
+    features = open_features(s)
     replica, vector_of, meta_of = _vectors(s)
     assembler = FeatureAssembler(features, vector_of, meta_of)
     joiner = LabelJoiner(s.learner.label_window_s, skip_clickless_searches=s.learner.skip_clickless_searches)

@@ -20,7 +20,7 @@ from serving.merchandising import RuleStore
 from streamrec.model_store import ModelNotFound, ModelStore
 from streamrec.schemas import ErrorMessage, MerchandisingRule
 from streamrec.settings import Settings
-from streamrec.store import connect
+from streamrec.store import connect, shared_prefix
 
 
 def admin_routes(s: Settings) -> APIRouter:
@@ -68,7 +68,7 @@ def admin_routes(s: Settings) -> APIRouter:
 
     @functools.cache
     def rules() -> RuleStore:  # connected on first use: an app built for its schema alone needs no Redis
-        return RuleStore(connect(s), s.redis.prefix)
+        return RuleStore(connect(s), shared_prefix(s))
 
     @router.get("/rules", response_model=list[MerchandisingRule])
     async def list_rules() -> list[MerchandisingRule]:

@@ -25,6 +25,7 @@ import json
 import logging
 import threading
 import time
+from collections import Counter
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -39,7 +40,7 @@ from streamrec import bus
 from streamrec.model_store import ModelStore
 from streamrec.ops import KS_ALPHA, LEARNER_STATS, parse_learner_stats
 from streamrec.settings import Settings
-from streamrec.store import connect
+from streamrec.store import connect, keyspaces, offset_keys, shared_prefix
 from streamrec.vector_index.metrics import EVENT_TO_SEARCHABLE
 
 log = logging.getLogger(__name__)
@@ -194,19 +195,34 @@ class Sampler:
         """Cumulative counters now (rates are their deltas between two samples)."""
         s, p = self.s, self.s.redis.prefix
         n = s.topic.partitions
+        spaces = keyspaces(s)
         pipe = self.r.pipeline(transaction=False)
         for topic in (s.topic.events, s.topic.catalog):
             for part in range(n):
-                pipe.get(f"{p}off:{s.consumers.group}:{topic}:{part}")
-        pipe.hgetall(f"{p}dlq:counts")
-        pipe.hgetall(f"{p}q:counts")
+                for key in offset_keys(s, s.consumers.group, topic, part):
+                    pipe.get(key)
+        for prefix in spaces:
+            pipe.hgetall(f"{prefix}dlq:counts")
+            pipe.hgetall(f"{prefix}q:counts")
         pipe.hgetall(p + LEARNER_STATS)
         res = pipe.execute()
-        applied_by_part = {part: int(x) for part, x in enumerate(res[:n]) if x is not None}
-        catalog_applied = {part: int(x) for part, x in enumerate(res[n : 2 * n]) if x is not None}
+        at = 0
+        applied: dict[str, dict[int, int]] = {}
+        for topic in (s.topic.events, s.topic.catalog):
+            applied[topic] = {}
+            for part in range(n):
+                width = len(offset_keys(s, s.consumers.group, topic, part))
+                stored = [int(x) for x in res[at : at + width] if x is not None]
+                at += width
+                if len(stored) == width:  # applied up to the keyspace furthest behind
+                    applied[topic][part] = min(stored)
+        applied_by_part, catalog_applied = applied[s.topic.events], applied[s.topic.catalog]
         ends = self._end_offsets(s.topic.events)
-        dlq = {k: int(v) for k, v in cast(dict, res[-3]).items()}
-        quarantine = {k: int(v) for k, v in cast(dict, res[-2]).items()}
+        dlq: Counter[str] = Counter()
+        quarantine: Counter[str] = Counter()
+        for k in range(len(spaces)):
+            dlq.update({f: int(v) for f, v in cast(dict, res[at + 2 * k]).items()})
+            quarantine.update({f: int(v) for f, v in cast(dict, res[at + 2 * k + 1]).items()})
         lag = _lag(ends, applied_by_part)
         catalog_ends = self._end_offsets(s.topic.catalog)
         consumers_catalog = _lag(catalog_ends, catalog_applied)
@@ -360,9 +376,12 @@ def dashboard_data(s: Settings, status: dict, drift: list[dict]) -> dict:
     try:
         points = history(s, r)
         actions = [json.loads(x) for x in cast(list[str], r.lrange(s.redis.prefix + ACTIONS, 0, -1))]
-        dlq = {k: int(v) for k, v in cast(dict, r.hgetall(f"{s.redis.prefix}dlq:counts")).items()}
-        quarantine = {k: int(v) for k, v in cast(dict, r.hgetall(f"{s.redis.prefix}q:counts")).items()}
-        rules = [rule.model_dump(mode="json") for rule in RuleStore(r, s.redis.prefix).all()]
+        dlq: Counter[str] = Counter()  # per keyspace on a Redis Cluster: summed
+        quarantine: Counter[str] = Counter()
+        for prefix in keyspaces(s):
+            dlq.update({k: int(v) for k, v in cast(dict, r.hgetall(f"{prefix}dlq:counts")).items()})
+            quarantine.update({k: int(v) for k, v in cast(dict, r.hgetall(f"{prefix}q:counts")).items()})
+        rules = [rule.model_dump(mode="json") for rule in RuleStore(r, shared_prefix(s)).all()]
     finally:
         r.close()
     store = ModelStore.from_settings(s)

@@ -35,7 +35,7 @@ from serving.search import Ranked, SearchRanker, pages
 from serving.stages import route, stage
 from serving.suggest import SuggestFollower
 from streamrec import sessions
-from streamrec.features import INTERACTIONS, FeatureStore
+from streamrec.features import INTERACTIONS, FeatureStore, ShardedFeatureStore
 from streamrec.query_encoder import QueryEncoder
 from streamrec.ranking import N_FEATURES, FeatureAssembler
 from streamrec.schemas import Facets, ResultItem, ResultList, Suggestion, SuggestionList
@@ -74,7 +74,7 @@ class Engine:
         s: Settings,
         encoder: QueryEncoder,
         replica: IndexReplica,
-        features: FeatureStore,
+        features: FeatureStore | ShardedFeatureStore,
         models: ModelWatcher,
         lexical: LexicalIndex,
         impressions: ImpressionLog,

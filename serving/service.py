@@ -28,13 +28,13 @@ from serving.models import ModelWatcher
 from serving.query_versions import QueryVersionFollower
 from serving.suggest import SuggestFollower
 from streamrec import bus
-from streamrec.features import FeatureStore
+from streamrec.features import open_features
 from streamrec.gcpause import GcKeeper
 from streamrec.model_store import ModelStore
 from streamrec.query_encoder import QueryEncoder
 from streamrec.query_versions import QueryVersions
 from streamrec.settings import Settings
-from streamrec.store import check_cluster, connect
+from streamrec.store import check_cluster, connect, shared_prefix
 from streamrec.vector_index import IndexReplica
 
 log = logging.getLogger(__name__)
@@ -46,14 +46,14 @@ def build_engine(s: Settings) -> tuple[Engine, KafkaProducer]:
     replica = IndexReplica(s, encoder.dim)
     replica.start()
     r = connect(s, s.serving.redis_timeout_s)  # a hung Redis degrades answers, never hangs them
-    check_cluster(r, s, reads_features=True)
+    check_cluster(r, s)
     models = ModelWatcher(ModelStore.from_settings(s), s.serving.model_poll_s)
     models.start()
 
     lexical = LexicalIndex(expansion_boost=s.search.expansion_boost)
     replica.index.subscribe(lexical.apply)  # every vector-topic change, O(change); seeded with the snapshot
     lexical.start()
-    features = FeatureStore(r, s.redis.prefix, s.features, trending_cache_s=s.serving.trending_cache_s)
+    features = open_features(s, s.serving.redis_timeout_s, trending_cache_s=s.serving.trending_cache_s)
     expansions = None  # clicked searches' terms, indexed only where they are searched (boost > 0)
     if s.search.expansion_boost > 0:
         expansions = ExpansionFollower(features, lexical, s.search.expansion_poll_s)
@@ -64,7 +64,7 @@ def build_engine(s: Settings) -> tuple[Engine, KafkaProducer]:
     if s.search.suggest_size > 0 and s.features.suggest_cap > 0:
         suggestions = SuggestFollower(features, s.search.suggest_size, s.search.suggest_poll_s)
         suggestions.start()
-    rules = RuleFollower(RuleStore(r, s.redis.prefix), s.search.rules_poll_s)  # merchandising
+    rules = RuleFollower(RuleStore(r, shared_prefix(s)), s.search.rules_poll_s)  # merchandising
     rules.start()
     query_versions = None  # the learner's fine-tuned query side, once one beat the pretrained encoder
     if s.query_tuning.enabled:

@@ -29,6 +29,17 @@ def connect(s: Settings, timeout_s: float | None = None) -> redis.Redis:
     ``timeout_s`` bounds every call (default ``redis.timeout_s``): serving passes its short read
     timeout so a Redis that hangs turns into a degraded answer, not a hung request."""
     timeout = s.redis.timeout_s if timeout_s is None else timeout_s
+    if s.redis.cluster:  # a cluster client offers the commands the readers use: see connect_binary
+        return cast(
+            redis.Redis,
+            RedisCluster.from_url(
+                s.require_redis(),
+                protocol=PROTOCOL,
+                decode_responses=True,
+                socket_timeout=timeout,
+                socket_connect_timeout=min(timeout, 5),
+            ),
+        )
     return redis.Redis.from_url(
         s.require_redis(),
         protocol=PROTOCOL,
@@ -55,6 +66,25 @@ def connect_binary(s: Settings) -> redis.Redis:
     return redis.Redis.from_url(
         s.require_redis(), protocol=PROTOCOL, socket_timeout=s.redis.timeout_s, socket_connect_timeout=5
     )
+
+
+def offset_keys(s: Settings, group: str, topic: str, partition: int) -> list[str]:
+    """Where each keyspace that applies ``partition`` of ``topic`` keeps its next offset: the owning
+    keyspace's for an events partition, every keyspace's for a catalog partition (each applies the
+    whole catalog, consumers/apply.py); the partition has been applied up to the smallest."""
+    from streamrec.features.layout import Keys, shard_of
+
+    prefixes = keyspaces(s)
+    if topic != s.topic.catalog:
+        prefixes = [prefixes[shard_of(partition, len(prefixes))]]
+    return [Keys(prefix).offset(group, topic, partition) for prefix in prefixes]
+
+
+def shared_prefix(s: Settings) -> str:
+    """The prefix of the keys that belong to no keyspace but change together (the merchandising
+    rules and their version): on a Redis Cluster the first keyspace's, whose hash tag puts them in
+    one slot, so one MULTI still changes both."""
+    return keyspaces(s)[0]
 
 
 def keyspaces(s: Settings) -> list[str]:
@@ -112,24 +142,17 @@ def retry_until_done(
 
 
 class ClusterNotSupported(RuntimeError):
-    """The configured Redis and ``redis.cluster`` disagree, or this service cannot use a cluster yet."""
+    """``redis.url`` is a Redis Cluster node but ``redis.cluster`` is not set."""
 
 
-def check_cluster(r: redis.Redis, s: Settings, reads_features: bool) -> None:
-    """Stop a service at start when ``redis.url`` is a Redis Cluster node and the settings do not say
-    so, or when the service reads features (``reads_features``: serving, the learner), which it
-    cannot do from a cluster yet.
+def check_cluster(r: redis.Redis, s: Settings) -> None:
+    """Stop a service at start when ``redis.url`` is a Redis Cluster node and the settings do not say so.
 
-    Why: a single-Redis writer script names its keys inside Lua and touches keys of every slot, which
-    a cluster refuses (CROSSSLOT / MOVED), and serving's pipelines read keys of every slot; the
-    writers retry Redis errors until they pass, so without this check a service pointed at a cluster
-    would stall with no clear error. A Redis that does not answer yet is left to the services'
-    outage handling (it is checked again at their next start)."""
-    if s.redis.cluster and reads_features:
-        raise ClusterNotSupported(
-            "STREAMREC_REDIS_CLUSTER is set: the consumers write features to a Redis Cluster, but serving and "
-            "the learner cannot read them from one yet (docs/REDIS-CLUSTER.md, 'Reads'); they need a single Redis"
-        )
+    Why: the single-Redis layout names keys of every slot inside the writer script and in serving's
+    pipelines, which a cluster refuses (CROSSSLOT / MOVED); the writers retry Redis errors until
+    they pass, so without this check a service pointed at a cluster would stall with no clear error.
+    A Redis that does not answer yet is left to the services' outage handling (it is checked again
+    at their next start)."""
     if s.redis.cluster:
         return
     try:
@@ -139,7 +162,6 @@ def check_cluster(r: redis.Redis, s: Settings, reads_features: bool) -> None:
         return
     if enabled:
         raise ClusterNotSupported(
-            "STREAMREC_REDIS_URL points at a Redis Cluster node: set STREAMREC_REDIS_CLUSTER=1 (and "
-            "STREAMREC_REDIS_SHARDS) for the consumers, or give streamrec a single Redis (a primary with "
-            "replicas for failover): see README, 'How far one Redis carries ingestion', and docs/REDIS-CLUSTER.md"
+            "STREAMREC_REDIS_URL points at a Redis Cluster node: set STREAMREC_REDIS_CLUSTER=1 and "
+            "STREAMREC_REDIS_SHARDS (see docs/REDIS-CLUSTER.md), or give streamrec a single Redis"
         )

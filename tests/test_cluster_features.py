@@ -7,12 +7,13 @@ delivered again must change nothing."""
 from __future__ import annotations
 
 import pytest
+from redis.cluster import RedisCluster
 from test_feature_parity import BOT_OFF, TIGHT, USERS, assert_same_reads, event_list, replay
 
 from consumers import apply as apply_module
 from consumers.apply import BatchResult, ReplicaLag, ShardedWriter, Writer
 from launcher.redis_cluster import LocalRedisCluster
-from streamrec.features import FeatureStore
+from streamrec.features import FeatureStore, ShardedFeatureStore, open_features
 from streamrec.features.layout import shard_of
 from streamrec.schemas import CatalogOp, Event, encode
 from streamrec.settings import FeatureSettings, Settings
@@ -82,14 +83,24 @@ def test_each_keyspace_equals_the_twin_of_its_own_events(cluster, caps, batch):
     results = apply_runs(writer_for(s, caps), models, batch, again=True)
     assert all(res.status == "ok" for res in results)
     assert all(again.applied == 0 and again.skipped > 0 for again in results[1::2])  # delivered twice
-    reader = connect(s)  # a plain client, only to be sure the cluster client is not needed for reads
-    assert reader.info("cluster")["cluster_enabled"] == 1
-    from redis.cluster import RedisCluster
-
     rc = RedisCluster.from_url(cluster.url, decode_responses=True, protocol=2)
     for shard, prefix in enumerate(keyspaces(s)):
         fs = FeatureStore(rc, prefix, caps)  # type: ignore[arg-type]  # the cluster client reads one slot
         assert_same_reads(fs, replay(keyspace_models(models, shard), caps), exercised=False)
+
+
+def test_the_merged_reads_of_every_keyspace_equal_the_twin_of_every_event(cluster):
+    """What serving and the learner read (``ShardedFeatureStore``): each user's state from its
+    keyspace, the item-level sums over keyspaces decayed to one clock. Exact while no keyspace
+    trims a list to its cap (the default caps, this small list)."""
+    models = event_list(seed=11)
+    cfg = FeatureSettings()
+    s = cluster_settings(cluster, "merged:")
+    apply_runs(writer_for(s, cfg), models, 17)
+    rc = RedisCluster.from_url(cluster.url, decode_responses=True, protocol=2)
+    merged = ShardedFeatureStore([FeatureStore(rc, p, cfg) for p in keyspaces(s)], cfg)  # type: ignore[arg-type]
+    assert_same_reads(merged, replay(models, cfg), merged_log=True)
+    assert isinstance(open_features(s), ShardedFeatureStore)
 
 
 def test_a_catalog_partition_resumes_from_the_keyspace_furthest_behind(cluster):
@@ -108,16 +119,14 @@ def test_a_catalog_partition_resumes_from_the_keyspace_furthest_behind(cluster):
     assert (gap.status, gap.stored_before) == ("gap", 2)
 
 
-def test_serving_and_the_learner_refuse_a_cluster_and_a_cluster_needs_the_setting(cluster, redis_server):
+def test_a_cluster_node_needs_the_setting(cluster, redis_server):
     s = cluster_settings(cluster, "refuse:")
-    check_cluster(connect_binary(s), s, reads_features=False)  # the consumers write to it
-    with pytest.raises(ClusterNotSupported, match="cannot read them from one yet"):
-        check_cluster(connect(s), s, reads_features=True)
+    check_cluster(connect(s), s)  # said so: every service uses it
     single = s.replace(redis={"cluster": False, "shards": 1})
     with pytest.raises(ClusterNotSupported, match="STREAMREC_REDIS_CLUSTER=1"):
-        check_cluster(connect(single), single, reads_features=False)
+        check_cluster(connect(single), single)
     plain = single.replace(redis={"url": redis_server.url})
-    check_cluster(connect(plain), plain, reads_features=True)  # the embedded single Redis passes
+    check_cluster(connect(plain), plain)  # the embedded single Redis passes
 
 
 def test_shards_need_a_cluster_and_a_partition_each():

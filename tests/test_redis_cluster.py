@@ -31,7 +31,7 @@ def test_keys_spread_over_every_master(cluster):
 
 
 def test_a_redis_that_does_not_answer_is_left_to_the_outage_handling():
-    check_cluster(redis.Redis(port=free_port(), socket_connect_timeout=0.5), Settings(), reads_features=False)
+    check_cluster(redis.Redis(port=free_port(), socket_connect_timeout=0.5), Settings())
 
 
 def test_a_killed_master_hands_its_slots_to_its_replica_and_loses_no_acknowledged_write(cluster):

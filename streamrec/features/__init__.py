@@ -60,6 +60,7 @@ from streamrec.features.reader import (
     sample_sessions,
 )
 from streamrec.features.replay import ReplayFeatures
+from streamrec.features.sharded import ShardedFeatureStore, open_features
 from streamrec.features.writer import APPLY_LUA, encode_record, expansion_terms, script_config, script_source
 
 __all__ = [
@@ -81,6 +82,7 @@ __all__ = [
     "RowReads",
     "ReplayFeatures",
     "SessionView",
+    "ShardedFeatureStore",
     "current_session",
     "decay",
     "encode_record",
@@ -89,6 +91,7 @@ __all__ = [
     "landmark_scale",
     "merge_decayed",
     "needs_rescale",
+    "open_features",
     "sample_sessions",
     "script_config",
     "script_source",
