@@ -234,7 +234,7 @@ def report(mode: str, consumers: int, runs: list[dict], ceiling: float | None) -
 def on_clusters(base: Settings, events, sizes: list[int], repeats: int, tmp_path: Path, servers: dict) -> None:
     """The drain on a local cluster of each size, with one feature keyspace per master."""
     for n in sizes:
-        with LocalRedisCluster(tmp_path / f"cluster{n}", masters=n, replicas=0) as cluster:
+        with LocalRedisCluster(tmp_path / f"cluster{n}", masters=n, replicas=0, persistent=False) as cluster:
             s = base.replace(redis={"url": cluster.url, "cluster": True, "shards": n})
             nodes = servers | {f"redis{i}": m.proc.pid for i, m in enumerate(cluster.masters)}
             print(f"# Redis Cluster of {n} master(s), {n} keyspace(s)")

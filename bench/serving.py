@@ -26,6 +26,7 @@ the script (LuaJIT ffi clock), one connection per wrk thread so request and resp
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import random
 import shutil
@@ -43,9 +44,11 @@ import numpy as np
 import psutil
 
 from launcher.embedded import free_port
+from launcher.redis_cluster import LocalRedisCluster
 from launcher.stack import LocalStack
 from streamrec.datasets import homedepot
 from streamrec.settings import Settings
+from streamrec.store import connect
 
 ROUTES = ("search", "recommend", "similar")
 
@@ -213,8 +216,8 @@ def processes(stack: LocalStack) -> dict[str, psutil.Process]:
         name = p.name()
         if "tansu" in name:
             procs["tansu"] = p
-        elif "redis" in name:
-            procs["redis"] = p
+        elif "redis" in name:  # one Redis, or the masters of a local cluster (--cluster)
+            procs[f"redis-{sum(n.startswith('redis-') for n in procs)}"] = p
     return procs
 
 
@@ -230,6 +233,7 @@ def cpu_seconds(procs: dict[str, psutil.Process]) -> dict[str, float]:
     workers = [v for n, v in out.items() if n.startswith("serving-")]
     if workers:
         out["serving"] = sum(workers)
+    out["redis"] = sum(v for n, v in out.items() if n.startswith("redis-"))
     return out
 
 
@@ -263,9 +267,8 @@ def stage_cpu(urls: list[str]) -> dict[tuple[str, str], float]:
     return out
 
 
-def floors(s: Settings, ops: list, queries: list[str], redis_url: str) -> dict[str, float]:
+def floors(s: Settings, ops: list, queries: list[str]) -> dict[str, float]:
     """Each stage's cost alone, p50 ms on one thread, measured here in the same run."""
-    import redis
     import torch
 
     from serving.lexical import LexicalIndex
@@ -300,7 +303,7 @@ def floors(s: Settings, ops: list, queries: list[str], redis_url: str) -> dict[s
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
     index.apply([(op.item_id, v, ItemMeta(op.title)) for op, v in zip(ops, vecs, strict=True)], [])
     out["dense"] = p50(lambda v: index.search(v[None, :], s.serving.candidates), vecs[:200])
-    r = redis.Redis.from_url(redis_url)
+    r = connect(s)  # on a cluster, the pipeline below is one round trip per master
 
     def round_trip(_):
         pipe = r.pipeline(transaction=False)
@@ -418,6 +421,7 @@ def main() -> int:
     ap.add_argument("--profile", action="store_true", help="py-spy the serving process during the 100 QPS step")
     ap.add_argument("--workers", type=int, default=1, help="serving processes on the port (serving.workers)")
     ap.add_argument("--budget-seconds", type=float, default=8.0, help="seconds per route of the CPU budget phase")
+    ap.add_argument("--cluster", type=int, default=0, help="N > 0: a local Redis Cluster of N masters, N keyspaces")
     args = ap.parse_args()
 
     base = Settings()
@@ -430,6 +434,11 @@ def main() -> int:
         http={"port": free_port()},
         serving={"workers": args.workers},
     )
+    cluster = None
+    if args.cluster:
+        cluster = LocalRedisCluster(tmp / "cluster", masters=args.cluster, replicas=0, persistent=False).start()
+        atexit.register(cluster.stop)  # also when the run fails
+        s = s.replace(redis={"url": cluster.url, "cluster": True, "shards": args.cluster})
     mix = {k: float(v) for k, v in (kv.split("=") for kv in args.mix.split(","))}
     steps = [float(x) for x in args.steps.split(",")]
     ops = list(homedepot.catalog(data_dir, limit=args.products))
@@ -441,7 +450,8 @@ def main() -> int:
         f"serving bench: {len(ops)} Home Depot titles, {len(queries)} real queries, steps {steps} QPS × "
         f"{args.duration:g}s, {args.connections} wrk connections, events {args.events_rate:g}/s, catalog "
         f"{args.catalog_rate:g}/s, mix {mix}, {args.workers} serving worker(s), query encoder "
-        f"{s.encoder.query_runtime}; load average before start {psutil.getloadavg()}",
+        f"{s.encoder.query_runtime}; Redis: {f'a cluster of {args.cluster} masters' if cluster else 'one'}; "
+        f"load average before start {psutil.getloadavg()}",
         flush=True,
     )
     with (
@@ -525,7 +535,7 @@ def main() -> int:
         print("baseline (idle stack: no events, no catalog changes): 1 client, unpaced", flush=True)
         step("single client", 0, 1)
         budget(stack, procs, metrics_urls, tmp, queries, users, items, args.budget_seconds)
-        floor = floors(stack.settings, ops, queries, stack.settings.redis.url)
+        floor = floors(stack.settings, ops, queries)
         print("  stage floors, measured alone in this process (p50 ms, one thread): " + fmt(floor))
         for route, needs in ROUTE_FLOORS.items():
             total = sum(floor[n] for n in needs)

@@ -66,7 +66,7 @@ def _run_service(name: str, load: Callable[[], ServiceRun], own_metrics: bool = 
     if own_metrics:
         serve_metrics(s.metrics_port)
     try:
-        bus.wait_for_broker(s.require_kafka())
+        bus.wait_for_broker(s.require_kafka(), options=s.kafka.client_options())
         bus.ensure_topics(s)  # idempotent: whichever service starts first creates them
         _check_redis_policy(s)
         run(s, stop)

@@ -31,8 +31,8 @@ class ClusterNodeServer(EmbeddedRedis):
 
     name = "redis-cluster-node"
 
-    def __init__(self, workdir: Path, node_timeout_ms: int = 1000):
-        super().__init__(workdir, port=cluster_port(), persistent=True)
+    def __init__(self, workdir: Path, node_timeout_ms: int = 1000, persistent: bool = True):
+        super().__init__(workdir, port=cluster_port(), persistent=persistent)
         self.node_timeout_ms = node_timeout_ms
 
     def command(self) -> list[str]:
@@ -78,12 +78,18 @@ def slot_ranges(masters: int) -> list[range]:
 class LocalRedisCluster:
     """``masters`` masters, each with ``replicas`` replicas; ``url`` is a startup node for clients."""
 
-    def __init__(self, workdir: Path, masters: int = 3, replicas: int = 1, timeout_s: float = 30.0):
+    def __init__(
+        self, workdir: Path, masters: int = 3, replicas: int = 1, timeout_s: float = 30.0, persistent: bool = True
+    ):
+        """``persistent=False``: no append-only file (the benchmarks compare with the embedded single
+        Redis, which keeps none either)."""
         if masters < 1 or replicas < 0:
             raise ValueError("a cluster needs at least one master and a non-negative number of replicas")
         self.workdir = Path(workdir)
         self.timeout_s = timeout_s
-        self.nodes = [ClusterNodeServer(self.workdir / f"node{i}") for i in range(masters * (1 + replicas))]
+        self.nodes = [
+            ClusterNodeServer(self.workdir / f"node{i}", persistent=persistent) for i in range(masters * (1 + replicas))
+        ]
         self.masters = self.nodes[:masters]
         self.replicas_of = {
             m.port: self.nodes[masters + i * replicas : masters + (i + 1) * replicas]

@@ -121,7 +121,7 @@ class LocalStack:
             self._embedded.append(server)
             updates["redis"] = {"url": server.url}
         self.settings = s.replace(**updates)
-        bus.wait_for_broker(self.settings.require_kafka())
+        bus.wait_for_broker(self.settings.require_kafka(), options=self.settings.kafka.client_options())
         bus.ensure_topics(self.settings)
         base_env = settings_env(self.settings)
         specs = []

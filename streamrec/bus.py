@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
@@ -35,12 +35,13 @@ def topic_specs(s: Settings) -> list[NewTopic]:
     ]
 
 
-def wait_for_broker(bootstrap: str, timeout_s: float = 30.0) -> None:
+def wait_for_broker(bootstrap: str, timeout_s: float = 30.0, options: Mapping[str, str] | None = None) -> None:
+    """Return once a broker answers; ``options``: the clients' security options (``KafkaSettings.client_options``)."""
     deadline = time.monotonic() + timeout_s
     last: Exception | None = None
     while time.monotonic() < deadline:
         try:
-            KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000).close()
+            KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000, **(options or {})).close()
             return
         except (KafkaError, OSError) as e:
             last = e
@@ -50,7 +51,7 @@ def wait_for_broker(bootstrap: str, timeout_s: float = 30.0) -> None:
 
 def ensure_topics(s: Settings) -> list[str]:
     """Create missing topics; returns the names created (existing ones are left alone)."""
-    admin = KafkaAdminClient(bootstrap_servers=s.require_kafka(), request_timeout_ms=10_000)
+    admin = KafkaAdminClient(bootstrap_servers=s.require_kafka(), request_timeout_ms=10_000, **s.kafka.client_options())
     try:
         existing = set(admin.list_topics())
         missing = [t for t in topic_specs(s) if t.name not in existing]
@@ -75,6 +76,7 @@ def make_producer(s: Settings, **overrides) -> KafkaProducer:
     """acks=all + retries: a send that returns is on the broker; keys are str, values bytes."""
     cfg = dict(
         bootstrap_servers=s.require_kafka(),
+        **s.kafka.client_options(),
         acks="all",
         linger_ms=2,
         retries=10,
@@ -154,6 +156,7 @@ def make_consumer(s: Settings, group_id: str | None, topics: Iterable[str] = (),
     """A manual-commit consumer; ``group_id=None`` for replicas that assign partitions themselves."""
     cfg = dict(
         bootstrap_servers=s.require_kafka(),
+        **s.kafka.client_options(),
         group_id=group_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",

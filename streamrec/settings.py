@@ -172,6 +172,42 @@ class KafkaSettings(_Group):
     consumer_heartbeat_ms: int = Field(1_000, ge=100)
     consumer_max_poll_interval_ms: int = Field(60_000, ge=1_000)
     consumer_max_poll_records: int = Field(2_000, ge=1)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="how every client reaches the brokers: a managed Kafka wants SASL_SSL or SSL"
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "PLAIN", description="with a SASL_* protocol"
+    )
+    sasl_username: str = Field("", description="with a SASL_* protocol")
+    sasl_password: str = Field("", repr=False, description="with a SASL_* protocol")
+    ssl_cafile: str = Field("", description="CA bundle that signs the brokers' certificates; empty = the system's")
+
+    @model_validator(mode="after")
+    def _sasl_needs_credentials(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL") and not (self.sasl_username and self.sasl_password):
+            raise ValueError("kafka.security_protocol SASL_* needs kafka.sasl_username and kafka.sasl_password")
+        return self
+
+    def client_options(self) -> dict[str, str]:
+        """The security options of every kafka-python client (producer, consumer, admin).
+
+        >>> options = KafkaSettings(security_protocol="SASL_SSL", sasl_username="u", sasl_password="p").client_options()
+        >>> sorted(options.items())  # doctest: +NORMALIZE_WHITESPACE
+        [('sasl_mechanism', 'PLAIN'), ('sasl_plain_password', 'p'), ('sasl_plain_username', 'u'),
+         ('security_protocol', 'SASL_SSL')]
+        >>> KafkaSettings().client_options()
+        {'security_protocol': 'PLAINTEXT'}
+        """
+        out: dict[str, str] = {"security_protocol": self.security_protocol}
+        if self.security_protocol.startswith("SASL"):
+            out |= {
+                "sasl_mechanism": self.sasl_mechanism,
+                "sasl_plain_username": self.sasl_username,
+                "sasl_plain_password": self.sasl_password,
+            }
+        if self.ssl_cafile:
+            out["ssl_cafile"] = self.ssl_cafile
+        return out
 
 
 class RedisSettings(_Group):

@@ -45,7 +45,7 @@ def test_every_streamrec_variable_is_a_setting_and_infrastructure_is_configured(
         for key in keys:
             assert key in Settings.env_names(), f"{name}: {key} is not a setting"
         assert env["STREAMREC_KAFKA_BOOTSTRAP"] == "kafka:9092"
-        assert env["STREAMREC_REDIS_URL"].startswith("redis://redis:")
+        assert _interpolate(env["STREAMREC_REDIS_URL"]).startswith("redis://redis:")
         s = _settings(env, monkeypatch)  # values validate
         assert s.kafka.bootstrap == "kafka:9092" and s.topic.partitions == int(env["STREAMREC_TOPIC_PARTITIONS"])
 
@@ -131,3 +131,24 @@ def test_alert_rules_use_only_metrics_the_code_exports_and_prometheus_loads_them
         "StreamrecFreshnessSLOBroken",
         "StreamrecServingLatencyHigh",
     } <= names
+
+
+def test_the_cluster_profile_forms_three_masters_with_a_replica_each_and_the_services_can_use_it(monkeypatch):
+    """``docker compose --profile cluster``: six nodes and a one-shot init that forms the cluster, which
+    the services wait for; pointed at it (the variables the file's header names), they validate."""
+    services = _compose()["services"]
+    nodes = sorted(n for n in services if n.startswith("redis-node-"))
+    assert len(nodes) == 6 and all(services[n]["profiles"] == ["cluster"] for n in nodes)
+    assert all("--cluster-enabled yes" in " ".join(services[n]["command"]) for n in nodes)
+    init = services["redis-cluster-init"]
+    assert set(init["depends_on"]) == set(nodes) and "--cluster-replicas 1" in " ".join(init["command"])
+    for name in STREAMREC_SERVICES:
+        assert services[name]["depends_on"]["redis-cluster-init"]["required"] is False  # without the profile
+        env = services[name]["environment"] | {
+            "STREAMREC_REDIS_URL": "redis://redis-node-1:6379/0",
+            "STREAMREC_REDIS_CLUSTER": "true",
+            "STREAMREC_REDIS_SHARDS": "3",
+            "STREAMREC_REDIS_REPLICA_ACKS": "1",
+        }
+        s = _settings(env, monkeypatch)
+        assert (s.redis.cluster, s.redis.shards, s.redis.replica_acks) == (True, 3, 1)

@@ -67,3 +67,26 @@ def test_the_drift_monitor_defaults_are_the_groups(clean_env):
     mon, d = DriftMonitor(), DriftSettings()
     assert mon.feature_names == list(d.features) and mon.warmup == d.warmup
     assert (mon.loss_delta, mon.rank_delta, mon.item_delta) == (d.loss_delta, d.rank_delta, d.item_delta)
+
+
+def test_a_managed_kafka_gets_its_security_options_and_sasl_needs_credentials(clean_env):
+    """The options every kafka-python client is built with (streamrec/bus.py), from the environment;
+    a SASL protocol without credentials is refused at start, not at the first connection."""
+    clean_env.setenv("STREAMREC_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    clean_env.setenv("STREAMREC_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")
+    clean_env.setenv("STREAMREC_KAFKA_SASL_USERNAME", "shop")
+    clean_env.setenv("STREAMREC_KAFKA_SASL_PASSWORD", "secret")
+    clean_env.setenv("STREAMREC_KAFKA_SSL_CAFILE", "/etc/ssl/kafka-ca.pem")
+    s = Settings()
+    assert s.kafka.client_options() == {
+        "security_protocol": "SASL_SSL",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "shop",
+        "sasl_plain_password": "secret",
+        "ssl_cafile": "/etc/ssl/kafka-ca.pem",
+    }
+    assert "secret" not in repr(s.kafka)
+    assert s.to_env()["STREAMREC_KAFKA_SASL_PASSWORD"] == "secret"  # the services it starts get it
+    clean_env.delenv("STREAMREC_KAFKA_SASL_PASSWORD")
+    with pytest.raises(ValidationError, match="needs kafka.sasl_username and kafka.sasl_password"):
+        Settings()

@@ -15,6 +15,8 @@ The map (each concern is one module; everything public is re-exported here, so
                     it uses), the records it applies (``encode_record``), ``expansion_terms``
 ``reader.py``       :class:`FeatureStore` (the Redis reads) and the dataclasses it returns
 ``neighbours.lua``  the session-kNN sample, a read-only script of the reader
+``sharded.py``      :class:`ShardedFeatureStore`: the reader's answers merged over the keyspaces of a
+                    Redis Cluster (``docs/REDIS-CLUSTER.md``); :func:`open_features` picks the reader
 ``replay.py``       :class:`ReplayFeatures`, the in-memory twin of the script with the reader's API
                     (replays and tests; ``tests/test_feature_parity.py`` holds the two together)
 ==================  ================================================================================
@@ -27,7 +29,8 @@ Adding a feature: the steps.
 1. This package: the key and its bound in ``layout.py`` (a :data:`FAMILIES` entry, a :class:`Keys`
    method, a row of the key table), the write rule in ``apply.lua`` (its constants through
    :func:`script_config`; a new knob goes in ``FeatureSettings``), the read in ``reader.py`` and
-   the same rule and read in the twin ``replay.py``; the parity test then covers it.
+   the same rule and read in the twin ``replay.py``, and its merge in ``sharded.py``; the parity
+   test then covers it.
 2. ``streamrec/ranking.py`` if the ranking head reads it (``FeatureSource`` and the assembler).
 3. ``bench/feature_reference.py``, the independent oracle of the fault test: a second, separate
    statement of the rule (it must not reuse this package's code, or it would check nothing).

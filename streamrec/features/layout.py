@@ -4,10 +4,11 @@ This module is the source of truth for the feature keys: :class:`Keys` names the
 :meth:`Keys.script_templates` hands the same names to the writer script, and :data:`FAMILIES` states
 each family's bound for the memory audit (``streamrec/memory.py``) and the README's table.
 
-Every key starts with ``Settings.redis.prefix`` (``P`` below). Writes happen only inside the writer
-script (``apply.lua``, loaded by ``writer.py``), one atomic call per Kafka partition batch that
-also advances that partition's offset key, so a feature is never applied twice nor lost (see
-``consumers/service.py``).
+Every key starts with ``Settings.redis.prefix`` (``P`` below); on a Redis Cluster, with the prefix
+of its keyspace (:func:`shard_prefix`: ``P`` and a hash tag, docs/REDIS-CLUSTER.md). Writes happen
+only inside the writer script (``apply.lua``, loaded by ``writer.py``), one atomic call per Kafka
+partition batch that also advances that partition's offset key, so a feature is never applied
+twice nor lost (see ``consumers/service.py``).
 
 Time is *event time* (``Event.ts``, epoch ms), never the wall clock, so a replay of old data builds
 the same features as the live stream did. Decayed values use a lazy exponential decay

@@ -15,7 +15,12 @@ from __future__ import annotations
 import heapq
 import math
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar, cast
+
+import redis
+from redis.cluster import RedisCluster
+from redis.exceptions import ClusterDownError, MovedError
 
 from streamrec.features.layout import QUARANTINE_RECENT_N
 from streamrec.features.reader import (
@@ -32,16 +37,38 @@ from streamrec.store import connect, keyspaces
 
 SUGGEST_DEPTH = 5  # suggestions read from each keyspace per one answered
 LANE = 64  # bits of one keyspace's expansion-log number in the merged cursor
+MOVED = (redis.ConnectionError, MovedError, ClusterDownError)  # a keyspace's master changed (failover)
+T = TypeVar("T")
 
 
 def open_features(
     s: Settings, timeout_s: float | None = None, trending_cache_s: float = 0.0
 ) -> FeatureStore | ShardedFeatureStore:
     """The feature reader for the settings: one :class:`FeatureStore` on a single Redis, a
-    :class:`ShardedFeatureStore` over every keyspace on a Redis Cluster."""
+    :class:`ShardedFeatureStore` over every keyspace on a Redis Cluster.
+
+    On a cluster each keyspace's reader talks to the master of its slot through a plain client
+    (its pipelines are one round trip, without the cluster client's routing of every command);
+    after a failover the readers are rebuilt from the cluster's slot map."""
     r = connect(s, timeout_s)
-    stores = [FeatureStore(r, prefix, s.features, trending_cache_s) for prefix in keyspaces(s)]
-    return stores[0] if not s.redis.cluster else ShardedFeatureStore(stores, s.features)
+    if not s.redis.cluster:
+        return FeatureStore(r, s.redis.prefix, s.features, trending_cache_s)
+    cluster = cast(RedisCluster, r)
+
+    def masters(refresh: bool = False) -> list[FeatureStore]:
+        if refresh:
+            cluster.nodes_manager.initialize()
+        return [
+            FeatureStore(
+                cluster.get_redis_connection(cluster.get_node_from_key(prefix + "x")),
+                prefix,
+                s.features,
+                trending_cache_s,
+            )
+            for prefix in keyspaces(s)
+        ]
+
+    return ShardedFeatureStore(masters(), s.features, reconnect=lambda: masters(refresh=True))
 
 
 def _top(scores: dict[str, float], n: int) -> list[tuple[str, float]]:
@@ -57,18 +84,50 @@ def _summed(rows: Iterable[Iterable[tuple[str, float]]], n: int) -> list[tuple[s
     return _top(total, n)
 
 
+def _newest(clocks: Iterable[int | None]) -> int | None:
+    return max((c for c in clocks if c is not None), default=None)
+
+
+def _counted(parts: Iterable[dict[str, int]]) -> dict[str, int]:
+    return dict(sum((Counter(part) for part in parts), Counter()))
+
+
+def _added(parts: Iterable[dict[str, float]]) -> dict[str, float]:
+    total: dict[str, float] = defaultdict(float)
+    for part in parts:
+        for key, value in part.items():
+            total[key] += value
+    return dict(total)
+
+
 class ShardedFeatureStore:
     """:class:`FeatureStore`'s reads, each asked of every keyspace and merged (module docstring)."""
 
-    def __init__(self, stores: Sequence[FeatureStore], config: FeatureSettings | None = None):
+    def __init__(
+        self,
+        stores: Sequence[FeatureStore],
+        config: FeatureSettings | None = None,
+        reconnect: Callable[[], list[FeatureStore]] | None = None,
+    ):
         self.stores = list(stores)
         self.config = config or FeatureSettings()
+        self.reconnect = reconnect
+
+    def _each(self, read: Callable[[FeatureStore], T]) -> list[T]:
+        """``read`` of every keyspace, in order; once more on new readers when a keyspace's master
+        moved (a failover), as the cluster client would."""
+        try:
+            return [read(fs) for fs in self.stores]
+        except MOVED:
+            if self.reconnect is None:
+                raise
+            self.stores = self.reconnect()
+            return [read(fs) for fs in self.stores]
 
     # --- the clock and the per-user reads --------------------------------------------------------
 
     def clock_ms(self) -> int | None:
-        clocks = [c for c in (fs.clock_ms() for fs in self.stores) if c is not None]
-        return max(clocks) if clocks else None
+        return _newest(self._each(lambda fs: fs.clock_ms()))
 
     def _now(self, now_ms: int | None) -> int | None:
         return now_ms if now_ms is not None else self.clock_ms()
@@ -77,7 +136,7 @@ class ShardedFeatureStore:
         """The user's recent list, newest applied first, from the keyspace that holds it; should a
         producer that does not key events by user have spread them over keyspaces, the lists are
         merged by event time."""
-        lists = [entries for fs in self.stores if (entries := fs._recent_entries(user_id, n))]
+        lists = [entries for entries in self._each(lambda fs: fs._recent_entries(user_id, n)) if entries]
         if len(lists) <= 1:
             return lists[0] if lists else []
         return sorted((e for entries in lists for e in entries), key=lambda e: e[0].ts, reverse=True)[:n]
@@ -90,15 +149,11 @@ class ShardedFeatureStore:
         return current_session(user_id, self._recent_entries(user_id, cap), cap)
 
     def user_counts(self, user_id: str) -> dict[str, int]:
-        return dict(sum((Counter(fs.user_counts(user_id)) for fs in self.stores), Counter()))
+        return _counted(self._each(lambda fs: fs.user_counts(user_id)))
 
     def category_affinity(self, user_id: str, now_ms: int | None = None) -> dict[str, float]:
         now = self._now(now_ms)
-        total: dict[str, float] = defaultdict(float)
-        for fs in self.stores:
-            for category, value in fs.category_affinity(user_id, now).items():
-                total[category] += value
-        return dict(total)
+        return _added(self._each(lambda fs: fs.category_affinity(user_id, now)))
 
     # --- sessions --------------------------------------------------------------------------------
 
@@ -108,16 +163,15 @@ class ShardedFeatureStore:
     def sessions_items(self, tokens: Sequence[str]) -> list[list[str]]:
         """A session lives in its user's keyspace: the first that has it."""
         out: list[list[str]] = [[] for _ in tokens]
-        for fs in self.stores:
-            for i, items in enumerate(fs.sessions_items(tokens)):
+        for found in self._each(lambda fs: fs.sessions_items(tokens)):
+            for i, items in enumerate(found):
                 if items and not out[i]:
                     out[i] = items
         return out
 
     def item_sessions(self, item_ids: Sequence[str], n: int | None = None) -> list[list[tuple[str, float]]]:
-        per_store = [fs.item_sessions(item_ids, n) for fs in self.stores]
         out = []
-        for rows in zip(*per_store, strict=True):
+        for rows in zip(*self._each(lambda fs: fs.item_sessions(item_ids, n)), strict=True):
             merged = sorted((pair for row in rows for pair in row), key=lambda kv: (kv[1], kv[0]), reverse=True)
             out.append(merged if n is None else merged[:n])
         return out
@@ -125,28 +179,24 @@ class ShardedFeatureStore:
     def neighbour_sessions(self, item_ids: Sequence[str], own: str | None, sample: int) -> list[SessionView]:
         """Exact: a session lives in one keyspace, so the newest ``sample`` of all are among the
         newest ``sample`` of each."""
-        views = [view for fs in self.stores for view in fs.neighbour_sessions(item_ids, own, sample)]
-        return heapq.nlargest(sample, views, key=lambda v: (v.ts, v.token)) if sample > 0 else []
+        if sample <= 0:
+            return []
+        views = [v for found in self._each(lambda fs: fs.neighbour_sessions(item_ids, own, sample)) for v in found]
+        return heapq.nlargest(sample, views, key=lambda v: (v.ts, v.token))
 
     # --- items -----------------------------------------------------------------------------------
 
     def item_counts(self, item_id: str) -> dict[str, int]:
-        return dict(sum((Counter(fs.item_counts(item_id)) for fs in self.stores), Counter()))
+        return _counted(self._each(lambda fs: fs.item_counts(item_id)))
 
     def item_stats(self, item_ids: Sequence[str], now_ms: int | None = None) -> list[ItemStats]:
         now = self._now(now_ms)
-        return self._stats_sum([fs.item_stats(item_ids, now) for fs in self.stores])
-
-    def _stats_sum(self, per_store: list[list[ItemStats]]) -> list[ItemStats]:
         out = []
-        for parts in zip(*per_store, strict=True):
-            counts: dict[str, float] = defaultdict(float)
-            for part in parts:
-                for typ, value in part.counts.items():
-                    counts[typ] += value
+        for parts in zip(*self._each(lambda fs: fs.item_stats(item_ids, now)), strict=True):
+            counts = _added(part.counts for part in parts)
             impressions = sum(part.impressions for part in parts)
             clicks = counts.get("click", 0.0)
-            out.append(ItemStats(dict(counts), impressions, clicks, self.config.smoothed_ctr(clicks, impressions)))
+            out.append(ItemStats(counts, impressions, clicks, self.config.smoothed_ctr(clicks, impressions)))
         return out
 
     def covisited(self, item_id: str, n: int = 20) -> list[tuple[str, float]]:
@@ -154,37 +204,37 @@ class ShardedFeatureStore:
 
     def covisited_many(self, item_ids: Sequence[str], n: int = 20) -> list[list[tuple[str, float]]]:
         """Each keyspace's whole list (at most ``covis_top_n``), so the sum is exact within the cap."""
-        if n <= 0:
+        if n <= 0 or not item_ids:
             return [[] for _ in item_ids]
         deep = max(n, self.config.covis_top_n)
-        per_store = [fs.covisited_many(item_ids, deep) for fs in self.stores]
-        return [_summed(rows, n) for rows in zip(*per_store, strict=True)]
+        return [
+            _summed(rows, n) for rows in zip(*self._each(lambda fs: fs.covisited_many(item_ids, deep)), strict=True)
+        ]
 
     def bought_together(self, item_ids: Sequence[str], n: int = 20) -> list[list[tuple[str, float]]]:
-        if n <= 0:
+        if n <= 0 or not item_ids:
             return [[] for _ in item_ids]
         deep = max(n, self.config.covis_top_n)
-        per_store = [fs.bought_together(item_ids, deep) for fs in self.stores]
-        return [_summed(rows, n) for rows in zip(*per_store, strict=True)]
+        return [
+            _summed(rows, n) for rows in zip(*self._each(lambda fs: fs.bought_together(item_ids, deep)), strict=True)
+        ]
 
     def item_attributes(self, item_ids: Sequence[str]) -> list[dict | None]:
         """Every keyspace holds the whole catalog: the first answers."""
-        return self.stores[0].item_attributes(item_ids)
+        try:
+            return self.stores[0].item_attributes(item_ids)
+        except MOVED:
+            return self._each(lambda fs: fs.item_attributes(item_ids))[0]
 
     def expansions(self, item_ids: Sequence[str], now_ms: int | None = None) -> list[dict[str, float]]:
         now = self._now(now_ms)
-        out: list[dict[str, float]] = [defaultdict(float) for _ in item_ids]
-        for fs in self.stores:
-            for total, terms in zip(out, fs.expansions(item_ids, now), strict=True):
-                for term, weight in terms.items():
-                    total[term] += weight
-        return [dict(x) for x in out]
+        return [_added(parts) for parts in zip(*self._each(lambda fs: fs.expansions(item_ids, now)), strict=True)]
 
     def click_memory(self, key: str, now_ms: int | None = None) -> dict[str, tuple[float, float]]:
         now = self._now(now_ms)
         total: dict[str, tuple[float, float]] = {}
-        for fs in self.stores:
-            for item, (clicks, exams) in fs.click_memory(key, now).items():
+        for memory in self._each(lambda fs: fs.click_memory(key, now)):
+            for item, (clicks, exams) in memory.items():
                 c, e = total.get(item, (0.0, 0.0))
                 total[item] = (c + clicks, e + exams)
         return total
@@ -194,14 +244,14 @@ class ShardedFeatureStore:
         :data:`LANE`-bit lane per keyspace, so a caller keeps one number as with one Redis. A
         keyspace whose log went back (a new Redis) answers -1: the caller reads every log again."""
         lanes = [(after >> (LANE * k)) & ((1 << LANE) - 1) for k in range(len(self.stores))]
+        logs = self._each(lambda fs: fs.expansion_changes(lanes[self.stores.index(fs)], n))
         rows: list[tuple[str, int]] = []
         newest = 0
-        for k, fs in enumerate(self.stores):
-            changes, last = fs.expansion_changes(lanes[k], max(0, n - len(rows)))
+        for k, (changes, last) in enumerate(logs):
             if last < lanes[k]:
                 return [], -1
             newest |= last << (LANE * k)
-            for item, seq in changes:
+            for item, seq in changes[: max(0, n - len(rows))]:
                 lanes[k] = seq
                 rows.append((item, sum(lane << (LANE * j) for j, lane in enumerate(lanes))))
         return rows, newest
@@ -230,13 +280,14 @@ class ShardedFeatureStore:
 
     # --- trending and suggestions ----------------------------------------------------------------
 
-    def _scaled_to_clock(self, tops: list[list[tuple[str, float]]], clocks: list[int | None], n: int):
+    def _landmark_sum(self, read: Callable[[FeatureStore], list[tuple[str, float]]], n: int):
         """Each keyspace's list is decayed to its own clock: decay each to the newest, then add."""
-        newest = max((c for c in clocks if c is not None), default=None)
+        parts = self._each(lambda fs: (read(fs), fs.clock_ms()))
+        newest = _newest([clock for _, clock in parts])
         tau = self.config.tau_ms(self.config.trending_half_life_s)
         scaled = [
-            [(m, s * math.exp(-(newest - c) / tau)) for m, s in top] if c is not None and newest is not None else top
-            for top, c in zip(tops, clocks, strict=True)
+            [(m, v * math.exp(-(newest - c) / tau)) for m, v in top] if c is not None and newest is not None else top
+            for top, c in parts
         ]
         return _summed(scaled, n)
 
@@ -245,16 +296,14 @@ class ShardedFeatureStore:
         ``trending_cache_s``), so the sum is exact within the cap."""
         if n <= 0:
             return []
-        tops = [fs.trending(max(n, self.config.trending_cap)) for fs in self.stores]
-        return self._scaled_to_clock(tops, [fs.clock_ms() for fs in self.stores], n)
+        return self._landmark_sum(lambda fs: fs.trending(max(n, self.config.trending_cap)), n)
 
     def suggestions(self, n: int = 20, category: str | None = None) -> list[tuple[str, float]]:
         """Each keyspace's top ``SUGGEST_DEPTH`` × ``n``: a search text popular in every keyspace but
         at the top of none can be missed (the lists hold up to ``suggest_cap``, too many to read)."""
         if n <= 0:
             return []
-        tops = [fs.suggestions(SUGGEST_DEPTH * n, category) for fs in self.stores]
-        return self._scaled_to_clock(tops, [fs.clock_ms() for fs in self.stores], n)
+        return self._landmark_sum(lambda fs: fs.suggestions(SUGGEST_DEPTH * n, category), n)
 
     # --- the bot filter and dead letters ---------------------------------------------------------
 
@@ -263,17 +312,16 @@ class ShardedFeatureStore:
 
     def quarantined_many(self, event_ids: Sequence[str]) -> list[str | None]:
         out: list[str | None] = [None] * len(event_ids)
-        for fs in self.stores:
-            for i, reason in enumerate(fs.quarantined_many(event_ids)):
-                out[i] = out[i] or reason
+        for found in self._each(lambda fs: fs.quarantined_many(event_ids)):
+            out = [mine or theirs for mine, theirs in zip(out, found, strict=True)]
         return out
 
     def quarantine_counts(self) -> dict[str, int]:
-        return dict(sum((Counter(fs.quarantine_counts()) for fs in self.stores), Counter()))
+        return _counted(self._each(lambda fs: fs.quarantine_counts()))
 
     def recent_quarantine(self, n: int = QUARANTINE_RECENT_N) -> list[dict]:
         """Each keyspace's newest decisions, keyspace after keyspace (they hold no common clock)."""
-        return [d for fs in self.stores for d in fs.recent_quarantine(n)][:n]
+        return [d for found in self._each(lambda fs: fs.recent_quarantine(n)) for d in found][:n]
 
     def dead_letter_counts(self) -> dict[str, int]:
-        return dict(sum((Counter(fs.dead_letter_counts()) for fs in self.stores), Counter()))
+        return _counted(self._each(lambda fs: fs.dead_letter_counts()))
