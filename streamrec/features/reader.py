@@ -101,6 +101,17 @@ class RowReads:
     affinity: dict[str, float]
 
 
+@dataclass(frozen=True)
+class RowParts:
+    """What one keyspace holds for a request's ranking rows, as Redis returned it (``_row_parts``)."""
+
+    clock: int | None
+    recent: list[str]
+    affinity: dict
+    items: list[dict]
+    attributes: list[dict]
+
+
 class FeatureStore:
     """Readers of the online features (learner, serving) — the keys are ``layout.py``'s."""
 
@@ -249,27 +260,12 @@ class FeatureStore:
         :meth:`item_attributes` and :meth:`category_affinity` for one request's ranking rows, in two
         round trips (one without a user history) instead of five: the second needs the recent items.
         Counters decay to ``now_ms`` (else the stream clock), the affinity to the stream clock."""
-        pipe = self.r.pipeline(transaction=False)
-        pipe.get(self.keys.clock)
-        if user_id:
-            pipe.lrange(self.keys.recent(user_id), 0, max(0, recent_n - 1))
-            pipe.hgetall(self.keys.affinity(user_id))
-        for item in item_ids:
-            pipe.hgetall(self.keys.item(item))
-        for item in item_ids:
-            pipe.hgetall(self.keys.attr(item))
-        replies = pipe.execute()
-        clock_raw, replies = replies[0], replies[1:]
-        clock = float(clock_raw) if clock_raw is not None else time.time() * 1000.0
-        recent: list[RecentItem] = []
-        affinity: dict[str, float] = {}
-        if user_id:
-            recent = [item for item, _ in _recent_from(replies[0])]
-            affinity = self._affinity_from(replies[1], clock)
-            replies = replies[2:]
-        n = len(item_ids)
-        stats = self._stats_from(replies[:n], float(now_ms) if now_ms is not None else clock)
-        attributes = _attributes_from(replies[n:])
+        parts = self._row_parts(user_id, item_ids, recent_n, attributes=True)
+        clock = float(parts.clock) if parts.clock is not None else time.time() * 1000.0
+        recent = [item for item, _ in _recent_from(parts.recent)]
+        affinity = self._affinity_from(parts.affinity, clock)
+        stats = self._stats_from(parts.items, float(now_ms) if now_ms is not None else clock)
+        attributes = _attributes_from(parts.attributes)
         covisited: list[list[tuple[str, float]]] = []
         recent_ids = [r.item_id for r in recent]
         if recent_ids:
@@ -283,6 +279,25 @@ class FeatureStore:
             covisited = [[(m, float(s)) for m, s in rows] for rows in second[:k]]
             attributes += _attributes_from(second[k:])
         return RowReads(recent, stats, covisited, attributes, affinity)
+
+    def _row_parts(self, user_id: str | None, item_ids: Sequence[str], recent_n: int, attributes: bool) -> RowParts:
+        """The first round trip of :meth:`row_reads`, undecoded: the clock, the user's recent list
+        and affinity hash, the items' hashes, and their attribute hashes when ``attributes``."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.get(self.keys.clock)
+        if user_id:
+            pipe.lrange(self.keys.recent(user_id), 0, max(0, recent_n - 1))
+            pipe.hgetall(self.keys.affinity(user_id))
+        for item in item_ids:
+            pipe.hgetall(self.keys.item(item))
+        for item in item_ids if attributes else ():
+            pipe.hgetall(self.keys.attr(item))
+        replies = pipe.execute()
+        clock, replies = replies[0], replies[1:]
+        recent, affinity = (replies[0], replies[1]) if user_id else ([], {})
+        replies = replies[2:] if user_id else replies
+        n = len(item_ids)
+        return RowParts(int(float(clock)) if clock is not None else None, recent, affinity, replies[:n], replies[n:])
 
     def trending(self, n: int = 20) -> list[tuple[str, float]]:
         """Top items by weighted popularity decayed to the stream clock: ``sum(w * exp(-(clock - ts)/tau))``.

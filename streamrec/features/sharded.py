@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from typing import TypeVar, cast
@@ -30,6 +31,8 @@ from streamrec.features.reader import (
     RecentItem,
     RowReads,
     SessionView,
+    _attributes_from,
+    _recent_from,
     current_session,
 )
 from streamrec.settings import FeatureSettings, Settings
@@ -84,6 +87,15 @@ def _summed(rows: Iterable[Iterable[tuple[str, float]]], n: int) -> list[tuple[s
     return _top(total, n)
 
 
+def _one_recent_list(lists: Iterable[list[tuple[RecentItem, str]]], n: int) -> list[tuple[RecentItem, str]]:
+    """The user's recent list from the keyspace that holds it; lists found in several keyspaces (a
+    producer that does not key events by user) merged by event time."""
+    found = [entries for entries in lists if entries]
+    if len(found) <= 1:
+        return found[0] if found else []
+    return sorted((e for entries in found for e in entries), key=lambda e: e[0].ts, reverse=True)[:n]
+
+
 def _newest(clocks: Iterable[int | None]) -> int | None:
     return max((c for c in clocks if c is not None), default=None)
 
@@ -136,10 +148,7 @@ class ShardedFeatureStore:
         """The user's recent list, newest applied first, from the keyspace that holds it; should a
         producer that does not key events by user have spread them over keyspaces, the lists are
         merged by event time."""
-        lists = [entries for entries in self._each(lambda fs: fs._recent_entries(user_id, n)) if entries]
-        if len(lists) <= 1:
-            return lists[0] if lists else []
-        return sorted((e for entries in lists for e in entries), key=lambda e: e[0].ts, reverse=True)[:n]
+        return _one_recent_list(self._each(lambda fs: fs._recent_entries(user_id, n)), n)
 
     def recent_items(self, user_id: str, n: int = 20) -> list[RecentItem]:
         return [item for item, _ in self._recent_entries(user_id, n)]
@@ -191,8 +200,11 @@ class ShardedFeatureStore:
 
     def item_stats(self, item_ids: Sequence[str], now_ms: int | None = None) -> list[ItemStats]:
         now = self._now(now_ms)
+        return self._stats_sum(self._each(lambda fs: fs.item_stats(item_ids, now)))
+
+    def _stats_sum(self, per_store: Iterable[list[ItemStats]]) -> list[ItemStats]:
         out = []
-        for parts in zip(*self._each(lambda fs: fs.item_stats(item_ids, now)), strict=True):
+        for parts in zip(*per_store, strict=True):
             counts = _added(part.counts for part in parts)
             impressions = sum(part.impressions for part in parts)
             clicks = counts.get("click", 0.0)
@@ -267,15 +279,24 @@ class ShardedFeatureStore:
         covisit_of: int,
         covisit_n: int,
     ) -> RowReads:
-        """:meth:`FeatureStore.row_reads` from the merged reads (counters decayed to ``now_ms``, else
-        the merged clock; the affinity to the merged clock)."""
-        clock = self.clock_ms()
-        recent = self.recent_items(user_id, recent_n) if user_id and recent_n > 0 else []
-        stats = self.item_stats(item_ids, now_ms if now_ms is not None else clock)
+        """:meth:`FeatureStore.row_reads` over the keyspaces, in 2 round trips per keyspace: each one's
+        clock, the user's recent list and affinity, the candidates' counters (and the first
+        keyspace's attributes), merged and decayed to ``now_ms``, else the merged clock (the
+        affinity to the merged clock); then the co-visitation of the first recent items."""
+        first = self.stores[0]
+        parts = self._each(lambda fs: (fs, fs._row_parts(user_id, item_ids, recent_n, attributes=fs is first)))
+        newest = _newest(p.clock for _, p in parts)
+        clock = float(newest) if newest is not None else time.time() * 1000.0
+        now = float(now_ms) if now_ms is not None else clock
+        entries = _one_recent_list([_recent_from(p.recent) for _, p in parts], recent_n)
+        recent = [item for item, _ in entries]
+        stats = self._stats_sum([fs._stats_from(p.items, now) for fs, p in parts])
+        affinity = _added(fs._affinity_from(p.affinity, clock) for fs, p in parts)
+        attributes = _attributes_from(parts[0][1].attributes)
         recent_ids = [r.item_id for r in recent]
         covisited = self.covisited_many(recent_ids[:covisit_of], covisit_n) if recent_ids and covisit_n > 0 else []
-        attributes = self.item_attributes(list(item_ids) + recent_ids)
-        affinity = self.category_affinity(user_id, clock) if user_id else {}
+        if recent_ids:
+            attributes += self.item_attributes(recent_ids)
         return RowReads(recent, stats, covisited, attributes, affinity)
 
     # --- trending and suggestions ----------------------------------------------------------------
