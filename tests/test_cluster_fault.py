@@ -28,6 +28,7 @@ from streamrec.features import FeatureStore, open_features
 from streamrec.features.layout import shard_of
 from streamrec.schemas import encode
 from streamrec.store import keyspaces
+from tests.polling import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -104,6 +105,8 @@ def test_kill9_and_a_master_failover_lose_nothing_and_count_nothing_twice(
                 if k == MASTER_KILLED_AT:  # while both consumers write: the replica is promoted, and
                     victim = cluster.master_for(prefixes[1] + "x")  # the keyspace waits for a replica again
                     mid_stream += sum(offset(p) for p in range(settings.topic.partitions)) < len(stream)
+                    start = offset(1)  # partition 1 is keyspace 1's: kill its master while a consumer writes it
+                    wait_for(lambda s=start: offset(1) > s, "a consumer writing keyspace 1", 60, 0.02)
                     cluster.kill_master(victim)
                     cluster.rejoin(victim)
                     fleet.check_alive()
