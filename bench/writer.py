@@ -12,6 +12,10 @@ Printed per stream: Redis CPU µs per event (``INFO cpu`` before and after); of 
 Lua interpreter; the commands per event, most frequent first; and the floor measured in the same
 run, Redis CPU per event of one pipelined ``HINCRBY`` per event.
 
+Each stream's second half is measured twice: ``cold``, on an empty keyspace (every user, item and
+co-visitation key is new: each gets its TTL), and ``warm``, after the first half was applied (a
+running shop: most items' keys exist and had their once-a-day TTL refresh already).
+
 Streams: ``diginetica`` (the funnel the dataset module derives: mostly views),
 ``purchase-heavy`` (the same sessions with every interaction an add to cart or a purchase: the
 bought-together pairs grow with the basket) and ``impressions`` (each event replaced by a page of 20
@@ -26,6 +30,7 @@ arguments), interleaved with this checkout's, so a change's effect is measured i
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import subprocess
 import tempfile
@@ -75,14 +80,18 @@ def impressions(events: list[Event], shown: int = 20) -> list[Event]:
     return out
 
 
-def partition_batches(events: list[Event], partitions: int, batch: int) -> list[tuple[int, list[Record], int]]:
-    """(partition, records, next_offset) in arrival order, batches interleaved across partitions."""
+def partition_batches(
+    events: list[Event], partitions: int, batch: int, first: dict[int, int] | None = None
+) -> list[tuple[int, list[Record], int]]:
+    """(partition, records, next_offset) in arrival order, batches interleaved across partitions;
+    ``first``: each partition's first offset (default 0), to go on after batches already applied."""
+    first = first or {}
     per: list[list[Record]] = [[] for _ in range(partitions)]
     for e in events:
         p = zlib.crc32(e.user_id.encode()) % partitions
-        per[p].append((len(per[p]), e, encode(e), e.user_id.encode()))
+        per[p].append((first.get(p, 0) + len(per[p]), e, encode(e), e.user_id.encode()))
     out = []
-    for start in range(0, max(len(x) for x in per), batch):
+    for start in range(0, max((len(x) for x in per), default=0), batch):
         for p, recs in enumerate(per):
             chunk = recs[start : start + batch]
             if chunk:
@@ -116,16 +125,29 @@ def command_stats(r: redis.Redis) -> dict[str, tuple[int, int]]:
     return {k.removeprefix("cmdstat_"): (v["calls"], v["usec"]) for k, v in r.info("commandstats").items()}
 
 
-def run_stream(r: redis.Redis, events: list[Event], partitions: int, batch: int, lua: str | None = None) -> dict:
-    """``lua``: another writer script taking the same arguments (None: the consumer's own)."""
+def run_stream(
+    r: redis.Redis,
+    events: list[Event],
+    partitions: int,
+    batch: int,
+    lua: str | None = None,
+    warm_up: list[Event] | None = None,
+) -> dict:
+    """``lua``: another writer script taking the same arguments (None: the consumer's own);
+    ``warm_up``: events applied first, not measured (a shop's running state: its items' and
+    returning users' keys exist and had their TTLs refreshed today)."""
     prefix = f"w{uuid.uuid4().hex[:8]}:"
     writer = Writer(r, prefix, "bench")
     if lua is not None:
         writer.script = r.register_script(lua)
-    batches = partition_batches(events, partitions, batch)
-    catalog = catalog_records(events)
+    catalog = catalog_records((warm_up or []) + events)
     for start in range(0, len(catalog), batch):
         writer.apply("c", 0, catalog[start : start + batch], min(start + batch, len(catalog)))
+    applied: dict[int, int] = {}
+    for p, records, next_offset in partition_batches(warm_up or [], partitions, batch):
+        writer.apply("t", p, records, next_offset)
+        applied[p] = next_offset
+    batches = partition_batches(events, partitions, batch, first=applied)
     stats0, cpu0, wall = command_stats(r), cpu_us(r), 0.0
     for p, records, next_offset in batches:
         started = time.perf_counter()
@@ -170,6 +192,12 @@ def main() -> None:
     ap.add_argument("--partitions", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--compare", metavar="REV", help="also run the writer script of this git revision")
+    ap.add_argument(
+        "--state",
+        type=lambda v: v.split(","),
+        default=["cold", "warm"],
+        help="cold: the stream's second half on an empty keyspace; warm: after its first half (comma-separated)",
+    )
     args = ap.parse_args()
 
     scripts: dict[str, str | None] = {"this checkout": None}
@@ -190,16 +218,18 @@ def main() -> None:
         try:
             r = redis.Redis.from_url(server.url)
             print(
-                f"# {len(base)} events per stream, {args.partitions} partitions, batches of {args.batch}, "
-                f"repeats={args.repeats} (medians); Redis started here, nothing else on it"
+                f"# {len(base)} events per stream (its second half measured), {args.partitions} partitions, "
+                f"batches of {args.batch}, repeats={args.repeats} (medians); Redis started here, nothing else on it"
             )
             floor = statistics.median(floor_us(r, len(base)) for _ in range(args.repeats))
             print(f"floor: pipelined HINCRBY, one per event: Redis CPU {floor:5.2f} µs/event")
-            for name, events in streams.items():
+            for (name, events), state in itertools.product(streams.items(), args.state):
+                half = len(events) // 2  # the second half is measured; "warm" applies the first half before it
                 runs: dict[str, list[dict]] = {label: [] for label in scripts}
                 for _ in range(args.repeats):
                     for label, lua in scripts.items():
-                        run = run_stream(r, events, args.partitions, args.batch, lua)
+                        warm_up = events[:half] if state == "warm" else None
+                        run = run_stream(r, events[half:], args.partitions, args.batch, lua, warm_up)
                         runs[label].append(run)
                         keys = r.keys(f"{run['prefix']}*")
                         for start in range(0, len(keys), 10_000):
@@ -213,7 +243,7 @@ def main() -> None:
                     top = ", ".join(f"{k} {v:.2f}" for k, v in sorted(calls.items(), key=lambda kv: -kv[1])[:8])
                     cpu = med["redis_cpu_us"]
                     print(
-                        f"{name:15s} {label:14s} Redis CPU {cpu:5.1f} µs/event ({cpu / floor:4.0f}× floor): "
+                        f"{name:15s} {state:5s} {label:14s} Redis CPU {cpu:5.1f} µs/event ({cpu / floor:4.0f}× floor): "
                         f"its commands {med['commands_us']:4.1f}, Lua {med['lua_us']:4.1f}; script wall "
                         f"{med['wall_us']:5.1f} µs/event\n{'':30s} commands/event {sum(calls.values()):5.2f}: {top}"
                     )

@@ -49,3 +49,19 @@ def test_every_event_is_applied_and_the_commands_are_counted(redis_server, data_
     # every purchase-heavy interaction is a basket one: bought-together pairs on top of co-visitation
     assert runs["purchases"]["calls"]["zincrby"] > runs["views"]["calls"]["zincrby"]
     assert {e.type for e in purchase_heavy(events)} == {"add_to_cart", "purchase"}
+
+
+def test_a_warm_keyspace_goes_on_from_the_warm_up_offsets(redis_server, data_dir: os.PathLike) -> None:
+    """The same events measured cold and after a warm-up: every one applied in both (run_stream
+    asserts it), on offsets that go on from the warm-up's, and fewer TTLs set when warm (the items'
+    keys had today's refresh)."""
+    r = redis.Redis.from_url(redis_server.url)
+    events = list(diginetica.session_events(str(data_dir), limit=2000))
+    cold = run_stream(r, events[1000:], 3, 250)
+    warm = run_stream(r, events[1000:], 3, 250, warm_up=events[:1000])
+    counts = [int(v) for v in r.mget(sorted(r.keys(f"{warm['prefix']}off:bench:t:*")))]
+    assert sum(counts) == len(events)  # each partition's stored offset: its warm-up and measured events
+    assert warm["calls"]["expire"] < cold["calls"]["expire"]
+    for run in (cold, warm):
+        for start in range(0, len(keys := r.keys(f"{run['prefix']}*")), 5000):
+            r.delete(*keys[start : start + 5000])
