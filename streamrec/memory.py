@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import cast
 
 import redis
+from redis.cluster import RedisCluster
 
 from streamrec.features import layout as features_layout
 from streamrec.features.layout import Bound as Bound  # re-exported: the audit's public names
@@ -148,9 +149,16 @@ def policy_warning(info: dict) -> str | None:
 
 
 def warn_if_unsafe(r: redis.Redis) -> str | None:
-    """Log :func:`policy_warning` for this Redis (best effort: a Redis that is down is not an error here)."""
+    """Log :func:`policy_warning` for this Redis, or for each master of a Redis Cluster, each
+    named (its own policy: a cluster's nodes are configured one by one). Best effort: a Redis that
+    is down is not an error here."""
     try:
-        warning = policy_warning(cast(dict, r.info("memory")))
+        if isinstance(r, RedisCluster):
+            infos = {node.name: cast(dict, r.info("memory", target_nodes=node)) for node in r.get_primaries()}
+            found = [f"{node}: {w}" for node, info in sorted(infos.items()) if (w := policy_warning(info))]
+            warning = "; ".join(found) or None
+        else:
+            warning = policy_warning(cast(dict, r.info("memory")))
     except redis.RedisError as e:
         log.info("could not read the Redis eviction policy: %r", e)
         return None

@@ -7,6 +7,7 @@ delivered again must change nothing."""
 from __future__ import annotations
 
 import pytest
+import redis
 from redis.cluster import RedisCluster
 from test_feature_parity import BOT_OFF, TIGHT, USERS, assert_same_reads, event_list, replay
 
@@ -15,6 +16,7 @@ from consumers.apply import BatchResult, ReplicaLag, ShardedWriter, Writer
 from launcher.redis_cluster import LocalRedisCluster
 from streamrec.features import FeatureStore, ShardedFeatureStore, open_features
 from streamrec.features.layout import shard_of
+from streamrec.memory import warn_if_unsafe
 from streamrec.schemas import CatalogOp, Event, encode
 from streamrec.settings import FeatureSettings, Settings
 from streamrec.store import ClusterNotSupported, check_cluster, connect, connect_binary, keyspaces
@@ -151,3 +153,23 @@ def test_a_batch_too_few_replicas_hold_is_retried_not_acknowledged(cluster, sett
         waiting.apply("catalog", 0, [(0, op, encode(op), b"a")], 1)
     again = Writer(r, keyspaces(s)[0], "g").apply("catalog", 0, [(0, op, encode(op), b"a")], 1)
     assert (again.applied, again.skipped) == (0, 1)
+
+
+def test_the_eviction_policy_is_checked_on_every_master(cluster):
+    """Each master is configured alone: one left on allkeys-lru (it may evict offsets) is named."""
+    s = cluster_settings(cluster, "policy:")
+    direct = [redis.Redis.from_url(m.url) for m in cluster.masters]
+    before = [d.config_get("maxmemory-policy")["maxmemory-policy"] for d in direct]
+    r = connect(s)
+    try:
+        for d in direct:
+            d.config_set("maxmemory-policy", "volatile-lru")
+        assert warn_if_unsafe(r) is None
+        direct[-1].config_set("maxmemory-policy", "allkeys-lru")
+        warning = warn_if_unsafe(r) or ""
+        assert f":{cluster.masters[-1].port}: " in warning and "allkeys-lru" in warning
+        assert all(f":{m.port}:" not in warning for m in cluster.masters[:-1])
+    finally:
+        for d, policy in zip(direct, before, strict=True):
+            d.config_set("maxmemory-policy", policy)
+        r.close()
