@@ -173,3 +173,29 @@ def test_the_eviction_policy_is_checked_on_every_master(cluster):
         for d, policy in zip(direct, before, strict=True):
             d.config_set("maxmemory-policy", policy)
         r.close()
+
+
+def test_the_recent_quarantine_decisions_of_every_keyspace_are_merged_by_event_time(cluster):
+    """Two users in two keyspaces, each sending two events again (duplicates, quarantined): the
+    decisions come back newest event first, whichever keyspace holds them."""
+    s = cluster_settings(cluster, "qrecent:")
+    writer = writer_for(s, FeatureSettings())
+    first, second = USERS[0], USERS[1]
+    assert shard_of(PARTITION[first], SHARDS) != shard_of(PARTITION[second], SHARDS)
+
+    t0 = 1_700_000_000_000
+
+    def view(user: str, n: int, ts: int) -> Event:
+        return Event(event_id=f"{user}-{n}", type="view", user_id=user, item_id=f"i{n}", ts=t0 + ts, session_id=user)
+
+    sent = [view(first, 1, 1_000), view(second, 1, 2_000), view(first, 2, 3_000), view(second, 2, 4_000)]
+    apply_runs(writer, sent, batch=10)
+    again = [m for user in (first, second) for m in sent if m.user_id == user]  # one keyspace after the other
+    offsets = {user: 2 for user in (first, second)}
+    for user in (first, second):
+        recs = [(offsets[user] + i, m, encode(m), b"k") for i, m in enumerate(m for m in again if m.user_id == user)]
+        res = writer.apply("events", PARTITION[user], recs, offsets[user] + len(recs))
+        assert res.quarantined == ["duplicate_event", "duplicate_event"]
+    decisions = open_features(s).recent_quarantine(10)
+    assert [d["event_id"] for d in decisions] == [f"{second}-2", f"{first}-2", f"{second}-1", f"{first}-1"]
+    assert [d["ts"] - t0 for d in decisions] == [4_000, 3_000, 2_000, 1_000]

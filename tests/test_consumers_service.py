@@ -175,6 +175,7 @@ def test_status_shows_thresholds_decisions_and_lag(settings, service):
         "user_id": "fast",
         "reason": "user_burst",
         "offset": s["bot_filter"]["recent_decisions"][0]["offset"],
+        "ts": T0 + 59,
     }
     assert s["dead_letters"]["counts"] == {"not_json": 1}
     events = {k: v for k, v in s["partitions"].items() if k.startswith(settings.topic.events)}

@@ -431,11 +431,13 @@ local function expand(item, terms, ts, w)
 end
 
 -- a duplicate's event_id also names the legitimate first copy, so only other verdicts are marked
-local function quarantine(off, reason, eid, user, raw)
+-- (its event time ts in the recent list orders the decisions of several keyspaces, on a cluster)
+local function quarantine(off, reason, eid, user, ts, raw)
   redis.call('RPUSH', KEYS[2], 'q' .. SEP .. int(off) .. SEP .. reason .. SEP .. user .. SEP .. raw)
   if reason ~= 'duplicate_event' then redis.call('SET', key('quarantined', eid), reason, 'EX', cfg.quarantine_ttl_s) end
   redis.call('HINCRBY', key('quarantine_counts'), reason, 1)
-  redis.call('LPUSH', key('quarantine_recent'), cjson.encode({event_id = eid, user_id = user, reason = reason, offset = off}))
+  local decision = {event_id = eid, user_id = user, reason = reason, offset = off, ts = ts}
+  redis.call('LPUSH', key('quarantine_recent'), cjson.encode(decision))
   redis.call('LTRIM', key('quarantine_recent'), 0, cfg.quarantine_recent_n - 1)
 end
 
@@ -519,7 +521,7 @@ for r = 5, #ARGV do
       if not reason and over_rate(it, ts, cfg.bot_item_limit) then reason = 'item_burst' end
     end
     if reason then
-      quarantine(off, reason, eid, user, raw)
+      quarantine(off, reason, eid, user, ts, raw)
       reasons[#reasons + 1] = reason
     elseif kind == 'i' then
       for _, id in ipairs(cjson.decode(f[4])) do shown(id, ts) end

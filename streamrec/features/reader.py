@@ -413,7 +413,7 @@ class FeatureStore:
         return {k: int(v) for k, v in cast(dict[str, str], self.r.hgetall(self.keys.quarantine_counts)).items()}
 
     def recent_quarantine(self, n: int = QUARANTINE_RECENT_N) -> list[dict]:
-        """The newest quarantine decisions (event_id, user_id, reason, offset), newest first."""
+        """The newest quarantine decisions (event_id, user_id, reason, offset, the event's ts), newest first."""
         return [json.loads(x) for x in self.r.lrange(self.keys.quarantine_recent, 0, max(0, n - 1))]
 
     def dead_letter_counts(self) -> dict[str, int]:

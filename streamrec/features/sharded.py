@@ -341,8 +341,10 @@ class ShardedFeatureStore:
         return _counted(self._each(lambda fs: fs.quarantine_counts()))
 
     def recent_quarantine(self, n: int = QUARANTINE_RECENT_N) -> list[dict]:
-        """Each keyspace's newest decisions, keyspace after keyspace (they hold no common clock)."""
-        return [d for found in self._each(lambda fs: fs.recent_quarantine(n)) for d in found][:n]
+        """Every keyspace's newest decisions, newest event time first (a decision stored before the
+        event time was recorded sorts last)."""
+        found = [d for each in self._each(lambda fs: fs.recent_quarantine(n)) for d in each]
+        return sorted(found, key=lambda d: d.get("ts", -1), reverse=True)[:n]
 
     def dead_letter_counts(self) -> dict[str, int]:
         return _counted(self._each(lambda fs: fs.dead_letter_counts()))
