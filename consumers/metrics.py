@@ -24,6 +24,11 @@ QUARANTINED = Counter(
     "Events quarantined by the bot filter, by reason",
     ["reason"],
 )
+NOT_KEYED_BY_USER = Counter(
+    "streamrec_consumer_events_not_keyed_by_user_total",
+    "Valid events whose Kafka key is not their user_id: one user's events can then land in several "
+    "partitions (and keyspaces on a Redis Cluster), out of order, with split per-user state",
+)
 REPLAYED = Counter(
     "streamrec_consumer_replayed_records_total",
     "Records delivered again after a crash or rebalance and skipped because already applied",

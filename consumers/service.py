@@ -141,6 +141,7 @@ class Ingestor:
             settings, self.r, self.producer, lambda t, p: (self.writer.outbox_key(t, p), self.writer.relayed_key(t, p))
         )
         self.to_recover: set[TopicPartition] = set()
+        self._warned_key = False  # the first event not keyed by its user is logged, every one counted
         self.consumer = bus.make_consumer(settings, group)
         self.consumer.subscribe([settings.topic.events, settings.topic.catalog], listener=_Resume(self))
 
@@ -190,8 +191,27 @@ class Ingestor:
             if is_catalog and isinstance(m, DeadLetter):
                 metrics.CATALOG_REJECTS.labels(m.reason).inc()
                 continue
+            if isinstance(m, Event) and rec.key != m.user_id.encode():
+                self._not_keyed_by_user(tp, m, rec.key)
             out.append((rec.offset, m, rec.value if rec.value is not None else b"", rec.key))
         return out
+
+    def _not_keyed_by_user(self, tp: TopicPartition, m: Event, key: bytes | None) -> None:
+        """Counted and applied (the event is valid); the first one is logged, naming the producer's
+        mistake: the per-user rules (duplicates, repeats, sessions) assume a user's events share a
+        partition."""
+        metrics.NOT_KEYED_BY_USER.inc()
+        if not self._warned_key:
+            self._warned_key = True
+            log.warning(
+                "event %s on %s-%d has Kafka key %r, not its user_id %r: producers must key events by "
+                "user_id (counted in streamrec_consumer_events_not_keyed_by_user_total)",
+                m.event_id,
+                tp.topic,
+                tp.partition,
+                key,
+                m.user_id,
+            )
 
     def write(self, task: _Task, stop: threading.Event) -> BatchResult:
         """The atomic Redis step, then the outbox; runs on the pipeline thread."""

@@ -26,7 +26,7 @@ def _promtool(*args: str) -> subprocess.CompletedProcess:
 def test_promtool_accepts_the_alert_rules():
     r = _promtool("check", "rules", str(ROOT / "deploy" / "alerts.yml"))
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "SUCCESS: 8 rules found" in r.stdout + r.stderr
+    assert "SUCCESS: 9 rules found" in r.stdout + r.stderr
 
 
 @needs_promtool
@@ -37,7 +37,8 @@ def test_promtool_accepts_the_prometheus_config_with_its_rule_file():
 
 @needs_promtool
 def test_alerts_fire_on_synthetic_series(tmp_path):
-    """Unit tests of rules with promtool's rule tester: drift, lag, lag per service, DLQ share, publishes."""
+    """Unit tests of rules with promtool's rule tester: drift, lag, lag per service, DLQ share,
+    publishes, events not keyed by user."""
     rules = yaml.safe_load((ROOT / "deploy" / "alerts.yml").read_text())
     for group in rules["groups"]:
         for rule in group["rules"]:
@@ -64,6 +65,8 @@ tests:
         values: '0+30x20'
       - series: 'streamrec_learner_publishes_total{reason="periodic"}'
         values: '0+1x30'
+      - series: 'streamrec_consumer_events_not_keyed_by_user_total'
+        values: '0x10 1x10'
     alert_rule_test:
       - eval_time: 3m
         alertname: StreamrecDriftDetected
@@ -84,6 +87,13 @@ tests:
       - eval_time: 25m
         alertname: StreamrecModelNotPublished
         exp_alerts: []
+      - eval_time: 5m
+        alertname: StreamrecEventsNotKeyedByUser
+        exp_alerts: []
+      - eval_time: 12m
+        alertname: StreamrecEventsNotKeyedByUser
+        exp_alerts:
+          - exp_labels: {severity: warning}
 """
     )
     r = _promtool("test", "rules", str(tmp_path / "t.yml"))

@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+from prometheus_client import REGISTRY
 
 from consumers.service import run
 from streamrec import bus
@@ -193,3 +194,18 @@ def test_invalid_catalog_ops_are_left_to_the_index_updater(settings, service):
     wait_for(lambda: fs.item_attributes(["ok"])[0], what="the valid op after the invalid one")
     assert fs.dead_letter_counts() == {}
     assert read_topic(settings, settings.topic.dlq, 1, timeout_s=2) == []
+
+
+def test_an_event_not_keyed_by_its_user_is_applied_and_counted(settings, service, caplog):
+    """A producer keying events by something else than user_id splits a user over partitions (and
+    keyspaces on a Redis Cluster): the event still counts, and ops see the mistake."""
+    before = REGISTRY.get_sample_value("streamrec_consumer_events_not_keyed_by_user_total") or 0.0
+    p = bus.make_producer(settings)
+    p.send(settings.topic.events, key="u-keyed", value=encode(ev(1, user="u-keyed")))
+    p.send(settings.topic.events, key="session-42", value=encode(ev(2, user="u-unkeyed")))
+    p.flush()
+    fs = FeatureStore.from_settings(settings)
+    wait_for(lambda: fs.recent_items("u-keyed") and fs.recent_items("u-unkeyed"), what="both events applied")
+    after = REGISTRY.get_sample_value("streamrec_consumer_events_not_keyed_by_user_total")
+    assert after == before + 1
+    assert any("not its user_id 'u-unkeyed'" in r.getMessage() for r in caplog.records)

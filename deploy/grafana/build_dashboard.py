@@ -90,6 +90,7 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
             ("dlq {{reason}}", "sum by (reason) (rate(streamrec_consumer_dead_letters_total[5m]))"),
             ("quarantine {{reason}}", "sum by (reason) (rate(streamrec_consumer_quarantined_total[5m]))"),
             ("redis errors", "sum(rate(streamrec_consumer_redis_errors_total[5m]))"),
+            ("not keyed by user", "sum(rate(streamrec_consumer_events_not_keyed_by_user_total[5m]))"),
         ],
     ),
     (
