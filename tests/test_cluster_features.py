@@ -6,6 +6,8 @@ delivered again must change nothing."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import redis
 from redis.cluster import RedisCluster
@@ -199,3 +201,29 @@ def test_the_recent_quarantine_decisions_of_every_keyspace_are_merged_by_event_t
     decisions = open_features(s).recent_quarantine(10)
     assert [d["event_id"] for d in decisions] == [f"{second}-2", f"{first}-2", f"{second}-1", f"{first}-1"]
     assert [d["ts"] - t0 for d in decisions] == [4_000, 3_000, 2_000, 1_000]
+
+
+def test_serving_merges_the_keyspaces_trending_once_per_trending_cache_s(cluster):
+    """Trending is one list every request reads: merging every keyspace's capped list per request
+    cost serving more than any other read, so the merged list is kept for ``trending_cache_s``."""
+    s = cluster_settings(cluster, "trendcache:")
+    writer = writer_for(s, FeatureSettings())
+    t0 = 1_700_000_000_000
+
+    def buy(user: str, n: int, item: str) -> Event:
+        return Event(event_id=f"{user}-{n}", type="purchase", user_id=user, item_id=item, ts=t0 + n, session_id=user)
+
+    apply_runs(writer, [buy(USERS[0], 1, "a")], batch=10)
+    cached = open_features(s, trending_cache_s=0.3)
+    fresh = open_features(s)
+    assert isinstance(cached, ShardedFeatureStore)
+    assert [i for i, _ in cached.trending(10)] == ["a"]
+    # two purchases of "b" in two other keyspaces
+    writer.apply("events", PARTITION[USERS[1]], [(0, m := buy(USERS[1], 2, "b"), encode(m), b"k")], 1)
+    writer.apply("events", PARTITION[USERS[2]], [(0, m := buy(USERS[2], 3, "b"), encode(m), b"k")], 1)
+    asked, cached.stores = cached.stores, []
+    assert [i for i, _ in cached.trending(5)] == ["a"]  # the merged copy, not yet expired: no keyspace asked
+    cached.stores = asked
+    assert [i for i, _ in fresh.trending(10)] == ["b", "a"]  # an uncached reader merges at once
+    time.sleep(0.35)
+    assert cached.trending(10) == fresh.trending(10)  # merged again once older than trending_cache_s

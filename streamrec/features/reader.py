@@ -11,7 +11,7 @@ import heapq
 import json
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import cast
@@ -112,6 +112,26 @@ class RowParts:
     attributes: list[dict]
 
 
+class TopCopy:
+    """A top-*n* list answered from a copy at most ``max_age_s`` old (0: read every time). The copy
+    holds the longest list asked for, so every reader is served from one copy; it is one tuple that
+    threads swap whole, never see half-written."""
+
+    def __init__(self, read: Callable[[int], list[tuple[str, float]]], max_age_s: float):
+        self.read, self.max_age_s = read, max_age_s
+        self._copy: tuple[float, int, list[tuple[str, float]]] | None = None  # (read at, n, list)
+
+    def top(self, n: int) -> list[tuple[str, float]]:
+        if self.max_age_s <= 0:
+            return self.read(n)
+        copy, now = self._copy, time.monotonic()
+        if copy is None or now - copy[0] > self.max_age_s or copy[1] < n:
+            wanted = max(n, copy[1] if copy else 0)
+            copy = (now, wanted, self.read(wanted))
+            self._copy = copy
+        return copy[2][:n]
+
+
 class FeatureStore:
     """Readers of the online features (learner, serving) — the keys are ``layout.py``'s."""
 
@@ -127,7 +147,7 @@ class FeatureStore:
         self.config = config or FeatureSettings()
         self._neighbours = r.register_script(NEIGHBOURS_LUA)
         self.trending_cache_s = trending_cache_s
-        self._trending_copy: tuple[float, int, list[tuple[str, float]]] | None = None  # (read at, n, list)
+        self._trending = TopCopy(self._read_trending, trending_cache_s)
 
     @classmethod
     def from_settings(cls, s: Settings) -> FeatureStore:
@@ -304,17 +324,7 @@ class FeatureStore:
 
         The stored scores are relative to the landmark ``t0``; they are scaled to the clock here so
         the values mean the same as ``ReplayFeatures.trending`` (and as a ranking feature)."""
-        if n <= 0:
-            return []
-        if self.trending_cache_s <= 0:
-            return self._read_trending(n)
-        copy = self._trending_copy  # one tuple: threads swap it whole, never see it half-written
-        now = time.monotonic()
-        if copy is None or now - copy[0] > self.trending_cache_s or copy[1] < n:
-            wanted = max(n, copy[1] if copy else 0)  # the longest list asked for: every reader served from one copy
-            copy = (now, wanted, self._read_trending(wanted))
-            self._trending_copy = copy
-        return copy[2][:n]
+        return self._trending.top(n) if n > 0 else []
 
     def suggestions(self, n: int = 20, category: str | None = None) -> list[tuple[str, float]]:
         """The top ``n`` searches shoppers chose results of (autocomplete), within ``category`` (any

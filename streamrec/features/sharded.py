@@ -31,6 +31,7 @@ from streamrec.features.reader import (
     RecentItem,
     RowReads,
     SessionView,
+    TopCopy,
     _attributes_from,
     _recent_from,
     current_session,
@@ -62,16 +63,13 @@ def open_features(
         if refresh:
             cluster.nodes_manager.initialize()
         return [
-            FeatureStore(
-                cluster.get_redis_connection(cluster.get_node_from_key(prefix + "x")),
-                prefix,
-                s.features,
-                trending_cache_s,
-            )
+            FeatureStore(cluster.get_redis_connection(cluster.get_node_from_key(prefix + "x")), prefix, s.features)
             for prefix in keyspaces(s)
         ]
 
-    return ShardedFeatureStore(masters(), s.features, reconnect=lambda: masters(refresh=True))
+    return ShardedFeatureStore(
+        masters(), s.features, reconnect=lambda: masters(refresh=True), trending_cache_s=trending_cache_s
+    )
 
 
 def _top(scores: dict[str, float], n: int) -> list[tuple[str, float]]:
@@ -120,10 +118,15 @@ class ShardedFeatureStore:
         stores: Sequence[FeatureStore],
         config: FeatureSettings | None = None,
         reconnect: Callable[[], list[FeatureStore]] | None = None,
+        trending_cache_s: float = 0.0,
     ):
+        """``trending_cache_s``: as :class:`FeatureStore`'s, for the merged list (the keyspaces'
+        readers keep no copy of their own: the merge of every keyspace's capped list, decayed to one
+        clock, is the costly part, and every request asks for it)."""
         self.stores = list(stores)
         self.config = config or FeatureSettings()
         self.reconnect = reconnect
+        self._trending = TopCopy(self._read_trending, trending_cache_s)
 
     def _each(self, read: Callable[[FeatureStore], T]) -> list[T]:
         """``read`` of every keyspace, in order; once more on new readers when a keyspace's master
@@ -315,8 +318,9 @@ class ShardedFeatureStore:
     def trending(self, n: int = 20) -> list[tuple[str, float]]:
         """Each keyspace's whole list (at most ``trending_cap``; serving keeps a copy for
         ``trending_cache_s``), so the sum is exact within the cap."""
-        if n <= 0:
-            return []
+        return self._trending.top(n) if n > 0 else []
+
+    def _read_trending(self, n: int) -> list[tuple[str, float]]:
         return self._landmark_sum(lambda fs: fs.trending(max(n, self.config.trending_cap)), n)
 
     def suggestions(self, n: int = 20, category: str | None = None) -> list[tuple[str, float]]:
