@@ -163,6 +163,19 @@ class ShardedWriter:
     def owner(self, partition: int) -> Writer:
         return self.writers[shard_of(partition, len(self.writers))]
 
+    @property
+    def lanes(self) -> int:
+        """How many batches may be applied at once: one per keyspace (each on its own master) and
+        one for the broadcast topics; on a single Redis one, as it runs one script at a time."""
+        return 1 if len(self.writers) == 1 else len(self.writers) + 1
+
+    def lane(self, topic: str, partition: int) -> int:
+        """The lane of a partition's batches (:attr:`lanes`): a partition's batches share one, so
+        they are applied in order."""
+        if len(self.writers) == 1:
+            return 0
+        return len(self.writers) if topic in self.broadcast else shard_of(partition, len(self.writers))
+
     def outbox_key(self, topic: str, partition: int) -> str:
         """A broadcast batch has no outbox entries (its invalid records are left out): one key serves."""
         return self.owner(partition).outbox_key(topic, partition)

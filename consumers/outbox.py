@@ -81,7 +81,9 @@ class Outbox:
         self.producer = producer
         self.keys = prefix_keys  # callable (topic, partition) -> (outbox key, relayed key)
         self.targets = {"dlq": settings.topic.dlq, "quarantine": settings.topic.quarantine}
-        self._unconfirmed = False  # a publish whose bookkeeping failed: the retry must check Kafka
+        # source partitions whose publish was not recorded (it failed, or is under way): their next
+        # relay must check Kafka first. Per partition: the writer lanes relay several at once
+        self._unconfirmed: set[tuple[str, int]] = set()
 
     def relay(self, topic: str, partition: int, recover: bool = False) -> int:
         """Publish every entry of one source partition's outbox; returns how many were sent.
@@ -98,9 +100,9 @@ class Outbox:
         if not marks:  # first publish for this partition: remember where the outputs ended before it
             marks = self._ends()
             self.r.hset(relayed_key, mapping=marks)  # type: ignore[arg-type]  # redis-py: Mapping key invariant
-        recover = recover or self._unconfirmed
+        recover = recover or (topic, partition) in self._unconfirmed
         already = self._published_since(marks, topic, partition) if recover else set()
-        self._unconfirmed = True
+        self._unconfirmed.add((topic, partition))
         outgoing: list[bus.Outgoing] = []
         for entry in entries:
             target, key, value, off = _parse(entry, topic, partition)
@@ -115,7 +117,7 @@ class Outbox:
         pipe.ltrim(outbox_key, len(entries), -1)
         pipe.hset(relayed_key, mapping=marks)  # type: ignore[arg-type]  # redis-py: Mapping key invariant
         pipe.execute()
-        self._unconfirmed = False
+        self._unconfirmed.discard((topic, partition))
         return len(outgoing)
 
     def _ends(self) -> dict[str, int]:

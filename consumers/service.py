@@ -48,19 +48,27 @@ class _Task:
 
 
 class _Pipeline:
-    """Writes batches on one background thread, in order, so that fetching and validating the
-    next poll overlaps the Redis round trip of this one (the two run on different cores)."""
+    """Writes batches on background threads, so that fetching and validating the next poll overlaps
+    the Redis round trips of this one. One thread per writer lane (``ShardedWriter.lanes``): on a
+    Redis Cluster each keyspace's batches go to their own master while the others' are applied, so
+    one process is not held to one script call at a time. A partition's batches share a lane and
+    are applied in order."""
 
     def __init__(self, ingest: Ingestor, stop: threading.Event, depth: int = 8):
         self.ingest, self.stop = ingest, stop
-        self.tasks: queue.Queue[_Task | None] = queue.Queue(maxsize=depth)
+        lanes = ingest.writer.lanes
+        self.tasks: list[queue.Queue[_Task | None]] = [queue.Queue(maxsize=depth) for _ in range(lanes)]
         self.results: queue.Queue[tuple[_Task, BatchResult] | BaseException] = queue.Queue()
         self.pending = 0
-        self.thread = threading.Thread(target=self._work, name="redis-writer", daemon=True)
-        self.thread.start()
+        self.threads = [
+            threading.Thread(target=self._work, args=(q,), name=f"redis-writer-{i}", daemon=True)
+            for i, q in enumerate(self.tasks)
+        ]
+        for t in self.threads:
+            t.start()
 
-    def _work(self) -> None:
-        while (task := self.tasks.get()) is not None:
+    def _work(self, tasks: queue.Queue[_Task | None]) -> None:
+        while (task := tasks.get()) is not None:
             try:
                 self.results.put((task, self.ingest.write(task, self.stop)))
             except BaseException as e:  # noqa: BLE001 - handed to the consumer thread, which raises
@@ -68,7 +76,7 @@ class _Pipeline:
 
     def submit(self, task: _Task) -> None:
         self.pending += 1
-        self.tasks.put(task)
+        self.tasks[self.ingest.writer.lane(task.tp.topic, task.tp.partition)].put(task)
 
     def _take(self, block: bool) -> tuple[_Task, BatchResult] | None:
         try:
@@ -95,11 +103,12 @@ class _Pipeline:
         return out
 
     def close(self) -> None:
-        try:
-            self.tasks.put(None, timeout=30)
-        except queue.Full:  # the writer is stuck retrying: it is a daemon thread, the process exits
-            return
-        self.thread.join(30)
+        for tasks, thread in zip(self.tasks, self.threads, strict=True):
+            try:
+                tasks.put(None, timeout=30)
+            except queue.Full:  # the writer is stuck retrying: it is a daemon thread, the process exits
+                continue
+            thread.join(30)
 
 
 class _Resume(ConsumerRebalanceListener):

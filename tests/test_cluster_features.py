@@ -227,3 +227,14 @@ def test_serving_merges_the_keyspaces_trending_once_per_trending_cache_s(cluster
     assert [i for i, _ in fresh.trending(10)] == ["b", "a"]  # an uncached reader merges at once
     time.sleep(0.35)
     assert cached.trending(10) == fresh.trending(10)  # merged again once older than trending_cache_s
+
+
+def test_each_keyspace_and_the_catalog_get_a_writer_lane(cluster, redis_server):
+    """A consumer applies one batch per lane at once (consumers/service.py): each keyspace's on its
+    own master, the broadcast catalog's on one more; a single Redis runs one script at a time."""
+    writer = writer_for(cluster_settings(cluster, "lanes:"), FeatureSettings())
+    assert writer.lanes == SHARDS + 1
+    assert [writer.lane("events", p) for p in range(6)] == [shard_of(p, SHARDS) for p in range(6)]
+    assert writer.lane("catalog", 0) == writer.lane("catalog", 2) == SHARDS
+    single = ShardedWriter([Writer(connect_binary(Settings(redis={"url": redis_server.url})), "x:", "g")], {"catalog"})
+    assert single.lanes == 1 and single.lane("events", 5) == single.lane("catalog", 0) == 0

@@ -75,3 +75,24 @@ def test_a_failed_bookkeeping_step_keeps_the_entries(settings, monkeypatch):
     assert box.r.llen(writer.outbox_key("src", 0)) == 2  # nothing forgotten ...
     assert box.relay("src", 0) == 0  # ... and the retry (as the service does it) repeats nothing
     assert len(read_topic(settings, settings.topic.dlq, 3, timeout_s=3)) == 2
+
+
+def test_a_failed_bookkeeping_step_is_remembered_per_partition(settings, monkeypatch):
+    """The writer lanes relay several partitions at once: another partition's successful relay
+    between a failed one and its retry must not make the retry publish again."""
+    writer = Writer(connect_binary(settings), settings.redis.prefix, "g")
+    dead_letters(settings, writer, 2)
+    box = outbox_for(settings, writer)
+
+    def broken_pipeline(*a, **kw):
+        raise redis.ConnectionError("redis went away after the publish")
+
+    monkeypatch.setattr(box.r, "pipeline", broken_pipeline)
+    with pytest.raises(redis.ConnectionError):
+        box.relay("src", 0)
+    monkeypatch.undo()
+    other = [(0, classify(b"broken", topic="src", is_catalog=False, max_bytes=1024, partition=1, offset=0), b"x", b"k")]
+    assert writer.apply("src", 1, other, 1).outbox_len == 1
+    assert box.relay("src", 1) == 1  # another lane's partition, published and recorded
+    assert box.relay("src", 0) == 0  # the retry still checks Kafka first: nothing twice
+    assert len(read_topic(settings, settings.topic.dlq, 4, timeout_s=3)) == 3
