@@ -146,7 +146,6 @@ class FeatureStore:
         self.keys = Keys(prefix)
         self.config = config or FeatureSettings()
         self._neighbours = r.register_script(NEIGHBOURS_LUA)
-        self.trending_cache_s = trending_cache_s
         self._trending = TopCopy(self._read_trending, trending_cache_s)
 
     @classmethod
