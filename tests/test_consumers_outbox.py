@@ -60,18 +60,23 @@ def test_recovery_publishes_each_dead_letter_once(settings, published_before_cra
     assert successor.r.llen(writer.outbox_key("src", 0)) == 0
 
 
-def test_a_failed_bookkeeping_step_keeps_the_entries(settings, monkeypatch):
-    writer = Writer(connect_binary(settings), settings.redis.prefix, "g")
-    dead_letters(settings, writer, 2)
-    box = outbox_for(settings, writer)
+def relay_failing_after_the_publish(box: Outbox, monkeypatch, partition: int = 0) -> None:
+    """Relay with the Redis bookkeeping step failing after the Kafka publish (a crash's window)."""
 
     def broken_pipeline(*a, **kw):
         raise redis.ConnectionError("redis went away after the publish")
 
     monkeypatch.setattr(box.r, "pipeline", broken_pipeline)
     with pytest.raises(redis.ConnectionError):
-        box.relay("src", 0)
+        box.relay("src", partition)
     monkeypatch.undo()
+
+
+def test_a_failed_bookkeeping_step_keeps_the_entries(settings, monkeypatch):
+    writer = Writer(connect_binary(settings), settings.redis.prefix, "g")
+    dead_letters(settings, writer, 2)
+    box = outbox_for(settings, writer)
+    relay_failing_after_the_publish(box, monkeypatch)
     assert box.r.llen(writer.outbox_key("src", 0)) == 2  # nothing forgotten ...
     assert box.relay("src", 0) == 0  # ... and the retry (as the service does it) repeats nothing
     assert len(read_topic(settings, settings.topic.dlq, 3, timeout_s=3)) == 2
@@ -83,14 +88,7 @@ def test_a_failed_bookkeeping_step_is_remembered_per_partition(settings, monkeyp
     writer = Writer(connect_binary(settings), settings.redis.prefix, "g")
     dead_letters(settings, writer, 2)
     box = outbox_for(settings, writer)
-
-    def broken_pipeline(*a, **kw):
-        raise redis.ConnectionError("redis went away after the publish")
-
-    monkeypatch.setattr(box.r, "pipeline", broken_pipeline)
-    with pytest.raises(redis.ConnectionError):
-        box.relay("src", 0)
-    monkeypatch.undo()
+    relay_failing_after_the_publish(box, monkeypatch)
     other = [(0, classify(b"broken", topic="src", is_catalog=False, max_bytes=1024, partition=1, offset=0), b"x", b"k")]
     assert writer.apply("src", 1, other, 1).outbox_len == 1
     assert box.relay("src", 1) == 1  # another lane's partition, published and recorded
