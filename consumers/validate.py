@@ -17,7 +17,12 @@ from streamrec.schemas import CatalogOp, DeadLetter, Event, Rejected, decode_cat
 _EVENT_IDS = ("event_id", "user_id", "item_id", "session_id", "request_id")
 
 
-def _check_storable(m: Event | CatalogOp) -> None:
+def _check_storable(m: Event | CatalogOp, raw: bytes) -> None:
+    """What this refuses (U+001F, a lone surrogate) can only come from a JSON ``\\u`` escape: ``raw``
+    is valid UTF-8 (no surrogate survives its decoding) and JSON refuses raw control characters in
+    strings. So a record without an escape is storable as it is: most skip the walk over fields."""
+    if b"\\u" not in raw:
+        return
     if isinstance(m, Event):
         ids = {f: getattr(m, f) for f in _EVENT_IDS if getattr(m, f) is not None}
         ids.update({f"item_ids.{i}": v for i, v in enumerate(m.item_ids or ())})
@@ -54,7 +59,7 @@ def classify(
     raw = raw if raw is not None else b""  # a null value (tombstone) is not an event
     try:
         m = decode_catalog(raw, max_bytes) if is_catalog else decode_event(raw, max_bytes)
-        _check_storable(m)
+        _check_storable(m, raw)
         return m
     except Rejected as rej:
         rejected = rej

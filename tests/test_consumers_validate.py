@@ -118,6 +118,9 @@ def test_known_bad_inputs_get_their_reason():
         b'{"event_id":"a","type":"teleport","user_id":"u","ts":1700000000000,"item_id":"i"}': "unknown_type",
         b'{"event_id":"a","type":"view","user_id":"u","ts":1700000000000,"item_id":"i\\u001fj"}': "invalid",
         b'{"event_id":"a","type":"view","user_id":"\\ud800","ts":1700000000000,"item_id":"i"}': "invalid",
+        b'{"event_id":"a","type":"click","user_id":"u","ts":1700000000000,"item_id":"i","query":"x\\ud83d"}': "invalid",
+        # U+001F and a lone surrogate only ever arrive escaped: JSON refuses raw control characters
+        b'{"event_id":"a\x1fb","type":"view","user_id":"u","ts":1700000000000,"item_id":"i"}': "not_json",
     }
     for raw, reason in cases.items():
         m = check(raw, False)
