@@ -10,6 +10,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from streamrec.memory import policy_warning
+
 
 def _fmt(v: Any) -> str:
     if v is None:
@@ -45,6 +47,26 @@ def _error(title: str, part: Any) -> Table | None:
         t.add_row(f"[red]{part['error']}[/red]")
         return t
     return None
+
+
+def _keyspaces(rows: list[dict]) -> Table:
+    """The feature keyspaces and their masters; an unsafe eviction policy in red, with why."""
+    t = Table(title="Feature keyspaces", title_justify="left")
+    for col in ("keyspace", "master", "events partitions", "used memory", "eviction policy"):
+        t.add_column(col)
+    for row in rows:
+        policy = _fmt(row.get("maxmemory_policy"))
+        if policy_warning(row):
+            policy = f"[red]{policy} (unsafe: README, Memory)[/red]"
+        used = row.get("used_memory")
+        t.add_row(
+            _fmt(row.get("keyspace")),
+            _fmt(row.get("master")),
+            ", ".join(str(p) for p in row.get("events_partitions", [])),
+            f"{used / 2**20:.1f} MiB" if isinstance(used, int) else "–",
+            policy,
+        )
+    return t
 
 
 def tables(report: dict) -> list[Table]:
@@ -114,6 +136,7 @@ def tables(report: dict) -> list[Table]:
         if not counts.row_count:
             counts.add_row("–", "none", "0")
         out.append(counts)
+        out.append(_keyspaces(consumers.get("keyspaces", [])))
         out.append(_kv("Stream", {"stream_clock": _when(consumers.get("stream_clock_ms"))}))
 
     index = report.get("index", {})

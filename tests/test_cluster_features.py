@@ -15,6 +15,7 @@ from test_feature_parity import BOT_OFF, TIGHT, USERS, assert_same_reads, event_
 
 from consumers import apply as apply_module
 from consumers.apply import BatchResult, ReplicaLag, ShardedWriter, Writer
+from consumers.status import keyspace_report
 from launcher.redis_cluster import LocalRedisCluster
 from streamrec.features import FeatureStore, ShardedFeatureStore, open_features
 from streamrec.features.layout import shard_of
@@ -238,3 +239,18 @@ def test_each_keyspace_and_the_catalog_get_a_writer_lane(cluster, redis_server):
     assert writer.lane("catalog", 0) == writer.lane("catalog", 2) == SHARDS
     single = ShardedWriter([Writer(connect_binary(Settings(redis={"url": redis_server.url})), "x:", "g")], {"catalog"})
     assert single.lanes == 1 and single.lane("events", 5) == single.lane("catalog", 0) == 0
+
+
+def test_status_names_each_keyspaces_master_partitions_and_policy(cluster, redis_server):
+    """`streamrec status` shows where the features live: on a cluster each keyspace's master (its
+    own memory and eviction policy), on a single Redis one row."""
+    s = cluster_settings(cluster, "report:")
+    rows = keyspace_report(s, connect(s))
+    assert [row["master"].rsplit(":", 1)[1] for row in rows] == [
+        str(cluster.master_for(prefix + "x").port) for prefix in keyspaces(s)
+    ]
+    assert sorted(p for row in rows for p in row["events_partitions"]) == list(range(s.topic.partitions))
+    assert all(row["used_memory"] > 0 and row["maxmemory_policy"] for row in rows)
+    single = Settings(redis={"url": redis_server.url, "prefix": "report:"})
+    (row,) = keyspace_report(single, connect(single))
+    assert row["keyspace"] == "report:" and row["events_partitions"] == list(range(single.topic.partitions))

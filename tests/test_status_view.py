@@ -32,6 +32,24 @@ REPORT = {
         "bot_filter": {"quarantined": {"user_rate": 3}, "topic": "streamrec.quarantine"},
         "dead_letters": {"counts": {"bad_json": 2}, "topic": "streamrec.dlq"},
         "partitions": {"streamrec.events[0]": {"lag": 0, "applied_offset": 10, "outbox_pending": 0}},
+        "keyspaces": [
+            {
+                "keyspace": "streamrec:{0.0}:",
+                "master": "10.0.0.7:6379",
+                "events_partitions": [0, 3],
+                "used_memory": 3 * 2**20,
+                "maxmemory": 2**30,
+                "maxmemory_policy": "volatile-lru",
+            },
+            {
+                "keyspace": "streamrec:{1.4}:",
+                "master": "10.0.0.8:6379",
+                "events_partitions": [1, 4],
+                "used_memory": 2**20,
+                "maxmemory": 2**30,
+                "maxmemory_policy": "allkeys-lru",
+            },
+        ],
         "stream_clock_ms": 1_700_000_000_000,
     },
     "index": {"error": "no snapshot yet"},
@@ -42,7 +60,7 @@ def test_status_prints_tables_not_a_dict_repr():
     console = Console(record=True, width=140)
     print_report(REPORT, console)
     text = console.export_text()
-    assert "{" not in text and "'" not in text  # no Python repr
+    assert "{'" not in text and "'" not in text  # no Python repr (a keyspace's hash tag has braces)
     for expected in (
         "Consumer lag",
         "0:1, 1:2, 2:0",
@@ -58,6 +76,11 @@ def test_status_prints_tables_not_a_dict_repr():
         "bad_json",
         "user_rate",
         "no snapshot yet",
+        "Feature keyspaces",
+        "10.0.0.7:6379",
+        "0, 3",
+        "3.0 MiB",
+        "allkeys-lru (unsafe",
         "2023-11-14 22:13:20 UTC",
     ):
         assert expected in text, expected
